@@ -1,0 +1,23 @@
+"""Istio/protobuf duration strings ("1.5s", "100ms", "1m", "1h2m") to seconds."""
+from __future__ import annotations
+
+import re
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for a duration string; raise ValueError naming the bad text."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"invalid duration {text!r}: expected a string like '1.5s' or '100ms'")
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(f"invalid duration {text!r}: expected a string like '1.5s' or '100ms'")
+    return total

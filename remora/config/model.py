@@ -1,0 +1,313 @@
+"""Typed model of the Istio resources Remora reads.
+
+Field names are Istio's, in snake_case here and camelCase on the wire (msgspec renames
+them), so `msgspec.convert(spec_dict, VirtualServiceSpec)` both parses and rejects unknown
+fields with a JSON-path error. Durations stay as Istio strings ("1.5s", "100ms") in the
+model; `remora.config.duration.parse_duration` turns them into seconds where they are used.
+Semantic rules (regexes compile, weights add up, subsets exist) live in the loader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import msgspec
+
+
+class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True):
+    """Base for every spec message: Istio's camelCase names, unknown fields rejected."""
+
+
+# ---- shared ---------------------------------------------------------------------------
+
+class StringMatch(Spec):
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+class PortSelector(Spec):
+    number: int | None = None
+
+
+class Percent(Spec):
+    value: float = 0.0
+
+
+class WorkloadSelector(Spec):
+    labels: dict[str, str] = {}
+
+
+# ---- ServiceEntry / WorkloadEntry ----------------------------------------------------
+
+class ServicePort(Spec):
+    number: int
+    protocol: str | None = None
+    name: str | None = None
+    target_port: int | None = None
+
+
+class WorkloadEntrySpec(Spec):
+    address: str | None = None
+    ports: dict[str, int] = {}
+    labels: dict[str, str] = {}
+    network: str | None = None
+    locality: str | None = None
+    weight: int | None = None
+    service_account: str | None = None
+
+
+class ServiceEntrySpec(Spec):
+    hosts: list[str] = []
+    addresses: list[str] = []
+    ports: list[ServicePort] = []
+    location: str | None = None
+    resolution: str | None = None
+    endpoints: list[WorkloadEntrySpec] = []
+    workload_selector: WorkloadSelector | None = None
+    export_to: list[str] = []
+    subject_alt_names: list[str] = []
+
+
+# ---- VirtualService -------------------------------------------------------------------
+
+class HTTPMatchRequest(Spec):
+    name: str | None = None
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: dict[str, StringMatch] = {}
+    port: int | None = None
+    source_labels: dict[str, str] = {}
+    gateways: list[str] = []
+    query_params: dict[str, StringMatch] = {}
+    ignore_uri_case: bool = False
+    without_headers: dict[str, StringMatch] = {}
+    source_namespace: str | None = None
+    stat_prefix: str | None = None
+
+
+class Destination(Spec):
+    host: str
+    subset: str | None = None
+    port: PortSelector | None = None
+
+
+class HeaderOperations(Spec):
+    set: dict[str, str] = {}
+    add: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class Headers(Spec):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+class HTTPRouteDestination(Spec):
+    destination: Destination
+    weight: int | None = None
+    headers: Headers | None = None
+
+
+class RegexRewrite(Spec):
+    match: str
+    rewrite: str
+
+
+class HTTPRewrite(Spec):
+    uri: str | None = None
+    authority: str | None = None
+    uri_regex_rewrite: RegexRewrite | None = None
+
+
+class HTTPRetry(Spec):
+    attempts: int = 0
+    per_try_timeout: str | None = None
+    retry_on: str | None = None
+    retry_remote_localities: bool | None = None
+
+
+class FaultDelay(Spec):
+    fixed_delay: str | None = None
+    percentage: Percent | None = None
+    percent: int | None = None
+
+
+class FaultAbort(Spec):
+    http_status: int | None = None
+    grpc_status: str | None = None
+    percentage: Percent | None = None
+
+
+class HTTPFaultInjection(Spec):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+class HTTPRoute(Spec):
+    name: str | None = None
+    match: list[HTTPMatchRequest] = []
+    route: list[HTTPRouteDestination] = []
+    rewrite: HTTPRewrite | None = None
+    timeout: str | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    headers: Headers | None = None
+
+
+class VirtualServiceSpec(Spec):
+    hosts: list[str] = []
+    gateways: list[str] = []
+    http: list[HTTPRoute] = []
+    export_to: list[str] = []
+
+
+# ---- DestinationRule -----------------------------------------------------------------
+
+class HTTPCookie(Spec):
+    name: str
+    path: str | None = None
+    ttl: str | None = None
+
+
+class RingHash(Spec):
+    minimum_ring_size: int | None = None
+
+
+class Maglev(Spec):
+    table_size: int | None = None
+
+
+class ConsistentHashLB(Spec):
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: RingHash | None = None
+    maglev: Maglev | None = None
+    minimum_ring_size: int | None = None
+
+
+class LoadBalancerSettings(Spec):
+    simple: str | None = None
+    consistent_hash: ConsistentHashLB | None = None
+    warmup_duration_secs: str | None = None
+
+
+class TCPKeepalive(Spec):
+    probes: int | None = None
+    time: str | None = None
+    interval: str | None = None
+
+
+class TCPSettings(Spec):
+    max_connections: int | None = None
+    connect_timeout: str | None = None
+    tcp_keepalive: TCPKeepalive | None = None
+    max_connection_duration: str | None = None
+    idle_timeout: str | None = None
+
+
+class HTTPSettings(Spec):
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_retries: int | None = None
+    idle_timeout: str | None = None
+    h2_upgrade_policy: str | None = None
+    use_client_protocol: bool | None = None
+    max_concurrent_streams: int | None = None
+
+
+class ConnectionPoolSettings(Spec):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(Spec):
+    consecutive_errors: int | None = None
+    consecutive_5xx_errors: int | None = None
+    consecutive_gateway_errors: int | None = None
+    consecutive_local_origin_failures: int | None = None
+    split_external_local_origin_errors: bool | None = None
+    interval: str | None = None
+    base_ejection_time: str | None = None
+    max_ejection_percent: int | None = None
+    min_health_percent: int | None = None
+
+
+class ClientTLSSettings(Spec):
+    mode: str | None = None
+    client_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    credential_name: str | None = None
+    subject_alt_names: list[str] = []
+    sni: str | None = None
+    insecure_skip_verify: bool | None = None
+
+
+class PortTrafficPolicy(Spec):
+    port: PortSelector | None = None
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TrafficPolicy(Spec):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] = []
+
+
+class Subset(Spec):
+    name: str
+    labels: dict[str, str] = {}
+    traffic_policy: TrafficPolicy | None = None
+
+
+class DestinationRuleSpec(Spec):
+    host: str
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] = []
+    export_to: list[str] = []
+    workload_selector: WorkloadSelector | None = None
+
+
+# ---- resources and the whole set ---------------------------------------------------------
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Resource(Generic[S]):
+    """One parsed YAML document: its identity, where it came from, and its typed spec."""
+
+    kind: str
+    name: str
+    namespace: str
+    spec: S
+    source: str = "<memory>"
+    api_version: str = "networking.istio.io/v1"
+
+    @property
+    def ref(self) -> str:
+        """Identity as errors and dumps print it: Kind/namespace/name."""
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """A complete, validated set of resources: the unit that is swapped atomically."""
+
+    service_entries: tuple[Resource[ServiceEntrySpec], ...] = ()
+    workload_entries: tuple[Resource[WorkloadEntrySpec], ...] = ()
+    virtual_services: tuple[Resource[VirtualServiceSpec], ...] = ()
+    destination_rules: tuple[Resource[DestinationRuleSpec], ...] = ()
+    version: str = "0"
+    warnings: tuple[str, ...] = field(default=())
