@@ -1,0 +1,103 @@
+"""The `remora` command: `remora proxy | analyze | bench ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from remora.config.duration import parse_duration
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text) if not text.replace(".", "", 1).isdigit() else float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remora", description="A service-mesh sidecar that reads Istio YAML.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    proxy = sub.add_parser("proxy", help="run the sidecar proxy")
+    proxy.add_argument("--mesh-config", action="append", required=True, metavar="PATH",
+                       help="Istio YAML file or directory (repeatable)")
+    proxy.add_argument("--outbound-port", type=int, default=15001)
+    proxy.add_argument("--admin-port", type=int, default=15000)
+    proxy.add_argument("--inbound-port", type=int, default=None)
+    proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")
+    proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
+    proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
+    proxy.add_argument("--admin-bind", default="127.0.0.1")
+    proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
+    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0)
+    proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
+    proxy.add_argument("--access-log-format", choices=["text", "json"], default="text")
+    proxy.add_argument("--idle-timeout", type=_seconds, default=300.0,
+                       help="close keep-alive client connections idle this long")
+    proxy.add_argument("--request-headers-timeout", type=_seconds, default=10.0,
+                       help="answer 408 when a request head takes longer than this")
+    proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
+                       help="close a request whose body stalls this long")
+
+    analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
+    analyze.add_argument("paths", nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "proxy":
+        return _proxy(args)
+    if args.command == "analyze":
+        return _analyze(args)
+    return 2
+
+
+def _load(paths):
+    from remora.config.loader import ConfigError, load_mesh_config
+    try:
+        return load_mesh_config(paths)
+    except ConfigError as err:
+        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
+        return None
+    except OSError as err:
+        print(f"remora: cannot read configuration: {err}", file=sys.stderr)
+        return None
+
+
+def _analyze(args) -> int:
+    config = _load(args.paths)
+    if config is None:
+        return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print(f"ok: configuration version {config.version} is valid")
+    return 0
+
+
+def _proxy(args) -> int:
+    from remora.proxy.listener import ListenerSettings
+    from remora.proxy.run import run_proxy
+    from remora.proxy.worker import ProxyOptions
+
+    if (args.inbound_port is None) != (args.app_port is None):
+        print("remora: --inbound-port and --app-port go together", file=sys.stderr)
+        return 2
+    config = _load(args.mesh_config)
+    if config is None:
+        return 1
+    options = ProxyOptions(
+        mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
+        inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
+        inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
+        drain_seconds=args.drain_seconds, access_log=args.access_log,
+        access_log_format=args.access_log_format,
+        listener=ListenerSettings(idle_timeout=args.idle_timeout,
+                                  request_headers_timeout=args.request_headers_timeout,
+                                  stream_idle_timeout=args.stream_idle_timeout),
+    )
+    try:
+        return run_proxy(options, config)
+    except OSError as err:
+        print(f"remora: cannot start: {err}", file=sys.stderr)
+        return 1

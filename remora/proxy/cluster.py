@@ -1,0 +1,261 @@
+"""Clusters: the endpoints behind one (service, port, subset), their policy and counters.
+
+Cluster names follow Istio's Envoy naming, `outbound|<port>|<subset>|<fqdn>` and
+`inbound|<port>||`, so stats and admin output read the same as in an Istio mesh.
+Endpoint objects carry the per-endpoint counters the balancers and /clusters read; their
+connection pools live in a per-worker `PoolRegistry` keyed by address, so compiling a new
+config version never drops warm connections.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from remora.config.duration import parse_duration
+from remora.config.model import (
+    DestinationRuleSpec, MeshConfig, Resource, ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
+)
+from remora.config.names import qualify_host
+from remora.proxy.balancer import Balancer, make_balancer
+
+DEFAULT_CONNECT_TIMEOUT = 10.0   # Istio's connectTimeout default
+DEFAULT_IDLE_TIMEOUT = 3600.0    # Istio's connectionPool.http.idleTimeout default
+
+
+class ClusterStats:
+    """Envoy's cluster counters for one cluster in one worker (plain integers)."""
+
+    __slots__ = (
+        "upstream_rq_total", "upstream_rq_active", "upstream_rq_1xx", "upstream_rq_2xx",
+        "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx", "upstream_cx_total",
+        "upstream_cx_active", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+        "upstream_cx_destroy", "upstream_rq_pending_total", "upstream_rq_retry",
+        "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
+        "upstream_rq_rx_reset", "upstream_cx_protocol_error",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def count_status(self, status: int) -> None:
+        """Count one response in its status class."""
+        cls = status // 100
+        if cls == 2:
+            self.upstream_rq_2xx += 1
+        elif cls == 5:
+            self.upstream_rq_5xx += 1
+        elif cls == 4:
+            self.upstream_rq_4xx += 1
+        elif cls == 3:
+            self.upstream_rq_3xx += 1
+        else:
+            self.upstream_rq_1xx += 1
+
+    def as_dict(self) -> dict[str, int]:
+        """Counter name -> value."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+GAUGE_STATS = frozenset({"upstream_rq_active", "upstream_cx_active"})
+
+
+class Endpoint:
+    """One upstream address in one cluster, with what the balancer and admin read."""
+
+    __slots__ = ("host", "port", "labels", "weight", "key", "active_requests",
+                 "total_requests", "errors", "ejected", "pool", "service_account")
+
+    def __init__(self, host: str, port: int, labels: dict[str, str], weight: int = 1,
+                 service_account: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.labels = labels
+        self.weight = max(1, weight)
+        self.key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.active_requests = 0
+        self.total_requests = 0
+        self.errors = 0
+        self.ejected = False
+        self.pool = None  # set by the worker's PoolRegistry
+        self.service_account = service_account
+
+
+@dataclass(frozen=True)
+class HashPolicy:
+    """Which request attribute a consistent-hash balancer keys on."""
+
+    header: bytes | None = None
+    cookie: bytes | None = None
+    query_param: bytes | None = None
+    source_ip: bool = False
+
+
+class Cluster:
+    """A named set of endpoints with its load balancer and connection settings."""
+
+    __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
+                 "connect_timeout", "idle_timeout", "max_requests_per_connection",
+                 "lb_policy", "hash_policy", "traffic_policy")
+
+    def __init__(self, name: str, service: str, port: int, subset: str | None,
+                 endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
+        self.name = name
+        self.service = service
+        self.port = port
+        self.subset = subset
+        self.endpoints = endpoints
+        self.traffic_policy = policy
+        lb = policy.load_balancer if policy else None
+        self.balancer: Balancer = make_balancer(lb, endpoints)
+        self.lb_policy = _lb_name(lb)
+        self.hash_policy = _hash_policy(lb)
+        self.stats = ClusterStats()
+        pool = policy.connection_pool if policy else None
+        tcp = pool.tcp if pool else None
+        http = pool.http if pool else None
+        self.connect_timeout = _seconds(tcp and tcp.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
+        self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+        self.max_requests_per_connection = (http and http.max_requests_per_connection) or 0
+
+    def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
+        """Choose an endpoint with the cluster's policy (None when it has none)."""
+        return self.balancer.pick(hash_key, exclude)
+
+
+def _seconds(text: str | None, default: float) -> float:
+    return parse_duration(text) if text else default
+
+
+def _lb_name(lb) -> str:
+    if lb is None:
+        return "ROUND_ROBIN"
+    if lb.consistent_hash is not None:
+        return "MAGLEV" if lb.consistent_hash.maglev else "RING_HASH"
+    return lb.simple or "ROUND_ROBIN"
+
+
+def _hash_policy(lb) -> HashPolicy | None:
+    ch = lb.consistent_hash if lb else None
+    if ch is None:
+        return None
+    return HashPolicy(
+        header=ch.http_header_name.lower().encode() if ch.http_header_name else None,
+        cookie=ch.http_cookie.name.encode() if ch.http_cookie else None,
+        query_param=ch.http_query_parameter_name.encode() if ch.http_query_parameter_name else None,
+        source_ip=bool(ch.use_source_ip),
+    )
+
+
+def cluster_name(port: int, subset: str | None, fqdn: str) -> str:
+    """Istio's outbound cluster name."""
+    return f"outbound|{port}|{subset or ''}|{fqdn}"
+
+
+def merge_policy(base: TrafficPolicy | None, override: TrafficPolicy | None, port: int) -> TrafficPolicy | None:
+    """Subset policy over the rule's policy, then port-level settings, field by field (Istio's order)."""
+    import msgspec
+
+    fields = ("load_balancer", "connection_pool", "outlier_detection", "tls")
+    merged: dict = {f: None for f in fields}
+    for layer in (base, override):
+        if layer is None:
+            continue
+        for f in fields:
+            if getattr(layer, f) is not None:
+                merged[f] = getattr(layer, f)
+        for pls in layer.port_level_settings:
+            if pls.port and pls.port.number == port:
+                for f in fields:
+                    if getattr(pls, f) is not None:
+                        merged[f] = getattr(pls, f)
+    if all(v is None for v in merged.values()):
+        return None
+    return msgspec.structs.replace(TrafficPolicy(), **merged)
+
+
+@dataclass
+class ServiceInfo:
+    """A mesh service as the router sees it: its FQDN, ports and clusters by (port, subset)."""
+
+    fqdn: str
+    namespace: str
+    ports: dict[int, str]                                  # number -> protocol
+    clusters: dict[tuple[int, str | None], Cluster]
+
+
+def build_clusters(config: MeshConfig) -> dict[str, ServiceInfo]:
+    """Compile every ServiceEntry (and DestinationRule subsets) into clusters, by service FQDN."""
+    rules: dict[str, Resource[DestinationRuleSpec]] = {}
+    for dr in config.destination_rules:
+        rules[qualify_host(dr.spec.host, dr.namespace)] = dr
+    services: dict[str, ServiceInfo] = {}
+    for se in config.service_entries:
+        for host in se.spec.hosts:
+            fqdn = qualify_host(host, se.namespace)
+            info = services.setdefault(fqdn, ServiceInfo(fqdn, se.namespace, {}, {}))
+            for port in se.spec.ports:
+                info.ports[port.number] = (port.protocol or "HTTP").upper()
+                endpoints = _endpoints(se, config, host, port)
+                _add_port_clusters(info, port.number, endpoints, rules.get(fqdn))
+    # Hosts known only from a DestinationRule still get (empty) clusters, so routes to
+    # them answer 503 UH rather than failing to compile.
+    for fqdn, dr in rules.items():
+        if fqdn not in services:
+            info = services.setdefault(fqdn, ServiceInfo(fqdn, dr.namespace, {80: "HTTP"}, {}))
+            _add_port_clusters(info, 80, [], dr)
+    return services
+
+
+def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr) -> None:
+    base = dr.spec.traffic_policy if dr else None
+    info.clusters[(port, None)] = Cluster(
+        cluster_name(port, None, info.fqdn), info.fqdn, port, None,
+        [_copy(e) for e in endpoints], merge_policy(base, None, port))
+    for subset in (dr.spec.subsets if dr else ()):
+        members = [_copy(e) for e in endpoints
+                   if all(e.labels.get(k) == v for k, v in subset.labels.items())]
+        info.clusters[(port, subset.name)] = Cluster(
+            cluster_name(port, subset.name, info.fqdn), info.fqdn, port, subset.name,
+            members, merge_policy(base, subset.traffic_policy, port))
+
+
+def empty_service(fqdn: str, namespace: str, ports=(80,)) -> ServiceInfo:
+    """A service with no endpoints (a route target nothing registered yet)."""
+    info = ServiceInfo(fqdn, namespace, {p: "HTTP" for p in ports}, {})
+    for p in ports:
+        _add_port_clusters(info, p, [], None)
+    return info
+
+
+def _copy(e: Endpoint) -> Endpoint:
+    return Endpoint(e.host, e.port, e.labels, e.weight, e.service_account)
+
+
+def _endpoints(se: Resource[ServiceEntrySpec], config: MeshConfig, host: str, port) -> list[Endpoint]:
+    specs: list[WorkloadEntrySpec] = list(se.spec.endpoints)
+    selector = se.spec.workload_selector
+    if selector is not None:
+        specs += [we.spec for we in config.workload_entries
+                  if we.namespace == se.namespace
+                  and all(we.spec.labels.get(k) == v for k, v in selector.labels.items())]
+    target = port.target_port or port.number
+    if not specs and (se.spec.resolution or "").upper() in ("DNS", "DNS_ROUND_ROBIN"):
+        return [Endpoint(host, target, {})]
+    result = []
+    for spec in specs:
+        if not spec.address:
+            continue
+        ep_port = spec.ports.get(port.name or "", target) if port.name else target
+        result.append(Endpoint(_strip_brackets(spec.address), ep_port, dict(spec.labels),
+                               spec.weight or 1, spec.service_account))
+    return result
+
+
+def _strip_brackets(address: str) -> str:
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address

@@ -1,0 +1,441 @@
+"""The downstream HTTP/1.1 server codec: client bytes in, Exchanges out, responses back.
+
+httptools callbacks run inside data_received; a request's head becomes a RequestHead and
+an Exchange at on_headers_complete. This class is also the Exchange's ResponseSink for
+HTTP/1.1: it decides the response framing (Content-Length as received, chunked for 1.1
+clients when the length is unknown, close-delimited for 1.0) and keep-alive.
+
+Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
+body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
+CLOSED. The worker's sweeper uses them for the idle, header and body timeouts.
+Pipelined requests queue behind the active one and start in order; reading pauses while
+one is queued, so a pipelining client cannot make the proxy buffer without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections import deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from remora.proxy.exchange import Exchange
+from remora.proxy.http1 import (
+    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_REQID, H_TE, H_UA,
+    H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
+    connection_tokens, drop_named, status_line,
+)
+from remora.proxy.message import RequestHead
+
+IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses before routing (status and detail for the reply)."""
+
+    def __init__(self, status: int, detail: bytes) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+_UUID4_BITS = (0x4 << 76) | (0x2 << 62)
+_UUID4_MASK = ~((0xF << 76) | (0x3 << 62))
+_getrandbits = random.getrandbits
+
+
+def new_request_id() -> bytes:
+    """A random UUID4 string: no syscall per request (os.urandom costs one), unlike uuid.uuid4()."""
+    x = b"%032x" % ((_getrandbits(128) & _UUID4_MASK) | _UUID4_BITS)
+    return b"%s-%s-%s-%s-%s" % (x[:8], x[8:12], x[12:16], x[16:20], x[20:])
+
+
+class DownstreamHttp1(asyncio.Protocol):
+    """One client connection on a listener."""
+
+    def __init__(self, listener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport = None
+        self.parser = HttpRequestParser(self)
+        self.state = IDLE
+        self.peer_ip = b""
+        self.last_activity = 0.0
+        self.request_start = 0.0
+        self.active: Exchange | None = None      # the exchange whose response we write
+        self.receiving: Exchange | None = None   # the exchange whose body we read
+        self.queued: deque[Exchange] = deque()
+        self.keep_alive = True
+        self.resp_chunked = False
+        self.resp_close = False
+        self.write_paused = False
+        self.reading_paused = 0
+        self.tunnel_peer = None
+        self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.url = b""
+        self.headers: list = []
+        self.header_bytes = 0
+        self.authority: bytes | None = None
+        self.content_length: bytes | None = None
+        self.te_chunked = False
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.request_id = b""
+        self.xff = b""
+        self.xfp = b""
+        self.user_agent = b""
+        self.hop_names: set[bytes] | None = None
+        self.conn_upgrade = False
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.last_activity = self.loop.time()
+        self.listener.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.write(data)
+            return
+        self.last_activity = self.loop.time()
+        if self.state == HEADERS or self.state == IDLE:
+            # Bound the head even when httptools is still buffering an unfinished line.
+            self.header_bytes += len(data)
+            if self.header_bytes > 2 * MAX_HEADER_BYTES:
+                self._reject(BadRequest(431, b"request header fields too large"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._on_upgrade_bytes(data[exc.args[0]:])
+        except BadRequest as err:
+            self._reject(err)
+        except HttpParserError as exc:
+            cause = exc.__context__ or exc.__cause__
+            self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.state = CLOSED
+        self.listener.connection_closed(self)
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.close()
+            self.tunnel_peer = None
+        for ex in (self.active, self.receiving, *self.queued):
+            if ex is not None:
+                ex.on_downstream_closed()
+        self.active = self.receiving = None
+        self.queued.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.active.downstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.active.downstream_write_paused(False)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_request()
+        self.state = HEADERS
+        self.request_start = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise BadRequest(431, b"request header fields too large")
+        code = REQUEST_SPECIAL.get(name.lower())
+        if code is None:
+            self.headers.append((name, value))
+        elif code == H_HOST:
+            if self.authority is not None:
+                raise BadRequest(400, b"duplicate host header")
+            self.authority = value
+        elif code == H_UA:
+            self.user_agent = value
+        elif code == H_REQID:
+            self.request_id = value
+        elif code == H_XFF:
+            self.xff = value if not self.xff else self.xff + b", " + value
+        elif code == H_XFP:
+            self.xfp = value
+        elif code == H_CL:
+            self.content_length = value
+        elif code == H_TE:
+            self.te_chunked = True
+        elif code == H_CONNECTION:
+            for token in connection_tokens(value):
+                if token == b"upgrade":
+                    self.conn_upgrade = True
+                elif token not in (b"close", b"keep-alive"):
+                    self.hop_names = (self.hop_names or set()) | {token}
+        elif code == H_UPGRADE:
+            self.upgrade = value
+        elif code == H_EXPECT:
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+            else:
+                raise BadRequest(417, b"unsupported expectation")
+        # H_HOP: dropped
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version().encode()
+        url = self.url
+        if url[:1] != b"/":
+            url = self._absolute_form(url)
+        authority = self.authority
+        if authority is None:
+            if version != b"1.0":
+                raise BadRequest(400, b"missing host header")
+            authority = b""
+        headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
+        head = RequestHead(parser.get_method(), url, authority, headers, version)
+        if self.content_length is not None:
+            head.content_length = int(self.content_length)
+        head.chunked = self.te_chunked
+        if self.upgrade is not None and self.conn_upgrade:
+            head.upgrade = self.upgrade
+        head.request_id = self.request_id or new_request_id()
+        head.user_agent = self.user_agent
+        head.forwarded_for = self.xff
+        head.peer_ip = self.peer_ip
+        if self.xfp:
+            head.scheme = self.xfp
+        self.keep_alive = parser.should_keep_alive() and not self.listener.draining
+        self.state = BODY
+        if self.expect_continue and head.has_body and version == b"1.1":
+            # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
+            self.transport.write(CONTINUE_100)
+        exchange = self.listener.new_exchange(self, head)
+        self.receiving = exchange
+        if self.active is None:
+            self.active = exchange
+            if not exchange.finished:
+                exchange.start()
+        else:
+            self.queued.append(exchange)
+            self._pause(2)
+
+    def _absolute_form(self, url: bytes) -> bytes:
+        """`GET http://reviews:9080/x`: take the authority from the URL (RFC 9112 3.2.2)."""
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise BadRequest(400, b"invalid request target")
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        if b"@" in authority:
+            authority = authority.rpartition(b"@")[2]
+        if not authority:
+            raise BadRequest(400, b"invalid request target")
+        self.authority = authority
+        return path
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.receiving
+        if exchange is not None:
+            exchange.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.receiving = self.receiving, None
+        if exchange is not None:
+            exchange.on_request_end()
+        if self.state == BODY:
+            # The response may already be done (a local reply sent from on_headers_complete).
+            self.state = WAITING if self.active is not None else IDLE
+
+    # -- upgrade ---------------------------------------------------------------------------------
+    def _on_upgrade_bytes(self, rest: bytes) -> None:
+        exchange = self.receiving
+        if exchange is None or exchange.head.upgrade is None:
+            # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
+            self._reject(BadRequest(405, b"method not allowed"))
+            return
+        self.pause_reading()      # nothing more is read until the upstream says 101
+        if rest:
+            exchange.on_request_body(rest)
+
+    def start_tunnel(self, exchange, conn, resp, rest: bytes) -> None:
+        """The upstream switched protocols: forward the 101 and splice the sockets."""
+        parts = [status_line(101, resp.reason)]
+        for name, value in resp.headers:
+            parts += (name, b": ", value, EOL)
+        parts += (b"connection: upgrade\r\nupgrade: ", conn.upgrade or exchange.head.upgrade, EOL, EOL)
+        self.flush()
+        self.transport.write(b"".join(parts))
+        if rest:
+            self.transport.write(rest)
+        self.state = TUNNEL
+        self.active = self.receiving = None
+        self.tunnel_peer = conn.transport
+        conn.start_tunnel(self.transport)
+        self.reading_paused = 0
+        self.transport.resume_reading()
+
+    # -- ResponseSink -------------------------------------------------------------------------------
+    def send_response_head(self, exchange, status: int, reason: bytes, headers: list,
+                           content_length: int | None, chunked: bool) -> None:
+        head = exchange.head
+        parts = [status_line(status, reason)]
+        for name, value in headers:
+            parts += (name, b": ", value, EOL)
+        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
+        self.resp_chunked = False
+        self.resp_close = not self.keep_alive or self.listener.draining
+        if content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+        elif chunked and not no_body:
+            if head.version == b"1.1":
+                parts.append(b"transfer-encoding: chunked\r\n")
+                self.resp_chunked = True
+            else:
+                self.resp_close = True   # a 1.0 client reads the body until close
+        if self.resp_close:
+            parts.append(b"connection: close\r\n")
+        elif head.version == b"1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(EOL)
+        # Held, not written: the body usually arrives in the same upstream read, and one
+        # write for head and body saves a syscall per response.
+        self.wbuf.append(b"".join(parts))
+
+    def send_response_body(self, data: bytes) -> None:
+        if self.resp_chunked:
+            if data:
+                self.wbuf += chunk(data)
+        else:
+            self.wbuf.append(data)
+
+    def flush(self) -> None:
+        """Write what the current upstream read produced (called once per upstream read)."""
+        wbuf = self.wbuf
+        if wbuf:
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            self.wbuf = []
+
+    def end_response(self, exchange) -> None:
+        if self.resp_chunked:
+            self.wbuf.append(LAST_CHUNK)
+        self.flush()
+        self._response_done(exchange)
+
+    def send_local_reply(self, exchange, status: int, body: bytes, extra: list | None) -> None:
+        head = exchange.head
+        close = not self.keep_alive or self.listener.draining or not exchange.request_done
+        parts = [status_line(status), b"content-length: %d\r\n" % len(body)]
+        if body:
+            parts.append(b"content-type: text/plain\r\n")
+        for name, value in extra or ():
+            parts += (name, b": ", value, EOL)
+        if close:
+            parts.append(b"connection: close\r\n")
+        parts.append(EOL)
+        if body and head.method != b"HEAD":
+            parts.append(body)
+        self.resp_close = close
+        self.transport.write(b"".join(parts))
+        self._response_done(exchange)
+
+    def abort(self, exchange) -> None:
+        """The response cannot be completed: close so the client sees it was cut short."""
+        if self.active is exchange:
+            self.active = None
+        self.flush()
+        self.transport.close()
+
+    def pause_reading(self) -> None:
+        self._pause(1)
+
+    def resume_reading(self) -> None:
+        self._resume(1)
+
+    def _pause(self, bit: int) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.reading_paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        was = self.reading_paused
+        self.reading_paused &= ~bit
+        if was and not self.reading_paused and self.state != CLOSED:
+            self.transport.resume_reading()
+
+    def _response_done(self, exchange) -> None:
+        if self.active is exchange:
+            self.active = None
+        if self.state == CLOSED:
+            return
+        if self.resp_close or not exchange.request_done:
+            # Closing after the response: asked for, or the request body is still
+            # arriving and the connection cannot be resynchronised.
+            self.state = CLOSED
+            self.transport.close()
+            return
+        if self.queued:
+            nxt = self.queued.popleft()
+            self.active = nxt
+            if not self.queued:
+                self._resume(2)
+            if not nxt.finished:
+                nxt.start()
+            return
+        if self.state == WAITING:
+            self.state = IDLE
+            self.last_activity = self.loop.time()
+
+    def _reject(self, err: BadRequest) -> None:
+        """A malformed request: answer 4xx with flag DPE and close."""
+        if self.state == CLOSED or self.tunnel_peer is not None:
+            return
+        self.listener.count_protocol_error(err.status)
+        if self.active is None and self.transport is not None:
+            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
+            exchange = self.listener.new_exchange(self, head, routed=False)
+            self.keep_alive = False
+            exchange.local_reply(err.status, err.detail, "DPE")
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- timeouts (called by the worker's sweeper) -------------------------------------------------
+    def check_timeouts(self, now: float, settings) -> None:
+        state = self.state
+        if state == IDLE and now - self.last_activity > settings.idle_timeout:
+            self.state = CLOSED
+            self.transport.close()
+        elif state == HEADERS and now - self.request_start > settings.request_headers_timeout:
+            self._reject(BadRequest(408, b"request header timeout"))
+        elif state == BODY and now - self.last_activity > settings.stream_idle_timeout:
+            if self.active is not None and not self.active.response_started:
+                self.active.local_reply(408, b"stream timeout", "SI")
+            self.state = CLOSED
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Close the connection if no request is in flight (drain)."""
+        if self.state == IDLE:
+            self.state = CLOSED
+            self.transport.close()
+            return True
+        return False

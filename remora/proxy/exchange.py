@@ -1,0 +1,354 @@
+"""One request/response exchange, independent of the downstream codec.
+
+The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHead, body
+chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
+or new upstream connection, streams the body up and the response down, and writes one
+access-log record. It talks back to the codec only through the ResponseSink methods:
+send_response_head, send_response_body, end_response, send_local_reply, abort,
+pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
+
+Rules:
+- Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
+- The request body is kept for replay up to REPLAY_LIMIT bytes; past that it is streamed
+  only, and the request can no longer be resent.
+- A reused connection that closes before any response byte was read is the keep-alive
+  race: the request is resent once on a fresh connection when its body is replayable.
+- Once a response byte went downstream, an upstream failure can only abort the
+  downstream connection (the client sees a truncated response, never a second head).
+"""
+from __future__ import annotations
+
+import time
+
+from remora.proxy.message import RequestHead, ResponseHead
+from remora.proxy.telemetry import AccessLogRecord
+
+REPLAY_LIMIT = 1 << 20        # request bytes kept for resending (Envoy's per-request buffer)
+PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
+
+
+class Exchange:
+    """The lifecycle of one proxied request."""
+
+    __slots__ = (
+        "sink", "head", "listener", "route", "block", "port", "dest", "cluster", "endpoint",
+        "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
+        "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "start_wall",
+        "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
+        "up_authority", "up_headers", "upstream_time", "reading_paused",
+    )
+
+    def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
+        self.sink = sink
+        self.head = head
+        self.listener = listener
+        self.route = route
+        self.block = block
+        self.port = port
+        self.dest = None
+        self.cluster = None
+        self.endpoint = None
+        self.conn = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.replay: list[bytes] | None = []
+        self.request_done = not head.has_body and head.upgrade is None
+        self.response_started = False
+        self.finished = False
+        self.flags = "-"
+        self.status = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.started_at = listener.loop.time()
+        self.start_wall = time.time()
+        self.upstream_start = 0.0
+        self.upstream_host = "-"
+        self.reused = False
+        self.race_retried = False
+        self.upstream_time = b""
+        self.reading_paused = False
+
+    # -- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Choose the destination and send the request on its way."""
+        route, head = self.route, self.head
+        if route is None:
+            self.local_reply(404, b"", "NR")
+            return
+        dest = self.dest = route.choose()
+        cluster = self.cluster = dest.cluster_for(self.port)
+        stats = cluster.stats
+        stats.upstream_rq_total += 1
+        stats.upstream_rq_active += 1
+        path = head.path
+        if route.rewrite_uri is not None or route.regex_rewrite is not None:
+            path = route.rewrite_path(path, self.block)
+        self.up_path = path
+        self.up_method = head.method
+        self.up_authority = route.rewrite_authority or head.authority
+        headers = head.headers
+        if route.request_ops is not None:
+            headers = route.request_ops.apply(headers)
+        if dest.request_ops is not None:
+            headers = dest.request_ops.apply(headers)
+        self.up_headers = headers + self.listener.added_request_headers(head)
+        self._attempt(fresh=False)
+
+    def _hash_key(self) -> bytes | None:
+        policy = self.cluster.hash_policy
+        if policy is None:
+            return None
+        head = self.head
+        if policy.header is not None:
+            return head.header(policy.header)
+        if policy.cookie is not None:
+            cookies = head.header(b"cookie") or b""
+            for part in cookies.split(b";"):
+                name, _, value = part.strip().partition(b"=")
+                if name == policy.cookie:
+                    return value
+            return None
+        if policy.query_param is not None:
+            from urllib.parse import parse_qsl
+            return dict(parse_qsl(head.query())).get(policy.query_param)
+        return head.peer_ip if policy.source_ip else None
+
+    def _attempt(self, fresh: bool) -> None:
+        cluster = self.cluster
+        ep = cluster.pick(self._hash_key())
+        if ep is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            self.local_reply(503, b"no healthy upstream", "UH")
+            return
+        self.endpoint = ep
+        ep.active_requests += 1
+        ep.total_requests += 1
+        self.upstream_host = ep.key
+        conn = None if fresh or self.head.upgrade is not None else ep.pool.acquire()
+        if conn is not None:
+            self.reused = True
+            self._send_on(conn)
+        else:
+            self.reused = False
+            ep.pool.connect(self, cluster)
+
+    # -- upstream connection events -----------------------------------------------------
+    def on_connected(self, conn) -> None:
+        if self.finished:
+            conn.release(True, self.cluster.idle_timeout, self.listener.loop.time())
+            return
+        self._send_on(conn)
+
+    def on_connect_failed(self, reason: str) -> None:
+        if self.finished:
+            return
+        self._endpoint_done(error=True)
+        self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
+                              b"reset reason: " + reason.encode(), "UF")
+
+    def _send_on(self, conn) -> None:
+        self.conn = conn
+        self.upstream_start = self.listener.loop.time()
+        head = self.head
+        conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
+                               self.up_headers, head.content_length, head.chunked,
+                               head.upgrade, head.method == b"HEAD")
+        chunked = head.chunked
+        for piece in self.pending:
+            conn.send_body(piece, chunked)
+        self.pending = []
+        self.pending_bytes = 0
+        if self.request_done and head.has_body:
+            conn.end_body(chunked)
+        if self.reading_paused:
+            self.reading_paused = False
+            self.sink.resume_reading()
+
+    # -- request body from downstream --------------------------------------------------------
+    def on_request_body(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        replay = self.replay
+        if replay is not None:
+            if self.bytes_received <= REPLAY_LIMIT:
+                replay.append(data)
+            else:
+                self.replay = None     # too long to resend: stream only
+        if self.finished:
+            return
+        conn = self.conn
+        if conn is not None:
+            conn.send_body(data, self.head.chunked)
+        else:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes > PENDING_HIGH_WATER and not self.reading_paused:
+                self.reading_paused = True
+                self.sink.pause_reading()
+
+    def on_request_end(self) -> None:
+        self.request_done = True
+        if self.conn is not None and not self.finished and self.head.has_body:
+            self.conn.end_body(self.head.chunked)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        """The upstream socket buffer is full (or drained): hold (or resume) the client."""
+        if paused:
+            self.sink.pause_reading()
+        else:
+            self.sink.resume_reading()
+
+    def downstream_write_paused(self, paused: bool) -> None:
+        """The client is slow (or caught up): stop (or resume) reading the upstream."""
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            if paused:
+                conn.transport.pause_reading()
+            else:
+                conn.transport.resume_reading()
+
+    # -- response from upstream ---------------------------------------------------------------
+    def on_response_head(self, resp: ResponseHead) -> None:
+        if self.finished:
+            return
+        now = self.listener.loop.time()
+        self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
+        self.response_started = True
+        self.status = resp.status
+        self.cluster.stats.count_status(resp.status)
+        headers = resp.headers
+        if self.route.response_ops is not None:
+            headers = self.route.response_ops.apply(headers)
+        if self.dest.response_ops is not None:
+            headers = self.dest.response_ops.apply(headers)
+        headers.append((b"x-envoy-upstream-service-time", self.upstream_time))
+        self.sink.send_response_head(self, resp.status, resp.reason, headers,
+                                     resp.content_length, resp.chunked)
+
+    def on_response_body(self, data: bytes) -> None:
+        if not self.finished:
+            self.bytes_sent += len(data)
+            self.sink.send_response_body(data)
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            # A connection whose request body was not fully sent cannot be reused.
+            conn.release(keep_alive and self.request_done, self.cluster.idle_timeout,
+                         self.listener.loop.time())
+        self._endpoint_done(error=self.status >= 500)
+        self._finish()
+        self.sink.end_response(self)
+
+    def on_upstream_lost(self, got_bytes: bool, was_reused: bool) -> None:
+        """The upstream connection closed before the response completed."""
+        if self.finished:
+            return
+        self.conn = None
+        if (not got_bytes and self.reused and not self.race_retried
+                and self.replay is not None and not self.response_started):
+            # The keep-alive race: the server closed an idle connection as we reused it.
+            self.race_retried = True
+            self._endpoint_done(error=False)
+            self.pending = list(self.replay)
+            self.pending_bytes = sum(map(len, self.pending))
+            self._attempt(fresh=True)
+            return
+        self._endpoint_done(error=True)
+        self.cluster.stats.upstream_rq_rx_reset += 1
+        if self.response_started:
+            self.flags = "UC"
+            self._finish()
+            self.sink.abort(self)
+        else:
+            self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
+                                  b"reset reason: connection termination", "UC")
+
+    def on_upstream_protocol_error(self, detail: str) -> None:
+        if self.finished:
+            return
+        self.conn = None
+        self._endpoint_done(error=True)
+        self.cluster.stats.upstream_cx_protocol_error += 1
+        if self.response_started:
+            self.flags = "UPE"
+            self._finish()
+            self.sink.abort(self)
+        else:
+            self.local_reply(502, b"upstream sent an invalid HTTP response", "UPE")
+
+    def on_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
+        """The upstream accepted the upgrade: splice the two connections together."""
+        self.conn = None
+        self.status = 101
+        self.response_started = True
+        self.cluster.stats.count_status(101)
+        self._endpoint_done(error=False)
+        self._finish()
+        self.sink.start_tunnel(self, conn, resp, rest)
+
+    # -- downstream events -------------------------------------------------------------------
+    def on_downstream_closed(self) -> None:
+        """The client went away: stop everything and log DC."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        if self.endpoint is not None:
+            self._endpoint_done(error=False)
+        self.flags = "DC"
+        self._finish()
+
+    # -- endings -----------------------------------------------------------------------------
+    def local_reply(self, status: int, body: bytes, flag: str, extra: list | None = None) -> None:
+        """Answer from the proxy itself (Envoy's local reply), then finish."""
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self.flags = flag
+        self.status = status
+        self.bytes_sent = len(body)
+        self._finish()
+        self.sink.send_local_reply(self, status, body, extra)
+
+    def _endpoint_done(self, error: bool) -> None:
+        ep = self.endpoint
+        if ep is not None:
+            ep.active_requests -= 1
+            if error:
+                ep.errors += 1
+            self.endpoint = None
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self.cluster is not None:
+            self.cluster.stats.upstream_rq_active -= 1
+        self.listener.exchange_finished(self)
+
+    def access_record(self) -> AccessLogRecord:
+        """The access-log record of this exchange (built only when logging is on)."""
+        head = self.head
+        now = self.listener.loop.time()
+        return AccessLogRecord(
+            start_time=self.start_wall,
+            method=head.method.decode("latin-1"),
+            path=head.path.decode("latin-1"),
+            protocol="HTTP/" + head.version.decode(),
+            response_code=self.status,
+            response_flags=self.flags,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+            duration_ms=int((now - self.started_at) * 1000),
+            upstream_service_time=self.upstream_time.decode() or "-",
+            x_forwarded_for=head.forwarded_for.decode("latin-1") or "-",
+            user_agent=head.user_agent.decode("latin-1") or "-",
+            request_id=head.request_id.decode("latin-1") or "-",
+            authority=head.authority.decode("latin-1") or "-",
+            upstream_host=self.upstream_host,
+            upstream_cluster=self.cluster.name if self.cluster is not None else "-",
+            route_name=self.route.name if self.route is not None else "-",
+        )

@@ -1,0 +1,77 @@
+"""HTTP/1.1 wire helpers shared by the downstream and upstream codecs.
+
+Rules kept here, in one place:
+- Framing headers (Content-Length, Transfer-Encoding) are never forwarded as received:
+  each side re-frames the body it writes, so a disagreement between the two can never
+  be smuggled through.
+- Hop-by-hop headers (RFC 9110 7.6.1) are dropped on both directions: Connection and the
+  names it lists, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade (Upgrade survives
+  only on an upgrade request, handled by the caller).
+- Status lines and common header lines are precomputed bytes.
+"""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# Lower-cased header names the codecs treat specially, mapped to a small code.
+H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP = range(11)
+REQUEST_SPECIAL = {
+    b"host": H_HOST,
+    b"connection": H_CONNECTION,
+    b"keep-alive": H_HOP,
+    b"proxy-connection": H_HOP,
+    b"te": H_HOP,
+    b"trailer": H_HOP,
+    b"transfer-encoding": H_TE,
+    b"content-length": H_CL,
+    b"upgrade": H_UPGRADE,
+    b"expect": H_EXPECT,
+    b"x-request-id": H_REQID,
+    b"x-forwarded-for": H_XFF,
+    b"user-agent": H_UA,
+    b"x-forwarded-proto": H_XFP,
+}
+RESPONSE_SPECIAL = {
+    b"connection": H_CONNECTION,
+    b"keep-alive": H_HOP,
+    b"proxy-connection": H_HOP,
+    b"te": H_HOP,
+    b"trailer": H_HOP,
+    b"transfer-encoding": H_TE,
+    b"content-length": H_CL,
+    b"upgrade": H_UPGRADE,
+}
+
+MAX_HEADER_BYTES = 60 * 1024
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """The status line for a code, precomputed for every code Python knows."""
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+    return line
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """Lower-cased tokens of a Connection header value."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def drop_named(headers: list, names: set[bytes]) -> list:
+    """Headers without those whose lower-cased name is in names (Connection-listed ones)."""
+    return [h for h in headers if h[0].lower() not in names]
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as pieces for writelines."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+EOL = b"\r\n"

@@ -1,0 +1,128 @@
+"""Listeners: the accept side of one address, its counters, and its request defaults.
+
+A Listener owns no sockets' logic beyond accepting: each accepted connection gets a
+DownstreamHttp1 protocol that asks the listener for the route table of the current
+snapshot (outbound: by Host; inbound: everything to the local app) and reports every
+finished exchange back for counting and access logging.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from remora.proxy.downstream import DownstreamHttp1
+from remora.proxy.exchange import Exchange
+
+
+@dataclass
+class ListenerSettings:
+    """Downstream timeouts (seconds)."""
+
+    idle_timeout: float = 300.0             # keep-alive connection with no request
+    request_headers_timeout: float = 10.0   # first byte to end of head
+    stream_idle_timeout: float = 300.0      # no request-body byte for this long
+
+
+class ListenerStats:
+    """Envoy's http connection manager and listener counters, per worker."""
+
+    __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
+                 "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
+                 "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
+                 "downstream_cx_protocol_error", "no_route", "downstream_cx_destroy_remote")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Listener:
+    """One listening address (outbound 15001 or inbound 15006) in one worker."""
+
+    def __init__(self, worker, name: str, host: str, port: int, inbound: bool,
+                 settings: ListenerSettings) -> None:
+        self.worker = worker
+        self.loop: asyncio.AbstractEventLoop = worker.loop
+        self.name = name
+        self.host = host
+        self.port = port
+        self.inbound = inbound
+        self.settings = settings
+        self.stats = ListenerStats()
+        self.connections: set[DownstreamHttp1] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.draining = False
+        self._xfp = [(b"x-forwarded-proto", b"http")]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}_{self.port}"
+
+    async def start(self, reuse_port: bool) -> None:
+        self.server = await self.loop.create_server(
+            lambda: DownstreamHttp1(self), self.host, self.port,
+            reuse_address=True, reuse_port=reuse_port, backlog=4096)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.draining = True
+
+    # -- called by DownstreamHttp1 --------------------------------------------------------
+    def connection_opened(self, conn: DownstreamHttp1) -> None:
+        self.connections.add(conn)
+        self.stats.downstream_cx_total += 1
+        self.stats.downstream_cx_active += 1
+
+    def connection_closed(self, conn: DownstreamHttp1) -> None:
+        self.connections.discard(conn)
+        self.stats.downstream_cx_active -= 1
+
+    def count_protocol_error(self, status: int) -> None:
+        self.stats.downstream_cx_protocol_error += 1
+
+    def new_exchange(self, sink, head, routed: bool = True) -> Exchange:
+        """An Exchange for a request head, routed with the current snapshot."""
+        stats = self.stats
+        stats.downstream_rq_total += 1
+        stats.downstream_rq_active += 1
+        if routed:
+            snapshot = self.worker.snapshot
+            table = snapshot.inbound if self.inbound else snapshot.outbound
+            vhost = table.lookup(head.authority) if table is not None else None
+            found = vhost.route(head) if vhost is not None else None
+            if found is not None:
+                return Exchange(sink, head, self, found[0], found[1], vhost.port)
+            stats.no_route += 1
+        return Exchange(sink, head, self, None, None, 0)
+
+    def added_request_headers(self, head) -> list:
+        """The mesh headers added upstream: x-forwarded-for/-proto, x-request-id, user-agent."""
+        peer = head.peer_ip
+        xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
+        added = [(b"x-forwarded-for", xff), (b"x-request-id", head.request_id)]
+        added += [(b"x-forwarded-proto", head.scheme)] if head.scheme != b"http" else self._xfp
+        if head.user_agent:
+            added.append((b"user-agent", head.user_agent))
+        return added
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        stats = self.stats
+        stats.downstream_rq_active -= 1
+        cls = exchange.status // 100
+        if cls == 2:
+            stats.downstream_rq_2xx += 1
+        elif cls == 5:
+            stats.downstream_rq_5xx += 1
+        elif cls == 4:
+            stats.downstream_rq_4xx += 1
+        elif cls == 3:
+            stats.downstream_rq_3xx += 1
+        elif cls == 1:
+            stats.downstream_rq_1xx += 1
+        log = self.worker.access_log
+        if log.enabled:
+            log.log(exchange.access_record())

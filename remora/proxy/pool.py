@@ -1,0 +1,358 @@
+"""Upstream HTTP/1.1 connections and the per-endpoint pools that keep them.
+
+Connection lifecycle (one owner, explicit states, as in httpcore):
+  CONNECTING -> ACTIVE (one exchange at a time) -> IDLE (in its pool) -> ACTIVE ... -> CLOSED
+A connection goes back to its pool only when the response ended cleanly, the request was
+fully sent and both sides allowed keep-alive; anything else closes it. Idle connections
+are reused newest-first (the most likely to be still open); the worker's sweeper closes
+those idle past their deadline. The exchange is told about every event, including a
+connection that closed before any response byte, so it can resend on a fresh connection
+(the keep-alive race) instead of surfacing a spurious 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from remora.proxy.http1 import (
+    EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL, chunk, connection_tokens,
+    drop_named,
+)
+from remora.proxy.message import ResponseHead
+
+
+class ConnState(enum.Enum):
+    CONNECTING = 0
+    ACTIVE = 1
+    IDLE = 2
+    CLOSED = 3
+
+
+class UpstreamHttp1(asyncio.Protocol):
+    """An HTTP/1.1 client connection carrying one exchange at a time."""
+
+    def __init__(self, pool: "EndpointPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.state = ConnState.CONNECTING
+        self.exchange = None
+        self.requests_sent = 0
+        self.idle_deadline = 0.0
+        self.tunnel = None            # downstream transport once upgraded
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.headers: list = []
+        self.reason = b""
+        self.resp: ResponseHead | None = None
+        self.interim = False
+        self.got_bytes = False
+        self.response_done = False
+        self.head_only = False
+        self.until_close = False
+        self.hop_names: set[bytes] | None = None
+        self.content_length: bytes | None = None
+        self.te_chunked = False
+        self.upgrade: bytes | None = None
+
+    # -- predicates ------------------------------------------------------------------
+    def is_idle(self) -> bool:
+        return self.state is ConnState.IDLE
+
+    def is_closed(self) -> bool:
+        return self.state is ConnState.CLOSED or self.transport is None or self.transport.is_closing()
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.exchange is None:
+            # Bytes on an idle connection: the server broke framing; never reuse it.
+            self.close()
+            return
+        self.got_bytes = True
+        exchange = self.exchange
+        try:
+            self.parser.feed_data(data)
+            exchange.sink.flush()
+        except HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0]:])
+        except HttpParserError as exc:
+            exchange = self.exchange
+            self.close()
+            if exchange is not None and not self.response_done:
+                exchange.on_upstream_protocol_error(str(exc))
+
+    def eof_received(self):
+        if self.until_close and self.exchange is not None and self.resp is not None:
+            # A response without length ends at close (RFC 9112 6.3 rule 8).
+            self.response_done = True
+            self.exchange.on_response_end(False)
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.state = ConnState.CLOSED
+        self.pool.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None and not self.response_done:
+            if self.until_close and self.resp is not None:
+                self.response_done = True
+                exchange.on_response_end(False)
+            else:
+                exchange.on_upstream_lost(self.got_bytes, self.requests_sent > 1)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(False)
+
+    # -- request side ------------------------------------------------------------------
+    def send_request_head(self, exchange, method: bytes, path: bytes, authority: bytes,
+                          headers: list, content_length: int | None, chunked: bool,
+                          upgrade: bytes | None, head_only: bool) -> None:
+        """Start a request: write its head with Remora's own framing headers."""
+        self.exchange = exchange
+        self.state = ConnState.ACTIVE
+        self.requests_sent += 1
+        self._reset_response()
+        self.head_only = head_only
+        parts = [method, b" ", path, b" HTTP/1.1\r\nhost: ", authority, EOL]
+        for name, value in headers:
+            parts += (name, b": ", value, EOL)
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+        if upgrade is not None:
+            parts += (b"connection: upgrade\r\nupgrade: ", upgrade, EOL)
+        parts.append(EOL)
+        self.transport.write(b"".join(parts))
+
+    def send_body(self, data: bytes, chunked: bool) -> None:
+        if chunked:
+            self.transport.writelines(chunk(data))
+        else:
+            self.transport.write(data)
+
+    def end_body(self, chunked: bool) -> None:
+        if chunked:
+            self.transport.write(LAST_CHUNK)
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        code = RESPONSE_SPECIAL.get(name.lower())
+        if code is None:
+            self.headers.append((name, value))
+        elif code == H_CONNECTION:
+            extra = {t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")}
+            if extra:
+                self.hop_names = (self.hop_names or set()) | extra
+        elif code == H_CL:
+            self.content_length = value
+        elif code == H_TE:
+            self.te_chunked = value.lower().endswith(b"chunked")
+        elif code == H_UPGRADE:
+            self.upgrade = value
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True      # 100/103 from the upstream: we answer 100 ourselves
+            self.headers = []
+            self.reason = b""
+            return
+        headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
+        resp = ResponseHead(status, self.reason, headers)
+        resp.keep_alive = self.parser.should_keep_alive()
+        if self.content_length is not None:
+            resp.content_length = int(self.content_length)
+        elif status in (204, 304) or self.head_only:
+            resp.content_length = None
+        else:
+            # No Content-Length on a response with a body: chunked or read-until-close.
+            # Either way the downstream side re-frames it.
+            resp.chunked = True
+            self.until_close = not self.te_chunked
+        self.resp = resp
+        if status == 101:
+            return
+        self.exchange.on_response_head(resp)
+        if self.head_only or status in (204, 304):
+            self._complete(resp.keep_alive and not self.head_only)
+
+    def on_body(self, body: bytes) -> None:
+        if self.response_done:
+            return
+        self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.response_done or self.resp is None:
+            return
+        self._complete(self.resp.keep_alive)
+
+    def _complete(self, keep_alive: bool) -> None:
+        self.response_done = True
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_response_end(keep_alive)
+
+    # -- upgrade -----------------------------------------------------------------------------
+    def _on_upgrade(self, rest: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or self.resp is None or self.resp.status != 101:
+            self.close()
+            return
+        self.response_done = True
+        exchange.on_upgraded(self, self.resp, rest)
+
+    def start_tunnel(self, downstream_transport) -> None:
+        """From now on, bytes pass through unparsed in both directions."""
+        self.tunnel = downstream_transport
+        self.exchange = None
+        self.pool.forget(self)
+
+    # -- ownership ---------------------------------------------------------------------------
+    def release(self, keep_alive: bool, idle_timeout: float, now: float) -> None:
+        """The exchange is done with this connection: pool it or close it."""
+        self.exchange = None
+        if keep_alive and not self.is_closed() and self.pool.accepting:
+            self.state = ConnState.IDLE
+            self.idle_deadline = now + idle_timeout
+            self.pool.idle.append(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.exchange = None
+        if self.state is not ConnState.CLOSED:
+            self.state = ConnState.CLOSED
+            if self.transport is not None:
+                self.transport.close()
+            self.pool.forget(self)
+
+
+class EndpointPool:
+    """Connections to one upstream address, shared by every cluster that lists it."""
+
+    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "stats_cx_total",
+                 "connecting")
+
+    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = host
+        self.port = port
+        self.loop = loop
+        self.idle: list[UpstreamHttp1] = []
+        self.active: set[UpstreamHttp1] = set()
+        self.accepting = True
+        self.stats_cx_total = 0
+        self.connecting = 0
+
+    def acquire(self) -> UpstreamHttp1 | None:
+        """The newest idle connection that is still open, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.is_closed():
+                conn.state = ConnState.ACTIVE
+                return conn
+        return None
+
+    def connect(self, exchange, cluster) -> None:
+        """Open a new connection for an exchange; it is told on_connected / on_connect_failed."""
+        self.connecting += 1
+        self.loop.create_task(self._connect(exchange, cluster))
+
+    async def _connect(self, exchange, cluster) -> None:
+        stats = cluster.stats
+        stats.upstream_cx_total += 1
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamHttp1(self), self.host, self.port),
+                cluster.connect_timeout)
+        except asyncio.TimeoutError:
+            stats.upstream_cx_connect_fail += 1
+            stats.upstream_cx_connect_timeout += 1
+            exchange.on_connect_failed("connection timeout")
+            return
+        except OSError as exc:
+            stats.upstream_cx_connect_fail += 1
+            exchange.on_connect_failed(f"connection failure: {exc.strerror or exc}")
+            return
+        finally:
+            self.connecting -= 1
+        self.stats_cx_total += 1
+        conn.state = ConnState.ACTIVE
+        self.active.add(conn)
+        exchange.on_connected(conn)
+
+    def forget(self, conn: UpstreamHttp1) -> None:
+        self.active.discard(conn)
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close idle connections past their deadline (all of them when now is None)."""
+        keep, closed = [], 0
+        for conn in self.idle:
+            if now is None or conn.idle_deadline <= now or conn.is_closed():
+                conn.state = ConnState.CLOSED
+                if conn.transport is not None:
+                    conn.transport.close()
+                closed += 1
+            else:
+                keep.append(conn)
+        self.idle = keep
+        return closed
+
+
+class PoolRegistry:
+    """Every EndpointPool of one worker, by address."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pools: dict[tuple[str, int], EndpointPool] = {}
+
+    def pool_for(self, host: str, port: int) -> EndpointPool:
+        key = (host, port)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = EndpointPool(host, port, self.loop)
+        return pool
+
+    def sweep(self, now: float) -> None:
+        for pool in self.pools.values():
+            if pool.idle:
+                pool.close_idle(now)
+
+    def close_all_idle(self) -> None:
+        for pool in self.pools.values():
+            pool.accepting = False
+            pool.close_idle(None)

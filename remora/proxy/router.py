@@ -1,0 +1,305 @@
+"""Compiled route table: request head -> virtual host -> first matching route -> cluster.
+
+Compiled once per config version and never mutated afterwards (except the weighted
+pickers' cursors), so a request can hold the table it started with while a new version is
+swapped in. Semantics are Istio's: a VirtualService's http routes are tried in order and
+the first match wins; within one route, any of its `match` blocks may match and every
+condition inside a block must hold; uri/method/authority/header/query matches are
+exact, prefix or regex (regexes match the whole value, as Envoy's safe_regex does); the
+query string is not part of the path match. Hosts without a VirtualService get a default
+route to their ServiceEntry's cluster.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl
+
+from remora.config.duration import parse_duration
+from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig, StringMatch
+from remora.config.names import host_aliases, qualify_host
+from remora.proxy.balancer import SmoothWeightedRoundRobin
+from remora.proxy.cluster import Cluster, ServiceInfo, empty_service
+from remora.proxy.message import RequestHead
+
+
+def compile_string_match(m: StringMatch, ignore_case: bool = False):
+    """A predicate on bytes for an Istio StringMatch."""
+    if m.exact is not None:
+        want = m.exact.encode()
+        if ignore_case:
+            want = want.lower()
+            return lambda v: v is not None and v.lower() == want
+        return lambda v: v == want
+    if m.prefix is not None:
+        want = m.prefix.encode()
+        if ignore_case:
+            want = want.lower()
+            return lambda v: v is not None and v.lower().startswith(want)
+        return lambda v: v is not None and v.startswith(want)
+    if m.regex is not None:
+        rx = re.compile(m.regex.encode(), re.IGNORECASE if ignore_case else 0)
+        return lambda v: v is not None and rx.fullmatch(v) is not None
+    return lambda v: v is not None   # an empty match means "present"
+
+
+class MatchBlock:
+    """One `match` entry: every condition must hold."""
+
+    __slots__ = ("uri", "uri_prefix", "method", "authority", "headers", "without_headers",
+                 "query", "port")
+
+    def __init__(self, spec) -> None:
+        ic = spec.ignore_uri_case
+        self.uri = compile_string_match(spec.uri, ic) if spec.uri else None
+        # A prefix match makes rewrite.uri a prefix rewrite (Envoy's prefix_rewrite).
+        self.uri_prefix = spec.uri.prefix.encode() if spec.uri and spec.uri.prefix is not None else None
+        self.method = compile_string_match(spec.method) if spec.method else None
+        self.authority = compile_string_match(spec.authority) if spec.authority else None
+        self.headers = [(k.lower().encode(), compile_string_match(v)) for k, v in spec.headers.items()]
+        self.without_headers = [(k.lower().encode(), compile_string_match(v))
+                                for k, v in spec.without_headers.items()]
+        self.query = [(k.encode(), compile_string_match(v)) for k, v in spec.query_params.items()]
+        self.port = spec.port
+
+    def matches(self, head: RequestHead, port: int) -> bool:
+        """True when the request satisfies every condition of this block."""
+        if self.uri is not None and not self.uri(head.path_only()):
+            return False
+        if self.method is not None and not self.method(head.method):
+            return False
+        if self.authority is not None and not self.authority(head.authority):
+            return False
+        if self.port is not None and self.port != port:
+            return False
+        for name, pred in self.headers:
+            if not pred(head.header(name)):
+                return False
+        for name, pred in self.without_headers:
+            if pred(head.header(name)):
+                return False
+        if self.query:
+            params = dict(parse_qsl(head.query(), keep_blank_values=True))
+            for name, pred in self.query:
+                if not pred(params.get(name)):
+                    return False
+        return True
+
+
+class HeaderOps:
+    """Compiled set/add/remove header operations (lower-cased names)."""
+
+    __slots__ = ("set", "add", "remove", "drop")
+
+    def __init__(self, ops: HeaderOperations) -> None:
+        self.set = [(k.encode(), v.encode()) for k, v in ops.set.items()]
+        self.add = [(k.encode(), v.encode()) for k, v in ops.add.items()]
+        self.remove = {k.lower().encode() for k in ops.remove}
+        self.drop = self.remove | {k.lower() for k, _ in self.set}
+
+    def apply(self, headers: list) -> list:
+        """Return headers with the operations applied."""
+        if self.drop:
+            headers = [h for h in headers if h[0].lower() not in self.drop]
+        return headers + self.set + self.add if (self.set or self.add) else headers
+
+
+def _ops(headers: Headers | None) -> tuple[HeaderOps | None, HeaderOps | None]:
+    if headers is None:
+        return None, None
+    return (HeaderOps(headers.request) if headers.request else None,
+            HeaderOps(headers.response) if headers.response else None)
+
+
+class RouteDestination:
+    """A weighted destination of a route: the cluster to use per listener-side port."""
+
+    __slots__ = ("by_port", "default", "request_ops", "response_ops")
+
+    def __init__(self, by_port: dict[int, Cluster], default: Cluster, headers: Headers | None) -> None:
+        self.by_port = by_port
+        self.default = default
+        self.request_ops, self.response_ops = _ops(headers)
+
+    def cluster_for(self, port: int) -> Cluster:
+        """The cluster serving requests that arrived for this service port."""
+        return self.by_port.get(port, self.default)
+
+
+class Route:
+    """One http route of a VirtualService (or a service's default route)."""
+
+    __slots__ = ("name", "origin", "blocks", "destinations", "_picker", "rewrite_uri",
+                 "rewrite_authority", "regex_rewrite", "request_ops", "response_ops",
+                 "timeout", "retries", "fault", "spec")
+
+    def __init__(self, name: str, origin: str, blocks: list[MatchBlock],
+                 destinations: list[RouteDestination], weights: list[int],
+                 spec: HTTPRoute | None = None) -> None:
+        self.name = name
+        self.origin = origin
+        self.blocks = blocks
+        self.destinations = destinations
+        self._picker = (SmoothWeightedRoundRobin(destinations, weights)
+                        if len(destinations) > 1 else None)
+        self.spec = spec
+        rw = spec.rewrite if spec else None
+        self.rewrite_uri = rw.uri.encode() if rw and rw.uri is not None else None
+        self.rewrite_authority = rw.authority.encode() if rw and rw.authority else None
+        self.regex_rewrite = ((re.compile(rw.uri_regex_rewrite.match.encode()),
+                               rw.uri_regex_rewrite.rewrite.encode())
+                              if rw and rw.uri_regex_rewrite else None)
+        self.request_ops, self.response_ops = _ops(spec.headers if spec else None)
+        self.timeout = parse_duration(spec.timeout) if spec and spec.timeout else None
+        self.retries = spec.retries if spec else None
+        self.fault = spec.fault if spec else None
+
+    def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
+        """The matching block, True for a route without conditions, or False."""
+        if not self.blocks:
+            return True
+        for block in self.blocks:
+            if block.matches(head, port):
+                return block
+        return False
+
+    def choose(self) -> RouteDestination:
+        """The destination for this request, following the weights exactly."""
+        picker = self._picker
+        return self.destinations[0] if picker is None else picker.next()
+
+    def rewrite_path(self, path: bytes, block: MatchBlock | bool) -> bytes:
+        """Apply rewrite.uri / uriRegexRewrite to a path, keeping the query string."""
+        q = path.find(b"?")
+        only, query = (path, b"") if q < 0 else (path[:q], path[q:])
+        if self.regex_rewrite is not None:
+            rx, repl = self.regex_rewrite
+            only = rx.sub(repl.replace(b"\\", b"\\\\").replace(b"\\\\1", b"\\1"), only)
+        elif self.rewrite_uri is not None:
+            prefix = block.uri_prefix if isinstance(block, MatchBlock) else None
+            only = self.rewrite_uri + only[len(prefix):] if prefix is not None else self.rewrite_uri
+        return only + query
+
+
+class VirtualHost:
+    """The routes for one host name and service port."""
+
+    __slots__ = ("name", "port", "routes")
+
+    def __init__(self, name: str, port: int, routes: list[Route]) -> None:
+        self.name = name
+        self.port = port
+        self.routes = routes
+
+    def route(self, head: RequestHead) -> tuple[Route, MatchBlock | bool] | None:
+        """The first route that matches, with the block that matched."""
+        port = self.port
+        for route in self.routes:
+            block = route.match(head, port)
+            if block is not False:
+                return route, block
+        return None
+
+
+class RouteTable:
+    """Host -> VirtualHost, with wildcard suffixes and an optional catch-all."""
+
+    def __init__(self, vhosts: dict[bytes, VirtualHost], wildcards: list[tuple[bytes, VirtualHost]],
+                 catch_all: VirtualHost | None = None) -> None:
+        self.vhosts = vhosts
+        self.wildcards = wildcards
+        self.catch_all = catch_all
+
+    def lookup(self, authority: bytes) -> VirtualHost | None:
+        """The virtual host for a Host/authority value (case-insensitive, port optional)."""
+        vh = self.vhosts.get(authority)
+        if vh is not None:
+            return vh
+        key = authority.lower()
+        vh = self.vhosts.get(key)
+        if vh is not None:
+            return vh
+        host, _, port = key.rpartition(b":") if b":" in key and not key.endswith(b"]") else (key, b"", b"")
+        for suffix, wvh in self.wildcards:
+            if host.endswith(suffix):
+                return wvh
+        return self.catch_all
+
+    @classmethod
+    def single(cls, cluster: Cluster, name: str) -> "RouteTable":
+        """A table that sends everything to one cluster (the inbound listener)."""
+        route = Route(name, name, [], [RouteDestination({}, cluster, None)], [1])
+        return cls({}, [], VirtualHost(name, cluster.port, [route]))
+
+
+def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> RouteTable:
+    """Compile ServiceEntries' default routes and VirtualServices into a RouteTable."""
+    vhosts: dict[bytes, VirtualHost] = {}
+    wildcards: list[tuple[bytes, VirtualHost]] = []
+    catch_all: VirtualHost | None = None
+
+    def register(host: str, ports: list[int], routes: list[Route], name: str) -> None:
+        nonlocal catch_all
+        default_port = 80 if 80 in ports or not ports else ports[0]
+        if host == "*":
+            catch_all = VirtualHost(name, default_port, routes)
+            return
+        if host.startswith("*."):
+            wildcards.append((host[1:].encode(), VirtualHost(name, default_port, routes)))
+            return
+        for alias in host_aliases(host):
+            for p in ports:
+                vhosts[f"{alias}:{p}".encode()] = VirtualHost(name, p, routes)
+            vhosts[alias.encode()] = VirtualHost(name, default_port, routes)
+
+    for fqdn, info in services.items():
+        for port, cluster in ((p, c) for (p, s), c in info.clusters.items() if s is None):
+            route = Route("default", fqdn, [], [RouteDestination({}, cluster, None)], [1])
+            register(fqdn, [port], [route], f"{fqdn}:{port}")
+
+    for vs in config.virtual_services:
+        vs_ports: set[int] = set()
+        for host in vs.spec.hosts:
+            info = services.get(qualify_host(host, vs.namespace))
+            vs_ports.update(info.ports if info else ())
+        routes = [_compile_route(r, i, vs, services, vs_ports) for i, r in enumerate(vs.spec.http)]
+        for host in vs.spec.hosts:
+            fqdn = qualify_host(host, vs.namespace)
+            info = services.get(fqdn)
+            ports = sorted(info.ports) if info else sorted(vs_ports) or [80]
+            register(fqdn, ports, routes, f"{vs.namespace}/{vs.name}")
+    wildcards.sort(key=lambda item: -len(item[0]))   # most specific suffix first
+    return RouteTable(vhosts, wildcards, catch_all)
+
+
+def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceInfo],
+                   vs_ports: set[int]) -> Route:
+    destinations, weights = [], []
+    for d in spec.route:
+        fqdn = qualify_host(d.destination.host, vs.namespace)
+        info = services.get(fqdn)
+        want_port = d.destination.port.number if d.destination.port and d.destination.port.number else None
+        if info is None:
+            info = services[fqdn] = empty_service(fqdn, vs.namespace, [want_port or 80])
+        subset = d.destination.subset
+
+        def cluster_at(port: int, info=info, subset=subset) -> Cluster:
+            if (port, subset) not in info.clusters:
+                # A port or subset nothing defines: an empty cluster answers 503 UH.
+                info.clusters.update(empty_service(info.fqdn, info.namespace, [port]).clusters)
+                if subset is not None:
+                    from remora.proxy.cluster import Cluster as _C, cluster_name
+                    info.clusters[(port, subset)] = _C(cluster_name(port, subset, info.fqdn),
+                                                       info.fqdn, port, subset, [], None)
+            return info.clusters[(port, subset)]
+
+        svc_ports = sorted(info.ports) or [80]
+        default_port = want_port or svc_ports[0]
+        by_port = {p: cluster_at(want_port or (p if p in info.ports else default_port))
+                   for p in vs_ports | {80}}
+        destinations.append(RouteDestination(by_port, cluster_at(default_port), d.headers))
+        weights.append(d.weight if d.weight is not None else (100 if len(spec.route) == 1 else 0))
+    if len(weights) > 1 and not any(weights):
+        weights = [1] * len(weights)
+    blocks = [MatchBlock(m) for m in spec.match]
+    name = spec.name or f"{vs.name}.{index}"
+    return Route(name, f"VirtualService/{vs.namespace}/{vs.name}", blocks, destinations, weights, spec)

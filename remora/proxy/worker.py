@@ -1,0 +1,240 @@
+"""One worker: an event loop with its listeners, snapshot, pools, counters and sweeper.
+
+Everything here is per worker; with `--workers N` each process has its own Worker and the
+supervisor sums what they report. The snapshot (route tables + clusters) is compiled once
+per config version and swapped by one assignment.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from remora.config.model import MeshConfig
+from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
+from remora.proxy.listener import Listener, ListenerSettings
+from remora.proxy.pool import PoolRegistry
+from remora.proxy.router import RouteTable, build_route_table
+from remora.proxy.telemetry import AccessLogWriter
+
+
+@dataclass
+class ProxyOptions:
+    """What `remora proxy` was asked to run."""
+
+    mesh_config: list[str] = field(default_factory=list)
+    outbound_port: int = 15001
+    admin_port: int = 15000
+    inbound_port: int | None = None
+    app_port: int | None = None
+    bind: str = "127.0.0.1"
+    inbound_bind: str = "127.0.0.1"
+    admin_bind: str = "127.0.0.1"
+    app_host: str = "127.0.0.1"
+    workers: int = 1
+    drain_seconds: float = 5.0
+    access_log: str = "stdout"          # stdout | off
+    access_log_format: str = "text"     # text | json
+    listener: ListenerSettings = field(default_factory=ListenerSettings)
+
+
+class Snapshot:
+    """An immutable compiled config version: route tables and clusters."""
+
+    def __init__(self, config: MeshConfig, options: ProxyOptions, pools: PoolRegistry) -> None:
+        self.config = config
+        self.version = config.version
+        self.loaded_at = time.time()
+        self.services = build_clusters(config)
+        self.outbound: RouteTable = build_route_table(config, self.services)
+        self.inbound: RouteTable | None = None
+        self.inbound_cluster: Cluster | None = None
+        if options.inbound_port is not None and options.app_port is not None:
+            name = f"inbound|{options.app_port}||"
+            self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
+                                           [Endpoint(options.app_host, options.app_port, {})], None)
+            self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
+        for cluster in self.clusters():
+            for ep in cluster.endpoints:
+                ep.pool = pools.pool_for(ep.host, ep.port)
+
+    def clusters(self) -> list[Cluster]:
+        """Every cluster of this version, in a stable order."""
+        found = {c.name: c for info in self.services.values() for c in info.clusters.values()}
+        if self.inbound_cluster is not None:
+            found[self.inbound_cluster.name] = self.inbound_cluster
+        return [found[name] for name in sorted(found)]
+
+
+class Worker:
+    """Listeners and state of one event loop."""
+
+    def __init__(self, options: ProxyOptions, config: MeshConfig, worker_id: int = 0) -> None:
+        self.options = options
+        self.worker_id = worker_id
+        self.loop = asyncio.get_running_loop()
+        self.pools = PoolRegistry(self.loop)
+        self.snapshot = Snapshot(config, options, self.pools)
+        self.access_log = (AccessLogWriter(fmt=options.access_log_format)
+                           if options.access_log != "off" else AccessLogWriter.disabled())
+        self.listeners: list[Listener] = [
+            Listener(self, "outbound", options.bind, options.outbound_port, False, options.listener)]
+        if self.snapshot.inbound is not None:
+            self.listeners.append(Listener(self, "inbound", options.inbound_bind,
+                                           options.inbound_port, True, options.listener))
+        self.ready = False
+        self.draining = False
+        self.started_at = time.time()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, reuse_port: bool) -> None:
+        for listener in self.listeners:
+            await listener.start(reuse_port)
+        if self.access_log.enabled:
+            self.access_log.start(self.loop)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+        self.ready = True
+
+    def apply(self, config: MeshConfig) -> None:
+        """Swap in a new config version (requests in flight keep the old one)."""
+        self.snapshot = Snapshot(config, self.options, self.pools)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                conn.check_timeouts(now, listener.settings)
+        self.pools.sweep(now)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    # -- drain and stop ------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        self.draining = True
+        for listener in self.listeners:
+            listener.stop_accepting()
+            for conn in list(listener.connections):
+                conn.close_if_idle()
+
+    def in_flight(self) -> int:
+        return sum(listener.stats.downstream_rq_active for listener in self.listeners)
+
+    async def drain(self, deadline_seconds: float) -> None:
+        """Stop accepting, let requests in flight finish up to the deadline, then close."""
+        self.stop_accepting()
+        deadline = self.loop.time() + deadline_seconds
+        while self.in_flight() > 0 and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            for listener in self.listeners:
+                for conn in list(listener.connections):
+                    conn.close_if_idle()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+            if listener.server is not None:
+                listener.server.close()
+        self.pools.close_all_idle()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.access_log.close()
+
+    # -- what admin reads --------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cluster in self.snapshot.clusters():
+            prefix = f"cluster.{cluster.name}."
+            for name, value in cluster.stats.as_dict().items():
+                out[prefix + name] = value
+            out[prefix + "membership_total"] = len(cluster.endpoints)
+            out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
+        for listener in self.listeners:
+            st = listener.stats.as_dict()
+            for name in ("downstream_cx_total", "downstream_cx_active"):
+                out[f"listener.{listener.address}.{name}"] = st[name]
+            for name, value in st.items():
+                out[f"http.{listener.name}.{name}"] = value
+        out["server.live"] = 0 if self.draining else 1
+        out["server.uptime"] = int(time.time() - self.started_at)
+        out["server.concurrency"] = 1
+        out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
+        out["access_log.dropped"] = self.access_log.dropped
+        return out
+
+    def clusters(self) -> list[dict]:
+        result = []
+        for cluster in self.snapshot.clusters():
+            endpoints = []
+            for ep in cluster.endpoints:
+                pool = ep.pool
+                endpoints.append({
+                    "address": ep.key, "labels": ep.labels, "weight": ep.weight,
+                    "active_requests": ep.active_requests, "total_requests": ep.total_requests,
+                    "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
+                    "connections_active": len(pool.active) - len(pool.idle) if pool else 0,
+                    "connections_idle": len(pool.idle) if pool else 0,
+                })
+            result.append({"name": cluster.name, "service": cluster.service,
+                           "subset": cluster.subset or "", "lb_policy": cluster.lb_policy,
+                           "endpoints": endpoints})
+        return result
+
+    def config_dump(self) -> dict:
+        snap = self.snapshot
+        cfg = snap.config
+        resources = {}
+        for kind, items in (("ServiceEntry", cfg.service_entries), ("WorkloadEntry", cfg.workload_entries),
+                            ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules)):
+            resources[kind] = [{"name": r.name, "namespace": r.namespace, "source": r.source,
+                                "spec": msgspec.to_builtins(r.spec)} for r in items]
+        return {
+            "version": snap.version,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
+            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}"} for l in self.listeners],
+            "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
+            "clusters": [c.name for c in snap.clusters()],
+            "warnings": list(cfg.warnings),
+            "resources": resources,
+        }
+
+
+def gauge_names(stats: dict[str, int]) -> frozenset[str]:
+    """Which stat names are gauges (the rest are counters)."""
+    return frozenset(n for n in stats if n.rsplit(".", 1)[-1] in GAUGE_STATS
+                     or n.endswith(("_active", "membership_total", "membership_healthy"))
+                     or n.startswith("server."))
+
+
+class WorkerAdminSource:
+    """The admin view of a single in-process worker."""
+
+    def __init__(self, worker: Worker, stop: asyncio.Event) -> None:
+        self.worker = worker
+        self.stop = stop
+        self._last_stats: dict[str, int] = {}
+
+    def is_ready(self) -> bool:
+        return self.worker.ready and not self.worker.draining
+
+    def is_draining(self) -> bool:
+        return self.worker.draining
+
+    async def clusters(self) -> list[dict]:
+        return self.worker.clusters()
+
+    async def config_dump(self) -> dict:
+        return self.worker.config_dump()
+
+    async def stats(self) -> dict[str, int]:
+        self._last_stats = self.worker.stats()
+        return self._last_stats
+
+    def gauge_names(self) -> frozenset[str]:
+        return gauge_names(self._last_stats or self.worker.stats())
+
+    async def drain_listeners(self) -> None:
+        self.worker.stop_accepting()
+
+    async def quit(self) -> None:
+        self.stop.set()
