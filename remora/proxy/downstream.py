@@ -73,6 +73,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.reading_paused = 0
         self.tunnel_peer = None
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
+        self.unparsed_head_bytes = 0
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -110,14 +111,14 @@ class DownstreamHttp1(asyncio.Protocol):
             self.tunnel_peer.write(data)
             return
         self.last_activity = self.loop.time()
-        if self.state == HEADERS or self.state == IDLE:
-            # Bound the head even when httptools is still buffering an unfinished line.
-            self.header_bytes += len(data)
-            if self.header_bytes > 2 * MAX_HEADER_BYTES:
-                self._reject(BadRequest(431, b"request header fields too large"))
-                return
+        if self.state <= HEADERS:
+            self.unparsed_head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self.state <= HEADERS and self.unparsed_head_bytes > 2 * MAX_HEADER_BYTES:
+                # A head still unfinished after this much: httptools keeps buffering an
+                # endless line without calling us, so bound it here.
+                self._reject(BadRequest(431, b"request header fields too large"))
         except HttpParserUpgrade as exc:
             self._on_upgrade_bytes(data[exc.args[0]:])
         except BadRequest as err:
@@ -143,12 +144,16 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.active is not None:
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.pause_reading()
+        elif self.active is not None:
             self.active.downstream_write_paused(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.active is not None:
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.resume_reading()
+        elif self.active is not None:
             self.active.downstream_write_paused(False)
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -200,6 +205,7 @@ class DownstreamHttp1(asyncio.Protocol):
         # H_HOP: dropped
 
     def on_headers_complete(self) -> None:
+        self.unparsed_head_bytes = 0
         parser = self.parser
         version = parser.get_http_version().encode()
         url = self.url
@@ -267,7 +273,9 @@ class DownstreamHttp1(asyncio.Protocol):
 
     # -- upgrade ---------------------------------------------------------------------------------
     def _on_upgrade_bytes(self, rest: bytes) -> None:
-        exchange = self.receiving
+        # llhttp completes the message before reporting the upgrade, so the exchange is
+        # usually no longer `receiving`, only `active`.
+        exchange = self.receiving or self.active
         if exchange is None or exchange.head.upgrade is None:
             # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
             self._reject(BadRequest(405, b"method not allowed"))

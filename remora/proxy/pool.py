@@ -119,11 +119,15 @@ class UpstreamHttp1(asyncio.Protocol):
                 exchange.on_upstream_lost(self.got_bytes, self.requests_sent > 1)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+        elif self.exchange is not None:
             self.exchange.upstream_write_paused(True)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        elif self.exchange is not None:
             self.exchange.upstream_write_paused(False)
 
     # -- request side ------------------------------------------------------------------
@@ -212,8 +216,8 @@ class UpstreamHttp1(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        if self.response_done or self.resp is None:
-            return
+        if self.response_done or self.resp is None or self.resp.status == 101:
+            return   # a 101 is finished by the upgrade that follows, not here
         self._complete(self.resp.keep_alive)
 
     def _complete(self, keep_alive: bool) -> None:

@@ -78,7 +78,9 @@ class MatchBlock:
             if pred(head.header(name)):
                 return False
         if self.query:
-            params = dict(parse_qsl(head.query(), keep_blank_values=True))
+            params: dict[bytes, bytes] = {}
+            for name, value in parse_qsl(head.query(), keep_blank_values=True):
+                params.setdefault(name, value)   # a repeated parameter: the first value counts, as in Envoy
             for name, pred in self.query:
                 if not pred(params.get(name)):
                     return False
@@ -101,6 +103,37 @@ class HeaderOps:
         if self.drop:
             headers = [h for h in headers if h[0].lower() not in self.drop]
         return headers + self.set + self.add if (self.set or self.add) else headers
+
+
+_RE2_ESCAPE = re.compile(rb"\\([0-9]|\\)")
+
+
+def compile_regex_rewrite(pattern: bytes, template: bytes):
+    r"""(regex, replacement function) for an RE2 rewrite string (Envoy's regex_rewrite).
+
+    In RE2's syntax `\0`..`\9` insert a group and `\\` a backslash; every other
+    character, including a backslash before anything else, is literal. Python's template
+    syntax differs (`\g<n>`, escapes like `\n`), so the template is parsed once here.
+    """
+    rx = re.compile(pattern)
+    parts: list[bytes | int] = []
+    pos = 0
+    for m in _RE2_ESCAPE.finditer(template):
+        parts.append(template[pos:m.start()])
+        token = m.group(1)
+        group = int(token) if token.isdigit() else None
+        # A group the pattern does not have inserts nothing (RE2 would reject the rewrite).
+        parts.append(b"\\" if group is None else (group if group <= rx.groups else b""))
+        pos = m.end()
+    parts.append(template[pos:])
+    if all(isinstance(part, bytes) for part in parts):
+        literal = b"".join(parts)   # type: ignore[arg-type]
+        return rx, lambda m: literal
+
+    def expand(m: re.Match) -> bytes:
+        return b"".join(part if isinstance(part, bytes) else (m.group(part) or b"") for part in parts)
+
+    return rx, expand
 
 
 def _ops(headers: Headers | None) -> tuple[HeaderOps | None, HeaderOps | None]:
@@ -145,8 +178,8 @@ class Route:
         rw = spec.rewrite if spec else None
         self.rewrite_uri = rw.uri.encode() if rw and rw.uri is not None else None
         self.rewrite_authority = rw.authority.encode() if rw and rw.authority else None
-        self.regex_rewrite = ((re.compile(rw.uri_regex_rewrite.match.encode()),
-                               rw.uri_regex_rewrite.rewrite.encode())
+        self.regex_rewrite = (compile_regex_rewrite(rw.uri_regex_rewrite.match.encode(),
+                                                    rw.uri_regex_rewrite.rewrite.encode())
                               if rw and rw.uri_regex_rewrite else None)
         self.request_ops, self.response_ops = _ops(spec.headers if spec else None)
         self.timeout = parse_duration(spec.timeout) if spec and spec.timeout else None
@@ -172,8 +205,8 @@ class Route:
         q = path.find(b"?")
         only, query = (path, b"") if q < 0 else (path[:q], path[q:])
         if self.regex_rewrite is not None:
-            rx, repl = self.regex_rewrite
-            only = rx.sub(repl.replace(b"\\", b"\\\\").replace(b"\\\\1", b"\\1"), only)
+            rx, expand = self.regex_rewrite
+            only = rx.sub(expand, only)
         elif self.rewrite_uri is not None:
             prefix = block.uri_prefix if isinstance(block, MatchBlock) else None
             only = self.rewrite_uri + only[len(prefix):] if prefix is not None else self.rewrite_uri
@@ -237,9 +270,19 @@ def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> R
     wildcards: list[tuple[bytes, VirtualHost]] = []
     catch_all: VirtualHost | None = None
 
-    def register(host: str, ports: list[int], routes: list[Route], name: str) -> None:
+    def register(host: str, ports: list[int], routes: list[Route], name: str,
+                 bare: bool = True) -> None:
+        """Map host:port for each port to routes, and (when bare) the host without a port."""
         nonlocal catch_all
-        default_port = 80 if 80 in ports or not ports else ports[0]
+        default_port = _default_port(ports)
+        if not bare:
+            # Another port of the same host owns the bare name (and the wildcard entry).
+            if host == "*" or host.startswith("*."):
+                return
+            for alias in host_aliases(host):
+                for p in ports:
+                    vhosts[f"{alias}:{p}".encode()] = VirtualHost(name, p, routes)
+            return
         if host == "*":
             catch_all = VirtualHost(name, default_port, routes)
             return
@@ -252,9 +295,13 @@ def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> R
             vhosts[alias.encode()] = VirtualHost(name, default_port, routes)
 
     for fqdn, info in services.items():
-        for port, cluster in ((p, c) for (p, s), c in info.clusters.items() if s is None):
+        by_port = {p: c for (p, s), c in info.clusters.items() if s is None}
+        # A Host without a port means the service's port 80 when it has one (else its lowest),
+        # however many ports it has; each port gets its own default route and cluster.
+        bare_port = _default_port(sorted(by_port))
+        for port, cluster in by_port.items():
             route = Route("default", fqdn, [], [RouteDestination({}, cluster, None)], [1])
-            register(fqdn, [port], [route], f"{fqdn}:{port}")
+            register(fqdn, [port], [route], f"{fqdn}:{port}", bare=port == bare_port)
 
     for vs in config.virtual_services:
         vs_ports: set[int] = set()
@@ -271,6 +318,11 @@ def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> R
     return RouteTable(vhosts, wildcards, catch_all)
 
 
+def _default_port(ports: list[int]) -> int:
+    """The port a Host without one addresses: 80 if the host has it, else its lowest port."""
+    return 80 if 80 in ports or not ports else min(ports)
+
+
 def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceInfo],
                    vs_ports: set[int]) -> Route:
     destinations, weights = [], []
@@ -284,8 +336,10 @@ def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceI
 
         def cluster_at(port: int, info=info, subset=subset) -> Cluster:
             if (port, subset) not in info.clusters:
-                # A port or subset nothing defines: an empty cluster answers 503 UH.
-                info.clusters.update(empty_service(info.fqdn, info.namespace, [port]).clusters)
+                # A port or subset nothing defines: an empty cluster answers 503 UH. Only
+                # missing keys are added: the port's real (subset-less) cluster must stay.
+                for key, empty in empty_service(info.fqdn, info.namespace, [port]).clusters.items():
+                    info.clusters.setdefault(key, empty)
                 if subset is not None:
                     from remora.proxy.cluster import Cluster as _C, cluster_name
                     info.clusters[(port, subset)] = _C(cluster_name(port, subset, info.fqdn),

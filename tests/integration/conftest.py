@@ -1,0 +1,81 @@
+"""Shared fixtures: one set of test upstreams and one sidecar in front of them per module."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.proxy_process import ProxyProcess
+from tests.integration.upstreams import Upstreams
+
+
+def service(name: str, endpoints: list[tuple[int, dict]], port: int = 80) -> str:
+    """A STATIC ServiceEntry for `name` with loopback endpoints (port, labels)."""
+    eps = "".join(
+        f"\n  - address: 127.0.0.1\n    ports: {{http: {p}}}\n    labels: {labels or {'app': name}}"
+        for p, labels in endpoints)
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+{"  endpoints:" + eps if eps else "  workloadSelector: {labels: {app: nothing-matches}}"}
+---
+"""
+
+
+def mesh_yaml(ports: dict[str, int]) -> str:
+    """The test mesh: a service per upstream behaviour, plus a split and a rewrite route."""
+    docs = [service(n, [(ports[n], {})]) for n in ("echo", "race", "garbage", "nolen", "sink", "source", "down")]
+    docs.append(service("reviews", [(ports["v1"], {"version": "v1"}), (ports["v2"], {"version": "v2"})], 9080))
+    docs.append(service("empty", []))
+    docs.append("""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: api-rewrite
+    match: [{uri: {prefix: /api/v1/}}]
+    rewrite: {uri: /v1/}
+    headers:
+      request: {set: {x-route: api}, remove: [x-secret]}
+      response: {add: {x-served-by: remora}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: split
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+---
+""")
+    return "".join(docs)
+
+
+@pytest.fixture(scope="session")
+def upstreams():
+    ups = Upstreams().start()
+    yield ups
+    ups.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstreams):
+    """A sidecar whose outbound listener knows every test upstream."""
+    p = ProxyProcess(mesh_yaml(upstreams.ports), "--request-headers-timeout", "1s",
+                     "--idle-timeout", "2s", "--drain-seconds", "2")
+    p.wait_ready()
+    yield p
+    assert p.stop() == 0, p.stderr()

@@ -1,0 +1,81 @@
+"""Start `remora proxy` as a real subprocess on free loopback ports and wait until ready."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from tests.integration.upstreams import free_port
+
+
+class ProxyProcess:
+    """A running sidecar: its ports, its access log, and a clean stop."""
+
+    def __init__(self, mesh_yaml: str, *extra: str, inbound_app_port: int | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="remora-test-")
+        self.config_path = os.path.join(self.dir, "mesh.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(mesh_yaml)
+        self.outbound_port = free_port()
+        self.admin_port = free_port()
+        self.inbound_port = free_port() if inbound_app_port else None
+        args = [sys.executable, "-m", "remora", "proxy", "--mesh-config", self.config_path,
+                "--outbound-port", str(self.outbound_port), "--admin-port", str(self.admin_port),
+                *extra]
+        if inbound_app_port:
+            args += ["--inbound-port", str(self.inbound_port), "--app-port", str(inbound_app_port)]
+        self.log_path = os.path.join(self.dir, "stdout.log")
+        self.err_path = os.path.join(self.dir, "stderr.log")
+        self.proc = subprocess.Popen(args, stdout=open(self.log_path, "wb"),
+                                     stderr=open(self.err_path, "wb"))
+
+    def wait_ready(self, timeout: float = 20.0) -> "ProxyProcess":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}: {self.stderr()}")
+            try:
+                with urllib.request.urlopen(self.admin("/ready"), timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy not ready: {self.stderr()}")
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def admin_get(self, path: str) -> str:
+        with urllib.request.urlopen(self.admin(path), timeout=5) as r:
+            return r.read().decode()
+
+    def access_log(self) -> str:
+        time.sleep(0.3)   # the access log is flushed every 100 ms
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        with open(self.err_path) as f:
+            return f.read()
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
