@@ -417,7 +417,14 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.state == CLOSED or self.tunnel_peer is not None:
             return
         self.listener.count_protocol_error(err.status)
-        if self.active is None and self.transport is not None:
+        current = self.active
+        if (current is not None and current is self.receiving and not current.response_started
+                and not current.finished):
+            # The head was fine and already routed, but its body is malformed (a bad
+            # chunk): drop the upstream attempt and answer the client instead.
+            self.keep_alive = False
+            current.local_reply(err.status, err.detail, "DPE")
+        elif current is None and self.transport is not None:
             head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
             exchange = self.listener.new_exchange(self, head, routed=False)
             self.keep_alive = False

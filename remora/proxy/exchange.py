@@ -309,6 +309,7 @@ class Exchange:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
+        self._endpoint_done(error=False)
         self.flags = flag
         self.status = status
         self.bytes_sent = len(body)
