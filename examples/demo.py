@@ -1,0 +1,243 @@
+"""`make demo`: a bookinfo-like mesh on loopback, no containers.
+
+    python -m examples.demo [--duration SECONDS] [--base-port N] [--rate R] [--weights 50,30,20]
+
+Starts productpage, reviews v1/v2/v3 and ratings, each behind its own `remora proxy`
+sidecar, waits until every sidecar's admin /ready and every app answer, prints the URL to
+open, then sends traffic to productpage and prints one line per second with the reviews
+split it observes. Ctrl-C or --duration stops everything and exits 0; a child that dies
+on its own makes the demo print its stderr tail and exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from examples import topology, traffic
+from examples.processes import Child, Supervisor
+
+# A sidecar drains for --drain-seconds after SIGTERM; this is how much longer we wait
+# before calling it stuck and killing it.
+STOP_SLACK_SECONDS = 3.0
+HEADER_ROUTE_PROBES = 5
+
+
+class ChildDied(Exception):
+    def __init__(self, child: Child):
+        super().__init__(child.name)
+        self.child = child
+
+
+class StartupTimeout(Exception):
+    pass
+
+
+def say(*parts: object) -> None:
+    print(*parts, flush=True)  # flushed: the demo is watched live, often through a pipe
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, help="seconds of traffic, then stop (default: until Ctrl-C)")
+    p.add_argument("--base-port", type=int, help="use 20 consecutive ports from N (default: any free ports)")
+    p.add_argument("--rate", type=float, default=10.0, help="requests per second to productpage (default 10)")
+    p.add_argument("--weights", default="50,30,20", help="reviews v1,v2,v3 weights, summing to 100")
+    p.add_argument("--drain-seconds", type=float, default=1.0, help="sidecar drain time on stop")
+    p.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for readiness")
+    p.add_argument("--sidecar", type=shlex.split, default=topology.DEFAULT_SIDECAR,
+                   help="sidecar command before its flags (default: python -m remora proxy)")
+    p.add_argument("--access-log", choices=("text", "json", "off"),
+                   help="sidecar access-log format (default: the sidecar's own default)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with logs on a clean exit")
+    args = p.parse_args(argv)
+    try:
+        weights = tuple(int(w) for w in args.weights.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3 or sum(weights) != 100 or min(weights) < 0:
+        p.error("--weights takes three non-negative integers that sum to 100, e.g. 50,30,20")
+    args.weights = weights
+    if args.rate <= 0:
+        p.error("--rate must be positive")
+    return args
+
+
+def check_children(sup: Supervisor) -> None:
+    dead = sup.first_dead()
+    if dead is not None:
+        raise ChildDied(dead)
+
+
+async def wait_ready(sup: Supervisor, ports: dict[str, topology.Ports], stop: asyncio.Event, timeout: float) -> bool:
+    """Poll every sidecar's /ready and every app's /healthz; False if stopped meanwhile."""
+    pending = {}
+    for name, p in ports.items():
+        pending[f"{name} sidecar"] = f"http://127.0.0.1:{p.admin}/ready"
+        pending[f"{name} app"] = f"http://127.0.0.1:{p.app}/healthz"
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1), trust_env=False) as s:
+        while pending:
+            check_children(sup)
+            if time.monotonic() > deadline:
+                raise StartupTimeout(", ".join(pending))
+            for label, url in list(pending.items()):
+                try:
+                    async with s.get(url) as resp:
+                        if resp.status == 200:
+                            del pending[label]
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass  # not listening yet
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+                return False
+            except asyncio.TimeoutError:
+                pass
+    return True
+
+
+def print_banner(ports: dict[str, topology.Ports], workdir: Path) -> str:
+    pp = ports["productpage"]
+    say(f"Remora demo: {len(ports)} apps, each behind its own sidecar, all on 127.0.0.1")
+    say(f"  {'instance':<12} {'app':>6} {'inbound':>8} {'outbound':>9} {'admin':>6}")
+    for name, p in ports.items():
+        say(f"  {name:<12} {p.app:>6} {p.inbound:>8} {p.outbound:>9} {p.admin:>6}")
+    say(f"  mesh config: {workdir}/mesh.yaml   access logs: {workdir}/<instance>.sidecar.out")
+    url = f"http://127.0.0.1:{pp.inbound}/"
+    say(f"Open {url} (productpage through its sidecar's inbound listener)")
+    say(f"  API:   {url}api/productpage")
+    say(f"  admin: http://127.0.0.1:{pp.admin}/clusters?format=json  http://127.0.0.1:{pp.admin}/stats")
+    return f"{url}api/productpage"
+
+
+async def check_header_route(session: aiohttp.ClientSession, api_url: str, stop: asyncio.Event) -> None:
+    """Show the VirtualService's header match at work: end-user: jason always gets v2."""
+    seen = []
+    for _ in range(HEADER_ROUTE_PROBES):
+        if stop.is_set():
+            return
+        version, error = await traffic.fetch_version(session, api_url, headers={"end-user": "jason"})
+        seen.append(version or "error")
+        if error:
+            say(f"  header route probe failed: {error}")
+    verdict = "ok" if all(v == "v2" for v in seen) else "UNEXPECTED (want only v2)"
+    say(f"header route  end-user: jason -> {' '.join(seen)}  {verdict}")
+
+
+async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topology.Ports], workdir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+
+    started = time.monotonic()
+    if not await wait_ready(sup, ports, stop, args.startup_timeout):
+        return
+    say(f"all {len(sup.children)} processes ready in {time.monotonic() - started:.1f}s")
+    api_url = print_banner(ports, workdir)
+
+    stats = traffic.SplitStats()
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(timeout=traffic.REQUEST_TIMEOUT, trust_env=False, connector=connector) as session:
+        await check_header_route(session, api_url, stop)
+        if stop.is_set():
+            return
+        w = args.weights
+        say(
+            f"driving {args.rate:g} req/s at {api_url}; weights v1 {w[0]} / v2 {w[1]} / v3 {w[2]}; "
+            + ("Ctrl-C to stop" if args.duration is None else f"stopping after {args.duration:g}s")
+        )
+        driver = asyncio.create_task(traffic.drive(session, api_url, args.rate, stats))
+        origin, tick, error_shown = loop.time(), 0, False
+        try:
+            while args.duration is None or tick < args.duration:
+                tick += 1
+                try:
+                    await asyncio.wait_for(stop.wait(), origin + tick - loop.time())
+                    break  # Ctrl-C / SIGTERM
+                except asyncio.TimeoutError:
+                    pass
+                check_children(sup)
+                if driver.done():
+                    driver.result()  # the driver only ends by raising: surface it
+                stats.roll()
+                say(stats.line(tick))
+                if stats.first_error and not error_shown:
+                    say(f"  first error: {stats.first_error}")
+                    error_shown = True
+        finally:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+    say(f"total {sum(stats.total.values())} answers, {stats.errors} errors")
+
+
+def start_mesh(sup: Supervisor, args: argparse.Namespace, ports: dict[str, topology.Ports], mesh_file: Path) -> None:
+    for inst in topology.INSTANCES:
+        p = ports[inst.name]
+        argv = topology.sidecar_argv(args.sidecar, mesh_file, p, args.drain_seconds)
+        if args.access_log == "off":
+            argv += ["--access-log", "off"]
+        elif args.access_log:
+            argv += ["--access-log-format", args.access_log]
+        sup.start(Child(f"{inst.name}.sidecar", argv, sup.log_dir))
+        sup.start(Child(f"{inst.name}.app", topology.app_argv(inst, p), sup.log_dir))
+
+
+def report_death(child: Child) -> None:
+    code = child.returncode()
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    say(f"demo: {child.name} {how} unexpectedly; last stderr lines ({child.stderr_path}):")
+    for line in child.stderr_tail() or ["(no stderr output)"]:
+        say(f"  | {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ports = topology.assign_ports(args.base_port)
+    workdir = Path(tempfile.mkdtemp(prefix="remora-demo-"))
+    mesh_file = workdir / "mesh.yaml"
+    mesh_file.write_text(topology.render_mesh(ports, args.weights))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # logs land in files as they happen
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(topology.PROJECT_ROOT), env.get("PYTHONPATH")]))
+    sup = Supervisor(topology.PROJECT_ROOT, env, log_dir=workdir)
+    code = 1
+    try:
+        start_mesh(sup, args, ports, mesh_file)
+        asyncio.run(run(args, sup, ports, workdir))
+        code = 0
+    except KeyboardInterrupt:
+        code = 0  # Ctrl-C before the loop installed its handler: still a normal stop
+    except ChildDied as died:
+        report_death(died.child)
+    except StartupTimeout as late:
+        say(f"demo: not ready after {args.startup_timeout:g}s: {late}")
+        for child in sup.children:
+            if child.stderr_tail(1):
+                say(f"  {child.name} stderr ({child.stderr_path}):")
+                for line in child.stderr_tail(8):
+                    say(f"  | {line}")
+    finally:
+        # A second Ctrl-C during shutdown must not abort it half way with a traceback;
+        # shutdown is bounded by the grace period anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        killed = sup.stop_all(grace=args.drain_seconds + STOP_SLACK_SECONDS)
+        say(f"stopped {len(sup.children)} processes" + (f" (killed: {', '.join(killed)})" if killed else ""))
+        if code == 0 and not args.keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"logs kept in {workdir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
