@@ -29,6 +29,7 @@ from remora.proxy.http1 import (
 from remora.proxy.message import RequestHead
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+_OWS = (0x20, 0x09)
 
 
 class BadRequest(Exception):
@@ -124,6 +125,11 @@ class DownstreamHttp1(asyncio.Protocol):
         except BadRequest as err:
             self._reject(err)
         except HttpParserError as exc:
+            if self.state == WAITING and not self.keep_alive:
+                # Bytes after a request that said Connection: close (llhttp refuses them):
+                # ignore them and answer the request we have.
+                self._pause(4)
+                return
             cause = exc.__context__ or exc.__cause__
             self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
 
@@ -167,15 +173,21 @@ class DownstreamHttp1(asyncio.Protocol):
         self.header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state != HEADERS:
+            return   # trailer fields after a chunked body: never merged into the head
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > MAX_HEADER_BYTES:
             raise BadRequest(431, b"request header fields too large")
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")   # httptools strips only leading whitespace
         code = REQUEST_SPECIAL.get(name.lower())
         if code is None:
             self.headers.append((name, value))
         elif code == H_HOST:
             if self.authority is not None:
                 raise BadRequest(400, b"duplicate host header")
+            if b" " in value or b"\t" in value:
+                raise BadRequest(400, b"invalid host header")
             self.authority = value
         elif code == H_UA:
             self.user_agent = value
@@ -188,6 +200,9 @@ class DownstreamHttp1(asyncio.Protocol):
         elif code == H_CL:
             self.content_length = value
         elif code == H_TE:
+            # Only chunked as the final coding is a framing Remora can forward (RFC 9112 6.1).
+            if not value.lower().rstrip().endswith(b"chunked"):
+                raise BadRequest(400, b"unsupported transfer-encoding")
             self.te_chunked = True
         elif code == H_CONNECTION:
             for token in connection_tokens(value):
@@ -209,7 +224,9 @@ class DownstreamHttp1(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version().encode()
         url = self.url
-        if url[:1] != b"/":
+        if url[:1] != b"/" and url != b"*":
+            if parser.get_method() == b"CONNECT":
+                raise BadRequest(405, b"CONNECT is not supported")
             url = self._absolute_form(url)
         authority = self.authority
         if authority is None:
@@ -249,8 +266,14 @@ class DownstreamHttp1(asyncio.Protocol):
         scheme, sep, rest = url.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
             raise BadRequest(400, b"invalid request target")
-        slash = rest.find(b"/")
-        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        end = len(rest)
+        for stop in (b"/", b"?", b"#"):
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        authority, path = rest[:end], rest[end:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
         if b"@" in authority:
             authority = authority.rpartition(b"@")[2]
         if not authority:
