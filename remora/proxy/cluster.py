@@ -197,14 +197,26 @@ def build_clusters(config: MeshConfig) -> dict[str, ServiceInfo]:
             for port in se.spec.ports:
                 info.ports[port.number] = (port.protocol or "HTTP").upper()
                 endpoints = _endpoints(se, config, host, port)
-                _add_port_clusters(info, port.number, endpoints, rules.get(fqdn))
+                _add_port_clusters(info, port.number, endpoints, rule_for(rules, fqdn))
     # Hosts known only from a DestinationRule still get (empty) clusters, so routes to
     # them answer 503 UH rather than failing to compile.
     for fqdn, dr in rules.items():
-        if fqdn not in services:
+        if fqdn not in services and not fqdn.startswith("*"):
             info = services.setdefault(fqdn, ServiceInfo(fqdn, dr.namespace, {80: "HTTP"}, {}))
             _add_port_clusters(info, 80, [], dr)
     return services
+
+
+def rule_for(rules: dict[str, Resource[DestinationRuleSpec]], fqdn: str):
+    """The DestinationRule for a host: exact host first, then the longest matching wildcard."""
+    rule = rules.get(fqdn)
+    if rule is not None:
+        return rule
+    best = None
+    for host, candidate in rules.items():
+        if host.startswith("*") and fqdn.endswith(host[1:]) and (best is None or len(host) > len(best[0])):
+            best = (host, candidate)
+    return best[1] if best else None
 
 
 def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr) -> None:

@@ -839,3 +839,33 @@ def test_namespace_qualifies_short_hosts():
     assert routed(table, req(authority=b"reviews.default:9080")) == "default"
     assert cluster_name(table, req(authority=b"reviews.prod")) == "outbound|9080||reviews.prod.svc.cluster.local"
 
+
+
+def test_wildcard_destination_rule_applies_to_matching_service():
+    """A DestinationRule on *.example.com gives api.example.com its subsets and policy."""
+    from remora.config.loader import load_mesh_text
+    from remora.proxy.cluster import build_clusters
+
+    config = load_mesh_text("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all-example}
+spec:
+  host: "*.example.com"
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: v1, labels: {version: v1}}]
+""")
+    info = build_clusters(config)["api.example.com"]
+    assert [e.host for e in info.clusters[(80, "v1")].endpoints] == ["10.0.0.1"]
+    assert info.clusters[(80, None)].lb_policy == "RANDOM"
