@@ -17,12 +17,13 @@ from remora.config.model import (
 )
 from remora.config.names import qualify_host
 from remora.proxy.balancer import Balancer, make_balancer
+from remora.proxy.counters import Counters, status_names
 
 DEFAULT_CONNECT_TIMEOUT = 10.0   # Istio's connectTimeout default
 DEFAULT_IDLE_TIMEOUT = 3600.0    # Istio's connectionPool.http.idleTimeout default
 
 
-class ClusterStats:
+class ClusterStats(Counters):
     """Envoy's cluster counters for one cluster in one worker (plain integers)."""
 
     __slots__ = (
@@ -33,28 +34,7 @@ class ClusterStats:
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
         "upstream_rq_rx_reset", "upstream_cx_protocol_error",
     )
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def count_status(self, status: int) -> None:
-        """Count one response in its status class."""
-        cls = status // 100
-        if cls == 2:
-            self.upstream_rq_2xx += 1
-        elif cls == 5:
-            self.upstream_rq_5xx += 1
-        elif cls == 4:
-            self.upstream_rq_4xx += 1
-        elif cls == 3:
-            self.upstream_rq_3xx += 1
-        else:
-            self.upstream_rq_1xx += 1
-
-    def as_dict(self) -> dict[str, int]:
-        """Counter name -> value."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    STATUS_NAMES = status_names("upstream_rq")
 
 
 GAUGE_STATS = frozenset({"upstream_rq_active", "upstream_cx_active"})

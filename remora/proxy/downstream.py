@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from remora.proxy.counters import set_nodelay
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import (
     CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_REQID, H_TE, H_UA,
@@ -98,12 +98,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.last_activity = self.loop.time()
         self.listener.connection_opened(self)
 

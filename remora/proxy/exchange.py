@@ -255,28 +255,26 @@ class Exchange:
             self.pending_bytes = sum(map(len, self.pending))
             self._attempt(fresh=True)
             return
-        self._endpoint_done(error=True)
         self.cluster.stats.upstream_rq_rx_reset += 1
-        if self.response_started:
-            self.flags = "UC"
-            self._finish()
-            self.sink.abort(self)
-        else:
-            self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
-                                  b"reset reason: connection termination", "UC")
+        self._fail(503, b"upstream connect error or disconnect/reset before headers. "
+                        b"reset reason: connection termination", "UC")
 
     def on_upstream_protocol_error(self, detail: str) -> None:
         if self.finished:
             return
         self.conn = None
-        self._endpoint_done(error=True)
         self.cluster.stats.upstream_cx_protocol_error += 1
+        self._fail(502, b"upstream sent an invalid HTTP response", "UPE")
+
+    def _fail(self, status: int, body: bytes, flag: str) -> None:
+        """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
+        self._endpoint_done(error=True)
         if self.response_started:
-            self.flags = "UPE"
+            self.flags = flag
             self._finish()
             self.sink.abort(self)
         else:
-            self.local_reply(502, b"upstream sent an invalid HTTP response", "UPE")
+            self.local_reply(status, body, flag)
 
     def on_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
         """The upstream accepted the upgrade: splice the two connections together."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 
@@ -23,20 +24,14 @@ class ListenerSettings:
     stream_idle_timeout: float = 300.0      # no request-body byte for this long
 
 
-class ListenerStats:
+class ListenerStats(Counters):
     """Envoy's http connection manager and listener counters, per worker."""
 
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
                  "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
                  "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
-                 "downstream_cx_protocol_error", "no_route", "downstream_cx_destroy_remote")
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+                 "downstream_cx_protocol_error", "no_route")
+    STATUS_NAMES = status_names("downstream_rq")
 
 
 class Listener:
@@ -112,17 +107,7 @@ class Listener:
     def exchange_finished(self, exchange: Exchange) -> None:
         stats = self.stats
         stats.downstream_rq_active -= 1
-        cls = exchange.status // 100
-        if cls == 2:
-            stats.downstream_rq_2xx += 1
-        elif cls == 5:
-            stats.downstream_rq_5xx += 1
-        elif cls == 4:
-            stats.downstream_rq_4xx += 1
-        elif cls == 3:
-            stats.downstream_rq_3xx += 1
-        elif cls == 1:
-            stats.downstream_rq_1xx += 1
+        stats.count_status(exchange.status)
         log = self.worker.access_log
         if log.enabled:
             log.log(exchange.access_record())

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import socket
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from remora.proxy.counters import set_nodelay
 from remora.proxy.http1 import (
     EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL, chunk, connection_tokens,
     drop_named,
@@ -69,12 +69,7 @@ class UpstreamHttp1(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
