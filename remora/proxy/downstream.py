@@ -299,6 +299,8 @@ class DownstreamHttp1(asyncio.Protocol):
             self._reject(BadRequest(405, b"method not allowed"))
             return
         self.pause_reading()      # nothing more is read until the upstream says 101
+        # If the upstream refuses the upgrade, the parser cannot resume: close after it.
+        self.keep_alive = False
         if rest:
             exchange.on_request_body(rest)
 
@@ -454,6 +456,10 @@ class DownstreamHttp1(asyncio.Protocol):
     # -- timeouts (called by the worker's sweeper) -------------------------------------------------
     def check_timeouts(self, now: float, settings) -> None:
         state = self.state
+        if self.write_paused:
+            # Response bytes are still queued for a slow reader: not idle, not stalled.
+            self.last_activity = now
+            return
         if state == IDLE and now - self.last_activity > settings.idle_timeout:
             self.state = CLOSED
             self.transport.close()

@@ -148,6 +148,8 @@ class Exchange:
 
     def _send_on(self, conn) -> None:
         self.conn = conn
+        if self.sink.write_paused:
+            conn.set_reading(False)   # the client is still slow from the previous response
         self.upstream_start = self.listener.loop.time()
         head = self.head
         conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
@@ -200,11 +202,8 @@ class Exchange:
     def downstream_write_paused(self, paused: bool) -> None:
         """The client is slow (or caught up): stop (or resume) reading the upstream."""
         conn = self.conn
-        if conn is not None and conn.transport is not None:
-            if paused:
-                conn.transport.pause_reading()
-            else:
-                conn.transport.resume_reading()
+        if conn is not None:
+            conn.set_reading(not paused)
 
     # -- response from upstream ---------------------------------------------------------------
     def on_response_head(self, resp: ResponseHead) -> None:

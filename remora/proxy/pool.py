@@ -43,6 +43,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.requests_sent = 0
         self.idle_deadline = 0.0
         self.tunnel = None            # downstream transport once upgraded
+        self.reading = True           # False while a slow client holds us back
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -124,6 +125,15 @@ class UpstreamHttp1(asyncio.Protocol):
             self.tunnel.resume_reading()
         elif self.exchange is not None:
             self.exchange.upstream_write_paused(False)
+
+    def set_reading(self, on: bool) -> None:
+        """Pause or resume reading the upstream (downstream backpressure)."""
+        if on != self.reading and self.transport is not None and not self.transport.is_closing():
+            self.reading = on
+            if on:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     # -- request side ------------------------------------------------------------------
     def send_request_head(self, exchange, method: bytes, path: bytes, authority: bytes,
@@ -241,6 +251,8 @@ class UpstreamHttp1(asyncio.Protocol):
         """The exchange is done with this connection: pool it or close it."""
         self.exchange = None
         if keep_alive and not self.is_closed() and self.pool.accepting:
+            # A pooled connection must be reading, or the next response would never arrive.
+            self.set_reading(True)
             self.state = ConnState.IDLE
             self.idle_deadline = now + idle_timeout
             self.pool.idle.append(self)

@@ -12,8 +12,12 @@ class Response:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.raw_headers: list[tuple[str, str]] = []
-        self.body = b""
+        self._body = bytearray()
         self.complete = False
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self._body)
 
     def json(self):
         return json.loads(self.body)
@@ -44,7 +48,7 @@ class RawClient:
                     done.append(True)
 
             def on_body(self, body):
-                resp.body += body
+                resp._body += body
 
             def on_message_complete(self):
                 resp.complete = True

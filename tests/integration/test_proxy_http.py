@@ -177,3 +177,30 @@ def test_large_upload_and_download_keep_memory_flat(proxy):
     assert got == size
     growth_mib = (peak - before) / 1024
     assert growth_mib < 16, f"proxy RSS grew {growth_mib:.1f} MiB while streaming"
+
+
+def test_refused_upgrade_gets_the_response_then_close(proxy):
+    """An upgrade the upstream answers without 101 gets that response, then the connection closes."""
+    c = RawClient(proxy.outbound_port)
+    c.send(b"GET /not-ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    r = c.read_response()
+    assert r.status == 200 and r.json()["path"] == "/not-ws"
+    assert c.is_closed_by_peer()
+
+
+def test_slow_reader_then_reused_connection_still_answers(proxy):
+    """After a large response to a client that reads slowly, the pooled upstream connection serves the next request."""
+    import time
+    c = RawClient.__new__(RawClient)
+    c.buf = b""
+    c.sock = socket.socket()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connect: a small window
+    c.sock.settimeout(30)
+    c.sock.connect(("127.0.0.1", proxy.outbound_port))
+    c.send(b"GET /%d HTTP/1.1\r\nHost: source\r\n\r\n" % (8 << 20))
+    time.sleep(0.5)     # let the proxy hit backpressure and pause the upstream
+    r = c.read_response()
+    assert r.status == 200 and len(r.body) == 8 << 20
+    for i in range(3):
+        r = c.request("GET", "/%d" % 10, "source")
+        assert r.status == 200 and r.body == b"x" * 10

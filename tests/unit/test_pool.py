@@ -1,0 +1,86 @@
+"""Upstream connection pool rules, with a fake transport (no sockets)."""
+from __future__ import annotations
+
+import asyncio
+
+from remora.proxy.pool import ConnState, EndpointPool, UpstreamHttp1
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def make_conn():
+    loop = asyncio.new_event_loop()
+    pool = EndpointPool("127.0.0.1", 9, loop)
+    conn = UpstreamHttp1(pool)
+    conn.connection_made(FakeTransport())
+    conn.state = ConnState.ACTIVE
+    pool.active.add(conn)
+    return pool, conn, loop
+
+
+def test_connection_paused_by_slow_client_is_pooled_reading():
+    """A connection paused for a slow client resumes reading when it goes back to the pool."""
+    pool, conn, loop = make_conn()
+    conn.set_reading(False)
+    assert conn.transport.reading is False
+    conn.release(True, 60.0, 0.0)
+    assert conn.is_idle() and pool.idle == [conn]
+    assert conn.transport.reading is True
+    loop.close()
+
+
+def test_newest_idle_connection_is_reused_first_and_closed_ones_skipped():
+    """acquire() returns the most recently pooled open connection and drops closed ones."""
+    pool, first, loop = make_conn()
+    second = UpstreamHttp1(pool)
+    second.connection_made(FakeTransport())
+    first.release(True, 60.0, 0.0)
+    second.release(True, 60.0, 0.0)
+    assert pool.acquire() is second
+    first.transport.closed = True
+    assert pool.acquire() is None
+    loop.close()
+
+
+def test_not_keep_alive_closes_instead_of_pooling():
+    """A connection whose response forbade keep-alive is closed, never pooled."""
+    pool, conn, loop = make_conn()
+    conn.release(False, 60.0, 0.0)
+    assert conn.transport.closed and pool.idle == []
+    loop.close()
+
+
+def test_idle_deadline_closes_only_expired_connections():
+    """The sweeper closes idle connections past their deadline and keeps the others."""
+    pool, old, loop = make_conn()
+    fresh = UpstreamHttp1(pool)
+    fresh.connection_made(FakeTransport())
+    old.release(True, 1.0, 0.0)        # deadline 1.0
+    fresh.release(True, 60.0, 0.0)     # deadline 60.0
+    assert pool.close_idle(now=5.0) == 1
+    assert old.transport.closed and not fresh.transport.closed
+    assert pool.idle == [fresh]
+    loop.close()
