@@ -1,0 +1,123 @@
+"""`python -m benchmarks [SCENARIO...] [--quick] [--runs N] [--duration S] [--out DIR]`.
+
+Runs each scenario with Remora and Envoy on the same Istio route, writes results.json
+and summary.md into --out and prints the table. Exit status: 0 when every proxy was
+measured, 1 when a proxy failed, 2 when a required tool is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from benchmarks.procs import ProcessFailed
+from benchmarks.report import markdown
+from benchmarks.runner import PROXIES, SCENARIOS, Options
+from benchmarks.tools import (MissingTool, busy_cores, find_envoy, find_tool, machine_info,
+                              plan_pinning, tool_versions)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[2])
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                   help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 run per proxy, 2 s each after a 1 s warm-up")
+    p.add_argument("--runs", type=int, help="runs per proxy, alternating (default 3)")
+    p.add_argument("--duration", type=int, help="seconds measured per run (default 10)")
+    p.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--proxies", default=",".join(PROXIES),
+                   help="comma-separated subset of remora,envoy (default both)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before each run, wait up to S seconds for other load to stop")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--out", type=Path, default=Path("bench-out"),
+                   help="output directory (default bench-out/)")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    args.proxies = tuple(x.strip() for x in args.proxies.split(",") if x.strip())
+    if not args.proxies or set(args.proxies) - set(PROXIES):
+        p.error(f"--proxies takes a comma-separated subset of {','.join(PROXIES)}")
+    return args
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """First Ctrl-C / SIGTERM unwinds every finally (children stopped); later ones wait."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # even when started with SIGINT ignored
+    quick = args.quick
+    opts = Options(
+        runs=args.runs or (1 if quick else 3),
+        duration=args.duration or (2 if quick else 10),
+        warmup=args.warmup or (1 if quick else 2),
+        connections=args.connections,
+        threads=args.threads,
+        proxies=args.proxies,
+        out=args.out,
+        wait_idle=args.wait_idle,
+    )
+    try:
+        opts.wrk = find_tool("wrk")
+        opts.envoy = find_envoy() if "envoy" in opts.proxies else None
+        opts.pinning = plan_pinning(not args.no_pin)
+    except MissingTool as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from shutil import which
+
+    results = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks " + shlex.join(argv),
+        "machine": machine_info(),
+        "versions": tool_versions(opts.envoy, opts.wrk, which("nginx") or which(
+            "nginx", path="/usr/sbin:/sbin")),
+        "pinning": opts.pinning.as_dict(),
+        "settings": {"runs": opts.runs, "duration": opts.duration, "warmup": opts.warmup,
+                     "connections": opts.connections, "threads": opts.threads,
+                     "proxies": list(opts.proxies), "proxy_workers": 1,
+                     "wait_idle": opts.wait_idle},
+        "scenarios": {},
+    }
+    print(f"pinning: {opts.pinning.method}", flush=True)
+    busy = results["machine"]["busy_cores_before"] = busy_cores()
+    if busy > 0.25:
+        print(f"warning: the machine is not idle ({busy:.2f} cores busy before the run); "
+              "other load disturbs the numbers", file=sys.stderr, flush=True)
+    try:
+        for name in args.scenarios or list(SCENARIOS):
+            results["scenarios"][name] = SCENARIOS[name](opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every started process was stopped", file=sys.stderr)
+        return 130
+    except (MissingTool, ProcessFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, MissingTool) else 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "summary.md").write_text(table)
+    print()
+    print(table)
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'summary.md'}")
+    failed = any(sc.get("errors") for sc in results["scenarios"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Per-proxy medians with min-max, Remora/Envoy ratios, and the Markdown summary."""
+from __future__ import annotations
+
+import statistics
+
+METRICS = (  # key, label, decimals
+    ("rps", "requests/s", 0),
+    ("p50_ms", "p50 latency (ms)", 3),
+    ("p99_ms", "p99 latency (ms)", 3),
+    ("cpu_s_per_1k", "proxy CPU s / 1k req", 4),
+    ("rss_mib", "proxy RSS at end (MiB)", 1),
+    ("other_load_cores", "other programs' CPU during runs (cores)", 2),
+)
+RATIO_METRICS = ("rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mib")
+ERROR_COUNTS = ("non_2xx_3xx", "socket_errors")
+
+
+def summarise(runs: list[dict], proxies: tuple[str, ...]) -> dict:
+    """{'summary': {proxy: {metric: {median, min, max, n}}}, 'ratios': {metric: r}}."""
+    summary: dict[str, dict] = {}
+    for proxy in proxies:
+        mine = [r for r in runs if r["proxy"] == proxy]
+        if not mine:
+            continue
+        stats: dict[str, dict | int] = {}
+        for key, _label, _dec in METRICS:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                stats[key] = {"median": statistics.median(values), "min": min(values),
+                              "max": max(values), "n": len(values)}
+        for key in ERROR_COUNTS:
+            stats[key] = sum(r[key] for r in mine)
+        summary[proxy] = stats
+    ratios = {}
+    remora, envoy = summary.get("remora"), summary.get("envoy")
+    if remora and envoy:
+        for key in RATIO_METRICS:
+            if key in remora and key in envoy and envoy[key]["median"]:
+                ratios[key] = round(remora[key]["median"] / envoy[key]["median"], 3)
+    return {"summary": summary, "ratios": ratios}
+
+
+def _fmt(value: float, decimals: int) -> str:
+    return f"{value:,.{decimals}f}"
+
+
+def _cell(stats: dict | None, key: str, decimals: int) -> str:
+    if not stats or key not in stats:
+        return "n/a"
+    s = stats[key]
+    if s["n"] == 1:
+        return _fmt(s["median"], decimals)
+    return f"{_fmt(s['median'], decimals)} ({_fmt(s['min'], decimals)}–{_fmt(s['max'], decimals)})"
+
+
+def scenario_table(name: str, scenario: dict) -> str:
+    """One scenario as a Markdown table: median (min–max) per proxy, and the ratio."""
+    summary, ratios = scenario.get("summary", {}), scenario.get("ratios", {})
+    remora, envoy = summary.get("remora"), summary.get("envoy")
+    lines = [f"### {name}", "", scenario.get("description", ""), "",
+             "| metric | Remora | Envoy | Remora / Envoy |", "|---|---:|---:|---:|"]
+    for key, label, decimals in METRICS:
+        ratio = f"{ratios[key]:.2f}" if key in ratios else ("" if key not in RATIO_METRICS
+                                                            else "n/a")
+        lines.append(f"| {label} | {_cell(remora, key, decimals)} | "
+                     f"{_cell(envoy, key, decimals)} | {ratio} |")
+    errs = [" / ".join(str(s.get(k, 0)) for k in ERROR_COUNTS) if s else "n/a"
+            for s in (remora, envoy)]
+    lines.append(f"| non-2xx / socket errors (all runs) | {errs[0]} | {errs[1]} | |")
+    direct = scenario.get("direct")
+    lines.append("")
+    if direct:
+        lines.append(f"Upstream alone ({scenario.get('upstream', '?')}, no proxy, same wrk "
+                     f"settings): {direct['rps']:,.0f} req/s, p50 {direct['p50_ms']:.3f} ms, "
+                     f"p99 {direct['p99_ms']:.3f} ms.")
+    for proxy, err in scenario.get("errors", {}).items():
+        first = err.strip().splitlines()[0] if err.strip() else "failed"
+        lines.append(f"**{proxy} failed:** {first}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict) -> str:
+    """The whole summary.md: settings, then one table per scenario."""
+    s, pin, ver = results["settings"], results["pinning"], results["versions"]
+    head = [
+        "## Remora vs Envoy",
+        "",
+        f"Median of {s['runs']} run(s) per proxy (min–max in brackets), {s['duration']} s "
+        f"each after a {s['warmup']} s warm-up; wrk {s['connections']} keep-alive connections, "
+        f"{s['threads']} thread(s); one proxy worker. Pinning: {pin['method']}.",
+        f"Remora {ver.get('remora', '?')} on Python {ver.get('python', '?')}; "
+        f"Envoy {ver.get('envoy', 'n/a')}. Ratios use medians; for requests/s higher is "
+        "better, for the others lower is better.",
+        "",
+    ]
+    busy = results.get("machine", {}).get("busy_cores_before", 0)
+    if busy > 0.25:
+        head[-1:-1] = [f"**Warning:** {busy:.2f} cores were busy before the run started; "
+                       "other load on the machine disturbs these numbers."]
+    body = [scenario_table(name, sc) for name, sc in results["scenarios"].items()]
+    return "\n".join(head) + "\n" + "\n".join(body)

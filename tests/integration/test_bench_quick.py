@@ -1,0 +1,100 @@
+"""The benchmark harness end to end (`python -m benchmarks --quick`), plus its pure parts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import wrk
+from benchmarks.envoy_config import render_bootstrap
+from benchmarks.mesh import load_documents, one_hop_yaml
+from benchmarks.tools import MissingTool, find_envoy, have_tool, install_hint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:8080/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.44ms    2.10ms  25.83ms   85.81%
+    Req/Sec     9.99k     1.13k   11.27k    80.00%
+  Latency Distribution
+     50%  812.00us
+     75%    7.06ms
+     90%    8.45ms
+     99%    1.20s
+  19925 requests in 2.01s, 3.65MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:   9931.55
+Transfer/sec:      1.82MB
+"""
+
+
+def _require(tool: str) -> None:
+    if not have_tool(tool):
+        pytest.skip(f"`{tool}` not installed: {install_hint(tool)}")
+
+
+def test_wrk_report_parsed_with_units_and_errors() -> None:
+    """wrk's --latency report yields rps, percentiles in ms across us/ms/s, and error counts."""
+    res = wrk.parse(WRK_OUTPUT)
+    assert (res.requests, res.seconds, res.rps) == (19925, 2.01, 9931.55)
+    assert (res.p50_ms, res.p75_ms, res.p99_ms) == (0.812, 7.06, 1200.0)
+    assert (res.non_2xx_3xx, res.socket_errors, res.timeouts) == (7, 5, 3)
+
+
+def test_envoy_bootstrap_carries_the_istio_route() -> None:
+    """The rendered bootstrap keeps the route's retries, timeout, outlier detection, limits off."""
+    boot = render_bootstrap(load_documents(one_hop_yaml(8081)), 8080, 8082)
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    vhost = hcm["typed_config"]["route_config"]["virtual_hosts"][0]
+    action = vhost["routes"][0]["route"]
+    assert vhost["domains"] == ["upstream", "upstream:*"]
+    assert action["timeout"] == "15s" and action["cluster"] == "outbound|80||upstream"
+    assert action["retry_policy"]["num_retries"] == 2
+    assert action["retry_policy"]["retriable_status_codes"] == [503]
+    assert hcm["typed_config"]["generate_request_id"] is False
+    cluster = boot["static_resources"]["clusters"][0]
+    assert cluster["outlier_detection"]["consecutive_5xx"] == 5
+    assert cluster["circuit_breakers"]["thresholds"][0]["max_requests"] >= 10**9
+    ep = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert ep["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8081}
+
+
+@pytest.mark.integration
+def test_envoy_accepts_rendered_bootstrap(tmp_path: Path) -> None:
+    """`envoy --mode validate` accepts the bootstrap rendered from the scenario's YAML."""
+    try:
+        envoy = find_envoy()
+    except MissingTool as exc:
+        pytest.skip(str(exc))
+    import yaml
+
+    config = tmp_path / "envoy.yaml"
+    config.write_text(yaml.safe_dump(render_bootstrap(load_documents(one_hop_yaml(8081)),
+                                                      8080, 8082)))
+    out = subprocess.run([envoy, "--mode", "validate", "-c", str(config),
+                          "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.integration
+def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
+    """`--quick http1-1hop` writes results.json with Remora and Envoy rps > 0 and their ratios."""
+    _require("wrk")
+    _require("envoy")
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "http1-1hop", "--quick",
+                          "--out", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    scenario = results["scenarios"]["http1-1hop"]
+    for proxy in ("remora", "envoy"):
+        assert scenario["summary"][proxy]["rps"]["median"] > 0, proxy
+        assert scenario["summary"][proxy]["cpu_s_per_1k"]["median"] > 0, proxy
+    assert set(scenario["ratios"]) >= {"rps", "p50_ms", "p99_ms", "cpu_s_per_1k"}
+    assert (tmp_path / "summary.md").read_text().count("| requests/s |") == 1
