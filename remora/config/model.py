@@ -228,7 +228,8 @@ class ConnectionPoolSettings(Spec):
 
 class OutlierDetection(Spec):
     consecutive_errors: int | None = None
-    consecutive_5xx_errors: int | None = None
+    # rename="camel" would spell this consecutive5XxErrors; Istio's name is consecutive5xxErrors.
+    consecutive_5xx_errors: int | None = msgspec.field(default=None, name="consecutive5xxErrors")
     consecutive_gateway_errors: int | None = None
     consecutive_local_origin_failures: int | None = None
     split_external_local_origin_errors: bool | None = None

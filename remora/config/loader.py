@@ -1,0 +1,421 @@
+"""The one place that turns Istio YAML into a validated `MeshConfig`.
+
+Rules:
+- All or nothing: every problem in every file is collected and raised as one
+  `ConfigError`; a caller never sees a half-loaded config.
+- Every problem names the file, the resource (Kind/namespace/name) and the field path.
+- Kinds Remora reads: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule of
+  networking.istio.io v1alpha3/v1beta1/v1. Real mesh kinds it does not implement yet
+  (security policies, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
+  a kind nobody knows is an error, because it is almost always a typo.
+- The version is a hash of the validated resources only (not of file names, comments or
+  order), so the same config loaded twice, or split differently across files, has the
+  same version.
+
+Pipeline: YAML -> documents -> identity (kind, apiVersion, metadata) -> schema
+(schema.py) -> per-resource rules (validate.py) -> cross-references (references.py).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import yaml
+
+from remora.config import validate
+from remora.config.model import (
+    DestinationRuleSpec,
+    MeshConfig,
+    Resource,
+    ServiceEntrySpec,
+    VirtualServiceSpec,
+    WorkloadEntrySpec,
+)
+from remora.config.references import HostIndex, check_destinations
+from remora.config.schema import Problem, convert_spec
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: where it is (file, resource, field path) and what is wrong."""
+
+    file: str
+    resource: str  # "Kind/namespace/name", or "" when the document has no readable identity
+    field_path: str  # "spec.http[0].route[1].weight", or "" when it is about the whole document
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.file, self.resource, self.field_path, self.message) if part)
+
+
+class ConfigError(Exception):
+    """The config set is invalid; `.issues` lists every problem found."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        count = len(self.issues)
+        header = f"{count} configuration error{'' if count == 1 else 's'}:"
+        return "\n".join([header, *(f"  {issue}" for issue in self.issues)])
+
+
+# ---- kinds ------------------------------------------------------------------------------
+
+SUPPORTED_GROUP = "networking.istio.io"
+SUPPORTED_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+SPEC_TYPES: dict[str, type] = {
+    "ServiceEntry": ServiceEntrySpec,
+    "WorkloadEntry": WorkloadEntrySpec,
+    "VirtualService": VirtualServiceSpec,
+    "DestinationRule": DestinationRuleSpec,
+}
+_RULES: dict[str, Callable[[Any], list[Problem]]] = {
+    "ServiceEntry": validate.validate_service_entry,
+    "WorkloadEntry": validate.validate_workload_entry,
+    "VirtualService": validate.validate_virtual_service,
+    "DestinationRule": validate.validate_destination_rule,
+}
+
+# Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
+# warning so that a directory written for Istio, Linkerd or Consul still loads the parts
+# Remora understands.
+UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
+    "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
+    "security.istio.io": frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}),
+    "telemetry.istio.io": frozenset({"Telemetry"}),
+    "extensions.istio.io": frozenset({"WasmPlugin"}),
+    "split.smi-spec.io": frozenset({"TrafficSplit"}),
+    "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
+    "access.smi-spec.io": frozenset({"TrafficTarget"}),
+    "linkerd.io": frozenset({"ServiceProfile"}),
+    "policy.linkerd.io": frozenset({
+        "Server", "ServerAuthorization", "AuthorizationPolicy", "HTTPRoute",
+        "MeshTLSAuthentication", "NetworkAuthentication",
+    }),
+    "consul.hashicorp.com": frozenset({
+        "ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver",
+        "ServiceRouter", "ProxyDefaults", "Mesh", "ExportedServices", "IngressGateway",
+        "TerminatingGateway", "SamenessGroup", "JWTProvider",
+    }),
+    "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "ReferenceGrant"}),
+}
+_TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_MESH_GATEWAY = "mesh"  # Istio's reserved gateway name for "all sidecars"
+
+
+def _groups_of(kind: str) -> list[str]:
+    groups = [group for group, kinds in UNSUPPORTED_KINDS.items() if kind in kinds]
+    return groups + ([SUPPORTED_GROUP] if kind in SPEC_TYPES else [])
+
+
+# ---- documents ------------------------------------------------------------------------------
+
+@dataclass
+class _Document:
+    body: Any
+    source: str
+    index: int  # 1-based position in its file, counting empty documents
+
+
+@dataclass
+class _Loaded:
+    """A supported document after the schema check (spec None if that failed)."""
+
+    document: _Document
+    kind: str
+    name: str
+    namespace: str
+    api_version: str
+    spec: Any  # None when the schema check failed
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass
+class _Collector:
+    issues: list[ConfigIssue] = field(default_factory=list)
+    positions: list[tuple[int, int, int]] = field(default_factory=list)  # (file, document, seq) per issue
+    warnings: list[str] = field(default_factory=list)
+    file_order: dict[str, int] = field(default_factory=dict)  # so issues print in load order
+
+    def saw(self, source: str) -> None:
+        self.file_order.setdefault(source, len(self.file_order))
+
+    def issue(self, source: str, resource: str, path: str, message: str, document: int = 0) -> None:
+        self.saw(source)
+        self.positions.append((self.file_order[source], document, len(self.issues)))
+        self.issues.append(ConfigIssue(source, resource, path, message))
+
+    def ordered_issues(self) -> list[ConfigIssue]:
+        """Issues in load order (file, document), whatever pass found them."""
+        return [issue for _, issue in sorted(zip(self.positions, self.issues), key=lambda pair: pair[0])]
+
+
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML loader that rejects duplicate keys, which PyYAML would silently merge."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable keys are reported by the base constructor
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, source: str, collector: _Collector) -> list[_Document]:
+    collector.saw(source)
+    documents: list[_Document] = []
+    try:
+        for body in yaml.load_all(text, Loader=_StrictLoader):
+            documents.append(_Document(body, source, len(documents) + 1))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {problem}{where}", len(documents) + 1)
+    return documents
+
+
+def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> list[Path]:
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                collector.warnings.append(f"no *.yaml or *.yml files in directory {path}")
+        elif path.is_file():
+            found = [path]
+        else:
+            collector.issue(str(path), "", "", "no such file or directory")
+            found = []
+        for file in found:
+            if file.resolve() not in seen:  # the same file named twice is read once
+                seen.add(file.resolve())
+                files.append(file)
+    return files
+
+
+# ---- public API -----------------------------------------------------------------------------
+
+def load_mesh_config(paths: Sequence[str | os.PathLike]) -> MeshConfig:
+    """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set."""
+    collector = _Collector()
+    documents: list[_Document] = []
+    for path in _yaml_files(paths, collector):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            collector.issue(str(path), "", "", f"cannot read file: {error}")
+            continue
+        documents.extend(_parse_yaml(text, str(path), collector))
+    return _build(documents, collector)
+
+
+def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
+    """Load one (multi-document) YAML text as a config set."""
+    collector = _Collector()
+    return _build(_parse_yaml(text, source, collector), collector)
+
+
+def build_mesh_config(docs: list[tuple[dict, str]]) -> MeshConfig:
+    """Validate already-parsed documents, each with the source it came from."""
+    documents: list[_Document] = []
+    per_source: dict[str, int] = {}
+    for body, source in docs:
+        per_source[source] = per_source.get(source, 0) + 1
+        documents.append(_Document(body, source, per_source[source]))
+    return _build(documents, _Collector())
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def _build(documents: list[_Document], collector: _Collector) -> MeshConfig:
+    loaded: list[_Loaded] = []
+    first_seen: dict[str, _Document] = {}
+    for document in documents:
+        collector.saw(document.source)
+        item = _load_document(document, collector)
+        if item is None:
+            continue
+        if item.ref in first_seen:
+            first = first_seen[item.ref]
+            collector.issue(document.source, item.ref, "", f"duplicate resource: already defined in {first.source} (document {first.index})", document.index)
+            continue
+        first_seen[item.ref] = document
+        loaded.append(item)
+
+    index = _host_index(loaded)
+    for item in loaded:
+        if item.kind == "VirtualService" and item.spec is not None:
+            for problem in check_destinations(item.spec, item.namespace, index):
+                collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
+            if item.spec.gateways and _MESH_GATEWAY not in item.spec.gateways:
+                collector.warnings.append(
+                    f"{item.ref} in {item.document.source} is bound to gateways "
+                    f"{', '.join(item.spec.gateways)}, not to 'mesh': Istio would apply it only at "
+                    "those gateways; Remora has no gateways yet and applies it at the sidecar"
+                )
+    collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
+
+    if collector.issues:
+        raise ConfigError(collector.ordered_issues())
+    resources = {kind: [] for kind in SPEC_TYPES}
+    for item in loaded:
+        resources[item.kind].append(Resource(
+            kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
+            source=item.document.source, api_version=item.api_version,
+        ))
+    return MeshConfig(
+        service_entries=tuple(resources["ServiceEntry"]),
+        workload_entries=tuple(resources["WorkloadEntry"]),
+        virtual_services=tuple(resources["VirtualService"]),
+        destination_rules=tuple(resources["DestinationRule"]),
+        version=config_version(r for group in resources.values() for r in group),
+        warnings=tuple(collector.warnings),
+    )
+
+
+def config_version(resources: Iterable[Resource]) -> str:
+    """sha256 (first 12 hex digits) of the canonical JSON of the resources' identity and spec."""
+    canonical = sorted(
+        ({"kind": r.kind, "namespace": r.namespace, "name": r.name, "spec": r.spec} for r in resources),
+        key=lambda entry: (entry["kind"], entry["namespace"], entry["name"]),
+    )
+    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()[:12]
+
+
+def _load_document(document: _Document, collector: _Collector) -> _Loaded | None:
+    """Identify one document; return it schema-checked if it is a supported kind."""
+    body, source = document.body, document.source
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        collector.issue(source, "", "", f"document {document.index}: expected a mapping with apiVersion, kind, metadata and spec, got {type(body).__name__}", document.index)
+        return None
+    kind, api_version, metadata = body.get("kind"), body.get("apiVersion"), body.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    shown_kind = kind if isinstance(kind, str) and kind else "?"
+    shown_name = name if isinstance(name, str) and name else "?"
+    resource = "" if shown_kind == "?" and shown_name == "?" else f"{shown_kind}/{namespace}/{shown_name}"
+
+    def report(path: str, message: str) -> None:
+        if not resource:
+            message = f"document {document.index}: {message}"
+        collector.issue(source, resource, path, message, document.index)
+
+    if not _check_kind(kind, api_version, report):
+        return None
+    if kind not in SPEC_TYPES:
+        collector.warnings.append(f"skipped unsupported kind {kind} ({namespace}/{shown_name}) in {source}")
+        return None
+
+    ok = True
+    if not isinstance(metadata, dict):
+        report("metadata", "required field is missing" if metadata is None else "expected a mapping")
+        ok = False
+    elif not isinstance(name, str) or not name:
+        report("metadata.name", "required field is missing" if name is None else "expected a non-empty string")
+        ok = False
+    elif "namespace" in metadata and not (isinstance(metadata["namespace"], str) and metadata["namespace"]):
+        report("metadata.namespace", "expected a non-empty string")
+        ok = False
+    for key in body:
+        if key not in _TOP_LEVEL_FIELDS:
+            report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
+            ok = False
+    spec, problems = convert_spec(body.get("spec"), SPEC_TYPES[kind])
+    if spec is not None and kind == "VirtualService":
+        spec, header_problems = validate.normalize_header_keys(spec)
+        problems += header_problems
+    if spec is not None:
+        problems += _RULES[kind](spec)
+    for problem in problems:
+        report(problem.path, problem.message)
+    if not isinstance(name, str) or not name:
+        return None  # no identity: cannot be checked for duplicates or referenced
+    return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
+
+
+def _check_kind(kind: Any, api_version: Any, report: Callable[[str, str], None]) -> bool:
+    """True if the document is a kind this loader knows (supported or skipped)."""
+    if not isinstance(api_version, str) or not api_version:
+        report("apiVersion", "required field is missing")
+        return False
+    if not isinstance(kind, str) or not kind:
+        report("kind", "required field is missing")
+        return False
+    group, _, version = api_version.rpartition("/")
+    groups = _groups_of(kind)
+    if not groups:
+        known = sorted({k for kinds in UNSUPPORTED_KINDS.values() for k in kinds} | set(SPEC_TYPES))
+        close = difflib.get_close_matches(kind, known, n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}?" if close else f"Remora reads {', '.join(SPEC_TYPES)}"
+        report("kind", f"unknown kind {kind!r} ({api_version}): {hint}")
+        return False
+    if group not in groups:
+        report("apiVersion", f"kind {kind} belongs to API group {' or '.join(groups)}, not {group or 'the core group'!s} ({api_version})")
+        return False
+    if group == SUPPORTED_GROUP and kind in SPEC_TYPES and version not in SUPPORTED_VERSIONS:
+        report("apiVersion", f"unsupported version {api_version} for {kind}; use {', '.join(f'{SUPPORTED_GROUP}/{v}' for v in SUPPORTED_VERSIONS)}")
+        return False
+    return True
+
+
+def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:
+    """Istio merges several DestinationRules for one host; Remora applies one per host."""
+    by_host: dict[str, list[_Loaded]] = {}
+    for item in loaded:
+        if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
+            by_host.setdefault(index.qualify(item.spec.host, item.namespace), []).append(item)
+    return [
+        f"several DestinationRules for host {host}: "
+        + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
+        + "; Remora applies one DestinationRule per host, so their settings are not merged"
+        for host, items in by_host.items()
+        if len(items) > 1
+    ]
+
+
+def _host_index(loaded: list[_Loaded]) -> HostIndex:
+    """Index every readable host and subset, from typed specs or, for rejected ones, raw data."""
+    index = HostIndex()
+    for item in loaded:
+        raw = item.document.body.get("spec")
+        raw = raw if isinstance(raw, dict) else {}
+        if item.kind in ("ServiceEntry", "VirtualService"):
+            hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
+            for host in hosts if isinstance(hosts, list) else ():
+                if isinstance(host, str) and host:
+                    index.add_host(host, item.namespace)
+        elif item.kind == "DestinationRule":
+            if item.spec is not None and item.spec.host:
+                index.add_subsets(item.spec.host, item.namespace, (s.name for s in item.spec.subsets))
+            elif isinstance(raw.get("host"), str) and raw["host"]:
+                subsets = raw.get("subsets", [])
+                names = None
+                if isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in subsets):
+                    names = [s["name"] for s in subsets]
+                index.add_subsets(raw["host"], item.namespace, names)
+    return index

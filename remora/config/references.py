@@ -1,0 +1,103 @@
+"""Rules that need the whole config set: do route destinations name real hosts and subsets?
+
+A destination host is *known* when, after `qualify_host` with each resource's own
+namespace, it equals (or falls under a wildcard of) any of:
+
+- a host of a ServiceEntry,
+- a host of a VirtualService (routing a VirtualService to its own host is the normal
+  case for a Kubernetes service, whose endpoints come from outside this config set),
+- the host of a DestinationRule.
+
+A destination subset must be defined by a DestinationRule whose host matches the
+destination host. The index is fed from every resource whose identity could be read,
+including resources rejected for other reasons, so that one typo does not cascade into
+"unknown host" errors on everything that refers to it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from remora.config.model import VirtualServiceSpec
+from remora.config.names import DEFAULT_DOMAIN, qualify_host
+from remora.config.schema import Problem
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Istio host matching on qualified names: `*` matches all, `*.x` any name under x."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+class HostIndex:
+    """Qualified hosts and the subsets DestinationRules define for them."""
+
+    def __init__(self, domain: str = DEFAULT_DOMAIN) -> None:
+        self._domain = domain
+        self._hosts: set[str] = set()
+        # Qualified DestinationRule host -> subset names, or None when that rule could not
+        # be read (then any subset is given the benefit of the doubt).
+        self._subsets: dict[str, set[str] | None] = {}
+
+    def qualify(self, host: str, namespace: str) -> str:
+        return qualify_host(host, namespace, self._domain)
+
+    def add_host(self, host: str, namespace: str) -> None:
+        self._hosts.add(self.qualify(host, namespace))
+
+    def add_subsets(self, host: str, namespace: str, names: Iterable[str] | None) -> None:
+        """Record a DestinationRule: its host becomes known, its subsets defined."""
+        qualified = self.qualify(host, namespace)
+        self._hosts.add(qualified)
+        if names is None:
+            self._subsets[qualified] = None
+            return
+        current = self._subsets.setdefault(qualified, set())
+        if current is not None:
+            current.update(names)
+
+    def is_known(self, qualified_host: str) -> bool:
+        return any(host_matches(pattern, qualified_host) for pattern in self._hosts)
+
+    def subsets_for(self, qualified_host: str) -> tuple[bool, set[str] | None]:
+        """(any DestinationRule for the host?, union of their subsets or None if unreadable)."""
+        found = False
+        names: set[str] = set()
+        for pattern, defined in self._subsets.items():
+            if host_matches(pattern, qualified_host):
+                found = True
+                if defined is None:
+                    return True, None
+                names |= defined
+        return found, names
+
+
+def check_destinations(spec: VirtualServiceSpec, namespace: str, index: HostIndex, path: str = "spec") -> list[Problem]:
+    """Every route destination of a VirtualService names a known host and a defined subset."""
+    problems: list[Problem] = []
+    for i, route in enumerate(spec.http):
+        for k, route_destination in enumerate(route.route):
+            destination = route_destination.destination
+            where = f"{path}.http[{i}].route[{k}].destination"
+            qualified = index.qualify(destination.host, namespace)
+            if not index.is_known(qualified):
+                problems.append(Problem(
+                    f"{where}.host",
+                    f"unknown destination host {destination.host!r} ({qualified}): it is not a host of any "
+                    "ServiceEntry, VirtualService or DestinationRule in this config",
+                ))
+                continue
+            if destination.subset is None:
+                continue
+            has_rule, defined = index.subsets_for(qualified)
+            if defined is None or destination.subset in defined:
+                continue
+            if not has_rule:
+                message = f"subset {destination.subset!r} is not defined: there is no DestinationRule for {qualified}"
+            else:
+                defines = ", ".join(sorted(defined)) or "no subsets"
+                message = f"subset {destination.subset!r} is not defined by the DestinationRule for {qualified} (it defines: {defines})"
+            problems.append(Problem(f"{where}.subset", message))
+    return problems
