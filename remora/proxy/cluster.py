@@ -27,8 +27,7 @@ class ClusterStats(Counters):
     """Envoy's cluster counters for one cluster in one worker (plain integers)."""
 
     __slots__ = (
-        "upstream_rq_total", "upstream_rq_active", "upstream_rq_1xx", "upstream_rq_2xx",
-        "upstream_rq_3xx", "upstream_rq_4xx", "upstream_rq_5xx", "upstream_cx_total",
+        "upstream_rq_total", "upstream_rq_active", "upstream_cx_total",
         "upstream_cx_active", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
         "upstream_cx_destroy", "upstream_rq_pending_total", "upstream_rq_retry",
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",

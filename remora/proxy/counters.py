@@ -5,26 +5,29 @@ import socket
 
 
 class Counters:
-    """Base for counter sets: every slot starts at 0; `STATUS_NAMES` names the 1xx..5xx slots."""
+    """Base for counter sets: every slot starts at 0; responses are counted by status class
+    in `by_class` (index = status // 100) and named with `STATUS_NAMES` when exported."""
 
-    __slots__ = ()
+    __slots__ = ("by_class",)
     STATUS_NAMES: tuple[str, ...] = ()   # index = status // 100
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        for cls in type(self).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                setattr(self, name, 0)
+        self.by_class = [0] * 7           # 0..6: anything outside 1xx..5xx lands in 0 or 6
 
     def count_status(self, status: int) -> None:
         """Count one response in its status class (1xx..5xx)."""
-        names = self.STATUS_NAMES
-        cls = status // 100
-        if 0 < cls < len(names):
-            name = names[cls]
-            setattr(self, name, getattr(self, name) + 1)
+        self.by_class[status // 100 if 0 <= status < 700 else 0] += 1
 
     def as_dict(self) -> dict[str, int]:
-        """Counter name -> value."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Counter name -> value, status classes included."""
+        out = {name: getattr(self, name) for name in self.__slots__}
+        for cls, name in enumerate(self.STATUS_NAMES):
+            if name:
+                out[name] = self.by_class[cls]
+        return out
 
 
 def status_names(prefix: str) -> tuple[str, ...]:

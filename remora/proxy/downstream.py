@@ -29,6 +29,7 @@ from remora.proxy.http1 import (
 from remora.proxy.message import RequestHead
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 _OWS = (0x20, 0x09)
 
 
@@ -83,15 +84,28 @@ class DownstreamHttp1(asyncio.Protocol):
         self.header_bytes = 0
         self.authority: bytes | None = None
         self.content_length: bytes | None = None
-        self.te_chunked = False
-        self.upgrade: bytes | None = None
-        self.expect_continue = False
+        self.user_agent = b""
         self.request_id = b""
         self.xff = b""
         self.xfp = b""
-        self.user_agent = b""
+        self.rare = False          # set when one of the fields below was touched
+        self.te_chunked = False
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
         self.hop_names: set[bytes] | None = None
         self.conn_upgrade = False
+
+    def _reset_common(self) -> None:
+        """Per-request reset on the hot path: the rare fields only when a request set one."""
+        if self.rare:
+            self._reset_request()
+            return
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.authority = None
+        self.content_length = None
+        self.user_agent = self.request_id = self.xff = self.xfp = b""
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -158,12 +172,12 @@ class DownstreamHttp1(asyncio.Protocol):
             self.active.downstream_write_paused(False)
 
     # -- httptools callbacks -----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_request()
-        self.state = HEADERS
-        self.request_start = self.loop.time()
-
     def on_url(self, url: bytes) -> None:
+        # The first callback of every request (on_message_begin would cost one more call).
+        if self.state != HEADERS:
+            self._reset_common()
+            self.state = HEADERS
+            self.request_start = self.last_activity
         self.url += url
         self.header_bytes += len(url)
 
@@ -195,19 +209,23 @@ class DownstreamHttp1(asyncio.Protocol):
         elif code == H_CL:
             self.content_length = value
         elif code == H_TE:
+            self.rare = True
             # Only chunked as the final coding is a framing Remora can forward (RFC 9112 6.1).
             if not value.lower().rstrip().endswith(b"chunked"):
                 raise BadRequest(400, b"unsupported transfer-encoding")
             self.te_chunked = True
         elif code == H_CONNECTION:
+            self.rare = True
             for token in connection_tokens(value):
                 if token == b"upgrade":
                     self.conn_upgrade = True
                 elif token not in (b"close", b"keep-alive"):
                     self.hop_names = (self.hop_names or set()) | {token}
         elif code == H_UPGRADE:
+            self.rare = True
             self.upgrade = value
         elif code == H_EXPECT:
+            self.rare = True
             if value.lower() == b"100-continue":
                 self.expect_continue = True
             else:
@@ -217,7 +235,7 @@ class DownstreamHttp1(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.unparsed_head_bytes = 0
         parser = self.parser
-        version = parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         url = self.url
         if url[:1] != b"/" and url != b"*":
             if parser.get_method() == b"CONNECT":
@@ -325,9 +343,8 @@ class DownstreamHttp1(asyncio.Protocol):
     def send_response_head(self, exchange, status: int, reason: bytes, headers: list,
                            content_length: int | None, chunked: bool) -> None:
         head = exchange.head
-        parts = [status_line(status, reason)]
-        for name, value in headers:
-            parts += (name, b": ", value, EOL)
+        parts = [status_line(status, reason),
+                 b"".join([name + b": " + value + EOL for name, value in headers])]
         no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
         self.resp_chunked = False
         self.resp_close = not self.keep_alive or self.listener.draining

@@ -33,7 +33,7 @@ class Exchange:
     __slots__ = (
         "sink", "head", "listener", "route", "block", "port", "dest", "cluster", "endpoint",
         "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
-        "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "start_wall",
+        "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused",
     )
@@ -59,8 +59,7 @@ class Exchange:
         self.status = 0
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.started_at = listener.loop.time()
-        self.start_wall = time.time()
+        self.started_at = sink.last_activity   # the time of the read that completed the head
         self.upstream_start = 0.0
         self.upstream_host = "-"
         self.reused = False
@@ -91,7 +90,8 @@ class Exchange:
             headers = route.request_ops.apply(headers)
         if dest.request_ops is not None:
             headers = dest.request_ops.apply(headers)
-        self.up_headers = headers + self.listener.added_request_headers(head)
+        self.up_headers = headers
+        self.up_added = self.listener.added_request_headers(head)
         self._attempt(fresh=False)
 
     def _hash_key(self) -> bytes | None:
@@ -115,7 +115,7 @@ class Exchange:
 
     def _attempt(self, fresh: bool) -> None:
         cluster = self.cluster
-        ep = cluster.pick(self._hash_key())
+        ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None)
         if ep is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self.local_reply(503, b"no healthy upstream", "UH")
@@ -153,7 +153,7 @@ class Exchange:
         self.upstream_start = self.listener.loop.time()
         head = self.head
         conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
-                               self.up_headers, head.content_length, head.chunked,
+                               self.up_headers, self.up_added, head.content_length, head.chunked,
                                head.upgrade, head.method == b"HEAD")
         chunked = head.chunked
         for piece in self.pending:
@@ -332,7 +332,7 @@ class Exchange:
         head = self.head
         now = self.listener.loop.time()
         return AccessLogRecord(
-            start_time=self.start_wall,
+            start_time=time.time() - (now - self.started_at),
             method=head.method.decode("latin-1"),
             path=head.path.decode("latin-1"),
             protocol="HTTP/" + head.version.decode(),

@@ -42,6 +42,10 @@ RESPONSE_SPECIAL = {
     b"upgrade": H_UPGRADE,
 }
 
+# Lengths of the response names above: most response headers (Server, Date, Content-Type)
+# have other lengths and skip the lower-casing entirely.
+RESPONSE_SPECIAL_LENGTHS = frozenset(len(name) for name in RESPONSE_SPECIAL)
+
 MAX_HEADER_BYTES = 60 * 1024
 
 STATUS_LINES: dict[int, bytes] = {

@@ -28,9 +28,7 @@ class ListenerStats(Counters):
     """Envoy's http connection manager and listener counters, per worker."""
 
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
-                 "downstream_rq_active", "downstream_rq_1xx", "downstream_rq_2xx",
-                 "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx",
-                 "downstream_cx_protocol_error", "no_route")
+                 "downstream_rq_active", "downstream_cx_protocol_error", "no_route")
     STATUS_NAMES = status_names("downstream_rq")
 
 
@@ -50,7 +48,7 @@ class Listener:
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
-        self._xfp = [(b"x-forwarded-proto", b"http")]
+
 
     @property
     def address(self) -> str:
@@ -94,14 +92,14 @@ class Listener:
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
 
-    def added_request_headers(self, head) -> list:
-        """The mesh headers added upstream: x-forwarded-for/-proto, x-request-id, user-agent."""
+    def added_request_headers(self, head) -> bytes:
+        """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id, user-agent."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
-        added = [(b"x-forwarded-for", xff), (b"x-request-id", head.request_id)]
-        added += [(b"x-forwarded-proto", head.scheme)] if head.scheme != b"http" else self._xfp
+        added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
+            xff, head.request_id, head.scheme)
         if head.user_agent:
-            added.append((b"user-agent", head.user_agent))
+            added += b"user-agent: " + head.user_agent + b"\r\n"
         return added
 
     def exchange_finished(self, exchange: Exchange) -> None:

@@ -18,7 +18,8 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from remora.proxy.counters import set_nodelay
 from remora.proxy.http1 import (
-    EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL, chunk, connection_tokens,
+    EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL,
+    RESPONSE_SPECIAL_LENGTHS, chunk, connection_tokens,
     drop_named,
 )
 from remora.proxy.message import ResponseHead
@@ -48,17 +49,27 @@ class UpstreamHttp1(asyncio.Protocol):
 
     def _reset_response(self) -> None:
         self.headers: list = []
-        self.reason = b""
         self.resp: ResponseHead | None = None
-        self.interim = False
         self.got_bytes = False
         self.response_done = False
         self.head_only = False
+        self.content_length: bytes | None = None
+        self.rare = False          # set when one of the fields below was touched
+        self.interim = False
         self.until_close = False
         self.hop_names: set[bytes] | None = None
-        self.content_length: bytes | None = None
         self.te_chunked = False
         self.upgrade: bytes | None = None
+
+    def _reset_common(self) -> None:
+        """Per-response reset on the hot path: the rare fields only when a response set one."""
+        if self.rare:
+            self._reset_response()
+            return
+        self.headers = []
+        self.resp = None
+        self.got_bytes = self.response_done = self.head_only = False
+        self.content_length = None
 
     # -- predicates ------------------------------------------------------------------
     def is_idle(self) -> bool:
@@ -137,17 +148,18 @@ class UpstreamHttp1(asyncio.Protocol):
 
     # -- request side ------------------------------------------------------------------
     def send_request_head(self, exchange, method: bytes, path: bytes, authority: bytes,
-                          headers: list, content_length: int | None, chunked: bool,
+                          headers: list, added: bytes, content_length: int | None, chunked: bool,
                           upgrade: bytes | None, head_only: bool) -> None:
-        """Start a request: write its head with Remora's own framing headers."""
+        """Start a request: write its head (`added`: ready-made header lines) with Remora's own framing."""
         self.exchange = exchange
         self.state = ConnState.ACTIVE
         self.requests_sent += 1
-        self._reset_response()
+        self._reset_common()
         self.head_only = head_only
         parts = [method, b" ", path, b" HTTP/1.1\r\nhost: ", authority, EOL]
-        for name, value in headers:
-            parts += (name, b": ", value, EOL)
+        if headers:
+            parts.append(b"".join([name + b": " + value + EOL for name, value in headers]))
+        parts.append(added)
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif content_length is not None:
@@ -168,33 +180,35 @@ class UpstreamHttp1(asyncio.Protocol):
             self.transport.write(LAST_CHUNK)
 
     # -- httptools callbacks -------------------------------------------------------------
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        code = RESPONSE_SPECIAL.get(name.lower())
+        code = RESPONSE_SPECIAL.get(name.lower()) if len(name) in RESPONSE_SPECIAL_LENGTHS else None
         if code is None:
             self.headers.append((name, value))
         elif code == H_CONNECTION:
+            self.rare = True
             extra = {t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")}
             if extra:
                 self.hop_names = (self.hop_names or set()) | extra
         elif code == H_CL:
             self.content_length = value
         elif code == H_TE:
+            self.rare = True
             self.te_chunked = value.lower().endswith(b"chunked")
         elif code == H_UPGRADE:
+            self.rare = True
             self.upgrade = value
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True      # 100/103 from the upstream: we answer 100 ourselves
+            self.rare = True
             self.headers = []
-            self.reason = b""
             return
         headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
-        resp = ResponseHead(status, self.reason, headers)
+        # The reason phrase is not kept (httptools' on_status would cost a call per
+        # response): Remora sends the standard phrase for the status, as Envoy does.
+        resp = ResponseHead(status, b"", headers)
         resp.keep_alive = self.parser.should_keep_alive()
         if self.content_length is not None:
             resp.content_length = int(self.content_length)
@@ -205,6 +219,7 @@ class UpstreamHttp1(asyncio.Protocol):
             # Either way the downstream side re-frames it.
             resp.chunked = True
             self.until_close = not self.te_chunked
+            self.rare = True
         self.resp = resp
         if status == 101:
             return
@@ -289,7 +304,7 @@ class EndpointPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.is_closed():
+            if conn.state is ConnState.IDLE and not conn.transport.is_closing():
                 conn.state = ConnState.ACTIVE
                 return conn
         return None

@@ -1,0 +1,101 @@
+"""Python cost of one proxied request, without sockets: `python -m benchmarks.hotpath [--profile]`.
+
+Drives the real DownstreamHttp1 -> Exchange -> UpstreamHttp1 path with fake transports
+(a pooled upstream connection answering every request), so the number is the proxy's own
+per-request Python work, free of syscalls and of the machine's noise. Use it to compare a
+hot-path change before and after; the wrk scenarios measure the whole thing.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import uvloop
+
+from remora.config.loader import load_mesh_text
+from remora.proxy.downstream import DownstreamHttp1
+from remora.proxy.pool import ConnState, UpstreamHttp1
+from remora.proxy.worker import ProxyOptions, Worker
+
+MESH = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: upstream}
+spec:
+  hosts: [upstream]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 9}}]
+"""
+REQUEST = b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 23:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n")
+
+
+class FakeTransport:
+    """Swallows writes; answers what the protocols ask of a transport."""
+
+    def __init__(self) -> None:
+        self.bytes_written = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
+
+    def writelines(self, parts) -> None:
+        for p in parts:
+            self.bytes_written += len(p)
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def measure(n: int, profile: bool) -> float:
+    worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(MESH))
+    listener = worker.listeners[0]
+    down = DownstreamHttp1(listener)
+    down.connection_made(FakeTransport())
+    cluster = worker.snapshot.clusters()[0]
+    pool = cluster.endpoints[0].pool
+    up = UpstreamHttp1(pool)
+    up.connection_made(FakeTransport())
+    up.state = ConnState.IDLE
+    pool.idle.append(up)
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    start = time.perf_counter()
+    for _ in range(n):
+        down.data_received(REQUEST)
+        up.data_received(RESPONSE)
+    elapsed = time.perf_counter() - start
+    if prof:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    assert listener.stats.by_class[2] == n, "requests did not complete"
+    return elapsed / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    results = [uvloop.run(measure(args.n, args.profile)) for _ in range(1 if args.profile else 7)]
+    print(f"python work per request: {min(results):.2f} us (best of {len(results)}, n={args.n})")
+
+
+if __name__ == "__main__":
+    main()
