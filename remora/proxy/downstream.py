@@ -42,15 +42,32 @@ class BadRequest(Exception):
         self.detail = detail
 
 
-_UUID4_BITS = (0x4 << 76) | (0x2 << 62)
-_UUID4_MASK = ~((0xF << 76) | (0x3 << 62))
-_getrandbits = random.getrandbits
+class RequestIds:
+    """UUID4-shaped request ids: a random 80-bit prefix per process and a 48-bit counter.
+
+    Unique across workers and restarts like uuid4 (the prefix is random), at one bytes
+    format per request instead of 16 random bytes and five slices.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """A new random prefix (after fork, each worker needs its own)."""
+        r = random.SystemRandom().getrandbits(80)
+        hex_ = b"%020x" % r
+        # version 4 and variant 10xx, as uuid4 sets them
+        self.prefix = b"%s-%s-4%s-%x%s-" % (hex_[:8], hex_[8:12], hex_[13:16],
+                                            8 | (r & 3), hex_[17:20])
+        self.counter = random.getrandbits(47)
+
+    def next(self) -> bytes:
+        self.counter = (self.counter + 1) & 0xFFFFFFFFFFFF
+        return b"%s%012x" % (self.prefix, self.counter)
 
 
-def new_request_id() -> bytes:
-    """A random UUID4 string: no syscall per request (os.urandom costs one), unlike uuid.uuid4()."""
-    x = b"%032x" % ((_getrandbits(128) & _UUID4_MASK) | _UUID4_BITS)
-    return b"%s-%s-%s-%s-%s" % (x[:8], x[8:12], x[12:16], x[16:20], x[20:])
+request_ids = RequestIds()
+new_request_id = request_ids.next
 
 
 class DownstreamHttp1(asyncio.Protocol):

@@ -18,6 +18,7 @@ import uvloop
 
 from remora.config.model import MeshConfig
 from remora.proxy.admin import start_admin
+from remora.proxy.downstream import request_ids
 from remora.proxy.worker import ProxyOptions, Worker, WorkerAdminSource, gauge_names
 
 
@@ -82,6 +83,7 @@ def _multi(options: ProxyOptions, config: MeshConfig) -> int:
 
 
 async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan: socket.socket) -> int:
+    request_ids.reseed()     # forked workers must not share the parent's id prefix
     stop = asyncio.Event()
     _install_stop(stop)
     worker = Worker(options, config, worker_id)
