@@ -1,0 +1,91 @@
+"""Upstream connection settings over real sockets: connect timeout, DNS-resolved endpoints."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from tests.integration.client import RawClient
+from tests.integration.proxy_process import ProxyProcess
+
+
+@pytest.fixture
+def unaccepting_port():
+    """A port whose accept queue is full, so new connects hang (SYNs are dropped)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.2)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    try:
+        probe.connect(("127.0.0.1", port))
+        pytest.skip("this kernel completes connects to a full accept queue; cannot provoke a connect timeout")
+    except (socket.timeout, TimeoutError):
+        pass
+    finally:
+        probe.close()
+    yield port
+    for s in fillers:
+        s.close()
+    server.close()
+
+
+def test_connect_timeout_gives_503_uf(unaccepting_port):
+    """DestinationRule connectTimeout bounds the upstream connect: 503 UF and a connect-timeout count."""
+    p = ProxyProcess(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: hang}}
+spec:
+  hosts: [hang]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {unaccepting_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: hang}}
+spec:
+  host: hang
+  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 500ms}}}}}}
+""").wait_ready()
+    try:
+        c = RawClient(p.outbound_port)
+        start = time.time()
+        r = c.request("GET", "/", "hang")
+        elapsed = time.time() - start
+        assert r.status == 503 and b"connection timeout" in r.body
+        assert 0.4 <= elapsed < 5
+        stats = {s["name"]: s["value"] for s in json.loads(p.admin_get("/stats?format=json"))["stats"]}
+        assert stats["cluster.outbound|80||hang.default.svc.cluster.local.upstream_cx_connect_timeout"] == 1
+        assert '"GET / HTTP/1.1" 503 UF' in p.access_log()
+    finally:
+        p.stop()
+
+
+def test_dns_resolution_endpoint_is_resolved_at_connect(upstreams):
+    """A DNS-resolution ServiceEntry endpoint given by name (localhost) is resolved and reached."""
+    port = upstreams.ports["echo"]
+    p = ProxyProcess(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: named}}
+spec:
+  hosts: [named.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
+  endpoints: [{{address: localhost, ports: {{http: {port}}}}}]
+""").wait_ready()
+    try:
+        r = RawClient(p.outbound_port).request("GET", "/dns", "named.example.com")
+        assert r.status == 200 and r.json()["path"] == "/dns"
+    finally:
+        p.stop()
