@@ -15,22 +15,7 @@ from http import HTTPStatus
 
 # Lower-cased header names the codecs treat specially, mapped to a small code.
 H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP = range(11)
-REQUEST_SPECIAL = {
-    b"host": H_HOST,
-    b"connection": H_CONNECTION,
-    b"keep-alive": H_HOP,
-    b"proxy-connection": H_HOP,
-    b"te": H_HOP,
-    b"trailer": H_HOP,
-    b"transfer-encoding": H_TE,
-    b"content-length": H_CL,
-    b"upgrade": H_UPGRADE,
-    b"expect": H_EXPECT,
-    b"x-request-id": H_REQID,
-    b"x-forwarded-for": H_XFF,
-    b"user-agent": H_UA,
-    b"x-forwarded-proto": H_XFP,
-}
+# Headers each side handles itself in both directions: framing and hop-by-hop.
 RESPONSE_SPECIAL = {
     b"connection": H_CONNECTION,
     b"keep-alive": H_HOP,
@@ -40,6 +25,16 @@ RESPONSE_SPECIAL = {
     b"transfer-encoding": H_TE,
     b"content-length": H_CL,
     b"upgrade": H_UPGRADE,
+}
+# Requests also carry what routing and the mesh headers need.
+REQUEST_SPECIAL = {
+    **RESPONSE_SPECIAL,
+    b"host": H_HOST,
+    b"expect": H_EXPECT,
+    b"x-request-id": H_REQID,
+    b"x-forwarded-for": H_XFF,
+    b"user-agent": H_UA,
+    b"x-forwarded-proto": H_XFP,
 }
 
 # Lengths of the response names above: most response headers (Server, Date, Content-Type)
