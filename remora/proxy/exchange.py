@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 
 from remora.proxy.message import RequestHead, ResponseHead
-from remora.proxy.telemetry import AccessLogRecord
+from remora.proxy.telemetry import AccessLogRecord, join_flags
 
 REPLAY_LIMIT = 1 << 20        # request bytes kept for resending (Envoy's per-request buffer)
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
@@ -35,7 +35,8 @@ class Exchange:
         "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
         "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
-        "up_authority", "up_headers", "upstream_time", "reading_paused",
+        "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
+        "timeout_armed", "abort_status",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -66,14 +67,73 @@ class Exchange:
         self.race_retried = False
         self.upstream_time = b""
         self.reading_paused = False
+        self.timer = None              # the route timeout or the fault delay, when armed
+        self.timeout_armed = False
+        self.abort_status = 0
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Choose the destination and send the request on its way."""
-        route, head = self.route, self.head
+        """Apply the route's fault injection, then route the request."""
+        route = self.route
         if route is None:
             self.local_reply(404, b"", "NR")
             return
+        if route.fault is not None:
+            delay, self.abort_status = route.fault.draw()
+            if delay:
+                self.add_flag("DI")
+                self.timer = self.listener.loop.call_later(delay, self._after_delay)
+                return
+            if self.abort_status:
+                self._fault_abort()
+                return
+        self._route()
+
+    def _after_delay(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        if self.abort_status:
+            self._fault_abort()
+        else:
+            self._route()
+
+    def _fault_abort(self) -> None:
+        """Envoy's fault abort: the request never reaches the upstream."""
+        self.local_reply(self.abort_status, b"fault filter abort", "FI")
+
+    def add_flag(self, flag: str) -> None:
+        """Add a response flag (several are joined in Envoy's order)."""
+        self.flags = flag if self.flags == "-" else join_flags([*self.flags.split(","), flag])
+
+    def _arm_timeout(self) -> None:
+        """Start the route timeout once the whole request is in (Envoy's rule)."""
+        timeout = self.route.timeout
+        if timeout and not self.timeout_armed and not self.finished:
+            self.timeout_armed = True
+            self.timer = self.listener.loop.call_later(timeout, self._on_route_timeout)
+
+    def _on_route_timeout(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        self.cluster.stats.upstream_rq_timeout += 1
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()     # a timed-out connection is never returned to the pool
+        self._endpoint_done(error=True)
+        if self.response_started:
+            self.add_flag("UT")
+            self._finish()
+            self.sink.abort(self)
+        else:
+            self.local_reply(504, b"upstream request timeout", "UT")
+
+    def _route(self) -> None:
+        """Pick the destination and send the request on its way."""
+        route, head = self.route, self.head
+        if self.request_done:
+            self._arm_timeout()
         dest = self.dest = route.choose()
         cluster = self.cluster = dest.cluster_for(self.port)
         stats = cluster.stats
@@ -189,6 +249,8 @@ class Exchange:
 
     def on_request_end(self) -> None:
         self.request_done = True
+        if self.dest is not None:
+            self._arm_timeout()
         if self.conn is not None and not self.finished and self.head.has_body:
             self.conn.end_body(self.head.chunked)
 
@@ -269,7 +331,7 @@ class Exchange:
         """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
         self._endpoint_done(error=True)
         if self.response_started:
-            self.flags = flag
+            self.add_flag(flag)
             self._finish()
             self.sink.abort(self)
         else:
@@ -295,7 +357,7 @@ class Exchange:
             conn.close()
         if self.endpoint is not None:
             self._endpoint_done(error=False)
-        self.flags = "DC"
+        self.add_flag("DC")
         self._finish()
 
     # -- endings -----------------------------------------------------------------------------
@@ -307,7 +369,7 @@ class Exchange:
         if conn is not None:
             conn.close()
         self._endpoint_done(error=False)
-        self.flags = flag
+        self.add_flag(flag)
         self.status = status
         self.bytes_sent = len(body)
         self._finish()
@@ -323,6 +385,9 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.cluster is not None:
             self.cluster.stats.upstream_rq_active -= 1
         self.listener.exchange_finished(self)

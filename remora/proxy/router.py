@@ -19,6 +19,7 @@ from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig
 from remora.config.names import host_aliases, qualify_host
 from remora.proxy.balancer import SmoothWeightedRoundRobin
 from remora.proxy.cluster import Cluster, ServiceInfo, empty_service
+from remora.proxy.fault import compile_fault
 from remora.proxy.message import RequestHead
 
 
@@ -184,7 +185,7 @@ class Route:
         self.request_ops, self.response_ops = _ops(spec.headers if spec else None)
         self.timeout = parse_duration(spec.timeout) if spec and spec.timeout else None
         self.retries = spec.retries if spec else None
-        self.fault = spec.fault if spec else None
+        self.fault = compile_fault(spec.fault) if spec else None
 
     def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
         """The matching block, True for a route without conditions, or False."""

@@ -819,12 +819,12 @@ def test_route_names_and_origin():
 
 
 def test_retries_and_fault_are_carried():
-    """A route keeps its retries and fault specs for the exchange to apply."""
+    """A route keeps its retries spec and compiles its fault for the exchange to apply."""
     rt = compile_table(vs([route("m", retries={"attempts": 3, "retryOn": "5xx"},
                                  fault={"abort": {"httpStatus": 503, "percentage": {"value": 10}}})])
                        ).lookup(b"reviews").routes[0]
     assert rt.retries.attempts == 3 and rt.retries.retry_on == "5xx"
-    assert rt.fault.abort.http_status == 503
+    assert rt.fault.abort_status == 503 and rt.fault.abort_percent == 10
 
 
 def test_namespace_qualifies_short_hosts():
