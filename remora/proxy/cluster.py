@@ -3,8 +3,8 @@
 Cluster names follow Istio's Envoy naming, `outbound|<port>|<subset>|<fqdn>` and
 `inbound|<port>||`, so stats and admin output read the same as in an Istio mesh.
 Endpoint objects carry the per-endpoint counters the balancers and /clusters read; their
-connection pools live in a per-worker `PoolRegistry` keyed by address, so compiling a new
-config version never drops warm connections.
+connection pools and circuit breakers live in a per-worker `PoolRegistry` keyed by cluster
+name and address, so compiling a new config version never drops warm connections.
 """
 from __future__ import annotations
 
@@ -28,15 +28,16 @@ class ClusterStats(Counters):
 
     __slots__ = (
         "upstream_rq_total", "upstream_rq_active", "upstream_cx_total",
-        "upstream_cx_active", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+        "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
         "upstream_cx_destroy", "upstream_rq_pending_total", "upstream_rq_retry",
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
-        "upstream_rq_rx_reset", "upstream_cx_protocol_error",
+        "upstream_rq_rx_reset", "upstream_cx_protocol_error", "upstream_cx_overflow",
+        "upstream_rq_pending_overflow",
     )
     STATUS_NAMES = status_names("upstream_rq")
 
 
-GAUGE_STATS = frozenset({"upstream_rq_active", "upstream_cx_active"})
+GAUGE_STATS = frozenset({"upstream_rq_active", "upstream_cx_active", "upstream_rq_pending_active"})
 
 
 class Endpoint:
@@ -74,8 +75,8 @@ class Cluster:
     """A named set of endpoints with its load balancer and connection settings."""
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
-                 "connect_timeout", "idle_timeout", "max_requests_per_connection",
-                 "lb_policy", "hash_policy", "traffic_policy")
+                 "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
+                 "traffic_policy", "circuit")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -95,7 +96,7 @@ class Cluster:
         http = pool.http if pool else None
         self.connect_timeout = _seconds(tcp and tcp.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
-        self.max_requests_per_connection = (http and http.max_requests_per_connection) or 0
+        self.circuit = None   # the worker's Circuit for this cluster name (set per snapshot)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""

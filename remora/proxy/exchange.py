@@ -36,7 +36,7 @@ class Exchange:
         "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
-        "timeout_armed", "abort_status",
+        "timeout_armed", "abort_status", "waiting_in",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -70,6 +70,7 @@ class Exchange:
         self.timer = None              # the route timeout or the fault delay, when armed
         self.timeout_armed = False
         self.abort_status = 0
+        self.waiting_in = None         # the Circuit whose pending queue holds us
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,6 +140,10 @@ class Exchange:
         stats = cluster.stats
         stats.upstream_rq_total += 1
         stats.upstream_rq_active += 1
+        if stats.upstream_rq_active > cluster.circuit.max_requests:
+            stats.upstream_rq_pending_overflow += 1
+            self._overflow()
+            return
         path = head.path
         if route.rewrite_uri is not None or route.regex_rewrite is not None:
             path = route.rewrite_path(path, self.block)
@@ -188,9 +193,46 @@ class Exchange:
         if conn is not None:
             self.reused = True
             self._send_on(conn)
-        else:
-            self.reused = False
-            ep.pool.connect(self, cluster)
+            return
+        self.reused = False
+        circuit = cluster.circuit
+        if circuit.open >= circuit.max_connections:
+            # Envoy: a request that needs a connection over max_connections waits, in a
+            # queue bounded by max_pending_requests; past that it fails fast with UO.
+            cluster.stats.upstream_cx_overflow += 1
+            if len(circuit.pending) >= circuit.max_pending:
+                cluster.stats.upstream_rq_pending_overflow += 1
+                self._overflow()
+                return
+            cluster.stats.upstream_rq_pending_total += 1
+            circuit.pending.append(self)
+            self.waiting_in = circuit
+            return
+        ep.pool.connect(self, cluster)
+
+    def _overflow(self) -> None:
+        """Circuit breaker overflow: fail fast, as Envoy does (503 UO, x-envoy-overloaded)."""
+        self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
+                              b"reset reason: overflow", "UO", [(b"x-envoy-overloaded", b"true")])
+
+    def on_pooled_connection(self, conn) -> None:
+        """Leaving the pending queue with a connection another request just released."""
+        self.waiting_in = None
+        ep = conn.pool.endpoint
+        if ep is not self.endpoint:
+            # The free connection may be to another endpoint of the cluster: follow it.
+            self._endpoint_done(error=False)
+            self.endpoint = ep
+            ep.active_requests += 1
+            ep.total_requests += 1
+            self.upstream_host = ep.key
+        self.reused = True
+        self._send_on(conn)
+
+    def on_connection_slot(self) -> None:
+        """Leaving the pending queue because a connection closed: open our own."""
+        self.waiting_in = None
+        self.endpoint.pool.connect(self, self.cluster)
 
     # -- upstream connection events -----------------------------------------------------
     def on_connected(self, conn) -> None:
@@ -385,6 +427,9 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
+        if self.waiting_in is not None:
+            self.waiting_in.pending.remove(self)
+            self.waiting_in = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -1,4 +1,5 @@
-"""Upstream HTTP/1.1 connections and the per-endpoint pools that keep them.
+"""Upstream HTTP/1.1 connections, the per-endpoint pools that keep them, and the
+per-cluster circuit breakers that bound them.
 
 Connection lifecycle (one owner, explicit states, as in httpcore):
   CONNECTING -> ACTIVE (one exchange at a time) -> IDLE (in its pool) -> ACTIVE ... -> CLOSED
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -265,12 +267,17 @@ class UpstreamHttp1(asyncio.Protocol):
     def release(self, keep_alive: bool, idle_timeout: float, now: float) -> None:
         """The exchange is done with this connection: pool it or close it."""
         self.exchange = None
-        if keep_alive and not self.is_closed() and self.pool.accepting:
+        pool = self.pool
+        limit = pool.circuit.max_requests_per_connection
+        if (keep_alive and not self.is_closed() and pool.accepting
+                and not (limit and self.requests_sent >= limit)):
             # A pooled connection must be reading, or the next response would never arrive.
             self.set_reading(True)
             self.state = ConnState.IDLE
             self.idle_deadline = now + idle_timeout
-            self.pool.idle.append(self)
+            pool.idle.append(self)
+            if pool.circuit.pending:
+                pool.circuit.hand_over(pool)
         else:
             self.close()
 
@@ -283,21 +290,68 @@ class UpstreamHttp1(asyncio.Protocol):
             self.pool.forget(self)
 
 
+UNLIMITED = 2**32 - 1   # Istio's default for every circuit-breaker threshold
+
+
+class Circuit:
+    """Envoy's circuit breakers for one cluster in one worker.
+
+    It outlives config versions (keyed by cluster name) because the connections it counts
+    do. `open` counts connections of the cluster, including ones still connecting. A
+    request that needs a new connection while `open` is at max_connections waits in the
+    FIFO `pending` queue (bounded by max_pending); a connection returning to a pool or
+    closing lets the first waiter go.
+    """
+
+    __slots__ = ("name", "open", "pending", "max_connections", "max_pending", "max_requests",
+                 "max_requests_per_connection")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.open = 0
+        self.pending: deque = deque()
+        self.configure(None)
+
+    def configure(self, policy) -> None:
+        """Thresholds from a TrafficPolicy's connectionPool (Istio: unlimited when unset)."""
+        pool = policy.connection_pool if policy is not None else None
+        tcp = pool.tcp if pool is not None else None
+        http = pool.http if pool is not None else None
+        self.max_connections = (tcp and tcp.max_connections) or UNLIMITED
+        self.max_pending = (http and http.http1_max_pending_requests) or UNLIMITED
+        self.max_requests = (http and http.http2_max_requests) or UNLIMITED
+        self.max_requests_per_connection = (http and http.max_requests_per_connection) or 0
+
+    def hand_over(self, pool: "EndpointPool") -> None:
+        """A connection of `pool` went idle: give it to the first waiting request."""
+        conn = pool.acquire()
+        if conn is not None:
+            self.pending.popleft().on_pooled_connection(conn)
+
+    def closed_one(self) -> None:
+        """A connection closed (or failed to open): the first waiter may open a new one."""
+        self.open -= 1
+        if self.pending and self.open < self.max_connections:
+            self.pending.popleft().on_connection_slot()
+
+
 class EndpointPool:
-    """Connections to one upstream address, shared by every cluster that lists it."""
+    """Connections from one cluster to one endpoint."""
 
     __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "stats_cx_total",
-                 "connecting")
+                 "circuit", "endpoint")
 
-    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop,
+                 circuit: Circuit | None = None) -> None:
         self.host = host
         self.port = port
         self.loop = loop
         self.idle: list[UpstreamHttp1] = []
-        self.active: set[UpstreamHttp1] = set()
+        self.active: set[UpstreamHttp1] = set()   # every open connection, idle ones included
         self.accepting = True
         self.stats_cx_total = 0
-        self.connecting = 0
+        self.circuit = circuit or Circuit(f"{host}:{port}")
+        self.endpoint = None      # the cluster's Endpoint this pool serves (set per snapshot)
 
     def acquire(self) -> UpstreamHttp1 | None:
         """The newest idle connection that is still open, or None."""
@@ -311,7 +365,7 @@ class EndpointPool:
 
     def connect(self, exchange, cluster) -> None:
         """Open a new connection for an exchange; it is told on_connected / on_connect_failed."""
-        self.connecting += 1
+        self.circuit.open += 1
         self.loop.create_task(self._connect(exchange, cluster))
 
     async def _connect(self, exchange, cluster) -> None:
@@ -324,53 +378,59 @@ class EndpointPool:
         except asyncio.TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
+            self.circuit.closed_one()
             exchange.on_connect_failed("connection timeout")
             return
         except OSError as exc:
             stats.upstream_cx_connect_fail += 1
+            self.circuit.closed_one()
             exchange.on_connect_failed(f"connection failure: {exc.strerror or exc}")
             return
-        finally:
-            self.connecting -= 1
         self.stats_cx_total += 1
         conn.state = ConnState.ACTIVE
         self.active.add(conn)
         exchange.on_connected(conn)
 
     def forget(self, conn: UpstreamHttp1) -> None:
-        self.active.discard(conn)
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
+        """The connection is closed or tunnelled: it no longer counts (idempotent)."""
+        if conn in self.active:
+            self.active.discard(conn)
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                pass
+            self.circuit.closed_one()
 
     def close_idle(self, now: float | None = None) -> int:
         """Close idle connections past their deadline (all of them when now is None)."""
-        keep, closed = [], 0
-        for conn in self.idle:
-            if now is None or conn.idle_deadline <= now or conn.is_closed():
-                conn.state = ConnState.CLOSED
-                if conn.transport is not None:
-                    conn.transport.close()
-                closed += 1
-            else:
-                keep.append(conn)
-        self.idle = keep
-        return closed
+        expired = [c for c in self.idle if now is None or c.idle_deadline <= now or c.is_closed()]
+        if expired:
+            # Partition first: close() calls forget(), which edits self.idle.
+            self.idle = [c for c in self.idle if c not in expired]
+            for conn in expired:
+                conn.close()
+        return len(expired)
 
 
 class PoolRegistry:
-    """Every EndpointPool of one worker, by address."""
+    """Every EndpointPool and Circuit of one worker, kept across config versions."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.pools: dict[tuple[str, str, int], EndpointPool] = {}
+        self.circuits: dict[str, Circuit] = {}
 
-    def pool_for(self, host: str, port: int) -> EndpointPool:
-        key = (host, port)
+    def circuit_for(self, cluster_name: str) -> Circuit:
+        circuit = self.circuits.get(cluster_name)
+        if circuit is None:
+            circuit = self.circuits[cluster_name] = Circuit(cluster_name)
+        return circuit
+
+    def pool_for(self, cluster_name: str, host: str, port: int) -> EndpointPool:
+        key = (cluster_name, host, port)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = EndpointPool(host, port, self.loop)
+            pool = self.pools[key] = EndpointPool(host, port, self.loop, self.circuit_for(cluster_name))
         return pool
 
     def sweep(self, now: float) -> None:

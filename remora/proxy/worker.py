@@ -57,8 +57,11 @@ class Snapshot:
                                            [Endpoint(options.app_host, options.app_port, {})], None)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
         for cluster in self.clusters():
+            cluster.circuit = pools.circuit_for(cluster.name)
+            cluster.circuit.configure(cluster.traffic_policy)
             for ep in cluster.endpoints:
-                ep.pool = pools.pool_for(ep.host, ep.port)
+                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port)
+                ep.pool.endpoint = ep
 
     def clusters(self) -> list[Cluster]:
         """Every cluster of this version, in a stable order."""
@@ -147,6 +150,8 @@ class Worker:
             prefix = f"cluster.{cluster.name}."
             for name, value in cluster.stats.as_dict().items():
                 out[prefix + name] = value
+            out[prefix + "upstream_cx_active"] = cluster.circuit.open
+            out[prefix + "upstream_rq_pending_active"] = len(cluster.circuit.pending)
             out[prefix + "membership_total"] = len(cluster.endpoints)
             out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
         for listener in self.listeners:

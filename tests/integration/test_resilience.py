@@ -77,3 +77,79 @@ def test_route_timeout_gives_504_ut_and_keeps_client_usable(resilient):
     assert 0.25 <= time.time() - start < 2.5
     assert c.request("GET", "/slow?ms=10", "slowroute").status == 200
     assert '"GET /slow?ms=3000 HTTP/1.1" 504 UT' in resilient.access_log()
+
+
+def destination_rule(host: str, policy: str) -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host}}}
+spec:
+  host: {host}
+  trafficPolicy: {policy}
+---
+"""
+
+
+def concurrent_statuses(port: int, host: str, path: str, n: int) -> tuple[list[int], list[str]]:
+    """Send n requests at once on n connections; return statuses and x-envoy-overloaded values."""
+    import threading
+    clients = [RawClient(port) for _ in range(n)]
+    results = [None] * n
+    for c in clients:
+        c.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+
+    def read(i):
+        results[i] = clients[i].read_response()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return [r.status for r in results], [r.headers.get("x-envoy-overloaded", "") for r in results]
+
+
+def test_circuit_breaker_overflow_fails_fast_with_uo(upstreams):
+    """maxConnections 1 + http1MaxPendingRequests 1 under 20 concurrent requests: 2 succeed, 18 get 503 UO."""
+    echo = upstreams.ports["echo"]
+    p = ProxyProcess(service("guarded", [(echo, {})]) + destination_rule(
+        "guarded", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}")
+    ).wait_ready()
+    try:
+        statuses, overloaded = concurrent_statuses(p.outbound_port, "guarded", "/slow?ms=600", 20)
+        assert statuses.count(200) == 2, statuses
+        assert statuses.count(503) == 18, statuses
+        assert overloaded.count("true") == 18
+        log = p.access_log()
+        assert log.count(" 503 UO ") == 18
+        stats = p.admin_get("/stats?filter=guarded")
+        assert "upstream_rq_pending_overflow: 18" in stats
+        assert "upstream_cx_active: 1" in stats   # the one connection, now idle in its pool
+        assert "upstream_rq_pending_active: 0" in stats
+    finally:
+        p.stop()
+
+
+def test_max_requests_per_connection_retires_connections(upstreams):
+    """maxRequestsPerConnection 1: each request travels on a new upstream connection."""
+    echo = upstreams.ports["echo"]
+    p = ProxyProcess(service("oneshot", [(echo, {})]) + destination_rule(
+        "oneshot", "{connectionPool: {http: {maxRequestsPerConnection: 1}}}")).wait_ready()
+    try:
+        c = RawClient(p.outbound_port)
+        ports = {c.request("GET", "/", "oneshot").json()["peer_port"] for _ in range(4)}
+        assert len(ports) == 4
+    finally:
+        p.stop()
+
+
+def test_max_requests_limits_concurrent_requests(upstreams):
+    """http2MaxRequests 3 bounds active requests: 3 of 10 concurrent succeed, the rest get UO."""
+    echo = upstreams.ports["echo"]
+    p = ProxyProcess(service("capped", [(echo, {})]) + destination_rule(
+        "capped", "{connectionPool: {http: {http2MaxRequests: 3}}}")).wait_ready()
+    try:
+        statuses, _ = concurrent_statuses(p.outbound_port, "capped", "/slow?ms=600", 10)
+        assert statuses.count(200) == 3 and statuses.count(503) == 7, statuses
+    finally:
+        p.stop()
