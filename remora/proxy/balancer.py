@@ -3,7 +3,9 @@
 Rules (shared by every policy):
 - `pick()` returns None only when the balancer has no endpoints at all.
 - Ejected endpoints are skipped. If every endpoint is ejected the balancer is in "panic"
-  (Envoy's panic mode) and picks among all of them, as if none were ejected.
+  (Envoy's panic mode) and picks among all of them, as if none were ejected. Setting
+  `panic = True` (the outlier detector's panic threshold, Istio's minHealthPercent) forces
+  that mode: `ejected` is ignored until it is set back to False.
 - `exclude` (the hosts a retry already tried) is a preference: an excluded endpoint is
   returned only when no other eligible one exists. Preference order is: live and not
   excluded, then live, then (panic) not excluded, then anything.
@@ -103,10 +105,26 @@ def _weighted_pair(cum: list[int], rand) -> tuple[int, int]:
 class Balancer:
     """Base class: holds the endpoints; subclasses implement `pick`."""
 
-    __slots__ = ("endpoints",)
+    __slots__ = ("endpoints", "_ignore_ejected")
 
     def __init__(self, endpoints: Sequence[BalancedEndpoint]) -> None:
         self.endpoints: tuple[BalancedEndpoint, ...] = tuple(endpoints)
+        self._ignore_ejected = False
+
+    @property
+    def panic(self) -> bool:
+        """Forced panic mode: balance across all endpoints, ejected or not."""
+        return self._ignore_ejected
+
+    @panic.setter
+    def panic(self, value: bool) -> None:
+        value = bool(value)
+        if value != self._ignore_ejected:
+            self._ignore_ejected = value
+            self._panic_changed()
+
+    def _panic_changed(self) -> None:
+        """Hook for policies that precompute over the live endpoints."""
 
     def pick(
         self, hash_key: bytes | None = None, exclude: Collection[BalancedEndpoint] = ()
@@ -115,7 +133,10 @@ class Balancer:
 
     def _candidates(self, exclude: Collection[BalancedEndpoint]) -> list[BalancedEndpoint]:
         """Slow path: the best non-empty class of endpoints in the preference order."""
-        pool = [e for e in self.endpoints if not e.ejected] or list(self.endpoints)
+        if self._ignore_ejected:
+            pool = list(self.endpoints)
+        else:
+            pool = [e for e in self.endpoints if not e.ejected] or list(self.endpoints)
         if exclude:
             preferred = [e for e in pool if e not in exclude]
             if preferred:
@@ -140,14 +161,18 @@ class RoundRobinBalancer(Balancer):
     def _rebuild(self) -> None:
         mask = tuple([e.ejected for e in self.endpoints])
         live = [e for e, ejected in zip(self.endpoints, mask) if not ejected]
-        self._panic = not live
-        if len(live) == len(self.endpoints) or not live:
+        self._panic = self._ignore_ejected or not live
+        if self._panic or len(live) == len(self.endpoints):
             self._sched = self._full
         else:
             self._sched = _schedule(live, [max(1, e.weight) for e in live])
         self._mask = mask if any(mask) else None
         self._len = len(self._sched)
         self._i = 0
+
+    def _panic_changed(self) -> None:
+        if self._len:
+            self._rebuild()
 
     def _live_changed(self) -> bool:
         if self._mask is None:
@@ -215,7 +240,7 @@ class RandomBalancer(_RandomBase):
             ep = eps[bisect_right(self._cum, self._random() * self._total)]
         else:
             ep = eps[int(self._random() * len(eps))]
-        if ep.ejected or (exclude and ep in exclude):
+        if (ep.ejected and not self._ignore_ejected) or (exclude and ep in exclude):
             cands = self._candidates(exclude)
             return self._rng.choices(cands, [max(1, e.weight) for e in cands])[0]
         return ep
@@ -239,7 +264,9 @@ class LeastRequestBalancer(_RandomBase):
             if j >= i:
                 j += 1
         a, b = eps[i], eps[j]
-        if a.ejected or b.ejected or (exclude and (a in exclude or b in exclude)):
+        if ((a.ejected or b.ejected) and not self._ignore_ejected) or (
+            exclude and (a in exclude or b in exclude)
+        ):
             return self._pick_slow(exclude)
         return _less_loaded(a, b)
 
@@ -307,7 +334,7 @@ class RingHashBalancer(Balancer):
         if i == self._len:
             i = 0
         ep = self._owners[i]
-        if ep.ejected or (exclude and ep in exclude):
+        if (ep.ejected and not self._ignore_ejected) or (exclude and ep in exclude):
             return self._walk(i, exclude)
         return ep
 

@@ -190,6 +190,30 @@ def test_every_policy_skips_ejected_and_panics(cls):
 
 
 @pytest.mark.parametrize("cls", ALL_POLICIES)
+def test_forced_panic_ignores_ejections_until_cleared(cls):
+    """With `panic` set, ejected endpoints are picked like live ones; clearing it skips them."""
+    endpoints = eps(1, 1, 1)
+    endpoints[0].ejected = True
+    lb = cls(endpoints)
+    assert endpoints[0] not in [lb.pick(hash_key=k) for k in keys(300)]
+    lb.panic = True
+    assert lb.panic is True
+    assert set(lb.pick(hash_key=k) for k in keys(300)) == set(endpoints)
+    lb.panic = False
+    assert endpoints[0] not in [lb.pick(hash_key=k) for k in keys(300)]
+
+
+def test_round_robin_forced_panic_rotates_over_all_exactly():
+    """Round robin in forced panic is exact over all endpoints from the next pick on."""
+    endpoints = eps(2, 1, 1)
+    endpoints[1].ejected = True
+    lb = RoundRobinBalancer(endpoints, rng=random.Random(1))
+    picks(lb, 5)
+    lb.panic = True
+    assert_exact_windows(picks(lb, 40), {endpoints[0]: 2, endpoints[1]: 1, endpoints[2]: 1})
+
+
+@pytest.mark.parametrize("cls", ALL_POLICIES)
 def test_every_policy_honours_exclude(cls):
     """Every policy avoids excluded endpoints while a non-excluded live one exists."""
     endpoints = eps(1, 2, 3)
