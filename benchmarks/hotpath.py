@@ -28,6 +28,25 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.0.1, ports: {http: 9}}]
 """
+RESILIENCE = """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: upstream}
+spec:
+  hosts: [upstream]
+  http:
+  - timeout: 15s
+    retries: {attempts: 2, retryOn: "connect-failure,refused-stream,503"}
+    route: [{destination: {host: upstream}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: upstream}
+spec:
+  host: upstream
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}
+"""
 REQUEST = b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 23:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n")
@@ -62,8 +81,8 @@ class FakeTransport:
         pass
 
 
-async def measure(n: int, profile: bool) -> float:
-    worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(MESH))
+async def measure(n: int, profile: bool, resilience: bool = False) -> float:
+    worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(MESH + (RESILIENCE if resilience else "")))
     listener = worker.listeners[0]
     down = DownstreamHttp1(listener)
     down.connection_made(FakeTransport())
@@ -92,9 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--resilience", action="store_true",
+                        help="route with retries + timeout and outlier detection (never triggered)")
     args = parser.parse_args()
-    results = [uvloop.run(measure(args.n, args.profile)) for _ in range(1 if args.profile else 7)]
-    print(f"python work per request: {min(results):.2f} us (best of {len(results)}, n={args.n})")
+    results = [uvloop.run(measure(args.n, args.profile, args.resilience))
+               for _ in range(1 if args.profile else 7)]
+    label = "with retries+timeout+outlier detection" if args.resilience else "plain route"
+    print(f"python work per request, {label}: {min(results):.2f} us (best of {len(results)}, n={args.n})")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ class ClusterStats(Counters):
         "upstream_cx_destroy", "upstream_rq_pending_total", "upstream_rq_retry",
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
         "upstream_rq_rx_reset", "upstream_cx_protocol_error", "upstream_cx_overflow",
-        "upstream_rq_pending_overflow",
+        "upstream_rq_pending_overflow", "upstream_rq_retry_overflow", "retry_or_shadow_abandoned",
+        "upstream_rq_per_try_timeout",
     )
     STATUS_NAMES = status_names("upstream_rq")
 
@@ -76,7 +77,7 @@ class Cluster:
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
-                 "traffic_policy", "circuit")
+                 "traffic_policy", "circuit", "detector")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -97,6 +98,7 @@ class Cluster:
         self.connect_timeout = _seconds(tcp and tcp.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
         self.circuit = None   # the worker's Circuit for this cluster name (set per snapshot)
+        self.detector = None  # its OutlierDetector (set per snapshot, needs the loop's clock)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""

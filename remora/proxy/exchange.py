@@ -21,10 +21,13 @@ from __future__ import annotations
 import time
 
 from remora.proxy.message import RequestHead, ResponseHead
+from remora.proxy.outlier import Result
+from remora.proxy.retry import Failure, backoff_delay
 from remora.proxy.telemetry import AccessLogRecord, join_flags
 
 REPLAY_LIMIT = 1 << 20        # request bytes kept for resending (Envoy's per-request buffer)
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
+ATTEMPT_COUNT = [b"x-envoy-attempt-count: %d\r\n" % n for n in range(10)]
 
 
 class Exchange:
@@ -36,7 +39,8 @@ class Exchange:
         "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
-        "timeout_armed", "abort_status", "waiting_in",
+        "timeout_armed", "abort_status", "waiting_in", "retries", "tried", "try_timer",
+        "retry_acquired", "exhausted", "serial",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -71,6 +75,12 @@ class Exchange:
         self.timeout_armed = False
         self.abort_status = 0
         self.waiting_in = None         # the Circuit whose pending queue holds us
+        self.retries = 0               # retries started so far (attempt = retries + 1)
+        self.tried: list | None = None # endpoints of failed attempts (a retry avoids them)
+        self.try_timer = None          # per-try timeout, or the backoff before a retry
+        self.retry_acquired = False    # holding a slot of the cluster's retry budget
+        self.exhausted = False         # a retriable failure came after the last retry (URX)
+        self.serial = 0                # key in the worker's RequestDeadlines once one is armed
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -112,10 +122,12 @@ class Exchange:
         timeout = self.route.timeout
         if timeout and not self.timeout_armed and not self.finished:
             self.timeout_armed = True
-            self.timer = self.listener.loop.call_later(timeout, self._on_route_timeout)
+            deadlines = self.listener.worker.deadlines
+            if not self.serial:
+                self.serial = deadlines.register(self)
+            deadlines.route.add(timeout, self.serial)
 
-    def _on_route_timeout(self) -> None:
-        self.timer = None
+    def on_route_timeout(self) -> None:
         if self.finished:
             return
         self.cluster.stats.upstream_rq_timeout += 1
@@ -180,7 +192,8 @@ class Exchange:
 
     def _attempt(self, fresh: bool) -> None:
         cluster = self.cluster
-        ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None)
+        ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None,
+                          self.tried or ())
         if ep is None:
             cluster.stats.upstream_cx_none_healthy += 1
             self.local_reply(503, b"no healthy upstream", "UH")
@@ -244,9 +257,8 @@ class Exchange:
     def on_connect_failed(self, reason: str) -> None:
         if self.finished:
             return
-        self._endpoint_done(error=True)
-        self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
-                              b"reset reason: " + reason.encode(), "UF")
+        self._attempt_failed(Failure.CONNECT_FAILURE, 503, b"upstream connect error or disconnect/"
+                             b"reset before headers. reset reason: " + reason.encode(), "UF")
 
     def _send_on(self, conn) -> None:
         self.conn = conn
@@ -255,8 +267,18 @@ class Exchange:
         self.upstream_start = self.listener.loop.time()
         head = self.head
         conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
-                               self.up_headers, self.up_added, head.content_length, head.chunked,
-                               head.upgrade, head.method == b"HEAD")
+                               self.up_headers, self.up_added + ATTEMPT_COUNT[self.retries + 1]
+                               if self.retries < 9 else self.up_added,
+                               head.content_length, head.chunked, head.upgrade, head.method == b"HEAD")
+        per_try = self.route.retry_policy.per_try_timeout
+        if per_try:
+            deadlines = self.listener.worker.deadlines
+            if not self.serial:
+                self.serial = deadlines.register(self)
+            deadlines.per_try.add(per_try, (self.serial << 8) | (self.retries & 0xFF))
+        detector = self.cluster.detector
+        if detector.split:
+            detector.report(self.endpoint, Result.LOCAL_ORIGIN_SUCCESS)
         chunked = head.chunked
         for piece in self.pending:
             conn.send_body(piece, chunked)
@@ -313,6 +335,19 @@ class Exchange:
     def on_response_head(self, resp: ResponseHead) -> None:
         if self.finished:
             return
+        status = resp.status
+        detector = self.cluster.detector
+        if detector.enabled:
+            detector.report_status(self.endpoint, status)
+        if status >= 300 and self._retry(status=status):
+            # A retriable answer is never forwarded: drop the connection, try again.
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.close()
+            self._endpoint_done(error=status >= 500)
+            return
+        if self.exhausted:
+            self.add_flag("URX")
         now = self.listener.loop.time()
         self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
         self.response_started = True
@@ -341,6 +376,8 @@ class Exchange:
             conn.release(keep_alive and self.request_done, self.cluster.idle_timeout,
                          self.listener.loop.time())
         self._endpoint_done(error=self.status >= 500)
+        if self.retries and self.status < 500:
+            self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()
         self.sink.end_response(self)
 
@@ -359,15 +396,85 @@ class Exchange:
             self._attempt(fresh=True)
             return
         self.cluster.stats.upstream_rq_rx_reset += 1
-        self._fail(503, b"upstream connect error or disconnect/reset before headers. "
-                        b"reset reason: connection termination", "UC")
+        self._attempt_failed(Failure.RESET, 503, b"upstream connect error or disconnect/reset "
+                             b"before headers. reset reason: connection termination", "UC")
 
     def on_upstream_protocol_error(self, detail: str) -> None:
         if self.finished:
             return
         self.conn = None
         self.cluster.stats.upstream_cx_protocol_error += 1
-        self._fail(502, b"upstream sent an invalid HTTP response", "UPE")
+        self._attempt_failed(Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE")
+
+    def on_per_try_deadline(self, attempt: int) -> None:
+        # Only the attempt it was armed for, and only while that attempt is in flight.
+        if not self.finished and (self.retries & 0xFF) == attempt and self.try_timer is None:
+            self._on_per_try_timeout()
+
+    def _on_per_try_timeout(self) -> None:
+        self.cluster.stats.upstream_rq_per_try_timeout += 1
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self._attempt_failed(Failure.PER_TRY_TIMEOUT, 504, b"upstream request timeout", "UT")
+
+    # -- retries -------------------------------------------------------------------------------
+    def _attempt_failed(self, failure: Failure, status: int, body: bytes, flag: str) -> None:
+        """This attempt failed: tell outlier detection, then retry or give up."""
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        ep = self.endpoint
+        detector = self.cluster.detector
+        if ep is not None and detector.enabled:
+            detector.report(ep, Result.LOCAL_ORIGIN_FAILURE)
+        if self._retry(failure=failure):
+            self._endpoint_done(error=True)
+            return
+        if self.exhausted:
+            flag += ",URX"
+        self._fail(status, body, flag)
+
+    def _retry(self, failure: Failure | None = None, status: int = 0) -> bool:
+        """Schedule another attempt when the route's policy, the budget and the body allow it."""
+        policy = self.route.retry_policy
+        if self.response_started or not policy.enabled:
+            return False
+        if not (policy.retry_on_failure(failure) if failure is not None
+                else policy.retry_on_status(status)):
+            return False
+        if self.retries >= policy.num_retries:
+            self.exhausted = True
+            return False
+        stats = self.cluster.stats
+        if self.replay is None:
+            stats.retry_or_shadow_abandoned += 1     # body too long to resend
+            return False
+        circuit = self.cluster.circuit
+        budget = circuit.retry_budget
+        if self.retry_acquired:
+            budget.release()
+            self.retry_acquired = False
+        if not budget.try_acquire(stats.upstream_rq_active + len(circuit.pending)):
+            stats.upstream_rq_retry_overflow += 1
+            return False
+        self.retry_acquired = True
+        self.retries += 1
+        stats.upstream_rq_retry += 1
+        if self.endpoint is not None:
+            self.tried = (self.tried or []) + [self.endpoint]
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        self.try_timer = self.listener.loop.call_later(backoff_delay(self.retries - 1), self._retry_now)
+        return True
+
+    def _retry_now(self) -> None:
+        self.try_timer = None
+        if self.finished:
+            return
+        self.pending = list(self.replay)
+        self.pending_bytes = sum(map(len, self.pending))
+        self._attempt(fresh=False)
 
     def _fail(self, status: int, body: bytes, flag: str) -> None:
         """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
@@ -427,6 +534,14 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
+        if self.serial:
+            self.listener.worker.deadlines.forget(self.serial)
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.retry_acquired:
+            self.cluster.circuit.retry_budget.release()
+            self.retry_acquired = False
         if self.waiting_in is not None:
             self.waiting_in.pending.remove(self)
             self.waiting_in = None
@@ -460,3 +575,4 @@ class Exchange:
             upstream_cluster=self.cluster.name if self.cluster is not None else "-",
             route_name=self.route.name if self.route is not None else "-",
         )
+

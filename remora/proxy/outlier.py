@@ -150,8 +150,15 @@ class OutlierDetector:
             self._http_error(host, status or 503)  # Envoy: connect failure 503, timeout 504
 
     def report_status(self, ep: Endpoint, status: int) -> None:
-        """Count an upstream response by its status code."""
-        self.report(ep, Result.HTTP_5XX if 500 <= status <= 599 else Result.SUCCESS, status)
+        """Count an upstream response by its status code (hot path: successes return early)."""
+        if status < 500 or status > 599:
+            host = self._hosts.get(id(ep))
+            if host is not None:
+                counts = host.counts
+                if counts[_X5] or counts[_GW]:
+                    counts[_X5] = counts[_GW] = 0
+            return
+        self.report(ep, Result.HTTP_5XX, status)
 
     def _http_error(self, host: _Host, status: int) -> None:
         if status in _GATEWAY:

@@ -25,6 +25,7 @@ from remora.proxy.http1 import (
     drop_named,
 )
 from remora.proxy.message import ResponseHead
+from remora.proxy.retry import RetryBudget
 
 
 class ConnState(enum.Enum):
@@ -230,7 +231,8 @@ class UpstreamHttp1(asyncio.Protocol):
             self._complete(resp.keep_alive and not self.head_only)
 
     def on_body(self, body: bytes) -> None:
-        if self.response_done:
+        # The exchange may have dropped this connection mid-read (a response it retries).
+        if self.response_done or self.exchange is None:
             return
         self.exchange.on_response_body(body)
 
@@ -304,7 +306,7 @@ class Circuit:
     """
 
     __slots__ = ("name", "open", "pending", "max_connections", "max_pending", "max_requests",
-                 "max_requests_per_connection")
+                 "max_requests_per_connection", "retry_budget")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -321,6 +323,8 @@ class Circuit:
         self.max_pending = (http and http.http1_max_pending_requests) or UNLIMITED
         self.max_requests = (http and http.http2_max_requests) or UNLIMITED
         self.max_requests_per_connection = (http and http.max_requests_per_connection) or 0
+        # Concurrent retries: max(3, 20% of active requests), and maxRetries when set.
+        self.retry_budget = RetryBudget(max_retries=(http and http.max_retries) or None)
 
     def hand_over(self, pool: "EndpointPool") -> None:
         """A connection of `pool` went idle: give it to the first waiting request."""

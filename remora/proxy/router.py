@@ -20,6 +20,7 @@ from remora.config.names import host_aliases, qualify_host
 from remora.proxy.balancer import SmoothWeightedRoundRobin
 from remora.proxy.cluster import Cluster, ServiceInfo, empty_service
 from remora.proxy.fault import compile_fault
+from remora.proxy.retry import NO_RETRY, compile_retry_policy
 from remora.proxy.message import RequestHead
 
 
@@ -164,7 +165,7 @@ class Route:
 
     __slots__ = ("name", "origin", "blocks", "destinations", "_picker", "rewrite_uri",
                  "rewrite_authority", "regex_rewrite", "request_ops", "response_ops",
-                 "timeout", "retries", "fault", "spec")
+                 "timeout", "retries", "retry_policy", "fault", "spec")
 
     def __init__(self, name: str, origin: str, blocks: list[MatchBlock],
                  destinations: list[RouteDestination], weights: list[int],
@@ -185,6 +186,8 @@ class Route:
         self.request_ops, self.response_ops = _ops(spec.headers if spec else None)
         self.timeout = parse_duration(spec.timeout) if spec and spec.timeout else None
         self.retries = spec.retries if spec else None
+        # Istio gives every outbound route its default retry policy unless it says otherwise.
+        self.retry_policy = compile_retry_policy(spec.retries if spec else None)
         self.fault = compile_fault(spec.fault) if spec else None
 
     def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
@@ -262,6 +265,7 @@ class RouteTable:
     def single(cls, cluster: Cluster, name: str) -> "RouteTable":
         """A table that sends everything to one cluster (the inbound listener)."""
         route = Route(name, name, [], [RouteDestination({}, cluster, None)], [1])
+        route.retry_policy = NO_RETRY    # Istio's inbound routes do not retry
         return cls({}, [], VirtualHost(name, cluster.port, [route]))
 
 

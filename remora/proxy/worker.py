@@ -14,7 +14,9 @@ import msgspec
 
 from remora.config.model import MeshConfig
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
+from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.listener import Listener, ListenerSettings
+from remora.proxy.outlier import OutlierDetector
 from remora.proxy.pool import PoolRegistry
 from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.telemetry import AccessLogWriter
@@ -43,7 +45,8 @@ class ProxyOptions:
 class Snapshot:
     """An immutable compiled config version: route tables and clusters."""
 
-    def __init__(self, config: MeshConfig, options: ProxyOptions, pools: PoolRegistry) -> None:
+    def __init__(self, config: MeshConfig, options: ProxyOptions, pools: PoolRegistry,
+                 previous: "Snapshot | None" = None) -> None:
         self.config = config
         self.version = config.version
         self.loaded_at = time.time()
@@ -56,7 +59,14 @@ class Snapshot:
             self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
                                            [Endpoint(options.app_host, options.app_port, {})], None)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
+        old = {c.name: c for c in previous.clusters()} if previous is not None else {}
         for cluster in self.clusters():
+            policy = cluster.traffic_policy
+            cluster.detector = OutlierDetector(
+                policy.outlier_detection if policy is not None else None, cluster.endpoints,
+                pools.loop.time, on_panic_change=_panic_setter(cluster))
+            if cluster.name in old and old[cluster.name].detector is not None:
+                cluster.detector.inherit(old[cluster.name].detector)
             cluster.circuit = pools.circuit_for(cluster.name)
             cluster.circuit.configure(cluster.traffic_policy)
             for ep in cluster.endpoints:
@@ -71,6 +81,13 @@ class Snapshot:
         return [found[name] for name in sorted(found)]
 
 
+def _panic_setter(cluster: Cluster):
+    """Below minHealthPercent the balancer ignores ejections (Envoy's panic mode)."""
+    def set_panic(panic: bool) -> None:
+        cluster.balancer.panic = panic
+    return set_panic
+
+
 class Worker:
     """Listeners and state of one event loop."""
 
@@ -79,6 +96,7 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.pools = PoolRegistry(self.loop)
+        self.deadlines = RequestDeadlines(self.loop)
         self.snapshot = Snapshot(config, options, self.pools)
         self.access_log = (AccessLogWriter(fmt=options.access_log_format)
                            if options.access_log != "off" else AccessLogWriter.disabled())
@@ -91,6 +109,7 @@ class Worker:
         self.draining = False
         self.started_at = time.time()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._next_tick: dict[str, float] = {}
 
     async def start(self, reuse_port: bool) -> None:
         for listener in self.listeners:
@@ -102,7 +121,7 @@ class Worker:
 
     def apply(self, config: MeshConfig) -> None:
         """Swap in a new config version (requests in flight keep the old one)."""
-        self.snapshot = Snapshot(config, self.options, self.pools)
+        self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -110,7 +129,20 @@ class Worker:
             for conn in list(listener.connections):
                 conn.check_timeouts(now, listener.settings)
         self.pools.sweep(now)
+        self._tick_outlier_detectors(now)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _tick_outlier_detectors(self, now: float) -> None:
+        """Run each enabled detector's interval check (un-ejection, multiplier decay)."""
+        for cluster in self.snapshot.clusters():
+            detector = cluster.detector
+            if detector is not None and detector.enabled:
+                due = self._next_tick.get(cluster.name)
+                if due is None:
+                    self._next_tick[cluster.name] = now + detector.interval
+                elif now >= due:
+                    detector.tick()
+                    self._next_tick[cluster.name] = now + detector.interval
 
     # -- drain and stop ------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -152,6 +184,9 @@ class Worker:
                 out[prefix + name] = value
             out[prefix + "upstream_cx_active"] = cluster.circuit.open
             out[prefix + "upstream_rq_pending_active"] = len(cluster.circuit.pending)
+            if cluster.detector is not None and cluster.detector.enabled:
+                for name, value in cluster.detector.stats().items():
+                    out[prefix + "outlier_detection." + name] = value
             out[prefix + "membership_total"] = len(cluster.endpoints)
             out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
         for listener in self.listeners:

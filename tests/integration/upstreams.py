@@ -107,6 +107,40 @@ class NoLengthServer(asyncio.Protocol):
             self.transport.close()
 
 
+class FailingServer(asyncio.Protocol):
+    """Answers 503 to every request (or to every second one when flaky), keeping the connection."""
+
+    flaky = False
+    count = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            self.buf = self.buf[length:]
+            type(self).count += 1
+            if self.flaky and type(self).count % 2 == 0:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-upstream: flaky\r\n\r\nflaky")
+            else:
+                self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail")
+
+
+class FlakyServer(FailingServer):
+    """Every second request fails with 503."""
+
+    flaky = True
+    count = 0
+
+
 class SinkServer(asyncio.Protocol):
     """Counts a Content-Length request body without keeping it, answers the count."""
 
@@ -194,7 +228,8 @@ class Upstreams:
             await web.TCPSite(runner, "127.0.0.1", port).start()
             self.ports[name] = port
         for name, proto in (("race", RaceServer), ("garbage", GarbageServer),
-                            ("nolen", NoLengthServer), ("sink", SinkServer), ("source", SourceServer)):
+                            ("nolen", NoLengthServer), ("sink", SinkServer), ("source", SourceServer),
+                            ("fail", FailingServer), ("flaky", FlakyServer)):
             server = await self.loop.create_server(proto, "127.0.0.1", 0)
             self.ports[name] = server.sockets[0].getsockname()[1]
         self.ports["down"] = free_port()   # nothing listens here
