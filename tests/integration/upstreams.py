@@ -141,6 +141,41 @@ class FlakyServer(FailingServer):
     count = 0
 
 
+class ChaosServer(asyncio.Protocol):
+    """Misbehaves per request path: /close (no answer), /reset-mid (cut the body short),
+    /hang (never answer), /slow (answer after 300 ms), /invalid (not HTTP),
+    /idle-close (answer, then close the kept-alive connection); anything else: 200."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf:
+            return
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        path = head.split(b" ", 2)[1]
+        loop = asyncio.get_running_loop()
+        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        if path == b"/close":
+            self.transport.close()
+        elif path == b"/reset-mid":
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            loop.call_later(0.05, self.transport.abort)
+        elif path == b"/hang":
+            pass
+        elif path == b"/slow":
+            loop.call_later(0.3, self.transport.write, ok)
+        elif path == b"/invalid":
+            self.transport.write(b"HTTP/1.1 abc\r\n\r\n")
+        elif path == b"/idle-close":
+            self.transport.write(ok)
+            loop.call_later(0.05, self.transport.close)
+        else:
+            self.transport.write(ok)
+
+
 class SinkServer(asyncio.Protocol):
     """Counts a Content-Length request body without keeping it, answers the count."""
 
@@ -229,7 +264,7 @@ class Upstreams:
             self.ports[name] = port
         for name, proto in (("race", RaceServer), ("garbage", GarbageServer),
                             ("nolen", NoLengthServer), ("sink", SinkServer), ("source", SourceServer),
-                            ("fail", FailingServer), ("flaky", FlakyServer)):
+                            ("fail", FailingServer), ("flaky", FlakyServer), ("chaos", ChaosServer)):
             server = await self.loop.create_server(proto, "127.0.0.1", 0)
             self.ports[name] = server.sockets[0].getsockname()[1]
         self.ports["down"] = free_port()   # nothing listens here
