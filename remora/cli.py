@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--admin-bind", default="127.0.0.1")
     proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
     proxy.add_argument("--drain-seconds", type=_seconds, default=5.0)
+    proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
+                       help="request body kept for replay on retry; longer bodies are not retried")
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
     proxy.add_argument("--access-log-format", choices=["text", "json"], default="text")
     proxy.add_argument("--idle-timeout", type=_seconds, default=300.0,
@@ -90,7 +92,8 @@ def _proxy(args) -> int:
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
         inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
-        drain_seconds=args.drain_seconds, access_log=args.access_log,
+        drain_seconds=args.drain_seconds, retry_buffer_bytes=args.retry_buffer_bytes,
+        access_log=args.access_log,
         access_log_format=args.access_log_format,
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,

@@ -77,7 +77,7 @@ class Cluster:
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
-                 "traffic_policy", "circuit", "detector")
+                 "traffic_policy", "circuit", "detector", "tcp_keepalive")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -97,6 +97,10 @@ class Cluster:
         http = pool.http if pool else None
         self.connect_timeout = _seconds(tcp and tcp.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+        ka = tcp.tcp_keepalive if tcp is not None else None
+        self.tcp_keepalive = (None if ka is None else
+                              (ka.time and parse_duration(ka.time), ka.interval and parse_duration(ka.interval),
+                               ka.probes))
         self.circuit = None   # the worker's Circuit for this cluster name (set per snapshot)
         self.detector = None  # its OutlierDetector (set per snapshot, needs the loop's clock)
 

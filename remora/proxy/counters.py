@@ -35,6 +35,23 @@ def status_names(prefix: str) -> tuple[str, ...]:
     return ("",) + tuple(f"{prefix}_{c}xx" for c in range(1, 6))
 
 
+def set_keepalive(transport, idle: float | None, interval: float | None, probes: int | None) -> None:
+    """TCP keepalive on an upstream socket (DestinationRule connectionPool.tcp.tcpKeepalive)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if idle:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
+        if interval:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(interval)))
+        if probes:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+    except OSError:
+        pass
+
+
 def set_nodelay(transport) -> None:
     """Disable Nagle on a TCP transport (small request/response heads must not wait)."""
     sock = transport.get_extra_info("socket")

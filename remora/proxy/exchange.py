@@ -9,8 +9,8 @@ pause_reading, resume_reading, pause_upstream_reads (write side backpressure), t
 
 Rules:
 - Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
-- The request body is kept for replay up to REPLAY_LIMIT bytes; past that it is streamed
-  only, and the request can no longer be resent.
+- The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
+  streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
 - A reused connection that closes before any response byte was read is the keep-alive
   race: the request is resent once on a fresh connection when its body is replayable.
 - Once a response byte went downstream, an upstream failure can only abort the
@@ -25,7 +25,6 @@ from remora.proxy.outlier import Result
 from remora.proxy.retry import Failure, backoff_delay
 from remora.proxy.telemetry import AccessLogRecord, join_flags
 
-REPLAY_LIMIT = 1 << 20        # request bytes kept for resending (Envoy's per-request buffer)
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
 ATTEMPT_COUNT = [b"x-envoy-attempt-count: %d\r\n" % n for n in range(10)]
 
@@ -295,7 +294,7 @@ class Exchange:
         self.bytes_received += len(data)
         replay = self.replay
         if replay is not None:
-            if self.bytes_received <= REPLAY_LIMIT:
+            if self.bytes_received <= self.listener.replay_limit:
                 replay.append(data)
             else:
                 self.replay = None     # too long to resend: stream only

@@ -48,6 +48,7 @@ class Listener:
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
+        self.replay_limit = worker.options.retry_buffer_bytes
 
 
     @property

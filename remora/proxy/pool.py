@@ -18,7 +18,7 @@ from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from remora.proxy.counters import set_nodelay
+from remora.proxy.counters import set_keepalive, set_nodelay
 from remora.proxy.http1 import (
     EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL,
     RESPONSE_SPECIAL_LENGTHS, chunk, connection_tokens,
@@ -391,6 +391,9 @@ class EndpointPool:
             exchange.on_connect_failed(f"connection failure: {exc.strerror or exc}")
             return
         self.stats_cx_total += 1
+        keepalive = cluster.tcp_keepalive
+        if keepalive is not None:
+            set_keepalive(conn.transport, *keepalive)
         conn.state = ConnState.ACTIVE
         self.active.add(conn)
         exchange.on_connected(conn)

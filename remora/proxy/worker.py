@@ -37,6 +37,7 @@ class ProxyOptions:
     app_host: str = "127.0.0.1"
     workers: int = 1
     drain_seconds: float = 5.0
+    retry_buffer_bytes: int = 1 << 20   # request body kept for retries and the keep-alive race
     access_log: str = "stdout"          # stdout | off
     access_log_format: str = "text"     # text | json
     listener: ListenerSettings = field(default_factory=ListenerSettings)

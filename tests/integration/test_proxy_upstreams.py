@@ -91,3 +91,34 @@ spec:
         assert r.status == 200 and r.json()["path"] == "/dns"
     finally:
         p.stop()
+
+
+def test_tcp_keepalive_is_set_on_upstream_sockets(upstreams):
+    """connectionPool.tcp.tcpKeepalive turns on TCP keepalive (with its idle time) on upstream connections."""
+    import subprocess
+    port = upstreams.ports["v2"]
+    p = ProxyProcess(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: kept}}
+spec:
+  hosts: [kept]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: kept}}
+spec:
+  host: kept
+  trafficPolicy: {{connectionPool: {{tcp: {{tcpKeepalive: {{time: 77s, interval: 5s, probes: 3}}}}}}}}
+""").wait_ready()
+    try:
+        assert RawClient(p.outbound_port).request("GET", "/", "kept").status == 200
+        out = subprocess.run(["ss", "-tnoH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                             capture_output=True, text=True).stdout
+        if not out.strip():
+            pytest.skip("ss shows no sockets here")
+        assert "keepalive" in out, out
+    finally:
+        p.stop()

@@ -127,3 +127,20 @@ def test_failing_endpoint_is_ejected_then_returns(upstreams):
         assert 503 in back, "the endpoint did not come back after its ejection time"
     finally:
         p.stop()
+
+
+def test_body_over_retry_buffer_is_not_retried(upstreams):
+    """A request body longer than --retry-buffer-bytes streams through and is not retried (retry_or_shadow_abandoned)."""
+    p = ProxyProcess(service("bigbody", [(upstreams.ports["fail"], {})])
+                     + routes("bigbody", "retries: {attempts: 2, retryOn: 5xx}"),
+                     "--retry-buffer-bytes", "1000").wait_ready()
+    try:
+        c = RawClient(p.outbound_port)
+        assert c.request("POST", "/", "bigbody", body=b"b" * 500).status == 503     # small: retried
+        assert c.request("POST", "/", "bigbody", body=b"b" * 5000).status == 503    # large: not retried
+        s = stat_values(p)
+        prefix = "cluster.outbound|80||bigbody.default.svc.cluster.local."
+        assert s[prefix + "upstream_rq_retry"] == 2
+        assert s[prefix + "retry_or_shadow_abandoned"] == 1
+    finally:
+        p.stop()
