@@ -1,34 +1,35 @@
-"""Coarse per-request deadlines: O(1) to arm, nothing to cancel, nothing kept alive.
+"""Coarse per-request deadlines: O(1) to arm, nothing to cancel, nothing allocated.
 
 A loop.call_later per request (and its cancel) costs more than the rest of a short
 request's routing, and almost every route timeout is cancelled by the response anyway.
-Deadlines are instead integer keys appended to a bucket per TICK; one timer, running only
-while buckets are pending, hands the due keys to `on_due`, which looks them up among the
-requests still alive and ignores the rest. Buckets hold plain ints, so a finished request
-is freed at once and the garbage collector never walks the pending deadlines.
+Instead, the exchange stores its deadline as a float, and the downstream connection
+carrying it (alive anyway) is appended to a bucket per TICK. One timer, running only
+while buckets are pending, hands each due connection to `on_due(connection, now)`, which
+looks at the exchange the connection is answering now and times it out only if that
+exchange's own deadline has passed; a finished request simply is not there any more.
 Resolution: at most TICK (50 ms) late, never early.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Any, Callable
 
 TICK = 0.05
 _PER_SECOND = 1 / TICK
 
 
 class DeadlineWheel:
-    """Deadlines of one event loop, in TICK-sized buckets of integer keys."""
+    """Deadlines of one event loop, in TICK-sized buckets."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_due: Callable[[int], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_due: Callable[[Any, float], None]) -> None:
         self.loop = loop
         self.on_due = on_due
-        self.buckets: dict[int, list[int]] = {}
+        self.buckets: dict[int, list] = {}
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(self, delay: float, key: int) -> None:
-        """Hand `key` to on_due once, no sooner than `delay` seconds from now."""
-        slot = int((self.loop.time() + delay) * _PER_SECOND) + 1
+    def add(self, when: float, key: Any) -> None:
+        """Hand `key` to on_due once, no sooner than loop time `when`."""
+        slot = int(when * _PER_SECOND) + 1
         bucket = self.buckets.get(slot)
         if bucket is None:
             bucket = self.buckets[slot] = []
@@ -38,10 +39,11 @@ class DeadlineWheel:
 
     def _fire(self) -> None:
         self.handle = None
-        now_slot = int(self.loop.time() * _PER_SECOND)
+        now = self.loop.time()
+        now_slot = int(now * _PER_SECOND)
         for slot in sorted(s for s in self.buckets if s <= now_slot):
             for key in self.buckets.pop(slot):
-                self.on_due(key)
+                self.on_due(key, now)
         if self.buckets:
             self.handle = self.loop.call_at(min(self.buckets) * TICK, self._fire)
 
@@ -50,31 +52,21 @@ class DeadlineWheel:
         return sum(len(b) for b in self.buckets.values())
 
 
+def _route_due(connection, now: float) -> None:
+    exchange = connection.active
+    if exchange is not None and 0 < exchange.deadline <= now:
+        exchange.on_route_timeout()
+
+
+def _per_try_due(connection, now: float) -> None:
+    exchange = connection.active
+    if exchange is not None and 0 < exchange.try_deadline <= now:
+        exchange.on_per_try_timeout()
+
+
 class RequestDeadlines:
-    """Route timeouts and per-try timeouts of one worker's live exchanges."""
+    """Route timeouts and per-try timeouts of one worker."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.live: dict[int, object] = {}     # serial -> exchange, while it runs
-        self.serial = 0
-        self.route = DeadlineWheel(loop, self._route_due)
-        self.per_try = DeadlineWheel(loop, self._per_try_due)
-
-    def register(self, exchange) -> int:
-        """A serial for an exchange that arms deadlines; forget() it when it finishes."""
-        self.serial += 1
-        self.live[self.serial] = exchange
-        return self.serial
-
-    def forget(self, serial: int) -> None:
-        self.live.pop(serial, None)
-
-    def _route_due(self, serial: int) -> None:
-        exchange = self.live.get(serial)
-        if exchange is not None:
-            exchange.on_route_timeout()
-
-    def _per_try_due(self, key: int) -> None:
-        # key = serial * 256 + attempt: only the attempt it was armed for counts.
-        exchange = self.live.get(key >> 8)
-        if exchange is not None:
-            exchange.on_per_try_deadline(key & 0xFF)
+        self.route = DeadlineWheel(loop, _route_due)
+        self.per_try = DeadlineWheel(loop, _per_try_due)

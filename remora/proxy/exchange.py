@@ -39,7 +39,7 @@ class Exchange:
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
         "timeout_armed", "abort_status", "waiting_in", "retries", "tried", "try_timer",
-        "retry_acquired", "exhausted", "serial",
+        "retry_acquired", "exhausted", "deadline", "try_deadline",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -79,7 +79,8 @@ class Exchange:
         self.try_timer = None          # per-try timeout, or the backoff before a retry
         self.retry_acquired = False    # holding a slot of the cluster's retry budget
         self.exhausted = False         # a retriable failure came after the last retry (URX)
-        self.serial = 0                # key in the worker's RequestDeadlines once one is armed
+        self.deadline = 0.0            # loop time of the route timeout (0: none)
+        self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,10 +122,8 @@ class Exchange:
         timeout = self.route.timeout
         if timeout and not self.timeout_armed and not self.finished:
             self.timeout_armed = True
-            deadlines = self.listener.worker.deadlines
-            if not self.serial:
-                self.serial = deadlines.register(self)
-            deadlines.route.add(timeout, self.serial)
+            self.deadline = self.listener.loop.time() + timeout
+            self.listener.worker.deadlines.route.add(self.deadline, self.sink)
 
     def on_route_timeout(self) -> None:
         if self.finished:
@@ -271,10 +270,8 @@ class Exchange:
                                head.content_length, head.chunked, head.upgrade, head.method == b"HEAD")
         per_try = self.route.retry_policy.per_try_timeout
         if per_try:
-            deadlines = self.listener.worker.deadlines
-            if not self.serial:
-                self.serial = deadlines.register(self)
-            deadlines.per_try.add(per_try, (self.serial << 8) | (self.retries & 0xFF))
+            self.try_deadline = self.upstream_start + per_try
+            self.listener.worker.deadlines.per_try.add(self.try_deadline, self.sink)
         detector = self.cluster.detector
         if detector.split:
             detector.report(self.endpoint, Result.LOCAL_ORIGIN_SUCCESS)
@@ -405,12 +402,11 @@ class Exchange:
         self.cluster.stats.upstream_cx_protocol_error += 1
         self._attempt_failed(Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE")
 
-    def on_per_try_deadline(self, attempt: int) -> None:
-        # Only the attempt it was armed for, and only while that attempt is in flight.
-        if not self.finished and (self.retries & 0xFF) == attempt and self.try_timer is None:
-            self._on_per_try_timeout()
-
-    def _on_per_try_timeout(self) -> None:
+    def on_per_try_timeout(self) -> None:
+        """This attempt's per-try deadline passed (the deadline wheel checked it is ours)."""
+        self.try_deadline = 0.0
+        if self.finished or self.try_timer is not None:
+            return   # finished, or waiting out a backoff: no attempt in flight
         self.cluster.stats.upstream_rq_per_try_timeout += 1
         conn, self.conn = self.conn, None
         if conn is not None:
@@ -420,6 +416,7 @@ class Exchange:
     # -- retries -------------------------------------------------------------------------------
     def _attempt_failed(self, failure: Failure, status: int, body: bytes, flag: str) -> None:
         """This attempt failed: tell outlier detection, then retry or give up."""
+        self.try_deadline = 0.0
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
@@ -533,8 +530,6 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
-        if self.serial:
-            self.listener.worker.deadlines.forget(self.serial)
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None

@@ -1,51 +1,54 @@
-"""Coarse request deadlines: never early, at most one tick late, forgotten ones ignored."""
+"""Coarse request deadlines: never early, at most a tick late, only for the exchange they belong to."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import weakref
 
 from remora.proxy.deadlines import TICK, DeadlineWheel, RequestDeadlines
 
 
 async def test_deadline_fires_not_early_and_within_a_tick():
-    """A deadline fires no sooner than its delay and at most about one tick later."""
+    """A deadline fires no sooner than its time and at most about one tick later."""
     loop = asyncio.get_running_loop()
     fired = {}
-    wheel = DeadlineWheel(loop, lambda key: fired.setdefault(key, loop.time()))
+    wheel = DeadlineWheel(loop, lambda key, now: fired.setdefault(key, now))
     start = loop.time()
-    wheel.add(0.12, 1)
-    wheel.add(0.02, 2)
+    wheel.add(start + 0.12, "late")
+    wheel.add(start + 0.02, "early")
     await asyncio.sleep(0.12 + 3 * TICK)
-    assert fired[2] - start >= 0.02 and fired[1] - start >= 0.12
-    assert fired[1] - start <= 0.12 + 2 * TICK
+    assert fired["early"] - start >= 0.02 and fired["late"] - start >= 0.12
+    assert fired["late"] - start <= 0.12 + 2 * TICK
     assert wheel.pending() == 0 and wheel.handle is None
 
 
 class FakeExchange:
-    def __init__(self):
-        self.timed_out = False
-        self.per_try = []
+    def __init__(self, deadline=0.0, try_deadline=0.0):
+        self.deadline = deadline
+        self.try_deadline = try_deadline
+        self.timed_out = self.try_timed_out = False
 
     def on_route_timeout(self):
         self.timed_out = True
 
-    def on_per_try_deadline(self, attempt):
-        self.per_try.append(attempt)
+    def on_per_try_timeout(self):
+        self.try_timed_out = True
 
 
-async def test_forgotten_requests_are_ignored_and_not_kept_alive():
-    """A finished request's deadline does nothing, and the wheel holds no reference to it."""
-    deadlines = RequestDeadlines(asyncio.get_running_loop())
-    done, live = FakeExchange(), FakeExchange()
-    done_ref = weakref.ref(done)
-    s1, s2 = deadlines.register(done), deadlines.register(live)
-    deadlines.route.add(0.01, s1)
-    deadlines.route.add(0.01, s2)
-    deadlines.per_try.add(0.01, (s2 << 8) | 3)
-    deadlines.forget(s1)
-    del done
-    gc.collect()
-    assert done_ref() is None, "a forgotten request must not be kept alive by its deadline"
-    await asyncio.sleep(0.01 + 2 * TICK)
-    assert live.timed_out and live.per_try == [3]
+class FakeConnection:
+    def __init__(self, active):
+        self.active = active
+
+
+async def test_only_the_connections_current_exchange_with_a_past_deadline_times_out():
+    """A due connection times out its current exchange only if that exchange's own deadline passed."""
+    loop = asyncio.get_running_loop()
+    deadlines = RequestDeadlines(loop)
+    now = loop.time()
+    due = FakeExchange(deadline=now + 0.02, try_deadline=now + 0.02)
+    later = FakeExchange(deadline=now + 60)          # a newer request on a reused connection
+    conn_due, conn_reused, conn_idle = FakeConnection(due), FakeConnection(later), FakeConnection(None)
+    for conn in (conn_due, conn_reused, conn_idle):
+        deadlines.route.add(now + 0.02, conn)
+    deadlines.per_try.add(now + 0.02, conn_due)
+    await asyncio.sleep(0.02 + 2 * TICK)
+    assert due.timed_out and due.try_timed_out
+    assert not later.timed_out, "a deadline armed for an earlier request must not time out the next one"
