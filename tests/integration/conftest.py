@@ -25,6 +25,32 @@ spec:
 """
 
 
+def virtual_service(host: str, http_extra: str) -> str:
+    """A VirtualService for `host` with one http route to it, plus route fields (flow YAML)."""
+    return f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  http:
+  - {http_extra}
+    route: [{{destination: {{host: {host}}}}}]
+---
+"""
+
+
+def destination_rule(host: str, traffic_policy: str) -> str:
+    """A DestinationRule for `host` with a trafficPolicy (flow YAML)."""
+    return f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {host}}}
+spec:
+  host: {host}
+  trafficPolicy: {traffic_policy}
+---
+"""
+
+
 def mesh_yaml(ports: dict[str, int]) -> str:
     """The test mesh: a service per upstream behaviour, plus a split and a rewrite route."""
     docs = [service(n, [(ports[n], {})]) for n in ("echo", "race", "garbage", "nolen", "sink", "source", "down")]

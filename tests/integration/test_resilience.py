@@ -7,21 +7,8 @@ from collections import Counter
 import pytest
 
 from tests.integration.client import RawClient
-from tests.integration.conftest import service
+from tests.integration.conftest import destination_rule, service, virtual_service
 from tests.integration.proxy_process import ProxyProcess
-
-
-def virtual_service(name: str, host: str, extra: str) -> str:
-    return f"""apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {name}}}
-spec:
-  hosts: [{host}]
-  http:
-  - {extra}
-    route: [{{destination: {{host: {host}}}}}]
----
-"""
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +17,10 @@ def resilient(upstreams):
     echo = upstreams.ports["echo"]
     yaml = (service("aborted", [(echo, {})]) + service("delayed", [(echo, {})])
             + service("half", [(echo, {})]) + service("slowroute", [(echo, {})])
-            + virtual_service("aborted", "aborted", "fault: {abort: {httpStatus: 418, percentage: {value: 100}}}")
-            + virtual_service("delayed", "delayed", "fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}")
-            + virtual_service("half", "half", "fault: {abort: {httpStatus: 503, percentage: {value: 50}}}")
-            + virtual_service("slowroute", "slowroute", "timeout: 300ms"))
+            + virtual_service("aborted", "fault: {abort: {httpStatus: 418, percentage: {value: 100}}}")
+            + virtual_service("delayed", "fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}")
+            + virtual_service("half", "fault: {abort: {httpStatus: 503, percentage: {value: 50}}}")
+            + virtual_service("slowroute", "timeout: 300ms"))
     p = ProxyProcess(yaml).wait_ready()
     yield p
     p.stop()
@@ -77,17 +64,6 @@ def test_route_timeout_gives_504_ut_and_keeps_client_usable(resilient):
     assert 0.25 <= time.time() - start < 2.5
     assert c.request("GET", "/slow?ms=10", "slowroute").status == 200
     assert '"GET /slow?ms=3000 HTTP/1.1" 504 UT' in resilient.access_log()
-
-
-def destination_rule(host: str, policy: str) -> str:
-    return f"""apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: {host}}}
-spec:
-  host: {host}
-  trafficPolicy: {policy}
----
-"""
 
 
 def concurrent_statuses(port: int, host: str, path: str, n: int) -> tuple[list[int], list[str]]:

@@ -6,32 +6,8 @@ import time
 from collections import Counter
 
 from tests.integration.client import RawClient
-from tests.integration.conftest import service
+from tests.integration.conftest import destination_rule, service, virtual_service
 from tests.integration.proxy_process import ProxyProcess
-
-
-def routes(host: str, http_extra: str) -> str:
-    return f"""apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: {host}}}
-spec:
-  hosts: [{host}]
-  http:
-  - {http_extra}
-    route: [{{destination: {{host: {host}}}}}]
----
-"""
-
-
-def rule(host: str, policy: str) -> str:
-    return f"""apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: {host}}}
-spec:
-  host: {host}
-  trafficPolicy: {policy}
----
-"""
 
 
 def stat_values(p: ProxyProcess) -> dict[str, int]:
@@ -42,7 +18,7 @@ def test_retries_hide_one_failing_endpoint_of_three(upstreams):
     """With retryOn 5xx, every request succeeds although one of three endpoints always answers 503."""
     ports = upstreams.ports
     p = ProxyProcess(service("trio", [(ports["v1"], {}), (ports["v2"], {}), (ports["fail"], {})])
-                     + routes("trio", "retries: {attempts: 2, retryOn: 5xx}")).wait_ready()
+                     + virtual_service("trio", "retries: {attempts: 2, retryOn: 5xx}")).wait_ready()
     try:
         c = RawClient(p.outbound_port)
         seen = Counter()
@@ -63,7 +39,7 @@ def test_retries_hide_one_failing_endpoint_of_three(upstreams):
 def test_exhausted_retries_return_the_last_response_with_urx(upstreams):
     """When every attempt fails, the last upstream response is returned with flag URX."""
     p = ProxyProcess(service("doomed", [(upstreams.ports["fail"], {})])
-                     + routes("doomed", "retries: {attempts: 2, retryOn: 5xx}")).wait_ready()
+                     + virtual_service("doomed", "retries: {attempts: 2, retryOn: 5xx}")).wait_ready()
     try:
         r = RawClient(p.outbound_port).request("GET", "/urx-check", "doomed")
         assert r.status == 503 and r.body == b"fail"
@@ -76,7 +52,7 @@ def test_exhausted_retries_return_the_last_response_with_urx(upstreams):
 def test_attempts_zero_disables_retries(upstreams):
     """attempts: 0 turns retries off: a 503 from the flaky endpoint reaches the client."""
     p = ProxyProcess(service("noretry", [(upstreams.ports["fail"], {})])
-                     + routes("noretry", "retries: {attempts: 0}")).wait_ready()
+                     + virtual_service("noretry", "retries: {attempts: 0}")).wait_ready()
     try:
         assert RawClient(p.outbound_port).request("GET", "/", "noretry").status == 503
         assert stat_values(p)["cluster.outbound|80||noretry.default.svc.cluster.local.upstream_rq_retry"] == 0
@@ -87,7 +63,7 @@ def test_attempts_zero_disables_retries(upstreams):
 def test_per_try_timeout_retries_then_gives_up_with_ut(upstreams):
     """perTryTimeout bounds each attempt; after the retries the client gets 504 UT,URX."""
     p = ProxyProcess(service("sluggish", [(upstreams.ports["echo"], {})])
-                     + routes("sluggish", "retries: {attempts: 1, perTryTimeout: 200ms, retryOn: 5xx}")
+                     + virtual_service("sluggish", "retries: {attempts: 1, perTryTimeout: 200ms, retryOn: 5xx}")
                      ).wait_ready()
     try:
         start = time.time()
@@ -104,8 +80,8 @@ def test_failing_endpoint_is_ejected_then_returns(upstreams):
     """An endpoint answering 503 three times in a row is ejected, gets no traffic, and returns after its ejection."""
     ports = upstreams.ports
     p = ProxyProcess(service("ejecting", [(ports["v1"], {}), (ports["fail"], {})])
-                     + routes("ejecting", "retries: {attempts: 0}")
-                     + rule("ejecting", "{outlierDetection: {consecutive5xxErrors: 3, interval: 1s, "
+                     + virtual_service("ejecting", "retries: {attempts: 0}")
+                     + destination_rule("ejecting", "{outlierDetection: {consecutive5xxErrors: 3, interval: 1s, "
                                         "baseEjectionTime: 2s, maxEjectionPercent: 100}}")).wait_ready()
     try:
         c = RawClient(p.outbound_port)
@@ -132,7 +108,7 @@ def test_failing_endpoint_is_ejected_then_returns(upstreams):
 def test_body_over_retry_buffer_is_not_retried(upstreams):
     """A request body longer than --retry-buffer-bytes streams through and is not retried (retry_or_shadow_abandoned)."""
     p = ProxyProcess(service("bigbody", [(upstreams.ports["fail"], {})])
-                     + routes("bigbody", "retries: {attempts: 2, retryOn: 5xx}"),
+                     + virtual_service("bigbody", "retries: {attempts: 2, retryOn: 5xx}"),
                      "--retry-buffer-bytes", "1000").wait_ready()
     try:
         c = RawClient(p.outbound_port)
