@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.integration.client import RawClient
+from tests.integration.conftest import destination_rule, service
 from tests.integration.proxy_process import ProxyProcess
 
 
@@ -42,22 +43,8 @@ def unaccepting_port():
 
 def test_connect_timeout_gives_503_uf(unaccepting_port):
     """connectTimeout bounds each connect; Istio's default policy retries it twice, then 503 UF,URX."""
-    p = ProxyProcess(f"""apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: hang}}
-spec:
-  hosts: [hang]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {unaccepting_port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: hang}}
-spec:
-  host: hang
-  trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: 500ms}}}}}}
-""").wait_ready()
+    p = ProxyProcess(service("hang", [(unaccepting_port, {})])
+                     + destination_rule("hang", "{connectionPool: {tcp: {connectTimeout: 500ms}}}")).wait_ready()
     try:
         c = RawClient(p.outbound_port)
         start = time.time()
@@ -97,22 +84,8 @@ def test_tcp_keepalive_is_set_on_upstream_sockets(upstreams):
     """connectionPool.tcp.tcpKeepalive turns on TCP keepalive (with its idle time) on upstream connections."""
     import subprocess
     port = upstreams.ports["v2"]
-    p = ProxyProcess(f"""apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: kept}}
-spec:
-  hosts: [kept]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: kept}}
-spec:
-  host: kept
-  trafficPolicy: {{connectionPool: {{tcp: {{tcpKeepalive: {{time: 77s, interval: 5s, probes: 3}}}}}}}}
-""").wait_ready()
+    p = ProxyProcess(service("kept", [(port, {})]) + destination_rule(
+        "kept", "{connectionPool: {tcp: {tcpKeepalive: {time: 77s, interval: 5s, probes: 3}}}}")).wait_ready()
     try:
         assert RawClient(p.outbound_port).request("GET", "/", "kept").status == 200
         out = subprocess.run(["ss", "-tnoH", "state", "established", "dst", f"127.0.0.1:{port}"],
