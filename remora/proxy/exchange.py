@@ -192,7 +192,8 @@ class Exchange:
         cluster = self.cluster
         ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None,
                           self.tried or ())
-        if ep is None:
+        if ep is None or (ep.ejected and not cluster.balancer.panic):
+            # Envoy: with every host ejected and no panic, there is no healthy upstream.
             cluster.stats.upstream_cx_none_healthy += 1
             self.local_reply(503, b"no healthy upstream", "UH")
             return

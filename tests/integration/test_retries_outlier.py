@@ -120,3 +120,19 @@ def test_body_over_retry_buffer_is_not_retried(upstreams):
         assert s[prefix + "retry_or_shadow_abandoned"] == 1
     finally:
         p.stop()
+
+
+def test_all_endpoints_ejected_answers_503_uh(upstreams):
+    """With its only endpoint ejected (and no panic threshold), the cluster answers 503 UH, as Envoy does."""
+    p = ProxyProcess(service("lonely", [(upstreams.ports["fail"], {})])
+                     + virtual_service("lonely", "retries: {attempts: 0}")
+                     + destination_rule("lonely", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, "
+                                                  "baseEjectionTime: 30s, maxEjectionPercent: 100}}")).wait_ready()
+    try:
+        c = RawClient(p.outbound_port)
+        assert [c.request("GET", "/", "lonely").status for _ in range(2)] == [503, 503]
+        r = c.request("GET", "/uh-after-ejection", "lonely")
+        assert r.status == 503 and r.body == b"no healthy upstream"
+        assert '"GET /uh-after-ejection HTTP/1.1" 503 UH' in p.access_log()
+    finally:
+        p.stop()
