@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+import msgspec
+
 from remora.config.duration import parse_duration
 from remora.config.model import (
     DestinationRuleSpec, MeshConfig, Resource, ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
@@ -29,7 +31,7 @@ class ClusterStats(Counters):
     __slots__ = (
         "upstream_rq_total", "upstream_rq_active", "upstream_cx_total",
         "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
-        "upstream_cx_destroy", "upstream_rq_pending_total", "upstream_rq_retry",
+        "upstream_rq_pending_total", "upstream_rq_retry",
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
         "upstream_rq_rx_reset", "upstream_cx_protocol_error", "upstream_cx_overflow",
         "upstream_rq_pending_overflow", "upstream_rq_retry_overflow", "retry_or_shadow_abandoned",
@@ -140,8 +142,6 @@ def cluster_name(port: int, subset: str | None, fqdn: str) -> str:
 
 def merge_policy(base: TrafficPolicy | None, override: TrafficPolicy | None, port: int) -> TrafficPolicy | None:
     """Subset policy over the rule's policy, then port-level settings, field by field (Istio's order)."""
-    import msgspec
-
     fields = ("load_balancer", "connection_pool", "outlier_detection", "tls")
     merged: dict = {f: None for f in fields}
     for layer in (base, override):

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import time
 
+from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.message import RequestHead, ResponseHead
 from remora.proxy.outlier import Result
 from remora.proxy.retry import Failure, backoff_delay
 from remora.proxy.telemetry import AccessLogRecord, join_flags
 
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
-ATTEMPT_COUNT = [b"x-envoy-attempt-count: %d\r\n" % n for n in range(10)]
 
 
 class Exchange:
@@ -38,7 +38,7 @@ class Exchange:
         "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
-        "timeout_armed", "abort_status", "waiting_in", "retries", "tried", "try_timer",
+        "abort_status", "waiting_in", "retries", "tried", "try_timer",
         "retry_acquired", "exhausted", "deadline", "try_deadline",
     )
 
@@ -70,8 +70,7 @@ class Exchange:
         self.race_retried = False
         self.upstream_time = b""
         self.reading_paused = False
-        self.timer = None              # the route timeout or the fault delay, when armed
-        self.timeout_armed = False
+        self.timer = None              # the fault delay, when one is drawn
         self.abort_status = 0
         self.waiting_in = None         # the Circuit whose pending queue holds us
         self.retries = 0               # retries started so far (attempt = retries + 1)
@@ -120,8 +119,7 @@ class Exchange:
     def _arm_timeout(self) -> None:
         """Start the route timeout once the whole request is in (Envoy's rule)."""
         timeout = self.route.timeout
-        if timeout and not self.timeout_armed and not self.finished:
-            self.timeout_armed = True
+        if timeout and not self.deadline and not self.finished:
             self.deadline = self.listener.loop.time() + timeout
             self.listener.worker.deadlines.route.add(self.deadline, self.sink)
 
@@ -266,9 +264,8 @@ class Exchange:
         self.upstream_start = self.listener.loop.time()
         head = self.head
         conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
-                               self.up_headers, self.up_added + ATTEMPT_COUNT[self.retries + 1]
-                               if self.retries < 9 else self.up_added,
-                               head.content_length, head.chunked, head.upgrade, head.method == b"HEAD")
+                               self.up_headers, self.up_added, head.content_length, head.chunked,
+                               head.upgrade, head.method == b"HEAD")
         per_try = self.route.retry_policy.per_try_timeout
         if per_try:
             self.try_deadline = self.upstream_start + per_try
@@ -378,7 +375,7 @@ class Exchange:
         self._finish()
         self.sink.end_response(self)
 
-    def on_upstream_lost(self, got_bytes: bool, was_reused: bool) -> None:
+    def on_upstream_lost(self, got_bytes: bool) -> None:
         """The upstream connection closed before the response completed."""
         if self.finished:
             return
@@ -458,6 +455,9 @@ class Exchange:
         self.retry_acquired = True
         self.retries += 1
         stats.upstream_rq_retry += 1
+        # The mesh header lines end with the attempt count (Listener.added_request_headers).
+        self.up_added = (self.up_added[:-len(FIRST_ATTEMPT)]
+                         + b"x-envoy-attempt-count: %d\r\n" % (self.retries + 1))
         if self.endpoint is not None:
             self.tried = (self.tried or []) + [self.endpoint]
         if self.try_timer is not None:

@@ -73,4 +73,6 @@ def chunk(data: bytes) -> list[bytes]:
 
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Sent on every upstream attempt; the first attempt's line ends the precomputed mesh headers.
+FIRST_ATTEMPT = b"x-envoy-attempt-count: 1\r\n"
 EOL = b"\r\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
+from remora.proxy.http1 import FIRST_ATTEMPT
 
 
 @dataclass
@@ -94,14 +95,15 @@ class Listener:
         return Exchange(sink, head, self, None, None, 0)
 
     def added_request_headers(self, head) -> bytes:
-        """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id, user-agent."""
+        """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
+        user-agent, and x-envoy-attempt-count for the first attempt (kept last, see Exchange)."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
         added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
             xff, head.request_id, head.scheme)
         if head.user_agent:
             added += b"user-agent: " + head.user_agent + b"\r\n"
-        return added
+        return added + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
         stats = self.stats

@@ -126,7 +126,7 @@ class UpstreamHttp1(asyncio.Protocol):
                 self.response_done = True
                 exchange.on_response_end(False)
             else:
-                exchange.on_upstream_lost(self.got_bytes, self.requests_sent > 1)
+                exchange.on_upstream_lost(self.got_bytes)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
@@ -342,8 +342,7 @@ class Circuit:
 class EndpointPool:
     """Connections from one cluster to one endpoint."""
 
-    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "stats_cx_total",
-                 "circuit", "endpoint")
+    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint")
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop,
                  circuit: Circuit | None = None) -> None:
@@ -353,7 +352,6 @@ class EndpointPool:
         self.idle: list[UpstreamHttp1] = []
         self.active: set[UpstreamHttp1] = set()   # every open connection, idle ones included
         self.accepting = True
-        self.stats_cx_total = 0
         self.circuit = circuit or Circuit(f"{host}:{port}")
         self.endpoint = None      # the cluster's Endpoint this pool serves (set per snapshot)
 
@@ -390,7 +388,6 @@ class EndpointPool:
             self.circuit.closed_one()
             exchange.on_connect_failed(f"connection failure: {exc.strerror or exc}")
             return
-        self.stats_cx_total += 1
         keepalive = cluster.tcp_keepalive
         if keepalive is not None:
             set_keepalive(conn.transport, *keepalive)

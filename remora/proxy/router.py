@@ -18,7 +18,7 @@ from remora.config.duration import parse_duration
 from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig, StringMatch
 from remora.config.names import host_aliases, qualify_host
 from remora.proxy.balancer import SmoothWeightedRoundRobin
-from remora.proxy.cluster import Cluster, ServiceInfo, empty_service
+from remora.proxy.cluster import Cluster, ServiceInfo, cluster_name, empty_service
 from remora.proxy.fault import compile_fault
 from remora.proxy.retry import NO_RETRY, compile_retry_policy
 from remora.proxy.message import RequestHead
@@ -346,9 +346,8 @@ def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceI
                 for key, empty in empty_service(info.fqdn, info.namespace, [port]).clusters.items():
                     info.clusters.setdefault(key, empty)
                 if subset is not None:
-                    from remora.proxy.cluster import Cluster as _C, cluster_name
-                    info.clusters[(port, subset)] = _C(cluster_name(port, subset, info.fqdn),
-                                                       info.fqdn, port, subset, [], None)
+                    info.clusters[(port, subset)] = Cluster(cluster_name(port, subset, info.fqdn),
+                                                            info.fqdn, port, subset, [], None)
             return info.clusters[(port, subset)]
 
         svc_ports = sorted(info.ports) or [80]
