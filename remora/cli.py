@@ -14,13 +14,21 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _labels(text: str) -> dict[str, str]:
+    from remora.proxy.identity import parse_labels
+    try:
+        return parse_labels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remora", description="A service-mesh sidecar that reads Istio YAML.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     proxy = sub.add_parser("proxy", help="run the sidecar proxy")
-    proxy.add_argument("--mesh-config", action="append", required=True, metavar="PATH",
-                       help="Istio YAML file or directory (repeatable)")
+    proxy.add_argument("--mesh-config", action="append", default=[], metavar="PATH",
+                       help="Istio YAML file or directory (repeatable); or use --control")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -40,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer 408 when a request head takes longer than this")
     proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
                        help="close a request whose body stalls this long")
+    identity = proxy.add_argument_group("workload identity (registration, telemetry labels, mTLS)")
+    identity.add_argument("--service", default=None, help="the service this workload serves (e.g. reviews)")
+    identity.add_argument("--namespace", default="default")
+    identity.add_argument("--service-account", default="default")
+    identity.add_argument("--labels", type=_labels, default={}, metavar="K=V,...",
+                          help="workload labels, e.g. app=reviews,version=v2")
+    identity.add_argument("--workload", default=None, help="workload name (default: app-version)")
+    identity.add_argument("--trust-domain", default="cluster.local")
+    identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
 
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
@@ -80,10 +97,14 @@ def _analyze(args) -> int:
 def _proxy(args) -> int:
     from remora.proxy.listener import ListenerSettings
     from remora.proxy.run import run_proxy
+    from remora.proxy.identity import WorkloadIdentity
     from remora.proxy.worker import ProxyOptions
 
     if (args.inbound_port is None) != (args.app_port is None):
         print("remora: --inbound-port and --app-port go together", file=sys.stderr)
+        return 2
+    if not args.mesh_config:
+        print("remora: give --mesh-config PATH (config from files)", file=sys.stderr)
         return 2
     config = _load(args.mesh_config)
     if config is None:
@@ -98,6 +119,10 @@ def _proxy(args) -> int:
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout),
+        identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
+                                  service_account=args.service_account, labels=args.labels,
+                                  workload=args.workload, trust_domain=args.trust_domain,
+                                  node_id=args.node_id),
     )
     try:
         return run_proxy(options, config)

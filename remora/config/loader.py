@@ -237,19 +237,26 @@ def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
     return _build(_parse_yaml(text, source, collector), collector)
 
 
-def build_mesh_config(docs: list[tuple[dict, str]]) -> MeshConfig:
-    """Validate already-parsed documents, each with the source it came from."""
+def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = True) -> MeshConfig:
+    """Validate already-parsed documents, each with the source it came from.
+
+    With `strict_references=False` a route destination naming an unknown host or subset is
+    a warning, not an error. A sidecar fed by the control server uses this: the server has
+    already checked the whole set strictly, and between two pushes of different resource
+    types (clusters, then routes) references may dangle for a moment; such a destination
+    answers 503 UH until the other half arrives, as Envoy answers for a missing cluster.
+    """
     documents: list[_Document] = []
     per_source: dict[str, int] = {}
     for body, source in docs:
         per_source[source] = per_source.get(source, 0) + 1
         documents.append(_Document(body, source, per_source[source]))
-    return _build(documents, _Collector())
+    return _build(documents, _Collector(), strict_references)
 
 
 # ---- building ---------------------------------------------------------------------------------
 
-def _build(documents: list[_Document], collector: _Collector) -> MeshConfig:
+def _build(documents: list[_Document], collector: _Collector, strict_references: bool = True) -> MeshConfig:
     loaded: list[_Loaded] = []
     first_seen: dict[str, _Document] = {}
     for document in documents:
@@ -268,7 +275,10 @@ def _build(documents: list[_Document], collector: _Collector) -> MeshConfig:
     for item in loaded:
         if item.kind == "VirtualService" and item.spec is not None:
             for problem in check_destinations(item.spec, item.namespace, index):
-                collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
+                if strict_references:
+                    collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
+                else:
+                    collector.warnings.append(f"{item.ref}: {problem.path}: {problem.message}")
             if item.spec.gateways and _MESH_GATEWAY not in item.spec.gateways:
                 collector.warnings.append(
                     f"{item.ref} in {item.document.source} is bound to gateways "

@@ -14,8 +14,13 @@ from typing import Generic, TypeVar
 import msgspec
 
 
-class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True):
-    """Base for every spec message: Istio's camelCase names, unknown fields rejected."""
+class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True,
+           omit_defaults=True):
+    """Base for every spec message: Istio's camelCase names, unknown fields rejected.
+
+    Defaults are omitted when encoding, so a spec turned back into a document (config dump,
+    control-server push) reads like what the operator wrote.
+    """
 
 
 # ---- shared ---------------------------------------------------------------------------
@@ -300,6 +305,12 @@ class Resource(Generic[S]):
     def ref(self) -> str:
         """Identity as errors and dumps print it: Kind/namespace/name."""
         return f"{self.kind}/{self.namespace}/{self.name}"
+
+    def document(self) -> dict:
+        """The resource as an Istio YAML document (camelCase), loadable again as it is."""
+        return {"apiVersion": self.api_version, "kind": self.kind,
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": msgspec.to_builtins(self.spec)}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import msgspec
 from remora.config.model import MeshConfig
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
+from remora.proxy.identity import WorkloadIdentity
 from remora.proxy.listener import Listener, ListenerSettings
 from remora.proxy.outlier import OutlierDetector
 from remora.proxy.pool import PoolRegistry
@@ -41,6 +42,9 @@ class ProxyOptions:
     access_log: str = "stdout"          # stdout | off
     access_log_format: str = "text"     # text | json
     listener: ListenerSettings = field(default_factory=ListenerSettings)
+    identity: WorkloadIdentity = field(default_factory=WorkloadIdentity)
+    control: str | None = None          # control server URL; config comes from it, not files
+    state_dir: str | None = None        # where the last good pushed snapshot is kept
 
 
 class Snapshot:
