@@ -108,8 +108,9 @@ class CertificateAuthority:
         self._extra_roots: list[x509.Certificate] = []
         self.trust_domain = validate_trust_domain(trust_domain) if trust_domain else None
         self.state_dir = Path(state_dir) if state_dir else None
-        if self.state_dir and (self.state_dir / TRUSTED_ROOTS_FILE).exists():
-            self._extra_roots = load_certs(self.state_dir / TRUSTED_ROOTS_FILE, "trusted roots")
+        extra = self.state_dir / TRUSTED_ROOTS_FILE if self.state_dir else None
+        if extra and extra.exists() and extra.read_bytes().strip():  # empty: every extra root removed
+            self._extra_roots = load_certs(extra, "trusted roots")
         ski = _extension(cert, x509.SubjectKeyIdentifier)
         self._aki = (x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski) if ski
                      else x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key()))
