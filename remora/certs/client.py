@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from remora.certs.pem import public_key_der
-from remora.certs.spiffe import SCHEME, SpiffeId
+from remora.certs.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
 
 ALPN_PROTOCOLS = ["remora", "http/1.1"]
 ROTATE_AT_FRACTION = 0.5
@@ -81,7 +81,11 @@ class Svid:
         uri = spiffe_uri(cert)
         if uri is None:
             raise SvidError("the returned certificate does not carry exactly one spiffe:// URI SAN")
-        return cls(cert=cert, chain=chain, key=key, spiffe_id=SpiffeId.parse(uri), serial=cert.serial_number,
+        try:
+            spiffe_id = SpiffeId.parse(uri)
+        except InvalidSpiffeId as error:
+            raise SvidError(f"the returned certificate's URI SAN is not a workload ID: {error}") from None
+        return cls(cert=cert, chain=chain, key=key, spiffe_id=spiffe_id, serial=cert.serial_number,
                    not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
     @property
