@@ -280,4 +280,8 @@ class XdsClient:
 
 
 def _one_line(error: object) -> str:
-    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    """A (multi-line) error as one log line: `2 configuration errors: a; b`."""
+    text = ""
+    for line in filter(None, (part.strip() for part in str(error).splitlines())):
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return text
