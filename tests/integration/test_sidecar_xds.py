@@ -1,6 +1,7 @@
 """`remora proxy --control`: the sidecar end of the control stream, against a fake control server."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,6 +132,21 @@ def configure(control: FakeControl, ports: dict[str, int], version: str = "v1", 
     return answers
 
 
+@contextlib.contextmanager
+def configured_sidecar(control: FakeControl, ports: dict[str, int], *extra: str,
+                       version: str = "v1", subset: str = "v1", state_dir: str | None = None):
+    """A sidecar that got every type from `control` (echo routed to `subset`) and is ready;
+    it must exit 0 when stopped."""
+    p = start_sidecar(control.url, *extra, state_dir=state_dir)
+    try:
+        control.wait_stream(1)
+        configure(control, ports, version, subset)
+        p.wait_ready()
+        yield p
+    finally:
+        assert p.stop() == 0, p.stderr()
+
+
 def test_hello_names_the_sidecar_and_subscribes_in_type_order(control, upstreams):
     """On connect the sidecar sends Hello with its identity and addresses, then one request per type in TYPE_ORDER with no version."""
     p = start_sidecar(control.url, "--service", "reviews", "--namespace", "shop",
@@ -186,11 +202,7 @@ def test_pushed_config_routes_requests_and_is_acked(control, upstreams):
 
 def test_invalid_push_is_nacked_and_the_old_route_keeps_serving(control, upstreams):
     """A push that fails validation is NACKed with the version still held and the error; requests keep the old route."""
-    p = start_sidecar(control.url)
-    try:
-        control.wait_stream(1)
-        configure(control, upstreams.ports, "v1", "v1")
-        p.wait_ready()
+    with configured_sidecar(control, upstreams.ports, version="v1", subset="v1") as p:
         nack = control.wait_reply(control.push(protocol.ROUTES, "v2", routes("v2", weight=-5)))
         assert nack.version_info == "v1"
         assert nack.error_detail is not None and "spec.http[0].route[0].weight" in nack.error_detail
@@ -209,17 +221,11 @@ def test_invalid_push_is_nacked_and_the_old_route_keeps_serving(control, upstrea
         ack = control.wait_reply(control.push(protocol.ROUTES, "v4", routes("v2")))
         assert ack.version_info == "v4" and ack.error_detail is None
         assert served_by(p.outbound_port) == "v2"
-    finally:
-        assert p.stop() == 0, p.stderr()
 
 
 def test_route_pushes_while_requests_are_in_flight_fail_none(control, upstreams):
     """Switching routes back and forth under load: no request fails, and traffic follows the last push."""
-    p = start_sidecar(control.url)
-    try:
-        control.wait_stream(1)
-        configure(control, upstreams.ports, "v1", "v1")
-        p.wait_ready()
+    with configured_sidecar(control, upstreams.ports, version="v1", subset="v1") as p:
         fast, slow = ClientLoop(p.outbound_port), ClientLoop(p.outbound_port, "/slow?ms=150")
         for i in range(6):
             ack = control.wait_reply(control.push(protocol.ROUTES, f"r{i}", routes("v2" if i % 2 == 0 else "v1")))
@@ -230,17 +236,11 @@ def test_route_pushes_while_requests_are_in_flight_fail_none(control, upstreams)
         assert fast.ok > 0 and slow.ok > 0
         assert {"v1", "v2"} <= set(fast.servers)
         assert served_by(p.outbound_port) == "v1"   # r5 routes to v1
-    finally:
-        assert p.stop() == 0, p.stderr()
 
 
 def test_control_server_restart_drops_no_request_and_resubscribes_with_held_versions(control, upstreams):
     """The control server dying and coming back: zero failed requests, then Hello again and requests carrying the held versions."""
-    p = start_sidecar(control.url)
-    try:
-        control.wait_stream(1)
-        configure(control, upstreams.ports, "v7", "v2")
-        p.wait_ready()
+    with configured_sidecar(control, upstreams.ports, version="v7", subset="v2") as p:
         loop = ClientLoop(p.outbound_port)
         control.stop()
         wait_until(lambda: not admin_json(p, "/config_dump")["xds"]["connected"], what="disconnect")
@@ -260,20 +260,13 @@ def test_control_server_restart_drops_no_request_and_resubscribes_with_held_vers
         # the new stream works: a push on it is applied
         assert control.wait_reply(control.push(protocol.ROUTES, "v8", routes("v1"))).version_info == "v8"
         assert served_by(p.outbound_port) == "v1"
-    finally:
-        assert p.stop() == 0, p.stderr()
 
 
 def test_boot_from_disk_snapshot_when_the_control_server_is_down(control, upstreams, tmp_path):
     """A sidecar restarted while the control server is down serves its last accepted config from disk, ready."""
     state = str(tmp_path / "state")
-    first = start_sidecar(control.url, state_dir=state)
-    try:
-        control.wait_stream(1)
-        configure(control, upstreams.ports, "v3", "v2")
-        first.wait_ready()
-    finally:
-        assert first.stop() == 0, first.stderr()
+    with configured_sidecar(control, upstreams.ports, version="v3", subset="v2", state_dir=state):
+        pass
     snapshot = json.loads((tmp_path / "state" / "snapshot.json").read_text())
     assert {t: e["version"] for t, e in snapshot["types"].items()} == {t: "v3" for t in protocol.TYPE_ORDER}
     assert [f for f in os.listdir(state) if f != "snapshot.json"] == []   # no temp files left
@@ -285,7 +278,7 @@ def test_boot_from_disk_snapshot_when_the_control_server_is_down(control, upstre
         assert xds["connected"] is False and xds["config_source"] == "disk snapshot"
         assert xds["types"]["clusters"]["version"] == "v3"
         assert "config from disk snapshot" in second.stderr()
-        assert "unreachable" in wait_until(lambda: "unreachable" in second.stderr() and second.stderr())
+        wait_until(lambda: "unreachable" in second.stderr(), what="the failed connect logged")
     finally:
         assert second.stop() == 0, second.stderr()
 
@@ -312,12 +305,8 @@ def test_boot_with_no_control_server_and_no_snapshot_is_not_ready_until_the_firs
 
 def test_two_workers_apply_every_push_before_the_ack(control, upstreams):
     """With --workers 2 the parent holds the stream: an ACK means every worker routes the new config; a NACK changes none."""
-    p = start_sidecar(control.url, "--workers", "2")
-    try:
-        control.wait_stream(1)
+    with configured_sidecar(control, upstreams.ports, "--workers", "2") as p:
         assert len(control.hellos) == 1     # one stream per sidecar, not per worker
-        configure(control, upstreams.ports, "v1", "v1")
-        p.wait_ready()
         ack = control.wait_reply(control.push(protocol.ROUTES, "v2", routes("v2")))
         assert ack.version_info == "v2"
         seen = {served_by(p.outbound_port) for _ in range(30)}   # fresh connections reach both workers
@@ -329,8 +318,6 @@ def test_two_workers_apply_every_push_before_the_ack(control, upstreams):
         assert values["server.concurrency"] == 2
         assert values["control_plane.pushes_received"] == 5 and values["control_plane.rejected"] == 1
         assert admin_json(p, "/config_dump")["xds"]["types"]["routes"]["version"] == "v2"
-    finally:
-        assert p.stop() == 0, p.stderr()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
