@@ -52,15 +52,20 @@ def _install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def _start_control(options: ProxyOptions, control: xds_client.ControlBoot, runner, apply,
-                   view: ControlView) -> xds_client.XdsClient:
-    """Start the xDS client; the Node names the admin port actually bound."""
+def _control_client(options: ProxyOptions, control: xds_client.ControlBoot, apply,
+                    view: ControlView) -> xds_client.XdsClient:
+    """The xDS client, attached to the admin view before admin serves (so /ready is never
+    200 before a config is there); started by _start_control once admin is bound."""
+    node = xds_client.build_node(options, options.admin_port)
+    view.xds = xds_client.XdsClient(options.control, node, control, apply)
+    return view.xds
+
+
+def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) -> None:
+    """Connect; the Node names the admin port actually bound (--admin-port 0 picks one)."""
     addresses = getattr(runner, "addresses", None) or [(options.admin_bind, options.admin_port)]
-    node = xds_client.build_node(options, addresses[0][1])
-    client = xds_client.XdsClient(options.control, node, control, apply)
-    view.xds = client
+    client.node = xds_client.build_node(options, addresses[0][1])
     client.start()
-    return client
 
 
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
@@ -84,12 +89,14 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     worker = Worker(options, config)
     await worker.start(reuse_port=False)
     source = WorkerAdminSource(worker, stop)
-    runner = await start_admin(source, options.admin_bind, options.admin_port)
     client = None
     if control is not None:
         async def apply(candidate: Candidate) -> None:
             worker.apply(candidate.config)
-        client = _start_control(options, control, runner, apply, source)
+        client = _control_client(options, control, apply, source)
+    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    if client is not None:
+        _start_control(options, client, runner)
     _announce(options, config)
     await stop.wait()
     if client is not None:
@@ -182,11 +189,16 @@ class FanoutAdminSource(ControlView):
         self._last_stats: dict[str, int] = {}
 
     async def _ask(self, op: str, **args) -> list:
-        async def one(reader, writer, lock):
+        async def exchange(reader, writer, lock):
             async with lock:
                 writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
                 await writer.drain()
                 return json.loads(await reader.readline())
+
+        async def one(reader, writer, lock):
+            # Shielded: a cancelled caller (the xDS client stopping mid-apply) must not
+            # leave an answer unread, or the next question would read it.
+            return await asyncio.shield(exchange(reader, writer, lock))
         return await asyncio.gather(*(one(*c) for c in self.channels))
 
     def is_ready(self) -> bool:
@@ -252,12 +264,6 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
         reader, writer = await asyncio.open_connection(sock=sock, limit=CHANNEL_LINE_LIMIT)
         channels.append((reader, writer, asyncio.Lock()))
     source = FanoutAdminSource(channels, stop)
-    runner = await start_admin(source, options.admin_bind, options.admin_port)
-    for _ in range(200):          # workers bind their listeners; wait until all say ready
-        await source.refresh_ready()
-        if source.ready:
-            break
-        await asyncio.sleep(0.05)
     client = None
     if control is not None:
         async def apply(candidate: Candidate) -> None:
@@ -265,7 +271,15 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
             if errors:   # put every worker back on the held config, then NACK
                 await source.apply(client.state.documents())
                 raise RuntimeError("; ".join(errors))
-        client = _start_control(options, control, runner, apply, source)
+        client = _control_client(options, control, apply, source)
+    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    for _ in range(200):          # workers bind their listeners; wait until all say ready
+        await source.refresh_ready()
+        if source.ready:
+            break
+        await asyncio.sleep(0.05)
+    if client is not None:
+        _start_control(options, client, runner)
     _announce(options, config)
     pids = {pid for pid, _ in children}
     code = 0

@@ -195,6 +195,8 @@ class XdsClient:
                     await self._stream(session)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
                     self._lost(_one_line(error) or type(error).__name__)
+                except Exception as error:   # a bug here must not end reconnecting for good
+                    self._lost(f"{type(error).__name__}: {_one_line(error)}")
                 else:
                     self._lost(self.last_error or "closed by the control server")
                 await asyncio.sleep(self.backoff.next_delay())
