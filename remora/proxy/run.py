@@ -143,7 +143,7 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
             request = json.loads(line)
             op = request["op"]
             if op == "apply":
-                answer = _apply_documents(worker, request["documents"])
+                answer = await _apply_documents(worker, request["documents"])
             elif op == "ready":
                 answer = worker.ready and not worker.draining
             elif op == "stats":
@@ -168,11 +168,13 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     return 0
 
 
-def _apply_documents(worker: Worker, documents: list) -> str | None:
-    """A child's half of "apply": build the documents the parent accepted and swap them in."""
+async def _apply_documents(worker: Worker, documents: list) -> str | None:
+    """A child's half of "apply": build the documents the parent accepted and swap them in
+    (built in a thread: this worker's listeners keep serving meanwhile)."""
     try:
-        worker.apply(build_mesh_config([(doc, source) for doc, source in documents],
-                                       strict_references=False))
+        config = await asyncio.to_thread(
+            build_mesh_config, [(doc, source) for doc, source in documents], False)
+        worker.apply(config)
     except Exception as error:   # answered to the parent, which NACKs; the worker goes on
         return f"worker {worker.worker_id}: {error}"
     return None

@@ -6,8 +6,9 @@ Rules this module keeps:
   Node, then one DiscoveryRequest per type in TYPE_ORDER with the version held, so the
   server sends only what this sidecar does not have yet.
 - Pushes are handled one at a time, in arrival order. Each is built into a whole config
-  (XdsState.candidate), applied (the caller's `apply`: swap the worker's snapshot, or
-  forward to every worker process), then ACKed. Anything that goes wrong on the way is a
+  (XdsState.candidate, in a thread so a large mesh does not freeze the listeners sharing
+  this loop), applied (the caller's `apply`: swap the worker's snapshot, or forward to
+  every worker process), then ACKed. Anything that goes wrong on the way is a
   NACK with the error text; the config being served does not change and the proxy goes on.
 - After an accepted push with every type held, the snapshot file is replaced.
 - The stream going away never touches the data path: listeners keep serving the current
@@ -257,7 +258,9 @@ class XdsClient:
         """Apply one push or refuse it; return the ACK or NACK to send. Never raises."""
         self.pushes_received += 1
         try:
-            candidate = self.state.candidate(response)
+            # Validation can take a while for a large mesh: off the event loop, so the
+            # listeners it shares (one worker) keep answering meanwhile.
+            candidate = await asyncio.to_thread(self.state.candidate, response)
             await self._apply(candidate)
         except asyncio.CancelledError:
             raise
@@ -275,7 +278,7 @@ class XdsClient:
             f"(config {candidate.config.version}: {self.state.versions_text()}{warned})")
         if self.state.complete:
             try:
-                self.store.save(self.state.to_snapshot(), self.node.id)
+                await asyncio.to_thread(self.store.save, self.state.to_snapshot(), self.node.id)
             except OSError as error:   # serving matters more than the file
                 log(f"cannot write disk snapshot {self.store.path}: {error}")
         return ack
