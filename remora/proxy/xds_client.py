@@ -158,10 +158,11 @@ class XdsClient:
         return self.from_disk or self.state.complete
 
     def config_source(self) -> str:
+        """control, disk snapshot, both (some types re-pushed since a boot from disk), or none."""
         origins = {held.origin for held in self.state.types.values() if held.origin}
-        if not origins:
-            return "none"
-        return FROM_DISK if FROM_DISK in origins else FROM_CONTROL
+        if len(origins) > 1:
+            return f"{FROM_CONTROL} and {FROM_DISK}"
+        return origins.pop() if origins else "none"
 
     def status(self) -> dict:
         """The "xds" section of /config_dump."""
@@ -227,7 +228,7 @@ class XdsClient:
         was_connected, self.connected = self.connected, False
         self.last_error = reason
         self._failures_in_a_row += 1
-        serving = ("the disk snapshot" if self.config_source() == FROM_DISK else
+        serving = ("the disk snapshot" if FROM_DISK in self.config_source() else
                    "the last pushed config" if self.has_config else
                    "no config yet (/ready answers 503)")
         if was_connected:

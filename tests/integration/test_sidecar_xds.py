@@ -279,6 +279,12 @@ def test_boot_from_disk_snapshot_when_the_control_server_is_down(control, upstre
         assert xds["types"]["clusters"]["version"] == "v3"
         assert "config from disk snapshot" in second.stderr()
         wait_until(lambda: "unreachable" in second.stderr(), what="the failed connect logged")
+        control.start()             # the server comes back: the sidecar asks for what changed since v3
+        control.wait_stream(2, timeout=30)
+        assert [r.version_info for r in control.subscriptions(2)] == ["v3"] * len(protocol.TYPE_ORDER)
+        assert control.wait_reply(control.push(protocol.ROUTES, "v4", routes("v1"))).version_info == "v4"
+        assert served_by(second.outbound_port) == "v1"
+        assert admin_json(second, "/config_dump")["xds"]["config_source"] == "control and disk snapshot"
     finally:
         assert second.stop() == 0, second.stderr()
 
