@@ -168,6 +168,15 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     return 0
 
 
+async def apply_to_workers(source: "FanoutAdminSource", candidate: Candidate, held) -> None:
+    """Every worker applies the candidate, or none keeps it: when one fails, all are put back
+    on the held documents (`held()`) and the error is raised, so the push is NACKed."""
+    errors = await source.apply(candidate.documents)
+    if errors:
+        await source.apply(held())
+        raise RuntimeError("; ".join(errors))
+
+
 async def _apply_documents(worker: Worker, documents: list) -> str | None:
     """A child's half of "apply": build the documents the parent accepted and swap them in
     (built in a thread: this worker's listeners keep serving meanwhile)."""
@@ -269,10 +278,7 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
     client = None
     if control is not None:
         async def apply(candidate: Candidate) -> None:
-            errors = await source.apply(candidate.documents)
-            if errors:   # put every worker back on the held config, then NACK
-                await source.apply(client.state.documents())
-                raise RuntimeError("; ".join(errors))
+            await apply_to_workers(source, candidate, client.state.documents)
         client = _control_client(options, control, apply, source)
     runner = await start_admin(source, options.admin_bind, options.admin_port)
     for _ in range(200):          # workers bind their listeners; wait until all say ready
