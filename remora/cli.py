@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from remora.config.duration import parse_duration
@@ -29,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("proxy", help="run the sidecar proxy")
     proxy.add_argument("--mesh-config", action="append", default=[], metavar="PATH",
                        help="Istio YAML file or directory (repeatable); or use --control")
+    proxy.add_argument("--control", default=None, metavar="URL",
+                       help="control server to take config from, e.g. http://127.0.0.1:15010 "
+                            "(default: $REMORA_CONTROL when --mesh-config is not given)")
+    proxy.add_argument("--state-dir", default=None, metavar="DIR",
+                       help="where the last good pushed config is kept (with --control; default "
+                            "$TMPDIR/remora-proxy-<namespace>-<workload>-<admin-port>)")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -103,12 +110,32 @@ def _proxy(args) -> int:
     if (args.inbound_port is None) != (args.app_port is None):
         print("remora: --inbound-port and --app-port go together", file=sys.stderr)
         return 2
-    if not args.mesh_config:
-        print("remora: give --mesh-config PATH (config from files)", file=sys.stderr)
+    control = args.control
+    if control is None and not args.mesh_config:
+        control = os.environ.get("REMORA_CONTROL") or None
+    if args.mesh_config and control:
+        print("remora: give either --mesh-config PATH (config from files) or --control URL "
+              "(config from a control server), not both", file=sys.stderr)
         return 2
-    config = _load(args.mesh_config)
-    if config is None:
-        return 1
+    if not args.mesh_config and not control:
+        print("remora: give --mesh-config PATH (config from files) or --control URL "
+              "(config from a control server; or set REMORA_CONTROL)", file=sys.stderr)
+        return 2
+    if args.state_dir and not control:
+        print("remora: --state-dir keeps pushed config; it goes with --control", file=sys.stderr)
+        return 2
+    config = None
+    if control:
+        from remora.proxy.xds_client import stream_url
+        try:
+            stream_url(control)
+        except ValueError as err:
+            print(f"remora: --control: {err}", file=sys.stderr)
+            return 2
+    else:
+        config = _load(args.mesh_config)
+        if config is None:
+            return 1
     options = ProxyOptions(
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
@@ -123,6 +150,7 @@ def _proxy(args) -> int:
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
+        control=control, state_dir=args.state_dir,
     )
     try:
         return run_proxy(options, config)

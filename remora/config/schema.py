@@ -12,6 +12,7 @@ a default means "not set", as in Kubernetes.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from typing import Any, NamedTuple, TypeVar
 
@@ -204,6 +205,12 @@ def problem_from_validation_error(error: msgspec.ValidationError, root: str = "s
     return Problem(root + path, message[:1].lower() + message[1:])
 
 
+@functools.cache
+def _type_info(spec_type: type) -> Any:
+    """msgspec's description of a spec type: a few ms to compute, so once per type, not per document."""
+    return mi.type_info(spec_type)
+
+
 def convert_spec(raw: Any, spec_type: type[T], root: str = "spec") -> tuple[T | None, list[Problem]]:
     """Return (typed spec, every problem found).
 
@@ -213,7 +220,7 @@ def convert_spec(raw: Any, spec_type: type[T], root: str = "spec") -> tuple[T | 
     rejected either way).
     """
     problems: list[Problem] = []
-    cleaned = _check({} if raw is None else raw, mi.type_info(spec_type), root, problems)
+    cleaned = _check({} if raw is None else raw, _type_info(spec_type), root, problems)
     if not all(isinstance(problem, UnknownField) for problem in problems):
         return None, problems
     try:

@@ -4,6 +4,10 @@ With N > 1 the parent runs only the admin server and supervises; each child runs
 and answers the parent's admin questions over a socketpair (one JSON line each way), so
 one scrape of the admin port covers every worker. SIGTERM/SIGINT: stop accepting, drain
 in-flight requests up to --drain-seconds, exit 0.
+
+Under --control the xDS client runs beside the admin server: in the worker's loop with one
+worker, in the parent with N. The parent builds (validates) each push once and forwards
+the accepted documents to every child with an "apply" op; it ACKs only when all applied.
 """
 from __future__ import annotations
 
@@ -16,23 +20,52 @@ import sys
 
 import uvloop
 
+from remora.config.loader import build_mesh_config
 from remora.config.model import MeshConfig
+from remora.proxy import xds_client
 from remora.proxy.admin import start_admin
 from remora.proxy.downstream import request_ids
-from remora.proxy.worker import ProxyOptions, Worker, WorkerAdminSource, gauge_names
+from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
+from remora.proxy.xds_state import Candidate
+
+# One line on the parent/child socketpair carries a whole pushed config ("apply").
+CHANNEL_LINE_LIMIT = 2 * xds_client.MAX_FRAME_BYTES
 
 
-def run_proxy(options: ProxyOptions, config: MeshConfig) -> int:
-    """Run until SIGTERM/SIGINT or /quitquitquit; return the exit code."""
+def run_proxy(options: ProxyOptions, config: MeshConfig | None) -> int:
+    """Run until SIGTERM/SIGINT or /quitquitquit; return the exit code.
+
+    `config` comes from files; under --control (config None) the proxy starts from the disk
+    snapshot, or empty, and the xDS client feeds it.
+    """
+    control = xds_client.boot(options) if options.control else None
+    if control is not None:
+        config = control.config
     if options.workers <= 1:
-        return uvloop.run(_single(options, config))
-    return _multi(options, config)
+        return uvloop.run(_single(options, config, control))
+    return _multi(options, config, control)
 
 
 def _install_stop(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+def _control_client(options: ProxyOptions, control: xds_client.ControlBoot, apply,
+                    view: ControlView) -> xds_client.XdsClient:
+    """The xDS client, attached to the admin view before admin serves (so /ready is never
+    200 before a config is there); started by _start_control once admin is bound."""
+    node = xds_client.build_node(options, options.admin_port)
+    view.xds = xds_client.XdsClient(options.control, node, control, apply)
+    return view.xds
+
+
+def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) -> None:
+    """Connect; the Node names the admin port actually bound (--admin-port 0 picks one)."""
+    addresses = getattr(runner, "addresses", None) or [(options.admin_bind, options.admin_port)]
+    client.node = xds_client.build_node(options, addresses[0][1])
+    client.start()
 
 
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
@@ -43,19 +76,31 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts.append(f"admin {options.admin_bind}:{options.admin_port}")
     parts.append(f"workers {max(1, options.workers)}")
     parts.append(f"config version {config.version}")
+    if options.control:
+        parts.append(f"control server {options.control}")
     print("remora proxy: " + ", ".join(parts), file=sys.stderr, flush=True)
     for warning in config.warnings:
         print(f"remora proxy: warning: {warning}", file=sys.stderr, flush=True)
 
 
-async def _single(options: ProxyOptions, config: MeshConfig) -> int:
+async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     worker = Worker(options, config)
     await worker.start(reuse_port=False)
-    runner = await start_admin(WorkerAdminSource(worker, stop), options.admin_bind, options.admin_port)
+    source = WorkerAdminSource(worker, stop)
+    client = None
+    if control is not None:
+        async def apply(candidate: Candidate) -> None:
+            worker.apply(candidate.config)
+        client = _control_client(options, control, apply, source)
+    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    if client is not None:
+        _start_control(options, client, runner)
     _announce(options, config)
     await stop.wait()
+    if client is not None:
+        await client.stop()
     await worker.drain(options.drain_seconds)
     await runner.cleanup()
     return 0
@@ -63,7 +108,7 @@ async def _single(options: ProxyOptions, config: MeshConfig) -> int:
 
 # -- several workers -------------------------------------------------------------------------
 
-def _multi(options: ProxyOptions, config: MeshConfig) -> int:
+def _multi(options: ProxyOptions, config: MeshConfig, control) -> int:
     children: list[tuple[int, socket.socket]] = []
     for worker_id in range(options.workers):
         parent_end, child_end = socket.socketpair()
@@ -79,7 +124,7 @@ def _multi(options: ProxyOptions, config: MeshConfig) -> int:
                 os._exit(code)
         child_end.close()
         children.append((pid, parent_end))
-    return uvloop.run(_parent(options, config, children))
+    return uvloop.run(_parent(options, config, children, control))
 
 
 async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan: socket.socket) -> int:
@@ -88,15 +133,18 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     _install_stop(stop)
     worker = Worker(options, config, worker_id)
     await worker.start(reuse_port=True)
-    reader, writer = await asyncio.open_connection(sock=chan)
+    reader, writer = await asyncio.open_connection(sock=chan, limit=CHANNEL_LINE_LIMIT)
 
     async def serve() -> None:
         while not reader.at_eof():
             line = await reader.readline()
             if not line:
                 break
-            op = json.loads(line)["op"]
-            if op == "ready":
+            request = json.loads(line)
+            op = request["op"]
+            if op == "apply":
+                answer = await _apply_documents(worker, request["documents"])
+            elif op == "ready":
                 answer = worker.ready and not worker.draining
             elif op == "stats":
                 answer = worker.stats()
@@ -120,7 +168,28 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     return 0
 
 
-class FanoutAdminSource:
+async def apply_to_workers(source: "FanoutAdminSource", candidate: Candidate, held) -> None:
+    """Every worker applies the candidate, or none keeps it: when one fails, all are put back
+    on the held documents (`held()`) and the error is raised, so the push is NACKed."""
+    errors = await source.apply(candidate.documents)
+    if errors:
+        await source.apply(held())
+        raise RuntimeError("; ".join(errors))
+
+
+async def _apply_documents(worker: Worker, documents: list) -> str | None:
+    """A child's half of "apply": build the documents the parent accepted and swap them in
+    (built in a thread: this worker's listeners keep serving meanwhile)."""
+    try:
+        config = await asyncio.to_thread(
+            build_mesh_config, [(doc, source) for doc, source in documents], False)
+        worker.apply(config)
+    except Exception as error:   # answered to the parent, which NACKs; the worker goes on
+        return f"worker {worker.worker_id}: {error}"
+    return None
+
+
+class FanoutAdminSource(ControlView):
     """Admin view summing N worker processes."""
 
     def __init__(self, channels: list, stop: asyncio.Event) -> None:
@@ -130,16 +199,21 @@ class FanoutAdminSource:
         self.draining = False
         self._last_stats: dict[str, int] = {}
 
-    async def _ask(self, op: str) -> list:
-        async def one(reader, writer, lock):
+    async def _ask(self, op: str, **args) -> list:
+        async def exchange(reader, writer, lock):
             async with lock:
-                writer.write(json.dumps({"op": op}).encode() + b"\n")
+                writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
                 await writer.drain()
                 return json.loads(await reader.readline())
+
+        async def one(reader, writer, lock):
+            # Shielded: a cancelled caller (the xDS client stopping mid-apply) must not
+            # leave an answer unread, or the next question would read it.
+            return await asyncio.shield(exchange(reader, writer, lock))
         return await asyncio.gather(*(one(*c) for c in self.channels))
 
     def is_ready(self) -> bool:
-        return self.ready and not self.draining
+        return self.ready and not self.draining and self.config_ready()
 
     def is_draining(self) -> bool:
         return self.draining
@@ -147,12 +221,17 @@ class FanoutAdminSource:
     async def refresh_ready(self) -> None:
         self.ready = all(await self._ask("ready"))
 
+    async def apply(self, documents: list) -> list[str]:
+        """Send accepted documents to every worker; return the errors of those that failed."""
+        return [error for error in await self._ask("apply", documents=documents) if error]
+
     async def stats(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for part in await self._ask("stats"):
             for name, value in part.items():
                 total[name] = total.get(name, 0) + value
         total["server.concurrency"] = len(self.channels)
+        total.update(self.control_stats())
         self._last_stats = total
         return total
 
@@ -178,7 +257,7 @@ class FanoutAdminSource:
         return list(merged.values())
 
     async def config_dump(self) -> dict:
-        return (await self._ask("config_dump"))[0]
+        return self.with_control((await self._ask("config_dump"))[0])
 
     async def drain_listeners(self) -> None:
         self.draining = True
@@ -188,20 +267,27 @@ class FanoutAdminSource:
         self.stop.set()
 
 
-async def _parent(options: ProxyOptions, config: MeshConfig, children) -> int:
+async def _parent(options: ProxyOptions, config: MeshConfig, children, control) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     channels = []
     for _, sock in children:
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=CHANNEL_LINE_LIMIT)
         channels.append((reader, writer, asyncio.Lock()))
     source = FanoutAdminSource(channels, stop)
+    client = None
+    if control is not None:
+        async def apply(candidate: Candidate) -> None:
+            await apply_to_workers(source, candidate, client.state.documents)
+        client = _control_client(options, control, apply, source)
     runner = await start_admin(source, options.admin_bind, options.admin_port)
     for _ in range(200):          # workers bind their listeners; wait until all say ready
         await source.refresh_ready()
         if source.ready:
             break
         await asyncio.sleep(0.05)
+    if client is not None:
+        _start_control(options, client, runner)
     _announce(options, config)
     pids = {pid for pid, _ in children}
     code = 0
@@ -218,6 +304,8 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children) -> int:
                 code = 1
                 stop.set()
     source.draining = True
+    if client is not None:
+        await client.stop()
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = asyncio.get_running_loop().time() + options.drain_seconds + 5

@@ -248,10 +248,30 @@ def gauge_names(stats: dict[str, int]) -> frozenset[str]:
     """Which stat names are gauges (the rest are counters)."""
     return frozenset(n for n in stats if n.rsplit(".", 1)[-1] in GAUGE_STATS
                      or n.endswith(("_active", "membership_total", "membership_healthy"))
-                     or n.startswith("server."))
+                     or n.startswith("server.") or n == "control_plane.connected")
 
 
-class WorkerAdminSource:
+class ControlView:
+    """What admin adds for the config's origin: readiness, the "xds" dump section, stats.
+
+    `xds` is the XdsClient under --control, None when the config came from files.
+    """
+
+    xds = None
+
+    def config_ready(self) -> bool:
+        """Files are loaded before serving; pushed config must have arrived (or come from disk)."""
+        return self.xds is None or self.xds.has_config
+
+    def with_control(self, dump: dict) -> dict:
+        dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
+        return dump
+
+    def control_stats(self) -> dict[str, int]:
+        return self.xds.stats() if self.xds is not None else {}
+
+
+class WorkerAdminSource(ControlView):
     """The admin view of a single in-process worker."""
 
     def __init__(self, worker: Worker, stop: asyncio.Event) -> None:
@@ -260,7 +280,7 @@ class WorkerAdminSource:
         self._last_stats: dict[str, int] = {}
 
     def is_ready(self) -> bool:
-        return self.worker.ready and not self.worker.draining
+        return self.worker.ready and not self.worker.draining and self.config_ready()
 
     def is_draining(self) -> bool:
         return self.worker.draining
@@ -269,10 +289,10 @@ class WorkerAdminSource:
         return self.worker.clusters()
 
     async def config_dump(self) -> dict:
-        return self.worker.config_dump()
+        return self.with_control(self.worker.config_dump())
 
     async def stats(self) -> dict[str, int]:
-        self._last_stats = self.worker.stats()
+        self._last_stats = {**self.worker.stats(), **self.control_stats()}
         return self._last_stats
 
     def gauge_names(self) -> frozenset[str]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from tests.integration.upstreams import free_port
@@ -15,15 +16,24 @@ from tests.integration.upstreams import free_port
 class ProxyProcess:
     """A running sidecar: its ports, its access log, and a clean stop."""
 
-    def __init__(self, mesh_yaml: str, *extra: str, inbound_app_port: int | None = None) -> None:
+    def __init__(self, mesh_yaml: str | None, *extra: str, inbound_app_port: int | None = None,
+                 control: str | None = None, state_dir: str | None = None) -> None:
+        """Config from `mesh_yaml` (written to a file), or with mesh_yaml=None from the
+        control server at `control`, keeping its snapshot in `state_dir` (default: a fresh
+        directory of this process, so tests never share one)."""
         self.dir = tempfile.mkdtemp(prefix="remora-test-")
-        self.config_path = os.path.join(self.dir, "mesh.yaml")
-        with open(self.config_path, "w") as f:
-            f.write(mesh_yaml)
         self.outbound_port = free_port()
         self.admin_port = free_port()
         self.inbound_port = free_port() if inbound_app_port else None
-        args = [sys.executable, "-m", "remora", "proxy", "--mesh-config", self.config_path,
+        if control is not None:
+            self.state_dir = state_dir or os.path.join(self.dir, "state")
+            source = ["--control", control, "--state-dir", self.state_dir]
+        else:
+            self.config_path = os.path.join(self.dir, "mesh.yaml")
+            with open(self.config_path, "w") as f:
+                f.write(mesh_yaml)
+            source = ["--mesh-config", self.config_path]
+        args = [sys.executable, "-m", "remora", "proxy", *source,
                 "--outbound-port", str(self.outbound_port), "--admin-port", str(self.admin_port),
                 *extra]
         if inbound_app_port:
@@ -46,6 +56,27 @@ class ProxyProcess:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"proxy not ready: {self.stderr()}")
+
+    def ready_status(self) -> int | None:
+        """/ready's status code, or None while admin does not answer."""
+        try:
+            with urllib.request.urlopen(self.admin("/ready"), timeout=1) as r:
+                return r.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
+    def wait_admin(self, timeout: float = 20.0) -> "ProxyProcess":
+        """Wait until the admin server answers (ready or not)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}: {self.stderr()}")
+            if self.ready_status() is not None:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy admin not up: {self.stderr()}")
 
     def admin(self, path: str) -> str:
         return f"http://127.0.0.1:{self.admin_port}{path}"
