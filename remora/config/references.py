@@ -59,13 +59,19 @@ class HostIndex:
             current.update(names)
 
     def is_known(self, qualified_host: str) -> bool:
-        return any(host_matches(pattern, qualified_host) for pattern in self._hosts)
+        # Exact names are a set lookup; only wildcard patterns need a scan (a config of a
+        # thousand services has a handful of wildcards at most).
+        if qualified_host in self._hosts:
+            return True
+        return any(host_matches(pattern, qualified_host) for pattern in self._hosts if "*" in pattern)
 
     def subsets_for(self, qualified_host: str) -> tuple[bool, set[str] | None]:
         """(any DestinationRule for the host?, union of their subsets or None if unreadable)."""
         found = False
         names: set[str] = set()
-        for pattern, defined in self._subsets.items():
+        candidates = [(qualified_host, self._subsets[qualified_host])] if qualified_host in self._subsets else []
+        candidates += [(p, d) for p, d in self._subsets.items() if "*" in p and p != qualified_host]
+        for pattern, defined in candidates:
             if host_matches(pattern, qualified_host):
                 found = True
                 if defined is None:
