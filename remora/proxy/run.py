@@ -17,8 +17,9 @@ import sys
 import uvloop
 
 from remora.config.model import MeshConfig
-from remora.proxy.admin import start_admin
+from remora.proxy.admin import start_admin, start_prometheus
 from remora.proxy.downstream import request_ids
+from remora.proxy.istio_metrics import merge, render
 from remora.proxy.worker import ProxyOptions, Worker, WorkerAdminSource, gauge_names
 
 
@@ -41,6 +42,8 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
         parts.append(f"inbound {options.inbound_bind}:{options.inbound_port} -> "
                      f"{options.app_host}:{options.app_port}")
     parts.append(f"admin {options.admin_bind}:{options.admin_port}")
+    if options.prometheus_port:
+        parts.append(f"prometheus {options.admin_bind}:{options.prometheus_port}")
     parts.append(f"workers {max(1, options.workers)}")
     parts.append(f"config version {config.version}")
     print("remora proxy: " + ", ".join(parts), file=sys.stderr, flush=True)
@@ -53,12 +56,26 @@ async def _single(options: ProxyOptions, config: MeshConfig) -> int:
     _install_stop(stop)
     worker = Worker(options, config)
     await worker.start(reuse_port=False)
-    runner = await start_admin(WorkerAdminSource(worker, stop), options.admin_bind, options.admin_port)
+    source = WorkerAdminSource(worker, stop)
+    runners = await _start_admin_servers(source, options)
     _announce(options, config)
     await stop.wait()
     await worker.drain(options.drain_seconds)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     return 0
+
+
+async def _start_admin_servers(source, options: ProxyOptions) -> list:
+    """Admin on --admin-port and, unless --prometheus-port is 0, the metrics-only port."""
+    runners = [await start_admin(source, options.admin_bind, options.admin_port)]
+    if options.prometheus_port:
+        try:
+            runners.append(await start_prometheus(source, options.admin_bind, options.prometheus_port))
+        except BaseException:
+            await runners[0].cleanup()
+            raise
+    return runners
 
 
 # -- several workers -------------------------------------------------------------------------
@@ -100,6 +117,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
                 answer = worker.ready and not worker.draining
             elif op == "stats":
                 answer = worker.stats()
+            elif op == "istio":
+                answer = worker.istio.export() if worker.istio is not None else None
             elif op == "clusters":
                 answer = worker.clusters()
             elif op == "config_dump":
@@ -118,6 +137,9 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     await worker.drain(options.drain_seconds)
     server_task.cancel()
     return 0
+
+
+_PROCESS_GAUGES = frozenset({"server.live", "server.uptime"})
 
 
 class FanoutAdminSource:
@@ -151,13 +173,22 @@ class FanoutAdminSource:
         total: dict[str, int] = {}
         for part in await self._ask("stats"):
             for name, value in part.items():
-                total[name] = total.get(name, 0) + value
+                if name in _PROCESS_GAUGES:
+                    # The same fact in every worker (live, uptime): not a sum.
+                    total[name] = max(total.get(name, 0), value)
+                else:
+                    total[name] = total.get(name, 0) + value
         total["server.concurrency"] = len(self.channels)
         self._last_stats = total
         return total
 
     def gauge_names(self) -> frozenset[str]:
         return gauge_names(self._last_stats)
+
+    async def prometheus_extra(self) -> str:
+        """Istio's standard metrics of every worker, summed."""
+        parts = [p for p in await self._ask("istio") if p is not None]
+        return render(merge(parts)) if parts else ""
 
     async def clusters(self) -> list[dict]:
         merged: dict[str, dict] = {}
@@ -196,7 +227,7 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children) -> int:
         reader, writer = await asyncio.open_connection(sock=sock)
         channels.append((reader, writer, asyncio.Lock()))
     source = FanoutAdminSource(channels, stop)
-    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    runners = await _start_admin_servers(source, options)
     for _ in range(200):          # workers bind their listeners; wait until all say ready
         await source.refresh_ready()
         if source.ready:
@@ -229,5 +260,6 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children) -> int:
         await asyncio.sleep(0.05)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     return code

@@ -15,7 +15,8 @@ from tests.integration.upstreams import free_port
 class ProxyProcess:
     """A running sidecar: its ports, its access log, and a clean stop."""
 
-    def __init__(self, mesh_yaml: str, *extra: str, inbound_app_port: int | None = None) -> None:
+    def __init__(self, mesh_yaml: str, *extra: str, inbound_app_port: int | None = None,
+                 prometheus_port: int = 0) -> None:
         self.dir = tempfile.mkdtemp(prefix="remora-test-")
         self.config_path = os.path.join(self.dir, "mesh.yaml")
         with open(self.config_path, "w") as f:
@@ -23,9 +24,11 @@ class ProxyProcess:
         self.outbound_port = free_port()
         self.admin_port = free_port()
         self.inbound_port = free_port() if inbound_app_port else None
+        # Several sidecars run at once in tests: no :15090 unless the test asks for a port.
+        self.prometheus_port = prometheus_port
         args = [sys.executable, "-m", "remora", "proxy", "--mesh-config", self.config_path,
                 "--outbound-port", str(self.outbound_port), "--admin-port", str(self.admin_port),
-                *extra]
+                "--prometheus-port", str(prometheus_port), *extra]
         if inbound_app_port:
             args += ["--inbound-port", str(self.inbound_port), "--app-port", str(inbound_app_port)]
         self.log_path = os.path.join(self.dir, "stdout.log")
