@@ -80,7 +80,7 @@ def decode(value: bytes) -> PeerMetadata | None:
         if not sep:
             return None
         text = unquote_to_bytes(raw)
-        if len(text) > MAX_VALUE or not all(0x20 < c < 0x7F for c in text):
+        if len(text) > MAX_VALUE or not all(0x20 <= c < 0x7F for c in text):
             return None
         name = key.decode("latin-1")
         if name in _KEYS:
