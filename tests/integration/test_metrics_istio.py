@@ -19,17 +19,6 @@ A_IDENTITY = ("--service", "productpage", "--namespace", "shop", "--service-acco
               "--labels", "app=productpage,version=v1")
 B_IDENTITY = ("--service", "reviews", "--namespace", "shop", "--service-account", "bookinfo-reviews",
               "--labels", "app=reviews,version=v2", "--workload", "reviews-v2-abc")
-EXTERNAL = """apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: outside}}
-spec:
-  hosts: [outside.example.com]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-"""
 
 
 def samples(text: str, name: str) -> list[tuple[dict, float]]:
@@ -72,7 +61,8 @@ def mesh(upstreams):
                      inbound_app_port=upstreams.ports["echo"], prometheus_port=b_prom).wait_ready()
     a_prom = free_port()
     a_yaml = (service("reviews", [(b.inbound_port, {"app": "reviews", "version": "v2"})], 9080)
-              + service("empty", []) + EXTERNAL.format(port=upstreams.ports["echo"]))
+              + service("empty", [])
+              + service("outside.example.com", [(upstreams.ports["echo"], {})], location="MESH_EXTERNAL"))
     a = ProxyProcess(a_yaml, *A_IDENTITY, prometheus_port=a_prom).wait_ready()
     yield a, b
     assert a.stop() == 0, a.stderr()
