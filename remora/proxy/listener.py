@@ -53,7 +53,7 @@ class Listener:
         self.replay_limit = worker.options.retry_buffer_bytes
         # Istio metrics: reporter="source" on the outbound listener, "destination" inbound.
         # The metadata-exchange headers exist only when they are on (see peer_metadata.py).
-        metrics = self.istio = worker.istio
+        metrics = self.istio = getattr(worker, "istio", None)
         self.record = None if metrics is None else (
             metrics.record_inbound if inbound else metrics.record_outbound)
         self.request_header = metrics.request_header if metrics is not None and not inbound else b""
