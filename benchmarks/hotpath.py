@@ -81,8 +81,9 @@ class FakeTransport:
         pass
 
 
-async def measure(n: int, profile: bool, resilience: bool = False) -> float:
-    worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(MESH + (RESILIENCE if resilience else "")))
+async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics: bool = True) -> float:
+    worker = Worker(ProxyOptions(access_log="off", istio_metrics=istio_metrics),
+                    load_mesh_text(MESH + (RESILIENCE if resilience else "")))
     listener = worker.listeners[0]
     down = DownstreamHttp1(listener)
     down.connection_made(FakeTransport())
@@ -113,10 +114,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--resilience", action="store_true",
                         help="route with retries + timeout and outlier detection (never triggered)")
+    parser.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
+                        help="without Istio's standard metrics (as `remora proxy --no-istio-metrics`)")
     args = parser.parse_args()
-    results = [uvloop.run(measure(args.n, args.profile, args.resilience))
+    results = [uvloop.run(measure(args.n, args.profile, args.resilience, args.istio_metrics))
                for _ in range(1 if args.profile else 7)]
     label = "with retries+timeout+outlier detection" if args.resilience else "plain route"
+    if not args.istio_metrics:
+        label += ", no Istio metrics"
     print(f"python work per request, {label}: {min(results):.2f} us (best of {len(results)}, n={args.n})")
 
 

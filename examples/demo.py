@@ -183,7 +183,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topolo
 def start_mesh(sup: Supervisor, args: argparse.Namespace, ports: dict[str, topology.Ports], mesh_file: Path) -> None:
     for inst in topology.INSTANCES:
         p = ports[inst.name]
-        argv = topology.sidecar_argv(args.sidecar, mesh_file, p, args.drain_seconds)
+        argv = topology.sidecar_argv(args.sidecar, mesh_file, p, args.drain_seconds, inst)
         if args.access_log == "off":
             argv += ["--access-log", "off"]
         elif args.access_log:

@@ -26,6 +26,12 @@ class Instance:
     app_args: tuple[str, ...] = ()
 
     @property
+    def version(self) -> str:
+        """The `version` label: the app's --version argument, v1 when it has none."""
+        args = self.app_args
+        return args[args.index("--version") + 1] if "--version" in args else "v1"
+
+    @property
     def key(self) -> str:
         """The name as it appears in mesh.yaml placeholders (`reviews_v2_inbound`)."""
         return self.name.replace("-", "_")
@@ -104,7 +110,13 @@ def render_mesh(ports: dict[str, Ports], weights: tuple[int, int, int]) -> str:
 DEFAULT_SIDECAR = [sys.executable, "-m", "remora", "proxy"]
 
 
-def sidecar_argv(command: list[str], mesh_file: Path, ports: Ports, drain_seconds: float) -> list[str]:
+def sidecar_argv(command: list[str], mesh_file: Path, ports: Ports, drain_seconds: float,
+                 inst: Instance | None = None) -> list[str]:
+    # Identity flags label the Istio metrics (source_app, destination_version, ...); no
+    # :15090 listener, since five sidecars share one host (admin /stats/prometheus has it all).
+    identity = ([] if inst is None else
+                ["--service", inst.app, "--workload", inst.name,
+                 "--labels", f"app={inst.app},version={inst.version}"])
     return [
         *command,
         "--mesh-config", str(mesh_file),
@@ -114,6 +126,8 @@ def sidecar_argv(command: list[str], mesh_file: Path, ports: Ports, drain_second
         "--app-port", str(ports.app),
         "--workers", "1",
         "--drain-seconds", f"{drain_seconds:g}",
+        "--prometheus-port", "0",
+        *identity,
     ]  # fmt: skip
 
 

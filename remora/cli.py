@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
     proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
     proxy.add_argument("--admin-bind", default="127.0.0.1")
+    proxy.add_argument("--prometheus-port", type=int, default=15090,
+                       help="serve /stats/prometheus here too, on --admin-bind (0: off)")
+    proxy.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
+                       help="no Istio standard metrics and no metadata exchange with peers")
     proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
     proxy.add_argument("--drain-seconds", type=_seconds, default=5.0)
     proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
@@ -141,7 +145,8 @@ def _proxy(args) -> int:
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
         inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
         drain_seconds=args.drain_seconds, retry_buffer_bytes=args.retry_buffer_bytes,
-        access_log=args.access_log,
+        access_log=args.access_log, prometheus_port=args.prometheus_port,
+        istio_metrics=args.istio_metrics,
         access_log_format=args.access_log_format,
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,

@@ -38,7 +38,9 @@ __all__ = [
     "make_admin_app",
     "prometheus_name",
     "prometheus_text",
+    "filter_families",
     "start_admin",
+    "start_prometheus",
 ]
 
 log = logging.getLogger("remora.admin")
@@ -292,17 +294,7 @@ def make_admin_app(source: AdminSource) -> web.Application:
             return _json_response({"stats": [{"name": k, "value": v} for k, v in items]})
         return web.Response(text="".join(f"{k}: {v}\n" for k, v in items), content_type=TEXT)
 
-    async def prometheus(request: web.Request) -> web.Response:
-        rx = _compile_filter(request)
-        text = prometheus_text(_filtered(await source.stats(), rx), _gauge_predicate(source))
-        extra = getattr(source, "prometheus_extra", None)
-        if extra is not None:
-            more = await extra()
-            if more:
-                text += more if more.endswith("\n") else more + "\n"
-        resp = web.Response(body=text.encode())
-        resp.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
-        return resp
+    prometheus = _prometheus_handler(source)
 
     async def drain_listeners(request: web.Request) -> web.Response:
         await source.drain_listeners()
@@ -329,6 +321,38 @@ def make_admin_app(source: AdminSource) -> web.Application:
     return app
 
 
+def _prometheus_handler(source: AdminSource):
+    """GET /stats/prometheus: Envoy-style stats, then the source's extra families."""
+    async def prometheus(request: web.Request) -> web.Response:
+        rx = _compile_filter(request)
+        text = prometheus_text(_filtered(await source.stats(), rx), _gauge_predicate(source))
+        extra = getattr(source, "prometheus_extra", None)
+        if extra is not None:
+            more = await extra()
+            if more and rx is not None:
+                more = filter_families(more, rx)
+            if more:
+                text += more if more.endswith("\n") else more + "\n"
+        resp = web.Response(body=text.encode())
+        resp.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
+        return resp
+    return prometheus
+
+
+def filter_families(text: str, rx: re.Pattern[str]) -> str:
+    """Keep the metric families (# HELP / # TYPE blocks) whose name matches ``rx``."""
+    out: list[str] = []
+    family, keep = None, True
+    for line in text.splitlines(keepends=True):
+        if line.startswith(("# HELP ", "# TYPE ")):
+            name = line.split(" ", 3)[2].rstrip("\n")
+            if name != family:
+                family, keep = name, rx.search(name) is not None
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
 def _json_response(data: Any) -> web.Response:
     # default=str: config snapshots may carry datetimes or enums; show them, don't 500.
     body = json.dumps(data, indent=2, default=str) + "\n"
@@ -349,6 +373,13 @@ def _spawn(app: web.Application, coro: Awaitable[Any], what: str) -> None:
     task.add_done_callback(done)
 
 
+async def start_prometheus(source: AdminSource, host: str, port: int) -> web.AppRunner:
+    """Serve only GET /stats/prometheus on host:port (Istio's :15090, what Prometheus scrapes)."""
+    app = web.Application()
+    app.router.add_get("/stats/prometheus", _prometheus_handler(source))
+    return await _serve(app, host, port)
+
+
 async def start_admin(source: AdminSource, host: str, port: int) -> web.AppRunner:
     """Serve the admin app on host:port; the caller stops it with ``await runner.cleanup()``.
 
@@ -357,7 +388,11 @@ async def start_admin(source: AdminSource, host: str, port: int) -> web.AppRunne
     """
     # A short shutdown timeout: admin handlers are quick, and cleanup must not hold the
     # proxy's exit for aiohttp's default 60 s.
-    runner = web.AppRunner(make_admin_app(source), access_log=None, shutdown_timeout=2.0)
+    return await _serve(make_admin_app(source), host, port)
+
+
+async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -79,7 +79,7 @@ class Cluster:
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
-                 "traffic_policy", "circuit", "detector", "tcp_keepalive")
+                 "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -105,6 +105,7 @@ class Cluster:
                                ka.probes))
         self.circuit = None   # the worker's Circuit for this cluster name (set per snapshot)
         self.detector = None  # its OutlierDetector (set per snapshot, needs the loop's clock)
+        self.telemetry = None # its istio_metrics.ServiceTags (set per snapshot)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""

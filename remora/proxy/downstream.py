@@ -22,7 +22,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from remora.proxy.counters import set_nodelay
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import (
-    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_REQID, H_TE, H_UA,
+    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_PEER, H_REQID, H_TE, H_UA,
     H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
     connection_tokens, drop_named, status_line,
 )
@@ -91,6 +91,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = 0
         self.tunnel_peer = None
+        self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
         self._reset_request()
@@ -105,6 +106,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.request_id = b""
         self.xff = b""
         self.xfp = b""
+        self.peer_meta: bytes | None = None
         self.rare = False          # set when one of the fields below was touched
         self.te_chunked = False
         self.upgrade: bytes | None = None
@@ -123,6 +125,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.authority = None
         self.content_length = None
         self.user_agent = self.request_id = self.xff = self.xfp = b""
+        self.peer_meta = None
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -136,6 +139,8 @@ class DownstreamHttp1(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel_peer is not None:
             self.tunnel_peer.write(data)
+            if self.tunnel_meter is not None:
+                self.tunnel_meter.received += len(data)
             return
         self.last_activity = self.loop.time()
         if self.state <= HEADERS:
@@ -168,6 +173,9 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.tunnel_peer is not None:
             self.tunnel_peer.close()
             self.tunnel_peer = None
+        if self.tunnel_meter is not None:
+            self.listener.tunnel_closed(self.tunnel_meter)
+            self.tunnel_meter = None
         for ex in (self.active, self.receiving, *self.queued):
             if ex is not None:
                 ex.on_downstream_closed()
@@ -223,6 +231,8 @@ class DownstreamHttp1(asyncio.Protocol):
             self.xff = value if not self.xff else self.xff + b", " + value
         elif code == H_XFP:
             self.xfp = value
+        elif code == H_PEER:
+            self.peer_meta = value     # read by telemetry, never forwarded
         elif code == H_CL:
             self.content_length = value
         elif code == H_TE:
@@ -274,6 +284,7 @@ class DownstreamHttp1(asyncio.Protocol):
         head.user_agent = self.user_agent
         head.forwarded_for = self.xff
         head.peer_ip = self.peer_ip
+        head.peer_metadata = self.peer_meta
         if self.xfp:
             head.scheme = self.xfp
         self.keep_alive = parser.should_keep_alive() and not self.listener.draining
@@ -344,6 +355,9 @@ class DownstreamHttp1(asyncio.Protocol):
         parts = [status_line(101, resp.reason)]
         for name, value in resp.headers:
             parts += (name, b": ", value, EOL)
+        reply = self.listener.reply_header
+        if reply is not None and exchange.head.peer_metadata is not None:
+            parts += (reply[0], b": ", reply[1], EOL)
         parts += (b"connection: upgrade\r\nupgrade: ", conn.upgrade or exchange.head.upgrade, EOL, EOL)
         self.flush()
         self.transport.write(b"".join(parts))
@@ -352,7 +366,12 @@ class DownstreamHttp1(asyncio.Protocol):
         self.state = TUNNEL
         self.active = self.receiving = None
         self.tunnel_peer = conn.transport
-        conn.start_tunnel(self.transport)
+        meter = self.tunnel_meter = self.listener.tunnel_opened(exchange, resp)
+        if meter is None:
+            conn.start_tunnel(self.transport)
+        else:
+            meter.sent += len(rest)
+            conn.start_tunnel(MeteredTransport(self.transport, meter))
         self.reading_paused = 0
         self.transport.resume_reading()
 
@@ -512,3 +531,29 @@ class DownstreamHttp1(asyncio.Protocol):
             self.transport.close()
             return True
         return False
+
+
+class MeteredTransport:
+    """The downstream transport as a tunnel's upstream side writes to it, counting bytes."""
+
+    __slots__ = ("transport", "meter")
+
+    def __init__(self, transport, meter) -> None:
+        self.transport = transport
+        self.meter = meter
+
+    def write(self, data: bytes) -> None:
+        self.meter.sent += len(data)
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()

@@ -39,7 +39,7 @@ class Exchange:
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
         "abort_status", "waiting_in", "retries", "tried", "try_timer",
-        "retry_acquired", "exhausted", "deadline", "try_deadline",
+        "retry_acquired", "exhausted", "deadline", "try_deadline", "peer_metadata",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -80,6 +80,7 @@ class Exchange:
         self.exhausted = False         # a retriable failure came after the last retry (URX)
         self.deadline = 0.0            # loop time of the route timeout (0: none)
         self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
+        self.peer_metadata = None      # the answering sidecar's metadata (Istio metrics)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +165,7 @@ class Exchange:
         if dest.request_ops is not None:
             headers = dest.request_ops.apply(headers)
         self.up_headers = headers
-        self.up_added = self.listener.added_request_headers(head)
+        self.up_added = self.listener.added_request_headers(head, cluster)
         self._attempt(fresh=False)
 
     def _hash_key(self) -> bytes | None:
@@ -353,6 +354,9 @@ class Exchange:
         if self.dest.response_ops is not None:
             headers = self.dest.response_ops.apply(headers)
         headers.append((b"x-envoy-upstream-service-time", self.upstream_time))
+        self.peer_metadata = resp.peer_metadata
+        if self.head.peer_metadata is not None and self.listener.reply_header is not None:
+            headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
         self.sink.send_response_head(self, resp.status, resp.reason, headers,
                                      resp.content_length, resp.chunked)
 
@@ -487,6 +491,7 @@ class Exchange:
         """The upstream accepted the upgrade: splice the two connections together."""
         self.conn = None
         self.status = 101
+        self.peer_metadata = resp.peer_metadata
         self.response_started = True
         self.cluster.stats.count_status(101)
         self._endpoint_done(error=False)
@@ -518,6 +523,8 @@ class Exchange:
         self.add_flag(flag)
         self.status = status
         self.bytes_sent = len(body)
+        if self.head.peer_metadata is not None and self.listener.reply_header is not None:
+            extra = [*(extra or ()), self.listener.reply_header]
         self._finish()
         self.sink.send_local_reply(self, status, body, extra)
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from http import HTTPStatus
 
 # Lower-cased header names the codecs treat specially, mapped to a small code.
-H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP = range(11)
-# Headers each side handles itself in both directions: framing and hop-by-hop.
+H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER = range(12)
+# Headers each side handles itself in both directions: framing, hop-by-hop, and the
+# sidecars' metadata exchange (read and stripped, never forwarded; see peer_metadata.py).
 RESPONSE_SPECIAL = {
     b"connection": H_CONNECTION,
     b"keep-alive": H_HOP,
@@ -25,6 +26,7 @@ RESPONSE_SPECIAL = {
     b"transfer-encoding": H_TE,
     b"content-length": H_CL,
     b"upgrade": H_UPGRADE,
+    b"x-remora-peer-metadata": H_PEER,
 }
 # Requests also carry what routing and the mesh headers need.
 REQUEST_SPECIAL = {

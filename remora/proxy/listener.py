@@ -14,6 +14,7 @@ from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
+from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 
 
 @dataclass
@@ -50,7 +51,13 @@ class Listener:
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
-
+        # Istio metrics: reporter="source" on the outbound listener, "destination" inbound.
+        # The metadata-exchange headers exist only when they are on (see peer_metadata.py).
+        metrics = self.istio = getattr(worker, "istio", None)
+        self.record = None if metrics is None else (
+            metrics.record_inbound if inbound else metrics.record_outbound)
+        self.request_header = metrics.request_header if metrics is not None and not inbound else b""
+        self.reply_header = metrics.reply_header if metrics is not None and inbound else None
 
     @property
     def address(self) -> str:
@@ -94,21 +101,40 @@ class Listener:
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
 
-    def added_request_headers(self, head) -> bytes:
+    def added_request_headers(self, head, cluster) -> bytes:
         """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
-        user-agent, and x-envoy-attempt-count for the first attempt (kept last, see Exchange)."""
+        user-agent, this sidecar's metadata (in-mesh destinations only), and
+        x-envoy-attempt-count for the first attempt (kept last, see Exchange)."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
         added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
             xff, head.request_id, head.scheme)
         if head.user_agent:
             added += b"user-agent: " + head.user_agent + b"\r\n"
+        if self.request_header and cluster.telemetry is not None and cluster.telemetry.mesh_internal:
+            added += self.request_header
         return added + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
         stats = self.stats
         stats.downstream_rq_active -= 1
         stats.count_status(exchange.status)
+        if self.record is not None:
+            self.record(exchange, self.loop.time())
         log = self.worker.access_log
         if log.enabled:
             log.log(exchange.access_record())
+
+    # -- tunnels (WebSocket now; the TCP proxy will count through the same IstioMetrics API) --
+    def tunnel_opened(self, exchange, resp):
+        """A TcpMeter for an upgraded connection, or None when Istio metrics are off."""
+        if self.istio is None:
+            return None
+        if self.inbound:
+            return self.istio.tcp_opened(False, exchange.head.peer_metadata, self.istio.local_service)
+        cluster = exchange.cluster
+        return self.istio.tcp_opened(True, resp.peer_metadata,
+                                     cluster.telemetry if cluster is not None else UNKNOWN_SERVICE)
+
+    def tunnel_closed(self, meter) -> None:
+        self.istio.tcp_closed(meter)

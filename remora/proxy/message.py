@@ -14,7 +14,7 @@ class RequestHead:
     __slots__ = (
         "method", "path", "authority", "scheme", "headers", "version",
         "content_length", "chunked", "upgrade", "request_id", "user_agent",
-        "forwarded_for", "peer_ip", "_index",
+        "forwarded_for", "peer_ip", "peer_metadata", "_index",
     )
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, headers: list,
@@ -32,6 +32,7 @@ class RequestHead:
         self.user_agent: bytes = b""
         self.forwarded_for: bytes = b""
         self.peer_ip: bytes = b""
+        self.peer_metadata: bytes | None = None   # the calling sidecar's x-remora-peer-metadata
         self._index: dict[bytes, bytes] | None = None
 
     @property
@@ -67,7 +68,8 @@ class RequestHead:
 class ResponseHead:
     """A response head as the upstream sent it, hop-by-hop and framing headers removed."""
 
-    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive")
+    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
+                 "peer_metadata")
 
     def __init__(self, status: int, reason: bytes, headers: list) -> None:
         self.status = status
@@ -76,3 +78,4 @@ class ResponseHead:
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
+        self.peer_metadata: bytes | None = None   # the answering sidecar's x-remora-peer-metadata

@@ -20,7 +20,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from remora.proxy.counters import set_keepalive, set_nodelay
 from remora.proxy.http1 import (
-    EOL, H_CL, H_CONNECTION, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL,
+    EOL, H_CL, H_CONNECTION, H_PEER, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL,
     RESPONSE_SPECIAL_LENGTHS, chunk, connection_tokens,
     drop_named,
 )
@@ -63,6 +63,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.hop_names: set[bytes] | None = None
         self.te_chunked = False
         self.upgrade: bytes | None = None
+        self.peer_meta: bytes | None = None
 
     def _reset_common(self) -> None:
         """Per-response reset on the hot path: the rare fields only when a response set one."""
@@ -200,6 +201,9 @@ class UpstreamHttp1(asyncio.Protocol):
         elif code == H_UPGRADE:
             self.rare = True
             self.upgrade = value
+        elif code == H_PEER:
+            self.rare = True
+            self.peer_meta = value     # the answering sidecar's metadata: read, never forwarded
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -213,6 +217,7 @@ class UpstreamHttp1(asyncio.Protocol):
         # response): Remora sends the standard phrase for the status, as Envoy does.
         resp = ResponseHead(status, b"", headers)
         resp.keep_alive = self.parser.should_keep_alive()
+        resp.peer_metadata = self.peer_meta
         if self.content_length is not None:
             resp.content_length = int(self.content_length)
         elif status in (204, 304) or self.head_only:

@@ -23,8 +23,9 @@ import uvloop
 from remora.config.loader import build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy import xds_client
-from remora.proxy.admin import start_admin
+from remora.proxy.admin import start_admin, start_prometheus
 from remora.proxy.downstream import request_ids
+from remora.proxy.istio_metrics import merge, render
 from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
 from remora.proxy.xds_state import Candidate
 
@@ -74,6 +75,8 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
         parts.append(f"inbound {options.inbound_bind}:{options.inbound_port} -> "
                      f"{options.app_host}:{options.app_port}")
     parts.append(f"admin {options.admin_bind}:{options.admin_port}")
+    if options.prometheus_port:
+        parts.append(f"prometheus {options.admin_bind}:{options.prometheus_port}")
     parts.append(f"workers {max(1, options.workers)}")
     parts.append(f"config version {config.version}")
     if options.control:
@@ -94,16 +97,29 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
         async def apply(candidate: Candidate) -> None:
             worker.apply(candidate.config)
         client = _control_client(options, control, apply, source)
-    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    runners = await _start_admin_servers(source, options)
     if client is not None:
-        _start_control(options, client, runner)
+        _start_control(options, client, runners[0])
     _announce(options, config)
     await stop.wait()
     if client is not None:
         await client.stop()
     await worker.drain(options.drain_seconds)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     return 0
+
+
+async def _start_admin_servers(source, options: ProxyOptions) -> list:
+    """Admin on --admin-port and, unless --prometheus-port is 0, the metrics-only port."""
+    runners = [await start_admin(source, options.admin_bind, options.admin_port)]
+    if options.prometheus_port:
+        try:
+            runners.append(await start_prometheus(source, options.admin_bind, options.prometheus_port))
+        except BaseException:
+            await runners[0].cleanup()
+            raise
+    return runners
 
 
 # -- several workers -------------------------------------------------------------------------
@@ -148,6 +164,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
                 answer = worker.ready and not worker.draining
             elif op == "stats":
                 answer = worker.stats()
+            elif op == "istio":
+                answer = worker.istio.export() if worker.istio is not None else None
             elif op == "clusters":
                 answer = worker.clusters()
             elif op == "config_dump":
@@ -187,6 +205,9 @@ async def _apply_documents(worker: Worker, documents: list) -> str | None:
     except Exception as error:   # answered to the parent, which NACKs; the worker goes on
         return f"worker {worker.worker_id}: {error}"
     return None
+
+
+_PROCESS_GAUGES = frozenset({"server.live", "server.uptime"})
 
 
 class FanoutAdminSource(ControlView):
@@ -229,7 +250,11 @@ class FanoutAdminSource(ControlView):
         total: dict[str, int] = {}
         for part in await self._ask("stats"):
             for name, value in part.items():
-                total[name] = total.get(name, 0) + value
+                if name in _PROCESS_GAUGES:
+                    # The same fact in every worker (live, uptime): not a sum.
+                    total[name] = max(total.get(name, 0), value)
+                else:
+                    total[name] = total.get(name, 0) + value
         total["server.concurrency"] = len(self.channels)
         total.update(self.control_stats())
         self._last_stats = total
@@ -237,6 +262,11 @@ class FanoutAdminSource(ControlView):
 
     def gauge_names(self) -> frozenset[str]:
         return gauge_names(self._last_stats)
+
+    async def prometheus_extra(self) -> str:
+        """Istio's standard metrics of every worker, summed."""
+        parts = [p for p in await self._ask("istio") if p is not None]
+        return render(merge(parts)) if parts else ""
 
     async def clusters(self) -> list[dict]:
         merged: dict[str, dict] = {}
@@ -280,14 +310,14 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
         async def apply(candidate: Candidate) -> None:
             await apply_to_workers(source, candidate, client.state.documents)
         client = _control_client(options, control, apply, source)
-    runner = await start_admin(source, options.admin_bind, options.admin_port)
+    runners = await _start_admin_servers(source, options)
     for _ in range(200):          # workers bind their listeners; wait until all say ready
         await source.refresh_ready()
         if source.ready:
             break
         await asyncio.sleep(0.05)
     if client is not None:
-        _start_control(options, client, runner)
+        _start_control(options, client, runners[0])
     _announce(options, config)
     pids = {pid for pid, _ in children}
     code = 0
@@ -317,5 +347,6 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
         await asyncio.sleep(0.05)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     return code

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import msgspec
 
 from remora.config.model import MeshConfig
+from remora.config.names import qualify_host
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
+from remora.proxy.istio_metrics import IstioMetrics, local_service_tags, render, service_tags
 from remora.proxy.listener import Listener, ListenerSettings
 from remora.proxy.outlier import OutlierDetector
 from remora.proxy.pool import PoolRegistry
@@ -41,6 +43,8 @@ class ProxyOptions:
     retry_buffer_bytes: int = 1 << 20   # request body kept for retries and the keep-alive race
     access_log: str = "stdout"          # stdout | off
     access_log_format: str = "text"     # text | json
+    prometheus_port: int = 15090        # Istio's merged-metrics port (0: no such listener)
+    istio_metrics: bool = True          # Istio's standard metrics and the metadata exchange
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     identity: WorkloadIdentity = field(default_factory=WorkloadIdentity)
     control: str | None = None          # control server URL; config comes from it, not files
@@ -65,6 +69,13 @@ class Snapshot:
                                            [Endpoint(options.app_host, options.app_port, {})], None)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
         old = {c.name: c for c in previous.clusters()} if previous is not None else {}
+        internal = mesh_internal_hosts(config)
+        for fqdn, info in self.services.items():
+            tags = service_tags(fqdn, info.namespace, fqdn in internal)
+            for cluster in info.clusters.values():
+                cluster.telemetry = tags
+        if self.inbound_cluster is not None:
+            self.inbound_cluster.telemetry = local_service_tags(options.identity)
         for cluster in self.clusters():
             policy = cluster.traffic_policy
             cluster.detector = OutlierDetector(
@@ -86,6 +97,12 @@ class Snapshot:
         return [found[name] for name in sorted(found)]
 
 
+def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
+    """FQDNs of ServiceEntries with `location: MESH_INTERNAL` (Istio's default is external)."""
+    return frozenset(qualify_host(host, se.namespace) for se in config.service_entries
+                     if (se.spec.location or "").upper() == "MESH_INTERNAL" for host in se.spec.hosts)
+
+
 def _panic_setter(cluster: Cluster):
     """Below minHealthPercent the balancer ignores ejections (Envoy's panic mode)."""
     def set_panic(panic: bool) -> None:
@@ -102,6 +119,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.pools = PoolRegistry(self.loop)
         self.deadlines = RequestDeadlines(self.loop)
+        self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
         self.access_log = (AccessLogWriter(fmt=options.access_log_format)
                            if options.access_log != "off" else AccessLogWriter.disabled())
@@ -297,6 +315,11 @@ class WorkerAdminSource(ControlView):
 
     def gauge_names(self) -> frozenset[str]:
         return gauge_names(self._last_stats or self.worker.stats())
+
+    async def prometheus_extra(self) -> str:
+        """Istio's standard metrics, appended to /stats/prometheus."""
+        istio = self.worker.istio
+        return render(istio.export()) if istio is not None else ""
 
     async def drain_listeners(self) -> None:
         self.worker.stop_accepting()

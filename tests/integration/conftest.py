@@ -7,7 +7,8 @@ from tests.integration.proxy_process import ProxyProcess
 from tests.integration.upstreams import Upstreams
 
 
-def service(name: str, endpoints: list[tuple[int, dict]], port: int = 80) -> str:
+def service(name: str, endpoints: list[tuple[int, dict]], port: int = 80,
+            location: str = "MESH_INTERNAL") -> str:
     """A STATIC ServiceEntry for `name` with loopback endpoints (port, labels)."""
     eps = "".join(
         f"\n  - address: 127.0.0.1\n    ports: {{http: {p}}}\n    labels: {labels or {'app': name}}"
@@ -19,7 +20,7 @@ spec:
   hosts: [{name}]
   ports: [{{number: {port}, name: http, protocol: HTTP}}]
   resolution: STATIC
-  location: MESH_INTERNAL
+  location: {location}
 {"  endpoints:" + eps if eps else "  workloadSelector: {labels: {app: nothing-matches}}"}
 ---
 """
