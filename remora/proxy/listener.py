@@ -14,6 +14,9 @@ from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
+from remora.proxy.telemetry import FORMATTERS
+from remora.proxy.telemetry_policy import ListenerTelemetry
+from remora.proxy.tracing import CLIENT, SERVER, inject
 
 
 @dataclass
@@ -50,7 +53,15 @@ class Listener:
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
+        self.span_kind = SERVER if inbound else CLIENT
+        self.set_telemetry(ListenerTelemetry())
 
+    def set_telemetry(self, policy: ListenerTelemetry) -> None:
+        """Apply the resolved access-log and tracing settings (at start and on config reload)."""
+        self.telemetry = policy
+        self.log_format = FORMATTERS[policy.access_log] if policy.access_log else None
+        self.sample_ratio = policy.sample_ratio
+        self.report_spans = policy.report_spans
 
     @property
     def address(self) -> str:
@@ -94,21 +105,24 @@ class Listener:
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
 
-    def added_request_headers(self, head) -> bytes:
+    def added_request_headers(self, head, trace) -> bytes:
         """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
-        user-agent, and x-envoy-attempt-count for the first attempt (kept last, see Exchange)."""
+        user-agent, the trace context of the proxy's span, and x-envoy-attempt-count for
+        the first attempt (kept last, see Exchange)."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
         added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
             xff, head.request_id, head.scheme)
         if head.user_agent:
             added += b"user-agent: " + head.user_agent + b"\r\n"
-        return added + FIRST_ATTEMPT
+        return added + inject(trace) + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
         stats = self.stats
         stats.downstream_rq_active -= 1
         stats.count_status(exchange.status)
-        log = self.worker.access_log
-        if log.enabled:
-            log.log(exchange.access_record())
+        fmt = self.log_format
+        if fmt is not None:
+            self.worker.access_log.log(exchange.access_record(), fmt)
+        if self.report_spans and exchange.trace.sampled:
+            self.worker.tracer.finish(exchange, self.span_kind, self.loop.time())

@@ -14,7 +14,7 @@ class RequestHead:
     __slots__ = (
         "method", "path", "authority", "scheme", "headers", "version",
         "content_length", "chunked", "upgrade", "request_id", "user_agent",
-        "forwarded_for", "peer_ip", "_index",
+        "forwarded_for", "peer_ip", "trace_in", "_index",
     )
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, headers: list,
@@ -32,6 +32,7 @@ class RequestHead:
         self.user_agent: bytes = b""
         self.forwarded_for: bytes = b""
         self.peer_ip: bytes = b""
+        self.trace_in: list | None = None   # [(lower-case name, value)] of trace headers
         self._index: dict[bytes, bytes] | None = None
 
     @property
@@ -50,6 +51,8 @@ class RequestHead:
             index.setdefault(b"x-request-id", self.request_id)
             if self.user_agent:
                 index.setdefault(b"user-agent", self.user_agent)
+            for name, value in self.trace_in or ():
+                index.setdefault(name, value)
             self._index = index
         return index.get(lower_name)
 
