@@ -14,9 +14,10 @@ Rules this module keeps:
   A missing or empty value prints as ``-``; a response code of 0 means none was sent.
 - Several response flags join with "," in Envoy's fixed order (``join_flags``), whatever
   order they were raised in, so log lines for the same outcome compare equal.
-- ``format_json`` uses the key names of Istio's default JSON access log. As Envoy's JSON
-  formatter does, numbers stay numbers and unset values are null; RESPONSE_FLAGS keeps
-  its "-" because Envoy prints it as a value, not as "unset".
+- ``format_json`` uses the key names of Istio's default JSON access log, plus ``span_id``
+  (the proxy's span; ``trace_id`` is Istio's). As Envoy's JSON formatter does, numbers
+  stay numbers and unset values are null; RESPONSE_FLAGS keeps its "-" because Envoy
+  prints it as a value, not as "unset".
 - ``AccessLogWriter.log`` only appends to a list: the request path pays for formatting,
   never for I/O. Flushes happen when ~64 KiB are buffered, on a timer, or on close.
 - Writing never blocks the event loop and never raises into the caller. Pipes and sockets
