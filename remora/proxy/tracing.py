@@ -40,6 +40,7 @@ TRACE_HEADERS = frozenset({
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _HEX16 = re.compile(rb"[0-9a-fA-F]{16}\Z")
 _HEX16_32 = re.compile(rb"(?:[0-9a-fA-F]{16}){1,2}\Z")
+_ODD_HEX = frozenset(b"13579bdf")
 _SAMPLED = {b"1": True, b"true": True, b"0": False, b"false": False}
 
 _bits = random.getrandbits
@@ -81,6 +82,12 @@ def begin(trace_in: list | None, ratio: float) -> TraceContext:
     """The proxy's span for a request whose trace headers were `trace_in` ([(lname, value)])."""
     if trace_in is None:
         return TraceContext(_bits(128) or 1, _bits(64) or 1, 0, _random() < ratio, W3C)
+    if len(trace_in) == 1 and trace_in[0][0] == b"traceparent":
+        # The common case inside a mesh: one traceparent from the previous hop.
+        ctx = _from_traceparent(trace_in[0][1], None)
+        if ctx is not None:
+            ctx.span_id = _bits(64) or 1
+            return ctx
     headers: dict[bytes, bytes] = {}
     traceparents = 0
     for name, value in trace_in:
@@ -107,16 +114,17 @@ def begin(trace_in: list | None, ratio: float) -> TraceContext:
 
 
 def _from_traceparent(value: bytes, tracestate: bytes | None) -> TraceContext | None:
-    m = _TRACEPARENT.match(value.strip())
+    m = _TRACEPARENT.match(value)
     if m is None:
         return None
     version, trace, parent, flags, rest = m.groups()
-    if version == b"ff" or (version == b"00" and rest is not None):
+    if version == b"ff" or (rest is not None and version == b"00"):
         return None
     trace_id, parent_id = int(trace, 16), int(parent, 16)
     if not trace_id or not parent_id:
         return None
-    return TraceContext(trace_id, 0, parent_id, bool(int(flags, 16) & 1), W3C, tracestate)
+    # The sampled flag is the lowest bit: the second hex digit is odd.
+    return TraceContext(trace_id, 0, parent_id, flags[1] in _ODD_HEX, W3C, tracestate)
 
 
 def _from_b3_single(value: bytes) -> TraceContext | None:
