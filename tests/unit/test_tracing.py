@@ -139,3 +139,24 @@ def test_ratio_is_a_probability():
     """A 25% ratio samples about a quarter of new traces."""
     sampled = sum(begin(None, 0.25).sampled for _ in range(4000))
     assert 800 < sampled < 1200
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--trace-sampling", "150", "between 0 and 100"),
+    ("--trace-sampling", "lots", "expected a percentage"),
+    ("--otlp-endpoint", "127.0.0.1:4318", "expected an http:// or https:// URL"),
+])
+def test_cli_rejects_bad_tracing_flags(flag, value, message, capsys):
+    """Bad --trace-sampling / --otlp-endpoint values stop the proxy with the flag named."""
+    from remora.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["proxy", "--mesh-config", "m.yaml", flag, value])
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and message in err
+
+
+def test_cli_tracing_defaults():
+    """Defaults: 1% sampling, no OTLP endpoint (no spans recorded)."""
+    from remora.cli import build_parser
+    args = build_parser().parse_args(["proxy", "--mesh-config", "m.yaml"])
+    assert args.trace_sampling == 1.0 and args.otlp_endpoint is None
