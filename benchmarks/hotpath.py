@@ -48,6 +48,9 @@ spec:
     outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}
 """
 REQUEST = b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n"
+# What a request from another sidecar looks like: it carries a trace context.
+TRACED_REQUEST = (b"GET / HTTP/1.1\r\nHost: upstream\r\n"
+                  b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\r\n")
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 23:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n")
 
@@ -81,9 +84,14 @@ class FakeTransport:
         pass
 
 
-async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics: bool = True) -> float:
-    worker = Worker(ProxyOptions(access_log="off", istio_metrics=istio_metrics),
-                    load_mesh_text(MESH + (RESILIENCE if resilience else "")))
+async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics: bool = True,
+                  traced: bool = False, sampling: float | None = None) -> float:
+    options = ProxyOptions(access_log="off", istio_metrics=istio_metrics)
+    if sampling is not None:
+        # Spans go to an exporter whose thread is not started: the queue fills, then drops.
+        options.trace_sampling, options.otlp_endpoint = sampling, "http://127.0.0.1:9/v1/traces"
+    worker = Worker(options, load_mesh_text(MESH + (RESILIENCE if resilience else "")))
+    request = TRACED_REQUEST if traced else REQUEST
     listener = worker.listeners[0]
     down = DownstreamHttp1(listener)
     down.connection_made(FakeTransport())
@@ -98,7 +106,7 @@ async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics
         prof.enable()
     start = time.perf_counter()
     for _ in range(n):
-        down.data_received(REQUEST)
+        down.data_received(request)
         up.data_received(RESPONSE)
     elapsed = time.perf_counter() - start
     if prof:
@@ -116,12 +124,21 @@ def main() -> None:
                         help="route with retries + timeout and outlier detection (never triggered)")
     parser.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
                         help="without Istio's standard metrics (as `remora proxy --no-istio-metrics`)")
+    parser.add_argument("--traceparent", action="store_true",
+                        help="requests carry an (unsampled) W3C traceparent, as from another sidecar")
+    parser.add_argument("--sampling", type=float, default=None, metavar="PERCENT",
+                        help="sample new traces at PERCENT and record their spans (OTLP exporter idle)")
     args = parser.parse_args()
-    results = [uvloop.run(measure(args.n, args.profile, args.resilience, args.istio_metrics))
+    results = [uvloop.run(measure(args.n, args.profile, args.resilience, args.istio_metrics,
+                                  args.traceparent, args.sampling))
                for _ in range(1 if args.profile else 7)]
     label = "with retries+timeout+outlier detection" if args.resilience else "plain route"
     if not args.istio_metrics:
         label += ", no Istio metrics"
+    if args.traceparent:
+        label += ", traceparent in"
+    if args.sampling is not None:
+        label += f", {args.sampling:g}% sampled with spans recorded"
     print(f"python work per request, {label}: {min(results):.2f} us (best of {len(results)}, n={args.n})")
 
 

@@ -23,6 +23,24 @@ def _labels(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"percentage must be between 0 and 100, got {text}")
+    return value
+
+
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remora", description="A service-mesh sidecar that reads Istio YAML.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
                        help="request body kept for replay on retry; longer bodies are not retried")
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
-    proxy.add_argument("--access-log-format", choices=["text", "json"], default="text")
+    proxy.add_argument("--access-log-format", choices=["text", "json"], default="text",
+                       help="encoding of the `envoy` access-log provider (meshConfig.accessLogEncoding)")
+    proxy.add_argument("--trace-sampling", type=_percent, default=1.0, metavar="PERCENT",
+                       help="percent of new traces sampled (Istio's randomSamplingPercentage; default 1)")
+    proxy.add_argument("--otlp-endpoint", type=_http_url, default=None, metavar="URL",
+                       help="export spans by OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces")
     proxy.add_argument("--idle-timeout", type=_seconds, default=300.0,
                        help="close keep-alive client connections idle this long")
     proxy.add_argument("--request-headers-timeout", type=_seconds, default=10.0,
@@ -148,6 +171,7 @@ def _proxy(args) -> int:
         access_log=args.access_log, prometheus_port=args.prometheus_port,
         istio_metrics=args.istio_metrics,
         access_log_format=args.access_log_format,
+        trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout),

@@ -5,7 +5,8 @@ Rules:
   `ConfigError`; a caller never sees a half-loaded config.
 - Every problem names the file, the resource (Kind/namespace/name) and the field path.
 - Kinds Remora reads: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule of
-  networking.istio.io v1alpha3/v1beta1/v1. Real mesh kinds it does not implement yet
+  networking.istio.io v1alpha3/v1beta1/v1, and Telemetry of telemetry.istio.io
+  v1alpha1/v1. Real mesh kinds it does not implement yet
   (security policies, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
   a kind nobody knows is an error, because it is almost always a typo.
 - The version is a hash of the validated resources only (not of file names, comments or
@@ -29,11 +30,13 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.model import (
     DestinationRuleSpec,
     MeshConfig,
     Resource,
     ServiceEntrySpec,
+    TelemetrySpec,
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
@@ -76,12 +79,18 @@ SPEC_TYPES: dict[str, type] = {
     "WorkloadEntry": WorkloadEntrySpec,
     "VirtualService": VirtualServiceSpec,
     "DestinationRule": DestinationRuleSpec,
+    "Telemetry": TelemetrySpec,
+}
+# Supported kinds outside networking.istio.io: their group and versions.
+OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Telemetry": ("telemetry.istio.io", ("v1", "v1alpha1")),
 }
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate.validate_service_entry,
     "WorkloadEntry": validate.validate_workload_entry,
     "VirtualService": validate.validate_virtual_service,
     "DestinationRule": validate.validate_destination_rule,
+    "Telemetry": validate_telemetry,
 }
 
 # Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
@@ -90,7 +99,6 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
 UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
     "security.istio.io": frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}),
-    "telemetry.istio.io": frozenset({"Telemetry"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "split.smi-spec.io": frozenset({"TrafficSplit"}),
     "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
@@ -113,6 +121,8 @@ _MESH_GATEWAY = "mesh"  # Istio's reserved gateway name for "all sidecars"
 
 def _groups_of(kind: str) -> list[str]:
     groups = [group for group, kinds in UNSUPPORTED_KINDS.items() if kind in kinds]
+    if kind in OTHER_GROUPS:
+        return groups + [OTHER_GROUPS[kind][0]]
     return groups + ([SUPPORTED_GROUP] if kind in SPEC_TYPES else [])
 
 
@@ -286,6 +296,9 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
                     "those gateways; Remora has no gateways yet and applies it at the sidecar"
                 )
     collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
+    for item in loaded:
+        if item.kind == "Telemetry" and item.spec is not None:
+            collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
 
     if collector.issues:
         raise ConfigError(collector.ordered_issues())
@@ -300,6 +313,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         workload_entries=tuple(resources["WorkloadEntry"]),
         virtual_services=tuple(resources["VirtualService"]),
         destination_rules=tuple(resources["DestinationRule"]),
+        telemetries=tuple(resources["Telemetry"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
     )
@@ -387,9 +401,11 @@ def _check_kind(kind: Any, api_version: Any, report: Callable[[str, str], None])
     if group not in groups:
         report("apiVersion", f"kind {kind} belongs to API group {' or '.join(groups)}, not {group or 'the core group'!s} ({api_version})")
         return False
-    if group == SUPPORTED_GROUP and kind in SPEC_TYPES and version not in SUPPORTED_VERSIONS:
-        report("apiVersion", f"unsupported version {api_version} for {kind}; use {', '.join(f'{SUPPORTED_GROUP}/{v}' for v in SUPPORTED_VERSIONS)}")
-        return False
+    if kind in SPEC_TYPES:
+        supported_group, versions = OTHER_GROUPS.get(kind, (SUPPORTED_GROUP, SUPPORTED_VERSIONS))
+        if group == supported_group and version not in versions:
+            report("apiVersion", f"unsupported version {api_version} for {kind}; use {', '.join(f'{supported_group}/{v}' for v in versions)}")
+            return False
     return True
 
 

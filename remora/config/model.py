@@ -9,7 +9,7 @@ Semantic rules (regexes compile, weights add up, subsets exist) live in the load
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -285,6 +285,45 @@ class DestinationRuleSpec(Spec):
     workload_selector: WorkloadSelector | None = None
 
 
+# ---- Telemetry (telemetry.istio.io) -------------------------------------------------------
+
+class ProviderRef(Spec):
+    name: str
+
+
+class TelemetrySelector(Spec):
+    """Istio's type.v1beta1.WorkloadSelector: labels the sidecar's workload must carry."""
+
+    match_labels: dict[str, str] = {}
+
+
+class TelemetryMatch(Spec):
+    """Which traffic a tracing / access-logging entry applies to."""
+
+    mode: str | None = None   # CLIENT_AND_SERVER (default) | CLIENT (outbound) | SERVER (inbound)
+
+
+class TelemetryTracing(Spec):
+    match: TelemetryMatch | None = None
+    providers: list[ProviderRef] = []
+    random_sampling_percentage: float | None = None
+    disable_span_reporting: bool | None = None
+    use_request_id_for_trace_sampling: bool | None = None
+
+
+class TelemetryAccessLogging(Spec):
+    match: TelemetryMatch | None = None
+    providers: list[ProviderRef] = []
+    disabled: bool | None = None
+
+
+class TelemetrySpec(Spec):
+    selector: TelemetrySelector | None = None
+    tracing: list[TelemetryTracing] = []
+    access_logging: list[TelemetryAccessLogging] = []
+    metrics: list[Any] = []   # Istio metric overrides: accepted, not applied yet (a warning)
+
+
 # ---- resources and the whole set ---------------------------------------------------------
 
 S = TypeVar("S")
@@ -321,5 +360,6 @@ class MeshConfig:
     workload_entries: tuple[Resource[WorkloadEntrySpec], ...] = ()
     virtual_services: tuple[Resource[VirtualServiceSpec], ...] = ()
     destination_rules: tuple[Resource[DestinationRuleSpec], ...] = ()
+    telemetries: tuple[Resource[TelemetrySpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())

@@ -61,6 +61,9 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "LoadBalancerSettings": frozenset({"localityLbSetting", "warmup"}),
     "ClientTLSSettings": frozenset({"caCrl"}),
     "HTTPCookie": frozenset({"attributes"}),
+    "TelemetrySpec": frozenset({"targetRef", "targetRefs"}),
+    "TelemetryTracing": frozenset({"customTags"}),
+    "TelemetryAccessLogging": frozenset({"filter"}),
 }
 
 # Fields people write that Istio never had, with the pointer they need.

@@ -23,7 +23,7 @@ from remora.proxy.counters import set_nodelay
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import (
     CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_PEER, H_REQID, H_TE, H_UA,
-    H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
+    H_TRACE, H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
     connection_tokens, drop_named, status_line,
 )
 from remora.proxy.message import RequestHead
@@ -107,6 +107,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.xff = b""
         self.xfp = b""
         self.peer_meta: bytes | None = None
+        self.trace_in: list | None = None
         self.rare = False          # set when one of the fields below was touched
         self.te_chunked = False
         self.upgrade: bytes | None = None
@@ -126,6 +127,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.content_length = None
         self.user_agent = self.request_id = self.xff = self.xfp = b""
         self.peer_meta = None
+        self.trace_in = None
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -214,7 +216,8 @@ class DownstreamHttp1(asyncio.Protocol):
             raise BadRequest(431, b"request header fields too large")
         if value and value[-1] in _OWS:
             value = value.rstrip(b" \t")   # httptools strips only leading whitespace
-        code = REQUEST_SPECIAL.get(name.lower())
+        lname = name.lower()
+        code = REQUEST_SPECIAL.get(lname)
         if code is None:
             self.headers.append((name, value))
         elif code == H_HOST:
@@ -233,6 +236,12 @@ class DownstreamHttp1(asyncio.Protocol):
             self.xfp = value
         elif code == H_PEER:
             self.peer_meta = value     # read by telemetry, never forwarded
+        elif code == H_TRACE:
+            trace_in = self.trace_in
+            if trace_in is None:
+                self.trace_in = [(lname, value)]
+            else:
+                trace_in.append((lname, value))
         elif code == H_CL:
             self.content_length = value
         elif code == H_TE:
@@ -285,6 +294,7 @@ class DownstreamHttp1(asyncio.Protocol):
         head.forwarded_for = self.xff
         head.peer_ip = self.peer_ip
         head.peer_metadata = self.peer_meta
+        head.trace_in = self.trace_in
         if self.xfp:
             head.scheme = self.xfp
         self.keep_alive = parser.should_keep_alive() and not self.listener.draining

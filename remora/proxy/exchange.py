@@ -25,6 +25,7 @@ from remora.proxy.message import RequestHead, ResponseHead
 from remora.proxy.outlier import Result
 from remora.proxy.retry import Failure, backoff_delay
 from remora.proxy.telemetry import AccessLogRecord, join_flags
+from remora.proxy.tracing import begin as begin_trace
 
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
 
@@ -39,7 +40,7 @@ class Exchange:
         "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
         "abort_status", "waiting_in", "retries", "tried", "try_timer",
-        "retry_acquired", "exhausted", "deadline", "try_deadline", "peer_metadata",
+        "retry_acquired", "exhausted", "deadline", "try_deadline", "peer_metadata", "trace",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -81,6 +82,7 @@ class Exchange:
         self.deadline = 0.0            # loop time of the route timeout (0: none)
         self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
         self.peer_metadata = None      # the answering sidecar's metadata (Istio metrics)
+        self.trace = begin_trace(head.trace_in, listener.sample_ratio)   # the proxy's span
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,7 +167,7 @@ class Exchange:
         if dest.request_ops is not None:
             headers = dest.request_ops.apply(headers)
         self.up_headers = headers
-        self.up_added = self.listener.added_request_headers(head, cluster)
+        self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
 
     def _hash_key(self) -> bytes | None:
@@ -576,5 +578,7 @@ class Exchange:
             upstream_host=self.upstream_host,
             upstream_cluster=self.cluster.name if self.cluster is not None else "-",
             route_name=self.route.name if self.route is not None else "-",
+            trace_id=self.trace.trace_hex,
+            span_id=self.trace.span_hex,
         )
 

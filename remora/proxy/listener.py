@@ -15,6 +15,9 @@ from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
+from remora.proxy.telemetry import FORMATTERS
+from remora.proxy.telemetry_policy import ListenerTelemetry
+from remora.proxy.tracing import CLIENT, SERVER, inject
 
 
 @dataclass
@@ -58,6 +61,15 @@ class Listener:
             metrics.record_inbound if inbound else metrics.record_outbound)
         self.request_header = metrics.request_header if metrics is not None and not inbound else b""
         self.reply_header = metrics.reply_header if metrics is not None and inbound else None
+        self.span_kind = SERVER if inbound else CLIENT
+        self.set_telemetry(ListenerTelemetry())
+
+    def set_telemetry(self, policy: ListenerTelemetry) -> None:
+        """Apply the resolved access-log and tracing settings (at start and on config reload)."""
+        self.telemetry = policy
+        self.log_format = FORMATTERS[policy.access_log] if policy.access_log else None
+        self.sample_ratio = policy.sample_ratio
+        self.report_spans = policy.report_spans
 
     @property
     def address(self) -> str:
@@ -101,10 +113,11 @@ class Listener:
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
 
-    def added_request_headers(self, head, cluster) -> bytes:
+    def added_request_headers(self, head, cluster, trace) -> bytes:
         """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
-        user-agent, this sidecar's metadata (in-mesh destinations only), and
-        x-envoy-attempt-count for the first attempt (kept last, see Exchange)."""
+        user-agent, this sidecar's metadata (in-mesh destinations only), the trace context
+        of the proxy's span, and x-envoy-attempt-count for the first attempt (kept last,
+        see Exchange)."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
         added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
@@ -113,7 +126,7 @@ class Listener:
             added += b"user-agent: " + head.user_agent + b"\r\n"
         if self.request_header and cluster.telemetry is not None and cluster.telemetry.mesh_internal:
             added += self.request_header
-        return added + FIRST_ATTEMPT
+        return added + inject(trace) + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
         stats = self.stats
@@ -121,9 +134,11 @@ class Listener:
         stats.count_status(exchange.status)
         if self.record is not None:
             self.record(exchange, self.loop.time())
-        log = self.worker.access_log
-        if log.enabled:
-            log.log(exchange.access_record())
+        fmt = self.log_format
+        if fmt is not None:
+            self.worker.access_log.log(exchange.access_record(), fmt)
+        if self.report_spans and exchange.trace.sampled:
+            self.worker.tracer.finish(exchange, self.span_kind, self.loop.time())
 
     # -- tunnels (WebSocket now; the TCP proxy will count through the same IstioMetrics API) --
     def tunnel_opened(self, exchange, resp):

@@ -14,7 +14,7 @@ class RequestHead:
     __slots__ = (
         "method", "path", "authority", "scheme", "headers", "version",
         "content_length", "chunked", "upgrade", "request_id", "user_agent",
-        "forwarded_for", "peer_ip", "peer_metadata", "_index",
+        "forwarded_for", "peer_ip", "peer_metadata", "trace_in", "_index",
     )
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, headers: list,
@@ -33,6 +33,7 @@ class RequestHead:
         self.forwarded_for: bytes = b""
         self.peer_ip: bytes = b""
         self.peer_metadata: bytes | None = None   # the calling sidecar's x-remora-peer-metadata
+        self.trace_in: list | None = None   # [(lower-case name, value)] of trace headers
         self._index: dict[bytes, bytes] | None = None
 
     @property
@@ -51,6 +52,8 @@ class RequestHead:
             index.setdefault(b"x-request-id", self.request_id)
             if self.user_agent:
                 index.setdefault(b"user-agent", self.user_agent)
+            for name, value in self.trace_in or ():
+                index.setdefault(name, value)
             self._index = index
         return index.get(lower_name)
 

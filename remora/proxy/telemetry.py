@@ -14,9 +14,10 @@ Rules this module keeps:
   A missing or empty value prints as ``-``; a response code of 0 means none was sent.
 - Several response flags join with "," in Envoy's fixed order (``join_flags``), whatever
   order they were raised in, so log lines for the same outcome compare equal.
-- ``format_json`` uses the key names of Istio's default JSON access log. As Envoy's JSON
-  formatter does, numbers stay numbers and unset values are null; RESPONSE_FLAGS keeps
-  its "-" because Envoy prints it as a value, not as "unset".
+- ``format_json`` uses the key names of Istio's default JSON access log, plus ``span_id``
+  (the proxy's span; ``trace_id`` is Istio's). As Envoy's JSON formatter does, numbers
+  stay numbers and unset values are null; RESPONSE_FLAGS keeps its "-" because Envoy
+  prints it as a value, not as "unset".
 - ``AccessLogWriter.log`` only appends to a list: the request path pays for formatting,
   never for I/O. Flushes happen when ~64 KiB are buffered, on a timer, or on close.
 - Writing never blocks the event loop and never raises into the caller. Pipes and sockets
@@ -46,6 +47,7 @@ __all__ = [
     "format_envoy_default",
     "format_json",
     "format_start_time",
+    "FORMATTERS",
     "join_flags",
     "long_flags",
 ]
@@ -130,6 +132,7 @@ class AccessLogRecord:
     upstream_cluster: str = "-"
     route_name: str = "-"
     trace_id: str = "-"
+    span_id: str = "-"                 # the proxy's span in that trace
 
 
 # ------------------------------------------------------------------------ formatting
@@ -196,10 +199,11 @@ def format_json(rec: AccessLogRecord) -> str:
         "upstream_host": _opt(rec.upstream_host),
         "upstream_cluster": _opt(rec.upstream_cluster),
         "trace_id": _opt(rec.trace_id),
+        "span_id": _opt(rec.span_id),
     }).decode() + "\n"
 
 
-_FORMATTERS: dict[str, Callable[[AccessLogRecord], str]] = {
+FORMATTERS: dict[str, Callable[[AccessLogRecord], str]] = {
     "text": format_envoy_default,
     "json": format_json,
 }
@@ -216,12 +220,12 @@ class AccessLogWriter:
 
     def __init__(self, stream: TextIO | Any = None, fmt: str = "text", *,
                  flush_bytes: int = FLUSH_BYTES, max_pending_bytes: int = MAX_PENDING_BYTES):
-        if fmt not in _FORMATTERS and fmt != "off":
+        if fmt not in FORMATTERS and fmt != "off":
             raise ValueError(f"access log format must be text, json or off, not {fmt!r}")
         self.enabled = fmt != "off"
         self.format = fmt
         self.dropped = 0          # lines lost to a broken or persistently full stream
-        self._format = _FORMATTERS.get(fmt, format_envoy_default)
+        self._format = FORMATTERS.get(fmt, format_envoy_default)
         self._stream = sys.stdout if stream is None else stream
         self._flush_bytes = flush_bytes
         self._max_pending = max_pending_bytes
@@ -254,13 +258,14 @@ class AccessLogWriter:
 
     # -- hot path
 
-    def log(self, rec: AccessLogRecord) -> None:
+    def log(self, rec: AccessLogRecord, fmt: Callable[[AccessLogRecord], str] | None = None) -> None:
+        """Buffer one record, formatted with `fmt` (a listener's choice) or the writer's format."""
         if not self.enabled:
             return
         if self._broken:
             self.dropped += 1
             return
-        line = self._format(rec)
+        line = (fmt or self._format)(rec)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self._flush_bytes:

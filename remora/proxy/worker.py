@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import msgspec
 
@@ -22,7 +22,10 @@ from remora.proxy.listener import Listener, ListenerSettings
 from remora.proxy.outlier import OutlierDetector
 from remora.proxy.pool import PoolRegistry
 from remora.proxy.router import RouteTable, build_route_table
+from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
+from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
+from remora.proxy.tracing import Tracer
 
 
 @dataclass
@@ -45,6 +48,8 @@ class ProxyOptions:
     access_log_format: str = "text"     # text | json
     prometheus_port: int = 15090        # Istio's merged-metrics port (0: no such listener)
     istio_metrics: bool = True          # Istio's standard metrics and the metadata exchange
+    trace_sampling: float = 1.0         # percent of new traces sampled (randomSamplingPercentage)
+    otlp_endpoint: str | None = None    # OTLP/HTTP traces URL; no spans are recorded without it
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     identity: WorkloadIdentity = field(default_factory=WorkloadIdentity)
     control: str | None = None          # control server URL; config comes from it, not files
@@ -121,13 +126,15 @@ class Worker:
         self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
-        self.access_log = (AccessLogWriter(fmt=options.access_log_format)
-                           if options.access_log != "off" else AccessLogWriter.disabled())
+        # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
+        self.access_log = AccessLogWriter(fmt=options.access_log_format)
+        self.tracer = Tracer(options.identity, _span_exporter(options))
         self.listeners: list[Listener] = [
             Listener(self, "outbound", options.bind, options.outbound_port, False, options.listener)]
         if self.snapshot.inbound is not None:
             self.listeners.append(Listener(self, "inbound", options.inbound_bind,
                                            options.inbound_port, True, options.listener))
+        self.apply_telemetry(config)
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -137,14 +144,27 @@ class Worker:
     async def start(self, reuse_port: bool) -> None:
         for listener in self.listeners:
             await listener.start(reuse_port)
-        if self.access_log.enabled:
-            self.access_log.start(self.loop)
+        self.access_log.start(self.loop)
+        if self.tracer.exporter is not None:
+            self.tracer.exporter.start()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
         self.ready = True
 
     def apply(self, config: MeshConfig) -> None:
         """Swap in a new config version (requests in flight keep the old one)."""
         self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot)
+        self.apply_telemetry(config)
+
+    def apply_telemetry(self, config: MeshConfig) -> None:
+        """Resolve flags + Telemetry resources for this workload into each listener."""
+        options, identity = self.options, self.options.identity
+        defaults = TelemetryDefaults(access_log=options.access_log != "off",
+                                     access_log_format=options.access_log_format,
+                                     sampling_percent=options.trace_sampling,
+                                     otlp=options.otlp_endpoint is not None)
+        self.telemetry = resolve(config.telemetries, identity.namespace, identity.labels, defaults)
+        for listener in self.listeners:
+            listener.set_telemetry(self.telemetry[SERVER if listener.inbound else CLIENT])
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -197,6 +217,8 @@ class Worker:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.access_log.close()
+        if self.tracer.exporter is not None:
+            self.tracer.exporter.close()
 
     # -- what admin reads --------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -223,6 +245,7 @@ class Worker:
         out["server.concurrency"] = 1
         out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
         out["access_log.dropped"] = self.access_log.dropped
+        out.update(self.tracer.stats())
         return out
 
     def clusters(self) -> list[dict]:
@@ -248,7 +271,8 @@ class Worker:
         cfg = snap.config
         resources = {}
         for kind, items in (("ServiceEntry", cfg.service_entries), ("WorkloadEntry", cfg.workload_entries),
-                            ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules)):
+                            ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules),
+                            ("Telemetry", cfg.telemetries)):
             resources[kind] = [{"name": r.name, "namespace": r.namespace, "source": r.source,
                                 "spec": msgspec.to_builtins(r.spec)} for r in items]
         return {
@@ -257,9 +281,23 @@ class Worker:
             "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}"} for l in self.listeners],
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
+            "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
             "warnings": list(cfg.warnings),
             "resources": resources,
         }
+
+
+def _span_exporter(options: ProxyOptions) -> SpanExporter | None:
+    """The OTLP exporter of this worker, or None: without --otlp-endpoint no span is recorded."""
+    if options.otlp_endpoint is None:
+        return None
+    identity = options.identity
+    return SpanExporter(options.otlp_endpoint, {
+        "service.name": f"{identity.app}.{identity.namespace}",
+        "service.version": identity.version,
+        "service.instance.id": identity.id,
+        "k8s.namespace.name": identity.namespace,
+    })
 
 
 def gauge_names(stats: dict[str, int]) -> frozenset[str]:

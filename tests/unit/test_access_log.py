@@ -100,7 +100,7 @@ def test_json_keys_types_and_nulls():
         "start_time", "route_name", "method", "path", "protocol", "response_code",
         "response_flags", "bytes_received", "bytes_sent", "duration", "upstream_service_time",
         "x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host",
-        "upstream_cluster", "trace_id",
+        "upstream_cluster", "trace_id", "span_id",
     ]
     assert obj["start_time"] == "2016-04-15T20:17:00.310Z"
     assert obj["response_code"] == 503 and obj["duration"] == 12 and obj["bytes_sent"] == 91

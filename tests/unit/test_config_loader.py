@@ -373,7 +373,7 @@ def test_supported_api_versions(api_version: str) -> None:
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1", "WorkloadGroup"),
         ("networking.istio.io/v1beta1", "ProxyConfig"),
-        ("telemetry.istio.io/v1", "Telemetry"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
         ("linkerd.io/v1alpha2", "ServiceProfile"),
         ("consul.hashicorp.com/v1alpha1", "ServiceIntentions"),

@@ -134,6 +134,7 @@ class FakeListener:
     def __init__(self) -> None:
         self.loop = FakeLoop()
         self.draining = False
+        self.sample_ratio = 0.0
         self.log: list = []
         self.exchanges: list[FakeExchange] = []
         self.local: list[Exchange] = []

@@ -1,0 +1,302 @@
+"""Trace context: W3C Trace Context and B3 propagation, the sampling decision, span records.
+
+Rules this module keeps:
+
+- Extraction: a valid `traceparent` (W3C) is read first, then the single `b3` header,
+  then the X-B3-* headers. Every format that came in goes out again, all carrying the
+  proxy's span: the same trace id, a new span id (the proxy's own), whose parent is the
+  span that came in. With no context at all the request starts a new trace, sent out as
+  W3C `traceparent` (Istio's default with an OpenTelemetry provider).
+- Invalid values (wrong length, not lower-case hex, all-zero ids, W3C version ff) are
+  ignored as if absent, as the W3C spec asks: the request then starts a new trace.
+  `tracestate` travels unchanged, and only with a valid `traceparent`.
+- Sampling is parent-based: an incoming decision (W3C sampled flag, X-B3-Sampled, the b3
+  sampling state, B3 debug) is kept; without one a decision is drawn with the listener's
+  ratio (Istio's randomSamplingPercentage / 100). B3 debug is forwarded as debug.
+- Unsampled requests pay only for ids and header bytes: ids are ints from
+  random.getrandbits, formatted once into the outgoing header lines; no span object.
+- A sampled request, when spans are reported, gets one SpanRecord at the end of its
+  exchange, built from times the exchange keeps anyway; the exporter (otlp.py) turns
+  records into OTLP off the event loop.
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+
+__all__ = ["B3_MULTI", "B3_SINGLE", "W3C", "SpanRecord", "TraceContext", "Tracer", "begin", "inject"]
+
+W3C, B3_MULTI, B3_SINGLE = 1, 2, 4
+CLIENT, SERVER = "client", "server"   # span kinds: outbound listener, inbound listener
+
+# The lower-cased request header names that carry a trace context. The downstream codec
+# takes them out of the forwarded headers (they are re-written for the proxy's span).
+TRACE_HEADERS = frozenset({
+    b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
+})
+
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
+_HEX16 = re.compile(rb"[0-9a-fA-F]{16}\Z")
+_HEX16_32 = re.compile(rb"(?:[0-9a-fA-F]{16}){1,2}\Z")
+_ODD_HEX = frozenset(b"13579bdf")
+_SAMPLED = {b"1": True, b"true": True, b"0": False, b"false": False}
+
+_bits = random.getrandbits
+_random = random.random
+
+
+class TraceContext:
+    """The proxy's span in a trace: ids as ints, the decision, and how to send it on."""
+
+    __slots__ = ("trace_id", "span_id", "parent_id", "sampled", "formats", "tracestate",
+                 "debug", "short_id")
+
+    def __init__(self, trace_id: int, span_id: int, parent_id: int, sampled: bool,
+                 formats: int, tracestate: bytes | None = None, debug: bool = False,
+                 short_id: bool = False) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id          # the proxy's span: what the upstream sees as parent
+        self.parent_id = parent_id      # the span that came in (0: the proxy's span is a root)
+        self.sampled = sampled
+        self.formats = formats          # W3C | B3_MULTI | B3_SINGLE: what goes out
+        self.tracestate = tracestate
+        self.debug = debug
+        self.short_id = short_id        # a 64-bit B3 trace id: B3 keeps sending 16 hex digits
+
+    @property
+    def trace_hex(self) -> str:
+        return "%032x" % self.trace_id
+
+    @property
+    def span_hex(self) -> str:
+        return "%016x" % self.span_id
+
+
+def _new_id(bits: int) -> int:
+    return _bits(bits) or 1   # all-zero ids are invalid in both formats
+
+
+def begin(trace_in: list | None, ratio: float) -> TraceContext:
+    """The proxy's span for a request whose trace headers were `trace_in` ([(lname, value)])."""
+    if trace_in is None:
+        return TraceContext(_bits(128) or 1, _bits(64) or 1, 0, _random() < ratio, W3C)
+    if len(trace_in) == 1 and trace_in[0][0] == b"traceparent":
+        # The common case inside a mesh: one traceparent from the previous hop.
+        ctx = _from_traceparent(trace_in[0][1], None)
+        if ctx is not None:
+            ctx.span_id = _bits(64) or 1
+            return ctx
+    headers: dict[bytes, bytes] = {}
+    traceparents = 0
+    for name, value in trace_in:
+        if name == b"tracestate" and name in headers:
+            headers[name] += b"," + value        # several tracestate lines are one list
+        else:
+            traceparents += name == b"traceparent"
+            headers.setdefault(name, value)
+    ctx = None
+    if traceparents == 1:
+        ctx = _from_traceparent(headers[b"traceparent"], headers.get(b"tracestate"))
+    b3 = headers.get(b"b3")
+    if b3 is not None:
+        single = _from_b3_single(b3)
+        ctx = _merge(ctx, single, B3_SINGLE)
+    if any(name.startswith(b"x-b3-") for name in headers):
+        ctx = _merge(ctx, _from_b3_multi(headers), B3_MULTI)
+    if ctx is None:
+        return TraceContext(_new_id(128), _new_id(64), 0, _random() < ratio, W3C)
+    if ctx.sampled is None:
+        ctx.sampled = _random() < ratio
+    ctx.span_id = _new_id(64)
+    return ctx
+
+
+def _from_traceparent(value: bytes, tracestate: bytes | None) -> TraceContext | None:
+    m = _TRACEPARENT.match(value)
+    if m is None:
+        return None
+    version, trace, parent, flags, rest = m.groups()
+    if version == b"ff" or (rest is not None and version == b"00"):
+        return None
+    trace_id, parent_id = int(trace, 16), int(parent, 16)
+    if not trace_id or not parent_id:
+        return None
+    # The sampled flag is the lowest bit: the second hex digit is odd.
+    return TraceContext(trace_id, 0, parent_id, flags[1] in _ODD_HEX, W3C, tracestate)
+
+
+def _from_b3_single(value: bytes) -> TraceContext | None:
+    """`b3: {trace}-{span}[-{sampling}[-{parent}]]` or a bare sampling state `0|1|d`."""
+    parts = value.strip().split(b"-")
+    if len(parts) == 1:
+        state = parts[0]
+        if state in (b"0", b"1", b"d"):
+            return TraceContext(0, 0, 0, state != b"0", 0, debug=state == b"d")
+        return None
+    if len(parts) > 4 or not _HEX16_32.match(parts[0]) or not _HEX16.match(parts[1]):
+        return None
+    sampled = debug = None
+    if len(parts) >= 3:
+        state = parts[2]
+        if state not in (b"0", b"1", b"d"):
+            return None
+        sampled, debug = state != b"0", state == b"d"
+    trace_id, span_id = int(parts[0], 16), int(parts[1], 16)
+    if not trace_id or not span_id:
+        return None
+    return TraceContext(trace_id, 0, span_id, sampled, 0, debug=bool(debug),
+                        short_id=len(parts[0]) == 16)
+
+
+def _from_b3_multi(headers: dict[bytes, bytes]) -> TraceContext | None:
+    debug = headers.get(b"x-b3-flags", b"").strip() == b"1"
+    sampled = True if debug else _SAMPLED.get(headers.get(b"x-b3-sampled", b"").strip().lower())
+    trace, span = headers.get(b"x-b3-traceid", b"").strip(), headers.get(b"x-b3-spanid", b"").strip()
+    if _HEX16_32.match(trace) and _HEX16.match(span) and int(trace, 16) and int(span, 16):
+        return TraceContext(int(trace, 16), 0, int(span, 16), sampled, 0, debug=debug,
+                            short_id=len(trace) == 16)
+    if sampled is None:
+        return None
+    return TraceContext(0, 0, 0, sampled, 0, debug=debug)   # a decision without ids
+
+
+def _merge(ctx: TraceContext | None, other: TraceContext | None, fmt: int) -> TraceContext:
+    """Add a B3 reading to what was read so far: W3C ids win, B3 fills in what is missing."""
+    if ctx is None:
+        ctx = other or TraceContext(0, 0, 0, None, 0)
+        ctx.formats |= fmt
+    else:
+        ctx.formats |= fmt
+        if other is not None:
+            ctx.debug = ctx.debug or other.debug
+            if not ctx.trace_id and other.trace_id:
+                ctx.trace_id, ctx.parent_id, ctx.short_id = other.trace_id, other.parent_id, other.short_id
+            if ctx.sampled is None:
+                ctx.sampled = other.sampled
+    if not ctx.trace_id:
+        ctx.trace_id = _new_id(128)    # a sampling decision alone: a new trace keeps it
+    return ctx
+
+
+def inject(ctx: TraceContext) -> bytes:
+    """The trace header lines sent upstream for the proxy's span."""
+    formats = ctx.formats
+    if formats == W3C:   # the common case: one format, no tracestate
+        if ctx.tracestate is None:
+            return b"traceparent: 00-%032x-%016x-%s\r\n" % (
+                ctx.trace_id, ctx.span_id, b"01" if ctx.sampled else b"00")
+    out = []
+    if formats & W3C:
+        out.append(b"traceparent: 00-%032x-%016x-%s\r\n" % (
+            ctx.trace_id, ctx.span_id, b"01" if ctx.sampled else b"00"))
+        if ctx.tracestate:
+            out.append(b"tracestate: %s\r\n" % ctx.tracestate)
+    trace = (b"%016x" % ctx.trace_id) if ctx.short_id else (b"%032x" % ctx.trace_id)
+    if formats & B3_MULTI:
+        out.append(b"x-b3-traceid: %s\r\nx-b3-spanid: %016x\r\n" % (trace, ctx.span_id))
+        if ctx.parent_id:
+            out.append(b"x-b3-parentspanid: %016x\r\n" % ctx.parent_id)
+        out.append(b"x-b3-flags: 1\r\n" if ctx.debug else
+                   b"x-b3-sampled: 1\r\n" if ctx.sampled else b"x-b3-sampled: 0\r\n")
+    if formats & B3_SINGLE:
+        state = b"d" if ctx.debug else b"1" if ctx.sampled else b"0"
+        line = b"b3: %s-%016x-%s" % (trace, ctx.span_id, state)
+        if ctx.parent_id:
+            line += b"-%016x" % ctx.parent_id
+        out.append(line + b"\r\n")
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------- spans
+
+class SpanRecord:
+    """One finished span, as plain values; turned into OTLP by the exporter thread."""
+
+    __slots__ = ("name", "kind", "trace_id", "span_id", "parent_id", "tracestate",
+                 "start_ns", "end_ns", "attributes", "error")
+
+    def __init__(self, name: str, kind: str, ctx: TraceContext, start_ns: int, end_ns: int,
+                 attributes: dict, error: bool) -> None:
+        self.name = name
+        self.kind = kind
+        self.trace_id = ctx.trace_id
+        self.span_id = ctx.span_id
+        self.parent_id = ctx.parent_id
+        self.tracestate = ctx.tracestate
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.attributes = attributes
+        self.error = error
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+class Tracer:
+    """Per worker: the span sink (an exporter, or None when spans are not reported),
+    the attributes every span of this sidecar carries, and the span counter."""
+
+    def __init__(self, identity, exporter=None) -> None:
+        self.exporter = exporter
+        self.spans_started = 0
+        self.common = {
+            "node_id": identity.id,
+            "component": "proxy",
+            "istio.canonical_service": identity.app,
+            "istio.canonical_revision": identity.version,
+            "istio.namespace": identity.namespace,
+        }
+
+    def finish(self, exchange, kind: str, loop_now: float) -> None:
+        """Record the span of a finished, sampled exchange (only called when reporting)."""
+        exporter = self.exporter
+        if exporter is None:
+            return
+        self.spans_started += 1
+        head = exchange.head
+        end_ns = time.time_ns()
+        start_ns = end_ns - int((loop_now - exchange.started_at) * 1e9)
+        cluster = exchange.cluster
+        method = _text(head.method)
+        status = exchange.status
+        authority = _text(head.authority)
+        attributes = {
+            **self.common,
+            "guid:x-request-id": _text(head.request_id),
+            "http.method": method,
+            "http.request.method": method,
+            "http.url": f"{_text(head.scheme)}://{authority}{_text(head.path)}",
+            "http.protocol": "HTTP/" + head.version.decode(),
+            "http.status_code": status,
+            "http.response.status_code": status,
+            "response_flags": exchange.flags,
+            "request_size": exchange.bytes_received,
+            "response_size": exchange.bytes_sent,
+            "upstream_cluster": cluster.name if cluster is not None else "-",
+            "upstream_cluster.name": cluster.name if cluster is not None else "-",
+            "upstream_address": exchange.upstream_host,
+            "peer.address": _text(head.peer_ip),
+        }
+        if head.user_agent:
+            attributes["user_agent"] = _text(head.user_agent)
+        error = status >= 500 or status == 0
+        if error:
+            attributes["error"] = True
+        if kind == CLIENT and cluster is not None:
+            name = f"{cluster.service}:{cluster.port}/*"
+        else:
+            name = f"{authority}/*"
+        exporter.submit(SpanRecord(name, kind, exchange.trace, start_ns, end_ns, attributes, error))
+
+    def stats(self) -> dict[str, int]:
+        """tracing.* counters for admin /stats."""
+        exporter = self.exporter
+        return {
+            "tracing.spans_started": self.spans_started,
+            "tracing.spans_exported": exporter.exported if exporter else 0,
+            "tracing.spans_dropped": exporter.dropped if exporter else 0,
+            "tracing.export_errors": exporter.export_errors if exporter else 0,
+        }
