@@ -237,6 +237,17 @@ def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
     return _build(_parse_yaml(text, source, collector), collector)
 
 
+def parse_documents(text: str, source: str) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
+    """Parse one (multi-document) YAML text into (document, source) pairs for `build_mesh_config`.
+
+    Returns the documents read before any YAML error, and the error as an issue, so that a
+    caller validating several texts can report every problem of the set in one go.
+    """
+    collector = _Collector()
+    documents = _parse_yaml(text, source, collector)
+    return [(document.body, source) for document in documents], collector.ordered_issues()
+
+
 def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = True) -> MeshConfig:
     """Validate already-parsed documents, each with the source it came from.
 
