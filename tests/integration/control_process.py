@@ -98,6 +98,11 @@ class ControlProcess:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; control stderr:\n{self.stderr()}")
 
+    def wait_served(self) -> str:
+        """Wait until the debounced push of the latest accepted version happened; return it."""
+        return self.wait_until(lambda: (c := self.status()["config"])["served_version"] == c["version"]
+                               and c["version"], what="the latest version to be served")
+
     def write_file(self, name: str, text: str) -> None:
         """Write a config file atomically (temp + rename), as a careful operator or tool would."""
         tmp = os.path.join(self.config_dir, f".{name}.tmp")
