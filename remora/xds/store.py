@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.config.loader import (
-    SPEC_TYPES, ConfigError, ConfigIssue, build_mesh_config, parse_documents,
+    SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents,
 )
 from remora.config.model import MeshConfig, Resource
 
@@ -38,10 +38,11 @@ Documents = list[tuple[Any, str]]  # (parsed YAML document, where it came from)
 
 # ---- reading and validating (shared with `remora analyze`) -------------------------------
 
-def validate_documents(docs: Documents, issues: Sequence[ConfigIssue] = ()) -> MeshConfig:
+def validate_documents(docs: Documents, issues: Sequence[ConfigIssue] = (),
+                       cache: SpecCache | None = None) -> MeshConfig:
     """The one validation of a whole config set: strict references, every problem at once."""
     try:
-        config = build_mesh_config(list(docs), strict_references=True)
+        config = build_mesh_config(list(docs), strict_references=True, cache=cache)
     except ConfigError as error:
         raise ConfigError([*issues, *error.issues]) from None
     if issues:
@@ -169,6 +170,7 @@ class ConfigStore:
         self.config = MeshConfig()
         self.state = ConfigState()
         self._index: dict[str, Resource] = {}
+        self._specs = SpecCache()   # unchanged documents are not re-checked on every change
 
     # -- lifecycle
 
@@ -314,7 +316,7 @@ class ConfigStore:
         user = list(file_docs) + [(applied[ref].document, applied[ref].source) for ref in sorted(applied)]
         user_refs = {identity(body) for body, _ in user}
         extra = [(body, source) for body, source in self.extra(user) if identity(body) not in user_refs]
-        config = validate_documents(user + extra, issues)
+        config = validate_documents(user + extra, issues, self._specs)
         return config, frozenset(identity(body) for body, _ in extra)
 
     def _accept(self, config: MeshConfig, registry_refs: frozenset[str], reason: str) -> None:
