@@ -157,3 +157,19 @@ def test_registry_documents_are_validated_with_the_set_and_give_way_to_user_reso
         s.apply("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: auto-x}\n"
                 "spec: {address: 10.0.0.1}\n", "w.yaml")
     assert refused.value.status == 409
+
+
+def test_spec_cache_reuses_unchanged_documents_but_still_checks_references():
+    """A cached (unchanged) document is not re-checked alone, yet references to removed hosts still fail."""
+    from remora.config.loader import SpecCache, build_mesh_config, parse_documents
+    se_docs, _ = parse_documents(SE, "se.yaml")
+    vs_docs, _ = parse_documents(vs("front"), "vs.yaml")
+    cache = SpecCache()
+    first = build_mesh_config(se_docs + vs_docs, cache=cache)
+    assert len(cache.entries) == 2
+    assert build_mesh_config(se_docs + vs_docs, cache=cache).version == first.version
+    with pytest.raises(ConfigError, match="unknown destination host 'reviews'"):
+        build_mesh_config(vs_docs, cache=cache)
+    bad, _ = parse_documents(vs("front", timeout="soon"), "vs.yaml")
+    with pytest.raises(ConfigError, match="invalid duration"):
+        build_mesh_config(se_docs + bad, cache=cache)
