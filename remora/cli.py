@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | analyze | bench ...`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | analyze`."""
 from __future__ import annotations
 
 import argparse
@@ -94,7 +94,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
+    _add_control_commands(sub)
     return parser
+
+
+CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config")
+
+
+def _add_control_commands(sub) -> None:
+    control = sub.add_parser("control", help="run the control server (config API + sidecar streams)")
+    control.add_argument("--config-dir", required=True, metavar="DIR",
+                         help="directory of Istio YAML files, watched for changes")
+    control.add_argument("--listen", default="127.0.0.1:15010", metavar="HOST:PORT")
+    control.add_argument("--state-dir", default=None, metavar="DIR",
+                         help="where resources applied through the API persist (default: memory only)")
+    control.add_argument("--trust-domain", default="cluster.local")
+    control.add_argument("--grace-period", type=_seconds, default=10.0,
+                         help="how long a disconnected sidecar stays registered")
+    control.add_argument("--debounce", type=_seconds, default=0.1,
+                         help="quiet time after a change before pushing")
+    control.add_argument("--max-debounce", type=_seconds, default=1.0,
+                         help="longest a push waits under a constant stream of changes")
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_)
+        parser.add_argument("--control", default=None, metavar="URL",
+                            help="control server URL (default $REMORA_CONTROL or http://127.0.0.1:15010)")
+        return parser
+
+    apply = client("apply", "create or update resources from YAML (like kubectl apply)")
+    apply.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
+                       help="YAML file, or - for stdin (repeatable)")
+    get = client("get", "list resources, or show one")
+    get.add_argument("kind", help="ServiceEntry|WorkloadEntry|VirtualService|DestinationRule, or se|we|vs|dr")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-n", "--namespace", default=None, help="namespace (default: all for a list, default for a name)")
+    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    delete = client("delete", "delete a resource applied through the API")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.add_argument("-n", "--namespace", default="default")
+    client("status", "sidecars and how their config is synced (like istioctl proxy-status)")
+    proxy_config = client("proxy-config", "a sidecar's routes, clusters or endpoints, from its admin server")
+    proxy_config.add_argument("what", choices=["routes", "clusters", "endpoints"])
+    proxy_config.add_argument("sidecar", help="node id (or a unique prefix) as `remora status` shows it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         return _proxy(args)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command == "control":
+        from remora.xds.commands import run_control
+        return run_control(args)
+    if args.command in CLIENT_COMMANDS:
+        from remora.xds.commands import run_client
+        return run_client(args.command, args)
     return 2
 
 
@@ -119,9 +168,18 @@ def _load(paths):
 
 
 def _analyze(args) -> int:
-    config = _load(args.paths)
-    if config is None:
+    # The control server's own validation (files read and checked the same way), so a
+    # directory that passes here is accepted by `remora control --config-dir`.
+    from remora.config.loader import ConfigError
+    from remora.xds.store import read_sources, validate_documents
+    docs, issues, warnings = read_sources(args.paths)
+    try:
+        config = validate_documents(docs, issues)
+    except ConfigError as err:
+        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
         return 1
+    for warning in warnings:
+        print(f"warning: {warning}")
     for warning in config.warnings:
         print(f"warning: {warning}")
     print(f"ok: configuration version {config.version} is valid")

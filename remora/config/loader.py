@@ -247,7 +247,33 @@ def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
     return _build(_parse_yaml(text, source, collector), collector)
 
 
-def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = True) -> MeshConfig:
+def parse_documents(text: str, source: str) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
+    """Parse one (multi-document) YAML text into (document, source) pairs for `build_mesh_config`.
+
+    Returns the documents read before any YAML error, and the error as an issue, so that a
+    caller validating several texts can report every problem of the set in one go.
+    """
+    collector = _Collector()
+    documents = _parse_yaml(text, source, collector)
+    return [(document.body, source) for document in documents], collector.ordered_issues()
+
+
+class SpecCache:
+    """Typed specs of documents that validated cleanly, keyed by the document object itself.
+
+    A long-lived caller that re-validates a large set after a small change (the control
+    server) passes the same parsed dicts again for unchanged documents; their schema and
+    per-resource checks are skipped. Cross-resource checks always run on the whole set.
+    Only entries used by the latest build are kept. Callers must not mutate the documents.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[Any, str, str, str, str, Any]] = {}
+        self.used: dict[int, tuple[Any, str, str, str, str, Any]] = {}
+
+
+def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = True,
+                      cache: SpecCache | None = None) -> MeshConfig:
     """Validate already-parsed documents, each with the source it came from.
 
     With `strict_references=False` a route destination naming an unknown host or subset is
@@ -261,17 +287,32 @@ def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = Tr
     for body, source in docs:
         per_source[source] = per_source.get(source, 0) + 1
         documents.append(_Document(body, source, per_source[source]))
-    return _build(documents, _Collector(), strict_references)
+    return _build(documents, _Collector(), strict_references, cache)
 
 
 # ---- building ---------------------------------------------------------------------------------
 
-def _build(documents: list[_Document], collector: _Collector, strict_references: bool = True) -> MeshConfig:
+def _load_cached(document: _Document, collector: _Collector, cache: SpecCache | None) -> _Loaded | None:
+    if cache is None:
+        return _load_document(document, collector)
+    hit = cache.entries.get(id(document.body))
+    if hit is not None and hit[0] is document.body:
+        cache.used[id(document.body)] = hit
+        return _Loaded(document, *hit[1:])
+    before = (len(collector.issues), len(collector.warnings))
+    item = _load_document(document, collector)
+    if item is not None and item.spec is not None and (len(collector.issues), len(collector.warnings)) == before:
+        cache.used[id(document.body)] = (document.body, item.kind, item.name, item.namespace, item.api_version, item.spec)
+    return item
+
+
+def _build(documents: list[_Document], collector: _Collector, strict_references: bool = True,
+           cache: SpecCache | None = None) -> MeshConfig:
     loaded: list[_Loaded] = []
     first_seen: dict[str, _Document] = {}
     for document in documents:
         collector.saw(document.source)
-        item = _load_document(document, collector)
+        item = _load_cached(document, collector, cache)
         if item is None:
             continue
         if item.ref in first_seen:
@@ -299,6 +340,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
+    if cache is not None:
+        cache.entries, cache.used = cache.used, {}
 
     if collector.issues:
         raise ConfigError(collector.ordered_issues())

@@ -149,9 +149,10 @@ class FakeControl:
         return self.wait_for(reply, timeout, f"the answer to push {nonce}")
 
     def push_all(self, version: str, clusters: list[dict], endpoints: list[dict],
-                 routes: list[dict]) -> list[protocol.DiscoveryRequest]:
-        """Push the three types in TYPE_ORDER at one version; return the three answers."""
+                 routes: list[dict], policies: list[dict] | None = None) -> list[protocol.DiscoveryRequest]:
+        """Push every type in TYPE_ORDER at one version; return the answers in that order."""
         nonces = [self.push(protocol.CLUSTERS, version, clusters),
                   self.push(protocol.ENDPOINTS, version, endpoints),
-                  self.push(protocol.ROUTES, version, routes)]
+                  self.push(protocol.ROUTES, version, routes),
+                  self.push(protocol.POLICIES, version, policies or [])]
         return [self.wait_reply(n) for n in nonces]

@@ -128,7 +128,7 @@ def start_sidecar(control_url: str, *extra: str, state_dir: str | None = None, *
 
 def configure(control: FakeControl, ports: dict[str, int], version: str = "v1", subset: str = "v1"):
     answers = control.push_all(version, CLUSTERS, endpoints(ports), routes(subset))
-    assert [a.error_detail for a in answers] == [None, None, None], answers
+    assert [a.error_detail for a in answers] == [None] * len(protocol.TYPE_ORDER), answers
     return answers
 
 
@@ -190,7 +190,7 @@ def test_pushed_config_routes_requests_and_is_acked(control, upstreams):
         assert dump["resources"]["VirtualService"][0]["source"] == "xds:routes@v1"
         values = stats(p)
         assert values["control_plane.connected"] == 1
-        assert values["control_plane.pushes_received"] == 3
+        assert values["control_plane.pushes_received"] == len(protocol.TYPE_ORDER)
         assert values["control_plane.rejected"] == 0
         prom = p.admin_get("/stats/prometheus")
         assert "# TYPE envoy_control_plane_connected gauge" in prom
@@ -322,7 +322,8 @@ def test_two_workers_apply_every_push_before_the_ack(control, upstreams):
         assert {served_by(p.outbound_port) for _ in range(30)} == {"v2"}
         values = stats(p)
         assert values["server.concurrency"] == 2
-        assert values["control_plane.pushes_received"] == 5 and values["control_plane.rejected"] == 1
+        assert values["control_plane.pushes_received"] == len(protocol.TYPE_ORDER) + 2
+        assert values["control_plane.rejected"] == 1
         assert admin_json(p, "/config_dump")["xds"]["types"]["routes"]["version"] == "v2"
 
 

@@ -36,10 +36,10 @@ def push(type_url: str, version: str, resources: list[dict], nonce: str = "n1") 
 
 
 def held_state() -> XdsState:
-    """Clusters v1 (reviews) and routes v1 (to reviews) accepted; endpoints v1 empty."""
+    """Clusters v1 (reviews) and routes v1 (to reviews) accepted; endpoints and policies v1 empty."""
     state = XdsState()
     for type_url, resources in ((protocol.CLUSTERS, [service_entry()]), (protocol.ENDPOINTS, []),
-                                (protocol.ROUTES, [virtual_service()])):
+                                (protocol.ROUTES, [virtual_service()]), (protocol.POLICIES, [])):
         state.accept(state.candidate(push(type_url, "v1", resources)))
     return state
 
@@ -112,11 +112,12 @@ def test_subscriptions_carry_the_versions_held_in_type_order():
     state = XdsState()
     state.accept(state.candidate(push(protocol.ENDPOINTS, "e3", [])))
     assert [(r.type_url, r.version_info, r.response_nonce) for r in state.subscriptions()] == \
-        [(protocol.CLUSTERS, "", ""), (protocol.ENDPOINTS, "e3", ""), (protocol.ROUTES, "", "")]
+        [(protocol.CLUSTERS, "", ""), (protocol.ENDPOINTS, "e3", ""), (protocol.ROUTES, "", ""),
+         (protocol.POLICIES, "", "")]
 
 
 def test_state_is_complete_only_when_every_type_was_accepted():
-    """The sidecar counts as configured once clusters, endpoints and routes have each been accepted."""
+    """The sidecar counts as configured once every type (clusters, endpoints, routes, policies) was accepted."""
     state = XdsState()
     for type_url in protocol.TYPE_ORDER:
         assert not state.complete

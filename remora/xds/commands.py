@@ -1,0 +1,256 @@
+"""The control-side commands: `remora control` and its clients `apply | get | delete | status |
+proxy-config`.
+
+The clients speak the REST API with the standard library (urllib), so they start fast and
+need nothing the proxy does not. Every failure prints one clear line (or the server's list
+of errors) to stderr and exits 1; a server that cannot be reached is named with its URL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import yaml
+
+from remora.xds.kinds import UnknownKind, resolve_kind
+from remora.xds.tables import format_table, proxy_config_rows, status_rows
+
+DEFAULT_CONTROL = "http://127.0.0.1:15010"
+TIMEOUT = 30.0
+
+
+class ControlUnavailable(Exception):
+    """The control server (or a sidecar's admin server) could not be reached."""
+
+
+def control_url(given: str | None) -> str:
+    return (given or os.environ.get("REMORA_CONTROL") or DEFAULT_CONTROL).rstrip("/")
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One HTTP exchange: (status, body); any HTTP status is an answer, not an exception."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ControlUnavailable(f"cannot reach {url.split('?')[0]}: {reason}") from None
+
+
+def _json(status: int, body: bytes) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"error": f"HTTP {status}: {body[:200].decode(errors='replace')}"}
+
+
+def _fail(answer: dict) -> int:
+    print(f"error: {answer.get('error', 'unknown error')}", file=sys.stderr)
+    for line in answer.get("errors", []):
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+# ---- apply / get / delete ------------------------------------------------------------------
+
+def cmd_apply(args) -> int:
+    base = control_url(args.control)
+    code = 0
+    for path in args.filename:
+        if path == "-":
+            text, source = sys.stdin.read(), "<stdin>"
+        else:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as error:
+                print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
+                return 1
+            source = path
+        status, body = request(f"{base}/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
+                               text.encode(), {"Content-Type": "application/yaml"})
+        answer = _json(status, body)
+        if status != 200:
+            code = _fail(answer)
+            continue
+        for item in answer["results"]:
+            print(f"{item['resource']} {item['action']}")
+        for warning in answer.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    return code
+
+
+def cmd_get(args) -> int:
+    base = control_url(args.control)
+    kind = resolve_kind(args.kind)
+    if args.name:
+        namespace = args.namespace or "default"
+        fmt = "yaml" if args.output == "yaml" else "json"
+        status, body = request(f"{base}/v1/resources/{kind}/{namespace}/{urllib.parse.quote(args.name)}?format={fmt}")
+        if status != 200:
+            return _fail(_json(status, body))
+        if args.output in ("yaml", "json"):
+            sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
+            return 0
+        document = json.loads(body)
+        annotations = document["metadata"].get("annotations", {})
+        items = [{"namespace": namespace, "name": args.name, "origin": annotations.get("remora.io/origin", ""),
+                  "source": annotations.get("remora.io/source", "")}]
+    else:
+        query = {"kind": kind, **({"namespace": args.namespace} if args.namespace else {})}
+        status, body = request(f"{base}/v1/resources?{urllib.parse.urlencode(query)}")
+        answer = _json(status, body)
+        if status != 200:
+            return _fail(answer)
+        items = answer["items"]
+        if args.output == "json":
+            print(json.dumps([item["document"] for item in items], indent=2))
+            return 0
+        if args.output == "yaml":
+            sys.stdout.write(yaml.safe_dump_all([item["document"] for item in items], sort_keys=False))
+            return 0
+        if not items:
+            where = f" in namespace {args.namespace}" if args.namespace else ""
+            print(f"No {kind} resources found{where}.", file=sys.stderr)
+            return 0
+    rows = [[i["namespace"], i["name"], i["origin"], i["source"]] for i in items]
+    print(format_table(["NAMESPACE", "NAME", "ORIGIN", "SOURCE"], rows), end="")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    base = control_url(args.control)
+    kind = resolve_kind(args.kind)
+    status, body = request(f"{base}/v1/resources/{kind}/{args.namespace}/{urllib.parse.quote(args.name)}", "DELETE")
+    answer = _json(status, body)
+    if status != 200:
+        return _fail(answer)
+    print(f"{kind}/{args.namespace}/{args.name} deleted")
+    return 0
+
+
+# ---- status / proxy-config -------------------------------------------------------------------
+
+def _status(base: str) -> dict:
+    status, body = request(f"{base}/v1/status")
+    answer = _json(status, body)
+    if status != 200:
+        raise ControlUnavailable(answer.get("error", f"HTTP {status}"))
+    return answer
+
+
+def cmd_status(args) -> int:
+    answer = _status(control_url(args.control))
+    config = answer["config"]
+    line = f"config version {config['version']} ({config['source']}, {config['updated_at']})"
+    if not config["files_valid"]:
+        line += "; config files INVALID, serving the last good version"
+    print(line)
+    error = config.get("last_error")
+    if error:
+        print(f"last error at {error['at']} ({error['source']}):")
+        for message in error["errors"]:
+            print(f"  {message}")
+    headers, rows = status_rows(answer["sidecars"])
+    print(format_table(headers, rows), end="")
+    return 0
+
+
+def _fetch_json(url: str) -> Any:
+    status, body = request(url)
+    if status != 200:
+        raise ControlUnavailable(f"{url} answered HTTP {status}")
+    return json.loads(body)
+
+
+def cmd_proxy_config(args) -> int:
+    answer = _status(control_url(args.control))
+    matches = [s for s in answer["sidecars"] if s["id"] == args.sidecar] or \
+              [s for s in answer["sidecars"] if s["id"].startswith(args.sidecar)]
+    if len(matches) != 1:
+        known = ", ".join(s["id"] for s in answer["sidecars"]) or "none connected"
+        what = "no sidecar" if not matches else "several sidecars"
+        print(f"error: {what} matching {args.sidecar!r} (sidecars: {known})", file=sys.stderr)
+        return 1
+    sidecar = matches[0]
+    if not sidecar.get("admin"):
+        print(f"error: sidecar {sidecar['id']} did not report an admin address", file=sys.stderr)
+        return 1
+    admin = f"http://{sidecar['admin']}"
+    dump = _fetch_json(f"{admin}/config_dump")
+    clusters = _fetch_json(f"{admin}/clusters?format=json") if args.what != "routes" else []
+    headers, rows = proxy_config_rows(args.what, dump, clusters)
+    print(f"sidecar {sidecar['id']} (admin {sidecar['admin']}), config version {dump.get('version', '?')}")
+    print(format_table(headers, rows), end="")
+    return 0
+
+
+def run_client(command: str, args) -> int:
+    """Run one client command; turn unreachable servers and unknown kinds into exit 1."""
+    handler = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "status": cmd_status,
+               "proxy-config": cmd_proxy_config}[command]
+    try:
+        return handler(args)
+    except (ControlUnavailable, UnknownKind) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+# ---- remora control --------------------------------------------------------------------------
+
+def run_control(args) -> int:
+    import asyncio
+
+    import uvloop
+
+    from remora.config.loader import ConfigError
+    from remora.xds.registry import split_host_port, InvalidNode
+    from remora.xds.server import ControlServer, ControlSettings
+    from remora.xds.store import StateError
+
+    try:
+        host, port = split_host_port(args.listen, "listen")
+    except InvalidNode:
+        print(f"remora: --listen: expected host:port, got {args.listen!r}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(args.config_dir):
+        print(f"remora: --config-dir {args.config_dir}: not a directory", file=sys.stderr)
+        return 2
+    settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
+                               trust_domain=args.trust_domain, grace_period=args.grace_period,
+                               debounce=args.debounce, max_debounce=args.max_debounce)
+    server = ControlServer(settings)
+    try:
+        server.load()
+    except ConfigError as error:
+        print(f"remora: invalid configuration, not starting\n{error}", file=sys.stderr)
+        return 1
+    except StateError as error:
+        print(f"remora: {error}", file=sys.stderr)
+        return 1
+    if args.state_dir is None:
+        server.log("warning: no --state-dir: resources applied through the API are lost on restart")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.serve(stop)
+
+    try:
+        uvloop.run(main())
+    except OSError as error:
+        print(f"remora: cannot start: {error}", file=sys.stderr)
+        return 1
+    return 0

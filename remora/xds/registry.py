@@ -1,0 +1,239 @@
+"""Sidecars known to the control server, and the resources their registration adds.
+
+Rules:
+- A sidecar is known from its `Hello` until it has been disconnected for the grace period
+  (default 10 s). A reconnect with the same node id within the grace period cancels the
+  removal, so a restarting sidecar or a network blip does not flap the endpoints of a
+  service.
+- One live stream per node id: a second `Hello` with the id of a live stream is refused
+  (`DuplicateNode`); the first stream keeps working. (Replacing the old stream would let two
+  sidecars misconfigured with one id take the registration from each other in a loop.)
+- A node with `service` and `inbound` set becomes a WorkloadEntry `auto-<node id>` in its
+  namespace: address and port from `inbound`, labels = node labels plus app=<service>,
+  serviceAccount. Its ports are keyed by the port names of the ServiceEntries for
+  <service> in that namespace, so those entries map them to the inbound port.
+- If no ServiceEntry in the node's namespace has the host <service>, one is synthesized
+  like a Kubernetes Service: `auto-<service>`, host <service>, port app_port named http,
+  STATIC, MESH_INTERNAL, selecting app=<service>.
+
+- With a state file (`--state-dir`), the known sidecars are saved on every change, and a
+  restarted control server restores them as *disconnected*, each with a fresh grace period.
+  Their endpoints stay in every push meanwhile, so a control-server restart does not
+  empty the services of the sidecars that are about to reconnect (Istio keeps
+  auto-registered WorkloadEntries in the API server for the same reason); a sidecar that
+  does not come back within the grace period is removed as usual.
+
+The registry keeps no timers itself: the caller asks `expire(now)` when a grace period may
+have run out, which keeps this module free of I/O (but the state file) and easy to test
+with a fake clock.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from remora.certs.files import PRIVATE_MODE, ensure_dir, write_atomically
+from remora.config.names import qualify_host
+from remora.xds.protocol import Node
+
+API_VERSION = "networking.istio.io/v1"
+REGISTRY_SOURCE = "registry"
+_NOT_NAME = re.compile(r"[^a-z0-9.-]+")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SERVICE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+class DuplicateNode(Exception):
+    """A node id that already has a live stream."""
+
+
+class InvalidNode(ValueError):
+    """A Hello whose node cannot be registered; the message names the field."""
+
+
+@dataclass
+class Registration:
+    """One sidecar, connected or within its grace period."""
+
+    node: Node
+    connected_at: float                # monotonic (registry clock)
+    connected_wall: float              # wall clock, for display
+    last_seen: float                   # wall clock of the last message on its stream
+    live: bool = True
+    removal_due: float | None = None   # monotonic time; set while disconnected
+
+
+def split_host_port(text: str, field: str) -> tuple[str, int]:
+    """"127.0.0.1:9080" or "[::1]:9080" -> (host, port); raise InvalidNode naming the field."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidNode(f"node.{field}: expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def check_node(node: Node) -> None:
+    """Raise InvalidNode for a node that cannot be registered or scoped."""
+    if not node.id.strip():
+        raise InvalidNode("node.id: must not be empty")
+    if not _NAMESPACE.fullmatch(node.namespace):
+        raise InvalidNode(f"node.namespace: {node.namespace!r} is not a DNS label (lowercase letters, digits, '-')")
+    if node.service is not None and not _SERVICE.fullmatch(node.service):
+        raise InvalidNode(f"node.service: {node.service!r} is not a valid service name")
+    if node.inbound is not None:
+        split_host_port(node.inbound, "inbound")
+    if node.admin is not None:
+        split_host_port(node.admin, "admin")
+    if node.app_port is not None and not 0 < node.app_port < 65536:
+        raise InvalidNode(f"node.app_port: {node.app_port} is not a port number")
+
+
+def entry_name(node_id: str) -> str:
+    """`auto-` + the node id as a resource name; a short hash keeps changed ids distinct."""
+    name = _NOT_NAME.sub("-", node_id.lower()).strip("-.")
+    if name != node_id:
+        name = f"{name[:200]}-{hashlib.sha256(node_id.encode()).hexdigest()[:6]}"
+    return f"auto-{name}"
+
+
+class Registry:
+    """Known sidecars by node id, and the WorkloadEntries / ServiceEntries they imply."""
+
+    def __init__(self, grace_period: float, clock: Callable[[], float] = time.monotonic,
+                 state_path: str | Path | None = None) -> None:
+        self.grace_period = grace_period
+        self.clock = clock
+        self.nodes: dict[str, Registration] = {}
+        self.state_path = Path(state_path) if state_path is not None else None
+
+    def restore(self) -> int:
+        """Load the sidecars saved before a restart, as disconnected with a fresh grace period;
+        return how many. A missing file is an empty registry; an unreadable one is reported
+        and ignored (the sidecars re-register when they reconnect)."""
+        if self.state_path is None or not self.state_path.exists():
+            return 0
+        try:
+            nodes = msgspec.json.decode(self.state_path.read_bytes(), type=list[Node])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
+            print(f"remora control: ignoring registry state {self.state_path}: {error}", file=sys.stderr)
+            return 0
+        now, wall = self.clock(), time.time()
+        for node in nodes:
+            self.nodes[node.id] = Registration(node, now, wall, wall, live=False,
+                                               removal_due=now + self.grace_period)
+        return len(nodes)
+
+    def _save(self) -> None:
+        """Write the known sidecars; a failure is reported, never fatal to a stream (the
+        registry in memory is still right; only a restart would forget the entry)."""
+        if self.state_path is None:
+            return
+        nodes = [self.nodes[node_id].node for node_id in sorted(self.nodes)]
+        try:
+            ensure_dir(self.state_path.parent)
+            write_atomically(self.state_path, msgspec.json.encode(nodes), PRIVATE_MODE)
+        except OSError as error:
+            print(f"remora control: cannot save registry state {self.state_path}: {error}", file=sys.stderr)
+
+    def connect(self, node: Node) -> Registration:
+        """Register a sidecar that sent Hello; raise DuplicateNode if its id has a live stream."""
+        now = self.clock()
+        known = self.nodes.get(node.id)
+        if known is not None and known.live:
+            raise DuplicateNode(f"node id {node.id!r} already has a live stream (connected "
+                                f"{now - known.connected_at:.0f}s ago); give each sidecar a unique --node-id")
+        wall = time.time()
+        self.nodes[node.id] = Registration(node, now, wall, wall)
+        self._save()
+        return self.nodes[node.id]
+
+    def disconnect(self, node_id: str) -> float:
+        """Its stream ended: schedule the removal; return the delay until it is due."""
+        registration = self.nodes.get(node_id)
+        if registration is not None and registration.live:
+            registration.live = False
+            registration.removal_due = self.clock() + self.grace_period
+        return self.grace_period
+
+    def expire(self) -> list[str]:
+        """Remove sidecars whose grace period ran out; return their ids."""
+        now = self.clock()
+        gone = [node_id for node_id, r in self.nodes.items()
+                if not r.live and r.removal_due is not None and r.removal_due <= now]
+        for node_id in gone:
+            del self.nodes[node_id]
+        if gone:
+            self._save()
+        return gone
+
+    def registers_endpoint(self, node: Node) -> bool:
+        return node.service is not None and node.inbound is not None
+
+    def documents(self, user_docs: list[tuple[Any, str]]) -> list[tuple[dict, str]]:
+        """The WorkloadEntries (and synthesized ServiceEntries) of the registered sidecars."""
+        ports_by_service = _declared_ports(user_docs)
+        docs: list[tuple[dict, str]] = []
+        synthesized: dict[tuple[str, str], dict] = {}
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id].node
+            if not self.registers_endpoint(node):
+                continue
+            host, port = split_host_port(node.inbound, "inbound")
+            key = (node.namespace, qualify_host(node.service, node.namespace))
+            names = ports_by_service.get(key)
+            if names is None:
+                names = ["http"]
+                synthesized.setdefault(key, _service_entry(node, port))
+            labels = {**node.labels}
+            labels.setdefault("app", node.service)
+            spec = {"address": host, "ports": {name: port for name in names or ["http"]}, "labels": labels,
+                    "serviceAccount": node.service_account}
+            docs.append((_document("WorkloadEntry", entry_name(node.id), node.namespace, spec),
+                         f"{REGISTRY_SOURCE} (sidecar {node.id})"))
+        docs += [(doc, REGISTRY_SOURCE) for _, doc in sorted(synthesized.items())]
+        return docs
+
+
+def _document(kind: str, name: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, "namespace": namespace},
+            "spec": spec}
+
+
+def _service_entry(node: Node, inbound_port: int) -> dict:
+    return _document("ServiceEntry", f"auto-{node.service}", node.namespace, {
+        "hosts": [node.service],
+        "ports": [{"number": node.app_port or inbound_port, "name": "http", "protocol": "HTTP"}],
+        "resolution": "STATIC", "location": "MESH_INTERNAL",
+        "workloadSelector": {"labels": {"app": node.service}},
+    })
+
+
+def _declared_ports(user_docs: list[tuple[Any, str]]) -> dict[tuple[str, str], list[str]]:
+    """(namespace, service FQDN) -> port names, for every ServiceEntry the users wrote.
+
+    Read from the raw documents (before validation, tolerating bad shapes: the validation
+    of the whole set reports those), because the registry's documents are part of the set.
+    """
+    found: dict[tuple[str, str], list[str]] = {}
+    for body, _ in user_docs:
+        if not isinstance(body, dict) or body.get("kind") != "ServiceEntry":
+            continue
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        namespace = metadata.get("namespace") or "default"
+        spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        hosts = spec.get("hosts") if isinstance(spec.get("hosts"), list) else []
+        ports = spec.get("ports") if isinstance(spec.get("ports"), list) else []
+        names = [p["name"] for p in ports if isinstance(p, dict) and isinstance(p.get("name"), str)]
+        for host in hosts:
+            if isinstance(host, str) and isinstance(namespace, str):
+                found.setdefault((namespace, qualify_host(host, namespace)), []).extend(names)
+    return found

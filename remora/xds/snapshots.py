@@ -1,0 +1,150 @@
+"""What each sidecar receives: per-scope snapshots of one config version, computed once.
+
+Rules:
+- A sidecar's *scope* decides which resources it needs. Today the scope key is its
+  namespace; `ScopeKey` is a frozen dataclass so later issues can add per-workload parts
+  (labels that select policies) without touching the cache.
+- Istio's `exportTo` on ServiceEntry, VirtualService and DestinationRule: empty or "*" =
+  every namespace, "." = the resource's own namespace, "~" = none, otherwise the listed
+  namespaces. A WorkloadEntry is visible when a visible ServiceEntry of its namespace
+  selects it (`workloadSelector`), as Istio scopes endpoints.
+- One `SnapshotCache` per config version: a scope's snapshot is computed at most once and
+  shared by every sidecar with that key; each resource is encoded once per version and
+  each type's list once per scope.
+- A type's `version_info` is a hash of that type's encoded list, so a change that leaves a
+  type's content alone (an endpoint moving leaves routes and clusters as they were) leaves
+  its version alone, and the stream does not resend it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from remora.config.model import MeshConfig, Resource
+from remora.proxy.telemetry_policy import ROOT_NAMESPACE
+from remora.xds.protocol import TYPE_KINDS, TYPE_ORDER, Node
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class ScopeKey:
+    """What decides the resources a sidecar gets (grows with per-workload policies)."""
+
+    namespace: str
+
+    @classmethod
+    def of(cls, node: Node) -> "ScopeKey":
+        return cls(node.namespace)
+
+
+def exported_to(export_to: list[str], owner_namespace: str, viewer_namespace: str) -> bool:
+    """Istio's exportTo: is a resource of `owner_namespace` visible from `viewer_namespace`?"""
+    if not export_to:
+        return True
+    for target in export_to:
+        if target == "*" or target == viewer_namespace or (target == "." and owner_namespace == viewer_namespace):
+            return True
+    return False
+
+
+def _visible(resource: Resource, namespace: str) -> bool:
+    return exported_to(resource.spec.export_to, resource.namespace, namespace)
+
+
+def _selects(selector_labels: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector_labels.items())
+
+
+def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resource]]:
+    """The resources of each type a sidecar with this scope needs, sorted by identity."""
+    ns = key.namespace
+    service_entries = [r for r in config.service_entries if _visible(r, ns)]
+    by_namespace: dict[str, list[Resource]] = {}
+    for we in config.workload_entries:
+        by_namespace.setdefault(we.namespace, []).append(we)
+    workload_entries: dict[str, Resource] = {}
+    for se in service_entries:
+        selector = se.spec.workload_selector
+        if selector is None:
+            continue
+        for we in by_namespace.get(se.namespace, ()):
+            if we.ref not in workload_entries and _selects(selector.labels, we.spec.labels):
+                workload_entries[we.ref] = we
+    chosen = {
+        "ServiceEntry": service_entries,
+        "DestinationRule": [r for r in config.destination_rules if _visible(r, ns)],
+        "WorkloadEntry": list(workload_entries.values()),
+        "VirtualService": [r for r in config.virtual_services if _visible(r, ns)],
+        # Telemetry applies mesh-wide from the root namespace, else within its own namespace
+        # (the sidecar then picks by its workload selector: telemetry_policy.resolve).
+        "Telemetry": [r for r in config.telemetries if r.namespace in (ROOT_NAMESPACE, ns)],
+    }
+    return {type_url: sorted((r for kind in kinds for r in chosen[kind]), key=lambda r: (r.kind, r.namespace, r.name))
+            for type_url, kinds in TYPE_KINDS.items()}
+
+
+class Snapshot:
+    """One scope's view of one config version: per type, its encoded resources and version."""
+
+    __slots__ = ("key", "config_version", "versions", "payloads", "counts")
+
+    def __init__(self, key: ScopeKey, config_version: str, encoded: dict[str, list[bytes]]) -> None:
+        self.key = key
+        self.config_version = config_version
+        self.payloads: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
+        self.counts: dict[str, int] = {}
+        for type_url in TYPE_ORDER:
+            payload = b"[" + b",".join(encoded[type_url]) + b"]"
+            self.payloads[type_url] = payload.decode()
+            self.versions[type_url] = hashlib.sha256(payload).hexdigest()[:12]
+            self.counts[type_url] = len(encoded[type_url])
+
+    def response_frame(self, type_url: str, nonce: str) -> str:
+        """A DiscoveryResponse as one text frame, the resource list pasted in pre-encoded.
+
+        Equal to `protocol.encode(DiscoveryResponse(...))` (a unit test checks it), without
+        re-encoding the resources for every sidecar.
+        """
+        return ('{"type":"response","type_url":' + _json_string(type_url)
+                + ',"version_info":' + _json_string(self.versions[type_url])
+                + ',"nonce":' + _json_string(nonce)
+                + ',"resources":' + self.payloads[type_url] + "}")
+
+
+def _json_string(text: str) -> str:
+    return _encode(text).decode()
+
+
+class SnapshotCache:
+    """Snapshots of one config version, by scope key, computed on first use."""
+
+    def __init__(self, config: MeshConfig, changed_at: float | None = None) -> None:
+        self.config = config
+        self.version = config.version
+        self.changed_at = changed_at    # when the change that made this version happened (monotonic)
+        self._encoded: dict[str, bytes] = {}
+        self._snapshots: dict[ScopeKey, Snapshot] = {}
+
+    def get(self, key: ScopeKey) -> Snapshot:
+        snapshot = self._snapshots.get(key)
+        if snapshot is None:
+            resources = scoped_resources(self.config, key)
+            snapshot = Snapshot(key, self.version, {t: [self._encode(r) for r in resources[t]] for t in TYPE_ORDER})
+            self._snapshots[key] = snapshot
+        return snapshot
+
+    def _encode(self, resource: Resource) -> bytes:
+        encoded = self._encoded.get(resource.ref)
+        if encoded is None:
+            encoded = self._encoded[resource.ref] = _encode(resource.document())
+        return encoded
+
+    def documents(self, key: ScopeKey) -> dict[str, list[dict[str, Any]]]:
+        """The documents a scope gets, decoded (for tests and debugging, not the hot path)."""
+        snapshot = self.get(key)
+        return {t: msgspec.json.decode(snapshot.payloads[t]) for t in TYPE_ORDER}

@@ -1,0 +1,140 @@
+"""Start `remora control` as a real subprocess on a free loopback port, and talk to it.
+
+Reusable by end-to-end tests: `ControlProcess(files)` writes the files into a fresh
+--config-dir, `wait_ready()` polls /healthz, `cli(...)` runs a `remora` client command
+against it, `restart()` keeps the config and state directories.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from tests.integration.upstreams import free_port
+
+
+class ControlProcess:
+    """A running control server: its URL, directories, log and a clean stop."""
+
+    def __init__(self, files: dict[str, str] | None = None, *extra: str, grace: str = "10s",
+                 debounce: str = "50ms", state: bool = True) -> None:
+        self.dir = tempfile.mkdtemp(prefix="remora-control-")
+        self.config_dir = os.path.join(self.dir, "config")
+        self.state_dir = os.path.join(self.dir, "state") if state else None
+        os.mkdir(self.config_dir)
+        for name, text in (files or {}).items():
+            self.write_file(name, text)
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "remora", "control", "--config-dir", self.config_dir,
+                     "--listen", f"127.0.0.1:{self.port}", "--grace-period", grace, "--debounce", debounce,
+                     *(["--state-dir", self.state_dir] if self.state_dir else []), *extra]
+        self.err_path = os.path.join(self.dir, "stderr.log")
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ControlProcess":
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.err_path, "ab"))
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> "ControlProcess":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"control exited {self.proc.returncode}: {self.stderr()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"control not ready: {self.stderr()}")
+
+    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, dict | str]:
+        """(status, JSON answer or text) of one API call."""
+        req = urllib.request.Request(f"{self.url}{path}", data=body.encode() if body is not None else None,
+                                     method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, raw = r.status, r.read().decode()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read().decode()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+    def get(self, path: str):
+        status, answer = self.request("GET", path)
+        assert status == 200, (path, status, answer)
+        return answer
+
+    def apply(self, text: str, source: str = "test.yaml") -> tuple[int, dict]:
+        return self.request("POST", f"/v1/apply?source={source}", text)
+
+    def status(self) -> dict:
+        return self.get("/v1/status")
+
+    def sidecar(self, node_id: str) -> dict | None:
+        return next((s for s in self.status()["sidecars"] if s["id"] == node_id), None)
+
+    def wait_until(self, predicate, timeout: float = 15.0, what: str = "condition"):
+        """Poll `predicate()` until it returns something truthy; fail naming `what`."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; control stderr:\n{self.stderr()}")
+
+    def wait_served(self) -> str:
+        """Wait until the debounced push of the latest accepted version happened; return it."""
+        return self.wait_until(lambda: (c := self.status()["config"])["served_version"] == c["version"]
+                               and c["version"], what="the latest version to be served")
+
+    def write_file(self, name: str, text: str) -> None:
+        """Write a config file atomically (temp + rename), as a careful operator or tool would."""
+        tmp = os.path.join(self.config_dir, f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(self.config_dir, name))
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run `remora <args>` against this server; returns the completed process (text)."""
+        env = {**os.environ, "REMORA_CONTROL": self.url}
+        return subprocess.run([sys.executable, "-m", "remora", *args], input=stdin, capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    def metrics(self) -> str:
+        status, text = self.request("GET", "/metrics")
+        assert status == 200
+        return text
+
+    def stderr(self) -> str:
+        with open(self.err_path) as f:
+            return f.read()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def restart(self) -> "ControlProcess":
+        assert self.stop() == 0, self.stderr()
+        return self.start().wait_ready()

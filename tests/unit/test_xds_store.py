@@ -1,0 +1,175 @@
+"""ConfigStore: one validation of the whole set, ownership of identities, persistence."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from remora.config.loader import ConfigError
+from remora.xds.store import APPLIED, FILE, REGISTRY, ChangeRefused, ConfigStore, StateError, identity
+
+SE = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  ports: [{number: 9080, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+"""
+
+
+def vs(name: str, dest: str = "reviews", timeout: str = "1s") -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  http: [{{timeout: {timeout}, route: [{{destination: {{host: {dest}}}}}]}}]
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "se.yaml").write_text(SE)
+    s = ConfigStore(tmp_path / "config", tmp_path / "state")
+    s.start()
+    return s
+
+
+def test_identity_defaults_the_namespace_like_the_loader():
+    """A document's identity is Kind/namespace/name, namespace `default` when absent; None without a name."""
+    assert identity({"kind": "VirtualService", "metadata": {"name": "a"}}) == "VirtualService/default/a"
+    assert identity({"kind": "VirtualService", "metadata": {"namespace": "x"}}) is None
+    assert identity("text") is None
+
+
+def test_apply_results_follow_what_changed(store):
+    """created for a new identity, configured for a changed spec, unchanged for the same spec."""
+    assert store.apply(vs("a"), "a.yaml").results == [("VirtualService/default/a", "created")]
+    assert store.apply(vs("a", timeout="2s"), "a.yaml").results == [("VirtualService/default/a", "configured")]
+    assert store.apply(vs("a", timeout="2s"), "a.yaml").results == [("VirtualService/default/a", "unchanged")]
+    assert store.origin("VirtualService/default/a") == APPLIED
+    assert store.origin("ServiceEntry/default/reviews") == FILE
+
+
+def test_invalid_apply_is_rejected_whole_and_keeps_the_config(store):
+    """One bad document refuses the whole apply (400) and the version does not move."""
+    version = store.config.version
+    with pytest.raises(ChangeRefused) as refused:
+        store.apply(vs("ok") + "---\n" + vs("bad", dest="nowhere"), "two.yaml")
+    assert refused.value.status == 400
+    assert refused.value.errors == [
+        "two.yaml: VirtualService/default/bad: spec.http[0].route[0].destination.host: unknown destination host "
+        "'nowhere' (nowhere.default.svc.cluster.local): it is not a host of any ServiceEntry, VirtualService or "
+        "DestinationRule in this config"]
+    assert store.config.version == version and store.lookup("VirtualService/default/ok") is None
+    assert store.state.last_error.source == "apply two.yaml"
+
+
+def test_yaml_errors_and_empty_bodies_are_400(store):
+    """Unparseable YAML and a body without documents are refused, naming the source."""
+    with pytest.raises(ChangeRefused) as refused:
+        store.apply("kind: [", "x.yaml")
+    assert refused.value.status == 400 and refused.value.errors[0].startswith("x.yaml: document 1: invalid YAML")
+    with pytest.raises(ChangeRefused, match="x.yaml: no resources"):
+        store.apply("---\n", "x.yaml")
+
+
+def test_file_owned_identities_refuse_apply_and_delete(store):
+    """Applying or deleting a resource a file defines is 409 naming the file."""
+    for call in (lambda: store.apply(SE, "mine.yaml"), lambda: store.delete("ServiceEntry/default/reviews")):
+        with pytest.raises(ChangeRefused) as refused:
+            call()
+        assert refused.value.status == 409 and "se.yaml in --config-dir: edit the file" in refused.value.message
+
+
+def test_delete_refuses_dangling_references_and_404s_unknown(store):
+    """Deleting what another resource still routes to is 400; an unknown identity is 404."""
+    store.apply(SE.replace("reviews", "details"), "d.yaml")
+    store.apply(vs("front", dest="details"), "f.yaml")
+    with pytest.raises(ChangeRefused) as refused:
+        store.delete("ServiceEntry/default/details")
+    assert refused.value.status == 400 and "f.yaml: VirtualService/default/front" in refused.value.errors[0]
+    with pytest.raises(ChangeRefused) as missing:
+        store.delete("ServiceEntry/default/none")
+    assert missing.value.status == 404
+    assert store.delete("VirtualService/default/front").results == [("VirtualService/default/front", "deleted")]
+
+
+def test_applied_resources_persist_atomically_and_reload(store, tmp_path):
+    """The state file holds the applied set (normalized documents) and a new store serves it again."""
+    store.apply(vs("a"), "a.yaml")
+    data = json.loads((tmp_path / "state" / "applied.json").read_text())
+    assert [r["document"]["metadata"]["name"] for r in data["resources"]] == ["a"]
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".applied-")]
+    again = ConfigStore(tmp_path / "config", tmp_path / "state")
+    assert again.start().version == store.config.version
+    assert again.origin("VirtualService/default/a") == APPLIED
+
+
+def test_corrupt_state_file_is_a_clear_error(tmp_path):
+    """A state file that is not the expected JSON stops startup with its path and the reason."""
+    (tmp_path / "applied.json").write_text("{not json")
+    with pytest.raises(StateError, match="applied.json: cannot load applied resources"):
+        ConfigStore(None, tmp_path).start()
+
+
+def test_bad_file_keeps_last_good_config_and_records_the_error(store, tmp_path):
+    """A file that breaks the set is reported and the last good version stays in force."""
+    version = store.config.version
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews", timeout="soon"))
+    assert store.reload_files() is False
+    assert store.config.version == version and not store.state.files_valid
+    assert "vs.yaml: VirtualService/default/reviews: spec.http[0].timeout" in store.state.last_error.errors[0]
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews"))
+    assert store.reload_files() is True and store.state.files_valid and store.config.version != version
+
+
+def test_file_defining_an_applied_identity_is_a_config_error(store, tmp_path):
+    """When a file starts defining a resource that was applied, the files are rejected until one goes."""
+    store.apply(vs("a"), "a.yaml")
+    (tmp_path / "config" / "a.yaml").write_text(vs("a"))
+    assert store.reload_files() is False
+    assert "also applied through the API" in store.state.last_error.errors[0]
+
+
+def test_startup_with_invalid_files_raises_every_issue(tmp_path):
+    """start() raises ConfigError listing every problem; nothing is served from an invalid set."""
+    (tmp_path / "a.yaml").write_text(vs("a", dest="nowhere") + "---\n" + vs("b", timeout="x"))
+    with pytest.raises(ConfigError) as error:
+        ConfigStore(tmp_path, None).start()
+    assert [(i.resource, i.field_path) for i in error.value.issues] == [
+        ("VirtualService/default/a", "spec.http[0].route[0].destination.host"),
+        ("VirtualService/default/b", "spec.http[0].timeout"),
+        ("VirtualService/default/b", "spec.http[0].route[0].destination.host")]
+
+
+def test_registry_documents_are_validated_with_the_set_and_give_way_to_user_resources(tmp_path):
+    """Extra (registry) documents join the set; one with a user resource's identity is dropped."""
+    we = {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+          "metadata": {"name": "auto-x", "namespace": "default"}, "spec": {"address": "10.0.0.9"}}
+    s = ConfigStore(None, None, extra=lambda docs: [(we, "registry")])
+    s.start()
+    assert s.origin("WorkloadEntry/default/auto-x") == REGISTRY
+    with pytest.raises(ChangeRefused) as refused:
+        s.apply("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: auto-x}\n"
+                "spec: {address: 10.0.0.1}\n", "w.yaml")
+    assert refused.value.status == 409
+
+
+def test_spec_cache_reuses_unchanged_documents_but_still_checks_references():
+    """A cached (unchanged) document is not re-checked alone, yet references to removed hosts still fail."""
+    from remora.config.loader import SpecCache, build_mesh_config, parse_documents
+    se_docs, _ = parse_documents(SE, "se.yaml")
+    vs_docs, _ = parse_documents(vs("front"), "vs.yaml")
+    cache = SpecCache()
+    first = build_mesh_config(se_docs + vs_docs, cache=cache)
+    assert len(cache.entries) == 2
+    assert build_mesh_config(se_docs + vs_docs, cache=cache).version == first.version
+    with pytest.raises(ConfigError, match="unknown destination host 'reviews'"):
+        build_mesh_config(vs_docs, cache=cache)
+    bad, _ = parse_documents(vs("front", timeout="soon"), "vs.yaml")
+    with pytest.raises(ConfigError, match="invalid duration"):
+        build_mesh_config(se_docs + bad, cache=cache)
