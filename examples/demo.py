@@ -1,12 +1,15 @@
 """`make demo`: a bookinfo-like mesh on loopback, no containers.
 
     python -m examples.demo [--duration SECONDS] [--base-port N] [--rate R] [--weights 50,30,20]
+                            [--shift-after SECONDS]
 
-Starts productpage, reviews v1/v2/v3 and ratings, each behind its own `remora proxy`
-sidecar, waits until every sidecar's admin /ready and every app answer, prints the URL to
-open, then sends traffic to productpage and prints one line per second with the reviews
-split it observes. Ctrl-C or --duration stops everything and exits 0; a child that dies
-on its own makes the demo print its stderr tail and exit 1.
+Starts `remora control` with the mesh's services, applies the reviews routing rule to it,
+then starts productpage, reviews v1/v2/v3 and ratings, each behind its own `remora proxy`
+sidecar that registers itself with the control server. It waits until every sidecar is
+ready and knows every peer, prints the URL to open and the `remora apply` command that
+shifts reviews traffic to v3, then sends traffic to productpage and prints one line per
+second with the reviews split it observes. Ctrl-C or --duration stops everything and
+exits 0; a child that dies on its own makes the demo print its stderr tail and exit 1.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +34,9 @@ from examples.processes import Child, Supervisor
 # before calling it stuck and killing it.
 STOP_SLACK_SECONDS = 3.0
 HEADER_ROUTE_PROBES = 5
+SHIFT_WEIGHTS = (0, 0, 100)   # what the printed `remora apply` command routes reviews to
+# Endpoints each sidecar must know before traffic starts: every instance has registered.
+EXPECTED_ENDPOINTS = {"productpage": 1, "reviews": 3, "ratings": 1}
 
 
 class ChildDied(Exception):
@@ -49,7 +56,8 @@ def say(*parts: object) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, help="seconds of traffic, then stop (default: until Ctrl-C)")
-    p.add_argument("--base-port", type=int, help="use 20 consecutive ports from N (default: any free ports)")
+    p.add_argument("--base-port", type=int,
+                   help=f"use {topology.PORT_COUNT} consecutive ports from N (default: any free ports)")
     p.add_argument("--rate", type=float, default=10.0, help="requests per second to productpage (default 10)")
     p.add_argument("--weights", default="50,30,20", help="reviews v1,v2,v3 weights, summing to 100")
     p.add_argument("--drain-seconds", type=float, default=1.0, help="sidecar drain time on stop")
@@ -59,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--access-log", choices=("text", "json", "off"),
                    help="sidecar access-log format (default: the sidecar's own default)")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with logs on a clean exit")
+    p.add_argument("--shift-after", type=float, metavar="SECONDS",
+                   help="run the printed `remora apply` (reviews -> v3) after this many seconds of traffic")
     args = p.parse_args(argv)
     try:
         weights = tuple(int(w) for w in args.weights.split(","))
@@ -78,12 +88,23 @@ def check_children(sup: Supervisor) -> None:
         raise ChildDied(dead)
 
 
+def knows_every_peer(clusters: list[dict]) -> bool:
+    """A sidecar's /clusters?format=json lists every registered instance of every service."""
+    found = {app: 0 for app in EXPECTED_ENDPOINTS}
+    for cluster in clusters:
+        app = cluster["service"].split(".", 1)[0]
+        if app in found and not cluster["subset"]:
+            found[app] = len(cluster["endpoints"])
+    return found == EXPECTED_ENDPOINTS
+
+
 async def wait_ready(sup: Supervisor, ports: dict[str, topology.Ports], stop: asyncio.Event, timeout: float) -> bool:
-    """Poll every sidecar's /ready and every app's /healthz; False if stopped meanwhile."""
+    """Poll every sidecar's /ready and peer list and every app's /healthz; False if stopped."""
     pending = {}
     for name, p in ports.items():
         pending[f"{name} sidecar"] = f"http://127.0.0.1:{p.admin}/ready"
         pending[f"{name} app"] = f"http://127.0.0.1:{p.app}/healthz"
+        pending[f"{name} sidecar peers"] = f"http://127.0.0.1:{p.admin}/clusters?format=json"
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1), trust_env=False) as s:
         while pending:
@@ -93,9 +114,12 @@ async def wait_ready(sup: Supervisor, ports: dict[str, topology.Ports], stop: as
             for label, url in list(pending.items()):
                 try:
                     async with s.get(url) as resp:
-                        if resp.status == 200:
-                            del pending[label]
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                        if resp.status != 200:
+                            continue
+                        if label.endswith("peers") and not knows_every_peer(await resp.json()):
+                            continue
+                        del pending[label]
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                     pass  # not listening yet
             try:
                 await asyncio.wait_for(stop.wait(), 0.1)
@@ -105,18 +129,34 @@ async def wait_ready(sup: Supervisor, ports: dict[str, topology.Ports], stop: as
     return True
 
 
-def print_banner(ports: dict[str, topology.Ports], workdir: Path) -> str:
+def apply_command(control_url: str, path: Path) -> list[str]:
+    return [*topology.REMORA, "apply", "-f", str(path), "--control", control_url]
+
+
+def print_banner(ports: dict[str, topology.Ports], workdir: Path, control_url: str, shift: Path) -> str:
     pp = ports["productpage"]
     say(f"Remora demo: {len(ports)} apps, each behind its own sidecar, all on 127.0.0.1")
     say(f"  {'instance':<12} {'app':>6} {'inbound':>8} {'outbound':>9} {'admin':>6}")
     for name, p in ports.items():
         say(f"  {name:<12} {p.app:>6} {p.inbound:>8} {p.outbound:>9} {p.admin:>6}")
-    say(f"  mesh config: {workdir}/mesh.yaml   access logs: {workdir}/<instance>.sidecar.out")
+    say(f"  control server: {control_url}   config dir: {workdir}/config")
+    say(f"  access logs: {workdir}/<instance>.sidecar.out   sidecar status: "
+        f"{shlex.join([*topology.REMORA, 'status', '--control', control_url])}")
     url = f"http://127.0.0.1:{pp.inbound}/"
     say(f"Open {url} (productpage through its sidecar's inbound listener)")
     say(f"  API:   {url}api/productpage")
     say(f"  admin: http://127.0.0.1:{pp.admin}/clusters?format=json  http://127.0.0.1:{pp.admin}/stats")
+    say(f"Shift reviews traffic to v3: {shlex.join(apply_command(control_url, shift))}")
     return f"{url}api/productpage"
+
+
+async def apply_shift(control_url: str, shift: Path) -> None:
+    """Run the printed `remora apply` and echo what it says."""
+    proc = await asyncio.create_subprocess_exec(
+        *apply_command(control_url, shift), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    for line in out.decode(errors="replace").splitlines():
+        say(f"  remora apply: {line}")
 
 
 async def check_header_route(session: aiohttp.ClientSession, api_url: str, stop: asyncio.Event) -> None:
@@ -133,7 +173,8 @@ async def check_header_route(session: aiohttp.ClientSession, api_url: str, stop:
     say(f"header route  end-user: jason -> {' '.join(seen)}  {verdict}")
 
 
-async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topology.Ports], workdir: Path) -> None:
+async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topology.Ports], workdir: Path,
+              control_url: str, shift: Path) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -143,7 +184,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topolo
     if not await wait_ready(sup, ports, stop, args.startup_timeout):
         return
     say(f"all {len(sup.children)} processes ready in {time.monotonic() - started:.1f}s")
-    api_url = print_banner(ports, workdir)
+    api_url = print_banner(ports, workdir, control_url, shift)
 
     stats = traffic.SplitStats()
     connector = aiohttp.TCPConnector(limit=100)
@@ -169,6 +210,8 @@ async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topolo
                 check_children(sup)
                 if driver.done():
                     driver.result()  # the driver only ends by raising: surface it
+                if args.shift_after is not None and tick == int(args.shift_after):
+                    await apply_shift(control_url, shift)
                 stats.roll()
                 say(stats.line(tick))
                 if stats.first_error and not error_shown:
@@ -180,10 +223,33 @@ async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topolo
     say(f"total {sum(stats.total.values())} answers, {stats.errors} errors")
 
 
-def start_mesh(sup: Supervisor, args: argparse.Namespace, ports: dict[str, topology.Ports], mesh_file: Path) -> None:
+def start_control(sup: Supervisor, workdir: Path, port: int, weights: tuple[int, int, int]) -> str:
+    """Start `remora control` on the mesh's services and apply the reviews route to it."""
+    config_dir = workdir / "config"
+    config_dir.mkdir()
+    shutil.copy(topology.MESH_CONFIG, config_dir / "mesh.yaml")
+    control = Child("control", topology.control_argv(config_dir, workdir / "control-state", port), sup.log_dir)
+    sup.start(control)
+    url = f"http://127.0.0.1:{port}"
+    route = workdir / "reviews-route.yaml"
+    route.write_text(topology.render_route(weights))
+    deadline = time.monotonic() + 20
+    while True:   # the control server takes a moment to listen
+        check_children(sup)
+        result = subprocess.run(apply_command(url, route), capture_output=True, text=True, timeout=20)
+        if result.returncode == 0:
+            return url
+        if time.monotonic() > deadline:
+            raise StartupTimeout(f"control server: remora apply failed: {result.stdout}{result.stderr}")
+        time.sleep(0.2)
+
+
+def start_mesh(sup: Supervisor, args: argparse.Namespace, ports: dict[str, topology.Ports],
+               workdir: Path, control_url: str) -> None:
     for inst in topology.INSTANCES:
         p = ports[inst.name]
-        argv = topology.sidecar_argv(args.sidecar, mesh_file, p, args.drain_seconds, inst)
+        argv = topology.sidecar_argv(args.sidecar, control_url, inst, p,
+                                     workdir / f"{inst.name}.state", args.drain_seconds)
         if args.access_log == "off":
             argv += ["--access-log", "off"]
         elif args.access_log:
@@ -202,17 +268,18 @@ def report_death(child: Child) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ports = topology.assign_ports(args.base_port)
+    ports, control_port = topology.assign_ports(args.base_port)
     workdir = Path(tempfile.mkdtemp(prefix="remora-demo-"))
-    mesh_file = workdir / "mesh.yaml"
-    mesh_file.write_text(topology.render_mesh(ports, args.weights))
+    shift = workdir / "reviews-v3.yaml"
+    shift.write_text(topology.render_route(SHIFT_WEIGHTS))
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # logs land in files as they happen
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(topology.PROJECT_ROOT), env.get("PYTHONPATH")]))
     sup = Supervisor(topology.PROJECT_ROOT, env, log_dir=workdir)
     code = 1
     try:
-        start_mesh(sup, args, ports, mesh_file)
-        asyncio.run(run(args, sup, ports, workdir))
+        control_url = start_control(sup, workdir, control_port, args.weights)
+        start_mesh(sup, args, ports, workdir, control_url)
+        asyncio.run(run(args, sup, ports, workdir, control_url, shift))
         code = 0
     except KeyboardInterrupt:
         code = 0  # Ctrl-C before the loop installed its handler: still a normal stop

@@ -1,8 +1,9 @@
 """Who runs in the demo mesh, on which loopback ports, and with which command line.
 
 Each app instance gets four ports: its own (the app listens there), and its sidecar's
-inbound, outbound and admin listeners. Only the sidecar's inbound port is published in the
-mesh config, so peers can reach an app only through its sidecar.
+inbound, outbound and admin listeners; the control server gets one more. Only the
+sidecar's inbound port is registered with the control server, so peers can reach an app
+only through its sidecar.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent
 PROJECT_ROOT = EXAMPLES.parent
-MESH_TEMPLATE = EXAMPLES / "mesh.yaml"
+MESH_CONFIG = EXAMPLES / "mesh.yaml"
+ROUTE_TEMPLATE = EXAMPLES / "reviews-route.yaml"
+NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
@@ -22,26 +25,24 @@ class Instance:
     """One app process plus its sidecar, named like a pod's app-version label pair."""
 
     name: str
-    app: str  # module under examples.apps
-    app_args: tuple[str, ...] = ()
+    app: str  # module under examples.apps, and the service (and `app` label) it serves
+    version: str = "v1"
 
     @property
-    def version(self) -> str:
-        """The `version` label: the app's --version argument, v1 when it has none."""
-        args = self.app_args
-        return args[args.index("--version") + 1] if "--version" in args else "v1"
+    def app_args(self) -> tuple[str, ...]:
+        return ("--version", self.version) if self.app == "reviews" else ()
 
     @property
-    def key(self) -> str:
-        """The name as it appears in mesh.yaml placeholders (`reviews_v2_inbound`)."""
-        return self.name.replace("-", "_")
+    def labels(self) -> str:
+        """The workload labels its sidecar registers, as `remora proxy --labels` takes them."""
+        return f"app={self.app},version={self.version}"
 
 
 INSTANCES = (
     Instance("productpage", "productpage"),
-    Instance("reviews-v1", "reviews", ("--version", "v1")),
-    Instance("reviews-v2", "reviews", ("--version", "v2")),
-    Instance("reviews-v3", "reviews", ("--version", "v3")),
+    Instance("reviews-v1", "reviews", "v1"),
+    Instance("reviews-v2", "reviews", "v2"),
+    Instance("reviews-v3", "reviews", "v3"),
     Instance("ratings", "ratings"),
 )
 
@@ -83,51 +84,64 @@ def check_free(ports: list[int]) -> None:
                 raise SystemExit(f"demo: port {port} is not free ({exc.strerror}); pick another --base-port")
 
 
-def assign_ports(base_port: int | None) -> dict[str, Ports]:
-    """Four ports per instance: consecutive from `base_port`, or kernel-picked if None."""
-    count = 4 * len(INSTANCES)
+PORT_COUNT = 4 * len(INSTANCES) + 1   # four per instance, one for the control server
+
+
+def assign_ports(base_port: int | None) -> tuple[dict[str, Ports], int]:
+    """Four ports per instance and the control server's: consecutive from `base_port`, or
+    kernel-picked if None."""
     if base_port is None:
-        pool = free_ports(count)
+        pool = free_ports(PORT_COUNT)
     else:
-        pool = list(range(base_port, base_port + count))
+        pool = list(range(base_port, base_port + PORT_COUNT))
         if pool[-1] > 65535:
-            raise SystemExit(f"demo: --base-port {base_port} leaves no room for {count} ports")
+            raise SystemExit(f"demo: --base-port {base_port} leaves no room for {PORT_COUNT} ports")
         check_free(pool)
-    return {inst.name: Ports(*pool[4 * i : 4 * i + 4]) for i, inst in enumerate(INSTANCES)}
+    instances = {inst.name: Ports(*pool[4 * i : 4 * i + 4]) for i, inst in enumerate(INSTANCES)}
+    return instances, pool[-1]
 
 
-def render_mesh(ports: dict[str, Ports], weights: tuple[int, int, int]) -> str:
-    """mesh.yaml with every `$<instance>_inbound` and `$weight_vN` filled in."""
-    values = {f"{inst.key}_inbound": ports[inst.name].inbound for inst in INSTANCES}
-    values.update({f"weight_v{i + 1}": w for i, w in enumerate(weights)})
+def render_route(weights: tuple[int, int, int]) -> str:
+    """The reviews VirtualService with its `$weight_vN` placeholders filled in."""
+    values = {f"weight_v{i + 1}": w for i, w in enumerate(weights)}
     # substitute (not safe_substitute): a placeholder left unfilled is a bug here, and the
-    # sidecar's error about "$foo" would be far less clear than a KeyError naming it.
-    return string.Template(MESH_TEMPLATE.read_text()).substitute(values)
+    # control server's error about "$foo" would be far less clear than a KeyError naming it.
+    return string.Template(ROUTE_TEMPLATE.read_text()).substitute(values)
 
 
 # The sidecar command without its flags; --sidecar on the demo replaces it, e.g. to try an
 # installed `remora proxy` or a build from another checkout.
 DEFAULT_SIDECAR = [sys.executable, "-m", "remora", "proxy"]
+REMORA = [sys.executable, "-m", "remora"]
 
 
-def sidecar_argv(command: list[str], mesh_file: Path, ports: Ports, drain_seconds: float,
-                 inst: Instance | None = None) -> list[str]:
-    # Identity flags label the Istio metrics (source_app, destination_version, ...); no
-    # :15090 listener, since five sidecars share one host (admin /stats/prometheus has it all).
-    identity = ([] if inst is None else
-                ["--service", inst.app, "--workload", inst.name,
-                 "--labels", f"app={inst.app},version={inst.version}"])
+def control_argv(config_dir: Path, state_dir: Path, port: int) -> list[str]:
+    return [
+        *REMORA, "control",
+        "--config-dir", str(config_dir),
+        "--state-dir", str(state_dir),
+        "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+
+
+def sidecar_argv(command: list[str], control_url: str, inst: Instance, ports: Ports,
+                 state_dir: Path, drain_seconds: float) -> list[str]:
     return [
         *command,
-        "--mesh-config", str(mesh_file),
+        "--control", control_url,
+        "--state-dir", str(state_dir),
+        "--service", inst.app,
+        "--namespace", NAMESPACE,
+        "--workload", inst.name,
+        "--labels", inst.labels,
         "--outbound-port", str(ports.outbound),
         "--admin-port", str(ports.admin),
         "--inbound-port", str(ports.inbound),
         "--app-port", str(ports.app),
         "--workers", "1",
         "--drain-seconds", f"{drain_seconds:g}",
+        # No :15090 listener: five sidecars share one host (admin /stats/prometheus has it all).
         "--prometheus-port", "0",
-        *identity,
     ]  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """Drive requests at productpage and count which reviews version answered each one.
 
 The live line is the demo's whole output, so it is built here from plain counters:
-one `Counter` per second, a total, and a short window of recent seconds so that a
-change of weights shows up within a few lines instead of being averaged away.
+one `Counter` per second, a total, and the last second on its own so that a change of
+weights (`remora apply`) shows up on the very next line instead of being averaged away.
+Weighted routing is exact over every window, so even 10 requests split as asked.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections import Counter, deque
 import aiohttp
 
 VERSIONS = ("v1", "v2", "v3")
-WINDOW_SECONDS = 5
+WINDOW_SECONDS = 1
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 

@@ -103,18 +103,23 @@ async def test_apps_call_peers_only_through_outbound_proxy():
 
 # ---- the mesh template ------------------------------------------------------------------
 
-def test_mesh_template_fits_the_config_model():
-    """The rendered mesh.yaml parses into Remora's model and points endpoints at sidecar inbound ports."""
-    ports = topology.assign_ports(None)
-    docs = list(yaml.safe_load_all(topology.render_mesh(ports, (50, 30, 20))))
-    spec_types = {"ServiceEntry": ServiceEntrySpec, "DestinationRule": DestinationRuleSpec,
-                  "VirtualService": VirtualServiceSpec}  # fmt: skip
+def test_mesh_config_selects_the_registering_workloads():
+    """Each service selects its instances by the `app` label their sidecars register with."""
+    docs = list(yaml.safe_load_all(topology.MESH_CONFIG.read_text()))
+    spec_types = {"ServiceEntry": ServiceEntrySpec, "DestinationRule": DestinationRuleSpec}
     specs = {(d["kind"], d["metadata"]["name"]): msgspec.convert(d["spec"], spec_types[d["kind"]]) for d in docs}
-    reviews = specs["ServiceEntry", "reviews"]
-    assert {e.labels["version"]: e.ports["http"] for e in reviews.endpoints} == {
-        v: ports[f"reviews-{v}"].inbound for v in ("v1", "v2", "v3")
-    }
-    split = specs["VirtualService", "reviews"].http[-1]
+    for inst in topology.INSTANCES:
+        selector = specs["ServiceEntry", inst.app].workload_selector
+        labels = dict(item.split("=") for item in inst.labels.split(","))
+        assert selector.labels.items() <= labels.items(), inst
+    subsets = {s.name: s.labels for s in specs["DestinationRule", "reviews"].subsets}
+    assert subsets == {v: {"version": v} for v in ("v1", "v2", "v3")}
+
+
+def test_route_template_fills_the_weights():
+    """The reviews route template renders into a VirtualService with the asked weights."""
+    doc = yaml.safe_load(topology.render_route((50, 30, 20)))
+    split = msgspec.convert(doc["spec"], VirtualServiceSpec).http[-1]
     assert [(d.destination.subset, d.weight) for d in split.route] == [("v1", 50), ("v2", 30), ("v3", 20)]
 
 
@@ -134,6 +139,20 @@ def test_demo_splits_traffic_through_real_sidecars():
     assert v1 > 0 and v2 > 0 and v3 > 0, out
     assert errors == 0, out
     assert re.search(r"header route  end-user: jason -> (v2 ){5} ok", result.stdout), out
+    assert re.search(r"^Shift reviews traffic to v3: .* apply -f \S+reviews-v3\.yaml --control http://", result.stdout, re.M), out
+
+
+def test_demo_shift_shows_on_the_next_lines():
+    """`--shift-after` runs the printed `remora apply`; within two lines the last second is all v3."""
+    result = run_demo("--duration", "7", "--shift-after", "3")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    before, applied, after = re.split(r"^  remora apply: (VirtualService/default/reviews \w+)$", result.stdout,
+                                      maxsplit=1, flags=re.M)
+    assert applied.endswith(("configured", "created")), out
+    lines_after = re.findall(r"\| last 1s +v1 +(\d+)% +v2 +(\d+)% +v3 +(\d+)%", after)
+    assert ("0", "0", "100") in lines_after[1:3], out
+    assert int(LIVE_LINE.findall(after)[-1][7]) == 0, out   # no errors across the shift
 
 
 def test_demo_stops_cleanly_on_sigint():
@@ -158,7 +177,7 @@ def test_demo_stops_cleanly_on_sigint():
     out = "".join(seen) + rest
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out
-    assert re.search(r"^stopped 10 processes$", out, re.M), out
+    assert re.search(r"^stopped 11 processes$", out, re.M), out
 
 
 def test_demo_reports_a_dying_sidecar():
