@@ -2,7 +2,7 @@
 
 Rules this module keeps (no I/O here; the stream and the disk live elsewhere):
 
-- Per type (clusters, endpoints, routes) the sidecar holds the last *accepted* resources
+- Per type (clusters, endpoints, routes, policies) the sidecar holds the last *accepted* resources
   and their version. A push replaces its type as a whole (state of the world).
 - A push is accepted only if the whole config it leads to builds: the held resources of
   the OTHER types plus the pushed ones, validated by the same loader as YAML files, with

@@ -10,7 +10,7 @@ Rules (the protocol module's docstring is the contract):
 - One writer: every send happens in the session's push task, woken by `notify()` (config
   change) or by a subscription; it always sends the latest snapshot, so a slow sidecar
   skips intermediate versions instead of queueing them, and never delays the others.
-- Types go out in protocol.TYPE_ORDER (clusters, endpoints, routes).
+- Types go out in protocol.TYPE_ORDER (clusters, endpoints, routes, policies).
 """
 from __future__ import annotations
 
