@@ -107,7 +107,8 @@ def _add_control_commands(sub) -> None:
                          help="directory of Istio YAML files, watched for changes")
     control.add_argument("--listen", default="127.0.0.1:15010", metavar="HOST:PORT")
     control.add_argument("--state-dir", default=None, metavar="DIR",
-                         help="where resources applied through the API persist (default: memory only)")
+                         help="where applied resources, registrations, the CA root and join tokens persist "
+                              "(default: memory only; the CA in a temporary directory)")
     control.add_argument("--trust-domain", default="cluster.local")
     control.add_argument("--grace-period", type=_seconds, default=10.0,
                          help="how long a disconnected sidecar stays registered")

@@ -8,17 +8,10 @@ import pytest
 from remora.certs import CaError, CertificateAuthority, JoinTokenStore, Svid, generate_key_and_csr
 from remora.xds.ca_service import CaRequestError, CaService, CaSettings, check_cert_ttl
 from remora.xds.metrics import ControlMetrics
+from tests.unit.test_certs_tokens import Clock
 
 TD = "cluster.local"
 WEB = f"spiffe://{TD}/ns/shop/sa/web"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
