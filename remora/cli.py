@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | analyze`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze`."""
 from __future__ import annotations
 
 import argparse
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config")
+CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config", "token")
 
 
 def _add_control_commands(sub) -> None:
@@ -107,7 +107,8 @@ def _add_control_commands(sub) -> None:
                          help="directory of Istio YAML files, watched for changes")
     control.add_argument("--listen", default="127.0.0.1:15010", metavar="HOST:PORT")
     control.add_argument("--state-dir", default=None, metavar="DIR",
-                         help="where resources applied through the API persist (default: memory only)")
+                         help="where applied resources, registrations, the CA root and join tokens persist "
+                              "(default: memory only; the CA in a temporary directory)")
     control.add_argument("--trust-domain", default="cluster.local")
     control.add_argument("--grace-period", type=_seconds, default=10.0,
                          help="how long a disconnected sidecar stays registered")
@@ -115,9 +116,16 @@ def _add_control_commands(sub) -> None:
                          help="quiet time after a change before pushing")
     control.add_argument("--max-debounce", type=_seconds, default=1.0,
                          help="longest a push waits under a constant stream of changes")
+    ca = control.add_argument_group("certificate authority (default: a self-signed root in <state-dir>/ca)")
+    ca.add_argument("--ca-cert", default=None, metavar="PEM", help="plug-in CA: the issuing CA certificate")
+    ca.add_argument("--ca-key", default=None, metavar="PEM", help="plug-in CA: its private key")
+    ca.add_argument("--ca-chain", default=None, metavar="PEM",
+                    help="plug-in CA: its chain up to the root (not needed when --ca-cert is the root)")
+    ca.add_argument("--cert-ttl", type=_seconds, default=24 * 3600.0,
+                    help="lifetime of the workload certificates signed (default 24h, at most 90 days)")
 
-    def client(name: str, help_: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_)
+    def client(name: str, help_: str, under=sub) -> argparse.ArgumentParser:
+        parser = under.add_parser(name, help=help_)
         parser.add_argument("--control", default=None, metavar="URL",
                             help="control server URL (default $REMORA_CONTROL or http://127.0.0.1:15010)")
         return parser
@@ -138,6 +146,15 @@ def _add_control_commands(sub) -> None:
     proxy_config = client("proxy-config", "a sidecar's routes, clusters or endpoints, from its admin server")
     proxy_config.add_argument("what", choices=["routes", "clusters", "endpoints"])
     proxy_config.add_argument("sidecar", help="node id (or a unique prefix) as `remora status` shows it")
+    token = sub.add_parser("token", help="join tokens: the credential a sidecar presents to get its certificate")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = client("create", "a new token; printed on the last line, once", token_sub)
+    create.add_argument("--namespace", required=True)
+    create.add_argument("--service-account", required=True)
+    create.add_argument("--ttl", type=_seconds, default=24 * 3600.0, help="how long the token is valid (default 24h)")
+    client("list", "every token's id, identity, expiry and state (never secrets)", token_sub)
+    revoke = client("revoke", "revoke a token by id", token_sub)
+    revoke.add_argument("id", help="token id as `remora token list` shows it (or the whole token)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """The control-side commands: `remora control` and its clients `apply | get | delete | status |
-proxy-config`.
+proxy-config | token`.
 
 The clients speak the REST API with the standard library (urllib), so they start fast and
 need nothing the proxy does not. Every failure prints one clear line (or the server's list
@@ -195,10 +195,46 @@ def cmd_proxy_config(args) -> int:
     return 0
 
 
+# ---- token ----------------------------------------------------------------------------------
+
+def cmd_token(args) -> int:
+    """`remora token create | list | revoke`; create prints the token alone on stdout's last line."""
+    base = control_url(args.control)
+    if args.token_command == "create":
+        body = json.dumps({"namespace": args.namespace, "service_account": args.service_account,
+                           "ttl": args.ttl}).encode()
+        status, raw = request(f"{base}/v1/tokens", "POST", body, {"Content-Type": "application/json"})
+        answer = _json(status, raw)
+        if status != 200:
+            return _fail(answer)
+        print(f"join token {answer['id']} for {answer['spiffe_id']}, expires {answer['expires_at']}; "
+              f"it is shown only once:", file=sys.stderr)
+        print(answer["token"])
+        return 0
+    if args.token_command == "list":
+        status, raw = request(f"{base}/v1/tokens")
+        answer = _json(status, raw)
+        if status != 200:
+            return _fail(answer)
+        rows = [[t["id"], t["namespace"], t["service_account"], t["created_at"], t["expires_at"],
+                 "revoked" if t["revoked"] else "active"] for t in answer["tokens"]]
+        if not rows:
+            print("No join tokens.", file=sys.stderr)
+            return 0
+        print(format_table(["ID", "NAMESPACE", "SERVICE ACCOUNT", "CREATED", "EXPIRES", "STATE"], rows), end="")
+        return 0
+    status, raw = request(f"{base}/v1/tokens/{urllib.parse.quote(args.id, safe='')}", "DELETE")
+    answer = _json(status, raw)
+    if status != 200:
+        return _fail(answer)
+    print(f"join token {answer['id']} revoked")
+    return 0
+
+
 def run_client(command: str, args) -> int:
     """Run one client command; turn unreachable servers and unknown kinds into exit 1."""
     handler = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "status": cmd_status,
-               "proxy-config": cmd_proxy_config}[command]
+               "proxy-config": cmd_proxy_config, "token": cmd_token}[command]
     try:
         return handler(args)
     except (ControlUnavailable, UnknownKind) as error:
@@ -213,7 +249,9 @@ def run_control(args) -> int:
 
     import uvloop
 
+    from remora.certs import CaError
     from remora.config.loader import ConfigError
+    from remora.xds.ca_service import CaSettings, check_cert_ttl
     from remora.xds.registry import split_host_port, InvalidNode
     from remora.xds.server import ControlServer, ControlSettings
     from remora.xds.store import StateError
@@ -226,9 +264,15 @@ def run_control(args) -> int:
     if not os.path.isdir(args.config_dir):
         print(f"remora: --config-dir {args.config_dir}: not a directory", file=sys.stderr)
         return 2
+    try:
+        check_cert_ttl(args.cert_ttl)
+    except ValueError as error:
+        print(f"remora: {error}", file=sys.stderr)
+        return 2
+    ca = CaSettings(ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain, cert_ttl=args.cert_ttl)
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
-                               debounce=args.debounce, max_debounce=args.max_debounce)
+                               debounce=args.debounce, max_debounce=args.max_debounce, ca=ca)
     server = ControlServer(settings)
     try:
         server.load()
@@ -237,6 +281,9 @@ def run_control(args) -> int:
         return 1
     except StateError as error:
         print(f"remora: {error}", file=sys.stderr)
+        return 1
+    except CaError as error:
+        print(f"remora: CA: {error}", file=sys.stderr)
         return 1
     if args.state_dir is None:
         server.log("warning: no --state-dir: resources applied through the API are lost on restart")

@@ -3,7 +3,8 @@
 Names follow Istio's pilot metrics where one exists, under the `remora_control_` prefix:
 pilot_xds -> connected_sidecars, pilot_xds_pushes -> pushes_total, pilot_proxy_convergence_time
 -> push_latency_seconds (time from the config change to the sidecar's ACK),
-pilot_total_xds_rejects -> nacks_total.
+pilot_total_xds_rejects -> nacks_total; the CA's follow Istio's citadel_server_* metrics
+(csr_sign_err_count -> ca_errors_total{reason}, root_cert_expiry_timestamp -> ca_cert_expiry_timestamp_seconds).
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ class ControlMetrics:
                                      ["source"], registry=r)
         self.config_info = Gauge("remora_control_config_info", "The config version in force (value 1)",
                                  ["version"], registry=r)
+        self.certificates_issued = Counter("remora_control_certificates_issued",
+                                           "Workload certificates (SVIDs) signed", registry=r)
+        self.ca_errors = Counter("remora_control_ca_errors",
+                                 "Certificate and token requests refused, by reason", ["reason"], registry=r)
+        self.ca_expiry = Gauge("remora_control_ca_cert_expiry_timestamp_seconds",
+                               "When the CA's certificate chain expires (Unix time); no SVID outlives it",
+                               registry=r)
         self._version: str | None = None
 
     def set_version(self, version: str) -> None:

@@ -13,6 +13,7 @@ Endpoints (docs/control.md has the details):
     GET  /v1/resources/{kind}/{namespace}/{name}   ?format=yaml|json (default json)
     DELETE /v1/resources/{kind}/{namespace}/{name}
     GET  /v1/status   GET /metrics   GET /healthz
+    /v1/tokens, /v1/certificates, /v1/trust-bundle   the CA (ca_service.py)
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
 from remora.xds import protocol
+from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
@@ -55,6 +57,7 @@ class ControlSettings:
     poll_interval: float = 0.5
     hello_timeout: float = 10.0
     heartbeat: float = 15.0
+    ca: CaSettings = CaSettings()
 
 
 def _iso(at: float | None) -> str | None:
@@ -89,11 +92,15 @@ class ControlServer:
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
         self._tasks: list[asyncio.Task] = []
+        self.ca: CaService | None = None   # made by load()
 
     # -- config
 
     def load(self) -> None:
-        """Read state and files; raise ConfigError / StateError when they are not a valid set."""
+        """Read state and files; raise ConfigError / StateError when they are not a valid set,
+        CaError when the CA cannot be loaded or created."""
+        self.ca = CaService.start(self.settings.ca, self.settings.state_dir, self.settings.trust_domain,
+                                  self.metrics, self.log)
         restored = self.registry.restore()
         if restored:
             self.log(f"restored {restored} registered sidecar(s); each is removed in "
@@ -300,6 +307,8 @@ class ControlServer:
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/metrics", self.metrics_)
         app.router.add_get("/healthz", self.healthz)
+        if self.ca is not None:
+            self.ca.add_routes(app.router)
         app.on_shutdown.append(self._close_streams)
         return app
 
@@ -329,3 +338,5 @@ class ControlServer:
             for task in self._tasks:
                 task.cancel()
             await runner.cleanup()
+            if self.ca is not None:
+                self.ca.close()

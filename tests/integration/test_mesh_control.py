@@ -97,21 +97,31 @@ class Mesh:
     """The control server and the sidecars of one test."""
 
     def __init__(self, upstreams, grace: str = "10s") -> None:
-        self.control = ControlProcess({"mesh.yaml": MESH}, grace=grace).wait_ready()
-        url = self.control.url
-        self.reviews = {
-            version: ProxyProcess(None, "--service", "reviews", "--labels", f"app=reviews,version={version}",
-                                  "--node-id", f"reviews-{version}", "--drain-seconds", "1",
-                                  inbound_app_port=upstreams.ports[version], control=url)
-            for version in ("v1", "v2")}
-        self.client = ProxyProcess(None, "--service", "productpage", "--node-id", "productpage",
-                                   "--drain-seconds", "1", control=url)
-        for sidecar in (*self.reviews.values(), self.client):
-            sidecar.wait_ready()
-        wait_for(lambda: endpoint_count(self.client) == 2, "both reviews sidecars to be registered")
+        self.sidecars: list[ProxyProcess] = []
+        self.control = ControlProcess({"mesh.yaml": MESH}, grace=grace)
+        try:
+            self.control.wait_ready()
+            url = self.control.url
+            self.reviews = {}
+            for version in ("v1", "v2"):
+                self.reviews[version] = self._start(
+                    "--service", "reviews", "--labels", f"app=reviews,version={version}",
+                    "--node-id", f"reviews-{version}", inbound_app_port=upstreams.ports[version], control=url)
+            self.client = self._start("--service", "productpage", "--node-id", "productpage", control=url)
+            for sidecar in self.sidecars:
+                sidecar.wait_ready()
+            wait_for(lambda: endpoint_count(self.client) == 2, "both reviews sidecars to be registered")
+        except BaseException:
+            self.stop()   # a failed start must not leave processes behind
+            raise
+
+    def _start(self, *args: str, **kw) -> ProxyProcess:
+        sidecar = ProxyProcess(None, *args, "--drain-seconds", "1", **kw)
+        self.sidecars.append(sidecar)
+        return sidecar
 
     def stop(self) -> None:
-        for sidecar in (self.client, *self.reviews.values()):
+        for sidecar in reversed(self.sidecars):
             sidecar.stop()
         self.control.stop()
 
