@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--state-dir", default=None, metavar="DIR",
                        help="where the last good pushed config is kept (with --control; default "
                             "$TMPDIR/remora-proxy-<namespace>-<workload>-<admin-port>)")
+    proxy.add_argument("--token", default=None, metavar="TOKEN",
+                       help="join token (from `remora token create`) for this workload's certificate "
+                            "from the control server's CA (default: $REMORA_TOKEN; needs --control)")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -226,6 +229,14 @@ def _proxy(args) -> int:
     if args.state_dir and not control:
         print("remora: --state-dir keeps pushed config; it goes with --control", file=sys.stderr)
         return 2
+    if args.token is not None and not control:
+        print("remora: --token gets a certificate from the control server's CA; it goes with --control",
+              file=sys.stderr)
+        return 2
+    token = args.token if args.token is not None else (os.environ.get("REMORA_TOKEN") or None) if control else None
+    if token is not None and not token.strip():
+        print("remora: --token: empty", file=sys.stderr)
+        return 2
     config = None
     if control:
         from remora.proxy.xds_client import stream_url
@@ -254,7 +265,7 @@ def _proxy(args) -> int:
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
-        control=control, state_dir=args.state_dir,
+        control=control, state_dir=args.state_dir, token=token.strip() if token else None,
     )
     try:
         return run_proxy(options, config)

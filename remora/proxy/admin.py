@@ -249,6 +249,7 @@ _HELP = (
     ("/healthz/ready", "alias of /ready, at Istio's path"),
     ("/clusters", "upstream cluster status (?format=json)"),
     ("/config_dump", "dump the current configuration snapshot as JSON"),
+    ("/certs", "the workload certificate (SPIFFE ID, serial, expiry), trust bundle, last CA error (JSON)"),
     ("/stats", "print server stats (?format=json|prometheus, ?filter=REGEX)"),
     ("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX)"),
     ("/drain_listeners", "POST: stop accepting new connections"),
@@ -284,6 +285,13 @@ def make_admin_app(source: AdminSource) -> web.Application:
     async def config_dump(request: web.Request) -> web.Response:
         return _json_response(await source.config_dump())
 
+    async def certs(request: web.Request) -> web.Response:
+        manager = getattr(source, "certs", None)
+        if manager is None:
+            return web.json_response({"error": "no certificate manager: run with --control URL and "
+                                               "--token TOKEN (or $REMORA_TOKEN)"}, status=404)
+        return _json_response(manager.status())
+
     async def stats(request: web.Request) -> web.Response:
         fmt = request.query.get("format")
         if fmt == "prometheus":
@@ -310,7 +318,7 @@ def make_admin_app(source: AdminSource) -> web.Application:
 
     get = [
         ("/", help_), ("/help", help_), ("/ready", ready), ("/healthz/ready", ready),
-        ("/clusters", clusters), ("/config_dump", config_dump), ("/stats", stats),
+        ("/clusters", clusters), ("/config_dump", config_dump), ("/certs", certs), ("/stats", stats),
         ("/stats/prometheus", prometheus),
     ]
     app.router.add_routes([web.get(path, handler) for path, handler in get])

@@ -8,6 +8,7 @@ in-flight requests up to --drain-seconds, exit 0.
 Under --control the xDS client runs beside the admin server: in the worker's loop with one
 worker, in the parent with N. The parent builds (validates) each push once and forwards
 the accepted documents to every child with an "apply" op; it ACKs only when all applied.
+With --token the same process runs the SvidManager (the workload certificate; GET /certs).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from remora.proxy import xds_client
 from remora.proxy.admin import start_admin, start_prometheus
 from remora.proxy.downstream import request_ids
 from remora.proxy.istio_metrics import merge, render
+from remora.proxy.svid_manager import HttpCaClient, SvidManager
 from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
 from remora.proxy.xds_state import Candidate
 
@@ -69,6 +71,15 @@ def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) 
     client.start()
 
 
+def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | None:
+    """The certificate manager under --control with --token, started; None otherwise."""
+    if not (options.control and options.token):
+        return None
+    view.certs = SvidManager(HttpCaClient(options.control), options.token, options.identity.principal)
+    view.certs.start()
+    return view.certs
+
+
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts = [f"outbound {options.bind}:{options.outbound_port}"]
     if options.inbound_port is not None and options.app_port is not None:
@@ -100,10 +111,16 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     runners = await _start_admin_servers(source, options)
     if client is not None:
         _start_control(options, client, runners[0])
+    certs = _start_certs(options, source)
+    if certs is not None and worker.istio is not None:
+        istio = worker.istio
+        certs.on_rotate.append(lambda svid, _: setattr(istio, "certificate_expiry", svid.not_after.timestamp()))
     _announce(options, config)
     await stop.wait()
     if client is not None:
         await client.stop()
+    if certs is not None:
+        await certs.stop()
     await worker.drain(options.drain_seconds)
     for runner in runners:
         await runner.cleanup()
@@ -264,9 +281,15 @@ class FanoutAdminSource(ControlView):
         return gauge_names(self._last_stats)
 
     async def prometheus_extra(self) -> str:
-        """Istio's standard metrics of every worker, summed."""
+        """Istio's standard metrics of every worker, summed; the certificate is the supervisor's."""
         parts = [p for p in await self._ask("istio") if p is not None]
-        return render(merge(parts)) if parts else ""
+        if not parts:
+            return ""
+        merged = merge(parts)
+        svid = self.certs.current() if self.certs is not None else None
+        if svid is not None:
+            merged["certificate_expiry"] = svid.not_after.timestamp()
+        return render(merged)
 
     async def clusters(self) -> list[dict]:
         merged: dict[str, dict] = {}
@@ -318,6 +341,7 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
         await asyncio.sleep(0.05)
     if client is not None:
         _start_control(options, client, runners[0])
+    certs = _start_certs(options, source)
     _announce(options, config)
     pids = {pid for pid, _ in children}
     code = 0
@@ -336,6 +360,8 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
     source.draining = True
     if client is not None:
         await client.stop()
+    if certs is not None:
+        await certs.stop()
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     deadline = asyncio.get_running_loop().time() + options.drain_seconds + 5

@@ -54,6 +54,7 @@ class ProxyOptions:
     identity: WorkloadIdentity = field(default_factory=WorkloadIdentity)
     control: str | None = None          # control server URL; config comes from it, not files
     state_dir: str | None = None        # where the last good pushed snapshot is kept
+    token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
 
 
 class Snapshot:
@@ -314,6 +315,7 @@ class ControlView:
     """
 
     xds = None
+    certs = None     # the SvidManager under --control with --token, else None
 
     def config_ready(self) -> bool:
         """Files are loaded before serving; pushed config must have arrived (or come from disk)."""
