@@ -5,9 +5,10 @@ Rules:
   `ConfigError`; a caller never sees a half-loaded config.
 - Every problem names the file, the resource (Kind/namespace/name) and the field path.
 - Kinds Remora reads: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule of
-  networking.istio.io v1alpha3/v1beta1/v1, and Telemetry of telemetry.istio.io
-  v1alpha1/v1. Real mesh kinds it does not implement yet
-  (security policies, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
+  networking.istio.io v1alpha3/v1beta1/v1, Telemetry of telemetry.istio.io
+  v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy of security.istio.io
+  v1beta1/v1. Real mesh kinds it does not implement yet
+  (RequestAuthentication, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
   a kind nobody knows is an error, because it is almost always a typo.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
@@ -30,10 +31,13 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.model import (
+    AuthorizationPolicySpec,
     DestinationRuleSpec,
     MeshConfig,
+    PeerAuthenticationSpec,
     Resource,
     ServiceEntrySpec,
     TelemetrySpec,
@@ -80,10 +84,14 @@ SPEC_TYPES: dict[str, type] = {
     "VirtualService": VirtualServiceSpec,
     "DestinationRule": DestinationRuleSpec,
     "Telemetry": TelemetrySpec,
+    "PeerAuthentication": PeerAuthenticationSpec,
+    "AuthorizationPolicy": AuthorizationPolicySpec,
 }
 # Supported kinds outside networking.istio.io: their group and versions.
 OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Telemetry": ("telemetry.istio.io", ("v1", "v1alpha1")),
+    "PeerAuthentication": ("security.istio.io", ("v1", "v1beta1")),
+    "AuthorizationPolicy": ("security.istio.io", ("v1", "v1beta1")),
 }
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate.validate_service_entry,
@@ -91,6 +99,8 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "VirtualService": validate.validate_virtual_service,
     "DestinationRule": validate.validate_destination_rule,
     "Telemetry": validate_telemetry,
+    "PeerAuthentication": validate_peer_authentication,
+    "AuthorizationPolicy": validate_authorization_policy,
 }
 
 # Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
@@ -98,7 +108,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
 # Remora understands.
 UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
-    "security.istio.io": frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}),
+    "security.istio.io": frozenset({"RequestAuthentication"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "split.smi-spec.io": frozenset({"TrafficSplit"}),
     "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
@@ -117,6 +127,10 @@ UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
 }
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _MESH_GATEWAY = "mesh"  # Istio's reserved gateway name for "all sidecars"
+
+
+def _supported_group(kind: str) -> str:
+    return OTHER_GROUPS.get(kind, (SUPPORTED_GROUP, ()))[0]
 
 
 def _groups_of(kind: str) -> list[str]:
@@ -357,6 +371,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         virtual_services=tuple(resources["VirtualService"]),
         destination_rules=tuple(resources["DestinationRule"]),
         telemetries=tuple(resources["Telemetry"]),
+        peer_authentications=tuple(resources["PeerAuthentication"]),
+        authorization_policies=tuple(resources["AuthorizationPolicy"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
     )
@@ -368,7 +384,9 @@ def config_version(resources: Iterable[Resource]) -> str:
         ({"kind": r.kind, "namespace": r.namespace, "name": r.name, "spec": r.spec} for r in resources),
         key=lambda entry: (entry["kind"], entry["namespace"], entry["name"]),
     )
-    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()[:12]
+    # str_keys: PeerAuthentication's portLevelMtls is keyed by port number.
+    builtins = msgspec.to_builtins(canonical, str_keys=True)
+    return hashlib.sha256(msgspec.json.encode(builtins, order="sorted")).hexdigest()[:12]
 
 
 def _load_document(document: _Document, collector: _Collector) -> _Loaded | None:
@@ -394,7 +412,8 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
 
     if not _check_kind(kind, api_version, report):
         return None
-    if kind not in SPEC_TYPES:
+    if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != _supported_group(kind):
+        # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API
         collector.warnings.append(f"skipped unsupported kind {kind} ({namespace}/{shown_name}) in {source}")
         return None
 

@@ -324,6 +324,71 @@ class TelemetrySpec(Spec):
     metrics: list[Any] = []   # Istio metric overrides: accepted, not applied yet (a warning)
 
 
+# ---- PeerAuthentication / AuthorizationPolicy (security.istio.io) ------------------------
+
+class PeerMutualTLS(Spec):
+    mode: str | None = None   # UNSET (inherit) | DISABLE | PERMISSIVE | STRICT
+
+
+class PeerAuthenticationSpec(Spec):
+    selector: TelemetrySelector | None = None
+    mtls: PeerMutualTLS | None = None
+    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers.
+    port_level_mtls: dict[int, PeerMutualTLS] = {}
+
+
+class AuthzSource(Spec):
+    """Who sends the request: peer identity (from mTLS) and address."""
+
+    principals: list[str] = []
+    not_principals: list[str] = []
+    namespaces: list[str] = []
+    not_namespaces: list[str] = []
+    ip_blocks: list[str] = []
+    not_ip_blocks: list[str] = []
+
+
+class AuthzOperation(Spec):
+    """What the request asks for. Istio spells ports as strings ("8080")."""
+
+    hosts: list[str] = []
+    not_hosts: list[str] = []
+    ports: list[str] = []
+    not_ports: list[str] = []
+    methods: list[str] = []
+    not_methods: list[str] = []
+    paths: list[str] = []
+    not_paths: list[str] = []
+
+
+class AuthzFrom(Spec):
+    source: AuthzSource | None = None
+
+
+class AuthzTo(Spec):
+    operation: AuthzOperation | None = None
+
+
+class AuthzCondition(Spec):
+    key: str
+    values: list[str] = []
+    not_values: list[str] = []
+
+
+class AuthzRule(Spec):
+    # `from` is a Python keyword: the attribute is from_, the YAML name stays `from`.
+    from_: list[AuthzFrom] = msgspec.field(default_factory=list, name="from")
+    to: list[AuthzTo] = []
+    when: list[AuthzCondition] = []
+
+
+class AuthorizationPolicySpec(Spec):
+    selector: TelemetrySelector | None = None
+    action: str | None = None   # ALLOW (default) | DENY | AUDIT; CUSTOM is rejected
+    # No rules: an ALLOW policy then allows nothing (Istio's deny-all), DENY denies nothing.
+    rules: list[AuthzRule] = []
+
+
 # ---- resources and the whole set ---------------------------------------------------------
 
 S = TypeVar("S")
@@ -361,5 +426,7 @@ class MeshConfig:
     virtual_services: tuple[Resource[VirtualServiceSpec], ...] = ()
     destination_rules: tuple[Resource[DestinationRuleSpec], ...] = ()
     telemetries: tuple[Resource[TelemetrySpec], ...] = ()
+    peer_authentications: tuple[Resource[PeerAuthenticationSpec], ...] = ()
+    authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())

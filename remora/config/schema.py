@@ -62,6 +62,12 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "ClientTLSSettings": frozenset({"caCrl"}),
     "HTTPCookie": frozenset({"attributes"}),
     "TelemetrySpec": frozenset({"targetRef", "targetRefs"}),
+    "AuthorizationPolicySpec": frozenset({"targetRef", "targetRefs", "provider"}),
+    # JWT identities need RequestAuthentication; original-client IPs need XFF trust config.
+    "AuthzSource": frozenset({
+        "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",
+        "serviceAccounts", "notServiceAccounts",
+    }),
     "TelemetryTracing": frozenset({"customTags"}),
     "TelemetryAccessLogging": frozenset({"filter"}),
 }
@@ -152,11 +158,17 @@ def _check(value: Any, expected: mi.Type, path: str, problems: list[Problem]) ->
             problems.append(_type_error(path, expected, value))
             return value
         cleaned = {}
+        int_keys = isinstance(expected.key_type, mi.IntType)  # Istio's map<uint32, ...>: port numbers
         for key, item in value.items():
-            if not isinstance(key, str):
+            if int_keys and isinstance(key, str) and key.isdigit():
+                key = int(key)  # JSON (a control-server push) can only spell keys as strings
+            if int_keys and not (isinstance(key, int) and not isinstance(key, bool)):
+                problems.append(Problem(join_path(path, str(key)), f"keys must be integers, got {_describe(key)}"))
+                continue
+            if not int_keys and not isinstance(key, str):
                 problems.append(Problem(join_path(path, str(key)), f"keys must be strings, got {_describe(key)} (quote it in YAML)"))
                 continue
-            cleaned[key] = _check(item, expected.value_type, join_path(path, key), problems)
+            cleaned[key] = _check(item, expected.value_type, join_path(path, str(key)), problems)
         return cleaned
     if isinstance(expected, mi.StrType):
         ok = isinstance(value, str)

@@ -13,6 +13,8 @@ SHORT_NAMES: dict[str, str] = {
     "VirtualService": "vs",
     "DestinationRule": "dr",
     "Telemetry": "telemetry",
+    "PeerAuthentication": "pa",
+    "AuthorizationPolicy": "ap",
 }
 
 _SPELLINGS: dict[str, str] = {}

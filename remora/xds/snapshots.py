@@ -82,6 +82,9 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
         # Telemetry applies mesh-wide from the root namespace, else within its own namespace
         # (the sidecar then picks by its workload selector: telemetry_policy.resolve).
         "Telemetry": [r for r in config.telemetries if r.namespace in (ROOT_NAMESPACE, ns)],
+        # Security policies scope the same way (mesh-wide in the root namespace, else their own).
+        "PeerAuthentication": [r for r in config.peer_authentications if r.namespace in (ROOT_NAMESPACE, ns)],
+        "AuthorizationPolicy": [r for r in config.authorization_policies if r.namespace in (ROOT_NAMESPACE, ns)],
     }
     return {type_url: sorted((r for kind in kinds for r in chosen[kind]), key=lambda r: (r.kind, r.namespace, r.name))
             for type_url, kinds in TYPE_KINDS.items()}

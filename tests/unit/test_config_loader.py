@@ -62,8 +62,8 @@ def issues_of(text: str, source: str = "mesh.yaml") -> list[ConfigIssue]:
 FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "000-00-DestinationRule-my-service.yaml": ("loads", ()),
     "000-01-VirtualService-my-service.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[0].route[1].destination.subset")),
-    "000-02-PeerAuthentication-default.yaml": ("skipped", ("PeerAuthentication",)),
-    "000-03-AuthorizationPolicy-my-service-policy.yaml": ("skipped", ("AuthorizationPolicy",)),
+    "000-02-PeerAuthentication-default.yaml": ("loads", ()),
+    "000-03-AuthorizationPolicy-my-service-policy.yaml": ("loads", ()),
     "000-04-DestinationRule-my-service-circuit-breaker.yaml": ("loads", ()),
     "000-05-VirtualService-my-service-retry.yaml": ("loads", ()),
     "000-07-VirtualService-my-service-vs.yaml": ("loads", ()),
@@ -71,13 +71,13 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "000-09-VirtualService-my-service-ab-test.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[1].route[0].destination.subset")),
     "000-10-VirtualService-my-service-fault-injection.yaml": ("loads", ()),
     "000-12-RequestAuthentication-jwt-auth.yaml": ("skipped", ("RequestAuthentication",)),
-    "000-13-AuthorizationPolicy-my-service-authz.yaml": ("skipped", ("AuthorizationPolicy",)),
+    "000-13-AuthorizationPolicy-my-service-authz.yaml": ("loads", ()),
     "000-14-DestinationRule-my-service-optimized.yaml": ("loads", ()),
     "000-15-VirtualService-my-service-cached.yaml": ("loads", ()),
     "000-16-DestinationRule-my-service-lb.yaml": ("loads", ()),
     "001-02-ServiceEntry-external-service.yaml": ("loads", ()),
     "001-04-VirtualService-reviews.yaml": ("rejected", ("spec.http[0].route[0].destination.subset",)),
-    "001-05-PeerAuthentication-default.yaml": ("skipped", ("PeerAuthentication",)),
+    "001-05-PeerAuthentication-default.yaml": ("loads", ()),
     "001-07-DestinationRule-reviews.yaml": ("loads", ()),
     "001-13-DestinationRule-tcp-pool.yaml": ("loads", ()),
     "002-01-VirtualService-user-service.yaml": ("rejected", ("spec.timeout", "spec.retries")),
@@ -86,19 +86,19 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "002-05-VirtualService-order-service-blue-green.yaml": ("loads", ()),
     "002-06-VirtualService-recommendation-ab-test.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[2].route[1].destination.subset")),
     "002-07-VirtualService-payment-service-fault.yaml": ("loads", ()),
-    "002-08-PeerAuthentication-default.yaml": ("skipped", ("PeerAuthentication",)),
-    "002-09-AuthorizationPolicy-user-service-authz.yaml": ("skipped", ("AuthorizationPolicy",)),
-    "002-10-RequestAuthentication-jwt-auth.yaml": ("skipped", ("RequestAuthentication", "AuthorizationPolicy")),
+    "002-08-PeerAuthentication-default.yaml": ("loads", ()),
+    "002-09-AuthorizationPolicy-user-service-authz.yaml": ("loads", ()),
+    "002-10-RequestAuthentication-jwt-auth.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
     "002-11-ServiceEntry-user-service-cluster2.yaml": ("rejected", ("spec.endpoints[0].address",)),
     "002-12-VirtualService-user-service-global.yaml": ("rejected", ("spec.http[0].route[0].destination.host", "spec.http[1].route[0].destination.host")),
     "002-14-Sidecar-default.yaml": ("skipped", ("Sidecar",)),
     "002-15-DestinationRule-high-throughput-service.yaml": ("loads", ()),
     "003-02-Gateway-blog-gateway.yaml": ("rejected", ("spec.trafficPolicy.circuitBreaker", "spec.http[1].route[0].destination.host")),
-    "003-03-PeerAuthentication-default.yaml": ("skipped", ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")),
+    "003-03-PeerAuthentication-default.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
     "003-06-TrafficSplit-blog-api-split.yaml": ("skipped", ("TrafficSplit", "HTTPRouteGroup", "TrafficTarget")),
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": ("skipped", ("ServiceProfile",)),
     "003-08-ServiceIntentions-blog-api-intentions.yaml": ("skipped", ("ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver")),
-    "003-12-AuthorizationPolicy-deny-all.yaml": ("skipped", ("AuthorizationPolicy",)),
+    "003-12-AuthorizationPolicy-deny-all.yaml": ("loads", ()),
 }
 
 
@@ -122,7 +122,8 @@ def fixture_outcome(path: Path) -> tuple[str, str, str]:
         detail = "; ".join(f"{resource}: {', '.join(paths)}" for resource, paths in by_resource.items())
         return ", ".join(kinds), "rejected", detail
     loaded = [r.ref for group in (config.service_entries, config.workload_entries,
-                                   config.virtual_services, config.destination_rules) for r in group]
+                                   config.virtual_services, config.destination_rules,
+                                   config.peer_authentications, config.authorization_policies) for r in group]
     if not loaded:
         return ", ".join(kinds), "skipped", f"{len(config.warnings)} document(s) skipped with a warning"
     notes = f"; {len(config.warnings)} warning(s)" if config.warnings else ""
@@ -157,7 +158,8 @@ def test_fixture_file_outcome(name: str) -> None:
         assert set(named) <= paths, issues
         return
     config = load_mesh_config([path])
-    resources = config.service_entries + config.workload_entries + config.virtual_services + config.destination_rules
+    resources = (config.service_entries + config.workload_entries + config.virtual_services + config.destination_rules
+                 + config.peer_authentications + config.authorization_policies)
     if result == "loads":
         assert resources
     else:
@@ -365,8 +367,6 @@ def test_supported_api_versions(api_version: str) -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        ("security.istio.io/v1", "PeerAuthentication"),
-        ("security.istio.io/v1beta1", "AuthorizationPolicy"),
         ("security.istio.io/v1", "RequestAuthentication"),
         ("networking.istio.io/v1", "Gateway"),
         ("networking.istio.io/v1", "Sidecar"),
