@@ -137,4 +137,20 @@ class ControlProcess:
 
     def restart(self) -> "ControlProcess":
         assert self.stop() == 0, self.stderr()
-        return self.start().wait_ready()
+        return self.start_again()
+
+    def start_again(self, attempts: int = 10) -> "ControlProcess":
+        """Start on the same port after a stop. Sidecars reconnecting meanwhile use
+        ephemeral ports from the same range, and one may hold this port for a moment
+        (a loopback connect to a closed port can even connect to itself), so a bind that
+        fails with EADDRINUSE is retried."""
+        for _ in range(attempts):
+            mark = len(self.stderr())
+            self.start()
+            try:
+                return self.wait_ready()
+            except RuntimeError:
+                if "address already in use" not in self.stderr()[mark:].lower():
+                    raise
+                time.sleep(0.2)
+        raise RuntimeError(f"control could not bind port {self.port} again: {self.stderr()}")

@@ -178,7 +178,7 @@ def test_control_server_restart_fails_no_request(mesh):
     try:
         assert mesh.control.stop() == 0
         time.sleep(1.5)
-        mesh.control.start().wait_ready()
+        mesh.control.start_again()
         wait_for(lambda: {s["id"] for s in mesh.control.status()["sidecars"]}
                  >= {"productpage", "reviews-v1", "reviews-v2"}, "every sidecar to reconnect")
         time.sleep(1.0)   # and the pushes after the reconnect
