@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from remora.proxy.tracing import TRACE_HEADERS
+
 # Lower-cased header names the codecs treat specially, mapped to a small code.
 H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE = range(13)
 # Headers each side handles itself in both directions: framing, hop-by-hop, and the
@@ -37,15 +39,8 @@ REQUEST_SPECIAL = {
     b"x-forwarded-for": H_XFF,
     b"user-agent": H_UA,
     b"x-forwarded-proto": H_XFP,
-    # Trace context (tracing.TRACE_HEADERS): re-written upstream for the proxy's span.
-    b"traceparent": H_TRACE,
-    b"tracestate": H_TRACE,
-    b"b3": H_TRACE,
-    b"x-b3-traceid": H_TRACE,
-    b"x-b3-spanid": H_TRACE,
-    b"x-b3-parentspanid": H_TRACE,
-    b"x-b3-sampled": H_TRACE,
-    b"x-b3-flags": H_TRACE,
+    # Trace context: re-written upstream for the proxy's span (tracing.py owns the list).
+    **dict.fromkeys(TRACE_HEADERS, H_TRACE),
 }
 
 # Lengths of the response names above: most response headers (Server, Date, Content-Type)
