@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 from aiohttp import web
@@ -11,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.integration.upstreams import free_port
+from tests.integration.upstreams import LoopThread, free_port
 
 KINDS = {Span.SPAN_KIND_CLIENT: "client", Span.SPAN_KIND_SERVER: "server"}
 
@@ -36,32 +35,20 @@ class ReceivedSpan:
         self.duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
 
 
-class Collector:
+class Collector(LoopThread):
     """Runs an aiohttp OTLP receiver on its own loop thread; `spans` fills as batches arrive."""
 
+    name = "collector"
+
     def __init__(self) -> None:
+        super().__init__()
         self.port = free_port()
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/traces"
-
-    def start(self) -> "Collector":
-        self._thread.start()
-        if not self._ready.wait(20):
-            raise RuntimeError("collector did not start")
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._start())
-        self._ready.set()
-        self.loop.run_forever()
 
     async def _start(self) -> None:
         async def traces(request: web.Request) -> web.Response:

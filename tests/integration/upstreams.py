@@ -234,19 +234,21 @@ class SourceServer(asyncio.Protocol):
             n -= len(piece)
 
 
-class Upstreams:
-    """All test upstreams, started on their own loop in a daemon thread."""
+class LoopThread:
+    """Test servers on their own event loop in a daemon thread: subclasses set them up in
+    `_start()` (run on that loop before `start()` returns)."""
+
+    name = "test servers"
 
     def __init__(self) -> None:
-        self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Upstreams":
+    def start(self):
         self._thread.start()
         if not self._ready.wait(20):
-            raise RuntimeError("test upstreams did not start")
+            raise RuntimeError(f"{self.name} did not start")
         return self
 
     def _run(self) -> None:
@@ -254,6 +256,19 @@ class Upstreams:
         self.loop.run_until_complete(self._start())
         self._ready.set()
         self.loop.run_forever()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+
+class Upstreams(LoopThread):
+    """All test upstreams, started on their own loop in a daemon thread."""
+
+    name = "test upstreams"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[str, int] = {}
 
     async def _start(self) -> None:
         for name in ("echo", "v1", "v2", "drain"):
