@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--token", default=None, metavar="TOKEN",
                        help="join token (from `remora token create`) for this workload's certificate "
                             "from the control server's CA (default: $REMORA_TOKEN; needs --control)")
+    proxy.add_argument("--cert-dir", default=None, metavar="DIR",
+                       help="workload certificate from files instead of the CA, Istio's layout: "
+                            "cert-chain.pem, key.pem, root-cert.pem")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -237,6 +240,17 @@ def _proxy(args) -> int:
     if token is not None and not token.strip():
         print("remora: --token: empty", file=sys.stderr)
         return 2
+    if args.cert_dir and token:
+        print("remora: give either --cert-dir DIR (certificate from files) or --token (certificate "
+              "from the control server's CA), not both", file=sys.stderr)
+        return 2
+    if args.cert_dir:
+        from remora.proxy.tls import CertDirError, load_cert_dir
+        try:
+            load_cert_dir(args.cert_dir)
+        except CertDirError as err:
+            print(f"remora: --cert-dir: {err}", file=sys.stderr)
+            return 2
     config = None
     if control:
         from remora.proxy.xds_client import stream_url
@@ -266,6 +280,7 @@ def _proxy(args) -> int:
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
+        cert_dir=args.cert_dir,
     )
     try:
         return run_proxy(options, config)

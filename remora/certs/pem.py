@@ -33,8 +33,8 @@ def load_certs(path: Path, what: str) -> list[x509.Certificate]:
     return certs_from_pem(read_bytes(path, what), str(path))
 
 
-def load_private_key(path: Path) -> object:
-    data = read_bytes(path, "CA key")
+def load_private_key(path: Path, what: str = "CA key") -> object:
+    data = read_bytes(path, what)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -28,6 +28,7 @@ from remora.proxy.admin import start_admin, start_prometheus
 from remora.proxy.downstream import request_ids
 from remora.proxy.istio_metrics import merge, render
 from remora.proxy.svid_manager import HttpCaClient, SvidManager
+from remora.proxy.tls import load_cert_dir
 from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
 from remora.proxy.xds_state import Candidate
 
@@ -80,6 +81,18 @@ def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | None
     return view.certs
 
 
+def _attach_certificates(worker: Worker, certs: SvidManager | None, options: ProxyOptions) -> None:
+    """Feed the worker's MeshTls (and the certificate-expiry gauge) from --cert-dir or the SvidManager."""
+    def install(svid, bundle) -> None:
+        worker.tls.update(svid, bundle)
+        if worker.istio is not None:
+            worker.istio.certificate_expiry = svid.not_after.timestamp()
+    if options.cert_dir:
+        install(*load_cert_dir(options.cert_dir))
+    if certs is not None:
+        certs.on_rotate.append(install)
+
+
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts = [f"outbound {options.bind}:{options.outbound_port}"]
     if options.inbound_port is not None and options.app_port is not None:
@@ -112,9 +125,7 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     if client is not None:
         _start_control(options, client, runners[0])
     certs = _start_certs(options, source)
-    if certs is not None and worker.istio is not None:
-        istio = worker.istio
-        certs.on_rotate.append(lambda svid, _: setattr(istio, "certificate_expiry", svid.not_after.timestamp()))
+    _attach_certificates(worker, certs, options)
     _announce(options, config)
     await stop.wait()
     if client is not None:

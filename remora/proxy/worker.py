@@ -24,6 +24,7 @@ from remora.proxy.pool import PoolRegistry
 from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
+from remora.proxy.tls import MeshTls
 from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.tracing import Tracer
 
@@ -55,6 +56,7 @@ class ProxyOptions:
     control: str | None = None          # control server URL; config comes from it, not files
     state_dir: str | None = None        # where the last good pushed snapshot is kept
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
+    cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
 
 
 class Snapshot:
@@ -125,6 +127,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.pools = PoolRegistry(self.loop)
         self.deadlines = RequestDeadlines(self.loop)
+        self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
         # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
