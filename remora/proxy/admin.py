@@ -237,6 +237,8 @@ def format_clusters_text(clusters: list[dict]) -> str:
             labels = ep.get("labels") or {}
             label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
             out.append(f"{host}::labels::{label_text}\n")  # Remora extension
+            if "tls_mode" in ep:
+                out.append(f"{host}::tls_mode::{ep['tls_mode']}\n")  # Remora extension
     return "".join(out)
 
 
