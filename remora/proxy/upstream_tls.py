@@ -30,9 +30,9 @@ import sys
 
 from remora.certs.client import peer_spiffe_id
 from remora.certs.spiffe import SCHEME
+from remora.config.names import TLS_MODE_LABEL
 from remora.proxy.counters import Counters
 
-TLS_MODE_LABEL = "security.istio.io/tlsMode"
 ISTIO_MUTUAL = "ISTIO_MUTUAL"
 DISABLE = "DISABLE"
 _LOGGED_LIMIT = 1024          # distinct mismatches remembered per worker before forgetting all
