@@ -330,11 +330,25 @@ class ControlView:
     """
 
     xds = None
-    certs = None     # the SvidManager under --control with --token, else None
+    certs = None     # the SvidManager (--token) or CertDirWatcher (--cert-dir), else None
 
     def config_ready(self) -> bool:
         """Files are loaded before serving; pushed config must have arrived (or come from disk)."""
         return self.xds is None or self.xds.has_config
+
+    def certificate_ready(self) -> bool:
+        """With a certificate source, serving waits for the workload certificate (as Envoy's
+        listeners wait for their SDS secrets): without it, mTLS peers cannot be reached."""
+        return self.certs is None or self.certs.current() is not None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /ready is not LIVE yet (shown in its body), or None."""
+        if not self.config_ready():
+            return "waiting for the first configuration from the control server"
+        if not self.certificate_ready():
+            error = self.certs.last_error
+            return "waiting for the workload certificate" + (f" (last error: {error})" if error else "")
+        return None
 
     def with_control(self, dump: dict) -> dict:
         dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
@@ -353,7 +367,8 @@ class WorkerAdminSource(ControlView):
         self._last_stats: dict[str, int] = {}
 
     def is_ready(self) -> bool:
-        return self.worker.ready and not self.worker.draining and self.config_ready()
+        return (self.worker.ready and not self.worker.draining and self.config_ready()
+                and self.certificate_ready())
 
     def is_draining(self) -> bool:
         return self.worker.draining
