@@ -26,11 +26,11 @@ def issue(ca: CertificateAuthority, namespace: str, service_account: str, ttl: f
     return Svid.from_pems(issued.cert_pem, issued.chain_pems, key)
 
 
-def _app(name: str, snis: list) -> web.Application:
+def _app(name: str, snis: list, close: bool) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
         ssl_object = request.transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        return web.json_response({
+        response = web.json_response({
             "server": name,
             "client_id": peer_spiffe_id(ssl_object),
             "client_serial": format(x509.load_der_x509_certificate(der).serial_number, "x") if der else None,
@@ -38,6 +38,9 @@ def _app(name: str, snis: list) -> web.Application:
             "sni": snis[-1] if snis else None,
             "request_id": request.headers.get("x-request-id"),
         })
+        if close:
+            response.force_close()   # every request then needs a new connection (a new handshake)
+        return response
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -45,13 +48,15 @@ def _app(name: str, snis: list) -> web.Application:
 
 
 class MtlsServers(LoopThread):
-    """Named mTLS HTTP servers on loopback: `servers={name: (svid, bundle_pems)}`; ports in `ports`."""
+    """Named mTLS HTTP servers on loopback: `servers={name: (svid, bundle_pems)}`; ports in `ports`.
+    Servers named in `close` close the connection after each response."""
 
     name = "mTLS test servers"
 
-    def __init__(self, servers: dict[str, tuple[Svid, list[str]]]) -> None:
+    def __init__(self, servers: dict[str, tuple[Svid, list[str]]], close: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.servers = servers
+        self.close = close
         self.ports: dict[str, int] = {}
         self.snis: dict[str, list] = {}
         self.runners: list[web.AppRunner] = []
@@ -64,7 +69,7 @@ class MtlsServers(LoopThread):
             def remember(ssl_object, server_name, ctx, snis=snis):
                 snis.append(server_name)
             context.sni_callback = remember
-            runner = web.AppRunner(_app(name, snis), access_log=None)
+            runner = web.AppRunner(_app(name, snis, name in self.close), access_log=None)
             await runner.setup()
             port = free_port()
             await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
