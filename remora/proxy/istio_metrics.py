@@ -153,7 +153,7 @@ class IstioMetrics:
         service = (cluster.telemetry or UNKNOWN_SERVICE) if cluster is not None else UNKNOWN_SERVICE
         raw = ex.peer_metadata
         peer = self.peers.get(raw) if raw is not None and service.mesh_internal else UNKNOWN_PEER
-        self._record(self.source, peer, service, ex, (now - ex.started_at) * 1000.0)
+        self._record(self.source, peer, service, ex, (now - ex.started_at) * 1000.0, ex.peer_id)
 
     def record_inbound(self, ex, now: float) -> None:
         """One finished exchange on the inbound listener (reporter="destination")."""
@@ -162,8 +162,9 @@ class IstioMetrics:
         self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0)
 
     @staticmethod
-    def _record(table: dict, peer, service, ex, ms: float) -> None:
-        key = (peer, service, ex.status, ex.flags)
+    def _record(table: dict, peer, service, ex, ms: float, principal: str | None = None) -> None:
+        # principal: the verified peer's SPIFFE ID (mTLS), one of a bounded set of identities.
+        key = (peer, service, ex.status, ex.flags, principal)
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
@@ -209,9 +210,9 @@ class IstioMetrics:
         """JSON-able rows: {"requests": [[labels, values]], "tcp": [...], "certificate_expiry"}."""
         requests = []
         for reporter, table in (("source", self.source), ("destination", self.destination)):
-            for (peer, service, status, flags), values in table.items():
+            for (peer, service, status, flags, principal), values in table.items():
                 requests.append([self._labels(reporter, peer, service, "http", flags,
-                                              str(status), ""), list(values)])
+                                              str(status), "", principal=principal), list(values)])
         tcp_rows: dict[tuple, list] = {}
         for reporter, table in (("source", self.tcp_source), ("destination", self.tcp_destination)):
             for key, values in table.items():
@@ -225,14 +226,19 @@ class IstioMetrics:
         return {"requests": requests, "tcp": tcp, "certificate_expiry": self.certificate_expiry}
 
     def _labels(self, reporter: str, peer: PeerMetadata, service: ServiceTags, protocol: str,
-                flags: str, *code: str) -> list[str]:
-        """Label values in LABEL_NAMES order (TCP_LABEL_NAMES order when no code is given)."""
+                flags: str, *code: str, principal: str | None = None) -> list[str]:
+        """Label values in LABEL_NAMES order (TCP_LABEL_NAMES order when no code is given).
+
+        `principal` is the peer's verified SPIFFE ID: destination_principal on the source side.
+        """
         if reporter == "source":
             src, dst, policy = self.local, peer, UNKNOWN
+            dst_principal = principal or UNKNOWN
         else:
             src, dst, policy = peer, self.local, "none"
+            dst_principal = UNKNOWN
         return [reporter, src.workload, src.namespace, UNKNOWN, src.app, src.version,
-                dst.workload, dst.namespace, UNKNOWN, dst.app, dst.version,
+                dst.workload, dst.namespace, dst_principal, dst.app, dst.version,
                 service.service, service.name, service.namespace, protocol, *code, flags, policy]
 
 

@@ -25,6 +25,7 @@ from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
 from remora.proxy.tls import MeshTls
+from remora.proxy.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
 from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.tracing import Tracer
 
@@ -94,8 +95,14 @@ class Snapshot:
             cluster.circuit = pools.circuit_for(cluster.name)
             cluster.circuit.configure(cluster.traffic_policy)
             for ep in cluster.endpoints:
-                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port)
+                mtls = ep.tls_mode == ISTIO_MUTUAL
+                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
                 ep.pool.endpoint = ep
+                if mtls:
+                    ep.pool.mtls = MtlsDialer(
+                        pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
+                        cluster.naming, is_required(policy), cluster.name, ep.key,
+                        ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
 
     def clusters(self) -> list[Cluster]:
         """Every cluster of this version, in a stable order."""
@@ -125,9 +132,9 @@ class Worker:
         self.options = options
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
-        self.pools = PoolRegistry(self.loop)
-        self.deadlines = RequestDeadlines(self.loop)
         self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
+        self.pools = PoolRegistry(self.loop, self.tls)
+        self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
         # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
@@ -236,6 +243,10 @@ class Worker:
             if cluster.detector is not None and cluster.detector.enabled:
                 for name, value in cluster.detector.stats().items():
                     out[prefix + "outlier_detection." + name] = value
+            tls_stats = self.pools.tls_stats.get(cluster.name)
+            if tls_stats is not None:
+                for name, value in tls_stats.as_dict().items():
+                    out[prefix + "ssl." + name] = value
             out[prefix + "membership_total"] = len(cluster.endpoints)
             out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
         for listener in self.listeners:
@@ -264,6 +275,7 @@ class Worker:
                     "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
                     "connections_active": len(pool.active) - len(pool.idle) if pool else 0,
                     "connections_idle": len(pool.idle) if pool else 0,
+                    "tls_mode": ep.tls_mode,
                 })
             result.append({"name": cluster.name, "service": cluster.service,
                            "subset": cluster.subset or "", "lb_policy": cluster.lb_policy,
@@ -318,11 +330,25 @@ class ControlView:
     """
 
     xds = None
-    certs = None     # the SvidManager under --control with --token, else None
+    certs = None     # the SvidManager (--token) or CertDirWatcher (--cert-dir), else None
 
     def config_ready(self) -> bool:
         """Files are loaded before serving; pushed config must have arrived (or come from disk)."""
         return self.xds is None or self.xds.has_config
+
+    def certificate_ready(self) -> bool:
+        """With a certificate source, serving waits for the workload certificate (as Envoy's
+        listeners wait for their SDS secrets): without it, mTLS peers cannot be reached."""
+        return self.certs is None or self.certs.current() is not None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /ready is not LIVE yet (shown in its body), or None."""
+        if not self.config_ready():
+            return "waiting for the first configuration from the control server"
+        if not self.certificate_ready():
+            error = self.certs.last_error
+            return "waiting for the workload certificate" + (f" (last error: {error})" if error else "")
+        return None
 
     def with_control(self, dump: dict) -> dict:
         dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
@@ -341,7 +367,8 @@ class WorkerAdminSource(ControlView):
         self._last_stats: dict[str, int] = {}
 
     def is_ready(self) -> bool:
-        return self.worker.ready and not self.worker.draining and self.config_ready()
+        return (self.worker.ready and not self.worker.draining and self.config_ready()
+                and self.certificate_ready())
 
     def is_draining(self) -> bool:
         return self.worker.draining

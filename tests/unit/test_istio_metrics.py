@@ -33,8 +33,9 @@ class FakeExchange:
     """The attributes of an Exchange that the recorder reads."""
 
     def __init__(self, status=200, flags="-", rx=0, tx=0, started_at=0.0, cluster=None,
-                 peer=None, head_peer=None):
+                 peer=None, head_peer=None, peer_id=None):
         self.status, self.flags = status, flags
+        self.peer_id = peer_id
         self.bytes_received, self.bytes_sent = rx, tx
         self.started_at = started_at
         self.cluster = cluster
@@ -103,6 +104,18 @@ def test_source_reporter_labels():
         "grpc_response_status": "", "response_flags": "-", "connection_security_policy": "unknown",
     }
     assert values[0] == 1
+
+
+def test_source_destination_principal_is_the_verified_server_identity():
+    """Outbound over mTLS: destination_principal is the server's verified SPIFFE ID; plaintext stays "unknown"."""
+    m = IstioMetrics(ME)
+    svc = service_tags("ratings.web.svc.cluster.local", "web", True)
+    sid = "spiffe://cluster.local/ns/web/sa/ratings"
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc)), 0.0)
+    found = {labels["destination_principal"]: values[0] for labels, values in rows(m.export())}
+    assert found == {sid: 2, "unknown": 1}
 
 
 def test_destination_reporter_labels():
