@@ -342,13 +342,14 @@ class ControlView:
         return self.certs is None or self.certs.current() is not None
 
     def not_ready_reason(self) -> str | None:
-        """Why /ready is not LIVE yet (shown in its body), or None."""
+        """Why /ready is not LIVE yet, one line per missing piece (shown in its body), or None."""
+        reasons = []
         if not self.config_ready():
-            return "waiting for the first configuration from the control server"
+            reasons.append("waiting for the first configuration from the control server")
         if not self.certificate_ready():
             error = self.certs.last_error
-            return "waiting for the workload certificate" + (f" (last error: {error})" if error else "")
-        return None
+            reasons.append("waiting for the workload certificate" + (f" (last error: {error})" if error else ""))
+        return "\n".join(reasons) or None
 
     def with_control(self, dump: dict) -> dict:
         dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
