@@ -61,7 +61,7 @@ def inject_text(text: str, settings: SidecarSettings = SidecarSettings()) -> Inj
             continue
         index += 1
         before = result.injected
-        _inject_object(doc.data, f"document {index} (line {doc.body_line})", settings, result)
+        _inject_object(doc.data, f"document {index} (line {doc.content_line})", settings, result)
         parts.append(dump(doc) if result.injected > before else doc.text)
     result.output = "".join(parts)
     return result

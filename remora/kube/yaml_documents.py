@@ -19,6 +19,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 _MARKER = re.compile(r"---(?:[ \t]|\r?\n|$)")
 _MARKER_ONLY = re.compile(r"---[ \t]*(?:#.*)?\r?\n?$")
+_END = re.compile(r"\.\.\.[ \t]*(?:#.*)?\r?\n?$")
 _KEY_LINE = re.compile(r"^( *)(?:- +)?[^\s#-][^#]*:[ \t]*(?:#.*)?$")
 
 
@@ -38,11 +39,20 @@ class Document:
     line: int                 # 1-based line of the chunk's first line in the input
     head: str = ""            # directives and the `---` line, kept verbatim on re-dump
     body: str = ""            # what is parsed
+    tail: str = ""            # a `...` end marker and what follows it, kept verbatim on re-dump
     data: Any = None          # round-trip data (CommentedMap ...), None for an empty chunk
 
     @property
     def body_line(self) -> int:
         return self.line + self.head.count("\n")
+
+    @property
+    def content_line(self) -> int:
+        """The line of the first thing that is not a comment or blank: where error messages point."""
+        for offset, line in enumerate(self.body.splitlines()):
+            if line.strip() and not line.lstrip().startswith("#"):
+                return self.body_line + offset
+        return self.body_line
 
 
 def split_documents(text: str) -> list[Document]:
@@ -69,6 +79,7 @@ def _only_directives(lines: list[str]) -> bool:
 
 
 def _split_head(doc: Document) -> None:
+    doc.body = doc.text
     lines = doc.text.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if _MARKER.match(line):
@@ -76,10 +87,14 @@ def _split_head(doc: Document) -> None:
                 doc.head, doc.body = "".join(lines[:i + 1]), "".join(lines[i + 1:])
             else:  # content on the marker line (`--- {a: 1}`): parse it with the marker
                 doc.head, doc.body = "".join(lines[:i]), "".join(lines[i:])
-            return
+            break
         if not line.startswith("%"):
             break
-    doc.body = doc.text
+    lines = doc.body.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if _END.match(line):
+            doc.body, doc.tail = "".join(lines[:i]), "".join(lines[i:])
+            break
 
 
 def _yaml(mapping: int = 2, sequence: int = 2, offset: int = 0) -> YAML:
@@ -110,7 +125,7 @@ def dump(doc: Document) -> str:
     head = doc.head if doc.head.endswith("\n") or not doc.head else doc.head + "\n"
     if not head and doc.body.lstrip().startswith("---"):
         head = "---\n"  # content was on the marker line; the marker goes on its own line
-    return head + out.getvalue()
+    return head + out.getvalue() + doc.tail
 
 
 def guess_indent(text: str) -> tuple[int, int]:
