@@ -56,14 +56,16 @@ class Document:
 
 
 def split_documents(text: str) -> list[Document]:
-    """Cut `text` into chunks at `---` lines; directive lines (`%YAML`) stay with the next chunk."""
+    """Cut `text` into chunks at `---` lines; directive lines (`%YAML`) go with the next chunk."""
     docs: list[Document] = []
     current: list[str] = []
     start = 1
     for number, line in enumerate(text.splitlines(keepends=True), 1):
-        if _MARKER.match(line) and current and not _only_directives(current):
-            docs.append(Document("".join(current), start))
-            current, start = [], number
+        if _MARKER.match(line) and current:
+            cut = _trailing_directives(current)
+            if cut > 0:  # 0: the chunk so far is only directives, which belong to this marker
+                docs.append(Document("".join(current[:cut]), start))
+                current, start = current[cut:], start + cut
         current.append(line)
     if current or not docs:
         docs.append(Document("".join(current), start))
@@ -72,10 +74,16 @@ def split_documents(text: str) -> list[Document]:
     return docs
 
 
-def _only_directives(lines: list[str]) -> bool:
-    stripped = [line.strip() for line in lines]
-    return any(s.startswith("%") for s in stripped) and all(
-        not s or s.startswith("%") or s.startswith("#") for s in stripped)
+def _trailing_directives(lines: list[str]) -> int:
+    """Index where the directives that precede the next marker start; len(lines) when there are none."""
+    first = len(lines)
+    for i in range(len(lines) - 1, -1, -1):
+        stripped = lines[i].strip()
+        if stripped.startswith("%"):
+            first = i
+        elif stripped and not stripped.startswith("#"):
+            break
+    return first
 
 
 def _split_head(doc: Document) -> None:
