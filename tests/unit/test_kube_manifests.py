@@ -102,3 +102,11 @@ def test_mesh_config_map_is_valid_mesh_config(tmp_path: Path):
 def test_make_cacerts_is_executable():
     """The CA helper script is shipped executable."""
     assert (DEPLOY / "make-cacerts.sh").stat().st_mode & 0o111
+
+
+def test_injecting_the_control_plane_changes_nothing():
+    """The control server opts out of injection: `remora inject` leaves control.yaml byte for byte."""
+    from remora.kube.inject import inject_text
+    text = (DEPLOY / "control.yaml").read_text()
+    result = inject_text(text)
+    assert result.output == text and result.injected == 0
