@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from remora.kube.inject import inject_text
-from tests.kube_schema import problems
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "inject"
 INPUTS = sorted(p.name for p in FIXTURES.glob("*.yaml"))
@@ -67,6 +66,7 @@ def test_untouched_documents_are_copied_verbatim():
 @pytest.mark.parametrize("name", INPUTS)
 def test_output_validates_against_the_kubernetes_models(name):
     """Every document of every injected output is a valid object of its kind (no unknown fields)."""
+    from tests.kube_schema import problems
     for document in yaml.safe_load_all(_inject(name)):
         if document is not None:
             assert problems(document) == [], f"{name}: {document.get('kind')}"
