@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject`."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
     _add_control_commands(sub)
+    from remora.kube.command import add_inject_parser
+    add_inject_parser(sub, _http_url)
     return parser
 
 
@@ -172,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "control":
         from remora.xds.commands import run_control
         return run_control(args)
+    if args.command == "inject":
+        from remora.kube.command import run_inject
+        return run_inject(args)
     if args.command in CLIENT_COMMANDS:
         from remora.xds.commands import run_client
         return run_client(args.command, args)
