@@ -4,6 +4,11 @@ A Listener owns no sockets' logic beyond accepting: each accepted connection get
 DownstreamHttp1 protocol that asks the listener for the route table of the current
 snapshot (outbound: by Host; inbound: everything to the local app) and reports every
 finished exchange back for counting and access logging.
+
+The inbound listener accepts through an InboundAcceptor (mTLS by PeerAuthentication mode,
+see inbound_accept.py) and checks every request head against the snapshot's
+AuthorizationPolicies before routing it: a denied request becomes a DeniedExchange that
+answers 403 "RBAC: access denied" in its turn and never goes upstream.
 """
 from __future__ import annotations
 
