@@ -112,7 +112,7 @@ _SCOPES = {
 # Names inside those scopes are "<scope>.<tag value>.<stat>", and the tag value may hold
 # dots and '|' (cluster names, listener addresses), so split from the right: <stat> is
 # the last component, or the last two when the second-to-last is one of these families.
-_SUBFAMILIES = frozenset({"outlier_detection", "rbac"})
+_SUBFAMILIES = frozenset({"outlier_detection", "rbac", "ssl", "tls_inspector"})
 # Envoy's response-code extractors: upstream_rq_2xx -> upstream_rq_xx{class="2"},
 # upstream_rq_503 -> upstream_rq{code="503"}.
 _RQ_CLASS = re.compile(r"_rq_(\d)xx$")

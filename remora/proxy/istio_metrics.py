@@ -17,8 +17,9 @@ Rules this module keeps:
 - Istio's conventions for values nobody knows: "unknown" for workloads, principals and
   services, response_flags "-", response_code "0" when no response was sent,
   grpc_response_status "" for non-gRPC requests, connection_security_policy "unknown"
-  on the source side and "none" on the destination side (no mTLS yet; "mutual_tls"
-  once peer certificates are verified), request_protocol "http" (and "tcp" for tunnels).
+  on the source side; on the destination side "mutual_tls" when the request came over a
+  verified mTLS connection (source_principal is then the caller's SPIFFE ID) and "none"
+  on plaintext (source_principal "unknown"), request_protocol "http" (and "tcp" for tunnels).
 - Bounded cardinality: no path, id or raw Host value is ever a label. destination_service
   is the FQDN of the matched service (the cluster's) or "unknown"; peers are capped by
   PeerCache.
@@ -157,13 +158,16 @@ class IstioMetrics:
 
     def record_inbound(self, ex, now: float) -> None:
         """One finished exchange on the inbound listener (reporter="destination")."""
-        raw = ex.head.peer_metadata
+        head = ex.head
+        raw = head.peer_metadata
         peer = self.peers.get(raw) if raw is not None else UNKNOWN_PEER
-        self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0)
+        cert = head.peer_cert   # None on plaintext; the caller's label otherwise (interned)
+        self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0,
+                     cert.metric_principal if cert is not None else None)
 
     @staticmethod
     def _record(table: dict, peer, service, ex, ms: float, principal: str | None = None) -> None:
-        # principal: the verified peer's SPIFFE ID (mTLS), one of a bounded set of identities.
+        # principal: the verified peer's SPIFFE ID label (mTLS), one of a bounded set of identities.
         key = (peer, service, ex.status, ex.flags, principal)
         s = table.get(key)
         if s is None:
@@ -229,16 +233,20 @@ class IstioMetrics:
                 flags: str, *code: str, principal: str | None = None) -> list[str]:
         """Label values in LABEL_NAMES order (TCP_LABEL_NAMES order when no code is given).
 
-        `principal` is the peer's verified SPIFFE ID: destination_principal on the source side.
+        `principal` is the peer's verified SPIFFE ID, None on plaintext: destination_principal
+        on the source side; source_principal (and connection_security_policy "mutual_tls") on
+        the destination side.
         """
+        source_principal = destination_principal = UNKNOWN
         if reporter == "source":
             src, dst, policy = self.local, peer, UNKNOWN
-            dst_principal = principal or UNKNOWN
+            destination_principal = principal or UNKNOWN
+        elif principal is not None:
+            src, dst, policy, source_principal = peer, self.local, "mutual_tls", principal
         else:
             src, dst, policy = peer, self.local, "none"
-            dst_principal = UNKNOWN
-        return [reporter, src.workload, src.namespace, UNKNOWN, src.app, src.version,
-                dst.workload, dst.namespace, dst_principal, dst.app, dst.version,
+        return [reporter, src.workload, src.namespace, source_principal, src.app, src.version,
+                dst.workload, dst.namespace, destination_principal, dst.app, dst.version,
                 service.service, service.name, service.namespace, protocol, *code, flags, policy]
 
 

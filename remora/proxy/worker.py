@@ -17,6 +17,7 @@ from remora.config.names import qualify_host
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
+from remora.proxy.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.istio_metrics import IstioMetrics, local_service_tags, render, service_tags
 from remora.proxy.listener import Listener, ListenerSettings
 from remora.proxy.outlier import OutlierDetector
@@ -72,11 +73,13 @@ class Snapshot:
         self.outbound: RouteTable = build_route_table(config, self.services)
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
+        self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
         if options.inbound_port is not None and options.app_port is not None:
             name = f"inbound|{options.app_port}||"
             self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
                                            [Endpoint(options.app_host, options.app_port, {})], None)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
+            self.inbound_policy = compile_inbound_policy(config, options.identity, options.app_port)
         old = {c.name: c for c in previous.clusters()} if previous is not None else {}
         internal = mesh_internal_hosts(config)
         for fqdn, info in self.services.items():
@@ -255,6 +258,12 @@ class Worker:
                 out[f"listener.{listener.address}.{name}"] = st[name]
             for name, value in st.items():
                 out[f"http.{listener.name}.{name}"] = value
+            if listener.acceptor is not None:
+                for name, value in listener.acceptor.stats.named().items():
+                    out[f"listener.{listener.address}.{name}"] = value
+            if listener.inbound:
+                for name, value in listener.rbac.as_dict().items():
+                    out[f"http.{listener.name}.rbac.{name}"] = value
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1
@@ -298,6 +307,7 @@ class Worker:
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
+            "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
             "warnings": list(cfg.warnings),
             "resources": resources,
         }

@@ -120,7 +120,7 @@ def test_source_destination_principal_is_the_verified_server_identity():
 
 def test_destination_reporter_labels():
     """Inbound: source_* from the caller's header, destination_* and the service from the
-    identity; csp "none" until mTLS."""
+    identity; csp "none" on plaintext."""
     m = IstioMetrics(ME)
     m.record_inbound(FakeExchange(status=503, flags="UF", head_peer=encode(PEER)), 0.0)
     [(labels, _)] = rows(m.export())
@@ -132,6 +132,19 @@ def test_destination_reporter_labels():
     assert (labels["response_code"], labels["response_flags"]) == ("503", "UF")
     assert labels["connection_security_policy"] == "none"
     assert labels["source_principal"] == "unknown"
+
+
+def test_destination_reporter_on_mtls_has_the_verified_principal():
+    """Inbound over mTLS: csp "mutual_tls" and source_principal the caller's SPIFFE ID, in its own series."""
+    from remora.proxy.inbound_policy import PeerCertificate
+    m = IstioMetrics(ME)
+    mtls = FakeExchange(head_peer=encode(PEER))
+    mtls.head.peer_cert = PeerCertificate("spiffe://cluster.local/ns/web/sa/sa-f", b"der", None)
+    m.record_inbound(mtls, 0.0)
+    m.record_inbound(FakeExchange(head_peer=encode(PEER)), 0.0)
+    by_policy = {labels["connection_security_policy"]: labels for labels, _ in rows(m.export())}
+    assert by_policy["mutual_tls"]["source_principal"] == "spiffe://cluster.local/ns/web/sa/sa-f"
+    assert by_policy["none"]["source_principal"] == "unknown"
 
 
 def test_unknowns_follow_istio_conventions():
