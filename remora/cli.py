@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(sub)
     from remora.kube.command import add_inject_parser
     add_inject_parser(sub, _http_url)
+    from remora.intercept.command import add_iptables_parser
+    add_iptables_parser(sub)
     return parser
 
 
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inject":
         from remora.kube.command import run_inject
         return run_inject(args)
+    if args.command == "iptables":
+        from remora.intercept.command import run_iptables
+        return run_iptables(args)
     if args.command in CLIENT_COMMANDS:
         from remora.xds.commands import run_client
         return run_client(args.command, args)
