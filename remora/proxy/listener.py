@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from remora.intercept.capture import OutboundCapture, Sniffer
+from remora.intercept.tcp_proxy import TcpStats
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
@@ -78,6 +80,8 @@ class Listener:
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
         self.acceptor: InboundAcceptor | None = None   # inbound: accepts and terminates mTLS
+        self.capture = None         # --capture: decisions for redirected connections (remora/intercept)
+        self.tcp_stats = TcpStats()  # TCP proxy counters (captured non-HTTP and passthrough connections)
         self.rbac = RbacStats()
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
@@ -113,8 +117,12 @@ class Listener:
                                             lambda: DownstreamHttp1(self, tls=True))
             self.acceptor.start(self.host, self.port, reuse_port)
             return
+        factory = lambda: DownstreamHttp1(self)     # noqa: E731
+        if self.worker.options.capture:
+            self.capture = OutboundCapture(self, self.worker.options.outbound_traffic_policy)
+            factory = lambda: Sniffer(self.capture)   # noqa: E731
         self.server = await self.loop.create_server(
-            lambda: DownstreamHttp1(self), self.host, self.port,
+            factory, self.host, self.port,
             reuse_address=True, reuse_port=reuse_port, backlog=4096)
 
     def stop_accepting(self) -> None:
@@ -149,6 +157,8 @@ class Listener:
             else:
                 table, policy = snapshot.outbound, None
             vhost = table.lookup(head.authority) if table is not None else None
+            if vhost is None and sink.capture is not None:
+                return self.capture.fallback(sink, head, stats)
             found = vhost.route(head) if vhost is not None else None
             if found is not None:
                 if policy is not None and policy.authorizer is not None and not self.authorize(policy, head):

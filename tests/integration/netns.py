@@ -54,10 +54,11 @@ class Pod:
     def run(self, *argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         return sh(*self.argv(*argv), check=check, **kw)
 
-    def python(self, code: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    def python(self, code: str, check: bool = True, timeout: float = 60.0,
+               stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run Python code in this namespace (as root, gid 0: an app, captured)."""
         done = subprocess.run(self.argv(sys.executable, "-c", code), capture_output=True, text=True,
-                              timeout=timeout, cwd=self.lab.repo)
+                              timeout=timeout, cwd=self.lab.repo, input=stdin)
         if check and done.returncode != 0:
             raise RuntimeError(f"python in {self.name}: exit {done.returncode}: {done.stderr.strip()}")
         return done
