@@ -16,6 +16,7 @@ import asyncio
 from dataclasses import dataclass
 
 from remora.intercept.capture import OutboundCapture, Sniffer
+from remora.intercept.inbound_capture import InboundCapture
 from remora.intercept.tcp_proxy import TcpStats
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
@@ -113,8 +114,11 @@ class Listener:
 
     async def start(self, reuse_port: bool) -> None:
         if self.inbound:
-            self.acceptor = InboundAcceptor(self, lambda: DownstreamHttp1(self),
-                                            lambda: DownstreamHttp1(self, tls=True))
+            plain, tls = (lambda: DownstreamHttp1(self)), (lambda: DownstreamHttp1(self, tls=True))
+            if self.worker.options.capture:
+                self.capture = InboundCapture(self)
+                plain, tls = (lambda: Sniffer(self.capture)), (lambda: Sniffer(self.capture, tls=True))
+            self.acceptor = InboundAcceptor(self, plain, tls)
             self.acceptor.start(self.host, self.port, reuse_port)
             return
         factory = lambda: DownstreamHttp1(self)     # noqa: E731
@@ -153,7 +157,10 @@ class Listener:
         if routed:
             snapshot = self.worker.snapshot
             if self.inbound:
-                table, policy = snapshot.inbound, snapshot.inbound_policy
+                if sink.capture is None:
+                    table, policy = snapshot.inbound, snapshot.inbound_policy
+                else:   # captured: the app port the caller dialled
+                    table, policy, _ = snapshot.inbound_for(sink.capture.original[1])
             else:
                 table, policy = snapshot.outbound, None
             vhost = table.lookup(head.authority) if table is not None else None

@@ -93,8 +93,28 @@ class Snapshot:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
         for cluster in self.clusters():
             prepare_cluster(cluster, pools, old.get(cluster.name))
+        self._pools, self._options = pools, options
+        self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
         # Transparent capture (--capture): original destination -> mesh service, per version.
         self.destinations = DestinationIndex(config, self.services) if options.capture else None
+
+    def inbound_for(self, port: int) -> tuple:
+        """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:
+        inbound traffic to any port of the pod, forwarded to the app on that port)."""
+        found = self._inbound_ports.get(port)
+        if found is None:
+            if port == self._options.app_port and self.inbound is not None:
+                found = (self.inbound, self.inbound_policy, self.inbound_cluster)
+            else:
+                options = self._options
+                cluster = Cluster(f"inbound|{port}||", "inbound", port, None,
+                                  [Endpoint(options.app_host, port, {})], None)
+                cluster.telemetry = local_service_tags(options.identity)
+                prepare_cluster(cluster, self._pools)
+                found = (RouteTable.single(cluster, "inbound"),
+                         compile_inbound_policy(self.config, options.identity, port), cluster)
+            self._inbound_ports[port] = found
+        return found
 
     def clusters(self) -> list[Cluster]:
         """Every cluster of this version, in a stable order."""

@@ -70,15 +70,18 @@ json.dump([status, {{k.lower(): v for k, v in hdrs.items()}}, body], sys.stdout)
     return status, hdrs, body
 
 
-def tcp_exchange(pod: Pod, host: str, port: int, payload: bytes) -> bytes | str:
-    """Connect, send payload, half-close, read to EOF; the bytes read or the error's name."""
+def tcp_exchange(pod: Pod, host: str, port: int, payload: bytes, half_close: bool = True) -> bytes | str:
+    """Connect, send payload, half-close (or not), read to EOF (or len(payload) bytes);
+    the bytes read or the error's name."""
     code = f"""
 import socket, sys
 try:
     s = socket.create_connection(({host!r}, {port}), timeout=20)
-    s.sendall(bytes.fromhex(sys.stdin.read())); s.shutdown(socket.SHUT_WR)
+    data = bytes.fromhex(sys.stdin.read())
+    s.sendall(data)
+    if {half_close!r}: s.shutdown(socket.SHUT_WR)
     got = b""
-    while True:
+    while {half_close!r} or len(got) < len(data):
         chunk = s.recv(65536)
         if not chunk: break
         got += chunk
