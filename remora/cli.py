@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
+    capture = proxy.add_argument_group("transparent capture (after `remora iptables`; docs/interception.md)")
+    capture.add_argument("--capture", action="store_true",
+                         help="the listeners receive iptables-redirected connections: original "
+                              "destinations, TCP proxying, passthrough; inbound to every app port")
+    capture.add_argument("--outbound-traffic-policy", choices=["ALLOW_ANY", "REGISTRY_ONLY"],
+                         default="ALLOW_ANY", help="captured traffic to no mesh service: pass it "
+                         "through (default) or refuse it (502 NR for HTTP, closed for TCP)")
     identity = proxy.add_argument_group("workload identity (registration, telemetry labels, mTLS)")
     identity.add_argument("--service", default=None, help="the service this workload serves (e.g. reviews)")
     identity.add_argument("--namespace", default="default")
@@ -106,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_commands(sub)
     from remora.kube.command import add_inject_parser
     add_inject_parser(sub, _http_url)
+    from remora.intercept.command import add_iptables_parser
+    add_iptables_parser(sub)
     return parser
 
 
@@ -180,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inject":
         from remora.kube.command import run_inject
         return run_inject(args)
+    if args.command == "iptables":
+        from remora.intercept.command import run_iptables
+        return run_iptables(args)
     if args.command in CLIENT_COMMANDS:
         from remora.xds.commands import run_client
         return run_client(args.command, args)
@@ -289,7 +301,8 @@ def _proxy(args) -> int:
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir,
+        cert_dir=args.cert_dir, capture=args.capture,
+        outbound_traffic_policy=args.outbound_traffic_policy,
     )
     try:
         return run_proxy(options, config)

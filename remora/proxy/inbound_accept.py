@@ -132,7 +132,9 @@ class InboundAcceptor:
             self._dispatch(sock)
 
     def _dispatch(self, sock: socket.socket) -> None:
-        mode = self.worker.snapshot.inbound_policy.mode
+        capture = self.listener.capture     # --capture: the mode of the port the caller dialled
+        policy = capture.policy_for(sock) if capture is not None else self.worker.snapshot.inbound_policy
+        mode = policy.mode
         if mode == DISABLE:
             self._hand_over(sock, None)
             return
