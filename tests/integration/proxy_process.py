@@ -114,3 +114,15 @@ class ProxyProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = 30.0):
+    """Poll `predicate` until it returns something true (returned); fail naming `what`, with
+    the proxy's stderr, after `timeout` seconds (generous: a busy 2-core machine)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; proxy stderr:\n{p.stderr()}")

@@ -14,7 +14,7 @@ import urllib.request
 
 from tests.integration.client import RawClient
 from tests.integration.conftest import mesh_yaml, service
-from tests.integration.proxy_process import ProxyProcess
+from tests.integration.proxy_process import ProxyProcess, wait_until
 from tests.integration.upstreams import free_port
 
 
@@ -38,15 +38,6 @@ def in_background(client: RawClient, path: str) -> tuple[threading.Thread, dict]
     thread.start()
     return thread, result
 
-
-def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = TIMEOUT):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; proxy stderr:\n{p.stderr()}")
 
 
 def refuses(port: int) -> bool:
