@@ -64,7 +64,7 @@ def remora_proxy(mesh_file: Path) -> Proxy:
     port, admin = free_port(), free_port()
     cmd = [sys.executable, "-m", "remora", "proxy", "--mesh-config", str(mesh_file),
            "--outbound-port", str(port), "--admin-port", str(admin),
-           "--workers", "1", "--access-log", "off", "--prometheus-port", "0"]
+           "--workers", "1", "--access-log", "off", "--prometheus-port", "0", "--health-port", "0"]
     return Proxy("remora", cmd, port, admin)
 
 

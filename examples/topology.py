@@ -141,8 +141,9 @@ def sidecar_argv(command: list[str], control_url: str, inst: Instance, ports: Po
         "--app-port", str(ports.app),
         "--workers", "1",
         "--drain-seconds", f"{drain_seconds:g}",
-        # No :15090 listener: five sidecars share one host (admin /stats/prometheus has it all).
-        "--prometheus-port", "0",
+        # No :15090 or :15021 listener: five sidecars share one host (admin has /stats/prometheus
+        # and /ready).
+        "--prometheus-port", "0", "--health-port", "0",
     ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
+"""The `remora` command: `remora proxy | wait | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -66,13 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")
     proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
     proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
-    proxy.add_argument("--admin-bind", default="127.0.0.1")
+    proxy.add_argument("--admin-bind", default="127.0.0.1",
+                       help="admin address; keep it on loopback: admin can quit the proxy")
     proxy.add_argument("--prometheus-port", type=int, default=15090,
-                       help="serve /stats/prometheus here too, on --admin-bind (0: off)")
+                       help="serve /stats/prometheus here too (0: off)")
+    proxy.add_argument("--prometheus-bind", default=None, metavar="ADDR",
+                       help="address of --prometheus-port (default: --admin-bind)")
+    proxy.add_argument("--health-port", type=int, default=15021,
+                       help="serve GET /healthz/ready here, what kubelet probes (0: off)")
+    proxy.add_argument("--health-bind", default=None, metavar="ADDR",
+                       help="address of --health-port (default: --admin-bind); 0.0.0.0 in a pod, "
+                            "where kubelet probes come from the node")
     proxy.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
                        help="no Istio standard metrics and no metadata exchange with peers")
     proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
-    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0)
+    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0,
+                       help="on SIGTERM or /quitquitquit, exit when no connection is left or "
+                            "after this long (default 5s)")
     proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
                        help="request body kept for replay on retry; longer bodies are not retried")
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
@@ -108,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_argument("--trust-domain", default="cluster.local")
     identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
 
+    from remora.proxy.wait import add_wait_parser
+    add_wait_parser(sub, _http_url, _seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
     _add_control_commands(sub)
@@ -181,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "wait":
+        from remora.proxy.wait import run_wait
+        return run_wait(args)
     if args.command == "analyze":
         return _analyze(args)
     if args.command == "control":
@@ -289,6 +304,8 @@ def _proxy(args) -> int:
         inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
         drain_seconds=args.drain_seconds, retry_buffer_bytes=args.retry_buffer_bytes,
         access_log=args.access_log, prometheus_port=args.prometheus_port,
+        prometheus_bind=args.prometheus_bind or args.admin_bind,
+        health_port=args.health_port, health_bind=args.health_bind or args.admin_bind,
         istio_metrics=args.istio_metrics,
         access_log_format=args.access_log_format,
         trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,

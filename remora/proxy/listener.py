@@ -130,11 +130,31 @@ class Listener:
             reuse_address=True, reuse_port=reuse_port, backlog=4096)
 
     def stop_accepting(self) -> None:
+        """Close the listening socket; connections already accepted are served to their end."""
         if self.server is not None:
             self.server.close()
         if self.acceptor is not None:
             self.acceptor.close()
         self.draining = True
+
+    def begin_drain(self) -> None:
+        """The proxy is shutting down (Istio's inbound-only drain).
+
+        Inbound: stop accepting and close idle keep-alive connections; requests in flight
+        finish and their connections close after the response. Outbound keeps accepting,
+        because the app is shutting down too and may still call out; its responses carry
+        `connection: close` (`draining`), so the app's pooled connections turn over and
+        the proxy can reach zero connections once the app is done. Idle outbound
+        connections are not closed here: a request could be on its way on them.
+        """
+        self.draining = True
+        if self.inbound:
+            self.stop_accepting()
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            conn.close_if_idle()
 
     # -- called by DownstreamHttp1 --------------------------------------------------------
     def connection_opened(self, conn: DownstreamHttp1) -> None:

@@ -51,6 +51,9 @@ class ProxyOptions:
     access_log: str = "stdout"          # stdout | off
     access_log_format: str = "text"     # text | json
     prometheus_port: int = 15090        # Istio's merged-metrics port (0: no such listener)
+    prometheus_bind: str = "127.0.0.1"  # its address (the CLI defaults it to --admin-bind)
+    health_port: int = 15021            # Istio's readiness port: GET /healthz/ready (0: off)
+    health_bind: str = "127.0.0.1"      # its address (the CLI defaults it to --admin-bind)
     istio_metrics: bool = True          # Istio's standard metrics and the metadata exchange
     trace_sampling: float = 1.0         # percent of new traces sampled (randomSamplingPercentage)
     otlp_endpoint: str | None = None    # OTLP/HTTP traces URL; no spans are recorded without it
@@ -182,6 +185,7 @@ class Worker:
         self.apply_telemetry(config)
         self.ready = False
         self.draining = False
+        self.drain_started: float | None = None   # loop time SIGTERM / quitquitquit began the drain
         self.started_at = time.time()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_tick: dict[str, float] = {}
@@ -234,36 +238,52 @@ class Worker:
 
     # -- drain and stop ------------------------------------------------------------------
     def stop_accepting(self) -> None:
+        """Every listener stops accepting (POST /drain_listeners); idle connections close."""
         self.draining = True
         for listener in self.listeners:
             listener.stop_accepting()
-            for conn in list(listener.connections):
-                conn.close_if_idle()
+            listener.close_idle()
+
+    def begin_drain(self) -> None:
+        """Start the shutdown drain: /healthz/ready says DRAINING from here on, inbound
+        stops accepting, outbound keeps serving the app (Listener.begin_drain)."""
+        if self.drain_started is None:
+            self.drain_started = self.loop.time()
+        self.draining = True
+        for listener in self.listeners:
+            listener.begin_drain()
 
     def in_flight(self) -> int:
         return sum(listener.stats.downstream_rq_active for listener in self.listeners)
 
-    async def drain(self, deadline_seconds: float) -> None:
-        """Stop accepting, let requests in flight finish up to the deadline, then close."""
-        self.stop_accepting()
-        deadline = self.loop.time() + deadline_seconds
-        while self.in_flight() > 0 and self.loop.time() < deadline:
+    def open_connections(self) -> int:
+        """Downstream connections on every listener (a WebSocket tunnel counts as one)."""
+        return sum(len(listener.connections) for listener in self.listeners)
+
+    async def drain(self, deadline_seconds: float) -> int:
+        """Drain (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS): wait until no downstream
+        connection or request is left, or `deadline_seconds` after the drain began; then
+        close everything. Returns how many connections the deadline cut."""
+        self.begin_drain()
+        deadline = self.drain_started + deadline_seconds
+        while (self.open_connections() or self.in_flight()) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
             for listener in self.listeners:
-                for conn in list(listener.connections):
-                    conn.close_if_idle()
+                if listener.inbound:
+                    listener.close_idle()   # a pipelined request may have finished
+        cut = self.open_connections()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 if conn.transport is not None:
                     conn.transport.close()
-            if listener.server is not None:
-                listener.server.close()
+            listener.stop_accepting()
         self.pools.close_all_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.access_log.close()
         if self.tracer.exporter is not None:
             self.tracer.exporter.close()
+        return cut
 
     # -- what admin reads --------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -61,6 +61,18 @@ def test_proxy_args_are_accepted_by_remora_proxy():
     assert parsed.control == "http://remora-control.remora-system.svc:15010"
 
 
+def test_admin_stays_on_loopback_while_probes_and_scrapes_reach_the_pod():
+    """The sidecar binds admin (which can quit it) to 127.0.0.1 and 15021 / 15090 to 0.0.0.0,
+    and its probes use the health port."""
+    proxy = _containers()["remora-proxy"]
+    parsed = build_parser().parse_args([a.replace("$(POD_NAMESPACE)", "default") for a in proxy["args"]])
+    assert parsed.admin_bind == "127.0.0.1"
+    assert (parsed.health_bind, parsed.health_port) == ("0.0.0.0", 15021)
+    assert (parsed.prometheus_bind, parsed.prometheus_port) == ("0.0.0.0", 15090)
+    for probe in ("startupProbe", "readinessProbe"):
+        assert proxy[probe]["httpGet"] == {"path": "/healthz/ready", "port": parsed.health_port}
+
+
 def test_image_and_control_flags_reach_both_containers():
     """--image is used by both added containers, --control by the sidecar."""
     containers = _containers(settings=SidecarSettings(image="reg.example/remora:1.2",
