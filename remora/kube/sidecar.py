@@ -62,7 +62,8 @@ def proxy_args(settings: SidecarSettings, pod: PodIdentity) -> list[str]:
     if pod.labels:
         args += ["--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items())]
     args += ["--state-dir", STATE_DIR, "--bind", "0.0.0.0", "--inbound-bind", "0.0.0.0",
-             "--prometheus-bind", "0.0.0.0", "--health-bind", "0.0.0.0"]
+             "--prometheus-bind", "0.0.0.0", "--health-bind", "0.0.0.0",
+             "--capture"]   # the remora-init container redirects the pod's traffic to 15001/15006
     return args
 
 

@@ -43,7 +43,9 @@ def _flags(args: list[str]) -> dict[str, str]:
 def test_proxy_gets_identity_and_ports_from_the_pod_template():
     """Service from the app label, workload from the Deployment name, service account, labels,
     and the first container's first port as the app port."""
-    flags = _flags(_containers()["remora-proxy"]["args"])
+    args = _containers()["remora-proxy"]["args"]
+    flags = _flags(args)
+    assert args[-1] == "--capture"   # remora-init redirects the pod's traffic to the sidecar
     assert flags["--service"] == "reviews"
     assert flags["--workload"] == "reviews-v2"
     assert flags["--service-account"] == "bookinfo-reviews"
