@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -115,6 +116,7 @@ spec:
         yield {"name": name, "ports": ports, "health": health, "image": remora_image}
     finally:
         docker("rm", "-f", name, check=False)
+        shutil.rmtree(config_dir, ignore_errors=True)
 
 
 def test_image_metadata_is_the_contract(remora_image):
