@@ -14,7 +14,7 @@ import pytest
 
 from tests.compose_check import DEFAULT_FILE, load
 from tests.docker.docker_env import ROOT, docker
-from tests.docker.test_image import http_status, logs, wait_until
+from tests.docker.test_image import http_status, logs, proxy_has_flag, wait_until
 from tests.integration.upstreams import free_port
 
 COMPOSE = load(DEFAULT_FILE, env={})
@@ -71,6 +71,8 @@ def test_minted_tokens_belong_to_the_sidecar_uid_and_are_private(tokens):
 
 def run_sidecar(image: str, control_url: str, tokens_dir: str, account: str, name: str) -> dict:
     ports = {"outbound": free_port(), "admin": free_port(), "prometheus": free_port()}
+    # Never the host's :15021 (the default once the health port exists): a free port instead.
+    health = ["--health-port", str(free_port())] if proxy_has_flag(image, "--health-port") else []
     svc = SERVICES["reviews-v1-proxy"]
     flags = svc["command"]
     identity = flags[flags.index("--service"):flags.index("--inbound-port")]   # service .. labels
@@ -79,7 +81,7 @@ def run_sidecar(image: str, control_url: str, tokens_dir: str, account: str, nam
            "--entrypoint", svc["entrypoint"][0], image, *svc["entrypoint"][1:],
            "--control", control_url, *identity, "--state-dir", "/var/lib/remora/state",
            "--outbound-port", str(ports["outbound"]), "--admin-port", str(ports["admin"]),
-           "--prometheus-port", str(ports["prometheus"]))
+           "--prometheus-port", str(ports["prometheus"]), *health)
     return ports
 
 

@@ -5,6 +5,7 @@ upstream that this test serves on 127.0.0.1, and the test reaches its listeners.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -67,12 +68,14 @@ def logs(container: str) -> str:
     return (result.stdout + result.stderr)[-4000:]
 
 
+@functools.lru_cache(maxsize=None)
 def image_has(image: str, *command: str) -> bool:
     """Whether `remora <command> --help` works in the image (a subcommand or flag exists)."""
     result = docker("run", "--rm", "--network", "none", image, *command, "--help", check=False)
     return result.returncode == 0
 
 
+@functools.lru_cache(maxsize=None)
 def proxy_has_flag(image: str, flag: str) -> bool:
     result = docker("run", "--rm", "--network", "none", image, "proxy", "--help", check=False)
     return flag in result.stdout
@@ -144,6 +147,18 @@ def test_remora_iptables_dry_run_takes_the_contract_flags(remora_image):
                     remora_image, *iptables_args(TrafficCapture()), "--dry-run", check=False)
     assert result.returncode == 0, result.stderr
     assert "15001" in result.stdout and "15006" in result.stdout
+
+
+def test_remora_iptables_installs_capture_rules_in_a_container_namespace(remora_image):
+    """As the init step runs it (root, NET_ADMIN/NET_RAW, its own namespace), `remora iptables` adds nat rules."""
+    if not image_has(remora_image, "iptables"):
+        pytest.skip("`remora iptables` is not in this build yet (the interception work adds it)")
+    script = f"remora {' '.join(repr(a) for a in iptables_args(TrafficCapture()))} && iptables-save -t nat"
+    result = docker("run", "--rm", "--network", "none", "--user", "0:0", "--cap-add", "NET_ADMIN",
+                    "--cap-add", "NET_RAW", "--entrypoint", "/bin/sh", remora_image, "-c", script, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "REDIRECT" in result.stdout and "--to-ports 15001" in result.stdout
+    assert "--uid-owner 1337" in result.stdout
 
 
 def test_sidecar_becomes_ready(sidecar):
