@@ -89,11 +89,11 @@ def test_token_started_sidecar_gets_config_and_its_certificate(remora_image, con
     """The sidecar script starts `remora proxy` with the minted token: ready, SPIFFE certificate, registered."""
     name = f"remora-docker-test-reviews-{os.getpid()}"
     try:
-        ports = run_sidecar(remora_image, control["url"], tokens, "bookinfo-reviews", name)
+        ports = run_sidecar(remora_image, control["url"], tokens, "reviews", name)
         admin = f"http://127.0.0.1:{ports['admin']}"
         wait_until(lambda: http_status(f"{admin}/ready")[0] == 200, "admin /ready (config and certificate)", name)
         status, body = http_status(f"{admin}/certs")
-        assert status == 200 and b"spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in body, body
+        assert status == 200 and b"spiffe://cluster.local/ns/default/sa/reviews" in body, body
         status, body = http_status(f"{control['url']}/v1/status")
         assert status == 200 and b"reviews-v1" in body, logs(control["name"])
     finally:
