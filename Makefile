@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean compose-check test-docker
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Validates deploy/docker-compose.yml without pulling anything: `docker compose config`
+# when the Compose plugin is there, and always the Python check (schema + structure).
+compose-check: $(STAMP)
+	@if docker compose version >/dev/null 2>&1; then \
+	  docker compose -f deploy/docker-compose.yml config -q && echo "docker compose config: valid"; \
+	else echo "docker compose plugin not found: Python check only"; fi
+	$(PY) -m tests.compose_check deploy/docker-compose.yml
+
+# Builds the image on a locally made Debian base and runs the sidecar in it (slow; needs
+# dockerd, started here as root if Debian's docker.io is installed; skips otherwise).
+test-docker: $(STAMP)
+	$(PY) -m pytest -q -rs tests/docker
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

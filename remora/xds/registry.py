@@ -17,6 +17,10 @@ Rules:
 - If no ServiceEntry in the node's namespace has the host <service>, one is synthesized
   like a Kubernetes Service: `auto-<service>`, host <service>, port app_port named http,
   STATIC, MESH_INTERNAL, selecting app=<service>.
+- A sidecar bound to every address (`--inbound-bind 0.0.0.0` or `::`, as in a container or
+  a pod) cannot know which of them its peers reach; its `inbound` and `admin` host become
+  the address its stream comes from (`with_peer_address`), which is the pod or container
+  IP, as Istio uses the pod IP. A specific bind address is taken as given.
 
 - With a state file (`--state-dir`), the known sidecars are saved on every change, and a
   restarted control server restores them as *disconnected*, each with a fresh grace period.
@@ -32,6 +36,7 @@ with a fake clock.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import sys
 import time
@@ -81,6 +86,35 @@ def split_host_port(text: str, field: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidNode(f"node.{field}: expected host:port, got {text!r}")
     return host, int(port)
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False   # a name: taken as given
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def with_peer_address(node: Node, peer: str | None) -> Node:
+    """`node` with an unspecified host (0.0.0.0, ::) in `inbound`/`admin` replaced by `peer`,
+    the address its stream comes from; unchanged when there is nothing to replace or no peer."""
+    if not peer:
+        return node
+    if peer.startswith("::ffff:") and "." in peer:   # IPv4 client on a dual-stack listener
+        peer = peer[len("::ffff:"):]
+    changes = {}
+    for field in ("inbound", "admin"):
+        value = getattr(node, field)
+        if value is None:
+            continue
+        host, port = split_host_port(value, field)
+        if _is_unspecified(host):
+            changes[field] = _join_host_port(peer, port)
+    return msgspec.structs.replace(node, **changes) if changes else node
 
 
 def check_node(node: Node) -> None:

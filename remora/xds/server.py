@@ -34,7 +34,7 @@ from remora.xds.debounce import Debouncer
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
 from remora.xds.protocol import Hello
-from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node
+from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node, with_peer_address
 from remora.xds.snapshots import SnapshotCache
 from remora.xds.store import ChangeRefused, ConfigFailure, ConfigStore
 from remora.xds.stream import StreamSession, send_error
@@ -163,6 +163,7 @@ class ControlServer:
             if not isinstance(hello, Hello):
                 raise InvalidNode(f"the first message must be a hello, got {type(hello).__name__}")
             check_node(hello.node)
+            hello.node = with_peer_address(hello.node, request.remote)
             registration = self.registry.connect(hello.node)
         except (protocol.ProtocolError, InvalidNode, DuplicateNode) as error:
             self.log(f"stream refused: {error}")
