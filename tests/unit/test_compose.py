@@ -116,7 +116,10 @@ def test_sidecar_commands_parse_and_carry_the_demo_identity(compose):
             kv.split("=") for kv in inst.labels.split(",")))
         assert args.control == "http://control:15010"
         assert (args.inbound_port, args.app_port) == (15006, 9080)
-        assert "0.0.0.0" == args.inbound_bind == args.admin_bind   # peers and Prometheus reach it
+        # Peers, Prometheus and the health check reach it; admin (quitquitquit) stays on loopback.
+        assert "0.0.0.0" == args.inbound_bind == args.prometheus_bind == args.health_bind
+        assert args.admin_bind == "127.0.0.1"
+        assert args.capture   # the pod's init container redirects its traffic
         assert args.service_account == inst.app   # as `make demo`: the service account is the app's name
         assert svc["environment"]["SERVICE_ACCOUNT"] == args.service_account in minted
         assert svc["depends_on"]["tokens"]["condition"] == "service_completed_successfully"
