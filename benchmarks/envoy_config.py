@@ -287,7 +287,6 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
     """
     by_kind = _by_kind(docs, {"ServiceEntry", "VirtualService", "DestinationRule",
                               "PeerAuthentication"})
-    mode = inbound_mode(by_kind.get("PeerAuthentication", []), namespace, labels, app_port)
     cluster = f"inbound|{app_port}||"
     vhost = {"name": "inbound", "domains": ["*"],
              "routes": [{"match": {"prefix": "/"},
@@ -297,6 +296,7 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True})
     try:
+        mode = inbound_mode(by_kind.get("PeerAuthentication", []), namespace, labels, app_port)
         chains, listener_filters = inbound_filter_chains(mode, [hcm], cert_dir, trust_domain)
     except TlsUnsupported as error:
         raise Unsupported(str(error)) from None
