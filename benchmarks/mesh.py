@@ -120,7 +120,7 @@ spec:
   host: {host}
   trafficPolicy:
     tls:
-      mode: ISTIO_MUTUAL
+      mode: {client_tls}
     outlierDetection:
       consecutive5xxErrors: 5
       interval: 10s
@@ -133,16 +133,19 @@ metadata:
   namespace: {ns}
 spec:
   mtls:
-    mode: STRICT
+    mode: {peer_mode}
 """
 
 
-def two_hop_yaml(inbound_port: int) -> str:
+def two_hop_yaml(inbound_port: int, mtls: bool = True) -> str:
     """ServiceEntry (MESH_INTERNAL, endpoint = sidecar B's inbound port, tlsMode istio,
     serviceAccount server), VirtualService, DestinationRule ISTIO_MUTUAL, and a namespace-wide
-    PeerAuthentication STRICT, all in namespace `bench`."""
+    PeerAuthentication STRICT, all in namespace `bench`. mtls=False: the same with tls mode
+    and PeerAuthentication DISABLE (to measure or profile what TLS itself costs)."""
     return TWO_HOP_YAML.format(ns=MESH_NAMESPACE, host=SERVER_HOST, inbound_port=inbound_port,
-                               server_sa=SERVER_ACCOUNT)
+                               server_sa=SERVER_ACCOUNT,
+                               client_tls="ISTIO_MUTUAL" if mtls else "DISABLE",
+                               peer_mode="STRICT" if mtls else "DISABLE")
 
 
 def load_documents(text: str) -> list[dict]:

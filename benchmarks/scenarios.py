@@ -99,15 +99,17 @@ def verify_mtls(inbound_port: int) -> Callable[[DataPlane, list[Child]], None]:
     return verify
 
 
-def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options) -> Builders:
+def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
+                           mtls: bool = True) -> Builders:
     """Certificates for sa/client and sa/server, the 2-hop YAML, and both planes' sidecars.
 
     Both planes use the same ports (they never run at the same time): A's outbound port, and
-    B's inbound port, which the YAML names as the service's endpoint.
+    B's inbound port, which the YAML names as the service's endpoint. mtls=False turns TLS
+    off in the YAML (the mTLS check then fails: for profiling and tests, not the scenario).
     """
     certs = issue_cert_dirs(workdir, MESH_NAMESPACE, [CLIENT_ACCOUNT, SERVER_ACCOUNT])
     entry_port, inbound_port = free_port(), free_port()
-    mesh_text = two_hop_yaml(inbound_port)
+    mesh_text = two_hop_yaml(inbound_port, mtls)
     mesh_file = workdir / "mesh.yaml"
     mesh_file.write_text(mesh_text)
     verify = verify_mtls(inbound_port)

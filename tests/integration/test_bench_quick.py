@@ -120,23 +120,14 @@ def test_envoy_accepts_rendered_mtls_bootstraps(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_mtls_check_fails_loudly_on_a_plaintext_hop(tmp_path: Path, monkeypatch) -> None:
+def test_mtls_check_fails_loudly_on_a_plaintext_hop(tmp_path: Path) -> None:
     """A 2-hop data plane whose hops run plaintext is refused by the scenario's mTLS check."""
-    from benchmarks import scenarios
-
     opts = Options(out=tmp_path, envoy=_envoy_or_skip())
-
-    def two_hop_plaintext(port: int) -> str:
-        """The scenario's YAML with mTLS switched off on both sides."""
-        return (two_hop_yaml(port).replace("mode: ISTIO_MUTUAL", "mode: DISABLE")
-                .replace("mode: STRICT", "mode: DISABLE"))
-
-    monkeypatch.setattr(scenarios, "two_hop_yaml", two_hop_plaintext)
     with ExitStack() as stack:
         port = free_port()
         upstream, _kind = start_upstream(port, tmp_path / "upstream", opts.pinning)
         stack.callback(upstream.stop)
-        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts)["envoy"]()
+        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts, mtls=False)["envoy"]()
         children = start_data_plane(plane, 1, opts, tmp_path, stack)
         status, _body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
         assert status == 200

@@ -219,3 +219,18 @@ def test_rendered_bootstraps_are_plain_yaml():
             docs, namespace=MESH_NAMESPACE, labels=SERVER_LABELS, inbound_port=3, app_port=4,
             admin_port=5, cert_dir=CERTS)):
         assert yaml.safe_load(yaml.safe_dump(boot)) == boot
+
+
+def test_profile_buckets_take_the_innermost_telling_frame():
+    """A sample counts as Python, SSL, syscall or parser by its innermost telling frame."""
+    from benchmarks.profile_sidecars import NATIVE, PYTHON, bucket
+
+    run = ["run_forever (loop.c:1)", "DownstreamHttp1.data_received (remora/proxy/downstream.py:9)"]
+    assert bucket([*run, "feed_data (parser.c:1)", "llhttp__internal_execute (llhttp.c:2)"]) \
+        == "HTTP parser (llhttp)"
+    assert bucket([*run, "on_header (remora/proxy/downstream.py:3)", "Py_DECREF (object.h:5)"]) \
+        == PYTHON
+    assert bucket([*run, "_ssl__SSLSocket_write (_ssl.c:1)", "SSL_write (libssl.so.3)",
+                   "aes_gcm_encrypt (libcrypto.so.3)"]) == "SSL_write (encrypt)"
+    assert bucket(["UVStream__try_write (loop.c:1)", "write (libc.so.6)"]) == "write syscalls"
+    assert bucket(["SSLProtocol._do_read (uvloop/sslproto.pyx:3)", "uv_run (core.c:1)"]) == NATIVE
