@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.certs import TRUST_DOMAIN
 from benchmarks.envoy_tls import (TlsUnsupported, apply_client_tls, inbound_filter_chains,
-                                  inbound_mode)
+                                  inbound_mode, istio_sni)
 from remora.config.duration import parse_duration
 
 UNLIMITED = 1_000_000_000  # "disable circuit breaking" per the Envoy benchmarking FAQ
@@ -86,8 +86,8 @@ def _clusters(entries: list[dict], rules: dict[str, dict], cert_dir: Path | None
                 policy = rules.get(host, {}).get("trafficPolicy", {})
                 _apply_traffic_policy(cluster, policy)
                 try:
-                    apply_client_tls(cluster, policy.get("tls"), spec, namespace, cert_dir,
-                                     trust_domain)
+                    apply_client_tls(cluster, policy.get("tls"), spec, namespace,
+                                     istio_sni(port["number"], host), cert_dir, trust_domain)
                 except TlsUnsupported as error:
                     raise Unsupported(str(error)) from None
                 clusters.append(cluster)

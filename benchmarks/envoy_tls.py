@@ -6,6 +6,7 @@ Outbound (client side), as Istio does it:
   not translated.
 - No tls setting -> auto mTLS: endpoints labelled `security.istio.io/tlsMode: istio` get
   TLS through `transport_socket_matches` on endpoint metadata, others plaintext.
+- SNI `outbound_.<port>_._.<host>`, Istio's (Remora sends the same).
 - Secure naming: the server must present one of the SPIFFE IDs of the endpoints' service
   accounts (in the ServiceEntry's namespace) or of the ServiceEntry's subjectAltNames.
 
@@ -60,12 +61,17 @@ def _common_context(cert_dir: Path, san_matchers: list[dict]) -> dict:
     }
 
 
-def upstream_tls_socket(cert_dir: Path, server_ids: list[str]) -> dict:
+def istio_sni(port: int, host: str, subset: str = "") -> str:
+    """The SNI Istio (and Remora) send to a sidecar: `outbound_.<port>_.<subset>_.<host>`."""
+    return f"outbound_.{port}_.{subset}_.{host}"
+
+
+def upstream_tls_socket(cert_dir: Path, server_ids: list[str], sni: str) -> dict:
     """Client side: present the SVID in cert_dir, accept only a server with one of server_ids."""
     if not server_ids:
         raise TlsUnsupported("ISTIO_MUTUAL needs the server's identity: give the endpoints a "
                              "serviceAccount or the ServiceEntry subjectAltNames")
-    context = {"@type": f"{_TLS}.UpstreamTlsContext",
+    context = {"@type": f"{_TLS}.UpstreamTlsContext", "sni": sni,
                "common_tls_context": _common_context(cert_dir, [{"exact": s}
                                                                 for s in server_ids])}
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
@@ -90,7 +96,7 @@ def server_identities(entry: dict, namespace: str, trust_domain: str) -> list[st
     return list(dict.fromkeys(ids))
 
 
-def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: str,
+def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: str, sni: str,
                      cert_dir: Path | None, trust_domain: str) -> None:
     """Give an outbound cluster the transport socket(s) Istio would (see the module doc)."""
     tls = tls or {}
@@ -109,7 +115,8 @@ def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: st
     if cert_dir is None:
         raise TlsUnsupported(f"cluster {cluster['name']} uses mTLS: render it with a "
                              "certificate directory")
-    socket = upstream_tls_socket(cert_dir, server_identities(entry, namespace, trust_domain))
+    socket = upstream_tls_socket(cert_dir, server_identities(entry, namespace, trust_domain),
+                                 sni)
     if mode == "ISTIO_MUTUAL":
         cluster["transport_socket"] = socket
         return

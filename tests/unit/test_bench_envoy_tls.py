@@ -47,11 +47,12 @@ def test_the_two_hop_yaml_is_valid_remora_config():
 
 
 def test_istio_mutual_cluster_presents_the_svid_and_checks_the_server_identity():
-    """ISTIO_MUTUAL: UpstreamTlsContext with the client's files, root-cert.pem, exact server SPIFFE
-    ID, Remora's ALPN and TLS 1.2-1.3."""
+    """ISTIO_MUTUAL: UpstreamTlsContext with Istio's SNI, the client's files, root-cert.pem, exact
+    server SPIFFE ID, Remora's ALPN and TLS 1.2-1.3."""
     socket = _cluster(_docs())["transport_socket"]
     ctx = socket["typed_config"]
     assert ctx["@type"].endswith("UpstreamTlsContext")
+    assert ctx["sni"] == "outbound_.80_._.server.bench.svc.cluster.local"
     common = ctx["common_tls_context"]
     assert common["tls_certificates"] == [{
         "certificate_chain": {"filename": "/certs/client/cert-chain.pem"},
