@@ -32,6 +32,8 @@ from benchmarks.upstream import start_upstream
 # bucket -> pattern on a native frame's function name.
 BUCKETS = (
     ("TLS handshake", re.compile(r"do_handshake|ssl3_connect|ssl3_accept")),
+    # uvloop's SSLProtocol (Cython) and ssl.SSLObject's Python wrappers: TLS glue, not app code
+    ("TLS glue (uvloop SSLProtocol, ssl.SSLObject)", re.compile(r"^SSLProtocol|^SSLObject\.")),
     ("SSL_write (encrypt)", re.compile(r"SSL_write|ssl3_write|_ssl__SSLSocket_write")),
     ("SSL_read (decrypt)", re.compile(r"SSL_read|ssl3_read|_ssl__SSLSocket_read")),
     ("write syscalls", re.compile(r"^(__libc_write|write|writev|send|sendmsg|sendto)$")),
@@ -47,12 +49,12 @@ _PY_FRAME = re.compile(r"\.py:\d+\)$")
 def bucket(stack: list[str]) -> str:
     """The bucket of one sample, from its frames (outermost first): innermost telling frame."""
     for frame in reversed(stack):
-        if _PY_FRAME.search(frame):
-            return PYTHON
         name = frame.split(" (", 1)[0].strip()
         for label, pattern in BUCKETS:
             if pattern.search(name):
                 return label
+        if _PY_FRAME.search(frame):
+            return PYTHON
     return NATIVE
 
 

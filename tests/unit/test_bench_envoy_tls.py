@@ -234,4 +234,6 @@ def test_profile_buckets_take_the_innermost_telling_frame():
     assert bucket([*run, "_ssl__SSLSocket_write (_ssl.c:1)", "SSL_write (libssl.so.3)",
                    "aes_gcm_encrypt (libcrypto.so.3)"]) == "SSL_write (encrypt)"
     assert bucket(["UVStream__try_write (loop.c:1)", "write (libc.so.6)"]) == "write syscalls"
-    assert bucket(["SSLProtocol._do_read (uvloop/sslproto.pyx:3)", "uv_run (core.c:1)"]) == NATIVE
+    assert bucket(["uv_run (core.c:1)", "uv__io_poll (linux.c:2)"]) == NATIVE
+    assert bucket(["SSLProtocol_buffer_updated_impl (loop.c:3)", "SSLObject.read (ssl.py:4)"]) \
+        == "TLS glue (uvloop SSLProtocol, ssl.SSLObject)"
