@@ -8,6 +8,7 @@ the same YAML and validated).
 - http1-1hop: wrk -> proxy (outbound) -> upstream.
 - mesh-2hop-mtls: wrk -> sidecar A (outbound) -> mTLS -> sidecar B (inbound, STRICT) ->
   upstream, the certificates issued in-process by Remora's CA and shared by both planes.
+- mesh-2hop-plain: the same without TLS, the baseline for what mTLS costs.
 """
 from __future__ import annotations
 
@@ -100,19 +101,20 @@ def verify_mtls(inbound_port: int) -> Callable[[DataPlane, list[Child]], None]:
 
 
 def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
-                           mtls: bool = True) -> Builders:
+                           mtls: bool = True, check_mtls: bool | None = None) -> Builders:
     """Certificates for sa/client and sa/server, the 2-hop YAML, and both planes' sidecars.
 
     Both planes use the same ports (they never run at the same time): A's outbound port, and
     B's inbound port, which the YAML names as the service's endpoint. mtls=False turns TLS
-    off in the YAML (the mTLS check then fails: for profiling and tests, not the scenario).
+    off in the YAML (mesh-2hop-plain, profiling); the mTLS check follows `mtls` unless
+    check_mtls says otherwise (a test checks the check).
     """
     certs = issue_cert_dirs(workdir, MESH_NAMESPACE, [CLIENT_ACCOUNT, SERVER_ACCOUNT])
     entry_port, inbound_port = free_port(), free_port()
     mesh_text = two_hop_yaml(inbound_port, mtls)
     mesh_file = workdir / "mesh.yaml"
     mesh_file.write_text(mesh_text)
-    verify = verify_mtls(inbound_port)
+    verify = verify_mtls(inbound_port) if (mtls if check_mtls is None else check_mtls) else None
 
     def remora() -> DataPlane:
         admin_a, admin_b, unused_b = free_port(), free_port(), free_port()
@@ -168,4 +170,15 @@ def oversubscription_note(opts: Options) -> str:
             "pays for both proxies' work on that one core.")
 
 
-SCENARIOS = {"http1-1hop": run_http1_1hop, "mesh-2hop-mtls": run_mesh_2hop_mtls}
+def run_mesh_2hop_plain(opts: Options) -> dict:
+    """The same two hops without TLS: the baseline that shows what mTLS costs each proxy."""
+    return run_scenario(
+        "mesh-2hop-plain",
+        f"as mesh-2hop-mtls with DestinationRule tls DISABLE and PeerAuthentication DISABLE "
+        f"(plaintext between the sidecars); Host: {SERVER_HOST}; CPU and RSS both sidecars",
+        lambda workdir, port, o: prepare_mesh_2hop_mtls(workdir, port, o, mtls=False), opts,
+        note=oversubscription_note(opts))
+
+
+SCENARIOS = {"http1-1hop": run_http1_1hop, "mesh-2hop-mtls": run_mesh_2hop_mtls,
+             "mesh-2hop-plain": run_mesh_2hop_plain}

@@ -127,7 +127,8 @@ def test_mtls_check_fails_loudly_on_a_plaintext_hop(tmp_path: Path) -> None:
         port = free_port()
         upstream, _kind = start_upstream(port, tmp_path / "upstream", opts.pinning)
         stack.callback(upstream.stop)
-        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts, mtls=False)["envoy"]()
+        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts, mtls=False,
+                                       check_mtls=True)["envoy"]()
         children = start_data_plane(plane, 1, opts, tmp_path, stack)
         status, _body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
         assert status == 200
@@ -146,7 +147,7 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["scenarios"]) == {"http1-1hop", "mesh-2hop-mtls"}
+    assert set(results["scenarios"]) == {"http1-1hop", "mesh-2hop-mtls", "mesh-2hop-plain"}
     for name, scenario in results["scenarios"].items():
         for proxy in ("remora", "envoy"):
             assert scenario["summary"][proxy]["rps"]["median"] > 0, (name, proxy)
@@ -154,4 +155,4 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
         assert set(scenario["ratios"]) >= {"rps", "p50_ms", "p99_ms", "cpu_s_per_1k"}, name
     two_hop = results["scenarios"]["mesh-2hop-mtls"]["runs"]
     assert {tuple(r["rss_mib_by_sidecar"]) for r in two_hop} == {("client", "server")}
-    assert (tmp_path / "summary.md").read_text().count("| requests/s |") == 2
+    assert (tmp_path / "summary.md").read_text().count("| requests/s |") == 3
