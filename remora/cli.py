@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze`."""
+"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject`."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer 408 when a request head takes longer than this")
     proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
                        help="close a request whose body stalls this long")
+    proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
+                       help="inbound mTLS: wait this long for a client's first bytes (TLS or "
+                            "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
     identity = proxy.add_argument_group("workload identity (registration, telemetry labels, mTLS)")
     identity.add_argument("--service", default=None, help="the service this workload serves (e.g. reviews)")
     identity.add_argument("--namespace", default="default")
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
     _add_control_commands(sub)
+    from remora.kube.command import add_inject_parser
+    add_inject_parser(sub, _http_url)
     return parser
 
 
@@ -172,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "control":
         from remora.xds.commands import run_control
         return run_control(args)
+    if args.command == "inject":
+        from remora.kube.command import run_inject
+        return run_inject(args)
     if args.command in CLIENT_COMMANDS:
         from remora.xds.commands import run_client
         return run_client(args.command, args)
@@ -274,7 +282,8 @@ def _proxy(args) -> int:
         trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
-                                  stream_idle_timeout=args.stream_idle_timeout),
+                                  stream_idle_timeout=args.stream_idle_timeout,
+                                  detection_timeout=args.protocol_detection_timeout),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,

@@ -354,6 +354,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
+        elif item.kind == "DestinationRule" and item.spec is not None:
+            collector.warnings.extend(validate.client_tls_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 

@@ -9,7 +9,7 @@ Semantic rules (regexes compile, weights add up, subsets exist) live in the load
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 import msgspec
 
@@ -430,3 +430,10 @@ class MeshConfig:
     authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
+
+    def resources(self) -> Iterator[Resource]:
+        """Every resource of every kind, kind by kind."""
+        for group in (self.service_entries, self.workload_entries, self.virtual_services,
+                      self.destination_rules, self.telemetries, self.peer_authentications,
+                      self.authorization_policies):
+            yield from group

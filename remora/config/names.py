@@ -48,3 +48,6 @@ def host_aliases(fqdn: str, domain: str = DEFAULT_DOMAIN) -> list[str]:
         service, namespace = labels[0], labels[1]
         return [name, f"{service}.{namespace}.svc", f"{service}.{namespace}", service]
     return [name]
+
+# Istio's label on workloads whose sidecar accepts mutual TLS (auto-mTLS dials them with it).
+TLS_MODE_LABEL = "security.istio.io/tlsMode"

@@ -304,6 +304,34 @@ def _check_traffic_policy(checks: _Checks, path: str, policy: TrafficPolicy | Po
             _check_traffic_policy(checks, where, port_policy)
 
 
+# Client TLS modes Remora's sidecar originates; SIMPLE and MUTUAL (TLS to servers outside
+# the mesh) are valid Istio but not implemented: a warning, and the endpoints stay plaintext.
+ORIGINATED_TLS_MODES = frozenset({"DISABLE", "ISTIO_MUTUAL"})
+
+
+def client_tls_warnings(spec: DestinationRuleSpec, ref: str, source: str) -> list[str]:
+    """Warnings for tls modes the sidecar does not originate, naming each field."""
+    policies: list[tuple[str, TrafficPolicy | PortTrafficPolicy]] = []
+
+    def add(path: str, policy: TrafficPolicy | None) -> None:
+        if policy is None:
+            return
+        policies.append((path, policy))
+        for i, port_policy in enumerate(policy.port_level_settings):
+            policies.append((f"{path}.portLevelSettings[{i}]", port_policy))
+    add("spec.trafficPolicy", spec.traffic_policy)
+    for i, subset in enumerate(spec.subsets):
+        add(f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
+    warnings = []
+    for path, policy in policies:
+        mode = (policy.tls.mode or "").upper() if policy.tls is not None else ""
+        if mode and mode not in ORIGINATED_TLS_MODES:
+            warnings.append(f"{ref} in {source}: {path}.tls.mode: {mode} (TLS origination to a server "
+                            "outside the mesh) is not supported by Remora yet; these endpoints are dialled "
+                            "in plaintext")
+    return warnings
+
+
 def _check_load_balancer(checks: _Checks, path: str, lb: LoadBalancerSettings) -> None:
     checks.one_of(f"{path}.simple", lb.simple, LOAD_BALANCER_SIMPLE)
     checks.duration(f"{path}.warmupDurationSecs", lb.warmup_duration_secs)

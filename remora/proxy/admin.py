@@ -112,7 +112,7 @@ _SCOPES = {
 # Names inside those scopes are "<scope>.<tag value>.<stat>", and the tag value may hold
 # dots and '|' (cluster names, listener addresses), so split from the right: <stat> is
 # the last component, or the last two when the second-to-last is one of these families.
-_SUBFAMILIES = frozenset({"outlier_detection", "rbac"})
+_SUBFAMILIES = frozenset({"outlier_detection", "rbac", "ssl", "tls_inspector"})
 # Envoy's response-code extractors: upstream_rq_2xx -> upstream_rq_xx{class="2"},
 # upstream_rq_503 -> upstream_rq{code="503"}.
 _RQ_CLASS = re.compile(r"_rq_(\d)xx$")
@@ -237,6 +237,8 @@ def format_clusters_text(clusters: list[dict]) -> str:
             labels = ep.get("labels") or {}
             label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
             out.append(f"{host}::labels::{label_text}\n")  # Remora extension
+            if "tls_mode" in ep:
+                out.append(f"{host}::tls_mode::{ep['tls_mode']}\n")  # Remora extension
     return "".join(out)
 
 
@@ -274,7 +276,10 @@ def make_admin_app(source: AdminSource) -> web.Application:
             return web.Response(status=503, text="DRAINING\n", content_type=TEXT)
         if source.is_ready():
             return web.Response(text="LIVE\n", content_type=TEXT)
-        return web.Response(status=503, text="PRE_INITIALIZING\n", content_type=TEXT)
+        reason = getattr(source, "not_ready_reason", None)
+        why = reason() if reason is not None else None
+        return web.Response(status=503, text="PRE_INITIALIZING\n" + (f"{why}\n" if why else ""),
+                            content_type=TEXT)
 
     async def clusters(request: web.Request) -> web.Response:
         data = await source.clusters()
@@ -288,8 +293,9 @@ def make_admin_app(source: AdminSource) -> web.Application:
     async def certs(request: web.Request) -> web.Response:
         manager = getattr(source, "certs", None)
         if manager is None:
-            return web.json_response({"error": "no certificate manager: run with --control URL and "
-                                               "--token TOKEN (or $REMORA_TOKEN)"}, status=404)
+            return web.json_response({"error": "no workload certificate source: run with --control URL "
+                                               "and --token TOKEN (or $REMORA_TOKEN), or --cert-dir DIR"},
+                                     status=404)
         return _json_response(manager.status())
 
     async def stats(request: web.Request) -> web.Response:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from remora.config.model import (
     AuthorizationPolicySpec,
@@ -36,22 +37,30 @@ from remora.config.model import (
 from remora.proxy.telemetry_policy import ROOT_NAMESPACE
 
 
-@dataclass(frozen=True)
 class AuthzRequest:
-    """What the evaluator knows about one inbound request."""
+    """What the evaluator knows about one inbound request (built per checked request: a
+    plain slots class, several times cheaper to make than a frozen dataclass)."""
 
-    source_principal: str | None   # peer identity from mTLS, `cluster.local/ns/NS/sa/SA`; None if plaintext
-    source_namespace: str | None   # the namespace in that identity; None if plaintext
-    source_ip: str
-    host: str
-    method: str
-    path: str
-    port: int                      # the destination (inbound) port
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    __slots__ = ("source_principal", "source_namespace", "source_ip", "host", "method", "path",
+                 "port", "headers")
+
+    def __init__(self, source_principal: str | None, source_namespace: str | None, source_ip: str,
+                 host: str, method: str, path: str, port: int, headers=None) -> None:
+        self.source_principal = source_principal  # peer identity from mTLS, `cluster.local/ns/NS/sa/SA`; None if plaintext
+        self.source_namespace = source_namespace  # the namespace in that identity; None if plaintext
+        self.source_ip = source_ip
+        self.host = host
+        self.method = method
+        self.path = path
+        self.port = port                          # the destination (inbound) port
+        self.headers = headers if headers is not None else {}  # lower-case names -> value (`.get`)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"AuthzRequest({fields})"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     policy: str | None   # "namespace/name" of the deciding policy; None: no policy decided
     audit: bool = False  # some AUDIT policy matched
@@ -64,24 +73,19 @@ def _always(_: AuthzRequest) -> bool:
     return True
 
 
-def _string_matcher(pattern: str, fold_case: bool = False) -> Callable[[str], bool]:
-    """One of Istio's four string forms as a function of the value."""
-    if fold_case:
-        pattern = pattern.lower()
-    if pattern == "*":
-        return lambda value: True
-    if pattern.startswith("*"):
-        suffix = pattern[1:]
-        return lambda value: value.endswith(suffix)
-    if pattern.endswith("*"):
-        prefix = pattern[:-1]
-        return lambda value: value.startswith(prefix)
-    return lambda value: value == pattern
-
-
 def _any_string(patterns: list[str], fold_case: bool = False) -> Callable[[str], bool]:
-    matchers = [_string_matcher(p, fold_case) for p in patterns]
-    return lambda value: any(m(value) for m in matchers)
+    """Istio's four string forms (exact, `prefix*`, `*suffix`, presence `*`), any of them,
+    as one function of the value: a set lookup and two tuple startswith/endswith calls."""
+    if fold_case:
+        patterns = [p.lower() for p in patterns]
+    if "*" in patterns:
+        return lambda value: True
+    exact = frozenset(p for p in patterns if not p.startswith("*") and not p.endswith("*"))
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*") and not p.startswith("*"))
+    suffixes = tuple(p[1:] for p in patterns if p.startswith("*"))
+    if not prefixes and not suffixes:
+        return exact.__contains__
+    return lambda value: value in exact or value.startswith(prefixes) or value.endswith(suffixes)
 
 
 def _any_network(blocks: list[str]) -> Callable[[str], bool]:
@@ -118,13 +122,28 @@ def _all(predicates: Iterable[Predicate | None]) -> Predicate:
         return _always
     if len(kept) == 1:
         return kept[0]
-    return lambda request: all(p(request) for p in kept)
+    if len(kept) == 2:
+        first, second = kept
+        return lambda request: first(request) and second(request)
+
+    def every(request: AuthzRequest) -> bool:
+        for predicate in kept:
+            if not predicate(request):
+                return False
+        return True
+    return every
 
 
 def _any(predicates: list[Predicate]) -> Predicate:
     if len(predicates) == 1:
         return predicates[0]
-    return lambda request: any(p(request) for p in predicates)
+
+    def some(request: AuthzRequest) -> bool:
+        for predicate in predicates:
+            if predicate(request):
+                return True
+        return False
+    return some
 
 
 def _ports(values: list[str]) -> Callable[[int], bool]:
@@ -234,7 +253,11 @@ class Authorizer:
         return not (self.allow or self.deny or self.audit)
 
     def check(self, request: AuthzRequest) -> Decision:
-        audit = any(policy.matches(request) for policy in self.audit)
+        audit = False
+        for policy in self.audit:
+            if policy.matches(request):
+                audit = True
+                break
         for policy in self.deny:
             if policy.matches(request):
                 return Decision(False, policy.name, audit)

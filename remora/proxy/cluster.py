@@ -20,6 +20,7 @@ from remora.config.model import (
 from remora.config.names import qualify_host
 from remora.proxy.balancer import Balancer, make_balancer
 from remora.proxy.counters import Counters, status_names
+from remora.proxy.upstream_tls import DISABLE, SecureNaming, endpoint_tls_mode
 
 DEFAULT_CONNECT_TIMEOUT = 10.0   # Istio's connectTimeout default
 DEFAULT_IDLE_TIMEOUT = 3600.0    # Istio's connectionPool.http.idleTimeout default
@@ -47,7 +48,7 @@ class Endpoint:
     """One upstream address in one cluster, with what the balancer and admin read."""
 
     __slots__ = ("host", "port", "labels", "weight", "key", "active_requests",
-                 "total_requests", "errors", "ejected", "pool", "service_account")
+                 "total_requests", "errors", "ejected", "pool", "service_account", "tls_mode")
 
     def __init__(self, host: str, port: int, labels: dict[str, str], weight: int = 1,
                  service_account: str | None = None) -> None:
@@ -62,6 +63,7 @@ class Endpoint:
         self.ejected = False
         self.pool = None  # set by the worker's PoolRegistry
         self.service_account = service_account
+        self.tls_mode = DISABLE   # ISTIO_MUTUAL when the sidecar dials it with mTLS (upstream_tls)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Cluster:
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
-                 "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry")
+                 "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -106,6 +108,7 @@ class Cluster:
         self.circuit = None   # the worker's Circuit for this cluster name (set per snapshot)
         self.detector = None  # its OutlierDetector (set per snapshot, needs the loop's clock)
         self.telemetry = None # its istio_metrics.ServiceTags (set per snapshot)
+        self.naming: SecureNaming | None = None   # whom its mTLS endpoints may be (secure naming)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""
@@ -184,7 +187,8 @@ def build_clusters(config: MeshConfig) -> dict[str, ServiceInfo]:
             for port in se.spec.ports:
                 info.ports[port.number] = (port.protocol or "HTTP").upper()
                 endpoints = _endpoints(se, config, host, port)
-                _add_port_clusters(info, port.number, endpoints, rule_for(rules, fqdn))
+                _add_port_clusters(info, port.number, endpoints, rule_for(rules, fqdn),
+                                   se.spec.subject_alt_names)
     # Hosts known only from a DestinationRule still get (empty) clusters, so routes to
     # them answer 503 UH rather than failing to compile.
     for fqdn, dr in rules.items():
@@ -206,17 +210,24 @@ def rule_for(rules: dict[str, Resource[DestinationRuleSpec]], fqdn: str):
     return best[1] if best else None
 
 
-def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr) -> None:
+def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_sans=()) -> None:
     base = dr.spec.traffic_policy if dr else None
-    info.clusters[(port, None)] = Cluster(
-        cluster_name(port, None, info.fqdn), info.fqdn, port, None,
-        [_copy(e) for e in endpoints], merge_policy(base, None, port))
+    # Secure naming is per service: every endpoint's account, whichever subset it is in.
+    accounts = [e.service_account for e in endpoints]
+    clusters = [Cluster(cluster_name(port, None, info.fqdn), info.fqdn, port, None,
+                        [_copy(e) for e in endpoints], merge_policy(base, None, port))]
     for subset in (dr.spec.subsets if dr else ()):
         members = [_copy(e) for e in endpoints
                    if all(e.labels.get(k) == v for k, v in subset.labels.items())]
-        info.clusters[(port, subset.name)] = Cluster(
-            cluster_name(port, subset.name, info.fqdn), info.fqdn, port, subset.name,
-            members, merge_policy(base, subset.traffic_policy, port))
+        clusters.append(Cluster(cluster_name(port, subset.name, info.fqdn), info.fqdn, port, subset.name,
+                                members, merge_policy(base, subset.traffic_policy, port)))
+    for cluster in clusters:
+        info.clusters[(port, cluster.subset)] = cluster
+        policy = cluster.traffic_policy
+        dr_sans = policy.tls.subject_alt_names if policy is not None and policy.tls is not None else ()
+        cluster.naming = SecureNaming(info.namespace, accounts, [*se_sans, *dr_sans])
+        for ep in cluster.endpoints:
+            ep.tls_mode = endpoint_tls_mode(policy, ep.labels)
 
 
 def empty_service(fqdn: str, namespace: str, ports=(80,)) -> ServiceInfo:

@@ -26,6 +26,7 @@ from remora.proxy.http1 import (
     H_TRACE, H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
     connection_tokens, drop_named, status_line,
 )
+from remora.proxy.inbound_policy import PeerCertificate
 from remora.proxy.message import RequestHead
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
@@ -73,10 +74,12 @@ new_request_id = request_ids.next
 class DownstreamHttp1(asyncio.Protocol):
     """One client connection on a listener."""
 
-    def __init__(self, listener) -> None:
+    def __init__(self, listener, tls: bool = False) -> None:
         self.listener = listener
         self.loop = listener.loop
         self.transport = None
+        self.tls = tls                 # inbound mTLS connection (handshake done before connection_made)
+        self.peer_cert: PeerCertificate | None = None
         self.parser = HttpRequestParser(self)
         self.state = IDLE
         self.peer_ip = b""
@@ -135,6 +138,9 @@ class DownstreamHttp1(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
         set_nodelay(transport)
+        if self.tls:
+            # Once per connection: the verified caller, for authorization, XFCC and metrics.
+            self.peer_cert = PeerCertificate.of(transport, self.listener.local_spiffe_id())
         self.last_activity = self.loop.time()
         self.listener.connection_opened(self)
 
@@ -266,7 +272,7 @@ class DownstreamHttp1(asyncio.Protocol):
                 self.expect_continue = True
             else:
                 raise BadRequest(417, b"unsupported expectation")
-        # H_HOP: dropped
+        # H_HOP, H_XFCC: dropped
 
     def on_headers_complete(self) -> None:
         self.unparsed_head_bytes = 0
@@ -295,6 +301,7 @@ class DownstreamHttp1(asyncio.Protocol):
         head.peer_ip = self.peer_ip
         head.peer_metadata = self.peer_meta
         head.trace_in = self.trace_in
+        head.peer_cert = self.peer_cert
         if self.xfp:
             head.scheme = self.xfp
         self.keep_alive = parser.should_keep_alive() and not self.listener.draining

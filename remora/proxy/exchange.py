@@ -41,6 +41,7 @@ class Exchange:
         "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
         "abort_status", "waiting_in", "retries", "tried", "try_timer",
         "retry_acquired", "exhausted", "deadline", "try_deadline", "peer_metadata", "trace",
+        "peer_id",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
@@ -82,6 +83,7 @@ class Exchange:
         self.deadline = 0.0            # loop time of the route timeout (0: none)
         self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
         self.peer_metadata = None      # the answering sidecar's metadata (Istio metrics)
+        self.peer_id = None            # the upstream's verified SPIFFE ID on an mTLS connection
         self.trace = begin_trace(head.trace_in, listener.sample_ratio)   # the proxy's span
 
     # -- start ---------------------------------------------------------------------------
@@ -262,6 +264,7 @@ class Exchange:
 
     def _send_on(self, conn) -> None:
         self.conn = conn
+        self.peer_id = conn.peer_id
         if self.sink.write_paused:
             conn.set_reading(False)   # the client is still slow from the previous response
         self.upstream_start = self.listener.loop.time()

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from remora.proxy.tracing import TRACE_HEADERS
 
 # Lower-cased header names the codecs treat specially, mapped to a small code.
-H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE = range(13)
+H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE, H_XFCC = range(14)
 # Headers each side handles itself in both directions: framing, hop-by-hop, and the
 # sidecars' metadata exchange (read and stripped, never forwarded; see peer_metadata.py).
 RESPONSE_SPECIAL = {
@@ -41,6 +41,9 @@ REQUEST_SPECIAL = {
     b"x-forwarded-proto": H_XFP,
     # Trace context: re-written upstream for the proxy's span (tracing.py owns the list).
     **dict.fromkeys(TRACE_HEADERS, H_TRACE),
+    # A caller's client-certificate claim is never believed: every occurrence is dropped on
+    # both listeners (Envoy's SANITIZE); the inbound one sets its own on mTLS connections.
+    b"x-forwarded-client-cert": H_XFCC,
 }
 
 # Lengths of the response names above: most response headers (Server, Date, Content-Type)

@@ -17,8 +17,9 @@ Rules this module keeps:
 - Istio's conventions for values nobody knows: "unknown" for workloads, principals and
   services, response_flags "-", response_code "0" when no response was sent,
   grpc_response_status "" for non-gRPC requests, connection_security_policy "unknown"
-  on the source side and "none" on the destination side (no mTLS yet; "mutual_tls"
-  once peer certificates are verified), request_protocol "http" (and "tcp" for tunnels).
+  on the source side; on the destination side "mutual_tls" when the request came over a
+  verified mTLS connection (source_principal is then the caller's SPIFFE ID) and "none"
+  on plaintext (source_principal "unknown"), request_protocol "http" (and "tcp" for tunnels).
 - Bounded cardinality: no path, id or raw Host value is ever a label. destination_service
   is the FQDN of the matched service (the cluster's) or "unknown"; peers are capped by
   PeerCache.
@@ -153,17 +154,21 @@ class IstioMetrics:
         service = (cluster.telemetry or UNKNOWN_SERVICE) if cluster is not None else UNKNOWN_SERVICE
         raw = ex.peer_metadata
         peer = self.peers.get(raw) if raw is not None and service.mesh_internal else UNKNOWN_PEER
-        self._record(self.source, peer, service, ex, (now - ex.started_at) * 1000.0)
+        self._record(self.source, peer, service, ex, (now - ex.started_at) * 1000.0, ex.peer_id)
 
     def record_inbound(self, ex, now: float) -> None:
         """One finished exchange on the inbound listener (reporter="destination")."""
-        raw = ex.head.peer_metadata
+        head = ex.head
+        raw = head.peer_metadata
         peer = self.peers.get(raw) if raw is not None else UNKNOWN_PEER
-        self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0)
+        cert = head.peer_cert   # None on plaintext; the caller's label otherwise (interned)
+        self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0,
+                     cert.metric_principal if cert is not None else None)
 
     @staticmethod
-    def _record(table: dict, peer, service, ex, ms: float) -> None:
-        key = (peer, service, ex.status, ex.flags)
+    def _record(table: dict, peer, service, ex, ms: float, principal: str | None = None) -> None:
+        # principal: the verified peer's SPIFFE ID label (mTLS), one of a bounded set of identities.
+        key = (peer, service, ex.status, ex.flags, principal)
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
@@ -209,9 +214,9 @@ class IstioMetrics:
         """JSON-able rows: {"requests": [[labels, values]], "tcp": [...], "certificate_expiry"}."""
         requests = []
         for reporter, table in (("source", self.source), ("destination", self.destination)):
-            for (peer, service, status, flags), values in table.items():
+            for (peer, service, status, flags, principal), values in table.items():
                 requests.append([self._labels(reporter, peer, service, "http", flags,
-                                              str(status), ""), list(values)])
+                                              str(status), "", principal=principal), list(values)])
         tcp_rows: dict[tuple, list] = {}
         for reporter, table in (("source", self.tcp_source), ("destination", self.tcp_destination)):
             for key, values in table.items():
@@ -225,14 +230,23 @@ class IstioMetrics:
         return {"requests": requests, "tcp": tcp, "certificate_expiry": self.certificate_expiry}
 
     def _labels(self, reporter: str, peer: PeerMetadata, service: ServiceTags, protocol: str,
-                flags: str, *code: str) -> list[str]:
-        """Label values in LABEL_NAMES order (TCP_LABEL_NAMES order when no code is given)."""
+                flags: str, *code: str, principal: str | None = None) -> list[str]:
+        """Label values in LABEL_NAMES order (TCP_LABEL_NAMES order when no code is given).
+
+        `principal` is the peer's verified SPIFFE ID, None on plaintext: destination_principal
+        on the source side; source_principal (and connection_security_policy "mutual_tls") on
+        the destination side.
+        """
+        source_principal = destination_principal = UNKNOWN
         if reporter == "source":
             src, dst, policy = self.local, peer, UNKNOWN
+            destination_principal = principal or UNKNOWN
+        elif principal is not None:
+            src, dst, policy, source_principal = peer, self.local, "mutual_tls", principal
         else:
             src, dst, policy = peer, self.local, "none"
-        return [reporter, src.workload, src.namespace, UNKNOWN, src.app, src.version,
-                dst.workload, dst.namespace, UNKNOWN, dst.app, dst.version,
+        return [reporter, src.workload, src.namespace, source_principal, src.app, src.version,
+                dst.workload, dst.namespace, destination_principal, dst.app, dst.version,
                 service.service, service.name, service.namespace, protocol, *code, flags, policy]
 
 

@@ -4,6 +4,11 @@ A Listener owns no sockets' logic beyond accepting: each accepted connection get
 DownstreamHttp1 protocol that asks the listener for the route table of the current
 snapshot (outbound: by Host; inbound: everything to the local app) and reports every
 finished exchange back for counting and access logging.
+
+The inbound listener accepts through an InboundAcceptor (mTLS by PeerAuthentication mode,
+see inbound_accept.py) and checks every request head against the snapshot's
+AuthorizationPolicies before routing it: a denied request becomes a DeniedExchange that
+answers 403 "RBAC: access denied" in its turn and never goes upstream.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
+from remora.proxy.inbound_accept import InboundAcceptor
+from remora.proxy.inbound_policy import DENIED_BODY
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 from remora.proxy.telemetry import FORMATTERS
 from remora.proxy.telemetry_policy import ListenerTelemetry
@@ -27,6 +34,8 @@ class ListenerSettings:
     idle_timeout: float = 300.0             # keep-alive connection with no request
     request_headers_timeout: float = 10.0   # first byte to end of head
     stream_idle_timeout: float = 300.0      # no request-body byte for this long
+    detection_timeout: float = 15.0         # inbound: first bytes (TLS or not) within this
+    handshake_timeout: float = 10.0         # inbound: TLS handshake done within this
 
 
 class ListenerStats(Counters):
@@ -35,6 +44,22 @@ class ListenerStats(Counters):
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
                  "downstream_rq_active", "downstream_cx_protocol_error", "no_route")
     STATUS_NAMES = status_names("downstream_rq")
+
+
+class RbacStats(Counters):
+    """Envoy's RBAC filter counters (`http.inbound.rbac.*`); shadow_denied counts AUDIT matches."""
+
+    __slots__ = ("allowed", "denied", "shadow_denied")
+
+
+class DeniedExchange(Exchange):
+    """A request an AuthorizationPolicy refused: answered 403 RBAC when its turn comes
+    (after the requests pipelined before it), never sent upstream."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        self.local_reply(403, DENIED_BODY, "RBAC")
 
 
 class Listener:
@@ -52,6 +77,8 @@ class Listener:
         self.stats = ListenerStats()
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
+        self.acceptor: InboundAcceptor | None = None   # inbound: accepts and terminates mTLS
+        self.rbac = RbacStats()
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
         # Istio metrics: reporter="source" on the outbound listener, "destination" inbound.
@@ -75,7 +102,17 @@ class Listener:
     def address(self) -> str:
         return f"{self.host}_{self.port}"
 
+    def local_spiffe_id(self) -> str | None:
+        """This sidecar's SPIFFE ID (the `By=` of XFCC), None without a certificate."""
+        svid = self.worker.tls.svid
+        return str(svid.spiffe_id) if svid is not None else None
+
     async def start(self, reuse_port: bool) -> None:
+        if self.inbound:
+            self.acceptor = InboundAcceptor(self, lambda: DownstreamHttp1(self),
+                                            lambda: DownstreamHttp1(self, tls=True))
+            self.acceptor.start(self.host, self.port, reuse_port)
+            return
         self.server = await self.loop.create_server(
             lambda: DownstreamHttp1(self), self.host, self.port,
             reuse_address=True, reuse_port=reuse_port, backlog=4096)
@@ -83,6 +120,8 @@ class Listener:
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         self.draining = True
 
     # -- called by DownstreamHttp1 --------------------------------------------------------
@@ -105,13 +144,29 @@ class Listener:
         stats.downstream_rq_active += 1
         if routed:
             snapshot = self.worker.snapshot
-            table = snapshot.inbound if self.inbound else snapshot.outbound
+            if self.inbound:
+                table, policy = snapshot.inbound, snapshot.inbound_policy
+            else:
+                table, policy = snapshot.outbound, None
             vhost = table.lookup(head.authority) if table is not None else None
             found = vhost.route(head) if vhost is not None else None
             if found is not None:
+                if policy is not None and policy.authorizer is not None and not self.authorize(policy, head):
+                    return DeniedExchange(sink, head, self, found[0], found[1], vhost.port)
                 return Exchange(sink, head, self, found[0], found[1], vhost.port)
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
+
+    def authorize(self, policy, head) -> bool:
+        """AuthorizationPolicy for one inbound request head, counted as Envoy's RBAC filter does."""
+        decision = policy.authorizer.check(policy.request(head))
+        if decision.audit:
+            self.rbac.shadow_denied += 1
+        if decision.allowed:
+            self.rbac.allowed += 1
+        else:
+            self.rbac.denied += 1
+        return decision.allowed
 
     def added_request_headers(self, head, cluster, trace) -> bytes:
         """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
@@ -126,6 +181,8 @@ class Listener:
             added += b"user-agent: " + head.user_agent + b"\r\n"
         if self.request_header and cluster.telemetry is not None and cluster.telemetry.mesh_internal:
             added += self.request_header
+        if head.peer_cert is not None:
+            added += head.peer_cert.xfcc     # inbound mTLS: the caller's identity for the app
         return added + inject(trace) + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:

@@ -14,7 +14,7 @@ class RequestHead:
     __slots__ = (
         "method", "path", "authority", "scheme", "headers", "version",
         "content_length", "chunked", "upgrade", "request_id", "user_agent",
-        "forwarded_for", "peer_ip", "peer_metadata", "trace_in", "_index",
+        "forwarded_for", "peer_ip", "peer_metadata", "trace_in", "peer_cert", "_index",
     )
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, headers: list,
@@ -34,6 +34,7 @@ class RequestHead:
         self.peer_ip: bytes = b""
         self.peer_metadata: bytes | None = None   # the calling sidecar's x-remora-peer-metadata
         self.trace_in: list | None = None   # [(lower-case name, value)] of trace headers
+        self.peer_cert = None       # inbound mTLS: the connection's PeerCertificate; None on plaintext
         self._index: dict[bytes, bytes] | None = None
 
     @property

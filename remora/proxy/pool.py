@@ -26,6 +26,7 @@ from remora.proxy.http1 import (
 )
 from remora.proxy.message import ResponseHead
 from remora.proxy.retry import RetryBudget
+from remora.proxy.upstream_tls import MtlsDialer, TlsStats, UpstreamTlsError
 
 
 class ConnState(enum.Enum):
@@ -48,6 +49,8 @@ class UpstreamHttp1(asyncio.Protocol):
         self.idle_deadline = 0.0
         self.tunnel = None            # downstream transport once upgraded
         self.reading = True           # False while a slow client holds us back
+        self.peer_id: str | None = None   # the server's verified SPIFFE ID on an mTLS connection
+        self.plain_fallback = False   # auto-mTLS dialled in plaintext (no certificate yet): not pooled
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -277,7 +280,7 @@ class UpstreamHttp1(asyncio.Protocol):
         pool = self.pool
         limit = pool.circuit.max_requests_per_connection
         if (keep_alive and not self.is_closed() and pool.accepting
-                and not (limit and self.requests_sent >= limit)):
+                and not (limit and self.requests_sent >= limit) and not self.plain_fallback):
             # A pooled connection must be reading, or the next response would never arrive.
             self.set_reading(True)
             self.state = ConnState.IDLE
@@ -347,7 +350,7 @@ class Circuit:
 class EndpointPool:
     """Connections from one cluster to one endpoint."""
 
-    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint")
+    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint", "mtls")
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop,
                  circuit: Circuit | None = None) -> None:
@@ -359,6 +362,7 @@ class EndpointPool:
         self.accepting = True
         self.circuit = circuit or Circuit(f"{host}:{port}")
         self.endpoint = None      # the cluster's Endpoint this pool serves (set per snapshot)
+        self.mtls: MtlsDialer | None = None   # set per snapshot for mTLS endpoints; None: plaintext
 
     def acquire(self) -> UpstreamHttp1 | None:
         """The newest idle connection that is still open, or None."""
@@ -379,9 +383,17 @@ class EndpointPool:
         stats = cluster.stats
         stats.upstream_cx_total += 1
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamHttp1(self), self.host, self.port),
-                cluster.connect_timeout)
+            if self.mtls is None:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(lambda: UpstreamHttp1(self), self.host, self.port),
+                    cluster.connect_timeout)
+            else:
+                conn = await self.mtls.dial(self, lambda: UpstreamHttp1(self), cluster.connect_timeout)
+        except UpstreamTlsError as exc:
+            stats.upstream_cx_connect_fail += 1
+            self.circuit.closed_one()
+            exchange.on_connect_failed(str(exc))
+            return
         except asyncio.TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
@@ -424,10 +436,14 @@ class EndpointPool:
 class PoolRegistry:
     """Every EndpointPool and Circuit of one worker, kept across config versions."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tls=None) -> None:
         self.loop = loop
-        self.pools: dict[tuple[str, str, int], EndpointPool] = {}
+        self.tls = tls                    # the worker's MeshTls, which mTLS dialers read
+        # Keyed by TLS too: a plaintext and an mTLS connection to one address never share a pool.
+        self.pools: dict[tuple[str, str, int, bool], EndpointPool] = {}
         self.circuits: dict[str, Circuit] = {}
+        self.tls_stats: dict[str, TlsStats] = {}   # ssl.* counters by cluster name
+        self.tls_logged: set = set()      # secure-naming mismatches already logged
 
     def circuit_for(self, cluster_name: str) -> Circuit:
         circuit = self.circuits.get(cluster_name)
@@ -435,8 +451,14 @@ class PoolRegistry:
             circuit = self.circuits[cluster_name] = Circuit(cluster_name)
         return circuit
 
-    def pool_for(self, cluster_name: str, host: str, port: int) -> EndpointPool:
-        key = (cluster_name, host, port)
+    def tls_stats_for(self, cluster_name: str) -> TlsStats:
+        stats = self.tls_stats.get(cluster_name)
+        if stats is None:
+            stats = self.tls_stats[cluster_name] = TlsStats()
+        return stats
+
+    def pool_for(self, cluster_name: str, host: str, port: int, mtls: bool = False) -> EndpointPool:
+        key = (cluster_name, host, port, mtls)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = EndpointPool(host, port, self.loop, self.circuit_for(cluster_name))

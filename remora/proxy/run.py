@@ -28,7 +28,7 @@ from remora.proxy.admin import start_admin, start_prometheus
 from remora.proxy.downstream import request_ids
 from remora.proxy.istio_metrics import merge, render
 from remora.proxy.svid_manager import HttpCaClient, SvidManager
-from remora.proxy.tls import load_cert_dir
+from remora.proxy.cert_source import CertDirWatcher, svid_from_message, svid_message
 from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
 from remora.proxy.xds_state import Candidate
 
@@ -72,25 +72,36 @@ def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) 
     client.start()
 
 
-def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | None:
-    """The certificate manager under --control with --token, started; None otherwise."""
-    if not (options.control and options.token):
+def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | CertDirWatcher | None:
+    """The certificate source, started: the SvidManager under --control with --token, the
+    directory watcher with --cert-dir (its first read happens here), else None."""
+    if options.control and options.token:
+        view.certs = SvidManager(HttpCaClient(options.control), options.token, options.identity.principal)
+    elif options.cert_dir:
+        view.certs = CertDirWatcher(options.cert_dir)
+    else:
         return None
-    view.certs = SvidManager(HttpCaClient(options.control), options.token, options.identity.principal)
     view.certs.start()
     return view.certs
 
 
-def _attach_certificates(worker: Worker, certs: SvidManager | None, options: ProxyOptions) -> None:
-    """Feed the worker's MeshTls (and the certificate-expiry gauge) from --cert-dir or the SvidManager."""
+def _subscribe(certs, install) -> None:
+    """Call `install(svid, bundle)` on every new certificate, and now if there is one already."""
+    if certs is None:
+        return
+    certs.on_rotate.append(install)
+    svid = certs.current()
+    if svid is not None:
+        install(svid, certs.trust_bundle)
+
+
+def _install_in(worker: Worker):
+    """A subscriber feeding the worker's MeshTls and the certificate-expiry gauge."""
     def install(svid, bundle) -> None:
         worker.tls.update(svid, bundle)
         if worker.istio is not None:
             worker.istio.certificate_expiry = svid.not_after.timestamp()
-    if options.cert_dir:
-        install(*load_cert_dir(options.cert_dir))
-    if certs is not None:
-        certs.on_rotate.append(install)
+    return install
 
 
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
@@ -125,7 +136,7 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     if client is not None:
         _start_control(options, client, runners[0])
     certs = _start_certs(options, source)
-    _attach_certificates(worker, certs, options)
+    _subscribe(certs, _install_in(worker))
     _announce(options, config)
     await stop.wait()
     if client is not None:
@@ -194,6 +205,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
                 answer = worker.stats()
             elif op == "istio":
                 answer = worker.istio.export() if worker.istio is not None else None
+            elif op == "certs":
+                answer = _apply_certificate(worker, request)
             elif op == "clusters":
                 answer = worker.clusters()
             elif op == "config_dump":
@@ -235,6 +248,15 @@ async def _apply_documents(worker: Worker, documents: list) -> str | None:
     return None
 
 
+def _apply_certificate(worker: Worker, message: dict) -> str | None:
+    """A child's half of "certs": install the SVID the supervisor holds (None, or the error)."""
+    try:
+        _install_in(worker)(*svid_from_message(message))
+    except Exception as error:   # answered to the parent, which logs it; the old certificate stays
+        return f"worker {worker.worker_id}: certificate not applied: {error}"
+    return None
+
+
 _PROCESS_GAUGES = frozenset({"server.live", "server.uptime"})
 
 
@@ -262,10 +284,16 @@ class FanoutAdminSource(ControlView):
         return await asyncio.gather(*(one(*c) for c in self.channels))
 
     def is_ready(self) -> bool:
-        return self.ready and not self.draining and self.config_ready()
+        return self.ready and not self.draining and self.config_ready() and self.certificate_ready()
 
     def is_draining(self) -> bool:
         return self.draining
+
+    async def push_certificate(self, svid, bundle) -> None:
+        """Send the SVID (key included, over the socketpairs only) and bundle to every worker."""
+        for error in await self._ask("certs", **svid_message(svid, bundle)):
+            if error:
+                print(f"remora proxy: {error}", file=sys.stderr, flush=True)
 
     async def refresh_ready(self) -> None:
         self.ready = all(await self._ask("ready"))
@@ -353,6 +381,15 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
     if client is not None:
         _start_control(options, client, runners[0])
     certs = _start_certs(options, source)
+    pushes: set[asyncio.Task] = set()
+
+    def push(svid, bundle) -> None:
+        # Called from the certificate source's task: hand the fan-out to its own task
+        # (kept referenced); the channel locks keep pushes in order.
+        task = asyncio.get_running_loop().create_task(source.push_certificate(svid, bundle))
+        pushes.add(task)
+        task.add_done_callback(pushes.discard)
+    _subscribe(certs, push)
     _announce(options, config)
     pids = {pid for pid, _ in children}
     code = 0

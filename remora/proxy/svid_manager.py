@@ -191,18 +191,22 @@ class SvidManager:
 
     def status(self) -> dict:
         """GET /certs: the SVID (never the key), the trust bundle's roots, the last error, the next attempt."""
-        now = self.clock()
-        svid = self.current()
-        return {
-            "svid": None if svid is None else {
-                "spiffe_id": str(svid.spiffe_id), "serial": format(svid.serial, "x"),
-                "not_before": _iso(svid.not_before), "not_after": _iso(svid.not_after),
-                "expires_in_seconds": round(svid.not_after.timestamp() - now, 3)},
-            "trust_bundle": bundle_summary(self.trust_bundle),
-            "last_error": self.last_error,
-            "next_rotation_in_seconds": (None if self.next_attempt_at is None
-                                         else round(max(0.0, self.next_attempt_at - now), 3)),
-        }
+        return certs_status(self.current(), self.trust_bundle, self.last_error, self.next_attempt_at, self.clock())
+
+
+def certs_status(svid: Svid | None, bundle: list[str], last_error: str | None,
+                 next_attempt_at: float | None, now: float) -> dict:
+    """The JSON of GET /certs, whichever source (CA or certificate directory) holds the SVID."""
+    return {
+        "svid": None if svid is None else {
+            "spiffe_id": str(svid.spiffe_id), "serial": format(svid.serial, "x"),
+            "not_before": _iso(svid.not_before), "not_after": _iso(svid.not_after),
+            "expires_in_seconds": round(svid.not_after.timestamp() - now, 3)},
+        "trust_bundle": bundle_summary(bundle),
+        "last_error": last_error,
+        "next_rotation_in_seconds": (None if next_attempt_at is None
+                                     else round(max(0.0, next_attempt_at - now), 3)),
+    }
 
 
 def _text(answer: dict, name: str) -> str:

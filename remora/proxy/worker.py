@@ -17,6 +17,7 @@ from remora.config.names import qualify_host
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
+from remora.proxy.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.istio_metrics import IstioMetrics, local_service_tags, render, service_tags
 from remora.proxy.listener import Listener, ListenerSettings
 from remora.proxy.outlier import OutlierDetector
@@ -25,6 +26,7 @@ from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
 from remora.proxy.tls import MeshTls
+from remora.proxy.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
 from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.tracing import Tracer
 
@@ -71,11 +73,13 @@ class Snapshot:
         self.outbound: RouteTable = build_route_table(config, self.services)
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
+        self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
         if options.inbound_port is not None and options.app_port is not None:
             name = f"inbound|{options.app_port}||"
             self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
                                            [Endpoint(options.app_host, options.app_port, {})], None)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
+            self.inbound_policy = compile_inbound_policy(config, options.identity, options.app_port)
         old = {c.name: c for c in previous.clusters()} if previous is not None else {}
         internal = mesh_internal_hosts(config)
         for fqdn, info in self.services.items():
@@ -94,8 +98,14 @@ class Snapshot:
             cluster.circuit = pools.circuit_for(cluster.name)
             cluster.circuit.configure(cluster.traffic_policy)
             for ep in cluster.endpoints:
-                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port)
+                mtls = ep.tls_mode == ISTIO_MUTUAL
+                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
                 ep.pool.endpoint = ep
+                if mtls:
+                    ep.pool.mtls = MtlsDialer(
+                        pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
+                        cluster.naming, is_required(policy), cluster.name, ep.key,
+                        ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
 
     def clusters(self) -> list[Cluster]:
         """Every cluster of this version, in a stable order."""
@@ -125,9 +135,9 @@ class Worker:
         self.options = options
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
-        self.pools = PoolRegistry(self.loop)
-        self.deadlines = RequestDeadlines(self.loop)
         self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
+        self.pools = PoolRegistry(self.loop, self.tls)
+        self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
         # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
@@ -236,6 +246,10 @@ class Worker:
             if cluster.detector is not None and cluster.detector.enabled:
                 for name, value in cluster.detector.stats().items():
                     out[prefix + "outlier_detection." + name] = value
+            tls_stats = self.pools.tls_stats.get(cluster.name)
+            if tls_stats is not None:
+                for name, value in tls_stats.as_dict().items():
+                    out[prefix + "ssl." + name] = value
             out[prefix + "membership_total"] = len(cluster.endpoints)
             out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
         for listener in self.listeners:
@@ -244,6 +258,12 @@ class Worker:
                 out[f"listener.{listener.address}.{name}"] = st[name]
             for name, value in st.items():
                 out[f"http.{listener.name}.{name}"] = value
+            if listener.acceptor is not None:
+                for name, value in listener.acceptor.stats.named().items():
+                    out[f"listener.{listener.address}.{name}"] = value
+            if listener.inbound:
+                for name, value in listener.rbac.as_dict().items():
+                    out[f"http.{listener.name}.rbac.{name}"] = value
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1
@@ -264,6 +284,7 @@ class Worker:
                     "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
                     "connections_active": len(pool.active) - len(pool.idle) if pool else 0,
                     "connections_idle": len(pool.idle) if pool else 0,
+                    "tls_mode": ep.tls_mode,
                 })
             result.append({"name": cluster.name, "service": cluster.service,
                            "subset": cluster.subset or "", "lb_policy": cluster.lb_policy,
@@ -286,6 +307,7 @@ class Worker:
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
+            "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
             "warnings": list(cfg.warnings),
             "resources": resources,
         }
@@ -318,11 +340,26 @@ class ControlView:
     """
 
     xds = None
-    certs = None     # the SvidManager under --control with --token, else None
+    certs = None     # the SvidManager (--token) or CertDirWatcher (--cert-dir), else None
 
     def config_ready(self) -> bool:
         """Files are loaded before serving; pushed config must have arrived (or come from disk)."""
         return self.xds is None or self.xds.has_config
+
+    def certificate_ready(self) -> bool:
+        """With a certificate source, serving waits for the workload certificate (as Envoy's
+        listeners wait for their SDS secrets): without it, mTLS peers cannot be reached."""
+        return self.certs is None or self.certs.current() is not None
+
+    def not_ready_reason(self) -> str | None:
+        """Why /ready is not LIVE yet, one line per missing piece (shown in its body), or None."""
+        reasons = []
+        if not self.config_ready():
+            reasons.append("waiting for the first configuration from the control server")
+        if not self.certificate_ready():
+            error = self.certs.last_error
+            reasons.append("waiting for the workload certificate" + (f" (last error: {error})" if error else ""))
+        return "\n".join(reasons) or None
 
     def with_control(self, dump: dict) -> dict:
         dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
@@ -341,7 +378,8 @@ class WorkerAdminSource(ControlView):
         self._last_stats: dict[str, int] = {}
 
     def is_ready(self) -> bool:
-        return self.worker.ready and not self.worker.draining and self.config_ready()
+        return (self.worker.ready and not self.worker.draining and self.config_ready()
+                and self.certificate_ready())
 
     def is_draining(self) -> bool:
         return self.worker.draining

@@ -95,7 +95,7 @@ def build_node(options, admin_port: int) -> protocol.Node:
         service_account=identity.service_account, workload=identity.workload_name,
         labels=dict(identity.labels), trust_domain=identity.trust_domain, inbound=inbound,
         app_port=options.app_port, admin=f"{options.admin_bind}:{admin_port}",
-        remora_version=remora_version())
+        mtls=bool(options.token or options.cert_dir), remora_version=remora_version())
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Node(msgspec.Struct, kw_only=True, omit_defaults=True):
     inbound: str | None = None               # "host:port" peers dial (its inbound listener)
     app_port: int | None = None              # the app's port behind the inbound listener
     admin: str | None = None                 # "host:port" of its admin server
+    mtls: bool = False                       # it has a workload certificate source (--token / --cert-dir)
     remora_version: str = ""
 
 

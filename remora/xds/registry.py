@@ -10,7 +10,9 @@ Rules:
   sidecars misconfigured with one id take the registration from each other in a loop.)
 - A node with `service` and `inbound` set becomes a WorkloadEntry `auto-<node id>` in its
   namespace: address and port from `inbound`, labels = node labels plus app=<service>,
-  serviceAccount. Its ports are keyed by the port names of the ServiceEntries for
+  serviceAccount. A node that has a workload certificate (`mtls`: --token or --cert-dir)
+  also gets Istio's `security.istio.io/tlsMode: istio`, so the other sidecars dial it with
+  mTLS (auto-mTLS); one without keeps plaintext, which is all it can answer. Its ports are keyed by the port names of the ServiceEntries for
   <service> in that namespace, so those entries map them to the inbound port.
 - If no ServiceEntry in the node's namespace has the host <service>, one is synthesized
   like a Kubernetes Service: `auto-<service>`, host <service>, port app_port named http,
@@ -41,7 +43,7 @@ from typing import Any
 import msgspec
 
 from remora.certs.files import PRIVATE_MODE, ensure_dir, write_atomically
-from remora.config.names import qualify_host
+from remora.config.names import TLS_MODE_LABEL, qualify_host
 from remora.xds.protocol import Node
 
 API_VERSION = "networking.istio.io/v1"
@@ -195,6 +197,8 @@ class Registry:
                 synthesized.setdefault(key, _service_entry(node, port))
             labels = {**node.labels}
             labels.setdefault("app", node.service)
+            if node.mtls:
+                labels[TLS_MODE_LABEL] = "istio"
             spec = {"address": host, "ports": {name: port for name in names or ["http"]}, "labels": labels,
                     "serviceAccount": node.service_account}
             docs.append((_document("WorkloadEntry", entry_name(node.id), node.namespace, spec),

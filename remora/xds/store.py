@@ -372,5 +372,4 @@ class ConfigStore:
 
 
 def _index_of(config: MeshConfig) -> dict[str, Resource]:
-    return {r.ref: r for group in (config.service_entries, config.workload_entries,
-                                   config.virtual_services, config.destination_rules) for r in group}
+    return {r.ref: r for r in config.resources()}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 
 import httptools
 
@@ -26,8 +27,14 @@ class Response:
 class RawClient:
     """One keep-alive connection to the proxy; sends bytes, reads one response at a time."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
+                 source: str | None = None) -> None:
+        """`tls`: speak TLS with this client context (the handshake happens here);
+        `source`: the loopback address to connect from (e.g. 127.0.0.2)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock)
         self.buf = b""
 
     def send(self, data: bytes) -> None:

@@ -148,3 +148,38 @@ def test_invalid_config_dir_refuses_to_start():
     c = ControlProcess({"bad.yaml": route_to("nowhere", "missing")})
     assert c.proc.wait(20) == 1
     assert "bad.yaml: VirtualService/default/nowhere: spec.http[0].route[0].destination.host" in c.stderr()
+
+
+SECURITY = """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-logs, namespace: default}
+spec: {accessLogging: [{disabled: true}]}
+"""
+
+
+def test_security_and_telemetry_resources_apply_and_list(control):
+    """PeerAuthentication, AuthorizationPolicy and Telemetry are applied, listed and fetched like the rest."""
+    status, answer = control.apply(SECURITY)
+    assert status == 200, answer
+    assert [r["action"] for r in answer["results"]] == ["created"] * 3
+    for kind, name in (("peerauthentication", "default"), ("authorizationpolicy", "deny-admin"),
+                       ("telemetry", "mesh-logs")):
+        status, listed = control.request("GET", f"/v1/resources?kind={kind}")
+        assert status == 200 and [i["name"] for i in listed["items"]] == [name], (kind, listed)
+        status, doc = control.request("GET", f"/v1/resources/{kind}/default/{name}")
+        assert status == 200 and doc["metadata"]["name"] == name
+    status, again = control.apply(SECURITY)
+    assert [r["action"] for r in again["results"]] == ["unchanged"] * 3

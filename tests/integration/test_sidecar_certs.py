@@ -36,12 +36,14 @@ def create_token(control: ControlProcess, namespace: str, service_account: str) 
 
 
 def sidecar(control: ControlProcess, token: str | None, namespace: str, service_account: str,
-            *extra: str) -> ProxyProcess:
+            *extra: str, ready: bool = True) -> ProxyProcess:
+    """A sidecar under `control`; waits for /ready (or only for admin when `ready` is False)."""
     args = ["--access-log", "off", "--drain-seconds", "1", "--namespace", namespace,
             "--service-account", service_account, *extra]
     if token is not None:
         args += ["--token", token]
-    return ProxyProcess(None, *args, control=control.url).wait_ready(TIMEOUT)
+    p = ProxyProcess(None, *args, control=control.url)
+    return p.wait_ready(TIMEOUT) if ready else p.wait_admin(TIMEOUT)
 
 
 def certs(p: ProxyProcess) -> dict:
@@ -104,18 +106,23 @@ def test_certificate_rotates_before_it_expires(control):
         assert p.stop() == 0, p.stderr()
 
 
-def test_revoked_token_shows_the_error_and_the_proxy_keeps_serving(control):
-    """A revoked token gets no certificate: /certs names the refusal, and traffic still flows."""
+def test_revoked_token_shows_the_error_and_the_sidecar_is_not_ready(control):
+    """A revoked token gets no certificate: /certs names the refusal, /ready is 503 saying why,
+    and plaintext traffic still flows."""
     token = create_token(control, "shop", "revoked")
     token_id = token[len("rmt_"):].split(".", 1)[0]
     assert control.cli("token", "revoke", token_id).returncode == 0
-    p = sidecar(control, token, "shop", "revoked")
+    p = sidecar(control, token, "shop", "revoked", ready=False)
     try:
         answer = wait_until(lambda: (c := certs(p))["last_error"] and c, "the CA's refusal", p)
         assert answer["svid"] is None
         assert "401" in answer["last_error"] and "revoked" in answer["last_error"]
         assert answer["next_rotation_in_seconds"] is not None
         assert "certificate request failed" in p.stderr()
+        assert p.ready_status() == 503
+        with pytest.raises(Exception) as error:
+            p.admin_get("/ready")
+        assert "waiting for the workload certificate" in error.value.read().decode()
         assert wait_until(lambda: echo_status(p) == 200, "traffic through the sidecar", p)
     finally:
         assert p.stop() == 0, p.stderr()
@@ -123,7 +130,7 @@ def test_revoked_token_shows_the_error_and_the_proxy_keeps_serving(control):
 
 def test_token_for_another_identity_is_refused_by_name(control):
     """A token for another service account: the CA's identity-mismatch refusal is shown at /certs."""
-    p = sidecar(control, create_token(control, "shop", "db"), "shop", "web")
+    p = sidecar(control, create_token(control, "shop", "db"), "shop", "web", ready=False)
     try:
         answer = wait_until(lambda: (c := certs(p))["last_error"] and c, "the CA's refusal", p)
         assert "identity-mismatch" in answer["last_error"] and "sa/db" in answer["last_error"]

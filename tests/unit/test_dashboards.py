@@ -49,7 +49,7 @@ class _Exchange:
 
     def __init__(self, cluster) -> None:
         self.status, self.flags, self.bytes_received, self.bytes_sent = 200, "-", 1, 1
-        self.started_at, self.cluster, self.peer_metadata = 0.0, cluster, None
+        self.started_at, self.cluster, self.peer_metadata, self.peer_id = 0.0, cluster, None, None
         self.head = RequestHead(b"GET", b"/", b"reviews", [])
 
 

@@ -33,8 +33,9 @@ class FakeExchange:
     """The attributes of an Exchange that the recorder reads."""
 
     def __init__(self, status=200, flags="-", rx=0, tx=0, started_at=0.0, cluster=None,
-                 peer=None, head_peer=None):
+                 peer=None, head_peer=None, peer_id=None):
         self.status, self.flags = status, flags
+        self.peer_id = peer_id
         self.bytes_received, self.bytes_sent = rx, tx
         self.started_at = started_at
         self.cluster = cluster
@@ -105,9 +106,21 @@ def test_source_reporter_labels():
     assert values[0] == 1
 
 
+def test_source_destination_principal_is_the_verified_server_identity():
+    """Outbound over mTLS: destination_principal is the server's verified SPIFFE ID; plaintext stays "unknown"."""
+    m = IstioMetrics(ME)
+    svc = service_tags("ratings.web.svc.cluster.local", "web", True)
+    sid = "spiffe://cluster.local/ns/web/sa/ratings"
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
+    m.record_outbound(FakeExchange(cluster=FakeCluster(svc)), 0.0)
+    found = {labels["destination_principal"]: values[0] for labels, values in rows(m.export())}
+    assert found == {sid: 2, "unknown": 1}
+
+
 def test_destination_reporter_labels():
     """Inbound: source_* from the caller's header, destination_* and the service from the
-    identity; csp "none" until mTLS."""
+    identity; csp "none" on plaintext."""
     m = IstioMetrics(ME)
     m.record_inbound(FakeExchange(status=503, flags="UF", head_peer=encode(PEER)), 0.0)
     [(labels, _)] = rows(m.export())
@@ -119,6 +132,19 @@ def test_destination_reporter_labels():
     assert (labels["response_code"], labels["response_flags"]) == ("503", "UF")
     assert labels["connection_security_policy"] == "none"
     assert labels["source_principal"] == "unknown"
+
+
+def test_destination_reporter_on_mtls_has_the_verified_principal():
+    """Inbound over mTLS: csp "mutual_tls" and source_principal the caller's SPIFFE ID, in its own series."""
+    from remora.proxy.inbound_policy import PeerCertificate
+    m = IstioMetrics(ME)
+    mtls = FakeExchange(head_peer=encode(PEER))
+    mtls.head.peer_cert = PeerCertificate("spiffe://cluster.local/ns/web/sa/sa-f", b"der", None)
+    m.record_inbound(mtls, 0.0)
+    m.record_inbound(FakeExchange(head_peer=encode(PEER)), 0.0)
+    by_policy = {labels["connection_security_policy"]: labels for labels, _ in rows(m.export())}
+    assert by_policy["mutual_tls"]["source_principal"] == "spiffe://cluster.local/ns/web/sa/sa-f"
+    assert by_policy["none"]["source_principal"] == "unknown"
 
 
 def test_unknowns_follow_istio_conventions():

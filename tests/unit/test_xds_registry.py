@@ -60,6 +60,18 @@ def test_registration_becomes_workload_entry_and_synthesized_service_entry():
     assert se["spec"]["workloadSelector"] == {"labels": {"app": "reviews"}}
 
 
+def test_sidecars_with_a_certificate_are_labelled_for_auto_mtls():
+    """A node with a certificate source gets security.istio.io/tlsMode=istio and its account; others no label."""
+    registry = Registry(10.0)
+    registry.connect(node("a", service_account="web", mtls=True))
+    registry.connect(node("b"))
+    entries = {doc["metadata"]["name"]: doc["spec"] for doc, _ in registry.documents([])
+               if doc["kind"] == "WorkloadEntry"}
+    assert entries[entry_name("a")]["labels"]["security.istio.io/tlsMode"] == "istio"
+    assert entries[entry_name("a")]["serviceAccount"] == "web"
+    assert "security.istio.io/tlsMode" not in entries[entry_name("b")]["labels"]
+
+
 def test_user_service_entry_port_names_key_the_workload_ports_and_no_synthesis():
     """With the user's ServiceEntry for the service, its port names map to the inbound port."""
     user_se = {"kind": "ServiceEntry", "metadata": {"name": "reviews"},

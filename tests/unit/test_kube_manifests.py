@@ -1,0 +1,112 @@
+"""deploy/kubernetes: valid Kubernetes objects, wired together, with arguments `remora control` accepts."""
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+import pytest
+
+from remora.cli import build_parser
+from remora.config.loader import ConfigError
+from remora.kube.sidecar import DEFAULT_CONTROL
+from remora.xds.store import read_sources, validate_documents
+from tests.kube_manifests import DEPLOY, control_pod, documents, find, flag
+
+
+@pytest.mark.parametrize("name, obj", documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_every_shipped_object_validates(name, obj):
+    """Each document of deploy/kubernetes is a valid object of its kind, without unknown fields."""
+    from tests.kube_schema import problems
+    assert problems(obj) == []
+
+
+def test_shipped_set_is_complete():
+    """Namespace, ServiceAccount, ClusterRole(+Binding), ConfigMap, PVC, Deployment and Service are there."""
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in documents()}
+    assert kinds == {("Namespace", "remora-system"), ("ServiceAccount", "remora-control"),
+                     ("ClusterRole", "remora-control"), ("ClusterRoleBinding", "remora-control"),
+                     ("ConfigMap", "remora-mesh-config"), ("PersistentVolumeClaim", "remora-control-state"),
+                     ("Deployment", "remora-control"), ("Service", "remora-control")}
+
+
+def test_control_args_parse_with_remora_control():
+    """The container's args are a `remora control` command line its own parser accepts."""
+    _, container = control_pod()
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "control"
+    assert args.listen == "0.0.0.0:15010"
+
+
+def test_paths_in_args_are_the_mounted_volumes():
+    """--config-dir is the ConfigMap, the CA files are in the cacerts Secret, --state-dir is the PVC."""
+    spec, container = control_pod()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+
+    def volume_of(path: str) -> dict:
+        directory = posixpath.dirname(path) if "." in posixpath.basename(path) else path
+        return volumes[mounts[directory]]
+
+    args = container["args"]
+    assert volume_of(flag(args, "--config-dir"))["configMap"]["name"] == "remora-mesh-config"
+    assert volume_of(flag(args, "--state-dir"))["persistentVolumeClaim"]["claimName"] == "remora-control-state"
+    for name, key in (("--ca-cert", "ca-cert.pem"), ("--ca-key", "ca-key.pem"), ("--ca-chain", "cert-chain.pem")):
+        assert volume_of(flag(args, name))["secret"]["secretName"] == "cacerts"
+        assert posixpath.basename(flag(args, name)) == key  # Istio's cacerts file names
+
+
+def test_runs_as_1337_and_probes_healthz_on_the_service_port():
+    """Non-root 1337, probes on /healthz at the listen port, and the Service forwards that port."""
+    spec, container = control_pod()
+    assert spec["securityContext"]["runAsUser"] == 1337 and spec["securityContext"]["runAsNonRoot"]
+    port = int(flag(container["args"], "--listen").rsplit(":", 1)[1])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port}
+    service = find("Service", "remora-control")
+    assert service["spec"]["selector"] == find("Deployment", "remora-control")["spec"]["selector"]["matchLabels"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == port
+    assert service_port["targetPort"] == container["ports"][0]["name"]
+
+
+def test_inject_default_control_url_is_the_shipped_service():
+    """`remora inject` points sidecars at this Service by default."""
+    service = find("Service", "remora-control")
+    assert DEFAULT_CONTROL == (f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:"
+                               f"{service['spec']['ports'][0]['port']}")
+
+
+def test_cluster_role_only_reads_the_kinds_the_server_serves():
+    """The ClusterRole grants get/list/watch, nothing else, on exactly the served Istio kinds."""
+    from remora.config.loader import SPEC_TYPES
+    rules = find("ClusterRole", "remora-control")["rules"]
+    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in rules)
+    resources = {r for rule in rules for r in rule["resources"]}
+    plural = {kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s" for kind in SPEC_TYPES}
+    assert resources == plural
+
+
+def test_mesh_config_map_is_valid_mesh_config(tmp_path: Path):
+    """The ConfigMap's files pass the control server's own validation (what --config-dir loads)."""
+    data = find("ConfigMap", "remora-mesh-config")["data"]
+    for key, text in data.items():
+        assert key.endswith(".yaml"), f"{key}: --config-dir only reads *.yaml / *.yml"
+        (tmp_path / key).write_text(text)
+    docs, issues, _ = read_sources([tmp_path])
+    try:
+        validate_documents(docs, issues)
+    except ConfigError as err:
+        pytest.fail(str(err))
+
+
+def test_make_cacerts_is_executable():
+    """The CA helper script is shipped executable."""
+    assert (DEPLOY / "make-cacerts.sh").stat().st_mode & 0o111
+
+
+def test_injecting_the_control_plane_changes_nothing():
+    """The control server opts out of injection: `remora inject` leaves control.yaml byte for byte."""
+    from remora.kube.inject import inject_text
+    text = (DEPLOY / "control.yaml").read_text()
+    result = inject_text(text)
+    assert result.output == text and result.injected == 0
