@@ -43,7 +43,11 @@ BUCKETS = (
 )
 PYTHON = "Python (Remora code + builtins it calls)"
 NATIVE = "event loop C (uvloop, libuv) and other"
-_PY_FRAME = re.compile(r"\.py:\d+\)$")
+_PY_FRAME = re.compile(r"(\.py|<frozen \w+>):\d+\)$")
+# Python frames that only start the loop: a sample whose innermost Python frame is one of
+# these is in uvloop's C (its Cython frames are not Python), not in Remora's code.
+_LOOP_ENTRY = re.compile(r"\((<frozen runpy>|remora/__main__\.py|remora/cli\.py|remora/proxy/run\.py|"
+                         r"uvloop/__init__\.py|asyncio/runners\.py):\d+\)$")
 
 
 def bucket(stack: list[str]) -> str:
@@ -54,7 +58,7 @@ def bucket(stack: list[str]) -> str:
             if pattern.search(name):
                 return label
         if _PY_FRAME.search(frame):
-            return PYTHON
+            return NATIVE if _LOOP_ENTRY.search(frame) else PYTHON
     return NATIVE
 
 
