@@ -23,8 +23,8 @@ from benchmarks.mesh import (CLIENT_ACCOUNT, MESH_NAMESPACE, SERVER_ACCOUNT, SER
                              SERVER_LABELS, UPSTREAM_HOST, load_documents, one_hop_yaml,
                              two_hop_yaml)
 from benchmarks.procs import Child, ProcessFailed, free_port, http_get
-from benchmarks.runner import DataPlane, Options, Sidecar, envoy_sidecar, remora_cmd, \
-    run_scenario
+from benchmarks.runner import (DataPlane, Options, Sidecar, envoy_sidecar, remora_cmd,
+                               run_scenario)
 
 Builders = dict[str, Callable[[], DataPlane]]
 
@@ -148,6 +148,18 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
     return {"remora": remora, "envoy": envoy}
 
 
+def oversubscription_note(opts: Options) -> str:
+    """Where the 2-hop processes run, and why that bounds what one proxy can do."""
+    pin = opts.pinning
+    if pin.proxy_cpus is None:
+        return ("unpinned: both sidecars, wrk and the upstream share every core, so the "
+                "numbers depend on the scheduler as much as on the proxies.")
+    return (f"both sidecars share core {pin.proxy_cpus} and wrk + the upstream share core "
+            f"{pin.load_cpus} (two proxies + wrk + upstream on 2 cores: oversubscribed): the "
+            "two sidecars split one core between them, so every request pays for both "
+            "proxies' work on that one core.")
+
+
 def run_mesh_2hop_mtls(opts: Options) -> dict:
     """wrk -> sidecar A -> mTLS -> sidecar B -> upstream, Remora pair vs Envoy pair."""
     return run_scenario(
@@ -156,18 +168,6 @@ def run_mesh_2hop_mtls(opts: Options) -> dict:
         f"naming) -> sidecar B (inbound, PeerAuthentication STRICT, 1 worker) -> upstream; "
         f"Host: {SERVER_HOST}; CPU and RSS are both sidecars summed",
         prepare_mesh_2hop_mtls, opts, note=oversubscription_note(opts))
-
-
-def oversubscription_note(opts: Options) -> str:
-    """Where the 2-hop processes run, and why that bounds what one proxy can do."""
-    pin = opts.pinning
-    if pin.proxy_cpus is None:
-        return ("unpinned: both sidecars, wrk and the upstream share every core, so the "
-                "numbers depend on the scheduler as much as on the proxies.")
-    return (f"both sidecars share core {pin.proxy_cpus} and wrk + the upstream share core "
-            f"{pin.load_cpus}: with 2 cores the machine is oversubscribed (two proxies + wrk "
-            "+ upstream): the two sidecars split one core between them, so every request "
-            "pays for both proxies' work on that one core.")
 
 
 def run_mesh_2hop_plain(opts: Options) -> dict:
