@@ -28,7 +28,8 @@ from benchmarks.tools import REPO_ROOT, Pinning, busy_cores, machine_busy_second
 from benchmarks.upstream import BODY, start_upstream
 
 PROXIES = ("remora", "envoy")
-REMORA_FLAGS = ["--workers", "1", "--access-log", "off", "--prometheus-port", "0"]
+REMORA_FLAGS = ["--workers", "1", "--access-log", "off", "--prometheus-port", "0",
+                "--health-port", "0"]
 
 
 @dataclass
@@ -77,7 +78,7 @@ class DataPlane:
 
 
 def remora_cmd(*flags: str) -> list[str]:
-    """`python -m remora proxy FLAGS` with one worker, no access log and no :15090 listener."""
+    """`python -m remora proxy FLAGS` with one worker, no access log, no :15090 or :15021."""
     return [sys.executable, "-m", "remora", "proxy", *flags, *REMORA_FLAGS]
 
 

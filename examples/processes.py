@@ -21,6 +21,7 @@ class Child:
     name: str
     argv: list[str]
     log_dir: Path
+    env: dict[str, str] = field(default_factory=dict, repr=False)   # added to the supervisor's (secrets stay out of argv)
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -35,7 +36,7 @@ class Child:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             # The child holds its own copies of the descriptors; ours can close right away.
             self.proc = subprocess.Popen(
-                self.argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                self.argv, cwd=cwd, env={**env, **self.env}, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, process_group=0,
             )  # fmt: skip
 

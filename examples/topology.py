@@ -131,6 +131,7 @@ def sidecar_argv(command: list[str], control_url: str, inst: Instance, ports: Po
         "--control", control_url,
         "--state-dir", str(state_dir),
         "--service", inst.app,
+        "--service-account", inst.app,
         "--namespace", NAMESPACE,
         "--workload", inst.name,
         "--labels", inst.labels,
@@ -140,9 +141,16 @@ def sidecar_argv(command: list[str], control_url: str, inst: Instance, ports: Po
         "--app-port", str(ports.app),
         "--workers", "1",
         "--drain-seconds", f"{drain_seconds:g}",
-        # No :15090 listener: five sidecars share one host (admin /stats/prometheus has it all).
-        "--prometheus-port", "0",
+        # No :15090 or :15021 listener: five sidecars share one host (admin has /stats/prometheus
+        # and /ready).
+        "--prometheus-port", "0", "--health-port", "0",
     ]  # fmt: skip
+
+
+def token_argv(control_url: str, inst: Instance) -> list[str]:
+    """`remora token create` for the instance's identity (the join token is the last line it prints)."""
+    return [*REMORA, "token", "create", "--namespace", NAMESPACE, "--service-account", inst.app,
+            "--ttl", "24h", "--control", control_url]
 
 
 def app_argv(inst: Instance, ports: Ports) -> list[str]:

@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | control | apply | get | delete | status | proxy-config | token | analyze | inject`."""
+"""The `remora` command: `remora proxy | wait | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -66,13 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")
     proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
     proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
-    proxy.add_argument("--admin-bind", default="127.0.0.1")
+    proxy.add_argument("--admin-bind", default="127.0.0.1",
+                       help="admin address; keep it on loopback: admin can quit the proxy")
     proxy.add_argument("--prometheus-port", type=int, default=15090,
-                       help="serve /stats/prometheus here too, on --admin-bind (0: off)")
+                       help="serve /stats/prometheus here too (0: off)")
+    proxy.add_argument("--prometheus-bind", default=None, metavar="ADDR",
+                       help="address of --prometheus-port (default: --admin-bind)")
+    proxy.add_argument("--health-port", type=int, default=15021,
+                       help="serve GET /healthz/ready here, what kubelet probes (0: off)")
+    proxy.add_argument("--health-bind", default=None, metavar="ADDR",
+                       help="address of --health-port (default: --admin-bind); 0.0.0.0 in a pod, "
+                            "where kubelet probes come from the node")
     proxy.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
                        help="no Istio standard metrics and no metadata exchange with peers")
     proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
-    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0)
+    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0,
+                       help="on SIGTERM or /quitquitquit, exit when no connection is left or "
+                            "after this long (default 5s)")
     proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
                        help="request body kept for replay on retry; longer bodies are not retried")
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
@@ -91,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
+    capture = proxy.add_argument_group("transparent capture (after `remora iptables`; docs/interception.md)")
+    capture.add_argument("--capture", action="store_true",
+                         help="the listeners receive iptables-redirected connections: original "
+                              "destinations, TCP proxying, passthrough; inbound to every app port")
+    capture.add_argument("--outbound-traffic-policy", choices=["ALLOW_ANY", "REGISTRY_ONLY"],
+                         default="ALLOW_ANY", help="captured traffic to no mesh service: pass it "
+                         "through (default) or refuse it (502 NR for HTTP, closed for TCP)")
     identity = proxy.add_argument_group("workload identity (registration, telemetry labels, mTLS)")
     identity.add_argument("--service", default=None, help="the service this workload serves (e.g. reviews)")
     identity.add_argument("--namespace", default="default")
@@ -101,11 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_argument("--trust-domain", default="cluster.local")
     identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
 
+    from remora.proxy.wait import add_wait_parser
+    add_wait_parser(sub, _http_url, _seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
     _add_control_commands(sub)
     from remora.kube.command import add_inject_parser
     add_inject_parser(sub, _http_url)
+    from remora.intercept.command import add_iptables_parser
+    add_iptables_parser(sub)
     return parser
 
 
@@ -172,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "wait":
+        from remora.proxy.wait import run_wait
+        return run_wait(args)
     if args.command == "analyze":
         return _analyze(args)
     if args.command == "control":
@@ -180,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inject":
         from remora.kube.command import run_inject
         return run_inject(args)
+    if args.command == "iptables":
+        from remora.intercept.command import run_iptables
+        return run_iptables(args)
     if args.command in CLIENT_COMMANDS:
         from remora.xds.commands import run_client
         return run_client(args.command, args)
@@ -277,6 +304,8 @@ def _proxy(args) -> int:
         inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
         drain_seconds=args.drain_seconds, retry_buffer_bytes=args.retry_buffer_bytes,
         access_log=args.access_log, prometheus_port=args.prometheus_port,
+        prometheus_bind=args.prometheus_bind or args.admin_bind,
+        health_port=args.health_port, health_bind=args.health_bind or args.admin_bind,
         istio_metrics=args.istio_metrics,
         access_log_format=args.access_log_format,
         trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,
@@ -289,7 +318,8 @@ def _proxy(args) -> int:
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir,
+        cert_dir=args.cert_dir, capture=args.capture,
+        outbound_traffic_policy=args.outbound_traffic_policy,
     )
     try:
         return run_proxy(options, config)

@@ -7,8 +7,9 @@
   its startupProbe holds them back until it is ready; it does not keep a Job from
   completing. It runs as uid/gid 1337, the identity `remora iptables` exempts from capture.
 
-Only flags that `remora proxy` has are emitted; the health port 15021 of the probes is the
-one the sidecar-lifecycle work adds (docs/kubernetes.md says so).
+Only flags that `remora proxy` has are emitted. Admin (15000, which can quit the proxy)
+stays on loopback; the Prometheus port 15090 and the health port 15021 are bound on
+0.0.0.0, because Prometheus and kubelet's probes reach the pod from outside it.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def proxy_args(settings: SidecarSettings, pod: PodIdentity) -> list[str]:
     if pod.labels:
         args += ["--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items())]
     args += ["--state-dir", STATE_DIR, "--bind", "0.0.0.0", "--inbound-bind", "0.0.0.0",
-             "--admin-bind", "0.0.0.0"]
+             "--prometheus-bind", "0.0.0.0", "--health-bind", "0.0.0.0",
+             "--capture"]   # the remora-init container redirects the pod's traffic to 15001/15006
     return args
 
 

@@ -36,10 +36,12 @@ __all__ = [
     "default_is_gauge",
     "format_clusters_text",
     "make_admin_app",
+    "make_health_app",
     "prometheus_name",
     "prometheus_text",
     "filter_families",
     "start_admin",
+    "start_health",
     "start_prometheus",
 ]
 
@@ -255,7 +257,7 @@ _HELP = (
     ("/stats", "print server stats (?format=json|prometheus, ?filter=REGEX)"),
     ("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX)"),
     ("/drain_listeners", "POST: stop accepting new connections"),
-    ("/quitquitquit", "POST: exit the server gracefully"),
+    ("/quitquitquit", "POST: drain as on SIGTERM, then exit 0"),
 )
 HELP_TEXT = "admin commands are:\n" + "".join(f"  {path}: {text}\n" for path, text in _HELP)
 
@@ -270,16 +272,7 @@ def make_admin_app(source: AdminSource) -> web.Application:
     async def help_(request: web.Request) -> web.Response:
         return web.Response(text=HELP_TEXT, content_type=TEXT)
 
-    async def ready(request: web.Request) -> web.Response:
-        is_draining = getattr(source, "is_draining", None)
-        if is_draining is not None and is_draining():
-            return web.Response(status=503, text="DRAINING\n", content_type=TEXT)
-        if source.is_ready():
-            return web.Response(text="LIVE\n", content_type=TEXT)
-        reason = getattr(source, "not_ready_reason", None)
-        why = reason() if reason is not None else None
-        return web.Response(status=503, text="PRE_INITIALIZING\n" + (f"{why}\n" if why else ""),
-                            content_type=TEXT)
+    ready = _ready_handler(source)
 
     async def clusters(request: web.Request) -> web.Response:
         data = await source.clusters()
@@ -333,6 +326,21 @@ def make_admin_app(source: AdminSource) -> web.Application:
         web.post("/quitquitquit", quitquitquit),
     ])
     return app
+
+
+def _ready_handler(source: AdminSource):
+    """GET /ready and /healthz/ready: LIVE (200), or 503 DRAINING / PRE_INITIALIZING + why."""
+    async def ready(request: web.Request) -> web.Response:
+        is_draining = getattr(source, "is_draining", None)
+        if is_draining is not None and is_draining():
+            return web.Response(status=503, text="DRAINING\n", content_type=TEXT)
+        if source.is_ready():
+            return web.Response(text="LIVE\n", content_type=TEXT)
+        reason = getattr(source, "not_ready_reason", None)
+        why = reason() if reason is not None else None
+        return web.Response(status=503, text="PRE_INITIALIZING\n" + (f"{why}\n" if why else ""),
+                            content_type=TEXT)
+    return ready
 
 
 def _prometheus_handler(source: AdminSource):
@@ -392,6 +400,22 @@ async def start_prometheus(source: AdminSource, host: str, port: int) -> web.App
     app = web.Application()
     app.router.add_get("/stats/prometheus", _prometheus_handler(source))
     return await _serve(app, host, port)
+
+
+async def start_health(source: AdminSource, host: str, port: int) -> web.AppRunner:
+    """Serve only GET /healthz/ready on host:port (Istio's :15021, what kubelet probes).
+
+    Its own listener so that it can be bound where probes come from (the pod IP: kubelet
+    probes from the node) while admin, which can quit the proxy, stays on loopback.
+    """
+    return await _serve(make_health_app(source), host, port)
+
+
+def make_health_app(source: AdminSource) -> web.Application:
+    """The health port's application: GET /healthz/ready and nothing else."""
+    app = web.Application()
+    app.router.add_get("/healthz/ready", _ready_handler(source))
+    return app
 
 
 async def start_admin(source: AdminSource, host: str, port: int) -> web.AppRunner:

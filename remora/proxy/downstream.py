@@ -79,6 +79,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.loop = listener.loop
         self.transport = None
         self.tls = tls                 # inbound mTLS connection (handshake done before connection_made)
+        self.capture = None            # captured connection: its original destination (intercept/capture.py)
         self.peer_cert: PeerCertificate | None = None
         self.parser = HttpRequestParser(self)
         self.state = IDLE

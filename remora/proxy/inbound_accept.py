@@ -108,15 +108,20 @@ class InboundAcceptor:
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting; drop sockets still being detected or handshaking (no request yet)."""
+        """Stop accepting; drop sockets still being detected (no byte yet).
+
+        Hand-overs in progress (a TLS handshake, bounded by its timeout) are left to finish:
+        cancelling `connect_accepted_socket` half way can leave a protocol registered on
+        the listener whose connection_lost never comes, and a drain waiting for zero
+        connections would then wait for its deadline. Once connected, such a connection
+        is idle and the drain closes it like any other.
+        """
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
         for fd in list(self.detecting):
             self._end_detection(fd).sock.close()
-        for task in list(self.connecting):
-            task.cancel()
 
     # -- accept and decide ---------------------------------------------------------------
     def _accept(self) -> None:
@@ -132,7 +137,9 @@ class InboundAcceptor:
             self._dispatch(sock)
 
     def _dispatch(self, sock: socket.socket) -> None:
-        mode = self.worker.snapshot.inbound_policy.mode
+        capture = self.listener.capture     # --capture: the mode of the port the caller dialled
+        policy = capture.policy_for(sock) if capture is not None else self.worker.snapshot.inbound_policy
+        mode = policy.mode
         if mode == DISABLE:
             self._hand_over(sock, None)
             return

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from remora.intercept.capture import OutboundCapture, Sniffer
+from remora.intercept.inbound_capture import InboundCapture
+from remora.intercept.tcp_proxy import TcpStats
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
@@ -78,6 +81,8 @@ class Listener:
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
         self.acceptor: InboundAcceptor | None = None   # inbound: accepts and terminates mTLS
+        self.capture = None         # --capture: decisions for redirected connections (remora/intercept)
+        self.tcp_stats = TcpStats()  # TCP proxy counters (captured non-HTTP and passthrough connections)
         self.rbac = RbacStats()
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
@@ -109,20 +114,47 @@ class Listener:
 
     async def start(self, reuse_port: bool) -> None:
         if self.inbound:
-            self.acceptor = InboundAcceptor(self, lambda: DownstreamHttp1(self),
-                                            lambda: DownstreamHttp1(self, tls=True))
+            plain, tls = (lambda: DownstreamHttp1(self)), (lambda: DownstreamHttp1(self, tls=True))
+            if self.worker.options.capture:
+                self.capture = InboundCapture(self)
+                plain, tls = (lambda: Sniffer(self.capture)), (lambda: Sniffer(self.capture, tls=True))
+            self.acceptor = InboundAcceptor(self, plain, tls)
             self.acceptor.start(self.host, self.port, reuse_port)
             return
+        factory = lambda: DownstreamHttp1(self)     # noqa: E731
+        if self.worker.options.capture:
+            self.capture = OutboundCapture(self, self.worker.options.outbound_traffic_policy)
+            factory = lambda: Sniffer(self.capture)   # noqa: E731
         self.server = await self.loop.create_server(
-            lambda: DownstreamHttp1(self), self.host, self.port,
+            factory, self.host, self.port,
             reuse_address=True, reuse_port=reuse_port, backlog=4096)
 
     def stop_accepting(self) -> None:
+        """Close the listening socket; connections already accepted are served to their end."""
         if self.server is not None:
             self.server.close()
         if self.acceptor is not None:
             self.acceptor.close()
         self.draining = True
+
+    def begin_drain(self) -> None:
+        """The proxy is shutting down (Istio's inbound-only drain).
+
+        Inbound: stop accepting and close idle keep-alive connections; requests in flight
+        finish and their connections close after the response. Outbound keeps accepting,
+        because the app is shutting down too and may still call out; its responses carry
+        `connection: close` (`draining`), so the app's pooled connections turn over and
+        the proxy can reach zero connections once the app is done. Idle outbound
+        connections are not closed here: a request could be on its way on them.
+        """
+        self.draining = True
+        if self.inbound:
+            self.stop_accepting()
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            conn.close_if_idle()
 
     # -- called by DownstreamHttp1 --------------------------------------------------------
     def connection_opened(self, conn: DownstreamHttp1) -> None:
@@ -145,10 +177,15 @@ class Listener:
         if routed:
             snapshot = self.worker.snapshot
             if self.inbound:
-                table, policy = snapshot.inbound, snapshot.inbound_policy
+                if sink.capture is None:
+                    table, policy = snapshot.inbound, snapshot.inbound_policy
+                else:   # captured: the app port the caller dialled
+                    table, policy, _ = snapshot.inbound_for(sink.capture.original[1])
             else:
                 table, policy = snapshot.outbound, None
             vhost = table.lookup(head.authority) if table is not None else None
+            if vhost is None and sink.capture is not None:
+                return self.capture.fallback(sink, head, stats)
             found = vhost.route(head) if vhost is not None else None
             if found is not None:
                 if policy is not None and policy.authorizer is not None and not self.authorize(policy, head):

@@ -2,8 +2,14 @@
 
 With N > 1 the parent runs only the admin server and supervises; each child runs a Worker
 and answers the parent's admin questions over a socketpair (one JSON line each way), so
-one scrape of the admin port covers every worker. SIGTERM/SIGINT: stop accepting, drain
-in-flight requests up to --drain-seconds, exit 0.
+one scrape of the admin port covers every worker.
+
+SIGTERM/SIGINT and POST /quitquitquit start the same drain (Istio's, with
+EXIT_ON_ZERO_ACTIVE_CONNECTIONS): /healthz/ready answers 503 DRAINING at once, the inbound
+listener stops accepting and closes idle connections, the outbound listener keeps serving
+the app (which is shutting down too and may still call out), and the process exits 0 when
+no downstream connection is left, or at --drain-seconds. With N workers the supervisor
+marks itself draining and forwards SIGTERM; each worker drains its own connections.
 
 Under --control the xDS client runs beside the admin server: in the worker's loop with one
 worker, in the parent with N. The parent builds (validates) each push once and forwards
@@ -24,7 +30,7 @@ import uvloop
 from remora.config.loader import build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy import xds_client
-from remora.proxy.admin import start_admin, start_prometheus
+from remora.proxy.admin import start_admin, start_health, start_prometheus
 from remora.proxy.downstream import request_ids
 from remora.proxy.istio_metrics import merge, render
 from remora.proxy.svid_manager import HttpCaClient, SvidManager
@@ -111,7 +117,9 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
                      f"{options.app_host}:{options.app_port}")
     parts.append(f"admin {options.admin_bind}:{options.admin_port}")
     if options.prometheus_port:
-        parts.append(f"prometheus {options.admin_bind}:{options.prometheus_port}")
+        parts.append(f"prometheus {options.prometheus_bind}:{options.prometheus_port}")
+    if options.health_port:
+        parts.append(f"health {options.health_bind}:{options.health_port}")
     parts.append(f"workers {max(1, options.workers)}")
     parts.append(f"config version {config.version}")
     if options.control:
@@ -139,25 +147,43 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     _subscribe(certs, _install_in(worker))
     _announce(options, config)
     await stop.wait()
+    worker.begin_drain()     # 503 DRAINING before anything else is stopped
+    _say_draining(options)
     if client is not None:
         await client.stop()
     if certs is not None:
         await certs.stop()
-    await worker.drain(options.drain_seconds)
+    _say_drained(await worker.drain(options.drain_seconds), options)
     for runner in runners:
         await runner.cleanup()
     return 0
 
 
+def _say_draining(options: ProxyOptions) -> None:
+    print(f"remora proxy: draining: inbound closed, outbound serving; exit when no connection "
+          f"is left or in {options.drain_seconds:g}s", file=sys.stderr, flush=True)
+
+
+def _say_drained(cut: int, options: ProxyOptions) -> None:
+    if cut:
+        print(f"remora proxy: drain deadline ({options.drain_seconds:g}s) reached: closing "
+              f"{cut} connection(s)", file=sys.stderr, flush=True)
+
+
 async def _start_admin_servers(source, options: ProxyOptions) -> list:
-    """Admin on --admin-port and, unless --prometheus-port is 0, the metrics-only port."""
+    """Admin on --admin-port and, unless their port is 0, the metrics-only port (15090) and
+    the health port (15021), each on its own bind address."""
     runners = [await start_admin(source, options.admin_bind, options.admin_port)]
-    if options.prometheus_port:
-        try:
-            runners.append(await start_prometheus(source, options.admin_bind, options.prometheus_port))
-        except BaseException:
-            await runners[0].cleanup()
-            raise
+    extra = ((start_prometheus, options.prometheus_bind, options.prometheus_port),
+             (start_health, options.health_bind, options.health_port))
+    try:
+        for start, host, port in extra:
+            if port:
+                runners.append(await start(source, host, port))
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
     return runners
 
 
@@ -222,7 +248,7 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
 
     server_task = asyncio.create_task(serve())
     await stop.wait()
-    await worker.drain(options.drain_seconds)
+    _say_drained(await worker.drain(options.drain_seconds), options)
     server_task.cancel()
     return 0
 
@@ -405,13 +431,14 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
                 print(f"remora proxy: worker {pid} exited ({status})", file=sys.stderr, flush=True)
                 code = 1
                 stop.set()
-    source.draining = True
+    source.draining = True   # /healthz/ready: 503 DRAINING from now on
+    _say_draining(options)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)   # each worker drains its own connections, then exits
     if client is not None:
         await client.stop()
     if certs is not None:
         await certs.stop()
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
     deadline = asyncio.get_running_loop().time() + options.drain_seconds + 5
     while pids and asyncio.get_running_loop().time() < deadline:
         for pid in list(pids):

@@ -14,6 +14,7 @@ import msgspec
 
 from remora.config.model import MeshConfig
 from remora.config.names import qualify_host
+from remora.intercept.destinations import DestinationIndex
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
@@ -50,6 +51,9 @@ class ProxyOptions:
     access_log: str = "stdout"          # stdout | off
     access_log_format: str = "text"     # text | json
     prometheus_port: int = 15090        # Istio's merged-metrics port (0: no such listener)
+    prometheus_bind: str = "127.0.0.1"  # its address (the CLI defaults it to --admin-bind)
+    health_port: int = 15021            # Istio's readiness port: GET /healthz/ready (0: off)
+    health_bind: str = "127.0.0.1"      # its address (the CLI defaults it to --admin-bind)
     istio_metrics: bool = True          # Istio's standard metrics and the metadata exchange
     trace_sampling: float = 1.0         # percent of new traces sampled (randomSamplingPercentage)
     otlp_endpoint: str | None = None    # OTLP/HTTP traces URL; no spans are recorded without it
@@ -59,6 +63,8 @@ class ProxyOptions:
     state_dir: str | None = None        # where the last good pushed snapshot is kept
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
     cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
+    capture: bool = False               # listeners receive iptables-redirected traffic (docs/interception.md)
+    outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
 
 
 class Snapshot:
@@ -89,23 +95,29 @@ class Snapshot:
         if self.inbound_cluster is not None:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
         for cluster in self.clusters():
-            policy = cluster.traffic_policy
-            cluster.detector = OutlierDetector(
-                policy.outlier_detection if policy is not None else None, cluster.endpoints,
-                pools.loop.time, on_panic_change=_panic_setter(cluster))
-            if cluster.name in old and old[cluster.name].detector is not None:
-                cluster.detector.inherit(old[cluster.name].detector)
-            cluster.circuit = pools.circuit_for(cluster.name)
-            cluster.circuit.configure(cluster.traffic_policy)
-            for ep in cluster.endpoints:
-                mtls = ep.tls_mode == ISTIO_MUTUAL
-                ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
-                ep.pool.endpoint = ep
-                if mtls:
-                    ep.pool.mtls = MtlsDialer(
-                        pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
-                        cluster.naming, is_required(policy), cluster.name, ep.key,
-                        ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
+            prepare_cluster(cluster, pools, old.get(cluster.name))
+        self._pools, self._options = pools, options
+        self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
+        # Transparent capture (--capture): original destination -> mesh service, per version.
+        self.destinations = DestinationIndex(config, self.services) if options.capture else None
+
+    def inbound_for(self, port: int) -> tuple:
+        """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:
+        inbound traffic to any port of the pod, forwarded to the app on that port)."""
+        found = self._inbound_ports.get(port)
+        if found is None:
+            if port == self._options.app_port and self.inbound is not None:
+                found = (self.inbound, self.inbound_policy, self.inbound_cluster)
+            else:
+                options = self._options
+                cluster = Cluster(f"inbound|{port}||", "inbound", port, None,
+                                  [Endpoint(options.app_host, port, {})], None)
+                cluster.telemetry = local_service_tags(options.identity)
+                prepare_cluster(cluster, self._pools)
+                found = (RouteTable.single(cluster, "inbound"),
+                         compile_inbound_policy(self.config, options.identity, port), cluster)
+            self._inbound_ports[port] = found
+        return found
 
     def clusters(self) -> list[Cluster]:
         """Every cluster of this version, in a stable order."""
@@ -113,6 +125,28 @@ class Snapshot:
         if self.inbound_cluster is not None:
             found[self.inbound_cluster.name] = self.inbound_cluster
         return [found[name] for name in sorted(found)]
+
+
+def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
+    """Give a compiled cluster its outlier detector (inheriting the previous version's
+    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints)."""
+    policy = cluster.traffic_policy
+    cluster.detector = OutlierDetector(
+        policy.outlier_detection if policy is not None else None, cluster.endpoints,
+        pools.loop.time, on_panic_change=_panic_setter(cluster))
+    if previous is not None and previous.detector is not None:
+        cluster.detector.inherit(previous.detector)
+    cluster.circuit = pools.circuit_for(cluster.name)
+    cluster.circuit.configure(cluster.traffic_policy)
+    for ep in cluster.endpoints:
+        mtls = ep.tls_mode == ISTIO_MUTUAL
+        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
+        ep.pool.endpoint = ep
+        if mtls:
+            ep.pool.mtls = MtlsDialer(
+                pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
+                cluster.naming, is_required(policy), cluster.name, ep.key,
+                ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
 
 
 def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
@@ -151,6 +185,7 @@ class Worker:
         self.apply_telemetry(config)
         self.ready = False
         self.draining = False
+        self.drain_started: float | None = None   # loop time SIGTERM / quitquitquit began the drain
         self.started_at = time.time()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_tick: dict[str, float] = {}
@@ -203,36 +238,52 @@ class Worker:
 
     # -- drain and stop ------------------------------------------------------------------
     def stop_accepting(self) -> None:
+        """Every listener stops accepting (POST /drain_listeners); idle connections close."""
         self.draining = True
         for listener in self.listeners:
             listener.stop_accepting()
-            for conn in list(listener.connections):
-                conn.close_if_idle()
+            listener.close_idle()
+
+    def begin_drain(self) -> None:
+        """Start the shutdown drain: /healthz/ready says DRAINING from here on, inbound
+        stops accepting, outbound keeps serving the app (Listener.begin_drain)."""
+        if self.drain_started is None:
+            self.drain_started = self.loop.time()
+        self.draining = True
+        for listener in self.listeners:
+            listener.begin_drain()
 
     def in_flight(self) -> int:
         return sum(listener.stats.downstream_rq_active for listener in self.listeners)
 
-    async def drain(self, deadline_seconds: float) -> None:
-        """Stop accepting, let requests in flight finish up to the deadline, then close."""
-        self.stop_accepting()
-        deadline = self.loop.time() + deadline_seconds
-        while self.in_flight() > 0 and self.loop.time() < deadline:
+    def open_connections(self) -> int:
+        """Downstream connections on every listener (a WebSocket tunnel counts as one)."""
+        return sum(len(listener.connections) for listener in self.listeners)
+
+    async def drain(self, deadline_seconds: float) -> int:
+        """Drain (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS): wait until no downstream
+        connection or request is left, or `deadline_seconds` after the drain began; then
+        close everything. Returns how many connections the deadline cut."""
+        self.begin_drain()
+        deadline = self.drain_started + deadline_seconds
+        while (self.open_connections() or self.in_flight()) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
             for listener in self.listeners:
-                for conn in list(listener.connections):
-                    conn.close_if_idle()
+                if listener.inbound:
+                    listener.close_idle()   # a pipelined request may have finished
+        cut = self.open_connections()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 if conn.transport is not None:
                     conn.transport.close()
-            if listener.server is not None:
-                listener.server.close()
+            listener.stop_accepting()
         self.pools.close_all_idle()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.access_log.close()
         if self.tracer.exporter is not None:
             self.tracer.exporter.close()
+        return cut
 
     # -- what admin reads --------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -261,6 +312,14 @@ class Worker:
             if listener.acceptor is not None:
                 for name, value in listener.acceptor.stats.named().items():
                     out[f"listener.{listener.address}.{name}"] = value
+            if listener.capture is not None:
+                for name, value in listener.capture.stats.as_dict().items():
+                    out[f"listener.{listener.address}.capture.{name}"] = value
+                for name, value in listener.tcp_stats.as_dict().items():
+                    out[f"tcp.{listener.name}.{name}"] = value
+                if not listener.inbound:
+                    for name, value in listener.capture.passthrough_stats.as_dict().items():
+                        out[f"cluster.PassthroughCluster.{name}"] = value
             if listener.inbound:
                 for name, value in listener.rbac.as_dict().items():
                     out[f"http.{listener.name}.rbac.{name}"] = value

@@ -18,7 +18,7 @@ class ProxyProcess:
 
     def __init__(self, mesh_yaml: str | None, *extra: str, inbound_app_port: int | None = None,
                  control: str | None = None, state_dir: str | None = None,
-                 prometheus_port: int = 0) -> None:
+                 prometheus_port: int = 0, health_port: int = 0) -> None:
         """Config from `mesh_yaml` (written to a file), or with mesh_yaml=None from the
         control server at `control`, keeping its snapshot in `state_dir` (default: a fresh
         directory of this process, so tests never share one)."""
@@ -34,11 +34,12 @@ class ProxyProcess:
             with open(self.config_path, "w") as f:
                 f.write(mesh_yaml)
             source = ["--mesh-config", self.config_path]
-        # Several sidecars run at once in tests: no :15090 unless the test asks for a port.
+        # Several sidecars run at once in tests: no :15090 or :15021 unless the test asks for a port.
         self.prometheus_port = prometheus_port
+        self.health_port = health_port
         args = [sys.executable, "-m", "remora", "proxy", *source,
                 "--outbound-port", str(self.outbound_port), "--admin-port", str(self.admin_port),
-                "--prometheus-port", str(prometheus_port), *extra]
+                "--prometheus-port", str(prometheus_port), "--health-port", str(health_port), *extra]
         if inbound_app_port:
             args += ["--inbound-port", str(self.inbound_port), "--app-port", str(inbound_app_port)]
         self.log_path = os.path.join(self.dir, "stdout.log")
@@ -113,3 +114,15 @@ class ProxyProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = 30.0):
+    """Poll `predicate` until it returns something true (returned); fail naming `what`, with
+    the proxy's stderr, after `timeout` seconds (generous: a busy 2-core machine)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; proxy stderr:\n{p.stderr()}")

@@ -140,6 +140,9 @@ def test_demo_splits_traffic_through_real_sidecars():
     assert errors == 0, out
     assert re.search(r"header route  end-user: jason -> (v2 ){5} ok", result.stdout), out
     assert re.search(r"^Shift reviews traffic to v3: .* apply -f \S+reviews-v3\.yaml --control http://", result.stdout, re.M), out
+    # Every sidecar got a certificate from the control server's CA: all hops were mutual TLS.
+    secured = re.search(r"^requests between sidecars: (\d+) \((\d+) mutual_tls\)$", result.stdout, re.M)
+    assert secured and int(secured[1]) > 0 and secured[1] == secured[2], out
 
 
 def test_demo_shift_shows_on_the_next_lines():

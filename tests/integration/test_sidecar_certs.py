@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import service
 from tests.integration.control_process import ControlProcess
-from tests.integration.proxy_process import ProxyProcess
+from tests.integration.proxy_process import ProxyProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,6 @@ def sidecar(control: ControlProcess, token: str | None, namespace: str, service_
 def certs(p: ProxyProcess) -> dict:
     return json.loads(p.admin_get("/certs"))
 
-
-def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = TIMEOUT):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; proxy stderr:\n{p.stderr()}")
 
 
 def echo_status(p: ProxyProcess) -> int:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from remora.proxy.admin import (
     default_is_gauge,
     make_admin_app,
+    make_health_app,
     prometheus_name,
     start_admin,
 )
@@ -295,3 +296,27 @@ async def test_start_admin_serves_on_port():
                 assert (resp.status, await resp.text()) == (200, "LIVE\n")
     finally:
         await runner.cleanup()
+
+
+async def test_health_app_serves_readiness_and_nothing_of_admin():
+    """The health port answers /healthz/ready as admin's /ready does, and no admin path (404)."""
+    source = FakeSource(ready=False)
+    source.not_ready_reason = lambda: "waiting for the workload certificate"
+    client = TestClient(TestServer(make_health_app(source)))
+    await client.start_server()
+    try:
+        resp = await client.get("/healthz/ready")
+        assert (resp.status, await resp.text()) == (
+            503, "PRE_INITIALIZING\nwaiting for the workload certificate\n")
+        source.ready = True
+        resp = await client.get("/healthz/ready")
+        assert (resp.status, await resp.text()) == (200, "LIVE\n")
+        source.draining = True
+        resp = await client.get("/healthz/ready")
+        assert (resp.status, await resp.text()) == (503, "DRAINING\n")
+        for path in ("/ready", "/stats", "/config_dump", "/certs"):
+            assert (await client.get(path)).status == 404
+        assert (await client.post("/quitquitquit")).status == 404
+        assert not source.quit_called.is_set()
+    finally:
+        await client.close()

@@ -43,7 +43,9 @@ def _flags(args: list[str]) -> dict[str, str]:
 def test_proxy_gets_identity_and_ports_from_the_pod_template():
     """Service from the app label, workload from the Deployment name, service account, labels,
     and the first container's first port as the app port."""
-    flags = _flags(_containers()["remora-proxy"]["args"])
+    args = _containers()["remora-proxy"]["args"]
+    flags = _flags(args)
+    assert args[-1] == "--capture"   # remora-init redirects the pod's traffic to the sidecar
     assert flags["--service"] == "reviews"
     assert flags["--workload"] == "reviews-v2"
     assert flags["--service-account"] == "bookinfo-reviews"
@@ -59,6 +61,18 @@ def test_proxy_args_are_accepted_by_remora_proxy():
     assert parsed.command == "proxy"
     assert parsed.app_port == 9080 and parsed.labels == {"app": "reviews", "version": "v2"}
     assert parsed.control == "http://remora-control.remora-system.svc:15010"
+
+
+def test_admin_stays_on_loopback_while_probes_and_scrapes_reach_the_pod():
+    """The sidecar binds admin (which can quit it) to 127.0.0.1 and 15021 / 15090 to 0.0.0.0,
+    and its probes use the health port."""
+    proxy = _containers()["remora-proxy"]
+    parsed = build_parser().parse_args([a.replace("$(POD_NAMESPACE)", "default") for a in proxy["args"]])
+    assert parsed.admin_bind == "127.0.0.1"
+    assert (parsed.health_bind, parsed.health_port) == ("0.0.0.0", 15021)
+    assert (parsed.prometheus_bind, parsed.prometheus_port) == ("0.0.0.0", 15090)
+    for probe in ("startupProbe", "readinessProbe"):
+        assert proxy[probe]["httpGet"] == {"path": "/healthz/ready", "port": parsed.health_port}
 
 
 def test_image_and_control_flags_reach_both_containers():

@@ -1,0 +1,103 @@
+"""Readiness: the health port (15021) answers 200 only once config and certificate are there,
+`remora wait` holds an app's start until then, and each listener sits on its own bind address.
+
+Real processes on loopback: a control server (config and CA) that is down when the sidecar
+starts and comes up later, a sidecar with --token, `remora wait` as an app's entrypoint runs it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import service
+from tests.integration.control_process import ControlProcess
+from tests.integration.proxy_process import ProxyProcess
+from tests.integration.upstreams import free_port
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60.0   # generous: a busy 2-core machine, and the certificate request backs off
+
+
+def get(url: str) -> tuple[int | None, str]:
+    """Status and body, or (None, error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return None, str(error)
+
+
+def remora_wait(*args: str, timeout: float = TIMEOUT + 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "remora", "wait", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_health_is_503_until_config_and_certificate_then_wait_lets_the_app_start(upstreams):
+    """With the control server down the health port says 503 and why (config, certificate) and
+    `remora wait` exits 1 with that reason; once the server is up it gets both, the health port
+    answers 200 and `remora wait` exits 0."""
+    control = ControlProcess({"mesh.yaml": service("echo", [(upstreams.ports["echo"], {})])}).wait_ready()
+    created = control.cli("token", "create", "--namespace", "shop", "--service-account", "cart")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.splitlines()[-1]
+    assert control.stop() == 0, control.stderr()
+    p = ProxyProcess(None, "--token", token, "--namespace", "shop", "--service-account", "cart",
+                     "--access-log", "off", "--drain-seconds", "1", control=control.url,
+                     health_port=free_port()).wait_admin(TIMEOUT)
+    health = f"http://127.0.0.1:{p.health_port}/healthz/ready"
+    try:
+        status, body = get(health)
+        assert status == 503
+        assert body.startswith("PRE_INITIALIZING\n")
+        assert "waiting for the first configuration from the control server" in body
+        assert "waiting for the workload certificate" in body
+        early = remora_wait("--health", health, "--timeout", "1s", "--interval", "0.2s")
+        assert early.returncode == 1
+        assert early.stderr.startswith("remora wait: not ready after 1s: HTTP 503: PRE_INITIALIZING; waiting for")
+        control.start_again()
+        ready = remora_wait("--health", health, "--timeout", f"{TIMEOUT:g}s")
+        assert ready.returncode == 0, (ready.stderr, p.stderr())
+        assert get(health) == (200, "LIVE\n")
+        assert get(p.admin("/ready")) == (200, "LIVE\n")
+    finally:
+        assert p.stop() == 0, p.stderr()
+        control.stop()
+
+
+def test_health_and_prometheus_have_their_own_bind_addresses(upstreams):
+    """--health-bind and --prometheus-bind put those listeners on another address than admin
+    (the injected sidecar: admin on loopback only); the health port serves no admin path."""
+    health_port, prometheus_port = free_port(), free_port()
+    p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), "--access-log", "off",
+                     "--health-bind", "127.0.0.2", "--prometheus-bind", "127.0.0.2",
+                     health_port=health_port, prometheus_port=prometheus_port).wait_ready()
+    try:
+        assert get(f"http://127.0.0.2:{health_port}/healthz/ready") == (200, "LIVE\n")
+        status, text = get(f"http://127.0.0.2:{prometheus_port}/stats/prometheus")
+        assert status == 200 and "envoy_server_live" in text
+        assert get(f"http://127.0.0.1:{health_port}/healthz/ready")[0] is None   # not on admin's address
+        assert get(f"http://127.0.0.1:{prometheus_port}/stats/prometheus")[0] is None
+        assert get(f"http://127.0.0.2:{p.admin_port}/ready")[0] is None          # admin stays on 127.0.0.1
+        assert get(f"http://127.0.0.2:{health_port}/stats")[0] == 404
+        assert f"health 127.0.0.2:{health_port}" in p.stderr()
+    finally:
+        assert p.stop() == 0, p.stderr()
+
+
+def test_health_port_taken_is_a_clear_start_error(upstreams):
+    """A health port already in use stops the start with an error naming the address."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), health_port=port)
+        assert p.proc.wait(30) == 1
+        assert "cannot start" in p.stderr() and str(port) in p.stderr()
