@@ -16,7 +16,8 @@ from pathlib import Path
 
 from benchmarks.procs import ProcessFailed
 from benchmarks.report import markdown
-from benchmarks.runner import PROXIES, SCENARIOS, Options
+from benchmarks.runner import PROXIES, Options
+from benchmarks.scenarios import SCENARIOS
 from benchmarks.tools import (MissingTool, busy_cores, find_envoy, find_tool, machine_info,
                               plan_pinning, tool_versions)
 

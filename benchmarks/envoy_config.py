@@ -2,7 +2,10 @@
 
 Only the subset the scenarios use is translated (ServiceEntry STATIC/DNS endpoints,
 VirtualService routes with uri/header matches, weights, timeout and retries,
-DestinationRule outlier detection, connection pool limits and simple load balancing).
+DestinationRule outlier detection, connection pool limits, simple load balancing and
+Istio mutual TLS, PeerAuthentication on the inbound side: see envoy_tls.py).
+`render_bootstrap` gives a client sidecar (outbound listener), `render_inbound_bootstrap`
+a server sidecar (inbound listener in front of the local app).
 Anything else raises `Unsupported`, so Envoy never silently runs a different route than
 Remora. Translation follows Istio's own (cluster names `outbound|port||host`, numeric
 retryOn codes -> retriable_status_codes, retries prefer other hosts), and Envoy is tuned
@@ -12,8 +15,12 @@ passed on the command line by the runner.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from benchmarks.certs import TRUST_DOMAIN
+from benchmarks.envoy_tls import (TlsUnsupported, apply_client_tls, inbound_filter_chains,
+                                  inbound_mode, istio_sni)
 from remora.config.duration import parse_duration
 
 UNLIMITED = 1_000_000_000  # "disable circuit breaking" per the Envoy benchmarking FAQ
@@ -50,13 +57,18 @@ def cluster_name(host: str, port: int) -> str:
     return f"outbound|{port}||{host}"
 
 
-def _clusters(entries: list[dict], rules: dict[str, dict]) -> tuple[list[dict], dict]:
+def _clusters(entries: list[dict], rules: dict[str, dict], cert_dir: Path | None,
+              trust_domain: str) -> tuple[list[dict], dict]:
     clusters, ports_by_host = [], {}
-    for spec in entries:
-        _only(spec, {"hosts", "ports", "location", "resolution", "endpoints"}, "ServiceEntry")
+    for doc in entries:
+        spec, namespace = doc.get("spec", {}), _namespace(doc)
+        _only(spec, {"hosts", "ports", "location", "resolution", "endpoints",
+                     "subjectAltNames"}, "ServiceEntry")
         resolution = spec.get("resolution", "NONE")
         if resolution not in ("STATIC", "DNS"):
             raise Unsupported(f"ServiceEntry resolution {resolution} not rendered for Envoy")
+        for ep in spec.get("endpoints", []):
+            _only(ep, {"address", "ports", "labels", "serviceAccount"}, "ServiceEntry endpoint")
         for host in spec["hosts"]:
             ports_by_host[host] = [p["number"] for p in spec.get("ports", [])]
             for port in spec.get("ports", []):
@@ -71,13 +83,20 @@ def _clusters(entries: list[dict], rules: dict[str, dict]) -> tuple[list[dict], 
                     "load_assignment": {"cluster_name": cluster_name(host, port["number"]),
                                         "endpoints": [{"lb_endpoints": endpoints}]},
                 }
-                _apply_traffic_policy(cluster, rules.get(host, {}).get("trafficPolicy", {}))
+                policy = rules.get(host, {}).get("trafficPolicy", {})
+                _apply_traffic_policy(cluster, policy)
+                try:
+                    apply_client_tls(cluster, policy.get("tls"), spec, namespace,
+                                     istio_sni(port["number"], host), cert_dir, trust_domain)
+                except TlsUnsupported as error:
+                    raise Unsupported(str(error)) from None
                 clusters.append(cluster)
     return clusters, ports_by_host
 
 
 def _apply_traffic_policy(cluster: dict, policy: dict) -> None:
-    _only(policy, {"loadBalancer", "connectionPool", "outlierDetection"}, "trafficPolicy")
+    _only(policy, {"loadBalancer", "connectionPool", "outlierDetection", "tls"},
+          "trafficPolicy")
     lb = policy.get("loadBalancer", {})
     _only(lb, {"simple"}, "trafficPolicy.loadBalancer")
     if lb.get("simple") not in _LB:
@@ -194,40 +213,103 @@ def _routes(http: dict, ports_by_host: dict[str, list[int]]) -> list[dict]:
             for m in (http.get("match") or [{}])]
 
 
-def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int) -> dict:
-    """The Envoy bootstrap (as a dict) serving the docs' routes on 127.0.0.1:listen_port."""
+def _namespace(doc: dict) -> str:
+    return (doc.get("metadata") or {}).get("namespace") or "default"
+
+
+def _by_kind(docs: list[dict], kinds: set[str]) -> dict[str, list[dict]]:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
-        by_kind.setdefault(doc["kind"], []).append(doc.get("spec", {}))
-    extra = set(by_kind) - {"ServiceEntry", "VirtualService", "DestinationRule"}
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    extra = set(by_kind) - kinds
     if extra:
         raise Unsupported(f"kinds {', '.join(sorted(extra))} not rendered for Envoy")
-    rules = {spec["host"]: spec for spec in by_kind.get("DestinationRule", [])}
+    return by_kind
+
+
+def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dict],
+                             **extra: Any) -> dict:
+    """The HCM filter, tuned per Envoy's benchmarking FAQ (no request ids, no dynamic stats)."""
+    hcm = {
+        "@type": f"{_HCM}.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "generate_request_id": False,
+        **extra,
+        "route_config": {"name": route_name, "virtual_hosts": vhosts},
+        "http_filters": [{"name": "envoy.filters.http.router",
+                          "typed_config": {"@type": _ROUTER, "dynamic_stats": False}}],
+    }
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+
+
+def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
+                     cert_dir: Path | None = None, trust_domain: str = TRUST_DOMAIN) -> dict:
+    """The Envoy bootstrap (as a dict) serving the docs' routes on 127.0.0.1:listen_port.
+
+    cert_dir is the client workload's certificate directory, needed when a cluster uses
+    Istio mutual TLS. PeerAuthentication is accepted and ignored: it governs inbound only.
+    """
+    by_kind = _by_kind(docs, {"ServiceEntry", "VirtualService", "DestinationRule",
+                              "PeerAuthentication"})
+    rules = {doc["spec"]["host"]: doc["spec"] for doc in by_kind.get("DestinationRule", [])}
     for host, spec in rules.items():
         _only(spec, {"host", "trafficPolicy"}, f"DestinationRule {host}")
-    clusters, ports_by_host = _clusters(by_kind.get("ServiceEntry", []), rules)
+    clusters, ports_by_host = _clusters(by_kind.get("ServiceEntry", []), rules, cert_dir,
+                                        trust_domain)
     vhosts = []
-    for vs in by_kind.get("VirtualService", []):
+    for doc in by_kind.get("VirtualService", []):
+        vs = doc.get("spec", {})
         _only(vs, {"hosts", "http"}, "VirtualService")
         routes = [r for http in vs.get("http", []) for r in _routes(http, ports_by_host)]
         for host in vs["hosts"]:
             vhosts.append({"name": host, "domains": [host, f"{host}:*"], "routes": routes})
-    hcm = {
-        "@type": f"{_HCM}.HttpConnectionManager",
-        "stat_prefix": "outbound_http",
-        "codec_type": "AUTO",
-        "generate_request_id": False,
-        "route_config": {"name": "outbound", "virtual_hosts": vhosts},
-        "http_filters": [{"name": "envoy.filters.http.router",
-                          "typed_config": {"@type": _ROUTER, "dynamic_stats": False}}],
-    }
     listener = {
         "name": f"outbound_127.0.0.1_{listen_port}",
         "address": _addr("127.0.0.1", listen_port),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
+        "filter_chains": [{"filters": [_http_connection_manager("outbound_http", "outbound",
+                                                                vhosts)]}],
     }
     return {
         "admin": {"address": _addr("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
+
+
+def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[str, str],
+                             inbound_port: int, app_port: int, admin_port: int,
+                             cert_dir: Path | None, trust_domain: str = TRUST_DOMAIN) -> dict:
+    """A server sidecar: 127.0.0.1:inbound_port -> the app on 127.0.0.1:app_port.
+
+    Like Istio's inbound path: every request goes to the local app (no retries, no route
+    timeout), mTLS as PeerAuthentication says for this workload and port, and the
+    caller's identity in x-forwarded-client-cert (what a caller sent there is dropped).
+    """
+    by_kind = _by_kind(docs, {"ServiceEntry", "VirtualService", "DestinationRule",
+                              "PeerAuthentication"})
+    cluster = f"inbound|{app_port}||"
+    vhost = {"name": "inbound", "domains": ["*"],
+             "routes": [{"match": {"prefix": "/"},
+                         "route": {"cluster": cluster, "timeout": "0s"}}]}
+    hcm = _http_connection_manager(
+        f"inbound_127.0.0.1_{inbound_port}", "inbound", [vhost],
+        forward_client_cert_details="SANITIZE_SET",
+        set_current_client_cert_details={"uri": True})
+    try:
+        mode = inbound_mode(by_kind.get("PeerAuthentication", []), namespace, labels, app_port)
+        chains, listener_filters = inbound_filter_chains(mode, [hcm], cert_dir, trust_domain)
+    except TlsUnsupported as error:
+        raise Unsupported(str(error)) from None
+    listener: dict[str, Any] = {"name": f"inbound_127.0.0.1_{inbound_port}",
+                                "address": _addr("127.0.0.1", inbound_port),
+                                "filter_chains": chains}
+    if listener_filters:
+        listener["listener_filters"] = listener_filters
+    app = {"name": cluster, "type": "STATIC",
+           "load_assignment": {"cluster_name": cluster, "endpoints": [
+               {"lb_endpoints": [{"endpoint": {"address": _addr("127.0.0.1", app_port)}}]}]}}
+    _apply_traffic_policy(app, {})  # Istio's connect timeout; circuit breakers raised
+    return {
+        "admin": {"address": _addr("127.0.0.1", admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": [app]},
     }

@@ -7,8 +7,8 @@ METRICS = (  # key, label, decimals
     ("rps", "requests/s", 0),
     ("p50_ms", "p50 latency (ms)", 3),
     ("p99_ms", "p99 latency (ms)", 3),
-    ("cpu_s_per_1k", "proxy CPU s / 1k req", 4),
-    ("rss_mib", "proxy RSS at end (MiB)", 1),
+    ("cpu_s_per_1k", "proxy CPU s / 1k req (all sidecars)", 4),
+    ("rss_mib", "proxy RSS at end (MiB, all sidecars)", 1),
     ("other_load_cores", "other programs' CPU during runs (cores)", 2),
 )
 RATIO_METRICS = ("rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mib")
@@ -73,6 +73,8 @@ def scenario_table(name: str, scenario: dict) -> str:
         lines.append(f"Upstream alone ({scenario.get('upstream', '?')}, no proxy, same wrk "
                      f"settings): {direct['rps']:,.0f} req/s, p50 {direct['p50_ms']:.3f} ms, "
                      f"p99 {direct['p99_ms']:.3f} ms.")
+    if scenario.get("note"):
+        lines.append(f"Note: {scenario['note']}")
     for proxy, err in scenario.get("errors", {}).items():
         first = err.strip().splitlines()[0] if err.strip() else "failed"
         lines.append(f"**{proxy} failed:** {first}")

@@ -4,14 +4,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from benchmarks import wrk
-from benchmarks.envoy_config import render_bootstrap
-from benchmarks.mesh import load_documents, one_hop_yaml
+from benchmarks.certs import issue_cert_dirs
+from benchmarks.envoy_config import render_bootstrap, render_inbound_bootstrap
+from benchmarks.mesh import (MESH_NAMESPACE, SERVER_LABELS, load_documents, one_hop_yaml,
+                             two_hop_yaml)
+from benchmarks.procs import ProcessFailed, free_port, http_get
+from benchmarks.runner import Options, start_data_plane
+from benchmarks.scenarios import prepare_mesh_2hop_mtls
 from benchmarks.tools import MissingTool, find_envoy, have_tool, install_hint
+from benchmarks.upstream import start_upstream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,19 +89,70 @@ def test_envoy_accepts_rendered_bootstrap(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _envoy_or_skip() -> str:
+    try:
+        return find_envoy()
+    except MissingTool as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.integration
+def test_envoy_accepts_rendered_mtls_bootstraps(tmp_path: Path) -> None:
+    """`envoy --mode validate` accepts both 2-hop bootstraps, with the real certificate files."""
+    import yaml
+
+    envoy = _envoy_or_skip()
+    certs = issue_cert_dirs(tmp_path, MESH_NAMESPACE, ["client", "server"])
+    docs = load_documents(two_hop_yaml(8081))
+    configs = {
+        "client": render_bootstrap(docs, 8080, 8082, certs["client"]),
+        "server": render_inbound_bootstrap(docs, namespace=MESH_NAMESPACE, labels=SERVER_LABELS,
+                                           inbound_port=8081, app_port=8083, admin_port=8084,
+                                           cert_dir=certs["server"]),
+    }
+    for role, boot in configs.items():
+        config = tmp_path / f"envoy-{role}.yaml"
+        config.write_text(yaml.safe_dump(boot))
+        out = subprocess.run([envoy, "--mode", "validate", "-c", str(config),
+                              "--disable-hot-restart"], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, role + ": " + out.stdout + out.stderr
+
+
+@pytest.mark.integration
+def test_mtls_check_fails_loudly_on_a_plaintext_hop(tmp_path: Path) -> None:
+    """A 2-hop data plane whose hops run plaintext is refused by the scenario's mTLS check."""
+    opts = Options(out=tmp_path, envoy=_envoy_or_skip())
+    with ExitStack() as stack:
+        port = free_port()
+        upstream, _kind = start_upstream(port, tmp_path / "upstream", opts.pinning)
+        stack.callback(upstream.stop)
+        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts, mtls=False,
+                                       check_mtls=True)["envoy"]()
+        children = start_data_plane(plane, 1, opts, tmp_path, stack)
+        status, _body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
+        assert status == 200
+        with pytest.raises(ProcessFailed, match="ran in plaintext"):
+            plane.verify(plane, children)
+
+
 @pytest.mark.integration
 def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
-    """`--quick http1-1hop` writes results.json with Remora and Envoy rps > 0 and their ratios."""
+    """`--quick` runs every scenario (mesh-2hop-mtls with both hops' mTLS checked) and writes
+    results.json with Remora and Envoy rps > 0, CPU per request and their ratios."""
     _require("wrk")
     _require("envoy")
-    out = subprocess.run([sys.executable, "-m", "benchmarks", "http1-1hop", "--quick",
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick",
                           "--out", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    scenario = results["scenarios"]["http1-1hop"]
-    for proxy in ("remora", "envoy"):
-        assert scenario["summary"][proxy]["rps"]["median"] > 0, proxy
-        assert scenario["summary"][proxy]["cpu_s_per_1k"]["median"] > 0, proxy
-    assert set(scenario["ratios"]) >= {"rps", "p50_ms", "p99_ms", "cpu_s_per_1k"}
-    assert (tmp_path / "summary.md").read_text().count("| requests/s |") == 1
+    assert set(results["scenarios"]) == {"http1-1hop", "mesh-2hop-mtls", "mesh-2hop-plain"}
+    for name, scenario in results["scenarios"].items():
+        for proxy in ("remora", "envoy"):
+            assert scenario["summary"][proxy]["rps"]["median"] > 0, (name, proxy)
+            assert scenario["summary"][proxy]["cpu_s_per_1k"]["median"] > 0, (name, proxy)
+        assert set(scenario["ratios"]) >= {"rps", "p50_ms", "p99_ms", "cpu_s_per_1k"}, name
+    two_hop = results["scenarios"]["mesh-2hop-mtls"]["runs"]
+    assert {tuple(r["rss_mib_by_sidecar"]) for r in two_hop} == {("client", "server")}
+    assert (tmp_path / "summary.md").read_text().count("| requests/s |") == 3

@@ -1,0 +1,163 @@
+"""Istio mutual TLS as Envoy v3 transport sockets, for the bootstraps `envoy_config` renders.
+
+Outbound (client side), as Istio does it:
+- DestinationRule `trafficPolicy.tls.mode: ISTIO_MUTUAL` -> the cluster's transport socket is
+  an UpstreamTlsContext; `DISABLE` -> plaintext; SIMPLE / MUTUAL (user certificates) are
+  not translated.
+- No tls setting -> auto mTLS: endpoints labelled `security.istio.io/tlsMode: istio` get
+  TLS through `transport_socket_matches` on endpoint metadata, others plaintext.
+- SNI `outbound_.<port>_._.<host>`, Istio's (Remora sends the same).
+- Secure naming: the server must present one of the SPIFFE IDs of the endpoints' service
+  accounts (in the ServiceEntry's namespace) or of the ServiceEntry's subjectAltNames.
+
+Inbound (server side): PeerAuthentication's effective mode for the workload and port
+(Remora's own `effective_mtls_mode`, so both data planes agree) picks the filter chains:
+STRICT -> one chain with a DownstreamTlsContext requiring a client certificate from the
+trust domain; DISABLE -> plaintext; PERMISSIVE -> both, told apart by the tls_inspector.
+
+Both sides present the workload's Istio-layout certificate directory (cert-chain.pem,
+key.pem, root-cert.pem), trust only root-cert.pem, speak TLS 1.2-1.3 and offer Remora's
+ALPN list, so Envoy and Remora negotiate the same things.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remora.certs.client import ALPN_PROTOCOLS
+from remora.config.loader import ConfigError, load_mesh_text
+from remora.proxy.peer_auth import DISABLE, PERMISSIVE, STRICT, effective_mtls_mode
+from remora.proxy.tls import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE
+
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+_RAW = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+_TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3" \
+    ".TlsInspector"
+SOCKET_MATCH_KEY = "envoy.transport_socket_match"  # Istio's endpoint metadata filter name
+
+
+class TlsUnsupported(ValueError):
+    """A TLS setting this renderer does not translate (envoy_config re-raises it as Unsupported)."""
+
+
+def _common_context(cert_dir: Path, san_matchers: list[dict]) -> dict:
+    cert_dir = Path(cert_dir).resolve()
+    return {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2",
+                       "tls_maximum_protocol_version": "TLSv1_3"},
+        "tls_certificates": [{
+            "certificate_chain": {"filename": str(cert_dir / CERT_CHAIN_FILE)},
+            "private_key": {"filename": str(cert_dir / KEY_FILE)},
+        }],
+        "validation_context": {
+            "trusted_ca": {"filename": str(cert_dir / ROOT_CERT_FILE)},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": m}
+                                              for m in san_matchers],
+        },
+        "alpn_protocols": list(ALPN_PROTOCOLS),
+    }
+
+
+def istio_sni(port: int, host: str, subset: str = "") -> str:
+    """The SNI Istio (and Remora) send to a sidecar: `outbound_.<port>_.<subset>_.<host>`."""
+    return f"outbound_.{port}_.{subset}_.{host}"
+
+
+def upstream_tls_socket(cert_dir: Path, server_ids: list[str], sni: str) -> dict:
+    """Client side: present the SVID in cert_dir, accept only a server with one of server_ids."""
+    if not server_ids:
+        raise TlsUnsupported("ISTIO_MUTUAL needs the server's identity: give the endpoints a "
+                             "serviceAccount or the ServiceEntry subjectAltNames")
+    context = {"@type": f"{_TLS}.UpstreamTlsContext", "sni": sni,
+               "common_tls_context": _common_context(cert_dir, [{"exact": s}
+                                                                for s in server_ids])}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def downstream_tls_socket(cert_dir: Path, trust_domain: str) -> dict:
+    """Server side: present the SVID in cert_dir, require a client SVID of the trust domain."""
+    context = {"@type": f"{_TLS}.DownstreamTlsContext",
+               "require_client_certificate": True,
+               "common_tls_context": _common_context(
+                   cert_dir, [{"prefix": f"spiffe://{trust_domain}/"}])}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def server_identities(entry: dict, namespace: str, trust_domain: str) -> list[str]:
+    """The SPIFFE IDs a ServiceEntry's servers may present (Istio's secure naming)."""
+    ids = list(entry.get("subjectAltNames", []))
+    for ep in entry.get("endpoints", []):
+        account = ep.get("serviceAccount")
+        if account:
+            ids.append(f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}")
+    return list(dict.fromkeys(ids))
+
+
+def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: str, sni: str,
+                     cert_dir: Path | None, trust_domain: str) -> None:
+    """Give an outbound cluster the transport socket(s) Istio would (see the module doc)."""
+    tls = tls or {}
+    extra = set(tls) - {"mode"}
+    if extra:
+        raise TlsUnsupported(f"trafficPolicy.tls: {', '.join(sorted(extra))} not rendered for "
+                             "Envoy")
+    mode = tls.get("mode")
+    labelled = [ep for ep in entry.get("endpoints", [])
+                if ep.get("labels", {}).get(TLS_MODE_LABEL) == "istio"]
+    if mode == "DISABLE" or (mode is None and not labelled):
+        return
+    if mode not in (None, "ISTIO_MUTUAL"):
+        raise TlsUnsupported(f"trafficPolicy.tls.mode {mode} not rendered for Envoy "
+                             "(ISTIO_MUTUAL and DISABLE are)")
+    if cert_dir is None:
+        raise TlsUnsupported(f"cluster {cluster['name']} uses mTLS: render it with a "
+                             "certificate directory")
+    socket = upstream_tls_socket(cert_dir, server_identities(entry, namespace, trust_domain),
+                                 sni)
+    if mode == "ISTIO_MUTUAL":
+        cluster["transport_socket"] = socket
+        return
+    # Auto mTLS, Istio's way: TLS only to endpoints whose metadata says tlsMode istio.
+    for lb_endpoint, ep in zip(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"],
+                               entry.get("endpoints", [])):
+        if ep in labelled:
+            lb_endpoint["metadata"] = {"filter_metadata": {SOCKET_MATCH_KEY: {"tlsMode": "istio"}}}
+    cluster["transport_socket_matches"] = [
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
+        {"name": "tlsMode-disabled", "match": {},
+         "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
+                              "typed_config": {"@type": _RAW}}},
+    ]
+
+
+def inbound_mode(docs: list[dict], namespace: str, labels: dict[str, str], port: int) -> str:
+    """STRICT / PERMISSIVE / DISABLE for the workload's port, by Remora's own evaluator."""
+    policies = [d for d in docs if d["kind"] == "PeerAuthentication"]
+    if not policies:
+        return PERMISSIVE
+    try:
+        config = load_mesh_text(yaml.safe_dump_all(policies), "PeerAuthentication")
+    except ConfigError as error:
+        raise TlsUnsupported(f"PeerAuthentication not valid: {error}") from None
+    return effective_mtls_mode(config.peer_authentications, namespace, labels, port)
+
+
+def inbound_filter_chains(mode: str, filters: list[dict], cert_dir: Path | None,
+                          trust_domain: str) -> tuple[list[dict], list[dict]]:
+    """(filter_chains, listener_filters) for an inbound listener accepting `mode`."""
+    if mode == DISABLE:
+        return [{"filters": filters}], []
+    if cert_dir is None:
+        raise TlsUnsupported(f"inbound PeerAuthentication {mode} needs a certificate directory")
+    tls_chain: dict[str, Any] = {
+        "filters": filters, "transport_socket": downstream_tls_socket(cert_dir, trust_domain)}
+    if mode == STRICT:
+        return [tls_chain], []
+    tls_chain["filter_chain_match"] = {"transport_protocol": "tls"}
+    plain = {"filter_chain_match": {"transport_protocol": "raw_buffer"}, "filters": filters}
+    inspector = [{"name": "envoy.filters.listener.tls_inspector",
+                  "typed_config": {"@type": _TLS_INSPECTOR}}]
+    return [tls_chain, plain], inspector
