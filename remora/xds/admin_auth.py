@@ -167,7 +167,8 @@ def refusal(request: web.Request, credential: AdminCredential) -> tuple[str, str
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        return "malformed", f"Authorization header must be 'Bearer <admin token>', got scheme {scheme!r}"
+        # Never echo the header: a token sent without its scheme would come back in the answer.
+        return "malformed", f"{request.method} {request.path}: the Authorization header must be 'Bearer <admin token>'"
     if not credential.matches(token):
         return "wrong", f"{request.method} {request.path}: the admin token is not the one remora control uses"
     return None

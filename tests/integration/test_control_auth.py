@@ -67,6 +67,7 @@ def test_every_admin_endpoint_refuses_a_missing_or_wrong_token_and_changes_nothi
             assert answer["reason"] == f"admin-token-{reason}", answer
             if reason == "missing":
                 assert "Authorization: Bearer" in answer["error"] and "admin-token" in answer["error"]
+            assert control.admin_token not in json.dumps(answer)   # a misplaced token is not echoed
             assert unauthorized(control, endpoint, reason) == counted + 1
     assert snapshot(control) == before
     assert "sneaky" not in json.dumps(before)
