@@ -30,6 +30,8 @@ from benchmarks.procs import Child, free_port, group_rss_mib, wait_ready
 from remora.xds import protocol
 from remora.xds.protocol import ROUTES, TYPE_ORDER, DiscoveryRequest, Hello, Node
 
+ADMIN_TOKEN = "bench-admin-token-" + "0" * 32
+
 NAMESPACES = 4
 STEP_TIMEOUT = 60.0
 
@@ -114,7 +116,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def measure(url: str, sidecars: int, applies: int) -> dict:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session:
         sims = [SimulatedSidecar(url, i) for i in range(sidecars)]
         tasks = [asyncio.create_task(sim.run(session)) for sim in sims]
         started = time.perf_counter()
@@ -154,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     (work / "config").mkdir()
     write_config(work / "config", args.services, args.endpoints)
     port = free_port()
+    (work / "admin-token").write_text(ADMIN_TOKEN)   # the admin API (apply, status) needs it
     control = Child("control", [sys.executable, "-m", "remora", "control", "--config-dir", str(work / "config"),
+                                "--admin-token-file", str(work / "admin-token"),
                                 "--listen", f"127.0.0.1:{port}"], work / "control.log")
     try:
         loaded = time.perf_counter()

@@ -131,8 +131,10 @@ async def wait_ready(sup: Supervisor, ports: dict[str, topology.Ports], stop: as
     return True
 
 
-def apply_command(control_url: str, path: Path) -> list[str]:
-    return [*topology.REMORA, "apply", "-f", str(path), "--control", control_url]
+def apply_command(control_url: str, workdir: Path, path: Path) -> list[str]:
+    # --state-dir: the CLI reads the local control server's admin token from it.
+    return [*topology.REMORA, "apply", "-f", str(path), "--control", control_url,
+            "--state-dir", str(topology.control_state_dir(workdir))]
 
 
 def print_banner(ports: dict[str, topology.Ports], workdir: Path, control_url: str, shift: Path) -> str:
@@ -142,22 +144,23 @@ def print_banner(ports: dict[str, topology.Ports], workdir: Path, control_url: s
     for name, p in ports.items():
         say(f"  {name:<12} {p.app:>6} {p.inbound:>8} {p.outbound:>9} {p.admin:>6}")
     say(f"  control server: {control_url}   config dir: {workdir}/config")
-    say(f"  access logs: {workdir}/<instance>.sidecar.out   sidecar status: "
-        f"{shlex.join([*topology.REMORA, 'status', '--control', control_url])}")
+    status = [*topology.REMORA, "status", "--control", control_url, "--state-dir", str(topology.control_state_dir(workdir))]
+    say(f"  access logs: {workdir}/<instance>.sidecar.out   sidecar status: {shlex.join(status)}")
+    say(f"  admin token (for remora apply/get/status/token): {topology.control_state_dir(workdir)}/admin-token")
     url = f"http://127.0.0.1:{pp.inbound}/"
     say(f"Open {url} (productpage through its sidecar's inbound listener)")
     say(f"  API:   {url}api/productpage")
     say(f"  admin: http://127.0.0.1:{pp.admin}/clusters?format=json  http://127.0.0.1:{pp.admin}/stats")
     say(f"  mTLS:  http://127.0.0.1:{pp.admin}/certs (this sidecar's SPIFFE certificate); "
         f"connection_security_policy=\"mutual_tls\" in http://127.0.0.1:{ports['reviews-v1'].admin}/stats/prometheus")
-    say(f"Shift reviews traffic to v3: {shlex.join(apply_command(control_url, shift))}")
+    say(f"Shift reviews traffic to v3: {shlex.join(apply_command(control_url, workdir, shift))}")
     return f"{url}api/productpage"
 
 
-async def apply_shift(control_url: str, shift: Path) -> None:
+async def apply_shift(control_url: str, workdir: Path, shift: Path) -> None:
     """Run the printed `remora apply` and echo what it says."""
     proc = await asyncio.create_subprocess_exec(
-        *apply_command(control_url, shift), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *apply_command(control_url, workdir, shift), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     for line in out.decode(errors="replace").splitlines():
         say(f"  remora apply: {line}")
@@ -215,7 +218,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, ports: dict[str, topolo
                 if driver.done():
                     driver.result()  # the driver only ends by raising: surface it
                 if args.shift_after is not None and tick == int(args.shift_after):
-                    await apply_shift(control_url, shift)
+                    await apply_shift(control_url, workdir, shift)
                 stats.roll()
                 say(stats.line(tick))
                 if stats.first_error and not error_shown:
@@ -256,7 +259,7 @@ def start_control(sup: Supervisor, workdir: Path, port: int, weights: tuple[int,
     config_dir = workdir / "config"
     config_dir.mkdir()
     shutil.copy(topology.MESH_CONFIG, config_dir / "mesh.yaml")
-    control = Child("control", topology.control_argv(config_dir, workdir / "control-state", port), sup.log_dir)
+    control = Child("control", topology.control_argv(config_dir, topology.control_state_dir(workdir), port), sup.log_dir)
     sup.start(control)
     url = f"http://127.0.0.1:{port}"
     route = workdir / "reviews-route.yaml"
@@ -264,7 +267,7 @@ def start_control(sup: Supervisor, workdir: Path, port: int, weights: tuple[int,
     deadline = time.monotonic() + 20
     while True:   # the control server takes a moment to listen
         check_children(sup)
-        result = subprocess.run(apply_command(url, route), capture_output=True, text=True, timeout=20)
+        result = subprocess.run(apply_command(url, workdir, route), capture_output=True, text=True, timeout=20)
         if result.returncode == 0:
             return url
         if time.monotonic() > deadline:
@@ -284,13 +287,13 @@ def start_mesh(sup: Supervisor, args: argparse.Namespace, ports: dict[str, topol
             argv += ["--access-log-format", args.access_log]
         # With a join token each sidecar gets its SPIFFE certificate from the control server's
         # CA and registers as mTLS-capable, so every sidecar-to-sidecar hop is mutual TLS.
-        env = {} if args.no_mtls else {"REMORA_TOKEN": create_token(control_url, inst)}
+        env = {} if args.no_mtls else {"REMORA_TOKEN": create_token(control_url, workdir, inst)}
         sup.start(Child(f"{inst.name}.sidecar", argv, sup.log_dir, env))
         sup.start(Child(f"{inst.name}.app", topology.app_argv(inst, p), sup.log_dir))
 
 
-def create_token(control_url: str, inst: topology.Instance) -> str:
-    result = subprocess.run(topology.token_argv(control_url, inst), capture_output=True, text=True, timeout=20)
+def create_token(control_url: str, workdir: Path, inst: topology.Instance) -> str:
+    result = subprocess.run(topology.token_argv(control_url, topology.control_state_dir(workdir), inst), capture_output=True, text=True, timeout=20)
     if result.returncode != 0 or not result.stdout.strip():
         raise StartupTimeout(f"control server: remora token create failed: {result.stdout}{result.stderr}")
     return result.stdout.strip().splitlines()[-1]

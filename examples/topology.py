@@ -115,6 +115,11 @@ DEFAULT_SIDECAR = [sys.executable, "-m", "remora", "proxy"]
 REMORA = [sys.executable, "-m", "remora"]
 
 
+def control_state_dir(workdir: Path) -> Path:
+    """The control server's --state-dir; the client commands read its admin token there."""
+    return workdir / "control-state"
+
+
 def control_argv(config_dir: Path, state_dir: Path, port: int) -> list[str]:
     return [
         *REMORA, "control",
@@ -147,10 +152,11 @@ def sidecar_argv(command: list[str], control_url: str, inst: Instance, ports: Po
     ]  # fmt: skip
 
 
-def token_argv(control_url: str, inst: Instance) -> list[str]:
-    """`remora token create` for the instance's identity (the join token is the last line it prints)."""
+def token_argv(control_url: str, control_state: Path, inst: Instance) -> list[str]:
+    """`remora token create` for the instance's identity (the join token is the last line it prints);
+    the admin token comes from the local control server's state dir."""
     return [*REMORA, "token", "create", "--namespace", NAMESPACE, "--service-account", inst.app,
-            "--ttl", "24h", "--control", control_url]
+            "--ttl", "24h", "--control", control_url, "--state-dir", str(control_state)]
 
 
 def app_argv(inst: Instance, ports: Ports) -> list[str]:

@@ -148,6 +148,10 @@ def _add_control_commands(sub) -> None:
                          help="quiet time after a change before pushing")
     control.add_argument("--max-debounce", type=_seconds, default=1.0,
                          help="longest a push waits under a constant stream of changes")
+    control.add_argument("--admin-token-file", default=None, metavar="FILE",
+                         help="the admin token (a Kubernetes Secret, say) the admin API requires; default: "
+                              "<state-dir>/admin-token, created 0600 on first start (without --state-dir: "
+                              "made in memory and printed once on stderr)")
     ca = control.add_argument_group("certificate authority (default: a self-signed root in <state-dir>/ca)")
     ca.add_argument("--ca-cert", default=None, metavar="PEM", help="plug-in CA: the issuing CA certificate")
     ca.add_argument("--ca-key", default=None, metavar="PEM", help="plug-in CA: its private key")
@@ -160,6 +164,16 @@ def _add_control_commands(sub) -> None:
         parser = under.add_parser(name, help=help_)
         parser.add_argument("--control", default=None, metavar="URL",
                             help="control server URL (default $REMORA_CONTROL or http://127.0.0.1:15010)")
+        auth = parser.add_argument_group(
+            "admin token (else $REMORA_ADMIN_TOKEN; remora control keeps it in <state-dir>/admin-token)"
+        ).add_mutually_exclusive_group()
+        auth.add_argument("--admin-token-file", default=None, metavar="FILE", help="file holding the admin token")
+        auth.add_argument("--admin-token", default=None, metavar="TOKEN",
+                          help="the admin token itself (visible to other users in the process list: "
+                               "prefer the file or the environment variable)")
+        auth.add_argument("--state-dir", default=None, metavar="DIR",
+                          help="the --state-dir of a control server on this machine: its admin-token file "
+                               "(used after $REMORA_ADMIN_TOKEN; refused for a non-loopback --control)")
         return parser
 
     apply = client("apply", "create or update resources from YAML (like kubectl apply)")

@@ -12,8 +12,8 @@ POST carries everything and no proxy or access log that records headers ever see
 identity is the token's (JoinTokenStore as the CredentialVerifier), never the CSR's: a CSR
 naming another workload is refused with 400 (identity-mismatch).
 
-The token endpoints have no authentication of their own yet: whoever can reach the
-control server's port can mint tokens, which is why it listens on loopback by default.
+The token endpoints need the control server's admin token (admin_auth.py checks it before
+these handlers run); certificate signing needs only the join token, the bundle nothing.
 
 State: `<state-dir>/ca/` holds the self-signed root (root-cert.pem, root-key.pem), extra
 trusted roots and join-tokens.json. Without --state-dir a temporary directory is used

@@ -4,9 +4,12 @@ proxy-config | token`.
 The clients speak the REST API with the standard library (urllib), so they start fast and
 need nothing the proxy does not. Every failure prints one clear line (or the server's list
 of errors) to stderr and exits 1; a server that cannot be reached is named with its URL.
+Every call to the control server carries the admin token (`admin_token` says where it comes
+from); a sidecar's admin server, which `proxy-config` reads, never sees it.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -18,19 +21,88 @@ from typing import Any
 
 import yaml
 
+from remora.xds.admin_auth import ADMIN_TOKEN_FILE, AdminTokenError, check_token, read_token_file
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.tables import format_table, proxy_config_rows, status_rows
 
 DEFAULT_CONTROL = "http://127.0.0.1:15010"
 TIMEOUT = 30.0
+TOKEN_ENV = "REMORA_ADMIN_TOKEN"
 
 
 class ControlUnavailable(Exception):
     """The control server (or a sidecar's admin server) could not be reached."""
 
 
+class ControlUnauthorized(Exception):
+    """The control server refused the admin token (or its absence); the message says where to find it."""
+
+
 def control_url(given: str | None) -> str:
     return (given or os.environ.get("REMORA_CONTROL") or DEFAULT_CONTROL).rstrip("/")
+
+
+def is_local(url: str) -> bool:
+    """Whether the URL names this machine (loopback), where `--state-dir` can hold its admin token."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(args, base: str) -> tuple[str | None, str]:
+    """(token, where it came from): --admin-token, --admin-token-file, $REMORA_ADMIN_TOKEN, then
+    `<--state-dir>/admin-token` for a control server on this machine. AdminTokenError when a named
+    source is unusable; (None, "") when nothing was given (the server then answers 401)."""
+    if getattr(args, "admin_token", None):
+        return check_token(args.admin_token, "--admin-token"), "--admin-token"
+    if getattr(args, "admin_token_file", None):
+        return read_token_file(args.admin_token_file), f"--admin-token-file {args.admin_token_file}"
+    if os.environ.get(TOKEN_ENV):
+        return check_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}"), f"${TOKEN_ENV}"
+    if getattr(args, "state_dir", None):
+        # Never send a local server's token to another machine.
+        if not is_local(base):
+            raise AdminTokenError(f"--state-dir reads the admin token of a control server on this machine, "
+                                  f"but {base} is not local: use --admin-token-file FILE or ${TOKEN_ENV}")
+        path = os.path.join(args.state_dir, ADMIN_TOKEN_FILE)
+        return read_token_file(path), path
+    return None, ""
+
+
+class ControlClient:
+    """The control server's REST API, with the admin token on every request."""
+
+    def __init__(self, base: str, token: str | None, origin: str = "") -> None:
+        self.base, self.token, self.origin = base, token, origin
+
+    @classmethod
+    def from_args(cls, args) -> ControlClient:
+        base = control_url(args.control)
+        return cls(base, *admin_token(args, base))
+
+    def call(self, path: str, method: str = "GET", body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one API call; ControlUnauthorized on 401, with where to find the token."""
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        status, answer = request(f"{self.base}{path}", method, body, headers)
+        if status == 401:
+            raise ControlUnauthorized(self._unauthorized(_json(status, answer)))
+        return status, answer
+
+    def _unauthorized(self, answer: dict) -> str:
+        sent = (f"the admin token from {self.origin} was refused" if self.token
+                else "no admin token was given")
+        return (f"{answer.get('error', 'HTTP 401')}\n"
+                f"  {self.base} needs its admin token and {sent}. remora control keeps it in "
+                f"<state-dir>/{ADMIN_TOKEN_FILE} (or reads the file its --admin-token-file names); "
+                f"pass --admin-token-file FILE, set ${TOKEN_ENV}, or give --state-dir DIR when "
+                f"the server runs on this machine")
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None,
@@ -64,7 +136,7 @@ def _fail(answer: dict) -> int:
 # ---- apply / get / delete ------------------------------------------------------------------
 
 def cmd_apply(args) -> int:
-    base = control_url(args.control)
+    control = ControlClient.from_args(args)
     code = 0
     for path in args.filename:
         if path == "-":
@@ -77,8 +149,8 @@ def cmd_apply(args) -> int:
                 print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
                 return 1
             source = path
-        status, body = request(f"{base}/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
-                               text.encode(), {"Content-Type": "application/yaml"})
+        status, body = control.call(f"/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
+                                    text.encode(), {"Content-Type": "application/yaml"})
         answer = _json(status, body)
         if status != 200:
             code = _fail(answer)
@@ -91,12 +163,12 @@ def cmd_apply(args) -> int:
 
 
 def cmd_get(args) -> int:
-    base = control_url(args.control)
+    control = ControlClient.from_args(args)
     kind = resolve_kind(args.kind)
     if args.name:
         namespace = args.namespace or "default"
         fmt = "yaml" if args.output == "yaml" else "json"
-        status, body = request(f"{base}/v1/resources/{kind}/{namespace}/{urllib.parse.quote(args.name)}?format={fmt}")
+        status, body = control.call(f"/v1/resources/{kind}/{namespace}/{urllib.parse.quote(args.name)}?format={fmt}")
         if status != 200:
             return _fail(_json(status, body))
         if args.output in ("yaml", "json"):
@@ -108,7 +180,7 @@ def cmd_get(args) -> int:
                   "source": annotations.get("remora.io/source", "")}]
     else:
         query = {"kind": kind, **({"namespace": args.namespace} if args.namespace else {})}
-        status, body = request(f"{base}/v1/resources?{urllib.parse.urlencode(query)}")
+        status, body = control.call(f"/v1/resources?{urllib.parse.urlencode(query)}")
         answer = _json(status, body)
         if status != 200:
             return _fail(answer)
@@ -129,9 +201,9 @@ def cmd_get(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    base = control_url(args.control)
+    control = ControlClient.from_args(args)
     kind = resolve_kind(args.kind)
-    status, body = request(f"{base}/v1/resources/{kind}/{args.namespace}/{urllib.parse.quote(args.name)}", "DELETE")
+    status, body = control.call(f"/v1/resources/{kind}/{args.namespace}/{urllib.parse.quote(args.name)}", "DELETE")
     answer = _json(status, body)
     if status != 200:
         return _fail(answer)
@@ -141,8 +213,8 @@ def cmd_delete(args) -> int:
 
 # ---- status / proxy-config -------------------------------------------------------------------
 
-def _status(base: str) -> dict:
-    status, body = request(f"{base}/v1/status")
+def _status(control: ControlClient) -> dict:
+    status, body = control.call("/v1/status")
     answer = _json(status, body)
     if status != 200:
         raise ControlUnavailable(answer.get("error", f"HTTP {status}"))
@@ -150,7 +222,7 @@ def _status(base: str) -> dict:
 
 
 def cmd_status(args) -> int:
-    answer = _status(control_url(args.control))
+    answer = _status(ControlClient.from_args(args))
     config = answer["config"]
     line = f"config version {config['version']} ({config['source']}, {config['updated_at']})"
     if not config["files_valid"]:
@@ -174,7 +246,7 @@ def _fetch_json(url: str) -> Any:
 
 
 def cmd_proxy_config(args) -> int:
-    answer = _status(control_url(args.control))
+    answer = _status(ControlClient.from_args(args))
     matches = [s for s in answer["sidecars"] if s["id"] == args.sidecar] or \
               [s for s in answer["sidecars"] if s["id"].startswith(args.sidecar)]
     if len(matches) != 1:
@@ -199,11 +271,11 @@ def cmd_proxy_config(args) -> int:
 
 def cmd_token(args) -> int:
     """`remora token create | list | revoke`; create prints the token alone on stdout's last line."""
-    base = control_url(args.control)
+    control = ControlClient.from_args(args)
     if args.token_command == "create":
         body = json.dumps({"namespace": args.namespace, "service_account": args.service_account,
                            "ttl": args.ttl}).encode()
-        status, raw = request(f"{base}/v1/tokens", "POST", body, {"Content-Type": "application/json"})
+        status, raw = control.call("/v1/tokens", "POST", body, {"Content-Type": "application/json"})
         answer = _json(status, raw)
         if status != 200:
             return _fail(answer)
@@ -212,7 +284,7 @@ def cmd_token(args) -> int:
         print(answer["token"])
         return 0
     if args.token_command == "list":
-        status, raw = request(f"{base}/v1/tokens")
+        status, raw = control.call("/v1/tokens")
         answer = _json(status, raw)
         if status != 200:
             return _fail(answer)
@@ -223,7 +295,7 @@ def cmd_token(args) -> int:
             return 0
         print(format_table(["ID", "NAMESPACE", "SERVICE ACCOUNT", "CREATED", "EXPIRES", "STATE"], rows), end="")
         return 0
-    status, raw = request(f"{base}/v1/tokens/{urllib.parse.quote(args.id, safe='')}", "DELETE")
+    status, raw = control.call(f"/v1/tokens/{urllib.parse.quote(args.id, safe='')}", "DELETE")
     answer = _json(status, raw)
     if status != 200:
         return _fail(answer)
@@ -237,8 +309,11 @@ def run_client(command: str, args) -> int:
                "proxy-config": cmd_proxy_config, "token": cmd_token}[command]
     try:
         return handler(args)
-    except (ControlUnavailable, UnknownKind) as error:
+    except (ControlUnavailable, ControlUnauthorized, UnknownKind) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except AdminTokenError as error:
+        print(f"error: admin token: {error}", file=sys.stderr)
         return 1
 
 
@@ -272,7 +347,8 @@ def run_control(args) -> int:
     ca = CaSettings(ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain, cert_ttl=args.cert_ttl)
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
-                               debounce=args.debounce, max_debounce=args.max_debounce, ca=ca)
+                               debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
+                               admin_token_file=args.admin_token_file)
     server = ControlServer(settings)
     try:
         server.load()
@@ -284,6 +360,9 @@ def run_control(args) -> int:
         return 1
     except CaError as error:
         print(f"remora: CA: {error}", file=sys.stderr)
+        return 1
+    except AdminTokenError as error:
+        print(f"remora: admin token: {error}", file=sys.stderr)
         return 1
     if args.state_dir is None:
         server.log("warning: no --state-dir: resources applied through the API are lost on restart")

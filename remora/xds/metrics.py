@@ -43,6 +43,9 @@ class ControlMetrics:
         self.ca_expiry = Gauge("remora_control_ca_cert_expiry_timestamp_seconds",
                                "When the CA's certificate chain expires (Unix time); no SVID outlives it",
                                registry=r)
+        self.unauthorized = Counter("remora_control_unauthorized",
+                                    "Admin API requests refused for a missing, malformed or wrong admin token",
+                                    ["endpoint", "reason"], registry=r)
         self._version: str | None = None
 
     def set_version(self, version: str) -> None:

@@ -14,6 +14,8 @@ Endpoints (docs/control.md has the details):
     DELETE /v1/resources/{kind}/{namespace}/{name}
     GET  /v1/status   GET /metrics   GET /healthz
     /v1/tokens, /v1/certificates, /v1/trust-bundle   the CA (ca_service.py)
+
+Every endpoint except the sidecars' and the probes' needs the admin token (admin_auth.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
 from remora.xds import protocol
+from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -58,6 +61,7 @@ class ControlSettings:
     hello_timeout: float = 10.0
     heartbeat: float = 15.0
     ca: CaSettings = CaSettings()
+    admin_token_file: str | None = None
 
 
 def _iso(at: float | None) -> str | None:
@@ -93,12 +97,14 @@ class ControlServer:
         self._registry_dirty = False
         self._tasks: list[asyncio.Task] = []
         self.ca: CaService | None = None   # made by load()
+        self.admin: AdminCredential | None = None   # made by load()
 
     # -- config
 
     def load(self) -> None:
         """Read state and files; raise ConfigError / StateError when they are not a valid set,
-        CaError when the CA cannot be loaded or created."""
+        CaError when the CA cannot be loaded or created, AdminTokenError for the admin token."""
+        self.admin = self._admin_credential()
         self.ca = CaService.start(self.settings.ca, self.settings.state_dir, self.settings.trust_domain,
                                   self.metrics, self.log)
         restored = self.registry.restore()
@@ -110,6 +116,20 @@ class ControlServer:
         self.metrics.set_version(self.store.config.version)
         for warning in self.store.config.warnings:
             self.log(f"warning: {warning}")
+
+    def _admin_credential(self) -> AdminCredential:
+        if self.settings.admin_token_file:
+            credential = AdminCredential.from_file(self.settings.admin_token_file)
+            self.log(f"admin API: token from {credential.origin}")
+            return credential
+        if self.settings.state_dir:
+            credential, created = AdminCredential.load_or_create(self.settings.state_dir)
+            self.log(f"admin API: token {'created in' if created else 'from'} {credential.origin} (mode 0600)")
+            return credential
+        token = generate_token()
+        self.log("warning: no --state-dir or --admin-token-file: the admin token exists only in this process "
+                 f"and is shown once: {token}")
+        return AdminCredential.from_token(token)
 
     def _config_failed(self, failure: ConfigFailure) -> None:
         kind = "api" if failure.source.startswith(("apply", "delete")) else failure.source
@@ -299,7 +319,11 @@ class ControlServer:
         return web.Response(text="ok\n")
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_APPLY_BYTES)
+        if self.admin is None:
+            raise RuntimeError("ControlServer.load() makes the admin credential; call it first")
+        app = web.Application(client_max_size=MAX_APPLY_BYTES, middlewares=[
+            admin_middleware(self.admin, lambda endpoint, reason: self.metrics.unauthorized.labels(
+                endpoint, reason).inc())])
         app.router.add_get(protocol.STREAM_PATH, self.stream)
         app.router.add_post("/v1/apply", self.apply)
         app.router.add_get("/v1/resources", self.list_resources)

@@ -28,8 +28,11 @@ def mounted_script(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def control(remora_image):
-    """`remora control` as the compose file runs it, on a loopback port, with the compose mesh config."""
+    """`remora control` as the compose file runs it, on a loopback port, with the compose mesh config;
+    its state volume is a host directory, where the admin token it creates can be read."""
     port = free_port()
+    state = tempfile.mkdtemp(prefix="remora-docker-control-state-")
+    os.chown(state, 1337, 1337)   # as a fresh named volume the image's uid 1337 writes to
     name = f"remora-docker-test-control-{os.getpid()}"
     command = SERVICES["control"]["command"]
     command = [*command[:command.index("--listen")], "--listen", f"127.0.0.1:{port}",
@@ -37,13 +40,14 @@ def control(remora_image):
     docker("run", "-d", "--name", name, "--network", "host",
            "-v", f"{ROOT / 'examples/mesh.yaml'}:/etc/remora/mesh/mesh.yaml:ro",
            "-v", f"{SCRIPTS / 'mesh/reviews-route.yaml'}:/etc/remora/mesh/reviews-route.yaml:ro",
-           remora_image, *command)
+           "-v", f"{state}:/var/lib/remora", remora_image, *command)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_status(f"{url}/healthz")[0] == 200, "the control server's /healthz", name)
-        yield {"name": name, "url": url}
+        yield {"name": name, "url": url, "state": state}
     finally:
         docker("rm", "-f", name, check=False)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,8 @@ def tokens(remora_image, control):
     svc = SERVICES["tokens"]
     result = docker("run", "--rm", "--network", "host", "--user", svc["user"],
                     "-e", f"CONTROL={control['url']}", "-e", f"SERVICE_ACCOUNTS={svc['environment']['SERVICE_ACCOUNTS']}",
+                    "-e", f"ADMIN_TOKEN_FILE={svc['environment']['ADMIN_TOKEN_FILE']}",
+                    "-v", f"{control['state']}:/var/lib/remora:ro",
                     *mounted_script("mint-tokens.sh"), "-v", f"{directory}:/var/run/remora-tokens",
                     "--entrypoint", svc["entrypoint"][0], remora_image, *svc["entrypoint"][1:], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -94,7 +100,8 @@ def test_token_started_sidecar_gets_config_and_its_certificate(remora_image, con
         wait_until(lambda: http_status(f"{admin}/ready")[0] == 200, "admin /ready (config and certificate)", name)
         status, body = http_status(f"{admin}/certs")
         assert status == 200 and b"spiffe://cluster.local/ns/default/sa/reviews" in body, body
-        status, body = http_status(f"{control['url']}/v1/status")
+        admin_token = open(os.path.join(control["state"], "control", "admin-token")).read().strip()
+        status, body = http_status(f"{control['url']}/v1/status", {"Authorization": f"Bearer {admin_token}"})
         assert status == 200 and b"reviews-v1" in body, logs(control["name"])
     finally:
         docker("rm", "-f", name, check=False)

@@ -2,12 +2,16 @@
 
 Reusable by end-to-end tests: `ControlProcess(files)` writes the files into a fresh
 --config-dir, `wait_ready()` polls /healthz, `cli(...)` runs a `remora` client command
-against it, `restart()` keeps the config and state directories.
+against it, `restart()` keeps the config and state directories. `request()` and `cli()` send
+the server's admin token (`admin_token`: read from <state-dir>/admin-token, from an
+--admin-token-file among the extra flags, or from the line a stateless server prints once);
+`auth=False` sends none.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,10 +64,28 @@ class ControlProcess:
             time.sleep(0.05)
         raise RuntimeError(f"control not ready: {self.stderr()}")
 
-    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, dict | str]:
-        """(status, JSON answer or text) of one API call."""
+    @property
+    def admin_token(self) -> str:
+        """The admin token this server uses (call after wait_ready)."""
+        if "--admin-token-file" in self.args:
+            path = self.args[self.args.index("--admin-token-file") + 1]
+        elif self.state_dir:
+            path = os.path.join(self.state_dir, "admin-token")
+        else:
+            found = re.findall(r"is shown once: (\S+)", self.stderr())
+            assert found, f"no admin token printed on stderr:\n{self.stderr()}"
+            return found[-1]
+        with open(path) as f:
+            return f.read().strip()
+
+    def request(self, method: str, path: str, body: str | None = None, *, auth: bool = True,
+                headers: dict[str, str] | None = None) -> tuple[int, dict | str]:
+        """(status, JSON answer or text) of one API call, with the admin token unless auth=False."""
+        headers = dict(headers or {})
+        if auth:
+            headers["Authorization"] = f"Bearer {self.admin_token}"
         req = urllib.request.Request(f"{self.url}{path}", data=body.encode() if body is not None else None,
-                                     method=method)
+                                     method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 status, raw = r.status, r.read().decode()
@@ -110,9 +132,12 @@ class ControlProcess:
             f.write(text)
         os.replace(tmp, os.path.join(self.config_dir, name))
 
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        """Run `remora <args>` against this server; returns the completed process (text)."""
-        env = {**os.environ, "REMORA_CONTROL": self.url}
+    def cli(self, *args: str, stdin: str | None = None, auth: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `remora <args>` against this server, the admin token in $REMORA_ADMIN_TOKEN unless
+        auth=False; `env` adds or overrides variables. Returns the completed process (text)."""
+        env = {**{k: v for k, v in os.environ.items() if k != "REMORA_ADMIN_TOKEN"}, "REMORA_CONTROL": self.url,
+               **({"REMORA_ADMIN_TOKEN": self.admin_token} if auth else {}), **(env or {})}
         return subprocess.run([sys.executable, "-m", "remora", *args], input=stdin, capture_output=True,
                               text=True, env=env, timeout=60)
 

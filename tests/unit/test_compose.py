@@ -170,3 +170,14 @@ def test_dockerignore_keeps_the_build_context_to_the_package():
     lines = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!README.md", "!remora"} <= set(lines)
+
+
+def test_token_minting_reads_the_admin_token_the_control_server_creates(compose):
+    """`tokens` mounts control's state volume read-only and its ADMIN_TOKEN_FILE is <--state-dir>/admin-token."""
+    control, tokens = compose["services"]["control"], compose["services"]["tokens"]
+    state_dir = build_parser().parse_args(control["command"]).state_dir
+    state_mount = next(v for v in control["volumes"] if v.startswith("control-state:"))
+    assert f"{state_mount}:ro" in tokens["volumes"]
+    assert state_dir.startswith(state_mount.split(":")[1] + "/")
+    assert tokens["environment"]["ADMIN_TOKEN_FILE"] == f"{state_dir}/admin-token"
+    assert '--admin-token-file "$ADMIN_TOKEN_FILE"' in (DEPLOY / "compose/mint-tokens.sh").read_text()

@@ -38,7 +38,8 @@ def test_control_args_parse_with_remora_control():
 
 
 def test_paths_in_args_are_the_mounted_volumes():
-    """--config-dir is the ConfigMap, the CA files are in the cacerts Secret, --state-dir is the PVC."""
+    """--config-dir is the ConfigMap, the CA files are in the cacerts Secret, --state-dir is the PVC,
+    --admin-token-file is key `token` of the remora-admin-token Secret (0440)."""
     spec, container = control_pod()
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -53,6 +54,10 @@ def test_paths_in_args_are_the_mounted_volumes():
     for name, key in (("--ca-cert", "ca-cert.pem"), ("--ca-key", "ca-key.pem"), ("--ca-chain", "cert-chain.pem")):
         assert volume_of(flag(args, name))["secret"]["secretName"] == "cacerts"
         assert posixpath.basename(flag(args, name)) == key  # Istio's cacerts file names
+    admin = flag(args, "--admin-token-file")
+    assert volumes[mounts[posixpath.dirname(admin)]]["secret"] == {"secretName": "remora-admin-token",
+                                                                  "defaultMode": 0o440}
+    assert posixpath.basename(admin) == "token"   # the Secret's key
 
 
 def test_runs_as_1337_and_probes_healthz_on_the_service_port():
