@@ -23,34 +23,21 @@ from cryptography.hazmat.primitives import serialization
 
 from remora.certs.client import Svid
 from remora.certs.pem import cert_pem, key_pem
-from remora.proxy.svid_manager import RotateCallback, _iso, certs_status, log
+from remora.proxy.svid_manager import CertificateSource, certs_status, log
 from remora.proxy.tls import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE, CertDirError, load_cert_dir
 
 POLL_SECONDS = 5.0
 
 
-class CertDirWatcher:
+class CertDirWatcher(CertificateSource):
     """The SVID in a certificate directory, re-read when its files change."""
 
     def __init__(self, directory: str | Path, poll_seconds: float = POLL_SECONDS, *,
                  clock: Callable[[], float] = time.time, log: Callable[[str], None] = log) -> None:
+        super().__init__(clock, log)
         self.directory = Path(directory)
         self.poll_seconds = poll_seconds
-        self.clock = clock
-        self.log = log
-        self.on_rotate: list[RotateCallback] = []
-        self.trust_bundle: list[str] = []
-        self.last_error: str | None = None
-        self.next_attempt_at: float | None = None
-        self._svid: Svid | None = None
         self._stamp: tuple | None = None
-        self._task: asyncio.Task | None = None
-
-    def current(self) -> Svid | None:
-        """The SVID to present, or None before one was read or once it expired."""
-        if self._svid is None or self._svid.expired(self.clock()):
-            return None
-        return self._svid
 
     def _file_stamp(self) -> tuple:
         stamp = []
@@ -78,14 +65,7 @@ class CertDirWatcher:
         if self._svid is not None and svid.serial == self._svid.serial and bundle == self.trust_bundle:
             self.last_error = None
             return False      # touched, not changed
-        self._svid, self.trust_bundle, self.last_error = svid, bundle, None
-        self.log(f"certificate loaded from {self.directory}: {svid.spiffe_id} serial {svid.serial:x} "
-                 f"valid until {_iso(svid.not_after)}")
-        for callback in list(self.on_rotate):
-            try:
-                callback(svid, bundle)
-            except Exception as error:   # one bad subscriber must not stop the others
-                self.log(f"error: certificate rotation callback {callback!r} failed: {error}")
+        self._install(svid, bundle, f"certificate loaded from {self.directory}")
         return True
 
     async def run(self) -> None:
@@ -99,10 +79,7 @@ class CertDirWatcher:
         self._task = asyncio.create_task(self.run(), name="cert-dir-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self.stop_task()
 
     def status(self) -> dict:
         """GET /certs, in the SvidManager's shape (next_rotation_in_seconds: the next look at the files)."""

@@ -110,18 +110,11 @@ def bundle_summary(bundle_pems: list[str]) -> list[dict]:
     return rows
 
 
-class SvidManager:
-    """Holds this sidecar's current SVID and trust bundle; requests and rotates them in the background."""
+class CertificateSource:
+    """What every certificate source shares: the current SVID and bundle, and the rotation callbacks."""
 
-    def __init__(self, client: CaClient, token: str, spiffe_id: str, *,
-                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
-                 backoff: RotationBackoff | None = None, log: Callable[[str], None] = log) -> None:
-        self.client = client
-        self._token = token
-        self.spiffe_id = spiffe_id
+    def __init__(self, clock: Callable[[], float], log: Callable[[str], None]) -> None:
         self.clock = clock
-        self.rng = rng
-        self.backoff = backoff or RotationBackoff(base=1.0, cap=60.0, rng=rng)
         self.log = log
         self.on_rotate: list[RotateCallback] = []
         self.trust_bundle: list[str] = []
@@ -136,6 +129,37 @@ class SvidManager:
             return None
         return self._svid
 
+    def _install(self, svid: Svid, bundle: list[str], how: str) -> None:
+        """Make `svid` current, log it, and tell every subscriber (workers' TLS contexts, metrics)."""
+        self._svid, self.trust_bundle, self.last_error = svid, bundle, None
+        self.log(f"{how}: {svid.spiffe_id} serial {svid.serial:x} valid until {_iso(svid.not_after)}")
+        for callback in list(self.on_rotate):
+            try:
+                callback(svid, bundle)
+            except Exception as error:   # one bad subscriber must not stop rotation for the rest
+                self.log(f"error: certificate rotation callback {callback!r} failed: {error}")
+
+    async def stop_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class SvidManager(CertificateSource):
+    """Holds this sidecar's current SVID and trust bundle; requests and rotates them in the background."""
+
+    def __init__(self, client: CaClient, token: str, spiffe_id: str, *,
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
+                 backoff: RotationBackoff | None = None, log: Callable[[str], None] = log) -> None:
+        self.client = client
+        self._token = token
+        self.spiffe_id = spiffe_id
+        self.clock = clock
+        self.rng = rng
+        self.backoff = backoff or RotationBackoff(base=1.0, cap=60.0, rng=rng)
+        super().__init__(clock, log)
+
     async def refresh(self) -> float:
         """One signing attempt; returns the seconds to wait before the next one."""
         now = self.clock()
@@ -146,14 +170,8 @@ class SvidManager:
             bundle = _pems(answer, "trust_bundle")
         except (CaUnavailable, SvidError) as error:
             return self._failed(str(error), now)
-        self._svid, self.trust_bundle, self.last_error = svid, bundle, None
         self.backoff.reset()
-        self.log(f"certificate issued: {svid.spiffe_id} serial {svid.serial:x} valid until {_iso(svid.not_after)}")
-        for callback in list(self.on_rotate):
-            try:
-                callback(svid, bundle)
-            except Exception as error:   # one bad subscriber must not stop rotation for the rest
-                self.log(f"error: certificate rotation callback {callback!r} failed: {error}")
+        self._install(svid, bundle, "certificate issued")
         return self._rotation_delay(svid, self.clock())
 
     def _failed(self, reason: str, now: float) -> float:
@@ -183,10 +201,7 @@ class SvidManager:
         self._task = asyncio.create_task(self.run(), name="svid-manager")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self.stop_task()
         await self.client.close()
 
     def status(self) -> dict:

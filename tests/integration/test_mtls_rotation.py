@@ -19,6 +19,7 @@ from remora.xds.ca_service import CA_SUBDIR
 from tests.integration.control_process import ControlProcess
 from tests.integration.mtls_peers import MtlsServers, issue, tls_service
 from tests.integration.proxy_process import ProxyProcess
+from tests.integration.proxy_process import wait_until as proxy_wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +38,7 @@ def get(p: ProxyProcess) -> tuple[int, dict | bytes]:
 
 
 def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = TIMEOUT):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; proxy stderr:\n{p.stderr()}")
+    return proxy_wait_until(predicate, what, p, timeout)
 
 
 def certs(p: ProxyProcess) -> dict:
