@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import wrk
 from benchmarks.certs import issue_cert_dirs
-from benchmarks.envoy_config import render_bootstrap, render_inbound_bootstrap
+from remora.xds.envoy import render_bootstrap, render_inbound_bootstrap
 from benchmarks.mesh import (MESH_NAMESPACE, SERVER_LABELS, load_documents, one_hop_yaml,
                              two_hop_yaml)
 from benchmarks.procs import ProcessFailed, free_port, http_get
