@@ -71,6 +71,8 @@ class Service:
     subject_alt_names: list[str]
     source: str
     subsets: dict[str, dict] = field(default_factory=dict)
+    # cluster name -> the route hash_policy its consistentHash load balancer needs
+    hash_policies: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def services(entries: list[dict], workloads: list[dict]) -> dict[str, Service]:
@@ -155,8 +157,12 @@ def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path |
                 variants.append((name, chosen,
                                  _merge(policy, subset.get("trafficPolicy"), port["number"])))
             for subset, endpoints, merged in variants:
-                clusters.append(_cluster(svc, port, subset, endpoints, merged, where,
-                                         cert_dir, trust_domain))
+                cluster = _cluster(svc, port, subset, endpoints, merged, where, cert_dir,
+                                   trust_domain)
+                hashing = (merged.get("loadBalancer") or {}).get("consistentHash")
+                if hashing:
+                    svc.hash_policies[cluster["name"]] = _hash_policy(hashing)
+                clusters.append(cluster)
     return clusters
 
 
@@ -186,11 +192,14 @@ def apply_traffic_policy(cluster: dict, policy: dict, where: str = "trafficPolic
     """lb_policy, connect timeout, circuit breakers, HTTP options, outlier detection."""
     only(policy, set(_POLICY_FIELDS) | {"portLevelSettings"}, where)
     lb = policy.get("loadBalancer") or {}
-    only(lb, {"simple"}, f"{where}.loadBalancer")
-    if lb.get("simple") not in _LB:
+    only(lb, {"simple", "consistentHash"}, f"{where}.loadBalancer")
+    if lb.get("consistentHash"):  # wins over simple, as in Istio and Remora
+        _apply_consistent_hash(cluster, lb["consistentHash"], f"{where}.loadBalancer")
+    elif lb.get("simple") not in _LB:
         raise Unsupported(f"{where}.loadBalancer.simple: {lb.get('simple')} not rendered for "
                           "Envoy")
-    cluster["lb_policy"] = _LB[lb.get("simple")]
+    else:
+        cluster["lb_policy"] = _LB[lb.get("simple")]
     pool = policy.get("connectionPool") or {}
     only(pool, {"tcp", "http"}, f"{where}.connectionPool")
     tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
@@ -228,6 +237,43 @@ def apply_traffic_policy(cluster: dict, policy: dict, where: str = "trafficPolic
                 out[f"keepalive_{key}"] = int(parse_duration(keepalive[key]))
         cluster["upstream_connection_options"] = {"tcp_keepalive": out}
     _apply_outlier_detection(cluster, policy.get("outlierDetection"), where)
+
+
+def _apply_consistent_hash(cluster: dict, spec: dict, where: str) -> None:
+    """RING_HASH (or MAGLEV) on the cluster; the hash key goes on the route (_hash_policy)."""
+    only(spec, {"httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName",
+                "ringHash", "maglev", "minimumRingSize"}, f"{where}.consistentHash")
+    _hash_policy(spec)  # refuses a consistentHash without a key here, naming the rule
+    if "maglev" in spec:
+        cluster["lb_policy"] = "MAGLEV"
+        size = (spec["maglev"] or {}).get("tableSize")
+        if size:
+            cluster["maglev_lb_config"] = {"table_size": size}
+        return
+    cluster["lb_policy"] = "RING_HASH"
+    size = (spec.get("ringHash") or {}).get("minimumRingSize") or spec.get("minimumRingSize")
+    if size:
+        cluster["ring_hash_lb_config"] = {"minimum_ring_size": size}
+
+
+def _hash_policy(spec: dict) -> list[dict]:
+    """consistentHash key -> the route's hash_policy, as Istio writes it."""
+    if spec.get("httpHeaderName"):
+        return [{"header": {"header_name": spec["httpHeaderName"]}}]
+    if spec.get("httpCookie"):
+        cookie = spec["httpCookie"]
+        out = {"name": cookie["name"]}
+        if cookie.get("path"):
+            out["path"] = cookie["path"]
+        if cookie.get("ttl"):
+            out["ttl"] = dur(cookie["ttl"])
+        return [{"cookie": out}]
+    if spec.get("useSourceIp"):
+        return [{"connection_properties": {"source_ip": True}}]
+    if spec.get("httpQueryParameterName"):
+        return [{"query_parameter": {"name": spec["httpQueryParameterName"]}}]
+    raise Unsupported("consistentHash: one of httpHeaderName, httpCookie, useSourceIp, "
+                      "httpQueryParameterName is needed")
 
 
 def _apply_outlier_detection(cluster: dict, od: dict | None, where: str) -> None:

@@ -4,7 +4,8 @@
   authority (`:authority`), scheme (`:scheme`) -> header matchers; withoutHeaders ->
   inverted header matchers; queryParams -> query_parameters; ignoreUriCase.
 - route: one destination -> `cluster`, several -> `weighted_clusters` (weight 0 dropped,
-  as Istio does); a subset picks `outbound|port|subset|host`.
+  as Istio does); a subset picks `outbound|port|subset|host`; a single destination whose
+  DestinationRule hashes (consistentHash) gets the route's hash_policy, as in Istio.
 - timeout (default 0s: none), retries (Istio's default 2 attempts when unset; numeric
   retryOn codes -> retriable_status_codes; retries prefer other hosts), rewrite (uri ->
   prefix_rewrite, authority -> host_rewrite_literal, uriRegexRewrite -> regex_rewrite),
@@ -64,6 +65,13 @@ def _string_match(spec: dict, where: str) -> dict:
     return dict(spec)
 
 
+def _matcher(spec: dict, where: str) -> dict:
+    """A header or query parameter matcher; an empty prefix means "present", as in Istio."""
+    if spec == {"prefix": ""}:
+        return {"present_match": True}
+    return {"string_match": _string_match(spec, where)}
+
+
 def route_match(match: dict, where: str) -> dict:
     """One HTTPMatchRequest -> an Envoy RouteMatch."""
     only(match, {"name", "uri", "headers", "ignoreUriCase", "method", "authority", "scheme",
@@ -74,17 +82,17 @@ def route_match(match: dict, where: str) -> dict:
     out[key] = next(iter(uri.values()))
     if match.get("ignoreUriCase"):
         out["case_sensitive"] = False
-    headers = [{"name": header, "string_match": _string_match(m, f"{where}.{field}")}
+    headers = [{"name": header, **_matcher(m, f"{where}.{field}")}
                for field, header in _PSEUDO_HEADERS.items()
                if (m := match.get(field)) is not None]
-    headers += [{"name": name, "string_match": _string_match(m, f"{where}.headers.{name}")}
+    headers += [{"name": name, **_matcher(m, f"{where}.headers.{name}")}
                 for name, m in (match.get("headers") or {}).items()]
-    headers += [{"name": name, "string_match": _string_match(m, f"{where}.withoutHeaders.{name}"),
+    headers += [{"name": name, **_matcher(m, f"{where}.withoutHeaders.{name}"),
                  "invert_match": True}
                 for name, m in (match.get("withoutHeaders") or {}).items()]
     if headers:
         out["headers"] = headers
-    params = [{"name": name, "string_match": _string_match(m, f"{where}.queryParams.{name}")}
+    params = [{"name": name, **_matcher(m, f"{where}.queryParams.{name}")}
               for name, m in (match.get("queryParams") or {}).items()]
     if params:
         out["query_parameters"] = params
@@ -136,8 +144,9 @@ def fault_config(fault: dict, where: str) -> dict:
     return out
 
 
-def _target(dest: dict, svcs: dict[str, Service], where: str) -> tuple[str, int, dict]:
-    """(cluster name, weight, destination-level header ops) of one HTTPRouteDestination."""
+def _target(dest: dict, svcs: dict[str, Service],
+            where: str) -> tuple[str, int, dict, list[dict] | None]:
+    """(cluster, weight, destination header ops, hash policy) of one HTTPRouteDestination."""
     only(dest, {"destination", "weight", "headers"}, where)
     d = dest["destination"]
     only(d, {"host", "port", "subset"}, f"{where}.destination")
@@ -152,8 +161,9 @@ def _target(dest: dict, svcs: dict[str, Service], where: str) -> tuple[str, int,
     if subset and subset not in svc.subsets:
         raise Unsupported(f"{where}.destination.subset: {subset} is not a subset of "
                           f"{d['host']}'s DestinationRule")
-    return (cluster_name(d["host"], port, subset), dest.get("weight", 100),
-            _header_ops(dest.get("headers"), f"{where}.headers"))
+    name = cluster_name(d["host"], port, subset)
+    return (name, dest.get("weight", 100), _header_ops(dest.get("headers"), f"{where}.headers"),
+            svc.hash_policies.get(name))
 
 
 def http_routes(http: dict, svcs: dict[str, Service], where: str) -> list[dict]:
@@ -170,9 +180,11 @@ def http_routes(http: dict, svcs: dict[str, Service], where: str) -> list[dict]:
         action["cluster"] = targets[0][0]
         for key, ops in targets[0][2].items():  # one destination: its headers join the route's
             route_extra[key] = route_extra.get(key, []) + ops
+        if targets[0][3]:  # Istio hashes only single-destination routes
+            action["hash_policy"] = targets[0][3]
     else:
         action["weighted_clusters"] = {"clusters": [{"name": n, "weight": w, **ops}
-                                                    for n, w, ops in targets]}
+                                                    for n, w, ops, _ in targets]}
     retry = retry_policy(http.get("retries"), f"{where}.retries")
     if retry:
         action["retry_policy"] = retry
@@ -215,10 +227,12 @@ def virtual_hosts(services: list[dict], svcs: dict[str, Service]) -> list[dict]:
             continue
         for port in svc.ports:  # Istio's default: all of the port's traffic, default retries
             domains = [f"{host}:{port['number']}"] + ([host] if len(svc.ports) == 1 else [])
-            vhosts.append({"name": f"{host}:{port['number']}", "domains": domains, "routes": [{
-                "match": {"prefix": "/"},
-                "route": {"cluster": cluster_name(host, port["number"]), "timeout": "0s",
-                          "retry_policy": retry_policy(None)}}]})
+            name = cluster_name(host, port["number"])
+            action = {"cluster": name, "timeout": "0s", "retry_policy": retry_policy(None)}
+            if name in svc.hash_policies:
+                action["hash_policy"] = svc.hash_policies[name]
+            vhosts.append({"name": f"{host}:{port['number']}", "domains": domains,
+                           "routes": [{"match": {"prefix": "/"}, "route": action}]})
     return vhosts
 
 
