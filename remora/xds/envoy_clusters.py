@@ -4,7 +4,8 @@ One cluster per (host, port) named `outbound|<port>||<host>` with every endpoint
 per DestinationRule subset, `outbound|<port>|<subset>|<host>`, holding the endpoints whose
 labels carry all the subset's labels. A subset's trafficPolicy overrides the rule's field by
 field (loadBalancer, connectionPool, outlierDetection, tls), and `portLevelSettings` for the
-cluster's port override that, as Istio merges them. Endpoints are the ServiceEntry's own
+cluster's port override that, as Istio merges them. Hosts are qualified as Istio and
+Remora do (`reviews` in namespace default is `reviews.default.svc.cluster.local`). Endpoints are the ServiceEntry's own
 plus the WorkloadEntries its workloadSelector picks in its namespace; an endpoint's `weight`
 becomes load_balancing_weight, its serviceAccount joins the secure-naming SAN list.
 Fields not translated raise `Unsupported` with the field path (see envoy.py).
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.config.duration import parse_duration
+from remora.config.names import qualify_host
 from remora.xds.envoy_tls import TlsUnsupported, apply_client_tls, istio_sni, server_identities
 
 UNLIMITED = 1_000_000_000  # "disable circuit breaking" per the Envoy benchmarking FAQ
@@ -100,7 +102,7 @@ def services(entries: list[dict], workloads: list[dict]) -> dict[str, Service]:
                 labels = we_spec.get("labels") or {}
                 if namespace_of(we) == ns and all(labels.get(k) == v for k, v in selector.items()):
                     endpoints.append({**we_spec, "namespace": ns})
-        for host in spec.get("hosts", []):
+        for host in (qualify_host(h, ns) for h in spec.get("hosts", [])):
             if host in out:
                 raise Unsupported(f"{where}: host {host} is also defined by {out[host].source}")
             out[host] = Service(host, ns, spec.get("ports", []), resolution, endpoints,
@@ -134,7 +136,7 @@ def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path |
     for doc in rules:
         spec, where = doc.get("spec") or {}, name_of(doc)
         only(spec, {"host", "trafficPolicy", "subsets", "exportTo"}, f"{where} spec")
-        host = spec["host"]
+        host = qualify_host(spec["host"], namespace_of(doc))
         if host not in svcs:
             raise Unsupported(f"{where} spec.host: {host} has no ServiceEntry to render")
         if host in by_host:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from remora.xds.envoy_clusters import Service, Unsupported, cluster_name, dur, name_of, only
+from remora.config.names import host_aliases, qualify_host
+from remora.xds.envoy_clusters import (Service, Unsupported, cluster_name, dur, name_of,
+                                       namespace_of, only)
 
 ISTIO_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,503"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -144,13 +146,14 @@ def fault_config(fault: dict, where: str) -> dict:
     return out
 
 
-def _target(dest: dict, svcs: dict[str, Service],
+def _target(dest: dict, svcs: dict[str, Service], namespace: str,
             where: str) -> tuple[str, int, dict, list[dict] | None]:
     """(cluster, weight, destination header ops, hash policy) of one HTTPRouteDestination."""
     only(dest, {"destination", "weight", "headers"}, where)
     d = dest["destination"]
     only(d, {"host", "port", "subset"}, f"{where}.destination")
-    svc = svcs.get(d["host"])
+    host = qualify_host(d["host"], namespace)
+    svc = svcs.get(host)
     if svc is None:
         raise Unsupported(f"{where}.destination.host: {d['host']} has no ServiceEntry to render")
     ports = [p["number"] for p in svc.ports]
@@ -161,18 +164,20 @@ def _target(dest: dict, svcs: dict[str, Service],
     if subset and subset not in svc.subsets:
         raise Unsupported(f"{where}.destination.subset: {subset} is not a subset of "
                           f"{d['host']}'s DestinationRule")
-    name = cluster_name(d["host"], port, subset)
+    name = cluster_name(host, port, subset)
     return (name, dest.get("weight", 100), _header_ops(dest.get("headers"), f"{where}.headers"),
             svc.hash_policies.get(name))
 
 
-def http_routes(http: dict, svcs: dict[str, Service], where: str) -> list[dict]:
+def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
+                where: str) -> list[dict]:
     """One VirtualService http entry -> Envoy routes (one per match, same action)."""
     only(http, {"name", "match", "route", "timeout", "retries", "rewrite", "headers", "fault"},
          where)
     if not http.get("route"):
         raise Unsupported(f"{where}: a route without destinations is not rendered for Envoy")
-    targets = [_target(dest, svcs, f"{where}.route[{i}]") for i, dest in enumerate(http["route"])]
+    targets = [_target(dest, svcs, namespace, f"{where}.route[{i}]")
+               for i, dest in enumerate(http["route"])]
     targets = [t for t in targets if t[1] > 0] or targets[:1]  # Istio drops weight-0 targets
     action: dict[str, Any] = {"timeout": dur(http.get("timeout") or "0s")}
     route_extra = _header_ops(http.get("headers"), f"{where}.headers")
@@ -207,31 +212,44 @@ def http_routes(http: dict, svcs: dict[str, Service], where: str) -> list[dict]:
 
 
 def virtual_hosts(services: list[dict], svcs: dict[str, Service]) -> list[dict]:
-    """One virtual host per VirtualService host; hosts without one get Istio's default route."""
-    vhosts, routed = [], set()
+    """One virtual host per VirtualService host; hosts without one get Istio's default route.
+
+    Domains are the host's spellings (Remora's host_aliases: `reviews`, `reviews.default`,
+    ... for an in-cluster FQDN), bare and with any port; a spelling already claimed by an
+    earlier virtual host is left to it (Envoy refuses a domain twice).
+    """
+    vhosts, routed, claimed = [], set(), set()
+
+    def domains(host: str, ports: list[str]) -> list[str]:
+        spellings = [f"{a}{p}" for a in host_aliases(host) for p in ports]
+        fresh = [d for d in spellings if d not in claimed]
+        claimed.update(fresh)
+        return fresh
+
     for doc in services:
-        vs, where = doc.get("spec") or {}, name_of(doc)
+        vs, where, ns = doc.get("spec") or {}, name_of(doc), namespace_of(doc)
         only(vs, {"hosts", "http", "exportTo", "gateways"}, f"{where} spec")
         if [g for g in vs.get("gateways", []) if g != "mesh"]:
             raise Unsupported(f"{where} spec.gateways: gateway routes are not rendered for Envoy")
         routes = [r for i, http in enumerate(vs.get("http", []))
-                  for r in http_routes(http, svcs, f"{where} spec.http[{i}]")]
-        for host in vs.get("hosts", []):
+                  for r in http_routes(http, svcs, ns, f"{where} spec.http[{i}]")]
+        for host in (qualify_host(h, ns) for h in vs.get("hosts", [])):
             if host in routed:
                 raise Unsupported(f"{where} spec.hosts: {host} is routed by another "
                                   "VirtualService (Envoy needs one virtual host per domain)")
             routed.add(host)
-            vhosts.append({"name": host, "domains": [host, f"{host}:*"], "routes": routes})
+            vhosts.append({"name": host, "domains": domains(host, ["", ":*"]), "routes": routes})
     for host, svc in svcs.items():
         if host in routed or not svc.ports:
             continue
         for port in svc.ports:  # Istio's default: all of the port's traffic, default retries
-            domains = [f"{host}:{port['number']}"] + ([host] if len(svc.ports) == 1 else [])
-            name = cluster_name(host, port["number"])
+            number = port["number"]
+            name = cluster_name(host, number)
             action = {"cluster": name, "timeout": "0s", "retry_policy": retry_policy(None)}
             if name in svc.hash_policies:
                 action["hash_policy"] = svc.hash_policies[name]
-            vhosts.append({"name": f"{host}:{port['number']}", "domains": domains,
+            suffixes = [f":{number}"] + ([""] if len(svc.ports) == 1 else [])
+            vhosts.append({"name": f"{host}:{number}", "domains": domains(host, suffixes),
                            "routes": [{"match": {"prefix": "/"}, "route": action}]})
     return vhosts
 
