@@ -220,3 +220,42 @@ spec:
     timeout: 3s
     retries: {attempts: 3, perTryTimeout: 1s, retryOn: "gateway-error,connect-failure,503"}
 """
+
+# AuthorizationPolicies for the server side of the `reviews` workload (namespace shop).
+AUTHZ_YAML = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-debug, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/debug*], notMethods: [OPTIONS]}}]
+  - from: [{source: {ipBlocks: [10.9.0.0/16]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/shop/sa/frontend]}
+    - source: {namespaces: [ops*]}
+    to: [{operation: {hosts: [reviews.shop.svc.cluster.local], ports: ["9080"], methods: [GET]}}]
+    when:
+    - {key: "request.headers[x-tenant]", values: [acme]}
+    - {key: source.ip, notValues: [10.0.0.1]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: shop}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-app, namespace: shop}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  rules: [{}]
+"""

@@ -9,7 +9,7 @@ listener in front of the local app, mTLS by PeerAuthentication).
 
 Translated: ServiceEntry (STATIC, DNS) + WorkloadEntry endpoints and DestinationRule
 (envoy_clusters.py), VirtualService (envoy_routes.py), Istio mutual TLS and
-PeerAuthentication (envoy_tls.py). Anything else raises `Unsupported` naming the resource
+PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py). Anything else raises `Unsupported` naming the resource
 and field path, so Envoy never silently runs a different route than Remora.
 Envoy is tuned as its "best practices for benchmarking Envoy" FAQ advises: circuit breakers
 effectively off unless the DestinationRule sets them, generate_request_id off,
@@ -22,6 +22,7 @@ from typing import Any
 
 from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_traffic_policy,
                                        build_clusters, cluster_name, services)
+from remora.xds.envoy_rbac import rbac_filters
 from remora.xds.envoy_routes import (FAULT_FILTER, ISTIO_DEFAULT_RETRY_ON, uses_fault,
                                      virtual_hosts)
 from remora.xds.envoy_tls import TlsUnsupported, inbound_filter_chains, inbound_mode
@@ -33,11 +34,10 @@ DEFAULT_TRUST_DOMAIN = "cluster.local"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-# AuthorizationPolicy is enforced by the server's sidecar, so a client sidecar ignores it.
-_OUTBOUND_KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
-                   "PeerAuthentication", "AuthorizationPolicy"}
-_INBOUND_KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
-                  "PeerAuthentication"}
+# Each side reads what concerns it: PeerAuthentication and AuthorizationPolicy are enforced
+# by the server's sidecar, routes and clusters by the client's (as in Istio).
+_KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
+          "PeerAuthentication", "AuthorizationPolicy"}
 
 
 def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dict]]:
@@ -52,14 +52,15 @@ def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dic
 
 
 def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dict],
-                             **extra: Any) -> dict:
+                             policy_filters: list[dict] | None = None, **extra: Any) -> dict:
     """The HCM filter, tuned per Envoy's benchmarking FAQ (no request ids, no dynamic stats).
 
     The fault filter is added only when a route injects faults (Istio always adds it; an
     unused filter would only cost Envoy time in the benchmarks).
     """
-    filters = [{"name": FAULT_FILTER, "typed_config": {"@type": _FAULT}}] \
-        if uses_fault(vhosts) else []
+    filters = list(policy_filters or [])
+    if uses_fault(vhosts):
+        filters.append({"name": FAULT_FILTER, "typed_config": {"@type": _FAULT}})
     filters.append({"name": "envoy.filters.http.router",
                     "typed_config": {"@type": _ROUTER, "dynamic_stats": False}})
     hcm = {
@@ -83,7 +84,7 @@ def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
     Istio mutual TLS. PeerAuthentication and AuthorizationPolicy are accepted and ignored:
     they govern the server's side.
     """
-    by_kind = _by_kind(docs, _OUTBOUND_KINDS, "outbound")
+    by_kind = _by_kind(docs, _KINDS, "outbound")
     svcs = services(by_kind.get("ServiceEntry", []), by_kind.get("WorkloadEntry", []))
     clusters = build_clusters(svcs, by_kind.get("DestinationRule", []), cert_dir, trust_domain)
     vhosts = virtual_hosts(by_kind.get("VirtualService", []), svcs)
@@ -108,15 +109,16 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
     Like Istio's inbound path: every request goes to the local app (no retries, no route
     timeout), mTLS as PeerAuthentication says for this workload and port, and the
     caller's identity in x-forwarded-client-cert (what a caller sent there is dropped).
-    An AuthorizationPolicy raises Unsupported: the RBAC filter is not rendered yet.
+    AuthorizationPolicies that apply to the workload become RBAC filters (envoy_rbac.py).
     """
-    by_kind = _by_kind(docs, _INBOUND_KINDS, "inbound")
+    by_kind = _by_kind(docs, _KINDS, "inbound")
     cluster = f"inbound|{app_port}||"
     vhost = {"name": "inbound", "domains": ["*"],
              "routes": [{"match": {"prefix": "/"},
                          "route": {"cluster": cluster, "timeout": "0s"}}]}
     hcm = _http_connection_manager(
         f"inbound_127.0.0.1_{inbound_port}", "inbound", [vhost],
+        rbac_filters(by_kind.get("AuthorizationPolicy", []), namespace, labels, app_port),
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True})
     try:

@@ -20,7 +20,7 @@ from benchmarks.tools import MissingTool, find_envoy
 from examples.topology import render_route
 from remora.config.loader import load_mesh_text
 from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
-from tests.envoy_render_inputs import (FEATURES_YAML, FIXTURES, RENDERED_FIXTURES, ROOT,
+from tests.envoy_render_inputs import (AUTHZ_YAML, FEATURES_YAML, FIXTURES, RENDERED_FIXTURES, ROOT,
                                        UNSUPPORTED_FIXTURES, documents, with_stand_in_services)
 
 DEMO_YAML = (ROOT / "examples" / "mesh.yaml").read_text() + "---\n" + render_route((50, 30, 20))
@@ -66,17 +66,34 @@ def test_example_renders_as_a_client_sidecar_envoy_accepts(name, envoy, certs, t
               tmp_path / f"{name}.json")
 
 
-@pytest.mark.parametrize("name", ["bench-2hop-mtls", "bench-2hop-plain", "001-05", "002-08"])
-def test_peer_authentication_renders_as_a_server_sidecar_envoy_accepts(name, envoy, certs,
-                                                                       tmp_path):
-    """PeerAuthentication examples render an inbound bootstrap (TLS chains) Envoy validates."""
-    if name.startswith("bench"):
-        text = two_hop_yaml(15006, mtls=name.endswith("mtls"))
-    else:
-        text = next((FIXTURES / f).read_text() for f in RENDERED_FIXTURES if f.startswith(name))
-    boot = render_inbound_bootstrap(documents(text), namespace=MESH_NAMESPACE,
-                                    labels=SERVER_LABELS, inbound_port=15006, app_port=9080,
-                                    admin_port=15000, cert_dir=certs["server"])
+# name -> (YAML, namespace, labels of the server workload)
+INBOUND = {
+    "bench-2hop-mtls": (two_hop_yaml(15006), MESH_NAMESPACE, SERVER_LABELS),
+    "bench-2hop-plain": (two_hop_yaml(15006, mtls=False), MESH_NAMESPACE, SERVER_LABELS),
+    "features-authz": (FEATURES_YAML + "---\n" + AUTHZ_YAML, "shop", {"app": "reviews"}),
+    "001-05": ("001-05-PeerAuthentication-default.yaml", "default", {}),
+    "002-08": ("002-08-PeerAuthentication-default.yaml", "default", {}),
+    "000-03": ("000-03-AuthorizationPolicy-my-service-policy.yaml", "default",
+               {"app": "my-service"}),
+    "000-13": ("000-13-AuthorizationPolicy-my-service-authz.yaml", "default",
+               {"app": "my-service"}),
+    "002-09": ("002-09-AuthorizationPolicy-user-service-authz.yaml", "default",
+               {"app": "user-service"}),
+    "003-12": ("003-12-AuthorizationPolicy-deny-all.yaml", "default", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INBOUND))
+def test_server_side_examples_render_as_an_inbound_sidecar_envoy_accepts(name, envoy, certs,
+                                                                         tmp_path):
+    """PeerAuthentication / AuthorizationPolicy examples render an inbound bootstrap (TLS
+    chains, RBAC filters) that Envoy validates."""
+    text, namespace, labels = INBOUND[name]
+    if text.endswith(".yaml"):
+        text = (FIXTURES / text).read_text()
+    boot = render_inbound_bootstrap(documents(text), namespace=namespace, labels=labels,
+                                    inbound_port=15006, app_port=9080, admin_port=15000,
+                                    cert_dir=certs["server"])
     _validate(envoy, boot, tmp_path / f"{name}-inbound.json")
 
 

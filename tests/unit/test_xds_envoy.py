@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from remora.xds.envoy import Unsupported, render_bootstrap
-from tests.envoy_render_inputs import FEATURES_YAML, documents
+from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
+from tests.envoy_render_inputs import AUTHZ_YAML, FEATURES_YAML, documents
 
 DOCS = documents(FEATURES_YAML)
 REVIEWS = "reviews.shop.svc.cluster.local"
@@ -232,11 +232,82 @@ def test_untranslated_fields_raise_unsupported_naming_resource_and_path(kind, na
         _render(_changed(kind, name, change))
 
 
-def test_authorization_policy_refused_on_the_server_side():
-    """The inbound side refuses AuthorizationPolicy (RBAC is not rendered): no silent allow-all."""
-    from remora.xds.envoy import render_inbound_bootstrap
-    policy = {"kind": "AuthorizationPolicy", "metadata": {"name": "deny", "namespace": "shop"},
-              "spec": {}}
-    with pytest.raises(Unsupported, match="AuthorizationPolicy"):
-        render_inbound_bootstrap([policy], namespace="shop", labels={}, inbound_port=15006,
-                                 app_port=9080, admin_port=15000, cert_dir=None)
+def _inbound_filters(text: str, labels: dict[str, str]) -> list[dict]:
+    boot = render_inbound_bootstrap(documents(text), namespace="shop", labels=labels,
+                                    inbound_port=15006, app_port=9080, admin_port=15000,
+                                    cert_dir="/certs/server")
+    chain = boot["static_resources"]["listeners"][0]["filter_chains"][0]
+    return chain["filters"][0]["typed_config"]["http_filters"]
+
+
+def test_authorization_policies_become_deny_then_allow_rbac_filters_before_the_router():
+    """DENY filter first, then ALLOW; AUDIT and policies selecting other workloads left out."""
+    filters = _inbound_filters(AUTHZ_YAML, {"app": "reviews"})
+    assert [f["name"] for f in filters] == ["envoy.filters.http.rbac", "envoy.filters.http.rbac",
+                                            "envoy.filters.http.router"]
+    deny, allow = (f["typed_config"]["rules"] for f in filters[:2])
+    assert deny["action"] == "DENY" and allow["action"] == "ALLOW"
+    assert sorted(deny["policies"]) == ["ns[shop]-policy[deny-debug]-rule[0]",
+                                        "ns[shop]-policy[deny-debug]-rule[1]"]
+    assert list(allow["policies"]) == ["ns[shop]-policy[allow-frontend]-rule[0]"]
+
+
+def test_rbac_rule_shapes_follow_remoras_matching():
+    """paths -> url_path, not-variants -> not_rule, ipBlocks -> direct_remote_ip; principals
+    regex on spiffe://, namespaces on /ns/, hosts case-insensitive with optional port,
+    ports decided against the app port, when headers/source.ip joined in."""
+    deny, allow = (f["typed_config"]["rules"]["policies"]
+                   for f in _inbound_filters(AUTHZ_YAML, {"app": "reviews"})[:2])
+    debug = deny["ns[shop]-policy[deny-debug]-rule[0]"]
+    assert debug["principals"] == [{"any": True}]
+    assert debug["permissions"] == [{"and_rules": {"rules": [
+        {"not_rule": {"or_rules": {"rules": [
+            {"header": {"name": ":method", "string_match": {"exact": "OPTIONS"}}}]}}},
+        {"or_rules": {"rules": [{"url_path": {"path": {"prefix": "/debug"}}}]}}]}}]
+    ips = deny["ns[shop]-policy[deny-debug]-rule[1]"]["principals"]
+    assert ips == [{"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.9.0.0",
+                                                             "prefix_len": 16}}]}}]
+    frontend = allow["ns[shop]-policy[allow-frontend]-rule[0]"]
+    sources = frontend["principals"][0]["and_ids"]["ids"]
+    assert sources[0]["or_ids"]["ids"][0]["or_ids"]["ids"][0] == {"authenticated": {
+        "principal_name": {"safe_regex": {"regex": "spiffe://cluster\\.local/ns/shop/sa/frontend"}}}}
+    assert sources[0]["or_ids"]["ids"][1]["or_ids"]["ids"][0] == {"authenticated": {
+        "principal_name": {"safe_regex": {"regex": "spiffe://[^/]+/ns/ops[^/]*/.*"}}}}
+    assert sources[1]["not_id"]["or_ids"]["ids"][0]["direct_remote_ip"]["address_prefix"] == \
+        "10.0.0.1"
+    permissions = frontend["permissions"][0]["and_rules"]["rules"]
+    host = permissions[0]["and_rules"]["rules"][0]["or_rules"]["rules"][0]
+    assert host["header"]["string_match"]["safe_regex"]["regex"] == \
+        "(?i)reviews\\.shop\\.svc\\.cluster\\.local(:[0-9]+)?"
+    assert len(permissions[0]["and_rules"]["rules"]) == 2  # port 9080 = the app port: no matcher
+    assert permissions[1] == {"or_rules": {"rules": [
+        {"header": {"name": "x-tenant", "string_match": {"exact": "acme"}}}]}}
+
+
+def test_port_rule_for_another_port_never_matches():
+    """An operation on a port other than the app's can never match on this listener."""
+    text = AUTHZ_YAML.replace('ports: ["9080"]', 'ports: ["8080"]')
+    allow = _inbound_filters(text, {"app": "reviews"})[1]["typed_config"]["rules"]["policies"]
+    rules = allow["ns[shop]-policy[allow-frontend]-rule[0]"]["permissions"][0]["and_rules"]["rules"]
+    assert {"not_rule": {"any": True}} in rules[0]["and_rules"]["rules"]
+
+
+def test_allow_policy_without_rules_denies_everything():
+    """Istio's deny-all (an ALLOW policy with no rules) is an ALLOW filter with no policies."""
+    text = "kind: AuthorizationPolicy\napiVersion: security.istio.io/v1\n" \
+        "metadata: {name: deny-all, namespace: shop}\nspec: {}\n"
+    rbac = _inbound_filters(text, {"app": "reviews"})[0]["typed_config"]["rules"]
+    assert rbac == {"action": "ALLOW", "policies": {}}
+
+
+def test_no_applicable_policy_no_rbac_filter():
+    """A workload no policy selects gets no RBAC filter (everything allowed, as in Remora)."""
+    names = [f["name"] for f in _inbound_filters(AUTHZ_YAML, {"app": "details"})]
+    assert names == ["envoy.filters.http.router"]
+
+
+def test_untranslated_when_key_is_refused_with_its_path():
+    """A `when` key (JWT claims) is refused naming the policy and field, never dropped."""
+    text = AUTHZ_YAML.replace("key: source.ip,", "key: 'request.auth.claims[iss]',")
+    with pytest.raises(Unsupported, match=r"allow-frontend: spec.rules\[0\].when\[1\].key"):
+        _inbound_filters(text, {"app": "reviews"})
