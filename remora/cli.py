@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | wait | control | apply | get | delete | status | proxy-config | token | analyze | inject | iptables`."""
+"""The `remora` command: `remora proxy | wait | control | apply | get | delete | status | proxy-config | token | analyze | envoy-config | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_wait_parser(sub, _http_url, _seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
+    from remora.xds.envoy_command import add_envoy_config_parser
+    add_envoy_config_parser(sub, _labels)
     _add_control_commands(sub)
     from remora.kube.command import add_inject_parser
     add_inject_parser(sub, _http_url)
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_wait(args)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command == "envoy-config":
+        from remora.xds.envoy_command import run_envoy_config
+        return run_envoy_config(args)
     if args.command == "control":
         from remora.xds.commands import run_control
         return run_control(args)

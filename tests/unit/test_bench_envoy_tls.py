@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from benchmarks.certs import issue_cert_dirs, spiffe_id
-from benchmarks.envoy_config import Unsupported, render_bootstrap, render_inbound_bootstrap
+from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
 from benchmarks.mesh import MESH_NAMESPACE, SERVER_LABELS, load_documents, two_hop_yaml
 from remora.config.loader import load_mesh_text
 from remora.proxy.tls import load_cert_dir
@@ -135,7 +135,7 @@ def test_unknown_endpoint_fields_are_refused():
     def add_network(doc):
         doc["spec"]["endpoints"][0]["network"] = "n1"
 
-    with pytest.raises(Unsupported, match="ServiceEntry endpoint: network"):
+    with pytest.raises(Unsupported, match=r"ServiceEntry bench/server spec.endpoints\[0\]: network"):
         _cluster(_docs(ServiceEntry=add_network))
 
 

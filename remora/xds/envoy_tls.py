@@ -1,4 +1,4 @@
-"""Istio mutual TLS as Envoy v3 transport sockets, for the bootstraps `envoy_config` renders.
+"""Istio mutual TLS as Envoy v3 transport sockets, for the bootstraps `envoy.py` renders.
 
 Outbound (client side), as Istio does it:
 - DestinationRule `trafficPolicy.tls.mode: ISTIO_MUTUAL` -> the cluster's transport socket is
@@ -8,7 +8,8 @@ Outbound (client side), as Istio does it:
   TLS through `transport_socket_matches` on endpoint metadata, others plaintext.
 - SNI `outbound_.<port>_._.<host>`, Istio's (Remora sends the same).
 - Secure naming: the server must present one of the SPIFFE IDs of the endpoints' service
-  accounts (in the ServiceEntry's namespace) or of the ServiceEntry's subjectAltNames.
+  accounts (ServiceEntry endpoints and selected WorkloadEntries, in their namespace) or of
+  the ServiceEntry's subjectAltNames.
 
 Inbound (server side): PeerAuthentication's effective mode for the workload and port
 (Remora's own `effective_mtls_mode`, so both data planes agree) picks the filter chains:
@@ -40,7 +41,7 @@ SOCKET_MATCH_KEY = "envoy.transport_socket_match"  # Istio's endpoint metadata f
 
 
 class TlsUnsupported(ValueError):
-    """A TLS setting this renderer does not translate (envoy_config re-raises it as Unsupported)."""
+    """A TLS setting this renderer does not translate (envoy.py re-raises it as Unsupported)."""
 
 
 def _common_context(cert_dir: Path, san_matchers: list[dict]) -> dict:
@@ -86,28 +87,35 @@ def downstream_tls_socket(cert_dir: Path, trust_domain: str) -> dict:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def server_identities(entry: dict, namespace: str, trust_domain: str) -> list[str]:
-    """The SPIFFE IDs a ServiceEntry's servers may present (Istio's secure naming)."""
-    ids = list(entry.get("subjectAltNames", []))
-    for ep in entry.get("endpoints", []):
+def server_identities(subject_alt_names: list[str], endpoints: list[dict], namespace: str,
+                      trust_domain: str) -> list[str]:
+    """The SPIFFE IDs a service's servers may present (Istio's secure naming).
+
+    Each endpoint may carry its own namespace (a WorkloadEntry's); else `namespace`.
+    """
+    ids = list(subject_alt_names)
+    for ep in endpoints:
         account = ep.get("serviceAccount")
         if account:
-            ids.append(f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}")
+            ns = ep.get("namespace", namespace)
+            ids.append(f"spiffe://{trust_domain}/ns/{ns}/sa/{account}")
     return list(dict.fromkeys(ids))
 
 
-def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: str, sni: str,
-                     cert_dir: Path | None, trust_domain: str) -> None:
-    """Give an outbound cluster the transport socket(s) Istio would (see the module doc)."""
+def apply_client_tls(cluster: dict, tls: dict | None, endpoints: list[dict], server_ids: list[str],
+                     sni: str, cert_dir: Path | None) -> None:
+    """Give an outbound cluster the transport socket(s) Istio would (see the module doc).
+
+    `endpoints` are the Istio endpoint dicts, in the order of the cluster's lb_endpoints.
+    """
     tls = tls or {}
     extra = set(tls) - {"mode"}
     if extra:
         raise TlsUnsupported(f"trafficPolicy.tls: {', '.join(sorted(extra))} not rendered for "
                              "Envoy")
     mode = tls.get("mode")
-    labelled = [ep for ep in entry.get("endpoints", [])
-                if ep.get("labels", {}).get(TLS_MODE_LABEL) == "istio"]
-    if mode == "DISABLE" or (mode is None and not labelled):
+    labelled = [ep.get("labels", {}).get(TLS_MODE_LABEL) == "istio" for ep in endpoints]
+    if mode == "DISABLE" or (mode is None and not any(labelled)):
         return
     if mode not in (None, "ISTIO_MUTUAL"):
         raise TlsUnsupported(f"trafficPolicy.tls.mode {mode} not rendered for Envoy "
@@ -115,15 +123,14 @@ def apply_client_tls(cluster: dict, tls: dict | None, entry: dict, namespace: st
     if cert_dir is None:
         raise TlsUnsupported(f"cluster {cluster['name']} uses mTLS: render it with a "
                              "certificate directory")
-    socket = upstream_tls_socket(cert_dir, server_identities(entry, namespace, trust_domain),
-                                 sni)
+    socket = upstream_tls_socket(cert_dir, server_ids, sni)
     if mode == "ISTIO_MUTUAL":
         cluster["transport_socket"] = socket
         return
     # Auto mTLS, Istio's way: TLS only to endpoints whose metadata says tlsMode istio.
-    for lb_endpoint, ep in zip(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"],
-                               entry.get("endpoints", [])):
-        if ep in labelled:
+    lb_endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    for lb_endpoint, is_labelled in zip(lb_endpoints, labelled):
+        if is_labelled:
             lb_endpoint["metadata"] = {"filter_metadata": {SOCKET_MATCH_KEY: {"tlsMode": "istio"}}}
     cluster["transport_socket_matches"] = [
         {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
