@@ -69,7 +69,9 @@ def summarise(runs: list[dict], proxies: tuple[str, ...], metrics: Metrics = MET
     remora, envoy = summary.get("remora"), summary.get("envoy")
     if remora and envoy:
         for key, _label, _dec, ratio in metrics:
-            if ratio and key in remora and key in envoy and envoy[key]["median"]:
+            # a ratio of differences that can be negative (added latency) means nothing
+            if (ratio and key in remora and key in envoy and envoy[key]["median"] > 0
+                    and remora[key]["median"] >= 0):
                 ratios[key] = round(remora[key]["median"] / envoy[key]["median"], 3)
     return {"summary": summary, "ratios": ratios,
             "goals": [goal.check(summary, ratios) for goal in goals]}

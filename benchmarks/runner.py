@@ -206,9 +206,11 @@ def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_p
     }
 
 
-def measure_direct(port: int, opts: Options, workdir: Path, load: Load) -> dict:
+def measure_direct(port: int, opts: Options, workdir: Path, load: Load, label: str = "direct",
+                   seconds: int | None = None) -> dict:
     """The load straight at the upstream: the ceiling (and the latency floor) without a proxy."""
-    return load(opts, Window(port, None, max(1, opts.duration // 2), "direct", workdir, []))
+    seconds = seconds or max(1, opts.duration // 2)
+    return load(opts, Window(port, None, seconds, label, workdir, []))
 
 
 # prepare(workdir, upstream_port, opts) -> {proxy name: a function building its DataPlane}
@@ -218,12 +220,13 @@ Prepare = Callable[[Path, int, Options], dict[str, Callable[[], DataPlane]]]
 def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
                  note: str = "", load: Load | None = None, metrics: Metrics = METRICS,
                  goals: tuple[Goal, ...] = (), also: tuple[int, ...] = (),
-                 flaky: tuple[int, ...] = ()) -> dict:
+                 flaky: tuple[int, ...] = (), direct_each_run: bool = False) -> dict:
     """Upstream, direct ceiling, then alternating measured runs of every data plane.
 
     `load` drives one window (default: wrk closed loop on /); `metrics` are what the summary
     reports, `goals` the issue's targets checked on the medians; `also` / `flaky` are extra
-    upstream ports (see upstream.py)."""
+    upstream ports (see upstream.py); `direct_each_run` measures the direct path again before
+    every round of runs, for metrics relative to it (the round's runs get that round's)."""
     load = load or wrk_load()
     workdir = (opts.out / name).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +239,10 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
         stack.callback(upstream.stop)
         print(f"[{name}] upstream: {upstream_kind} on 127.0.0.1:{upstream_port}", flush=True)
         builders = prepare(workdir, upstream_port, opts)
-        direct = measure_direct(upstream_port, opts, workdir, load)
+        # as long as a proxy's window when the proxies' numbers are relative to it (max, p99)
+        floor_seconds = opts.duration if direct_each_run else None
+        direct = measure_direct(upstream_port, opts, workdir, load, seconds=floor_seconds)
+        direct_runs = [direct]
         print(f"[{name}] direct to upstream: {direct['rps']:,.0f} req/s, "
               f"p99 {direct['p99_ms']:.2f} ms", flush=True)
         planes: dict[str, DataPlane] = {}
@@ -248,6 +254,10 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
             except (ProcessFailed, Unsupported) as exc:
                 errors[proxy] = str(exc)
         for run in range(1, opts.runs + 1):
+            if direct_each_run and run > 1:  # the floor drifts with the machine: re-measure
+                direct = measure_direct(upstream_port, opts, workdir, load, f"direct-run{run}",
+                                        floor_seconds)
+                direct_runs.append(direct)
             for proxy in opts.proxies:
                 if proxy in errors:
                     continue
@@ -268,7 +278,8 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
         "description": description,
         "note": note,
         "upstream": upstream_kind,
-        "direct": direct,
+        "direct": direct_runs[0],
+        "direct_runs": direct_runs,
         "runs": runs,
         "errors": errors,
         "metrics": [list(m) for m in metrics],

@@ -112,3 +112,13 @@ def test_nginx_upstream_fails_half_only_on_flaky_ports(tmp_path) -> None:
     assert "8003" in flaky and "if ($flaky_fail) { return 503; }" in flaky
     assert 'split_clients "${request_id}" $flaky_fail { 50% 1; * 0; }' in conf
     assert conf.count(f"location = {LARGE_PATH}") == 2
+
+
+def test_no_ratio_of_differences_that_went_negative() -> None:
+    """An added latency below zero (noise under the direct path) gets no Remora/Envoy ratio,
+    since the ratio of such differences means nothing; positive ones still do."""
+    runs = [{"proxy": "remora", "added": -0.5}, {"proxy": "envoy", "added": 2.0},
+            {"proxy": "remora", "both": 1.0}, {"proxy": "envoy", "both": 4.0}]
+    metrics = (("added", "added p99", 3, True), ("both", "added p50", 3, True))
+    ratios = summarise(runs, ("remora", "envoy"), metrics)["ratios"]
+    assert ratios == {"both": 0.25}
