@@ -57,7 +57,8 @@ def _latency_curves(plt, scenario: dict, path: Path) -> bool:
         ax.set_title(f"{rate} req/s")
         ax.set_xlabel("percentile")
         ax.set_ylabel("latency added over direct (ms)")
-        ax.set_yscale("symlog", linthresh=0.1)
+        ax.axhline(0, color="grey", linewidth=0.8)  # below: noise under the direct path
+        ax.grid(axis="y", alpha=0.3)
         ax.legend()
     fig.suptitle("latency-fixed-rate: latency added by the proxy")
     fig.tight_layout()
