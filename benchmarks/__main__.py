@@ -1,29 +1,33 @@
 """`python -m benchmarks [SCENARIO...] [--quick] [--runs N] [--duration S] [--out DIR]`.
 
-Runs each scenario with Remora and Envoy on the same Istio route, writes results.json
-and summary.md into --out and prints the table. Exit status: 0 when every proxy was
-measured, 1 when a proxy failed, 2 when a required tool is missing.
+Runs each scenario with Remora and Envoy on the same Istio route, writes results.json,
+summary.md and PNG charts into --out and prints the table. A scenario whose load tool
+(wrk, h2load) is missing is reported skipped, naming the package, and the others run.
+Exit status: 0 when every proxy was measured, 1 when a proxy failed, 2 when a required
+tool is missing (Envoy, or the load tool of every scenario asked for).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import resource
 import shlex
 import signal
 import sys
 from pathlib import Path
 
+from benchmarks.catalog import LOAD_TOOL, SCENARIOS
+from benchmarks.charts import write_charts
 from benchmarks.procs import ProcessFailed
 from benchmarks.report import markdown
 from benchmarks.runner import PROXIES, Options
-from benchmarks.scenarios import SCENARIOS
 from benchmarks.tools import (MissingTool, busy_cores, find_envoy, find_tool, machine_info,
                               plan_pinning, tool_versions)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[2])
+def parse_args(argv: list[str], prog: str = "python -m benchmarks") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[2])
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                    help=f"scenarios to run (default: all): {', '.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true",
@@ -57,13 +61,38 @@ def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def raise_open_files_limit(wanted: int = 16384) -> int:
+    """Raise the soft RLIMIT_NOFILE (inherited by the proxies and wrk) toward `wanted`:
+    many-connections holds 1,000 client + 1,000 upstream sockets per proxy. Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def find_load_tools(names: list[str], opts: Options) -> dict[str, str]:
+    """Locate each scenario's load tool into opts; {scenario: why it is skipped} for the rest."""
+    skipped = {}
+    for name in names:
+        tool = LOAD_TOOL[name]
+        try:
+            setattr(opts, tool, find_tool(tool))
+        except MissingTool as exc:
+            skipped[name] = f"skipped: {exc}"
+    return skipped
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)  # even when started with SIGINT ignored
     quick = args.quick
+    names = args.scenarios or list(SCENARIOS)
     opts = Options(
+        quick=quick,
         runs=args.runs or (1 if quick else 3),
         duration=args.duration or (2 if quick else 10),
         warmup=args.warmup or (1 if quick else 2),
@@ -73,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         wait_idle=args.wait_idle,
     )
+    skipped = find_load_tools(names, opts)
+    if len(skipped) == len(names):
+        print("error: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()), file=sys.stderr)
+        return 2
     try:
-        opts.wrk = find_tool("wrk")
         opts.envoy = find_envoy() if "envoy" in opts.proxies else None
         opts.pinning = plan_pinning(not args.no_pin)
     except MissingTool as exc:
@@ -84,15 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks " + shlex.join(argv),
+        "command": f"{prog} " + shlex.join(argv),
         "machine": machine_info(),
         "versions": tool_versions(opts.envoy, opts.wrk, which("nginx") or which(
-            "nginx", path="/usr/sbin:/sbin")),
+            "nginx", path="/usr/sbin:/sbin"), opts.h2load),
         "pinning": opts.pinning.as_dict(),
         "settings": {"runs": opts.runs, "duration": opts.duration, "warmup": opts.warmup,
                      "connections": opts.connections, "threads": opts.threads,
                      "proxies": list(opts.proxies), "proxy_workers": 1,
-                     "wait_idle": opts.wait_idle},
+                     "wait_idle": opts.wait_idle, "quick": quick,
+                     "open_files_limit": raise_open_files_limit()},
         "scenarios": {},
     }
     print(f"pinning: {opts.pinning.method}", flush=True)
@@ -101,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the machine is not idle ({busy:.2f} cores busy before the run); "
               "other load disturbs the numbers", file=sys.stderr, flush=True)
     try:
-        for name in args.scenarios or list(SCENARIOS):
+        for name in names:
+            if name in skipped:
+                print(f"[{name}] {skipped[name]}", file=sys.stderr, flush=True)
+                results["scenarios"][name] = {"skipped": skipped[name]}
+                continue
             results["scenarios"][name] = SCENARIOS[name](opts)
     except KeyboardInterrupt:
         print("\ninterrupted: every started process was stopped", file=sys.stderr)
@@ -115,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.md").write_text(table)
     print()
     print(table)
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'summary.md'}")
+    charts, why_not = write_charts(results, args.out)
+    if why_not:
+        print(f"charts not drawn: {why_not}", file=sys.stderr)
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'summary.md'}"
+          + "".join(f", {path}" for path in charts))
     failed = any(sc.get("errors") for sc in results["scenarios"].values())
     return 1 if failed else 0
 

@@ -1,43 +1,80 @@
-"""Per-proxy medians with min-max, Remora/Envoy ratios, and the Markdown summary."""
+"""Per-proxy medians with min-max, Remora/Envoy ratios, the issue's targets, and summary.md."""
 from __future__ import annotations
 
+import operator
 import statistics
+from dataclasses import dataclass
 
-METRICS = (  # key, label, decimals
-    ("rps", "requests/s", 0),
-    ("p50_ms", "p50 latency (ms)", 3),
-    ("p99_ms", "p99 latency (ms)", 3),
-    ("cpu_s_per_1k", "proxy CPU s / 1k req (all sidecars)", 4),
-    ("rss_mib", "proxy RSS at end (MiB, all sidecars)", 1),
-    ("other_load_cores", "other programs' CPU during runs (cores)", 2),
+# (key in a run's result, label, decimals, whether the Remora/Envoy ratio is reported)
+Metric = tuple[str, str, int, bool]
+Metrics = tuple[Metric, ...]
+METRICS: Metrics = (
+    ("rps", "requests/s", 0, True),
+    ("p50_ms", "p50 latency (ms)", 3, True),
+    ("p99_ms", "p99 latency (ms)", 3, True),
+    ("cpu_s_per_1k", "proxy CPU s / 1k req (all sidecars)", 4, True),
+    ("rss_mib", "proxy RSS at end (MiB, all sidecars)", 1, True),
+    ("other_load_cores", "other programs' CPU during runs (cores)", 2, False),
 )
-RATIO_METRICS = ("rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mib")
 ERROR_COUNTS = ("non_2xx_3xx", "socket_errors")
+_OPS = {">=": operator.ge, "<=": operator.le}
 
 
-def summarise(runs: list[dict], proxies: tuple[str, ...]) -> dict:
-    """{'summary': {proxy: {metric: {median, min, max, n}}}, 'ratios': {metric: r}}."""
+@dataclass(frozen=True)
+class Goal:
+    """A target from the issue, checked on medians of the same run: `Remora/Envoy ratio of
+    key` (of="ratio"), Remora's median against Envoy's (of="envoy"), or Remora's median
+    against a bound (of="remora"). Targets are reported met / not met, never asserted."""
+
+    text: str
+    key: str
+    op: str        # ">=" or "<="
+    bound: float = 1.0
+    of: str = "ratio"
+
+    def check(self, summary: dict, ratios: dict) -> dict:
+        remora, envoy = summary.get("remora", {}), summary.get("envoy", {})
+        value: float | None = None
+        bound = self.bound
+        if self.of == "ratio":
+            value = ratios.get(self.key)
+        elif self.key in remora:
+            value = remora[self.key]["median"]
+            if self.of == "envoy":
+                bound = envoy[self.key]["median"] if self.key in envoy else None
+        met = None if value is None or bound is None else bool(_OPS[self.op](value, bound))
+        return {"text": self.text, "key": self.key, "of": self.of, "op": self.op,
+                "value": value, "bound": bound, "met": met}
+
+
+def summarise(runs: list[dict], proxies: tuple[str, ...], metrics: Metrics = METRICS,
+              goals: tuple[Goal, ...] = ()) -> dict:
+    """{'summary': {proxy: {metric: {median, min, max, n}}}, 'ratios': {metric: r},
+    'goals': [checked goal]}."""
     summary: dict[str, dict] = {}
     for proxy in proxies:
         mine = [r for r in runs if r["proxy"] == proxy]
         if not mine:
             continue
         stats: dict[str, dict | int] = {}
-        for key, _label, _dec in METRICS:
+        for key, _label, _dec, _ratio in metrics:
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
                 stats[key] = {"median": statistics.median(values), "min": min(values),
                               "max": max(values), "n": len(values)}
         for key in ERROR_COUNTS:
-            stats[key] = sum(r[key] for r in mine)
+            stats[key] = sum(r.get(key, 0) for r in mine)
         summary[proxy] = stats
     ratios = {}
     remora, envoy = summary.get("remora"), summary.get("envoy")
     if remora and envoy:
-        for key in RATIO_METRICS:
-            if key in remora and key in envoy and envoy[key]["median"]:
+        for key, _label, _dec, ratio in metrics:
+            # a ratio of differences that can be negative (added latency) means nothing
+            if (ratio and key in remora and key in envoy and envoy[key]["median"] > 0
+                    and remora[key]["median"] >= 0):
                 ratios[key] = round(remora[key]["median"] / envoy[key]["median"], 3)
-    return {"summary": summary, "ratios": ratios}
+    return {"summary": summary, "ratios": ratios,
+            "goals": [goal.check(summary, ratios) for goal in goals]}
 
 
 def _fmt(value: float, decimals: int) -> str:
@@ -55,13 +92,14 @@ def _cell(stats: dict | None, key: str, decimals: int) -> str:
 
 def scenario_table(name: str, scenario: dict) -> str:
     """One scenario as a Markdown table: median (min–max) per proxy, and the ratio."""
+    if scenario.get("skipped"):
+        return f"### {name}\n\n**Skipped:** {scenario['skipped']}\n"
     summary, ratios = scenario.get("summary", {}), scenario.get("ratios", {})
     remora, envoy = summary.get("remora"), summary.get("envoy")
     lines = [f"### {name}", "", scenario.get("description", ""), "",
              "| metric | Remora | Envoy | Remora / Envoy |", "|---|---:|---:|---:|"]
-    for key, label, decimals in METRICS:
-        ratio = f"{ratios[key]:.2f}" if key in ratios else ("" if key not in RATIO_METRICS
-                                                            else "n/a")
+    for key, label, decimals, has_ratio in scenario.get("metrics", METRICS):
+        ratio = f"{ratios[key]:.2f}" if key in ratios else ("n/a" if has_ratio else "")
         lines.append(f"| {label} | {_cell(remora, key, decimals)} | "
                      f"{_cell(envoy, key, decimals)} | {ratio} |")
     errs = [" / ".join(str(s.get(k, 0)) for k in ERROR_COUNTS) if s else "n/a"
@@ -70,9 +108,13 @@ def scenario_table(name: str, scenario: dict) -> str:
     direct = scenario.get("direct")
     lines.append("")
     if direct:
-        lines.append(f"Upstream alone ({scenario.get('upstream', '?')}, no proxy, same wrk "
+        lines.append(f"Upstream alone ({scenario.get('upstream', '?')}, no proxy, same load "
                      f"settings): {direct['rps']:,.0f} req/s, p50 {direct['p50_ms']:.3f} ms, "
                      f"p99 {direct['p99_ms']:.3f} ms.")
+    for goal in scenario.get("goals", []):
+        verdict = {True: "**met**", False: "**not met**", None: "not measured"}[goal["met"]]
+        value = "n/a" if goal["value"] is None else f"{goal['value']:,.3g}"
+        lines.append(f"Target: {goal['text']}: {verdict} ({value}).")
     if scenario.get("note"):
         lines.append(f"Note: {scenario['note']}")
     for proxy, err in scenario.get("errors", {}).items():

@@ -19,11 +19,11 @@ from typing import Callable
 
 import yaml
 
-from benchmarks import wrk
+from benchmarks import h2load, wrk
 from benchmarks.envoy_config import Unsupported
 from benchmarks.procs import (Child, ProcessFailed, free_port, group_cpu_seconds,
                               group_rss_mib, group_size, http_get, wait_ready)
-from benchmarks.report import summarise
+from benchmarks.report import METRICS, Goal, Metrics, summarise
 from benchmarks.tools import REPO_ROOT, Pinning, busy_cores, machine_busy_seconds
 from benchmarks.upstream import BODY, start_upstream
 
@@ -43,6 +43,8 @@ class Options:
     out: Path = Path("bench-out")
     pinning: Pinning = field(default_factory=lambda: Pinning(None, None, "none"))
     wrk: str = "wrk"
+    h2load: str = "h2load"
+    quick: bool = False
     envoy: str | None = None
     wait_idle: float = 0.0  # seconds to wait, before each run, for other load to stop
 
@@ -126,8 +128,40 @@ def start_data_plane(plane: DataPlane, run: int, opts: Options, workdir: Path,
     return children
 
 
-def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_pgid: int) -> dict:
-    """Start the data plane, check one request, warm up, measure one wrk window, stop it."""
+@dataclass
+class Window:
+    """One measured window of load: where it goes, and what the load function may read."""
+
+    port: int
+    host: str | None
+    seconds: int
+    label: str                  # stem of the raw output files in workdir
+    workdir: Path
+    pgids: list[int]            # the sidecars' process groups ([] on the direct path)
+    rss_idle_mib: float = 0.0   # the sidecars' RSS before any load
+    direct: dict | None = None  # the direct path's result, for "added latency" metrics
+
+
+# load(opts, window) -> {"requests", "seconds", "rps", "p50_ms", "p99_ms", ...}: one window
+Load = Callable[[Options, Window], dict]
+
+
+def wrk_load(path: str = "/", connections: int | None = None) -> Load:
+    """Closed-loop wrk at opts.connections keep-alive connections (or `connections`) on path."""
+    def load(opts: Options, window: Window) -> dict:
+        url = f"http://127.0.0.1:{window.port}{path}"
+        conns = connections or opts.connections
+        cmd = wrk.command(opts.wrk, url, window.seconds, conns, min(opts.threads, conns),
+                          window.host)
+        res = wrk.run(opts.pinning.wrap(cmd, "load"), window.seconds)
+        (window.workdir / f"{window.label}.wrk.txt").write_text(res.raw)
+        return res.as_dict()
+    return load
+
+
+def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_pgid: int,
+            load: Load, direct: dict | None = None) -> dict:
+    """Start the data plane, check one request, warm up, measure one load window, stop it."""
     if opts.wait_idle:
         wait_for_idle(opts.wait_idle)
     with ExitStack() as stack:
@@ -143,14 +177,14 @@ def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_p
                                      f"body {body[:80]!r}")
         if plane.verify:
             plane.verify(plane, children)
-        url = f"http://127.0.0.1:{plane.port}/"
-        wrap = opts.pinning.wrap
-        wrk.run(wrap(wrk.command(opts.wrk, url, opts.warmup, opts.connections, opts.threads,
-                                 plane.host), "load"), opts.warmup)
+        idle = sum(group_rss_mib(pgid) for pgid in pgids)
+        window = Window(plane.port, plane.host, opts.warmup, f"{plane.name}-run{run}-warmup",
+                        workdir, pgids, idle, direct)
+        load(opts, window)
         cpu_before = sum(group_cpu_seconds(pgid) for pgid in pgids)
         ours_before, machine_before = _cpu_ours([*pgids, upstream_pgid]), machine_busy_seconds()
-        res = wrk.run(wrap(wrk.command(opts.wrk, url, opts.duration, opts.connections,
-                                       opts.threads, plane.host), "load"), opts.duration)
+        window.seconds, window.label = opts.duration, f"{plane.name}-run{run}"
+        res = load(opts, window)
         cpu = sum(group_cpu_seconds(pgid) for pgid in pgids) - cpu_before
         other = (machine_busy_seconds() - machine_before
                  - (_cpu_ours([*pgids, upstream_pgid]) - ours_before))
@@ -159,26 +193,24 @@ def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_p
         for child in children:
             if not child.alive():
                 raise child.fail(f"exited with code {child.proc.returncode} during the run")
-    (workdir / f"{plane.name}-run{run}.wrk.txt").write_text(res.raw)
     return {
-        "proxy": plane.name, "run": run, **res.as_dict(),
+        "proxy": plane.name, "run": run, **res,
         "cpu_s": round(cpu, 3),
-        "cpu_s_per_1k": round(cpu / res.requests * 1000, 5) if res.requests else None,
+        "cpu_s_per_1k": round(cpu / res["requests"] * 1000, 5) if res["requests"] else None,
         "rss_mib": round(sum(rss.values()), 1),
+        "rss_idle_mib": round(idle, 1),
         "rss_mib_by_sidecar": rss,
         "processes": processes,
-        "other_load_cores": round(max(other, 0.0) / res.seconds, 2) if res.seconds else None,
+        "other_load_cores": (round(max(other, 0.0) / res["seconds"], 2) if res["seconds"]
+                             else None),
     }
 
 
-def measure_direct(port: int, opts: Options, workdir: Path) -> dict:
-    """wrk straight at the upstream: the ceiling the load side can reach without a proxy."""
-    url = f"http://127.0.0.1:{port}/"
-    cmd = opts.pinning.wrap(wrk.command(opts.wrk, url, max(1, opts.duration // 2),
-                                        opts.connections, opts.threads, None), "load")
-    res = wrk.run(cmd, opts.duration)
-    (workdir / "direct.wrk.txt").write_text(res.raw)
-    return res.as_dict()
+def measure_direct(port: int, opts: Options, workdir: Path, load: Load, label: str = "direct",
+                   seconds: int | None = None) -> dict:
+    """The load straight at the upstream: the ceiling (and the latency floor) without a proxy."""
+    seconds = seconds or max(1, opts.duration // 2)
+    return load(opts, Window(port, None, seconds, label, workdir, []))
 
 
 # prepare(workdir, upstream_port, opts) -> {proxy name: a function building its DataPlane}
@@ -186,20 +218,33 @@ Prepare = Callable[[Path, int, Options], dict[str, Callable[[], DataPlane]]]
 
 
 def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
-                 note: str = "") -> dict:
-    """Upstream, direct ceiling, then alternating measured runs of every data plane."""
+                 note: str = "", load: Load | None = None, metrics: Metrics = METRICS,
+                 goals: tuple[Goal, ...] = (), also: tuple[int, ...] = (),
+                 flaky: tuple[int, ...] = (), direct_each_run: bool = False) -> dict:
+    """Upstream, direct ceiling, then alternating measured runs of every data plane.
+
+    `load` drives one window (default: wrk closed loop on /); `metrics` are what the summary
+    reports, `goals` the issue's targets checked on the medians; `also` / `flaky` are extra
+    upstream ports (see upstream.py); `direct_each_run` measures the direct path again before
+    every round of runs, for metrics relative to it (the round's runs get that round's)."""
+    load = load or wrk_load()
     workdir = (opts.out / name).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     errors: dict[str, str] = {}
     with ExitStack() as stack:
         upstream_port = free_port()
-        upstream, upstream_kind = start_upstream(upstream_port, workdir / "upstream", opts.pinning)
+        upstream, upstream_kind = start_upstream(upstream_port, workdir / "upstream", opts.pinning,
+                                                  also, flaky)
         stack.callback(upstream.stop)
         print(f"[{name}] upstream: {upstream_kind} on 127.0.0.1:{upstream_port}", flush=True)
         builders = prepare(workdir, upstream_port, opts)
-        direct = measure_direct(upstream_port, opts, workdir)
-        print(f"[{name}] direct to upstream: {direct['rps']:,.0f} req/s", flush=True)
+        # as long as a proxy's window when the proxies' numbers are relative to it (max, p99)
+        floor_seconds = opts.duration if direct_each_run else None
+        direct = measure_direct(upstream_port, opts, workdir, load, seconds=floor_seconds)
+        direct_runs = [direct]
+        print(f"[{name}] direct to upstream: {direct['rps']:,.0f} req/s, "
+              f"p99 {direct['p99_ms']:.2f} ms", flush=True)
         planes: dict[str, DataPlane] = {}
         for proxy in opts.proxies:
             try:
@@ -209,13 +254,18 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
             except (ProcessFailed, Unsupported) as exc:
                 errors[proxy] = str(exc)
         for run in range(1, opts.runs + 1):
+            if direct_each_run and run > 1:  # the floor drifts with the machine: re-measure
+                direct = measure_direct(upstream_port, opts, workdir, load, f"direct-run{run}",
+                                        floor_seconds)
+                direct_runs.append(direct)
             for proxy in opts.proxies:
                 if proxy in errors:
                     continue
                 print(f"[{name}] run {run}/{opts.runs}: {proxy} ...", end=" ", flush=True)
                 try:
-                    result = measure(planes[proxy], run, opts, workdir, upstream.pid)
-                except (ProcessFailed, wrk.WrkError) as exc:
+                    result = measure(planes[proxy], run, opts, workdir, upstream.pid, load,
+                                     direct)
+                except (ProcessFailed, wrk.WrkError, h2load.H2loadError) as exc:
                     print("FAILED", flush=True)
                     errors[proxy] = str(exc)
                     continue
@@ -228,8 +278,10 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
         "description": description,
         "note": note,
         "upstream": upstream_kind,
-        "direct": direct,
+        "direct": direct_runs[0],
+        "direct_runs": direct_runs,
         "runs": runs,
         "errors": errors,
-        **summarise(runs, opts.proxies),
+        "metrics": [list(m) for m in metrics],
+        **summarise(runs, opts.proxies, metrics, goals),
     }

@@ -23,7 +23,8 @@ from benchmarks.mesh import (CLIENT_ACCOUNT, MESH_NAMESPACE, SERVER_ACCOUNT, SER
                              SERVER_LABELS, UPSTREAM_HOST, load_documents, one_hop_yaml,
                              two_hop_yaml)
 from benchmarks.procs import Child, ProcessFailed, free_port, http_get
-from benchmarks.runner import (DataPlane, Options, Sidecar, envoy_sidecar, remora_cmd,
+from benchmarks.report import Goal
+from benchmarks.runner import (DataPlane, Options, Prepare, Sidecar, envoy_sidecar, remora_cmd,
                                run_scenario)
 
 Builders = dict[str, Callable[[], DataPlane]]
@@ -31,9 +32,14 @@ Builders = dict[str, Callable[[], DataPlane]]
 
 # ---- http1-1hop ------------------------------------------------------------------------
 
-def prepare_http1_1hop(workdir: Path, upstream_port: int, opts: Options) -> Builders:
-    """One proxy routing Host `upstream` to the upstream, by one Istio YAML."""
-    mesh_text = one_hop_yaml(upstream_port)
+def prepare_one_hop(yaml_for: Callable[[int], str]) -> Prepare:
+    """A `prepare` for one proxy routing Host `upstream` by the YAML yaml_for(upstream port)."""
+    def prepare(workdir: Path, upstream_port: int, opts: Options) -> Builders:
+        return _one_hop_planes(workdir, yaml_for(upstream_port), opts)
+    return prepare
+
+
+def _one_hop_planes(workdir: Path, mesh_text: str, opts: Options) -> Builders:
     mesh_file = workdir / "mesh.yaml"
     mesh_file.write_text(mesh_text)
 
@@ -58,7 +64,8 @@ def run_http1_1hop(opts: Options) -> dict:
         "http1-1hop",
         "wrk, keep-alive -> proxy (1 worker) -> upstream; Host: upstream; "
         "VirtualService with retries + timeout, DestinationRule outlier detection",
-        prepare_http1_1hop, opts)
+        prepare_one_hop(one_hop_yaml), opts,
+        goals=(Goal("requests/s >= 1.5x Envoy's", "rps", ">=", 1.5),))
 
 
 # ---- mesh-2hop-mtls ----------------------------------------------------------------------
@@ -167,7 +174,8 @@ def run_mesh_2hop_mtls(opts: Options) -> dict:
         f"wrk, keep-alive -> sidecar A (outbound, 1 worker) -> mTLS (ISTIO_MUTUAL, secure "
         f"naming) -> sidecar B (inbound, PeerAuthentication STRICT, 1 worker) -> upstream; "
         f"Host: {SERVER_HOST}; CPU and RSS are both sidecars summed",
-        prepare_mesh_2hop_mtls, opts, note=oversubscription_note(opts))
+        prepare_mesh_2hop_mtls, opts, note=oversubscription_note(opts),
+        goals=(Goal("requests/s >= 1.2x Envoy's", "rps", ">=", 1.2),))
 
 
 def run_mesh_2hop_plain(opts: Options) -> dict:

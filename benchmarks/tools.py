@@ -115,12 +115,14 @@ def remora_version() -> str:
     return ver
 
 
-def tool_versions(envoy: str | None, wrk: str, nginx: str | None) -> dict[str, str]:
+def tool_versions(envoy: str | None, wrk: str, nginx: str | None,
+                  h2load: str = "h2load") -> dict[str, str]:
     """Versions of everything in the measured path, for results.json and the docs."""
     versions = {
         "remora": remora_version(),
         "python": platform.python_version(),
         "wrk": _first_line([wrk, "-v"]).split(" Copyright")[0],
+        "h2load": _first_line([h2load, "--version"]),
     }
     for mod in ("uvloop", "httptools"):
         try:

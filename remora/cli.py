@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from remora.config.duration import parse_duration
 
@@ -194,6 +195,8 @@ def _add_control_commands(sub) -> None:
     proxy_config = client("proxy-config", "a sidecar's routes, clusters or endpoints, from its admin server")
     proxy_config.add_argument("what", choices=["routes", "clusters", "endpoints"])
     proxy_config.add_argument("sidecar", help="node id (or a unique prefix) as `remora status` shows it")
+    sub.add_parser("bench", add_help=False,
+                   help="Remora vs Envoy benchmarks (python -m benchmarks; `remora bench --help`)")
     token = sub.add_parser("token", help="join tokens: the credential a sidecar presents to get its certificate")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = client("create", "a new token; printed on the last line, once", token_sub)
@@ -205,7 +208,24 @@ def _add_control_commands(sub) -> None:
     revoke.add_argument("id", help="token id as `remora token list` shows it (or the whole token)")
 
 
+def _bench(argv: list[str]) -> int:
+    """`remora bench ARGS` runs `python -m benchmarks ARGS` in-process. The harness lives in
+    the source tree (benchmarks/ next to remora/), not in the installed package."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        print(f"remora bench: needs a source checkout: no benchmarks/ next to {root / 'remora'} "
+              "(clone the repository and `pip install -e '.[bench]'`)", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+    return bench_main(argv, prog="remora bench")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every argument, --help included, belongs to the harness
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "proxy":
         return _proxy(args)

@@ -331,8 +331,10 @@ class Circuit:
         self.max_pending = (http and http.http1_max_pending_requests) or UNLIMITED
         self.max_requests = (http and http.http2_max_requests) or UNLIMITED
         self.max_requests_per_connection = (http and http.max_requests_per_connection) or 0
-        # Concurrent retries: max(3, 20% of active requests), and maxRetries when set.
-        self.retry_budget = RetryBudget(max_retries=(http and http.max_retries) or None)
+        # Concurrent retries: Istio sets no retry budget and max_retries 2^32-1 unless
+        # connectionPool.http.maxRetries is set (Envoy's 20% budget would refuse most retries
+        # when one endpoint of three fails half its requests).
+        self.retry_budget = RetryBudget(max_retries=(http and http.max_retries) or None, budget_percent=None)
 
     def hand_over(self, pool: "EndpointPool") -> None:
         """A connection of `pool` went idle: give it to the first waiting request."""
