@@ -84,3 +84,19 @@ def test_idle_deadline_closes_only_expired_connections():
     assert old.transport.closed and not fresh.transport.closed
     assert pool.idle == [fresh]
     loop.close()
+
+
+def test_retries_are_not_budgeted_by_default_as_in_istio():
+    """Without connectionPool.http.maxRetries, concurrent retries are unlimited (Istio sets no budget)."""
+    from types import SimpleNamespace
+
+    from remora.proxy.pool import Circuit
+    circuit = Circuit("outbound|80||flaky")
+    circuit.configure(None)
+    assert circuit.retry_budget.limit(active_requests=100) is None
+    assert all(circuit.retry_budget.try_acquire(active_requests=100) for _ in range(100))
+    http = SimpleNamespace(http1_max_pending_requests=None, http2_max_requests=None,
+                           max_requests_per_connection=None, max_retries=5)
+    policy = SimpleNamespace(connection_pool=SimpleNamespace(tcp=None, http=http))
+    circuit.configure(policy)
+    assert circuit.retry_budget.limit(active_requests=100) == 5
