@@ -6,9 +6,9 @@ Rules:
 - Every problem names the file, the resource (Kind/namespace/name) and the field path.
 - Kinds Remora reads: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule of
   networking.istio.io v1alpha3/v1beta1/v1, Telemetry of telemetry.istio.io
-  v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy of security.istio.io
-  v1beta1/v1. Real mesh kinds it does not implement yet
-  (RequestAuthentication, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
+  v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy, RequestAuthentication of
+  security.istio.io v1beta1/v1. Real mesh kinds it does not implement yet
+  (gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
   a kind nobody knows is an error, because it is almost always a typo.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
@@ -31,6 +31,7 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.validate_jwt import validate_request_authentication
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.model import (
@@ -38,6 +39,7 @@ from remora.config.model import (
     DestinationRuleSpec,
     MeshConfig,
     PeerAuthenticationSpec,
+    RequestAuthenticationSpec,
     Resource,
     ServiceEntrySpec,
     TelemetrySpec,
@@ -86,12 +88,14 @@ SPEC_TYPES: dict[str, type] = {
     "Telemetry": TelemetrySpec,
     "PeerAuthentication": PeerAuthenticationSpec,
     "AuthorizationPolicy": AuthorizationPolicySpec,
+    "RequestAuthentication": RequestAuthenticationSpec,
 }
 # Supported kinds outside networking.istio.io: their group and versions.
 OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Telemetry": ("telemetry.istio.io", ("v1", "v1alpha1")),
     "PeerAuthentication": ("security.istio.io", ("v1", "v1beta1")),
     "AuthorizationPolicy": ("security.istio.io", ("v1", "v1beta1")),
+    "RequestAuthentication": ("security.istio.io", ("v1", "v1beta1")),
 }
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate.validate_service_entry,
@@ -101,6 +105,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "Telemetry": validate_telemetry,
     "PeerAuthentication": validate_peer_authentication,
     "AuthorizationPolicy": validate_authorization_policy,
+    "RequestAuthentication": validate_request_authentication,
 }
 
 # Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
@@ -108,7 +113,6 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
 # Remora understands.
 UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
-    "security.istio.io": frozenset({"RequestAuthentication"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "split.smi-spec.io": frozenset({"TrafficSplit"}),
     "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
@@ -375,6 +379,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         telemetries=tuple(resources["Telemetry"]),
         peer_authentications=tuple(resources["PeerAuthentication"]),
         authorization_policies=tuple(resources["AuthorizationPolicy"]),
+        request_authentications=tuple(resources["RequestAuthentication"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
     )

@@ -338,10 +338,12 @@ class PeerAuthenticationSpec(Spec):
 
 
 class AuthzSource(Spec):
-    """Who sends the request: peer identity (from mTLS) and address."""
+    """Who sends the request: peer identity (from mTLS), JWT principal and address."""
 
     principals: list[str] = []
     not_principals: list[str] = []
+    request_principals: list[str] = []       # `<iss>/<sub>` of the request's verified JWT
+    not_request_principals: list[str] = []
     namespaces: list[str] = []
     not_namespaces: list[str] = []
     ip_blocks: list[str] = []
@@ -389,6 +391,48 @@ class AuthorizationPolicySpec(Spec):
     rules: list[AuthzRule] = []
 
 
+class PolicyTargetReference(Spec):
+    """Istio's targetRef: attaches a policy to a Gateway or a waypoint's Service."""
+
+    group: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+
+
+class JwtHeader(Spec):
+    name: str = ""
+    prefix: str | None = None   # e.g. "Bearer "; the token is what follows it
+
+
+class ClaimToHeader(Spec):
+    header: str = ""
+    claim: str = ""
+
+
+class JwtRule(Spec):
+    """One accepted issuer of a RequestAuthentication (Istio's JWTRule)."""
+
+    issuer: str = ""
+    audiences: list[str] = []
+    jwks_uri: str | None = None
+    jwks: str | None = None      # inline JWKS (JSON); wins over jwksUri, as in Istio
+    from_headers: list[JwtHeader] = []
+    from_params: list[str] = []
+    from_cookies: list[str] = []
+    output_payload_to_header: str | None = None
+    forward_original_token: bool = False
+    output_claim_to_headers: list[ClaimToHeader] = []
+    timeout: str | None = None   # jwksUri fetch timeout (default 5s)
+
+
+class RequestAuthenticationSpec(Spec):
+    selector: TelemetrySelector | None = None
+    target_ref: PolicyTargetReference | None = None
+    target_refs: list[PolicyTargetReference] = []
+    jwt_rules: list[JwtRule] = []
+
+
 # ---- resources and the whole set ---------------------------------------------------------
 
 S = TypeVar("S")
@@ -428,6 +472,7 @@ class MeshConfig:
     telemetries: tuple[Resource[TelemetrySpec], ...] = ()
     peer_authentications: tuple[Resource[PeerAuthenticationSpec], ...] = ()
     authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
+    request_authentications: tuple[Resource[RequestAuthenticationSpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
 
@@ -435,5 +480,5 @@ class MeshConfig:
         """Every resource of every kind, kind by kind."""
         for group in (self.service_entries, self.workload_entries, self.virtual_services,
                       self.destination_rules, self.telemetries, self.peer_authentications,
-                      self.authorization_policies):
+                      self.authorization_policies, self.request_authentications):
             yield from group

@@ -323,6 +323,8 @@ class Worker:
             if listener.inbound:
                 for name, value in listener.rbac.as_dict().items():
                     out[f"http.{listener.name}.rbac.{name}"] = value
+                for name, value in listener.jwt_authn.as_dict().items():
+                    out[f"http.{listener.name}.jwt_authn.{name}"] = value
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1
