@@ -70,7 +70,7 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "000-08-VirtualService-my-service-canary.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[0].route[1].destination.subset")),
     "000-09-VirtualService-my-service-ab-test.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[1].route[0].destination.subset")),
     "000-10-VirtualService-my-service-fault-injection.yaml": ("loads", ()),
-    "000-12-RequestAuthentication-jwt-auth.yaml": ("skipped", ("RequestAuthentication",)),
+    "000-12-RequestAuthentication-jwt-auth.yaml": ("loads", ()),
     "000-13-AuthorizationPolicy-my-service-authz.yaml": ("loads", ()),
     "000-14-DestinationRule-my-service-optimized.yaml": ("loads", ()),
     "000-15-VirtualService-my-service-cached.yaml": ("loads", ()),
@@ -88,13 +88,13 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "002-07-VirtualService-payment-service-fault.yaml": ("loads", ()),
     "002-08-PeerAuthentication-default.yaml": ("loads", ()),
     "002-09-AuthorizationPolicy-user-service-authz.yaml": ("loads", ()),
-    "002-10-RequestAuthentication-jwt-auth.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
+    "002-10-RequestAuthentication-jwt-auth.yaml": ("loads", ()),
     "002-11-ServiceEntry-user-service-cluster2.yaml": ("rejected", ("spec.endpoints[0].address",)),
     "002-12-VirtualService-user-service-global.yaml": ("rejected", ("spec.http[0].route[0].destination.host", "spec.http[1].route[0].destination.host")),
     "002-14-Sidecar-default.yaml": ("skipped", ("Sidecar",)),
     "002-15-DestinationRule-high-throughput-service.yaml": ("loads", ()),
     "003-02-Gateway-blog-gateway.yaml": ("rejected", ("spec.trafficPolicy.circuitBreaker", "spec.http[1].route[0].destination.host")),
-    "003-03-PeerAuthentication-default.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
+    "003-03-PeerAuthentication-default.yaml": ("loads", ()),
     "003-06-TrafficSplit-blog-api-split.yaml": ("skipped", ("TrafficSplit", "HTTPRouteGroup", "TrafficTarget")),
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": ("skipped", ("ServiceProfile",)),
     "003-08-ServiceIntentions-blog-api-intentions.yaml": ("skipped", ("ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver")),
@@ -123,7 +123,8 @@ def fixture_outcome(path: Path) -> tuple[str, str, str]:
         return ", ".join(kinds), "rejected", detail
     loaded = [r.ref for group in (config.service_entries, config.workload_entries,
                                    config.virtual_services, config.destination_rules,
-                                   config.peer_authentications, config.authorization_policies) for r in group]
+                                   config.peer_authentications, config.authorization_policies,
+                                   config.request_authentications) for r in group]
     if not loaded:
         return ", ".join(kinds), "skipped", f"{len(config.warnings)} document(s) skipped with a warning"
     notes = f"; {len(config.warnings)} warning(s)" if config.warnings else ""
@@ -159,7 +160,7 @@ def test_fixture_file_outcome(name: str) -> None:
         return
     config = load_mesh_config([path])
     resources = (config.service_entries + config.workload_entries + config.virtual_services + config.destination_rules
-                 + config.peer_authentications + config.authorization_policies)
+                 + config.peer_authentications + config.authorization_policies + config.request_authentications)
     if result == "loads":
         assert resources
     else:
@@ -367,7 +368,6 @@ def test_supported_api_versions(api_version: str) -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        ("security.istio.io/v1", "RequestAuthentication"),
         ("networking.istio.io/v1", "Gateway"),
         ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),

@@ -309,5 +309,14 @@ def test_no_applicable_policy_no_rbac_filter():
 def test_untranslated_when_key_is_refused_with_its_path():
     """A `when` key (JWT claims) is refused naming the policy and field, never dropped."""
     text = AUTHZ_YAML.replace("key: source.ip,", "key: 'request.auth.claims[iss]',")
-    with pytest.raises(Unsupported, match=r"allow-frontend: spec.rules\[0\].when\[1\].key"):
+    with pytest.raises(Unsupported, match=r"allow-frontend spec.rules\[0\].when\[1\].key request.auth.claims"):
+        _inbound_filters(text, {"app": "reviews"})
+
+
+def test_request_principals_are_refused_with_their_path():
+    """requestPrincipals (JWT) is refused naming the policy and field, never dropped."""
+    text = "kind: AuthorizationPolicy\napiVersion: security.istio.io/v1\n" \
+        "metadata: {name: require-jwt, namespace: shop}\n" \
+        "spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n"
+    with pytest.raises(Unsupported, match=r"require-jwt spec.rules\[0\].from\[0\].source.requestPrincipals"):
         _inbound_filters(text, {"app": "reviews"})
