@@ -337,6 +337,10 @@ def _proxy(args) -> int:
         config = _load(args.mesh_config)
         if config is None:
             return 1
+        if config.request_authentications:
+            # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
+            from remora.xds.jwks_fetch import fetch_for_files
+            config = fetch_for_files(config, lambda line: print(f"remora proxy: {line}", file=sys.stderr))
     options = ProxyOptions(
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,

@@ -110,3 +110,46 @@ def _public_key(index: int, jwk: Any) -> PublicKey:
     if alg is not None and not public.fits(alg):
         raise JwksError(f"{where}: alg {alg} does not fit a {family} key")
     return public
+
+
+# ---- where a rule's keys come from, and inlining fetched keys ----------------------------
+
+DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
+
+
+def key_source(rule) -> str | None:
+    """The URL a jwtRule's keys are fetched from: its `jwksUri`, or with neither `jwks` nor
+    `jwksUri` the issuer's OpenID discovery document (as istiod does); None for inline keys."""
+    if rule.jwks is not None:
+        return None
+    if rule.jwks_uri:
+        return rule.jwks_uri
+    return rule.issuer.rstrip("/") + DISCOVERY_SUFFIX
+
+
+def key_sources(config) -> dict[str, float]:
+    """Every URL the config's RequestAuthentications need keys from -> its fetch timeout (s)."""
+    from remora.config.duration import parse_duration
+    sources: dict[str, float] = {}
+    for resource in config.request_authentications:
+        for rule in resource.spec.jwt_rules:
+            source = key_source(rule)
+            if source is not None:
+                timeout = parse_duration(rule.timeout) if rule.timeout else 5.0
+                sources[source] = max(sources.get(source, 0.0), timeout)
+    return sources
+
+
+def with_fetched_keys(resource, keys: dict[str, str]):
+    """A RequestAuthentication with the fetched JWKS of its rules inlined as `jwks` (the
+    rule keeps its `jwksUri`, so dumps show where the keys came from); unchanged when
+    nothing applies. Rules whose keys were never fetched stay without `jwks`: the sidecar
+    fails their tokens (401), as Istio does with its placeholder key."""
+    import msgspec
+    from dataclasses import replace
+    rules = resource.spec.jwt_rules
+    new_rules = [msgspec.structs.replace(rule, jwks=keys[key_source(rule)])
+                 if key_source(rule) in keys else rule for rule in rules]
+    if all(a is b for a, b in zip(rules, new_rules)):
+        return resource
+    return replace(resource, spec=msgspec.structs.replace(resource.spec, jwt_rules=new_rules))

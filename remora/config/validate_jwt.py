@@ -10,6 +10,8 @@ Remora's additions:
   protect nothing: refused, naming `selector` as the way to pick workloads.
 - an inline `jwks` must hold public signing keys Remora can verify with (RSA, EC P-256/
   384/521, Ed25519); symmetric `oct` keys are refused (remora/config/jwks.py).
+- a rule with neither `jwks` nor `jwksUri` gets its keys by OpenID discovery from the
+  issuer (as istiod), so the issuer must then be an http(s) URL;
 - output header names must be valid HTTP field names and must not be headers the proxy
   owns (Host, framing, hop-by-hop).
 """
@@ -57,6 +59,9 @@ def validate_request_authentication(spec: RequestAuthenticationSpec, path: str =
             problem = jwks_uri_problem(rule.jwks_uri)
             if problem:
                 problems.append(Problem(f"{where}.jwksUri", problem))
+        if rule.jwks is None and not rule.jwks_uri and rule.issuer and jwks_uri_problem(rule.issuer):
+            problems.append(Problem(f"{where}.jwksUri", "set jwks or jwksUri: the issuer is not an http(s) URL, so "
+                                    "its keys cannot be found by OpenID discovery"))
         if rule.jwks is not None:
             try:
                 parse_jwks(rule.jwks)

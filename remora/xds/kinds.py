@@ -15,6 +15,7 @@ SHORT_NAMES: dict[str, str] = {
     "Telemetry": "telemetry",
     "PeerAuthentication": "pa",
     "AuthorizationPolicy": "ap",
+    "RequestAuthentication": "ra",
 }
 
 _SPELLINGS: dict[str, str] = {}

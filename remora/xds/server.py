@@ -34,6 +34,7 @@ from remora.xds import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
 from remora.xds.protocol import Hello
@@ -57,6 +58,8 @@ class ControlSettings:
     grace_period: float = 10.0
     debounce: float = 0.1
     max_debounce: float = 1.0
+    jwks_refresh_interval: float = 20 * 60.0   # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL
+    jwks_retry_interval: float = 30.0          # a jwksUri never fetched yet is retried this often
     poll_interval: float = 0.5
     hello_timeout: float = 10.0
     heartbeat: float = 15.0
@@ -92,6 +95,8 @@ class ControlServer:
         self.store = ConfigStore(settings.config_dir, settings.state_dir,
                                  extra=self.registry.documents, on_error=self._config_failed)
         self.sessions: dict[str, StreamSession] = {}
+        self.jwks = JwksFetcher(self.metrics, log, self._jwks_changed,
+                                settings.jwks_refresh_interval, settings.jwks_retry_interval)
         self.cache = SnapshotCache(self.store.config)
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
@@ -112,7 +117,8 @@ class ControlServer:
             self.log(f"restored {restored} registered sidecar(s); each is removed in "
                      f"{self.registry.grace_period:g}s unless it reconnects")
         self.store.start()
-        self.cache = SnapshotCache(self.store.config)
+        self.jwks.config_changed(self.store.config)
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config))
         self.metrics.set_version(self.store.config.version)
         for warning in self.store.config.warnings:
             self.log(f"warning: {warning}")
@@ -156,8 +162,15 @@ class ControlServer:
             self.store.rebuild("registry")
         if self.store.config.version == self.cache.version:
             return
-        self.cache = SnapshotCache(self.store.config, first_change)
+        self.jwks.config_changed(self.store.config)
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change)
         self.metrics.set_version(self.cache.version)
+        for session in self.sessions.values():
+            session.notify()
+
+    def _jwks_changed(self) -> None:
+        """Fetched keys changed (first fetch, rotation): same config version, new policies."""
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), asyncio.get_running_loop().time())
         for session in self.sessions.values():
             session.notify()
 
@@ -291,8 +304,8 @@ class ControlServer:
                   "resources": len(self.store.resources()),
                   "last_error": None if error is None else {"at": _iso(error.at), "source": error.source,
                                                             "errors": error.errors}}
-        return web.json_response({"config": config, "sidecars": [self._sidecar(node_id)
-                                                                 for node_id in sorted(self.registry.nodes)]})
+        return web.json_response({"config": config, "jwks": self.jwks.status(),
+                                  "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)]})
 
     def _sidecar(self, node_id: str) -> dict:
         registration = self.registry.nodes[node_id]
@@ -349,6 +362,7 @@ class ControlServer:
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
+        self._tasks.append(asyncio.create_task(self.jwks.run()))
         if self.settings.config_dir is not None:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))
