@@ -151,6 +151,9 @@ def _add_control_commands(sub) -> None:
                          help="quiet time after a change before pushing")
     control.add_argument("--max-debounce", type=_seconds, default=1.0,
                          help="longest a push waits under a constant stream of changes")
+    control.add_argument("--jwks-refresh-interval", type=_seconds, default=1200.0,
+                         help="how often RequestAuthentication jwksUri keys are fetched again "
+                              "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, default 20m)")
     control.add_argument("--admin-token-file", default=None, metavar="FILE",
                          help="the admin token (a Kubernetes Secret, say) the admin API requires; default: "
                               "<state-dir>/admin-token, created 0600 on first start (without --state-dir: "

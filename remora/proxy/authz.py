@@ -12,6 +12,9 @@ Semantics follow Istio (security.istio.io AuthorizationPolicy):
   matches everything, so the empty rule `{}` matches every request.
 - Inside a source/operation every set field must match; a field matches when any of its
   values does and none of its not-variant's values does.
+- JWT attributes (`requestPrincipals`, `request.auth.principal|audiences|presenter|claims[..]`)
+  read `AuthzRequest.request_auth`, the token jwt_authn.py verified; without one they
+  match no value (only not-lists pass). A list claim matches when any of its strings does.
 - Strings: exact `abc`, prefix `abc*`, suffix `*abc`, presence `*` (validated by
   remora.config.validate_security). Hosts compare case-insensitively, with or without the
   port; paths are compared without the query string.

@@ -1,7 +1,8 @@
 """What the inbound listener enforces for this workload, compiled once per config version.
 
-`InboundPolicy` holds the mTLS mode of the app port (PeerAuthentication) and the compiled
-AuthorizationPolicies (Authorizer) for the sidecar's own workload (namespace and labels
+`InboundPolicy` holds the mTLS mode of the app port (PeerAuthentication), the compiled
+RequestAuthentications (JwtAuthenticator) and AuthorizationPolicies (Authorizer) for the
+sidecar's own workload (namespace and labels
 from --namespace / --labels). A Snapshot builds one; the inbound acceptor reads the mode
 when it accepts a connection and the listener checks each request head against the
 authorizer, so a config push applies to the next connection (mode) and the next request

@@ -348,7 +348,8 @@ def run_control(args) -> int:
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
-                               admin_token_file=args.admin_token_file)
+                               admin_token_file=args.admin_token_file,
+                               jwks_refresh_interval=args.jwks_refresh_interval)
     server = ControlServer(settings)
     try:
         server.load()

@@ -39,6 +39,7 @@ class JwksServer:
 
     def __init__(self, body: str) -> None:
         self.body = body
+        self.status = 200
         self.hits = 0
         outer = self
 
@@ -46,7 +47,7 @@ class JwksServer:
             def do_GET(self):   # noqa: N802
                 outer.hits += 1
                 data = outer.body.encode()
-                self.send_response(200 if self.path == "/jwks.json" else 404)
+                self.send_response(outer.status if self.path == "/jwks.json" else 404)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
@@ -210,3 +211,42 @@ def test_control_server_fetches_jwks_uri_and_pushes_keys(upstreams, jwks_server)
             stop(sidecar)
         assert control.stop() == 0, control.stderr()
         shutil.rmtree(control.dir, ignore_errors=True)
+
+
+def _wait(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_control_server_refreshes_keys_and_keeps_them_when_the_idp_fails(upstreams):
+    """Key rotation reaches sidecars on refresh; a failing jwksUri keeps the last good keys, counted."""
+    old, new = Keys("old"), Keys("new")
+    idp = JwksServer(old.jwks())
+    control = ControlProcess({"jwt.yaml": jwt_example(jwks_uri=idp.uri)}, "--jwks-refresh-interval", "0.5s").wait_ready()
+    sidecar = None
+    try:
+        sidecar = ProxyProcess(None, *IDENTITY, "--drain-seconds", "1", control=control.url,
+                               inbound_app_port=upstreams.ports["echo"]).wait_ready()
+        _wait(lambda: get(sidecar, old.token()).status == 200, "the first keys")
+        idp.body = new.jwks()                      # the IdP rotates its signing key
+        _wait(lambda: get(sidecar, new.token()).status == 200, "the rotated keys")
+        assert get(sidecar, old.token()).status == 401
+        idp.status = 503                           # the IdP fails: last good keys stay
+        hits = idp.hits
+        _wait(lambda: idp.hits >= hits + 2, "refresh attempts")
+        assert get(sidecar, new.token()).status == 200
+        assert "jwks fetch failed: HTTP 503" in control.stderr()
+        with urllib.request.urlopen(f"{control.url}/metrics", timeout=5) as r:
+            assert b"remora_control_jwks_resolver_network_fetch_fail_total" in r.read()
+        _, body = control.request("GET", "/v1/status")
+        assert body["jwks"][idp.uri]["last_error"].startswith("HTTP 503")
+    finally:
+        if sidecar is not None:
+            stop(sidecar)
+        assert control.stop() == 0, control.stderr()
+        shutil.rmtree(control.dir, ignore_errors=True)
+        idp.stop()
