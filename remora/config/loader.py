@@ -39,13 +39,13 @@ from remora.config.model import (
     DestinationRuleSpec,
     MeshConfig,
     PeerAuthenticationSpec,
-    RequestAuthenticationSpec,
     Resource,
     ServiceEntrySpec,
     TelemetrySpec,
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
+from remora.config.model_jwt import RequestAuthenticationSpec
 from remora.config.references import HostIndex, check_destinations
 from remora.config.schema import Problem, convert_spec
 

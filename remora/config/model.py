@@ -9,9 +9,12 @@ Semantic rules (regexes compile, weights add up, subsets exist) live in the load
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterator, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from remora.config.model_jwt import RequestAuthenticationSpec
 
 
 class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True,
@@ -389,48 +392,6 @@ class AuthorizationPolicySpec(Spec):
     action: str | None = None   # ALLOW (default) | DENY | AUDIT; CUSTOM is rejected
     # No rules: an ALLOW policy then allows nothing (Istio's deny-all), DENY denies nothing.
     rules: list[AuthzRule] = []
-
-
-class PolicyTargetReference(Spec):
-    """Istio's targetRef: attaches a policy to a Gateway or a waypoint's Service."""
-
-    group: str | None = None
-    kind: str | None = None
-    name: str | None = None
-    namespace: str | None = None
-
-
-class JwtHeader(Spec):
-    name: str = ""
-    prefix: str | None = None   # e.g. "Bearer "; the token is what follows it
-
-
-class ClaimToHeader(Spec):
-    header: str = ""
-    claim: str = ""
-
-
-class JwtRule(Spec):
-    """One accepted issuer of a RequestAuthentication (Istio's JWTRule)."""
-
-    issuer: str = ""
-    audiences: list[str] = []
-    jwks_uri: str | None = None
-    jwks: str | None = None      # inline JWKS (JSON); wins over jwksUri, as in Istio
-    from_headers: list[JwtHeader] = []
-    from_params: list[str] = []
-    from_cookies: list[str] = []
-    output_payload_to_header: str | None = None
-    forward_original_token: bool = False
-    output_claim_to_headers: list[ClaimToHeader] = []
-    timeout: str | None = None   # jwksUri fetch timeout (default 5s)
-
-
-class RequestAuthenticationSpec(Spec):
-    selector: TelemetrySelector | None = None
-    target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] = []
-    jwt_rules: list[JwtRule] = []
 
 
 # ---- resources and the whole set ---------------------------------------------------------

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from remora.config.duration import parse_duration
 from remora.config.jwks import JwksError, parse_jwks
-from remora.config.model import RequestAuthenticationSpec
+from remora.config.model_jwt import RequestAuthenticationSpec
 from remora.config.schema import Problem
 from remora.config.validate_security import _selector
 

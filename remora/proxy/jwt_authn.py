@@ -45,7 +45,8 @@ from urllib.parse import parse_qsl
 from jwt.algorithms import get_default_algorithms
 
 from remora.config.jwks import ALGORITHMS, PublicKey, parse_jwks
-from remora.config.model import JwtRule, RequestAuthenticationSpec, Resource
+from remora.config.model import Resource
+from remora.config.model_jwt import JwtRule, RequestAuthenticationSpec
 from remora.proxy.authz import applies_to
 from remora.proxy.counters import Counters
 from remora.proxy.telemetry_policy import ROOT_NAMESPACE
