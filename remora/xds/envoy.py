@@ -9,7 +9,8 @@ listener in front of the local app, mTLS by PeerAuthentication).
 
 Translated: ServiceEntry (STATIC, DNS) + WorkloadEntry endpoints and DestinationRule
 (envoy_clusters.py), VirtualService (envoy_routes.py), Istio mutual TLS and
-PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py). Anything else raises `Unsupported` naming the resource
+PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py),
+RequestAuthentication with inline keys (envoy_jwt.py). Anything else raises `Unsupported` naming the resource
 and field path, so Envoy never silently runs a different route than Remora.
 Envoy is tuned as its "best practices for benchmarking Envoy" FAQ advises: circuit breakers
 effectively off unless the DestinationRule sets them, generate_request_id off,
@@ -22,6 +23,7 @@ from typing import Any
 
 from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_traffic_policy,
                                        build_clusters, cluster_name, services)
+from remora.xds.envoy_jwt import jwt_filters
 from remora.xds.envoy_rbac import rbac_filters
 from remora.xds.envoy_routes import (FAULT_FILTER, ISTIO_DEFAULT_RETRY_ON, uses_fault,
                                      virtual_hosts)
@@ -34,10 +36,11 @@ DEFAULT_TRUST_DOMAIN = "cluster.local"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-# Each side reads what concerns it: PeerAuthentication and AuthorizationPolicy are enforced
-# by the server's sidecar, routes and clusters by the client's (as in Istio).
+# Each side reads what concerns it: PeerAuthentication, AuthorizationPolicy and
+# RequestAuthentication are enforced by the server's sidecar, routes and clusters by the
+# client's (as in Istio).
 _KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
-          "PeerAuthentication", "AuthorizationPolicy"}
+          "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
 
 
 def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dict]]:
@@ -81,7 +84,8 @@ def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
     """The Envoy bootstrap (as a dict) serving the docs' routes on 127.0.0.1:listen_port.
 
     cert_dir is the client workload's certificate directory, needed when a cluster uses
-    Istio mutual TLS. PeerAuthentication and AuthorizationPolicy are accepted and ignored:
+    Istio mutual TLS. PeerAuthentication, AuthorizationPolicy and RequestAuthentication are
+    accepted and ignored:
     they govern the server's side.
     """
     by_kind = _by_kind(docs, _KINDS, "outbound")
@@ -109,7 +113,8 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
     Like Istio's inbound path: every request goes to the local app (no retries, no route
     timeout), mTLS as PeerAuthentication says for this workload and port, and the
     caller's identity in x-forwarded-client-cert (what a caller sent there is dropped).
-    AuthorizationPolicies that apply to the workload become RBAC filters (envoy_rbac.py).
+    RequestAuthentications that apply become the jwt_authn filter (envoy_jwt.py), before the
+    RBAC filters of the AuthorizationPolicies (envoy_rbac.py).
     """
     by_kind = _by_kind(docs, _KINDS, "inbound")
     cluster = f"inbound|{app_port}||"
@@ -118,7 +123,8 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
                          "route": {"cluster": cluster, "timeout": "0s"}}]}
     hcm = _http_connection_manager(
         f"inbound_127.0.0.1_{inbound_port}", "inbound", [vhost],
-        rbac_filters(by_kind.get("AuthorizationPolicy", []), namespace, labels, app_port),
+        jwt_filters(by_kind.get("RequestAuthentication", []), namespace, labels)
+        + rbac_filters(by_kind.get("AuthorizationPolicy", []), namespace, labels, app_port),
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True})
     try:

@@ -20,6 +20,7 @@ from benchmarks.tools import MissingTool, find_envoy
 from examples.topology import render_route
 from remora.config.loader import load_mesh_text
 from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
+from tests.jwt_tokens import Keys, jwt_example
 from tests.envoy_render_inputs import (AUTHZ_YAML, FEATURES_YAML, FIXTURES, RENDERED_FIXTURES, ROOT,
                                        UNSUPPORTED_FIXTURES, documents, with_stand_in_services)
 
@@ -80,6 +81,13 @@ INBOUND = {
     "002-09": ("002-09-AuthorizationPolicy-user-service-authz.yaml", "default",
                {"app": "user-service"}),
     "003-12": ("003-12-AuthorizationPolicy-deny-all.yaml", "default", {}),
+    # Two jwtRules (Istio's multi-provider requirement), every provider field rendered.
+    "jwt": (jwt_example(Keys().jwks(), namespace="foo", extra=(
+        "    audiences: [httpbin]\n    outputPayloadToHeader: x-jwt-payload\n    forwardOriginalToken: true\n"
+        "    fromHeaders: [{name: x-token, prefix: 'Bearer '}]\n    fromParams: [token]\n"
+        "    fromCookies: [session]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n"
+        "  - issuer: https://idp.example.com\n    jwks: '" + Keys().jwks() + "'\n")),
+        "foo", {"app": "httpbin"}),
 }
 
 

@@ -320,3 +320,32 @@ def test_request_principals_are_refused_with_their_path():
         "spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n"
     with pytest.raises(Unsupported, match=r"require-jwt spec.rules\[0\].from\[0\].source.requestPrincipals"):
         _inbound_filters(text, {"app": "reviews"})
+
+
+def test_request_authentication_becomes_jwt_authn_before_rbac():
+    """Inline-key rules become jwt_authn providers (Istio's allow_missing requirement), before RBAC."""
+    from tests.jwt_tokens import ISSUER, Keys, jwt_example
+    jwks = Keys().jwks()
+    text = jwt_example(jwks, namespace="shop", extra="    outputPayloadToHeader: x-jwt-payload\n"
+                       "    fromHeaders: [{name: x-token, prefix: 'Bearer '}]\n")
+    text += "---\nkind: AuthorizationPolicy\napiVersion: security.istio.io/v1\n" \
+        "metadata: {name: deny-all, namespace: shop}\nspec: {}\n"
+    filters = _inbound_filters(text, {"app": "httpbin"})
+    assert [f["name"] for f in filters] == ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac",
+                                            "envoy.filters.http.router"]
+    config = filters[0]["typed_config"]
+    provider = config["providers"]["origins-0"]
+    assert provider["issuer"] == ISSUER and provider["local_jwks"] == {"inline_string": jwks}
+    assert provider["forward_payload_header"] == "x-jwt-payload"
+    assert provider["from_headers"] == [{"name": "x-token", "value_prefix": "Bearer "}]
+    assert config["rules"][0]["requires"] == {"requires_any": {"requirements": [
+        {"provider_name": "origins-0"}, {"allow_missing": {}}]}}
+    assert config["bypass_cors_preflight"] is True
+
+
+def test_jwks_uri_is_refused_for_envoy_with_its_path():
+    """A rule with only jwksUri (keys fetched at run time) is refused naming the field."""
+    from tests.jwt_tokens import jwt_example
+    text = jwt_example(jwks_uri="https://idp.example.com/jwks.json", namespace="shop")
+    with pytest.raises(Unsupported, match=r"jwt-example spec.jwtRules\[0\].jwksUri"):
+        _inbound_filters(text, {"app": "httpbin"})
