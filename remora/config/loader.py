@@ -126,7 +126,6 @@ UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "ReferenceGrant"}),
 }
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-_MESH_GATEWAY = "mesh"  # Istio's reserved gateway name for "all sidecars"
 
 
 def _supported_group(kind: str) -> str:
@@ -344,12 +343,6 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
                     collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
                 else:
                     collector.warnings.append(f"{item.ref}: {problem.path}: {problem.message}")
-            if item.spec.gateways and _MESH_GATEWAY not in item.spec.gateways:
-                collector.warnings.append(
-                    f"{item.ref} in {item.document.source} is bound to gateways "
-                    f"{', '.join(item.spec.gateways)}, not to 'mesh': Istio would apply it only at "
-                    "those gateways; Remora has no gateways yet and applies it at the sidecar"
-                )
     collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:

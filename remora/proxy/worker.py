@@ -76,7 +76,8 @@ class Snapshot:
         self.version = config.version
         self.loaded_at = time.time()
         self.services = build_clusters(config)
-        self.outbound: RouteTable = build_route_table(config, self.services)
+        self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
+                                                      options.identity.namespace)
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
         self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)

@@ -204,10 +204,11 @@ def test_fixture_virtual_service_loads_with_its_destination_rule() -> None:
     assert [vs.name for vs in config.virtual_services] == ["reviews"]
 
 
-def test_gateway_bound_virtual_service_warns() -> None:
-    """A VirtualService bound to gateways but not 'mesh' loads with a warning saying so."""
+def test_gateway_bound_virtual_service_loads_without_warning() -> None:
+    """A VirtualService bound to gateways but not 'mesh' is valid Istio: it loads, silently (sidecars skip it)."""
     config = load_mesh_config([FIXTURES / "000-07-VirtualService-my-service-vs.yaml"])
-    assert any("my-gateway" in w and "'mesh'" in w for w in config.warnings)
+    assert [vs.name for vs in config.virtual_services] == ["my-service-vs"]
+    assert not any("my-gateway" in w for w in config.warnings)
 
 
 def test_several_destination_rules_for_one_host_warn() -> None:
