@@ -8,8 +8,10 @@ Rules:
   networking.istio.io v1alpha3/v1beta1/v1, Telemetry of telemetry.istio.io
   v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy of security.istio.io
   v1beta1/v1. Real mesh kinds it does not implement yet
-  (RequestAuthentication, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
-  a kind nobody knows is an error, because it is almost always a typo.
+  (RequestAuthentication, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning,
+  unless skipping would leave traffic less protected than written (another mesh's
+  authorization, a REGISTRY_ONLY Sidecar, a security EnvoyFilter: unenforced.py), which is
+  an error; a kind nobody knows is an error, because it is almost always a typo.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
   same version.
@@ -46,6 +48,7 @@ from remora.config.model import (
 )
 from remora.config.references import HostIndex, check_destinations
 from remora.config.schema import Problem, convert_spec
+from remora.config.unenforced import unenforced_security
 
 
 @dataclass(frozen=True)
@@ -408,7 +411,12 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     if not _check_kind(kind, api_version, report):
         return None
     if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != _supported_group(kind):
-        # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API
+        # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API.
+        # Skipping is safe only when it leaves traffic no less protected (unenforced.py).
+        refused = unenforced_security(api_version.rpartition("/")[0], kind, body.get("spec"))
+        if refused is not None:
+            report(refused.path, refused.message)
+            return None
         collector.warnings.append(f"skipped unsupported kind {kind} ({namespace}/{shown_name}) in {source}")
         return None
 

@@ -95,9 +95,9 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "002-15-DestinationRule-high-throughput-service.yaml": ("loads", ()),
     "003-02-Gateway-blog-gateway.yaml": ("rejected", ("spec.trafficPolicy.circuitBreaker", "spec.http[1].route[0].destination.host")),
     "003-03-PeerAuthentication-default.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
-    "003-06-TrafficSplit-blog-api-split.yaml": ("skipped", ("TrafficSplit", "HTTPRouteGroup", "TrafficTarget")),
+    "003-06-TrafficSplit-blog-api-split.yaml": ("rejected", ("kind",)),
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": ("skipped", ("ServiceProfile",)),
-    "003-08-ServiceIntentions-blog-api-intentions.yaml": ("skipped", ("ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver")),
+    "003-08-ServiceIntentions-blog-api-intentions.yaml": ("rejected", ("kind",)),
     "003-12-AuthorizationPolicy-deny-all.yaml": ("loads", ()),
 }
 
@@ -377,13 +377,50 @@ def test_supported_api_versions(api_version: str) -> None:
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
         ("linkerd.io/v1alpha2", "ServiceProfile"),
-        ("consul.hashicorp.com/v1alpha1", "ServiceIntentions"),
+        ("consul.hashicorp.com/v1alpha1", "ServiceDefaults"),
     ],
 )
 def test_unsupported_mesh_kinds_are_skipped_with_a_warning(api_version: str, kind: str) -> None:
     """A real mesh kind Remora does not implement yet is a warning naming kind, resource and file."""
     config = load_mesh_text(f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: ns}}\nspec: {{}}\n", "f.yaml")
     assert config.warnings == (f"skipped unsupported kind {kind} (ns/x) in f.yaml",)
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "spec", "field"),
+    [
+        ("policy.linkerd.io/v1beta1", "ServerAuthorization", "{}", "kind"),
+        ("policy.linkerd.io/v1alpha1", "AuthorizationPolicy", "{}", "kind"),
+        ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication", "{}", "kind"),
+        ("consul.hashicorp.com/v1alpha1", "ServiceIntentions", "{}", "kind"),
+        ("access.smi-spec.io/v1alpha3", "TrafficTarget", "{}", "kind"),
+        ("networking.istio.io/v1", "Sidecar", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}",
+         "spec.outboundTrafficPolicy.mode"),
+        ("networking.istio.io/v1", "Sidecar", "{ingress: [{port: {number: 80}, tls: {mode: SIMPLE}}]}",
+         "spec.ingress[0].tls"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter",
+         "{configPatches: [{applyTo: HTTP_FILTER, patch: {value: {name: envoy.filters.http.ext_authz}}}]}",
+         "spec.configPatches"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin", "{phase: AUTHN, url: oci://x}", "spec.phase"),
+    ],
+)
+def test_unenforced_security_kinds_are_refused_not_skipped(api_version, kind, spec, field) -> None:
+    """A skipped kind that would grant, deny, authenticate or set TLS makes the config invalid, naming resource and field."""
+    text = f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: ns}}\nspec: {spec}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_mesh_text(text, "f.yaml")
+    [issue] = caught.value.issues
+    assert issue.resource == f"{kind}/ns/x" and issue.field_path == field and issue.file == "f.yaml"
+
+
+def test_harmless_sidecar_and_envoy_filter_are_still_skipped() -> None:
+    """A Sidecar limiting visible hosts and an EnvoyFilter tuning buffers stay warnings (routing, not protection)."""
+    text = ("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n"
+            "spec: {egress: [{hosts: [./*]}]}\n---\n"
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: e}\n"
+            "spec: {configPatches: [{applyTo: LISTENER, patch: {value: {per_connection_buffer_limit_bytes: 1024}}}]}\n")
+    config = load_mesh_text(text, "f.yaml")
+    assert len(config.warnings) == 2
 
 
 def test_unknown_kind_is_an_error_with_a_suggestion() -> None:
