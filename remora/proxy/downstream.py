@@ -284,7 +284,7 @@ class DownstreamHttp1(asyncio.Protocol):
             # `GET / HTTP/2.0` parses as HTTP/1 framing; forwarding it as 1.1 would lie.
             raise BadRequest(505, b"HTTP version not supported")
         url = self.url
-        if b"#" in url:
+        if url.find(b"#") >= 0:
             raise BadRequest(400, b"fragment in request target")   # as Envoy answers
         if url[:1] != b"/" and url != b"*":
             if parser.get_method() == b"CONNECT":

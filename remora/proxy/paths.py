@@ -62,18 +62,19 @@ class PathNormalizer:
         """The normalized origin-form target (path and query); raises InvalidPath."""
         if not self.active:
             return target
-        q = target.find(b"?")
-        path = target if q < 0 else target[:q]
-        if path[:1] != b"/":
+        if target[:1] != b"/":
             return target            # `*` (OPTIONS) has no path to normalize
-        # Fast path: nothing any rule could change (most requests).
-        if (b"%" not in path and b"/." not in path and b"\\" not in path
-                and not (self.merge_slashes and b"//" in path)):
+        end = target.find(b"?")
+        path = target if end < 0 else target[:end]
+        # Fast path: nothing any rule could change (most requests). bytes.find is about
+        # half the cost of `in` here.
+        if (path.find(b"%") < 0 and path.find(b"/.") < 0 and path.find(b"\\") < 0
+                and (not self.merge_slashes or path.find(b"//") < 0)):
             return target
         normalized = normalize_path(path, self.decode_slashes, self.merge_slashes)
         if normalized is path:
             return target
-        return normalized if q < 0 else normalized + target[q:]
+        return normalized if end < 0 else normalized + target[end:]
 
 
 def escaped_slash_variant(target: bytes) -> bytes | None:

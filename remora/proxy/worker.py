@@ -363,7 +363,8 @@ class Worker:
         return {
             "version": snap.version,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
-            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}"} for l in self.listeners],
+            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}",
+                           "path_normalization": l.paths.level} for l in self.listeners],
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},

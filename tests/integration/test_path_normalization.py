@@ -189,6 +189,8 @@ def test_merge_slashes_level_from_the_flag(app):
         resp = send(p.outbound_port, "/a//b%2fc/%2e%2e/d")
         assert resp.status == 200 and resp.json()["target"] == "/a/b/d"
         assert send(p.outbound_port, "/x/..%2Fadmin").status == 418
+        dump = json.loads(p.admin_get("/config_dump"))
+        assert {l["path_normalization"] for l in dump["listeners"]} == {"DECODE_AND_MERGE_SLASHES"}
     finally:
         assert p.stop() == 0, p.stderr()
 
