@@ -135,10 +135,15 @@ def check_node(node: Node) -> None:
 
 def entry_name(node_id: str) -> str:
     """`auto-` + the node id as a resource name; a short hash keeps changed ids distinct."""
-    name = _NOT_NAME.sub("-", node_id.lower()).strip("-.")
+    name = _subdomain(_NOT_NAME.sub("-", node_id.lower()))
     if name != node_id:
-        name = f"{name[:200]}-{hashlib.sha256(node_id.encode()).hexdigest()[:6]}"
+        name = f"{_subdomain(name[:200]) or 'node'}-{hashlib.sha256(node_id.encode()).hexdigest()[:6]}"
     return f"auto-{name}"
+
+
+def _subdomain(text: str) -> str:
+    """`text` made a DNS-1123 subdomain: no empty dot-separated part, none starting or ending with '-'."""
+    return ".".join(part for part in (p.strip("-") for p in text.split(".")) if part)
 
 
 class Registry:

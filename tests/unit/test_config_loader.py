@@ -511,3 +511,23 @@ if __name__ == "__main__":  # print the fixture table for docs/configuration.md
     for fixture in fixture_files():
         kinds, result, detail = fixture_outcome(fixture)
         print(f"| `{fixture.name}` | {kinds} | {result} | {detail} | |")
+
+
+@pytest.mark.parametrize("metadata, field", [
+    ({"name": "../../etc/passwd"}, "metadata.name"),
+    ({"name": "a/b"}, "metadata.name"),
+    ({"name": "with space"}, "metadata.name"),
+    ({"name": "x" * 10_000}, "metadata.name"),
+    ({"name": "ok", "namespace": "default/a"}, "metadata.namespace"),
+    ({"name": "ok", "namespace": "n" * 64}, "metadata.namespace"),
+])
+def test_names_follow_kubernetes_rules(metadata, field) -> None:
+    """A file's metadata.name must be a DNS-1123 subdomain and its namespace a DNS-1123 label: a ConfigIssue with the field path."""
+    doc = yaml.safe_load(VS_REVIEWS)
+    doc["metadata"] = metadata
+    with pytest.raises(ConfigError) as raised:
+        load_mesh_text(yaml.safe_dump(doc), "f.yaml")
+    issues = [i for i in raised.value.issues if i.field_path == field]
+    assert len(issues) == 1, raised.value.issues
+    assert issues[0].file == "f.yaml" and issues[0].resource.startswith("VirtualService/")
+    assert len(str(issues[0])) < 600   # a 10,000-character name is cut in the message

@@ -136,3 +136,10 @@ def test_unreadable_registry_state_is_ignored(tmp_path):
     state = tmp_path / "registry.json"
     state.write_text("{not json")
     assert Registry(10.0, Clock(), state_path=state).restore() == 0
+
+
+@pytest.mark.parametrize("node_id", ["a..b", "a.-b", "x~.~y", "." * 5, "a" * 199 + ".b" * 20])
+def test_entry_names_are_dns_subdomains(node_id):
+    """Any node id becomes a WorkloadEntry name the loader accepts (a DNS-1123 subdomain)."""
+    from remora.config.object_names import subdomain_problem
+    assert subdomain_problem(entry_name(node_id)) is None, entry_name(node_id)
