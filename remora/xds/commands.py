@@ -301,6 +301,9 @@ def cmd_token(args) -> int:
             return _fail(answer)
         rows = [[t["id"], t["namespace"], t["service_account"], t["created_at"], t["expires_at"],
                  "revoked" if t["revoked"] else "active"] for t in answer["tokens"]]
+        for broken in answer.get("broken", []):
+            print(f"warning: stored join token record {broken['index']} (id {broken['id']}) cannot be used "
+                  f"and is ignored: {broken['error']}", file=sys.stderr)
         if not rows:
             print("No join tokens.", file=sys.stderr)
             return 0

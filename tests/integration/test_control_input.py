@@ -159,3 +159,82 @@ def test_cli_prints_a_one_line_error_for_a_400_answer(control, tmp_path):
     lines = result.stderr.splitlines()
     assert lines[0] == "error: invalid metadata.name or metadata.namespace", lines
     assert lines[1].startswith(f"  {path}: VirtualService/default/'a/b': metadata.name: ")
+
+
+# ---- join-token TTLs and the records stored ------------------------------------------------
+
+def tokens_file(control: ControlProcess) -> str:
+    return os.path.join(control.state_dir, "ca", "join-tokens.json")
+
+
+def token_ids(control: ControlProcess) -> list[str]:
+    status, answer = control.request("GET", "/v1/tokens")
+    assert status == 200, answer
+    return [t["id"] for t in answer["tokens"]]
+
+
+@pytest.mark.parametrize("ttl", [1e12, 10 ** 400, 0, -5, "1000000h", 365 * 24 * 3600 + 1])
+def test_token_ttl_out_of_bounds_is_400_and_nothing_is_stored(control, ttl):
+    """POST /v1/tokens with a TTL outside (0, 1 year] is 400 naming ttl, and no token is stored."""
+    before = token_ids(control)
+    body = '{"namespace": "default", "service_account": "web", "ttl": %s}' % json.dumps(ttl)
+    status, answer = control.request("POST", "/v1/tokens", body)
+    assert status == 400, answer
+    assert answer["error"].startswith("ttl: ") and answer["reason"] == "bad-request", answer
+    assert token_ids(control) == before
+
+
+def test_token_ttl_of_one_year_is_accepted(control):
+    """The bound itself is allowed: a token for 8760h is created and listed."""
+    status, answer = control.request("POST", "/v1/tokens",
+                                     '{"namespace": "default", "service_account": "web", "ttl": "8760h"}')
+    assert status == 200, answer
+    assert answer["id"] in token_ids(control)
+
+
+def test_cli_token_create_with_a_huge_ttl_fails_and_list_still_works(control):
+    """`remora token create --ttl 1000000000000` exits 1 with one line naming ttl; `token list` keeps working."""
+    result = control.cli("token", "create", "--namespace", "default", "--service-account", "web",
+                         "--ttl", "1000000000000")
+    assert result.returncode == 1 and result.stdout == "", result
+    assert result.stderr.startswith("error: ttl: ") and result.stderr.count("\n") == 1, result.stderr
+    listed = control.cli("token", "list")
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_a_broken_stored_record_is_reported_never_500_even_after_restart():
+    """A stored token record with an unprintable expiry (written by an older version) is listed apart as broken,
+    never honoured, dropped by revoke; GET /v1/tokens and `remora token list` answer, before and after a restart."""
+    c = ControlProcess().wait_ready()
+    try:
+        good = c.cli("token", "create", "--namespace", "default", "--service-account", "web")
+        assert good.returncode == 0, good.stderr
+        token = good.stdout.splitlines()[-1]
+        good_id = token[4:20]
+        with open(tokens_file(c)) as f:
+            data = json.load(f)
+        bad = dict(data["tokens"][0], id="0123456789abcdef")
+        bad["expires_at"] = bad["created_at"] + 1e12   # what `--ttl 1e12` stored before the bound
+        data["tokens"].append(bad)
+        data["tokens"].append({"id": "fedcba9876543210", "namespace": "default"})   # fields missing
+        with open(tokens_file(c), "w") as f:
+            json.dump(data, f)
+        for attempt in ("running", "restarted"):
+            status, answer = c.request("GET", "/v1/tokens")
+            assert status == 200, (attempt, answer)
+            assert [t["id"] for t in answer["tokens"]] == [good_id]
+            assert [(b["id"], b["index"]) for b in answer["broken"]] == [("0123456789abcdef", 1),
+                                                                          ("fedcba9876543210", 2)]
+            assert "expires_at" in answer["broken"][0]["error"]
+            listed = c.cli("token", "list")
+            assert listed.returncode == 0 and good_id in listed.stdout, listed.stderr
+            assert "0123456789abcdef" in listed.stderr and "Traceback" not in listed.stderr
+            if attempt == "running":
+                c.restart()
+                c.wait_ready()
+        status, answer = c.request("DELETE", "/v1/tokens/0123456789abcdef")
+        assert status == 200, answer
+        assert [b["id"] for b in c.request("GET", "/v1/tokens")[1]["broken"]] == ["fedcba9876543210"]
+        assert token_ids(c) == [good_id]
+    finally:
+        assert c.stop() == 0, c.stderr()
