@@ -31,6 +31,7 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.deprecated import destination_rule_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
@@ -357,6 +358,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
             collector.warnings.extend(validate.client_tls_warnings(item.spec, item.ref, item.document.source))
+            collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 

@@ -238,3 +238,15 @@ def test_a_broken_stored_record_is_reported_never_500_even_after_restart():
         assert token_ids(c) == [good_id]
     finally:
         assert c.stop() == 0, c.stderr()
+
+
+def test_apply_with_consecutive_errors_is_accepted_with_istioctls_warning(control):
+    """POST /v1/apply of a DestinationRule with outlierDetection.consecutiveErrors is 200 with istioctl's deprecation warning."""
+    dr = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-cb}\n"
+          "spec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutiveErrors: 1}\n")
+    status, answer = control.apply(dr, source="cb.yaml")
+    assert status == 200, answer
+    assert any("spec.trafficPolicy.outlierDetection.consecutiveErrors: outlier detection consecutive errors is "
+               "deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead" in w
+               for w in answer["warnings"]), answer
+    assert control.request("DELETE", "/v1/resources/dr/default/reviews-cb")[0] == 200

@@ -531,3 +531,19 @@ def test_names_follow_kubernetes_rules(metadata, field) -> None:
     assert len(issues) == 1, raised.value.issues
     assert issues[0].file == "f.yaml" and issues[0].resource.startswith("VirtualService/")
     assert len(str(issues[0])) < 600   # a 10,000-character name is cut in the message
+
+
+def test_consecutive_errors_is_a_warning_with_istioctls_message() -> None:
+    """outlierDetection.consecutiveErrors loads with istioctl's deprecation warning naming each field; it is not an error."""
+    doc = yaml.safe_load(DR_REVIEWS)
+    doc["spec"]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 7}, "portLevelSettings": [
+        {"port": {"number": 9080}, "outlierDetection": {"consecutiveErrors": 0}}]}
+    doc["spec"].setdefault("subsets", [{"name": "v1", "labels": {"version": "v1"}}])
+    doc["spec"]["subsets"][0]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 3}}
+    config = load_mesh_text(VS_REVIEWS + "---\n" + yaml.safe_dump(doc), "dr.yaml")
+    found = [w for w in config.warnings if "consecutiveErrors" in w]
+    message = ("outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors "
+               "or consecutive5xxErrors instead")
+    assert len(found) == 2 and all(message in w for w in found), config.warnings
+    assert "spec.trafficPolicy.outlierDetection.consecutiveErrors" in found[0]
+    assert "spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors" in found[1]
