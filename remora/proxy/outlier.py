@@ -258,9 +258,11 @@ class OutlierDetector:
     def inherit(self, previous: OutlierDetector) -> None:
         """Take over the state of endpoints with the same key from a previous config version.
 
-        Envoy keeps a host's outlier state while the host stays in the cluster; call this
-        right after construction, before any report.
+        Envoy keeps a host's outlier state while the host stays in the cluster, and the
+        cluster's outlier_detection.* counters while the cluster exists; call this right
+        after construction, before any report.
         """
+        self._stats = dict(previous._stats)   # counters (ejections_active is computed)
         if not self.enabled or not previous.enabled:
             return
         old = {h.ep.key: h for h in previous._hosts.values()}

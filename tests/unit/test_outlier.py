@@ -399,7 +399,18 @@ def test_construction_clears_stale_ejection_and_inherit_carries_state():
     new.inherit(old)
     assert fresh[0].ejected and new.ejections_active == 1
     fail(new, fresh[1], 2)
-    assert new.stats()["ejections_detected_consecutive_5xx"] == 1  # 3 + 2 consecutive
+    # 3 + 2 consecutive: one more detection, on top of the one the old detector counted
+    assert new.stats()["ejections_detected_consecutive_5xx"] == 2
     clock.t += 30.0
     new.tick()
     assert not fresh[0].ejected
+
+
+def test_inherit_keeps_the_cluster_counters_like_envoy():
+    """outlier_detection.* counters carry over to the next config version (Envoy keeps a cluster's stats by name)."""
+    old, eps, clock = make()
+    eject_now(old, eps[0])
+    fresh = [Endpoint(e.host, e.port, {}) for e in eps[1:]]   # the ejected endpoint went away
+    new = OutlierDetector(OutlierDetection(), fresh, clock)
+    new.inherit(old)
+    assert new.stats()["ejections_enforced_total"] == 1 and new.stats()["ejections_active"] == 0
