@@ -183,7 +183,8 @@ class JoinTokenStore:
         """Revoke by id (`0123...`, `rmt_0123...`) or by the whole token; unknown ids raise TokenRejected."""
         match = _ID.fullmatch(id_or_token.strip()) if isinstance(id_or_token, str) else None
         if match is None:
-            raise TokenRejected("malformed", f"{id_or_token!r} is not a join token or token id")
+            shown = repr(id_or_token)[:40] if isinstance(id_or_token, str) else type(id_or_token).__name__
+            raise TokenRejected("malformed", f"{shown} is not a join token or token id")
         token_id = match.group(1)
 
         def mark(records: dict[str, _Record]) -> None:

@@ -102,6 +102,14 @@ def test_path_parameters_are_checked_like_names(control, method, namespace, name
     assert len(answer["error"]) < 600
 
 
+def test_long_kind_and_token_id_are_not_echoed_whole(control):
+    """A 4,000-character kind or token id in a path (aiohttp's request line limit is 8 KiB) is 400 with a short message."""
+    status, answer = control.request("GET", f"/v1/resources/{'k' * 4_000}/default/x")
+    assert status == 400 and answer["error"].startswith("unknown kind ") and len(answer["error"]) < 600, status
+    status, answer = control.request("DELETE", f"/v1/tokens/{'z' * 4_000}")
+    assert status == 400 and answer["reason"] == "token-malformed" and len(answer["error"]) < 600, status
+
+
 def test_list_namespace_query_is_checked(control):
     """GET /v1/resources?namespace=... with a namespace no resource can have is 400 naming it."""
     status, answer = control.request("GET", "/v1/resources?namespace=" + urllib.parse.quote("a/b"))
