@@ -104,6 +104,8 @@ def test_entry_names_are_valid_and_distinct():
     ({"inbound": "nohost"}, "node.inbound: expected host:port"),
     ({"admin": "127.0.0.1:99999"}, "node.admin"),
     ({"app_port": 0}, "node.app_port"),
+    ({"service": "a..b"}, "node.service"),
+    ({"service": "s" * 250}, "node.service"),
 ])
 def test_invalid_nodes_are_named_by_field(fields, message):
     """check_node names the field of a Hello that cannot be registered."""
