@@ -33,8 +33,10 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.deprecated import destination_rule_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
+from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
 from remora.config.model import (
     AuthorizationPolicySpec,
     DestinationRuleSpec,
@@ -352,6 +354,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
             collector.warnings.extend(validate.client_tls_warnings(item.spec, item.ref, item.document.source))
+            collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 
@@ -400,8 +403,10 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
     shown_kind = kind if isinstance(kind, str) and kind else "?"
-    shown_name = name if isinstance(name, str) and name else "?"
-    resource = "" if shown_kind == "?" and shown_name == "?" else f"{shown_kind}/{namespace}/{shown_name}"
+    # A bad name printed whole (10,000 characters, or with '/') would drown the message.
+    shown_name = shown_part(name) if isinstance(name, str) and name else "?"
+    shown_namespace = shown_part(namespace, LABEL_MAX)
+    resource = "" if shown_kind == "?" and shown_name == "?" else f"{shown_kind}/{shown_namespace}/{shown_name}"
 
     def report(path: str, message: str) -> None:
         if not resource:
@@ -417,10 +422,10 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
         if refused is not None:
             report(refused.path, refused.message)
             return None
-        collector.warnings.append(f"skipped unsupported kind {kind} ({namespace}/{shown_name}) in {source}")
+        collector.warnings.append(f"skipped unsupported kind {kind} ({shown_namespace}/{shown_name}) in {source}")
         return None
 
-    ok = True
+    ok = identified = True
     if not isinstance(metadata, dict):
         report("metadata", "required field is missing" if metadata is None else "expected a mapping")
         ok = False
@@ -430,6 +435,11 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     elif "namespace" in metadata and not (isinstance(metadata["namespace"], str) and metadata["namespace"]):
         report("metadata.namespace", "expected a non-empty string")
         ok = False
+    else:
+        # The identity Kind/namespace/name is a key (control store, state file): Kubernetes' rules.
+        for path, message in identity_problems(namespace, name):
+            report(path, message)
+            ok = identified = False
     for key in body:
         if key not in _TOP_LEVEL_FIELDS:
             report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
@@ -442,7 +452,7 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
         problems += _RULES[kind](spec)
     for problem in problems:
         report(problem.path, problem.message)
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or not identified:
         return None  # no identity: cannot be checked for duplicates or referenced
     return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
 

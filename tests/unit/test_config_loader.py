@@ -549,3 +549,39 @@ if __name__ == "__main__":  # print the fixture table for docs/configuration.md
     for fixture in fixture_files():
         kinds, result, detail = fixture_outcome(fixture)
         print(f"| `{fixture.name}` | {kinds} | {result} | {detail} | |")
+
+
+@pytest.mark.parametrize("metadata, field", [
+    ({"name": "../../etc/passwd"}, "metadata.name"),
+    ({"name": "a/b"}, "metadata.name"),
+    ({"name": "with space"}, "metadata.name"),
+    ({"name": "x" * 10_000}, "metadata.name"),
+    ({"name": "ok", "namespace": "default/a"}, "metadata.namespace"),
+    ({"name": "ok", "namespace": "n" * 64}, "metadata.namespace"),
+])
+def test_names_follow_kubernetes_rules(metadata, field) -> None:
+    """A file's metadata.name must be a DNS-1123 subdomain and its namespace a DNS-1123 label: a ConfigIssue with the field path."""
+    doc = yaml.safe_load(VS_REVIEWS)
+    doc["metadata"] = metadata
+    with pytest.raises(ConfigError) as raised:
+        load_mesh_text(yaml.safe_dump(doc), "f.yaml")
+    issues = [i for i in raised.value.issues if i.field_path == field]
+    assert len(issues) == 1, raised.value.issues
+    assert issues[0].file == "f.yaml" and issues[0].resource.startswith("VirtualService/")
+    assert len(str(issues[0])) < 600   # a 10,000-character name is cut in the message
+
+
+def test_consecutive_errors_is_a_warning_with_istioctls_message() -> None:
+    """outlierDetection.consecutiveErrors loads with istioctl's deprecation warning naming each field; it is not an error."""
+    doc = yaml.safe_load(DR_REVIEWS)
+    doc["spec"]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 7}, "portLevelSettings": [
+        {"port": {"number": 9080}, "outlierDetection": {"consecutiveErrors": 0}}]}
+    doc["spec"].setdefault("subsets", [{"name": "v1", "labels": {"version": "v1"}}])
+    doc["spec"]["subsets"][0]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 3}}
+    config = load_mesh_text(VS_REVIEWS + "---\n" + yaml.safe_dump(doc), "dr.yaml")
+    found = [w for w in config.warnings if "consecutiveErrors" in w]
+    message = ("outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors "
+               "or consecutive5xxErrors instead")
+    assert len(found) == 2 and all(message in w for w in found), config.warnings
+    assert "spec.trafficPolicy.outlierDetection.consecutiveErrors" in found[0]
+    assert "spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors" in found[1]
