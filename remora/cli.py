@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from remora.config.duration import parse_duration
+from remora.proxy.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
 
 
 def _seconds(text: str) -> float:
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer 408 when a request head takes longer than this")
     proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
                        help="close a request whose body stalls this long")
+    proxy.add_argument("--path-normalization", choices=list(PATH_LEVELS), default=DEFAULT_PATH_LEVEL,
+                       help="request-path normalization before routing and policy, Istio's "
+                            "meshConfig.pathNormalization (default BASE; docs/security.md)")
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
@@ -358,7 +362,8 @@ def _proxy(args) -> int:
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout,
-                                  detection_timeout=args.protocol_detection_timeout),
+                                  detection_timeout=args.protocol_detection_timeout,
+                                  path_normalization=args.path_normalization),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,

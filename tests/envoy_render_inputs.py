@@ -22,6 +22,7 @@ RENDERED_FIXTURES = [
     "000-03-AuthorizationPolicy-my-service-policy.yaml",
     "000-04-DestinationRule-my-service-circuit-breaker.yaml",
     "000-05-VirtualService-my-service-retry.yaml",
+    "000-07-VirtualService-my-service-vs.yaml",   # bound to my-gateway only: no sidecar routes
     "000-10-VirtualService-my-service-fault-injection.yaml",
     "000-12-RequestAuthentication-jwt-auth.yaml",
     "000-13-AuthorizationPolicy-my-service-authz.yaml",
@@ -42,7 +43,6 @@ RENDERED_FIXTURES = [
 
 # Fixtures Remora loads that the renderer refuses, with the reason it must give.
 UNSUPPORTED_FIXTURES = {
-    "000-07-VirtualService-my-service-vs.yaml": r"my-service-vs spec\.gateways",
     "001-02-ServiceEntry-external-service.yaml": r"external-service spec\.resolution: NONE",
     "002-04-TrafficSplit-product-service-split.yaml": "kinds TrafficSplit",
     "002-14-Sidecar-default.yaml": "kinds Sidecar",

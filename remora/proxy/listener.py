@@ -27,6 +27,7 @@ from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.inbound_accept import InboundAcceptor
 from remora.proxy.inbound_policy import DENIED_BODY
+from remora.proxy.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 from remora.proxy.jwt_authn import JwtAuthnStats, JwtFailure
 from remora.proxy.telemetry import FORMATTERS
@@ -43,6 +44,7 @@ class ListenerSettings:
     stream_idle_timeout: float = 300.0      # no request-body byte for this long
     detection_timeout: float = 15.0         # inbound: first bytes (TLS or not) within this
     handshake_timeout: float = 10.0         # inbound: TLS handshake done within this
+    path_normalization: str = DEFAULT_LEVEL  # Istio meshConfig.pathNormalization (paths.py)
 
 
 class ListenerStats(Counters):
@@ -96,6 +98,7 @@ class Listener:
         self.port = port
         self.inbound = inbound
         self.settings = settings
+        self.paths = PathNormalizer(settings.path_normalization)
         self.stats = ListenerStats()
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -224,6 +227,16 @@ class Listener:
     def authorize(self, policy, head, jwt=None) -> bool:
         """AuthorizationPolicy for one inbound request head, counted as Envoy's RBAC filter does."""
         decision = policy.authorizer.check(policy.request(head, jwt))
+        if decision.allowed and self.paths.keeps_escaped_slashes:
+            # %2F / %5C reach the app encoded at this level; an app that decodes them reads
+            # `/foo/..%2Fadmin` as `/admin`. Allow only if that reading is allowed too.
+            variant = escaped_slash_variant(head.path)
+            if variant is not None:
+                original, head.path = head.path, variant
+                try:
+                    decision = policy.authorizer.check(policy.request(head, jwt))
+                finally:
+                    head.path = original
         if decision.audit:
             self.rbac.shadow_denied += 1
         if decision.allowed:

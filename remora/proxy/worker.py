@@ -76,7 +76,8 @@ class Snapshot:
         self.version = config.version
         self.loaded_at = time.time()
         self.services = build_clusters(config)
-        self.outbound: RouteTable = build_route_table(config, self.services)
+        self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
+                                                      options.identity.namespace)
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
         self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
@@ -98,6 +99,9 @@ class Snapshot:
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
         self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
+        # --capture: the per-port inbound clusters made so far, whose stats the next ones keep.
+        self._port_clusters: dict[str, Cluster] = {} if previous is None else {
+            **previous._port_clusters, **{found[2].name: found[2] for found in previous._inbound_ports.values()}}
         # Transparent capture (--capture): original destination -> mesh service, per version.
         self.destinations = DestinationIndex(config, self.services) if options.capture else None
 
@@ -113,7 +117,7 @@ class Snapshot:
                 cluster = Cluster(f"inbound|{port}||", "inbound", port, None,
                                   [Endpoint(options.app_host, port, {})], None)
                 cluster.telemetry = local_service_tags(options.identity)
-                prepare_cluster(cluster, self._pools)
+                prepare_cluster(cluster, self._pools, self._port_clusters.get(cluster.name))
                 found = (RouteTable.single(cluster, "inbound"),
                          compile_inbound_policy(self.config, options.identity, port), cluster)
             self._inbound_ports[port] = found
@@ -129,7 +133,17 @@ class Snapshot:
 
 def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
     """Give a compiled cluster its outlier detector (inheriting the previous version's
-    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints)."""
+    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints).
+
+    `previous` is the cluster of the same name in the version before. Envoy keeps a cluster's
+    stats while a cluster of that name exists, whatever a push changed, and a host's while
+    the host stays: so the new cluster takes over the previous ClusterStats object (requests
+    still in flight on the old version count into the same object, the gauges stay right)
+    and each endpoint's request and error counts by address. A name absent from the version
+    before starts from zero (a cluster that went away and came back, as in Envoy)."""
+    if previous is not None:
+        cluster.stats = previous.stats
+        _carry_endpoint_counts(previous, cluster)
     policy = cluster.traffic_policy
     cluster.detector = OutlierDetector(
         policy.outlier_detection if policy is not None else None, cluster.endpoints,
@@ -147,6 +161,16 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
                 pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
                 cluster.naming, is_required(policy), cluster.name, ep.key,
                 ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
+
+
+def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
+    """Per-endpoint counters (/clusters) of endpoints kept by address. Only counters move:
+    active_requests belongs to the old Endpoint object, which its requests in flight release."""
+    before = {ep.key: ep for ep in previous.endpoints}
+    for ep in cluster.endpoints:
+        old = before.get(ep.key)
+        if old is not None:
+            ep.total_requests, ep.errors = old.total_requests, old.errors
 
 
 def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
@@ -364,7 +388,8 @@ class Worker:
         return {
             "version": snap.version,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
-            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}"} for l in self.listeners],
+            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}",
+                           "path_normalization": l.paths.level} for l in self.listeners],
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},

@@ -71,6 +71,9 @@ def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dic
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         "generate_request_id": False,
+        # Istio's default pathNormalization (BASE), as Remora's --path-normalization default.
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         **extra,
         "route_config": {"name": route_name, "virtual_hosts": vhosts},
         "http_filters": filters,

@@ -281,9 +281,11 @@ def _hash_policy(spec: dict) -> list[dict]:
 def _apply_outlier_detection(cluster: dict, od: dict | None, where: str) -> None:
     if od is None:
         return
+    # consecutiveErrors is accepted and not rendered: Istio ignores it since 1.7 (the loader
+    # warns, config/deprecated.py), so Envoy's consecutive_5xx default of 5 applies.
     only(od, {"consecutive5xxErrors", "consecutiveGatewayErrors", "interval",
               "baseEjectionTime", "maxEjectionPercent", "minHealthPercent",
-              "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"},
+              "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors", "consecutiveErrors"},
          f"{where}.outlierDetection")
     out: dict[str, Any] = {"enforcing_success_rate": 0}  # Istio turns success-rate off
     if "consecutive5xxErrors" in od:

@@ -30,6 +30,7 @@ import yaml
 from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
+from remora.config.object_names import identity_problems, label_problem, shown_ref
 from remora.xds import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
@@ -81,6 +82,10 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> web.Re
     if errors:
         body["errors"] = errors
     return web.json_response(body, status=status)
+
+
+class BadIdentity(ValueError):
+    """A namespace or name in a request path that no resource can have (Kubernetes' name rules)."""
 
 
 class ControlServer:
@@ -235,7 +240,12 @@ class ControlServer:
         source = request.query.get("source") or "<request>"
         if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
             return _error(413, f"body over {MAX_APPLY_BYTES} bytes")
-        text = await request.text()
+        raw = await request.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return _error(400, f"{source}: body is not UTF-8 text: {error.reason} "
+                               f"(byte 0x{raw[error.start]:02x} at offset {error.start})")
         before = self.store.config.version
         try:
             change = self.store.apply(text, source)
@@ -247,8 +257,14 @@ class ControlServer:
                                   "results": [{"resource": ref, "action": action} for ref, action in change.results]})
 
     def _ref(self, request: web.Request) -> str:
+        """Kind/namespace/name from the path; UnknownKind, or BadIdentity for a name Kubernetes refuses."""
         kind = resolve_kind(request.match_info["kind"])
-        return f"{kind}/{request.match_info['namespace']}/{request.match_info['name']}"
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        problems = identity_problems(namespace, name)
+        if problems:
+            raise BadIdentity(f"{shown_ref(kind, namespace, name)}: "
+                              + "; ".join(f"{path}: {message}" for path, message in problems))
+        return f"{kind}/{namespace}/{name}"
 
     def _item(self, resource: Resource) -> dict:
         return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
@@ -261,6 +277,8 @@ class ControlServer:
         except UnknownKind as error:
             return _error(400, str(error))
         namespace = request.query.get("namespace")
+        if namespace is not None and (problem := label_problem(namespace)) is not None:
+            return _error(400, f"namespace: metadata.namespace: {problem}")
         items = [self._item(r) for r in self.store.resources()
                  if (kind is None or r.kind == kind) and (namespace is None or r.namespace == namespace)]
         return web.json_response({"version": self.store.config.version, "items": items})
@@ -268,7 +286,7 @@ class ControlServer:
     async def get_resource(self, request: web.Request) -> web.Response:
         try:
             ref = self._ref(request)
-        except UnknownKind as error:
+        except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         resource = self.store.lookup(ref)
         if resource is None:
@@ -286,7 +304,7 @@ class ControlServer:
         at = asyncio.get_running_loop().time()
         try:
             ref = self._ref(request)
-        except UnknownKind as error:
+        except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         try:
             change = self.store.delete(ref)

@@ -38,12 +38,11 @@ def test_request_authentication_loads() -> None:
     assert not config.warnings
 
 
-def test_linkerd_authorization_policy_is_still_skipped() -> None:
-    """policy.linkerd.io's AuthorizationPolicy shares the kind name but is not Istio's: skipped."""
-    config = load_mesh_text(resource("AuthorizationPolicy", "targetRef: {kind: Server, name: web}",
-                                     "policy.linkerd.io/v1alpha1"))
-    assert config.authorization_policies == ()
-    assert any("unsupported kind AuthorizationPolicy" in w for w in config.warnings)
+def test_linkerd_authorization_policy_is_refused_not_skipped() -> None:
+    """policy.linkerd.io's AuthorizationPolicy shares the kind name but is not Istio's: Remora cannot enforce it, so the config is invalid."""
+    with pytest.raises(ConfigError, match="AuthorizationPolicy .policy.linkerd.io. is access or authentication policy"):
+        load_mesh_text(resource("AuthorizationPolicy", "targetRef: {kind: Server, name: web}",
+                                "policy.linkerd.io/v1alpha1"))
 
 
 def test_unknown_security_version_is_an_error() -> None:

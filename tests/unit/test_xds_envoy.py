@@ -96,6 +96,14 @@ def test_outlier_detection_and_min_health_percent():
     assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 30.0}}
 
 
+def test_deprecated_consecutive_errors_is_not_rendered():
+    """consecutiveErrors is accepted and left out, as Istio >= 1.7 does: Envoy's consecutive_5xx default applies."""
+    def only_consecutive_errors(spec):
+        spec["trafficPolicy"]["outlierDetection"] = {"consecutiveErrors": 2}
+    cluster = _clusters(_changed("DestinationRule", "reviews", only_consecutive_errors))[f"outbound|9080||{REVIEWS}"]
+    assert cluster["outlier_detection"] == {"enforcing_success_rate": 0}
+
+
 def test_subset_and_port_level_policies_override_the_rule_field_by_field():
     """A subset's loadBalancer replaces the rule's, keeping its pool; portLevelSettings win for their port."""
     clusters = _clusters()
