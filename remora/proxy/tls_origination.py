@@ -170,9 +170,22 @@ def _stat(path: str | None):
     return (path, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _check_ca(data: bytes) -> None:
-    if not x509.load_pem_x509_certificates(data):
+def _check_certificates(data: bytes) -> None:
+    if b"-----BEGIN CERTIFICATE-----" not in data:
         raise ValueError("no PEM certificate in it")
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError("a PEM certificate in it does not parse") from None
+
+
+def _check_key(data: bytes) -> None:
+    if b"PRIVATE KEY-----" not in data:
+        raise ValueError("no PEM private key in it")
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("the private key does not parse (an encrypted key is not supported)") from None
 
 
 def build_context(mode: str, verify: bool, ca: str | None, cert: str | None, key: str | None,
@@ -191,18 +204,18 @@ def build_context(mode: str, verify: bool, ca: str | None, cert: str | None, key
     else:
         context.verify_mode = ssl.CERT_REQUIRED
         try:
-            _check_ca(_read(ca))
+            _check_certificates(_read(ca))
             context.load_verify_locations(cafile=ca)
         except (OSError, ValueError, ssl.SSLError) as error:
             fail("caCertificates", f"cannot use CA file {ca}: {_why(error)}")
     if mode == MUTUAL:
         try:
-            x509.load_pem_x509_certificates(_read(cert))
+            _check_certificates(_read(cert))
         except (OSError, ValueError) as error:
             fail("clientCertificate", f"cannot use certificate file {cert}: {_why(error)}")
         try:
-            serialization.load_pem_private_key(_read(key), password=None)
-        except (OSError, ValueError, TypeError) as error:
+            _check_key(_read(key))
+        except (OSError, ValueError) as error:
             fail("privateKey", f"cannot use private key file {key}: {_why(error)}")
         try:
             context.load_cert_chain(cert, key)
