@@ -262,7 +262,7 @@ class OriginContexts:
             try:
                 stats.append(_stat(path))
             except OSError as error:
-                fail(field, f"cannot use {'CA' if field == 'caCertificates' else 'file'} {path}: {_why(error)}")
+                fail(field, f"cannot use {'CA file' if field == 'caCertificates' else 'file'} {path}: {_why(error)}")
         key = (origin.mode, origin.verify, *stats)
         context = self._cache.get(key)
         if context is None:

@@ -124,6 +124,10 @@ def mesh(pki, servers) -> str:
         port_tls("my-nginx.mesh-external.svc.cluster.local",
                  "{mode: MUTUAL, credentialName: client-credential, sni: my-nginx.mesh-external.svc.cluster.local}",
                  31443, "  workloadSelector: {matchLabels: {app: sleep}}\n"),
+        external("late.example.test", p["nginx"]),
+        port_tls("late.example.test", "{mode: MUTUAL, credentialName: late-credential, "
+                                      "sni: my-nginx.mesh-external.svc.cluster.local}",
+                 selector="  workloadSelector: {matchLabels: {app: sleep}}\n"),
         external("nocred.example.test", p["nginx"]),
         port_tls("nocred.example.test", "{mode: MUTUAL, credentialName: absent-credential}",
                  selector="  workloadSelector: {matchLabels: {app: sleep}}\n"),
@@ -278,6 +282,18 @@ def test_missing_credential_fails_closed(sidecar, servers):
     assert "/never" not in servers.seen["nginx"][len(before):]
 
 
+def test_a_credential_written_later_is_used_by_the_next_connection(sidecar, pki):
+    """credentialName files that appear after the start are read on the next connection: 503 UF before, 200 after."""
+    status, body = get(sidecar.outbound_port, "late.example.test")
+    assert status == 503 and b"late-credential" in body, body
+    late = os.path.join(pki["credentials"], "late-credential")
+    os.makedirs(late)
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        shutil.copy(os.path.join(pki["credentials"], "client-credential", name), os.path.join(late, name))
+    status, body = get(sidecar.outbound_port, "late.example.test")
+    assert status == 200 and json.loads(body)["client_cn"] == "sleep-client", body
+
+
 def test_missing_ca_file_refuses_the_config(pki, servers):
     """A caCertificates file that does not exist: the sidecar refuses the config, naming resource and field."""
     text = external("gone.example.test", servers.ports["secure"]) + port_tls(
@@ -288,7 +304,7 @@ def test_missing_ca_file_refuses_the_config(pki, servers):
         err = p.stderr()
         assert "DestinationRule/default/gone.example.test" in err, err
         assert "spec.trafficPolicy.portLevelSettings[0].tls.caCertificates" in err, err
-        assert "/nonexistent/ca.pem" in err and "no such file" in err, err
+        assert "cannot use CA file /nonexistent/ca.pem: no such file" in err, err
     finally:
         if p.proc.poll() is None:
             p.proc.kill()
