@@ -176,3 +176,79 @@ def test_credential_directory_layouts(pki, tmp_path):
         contexts.context_for(origin)
     with pytest.raises(CredentialUnavailable, match="--credentials-dir"):
         OriginContexts(None).context_for(origin)
+
+
+class Waiter:
+    """A request waiting in a circuit's pending queue (what Exchange offers the pool)."""
+
+    def __init__(self, authority: bytes) -> None:
+        self.up_authority = authority
+        self.got = None
+
+    def on_pooled_connection(self, conn) -> None:
+        self.got = conn
+
+    def on_connection_slot(self) -> None:
+        self.got = "slot"
+
+
+def _auto_sni_pool():
+    import asyncio
+    from remora.proxy.pool import ConnState, EndpointPool, UpstreamHttp1
+    from tests.unit.test_pool import FakeTransport
+    loop = asyncio.new_event_loop()
+    pool = EndpointPool("127.0.0.1", 9, loop)
+    pool.by_host = True
+
+    def conn(host: str):
+        c = UpstreamHttp1(pool)
+        c.connection_made(FakeTransport())
+        c.state, c.tls_host = ConnState.ACTIVE, host
+        pool.active.add(c)
+        pool.circuit.open += 1
+        return c
+    return pool, conn, loop
+
+
+def test_auto_sni_pool_reuses_only_connections_made_for_the_request_host():
+    """With auto SNI a pooled connection serves only requests whose Host (without port) it was made for."""
+    pool, conn, loop = _auto_sni_pool()
+    a, b = conn("a.example.com"), conn("b.example.com")
+    a.release(True, 60.0, 0.0)
+    b.release(True, 60.0, 0.0)
+    assert pool.acquire(b"A.example.com:80") is a
+    assert pool.acquire(b"a.example.com") is None
+    assert pool.acquire(b"b.example.com") is b
+    loop.close()
+
+
+def test_auto_sni_pool_hands_a_waiter_its_host_or_frees_a_slot():
+    """A released connection goes to a waiter for its host; for another host it closes so the waiter can connect."""
+    pool, conn, loop = _auto_sni_pool()
+    a = conn("a.example.com")
+    same = Waiter(b"a.example.com")
+    pool.circuit.pending.append(same)
+    a.release(True, 60.0, 0.0)
+    assert same.got is a and not pool.circuit.pending
+    other = Waiter(b"b.example.com")
+    pool.circuit.pending.append(other)
+    a.release(True, 60.0, 0.0)
+    assert other.got == "slot" and a.is_closed() and not pool.idle
+    loop.close()
+
+
+def test_a_pushed_version_naming_a_missing_file_is_refused_and_the_old_one_kept():
+    """Worker.apply raises ConfigError (the xDS client NACKs it) and keeps serving the previous version."""
+    import asyncio
+    from remora.proxy.worker import ProxyOptions, Worker
+
+    good = config(SE + rule("  trafficPolicy: {tls: {mode: SIMPLE}}"))
+    bad = config(SE + rule("  trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}"))
+
+    async def scenario():
+        worker = Worker(ProxyOptions(admin_port=0, outbound_port=0), good)
+        before = worker.snapshot
+        with pytest.raises(ConfigError, match=r"spec\.trafficPolicy\.tls\.caCertificates"):
+            worker.apply(bad)
+        assert worker.snapshot is before
+    asyncio.run(scenario())
