@@ -149,7 +149,8 @@ def names_match(expected, presented: tuple) -> bool:
         for want in expected:
             if kind == "DNS" and _dns_match(want, value):
                 return True
-            if kind == "IP Address" and _is_ip(want) and ipaddress.ip_address(want) == ipaddress.ip_address(value.strip()):
+            if kind == "IP Address" and _is_ip(want) and _is_ip(value.strip()) \
+                    and ipaddress.ip_address(want) == ipaddress.ip_address(value.strip()):
                 return True
             if kind == "URI" and want == value:
                 return True
@@ -328,7 +329,6 @@ def check_origination(clusters, contexts: OriginContexts) -> None:
             issues.append(ConfigIssue(origin.source, origin.rule, error.field, error.message))
     if issues:
         raise ConfigError(sorted(set(issues), key=str))
-
 
 
 # ---- dialling ----------------------------------------------------------------------------
