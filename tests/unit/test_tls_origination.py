@@ -252,3 +252,22 @@ def test_a_pushed_version_naming_a_missing_file_is_refused_and_the_old_one_kept(
             worker.apply(bad)
         assert worker.snapshot is before
     asyncio.run(scenario())
+
+
+def test_envoy_renderer_applies_workload_selector_rules_for_the_given_workload():
+    """render_bootstrap picks a selector rule only for a matching (namespace, labels) workload, as the proxy does."""
+    from remora.xds.envoy import render_bootstrap
+    from tests.envoy_render_inputs import documents
+
+    text = (SE + rule("  trafficPolicy: {tls: {mode: DISABLE}}", "plain")
+            + rule("  workloadSelector: {matchLabels: {app: sleep}}\n"
+                   "  trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true, sni: api.example.com}}", "egress"))
+    config(text)
+
+    def socket(workload):
+        boot = render_bootstrap(documents(text), 15001, 15000, workload=workload)
+        [cluster] = [c for c in boot["static_resources"]["clusters"] if c["name"] == "outbound|80||api.example.com"]
+        return cluster.get("transport_socket")
+    assert socket(("shop", {"app": "sleep"}))["typed_config"]["sni"] == "api.example.com"
+    assert socket(("shop", {"app": "other"})) is None
+    assert socket(None) is None
