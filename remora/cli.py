@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--cert-dir", default=None, metavar="DIR",
                        help="workload certificate from files instead of the CA, Istio's layout: "
                             "cert-chain.pem, key.pem, root-cert.pem")
+    proxy.add_argument("--credentials-dir", default=None, metavar="DIR",
+                       help="DestinationRule tls.credentialName NAME is read from DIR/NAME/ (tls.crt, "
+                            "tls.key, ca.crt: a mounted Secret); see docs/security.md")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -271,6 +274,20 @@ def _load(paths):
         return None
 
 
+def _origination_files_ok(config, options) -> bool:
+    """The files DestinationRules name for TLS origination exist and parse (else the config is refused)."""
+    from remora.config.loader import ConfigError
+    from remora.proxy.cluster import build_clusters
+    from remora.proxy.tls_origination import OriginContexts, check_origination
+    clusters = [c for info in build_clusters(config, options.identity).values() for c in info.clusters.values()]
+    try:
+        check_origination(clusters, OriginContexts(options.credentials_dir))
+    except ConfigError as err:
+        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
+        return False
+    return True
+
+
 def _analyze(args) -> int:
     # The control server's own validation (files read and checked the same way), so a
     # directory that passes here is accepted by `remora control --config-dir`.
@@ -348,6 +365,9 @@ def _proxy(args) -> int:
             # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
             from remora.xds.jwks_fetch import fetch_for_files
             config = fetch_for_files(config, lambda line: print(f"remora proxy: {line}", file=sys.stderr))
+    if args.credentials_dir and not os.path.isdir(args.credentials_dir):
+        print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
+        return 2
     options = ProxyOptions(
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
@@ -369,9 +389,11 @@ def _proxy(args) -> int:
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir, capture=args.capture,
+        cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=args.capture,
         outbound_traffic_policy=args.outbound_traffic_policy,
     )
+    if config is not None and not _origination_files_ok(config, options):
+        return 1
     try:
         return run_proxy(options, config)
     except OSError as err:

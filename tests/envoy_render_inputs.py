@@ -39,6 +39,7 @@ RENDERED_FIXTURES = [
     "002-09-AuthorizationPolicy-user-service-authz.yaml",
     "002-15-DestinationRule-high-throughput-service.yaml",
     "003-12-AuthorizationPolicy-deny-all.yaml",
+    "004-01-ServiceEntry-edition-cnn-com.yaml",
 ]
 
 # Fixtures Remora loads that the renderer refuses, with the reason it must give.
@@ -49,6 +50,7 @@ UNSUPPORTED_FIXTURES = {
     "003-06-TrafficSplit-blog-api-split.yaml": "kinds HTTPRouteGroup, TrafficSplit",
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": "kinds ServiceProfile",
     "003-08-ServiceIntentions-blog-api-intentions.yaml": "kinds ServiceDefaults",
+    "004-02-ServiceEntry-originate-mtls-for-nginx.yaml": r"originate-mtls-for-nginx spec\.resolution: NONE",
 }
 
 

@@ -357,7 +357,6 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
-            collector.warnings.extend(validate.client_tls_warnings(item.spec, item.ref, item.document.source))
             collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
@@ -490,16 +489,22 @@ def _check_kind(kind: Any, api_version: Any, report: Callable[[str, str], None])
 
 
 def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:
-    """Istio merges several DestinationRules for one host; Remora applies one per host."""
-    by_host: dict[str, list[_Loaded]] = {}
+    """Istio merges several DestinationRules for one host; Remora applies one per host.
+
+    A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
+    and Istio does not merge it with the others): only rules with the same selector collide.
+    """
+    by_host: dict[tuple, list[_Loaded]] = {}
     for item in loaded:
         if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
-            by_host.setdefault(index.qualify(item.spec.host, item.namespace), []).append(item)
+            selector = item.spec.workload_selector
+            scope = (item.namespace, tuple(sorted(selector.match_labels.items()))) if selector else None
+            by_host.setdefault((index.qualify(item.spec.host, item.namespace), scope), []).append(item)
     return [
         f"several DestinationRules for host {host}: "
         + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
         + "; Remora applies one DestinationRule per host, so their settings are not merged"
-        for host, items in by_host.items()
+        for (host, _), items in by_host.items()
         if len(items) > 1
     ]
 

@@ -285,7 +285,8 @@ class DestinationRuleSpec(Spec):
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] = []
     export_to: list[str] = []
-    workload_selector: WorkloadSelector | None = None
+    # Istio's type.v1beta1.WorkloadSelector ({matchLabels: ...}), not the ServiceEntry's {labels}.
+    workload_selector: TelemetrySelector | None = None
 
 
 # ---- Telemetry (telemetry.istio.io) -------------------------------------------------------

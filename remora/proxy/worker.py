@@ -27,6 +27,7 @@ from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
 from remora.proxy.tls import MeshTls
+from remora.proxy.tls_origination import OriginationDialer, OriginContexts, check_origination
 from remora.proxy.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
 from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.tracing import Tracer
@@ -63,6 +64,7 @@ class ProxyOptions:
     state_dir: str | None = None        # where the last good pushed snapshot is kept
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
     cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
+    credentials_dir: str | None = None  # DestinationRule tls.credentialName -> <dir>/<name>/ (tls_origination)
     capture: bool = False               # listeners receive iptables-redirected traffic (docs/interception.md)
     outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
 
@@ -75,7 +77,7 @@ class Snapshot:
         self.config = config
         self.version = config.version
         self.loaded_at = time.time()
-        self.services = build_clusters(config)
+        self.services = build_clusters(config, options.identity)
         self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
                                                       options.identity.namespace)
         self.inbound: RouteTable | None = None
@@ -95,6 +97,7 @@ class Snapshot:
                 cluster.telemetry = tags
         if self.inbound_cluster is not None:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
+        check_origination(self.clusters(), pools.origins)
         for cluster in self.clusters():
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
@@ -152,15 +155,22 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
         cluster.detector.inherit(previous.detector)
     cluster.circuit = pools.circuit_for(cluster.name)
     cluster.circuit.configure(cluster.traffic_policy)
+    origin = cluster.origination
     for ep in cluster.endpoints:
         mtls = ep.tls_mode == ISTIO_MUTUAL
-        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
+        originate = origin is not None and ep.tls_mode == origin.mode
+        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
+                                 origin.key if originate else mtls)
         ep.pool.endpoint = ep
         if mtls:
-            ep.pool.mtls = MtlsDialer(
+            ep.pool.dialer = MtlsDialer(
                 pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
                 cluster.naming, is_required(policy), cluster.name, ep.key,
                 ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
+        elif originate:
+            ep.pool.dialer = OriginationDialer(origin, pools.origins, pools.tls_stats_for(cluster.name),
+                                               cluster.name)
+            ep.pool.by_host = ep.pool.dialer.by_host
 
 
 def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
@@ -194,7 +204,7 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
-        self.pools = PoolRegistry(self.loop, self.tls)
+        self.pools = PoolRegistry(self.loop, self.tls, OriginContexts(options.credentials_dir))
         self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)

@@ -83,17 +83,20 @@ def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dic
 
 def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
                      cert_dir: Path | None = None,
-                     trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict:
+                     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                     workload: tuple[str, dict[str, str]] | None = None) -> dict:
     """The Envoy bootstrap (as a dict) serving the docs' routes on 127.0.0.1:listen_port.
 
     cert_dir is the client workload's certificate directory, needed when a cluster uses
-    Istio mutual TLS. PeerAuthentication, AuthorizationPolicy and RequestAuthentication are
-    accepted and ignored:
-    they govern the server's side.
+    Istio mutual TLS. `workload` (namespace, labels) is the client workload, which decides
+    the DestinationRules with a workloadSelector (none apply without it).
+    PeerAuthentication, AuthorizationPolicy and RequestAuthentication are accepted and
+    ignored: they govern the server's side.
     """
     by_kind = _by_kind(docs, _KINDS, "outbound")
     svcs = services(by_kind.get("ServiceEntry", []), by_kind.get("WorkloadEntry", []))
-    clusters = build_clusters(svcs, by_kind.get("DestinationRule", []), cert_dir, trust_domain)
+    clusters = build_clusters(svcs, by_kind.get("DestinationRule", []), cert_dir, trust_domain,
+                              workload)
     vhosts = virtual_hosts(by_kind.get("VirtualService", []), svcs)
     listener = {
         "name": f"outbound_127.0.0.1_{listen_port}",

@@ -129,13 +129,32 @@ def _merge(policy: dict, override: dict | None, port: int) -> dict:
     return merged
 
 
+def selected_rules(rules: list[dict], workload: tuple[str, dict[str, str]] | None) -> list[dict]:
+    """The DestinationRules for this sidecar, as Remora's proxy picks them: a rule with a
+    workloadSelector only for a workload (namespace, labels) of its namespace it selects,
+    and then instead of the host's rule without a selector."""
+    plain, chosen = [], {}
+    for doc in rules:
+        spec = doc.get("spec") or {}
+        selector = spec.get("workloadSelector")
+        if selector is None:
+            plain.append(doc)
+            continue
+        only(selector, {"matchLabels"}, f"{name_of(doc)} spec.workloadSelector")
+        wanted = selector.get("matchLabels") or {}
+        if workload is not None and namespace_of(doc) == workload[0] and all(
+                workload[1].get(k) == v for k, v in wanted.items()):
+            chosen[qualify_host(spec["host"], namespace_of(doc))] = doc
+    return [d for d in plain if qualify_host(d["spec"]["host"], namespace_of(d)) not in chosen] + list(chosen.values())
+
+
 def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path | None,
-                   trust_domain: str) -> list[dict]:
+                   trust_domain: str, workload: tuple[str, dict[str, str]] | None = None) -> list[dict]:
     """Every outbound cluster: (host, port) and (host, port, subset), with their policies."""
     by_host: dict[str, dict] = {}
-    for doc in rules:
+    for doc in selected_rules(rules, workload):
         spec, where = doc.get("spec") or {}, name_of(doc)
-        only(spec, {"host", "trafficPolicy", "subsets", "exportTo"}, f"{where} spec")
+        only(spec, {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"}, f"{where} spec")
         host = qualify_host(spec["host"], namespace_of(doc))
         if host not in svcs:
             raise Unsupported(f"{where} spec.host: {host} has no ServiceEntry to render")

@@ -99,6 +99,8 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": ("skipped", ("ServiceProfile",)),
     "003-08-ServiceIntentions-blog-api-intentions.yaml": ("rejected", ("kind",)),
     "003-12-AuthorizationPolicy-deny-all.yaml": ("loads", ()),
+    "004-01-ServiceEntry-edition-cnn-com.yaml": ("loads", ()),
+    "004-02-ServiceEntry-originate-mtls-for-nginx.yaml": ("loads", ()),
 }
 
 

@@ -228,8 +228,8 @@ def test_a_host_without_virtual_service_gets_istios_default_route():
         grpcStatus="UNAVAILABLE"), r"spec\.http\[1\]\.fault\.abort: grpcStatus"),
     ("DestinationRule", "reviews", lambda s: s["trafficPolicy"]["connectionPool"]["http"].update(
         h2UpgradePolicy="UPGRADE"), r"connectionPool\.http: h2UpgradePolicy"),
-    ("DestinationRule", "ratings", lambda s: s["trafficPolicy"]["tls"].update(mode="SIMPLE"),
-     r"tls\.mode SIMPLE"),
+    ("DestinationRule", "ratings", lambda s: s["trafficPolicy"]["tls"].update(
+        mode="MUTUAL", credentialName="client-credential"), r"trafficPolicy\.tls: credentialName"),
     ("ServiceEntry", "httpbin", lambda s: s.update(resolution="NONE"),
      r"ServiceEntry shop/httpbin spec\.resolution: NONE"),
 ])
