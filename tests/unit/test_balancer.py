@@ -83,6 +83,7 @@ def test_round_robin_equal_weights_rotate():
 
 
 def longest_run(seq: list, item) -> int:
+    """The most times `item` comes in a row in seq."""
     run = best = 0
     for x in seq:
         run = run + 1 if x is item else 0

@@ -339,7 +339,7 @@ def test_header_exact_prefix_regex():
 
 def test_header_names_are_case_insensitive():
     """Header names match case-insensitively, on both the YAML key and the request side; a
-    header of another name never matches, whatever its case or value."""
+    header of another name never matches, in any case, even with the wanted value."""
     table = one_match({"headers": {"End-User": {"exact": "jason"}}})
     assert matching(table, headers=[(b"END-USER", b"jason")])
     assert matching(table, headers=[(b"end-user", b"jason")])
