@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -121,7 +122,9 @@ async def measure(url: str, sidecars: int, applies: int) -> dict:
         sims = [SimulatedSidecar(url, i) for i in range(sidecars)]
         tasks = [asyncio.create_task(sim.run(session)) for sim in sims]
         started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(s.wait(lambda s: len(s.acked) == 3) for s in sims)), STEP_TIMEOUT)
+        every_type = len(TYPE_ORDER)
+        await asyncio.wait_for(asyncio.gather(*(s.wait(lambda s: len(s.acked) == every_type) for s in sims)),
+                               STEP_TIMEOUT)
         initial_sync = time.perf_counter() - started
         latencies = []
         for n in range(applies):
@@ -168,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         rss_idle = group_rss_mib(control.pid)
         result = asyncio.run(measure(f"http://127.0.0.1:{port}", args.sidecars, args.applies))
         rss = group_rss_mib(control.pid)
+    except BaseException:
+        print(f"control server log kept in {work / 'control.log'}", file=sys.stderr)
+        raise
     finally:
         control.stop()
+    shutil.rmtree(work)   # config, admin token, log
     lat = [x * 1000 for x in result["latencies"]]
     print(f"{args.services} ServiceEntries x {args.endpoints} endpoints, {args.sidecars} sidecars in "
           f"{NAMESPACES} namespaces, {args.applies} VirtualService applies "

@@ -79,9 +79,10 @@ def main() -> None:
     collector = Collector().start()
     upstream_port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", "--port", str(upstream_port)])
+    scratch = tempfile.TemporaryDirectory(prefix="remora-tracing-cost-")
     try:
         wait_port(upstream_port, 20)
-        mesh = Path(tempfile.mkdtemp()) / "mesh.yaml"
+        mesh = Path(scratch.name) / "mesh.yaml"
         mesh.write_text(MESH.format(port=upstream_port))
         setups = {"propagation only": ([], None),
                   "1% sampled + OTLP export": (["--trace-sampling", "1", "--otlp-endpoint",
@@ -101,6 +102,7 @@ def main() -> None:
         upstream.terminate()
         upstream.wait(10)
         collector.stop()
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ def docker_daemon():
     try:
         daemon.ensure()
     except DockerUnavailable as why:
+        daemon.stop()   # a dockerd that started but never answered, and its log
         pytest.skip(f"Docker tests skipped: {why}")
     yield daemon
     daemon.stop()

@@ -82,15 +82,18 @@ class Daemon:
             return "(no log)"
 
     def stop(self) -> None:
-        """Stop the dockerd this run started (SIGTERM, then SIGKILL); a pre-existing one is left alone."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        """Stop the dockerd this run started (SIGTERM, then SIGKILL) and remove its log; a
+        pre-existing one is left alone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.log_path is not None:
+            Path(self.log_path).unlink(missing_ok=True)
+            self.log_path = None
 
 
 def pip_build_args(environ: dict[str, str]) -> list[str]:

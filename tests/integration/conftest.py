@@ -1,8 +1,10 @@
-"""Shared fixtures: one set of test upstreams and one sidecar in front of them per module."""
+"""Shared fixtures: one set of test upstreams and one sidecar in front of them per module;
+every sidecar, control server and netns lab a test or module made is closed at its end."""
 from __future__ import annotations
 
 import pytest
 
+from tests.integration import owned
 from tests.integration.proxy_process import ProxyProcess
 from tests.integration.upstreams import Upstreams
 
@@ -91,6 +93,22 @@ spec:
     return "".join(docs)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _close_what_the_module_made():
+    """Module-scoped fixtures' processes and folders (autouse: set up before them, so torn down after)."""
+    mark = owned.mark()
+    yield
+    owned.close_since(mark)
+
+
+@pytest.fixture(autouse=True)
+def _close_what_the_test_made():
+    """A test's own processes and folders, even when it failed before its `stop()`."""
+    mark = owned.mark()
+    yield
+    owned.close_since(mark)
+
+
 @pytest.fixture(scope="session")
 def upstreams():
     ups = Upstreams().start()
@@ -105,4 +123,7 @@ def proxy(upstreams):
                      "--idle-timeout", "2s", "--drain-seconds", "2")
     p.wait_ready()
     yield p
-    assert p.stop() == 0, p.stderr()
+    try:
+        assert p.stop() == 0, p.stderr()
+    finally:
+        p.close()

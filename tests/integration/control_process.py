@@ -5,14 +5,14 @@ Reusable by end-to-end tests: `ControlProcess(files)` writes the files into a fr
 against it, `restart()` keeps the config and state directories. `request()` and `cli()` send
 the server's admin token (`admin_token`: read from <state-dir>/admin-token, from an
 --admin-token-file among the extra flags, or from the line a stateless server prints once);
-`auth=False` sends none.
+`auth=False` sends none. `close()` (or the end of the test that made it, see owned.py)
+stops it and removes its folder, CA key included.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,15 +20,17 @@ import time
 import urllib.error
 import urllib.request
 
+from tests.integration.owned import OwnedProcess
 from tests.integration.upstreams import free_port
 
 
-class ControlProcess:
+class ControlProcess(OwnedProcess):
     """A running control server: its URL, directories, log and a clean stop."""
 
     def __init__(self, files: dict[str, str] | None = None, *extra: str, grace: str = "10s",
                  debounce: str = "50ms", state: bool = True) -> None:
         self.dir = tempfile.mkdtemp(prefix="remora-control-")
+        self._own()
         self.config_dir = os.path.join(self.dir, "config")
         self.state_dir = os.path.join(self.dir, "state") if state else None
         os.mkdir(self.config_dir)
@@ -39,7 +41,6 @@ class ControlProcess:
                      "--listen", f"127.0.0.1:{self.port}", "--grace-period", grace, "--debounce", debounce,
                      *(["--state-dir", self.state_dir] if self.state_dir else []), *extra]
         self.err_path = os.path.join(self.dir, "stderr.log")
-        self.proc: subprocess.Popen | None = None
         self.start()
 
     @property
@@ -47,7 +48,8 @@ class ControlProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ControlProcess":
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(self.err_path, "ab"))
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                     stderr=self._log_file(self.err_path, "ab"))
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> "ControlProcess":
@@ -149,16 +151,6 @@ class ControlProcess:
     def stderr(self) -> str:
         with open(self.err_path) as f:
             return f.read()
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
     def restart(self) -> "ControlProcess":
         assert self.stop() == 0, self.stderr()

@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from tests.integration import owned
+
 TOOLS = ("ip", "iptables", "iptables-save", "iptables-restore")
 
 
@@ -91,6 +93,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.dirs: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self._serial = owned.register(self)   # closed at the end of the test or module that made it
         self.hub = self._namespace("hub")
         sh("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
@@ -130,6 +133,7 @@ class Lab:
             sh("ip", "netns", "del", name, check=False)
         for folder in self.dirs:
             shutil.rmtree(folder, ignore_errors=True)
+        owned.release(self._serial)
 
 
 def wait_until(check, timeout: float = 30.0, what: str = "condition"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -10,11 +9,13 @@ import time
 import urllib.error
 import urllib.request
 
+from tests.integration.owned import OwnedProcess
 from tests.integration.upstreams import free_port
 
 
-class ProxyProcess:
-    """A running sidecar: its ports, its access log, and a clean stop."""
+class ProxyProcess(OwnedProcess):
+    """A running sidecar: its ports, its access log, and a clean stop; `close()` (or the end
+    of the test that made it, see owned.py) also removes its folder."""
 
     def __init__(self, mesh_yaml: str | None, *extra: str, inbound_app_port: int | None = None,
                  control: str | None = None, state_dir: str | None = None,
@@ -23,6 +24,7 @@ class ProxyProcess:
         control server at `control`, keeping its snapshot in `state_dir` (default: a fresh
         directory of this process, so tests never share one)."""
         self.dir = tempfile.mkdtemp(prefix="remora-test-")
+        self._own()
         self.outbound_port = free_port()
         self.admin_port = free_port()
         self.inbound_port = free_port() if inbound_app_port else None
@@ -44,8 +46,8 @@ class ProxyProcess:
             args += ["--inbound-port", str(self.inbound_port), "--app-port", str(inbound_app_port)]
         self.log_path = os.path.join(self.dir, "stdout.log")
         self.err_path = os.path.join(self.dir, "stderr.log")
-        self.proc = subprocess.Popen(args, stdout=open(self.log_path, "wb"),
-                                     stderr=open(self.err_path, "wb"))
+        self.proc = subprocess.Popen(args, stdout=self._log_file(self.log_path, "wb"),
+                                     stderr=self._log_file(self.err_path, "wb"))
 
     def wait_ready(self, timeout: float = 20.0) -> "ProxyProcess":
         deadline = time.time() + timeout
@@ -104,16 +106,6 @@ class ProxyProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def wait_until(predicate, what: str, p: ProxyProcess, timeout: float = 30.0):

@@ -30,11 +30,21 @@ LIVE_LINE = re.compile(
 )
 
 
+def remove_kept_logs(out: str) -> None:
+    """The demo keeps its folder (logs, control state, CA key) after a failure, for people;
+    a test has the demo's output and needs no folder left behind."""
+    kept = re.search(r"^logs kept in (.+)$", out, re.M)
+    if kept:
+        shutil.rmtree(kept.group(1), ignore_errors=True)
+
+
 def run_demo(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "examples.demo", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+    remove_kept_logs(result.stdout)
+    return result
 
 
 # ---- the apps, with a stand-in for the sidecar --------------------------------------------
@@ -178,6 +188,7 @@ def test_demo_stops_cleanly_on_sigint():
         watchdog.cancel()
         proc.kill()
     out = "".join(seen) + rest
+    remove_kept_logs(out)
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out
     assert re.search(r"^stopped 11 processes$", out, re.M), out
@@ -187,9 +198,6 @@ def test_demo_reports_a_dying_sidecar():
     """A sidecar that exits on its own makes the demo print its stderr and exit non-zero."""
     crash = f"{sys.executable} -c 'import sys; sys.stderr.write(\"sidecar boom\\n\"); sys.exit(3)'"
     result = run_demo("--duration", "5", "--sidecar", crash, timeout=60)
-    kept = re.search(r"^logs kept in (.+)$", result.stdout, re.M)
-    if kept:  # the demo keeps logs after a failure, for people; the test does not need them
-        shutil.rmtree(kept.group(1), ignore_errors=True)
     assert result.returncode != 0
     assert "exited with code 3 unexpectedly" in result.stdout
     assert "| sidecar boom" in result.stdout

@@ -4,10 +4,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import threading
+import time
 
 import aiohttp
 
 from tests.integration.client import RawClient
+from tests.integration.upstreams import SinkServer, SourceServer
 
 
 def test_keep_alive_reuses_both_connections(proxy):
@@ -145,38 +148,76 @@ def test_websocket_echo_is_tunnelled(proxy):
     asyncio.run(asyncio.wait_for(run(), 20))
 
 
+LARGE = 256 << 20       # more than every socket buffer on the way can hold (a few MiB each)
+BACKLOG_BOUND = 96 << 20   # bytes the proxy may let pile up between a fast and a stalled end
+
+
+def settle(progress, limit: int, quiet: float = 1.0, timeout: float = 60.0) -> int:
+    """Poll progress() until it reaches `limit` or stops moving for `quiet` seconds; its last value."""
+    last, moved, deadline = progress(), time.monotonic(), time.monotonic() + timeout
+    while last < limit and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = progress()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved >= quiet:
+            break
+    return last
+
+
+def source_response(c: RawClient, size: int) -> list[int]:
+    """Ask the source upstream for `size` bytes on c, read nothing; its record in SourceServer.responses."""
+    seen = len(SourceServer.responses)
+    c.send(b"GET /%d HTTP/1.1\r\nHost: source\r\n\r\n" % size)
+    settle(lambda: len(SourceServer.responses), seen + 1, quiet=10)
+    assert len(SourceServer.responses) == seen + 1, "the source never got the request"
+    return SourceServer.responses[seen]
+
+
+def stalled_download(c: RawClient, size: int) -> list[int]:
+    """Start a `size`-byte download on c that the client does not read: the source must soon
+    stop (the proxy stops reading it), with at most BACKLOG_BOUND bytes in between."""
+    response = source_response(c, size)
+    backlog = settle(lambda: response[2], size)
+    assert backlog < BACKLOG_BOUND, f"{backlog >> 20} MiB left the source for a client reading nothing"
+    return response
+
+
 def test_large_upload_and_download_keep_memory_flat(proxy):
-    """Streaming 1 GiB up and 1 GiB down through the proxy grows its RSS by only a few MiB."""
-    size = 1 << 30
+    """256 MiB up to an upstream that stops reading, and down to a client that stops reading:
+    the proxy stops reading the fast side (backpressure), so the bytes it takes in while the
+    other side reads nothing, and its RSS, stay bounded; both bodies then arrive whole."""
     c = RawClient(proxy.outbound_port, timeout=120)
     c.request("GET", "/warm", "echo")
     before = proxy.rss_kib()
-    c.send(b"POST /up HTTP/1.1\r\nHost: sink\r\nContent-Length: %d\r\n\r\n" % size)
-    block = b"y" * (1 << 20)
-    peak = before
-    for i in range(size // len(block)):
-        c.sock.sendall(block)
-        if i % 128 == 0:
-            peak = max(peak, proxy.rss_kib())
+    stalled = len(SinkServer.stalled)
+    c.send(b"POST /stall HTTP/1.1\r\nHost: sink\r\nContent-Length: %d\r\n\r\n" % LARGE)
+    sent = [0]
+
+    def upload() -> None:
+        block = b"y" * (1 << 20)
+        for _ in range(LARGE // len(block)):
+            c.sock.sendall(block)
+            sent[0] += len(block)
+
+    sender = threading.Thread(target=upload, daemon=True)
+    sender.start()
+    backlog = settle(lambda: sent[0], LARGE)
+    growth_mib = (proxy.rss_kib() - before) / 1024
+    assert backlog < BACKLOG_BOUND, f"the client sent {backlog >> 20} MiB to an upstream reading nothing"
+    assert growth_mib < 64, f"proxy RSS grew {growth_mib:.1f} MiB while the upstream read nothing"
+    assert len(SinkServer.stalled) == stalled + 1, "the sink never got the request"
+    SinkServer.stalled.pop().release()
+    sender.join(120)
+    assert sent[0] == LARGE
+    assert c.read_response().body == b"%d" % LARGE
+
+    before = proxy.rss_kib()
+    stalled_download(c, LARGE)
+    growth_mib = (proxy.rss_kib() - before) / 1024
+    assert growth_mib < 64, f"proxy RSS grew {growth_mib:.1f} MiB while the client read nothing"
     r = c.read_response()
-    assert r.body == b"%d" % size
-    c.send(b"GET /%d HTTP/1.1\r\nHost: source\r\n\r\n" % size)
-    got = 0
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += c.sock.recv(65536)
-    got = len(head.split(b"\r\n\r\n", 1)[1])
-    n = 0
-    while got < size:
-        data = c.sock.recv(1 << 20)
-        assert data
-        got += len(data)
-        n += 1
-        if n % 256 == 0:
-            peak = max(peak, proxy.rss_kib())
-    assert got == size
-    growth_mib = (peak - before) / 1024
-    assert growth_mib < 16, f"proxy RSS grew {growth_mib:.1f} MiB while streaming"
+    assert r.status == 200 and len(r.body) == LARGE
 
 
 def test_refused_upgrade_gets_the_response_then_close(proxy):
@@ -189,18 +230,19 @@ def test_refused_upgrade_gets_the_response_then_close(proxy):
 
 
 def test_slow_reader_then_reused_connection_still_answers(proxy):
-    """After a large response to a client that reads slowly, the pooled upstream connection serves the next request."""
-    import time
+    """After a large response to a client that reads slowly (so the proxy had to stop reading
+    the upstream), the same pooled upstream connection serves the next requests."""
     c = RawClient.__new__(RawClient)
     c.buf = b""
     c.sock = socket.socket()
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connect: a small window
     c.sock.settimeout(30)
     c.sock.connect(("127.0.0.1", proxy.outbound_port))
-    c.send(b"GET /%d HTTP/1.1\r\nHost: source\r\n\r\n" % (8 << 20))
-    time.sleep(0.5)     # let the proxy hit backpressure and pause the upstream
+    connection, size, _ = stalled_download(c, LARGE)
     r = c.read_response()
-    assert r.status == 200 and len(r.body) == 8 << 20
-    for i in range(3):
+    assert r.status == 200 and len(r.body) == size
+    assert r.headers["x-connection"] == str(connection)
+    for _ in range(3):
         r = c.request("GET", "/%d" % 10, "source")
         assert r.status == 200 and r.body == b"x" * 10
+        assert r.headers["x-connection"] == str(connection), "the upstream connection was not reused"

@@ -177,13 +177,22 @@ class ChaosServer(asyncio.Protocol):
 
 
 class SinkServer(asyncio.Protocol):
-    """Counts a Content-Length request body without keeping it, answers the count."""
+    """Counts a Content-Length request body without keeping it, answers the count. A path
+    starting /stall stops reading right after the head (the connection joins `stalled`)
+    until `release()`: a receiver slower than any sender."""
+
+    stalled: list["SinkServer"] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         self.head = b""
         self.remaining = None
         self.count = 0
+
+    def release(self) -> None:
+        """Read again (callable from any thread)."""
+        self.loop.call_soon_threadsafe(self.transport.resume_reading)
 
     def data_received(self, data: bytes) -> None:
         if self.remaining is None:
@@ -196,6 +205,9 @@ class SinkServer(asyncio.Protocol):
                 if k.strip().lower() == b"content-length":
                     self.remaining = int(v)
             self.head = b""
+            if head.split(b" ", 2)[1].startswith(b"/stall"):
+                self.transport.pause_reading()
+                SinkServer.stalled.append(self)
         self.count += len(data)
         self.remaining -= len(data)
         if self.remaining <= 0:
@@ -205,11 +217,17 @@ class SinkServer(asyncio.Protocol):
 
 
 class SourceServer(asyncio.Protocol):
-    """Sends N bytes (path /N) with Content-Length, respecting the socket's backpressure."""
+    """Sends N bytes (path /N) with Content-Length, respecting the socket's backpressure.
+    Each connection has a number, sent as `x-connection`; each response is recorded in
+    `responses` as [connection number, N, bytes handed to the socket so far]."""
+
+    connections = 0
+    responses: list[list[int]] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.left = 0
+        SourceServer.connections += 1
+        self.number = SourceServer.connections
         self.can_write = asyncio.Event()
         self.can_write.set()
 
@@ -222,16 +240,20 @@ class SourceServer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if b"\r\n\r\n" in data:
             n = int(data.split(b" ", 2)[1].strip(b"/"))
-            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
-            asyncio.get_running_loop().create_task(self._send(n))
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-connection: %d\r\n\r\n"
+                                 % (n, self.number))
+            record = [self.number, n, 0]
+            SourceServer.responses.append(record)
+            asyncio.get_running_loop().create_task(self._send(n, record))
 
-    async def _send(self, n: int) -> None:
+    async def _send(self, n: int, record: list[int]) -> None:
         block = b"x" * (256 << 10)
         while n > 0 and not self.transport.is_closing():
             await self.can_write.wait()
             piece = block if n >= len(block) else block[:n]
             self.transport.write(piece)
             n -= len(piece)
+            record[2] += len(piece)
 
 
 class LoopThread:

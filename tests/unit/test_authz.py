@@ -62,8 +62,17 @@ def test_istio_allow_all_example() -> None:
 
 
 def test_deny_policy_without_rules_denies_nothing() -> None:
-    """A DENY policy with no rules matches nothing: requests stay allowed."""
-    assert authorizer(policy("d", "action: DENY")).check(request()).allowed
+    """A DENY policy with no rules applies (it is loaded as a DENY policy) but matches nothing:
+    requests stay allowed, while a DENY with a rule beside it, in the same setup, does deny."""
+    alone = authorizer(policy("d", "action: DENY"))
+    assert [p.name for p in alone.deny] == ["foo/d"] and not alone.empty
+    assert alone.check(request()) == Decision(True, None, False)
+    assert alone.check(request(method="POST", source_principal=None, path="/admin")).allowed
+    both = authorizer(policy("d", "action: DENY")
+                      + policy("no-post", "action: DENY\nrules: [{to: [{operation: {methods: [POST]}}]}]"))
+    assert [p.name for p in both.deny] == ["foo/d", "foo/no-post"]
+    assert both.check(request(method="GET")) == Decision(True, None, False)
+    assert both.check(request(method="POST")) == Decision(False, "foo/no-post", False)
 
 
 def test_deny_wins_over_allow() -> None:

@@ -82,11 +82,43 @@ def test_round_robin_equal_weights_rotate():
     assert seq == [endpoints[(start + k) % 4] for k in range(12)]
 
 
+def longest_run(seq: list, item) -> int:
+    """The most times `item` comes in a row in seq."""
+    run = best = 0
+    for x in seq:
+        run = run + 1 if x is item else 0
+        best = max(best, run)
+    return best
+
+
+def assert_evenly_spread(seq: list, weights: dict) -> None:
+    """Every window of L consecutive picks holds floor or ceil of L * w / W picks of each
+    endpoint of weight w (W: the sum): no endpoint gets its share in bursts, at any scale."""
+    period = sum(weights.values())
+    for length in range(1, period + 1):
+        for ep, w in weights.items():
+            fair = {length * w // period, -(-length * w // period)}
+            counts = {seq[i:i + length].count(ep) for i in range(len(seq) - length + 1)}
+            assert counts <= fair, f"weight {w}: {counts} picks in windows of {length}, fair is {fair}"
+
+
 def test_round_robin_weighted_is_smooth():
-    """Weighted slots are spread out: weights [1, 1] within [5, 1, 1] never sit adjacent."""
+    """Weighted slots are spread out: with [5, 1, 1] the heavy endpoint never runs more than
+    3 picks in a row (5 picks around 2 others), the light ones never sit adjacent."""
     a, b, c = endpoints = eps(5, 1, 1)
     seq = picks(RoundRobinBalancer(endpoints, rng=random.Random(3)), 70)
+    assert longest_run(seq, a) == 3
     assert all({x, y} != {b, c} for x, y in zip(seq, seq[1:]))
+    assert_evenly_spread(seq, {a: 5, b: 1, c: 1})
+
+
+@pytest.mark.parametrize("weights", [(5, 1, 1), (3, 2), (4, 1), (2, 1, 1), (1, 3), (3, 5)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_robin_spreads_each_endpoint_evenly(weights, seed):
+    """The even spread holds for other weights and start offsets."""
+    endpoints = eps(*weights)
+    seq = picks(RoundRobinBalancer(endpoints, rng=random.Random(seed)), 4 * sum(weights))
+    assert_evenly_spread(seq, dict(zip(endpoints, weights)))
 
 
 @pytest.mark.parametrize("weights", [(5, 1, 1), (3, 2, 2), (1, 1, 1)])

@@ -338,11 +338,16 @@ def test_header_exact_prefix_regex():
 
 
 def test_header_names_are_case_insensitive():
-    """Header names match case-insensitively, on both the YAML key and the request side."""
+    """Header names match case-insensitively, on both the YAML key and the request side; a
+    header of another name never matches, in any case, even with the wanted value."""
     table = one_match({"headers": {"End-User": {"exact": "jason"}}})
     assert matching(table, headers=[(b"END-USER", b"jason")])
     assert matching(table, headers=[(b"end-user", b"jason")])
     assert matching(table, headers=[(b"End-User", b"jason")])
+    for other in (b"end-users", b"x-end-user", b"end_user", b"enduser", b"end-use", b"user"):
+        assert not matching(table, headers=[(other, b"jason")]), other
+        assert not matching(table, headers=[(other.upper(), b"jason")]), other
+    assert matching(table, headers=[(b"x-end-user", b"bob"), (b"END-USER", b"jason")])
 
 
 def test_header_values_are_case_sensitive():
