@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--request-headers-timeout", type=_seconds, default=10.0,
                        help="answer 408 when a request head takes longer than this")
     proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
-                       help="close a request whose body stalls this long")
+                       help="end a request with no activity in either direction this long (request "
+                            "bytes read, response bytes received or drained by the client): 408 SI")
+    proxy.add_argument("--max-request-headers-count", type=int, default=100,
+                       help="answer 431 to a request with more header lines (Envoy's default 100)")
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
@@ -351,6 +354,7 @@ def _proxy(args) -> int:
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout,
+                                  max_request_headers_count=args.max_request_headers_count,
                                   detection_timeout=args.protocol_detection_timeout),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
                                   service_account=args.service_account, labels=args.labels,

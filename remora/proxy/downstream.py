@@ -8,8 +8,19 @@ clients when the length is unknown, close-delimited for 1.0) and keep-alive.
 Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
 body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
 CLOSED. The worker's sweeper uses them for the idle, header and body timeouts.
-Pipelined requests queue behind the active one and start in order; reading pauses while
-one is queued, so a pipelining client cannot make the proxy buffer without bound.
+Pipelined requests queue behind the active one and start in order, each with its own
+keep-alive (a later `Connection: close` closes after that request's response, not the
+first one's); reading pauses while one is queued, so a pipelining client cannot make the
+proxy buffer without bound. A request with a body starts (goes upstream) only at the end
+of the read that brought its head, so a body that is malformed in that same read is
+refused before anything was sent upstream.
+
+Timeouts (the sweeper, once a second; Envoy's semantics): IDLE closes after idle_timeout
+counted from the end of the last response (bytes that start no request, like bare CRLFs,
+do not count); HEADERS answers 408 after request_headers_timeout from the request's first
+read; BODY and WAITING time out after stream_idle_timeout with no activity in either
+direction: request bytes read, response bytes from the upstream, or response bytes the
+client drained. A client that stops reading is not active, so it is cut off too.
 """
 from __future__ import annotations
 
@@ -98,12 +109,18 @@ class DownstreamHttp1(asyncio.Protocol):
         self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
+        self.max_headers = listener.settings.max_request_headers_count
+        self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
+        self.drain_mark = 0           # write buffer size at the last sweep while paused
+        self.sent_mark = 0            # the active exchange's bytes_sent at the last sweep
         self._reset_request()
 
     def _reset_request(self) -> None:
         self.url = b""
         self.headers: list = []
         self.header_bytes = 0
+        self.specials = 0          # header lines not kept in self.headers (counted for the limit)
         self.authority: bytes | None = None
         self.content_length: bytes | None = None
         self.user_agent = b""
@@ -126,7 +143,7 @@ class DownstreamHttp1(asyncio.Protocol):
             return
         self.url = b""
         self.headers = []
-        self.header_bytes = 0
+        self.header_bytes = self.specials = 0
         self.authority = None
         self.content_length = None
         self.user_agent = self.request_id = self.xff = self.xfp = b""
@@ -142,7 +159,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.tls:
             # Once per connection: the verified caller, for authorization, XFCC and metrics.
             self.peer_cert = PeerCertificate.of(transport, self.listener.local_spiffe_id())
-        self.last_activity = self.loop.time()
+        self.last_activity = self.idle_since = self.loop.time()
         self.listener.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -165,13 +182,21 @@ class DownstreamHttp1(asyncio.Protocol):
         except BadRequest as err:
             self._reject(err)
         except HttpParserError as exc:
-            if self.state == WAITING and not self.keep_alive:
+            if self.state == WAITING and (not self.keep_alive or (self.queued and not self.queued[-1][1])):
                 # Bytes after a request that said Connection: close (llhttp refuses them):
-                # ignore them and answer the request we have.
+                # ignore them and answer the requests we have.
                 self._pause(4)
-                return
-            cause = exc.__context__ or exc.__cause__
-            self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+            else:
+                cause = exc.__context__ or exc.__cause__
+                self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+        if self.deferred is not None:
+            self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        """Start the request whose head (with a body) came in this read, unless its body was refused."""
+        exchange, self.deferred = self.deferred, None
+        if not exchange.finished and self.state != CLOSED:
+            exchange.start()
 
     def eof_received(self):
         return False
@@ -185,7 +210,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.tunnel_meter is not None:
             self.listener.tunnel_closed(self.tunnel_meter)
             self.tunnel_meter = None
-        for ex in (self.active, self.receiving, *self.queued):
+        for ex in (self.active, self.receiving, *[queued for queued, _ in self.queued]):
             if ex is not None:
                 ex.on_downstream_closed()
         self.active = self.receiving = None
@@ -193,6 +218,7 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.drain_mark = self.transport.get_write_buffer_size()
         if self.tunnel_peer is not None:
             self.tunnel_peer.pause_reading()
         elif self.active is not None:
@@ -200,6 +226,7 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_activity = self.idle_since = self.loop.time()   # the client drained: progress
         if self.tunnel_peer is not None:
             self.tunnel_peer.resume_reading()
         elif self.active is not None:
@@ -227,7 +254,9 @@ class DownstreamHttp1(asyncio.Protocol):
         code = REQUEST_SPECIAL.get(lname)
         if code is None:
             self.headers.append((name, value))
-        elif code == H_HOST:
+            return
+        self.specials += 1
+        if code == H_HOST:
             if self.authority is not None:
                 raise BadRequest(400, b"duplicate host header")
             if b" " in value or b"\t" in value:
@@ -277,6 +306,9 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.unparsed_head_bytes = 0
+        if len(self.headers) + self.specials > self.max_headers:
+            # Envoy's max_request_headers_count (default 100): 431, flag DPE.
+            raise BadRequest(431, b"too many request headers")
         parser = self.parser
         version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         url = self.url
@@ -305,7 +337,7 @@ class DownstreamHttp1(asyncio.Protocol):
         head.peer_cert = self.peer_cert
         if self.xfp:
             head.scheme = self.xfp
-        self.keep_alive = parser.should_keep_alive() and not self.listener.draining
+        keep_alive = parser.should_keep_alive() and not self.listener.draining
         self.state = BODY
         if self.expect_continue and head.has_body and version == b"1.1":
             # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
@@ -313,11 +345,16 @@ class DownstreamHttp1(asyncio.Protocol):
         exchange = self.listener.new_exchange(self, head)
         self.receiving = exchange
         if self.active is None:
+            self.keep_alive = keep_alive
             self.active = exchange
             if not exchange.finished:
-                exchange.start()
+                if head.has_body:
+                    self.deferred = exchange   # started once this read is parsed (data_received)
+                else:
+                    exchange.start()
         else:
-            self.queued.append(exchange)
+            # A pipelined request: its own keep-alive applies when its response is written.
+            self.queued.append((exchange, keep_alive))
             self._pause(2)
 
     def _absolute_form(self, url: bytes) -> bytes:
@@ -492,7 +529,7 @@ class DownstreamHttp1(asyncio.Protocol):
             self.transport.close()
             return
         if self.queued:
-            nxt = self.queued.popleft()
+            nxt, self.keep_alive = self.queued.popleft()
             self.active = nxt
             if not self.queued:
                 self._resume(2)
@@ -501,7 +538,7 @@ class DownstreamHttp1(asyncio.Protocol):
             return
         if self.state == WAITING:
             self.state = IDLE
-            self.last_activity = self.loop.time()
+            self.idle_since = self.loop.time()
 
     def _reject(self, err: BadRequest) -> None:
         """A malformed request: answer 4xx with flag DPE and close."""
@@ -527,18 +564,32 @@ class DownstreamHttp1(asyncio.Protocol):
     # -- timeouts (called by the worker's sweeper) -------------------------------------------------
     def check_timeouts(self, now: float, settings) -> None:
         state = self.state
-        if self.write_paused:
-            # Response bytes are still queued for a slow reader: not idle, not stalled.
-            self.last_activity = now
+        if state >= TUNNEL:
             return
-        if state == IDLE and now - self.last_activity > settings.idle_timeout:
-            self.state = CLOSED
-            self.transport.close()
-        elif state == HEADERS and now - self.request_start > settings.request_headers_timeout:
-            self._reject(BadRequest(408, b"request header timeout"))
-        elif state == BODY and now - self.last_activity > settings.stream_idle_timeout:
-            if self.active is not None and not self.active.response_started:
-                self.active.local_reply(408, b"stream timeout", "SI")
+        if self.write_paused:
+            # Response bytes wait for the client: progress is the buffer draining (and each
+            # resume_writing). A client that reads nothing makes none and times out.
+            size = self.transport.get_write_buffer_size()
+            if size < self.drain_mark:
+                self.last_activity = self.idle_since = now
+            self.drain_mark = size
+        active = self.active
+        if active is not None and active.bytes_sent != self.sent_mark:
+            self.sent_mark = active.bytes_sent     # the upstream is sending the response
+            self.last_activity = now
+        if state == IDLE:
+            if now - self.idle_since > settings.idle_timeout:
+                self.state = CLOSED
+                self.transport.close()
+        elif state == HEADERS:
+            if now - self.request_start > settings.request_headers_timeout:
+                self._reject(BadRequest(408, b"request header timeout"))
+        elif now - self.last_activity > settings.stream_idle_timeout:
+            # BODY or WAITING: Envoy's stream idle timeout, no activity in either direction.
+            # Requests queued behind the active one end DC when the connection closes.
+            self.keep_alive = False
+            if active is not None:
+                active.on_stream_idle_timeout()
             self.state = CLOSED
             self.transport.close()
 

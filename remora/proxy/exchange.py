@@ -516,6 +516,21 @@ class Exchange:
         self.add_flag("DC")
         self._finish()
 
+    def on_stream_idle_timeout(self) -> None:
+        """Envoy's stream idle timeout: 408 "stream timeout" before the response started,
+        else the response is cut short; flag SI either way."""
+        if self.finished:
+            return
+        if not self.response_started:
+            self.local_reply(408, b"stream timeout", "SI")
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self._endpoint_done(error=False)
+        self.add_flag("SI")
+        self._finish()
+
     # -- endings -----------------------------------------------------------------------------
     def local_reply(self, status: int, body: bytes, flag: str, extra: list | None = None) -> None:
         """Answer from the proxy itself (Envoy's local reply), then finish."""

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import CONTINUE_100, MAX_HEADER_BYTES, REQUEST_SPECIAL
+from remora.proxy.listener import ListenerSettings
 
 UUID4 = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -133,6 +134,7 @@ class FakeListener:
 
     def __init__(self) -> None:
         self.loop = FakeLoop()
+        self.settings = ListenerSettings()
         self.draining = False
         self.sample_ratio = 0.0
         self.log: list = []
