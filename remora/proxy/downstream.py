@@ -111,6 +111,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.unparsed_head_bytes = 0
         self.max_headers = listener.settings.max_request_headers_count
         self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
         self.drain_mark = 0           # write buffer size at the last sweep while paused
         self.sent_mark = 0            # the active exchange's bytes_sent at the last sweep
@@ -530,22 +531,38 @@ class DownstreamHttp1(asyncio.Protocol):
             return
         if self.queued:
             nxt, self.keep_alive = self.queued.popleft()
+            if nxt is self.receiving and self.rejected is not None:
+                self._send_rejection()     # its body was malformed: it gets the 4xx
+                return
             self.active = nxt
             if not self.queued:
                 self._resume(2)
             if not nxt.finished:
                 nxt.start()
             return
+        if self.rejected is not None:
+            self._send_rejection()
+            return
         if self.state == WAITING:
             self.state = IDLE
             self.idle_since = self.loop.time()
 
     def _reject(self, err: BadRequest) -> None:
-        """A malformed request: answer 4xx with flag DPE and close."""
-        if self.state == CLOSED or self.tunnel_peer is not None:
+        """A malformed request: answer 4xx with flag DPE and close.
+
+        When it was pipelined behind requests still being answered, those are answered
+        first, in order (Envoy parses one request at a time, so it meets the error only
+        then); reading stops, and the 4xx follows the last of them (_send_rejection)."""
+        if self.state == CLOSED or self.tunnel_peer is not None or self.rejected is not None:
             return
         self.listener.count_protocol_error(err.status)
         current = self.active
+        if (current is not None and current is not self.receiving and not current.finished
+                and self.transport is not None):
+            self.rejected = err
+            self._pause(4)
+            self.state = WAITING
+            return
         if (current is not None and current is self.receiving and not current.response_started
                 and not current.finished):
             # The head was fine and already routed, but its body is malformed (a bad
@@ -560,6 +577,19 @@ class DownstreamHttp1(asyncio.Protocol):
         self.state = CLOSED
         if self.transport is not None:
             self.transport.close()
+
+    def _send_rejection(self) -> None:
+        """The requests before a malformed pipelined one are answered: now refuse it and close."""
+        err, self.rejected = self.rejected, None
+        self.keep_alive = False
+        exchange = self.receiving     # a pipelined request whose body was malformed
+        if exchange is None or exchange.finished:
+            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
+            exchange = self.listener.new_exchange(self, head, routed=False)
+        self.active = exchange
+        exchange.local_reply(err.status, err.detail, "DPE")
+        self.state = CLOSED
+        self.transport.close()
 
     # -- timeouts (called by the worker's sweeper) -------------------------------------------------
     def check_timeouts(self, now: float, settings) -> None:

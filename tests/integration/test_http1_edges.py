@@ -252,6 +252,23 @@ def test_pipelined_requests_to_an_upstream_that_closes_after_each_response(edge)
     assert len(answered) == 3 and all('HTTP/1.1" 200 - ' in line for line in answered), answered
 
 
+@pytest.mark.parametrize("bad", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /pipe-bad-body HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_valid_request_before_a_malformed_pipelined_one_is_answered_first(edge, bad):
+    """A valid request pipelined before a malformed one gets its response, then the 400, then close."""
+    sock = connect(edge.outbound_port)
+    sock.sendall(b"GET /slow?ms=200 HTTP/1.1\r\nHost: echo\r\n\r\n" + bad)
+    data, closed = read_until_closed(sock)
+    got = responses(data)
+    assert closed
+    assert [r.status for r in got] == [200, 400], data[:300]
+    assert got[1].headers["connection"] == "close"
+    if b"pipe-bad-body" in bad:
+        assert '"POST /pipe-bad-body HTTP/1.1" 400 DPE ' in edge.access_log()
+
+
 # ---- 2. timeouts that bytes without progress do not refresh ----------------------------------------
 
 
