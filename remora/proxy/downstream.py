@@ -349,7 +349,7 @@ class DownstreamHttp1(asyncio.Protocol):
             self.keep_alive = keep_alive
             self.active = exchange
             if not exchange.finished:
-                if head.has_body:
+                if head.chunked or head.content_length:   # head.has_body, without a call
                     self.deferred = exchange   # started once this read is parsed (data_received)
                 else:
                     exchange.start()
