@@ -41,6 +41,9 @@ from remora.proxy.inbound_policy import PeerCertificate
 from remora.proxy.message import RequestHead
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
+HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
+LINE_COST = HEADER_LINE + 4            # ": " and CRLF
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
 _OWS = (0x20, 0x09)
 
@@ -109,7 +112,8 @@ class DownstreamHttp1(asyncio.Protocol):
         self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
-        self.max_headers = listener.settings.max_request_headers_count
+        # header_bytes counts lines too (see on_header): reaching this means one line too many.
+        self.header_limit = (listener.settings.max_request_headers_count + 1) * HEADER_LINE
         self.deferred: Exchange | None = None   # starts at the end of the current read
         self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
@@ -120,8 +124,7 @@ class DownstreamHttp1(asyncio.Protocol):
     def _reset_request(self) -> None:
         self.url = b""
         self.headers: list = []
-        self.header_bytes = 0
-        self.specials = 0          # header lines not kept in self.headers (counted for the limit)
+        self.header_bytes = 0      # head bytes + HEADER_LINE per header line
         self.authority: bytes | None = None
         self.content_length: bytes | None = None
         self.user_agent = b""
@@ -144,7 +147,7 @@ class DownstreamHttp1(asyncio.Protocol):
             return
         self.url = b""
         self.headers = []
-        self.header_bytes = self.specials = 0
+        self.header_bytes = 0
         self.authority = None
         self.content_length = None
         self.user_agent = self.request_id = self.xff = self.xfp = b""
@@ -246,18 +249,20 @@ class DownstreamHttp1(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.state != HEADERS:
             return   # trailer fields after a chunked body: never merged into the head
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > MAX_HEADER_BYTES:
-            raise BadRequest(431, b"request header fields too large")
+        # One add and one compare per line count both bytes and lines: each line adds
+        # HEADER_LINE (2**24) besides its bytes, so the high part is the line count (Envoy's
+        # max_request_headers_count, checked here) and the low part the bytes (checked at
+        # on_headers_complete; data_received bounds a head that never completes).
+        self.header_bytes += len(name) + len(value) + LINE_COST
+        if self.header_bytes >= self.header_limit:
+            raise BadRequest(431, b"too many request headers")
         if value and value[-1] in _OWS:
             value = value.rstrip(b" \t")   # httptools strips only leading whitespace
         lname = name.lower()
         code = REQUEST_SPECIAL.get(lname)
         if code is None:
             self.headers.append((name, value))
-            return
-        self.specials += 1
-        if code == H_HOST:
+        elif code == H_HOST:
             if self.authority is not None:
                 raise BadRequest(400, b"duplicate host header")
             if b" " in value or b"\t" in value:
@@ -307,9 +312,8 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.unparsed_head_bytes = 0
-        if len(self.headers) + self.specials > self.max_headers:
-            # Envoy's max_request_headers_count (default 100): 431, flag DPE.
-            raise BadRequest(431, b"too many request headers")
+        if self.header_bytes & HEADER_BYTES_MASK > MAX_HEADER_BYTES:
+            raise BadRequest(431, b"request header fields too large")
         parser = self.parser
         version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         url = self.url
