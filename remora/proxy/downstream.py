@@ -118,7 +118,7 @@ class DownstreamHttp1(asyncio.Protocol):
         self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
         self.drain_mark = 0           # write buffer size at the last sweep while paused
-        self.sent_mark = 0            # the active exchange's bytes_sent at the last sweep
+        self.sent_mark = -1           # the active exchange's response progress at the last sweep
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -608,9 +608,12 @@ class DownstreamHttp1(asyncio.Protocol):
                 self.last_activity = self.idle_since = now
             self.drain_mark = size
         active = self.active
-        if active is not None and active.bytes_sent != self.sent_mark:
-            self.sent_mark = active.bytes_sent     # the upstream is sending the response
-            self.last_activity = now
+        if active is not None:
+            # The upstream's response head and body bytes are activity too (-1: no head yet).
+            progress = active.bytes_sent if active.response_started else -1
+            if progress != self.sent_mark:
+                self.sent_mark = progress
+                self.last_activity = now
         if state == IDLE:
             if now - self.idle_since > settings.idle_timeout:
                 self.state = CLOSED

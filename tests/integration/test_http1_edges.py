@@ -107,6 +107,21 @@ class Early503(asyncio.Protocol):
                 1.0, self.transport.write, b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
 
 
+class Drip(asyncio.Protocol):
+    """Answers with a chunked body of 10 chunks sent 400 ms apart (a slow but live upstream)."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            for i in range(10):
+                loop.call_later(0.4 * (i + 1), self.transport.write, b"5\r\ndrip%d\r\n" % i)
+            loop.call_later(4.2, self.transport.write, b"0\r\n\r\n")
+
+
 class EdgeUpstreams(LoopThread):
     """This module's raw upstreams on a background loop."""
 
@@ -117,7 +132,8 @@ class EdgeUpstreams(LoopThread):
         self.ports: dict[str, int] = {}
 
     async def _start(self) -> None:
-        for name, proto in (("recorder", Recorder), ("closer", Closer), ("nocontent", NoContent)):
+        for name, proto in (("recorder", Recorder), ("closer", Closer), ("nocontent", NoContent),
+                            ("drip", Drip)):
             server = await self.loop.create_server(proto, "127.0.0.1", 0)
             self.ports[name] = server.sockets[0].getsockname()[1]
         sock = socket.socket()
@@ -132,7 +148,8 @@ def edge(upstreams):
     """A sidecar with short timeouts; its inbound listener's app is the byte source."""
     ups = EdgeUpstreams().start()
     ports = {**upstreams.ports, **ups.ports}
-    yaml = "".join(service(n, [(ports[n], {})]) for n in ("echo", "recorder", "closer", "nocontent", "source"))
+    yaml = "".join(service(n, [(ports[n], {})]) for n in ("echo", "recorder", "closer", "nocontent", "source",
+                                                                  "chaos", "drip"))
     yaml += service("twoway", [(ports["early503"], {"app": "twoway"}), (ports["sink"], {"app": "twoway"})])
     yaml += destination_rule("twoway", "{loadBalancer: {simple: ROUND_ROBIN}}")
     yaml += """apiVersion: networking.istio.io/v1
@@ -317,6 +334,28 @@ def test_slow_reader_that_keeps_draining_is_not_cut(edge):
         time.sleep(0.01)
     assert got == size
     assert f'"GET /{size} HTTP/1.1" 200 - ' in edge.access_log()
+
+
+def test_upstream_that_never_answers_gets_408_si(edge):
+    """A request whose upstream sends nothing: the stream idle timeout (2 s) answers 408 "stream timeout", flag SI."""
+    sock = connect(edge.outbound_port)
+    sock.sendall(b"GET /hang HTTP/1.1\r\nHost: chaos\r\n\r\n")
+    data, closed = read_until_closed(sock)
+    (reply,) = responses(data)
+    assert reply.status == 408 and reply.body == b"stream timeout" and closed
+    assert '"GET /hang HTTP/1.1" 408 SI ' in edge.access_log()
+
+
+def test_upstream_sending_slowly_is_not_cut(edge):
+    """A response whose chunks come 400 ms apart for 4 s (past the 2 s stream idle timeout) arrives whole."""
+    sock = connect(edge.outbound_port)
+    sock.sendall(b"GET /drip HTTP/1.1\r\nHost: drip\r\n\r\n")
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, f"cut off after {data!r}"
+        data += chunk
+    assert responses(data)[0].body == b"".join(b"drip%d" % i for i in range(10))
 
 
 # ---- 4. header count limit ------------------------------------------------------------------------
