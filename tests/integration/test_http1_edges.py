@@ -54,7 +54,8 @@ class Recorder(asyncio.Protocol):
 
 
 class Closer(asyncio.Protocol):
-    """Answers each request with its path and `connection: close`, then closes."""
+    """Answers each request with its path, then closes: with `connection: close`, or (path
+    /quiet-*) without saying so, or (path /nolen-*) without a length, the close ending the body."""
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -64,8 +65,13 @@ class Closer(asyncio.Protocol):
         self.buf += data
         for head in _heads(self.buf):
             path = head.split(b" ", 2)[1]
-            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-                                 % (len(path), path))
+            if path.startswith(b"/quiet-"):
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+            elif path.startswith(b"/nolen-"):
+                self.transport.write(b"HTTP/1.1 200 OK\r\n\r\n%s" % path)
+            else:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                                     % (len(path), path))
             self.transport.close()
             return
 
@@ -292,18 +298,21 @@ def test_pipelined_close_in_later_request_answers_each_then_closes(edge):
     assert "/pipe-c" not in log
 
 
-def test_pipelined_requests_to_an_upstream_that_closes_after_each_response(edge):
-    """An upstream answering `connection: close` every time: each pipelined request still gets its response."""
+@pytest.mark.parametrize("kind", ["close", "quiet", "nolen"])
+def test_pipelined_requests_to_an_upstream_that_closes_after_each_response(edge, kind):
+    """An upstream closing after every response (saying so, silently, or ending the body by the close):
+    each pipelined request still gets its response, in order."""
     sock = connect(edge.outbound_port)
-    sock.sendall(b"".join(b"GET /close-%d HTTP/1.1\r\nHost: closer\r\n\r\n" % i for i in range(3)))
+    paths = [b"/%s-%d" % (kind.encode(), i) for i in range(3)]
+    sock.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: closer\r\n\r\n" % path for path in paths))
     data = b""
-    while len(responses(data)) < 3 or responses(data)[-1].body != b"/close-2":
+    while len(responses(data)) < 3 or responses(data)[-1].body != paths[-1]:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed after {data!r}"
         data += chunk
-    assert [r.body for r in responses(data)] == [b"/close-0", b"/close-1", b"/close-2"]
+    assert [r.body for r in responses(data)] == paths
     assert all("connection" not in r.headers for r in responses(data))
-    answered = [line for line in edge.access_log().splitlines() if "/close-" in line]
+    answered = [line for line in edge.access_log().splitlines() if f" /{kind}-" in line]
     assert len(answered) == 3 and all('HTTP/1.1" 200 - ' in line for line in answered), answered
 
 
