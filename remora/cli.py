@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from remora.config.duration import parse_duration
+from remora.proxy.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
 
 
 def _seconds(text: str) -> float:
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--cert-dir", default=None, metavar="DIR",
                        help="workload certificate from files instead of the CA, Istio's layout: "
                             "cert-chain.pem, key.pem, root-cert.pem")
+    proxy.add_argument("--credentials-dir", default=None, metavar="DIR",
+                       help="DestinationRule tls.credentialName NAME is read from DIR/NAME/ (tls.crt, "
+                            "tls.key, ca.crt: a mounted Secret); see docs/security.md")
     proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
     proxy.add_argument("--inbound-port", type=int, default=None)
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "bytes read, response bytes received or drained by the client): 408 SI")
     proxy.add_argument("--max-request-headers-count", type=int, default=100,
                        help="answer 431 to a request with more header lines (Envoy's default 100)")
+    proxy.add_argument("--path-normalization", choices=list(PATH_LEVELS), default=DEFAULT_PATH_LEVEL,
+                       help="request-path normalization before routing and policy, Istio's "
+                            "meshConfig.pathNormalization (default BASE; docs/security.md)")
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
@@ -154,6 +161,9 @@ def _add_control_commands(sub) -> None:
                          help="quiet time after a change before pushing")
     control.add_argument("--max-debounce", type=_seconds, default=1.0,
                          help="longest a push waits under a constant stream of changes")
+    control.add_argument("--jwks-refresh-interval", type=_seconds, default=1200.0,
+                         help="how often RequestAuthentication jwksUri keys are fetched again "
+                              "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, default 20m)")
     control.add_argument("--admin-token-file", default=None, metavar="FILE",
                          help="the admin token (a Kubernetes Secret, say) the admin API requires; default: "
                               "<state-dir>/admin-token, created 0600 on first start (without --state-dir: "
@@ -267,6 +277,20 @@ def _load(paths):
         return None
 
 
+def _origination_files_ok(config, options) -> bool:
+    """The files DestinationRules name for TLS origination exist and parse (else the config is refused)."""
+    from remora.config.loader import ConfigError
+    from remora.proxy.cluster import build_clusters
+    from remora.proxy.tls_origination import OriginContexts, check_origination
+    clusters = [c for info in build_clusters(config, options.identity).values() for c in info.clusters.values()]
+    try:
+        check_origination(clusters, OriginContexts(options.credentials_dir))
+    except ConfigError as err:
+        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
+        return False
+    return True
+
+
 def _analyze(args) -> int:
     # The control server's own validation (files read and checked the same way), so a
     # directory that passes here is accepted by `remora control --config-dir`.
@@ -340,6 +364,13 @@ def _proxy(args) -> int:
         config = _load(args.mesh_config)
         if config is None:
             return 1
+        if config.request_authentications:
+            # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
+            from remora.xds.jwks_fetch import fetch_for_files
+            config = fetch_for_files(config, lambda line: print(f"remora proxy: {line}", file=sys.stderr))
+    if args.credentials_dir and not os.path.isdir(args.credentials_dir):
+        print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
+        return 2
     options = ProxyOptions(
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
@@ -355,15 +386,18 @@ def _proxy(args) -> int:
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout,
                                   max_request_headers_count=args.max_request_headers_count,
-                                  detection_timeout=args.protocol_detection_timeout),
+                                  detection_timeout=args.protocol_detection_timeout,
+                                  path_normalization=args.path_normalization),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir, capture=args.capture,
+        cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=args.capture,
         outbound_traffic_policy=args.outbound_traffic_policy,
     )
+    if config is not None and not _origination_files_ok(config, options):
+        return 1
     try:
         return run_proxy(options, config)
     except OSError as err:

@@ -22,7 +22,9 @@ RENDERED_FIXTURES = [
     "000-03-AuthorizationPolicy-my-service-policy.yaml",
     "000-04-DestinationRule-my-service-circuit-breaker.yaml",
     "000-05-VirtualService-my-service-retry.yaml",
+    "000-07-VirtualService-my-service-vs.yaml",   # bound to my-gateway only: no sidecar routes
     "000-10-VirtualService-my-service-fault-injection.yaml",
+    "000-12-RequestAuthentication-jwt-auth.yaml",
     "000-13-AuthorizationPolicy-my-service-authz.yaml",
     "000-14-DestinationRule-my-service-optimized.yaml",
     "000-15-VirtualService-my-service-cached.yaml",
@@ -37,18 +39,18 @@ RENDERED_FIXTURES = [
     "002-09-AuthorizationPolicy-user-service-authz.yaml",
     "002-15-DestinationRule-high-throughput-service.yaml",
     "003-12-AuthorizationPolicy-deny-all.yaml",
+    "004-01-ServiceEntry-edition-cnn-com.yaml",
 ]
 
 # Fixtures Remora loads that the renderer refuses, with the reason it must give.
 UNSUPPORTED_FIXTURES = {
-    "000-07-VirtualService-my-service-vs.yaml": r"my-service-vs spec\.gateways",
-    "000-12-RequestAuthentication-jwt-auth.yaml": "kinds RequestAuthentication",
     "001-02-ServiceEntry-external-service.yaml": r"external-service spec\.resolution: NONE",
     "002-04-TrafficSplit-product-service-split.yaml": "kinds TrafficSplit",
     "002-14-Sidecar-default.yaml": "kinds Sidecar",
     "003-06-TrafficSplit-blog-api-split.yaml": "kinds HTTPRouteGroup, TrafficSplit",
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": "kinds ServiceProfile",
     "003-08-ServiceIntentions-blog-api-intentions.yaml": "kinds ServiceDefaults",
+    "004-02-ServiceEntry-originate-mtls-for-nginx.yaml": r"originate-mtls-for-nginx spec\.resolution: NONE",
 }
 
 

@@ -12,8 +12,15 @@ Rules of `verify`, in order, each with its own reason code:
   the comparison is constant-time, so a caller holding an id learns nothing about the secret);
 - revoked, then expired (expiry is `expires_at <= now`).
 
-A token can be used any number of times until it expires or is revoked (a sidecar
-presents it again at every rotation). The store file `join-tokens.json` (0600) is written
+A token lives at most MAX_TOKEN_TTL (one year) and more than 0 s: `create` refuses any
+other TTL before anything is stored. A token can be used any number of times until it
+expires or is revoked (a sidecar presents it again at every rotation).
+
+Every record read from the file is checked on its own (id, identity, times that are finite
+and printable, at most year 9999). A broken record, whatever wrote it (an older Remora
+stored `--ttl 1e12` as is), is never honoured by `verify` (it is an unknown token), is listed
+apart by `broken()`, is written back untouched, and is dropped by `revoke(id)`; one broken
+record never makes the store unreadable. The store file `join-tokens.json` (0600) is written
 atomically under a lock and re-read when another process changed it, so a `remora`
 command can create or revoke tokens while the control server runs.
 """
@@ -36,6 +43,8 @@ from remora.certs.credentials import CredentialRejected, Identity
 from remora.certs.spiffe import validate_namespace, validate_service_account
 
 TOKENS_FILE = "join-tokens.json"
+MAX_TOKEN_TTL = 365 * 24 * 3600.0    # one year: a bootstrap credential, not a lifetime one
+_LAST_TIME = 253402300799.0          # 9999-12-31T23:59:59Z, the last second datetime can print
 PREFIX = "rmt_"
 _TOKEN = re.compile(r"rmt_([0-9a-f]{16})\.([A-Za-z0-9_-]{43})")
 _ID = re.compile(r"(?:rmt_)?([0-9a-f]{16})(?:\..*)?", re.DOTALL)
@@ -72,7 +81,54 @@ class _Record(msgspec.Struct, kw_only=True):
 
 class _File(msgspec.Struct, kw_only=True):
     version: int = 1
-    tokens: list[_Record] = []
+    tokens: list[msgspec.Raw] = []   # each record is checked on its own (_record)
+
+
+class BrokenRecord(msgspec.Struct, frozen=True):
+    """A stored record that cannot be used: its position in the file, its id if readable, and why."""
+
+    index: int
+    id: str
+    error: str
+
+
+def check_ttl(ttl: object) -> float:
+    """A token TTL in seconds: a finite number in (0, MAX_TOKEN_TTL]; ValueError naming `ttl` otherwise."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+        raise ValueError(f"ttl: expected a finite number of seconds, got {ttl!r}")
+    if not 0 < ttl <= MAX_TOKEN_TTL:
+        raise ValueError(f"ttl: must be more than 0 and at most {MAX_TOKEN_TTL:.0f}s (1 year, 8760h), "
+                         f"got {ttl:g}s")
+    return float(ttl)
+
+
+def _record(raw: bytes) -> _Record:
+    """One stored record, checked; ValueError says why it cannot be used."""
+    try:
+        record = msgspec.json.decode(raw, type=_Record)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise ValueError(str(error)) from None
+    if not re.fullmatch(r"[0-9a-f]{16}", record.id):
+        raise ValueError(f"id {record.id[:40]!r} is not 16 hex digits")
+    try:
+        validate_namespace(record.namespace)
+        validate_service_account(record.service_account)
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    for name in ("created_at", "expires_at", "revoked_at"):
+        value = getattr(record, name)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= _LAST_TIME):
+            raise ValueError(f"{name} {value!r} is not a time between 1970 and 9999")
+    return record
+
+
+def _raw_id(raw: bytes) -> str:
+    try:
+        found = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "?"
+    value = found.get("id") if isinstance(found, dict) else None
+    return value[:40] if isinstance(value, str) and value else "?"
 
 
 def _hash(secret: str) -> str:
@@ -87,6 +143,7 @@ class JoinTokenStore:
         self.path = self.state_dir / TOKENS_FILE
         self._clock = clock
         self._records: dict[str, _Record] = {}
+        self._broken: list[tuple[msgspec.Raw, BrokenRecord]] = []
         self._stamp: tuple[int, int, int] | None = None
         self._refresh()
 
@@ -96,8 +153,7 @@ class JoinTokenStore:
         """A new token for the workload; the only time its plaintext exists outside the caller."""
         validate_namespace(namespace)
         validate_service_account(service_account)
-        if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and ttl > 0):
-            raise ValueError(f"token ttl must be a positive number of seconds, got {ttl!r}")
+        check_ttl(ttl)
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         now = self._clock()
         record = _Record(id=token_id, namespace=namespace, service_account=service_account,
@@ -127,11 +183,16 @@ class JoinTokenStore:
         """Revoke by id (`0123...`, `rmt_0123...`) or by the whole token; unknown ids raise TokenRejected."""
         match = _ID.fullmatch(id_or_token.strip()) if isinstance(id_or_token, str) else None
         if match is None:
-            raise TokenRejected("malformed", f"{id_or_token!r} is not a join token or token id")
+            shown = repr(id_or_token)[:40] if isinstance(id_or_token, str) else type(id_or_token).__name__
+            raise TokenRejected("malformed", f"{shown} is not a join token or token id")
         token_id = match.group(1)
 
         def mark(records: dict[str, _Record]) -> None:
             if token_id not in records:
+                before = len(self._broken)
+                self._broken = [(raw, b) for raw, b in self._broken if b.id != token_id]
+                if len(self._broken) < before:
+                    return   # a broken record was never honoured: revoking it drops it
                 raise TokenRejected("unknown", f"unknown join token {token_id}")
             if records[token_id].revoked_at is None:
                 records[token_id].revoked_at = self._clock()
@@ -144,6 +205,11 @@ class JoinTokenStore:
         return [TokenInfo(id=r.id, namespace=r.namespace, service_account=r.service_account,
                           created_at=r.created_at, expires_at=r.expires_at, revoked=r.revoked_at is not None)
                 for r in sorted(self._records.values(), key=lambda r: (r.created_at, r.id))]
+
+    def broken(self) -> list[BrokenRecord]:
+        """Stored records that cannot be used (never verified, kept in the file as they are)."""
+        self._refresh()
+        return [b for _, b in self._broken]
 
     def purge_expired(self) -> int:
         """Forget tokens that expired or were revoked; returns how many."""
@@ -166,7 +232,8 @@ class JoinTokenStore:
             self._refresh()
             records = {k: msgspec.structs.replace(v) for k, v in self._records.items()}
             change(records)
-            data = msgspec.json.format(msgspec.json.encode(_File(tokens=list(records.values()))))
+            raws = [msgspec.Raw(msgspec.json.encode(r)) for r in records.values()]
+            data = msgspec.json.format(msgspec.json.encode(_File(tokens=raws + [r for r, _ in self._broken])))
             files.write_atomically(self.path, data + b"\n", files.PRIVATE_MODE)
             self._records = records
             self._stamp = _stamp(self.path)
@@ -176,14 +243,24 @@ class JoinTokenStore:
         if stamp == self._stamp:
             return
         if stamp is None:
-            self._records, self._stamp = {}, None
+            self._records, self._broken, self._stamp = {}, [], None
             return
         try:
             data = msgspec.json.decode(self.path.read_bytes(), type=_File)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             raise TokenStoreCorrupt(f"{self.path}: not a join-token store: {error}") from None
-        self._records = {r.id: r for r in data.tokens}
-        self._stamp = stamp
+        records: dict[str, _Record] = {}
+        broken: list[tuple[msgspec.Raw, BrokenRecord]] = []
+        for index, raw in enumerate(data.tokens):
+            try:
+                record = _record(bytes(raw))
+                if record.id in records:
+                    raise ValueError(f"duplicate id {record.id}")
+            except ValueError as error:
+                broken.append((raw, BrokenRecord(index, _raw_id(bytes(raw)), str(error))))
+                continue
+            records[record.id] = record
+        self._records, self._broken, self._stamp = records, broken, stamp
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

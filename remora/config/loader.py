@@ -6,10 +6,12 @@ Rules:
 - Every problem names the file, the resource (Kind/namespace/name) and the field path.
 - Kinds Remora reads: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule of
   networking.istio.io v1alpha3/v1beta1/v1, Telemetry of telemetry.istio.io
-  v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy of security.istio.io
-  v1beta1/v1. Real mesh kinds it does not implement yet
-  (RequestAuthentication, gateways, SMI, Linkerd, Consul, ...) are skipped with a warning;
-  a kind nobody knows is an error, because it is almost always a typo.
+  v1alpha1/v1, and PeerAuthentication, AuthorizationPolicy, RequestAuthentication of
+  security.istio.io v1beta1/v1. Real mesh kinds it does not implement yet
+  (gateways, SMI, Linkerd, Consul, ...) are skipped with a warning,
+  unless skipping would leave traffic less protected than written (another mesh's
+  authorization, a REGISTRY_ONLY Sidecar, a security EnvoyFilter: unenforced.py), which is
+  an error; a kind nobody knows is an error, because it is almost always a typo.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
   same version.
@@ -31,8 +33,11 @@ import msgspec
 import yaml
 
 from remora.config import validate
+from remora.config.validate_jwt import validate_request_authentication
+from remora.config.deprecated import destination_rule_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
+from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
 from remora.config.model import (
     AuthorizationPolicySpec,
     DestinationRuleSpec,
@@ -44,8 +49,10 @@ from remora.config.model import (
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
+from remora.config.model_jwt import RequestAuthenticationSpec
 from remora.config.references import HostIndex, check_destinations
 from remora.config.schema import Problem, convert_spec
+from remora.config.unenforced import unenforced_security
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,14 @@ SPEC_TYPES: dict[str, type] = {
     "Telemetry": TelemetrySpec,
     "PeerAuthentication": PeerAuthenticationSpec,
     "AuthorizationPolicy": AuthorizationPolicySpec,
+    "RequestAuthentication": RequestAuthenticationSpec,
 }
 # Supported kinds outside networking.istio.io: their group and versions.
 OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Telemetry": ("telemetry.istio.io", ("v1", "v1alpha1")),
     "PeerAuthentication": ("security.istio.io", ("v1", "v1beta1")),
     "AuthorizationPolicy": ("security.istio.io", ("v1", "v1beta1")),
+    "RequestAuthentication": ("security.istio.io", ("v1", "v1beta1")),
 }
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate.validate_service_entry,
@@ -101,6 +110,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "Telemetry": validate_telemetry,
     "PeerAuthentication": validate_peer_authentication,
     "AuthorizationPolicy": validate_authorization_policy,
+    "RequestAuthentication": validate_request_authentication,
 }
 
 # Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
@@ -108,7 +118,6 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
 # Remora understands.
 UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
-    "security.istio.io": frozenset({"RequestAuthentication"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "split.smi-spec.io": frozenset({"TrafficSplit"}),
     "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
@@ -126,7 +135,6 @@ UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
     "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "ReferenceGrant"}),
 }
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-_MESH_GATEWAY = "mesh"  # Istio's reserved gateway name for "all sidecars"
 
 
 def _supported_group(kind: str) -> str:
@@ -344,18 +352,12 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
                     collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
                 else:
                     collector.warnings.append(f"{item.ref}: {problem.path}: {problem.message}")
-            if item.spec.gateways and _MESH_GATEWAY not in item.spec.gateways:
-                collector.warnings.append(
-                    f"{item.ref} in {item.document.source} is bound to gateways "
-                    f"{', '.join(item.spec.gateways)}, not to 'mesh': Istio would apply it only at "
-                    "those gateways; Remora has no gateways yet and applies it at the sidecar"
-                )
     collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
-            collector.warnings.extend(validate.client_tls_warnings(item.spec, item.ref, item.document.source))
+            collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 
@@ -375,6 +377,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         telemetries=tuple(resources["Telemetry"]),
         peer_authentications=tuple(resources["PeerAuthentication"]),
         authorization_policies=tuple(resources["AuthorizationPolicy"]),
+        request_authentications=tuple(resources["RequestAuthentication"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
     )
@@ -404,8 +407,10 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
     shown_kind = kind if isinstance(kind, str) and kind else "?"
-    shown_name = name if isinstance(name, str) and name else "?"
-    resource = "" if shown_kind == "?" and shown_name == "?" else f"{shown_kind}/{namespace}/{shown_name}"
+    # A bad name printed whole (10,000 characters, or with '/') would drown the message.
+    shown_name = shown_part(name) if isinstance(name, str) and name else "?"
+    shown_namespace = shown_part(namespace, LABEL_MAX)
+    resource = "" if shown_kind == "?" and shown_name == "?" else f"{shown_kind}/{shown_namespace}/{shown_name}"
 
     def report(path: str, message: str) -> None:
         if not resource:
@@ -415,11 +420,16 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     if not _check_kind(kind, api_version, report):
         return None
     if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != _supported_group(kind):
-        # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API
-        collector.warnings.append(f"skipped unsupported kind {kind} ({namespace}/{shown_name}) in {source}")
+        # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API.
+        # Skipping is safe only when it leaves traffic no less protected (unenforced.py).
+        refused = unenforced_security(api_version.rpartition("/")[0], kind, body.get("spec"))
+        if refused is not None:
+            report(refused.path, refused.message)
+            return None
+        collector.warnings.append(f"skipped unsupported kind {kind} ({shown_namespace}/{shown_name}) in {source}")
         return None
 
-    ok = True
+    ok = identified = True
     if not isinstance(metadata, dict):
         report("metadata", "required field is missing" if metadata is None else "expected a mapping")
         ok = False
@@ -429,6 +439,11 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     elif "namespace" in metadata and not (isinstance(metadata["namespace"], str) and metadata["namespace"]):
         report("metadata.namespace", "expected a non-empty string")
         ok = False
+    else:
+        # The identity Kind/namespace/name is a key (control store, state file): Kubernetes' rules.
+        for path, message in identity_problems(namespace, name):
+            report(path, message)
+            ok = identified = False
     for key in body:
         if key not in _TOP_LEVEL_FIELDS:
             report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
@@ -441,7 +456,7 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
         problems += _RULES[kind](spec)
     for problem in problems:
         report(problem.path, problem.message)
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or not identified:
         return None  # no identity: cannot be checked for duplicates or referenced
     return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
 
@@ -474,16 +489,22 @@ def _check_kind(kind: Any, api_version: Any, report: Callable[[str, str], None])
 
 
 def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:
-    """Istio merges several DestinationRules for one host; Remora applies one per host."""
-    by_host: dict[str, list[_Loaded]] = {}
+    """Istio merges several DestinationRules for one host; Remora applies one per host.
+
+    A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
+    and Istio does not merge it with the others): only rules with the same selector collide.
+    """
+    by_host: dict[tuple, list[_Loaded]] = {}
     for item in loaded:
         if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
-            by_host.setdefault(index.qualify(item.spec.host, item.namespace), []).append(item)
+            selector = item.spec.workload_selector
+            scope = (item.namespace, tuple(sorted(selector.match_labels.items()))) if selector else None
+            by_host.setdefault((index.qualify(item.spec.host, item.namespace), scope), []).append(item)
     return [
         f"several DestinationRules for host {host}: "
         + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
         + "; Remora applies one DestinationRule per host, so their settings are not merged"
-        for host, items in by_host.items()
+        for (host, _), items in by_host.items()
         if len(items) > 1
     ]
 

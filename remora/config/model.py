@@ -9,9 +9,12 @@ Semantic rules (regexes compile, weights add up, subsets exist) live in the load
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterator, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from remora.config.model_jwt import RequestAuthenticationSpec
 
 
 class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True,
@@ -282,7 +285,8 @@ class DestinationRuleSpec(Spec):
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] = []
     export_to: list[str] = []
-    workload_selector: WorkloadSelector | None = None
+    # Istio's type.v1beta1.WorkloadSelector ({matchLabels: ...}), not the ServiceEntry's {labels}.
+    workload_selector: TelemetrySelector | None = None
 
 
 # ---- Telemetry (telemetry.istio.io) -------------------------------------------------------
@@ -338,10 +342,12 @@ class PeerAuthenticationSpec(Spec):
 
 
 class AuthzSource(Spec):
-    """Who sends the request: peer identity (from mTLS) and address."""
+    """Who sends the request: peer identity (from mTLS), JWT principal and address."""
 
     principals: list[str] = []
     not_principals: list[str] = []
+    request_principals: list[str] = []       # `<iss>/<sub>` of the request's verified JWT
+    not_request_principals: list[str] = []
     namespaces: list[str] = []
     not_namespaces: list[str] = []
     ip_blocks: list[str] = []
@@ -428,6 +434,7 @@ class MeshConfig:
     telemetries: tuple[Resource[TelemetrySpec], ...] = ()
     peer_authentications: tuple[Resource[PeerAuthenticationSpec], ...] = ()
     authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
+    request_authentications: tuple[Resource[RequestAuthenticationSpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
 
@@ -435,5 +442,5 @@ class MeshConfig:
         """Every resource of every kind, kind by kind."""
         for group in (self.service_entries, self.workload_entries, self.virtual_services,
                       self.destination_rules, self.telemetries, self.peer_authentications,
-                      self.authorization_policies):
+                      self.authorization_policies, self.request_authentications):
             yield from group

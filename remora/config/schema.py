@@ -63,10 +63,9 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "HTTPCookie": frozenset({"attributes"}),
     "TelemetrySpec": frozenset({"targetRef", "targetRefs"}),
     "AuthorizationPolicySpec": frozenset({"targetRef", "targetRefs", "provider"}),
-    # JWT identities need RequestAuthentication; original-client IPs need XFF trust config.
+    # Original-client IPs need XFF trust config.
     "AuthzSource": frozenset({
-        "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",
-        "serviceAccounts", "notServiceAccounts",
+        "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts",
     }),
     "TelemetryTracing": frozenset({"customTags"}),
     "TelemetryAccessLogging": frozenset({"filter"}),

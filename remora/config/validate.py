@@ -33,6 +33,7 @@ from remora.config.model import (
     WorkloadEntrySpec,
 )
 from remora.config.schema import Problem, join_path
+from remora.config.validate_tls import validate_client_tls
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
 # a bare 3-digit status code is accepted too (Istio turns it into retriable-status-codes).
@@ -44,7 +45,6 @@ RETRY_ON_CONDITIONS = frozenset({
 LOAD_BALANCER_SIMPLE = frozenset({"UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", "PASSTHROUGH"})
 SERVICE_ENTRY_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
 SERVICE_ENTRY_LOCATIONS = frozenset({"MESH_EXTERNAL", "MESH_INTERNAL"})
-CLIENT_TLS_MODES = frozenset({"DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
 H2_UPGRADE_POLICIES = frozenset({"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"})
 UNIX_PREFIX = "unix://"
 
@@ -293,7 +293,7 @@ def _check_traffic_policy(checks: _Checks, path: str, policy: TrafficPolicy | Po
     if policy.outlier_detection is not None:
         _check_outlier_detection(checks, f"{path}.outlierDetection", policy.outlier_detection)
     if policy.tls is not None:
-        checks.one_of(f"{path}.tls.mode", policy.tls.mode, CLIENT_TLS_MODES)
+        checks.problems += validate_client_tls(policy.tls, f"{path}.tls")
     if isinstance(policy, TrafficPolicy):
         for i, port_policy in enumerate(policy.port_level_settings):
             where = f"{path}.portLevelSettings[{i}]"
@@ -302,34 +302,6 @@ def _check_traffic_policy(checks: _Checks, path: str, policy: TrafficPolicy | Po
             else:
                 checks.port(f"{where}.port.number", port_policy.port.number)
             _check_traffic_policy(checks, where, port_policy)
-
-
-# Client TLS modes Remora's sidecar originates; SIMPLE and MUTUAL (TLS to servers outside
-# the mesh) are valid Istio but not implemented: a warning, and the endpoints stay plaintext.
-ORIGINATED_TLS_MODES = frozenset({"DISABLE", "ISTIO_MUTUAL"})
-
-
-def client_tls_warnings(spec: DestinationRuleSpec, ref: str, source: str) -> list[str]:
-    """Warnings for tls modes the sidecar does not originate, naming each field."""
-    policies: list[tuple[str, TrafficPolicy | PortTrafficPolicy]] = []
-
-    def add(path: str, policy: TrafficPolicy | None) -> None:
-        if policy is None:
-            return
-        policies.append((path, policy))
-        for i, port_policy in enumerate(policy.port_level_settings):
-            policies.append((f"{path}.portLevelSettings[{i}]", port_policy))
-    add("spec.trafficPolicy", spec.traffic_policy)
-    for i, subset in enumerate(spec.subsets):
-        add(f"spec.subsets[{i}].trafficPolicy", subset.traffic_policy)
-    warnings = []
-    for path, policy in policies:
-        mode = (policy.tls.mode or "").upper() if policy.tls is not None else ""
-        if mode and mode not in ORIGINATED_TLS_MODES:
-            warnings.append(f"{ref} in {source}: {path}.tls.mode: {mode} (TLS origination to a server "
-                            "outside the mesh) is not supported by Remora yet; these endpoints are dialled "
-                            "in plaintext")
-    return warnings
 
 
 def _check_load_balancer(checks: _Checks, path: str, lb: LoadBalancerSettings) -> None:

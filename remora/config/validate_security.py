@@ -26,8 +26,11 @@ from remora.config.schema import Problem, join_path
 MTLS_MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
 AUTHZ_ACTIONS = frozenset({"ALLOW", "DENY", "AUDIT"})
 # `when` keys the evaluator answers; request.headers[NAME] is matched by HEADER_KEY.
-CONDITION_KEYS = frozenset({"source.principal", "source.namespace", "source.ip", "destination.port"})
+CONDITION_KEYS = frozenset({"source.principal", "source.namespace", "source.ip", "destination.port",
+                            "request.auth.principal", "request.auth.audiences", "request.auth.presenter"})
 HEADER_KEY = re.compile(r"request\.headers\[(?P<name>[^\[\]]+)\]")
+# request.auth.claims[name] and nested request.auth.claims[a][b] (Istio's form).
+CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
 
 
 def is_match_pattern(value: str) -> bool:
@@ -125,7 +128,8 @@ def _non_empty(where: str, part: AuthzSource | AuthzOperation | None, problems: 
 def _source(where: str, source: AuthzSource | None, problems: list[Problem]) -> None:
     if not _non_empty(where, source, problems):
         return
-    for field in ("principals", "notPrincipals", "namespaces", "notNamespaces"):
+    for field in ("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                  "namespaces", "notNamespaces"):
         _patterns(where, field, getattr(source, _snake(field)), problems)
     _ip_blocks(where, "ipBlocks", source.ip_blocks, problems)
     _ip_blocks(where, "notIpBlocks", source.not_ip_blocks, problems)
@@ -142,9 +146,9 @@ def _operation(where: str, operation: AuthzOperation | None, problems: list[Prob
 
 def _condition(where: str, condition: AuthzCondition, problems: list[Problem]) -> None:
     key = condition.key
-    if key not in CONDITION_KEYS and not HEADER_KEY.fullmatch(key):
+    if key not in CONDITION_KEYS and not HEADER_KEY.fullmatch(key) and not CLAIM_KEY.fullmatch(key):
         problems.append(Problem(f"{where}.key", f"condition key {key!r} is not supported by Remora; use one of "
-                                + ", ".join(sorted(CONDITION_KEYS | {"request.headers[NAME]"}))))
+                                + ", ".join(sorted(CONDITION_KEYS | {"request.headers[NAME]", "request.auth.claims[NAME]"}))))
         return
     if not condition.values and not condition.not_values:
         problems.append(Problem(where, "set values or notValues (or both)"))

@@ -30,7 +30,7 @@ class TcpTarget:
 
     def __init__(self, cluster_name: str, tries: list, service=None, cluster=None) -> None:
         self.cluster_name = cluster_name
-        self.tries = tries           # [(host, port, pool-or-None)]: a pool with .mtls dials mTLS
+        self.tries = tries           # [(host, port, pool-or-None)]: a pool with a .dialer dials TLS
         self.service = service       # istio_metrics ServiceTags (None: unknown)
         self.cluster = cluster       # the mesh Cluster (endpoint counters), when there is one
 
@@ -68,9 +68,10 @@ class _Upstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.session.downstream.resume_reading()
 
-    # MtlsDialer.dial sets these on the protocol it returns
+    # MtlsDialer.dial / OriginationDialer.dial set these on the protocol they return
     peer_id = None
     plain_fallback = False
+    tls_host = None
 
     def close(self) -> None:
         if self.transport is not None:
@@ -156,8 +157,8 @@ class TcpSession(asyncio.Protocol):
         for host, port, pool in self.target.tries:
             self.upstream_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             try:
-                if pool is not None and pool.mtls is not None:
-                    upstream = await pool.mtls.dial(pool, lambda: _Upstream(self), timeout)
+                if pool is not None and pool.dialer is not None:
+                    upstream = await pool.dialer.dial(pool, lambda: _Upstream(self), timeout)
                 else:
                     _, upstream = await asyncio.wait_for(
                         self.loop.create_connection(lambda: _Upstream(self), host, port), timeout)

@@ -12,6 +12,9 @@ Semantics follow Istio (security.istio.io AuthorizationPolicy):
   matches everything, so the empty rule `{}` matches every request.
 - Inside a source/operation every set field must match; a field matches when any of its
   values does and none of its not-variant's values does.
+- JWT attributes (`requestPrincipals`, `request.auth.principal|audiences|presenter|claims[..]`)
+  read `AuthzRequest.request_auth`, the token jwt_authn.py verified; without one they
+  match no value (only not-lists pass). A list claim matches when any of its strings does.
 - Strings: exact `abc`, prefix `abc*`, suffix `*abc`, presence `*` (validated by
   remora.config.validate_security). Hosts compare case-insensitively, with or without the
   port; paths are compared without the query string.
@@ -42,10 +45,10 @@ class AuthzRequest:
     plain slots class, several times cheaper to make than a frozen dataclass)."""
 
     __slots__ = ("source_principal", "source_namespace", "source_ip", "host", "method", "path",
-                 "port", "headers")
+                 "port", "headers", "request_auth")
 
     def __init__(self, source_principal: str | None, source_namespace: str | None, source_ip: str,
-                 host: str, method: str, path: str, port: int, headers=None) -> None:
+                 host: str, method: str, path: str, port: int, headers=None, request_auth=None) -> None:
         self.source_principal = source_principal  # peer identity from mTLS, `cluster.local/ns/NS/sa/SA`; None if plaintext
         self.source_namespace = source_namespace  # the namespace in that identity; None if plaintext
         self.source_ip = source_ip
@@ -54,6 +57,7 @@ class AuthzRequest:
         self.path = path
         self.port = port                          # the destination (inbound) port
         self.headers = headers if headers is not None else {}  # lower-case names -> value (`.get`)
+        self.request_auth = request_auth          # the verified JWT (jwt_authn.VerifiedJwt); None without one
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -168,6 +172,7 @@ def _path_value(request: AuthzRequest) -> str:
 def _compile_source(source: AuthzSource) -> Predicate:
     return _all([
         _field(source.principals, source.not_principals, _any_string, _principal),
+        _field(source.request_principals, source.not_request_principals, _any_string, _request_principal),
         _field(source.namespaces, source.not_namespaces, _any_string, lambda r: r.source_namespace),
         _field(source.ip_blocks, source.not_ip_blocks, _any_network, lambda r: r.source_ip),
     ])
@@ -176,6 +181,39 @@ def _compile_source(source: AuthzSource) -> Predicate:
 def _principal(request: AuthzRequest) -> str | None:
     principal = request.source_principal
     return principal.removeprefix("spiffe://") if principal is not None else None
+
+
+def _request_principal(request: AuthzRequest) -> str | None:
+    jwt = request.request_auth
+    return jwt.principal if jwt is not None else None
+
+
+def _any_element(make: Callable[[list], Callable[[str], bool]]) -> Callable[[list], Callable]:
+    """A matcher of claim values: a list claim matches when one of its strings does."""
+    def build(patterns: list) -> Callable:
+        matches = make(patterns)
+        return lambda value: any(isinstance(v, str) and matches(v) for v in value)
+    return build
+
+
+def _claim(path: list[str]) -> Callable[[AuthzRequest], list | None]:
+    """A JWT claim as a list of values (a string claim is a one-element list); None when
+    there is no verified JWT or no such claim, so only a notValues list can match."""
+    def get(request: AuthzRequest) -> list | None:
+        jwt = request.request_auth
+        if jwt is None:
+            return None
+        value = jwt.claims
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        return value if isinstance(value, list) else [value]
+    return get
+
+
+def _claim_condition(condition: AuthzCondition, path: list[str]) -> Predicate:
+    return _field(condition.values, condition.not_values, _any_element(_any_string), _claim(path)) or _always
 
 
 def _compile_operation(operation: AuthzOperation) -> Predicate:
@@ -200,6 +238,15 @@ def _compile_condition(condition: AuthzCondition) -> Predicate:
     if key.startswith("request.headers[") and key.endswith("]"):
         name = key[len("request.headers["):-1].lower()
         return _field(condition.values, condition.not_values, _any_string, lambda r: r.headers.get(name)) or _always
+    if key == "request.auth.principal":
+        return _field(condition.values, condition.not_values, _any_string, _request_principal) or _always
+    if key == "request.auth.audiences":
+        return _claim_condition(condition, ["aud"])
+    if key == "request.auth.presenter":
+        return _claim_condition(condition, ["azp"])
+    if key.startswith("request.auth.claims[") and key.endswith("]"):
+        # request.auth.claims[groups], nested: request.auth.claims[a][b]
+        return _claim_condition(condition, key[len("request.auth.claims["):-1].split("]["))
     raise ValueError(f"unsupported condition key {key!r}")  # the loader rejects these first
 
 

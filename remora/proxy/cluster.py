@@ -20,6 +20,7 @@ from remora.config.model import (
 from remora.config.names import qualify_host
 from remora.proxy.balancer import Balancer, make_balancer
 from remora.proxy.counters import Counters, status_names
+from remora.proxy.tls_origination import Origination, origination_for
 from remora.proxy.upstream_tls import DISABLE, SecureNaming, endpoint_tls_mode
 
 DEFAULT_CONNECT_TIMEOUT = 10.0   # Istio's connectTimeout default
@@ -63,7 +64,7 @@ class Endpoint:
         self.ejected = False
         self.pool = None  # set by the worker's PoolRegistry
         self.service_account = service_account
-        self.tls_mode = DISABLE   # ISTIO_MUTUAL when the sidecar dials it with mTLS (upstream_tls)
+        self.tls_mode = DISABLE   # ISTIO_MUTUAL (mTLS, upstream_tls), SIMPLE / MUTUAL (tls_origination)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Cluster:
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
-                 "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming")
+                 "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
+                 "origination")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -109,6 +111,7 @@ class Cluster:
         self.detector = None  # its OutlierDetector (set per snapshot, needs the loop's clock)
         self.telemetry = None # its istio_metrics.ServiceTags (set per snapshot)
         self.naming: SecureNaming | None = None   # whom its mTLS endpoints may be (secure naming)
+        self.origination: Origination | None = None   # DR tls SIMPLE / MUTUAL (tls_origination)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""
@@ -164,6 +167,24 @@ def merge_policy(base: TrafficPolicy | None, override: TrafficPolicy | None, por
     return msgspec.structs.replace(TrafficPolicy(), **merged)
 
 
+def tls_path(spec: DestinationRuleSpec | None, subset: str | None, port: int) -> str:
+    """The field path of the `tls` block merge_policy picks for (subset, port), for errors."""
+    found = "spec.trafficPolicy.tls"
+    layers = [("spec.trafficPolicy", spec.traffic_policy if spec else None)]
+    for i, s in enumerate(spec.subsets if spec else ()):
+        if s.name == subset:
+            layers.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
+    for where, layer in layers:
+        if layer is None:
+            continue
+        if layer.tls is not None:
+            found = f"{where}.tls"
+        for i, pls in enumerate(layer.port_level_settings):
+            if pls.port and pls.port.number == port and pls.tls is not None:
+                found = f"{where}.portLevelSettings[{i}].tls"
+    return found
+
+
 @dataclass
 class ServiceInfo:
     """A mesh service as the router sees it: its FQDN, ports and clusters by (port, subset)."""
@@ -174,11 +195,13 @@ class ServiceInfo:
     clusters: dict[tuple[int, str | None], Cluster]
 
 
-def build_clusters(config: MeshConfig) -> dict[str, ServiceInfo]:
-    """Compile every ServiceEntry (and DestinationRule subsets) into clusters, by service FQDN."""
-    rules: dict[str, Resource[DestinationRuleSpec]] = {}
-    for dr in config.destination_rules:
-        rules[qualify_host(dr.spec.host, dr.namespace)] = dr
+def build_clusters(config: MeshConfig, workload=None) -> dict[str, ServiceInfo]:
+    """Compile every ServiceEntry (and DestinationRule subsets) into clusters, by service FQDN.
+
+    `workload` (a WorkloadIdentity: namespace and labels) decides which DestinationRules with
+    a workloadSelector apply; without it, none of those do.
+    """
+    rules = applicable_rules(config, workload)
     services: dict[str, ServiceInfo] = {}
     for se in config.service_entries:
         for host in se.spec.hosts:
@@ -196,6 +219,26 @@ def build_clusters(config: MeshConfig) -> dict[str, ServiceInfo]:
             info = services.setdefault(fqdn, ServiceInfo(fqdn, dr.namespace, {80: "HTTP"}, {}))
             _add_port_clusters(info, 80, [], dr)
     return services
+
+
+def applicable_rules(config: MeshConfig, workload=None) -> dict[str, Resource[DestinationRuleSpec]]:
+    """The DestinationRule per host for this sidecar (Istio's workloadSelector rules).
+
+    A rule with a workloadSelector applies only to workloads of its own namespace whose
+    labels carry all of `matchLabels`, and then wins over rules without a selector.
+    """
+    rules: dict[str, Resource[DestinationRuleSpec]] = {}
+    selected: dict[str, Resource[DestinationRuleSpec]] = {}
+    for dr in config.destination_rules:
+        selector = dr.spec.workload_selector
+        host = qualify_host(dr.spec.host, dr.namespace)
+        if selector is None:
+            rules[host] = dr
+        elif workload is not None and dr.namespace == workload.namespace and all(
+                workload.labels.get(k) == v for k, v in selector.match_labels.items()):
+            selected[host] = dr
+    rules.update(selected)
+    return rules
 
 
 def rule_for(rules: dict[str, Resource[DestinationRuleSpec]], fqdn: str):
@@ -226,6 +269,8 @@ def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_san
         policy = cluster.traffic_policy
         dr_sans = policy.tls.subject_alt_names if policy is not None and policy.tls is not None else ()
         cluster.naming = SecureNaming(info.namespace, accounts, [*se_sans, *dr_sans])
+        cluster.origination = origination_for(policy.tls if policy is not None else None, se_sans, dr,
+                                              tls_path(dr.spec if dr else None, cluster.subset, port))
         for ep in cluster.endpoints:
             ep.tls_mode = endpoint_tls_mode(policy, ep.labels)
 

@@ -39,12 +39,13 @@ from remora.proxy.http1 import (
 )
 from remora.proxy.inbound_policy import PeerCertificate
 from remora.proxy.message import RequestHead
+from remora.proxy.paths import InvalidPath
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
 HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
 HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
 LINE_COST = HEADER_LINE + 4            # ": " and CRLF
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"0.9"}
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, never forwarded
 _OWS = (0x20, 0x09)
 
 
@@ -315,12 +316,22 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.header_bytes & HEADER_BYTES_MASK > MAX_HEADER_BYTES:
             raise BadRequest(431, b"request header fields too large")
         parser = self.parser
-        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            # `GET / HTTP/2.0` parses as HTTP/1 framing; forwarding it as 1.1 would lie.
+            raise BadRequest(505, b"HTTP version not supported")
         url = self.url
+        if url.find(b"#") >= 0:
+            raise BadRequest(400, b"fragment in request target")   # as Envoy answers
         if url[:1] != b"/" and url != b"*":
             if parser.get_method() == b"CONNECT":
                 raise BadRequest(405, b"CONNECT is not supported")
             url = self._absolute_form(url)
+        try:
+            # Once, before routing and policy; the normalized path is what goes upstream.
+            url = self.listener.paths.target(url)
+        except InvalidPath as err:
+            raise BadRequest(400, str(err).encode()) from None
         authority = self.authority
         if authority is None:
             if version != b"1.0":

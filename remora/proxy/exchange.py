@@ -204,7 +204,7 @@ class Exchange:
         ep.active_requests += 1
         ep.total_requests += 1
         self.upstream_host = ep.key
-        conn = None if fresh or self.head.upgrade is not None else ep.pool.acquire()
+        conn = None if fresh or self.head.upgrade is not None else ep.pool.acquire(self.up_authority)
         if conn is not None:
             self.reused = True
             self._send_on(conn)

@@ -1,7 +1,8 @@
 """What the inbound listener enforces for this workload, compiled once per config version.
 
-`InboundPolicy` holds the mTLS mode of the app port (PeerAuthentication) and the compiled
-AuthorizationPolicies (Authorizer) for the sidecar's own workload (namespace and labels
+`InboundPolicy` holds the mTLS mode of the app port (PeerAuthentication), the compiled
+RequestAuthentications (JwtAuthenticator) and AuthorizationPolicies (Authorizer) for the
+sidecar's own workload (namespace and labels
 from --namespace / --labels). A Snapshot builds one; the inbound acceptor reads the mode
 when it accepts a connection and the listener checks each request head against the
 authorizer, so a config push applies to the next connection (mode) and the next request
@@ -25,6 +26,7 @@ from remora.certs.client import peer_spiffe_id
 from remora.config.model import MeshConfig
 from remora.proxy.authz import Authorizer, AuthzRequest, applies_to
 from remora.proxy.identity import UNKNOWN, WorkloadIdentity
+from remora.proxy.jwt_authn import JwtAuthenticator, compile_authenticator
 from remora.proxy.peer_auth import effective_mtls_mode
 from remora.proxy.telemetry_policy import scopes
 from remora.proxy.tls import principal_of
@@ -101,9 +103,10 @@ class InboundPolicy:
     workload_mode: str              # the mode without port-level overrides (shown in the dump)
     authorizer: Authorizer | None   # None: no AuthorizationPolicy applies (everything allowed)
     dump: dict                      # what /config_dump shows
+    authenticator: JwtAuthenticator | None = None   # None: no RequestAuthentication applies
 
-    def request(self, head) -> AuthzRequest:
-        """The evaluator's view of one inbound request head."""
+    def request(self, head, jwt=None) -> AuthzRequest:
+        """The evaluator's view of one inbound request head (and its verified JWT, if any)."""
         cert = head.peer_cert
         return AuthzRequest(
             source_principal=cert.principal if cert is not None else None,
@@ -114,6 +117,7 @@ class InboundPolicy:
             path=head.path.decode("latin-1"),
             port=self.port,
             headers=HeadHeaders(head),
+            request_auth=jwt,
         )
 
 
@@ -124,14 +128,17 @@ def compile_inbound_policy(config: MeshConfig, identity: WorkloadIdentity, app_p
     workload_mode = effective_mtls_mode(config.peer_authentications, namespace, labels)
     authorizer = Authorizer(config.authorization_policies, namespace, labels)
     applying = [p for p in config.authorization_policies if applies_to(p, namespace, labels)]
+    authenticating = [p for p in config.request_authentications if applies_to(p, namespace, labels)]
     dump = {
         "mtls": {"mode": workload_mode, "ports": {str(app_port): mode},
                  "peer_authentications": [_summary(p) for p in
                                           scopes(config.peer_authentications, namespace, labels)]},
         "authorization_policies": [{**_summary(p), "action": p.spec.action or "ALLOW"}
                                    for p in sorted(applying, key=lambda p: (p.namespace, p.name))],
+        "request_authentications": [_summary(p) for p in sorted(authenticating, key=lambda p: (p.namespace, p.name))],
     }
-    return InboundPolicy(app_port, mode, workload_mode, None if authorizer.empty else authorizer, dump)
+    return InboundPolicy(app_port, mode, workload_mode, None if authorizer.empty else authorizer, dump,
+                         compile_authenticator(config.request_authentications, namespace, labels))
 
 
 def _summary(resource) -> dict:

@@ -8,7 +8,10 @@ finished exchange back for counting and access logging.
 The inbound listener accepts through an InboundAcceptor (mTLS by PeerAuthentication mode,
 see inbound_accept.py) and checks every request head against the snapshot's
 AuthorizationPolicies before routing it: a denied request becomes a DeniedExchange that
-answers 403 "RBAC: access denied" in its turn and never goes upstream.
+answers 403 "RBAC: access denied" in its turn and never goes upstream. Before that, when
+a RequestAuthentication applies, the request's JWTs are verified (jwt_authn.py): a bad
+token becomes a JwtDeniedExchange (401 "Jwt verification fails" and the like), a good
+one gives AuthorizationPolicy its request.auth.* attributes.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.inbound_accept import InboundAcceptor
 from remora.proxy.inbound_policy import DENIED_BODY
+from remora.proxy.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
+from remora.proxy.jwt_authn import JwtAuthnStats, JwtFailure
 from remora.proxy.telemetry import FORMATTERS
 from remora.proxy.telemetry_policy import ListenerTelemetry
 from remora.proxy.tracing import CLIENT, SERVER, inject
@@ -40,6 +45,7 @@ class ListenerSettings:
     max_request_headers_count: int = 100    # Envoy's max_request_headers_count: more is 431
     detection_timeout: float = 15.0         # inbound: first bytes (TLS or not) within this
     handshake_timeout: float = 10.0         # inbound: TLS handshake done within this
+    path_normalization: str = DEFAULT_LEVEL  # Istio meshConfig.pathNormalization (paths.py)
 
 
 class ListenerStats(Counters):
@@ -66,6 +72,21 @@ class DeniedExchange(Exchange):
         self.local_reply(403, DENIED_BODY, "RBAC")
 
 
+class JwtDeniedExchange(Exchange):
+    """A request whose JWT failed verification: Envoy's jwt_authn local reply (401, or 403
+    for a disallowed audience, the failure as body, `www-authenticate`) in its turn; no
+    response flag, as Envoy sets none for it."""
+
+    __slots__ = ("failure",)
+
+    def start(self) -> None:
+        head = self.head
+        realm = b"%s://%s%s" % (head.scheme, head.authority, head.path_only())
+        challenge = b'Bearer realm="%s", error="invalid_token"' % realm[:256]
+        self.local_reply(self.failure.status, self.failure.message.encode(), "-",
+                         [(b"www-authenticate", challenge)])
+
+
 class Listener:
     """One listening address (outbound 15001 or inbound 15006) in one worker."""
 
@@ -78,6 +99,7 @@ class Listener:
         self.port = port
         self.inbound = inbound
         self.settings = settings
+        self.paths = PathNormalizer(settings.path_normalization)
         self.stats = ListenerStats()
         self.connections: set[DownstreamHttp1] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -85,6 +107,7 @@ class Listener:
         self.capture = None         # --capture: decisions for redirected connections (remora/intercept)
         self.tcp_stats = TcpStats()  # TCP proxy counters (captured non-HTTP and passthrough connections)
         self.rbac = RbacStats()
+        self.jwt_authn = JwtAuthnStats()
         self.draining = False
         self.replay_limit = worker.options.retry_buffer_bytes
         # Istio metrics: reporter="source" on the outbound listener, "destination" inbound.
@@ -189,15 +212,32 @@ class Listener:
                 return self.capture.fallback(sink, head, stats)
             found = vhost.route(head) if vhost is not None else None
             if found is not None:
-                if policy is not None and policy.authorizer is not None and not self.authorize(policy, head):
+                jwt = None
+                if policy is not None and policy.authenticator is not None:
+                    jwt = policy.authenticator.authenticate(head, self.jwt_authn)
+                    if jwt.__class__ is JwtFailure:
+                        denied = JwtDeniedExchange(sink, head, self, found[0], found[1], vhost.port)
+                        denied.failure = jwt
+                        return denied
+                if policy is not None and policy.authorizer is not None and not self.authorize(policy, head, jwt):
                     return DeniedExchange(sink, head, self, found[0], found[1], vhost.port)
                 return Exchange(sink, head, self, found[0], found[1], vhost.port)
             stats.no_route += 1
         return Exchange(sink, head, self, None, None, 0)
 
-    def authorize(self, policy, head) -> bool:
+    def authorize(self, policy, head, jwt=None) -> bool:
         """AuthorizationPolicy for one inbound request head, counted as Envoy's RBAC filter does."""
-        decision = policy.authorizer.check(policy.request(head))
+        decision = policy.authorizer.check(policy.request(head, jwt))
+        if decision.allowed and self.paths.keeps_escaped_slashes:
+            # %2F / %5C reach the app encoded at this level; an app that decodes them reads
+            # `/foo/..%2Fadmin` as `/admin`. Allow only if that reading is allowed too.
+            variant = escaped_slash_variant(head.path)
+            if variant is not None:
+                original, head.path = head.path, variant
+                try:
+                    decision = policy.authorizer.check(policy.request(head, jwt))
+                finally:
+                    head.path = original
         if decision.audit:
             self.rbac.shadow_denied += 1
         if decision.allowed:

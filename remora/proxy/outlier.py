@@ -10,8 +10,8 @@ Istio -> Envoy settings:
 - consecutive5xxErrors: threshold, default 5; 0 disables it. consecutiveGatewayErrors:
   unset means Envoy's default threshold 5 with enforcing_consecutive_gateway_failure 0,
   i.e. detected (and counted) but never ejected; 0 disables; N > 0 ejects.
-  The deprecated consecutiveErrors N (old Istio) meant gateway errors: gateway threshold N
-  enforced, 5xx detection not enforced; the two newer fields override it when set.
+  The deprecated consecutiveErrors is ignored, as by Istio since 1.7 (config/deprecated.py:
+  the loader warns); before 1.7 it meant an enforced gateway threshold with 5xx not enforced.
 - interval 10s, baseEjectionTime 30s, maxEjectionPercent 10 (0 also means 10, as Istio
   only passes values > 0), max_ejection_time max(300s, base) (Istio cannot set it).
 - minHealthPercent -> healthy_panic_threshold, default 0 (panic disabled).
@@ -112,8 +112,6 @@ class OutlierDetector:
         threshold = {_X5: DEFAULT_THRESHOLD, _GW: DEFAULT_THRESHOLD,
                      _LO: s.consecutive_local_origin_failures or DEFAULT_THRESHOLD}
         enforced = {_X5: True, _GW: False, _LO: True}
-        if s.consecutive_errors:
-            threshold[_GW], enforced[_GW], enforced[_X5] = s.consecutive_errors, True, False
         for kind, value in ((_X5, s.consecutive_5xx_errors), (_GW, s.consecutive_gateway_errors)):
             if value is not None:
                 threshold[kind], enforced[kind] = value, value > 0
@@ -260,9 +258,11 @@ class OutlierDetector:
     def inherit(self, previous: OutlierDetector) -> None:
         """Take over the state of endpoints with the same key from a previous config version.
 
-        Envoy keeps a host's outlier state while the host stays in the cluster; call this
-        right after construction, before any report.
+        Envoy keeps a host's outlier state while the host stays in the cluster, and the
+        cluster's outlier_detection.* counters while the cluster exists; call this right
+        after construction, before any report.
         """
+        self._stats = dict(previous._stats)   # counters (ejections_active is computed)
         if not self.enabled or not previous.enabled:
             return
         old = {h.ep.key: h for h in previous._hosts.values()}

@@ -26,7 +26,8 @@ from remora.proxy.http1 import (
 )
 from remora.proxy.message import ResponseHead
 from remora.proxy.retry import RetryBudget
-from remora.proxy.upstream_tls import MtlsDialer, TlsStats, UpstreamTlsError
+from remora.proxy.tls_origination import OriginContexts, request_host
+from remora.proxy.upstream_tls import TlsStats, UpstreamTlsError
 
 
 class ConnState(enum.Enum):
@@ -51,6 +52,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.reading = True           # False while a slow client holds us back
         self.peer_id: str | None = None   # the server's verified SPIFFE ID on an mTLS connection
         self.plain_fallback = False   # auto-mTLS dialled in plaintext (no certificate yet): not pooled
+        self.tls_host: str | None = None  # TLS origination: the request host it was made for (auto SNI)
         self._reset_response()
 
     def _reset_response(self) -> None:
@@ -357,7 +359,15 @@ class Circuit:
 
     def hand_over(self, pool: "EndpointPool") -> None:
         """A connection of `pool` went idle: give it to the first waiting request."""
-        conn = pool.acquire()
+        if pool.by_host:
+            # Auto-SNI connections belong to one request host: the first waiter takes one made
+            # for its host, else the oldest idle one closes so that it can open its own.
+            conn = pool.acquire(self.pending[0].up_authority)
+            if conn is None:
+                pool.idle.pop(0).close()      # closed_one() lets the first waiter connect
+                return
+        else:
+            conn = pool.acquire()
         if conn is not None:
             self.pending.popleft().on_pooled_connection(conn)
 
@@ -371,7 +381,8 @@ class Circuit:
 class EndpointPool:
     """Connections from one cluster to one endpoint."""
 
-    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint", "mtls")
+    __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint", "dialer",
+                 "by_host")
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop,
                  circuit: Circuit | None = None) -> None:
@@ -383,11 +394,24 @@ class EndpointPool:
         self.accepting = True
         self.circuit = circuit or Circuit(f"{host}:{port}")
         self.endpoint = None      # the cluster's Endpoint this pool serves (set per snapshot)
-        self.mtls: MtlsDialer | None = None   # set per snapshot for mTLS endpoints; None: plaintext
+        # Set per snapshot: an MtlsDialer (mTLS) or OriginationDialer (DR SIMPLE / MUTUAL);
+        # None: plaintext. by_host: its connections are per request host (auto SNI).
+        self.dialer = None
+        self.by_host = False
 
-    def acquire(self) -> UpstreamHttp1 | None:
-        """The newest idle connection that is still open, or None."""
+    def acquire(self, authority: bytes | None = None) -> UpstreamHttp1 | None:
+        """The newest idle connection that is still open, or None (`authority`: the request's
+        Host, which an auto-SNI connection must have been made for)."""
         idle = self.idle
+        if self.by_host:
+            host = request_host(authority)
+            for i in range(len(idle) - 1, -1, -1):
+                conn = idle[i]
+                if conn.tls_host == host and conn.state is ConnState.IDLE and not conn.transport.is_closing():
+                    del idle[i]
+                    conn.state = ConnState.ACTIVE
+                    return conn
+            return None
         while idle:
             conn = idle.pop()
             if conn.state is ConnState.IDLE and not conn.transport.is_closing():
@@ -404,12 +428,13 @@ class EndpointPool:
         stats = cluster.stats
         stats.upstream_cx_total += 1
         try:
-            if self.mtls is None:
+            if self.dialer is None:
                 _, conn = await asyncio.wait_for(
                     self.loop.create_connection(lambda: UpstreamHttp1(self), self.host, self.port),
                     cluster.connect_timeout)
             else:
-                conn = await self.mtls.dial(self, lambda: UpstreamHttp1(self), cluster.connect_timeout)
+                conn = await self.dialer.dial(self, lambda: UpstreamHttp1(self), cluster.connect_timeout,
+                                              exchange.up_authority)
         except UpstreamTlsError as exc:
             stats.upstream_cx_connect_fail += 1
             self.circuit.closed_one()
@@ -457,11 +482,13 @@ class EndpointPool:
 class PoolRegistry:
     """Every EndpointPool and Circuit of one worker, kept across config versions."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tls=None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tls=None, origins: OriginContexts | None = None) -> None:
         self.loop = loop
         self.tls = tls                    # the worker's MeshTls, which mTLS dialers read
-        # Keyed by TLS too: a plaintext and an mTLS connection to one address never share a pool.
-        self.pools: dict[tuple[str, str, int, bool], EndpointPool] = {}
+        self.origins = origins or OriginContexts()   # TLS origination contexts (--credentials-dir)
+        # Keyed by TLS too: a plaintext, an mTLS and a TLS-origination connection to one address
+        # (or two with different origination settings) never share a pool.
+        self.pools: dict[tuple[str, str, int, object], EndpointPool] = {}
         self.circuits: dict[str, Circuit] = {}
         self.tls_stats: dict[str, TlsStats] = {}   # ssl.* counters by cluster name
         self.tls_logged: set = set()      # secure-naming mismatches already logged
@@ -478,8 +505,9 @@ class PoolRegistry:
             stats = self.tls_stats[cluster_name] = TlsStats()
         return stats
 
-    def pool_for(self, cluster_name: str, host: str, port: int, mtls: bool = False) -> EndpointPool:
-        key = (cluster_name, host, port, mtls)
+    def pool_for(self, cluster_name: str, host: str, port: int, tls: object = False) -> EndpointPool:
+        """The pool of one endpoint; `tls` tells connection kinds apart (False: plaintext)."""
+        key = (cluster_name, host, port, tls)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = EndpointPool(host, port, self.loop, self.circuit_for(cluster_name))

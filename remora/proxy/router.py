@@ -15,6 +15,7 @@ import re
 from urllib.parse import parse_qsl
 
 from remora.config.duration import parse_duration
+from remora.config.gateways import applies_to_sidecars, selects_workload, sidecar_matches
 from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig, StringMatch
 from remora.config.names import host_aliases, qualify_host
 from remora.proxy.balancer import SmoothWeightedRoundRobin
@@ -269,8 +270,15 @@ class RouteTable:
         return cls({}, [], VirtualHost(name, cluster.port, [route]))
 
 
-def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> RouteTable:
-    """Compile ServiceEntries' default routes and VirtualServices into a RouteTable."""
+def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo],
+                      labels: dict | None = None, namespace: str | None = None) -> RouteTable:
+    """Compile ServiceEntries' default routes and VirtualServices into a RouteTable for the
+    sidecar of a workload with these labels and namespace (for sourceLabels/sourceNamespace)."""
+
+    def applies(m) -> bool:
+        return applies_to_sidecars(m.gateways) and selects_workload(
+            m.source_labels, m.source_namespace, labels, namespace)
+
     vhosts: dict[bytes, VirtualHost] = {}
     wildcards: list[tuple[bytes, VirtualHost]] = []
     catch_all: VirtualHost | None = None
@@ -309,11 +317,17 @@ def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo]) -> R
             register(fqdn, [port], [route], f"{fqdn}:{port}", bare=port == bare_port)
 
     for vs in config.virtual_services:
+        if not applies_to_sidecars(vs.spec.gateways):
+            continue     # bound to gateways only, not to `mesh`
         vs_ports: set[int] = set()
         for host in vs.spec.hosts:
             info = services.get(qualify_host(host, vs.namespace))
             vs_ports.update(info.ports if info else ())
-        routes = [_compile_route(r, i, vs, services, vs_ports) for i, r in enumerate(vs.spec.http)]
+        routes = []
+        for i, r in enumerate(vs.spec.http):
+            blocks = sidecar_matches(r.match, applies)
+            if blocks is not None:
+                routes.append(_compile_route(r, i, vs, services, vs_ports, blocks))
         for host in vs.spec.hosts:
             fqdn = qualify_host(host, vs.namespace)
             info = services.get(fqdn)
@@ -329,7 +343,7 @@ def _default_port(ports: list[int]) -> int:
 
 
 def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceInfo],
-                   vs_ports: set[int]) -> Route:
+                   vs_ports: set[int], matches: list) -> Route:
     destinations, weights = [], []
     for d in spec.route:
         fqdn = qualify_host(d.destination.host, vs.namespace)
@@ -358,6 +372,6 @@ def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceI
         weights.append(d.weight if d.weight is not None else (100 if len(spec.route) == 1 else 0))
     if len(weights) > 1 and not any(weights):
         weights = [1] * len(weights)
-    blocks = [MatchBlock(m) for m in spec.match]
+    blocks = [MatchBlock(m) for m in matches]
     name = spec.name or f"{vs.name}.{index}"
     return Route(name, f"VirtualService/{vs.namespace}/{vs.name}", blocks, destinations, weights, spec)

@@ -4,9 +4,8 @@ Rules (Istio's auto-mTLS and secure naming):
 - Mode, per endpoint: DestinationRule `tls.mode` (trafficPolicy, subset, portLevelSettings,
   merged by cluster.merge_policy) ISTIO_MUTUAL -> mTLS, required; DISABLE -> plaintext;
   unset -> mTLS when the endpoint carries `security.istio.io/tlsMode: istio` (auto-mTLS),
-  else plaintext. SIMPLE and MUTUAL (TLS to servers outside the mesh) are not implemented:
-  the loader warns (config/validate.py `client_tls_warnings`) and the endpoint is dialled
-  in plaintext, as before.
+  else plaintext. SIMPLE and MUTUAL (TLS to servers outside the mesh) are dialled by
+  tls_origination.py, never in plaintext.
 - mTLS needs this worker's certificate (MeshTls.client_context, read at dial time, so a
   rotated certificate is used by the next connection and established ones keep theirs).
   Without one, a required (ISTIO_MUTUAL) endpoint fails the attempt as 503 UF; an
@@ -35,13 +34,15 @@ from remora.proxy.counters import Counters
 
 ISTIO_MUTUAL = "ISTIO_MUTUAL"
 DISABLE = "DISABLE"
+SIMPLE = "SIMPLE"             # TLS origination (tls_origination.py)
+MUTUAL = "MUTUAL"
 _LOGGED_LIMIT = 1024          # distinct mismatches remembered per worker before forgetting all
 
 
 class TlsStats(Counters):
     """Envoy's `cluster.<name>.ssl.*` counters of one cluster in one worker."""
 
-    __slots__ = ("handshake", "connection_error", "fail_verify_san")
+    __slots__ = ("handshake", "connection_error", "fail_verify_error", "fail_verify_san")
 
 
 class UpstreamTlsError(Exception):
@@ -49,13 +50,14 @@ class UpstreamTlsError(Exception):
 
 
 def endpoint_tls_mode(policy, labels: dict[str, str]) -> str:
-    """ISTIO_MUTUAL (dial mTLS) or DISABLE (plaintext) for an endpoint of a cluster with `policy`."""
+    """How an endpoint of a cluster with `policy` is dialled: ISTIO_MUTUAL (mTLS), SIMPLE or
+    MUTUAL (TLS origination, tls_origination.py) or DISABLE (plaintext)."""
     tls = policy.tls if policy is not None else None
     mode = (tls.mode or "").upper() if tls is not None else ""
-    if mode == ISTIO_MUTUAL:
-        return ISTIO_MUTUAL
+    if mode in (ISTIO_MUTUAL, SIMPLE, MUTUAL):
+        return mode
     if mode:
-        return DISABLE     # DISABLE, or SIMPLE/MUTUAL which Remora does not originate (warned)
+        return DISABLE
     return ISTIO_MUTUAL if labels.get(TLS_MODE_LABEL) == "istio" else DISABLE
 
 
@@ -116,8 +118,11 @@ class MtlsDialer:
         self.stats = stats
         self.logged = logged               # the worker's set of mismatches already logged
 
-    async def dial(self, pool, factory, timeout: float):
-        """Open, handshake and verify; return the protocol. Raises UpstreamTlsError, OSError, TimeoutError."""
+    async def dial(self, pool, factory, timeout: float, authority: bytes | None = None):
+        """Open, handshake and verify; return the protocol. Raises UpstreamTlsError, OSError, TimeoutError.
+
+        `authority` (the request's Host, for TLS origination's auto SNI) is not used: mTLS
+        names the service in its SNI."""
         loop = pool.loop
         context = self.tls.client_context
         if context is None:
@@ -136,7 +141,7 @@ class MtlsDialer:
         except ssl.SSLError as error:
             self.stats.connection_error += 1
             raise UpstreamTlsError("connection failure, transport failure reason: TLS error: "
-                                   f"{_ssl_reason(error)}") from None
+                                   f"{ssl_reason(error)}") from None
         except (ConnectionResetError, BrokenPipeError):
             # The server hung up mid-handshake (it refused our certificate, or speaks no TLS).
             self.stats.connection_error += 1
@@ -171,7 +176,7 @@ class MtlsDialer:
               "connection closed", file=sys.stderr, flush=True)
 
 
-def _ssl_reason(error: ssl.SSLError) -> str:
+def ssl_reason(error: ssl.SSLError) -> str:
     """OpenSSL's short reason (CERTIFICATE_VERIFY_FAILED ...) plus the verify message when there is one."""
     reason = getattr(error, "reason", None) or type(error).__name__
     message = getattr(error, "verify_message", None)

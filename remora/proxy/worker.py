@@ -30,6 +30,7 @@ from remora.proxy.router import RouteTable, build_route_table
 from remora.proxy.otlp import SpanExporter
 from remora.proxy.telemetry import AccessLogWriter
 from remora.proxy.tls import MeshTls
+from remora.proxy.tls_origination import OriginationDialer, OriginContexts, check_origination
 from remora.proxy.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
 from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.tracing import Tracer
@@ -66,6 +67,7 @@ class ProxyOptions:
     state_dir: str | None = None        # where the last good pushed snapshot is kept
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
     cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
+    credentials_dir: str | None = None  # DestinationRule tls.credentialName -> <dir>/<name>/ (tls_origination)
     capture: bool = False               # listeners receive iptables-redirected traffic (docs/interception.md)
     outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
 
@@ -78,8 +80,9 @@ class Snapshot:
         self.config = config
         self.version = config.version
         self.loaded_at = time.time()
-        self.services = build_clusters(config)
-        self.outbound: RouteTable = build_route_table(config, self.services)
+        self.services = build_clusters(config, options.identity)
+        self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
+                                                      options.identity.namespace)
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
         self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
@@ -97,10 +100,14 @@ class Snapshot:
                 cluster.telemetry = tags
         if self.inbound_cluster is not None:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
+        check_origination(self.clusters(), pools.origins)
         for cluster in self.clusters():
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
         self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
+        # --capture: the per-port inbound clusters made so far, whose stats the next ones keep.
+        self._port_clusters: dict[str, Cluster] = {} if previous is None else {
+            **previous._port_clusters, **{found[2].name: found[2] for found in previous._inbound_ports.values()}}
         # Transparent capture (--capture): original destination -> mesh service, per version.
         self.destinations = DestinationIndex(config, self.services) if options.capture else None
 
@@ -116,7 +123,7 @@ class Snapshot:
                 cluster = Cluster(f"inbound|{port}||", "inbound", port, None,
                                   [Endpoint(options.app_host, port, {})], None)
                 cluster.telemetry = local_service_tags(options.identity)
-                prepare_cluster(cluster, self._pools)
+                prepare_cluster(cluster, self._pools, self._port_clusters.get(cluster.name))
                 found = (RouteTable.single(cluster, "inbound"),
                          compile_inbound_policy(self.config, options.identity, port), cluster)
             self._inbound_ports[port] = found
@@ -132,7 +139,17 @@ class Snapshot:
 
 def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
     """Give a compiled cluster its outlier detector (inheriting the previous version's
-    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints)."""
+    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints).
+
+    `previous` is the cluster of the same name in the version before. Envoy keeps a cluster's
+    stats while a cluster of that name exists, whatever a push changed, and a host's while
+    the host stays: so the new cluster takes over the previous ClusterStats object (requests
+    still in flight on the old version count into the same object, the gauges stay right)
+    and each endpoint's request and error counts by address. A name absent from the version
+    before starts from zero (a cluster that went away and came back, as in Envoy)."""
+    if previous is not None:
+        cluster.stats = previous.stats
+        _carry_endpoint_counts(previous, cluster)
     policy = cluster.traffic_policy
     cluster.detector = OutlierDetector(
         policy.outlier_detection if policy is not None else None, cluster.endpoints,
@@ -141,15 +158,32 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
         cluster.detector.inherit(previous.detector)
     cluster.circuit = pools.circuit_for(cluster.name)
     cluster.circuit.configure(cluster.traffic_policy)
+    origin = cluster.origination
     for ep in cluster.endpoints:
         mtls = ep.tls_mode == ISTIO_MUTUAL
-        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port, mtls)
+        originate = origin is not None and ep.tls_mode == origin.mode
+        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
+                                 origin.key if originate else mtls)
         ep.pool.endpoint = ep
         if mtls:
-            ep.pool.mtls = MtlsDialer(
+            ep.pool.dialer = MtlsDialer(
                 pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
                 cluster.naming, is_required(policy), cluster.name, ep.key,
                 ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
+        elif originate:
+            ep.pool.dialer = OriginationDialer(origin, pools.origins, pools.tls_stats_for(cluster.name),
+                                               cluster.name)
+            ep.pool.by_host = ep.pool.dialer.by_host
+
+
+def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
+    """Per-endpoint counters (/clusters) of endpoints kept by address. Only counters move:
+    active_requests belongs to the old Endpoint object, which its requests in flight release."""
+    before = {ep.key: ep for ep in previous.endpoints}
+    for ep in cluster.endpoints:
+        old = before.get(ep.key)
+        if old is not None:
+            ep.total_requests, ep.errors = old.total_requests, old.errors
 
 
 def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
@@ -173,7 +207,7 @@ class Worker:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
-        self.pools = PoolRegistry(self.loop, self.tls)
+        self.pools = PoolRegistry(self.loop, self.tls, OriginContexts(options.credentials_dir))
         self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
         self.snapshot = Snapshot(config, options, self.pools)
@@ -351,6 +385,8 @@ class Worker:
             if listener.inbound:
                 for name, value in listener.rbac.as_dict().items():
                     out[f"http.{listener.name}.rbac.{name}"] = value
+                for name, value in listener.jwt_authn.as_dict().items():
+                    out[f"http.{listener.name}.jwt_authn.{name}"] = value
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1
@@ -391,7 +427,8 @@ class Worker:
         return {
             "version": snap.version,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
-            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}"} for l in self.listeners],
+            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}",
+                           "path_normalization": l.paths.level} for l in self.listeners],
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},

@@ -44,6 +44,7 @@ from remora.certs import (
     TokenRejected,
     TokenStoreCorrupt,
 )
+from remora.certs.tokens import check_ttl as check_token_ttl
 from remora.config.duration import parse_duration
 from remora.xds.metrics import ControlMetrics
 
@@ -98,11 +99,14 @@ def _ttl(value: Any, default: float) -> float:
     try:
         seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
             else parse_duration(value)
+    except OverflowError:   # an integer too large for a float: JSON allows any number of digits
+        raise CaRequestError(400, "bad-request", f"ttl: {str(value)[:20]}... is out of range") from None
     except ValueError as error:
         raise CaRequestError(400, "bad-request", f"ttl: {error}") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise CaRequestError(400, "bad-request", f"ttl: must be positive, got {value!r}")
-    return seconds
+    try:
+        return check_token_ttl(seconds)   # (0, 1 year]: checked before anything is stored
+    except ValueError as error:
+        raise CaRequestError(400, "bad-request", str(error)) from None
 
 
 class CaService:
@@ -183,9 +187,11 @@ class CaService:
                 "expires_at": _iso(info.expires_at)}
 
     def list_tokens(self) -> dict:
+        """Every usable token, and apart the stored records that cannot be used (never a 500 for one)."""
         return {"tokens": [{"id": t.id, "namespace": t.namespace, "service_account": t.service_account,
                             "created_at": _iso(t.created_at), "expires_at": _iso(t.expires_at),
-                            "revoked": t.revoked} for t in self.tokens.list()]}
+                            "revoked": t.revoked} for t in self.tokens.list()],
+                "broken": [{"index": b.index, "id": b.id, "error": b.error} for b in self.tokens.broken()]}
 
     def revoke_token(self, token_id: str) -> dict:
         try:

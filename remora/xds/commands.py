@@ -123,7 +123,12 @@ def _json(status: int, body: bytes) -> dict:
     try:
         return json.loads(body)
     except ValueError:
-        return {"error": f"HTTP {status}: {body[:200].decode(errors='replace')}"}
+        return {"error": f"HTTP {status}: {' '.join(body[:200].decode(errors='replace').split())}"}
+
+
+def _quote(part: str) -> str:
+    """One path segment: a '/' in a name stays inside it (the server then refuses the name)."""
+    return urllib.parse.quote(part, safe="")
 
 
 def _fail(answer: dict) -> int:
@@ -139,18 +144,23 @@ def cmd_apply(args) -> int:
     control = ControlClient.from_args(args)
     code = 0
     for path in args.filename:
-        if path == "-":
-            text, source = sys.stdin.read(), "<stdin>"
-        else:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as error:
-                print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
-                return 1
-            source = path
+        source = "<stdin>" if path == "-" else path
+        try:
+            if path == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+            data.decode("utf-8")   # the server reads UTF-8 only: say so here, in one line
+        except OSError as error:
+            print(f"error: cannot read {source}: {error.strerror}", file=sys.stderr)
+            return 1
+        except UnicodeDecodeError as error:
+            print(f"error: {source}: not UTF-8 text: {error.reason} (byte 0x{data[error.start]:02x} "
+                  f"at offset {error.start})", file=sys.stderr)
+            return 1
         status, body = control.call(f"/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
-                                    text.encode(), {"Content-Type": "application/yaml"})
+                                    data, {"Content-Type": "application/yaml"})
         answer = _json(status, body)
         if status != 200:
             code = _fail(answer)
@@ -168,7 +178,7 @@ def cmd_get(args) -> int:
     if args.name:
         namespace = args.namespace or "default"
         fmt = "yaml" if args.output == "yaml" else "json"
-        status, body = control.call(f"/v1/resources/{kind}/{namespace}/{urllib.parse.quote(args.name)}?format={fmt}")
+        status, body = control.call(f"/v1/resources/{kind}/{_quote(namespace)}/{_quote(args.name)}?format={fmt}")
         if status != 200:
             return _fail(_json(status, body))
         if args.output in ("yaml", "json"):
@@ -203,7 +213,8 @@ def cmd_get(args) -> int:
 def cmd_delete(args) -> int:
     control = ControlClient.from_args(args)
     kind = resolve_kind(args.kind)
-    status, body = control.call(f"/v1/resources/{kind}/{args.namespace}/{urllib.parse.quote(args.name)}", "DELETE")
+    status, body = control.call(f"/v1/resources/{kind}/{_quote(args.namespace)}/{_quote(args.name)}",
+                                "DELETE")
     answer = _json(status, body)
     if status != 200:
         return _fail(answer)
@@ -290,6 +301,9 @@ def cmd_token(args) -> int:
             return _fail(answer)
         rows = [[t["id"], t["namespace"], t["service_account"], t["created_at"], t["expires_at"],
                  "revoked" if t["revoked"] else "active"] for t in answer["tokens"]]
+        for broken in answer.get("broken", []):
+            print(f"warning: stored join token record {broken['index']} (id {broken['id']}) cannot be used "
+                  f"and is ignored: {broken['error']}", file=sys.stderr)
         if not rows:
             print("No join tokens.", file=sys.stderr)
             return 0
@@ -348,7 +362,8 @@ def run_control(args) -> int:
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
-                               admin_token_file=args.admin_token_file)
+                               admin_token_file=args.admin_token_file,
+                               jwks_refresh_interval=args.jwks_refresh_interval)
     server = ControlServer(settings)
     try:
         server.load()

@@ -9,7 +9,8 @@ listener in front of the local app, mTLS by PeerAuthentication).
 
 Translated: ServiceEntry (STATIC, DNS) + WorkloadEntry endpoints and DestinationRule
 (envoy_clusters.py), VirtualService (envoy_routes.py), Istio mutual TLS and
-PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py). Anything else raises `Unsupported` naming the resource
+PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py),
+RequestAuthentication with inline keys (envoy_jwt.py). Anything else raises `Unsupported` naming the resource
 and field path, so Envoy never silently runs a different route than Remora.
 Envoy is tuned as its "best practices for benchmarking Envoy" FAQ advises: circuit breakers
 effectively off unless the DestinationRule sets them, generate_request_id off,
@@ -22,6 +23,7 @@ from typing import Any
 
 from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_traffic_policy,
                                        build_clusters, cluster_name, services)
+from remora.xds.envoy_jwt import jwt_filters
 from remora.xds.envoy_rbac import rbac_filters
 from remora.xds.envoy_routes import (FAULT_FILTER, ISTIO_DEFAULT_RETRY_ON, uses_fault,
                                      virtual_hosts)
@@ -34,10 +36,11 @@ DEFAULT_TRUST_DOMAIN = "cluster.local"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-# Each side reads what concerns it: PeerAuthentication and AuthorizationPolicy are enforced
-# by the server's sidecar, routes and clusters by the client's (as in Istio).
+# Each side reads what concerns it: PeerAuthentication, AuthorizationPolicy and
+# RequestAuthentication are enforced by the server's sidecar, routes and clusters by the
+# client's (as in Istio).
 _KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
-          "PeerAuthentication", "AuthorizationPolicy"}
+          "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"}
 
 
 def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dict]]:
@@ -68,6 +71,9 @@ def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dic
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         "generate_request_id": False,
+        # Istio's default pathNormalization (BASE), as Remora's --path-normalization default.
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         **extra,
         "route_config": {"name": route_name, "virtual_hosts": vhosts},
         "http_filters": filters,
@@ -77,16 +83,20 @@ def _http_connection_manager(stat_prefix: str, route_name: str, vhosts: list[dic
 
 def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
                      cert_dir: Path | None = None,
-                     trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict:
+                     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                     workload: tuple[str, dict[str, str]] | None = None) -> dict:
     """The Envoy bootstrap (as a dict) serving the docs' routes on 127.0.0.1:listen_port.
 
     cert_dir is the client workload's certificate directory, needed when a cluster uses
-    Istio mutual TLS. PeerAuthentication and AuthorizationPolicy are accepted and ignored:
-    they govern the server's side.
+    Istio mutual TLS. `workload` (namespace, labels) is the client workload, which decides
+    the DestinationRules with a workloadSelector (none apply without it).
+    PeerAuthentication, AuthorizationPolicy and RequestAuthentication are accepted and
+    ignored: they govern the server's side.
     """
     by_kind = _by_kind(docs, _KINDS, "outbound")
     svcs = services(by_kind.get("ServiceEntry", []), by_kind.get("WorkloadEntry", []))
-    clusters = build_clusters(svcs, by_kind.get("DestinationRule", []), cert_dir, trust_domain)
+    clusters = build_clusters(svcs, by_kind.get("DestinationRule", []), cert_dir, trust_domain,
+                              workload)
     vhosts = virtual_hosts(by_kind.get("VirtualService", []), svcs)
     listener = {
         "name": f"outbound_127.0.0.1_{listen_port}",
@@ -109,7 +119,8 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
     Like Istio's inbound path: every request goes to the local app (no retries, no route
     timeout), mTLS as PeerAuthentication says for this workload and port, and the
     caller's identity in x-forwarded-client-cert (what a caller sent there is dropped).
-    AuthorizationPolicies that apply to the workload become RBAC filters (envoy_rbac.py).
+    RequestAuthentications that apply become the jwt_authn filter (envoy_jwt.py), before the
+    RBAC filters of the AuthorizationPolicies (envoy_rbac.py).
     """
     by_kind = _by_kind(docs, _KINDS, "inbound")
     cluster = f"inbound|{app_port}||"
@@ -118,7 +129,8 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
                          "route": {"cluster": cluster, "timeout": "0s"}}]}
     hcm = _http_connection_manager(
         f"inbound_127.0.0.1_{inbound_port}", "inbound", [vhost],
-        rbac_filters(by_kind.get("AuthorizationPolicy", []), namespace, labels, app_port),
+        jwt_filters(by_kind.get("RequestAuthentication", []), namespace, labels)
+        + rbac_filters(by_kind.get("AuthorizationPolicy", []), namespace, labels, app_port),
         forward_client_cert_details="SANITIZE_SET",
         set_current_client_cert_details={"uri": True})
     try:

@@ -129,13 +129,32 @@ def _merge(policy: dict, override: dict | None, port: int) -> dict:
     return merged
 
 
+def selected_rules(rules: list[dict], workload: tuple[str, dict[str, str]] | None) -> list[dict]:
+    """The DestinationRules for this sidecar, as Remora's proxy picks them: a rule with a
+    workloadSelector only for a workload (namespace, labels) of its namespace it selects,
+    and then instead of the host's rule without a selector."""
+    plain, chosen = [], {}
+    for doc in rules:
+        spec = doc.get("spec") or {}
+        selector = spec.get("workloadSelector")
+        if selector is None:
+            plain.append(doc)
+            continue
+        only(selector, {"matchLabels"}, f"{name_of(doc)} spec.workloadSelector")
+        wanted = selector.get("matchLabels") or {}
+        if workload is not None and namespace_of(doc) == workload[0] and all(
+                workload[1].get(k) == v for k, v in wanted.items()):
+            chosen[qualify_host(spec["host"], namespace_of(doc))] = doc
+    return [d for d in plain if qualify_host(d["spec"]["host"], namespace_of(d)) not in chosen] + list(chosen.values())
+
+
 def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path | None,
-                   trust_domain: str) -> list[dict]:
+                   trust_domain: str, workload: tuple[str, dict[str, str]] | None = None) -> list[dict]:
     """Every outbound cluster: (host, port) and (host, port, subset), with their policies."""
     by_host: dict[str, dict] = {}
-    for doc in rules:
+    for doc in selected_rules(rules, workload):
         spec, where = doc.get("spec") or {}, name_of(doc)
-        only(spec, {"host", "trafficPolicy", "subsets", "exportTo"}, f"{where} spec")
+        only(spec, {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"}, f"{where} spec")
         host = qualify_host(spec["host"], namespace_of(doc))
         if host not in svcs:
             raise Unsupported(f"{where} spec.host: {host} has no ServiceEntry to render")
@@ -281,9 +300,11 @@ def _hash_policy(spec: dict) -> list[dict]:
 def _apply_outlier_detection(cluster: dict, od: dict | None, where: str) -> None:
     if od is None:
         return
+    # consecutiveErrors is accepted and not rendered: Istio ignores it since 1.7 (the loader
+    # warns, config/deprecated.py), so Envoy's consecutive_5xx default of 5 applies.
     only(od, {"consecutive5xxErrors", "consecutiveGatewayErrors", "interval",
               "baseEjectionTime", "maxEjectionPercent", "minHealthPercent",
-              "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"},
+              "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors", "consecutiveErrors"},
          f"{where}.outlierDetection")
     out: dict[str, Any] = {"enforcing_success_rate": 0}  # Istio turns success-rate off
     if "consecutive5xxErrors" in od:

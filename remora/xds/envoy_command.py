@@ -28,15 +28,17 @@ def add_envoy_config_parser(sub, labels_type) -> None:
                         help="workload certificate directory (cert-chain.pem, key.pem, "
                              "root-cert.pem), needed when the config uses mutual TLS")
     parser.add_argument("--trust-domain", default="cluster.local")
+    parser.add_argument("--namespace", default="default",
+                        help="the workload's namespace (DestinationRule workloadSelector, "
+                             "PeerAuthentication scope)")
+    parser.add_argument("--labels", type=labels_type, default={},
+                        help="the workload's labels, k=v,k2=v2 (DestinationRule workloadSelector, "
+                             "PeerAuthentication selector)")
     inbound = parser.add_argument_group("server sidecar (--inbound)")
     inbound.add_argument("--inbound", action="store_true",
                          help="render the inbound side: --inbound-port -> the app on --app-port")
     inbound.add_argument("--inbound-port", type=int, default=15006)
     inbound.add_argument("--app-port", type=int, default=9080)
-    inbound.add_argument("--namespace", default="default",
-                         help="the workload's namespace (PeerAuthentication scope)")
-    inbound.add_argument("--labels", type=labels_type, default={},
-                         help="the workload's labels, k=v,k2=v2 (PeerAuthentication selector)")
 
 
 def run_envoy_config(args: argparse.Namespace) -> int:
@@ -59,7 +61,7 @@ def run_envoy_config(args: argparse.Namespace) -> int:
                 admin_port=args.admin_port, cert_dir=cert_dir, trust_domain=args.trust_domain)
         else:
             boot = render_bootstrap(bodies, args.listen_port, args.admin_port, cert_dir,
-                                    args.trust_domain)
+                                    args.trust_domain, (args.namespace, args.labels))
     except Unsupported as error:
         print(f"remora: cannot render for Envoy: {error}", file=sys.stderr)
         return 1

@@ -111,7 +111,11 @@ def _and(items: list[dict], ids: bool) -> dict:
     return {"and_ids": {"ids": items}} if ids else {"and_rules": {"rules": items}}
 
 
-def _source(source: AuthzSource) -> dict:
+def _source(source: AuthzSource, where: str) -> dict:
+    if source.request_principals or source.not_request_principals:
+        # JWT principals need the jwt_authn filter (RequestAuthentication), not rendered yet.
+        field = "requestPrincipals" if source.request_principals else "notRequestPrincipals"
+        raise Unsupported(f"{where}.source.{field} not rendered for Envoy (JWT / RequestAuthentication)")
     return _and(_field(source.principals, source.not_principals, _principal, True)
                 + _field(source.namespaces, source.not_namespaces, _namespace, True)
                 + _field(source.ip_blocks, source.not_ip_blocks, _ip, True), ids=True)
@@ -138,12 +142,14 @@ def _condition(cond: AuthzCondition, app_port: int, where: str) -> tuple[str, li
     if key.startswith("request.headers[") and key.endswith("]"):
         name = key[len("request.headers["):-1].lower()
         return "permissions", _field(values, nots, lambda v: _header(name, v), False)
-    raise Unsupported(f"{where}.when key {key} not rendered for Envoy")
+    if key.startswith("request.auth."):
+        raise Unsupported(f"{where}.key {key} not rendered for Envoy (JWT / RequestAuthentication)")
+    raise Unsupported(f"{where}.key {key} not rendered for Envoy")
 
 
 def _rule(rule: AuthzRule, app_port: int, where: str) -> dict:
-    principals = [_or([_source(f.source) if f.source else _ANY for f in rule.from_], True)] \
-        if rule.from_ else []
+    principals = [_or([_source(f.source, f"{where}.from[{j}]") if f.source else _ANY
+                       for j, f in enumerate(rule.from_)], True)] if rule.from_ else []
     permissions = [_or([_operation(t.operation, app_port) if t.operation else _ANY
                         for t in rule.to], False)] if rule.to else []
     for i, cond in enumerate(rule.when):

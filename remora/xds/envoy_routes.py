@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from remora.config.gateways import applies_to_sidecars, sidecar_matches
 from remora.config.names import host_aliases, qualify_host
 from remora.xds.envoy_clusters import (Service, Unsupported, cluster_name, dur, name_of,
                                        namespace_of, only)
@@ -77,7 +78,7 @@ def _matcher(spec: dict, where: str) -> dict:
 def route_match(match: dict, where: str) -> dict:
     """One HTTPMatchRequest -> an Envoy RouteMatch."""
     only(match, {"name", "uri", "headers", "ignoreUriCase", "method", "authority", "scheme",
-                 "queryParams", "withoutHeaders"}, where)
+                 "queryParams", "withoutHeaders", "gateways"}, where)
     out: dict[str, Any] = {}
     uri = _string_match(match.get("uri") or {"prefix": "/"}, f"{where}.uri")
     key = {"exact": "path", "prefix": "prefix"}.get(next(iter(uri)), "safe_regex")
@@ -206,9 +207,11 @@ def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
     if http.get("fault"):
         route_extra["typed_per_filter_config"] = {
             FAULT_FILTER: fault_config(http["fault"], f"{where}.fault")}
-    matches = http.get("match") or [{}]
+    indexed = list(enumerate(http.get("match") or [{}]))
+    # Entries bound to other gateways do not exist at a sidecar (config/gateways.py).
+    kept = sidecar_matches(indexed, lambda entry: applies_to_sidecars(entry[1].get("gateways"))) or []
     return [{"match": route_match(m, f"{where}.match[{i}]"), "route": action, **route_extra}
-            for i, m in enumerate(matches)]
+            for i, m in kept]
 
 
 def virtual_hosts(services: list[dict], svcs: dict[str, Service]) -> list[dict]:
@@ -229,8 +232,8 @@ def virtual_hosts(services: list[dict], svcs: dict[str, Service]) -> list[dict]:
     for doc in services:
         vs, where, ns = doc.get("spec") or {}, name_of(doc), namespace_of(doc)
         only(vs, {"hosts", "http", "exportTo", "gateways"}, f"{where} spec")
-        if [g for g in vs.get("gateways", []) if g != "mesh"]:
-            raise Unsupported(f"{where} spec.gateways: gateway routes are not rendered for Envoy")
+        if not applies_to_sidecars(vs.get("gateways")):
+            continue     # a gateway's VirtualService: not part of a sidecar's routes
         routes = [r for i, http in enumerate(vs.get("http", []))
                   for r in http_routes(http, svcs, ns, f"{where} spec.http[{i}]")]
         for host in (qualify_host(h, ns) for h in vs.get("hosts", [])):

@@ -2,8 +2,10 @@
 
 Outbound (client side), as Istio does it:
 - DestinationRule `trafficPolicy.tls.mode: ISTIO_MUTUAL` -> the cluster's transport socket is
-  an UpstreamTlsContext; `DISABLE` -> plaintext; SIMPLE / MUTUAL (user certificates) are
-  not translated.
+  an UpstreamTlsContext; `DISABLE` -> plaintext; SIMPLE / MUTUAL (TLS origination) -> an
+  UpstreamTlsContext with the rule's files (caCertificates, else the system CA bundle;
+  clientCertificate + privateKey), `sni` or auto_sni, subjectAltNames or (neither set)
+  auto_san_validation, as Istio renders them; credentialName (SDS) is not translated.
 - No tls setting -> auto mTLS: endpoints labelled `security.istio.io/tlsMode: istio` get
   TLS through `transport_socket_matches` on endpoint metadata, others plaintext.
 - SNI `outbound_.<port>_._.<host>`, Istio's (Remora sends the same).
@@ -22,6 +24,8 @@ ALPN list, so Envoy and Remora negotiate the same things.
 """
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,9 @@ _RAW = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.Raw
 _TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3" \
     ".TlsInspector"
 SOCKET_MATCH_KEY = "envoy.transport_socket_match"  # Istio's endpoint metadata filter name
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ORIGINATION_FIELDS = frozenset({"mode", "sni", "caCertificates", "clientCertificate", "privateKey",
+                                "subjectAltNames", "insecureSkipVerify"})
 
 
 class TlsUnsupported(ValueError):
@@ -109,17 +116,20 @@ def apply_client_tls(cluster: dict, tls: dict | None, endpoints: list[dict], ser
     `endpoints` are the Istio endpoint dicts, in the order of the cluster's lb_endpoints.
     """
     tls = tls or {}
+    mode = tls.get("mode")
+    if mode in ("SIMPLE", "MUTUAL"):
+        apply_origination(cluster, tls, server_ids)
+        return
     extra = set(tls) - {"mode"}
     if extra:
         raise TlsUnsupported(f"trafficPolicy.tls: {', '.join(sorted(extra))} not rendered for "
                              "Envoy")
-    mode = tls.get("mode")
     labelled = [ep.get("labels", {}).get(TLS_MODE_LABEL) == "istio" for ep in endpoints]
     if mode == "DISABLE" or (mode is None and not any(labelled)):
         return
     if mode not in (None, "ISTIO_MUTUAL"):
         raise TlsUnsupported(f"trafficPolicy.tls.mode {mode} not rendered for Envoy "
-                             "(ISTIO_MUTUAL and DISABLE are)")
+                             "(ISTIO_MUTUAL, DISABLE, SIMPLE and MUTUAL are)")
     if cert_dir is None:
         raise TlsUnsupported(f"cluster {cluster['name']} uses mTLS: render it with a "
                              "certificate directory")
@@ -138,6 +148,62 @@ def apply_client_tls(cluster: dict, tls: dict | None, endpoints: list[dict], ser
          "transport_socket": {"name": "envoy.transport_sockets.raw_buffer",
                               "typed_config": {"@type": _RAW}}},
     ]
+
+
+def _san_matcher(name: str) -> dict:
+    if "://" in name:
+        kind = "URI"
+    else:
+        try:
+            ipaddress.ip_address(name)
+            kind = "IP_ADDRESS"
+        except ValueError:
+            kind = "DNS"
+    return {"san_type": kind, "matcher": {"exact": name}}
+
+
+def system_ca_file() -> str:
+    """The system trust bundle Envoy reads when caCertificates is unset (Istio: the OS CAs)."""
+    found = ssl.get_default_verify_paths().cafile
+    for path in (found, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if path and Path(path).is_file():
+            return path
+    raise TlsUnsupported("trafficPolicy.tls.caCertificates unset and no system CA bundle found")
+
+
+def apply_origination(cluster: dict, tls: dict, service_sans: list[str]) -> None:
+    """DestinationRule tls SIMPLE / MUTUAL as Istio renders it: an UpstreamTlsContext with the
+    rule's files, `sni` (else auto_sni from the Host), subjectAltNames (else, with neither sni
+    nor subjectAltNames, auto_san_validation on the Host; else the ServiceEntry's names)."""
+    extra = set(tls) - ORIGINATION_FIELDS
+    if extra:
+        raise TlsUnsupported(f"trafficPolicy.tls: {', '.join(sorted(extra))} not rendered for Envoy "
+                             "(credentialName needs an SDS server)")
+    verify = not tls.get("insecureSkipVerify")
+    common: dict[str, Any] = {"tls_params": {"tls_minimum_protocol_version": "TLSv1_2",
+                                             "tls_maximum_protocol_version": "TLSv1_3"},
+                              "alpn_protocols": ["http/1.1"]}
+    if tls["mode"] == "MUTUAL":
+        common["tls_certificates"] = [{"certificate_chain": {"filename": tls["clientCertificate"]},
+                                       "private_key": {"filename": tls["privateKey"]}}]
+    sans = tls.get("subjectAltNames") or service_sans
+    if verify:
+        validation: dict[str, Any] = {"trusted_ca": {"filename": tls.get("caCertificates") or system_ca_file()}}
+        if sans:
+            validation["match_typed_subject_alt_names"] = [_san_matcher(n) for n in sans]
+        common["validation_context"] = validation
+    context: dict[str, Any] = {"@type": f"{_TLS}.UpstreamTlsContext", "common_tls_context": common}
+    if tls.get("sni"):
+        context["sni"] = tls["sni"]
+    else:
+        upstream = {"auto_sni": True}
+        if verify and not tls.get("subjectAltNames"):
+            upstream["auto_san_validation"] = True
+        options = cluster.setdefault("typed_extension_protocol_options", {}).setdefault(
+            _HTTP_OPTIONS, {"@type": f"type.googleapis.com/{_HTTP_OPTIONS}"})
+        options.setdefault("explicit_http_config", {"http_protocol_options": {}})
+        options["upstream_http_protocol_options"] = upstream
+    cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def inbound_mode(docs: list[dict], namespace: str, labels: dict[str, str], port: int) -> str:

@@ -15,6 +15,7 @@ SHORT_NAMES: dict[str, str] = {
     "Telemetry": "telemetry",
     "PeerAuthentication": "pa",
     "AuthorizationPolicy": "ap",
+    "RequestAuthentication": "ra",
 }
 
 _SPELLINGS: dict[str, str] = {}
@@ -34,5 +35,6 @@ def resolve_kind(text: str) -> str:
     kind = _SPELLINGS.get(text.strip().lower())
     if kind is None:
         accepted = ", ".join(f"{k} ({SHORT_NAMES[k]})" for k in SPEC_TYPES)
-        raise UnknownKind(f"unknown kind {text!r}: use one of {accepted}, singular or plural, any case")
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise UnknownKind(f"unknown kind {shown}: use one of {accepted}, singular or plural, any case")
     return kind

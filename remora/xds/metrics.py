@@ -46,6 +46,12 @@ class ControlMetrics:
         self.unauthorized = Counter("remora_control_unauthorized",
                                     "Admin API requests refused for a missing, malformed or wrong admin token",
                                     ["endpoint", "reason"], registry=r)
+        # istiod's pilot_jwks_resolver_network_fetch_{success,fail}_total
+        self.jwks_fetch_success = Counter("remora_control_jwks_resolver_network_fetch_success",
+                                          "jwksUri / OpenID discovery fetches that returned usable keys", registry=r)
+        self.jwks_fetch_fail = Counter("remora_control_jwks_resolver_network_fetch_fail",
+                                       "jwksUri / OpenID discovery fetches that failed (last good keys kept)",
+                                       registry=r)
         self._version: str | None = None
 
     def set_version(self, version: str) -> None:

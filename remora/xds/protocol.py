@@ -35,7 +35,7 @@ STREAM_PATH = "/v1/xds"
 CLUSTERS = "clusters"     # ServiceEntry, DestinationRule (Envoy: CDS)
 ENDPOINTS = "endpoints"   # WorkloadEntry, static and auto-registered (Envoy: EDS)
 ROUTES = "routes"         # VirtualService (Envoy: LDS/RDS)
-POLICIES = "policies"     # Telemetry, PeerAuthentication, AuthorizationPolicy
+POLICIES = "policies"     # Telemetry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication
 # The order the server pushes types in after a change (Envoy's ADS order: clusters before
 # the endpoints that fill them, both before the routes that point at them; policies last).
 TYPE_ORDER: tuple[str, ...] = (CLUSTERS, ENDPOINTS, ROUTES, POLICIES)
@@ -43,7 +43,7 @@ TYPE_KINDS: dict[str, tuple[str, ...]] = {
     CLUSTERS: ("ServiceEntry", "DestinationRule"),
     ENDPOINTS: ("WorkloadEntry",),
     ROUTES: ("VirtualService",),
-    POLICIES: ("Telemetry", "PeerAuthentication", "AuthorizationPolicy"),
+    POLICIES: ("Telemetry", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"),
 }
 KIND_TYPE: dict[str, str] = {kind: type_url for type_url, kinds in TYPE_KINDS.items() for kind in kinds}
 

@@ -49,6 +49,7 @@ import msgspec
 
 from remora.certs.files import PRIVATE_MODE, ensure_dir, write_atomically
 from remora.config.names import TLS_MODE_LABEL, qualify_host
+from remora.config.object_names import SUBDOMAIN_MAX, subdomain_problem
 from remora.xds.protocol import Node
 
 API_VERSION = "networking.istio.io/v1"
@@ -123,8 +124,11 @@ def check_node(node: Node) -> None:
         raise InvalidNode("node.id: must not be empty")
     if not _NAMESPACE.fullmatch(node.namespace):
         raise InvalidNode(f"node.namespace: {node.namespace!r} is not a DNS label (lowercase letters, digits, '-')")
-    if node.service is not None and not _SERVICE.fullmatch(node.service):
-        raise InvalidNode(f"node.service: {node.service!r} is not a valid service name")
+    # auto-<service> becomes a ServiceEntry's metadata.name: it must be a DNS-1123 subdomain too.
+    if node.service is not None and (not _SERVICE.fullmatch(node.service)
+                                     or subdomain_problem(f"auto-{node.service}") is not None):
+        raise InvalidNode(f"node.service: {node.service[:80]!r} is not a valid service name "
+                          f"(a DNS-1123 subdomain of at most {SUBDOMAIN_MAX - len('auto-')} characters)")
     if node.inbound is not None:
         split_host_port(node.inbound, "inbound")
     if node.admin is not None:
@@ -135,10 +139,15 @@ def check_node(node: Node) -> None:
 
 def entry_name(node_id: str) -> str:
     """`auto-` + the node id as a resource name; a short hash keeps changed ids distinct."""
-    name = _NOT_NAME.sub("-", node_id.lower()).strip("-.")
+    name = _subdomain(_NOT_NAME.sub("-", node_id.lower()))
     if name != node_id:
-        name = f"{name[:200]}-{hashlib.sha256(node_id.encode()).hexdigest()[:6]}"
+        name = f"{_subdomain(name[:200]) or 'node'}-{hashlib.sha256(node_id.encode()).hexdigest()[:6]}"
     return f"auto-{name}"
+
+
+def _subdomain(text: str) -> str:
+    """`text` made a DNS-1123 subdomain: no empty dot-separated part, none starting or ending with '-'."""
+    return ".".join(part for part in (p.strip("-") for p in text.split(".")) if part)
 
 
 class Registry:

@@ -30,10 +30,12 @@ import yaml
 from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
+from remora.config.object_names import identity_problems, label_problem, shown_ref
 from remora.xds import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
 from remora.xds.protocol import Hello
@@ -57,6 +59,8 @@ class ControlSettings:
     grace_period: float = 10.0
     debounce: float = 0.1
     max_debounce: float = 1.0
+    jwks_refresh_interval: float = 20 * 60.0   # istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL
+    jwks_retry_interval: float = 30.0          # a jwksUri never fetched yet is retried this often
     poll_interval: float = 0.5
     hello_timeout: float = 10.0
     heartbeat: float = 15.0
@@ -80,6 +84,10 @@ def _error(status: int, message: str, errors: list[str] | None = None) -> web.Re
     return web.json_response(body, status=status)
 
 
+class BadIdentity(ValueError):
+    """A namespace or name in a request path that no resource can have (Kubernetes' name rules)."""
+
+
 class ControlServer:
     """The control plane's state and its HTTP application."""
 
@@ -92,6 +100,8 @@ class ControlServer:
         self.store = ConfigStore(settings.config_dir, settings.state_dir,
                                  extra=self.registry.documents, on_error=self._config_failed)
         self.sessions: dict[str, StreamSession] = {}
+        self.jwks = JwksFetcher(self.metrics, log, self._jwks_changed,
+                                settings.jwks_refresh_interval, settings.jwks_retry_interval)
         self.cache = SnapshotCache(self.store.config)
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
@@ -112,7 +122,8 @@ class ControlServer:
             self.log(f"restored {restored} registered sidecar(s); each is removed in "
                      f"{self.registry.grace_period:g}s unless it reconnects")
         self.store.start()
-        self.cache = SnapshotCache(self.store.config)
+        self.jwks.config_changed(self.store.config)
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config))
         self.metrics.set_version(self.store.config.version)
         for warning in self.store.config.warnings:
             self.log(f"warning: {warning}")
@@ -156,8 +167,15 @@ class ControlServer:
             self.store.rebuild("registry")
         if self.store.config.version == self.cache.version:
             return
-        self.cache = SnapshotCache(self.store.config, first_change)
+        self.jwks.config_changed(self.store.config)
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change)
         self.metrics.set_version(self.cache.version)
+        for session in self.sessions.values():
+            session.notify()
+
+    def _jwks_changed(self) -> None:
+        """Fetched keys changed (first fetch, rotation): same config version, new policies."""
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), asyncio.get_running_loop().time())
         for session in self.sessions.values():
             session.notify()
 
@@ -222,7 +240,12 @@ class ControlServer:
         source = request.query.get("source") or "<request>"
         if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
             return _error(413, f"body over {MAX_APPLY_BYTES} bytes")
-        text = await request.text()
+        raw = await request.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return _error(400, f"{source}: body is not UTF-8 text: {error.reason} "
+                               f"(byte 0x{raw[error.start]:02x} at offset {error.start})")
         before = self.store.config.version
         try:
             change = self.store.apply(text, source)
@@ -234,8 +257,14 @@ class ControlServer:
                                   "results": [{"resource": ref, "action": action} for ref, action in change.results]})
 
     def _ref(self, request: web.Request) -> str:
+        """Kind/namespace/name from the path; UnknownKind, or BadIdentity for a name Kubernetes refuses."""
         kind = resolve_kind(request.match_info["kind"])
-        return f"{kind}/{request.match_info['namespace']}/{request.match_info['name']}"
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        problems = identity_problems(namespace, name)
+        if problems:
+            raise BadIdentity(f"{shown_ref(kind, namespace, name)}: "
+                              + "; ".join(f"{path}: {message}" for path, message in problems))
+        return f"{kind}/{namespace}/{name}"
 
     def _item(self, resource: Resource) -> dict:
         return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
@@ -248,6 +277,8 @@ class ControlServer:
         except UnknownKind as error:
             return _error(400, str(error))
         namespace = request.query.get("namespace")
+        if namespace is not None and (problem := label_problem(namespace)) is not None:
+            return _error(400, f"namespace: metadata.namespace: {problem}")
         items = [self._item(r) for r in self.store.resources()
                  if (kind is None or r.kind == kind) and (namespace is None or r.namespace == namespace)]
         return web.json_response({"version": self.store.config.version, "items": items})
@@ -255,7 +286,7 @@ class ControlServer:
     async def get_resource(self, request: web.Request) -> web.Response:
         try:
             ref = self._ref(request)
-        except UnknownKind as error:
+        except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         resource = self.store.lookup(ref)
         if resource is None:
@@ -273,7 +304,7 @@ class ControlServer:
         at = asyncio.get_running_loop().time()
         try:
             ref = self._ref(request)
-        except UnknownKind as error:
+        except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         try:
             change = self.store.delete(ref)
@@ -291,8 +322,8 @@ class ControlServer:
                   "resources": len(self.store.resources()),
                   "last_error": None if error is None else {"at": _iso(error.at), "source": error.source,
                                                             "errors": error.errors}}
-        return web.json_response({"config": config, "sidecars": [self._sidecar(node_id)
-                                                                 for node_id in sorted(self.registry.nodes)]})
+        return web.json_response({"config": config, "jwks": self.jwks.status(),
+                                  "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)]})
 
     def _sidecar(self, node_id: str) -> dict:
         registration = self.registry.nodes[node_id]
@@ -349,6 +380,7 @@ class ControlServer:
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
+        self._tasks.append(asyncio.create_task(self.jwks.run()))
         if self.settings.config_dir is not None:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))

@@ -85,6 +85,7 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
         # Security policies scope the same way (mesh-wide in the root namespace, else their own).
         "PeerAuthentication": [r for r in config.peer_authentications if r.namespace in (ROOT_NAMESPACE, ns)],
         "AuthorizationPolicy": [r for r in config.authorization_policies if r.namespace in (ROOT_NAMESPACE, ns)],
+        "RequestAuthentication": [r for r in config.request_authentications if r.namespace in (ROOT_NAMESPACE, ns)],
     }
     return {type_url: sorted((r for kind in kinds for r in chosen[kind]), key=lambda r: (r.kind, r.namespace, r.name))
             for type_url, kinds in TYPE_KINDS.items()}

@@ -28,6 +28,7 @@ from remora.config.loader import (
     SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents,
 )
 from remora.config.model import MeshConfig, Resource
+from remora.config.object_names import identity_problems, shown_ref
 
 FILE, APPLIED, REGISTRY = "file", "applied", "registry"
 STATE_FILE = "applied.json"
@@ -97,6 +98,21 @@ def identity(body: Any) -> str | None:
         return None
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
     return f"{kind}/{namespace}/{name}"
+
+
+def naming_issues(body: Any, source: str) -> list[ConfigIssue]:
+    """Kubernetes' name rules for a document of a kind Remora stores (others are skipped anyway)."""
+    if not isinstance(body, dict) or body.get("kind") not in SPEC_TYPES:
+        return []
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict):
+        return []   # the loader names what is missing
+    name, namespace = metadata.get("name"), metadata.get("namespace", "default")
+    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
+        return []
+    problems = identity_problems(namespace, name)
+    resource = shown_ref(body["kind"], namespace, name)
+    return [ConfigIssue(source, resource, path, message) for path, message in problems]
 
 
 # ---- results ---------------------------------------------------------------------------------
@@ -208,6 +224,10 @@ class ConfigStore:
         docs = [(body, src) for body, src in docs if body is not None]
         if not docs:
             self._refuse(400, f"apply {source}", f"{source}: no resources in the request body")
+        naming = [issue for body, src in docs for issue in naming_issues(body, src)]
+        if naming:   # before any lookup: a bad name must not reach the identity key space
+            self._refuse(400, f"apply {source}", "invalid metadata.name or metadata.namespace",
+                         [str(issue) for issue in naming])
         file_refs = self._file_refs()
         applied = dict(self.applied)
         new_refs: list[str] = []

@@ -20,6 +20,7 @@ from benchmarks.tools import MissingTool, find_envoy
 from examples.topology import render_route
 from remora.config.loader import load_mesh_text
 from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
+from tests.jwt_tokens import Keys, jwt_example
 from tests.envoy_render_inputs import (AUTHZ_YAML, FEATURES_YAML, FIXTURES, RENDERED_FIXTURES, ROOT,
                                        UNSUPPORTED_FIXTURES, documents, with_stand_in_services)
 
@@ -80,6 +81,13 @@ INBOUND = {
     "002-09": ("002-09-AuthorizationPolicy-user-service-authz.yaml", "default",
                {"app": "user-service"}),
     "003-12": ("003-12-AuthorizationPolicy-deny-all.yaml", "default", {}),
+    # Two jwtRules (Istio's multi-provider requirement), every provider field rendered.
+    "jwt": (jwt_example(Keys().jwks(), namespace="foo", extra=(
+        "    audiences: [httpbin]\n    outputPayloadToHeader: x-jwt-payload\n    forwardOriginalToken: true\n"
+        "    fromHeaders: [{name: x-token, prefix: 'Bearer '}]\n    fromParams: [token]\n"
+        "    fromCookies: [session]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n"
+        "  - issuer: https://idp.example.com\n    jwks: '" + Keys().jwks() + "'\n")),
+        "foo", {"app": "httpbin"}),
 }
 
 
@@ -103,3 +111,54 @@ def test_untranslatable_examples_raise_unsupported_naming_the_field(name):
     docs = with_stand_in_services(documents((FIXTURES / name).read_text()))
     with pytest.raises(Unsupported, match=UNSUPPORTED_FIXTURES[name]):
         render_bootstrap(docs, 15001, 15000)
+
+
+def _origination_yaml(cert_dir: Path) -> str:
+    """TLS origination in every rendered shape: SIMPLE with a CA and SANs, SIMPLE with the
+    system CAs and auto SNI, MUTUAL with files and sni, insecureSkipVerify, port level."""
+    root, chain, key = (cert_dir / n for n in ("root-cert.pem", "cert-chain.pem", "key.pem"))
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external, namespace: shop}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}, {{number: 8080, name: alt, protocol: HTTP}}]
+  resolution: DNS
+  subjectAltNames: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: external, namespace: shop}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {root}, subjectAltNames: [api.example.com, "spiffe://partner/api", 10.0.0.1]}}
+    portLevelSettings:
+    - port: {{number: 8080}}
+      tls: {{mode: SIMPLE}}
+  subsets:
+  - name: mutual
+    trafficPolicy: {{tls: {{mode: MUTUAL, caCertificates: {root}, clientCertificate: {chain}, privateKey: {key}, sni: api.example.com}}}}
+  - name: skip
+    trafficPolicy: {{tls: {{mode: SIMPLE, insecureSkipVerify: true}}, connectionPool: {{http: {{idleTimeout: 30s}}}}}}
+"""
+
+
+def test_tls_origination_renders_as_upstream_tls_contexts_envoy_accepts(envoy, certs, tmp_path):
+    """DestinationRule SIMPLE / MUTUAL render as UpstreamTlsContexts (files, SNI or auto_sni, SANs) that Envoy validates."""
+    text = _origination_yaml(certs["client"])
+    load_mesh_text(text)
+    boot = render_bootstrap(documents(text), 15001, 15000)
+    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+    simple = clusters["outbound|80||api.example.com"]["transport_socket"]["typed_config"]
+    assert simple["common_tls_context"]["alpn_protocols"] == ["http/1.1"]
+    assert [m["san_type"] for m in simple["common_tls_context"]["validation_context"][
+        "match_typed_subject_alt_names"]] == ["DNS", "URI", "IP_ADDRESS"]
+    system = clusters["outbound|8080||api.example.com"]
+    options = system["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["upstream_http_protocol_options"] == {"auto_sni": True, "auto_san_validation": True}
+    mutual = clusters["outbound|80|mutual|api.example.com"]["transport_socket"]["typed_config"]
+    assert mutual["sni"] == "api.example.com" and mutual["common_tls_context"]["tls_certificates"]
+    skip = clusters["outbound|80|skip|api.example.com"]
+    assert "validation_context" not in skip["transport_socket"]["typed_config"]["common_tls_context"]
+    _validate(envoy, boot, tmp_path / "origination.json")

@@ -64,3 +64,50 @@ def test_admin_endpoints_show_clusters_config_and_stats(proxy):
     assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="outbound|80||echo.default.svc.cluster.local"}' in prom
     with urllib.request.urlopen(proxy.admin("/ready")) as r:
         assert r.read() == b"LIVE\n"
+
+
+# Mirrors Istio's samples/httpbin/httpbin-gateway.yaml (Gateway + VirtualService hosts "*"
+# bound to httpbin-gateway), with httpbin as a loopback ServiceEntry on port 8000.
+HTTPBIN_GATEWAY = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts: ["*"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    - uri: {prefix: /delay}
+    route:
+    - destination:
+        port: {number: 8000}
+        host: httpbin
+"""
+
+
+def test_gateway_virtual_service_does_not_capture_sidecar_hosts(upstreams):
+    """A VirtualService bound only to a Gateway never routes a sidecar's traffic: unknown hosts stay 404 NR."""
+    from tests.integration.conftest import service
+    from tests.integration.proxy_process import ProxyProcess
+    mesh = service("httpbin", [(upstreams.ports["echo"], {})], port=8000) + HTTPBIN_GATEWAY
+    p = ProxyProcess(mesh).wait_ready()
+    try:
+        c = RawClient(p.outbound_port)
+        assert c.request("GET", "/status/200", "api.github.com").status == 404
+        assert c.request("GET", "/status/200", "reviews:9080").status == 404
+        assert c.request("GET", "/status/201", "httpbin:8000").status == 201   # the service itself still works
+        assert " NR " in p.access_log()
+    finally:
+        assert p.stop() == 0, p.stderr()

@@ -106,11 +106,12 @@ def test_tls_disable_and_unlabelled_endpoints_stay_plaintext():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["spec"]["trafficPolicy"]["tls"].update(mode="SIMPLE"), "tls.mode SIMPLE"),
+    (lambda d: d["spec"]["trafficPolicy"]["tls"].update(mode="SIMPLE", credentialName="c"),
+     "trafficPolicy.tls: credentialName"),
     (lambda d: d["spec"]["trafficPolicy"]["tls"].update(sni="x"), "trafficPolicy.tls: sni"),
 ])
 def test_untranslated_client_tls_is_refused(change, message):
-    """SIMPLE/MUTUAL and extra tls fields raise Unsupported instead of rendering another setup."""
+    """credentialName (SDS) and extra ISTIO_MUTUAL tls fields raise Unsupported instead of rendering another setup."""
     with pytest.raises(Unsupported, match=message):
         _cluster(_docs(DestinationRule=change))
 

@@ -182,3 +182,30 @@ def test_corrupt_store_file_is_named(tmp_path):
     (state / "join-tokens.json").write_text("{not json")
     with pytest.raises(TokenStoreCorrupt, match="join-tokens.json: not a join-token store"):
         JoinTokenStore(state)
+
+
+@pytest.mark.parametrize("ttl", [365 * 24 * 3600 + 1, 1e12, True, "3600"])
+def test_create_refuses_a_ttl_above_one_year_before_storing(store, ttl):
+    """A TTL outside (0, 1 year] (or not a number) is a ValueError naming ttl, and nothing is written."""
+    with pytest.raises(ValueError, match="^ttl: "):
+        store.create("default", "web", ttl)
+    assert not store.path.exists() and store.list() == []
+
+
+def test_a_broken_record_is_listed_apart_never_honoured_and_kept_on_write(store, clock):
+    """One unusable record (huge expiry, missing fields) does not break list(); verify refuses it; writes keep it."""
+    token = store.create("default", "web", ttl=3600)
+    data = json.loads(store.path.read_text())
+    huge = dict(data["tokens"][0], expires_at=clock.now + 1e12)
+    data["tokens"] = [huge, {"id": "fedcba9876543210"}]
+    store.path.write_text(json.dumps(data))
+    os.utime(store.path, ns=(1, 1))   # a new stamp even within the same clock tick
+    assert store.list() == []
+    assert [(b.index, b.id) for b in store.broken()] == [(0, token[4:20]), (1, "fedcba9876543210")]
+    assert "expires_at" in store.broken()[0].error
+    assert rejected(store, token).reason == "unknown"
+    store.create("default", "api", ttl=60)
+    kept = json.loads(store.path.read_text())["tokens"]
+    assert huge in kept and {"id": "fedcba9876543210"} in kept and len(kept) == 3
+    store.revoke("fedcba9876543210")
+    assert [b.id for b in store.broken()] == [token[4:20]]

@@ -70,7 +70,7 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "000-08-VirtualService-my-service-canary.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[0].route[1].destination.subset")),
     "000-09-VirtualService-my-service-ab-test.yaml": ("rejected", ("spec.http[0].route[0].destination.subset", "spec.http[1].route[0].destination.subset")),
     "000-10-VirtualService-my-service-fault-injection.yaml": ("loads", ()),
-    "000-12-RequestAuthentication-jwt-auth.yaml": ("skipped", ("RequestAuthentication",)),
+    "000-12-RequestAuthentication-jwt-auth.yaml": ("loads", ()),
     "000-13-AuthorizationPolicy-my-service-authz.yaml": ("loads", ()),
     "000-14-DestinationRule-my-service-optimized.yaml": ("loads", ()),
     "000-15-VirtualService-my-service-cached.yaml": ("loads", ()),
@@ -88,17 +88,19 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "002-07-VirtualService-payment-service-fault.yaml": ("loads", ()),
     "002-08-PeerAuthentication-default.yaml": ("loads", ()),
     "002-09-AuthorizationPolicy-user-service-authz.yaml": ("loads", ()),
-    "002-10-RequestAuthentication-jwt-auth.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
+    "002-10-RequestAuthentication-jwt-auth.yaml": ("loads", ()),
     "002-11-ServiceEntry-user-service-cluster2.yaml": ("rejected", ("spec.endpoints[0].address",)),
     "002-12-VirtualService-user-service-global.yaml": ("rejected", ("spec.http[0].route[0].destination.host", "spec.http[1].route[0].destination.host")),
     "002-14-Sidecar-default.yaml": ("skipped", ("Sidecar",)),
     "002-15-DestinationRule-high-throughput-service.yaml": ("loads", ()),
     "003-02-Gateway-blog-gateway.yaml": ("rejected", ("spec.trafficPolicy.circuitBreaker", "spec.http[1].route[0].destination.host")),
-    "003-03-PeerAuthentication-default.yaml": ("rejected", ("spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].when[0].key")),
-    "003-06-TrafficSplit-blog-api-split.yaml": ("skipped", ("TrafficSplit", "HTTPRouteGroup", "TrafficTarget")),
+    "003-03-PeerAuthentication-default.yaml": ("loads", ()),
+    "003-06-TrafficSplit-blog-api-split.yaml": ("rejected", ("kind",)),
     "003-07-ServiceProfile-blog-api.blog.svc.cluster.local.yaml": ("skipped", ("ServiceProfile",)),
-    "003-08-ServiceIntentions-blog-api-intentions.yaml": ("skipped", ("ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver")),
+    "003-08-ServiceIntentions-blog-api-intentions.yaml": ("rejected", ("kind",)),
     "003-12-AuthorizationPolicy-deny-all.yaml": ("loads", ()),
+    "004-01-ServiceEntry-edition-cnn-com.yaml": ("loads", ()),
+    "004-02-ServiceEntry-originate-mtls-for-nginx.yaml": ("loads", ()),
 }
 
 
@@ -123,7 +125,8 @@ def fixture_outcome(path: Path) -> tuple[str, str, str]:
         return ", ".join(kinds), "rejected", detail
     loaded = [r.ref for group in (config.service_entries, config.workload_entries,
                                    config.virtual_services, config.destination_rules,
-                                   config.peer_authentications, config.authorization_policies) for r in group]
+                                   config.peer_authentications, config.authorization_policies,
+                                   config.request_authentications) for r in group]
     if not loaded:
         return ", ".join(kinds), "skipped", f"{len(config.warnings)} document(s) skipped with a warning"
     notes = f"; {len(config.warnings)} warning(s)" if config.warnings else ""
@@ -159,7 +162,7 @@ def test_fixture_file_outcome(name: str) -> None:
         return
     config = load_mesh_config([path])
     resources = (config.service_entries + config.workload_entries + config.virtual_services + config.destination_rules
-                 + config.peer_authentications + config.authorization_policies)
+                 + config.peer_authentications + config.authorization_policies + config.request_authentications)
     if result == "loads":
         assert resources
     else:
@@ -204,10 +207,11 @@ def test_fixture_virtual_service_loads_with_its_destination_rule() -> None:
     assert [vs.name for vs in config.virtual_services] == ["reviews"]
 
 
-def test_gateway_bound_virtual_service_warns() -> None:
-    """A VirtualService bound to gateways but not 'mesh' loads with a warning saying so."""
+def test_gateway_bound_virtual_service_loads_without_warning() -> None:
+    """A VirtualService bound to gateways but not 'mesh' is valid Istio: it loads, silently (sidecars skip it)."""
     config = load_mesh_config([FIXTURES / "000-07-VirtualService-my-service-vs.yaml"])
-    assert any("my-gateway" in w and "'mesh'" in w for w in config.warnings)
+    assert [vs.name for vs in config.virtual_services] == ["my-service-vs"]
+    assert not any("my-gateway" in w for w in config.warnings)
 
 
 def test_several_destination_rules_for_one_host_warn() -> None:
@@ -367,7 +371,6 @@ def test_supported_api_versions(api_version: str) -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        ("security.istio.io/v1", "RequestAuthentication"),
         ("networking.istio.io/v1", "Gateway"),
         ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
@@ -376,13 +379,50 @@ def test_supported_api_versions(api_version: str) -> None:
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
         ("linkerd.io/v1alpha2", "ServiceProfile"),
-        ("consul.hashicorp.com/v1alpha1", "ServiceIntentions"),
+        ("consul.hashicorp.com/v1alpha1", "ServiceDefaults"),
     ],
 )
 def test_unsupported_mesh_kinds_are_skipped_with_a_warning(api_version: str, kind: str) -> None:
     """A real mesh kind Remora does not implement yet is a warning naming kind, resource and file."""
     config = load_mesh_text(f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: ns}}\nspec: {{}}\n", "f.yaml")
     assert config.warnings == (f"skipped unsupported kind {kind} (ns/x) in f.yaml",)
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "spec", "field"),
+    [
+        ("policy.linkerd.io/v1beta1", "ServerAuthorization", "{}", "kind"),
+        ("policy.linkerd.io/v1alpha1", "AuthorizationPolicy", "{}", "kind"),
+        ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication", "{}", "kind"),
+        ("consul.hashicorp.com/v1alpha1", "ServiceIntentions", "{}", "kind"),
+        ("access.smi-spec.io/v1alpha3", "TrafficTarget", "{}", "kind"),
+        ("networking.istio.io/v1", "Sidecar", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}",
+         "spec.outboundTrafficPolicy.mode"),
+        ("networking.istio.io/v1", "Sidecar", "{ingress: [{port: {number: 80}, tls: {mode: SIMPLE}}]}",
+         "spec.ingress[0].tls"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter",
+         "{configPatches: [{applyTo: HTTP_FILTER, patch: {value: {name: envoy.filters.http.ext_authz}}}]}",
+         "spec.configPatches"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin", "{phase: AUTHN, url: oci://x}", "spec.phase"),
+    ],
+)
+def test_unenforced_security_kinds_are_refused_not_skipped(api_version, kind, spec, field) -> None:
+    """A skipped kind that would grant, deny, authenticate or set TLS makes the config invalid, naming resource and field."""
+    text = f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: ns}}\nspec: {spec}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_mesh_text(text, "f.yaml")
+    [issue] = caught.value.issues
+    assert issue.resource == f"{kind}/ns/x" and issue.field_path == field and issue.file == "f.yaml"
+
+
+def test_harmless_sidecar_and_envoy_filter_are_still_skipped() -> None:
+    """A Sidecar limiting visible hosts and an EnvoyFilter tuning buffers stay warnings (routing, not protection)."""
+    text = ("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n"
+            "spec: {egress: [{hosts: [./*]}]}\n---\n"
+            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: e}\n"
+            "spec: {configPatches: [{applyTo: LISTENER, patch: {value: {per_connection_buffer_limit_bytes: 1024}}}]}\n")
+    config = load_mesh_text(text, "f.yaml")
+    assert len(config.warnings) == 2
 
 
 def test_unknown_kind_is_an_error_with_a_suggestion() -> None:
@@ -511,3 +551,39 @@ if __name__ == "__main__":  # print the fixture table for docs/configuration.md
     for fixture in fixture_files():
         kinds, result, detail = fixture_outcome(fixture)
         print(f"| `{fixture.name}` | {kinds} | {result} | {detail} | |")
+
+
+@pytest.mark.parametrize("metadata, field", [
+    ({"name": "../../etc/passwd"}, "metadata.name"),
+    ({"name": "a/b"}, "metadata.name"),
+    ({"name": "with space"}, "metadata.name"),
+    ({"name": "x" * 10_000}, "metadata.name"),
+    ({"name": "ok", "namespace": "default/a"}, "metadata.namespace"),
+    ({"name": "ok", "namespace": "n" * 64}, "metadata.namespace"),
+])
+def test_names_follow_kubernetes_rules(metadata, field) -> None:
+    """A file's metadata.name must be a DNS-1123 subdomain and its namespace a DNS-1123 label: a ConfigIssue with the field path."""
+    doc = yaml.safe_load(VS_REVIEWS)
+    doc["metadata"] = metadata
+    with pytest.raises(ConfigError) as raised:
+        load_mesh_text(yaml.safe_dump(doc), "f.yaml")
+    issues = [i for i in raised.value.issues if i.field_path == field]
+    assert len(issues) == 1, raised.value.issues
+    assert issues[0].file == "f.yaml" and issues[0].resource.startswith("VirtualService/")
+    assert len(str(issues[0])) < 600   # a 10,000-character name is cut in the message
+
+
+def test_consecutive_errors_is_a_warning_with_istioctls_message() -> None:
+    """outlierDetection.consecutiveErrors loads with istioctl's deprecation warning naming each field; it is not an error."""
+    doc = yaml.safe_load(DR_REVIEWS)
+    doc["spec"]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 7}, "portLevelSettings": [
+        {"port": {"number": 9080}, "outlierDetection": {"consecutiveErrors": 0}}]}
+    doc["spec"].setdefault("subsets", [{"name": "v1", "labels": {"version": "v1"}}])
+    doc["spec"]["subsets"][0]["trafficPolicy"] = {"outlierDetection": {"consecutiveErrors": 3}}
+    config = load_mesh_text(VS_REVIEWS + "---\n" + yaml.safe_dump(doc), "dr.yaml")
+    found = [w for w in config.warnings if "consecutiveErrors" in w]
+    message = ("outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors "
+               "or consecutive5xxErrors instead")
+    assert len(found) == 2 and all(message in w for w in found), config.warnings
+    assert "spec.trafficPolicy.outlierDetection.consecutiveErrors" in found[0]
+    assert "spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors" in found[1]

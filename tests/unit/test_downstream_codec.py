@@ -18,6 +18,7 @@ from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import CONTINUE_100, MAX_HEADER_BYTES, REQUEST_SPECIAL
 from remora.proxy.listener import ListenerSettings
+from remora.proxy.paths import PathNormalizer
 
 UUID4 = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -137,6 +138,8 @@ class FakeListener:
         self.settings = ListenerSettings()
         self.draining = False
         self.sample_ratio = 0.0
+        # Framing tests compare paths byte for byte; normalization has its own tests.
+        self.paths = PathNormalizer("NONE")
         self.log: list = []
         self.exchanges: list[FakeExchange] = []
         self.local: list[Exchange] = []

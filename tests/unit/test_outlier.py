@@ -118,17 +118,16 @@ def test_gateway_zero_disables_gateway_detection():
     assert det.stats()["ejections_detected_consecutive_gateway_failure"] == 0
 
 
-def test_deprecated_consecutive_errors_means_gateway_errors():
-    """Old Istio's consecutiveErrors N ejects on N gateway errors; plain 5xx do not eject."""
+def test_deprecated_consecutive_errors_is_ignored_as_since_istio_1_7():
+    """consecutiveErrors N changes nothing (Istio >= 1.7): 5 consecutive 5xx eject, N gateway errors alone do not."""
     det, eps, _ = make(consecutive_errors=2)
-    fail(det, eps[0], 9, 500)
+    fail(det, eps[0], 4, 502)
     assert not eps[0].ejected
-    assert det.stats()["ejections_detected_consecutive_5xx"] == 1
-    fail(det, eps[0], 2, 502)
+    assert det.threshold == make()[0].threshold and det.enforced == make()[0].enforced
+    fail(det, eps[0], 1, 500)
     assert eps[0].ejected
-    det2, eps2, _ = make(consecutive_errors=2, consecutive_5xx_errors=3)
-    fail(det2, eps2[0], 3, 500)
-    assert eps2[0].ejected
+    assert det.stats()["ejections_enforced_consecutive_5xx"] == 1
+    assert det.stats()["ejections_enforced_consecutive_gateway_failure"] == 0
 
 
 # ---- local-origin failures --------------------------------------------------------------
@@ -400,7 +399,18 @@ def test_construction_clears_stale_ejection_and_inherit_carries_state():
     new.inherit(old)
     assert fresh[0].ejected and new.ejections_active == 1
     fail(new, fresh[1], 2)
-    assert new.stats()["ejections_detected_consecutive_5xx"] == 1  # 3 + 2 consecutive
+    # 3 + 2 consecutive: one more detection, on top of the one the old detector counted
+    assert new.stats()["ejections_detected_consecutive_5xx"] == 2
     clock.t += 30.0
     new.tick()
     assert not fresh[0].ejected
+
+
+def test_inherit_keeps_the_cluster_counters_like_envoy():
+    """outlier_detection.* counters carry over to the next config version (Envoy keeps a cluster's stats by name)."""
+    old, eps, clock = make()
+    eject_now(old, eps[0])
+    fresh = [Endpoint(e.host, e.port, {}) for e in eps[1:]]   # the ejected endpoint went away
+    new = OutlierDetector(OutlierDetection(), fresh, clock)
+    new.inherit(old)
+    assert new.stats()["ejections_enforced_total"] == 1 and new.stats()["ejections_active"] == 0

@@ -869,3 +869,53 @@ spec:
     info = build_clusters(config)["api.example.com"]
     assert [e.host for e in info.clusters[(80, "v1")].endpoints] == ["10.0.0.1"]
     assert info.clusters[(80, None)].lb_policy == "RANDOM"
+
+
+# ---- gateways: what applies at a sidecar ----------------------------------------------------
+
+def gateway_vs(gateways: list[str], http: list, hosts=("*",), name: str = "httpbin") -> dict:
+    doc = vs(http, hosts=hosts, name=name)
+    doc["spec"]["gateways"] = gateways
+    return doc
+
+
+def test_virtual_service_bound_only_to_a_gateway_is_not_applied_at_sidecars():
+    """Istio's httpbin-gateway VirtualService (hosts "*", gateways [httpbin-gateway]) must not capture a sidecar's hosts."""
+    table = compile_table(gateway_vs(["httpbin-gateway"], [route("gw", dest=[to("ratings")])]))
+    assert routed(table, req(authority=b"api.github.com")) is None
+    assert routed(table, req(authority=b"reviews:9080")) == "default"
+
+
+def test_virtual_service_naming_mesh_applies_at_sidecars():
+    """gateways [mesh, gw] applies at sidecars as if gateways were omitted."""
+    table = compile_table(gateway_vs(["mesh", "httpbin-gateway"], [route("both")], hosts=("reviews",)))
+    assert routed(table, req()) == "both"
+
+
+def test_match_level_gateways_override_the_virtual_service():
+    """A match entry bound to another gateway is dropped at sidecars; a route left with no entry disappears."""
+    table = compile_table(vs([
+        route("gw-only", {"uri": {"prefix": "/"}, "gateways": ["my-gateway"]}),
+        route("mixed", {"uri": {"prefix": "/a"}, "gateways": ["my-gateway"]},
+              {"uri": {"prefix": "/b"}, "gateways": ["mesh"]}),
+        route("rest"),
+    ]))
+    assert routed(table, req(b"/x")) == "rest"
+    assert routed(table, req(b"/a")) == "rest"
+    assert routed(table, req(b"/b")) == "mixed"
+
+
+def test_source_labels_and_namespace_select_the_calling_workload():
+    """sourceLabels / sourceNamespace entries apply only at sidecars of the workloads they name."""
+    doc = vs([route("v1-callers", {"sourceLabels": {"app": "productpage", "version": "v1"}}),
+              route("ns-callers", {"sourceNamespace": "shop"}),
+              route("rest")])
+    config = load_mesh_text(BASE + "---\n" + yaml.safe_dump(doc, sort_keys=False))
+
+    def table_for(labels, namespace):
+        return build_route_table(config, build_clusters(config), labels, namespace)
+
+    assert routed(table_for({"app": "productpage", "version": "v1", "x": "y"}, "default"), req()) == "v1-callers"
+    assert routed(table_for({"app": "productpage", "version": "v2"}, "default"), req()) == "rest"
+    assert routed(table_for({}, "shop"), req()) == "ns-callers"
+    assert routed(table_for(None, None), req()) == "rest"

@@ -31,18 +31,18 @@ def test_both_versions_load_into_the_mesh_config(api_version: str) -> None:
     assert [r.spec.action for r in config.authorization_policies] == ["DENY"]
 
 
-def test_request_authentication_stays_skipped() -> None:
-    """RequestAuthentication (JWT) is still skipped with a warning."""
-    config = load_mesh_text(resource("RequestAuthentication", "jwtRules: []"))
-    assert any("unsupported kind RequestAuthentication" in w for w in config.warnings)
+def test_request_authentication_loads() -> None:
+    """RequestAuthentication (JWT) is a supported kind now: loaded, no warning."""
+    config = load_mesh_text(resource("RequestAuthentication", "jwtRules: [{issuer: a, jwksUri: 'https://a/jwks'}]"))
+    assert [r.spec.jwt_rules[0].issuer for r in config.request_authentications] == ["a"]
+    assert not config.warnings
 
 
-def test_linkerd_authorization_policy_is_still_skipped() -> None:
-    """policy.linkerd.io's AuthorizationPolicy shares the kind name but is not Istio's: skipped."""
-    config = load_mesh_text(resource("AuthorizationPolicy", "targetRef: {kind: Server, name: web}",
-                                     "policy.linkerd.io/v1alpha1"))
-    assert config.authorization_policies == ()
-    assert any("unsupported kind AuthorizationPolicy" in w for w in config.warnings)
+def test_linkerd_authorization_policy_is_refused_not_skipped() -> None:
+    """policy.linkerd.io's AuthorizationPolicy shares the kind name but is not Istio's: Remora cannot enforce it, so the config is invalid."""
+    with pytest.raises(ConfigError, match="AuthorizationPolicy .policy.linkerd.io. is access or authentication policy"):
+        load_mesh_text(resource("AuthorizationPolicy", "targetRef: {kind: Server, name: web}",
+                                "policy.linkerd.io/v1alpha1"))
 
 
 def test_unknown_security_version_is_an_error() -> None:
@@ -106,7 +106,7 @@ def test_when_keys() -> None:
           - {key: destination.port, values: [http]}
           - {key: source.ip, notValues: [10.0.0.300]}
         """)
-    assert "'request.auth.claims[iss]' is not supported" in found["spec.rules[0].when[0].key"]
+    assert "spec.rules[0].when[0].key" not in found   # JWT claims are supported now
     assert "'request.headers[]' is not supported" in found["spec.rules[0].when[1].key"]
     assert "set values or notValues" in found["spec.rules[0].when[2]"]
     assert "port number" in found["spec.rules[0].when[3].values[0]"]
@@ -135,10 +135,11 @@ def test_empty_source_or_operation_is_an_error() -> None:
     assert "must not be empty" in found["spec.rules[0].to[0].operation"]
 
 
-def test_jwt_fields_are_not_supported_yet() -> None:
-    """requestPrincipals (needs RequestAuthentication) is an Istio field Remora does not support yet."""
-    found = problems("AuthorizationPolicy", "rules: [{from: [{source: {requestPrincipals: ['*'], namespaces: [a]}}]}]")
-    assert "not supported by Remora yet" in found["spec.rules[0].from[0].source.requestPrincipals"]
+def test_jwt_fields_are_checked_like_other_patterns() -> None:
+    """requestPrincipals / notRequestPrincipals load, with Istio's pattern rules."""
+    found = problems("AuthorizationPolicy", "rules: [{from: [{source: {requestPrincipals: ['*'], notRequestPrincipals: ['a*b']}}]}]")
+    assert "spec.rules[0].from[0].source.requestPrincipals[0]" not in found
+    assert "invalid pattern" in found["spec.rules[0].from[0].source.notRequestPrincipals[0]"]
 
 
 def test_unknown_field_is_named() -> None:

@@ -1,4 +1,4 @@
-"""Outbound mTLS decisions: auto-mTLS mode per endpoint, Istio's SNI, secure naming, warnings."""
+"""Outbound TLS decisions: auto-mTLS mode per endpoint, Istio's SNI, secure naming, origination settings."""
 from __future__ import annotations
 
 import yaml
@@ -65,10 +65,12 @@ def test_auto_mtls_follows_the_endpoint_label_when_no_rule_sets_a_mode():
 
 
 def test_destination_rule_mode_overrides_the_label():
-    """ISTIO_MUTUAL forces mTLS (even unlabelled); DISABLE, SIMPLE and MUTUAL dial plaintext."""
+    """ISTIO_MUTUAL forces mTLS (even unlabelled); DISABLE dials plaintext; SIMPLE and MUTUAL originate TLS."""
     assert endpoint_tls_mode(Policy("ISTIO_MUTUAL"), {}) == ISTIO_MUTUAL
-    for mode in ("DISABLE", "SIMPLE", "MUTUAL"):
-        assert endpoint_tls_mode(Policy(mode), ISTIO) == DISABLE
+    assert endpoint_tls_mode(Policy("DISABLE"), ISTIO) == DISABLE
+    for mode in ("SIMPLE", "MUTUAL"):
+        assert endpoint_tls_mode(Policy(mode), ISTIO) == mode
+        assert endpoint_tls_mode(Policy(mode), {}) == mode
     assert set(modes(MESH + rule("{tls: {mode: ISTIO_MUTUAL}}")).values()) == {ISTIO_MUTUAL}
     assert set(modes(MESH + rule("{tls: {mode: DISABLE}}")).values()) == {DISABLE}
 
@@ -116,8 +118,13 @@ def test_clusters_collect_service_accounts_and_subject_alt_names():
         "spiffe://cluster.local/ns/shop/sa/dr"}
 
 
-def test_unsupported_origination_modes_are_warned_with_their_path():
-    """SIMPLE / MUTUAL load (valid Istio) with a warning naming the field; ISTIO_MUTUAL and DISABLE do not warn."""
-    warned = config(MESH + rule("{tls: {mode: SIMPLE}}")).warnings
-    assert any("spec.trafficPolicy.tls.mode: SIMPLE" in w and "not supported" in w for w in warned)
-    assert not [w for w in config(MESH + rule("{tls: {mode: ISTIO_MUTUAL}}")).warnings if "tls.mode" in w]
+def test_origination_modes_load_without_a_plaintext_warning():
+    """SIMPLE / MUTUAL load as TLS origination: no "dialled in plaintext" warning, the cluster carries its settings."""
+    text = MESH + rule("{tls: {mode: SIMPLE, sni: api.example.com}}")
+    assert not [w for w in config(text).warnings if "tls.mode" in w or "plaintext" in w]
+    cluster = build_clusters(config(text))["ratings.shop.svc.cluster.local"].clusters[(9080, None)]
+    assert cluster.origination.mode == "SIMPLE" and cluster.origination.sni == "api.example.com"
+    assert cluster.origination.path == "spec.trafficPolicy.tls"
+    assert cluster.origination.service_sans == ("spiffe://cluster.local/ns/shop/sa/extra",)
+    assert build_clusters(config(MESH + rule("{tls: {mode: ISTIO_MUTUAL}}")))[
+        "ratings.shop.svc.cluster.local"].clusters[(9080, None)].origination is None

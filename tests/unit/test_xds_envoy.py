@@ -96,6 +96,14 @@ def test_outlier_detection_and_min_health_percent():
     assert cluster["common_lb_config"] == {"healthy_panic_threshold": {"value": 30.0}}
 
 
+def test_deprecated_consecutive_errors_is_not_rendered():
+    """consecutiveErrors is accepted and left out, as Istio >= 1.7 does: Envoy's consecutive_5xx default applies."""
+    def only_consecutive_errors(spec):
+        spec["trafficPolicy"]["outlierDetection"] = {"consecutiveErrors": 2}
+    cluster = _clusters(_changed("DestinationRule", "reviews", only_consecutive_errors))[f"outbound|9080||{REVIEWS}"]
+    assert cluster["outlier_detection"] == {"enforcing_success_rate": 0}
+
+
 def test_subset_and_port_level_policies_override_the_rule_field_by_field():
     """A subset's loadBalancer replaces the rule's, keeping its pool; portLevelSettings win for their port."""
     clusters = _clusters()
@@ -220,8 +228,8 @@ def test_a_host_without_virtual_service_gets_istios_default_route():
         grpcStatus="UNAVAILABLE"), r"spec\.http\[1\]\.fault\.abort: grpcStatus"),
     ("DestinationRule", "reviews", lambda s: s["trafficPolicy"]["connectionPool"]["http"].update(
         h2UpgradePolicy="UPGRADE"), r"connectionPool\.http: h2UpgradePolicy"),
-    ("DestinationRule", "ratings", lambda s: s["trafficPolicy"]["tls"].update(mode="SIMPLE"),
-     r"tls\.mode SIMPLE"),
+    ("DestinationRule", "ratings", lambda s: s["trafficPolicy"]["tls"].update(
+        mode="MUTUAL", credentialName="client-credential"), r"trafficPolicy\.tls: credentialName"),
     ("ServiceEntry", "httpbin", lambda s: s.update(resolution="NONE"),
      r"ServiceEntry shop/httpbin spec\.resolution: NONE"),
 ])
@@ -309,5 +317,43 @@ def test_no_applicable_policy_no_rbac_filter():
 def test_untranslated_when_key_is_refused_with_its_path():
     """A `when` key (JWT claims) is refused naming the policy and field, never dropped."""
     text = AUTHZ_YAML.replace("key: source.ip,", "key: 'request.auth.claims[iss]',")
-    with pytest.raises(Unsupported, match=r"allow-frontend: spec.rules\[0\].when\[1\].key"):
+    with pytest.raises(Unsupported, match=r"allow-frontend spec.rules\[0\].when\[1\].key request.auth.claims"):
         _inbound_filters(text, {"app": "reviews"})
+
+
+def test_request_principals_are_refused_with_their_path():
+    """requestPrincipals (JWT) is refused naming the policy and field, never dropped."""
+    text = "kind: AuthorizationPolicy\napiVersion: security.istio.io/v1\n" \
+        "metadata: {name: require-jwt, namespace: shop}\n" \
+        "spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n"
+    with pytest.raises(Unsupported, match=r"require-jwt spec.rules\[0\].from\[0\].source.requestPrincipals"):
+        _inbound_filters(text, {"app": "reviews"})
+
+
+def test_request_authentication_becomes_jwt_authn_before_rbac():
+    """Inline-key rules become jwt_authn providers (Istio's allow_missing requirement), before RBAC."""
+    from tests.jwt_tokens import ISSUER, Keys, jwt_example
+    jwks = Keys().jwks()
+    text = jwt_example(jwks, namespace="shop", extra="    outputPayloadToHeader: x-jwt-payload\n"
+                       "    fromHeaders: [{name: x-token, prefix: 'Bearer '}]\n")
+    text += "---\nkind: AuthorizationPolicy\napiVersion: security.istio.io/v1\n" \
+        "metadata: {name: deny-all, namespace: shop}\nspec: {}\n"
+    filters = _inbound_filters(text, {"app": "httpbin"})
+    assert [f["name"] for f in filters] == ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac",
+                                            "envoy.filters.http.router"]
+    config = filters[0]["typed_config"]
+    provider = config["providers"]["origins-0"]
+    assert provider["issuer"] == ISSUER and provider["local_jwks"] == {"inline_string": jwks}
+    assert provider["forward_payload_header"] == "x-jwt-payload"
+    assert provider["from_headers"] == [{"name": "x-token", "value_prefix": "Bearer "}]
+    assert config["rules"][0]["requires"] == {"requires_any": {"requirements": [
+        {"provider_name": "origins-0"}, {"allow_missing": {}}]}}
+    assert config["bypass_cors_preflight"] is True
+
+
+def test_jwks_uri_is_refused_for_envoy_with_its_path():
+    """A rule with only jwksUri (keys fetched at run time) is refused naming the field."""
+    from tests.jwt_tokens import jwt_example
+    text = jwt_example(jwks_uri="https://idp.example.com/jwks.json", namespace="shop")
+    with pytest.raises(Unsupported, match=r"jwt-example spec.jwtRules\[0\].jwksUri"):
+        _inbound_filters(text, {"app": "httpbin"})

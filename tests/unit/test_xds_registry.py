@@ -104,6 +104,8 @@ def test_entry_names_are_valid_and_distinct():
     ({"inbound": "nohost"}, "node.inbound: expected host:port"),
     ({"admin": "127.0.0.1:99999"}, "node.admin"),
     ({"app_port": 0}, "node.app_port"),
+    ({"service": "a..b"}, "node.service"),
+    ({"service": "s" * 250}, "node.service"),
 ])
 def test_invalid_nodes_are_named_by_field(fields, message):
     """check_node names the field of a Hello that cannot be registered."""
@@ -136,3 +138,10 @@ def test_unreadable_registry_state_is_ignored(tmp_path):
     state = tmp_path / "registry.json"
     state.write_text("{not json")
     assert Registry(10.0, Clock(), state_path=state).restore() == 0
+
+
+@pytest.mark.parametrize("node_id", ["a..b", "a.-b", "x~.~y", "." * 5, "a" * 199 + ".b" * 20])
+def test_entry_names_are_dns_subdomains(node_id):
+    """Any node id becomes a WorkloadEntry name the loader accepts (a DNS-1123 subdomain)."""
+    from remora.config.object_names import subdomain_problem
+    assert subdomain_problem(entry_name(node_id)) is None, entry_name(node_id)
