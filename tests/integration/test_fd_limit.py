@@ -31,6 +31,8 @@ def test_out_of_descriptors_backs_off_logs_counts_and_recovers(upstreams):
         for _ in range(40):   # the proxy can accept about 8; the rest wait in the backlog
             clients.append(socket.create_connection(("127.0.0.1", p.inbound_port), timeout=10))
         wait_until(lambda: "cannot accept connections" in p.stderr(), "the inbound accept warning", p)
+        for _ in range(10):   # outbound too: libuv accepts and closes them at once
+            clients.append(socket.create_connection(("127.0.0.1", p.outbound_port), timeout=10))
         before = cpu_seconds(pid)
         time.sleep(2)
         used = cpu_seconds(pid) - before
