@@ -128,7 +128,7 @@ class Stuck(asyncio.Protocol):
 
 
 class Drip(asyncio.Protocol):
-    """Answers with a chunked body of 10 chunks sent 400 ms apart (a slow but live upstream)."""
+    """Answers with a chunked body of 10 chunks sent 500 ms apart (a slow but live upstream)."""
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -138,8 +138,8 @@ class Drip(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             loop = asyncio.get_running_loop()
             for i in range(10):
-                loop.call_later(0.4 * (i + 1), self.transport.write, b"5\r\ndrip%d\r\n" % i)
-            loop.call_later(4.2, self.transport.write, b"0\r\n\r\n")
+                loop.call_later(0.5 * (i + 1), self.transport.write, b"5\r\ndrip%d\r\n" % i)
+            loop.call_later(5.2, self.transport.write, b"0\r\n\r\n")
 
 
 class EdgeUpstreams(LoopThread):
@@ -181,7 +181,7 @@ metadata: {name: pertry}
 spec:
   hosts: [pertry]
   http:
-  - retries: {attempts: 2, perTryTimeout: 1s, retryOn: 5xx}
+  - retries: {attempts: 2, perTryTimeout: 1500ms, retryOn: 5xx}
     route: [{destination: {host: pertry}}]
 ---
 """
@@ -196,7 +196,7 @@ spec:
 ---
 """
     p = ProxyProcess(yaml, "--request-headers-timeout", "1s", "--idle-timeout", "2s",
-                     "--stream-idle-timeout", "2s", "--retry-buffer-bytes", str(8 << 20),
+                     "--stream-idle-timeout", "3s", "--retry-buffer-bytes", str(8 << 20),
                      inbound_app_port=ports["source"]).wait_ready()
     yield p
     p.stop()
@@ -354,7 +354,7 @@ def test_bare_crlf_trickle_is_closed_by_the_idle_timeout(edge, listener):
 
 @pytest.mark.parametrize("listener", ["outbound", "inbound"])
 def test_client_that_never_reads_its_response_is_cut_off(edge, listener):
-    """A client that never reads a large response is closed by the stream idle timeout (2 s), flag SI."""
+    """A client that never reads a large response is closed by the stream idle timeout (3 s), flag SI."""
     size = 64 << 20 if listener == "outbound" else (64 << 20) + 1
     sock = connect(edge.outbound_port if listener == "outbound" else edge.inbound_port, rcvbuf=4096)
     sock.sendall(b"GET /%d HTTP/1.1\r\nHost: source\r\n\r\n" % size)
@@ -384,7 +384,7 @@ def test_slow_reader_that_keeps_draining_is_not_cut(edge):
 
 
 def test_upstream_that_never_answers_gets_408_si(edge):
-    """A request whose upstream sends nothing: the stream idle timeout (2 s) answers 408 "stream timeout", flag SI."""
+    """A request whose upstream sends nothing: the stream idle timeout (3 s) answers 408 "stream timeout", flag SI."""
     sock = connect(edge.outbound_port)
     sock.sendall(b"GET /hang HTTP/1.1\r\nHost: chaos\r\n\r\n")
     data, closed = read_until_closed(sock)
@@ -394,7 +394,7 @@ def test_upstream_that_never_answers_gets_408_si(edge):
 
 
 def test_upstream_sending_slowly_is_not_cut(edge):
-    """A response whose chunks come 400 ms apart for 4 s (past the 2 s stream idle timeout) arrives whole."""
+    """A response whose chunks come 500 ms apart for 5 s (past the 3 s stream idle timeout) arrives whole."""
     sock = connect(edge.outbound_port)
     sock.sendall(b"GET /drip HTTP/1.1\r\nHost: drip\r\n\r\n")
     data = b""
