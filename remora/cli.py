@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--request-headers-timeout", type=_seconds, default=10.0,
                        help="answer 408 when a request head takes longer than this")
     proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
-                       help="close a request whose body stalls this long")
+                       help="end a request with no activity in either direction this long (request "
+                            "bytes read, response bytes received or drained by the client): 408 SI")
+    proxy.add_argument("--max-request-headers-count", type=int, default=100,
+                       help="answer 431 to a request with more header lines (Envoy's default 100)")
     proxy.add_argument("--path-normalization", choices=list(PATH_LEVELS), default=DEFAULT_PATH_LEVEL,
                        help="request-path normalization before routing and policy, Istio's "
                             "meshConfig.pathNormalization (default BASE; docs/security.md)")
@@ -382,6 +385,7 @@ def _proxy(args) -> int:
         listener=ListenerSettings(idle_timeout=args.idle_timeout,
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout,
+                                  max_request_headers_count=args.max_request_headers_count,
                                   detection_timeout=args.protocol_detection_timeout,
                                   path_normalization=args.path_normalization),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,

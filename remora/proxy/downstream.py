@@ -8,8 +8,19 @@ clients when the length is unknown, close-delimited for 1.0) and keep-alive.
 Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
 body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
 CLOSED. The worker's sweeper uses them for the idle, header and body timeouts.
-Pipelined requests queue behind the active one and start in order; reading pauses while
-one is queued, so a pipelining client cannot make the proxy buffer without bound.
+Pipelined requests queue behind the active one and start in order, each with its own
+keep-alive (a later `Connection: close` closes after that request's response, not the
+first one's); reading pauses while one is queued, so a pipelining client cannot make the
+proxy buffer without bound. A request with a body starts (goes upstream) only at the end
+of the read that brought its head, so a body that is malformed in that same read is
+refused before anything was sent upstream.
+
+Timeouts (the sweeper, once a second; Envoy's semantics): IDLE closes after idle_timeout
+counted from the end of the last response (bytes that start no request, like bare CRLFs,
+do not count); HEADERS answers 408 after request_headers_timeout from the request's first
+read; BODY and WAITING time out after stream_idle_timeout with no activity in either
+direction: request bytes read, response bytes from the upstream, or response bytes the
+client drained. A client that stops reading is not active, so it is cut off too.
 """
 from __future__ import annotations
 
@@ -31,6 +42,9 @@ from remora.proxy.message import RequestHead
 from remora.proxy.paths import InvalidPath
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
+HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
+LINE_COST = HEADER_LINE + 4            # ": " and CRLF
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, never forwarded
 _OWS = (0x20, 0x09)
 
@@ -99,12 +113,19 @@ class DownstreamHttp1(asyncio.Protocol):
         self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
+        # header_bytes counts lines too (see on_header): reaching this means one line too many.
+        self.header_limit = (listener.settings.max_request_headers_count + 1) * HEADER_LINE
+        self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
+        self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
+        self.drain_mark = 0           # write buffer size at the last sweep while paused
+        self.sent_mark = -1           # the active exchange's response progress at the last sweep
         self._reset_request()
 
     def _reset_request(self) -> None:
         self.url = b""
         self.headers: list = []
-        self.header_bytes = 0
+        self.header_bytes = 0      # head bytes + HEADER_LINE per header line
         self.authority: bytes | None = None
         self.content_length: bytes | None = None
         self.user_agent = b""
@@ -143,7 +164,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.tls:
             # Once per connection: the verified caller, for authorization, XFCC and metrics.
             self.peer_cert = PeerCertificate.of(transport, self.listener.local_spiffe_id())
-        self.last_activity = self.loop.time()
+        self.last_activity = self.idle_since = self.loop.time()
         self.listener.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -166,13 +187,21 @@ class DownstreamHttp1(asyncio.Protocol):
         except BadRequest as err:
             self._reject(err)
         except HttpParserError as exc:
-            if self.state == WAITING and not self.keep_alive:
+            if self.state == WAITING and (not self.keep_alive or (self.queued and not self.queued[-1][1])):
                 # Bytes after a request that said Connection: close (llhttp refuses them):
-                # ignore them and answer the request we have.
+                # ignore them and answer the requests we have.
                 self._pause(4)
-                return
-            cause = exc.__context__ or exc.__cause__
-            self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+            else:
+                cause = exc.__context__ or exc.__cause__
+                self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+        if self.deferred is not None:
+            self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        """Start the request whose head (with a body) came in this read, unless its body was refused."""
+        exchange, self.deferred = self.deferred, None
+        if not exchange.finished and self.state != CLOSED:
+            exchange.start()
 
     def eof_received(self):
         return False
@@ -186,7 +215,7 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.tunnel_meter is not None:
             self.listener.tunnel_closed(self.tunnel_meter)
             self.tunnel_meter = None
-        for ex in (self.active, self.receiving, *self.queued):
+        for ex in (self.active, self.receiving, *[queued for queued, _ in self.queued]):
             if ex is not None:
                 ex.on_downstream_closed()
         self.active = self.receiving = None
@@ -194,6 +223,7 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.drain_mark = self.transport.get_write_buffer_size()
         if self.tunnel_peer is not None:
             self.tunnel_peer.pause_reading()
         elif self.active is not None:
@@ -201,6 +231,7 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_activity = self.idle_since = self.loop.time()   # the client drained: progress
         if self.tunnel_peer is not None:
             self.tunnel_peer.resume_reading()
         elif self.active is not None:
@@ -219,9 +250,13 @@ class DownstreamHttp1(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.state != HEADERS:
             return   # trailer fields after a chunked body: never merged into the head
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > MAX_HEADER_BYTES:
-            raise BadRequest(431, b"request header fields too large")
+        # One add and one compare per line count both bytes and lines: each line adds
+        # HEADER_LINE (2**24) besides its bytes, so the high part is the line count (Envoy's
+        # max_request_headers_count, checked here) and the low part the bytes (checked at
+        # on_headers_complete; data_received bounds a head that never completes).
+        self.header_bytes += len(name) + len(value) + LINE_COST
+        if self.header_bytes >= self.header_limit:
+            raise BadRequest(431, b"too many request headers")
         if value and value[-1] in _OWS:
             value = value.rstrip(b" \t")   # httptools strips only leading whitespace
         lname = name.lower()
@@ -278,6 +313,8 @@ class DownstreamHttp1(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.unparsed_head_bytes = 0
+        if self.header_bytes & HEADER_BYTES_MASK > MAX_HEADER_BYTES:
+            raise BadRequest(431, b"request header fields too large")
         parser = self.parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
@@ -316,7 +353,7 @@ class DownstreamHttp1(asyncio.Protocol):
         head.peer_cert = self.peer_cert
         if self.xfp:
             head.scheme = self.xfp
-        self.keep_alive = parser.should_keep_alive() and not self.listener.draining
+        keep_alive = parser.should_keep_alive() and not self.listener.draining
         self.state = BODY
         if self.expect_continue and head.has_body and version == b"1.1":
             # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
@@ -324,11 +361,16 @@ class DownstreamHttp1(asyncio.Protocol):
         exchange = self.listener.new_exchange(self, head)
         self.receiving = exchange
         if self.active is None:
+            self.keep_alive = keep_alive
             self.active = exchange
             if not exchange.finished:
-                exchange.start()
+                if head.chunked or head.content_length:   # head.has_body, without a call
+                    self.deferred = exchange   # started once this read is parsed (data_received)
+                else:
+                    exchange.start()
         else:
-            self.queued.append(exchange)
+            # A pipelined request: its own keep-alive applies when its response is written.
+            self.queued.append((exchange, keep_alive))
             self._pause(2)
 
     def _absolute_form(self, url: bytes) -> bytes:
@@ -503,23 +545,39 @@ class DownstreamHttp1(asyncio.Protocol):
             self.transport.close()
             return
         if self.queued:
-            nxt = self.queued.popleft()
+            nxt, self.keep_alive = self.queued.popleft()
+            if nxt is self.receiving and self.rejected is not None:
+                self._send_rejection()     # its body was malformed: it gets the 4xx
+                return
             self.active = nxt
             if not self.queued:
                 self._resume(2)
             if not nxt.finished:
                 nxt.start()
             return
+        if self.rejected is not None:
+            self._send_rejection()
+            return
         if self.state == WAITING:
             self.state = IDLE
-            self.last_activity = self.loop.time()
+            self.idle_since = self.loop.time()
 
     def _reject(self, err: BadRequest) -> None:
-        """A malformed request: answer 4xx with flag DPE and close."""
-        if self.state == CLOSED or self.tunnel_peer is not None:
+        """A malformed request: answer 4xx with flag DPE and close.
+
+        When it was pipelined behind requests still being answered, those are answered
+        first, in order (Envoy parses one request at a time, so it meets the error only
+        then); reading stops, and the 4xx follows the last of them (_send_rejection)."""
+        if self.state == CLOSED or self.tunnel_peer is not None or self.rejected is not None:
             return
         self.listener.count_protocol_error(err.status)
         current = self.active
+        if (current is not None and current is not self.receiving and not current.finished
+                and self.transport is not None):
+            self.rejected = err
+            self._pause(4)
+            self.state = WAITING
+            return
         if (current is not None and current is self.receiving and not current.response_started
                 and not current.finished):
             # The head was fine and already routed, but its body is malformed (a bad
@@ -535,21 +593,51 @@ class DownstreamHttp1(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _send_rejection(self) -> None:
+        """The requests before a malformed pipelined one are answered: now refuse it and close."""
+        err, self.rejected = self.rejected, None
+        self.keep_alive = False
+        exchange = self.receiving     # a pipelined request whose body was malformed
+        if exchange is None or exchange.finished:
+            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
+            exchange = self.listener.new_exchange(self, head, routed=False)
+        self.active = exchange
+        exchange.local_reply(err.status, err.detail, "DPE")
+        self.state = CLOSED
+        self.transport.close()
+
     # -- timeouts (called by the worker's sweeper) -------------------------------------------------
     def check_timeouts(self, now: float, settings) -> None:
         state = self.state
-        if self.write_paused:
-            # Response bytes are still queued for a slow reader: not idle, not stalled.
-            self.last_activity = now
+        if state >= TUNNEL:
             return
-        if state == IDLE and now - self.last_activity > settings.idle_timeout:
-            self.state = CLOSED
-            self.transport.close()
-        elif state == HEADERS and now - self.request_start > settings.request_headers_timeout:
-            self._reject(BadRequest(408, b"request header timeout"))
-        elif state == BODY and now - self.last_activity > settings.stream_idle_timeout:
-            if self.active is not None and not self.active.response_started:
-                self.active.local_reply(408, b"stream timeout", "SI")
+        if self.write_paused:
+            # Response bytes wait for the client: progress is the buffer draining (and each
+            # resume_writing). A client that reads nothing makes none and times out.
+            size = self.transport.get_write_buffer_size()
+            if size < self.drain_mark:
+                self.last_activity = self.idle_since = now
+            self.drain_mark = size
+        active = self.active
+        if active is not None:
+            # The upstream's response head and body bytes are activity too (-1: no head yet).
+            progress = active.bytes_sent if active.response_started else -1
+            if progress != self.sent_mark:
+                self.sent_mark = progress
+                self.last_activity = now
+        if state == IDLE:
+            if now - self.idle_since > settings.idle_timeout:
+                self.state = CLOSED
+                self.transport.close()
+        elif state == HEADERS:
+            if now - self.request_start > settings.request_headers_timeout:
+                self._reject(BadRequest(408, b"request header timeout"))
+        elif now - self.last_activity > settings.stream_idle_timeout:
+            # BODY or WAITING: Envoy's stream idle timeout, no activity in either direction.
+            # Requests queued behind the active one end DC when the connection closes.
+            self.keep_alive = False
+            if active is not None:
+                active.on_stream_idle_timeout()
             self.state = CLOSED
             self.transport.close()
 

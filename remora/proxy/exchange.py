@@ -71,7 +71,7 @@ class Exchange:
         self.reused = False
         self.race_retried = False
         self.upstream_time = b""
-        self.reading_paused = False
+        self.reading_paused = False    # this exchange holds the client (pending body or upstream full)
         self.timer = None              # the fault delay, when one is drawn
         self.abort_status = 0
         self.waiting_in = None         # the Circuit whose pending queue holds us
@@ -319,10 +319,18 @@ class Exchange:
             self.conn.end_body(self.head.chunked)
 
     def upstream_write_paused(self, paused: bool) -> None:
-        """The upstream socket buffer is full (or drained): hold (or resume) the client."""
+        """The upstream socket buffer is full (or drained): hold (or resume) the client.
+
+        The hold is remembered in `reading_paused` because the connection may be dropped
+        before it drains (a retry, a per-try timeout): its resume_writing never comes, and
+        the next attempt (_send_on) or the end of the exchange (_finish) releases the client.
+        """
         if paused:
-            self.sink.pause_reading()
-        else:
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.sink.pause_reading()
+        elif self.reading_paused:
+            self.reading_paused = False
             self.sink.resume_reading()
 
     def downstream_write_paused(self, paused: bool) -> None:
@@ -516,6 +524,21 @@ class Exchange:
         self.add_flag("DC")
         self._finish()
 
+    def on_stream_idle_timeout(self) -> None:
+        """Envoy's stream idle timeout: 408 "stream timeout" before the response started,
+        else the response is cut short; flag SI either way."""
+        if self.finished:
+            return
+        if not self.response_started:
+            self.local_reply(408, b"stream timeout", "SI")
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self._endpoint_done(error=False)
+        self.add_flag("SI")
+        self._finish()
+
     # -- endings -----------------------------------------------------------------------------
     def local_reply(self, status: int, body: bytes, flag: str, extra: list | None = None) -> None:
         """Answer from the proxy itself (Envoy's local reply), then finish."""
@@ -543,6 +566,10 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
+        if self.reading_paused:
+            # Paused for an upstream that is gone: the client's next request must be read.
+            self.reading_paused = False
+            self.sink.resume_reading()
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None

@@ -23,6 +23,14 @@ The mode (from the current snapshot) and the TLS context (from worker.tls) are r
 accept time, so a pushed PeerAuthentication or a rotated certificate applies to the next
 connection and never disturbs an established one.
 
+Out of file descriptors (EMFILE, ENFILE; ENOBUFS/ENOMEM from the kernel): accept fails
+and the listening socket stays readable, so retrying at once would spin the loop at 100%
+CPU. The acceptor stops watching the socket and retries after a backoff (100 ms doubling
+to 1 s) until an accept succeeds; connections wait in the kernel's backlog meanwhile.
+Each failed accept counts in `downstream_global_cx_overflow` (Envoy's counter for
+connections refused by the process-wide connection limit, the limit Envoy recommends
+setting below the descriptor limit), and each episode logs one warning.
+
 Refusals are counted, not logged at info: one line per refused connection would let a
 scanner fill the log. They are logged at debug level (logger `remora.inbound`); the one
 exception is a single stderr line the first time STRICT meets a sidecar without a certificate.
@@ -30,6 +38,7 @@ exception is a single stderr line the first time STRICT meets a sidecar without 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -42,6 +51,9 @@ log = logging.getLogger("remora.inbound")
 
 TLS_HANDSHAKE_RECORD = 0x16    # the first byte of every TLS ClientHello record
 ACCEPTS_PER_WAKEUP = 64        # bound one accept burst so a flood cannot starve the loop
+OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_BACKOFF = (0.1, 1.0)    # first and longest pause of accepting when out of descriptors
+WARN_INTERVAL = 10.0           # at most one out-of-descriptors warning per this many seconds
 
 
 class InboundTlsStats(Counters):
@@ -49,7 +61,8 @@ class InboundTlsStats(Counters):
 
     __slots__ = ("ssl_handshake", "ssl_connection_error", "ssl_fail_verify_no_cert",
                  "ssl_fail_verify_error", "no_filter_chain_match", "downstream_pre_cx_timeout",
-                 "downstream_pre_cx_active", "tls_found", "tls_not_found")
+                 "downstream_pre_cx_active", "tls_found", "tls_not_found",
+                 "downstream_global_cx_overflow")
     # Slot -> Envoy's stat name (dots are not allowed in slot names).
     NAMES = {"ssl_handshake": "ssl.handshake", "ssl_connection_error": "ssl.connection_error",
              "ssl_fail_verify_no_cert": "ssl.fail_verify_no_cert",
@@ -57,7 +70,8 @@ class InboundTlsStats(Counters):
              "no_filter_chain_match": "no_filter_chain_match",
              "downstream_pre_cx_timeout": "downstream_pre_cx_timeout",
              "downstream_pre_cx_active": "downstream_pre_cx_active",
-             "tls_found": "tls_inspector.tls_found", "tls_not_found": "tls_inspector.tls_not_found"}
+             "tls_found": "tls_inspector.tls_found", "tls_not_found": "tls_inspector.tls_not_found",
+             "downstream_global_cx_overflow": "downstream_global_cx_overflow"}
 
     def named(self) -> dict[str, int]:
         return {self.NAMES[slot]: getattr(self, slot) for slot in self.__slots__}
@@ -89,6 +103,9 @@ class InboundAcceptor:
         self.detecting: dict[int, _Detecting] = {}       # fd -> socket awaiting first bytes
         self.connecting: set[asyncio.Task] = set()        # handshakes and hand-overs in progress
         self._no_cert_warned = False
+        self.backoff = 0.0                                 # > 0: out of descriptors, accepting paused
+        self._warned_at = -WARN_INTERVAL
+        self._retry: asyncio.TimerHandle | None = None
 
     def start(self, host: str, port: int, reuse_port: bool) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -116,6 +133,9 @@ class InboundAcceptor:
         connections would then wait for its deadline. Once connected, such a connection
         is idle and the drain closes it like any other.
         """
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -130,11 +150,34 @@ class InboundAcceptor:
                 sock, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:   # EMFILE and friends: try again on the next wakeup
-                log.debug("inbound accept failed: %s", error)
+            except OSError as error:
+                if error.errno in OUT_OF_DESCRIPTORS:
+                    self._out_of_descriptors(error)
+                else:   # ECONNABORTED and the like: that connection is gone, not the listener
+                    log.debug("inbound accept failed: %s", error)
                 return
+            if self.backoff:
+                self.backoff = 0.0    # the episode is over
             sock.setblocking(False)
             self._dispatch(sock)
+
+    def _out_of_descriptors(self, error: OSError) -> None:
+        """Stop watching the listening socket for a while instead of spinning on it."""
+        self.stats.downstream_global_cx_overflow += 1
+        now = self.loop.time()
+        if not self.backoff and now - self._warned_at >= WARN_INTERVAL:
+            self._warned_at = now
+            log.warning("remora proxy: listener %s: cannot accept connections: %s; pausing "
+                        "accepting (%.1f s to %.1f s backoff) until descriptors are free",
+                        self.listener.address, error.strerror or error, *ACCEPT_BACKOFF)
+        self.backoff = min(max(self.backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
+        self.loop.remove_reader(self.sock.fileno())
+        self._retry = self.loop.call_later(self.backoff, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        if self.sock is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _dispatch(self, sock: socket.socket) -> None:
         capture = self.listener.capture     # --capture: the mode of the port the caller dialled

@@ -41,7 +41,8 @@ class ListenerSettings:
 
     idle_timeout: float = 300.0             # keep-alive connection with no request
     request_headers_timeout: float = 10.0   # first byte to end of head
-    stream_idle_timeout: float = 300.0      # no request-body byte for this long
+    stream_idle_timeout: float = 300.0      # a request with no activity either way for this long
+    max_request_headers_count: int = 100    # Envoy's max_request_headers_count: more is 431
     detection_timeout: float = 15.0         # inbound: first bytes (TLS or not) within this
     handshake_timeout: float = 10.0         # inbound: TLS handshake done within this
     path_normalization: str = DEFAULT_LEVEL  # Istio meshConfig.pathNormalization (paths.py)

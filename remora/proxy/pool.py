@@ -223,6 +223,13 @@ class UpstreamHttp1(asyncio.Protocol):
         resp = ResponseHead(status, b"", headers)
         resp.keep_alive = self.parser.should_keep_alive()
         resp.peer_metadata = self.peer_meta
+        if status == 204 and (self.content_length is not None or self.te_chunked):
+            # Envoy's strict_1xx_and_204_headers (RFC 9110 8.6, 9112 6.1): a 204 carries
+            # neither Transfer-Encoding nor Content-Length; "0" is dropped, anything else
+            # is a protocol error (502 UPE). A 304 keeps its Content-Length, as in Envoy.
+            if self.te_chunked or self.content_length.strip() != b"0":
+                raise ValueError("content-length or transfer-encoding in a 204 response")
+            self.content_length = None
         if self.content_length is not None:
             resp.content_length = int(self.content_length)
         elif status in (204, 304) or self.head_only:
@@ -297,9 +304,21 @@ class UpstreamHttp1(asyncio.Protocol):
         self.exchange = None
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSED
-            if self.transport is not None:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None:
+                if _unsent(transport):
+                    # Request bytes the server is not reading (an attempt dropped for a retry
+                    # or a timeout): close() would wait for them to drain, maybe forever.
+                    transport.abort()
+                else:
+                    transport.close()
             self.pool.forget(self)
+
+
+def _unsent(transport) -> int:
+    """Bytes the transport still holds for the peer (0 for a transport that cannot tell)."""
+    size = getattr(transport, "get_write_buffer_size", None)
+    return size() if size is not None else 0
 
 
 UNLIMITED = 2**32 - 1   # Istio's default for every circuit-breaker threshold

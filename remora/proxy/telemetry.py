@@ -64,6 +64,7 @@ DC = "DC"      # downstream connection termination
 UC = "UC"      # upstream connection termination
 LR = "LR"      # connection local reset
 UR = "UR"      # upstream remote reset
+SI = "SI"      # stream idle timeout (408, or a cut-short response)
 DPE = "DPE"    # downstream HTTP protocol error
 UPE = "UPE"    # upstream HTTP protocol error
 DI = "DI"      # request delayed by fault injection
@@ -84,6 +85,7 @@ RESPONSE_FLAGS_LONG: dict[str, str] = {
     FI: "FaultInjected",
     DC: "DownstreamConnectionTermination",
     URX: "UpstreamRetryLimitExceeded",
+    SI: "StreamIdleTimeout",
     DPE: "DownstreamProtocolError",
     UPE: "UpstreamProtocolError",
     RBAC: "RbacAccessDenied",

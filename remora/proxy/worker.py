@@ -7,6 +7,8 @@ per config version and swapped by one assignment.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +20,7 @@ from remora.intercept.destinations import DestinationIndex
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
+from remora.proxy.inbound_accept import OUT_OF_DESCRIPTORS
 from remora.proxy.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.istio_metrics import IstioMetrics, local_service_tags, render, service_tags
 from remora.proxy.listener import Listener, ListenerSettings
@@ -223,6 +226,8 @@ class Worker:
         self.started_at = time.time()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_tick: dict[str, float] = {}
+        self.out_of_descriptors = False   # the last sweep could not open a file descriptor
+        self.fd_exhausted = 0             # episodes of that (listener_manager.fd_exhausted)
 
     async def start(self, reuse_port: bool) -> None:
         for listener in self.listeners:
@@ -256,7 +261,30 @@ class Worker:
                 conn.check_timeouts(now, listener.settings)
         self.pools.sweep(now)
         self._tick_outlier_detectors(now)
+        self._check_descriptors()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _check_descriptors(self) -> None:
+        """Notice the process running out of file descriptors (one open/close a second).
+
+        The outbound listener is uvloop's (libuv's) server: at EMFILE libuv accepts each
+        pending connection on a reserved descriptor and closes it at once, without telling
+        Python. That does not spin, but it is silent; this probe makes the episode visible
+        (one warning, `listener_manager.fd_exhausted`). The inbound acceptor sees its own
+        accept errors (inbound_accept.py)."""
+        try:
+            fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError as error:
+            if error.errno in OUT_OF_DESCRIPTORS and not self.out_of_descriptors:
+                self.out_of_descriptors = True
+                self.fd_exhausted += 1
+                logging.getLogger("remora.listener").warning(
+                    "remora proxy: out of file descriptors (%s): new outbound connections are "
+                    "closed as soon as they are accepted, inbound accepting backs off, until "
+                    "descriptors are free", error.strerror or error)
+            return
+        os.close(fd)
+        self.out_of_descriptors = False
 
     def _tick_outlier_detectors(self, now: float) -> None:
         """Run each enabled detector's interval check (un-ejection, multiplier decay)."""
@@ -364,6 +392,7 @@ class Worker:
         out["server.concurrency"] = 1
         out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
         out["access_log.dropped"] = self.access_log.dropped
+        out["listener_manager.fd_exhausted"] = self.fd_exhausted
         out.update(self.tracer.stats())
         return out
 

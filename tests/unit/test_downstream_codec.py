@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import CONTINUE_100, MAX_HEADER_BYTES, REQUEST_SPECIAL
+from remora.proxy.listener import ListenerSettings
 from remora.proxy.paths import PathNormalizer
 
 UUID4 = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -134,6 +135,7 @@ class FakeListener:
 
     def __init__(self) -> None:
         self.loop = FakeLoop()
+        self.settings = ListenerSettings()
         self.draining = False
         self.sample_ratio = 0.0
         # Framing tests compare paths byte for byte; normalization has its own tests.
@@ -353,6 +355,59 @@ def test_next_request_after_the_response_starts_at_once():
     assert [e.starts for e in conn.exchanges] == [1, 1]
     assert conn.transport.pause_calls == 0
     assert not conn.transport.closed
+
+
+def test_later_connection_close_applies_to_its_own_response():
+    """Pipelined A then B with Connection: close: A's response keeps the connection open, B's closes it."""
+    conn = fed(b"GET /a HTTP/1.1\r\nHost: r\r\n\r\nGET /b HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+    first, second = conn.exchanges
+    first.respond(body=b"first")
+    assert not conn.transport.closed and b"connection: close" not in conn.transport.data
+    assert second.starts == 1
+    second.respond(body=b"second")
+    assert conn.transport.data.count(b"connection: close") == 1
+    assert conn.transport.data.index(b"first") < conn.transport.data.index(b"connection: close")
+    assert conn.transport.closed
+
+
+def test_request_with_body_starts_after_the_read_that_brought_its_head():
+    """A head with a body in the same read: body and end are handed over before the exchange starts."""
+    conn = fed(b"POST / HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\n\r\nhello")
+    assert conn.listener.log[:4] == [("new", 0), ("body", 0), ("end", 0), ("start", 0)]
+    plain = fed(b"GET / HTTP/1.1\r\nHost: r\r\n\r\n")
+    assert only(plain).starts == 1
+
+
+def test_malformed_body_in_the_head_read_never_starts_the_exchange():
+    """A bad chunk in the read that brought the head: 400 DPE, and the exchange was never started."""
+    conn = fed(b"POST / HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")
+    assert only(conn).starts == 0 and only(conn).local[0] == 400
+    assert conn.transport.closed
+
+
+@pytest.mark.parametrize("extra,status", [(98, None), (99, 431)])
+def test_header_line_count_limit(extra, status):
+    """Host + user-agent + N more lines: 100 lines pass, 101 get 431 before routing (special headers count too)."""
+    raw = (b"GET / HTTP/1.1\r\nHost: r\r\nUser-Agent: t\r\n"
+           + b"".join(b"x-%d: v\r\n" % i for i in range(extra)) + b"\r\n")
+    conn = fed(raw, 7)
+    if status is None:
+        assert len(only(conn).head.headers) == 98
+    else:
+        assert_rejected(conn, 431)
+        assert conn.exchanges == []
+
+
+def test_malformed_request_pipelined_behind_another_is_refused_in_its_turn():
+    """A valid request, then garbage: the valid one is answered first, then 400 and close."""
+    conn = fed(b"GET /a HTTP/1.1\r\nHost: r\r\n\r\nNOT HTTP\r\n\r\n")
+    first = only(conn)
+    assert not conn.transport.closed and not conn.transport.reading
+    first.respond(body=b"first")
+    data = conn.transport.data
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"HTTP/1.1 400 Bad Request" in data
+    assert data.index(b"first") < data.index(b"400 Bad Request")
+    assert conn.transport.closed and conn.listener.errors == [400]
 
 
 # ---- the head: hop-by-hop, framing, captured fields ---------------------------------------------------

@@ -100,3 +100,62 @@ def test_retries_are_not_budgeted_by_default_as_in_istio():
     policy = SimpleNamespace(connection_pool=SimpleNamespace(tcp=None, http=http))
     circuit.configure(policy)
     assert circuit.retry_budget.limit(active_requests=100) == 5
+
+
+class RecordingExchange:
+    """What the connection tells its exchange about a response."""
+
+    def __init__(self) -> None:
+        self.heads: list = []
+        self.ends: list[bool] = []
+        self.errors: list[str] = []
+
+        class Sink:
+            def flush(self) -> None:
+                pass
+
+        self.sink = Sink()
+
+    def on_response_head(self, resp) -> None:
+        self.heads.append(resp)
+
+    def on_response_body(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        self.ends.append(keep_alive)
+
+    def on_upstream_protocol_error(self, detail: str) -> None:
+        self.errors.append(detail)
+
+
+def answer(raw: bytes) -> RecordingExchange:
+    pool, conn, loop = make_conn()
+    exchange = RecordingExchange()
+    conn.send_request_head(exchange, b"GET", b"/", b"h", [], b"", None, False, None, False)
+    conn.data_received(raw)
+    loop.close()
+    return exchange
+
+
+def test_204_content_length_zero_is_dropped():
+    """A 204 with Content-Length: 0 goes on without a length (Envoy's strict_1xx_and_204_headers)."""
+    exchange = answer(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+    (resp,) = exchange.heads
+    assert resp.status == 204 and resp.content_length is None and not resp.chunked
+    assert exchange.ends == [True]
+
+
+def test_204_with_a_length_or_chunked_is_a_protocol_error():
+    """A 204 with a non-zero Content-Length or with Transfer-Encoding: chunked is an upstream protocol error."""
+    for raw in (b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n"):
+        exchange = answer(raw)
+        assert exchange.heads == [] and len(exchange.errors) == 1, raw
+
+
+def test_304_keeps_its_content_length():
+    """A 304's Content-Length is kept (RFC 9110 8.6, as Envoy) and no body is expected."""
+    exchange = answer(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\n\r\n")
+    (resp,) = exchange.heads
+    assert resp.content_length == 1234 and exchange.ends == [True]
