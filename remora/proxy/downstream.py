@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -42,6 +43,10 @@ from remora.proxy.message import RequestHead
 from remora.proxy.paths import InvalidPath
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+# Every byte sequence that fragment refusal or path normalization (paths.py) acts on, in
+# one scan; a target without any (most) skips both. It may also match in the query, where
+# the slow path then changes nothing.
+_SUSPECT_TARGET = re.compile(rb"[%\\#]|/\.|//").search
 HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
 HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
 LINE_COST = HEADER_LINE + 4            # ": " and CRLF
@@ -321,17 +326,12 @@ class DownstreamHttp1(asyncio.Protocol):
             # `GET / HTTP/2.0` parses as HTTP/1 framing; forwarding it as 1.1 would lie.
             raise BadRequest(505, b"HTTP version not supported")
         url = self.url
-        if url.find(b"#") >= 0:
-            raise BadRequest(400, b"fragment in request target")   # as Envoy answers
         if url[:1] != b"/" and url != b"*":
             if parser.get_method() == b"CONNECT":
                 raise BadRequest(405, b"CONNECT is not supported")
             url = self._absolute_form(url)
-        try:
-            # Once, before routing and policy; the normalized path is what goes upstream.
-            url = self.listener.paths.target(url)
-        except InvalidPath as err:
-            raise BadRequest(400, str(err).encode()) from None
+        if _SUSPECT_TARGET(url) is not None:
+            url = self._checked_target(url)
         authority = self.authority
         if authority is None:
             if version != b"1.0":
@@ -372,6 +372,17 @@ class DownstreamHttp1(asyncio.Protocol):
             # A pipelined request: its own keep-alive applies when its response is written.
             self.queued.append((exchange, keep_alive))
             self._pause(2)
+
+    def _checked_target(self, url: bytes) -> bytes:
+        """The slow path of a target with something to refuse or normalize: fragments are
+        400 (as Envoy answers), then the listener's PathNormalizer, once, before routing
+        and policy; the normalized path is what goes upstream."""
+        if url.find(b"#") >= 0:
+            raise BadRequest(400, b"fragment in request target")
+        try:
+            return self.listener.paths.target(url)
+        except InvalidPath as err:
+            raise BadRequest(400, str(err).encode()) from None
 
     def _absolute_form(self, url: bytes) -> bytes:
         """`GET http://reviews:9080/x`: take the authority from the URL (RFC 9112 3.2.2)."""

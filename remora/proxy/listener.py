@@ -74,8 +74,9 @@ class DeniedExchange(Exchange):
 
 class JwtDeniedExchange(Exchange):
     """A request whose JWT failed verification: Envoy's jwt_authn local reply (401, or 403
-    for a disallowed audience, the failure as body, `www-authenticate`) in its turn; no
-    response flag, as Envoy sets none for it."""
+    for a disallowed audience, the failure as body, `www-authenticate`) in its turn. Envoy
+    sets no response flag and reports it only in the details; Remora logs flag JWT (as it
+    does RBAC) so that access logs and Istio metrics show it, and the details in JSON."""
 
     __slots__ = ("failure",)
 
@@ -83,8 +84,14 @@ class JwtDeniedExchange(Exchange):
         head = self.head
         realm = b"%s://%s%s" % (head.scheme, head.authority, head.path_only())
         challenge = b'Bearer realm="%s", error="invalid_token"' % realm[:256]
-        self.local_reply(self.failure.status, self.failure.message.encode(), "-",
+        self.local_reply(self.failure.status, self.failure.message.encode(), "JWT",
                          [(b"www-authenticate", challenge)])
+
+    def access_record(self):
+        record = Exchange.access_record(self)
+        # Envoy's response code details for this reply: spaces become underscores.
+        record.response_code_details = "jwt_authn_access_denied{%s}" % self.failure.message.replace(" ", "_")
+        return record
 
 
 class Listener:

@@ -70,6 +70,7 @@ UPE = "UPE"    # upstream HTTP protocol error
 DI = "DI"      # request delayed by fault injection
 FI = "FI"      # request aborted by fault injection
 RBAC = "RBAC"  # denied by authorization policy (Remora; Envoy reports this in details)
+JWT = "JWT"    # JWT verification failed (Remora; Envoy's details: jwt_authn_access_denied{..})
 
 # Envoy's long names (ResponseFlagUtils), for %RESPONSE_FLAGS_LONG%.
 RESPONSE_FLAGS_LONG: dict[str, str] = {
@@ -89,9 +90,10 @@ RESPONSE_FLAGS_LONG: dict[str, str] = {
     DPE: "DownstreamProtocolError",
     UPE: "UpstreamProtocolError",
     RBAC: "RbacAccessDenied",
+    JWT: "JwtAuthnAccessDenied",
 }
 # Envoy joins flags in its enum order (ALL_RESPONSE_STRINGS_FLAGS); the dict above is in
-# that order, with Remora's RBAC last.
+# that order, with Remora's RBAC and JWT last.
 _FLAG_RANK = {flag: i for i, flag in enumerate(RESPONSE_FLAGS_LONG)}
 
 
@@ -122,6 +124,7 @@ class AccessLogRecord:
     protocol: str = "HTTP/1.1"
     response_code: int = 0             # 0: no response was sent downstream
     response_flags: str = "-"          # see join_flags
+    response_code_details: str = "-"   # Envoy's %RESPONSE_CODE_DETAILS%, where Remora sets one
     bytes_received: int = 0            # body bytes
     bytes_sent: int = 0                # body bytes
     duration_ms: int = 0
@@ -190,6 +193,7 @@ def format_json(rec: AccessLogRecord) -> str:
         "protocol": _opt(rec.protocol),
         "response_code": rec.response_code,
         "response_flags": rec.response_flags or "-",
+        "response_code_details": _opt(rec.response_code_details),
         "bytes_received": rec.bytes_received,
         "bytes_sent": rec.bytes_sent,
         "duration": rec.duration_ms,

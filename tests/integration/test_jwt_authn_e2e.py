@@ -133,6 +133,29 @@ def test_bad_signature_and_expired_tokens_are_401(authn_only):
     assert (r.status, r.body) == (401, b"Jwt is expired")
 
 
+def test_jwt_failures_show_in_access_log_and_metrics(upstreams, jwks_server):
+    """A rejected token is logged with flag JWT, Envoy's details in JSON, and response_flags="JWT" in Istio metrics."""
+    sidecar = ProxyProcess(jwt_example(jwks_uri=jwks_server.uri), *IDENTITY, "--drain-seconds", "1",
+                           "--access-log-format", "json", inbound_app_port=upstreams.ports["echo"]).wait_ready()
+    try:
+        assert get(sidecar, KEYS.token(exp=int(time.time()) - 3600)).status == 401
+        assert get(sidecar).status == 200
+        deadline = time.time() + 10
+        lines = []
+        while time.time() < deadline and len(lines) < 2:
+            lines = [json.loads(line) for line in sidecar.access_log().splitlines() if line.startswith("{")]
+            time.sleep(0.2)
+        denied = [line for line in lines if line["response_code"] == 401]
+        assert denied and denied[0]["response_flags"] == "JWT", lines
+        assert denied[0]["response_code_details"] == "jwt_authn_access_denied{Jwt_is_expired}"
+        assert any(line["response_code"] == 200 and line["response_flags"] == "-" for line in lines)
+        prom = sidecar.admin_get("/stats/prometheus")
+        assert any('response_flags="JWT"' in line and 'response_code="401"' in line
+                   for line in prom.splitlines() if line.startswith("istio_requests_total")), prom
+    finally:
+        stop(sidecar)
+
+
 def test_valid_token_reaches_the_app_with_the_payload_header(authn_only):
     """A valid token: 200; the app sees outputPayloadToHeader and not the token itself."""
     r = get(authn_only, KEYS.token())

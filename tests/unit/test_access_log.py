@@ -98,7 +98,7 @@ def test_json_keys_types_and_nulls():
     obj = json.loads(line)
     assert list(obj) == [
         "start_time", "route_name", "method", "path", "protocol", "response_code",
-        "response_flags", "bytes_received", "bytes_sent", "duration", "upstream_service_time",
+        "response_flags", "response_code_details", "bytes_received", "bytes_sent", "duration", "upstream_service_time",
         "x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host",
         "upstream_cluster", "trace_id", "span_id",
     ]
@@ -107,6 +107,7 @@ def test_json_keys_types_and_nulls():
     assert obj["response_flags"] == "UF,URX"
     assert obj["upstream_service_time"] == "5"
     assert obj["x_forwarded_for"] is None and obj["trace_id"] is None
+    assert obj["response_code_details"] is None
     assert obj["upstream_cluster"] == "outbound|9080||productpage.default.svc.cluster.local"
     assert json.loads(format_json(record(response_flags="-")))["response_flags"] == "-"
 
