@@ -34,7 +34,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from remora.proxy.counters import set_nodelay
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import (
-    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOP, H_HOST, H_PEER, H_REQID, H_TE, H_UA,
+    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID, H_TE, H_UA,
     H_TRACE, H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
     connection_tokens, drop_named, status_line,
 )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata

@@ -47,7 +47,40 @@ def _app(name: str, snis: list, close: bool) -> web.Application:
     return app
 
 
-class MtlsServers(LoopThread):
+class HttpsServers(LoopThread):
+    """Named HTTPS servers on loopback: ports in `ports`, the SNIs each saw in `snis`;
+    subclasses start theirs with `serve` and make their own apps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[str, int] = {}
+        self.snis: dict[str, list] = {}
+        self.runners: list[web.AppRunner] = []
+
+    async def serve(self, name: str, context, make_app) -> None:
+        """Serve `make_app(snis)` under `name` with TLS context `context` on a free port."""
+        snis = self.snis[name] = []
+
+        def remember(ssl_object, server_name, ctx):
+            snis.append(server_name)
+        context.sni_callback = remember
+        runner = web.AppRunner(make_app(snis), access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        self.ports[name] = port
+        self.runners.append(runner)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            for runner in self.runners:
+                await runner.cleanup()
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class MtlsServers(HttpsServers):
     """Named mTLS HTTP servers on loopback: `servers={name: (svid, bundle_pems)}`; ports in `ports`.
     Servers named in `close` close the connection after each response."""
 
@@ -57,32 +90,11 @@ class MtlsServers(LoopThread):
         super().__init__()
         self.servers = servers
         self.close = close
-        self.ports: dict[str, int] = {}
-        self.snis: dict[str, list] = {}
-        self.runners: list[web.AppRunner] = []
 
     async def _start(self) -> None:
         for name, (svid, bundle) in self.servers.items():
-            context = svid.to_ssl_context(True, bundle)
-            snis = self.snis[name] = []
-
-            def remember(ssl_object, server_name, ctx, snis=snis):
-                snis.append(server_name)
-            context.sni_callback = remember
-            runner = web.AppRunner(_app(name, snis, name in self.close), access_log=None)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-            self.ports[name] = port
-            self.runners.append(runner)
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            for runner in self.runners:
-                await runner.cleanup()
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
+            await self.serve(name, svid.to_ssl_context(True, bundle),
+                             lambda snis, name=name: _app(name, snis, name in self.close))
 
 
 def tls_service(name: str, port: int, service_account: str | None = None, labelled: bool = True,

@@ -126,7 +126,7 @@ def test_wrong_server_identity_is_refused_with_one_clear_log_line(sidecar):
     lines = [line for line in sidecar.stderr().splitlines() if "secure naming failed" in line]
     assert len(lines) == 1, lines     # logged once per endpoint and identity, not per request
     assert ("cluster outbound|80||imposter.default.svc.cluster.local" in lines[0]
-            and f"endpoint 127.0.0.1:" in lines[0]
+            and "endpoint 127.0.0.1:" in lines[0]
             and "expected spiffe://cluster.local/ns/default/sa/ratings" in lines[0]
             and "got spiffe://cluster.local/ns/default/sa/imposter" in lines[0])
     assert stats(sidecar)["cluster.outbound|80||imposter.default.svc.cluster.local.ssl.fail_verify_san"] >= 2

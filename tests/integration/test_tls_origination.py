@@ -17,6 +17,7 @@ import tempfile
 import pytest
 
 from tests.integration.proxy_process import ProxyProcess
+from tests.integration.test_mtls_outbound import get, stats
 from tests.integration.tls_origin_servers import TestPki, TlsServers, server_context
 
 pytestmark = pytest.mark.integration
@@ -142,25 +143,6 @@ def sidecar(pki, servers):
     yield p
     assert p.stop() == 0, p.stderr()
     shutil.rmtree(p.dir, ignore_errors=True)
-
-
-def get(port: int, host: str, path: str = "/") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def stats(p: ProxyProcess) -> dict[str, int]:
-    out = {}
-    for line in p.admin_get("/stats").splitlines():
-        name, _, value = line.partition(": ")
-        if value.strip().lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
 
 
 def ssl_stat(p: ProxyProcess, host: str, name: str, port: int = 80) -> int:

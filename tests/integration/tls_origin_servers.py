@@ -7,7 +7,6 @@ name (None without one). A server built with `client_ca` requires a client certi
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import os
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.upstreams import LoopThread, free_port
+from tests.integration.mtls_peers import HttpsServers
 
 
 def _name(cn: str) -> x509.Name:
@@ -109,7 +108,7 @@ def _app(name: str, snis: list, seen: list) -> web.Application:
     return app
 
 
-class TlsServers(LoopThread):
+class TlsServers(HttpsServers):
     """Named HTTPS servers on loopback: `contexts={name: SSLContext}`; ports in `ports`,
     the SNIs each saw in `snis`, the paths each answered in `seen`."""
 
@@ -118,30 +117,9 @@ class TlsServers(LoopThread):
     def __init__(self, contexts: dict[str, ssl.SSLContext]) -> None:
         super().__init__()
         self.contexts = contexts
-        self.ports: dict[str, int] = {}
-        self.snis: dict[str, list] = {}
         self.seen: dict[str, list] = {}
-        self.runners: list[web.AppRunner] = []
 
     async def _start(self) -> None:
         for name, context in self.contexts.items():
-            snis = self.snis[name] = []
-            self.seen[name] = []
-
-            def remember(ssl_object, server_name, ctx, snis=snis):
-                snis.append(server_name)
-            context.sni_callback = remember
-            runner = web.AppRunner(_app(name, snis, self.seen[name]), access_log=None)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-            self.ports[name] = port
-            self.runners.append(runner)
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            for runner in self.runners:
-                await runner.cleanup()
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
+            seen = self.seen[name] = []
+            await self.serve(name, context, lambda snis, name=name, seen=seen: _app(name, snis, seen))

@@ -60,7 +60,7 @@ def test_rule_errors_name_the_field():
 
 def test_inline_jwks_must_hold_public_signing_keys():
     """A bad inline jwks, or a symmetric (oct / HS256) key, is a config error on `jwks`."""
-    bad = problems(f"  jwtRules: [{{issuer: a, jwks: '{{\"keys\": 3}}'}}]\n")
+    bad = problems("  jwtRules: [{issuer: a, jwks: '{\"keys\": 3}'}]\n")
     assert "jwks parse error" in bad["spec.jwtRules[0].jwks"]
     oct_key = json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]})
     found = problems(f"  jwtRules: [{{issuer: a, jwks: '{oct_key}'}}]\n")
