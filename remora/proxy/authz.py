@@ -37,7 +37,7 @@ from remora.config.model import (
     AuthzSource,
     Resource,
 )
-from remora.proxy.telemetry_policy import ROOT_NAMESPACE
+from remora.config.mesh_rules import ROOT_NAMESPACE, applies_to  # noqa: F401 (applies_to re-exported)
 
 
 class AuthzRequest:
@@ -272,15 +272,6 @@ def _compile_policy(policy: Resource[AuthorizationPolicySpec]) -> _Compiled:
     rules = [_compile_rule(rule) for rule in policy.spec.rules]
     matches = _any(rules) if rules else (lambda request: False)
     return _Compiled(f"{policy.namespace}/{policy.name}", matches)
-
-
-def applies_to(policy: Resource[AuthorizationPolicySpec], namespace: str, labels: dict[str, str],
-               root_namespace: str = ROOT_NAMESPACE) -> bool:
-    """Root-namespace policies apply mesh-wide, others in their namespace; then the selector."""
-    if policy.namespace not in (namespace, root_namespace):
-        return False
-    selector = policy.spec.selector.match_labels if policy.spec.selector is not None else {}
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 class Authorizer:

@@ -17,7 +17,9 @@ from remora.config.duration import parse_duration
 from remora.config.model import (
     DestinationRuleSpec, MeshConfig, Resource, ServiceEntrySpec, TrafficPolicy, WorkloadEntrySpec,
 )
+from remora.config.mesh_rules import destination_rules_for, outbound_cluster_name as cluster_name
 from remora.config.names import qualify_host
+from remora.config.traffic_policy import SNAKE_CASE, TYPED, merge_sources, merge_traffic_policy
 from remora.proxy.balancer import Balancer, make_balancer
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.tls_origination import Origination, origination_for
@@ -142,47 +144,23 @@ def _hash_policy(lb) -> HashPolicy | None:
     )
 
 
-def cluster_name(port: int, subset: str | None, fqdn: str) -> str:
-    """Istio's outbound cluster name."""
-    return f"outbound|{port}|{subset or ''}|{fqdn}"
-
-
 def merge_policy(base: TrafficPolicy | None, override: TrafficPolicy | None, port: int) -> TrafficPolicy | None:
-    """Subset policy over the rule's policy, then port-level settings, field by field (Istio's order)."""
-    fields = ("load_balancer", "connection_pool", "outlier_detection", "tls")
-    merged: dict = {f: None for f in fields}
-    for layer in (base, override):
-        if layer is None:
-            continue
-        for f in fields:
-            if getattr(layer, f) is not None:
-                merged[f] = getattr(layer, f)
-        for pls in layer.port_level_settings:
-            if pls.port and pls.port.number == port:
-                for f in fields:
-                    if getattr(pls, f) is not None:
-                        merged[f] = getattr(pls, f)
-    if all(v is None for v in merged.values()):
+    """The effective policy of the cluster for (subset, port): Istio's merge (config/traffic_policy.py)."""
+    merged = merge_traffic_policy(base, override, port, TYPED)
+    if not merged:
         return None
-    return msgspec.structs.replace(TrafficPolicy(), **merged)
+    return msgspec.structs.replace(TrafficPolicy(), **{SNAKE_CASE[k]: v for k, v in merged.items()})
 
 
 def tls_path(spec: DestinationRuleSpec | None, subset: str | None, port: int) -> str:
     """The field path of the `tls` block merge_policy picks for (subset, port), for errors."""
-    found = "spec.trafficPolicy.tls"
-    layers = [("spec.trafficPolicy", spec.traffic_policy if spec else None)]
+    subset_policy, subset_where = None, ""
     for i, s in enumerate(spec.subsets if spec else ()):
         if s.name == subset:
-            layers.append((f"spec.subsets[{i}].trafficPolicy", s.traffic_policy))
-    for where, layer in layers:
-        if layer is None:
-            continue
-        if layer.tls is not None:
-            found = f"{where}.tls"
-        for i, pls in enumerate(layer.port_level_settings):
-            if pls.port and pls.port.number == port and pls.tls is not None:
-                found = f"{where}.portLevelSettings[{i}].tls"
-    return found
+            subset_policy, subset_where = s.traffic_policy, f"spec.subsets[{i}].trafficPolicy"
+    found = merge_sources(spec.traffic_policy if spec else None, subset_policy, port, TYPED,
+                          "spec.trafficPolicy", subset_where).get("tls")
+    return found.where if found is not None else "spec.trafficPolicy.tls"
 
 
 @dataclass
@@ -222,23 +200,13 @@ def build_clusters(config: MeshConfig, workload=None) -> dict[str, ServiceInfo]:
 
 
 def applicable_rules(config: MeshConfig, workload=None) -> dict[str, Resource[DestinationRuleSpec]]:
-    """The DestinationRule per host for this sidecar (Istio's workloadSelector rules).
-
-    A rule with a workloadSelector applies only to workloads of its own namespace whose
-    labels carry all of `matchLabels`, and then wins over rules without a selector.
-    """
-    rules: dict[str, Resource[DestinationRuleSpec]] = {}
-    selected: dict[str, Resource[DestinationRuleSpec]] = {}
-    for dr in config.destination_rules:
-        selector = dr.spec.workload_selector
-        host = qualify_host(dr.spec.host, dr.namespace)
-        if selector is None:
-            rules[host] = dr
-        elif workload is not None and dr.namespace == workload.namespace and all(
-                workload.labels.get(k) == v for k, v in selector.match_labels.items()):
-            selected[host] = dr
-    rules.update(selected)
-    return rules
+    """The DestinationRule per host for this sidecar (mesh_rules.destination_rules_for)."""
+    chosen = destination_rules_for(
+        config.destination_rules,
+        lambda dr: (qualify_host(dr.spec.host, dr.namespace), dr.namespace,
+                    None if dr.spec.workload_selector is None else dr.spec.workload_selector.match_labels),
+        None if workload is None else (workload.namespace, workload.labels))
+    return {qualify_host(dr.spec.host, dr.namespace): dr for dr in chosen}
 
 
 def rule_for(rules: dict[str, Resource[DestinationRuleSpec]], fqdn: str):

@@ -1,34 +1,5 @@
-"""Which mTLS mode a workload's inbound port accepts, from Istio PeerAuthentication policies.
+"""PeerAuthentication -> effective mTLS mode: the rule lives in remora/config/peer_auth.py
+(shared with the Envoy renderer); the data plane's modules import it from here."""
+from remora.config.peer_auth import DEFAULT_MODE, DISABLE, PERMISSIVE, STRICT, effective_mtls_mode
 
-Istio's rules: a policy in the root namespace without a selector is mesh-wide; one without
-a selector in the workload's namespace is namespace-wide; one whose selector matches the
-workload's labels is workload-specific. The narrowest that sets a mode wins; `UNSET` (or no
-`mtls`) inherits from the next broader scope; `portLevelMtls` on the workload policy
-overrides for that port. With nothing set the mode is PERMISSIVE (plaintext and mTLS both
-accepted), Istio's default. Several policies at one scope: Istio takes the oldest; Remora,
-which has no creation times, takes the first by name (as for Telemetry).
-"""
-from __future__ import annotations
-
-from collections.abc import Iterable
-
-from remora.config.model import PeerAuthenticationSpec, Resource
-from remora.proxy.telemetry_policy import ROOT_NAMESPACE, scopes
-
-STRICT, PERMISSIVE, DISABLE = "STRICT", "PERMISSIVE", "DISABLE"
-DEFAULT_MODE = PERMISSIVE
-
-
-def effective_mtls_mode(policies: Iterable[Resource[PeerAuthenticationSpec]], namespace: str,
-                        labels: dict[str, str], port: int | None = None,
-                        root_namespace: str = ROOT_NAMESPACE) -> str:
-    """STRICT, PERMISSIVE or DISABLE for traffic to `port` of the workload (namespace, labels)."""
-    mode = DEFAULT_MODE
-    for policy in scopes(policies, namespace, labels, root_namespace):  # broadest first
-        spec = policy.spec
-        if spec.mtls is not None and spec.mtls.mode not in (None, "UNSET"):
-            mode = spec.mtls.mode
-        port_setting = spec.port_level_mtls.get(port) if port is not None else None
-        if port_setting is not None and port_setting.mode not in (None, "UNSET"):
-            mode = port_setting.mode
-    return mode
+__all__ = ["DEFAULT_MODE", "DISABLE", "PERMISSIVE", "STRICT", "effective_mtls_mode"]

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from remora.config.mesh_rules import ROOT_NAMESPACE, policy_scopes as scopes  # noqa: F401 (re-exported)
 from remora.config.model import Resource, TelemetrySpec
 from remora.config.validate_telemetry import ACCESS_LOG_PROVIDERS, mode_sides
 
-ROOT_NAMESPACE = "istio-system"
 CLIENT, SERVER = "CLIENT", "SERVER"
 
 
@@ -48,23 +48,6 @@ class TelemetryDefaults:
     access_log_format: str = "text"    # --access-log-format
     sampling_percent: float = 1.0      # --trace-sampling
     otlp: bool = False                 # --otlp-endpoint given
-
-
-def scopes(telemetries: Iterable[Resource[TelemetrySpec]], namespace: str,
-           labels: dict[str, str], root_namespace: str = ROOT_NAMESPACE) -> list[Resource[TelemetrySpec]]:
-    """The Telemetry resources that apply to a workload, broadest first (at most 3)."""
-    mesh = ns = workload = None
-    for res in sorted(telemetries, key=lambda r: (r.namespace, r.name)):
-        selector = res.spec.selector.match_labels if res.spec.selector is not None else {}
-        if not selector:
-            if res.namespace == namespace:     # in the root namespace itself: one scope
-                ns = ns or res
-            elif res.namespace == root_namespace:
-                mesh = mesh or res
-        elif (res.namespace == namespace and workload is None
-              and all(labels.get(k) == v for k, v in selector.items())):
-            workload = res
-    return [r for r in (mesh, ns, workload) if r is not None]
 
 
 def _access_log_format(providers: list[str], default_format: str) -> str:

@@ -29,6 +29,7 @@ import sys
 
 from remora.certs.client import peer_spiffe_id
 from remora.certs.spiffe import SCHEME
+from remora.config.mesh_rules import outbound_sni  # noqa: F401 (re-exported)
 from remora.config.names import TLS_MODE_LABEL
 from remora.proxy.counters import Counters
 
@@ -65,11 +66,6 @@ def is_required(policy) -> bool:
     """True when the DestinationRule asks for ISTIO_MUTUAL explicitly (no plaintext fallback)."""
     tls = policy.tls if policy is not None else None
     return tls is not None and (tls.mode or "").upper() == ISTIO_MUTUAL
-
-
-def outbound_sni(port: int, subset: str | None, fqdn: str) -> str:
-    """Istio's SNI for a sidecar-to-sidecar connection."""
-    return f"outbound_.{port}_.{subset or ''}_.{fqdn}"
 
 
 class SecureNaming:

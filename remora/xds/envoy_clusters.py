@@ -2,9 +2,9 @@
 
 One cluster per (host, port) named `outbound|<port>||<host>` with every endpoint, plus one
 per DestinationRule subset, `outbound|<port>|<subset>|<host>`, holding the endpoints whose
-labels carry all the subset's labels. A subset's trafficPolicy overrides the rule's field by
-field (loadBalancer, connectionPool, outlierDetection, tls), and `portLevelSettings` for the
-cluster's port override that, as Istio merges them. Hosts are qualified as Istio and
+labels carry all the subset's labels. The policy of each cluster is Istio's merge of the
+rule's and the subset's trafficPolicy and portLevelSettings (config/traffic_policy.py, the
+same function the data plane calls). Hosts are qualified as Istio and
 Remora do (`reviews` in namespace default is `reviews.default.svc.cluster.local`). Endpoints are the ServiceEntry's own
 plus the WorkloadEntries its workloadSelector picks in its namespace; an endpoint's `weight`
 becomes load_balancing_weight, its serviceAccount joins the secure-naming SAN list.
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from remora.config.duration import parse_duration
+from remora.config.mesh_rules import destination_rules_for, outbound_cluster_name
 from remora.config.names import qualify_host
+from remora.config.traffic_policy import DICTS, merge_traffic_policy, port_level
 from remora.xds.envoy_tls import TlsUnsupported, apply_client_tls, istio_sni, server_identities
 
 UNLIMITED = 1_000_000_000  # "disable circuit breaking" per the Envoy benchmarking FAQ
@@ -51,7 +53,8 @@ def only(spec: dict, allowed: set[str], where: str) -> None:
 
 
 def cluster_name(host: str, port: int, subset: str = "") -> str:
-    return f"outbound|{port}|{subset}|{host}"
+    """Istio's outbound cluster name (config/mesh_rules.py), in the renderer's argument order."""
+    return outbound_cluster_name(port, subset, host)
 
 
 def namespace_of(doc: dict) -> str:
@@ -118,34 +121,28 @@ def _endpoint(ep: dict, port: dict) -> dict:
     return out
 
 
-def _merge(policy: dict, override: dict | None, port: int) -> dict:
-    """Istio's merge: override's top-level fields win, then the port's portLevelSettings."""
-    merged = dict(policy)
-    for key, value in (override or {}).items():
-        merged[key] = value
-    for level in merged.pop("portLevelSettings", []):
-        if (level.get("port") or {}).get("number") == port:
-            merged.update({k: v for k, v in level.items() if k != "port"})
-    return merged
+def _merge(policy: dict, override: dict | None, port: int, where: str) -> dict:
+    """Istio's merge (config/traffic_policy.py); keys no layer may carry are refused first."""
+    for layer in (policy, override):
+        if layer:
+            only(layer, set(_POLICY_FIELDS) | {"portLevelSettings"}, where)
+            found = port_level(layer, port, DICTS)
+            if found is not None:
+                only(found[1], set(_POLICY_FIELDS) | {"port"}, where)
+    return merge_traffic_policy(policy, override, port, DICTS)
 
 
 def selected_rules(rules: list[dict], workload: tuple[str, dict[str, str]] | None) -> list[dict]:
-    """The DestinationRules for this sidecar, as Remora's proxy picks them: a rule with a
-    workloadSelector only for a workload (namespace, labels) of its namespace it selects,
-    and then instead of the host's rule without a selector."""
-    plain, chosen = [], {}
-    for doc in rules:
+    """The DestinationRules for this sidecar, as the data plane picks them
+    (mesh_rules.destination_rules_for)."""
+    def describe(doc: dict):
         spec = doc.get("spec") or {}
         selector = spec.get("workloadSelector")
-        if selector is None:
-            plain.append(doc)
-            continue
-        only(selector, {"matchLabels"}, f"{name_of(doc)} spec.workloadSelector")
-        wanted = selector.get("matchLabels") or {}
-        if workload is not None and namespace_of(doc) == workload[0] and all(
-                workload[1].get(k) == v for k, v in wanted.items()):
-            chosen[qualify_host(spec["host"], namespace_of(doc))] = doc
-    return [d for d in plain if qualify_host(d["spec"]["host"], namespace_of(d)) not in chosen] + list(chosen.values())
+        if selector is not None:
+            only(selector, {"matchLabels"}, f"{name_of(doc)} spec.workloadSelector")
+            selector = selector.get("matchLabels") or {}
+        return qualify_host(spec["host"], namespace_of(doc)), namespace_of(doc), selector
+    return destination_rules_for(rules, describe, workload)
 
 
 def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path | None,
@@ -170,13 +167,13 @@ def build_clusters(svcs: dict[str, Service], rules: list[dict], cert_dir: Path |
         policy = rule.get("trafficPolicy") or {}
         where = f"DestinationRule for {host} trafficPolicy"
         for port in svc.ports:
-            variants = [("", svc.endpoints, _merge(policy, None, port["number"]))]
+            variants = [("", svc.endpoints, _merge(policy, None, port["number"], where))]
             for name, subset in svc.subsets.items():
                 wanted = subset.get("labels") or {}
                 chosen = [ep for ep in svc.endpoints
                           if all((ep.get("labels") or {}).get(k) == v for k, v in wanted.items())]
                 variants.append((name, chosen,
-                                 _merge(policy, subset.get("trafficPolicy"), port["number"])))
+                                 _merge(policy, subset.get("trafficPolicy"), port["number"], where)))
             for subset, endpoints, merged in variants:
                 cluster = _cluster(svc, port, subset, endpoints, merged, where, cert_dir,
                                    trust_domain)

@@ -15,10 +15,8 @@ JWT attributes are not rendered (envoy_rbac.py refuses them).
 """
 from __future__ import annotations
 
-import yaml
-
-from remora.config.loader import ConfigError, load_mesh_text
-from remora.proxy.authz import applies_to
+from remora.config.loader import ConfigError, build_mesh_config
+from remora.config.mesh_rules import applies_to
 from remora.xds.envoy_clusters import Unsupported
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -64,7 +62,7 @@ def jwt_filters(docs: list[dict], namespace: str, labels: dict[str, str]) -> lis
     if not docs:
         return []
     try:
-        config = load_mesh_text(yaml.safe_dump_all(docs), "RequestAuthentication")
+        config = build_mesh_config([(doc, "RequestAuthentication") for doc in docs])
     except ConfigError as error:
         raise Unsupported(f"RequestAuthentication not valid: {error}") from None
     providers: dict[str, dict] = {}

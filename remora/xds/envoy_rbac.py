@@ -1,6 +1,6 @@
 """AuthorizationPolicy -> envoy.filters.http.rbac on the inbound listener, as Istio renders it.
 
-The policies that apply to the workload (Remora's own `applies_to`: root or own
+The policies that apply to the workload (config/mesh_rules.py `applies_to`: root or own
 namespace, selector) become at most two RBAC filters before the router: DENY first, then
 ALLOW when any ALLOW policy applies (Envoy's ALLOW with no matching policy denies, so an
 ALLOW policy without rules is Istio's deny-all). AUDIT policies never change the outcome
@@ -20,11 +20,9 @@ import ipaddress
 import re
 from typing import Any
 
-import yaml
-
-from remora.config.loader import ConfigError, load_mesh_text
+from remora.config.loader import ConfigError, build_mesh_config
+from remora.config.mesh_rules import applies_to
 from remora.config.model import AuthzCondition, AuthzOperation, AuthzRule, AuthzSource
-from remora.proxy.authz import applies_to
 from remora.xds.envoy_clusters import Unsupported
 
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -171,7 +169,7 @@ def rbac_filters(docs: list[dict], namespace: str, labels: dict[str, str],
     if not docs:
         return []
     try:
-        config = load_mesh_text(yaml.safe_dump_all(docs), "AuthorizationPolicy")
+        config = build_mesh_config([(doc, "AuthorizationPolicy") for doc in docs])
     except ConfigError as error:
         raise Unsupported(f"AuthorizationPolicy not valid: {error}") from None
     by_action: dict[str, dict[str, Any]] = {"DENY": {}, "ALLOW": {}}

@@ -14,7 +14,7 @@ Outbound (client side), as Istio does it:
   the ServiceEntry's subjectAltNames.
 
 Inbound (server side): PeerAuthentication's effective mode for the workload and port
-(Remora's own `effective_mtls_mode`, so both data planes agree) picks the filter chains:
+(config/peer_auth.py, the data plane's rule, so both data planes agree) picks the filter chains:
 STRICT -> one chain with a DownstreamTlsContext requiring a client certificate from the
 trust domain; DISABLE -> plaintext; PERMISSIVE -> both, told apart by the tls_inspector.
 
@@ -29,14 +29,13 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from remora.certs.client import ALPN_PROTOCOLS
-from remora.config.loader import ConfigError, load_mesh_text
-from remora.proxy.peer_auth import DISABLE, PERMISSIVE, STRICT, effective_mtls_mode
+from remora.config.loader import ConfigError, build_mesh_config
+from remora.config.mesh_rules import outbound_sni
+from remora.config.names import TLS_MODE_LABEL
+from remora.config.peer_auth import DISABLE, PERMISSIVE, STRICT, effective_mtls_mode
 from remora.proxy.tls import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE
 
-TLS_MODE_LABEL = "security.istio.io/tlsMode"
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 _RAW = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 _TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3" \
@@ -70,8 +69,8 @@ def _common_context(cert_dir: Path, san_matchers: list[dict]) -> dict:
 
 
 def istio_sni(port: int, host: str, subset: str = "") -> str:
-    """The SNI Istio (and Remora) send to a sidecar: `outbound_.<port>_.<subset>_.<host>`."""
-    return f"outbound_.{port}_.{subset}_.{host}"
+    """The SNI Istio (and Remora) send to a sidecar (config/mesh_rules.py), renderer's argument order."""
+    return outbound_sni(port, subset, host)
 
 
 def upstream_tls_socket(cert_dir: Path, server_ids: list[str], sni: str) -> dict:
@@ -207,12 +206,12 @@ def apply_origination(cluster: dict, tls: dict, service_sans: list[str]) -> None
 
 
 def inbound_mode(docs: list[dict], namespace: str, labels: dict[str, str], port: int) -> str:
-    """STRICT / PERMISSIVE / DISABLE for the workload's port, by Remora's own evaluator."""
+    """STRICT / PERMISSIVE / DISABLE for the workload's port (config/peer_auth.py, the data plane's rule)."""
     policies = [d for d in docs if d["kind"] == "PeerAuthentication"]
     if not policies:
         return PERMISSIVE
     try:
-        config = load_mesh_text(yaml.safe_dump_all(policies), "PeerAuthentication")
+        config = build_mesh_config([(doc, "PeerAuthentication") for doc in policies])
     except ConfigError as error:
         raise TlsUnsupported(f"PeerAuthentication not valid: {error}") from None
     return effective_mtls_mode(config.peer_authentications, namespace, labels, port)

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from remora.config.model import MeshConfig, Resource
-from remora.proxy.telemetry_policy import ROOT_NAMESPACE
+from remora.config.mesh_rules import ROOT_NAMESPACE
 from remora.xds.protocol import TYPE_KINDS, TYPE_ORDER, Node
 
 _encode = msgspec.json.Encoder().encode
