@@ -41,6 +41,7 @@ from remora.proxy.http1 import (
 from remora.proxy.inbound_policy import PeerCertificate
 from remora.proxy.message import RequestHead
 from remora.proxy.paths import InvalidPath
+from remora.proxy.transfer_coding import chunked_is_final
 
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
 # Every byte sequence that fragment refusal or path normalization (paths.py) acts on, in
@@ -294,8 +295,7 @@ class DownstreamHttp1(asyncio.Protocol):
             self.content_length = value
         elif code == H_TE:
             self.rare = True
-            # Only chunked as the final coding is a framing Remora can forward (RFC 9112 6.1).
-            if not value.lower().rstrip().endswith(b"chunked"):
+            if not chunked_is_final(value):   # transfer_coding.py: the rule of both codecs
                 raise BadRequest(400, b"unsupported transfer-encoding")
             self.te_chunked = True
         elif code == H_CONNECTION:

@@ -26,6 +26,7 @@ from remora.proxy.http1 import (
 )
 from remora.proxy.message import ResponseHead
 from remora.proxy.retry import RetryBudget
+from remora.proxy.transfer_coding import chunked_is_final
 from remora.proxy.tls_origination import OriginContexts, request_host
 from remora.proxy.upstream_tls import TlsStats, UpstreamTlsError
 
@@ -202,7 +203,9 @@ class UpstreamHttp1(asyncio.Protocol):
             self.content_length = value
         elif code == H_TE:
             self.rare = True
-            self.te_chunked = value.lower().endswith(b"chunked")
+            if not chunked_is_final(value):   # transfer_coding.py: the rule of both codecs
+                raise ValueError("unsupported transfer-encoding")
+            self.te_chunked = True
         elif code == H_UPGRADE:
             self.rare = True
             self.upgrade = value
