@@ -15,13 +15,21 @@ Applicability of policies to a workload (namespace, labels):
   times) the first by (namespace, name);
 - DestinationRule `workloadSelector`: such a rule applies only to workloads of its own
   namespace it selects, and then replaces the host's rule without a selector.
+
+How an endpoint is dialled, from the merged `tls.mode` (Istio's auto mTLS): ISTIO_MUTUAL,
+SIMPLE, MUTUAL as asked; DISABLE (or any other mode) plaintext; unset: mTLS to endpoints
+labelled `security.istio.io/tlsMode: istio`, plaintext to the others.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
+from remora.config.names import TLS_MODE_LABEL
+
 ROOT_NAMESPACE = "istio-system"   # Istio's default meshConfig.rootNamespace
+
+ISTIO_MUTUAL, DISABLE, SIMPLE, MUTUAL = "ISTIO_MUTUAL", "DISABLE", "SIMPLE", "MUTUAL"
 
 R = TypeVar("R")
 
@@ -100,3 +108,13 @@ def destination_rules_for(rules: Iterable[R], describe: Callable[[R], tuple[str,
         elif workload_selected(namespace, selector, workload):
             chosen[host] = rule
     return [rule for host, rule in plain if host not in chosen] + list(chosen.values())
+
+
+def endpoint_tls_mode(mode: str | None, labels: Mapping[str, str]) -> str:
+    """ISTIO_MUTUAL, SIMPLE, MUTUAL or DISABLE for an endpoint with `labels` (module doc)."""
+    mode = (mode or "").upper()
+    if mode in (ISTIO_MUTUAL, SIMPLE, MUTUAL):
+        return mode
+    if mode:
+        return DISABLE
+    return ISTIO_MUTUAL if labels.get(TLS_MODE_LABEL) == "istio" else DISABLE

@@ -18,15 +18,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from remora.certs.client import Svid, SvidError, peer_spiffe_id
+from remora.certs.client import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE, Svid, SvidError, peer_spiffe_id
 from remora.certs.files import PRIVATE_MODE, PUBLIC_MODE, ensure_dir, write_atomically
 from remora.certs.pem import CaError, cert_pem, key_pem, load_certs, load_private_key
 from remora.certs.spiffe import SCHEME
-
-# Istio's names for file-mounted workload certificates (/etc/certs).
-CERT_CHAIN_FILE = "cert-chain.pem"
-KEY_FILE = "key.pem"
-ROOT_CERT_FILE = "root-cert.pem"
 
 
 class MeshTls:

@@ -29,14 +29,12 @@ import sys
 
 from remora.certs.client import peer_spiffe_id
 from remora.certs.spiffe import SCHEME
-from remora.config.mesh_rules import outbound_sni  # noqa: F401 (re-exported)
-from remora.config.names import TLS_MODE_LABEL
+from remora.config.mesh_rules import (  # noqa: F401 (modes and outbound_sni re-exported)
+    DISABLE, ISTIO_MUTUAL, MUTUAL, SIMPLE, endpoint_tls_mode as tls_mode_rule, outbound_sni,
+)
+from remora.config.names import TLS_MODE_LABEL  # noqa: F401 (re-exported)
 from remora.proxy.counters import Counters
 
-ISTIO_MUTUAL = "ISTIO_MUTUAL"
-DISABLE = "DISABLE"
-SIMPLE = "SIMPLE"             # TLS origination (tls_origination.py)
-MUTUAL = "MUTUAL"
 _LOGGED_LIMIT = 1024          # distinct mismatches remembered per worker before forgetting all
 
 
@@ -52,14 +50,9 @@ class UpstreamTlsError(Exception):
 
 def endpoint_tls_mode(policy, labels: dict[str, str]) -> str:
     """How an endpoint of a cluster with `policy` is dialled: ISTIO_MUTUAL (mTLS), SIMPLE or
-    MUTUAL (TLS origination, tls_origination.py) or DISABLE (plaintext)."""
+    MUTUAL (TLS origination, tls_origination.py) or DISABLE (plaintext); config/mesh_rules.py."""
     tls = policy.tls if policy is not None else None
-    mode = (tls.mode or "").upper() if tls is not None else ""
-    if mode in (ISTIO_MUTUAL, SIMPLE, MUTUAL):
-        return mode
-    if mode:
-        return DISABLE
-    return ISTIO_MUTUAL if labels.get(TLS_MODE_LABEL) == "istio" else DISABLE
+    return tls_mode_rule(tls.mode if tls is not None else None, labels)
 
 
 def is_required(policy) -> bool:

@@ -29,12 +29,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from remora.certs.client import ALPN_PROTOCOLS
+from remora.certs.client import ALPN_PROTOCOLS, CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE
 from remora.config.loader import ConfigError, build_mesh_config
-from remora.config.mesh_rules import outbound_sni
-from remora.config.names import TLS_MODE_LABEL
+from remora.config.mesh_rules import ISTIO_MUTUAL, endpoint_tls_mode, outbound_sni
 from remora.config.peer_auth import DISABLE, PERMISSIVE, STRICT, effective_mtls_mode
-from remora.proxy.tls import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 _RAW = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
@@ -123,7 +121,7 @@ def apply_client_tls(cluster: dict, tls: dict | None, endpoints: list[dict], ser
     if extra:
         raise TlsUnsupported(f"trafficPolicy.tls: {', '.join(sorted(extra))} not rendered for "
                              "Envoy")
-    labelled = [ep.get("labels", {}).get(TLS_MODE_LABEL) == "istio" for ep in endpoints]
+    labelled = [endpoint_tls_mode(None, ep.get("labels") or {}) == ISTIO_MUTUAL for ep in endpoints]
     if mode == "DISABLE" or (mode is None and not any(labelled)):
         return
     if mode not in (None, "ISTIO_MUTUAL"):
