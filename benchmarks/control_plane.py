@@ -28,8 +28,8 @@ import msgspec
 import yaml
 
 from benchmarks.procs import Child, free_port, group_rss_mib, wait_ready
-from remora.xds import protocol
-from remora.xds.protocol import ROUTES, TYPE_ORDER, DiscoveryRequest, Hello, Node
+from remora.wire import protocol
+from remora.wire.protocol import ROUTES, TYPE_ORDER, DiscoveryRequest, Hello, Node
 
 ADMIN_TOKEN = "bench-admin-token-" + "0" * 32
 

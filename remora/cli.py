@@ -222,17 +222,22 @@ def _add_control_commands(sub) -> None:
 
 
 def _bench(argv: list[str]) -> int:
-    """`remora bench ARGS` runs `python -m benchmarks ARGS` in-process. The harness lives in
-    the source tree (benchmarks/ next to remora/), not in the installed package."""
+    """`remora bench ARGS` becomes `python -m benchmarks ARGS` (the harness's own process, by
+    exec: its signal handling and exit status are unchanged). The harness lives in the source
+    tree (benchmarks/ next to remora/), not in the installed package, so the runtime package
+    never imports it: the child finds it through PYTHONPATH, ahead of any other `benchmarks`."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "__main__.py").is_file():
         print(f"remora bench: needs a source checkout: no benchmarks/ next to {root / 'remora'} "
               "(clone the repository and `pip install -e '.[bench]'`)", file=sys.stderr)
         return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.__main__ import main as bench_main
-    return bench_main(argv, prog="remora bench")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    launch = "import sys; from benchmarks.__main__ import main; sys.exit(main(sys.argv[1:], prog='remora bench'))"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-P", "-c", launch, *argv], env)   # -P: not the cwd first
+    return 0   # not reached: exec replaced this process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,6 +376,10 @@ def _proxy(args) -> int:
     if args.credentials_dir and not os.path.isdir(args.credentials_dir):
         print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
         return 2
+    capture = None
+    if args.capture:   # the proxy knows capture only through this object (proxy/capture_seam.py)
+        from remora.intercept.support import TransparentCapture
+        capture = TransparentCapture()
     options = ProxyOptions(
         mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
         inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
@@ -393,7 +402,7 @@ def _proxy(args) -> int:
                                   workload=args.workload, trust_domain=args.trust_domain,
                                   node_id=args.node_id),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=args.capture,
+        cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=capture,
         outbound_traffic_policy=args.outbound_traffic_policy,
     )
     if config is not None and not _origination_files_ok(config, options):

@@ -27,8 +27,10 @@ from remora.intercept.original_dst import redirected
 from remora.intercept.tcp_proxy import TcpSession, TcpTarget
 from remora.proxy.cluster import Cluster, ClusterStats, Endpoint
 from remora.proxy.counters import Counters
+from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
 from remora.proxy.router import RouteTable
+from remora.proxy.worker import prepare_cluster
 
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 PROXY_PORTS = frozenset({15000, 15001, 15006, 15021, 15090})
@@ -200,7 +202,6 @@ class OutboundCapture:
             self._tcp(sniffer, sniffer.original, sniffer.destination)
 
     def _http(self, captured: Captured | None):
-        from remora.proxy.downstream import DownstreamHttp1
         conn = DownstreamHttp1(self.listener)
         conn.capture = captured
         return conn
@@ -239,7 +240,6 @@ class OutboundCapture:
     def _passthrough_vhost(self, original: tuple[str, int]):
         vhost = self.passthrough.get(original)
         if vhost is None:
-            from remora.proxy.worker import prepare_cluster
             if len(self.passthrough) >= PASSTHROUGH_CACHE:
                 self.passthrough.clear()
             cluster = Cluster(PASSTHROUGH, PASSTHROUGH, original[1], None,

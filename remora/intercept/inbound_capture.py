@@ -17,6 +17,7 @@ from __future__ import annotations
 from remora.intercept.capture import PROXY_PORTS, Captured, CaptureStats, Sniffer
 from remora.intercept.original_dst import redirected
 from remora.intercept.tcp_proxy import TcpSession, TcpTarget
+from remora.proxy.downstream import DownstreamHttp1
 
 
 class InboundCapture:
@@ -40,7 +41,6 @@ class InboundCapture:
         return snapshot.inbound_for(original[1])[1]
 
     def on_connect(self, sniffer: Sniffer, transport):
-        from remora.proxy.downstream import DownstreamHttp1
         sock = transport.get_extra_info("socket")
         original = redirected(sock) if sock is not None else None
         if original is None:
@@ -56,7 +56,6 @@ class InboundCapture:
         return "sniffing"
 
     def on_sniffed(self, sniffer: Sniffer, http: bool) -> None:
-        from remora.proxy.downstream import DownstreamHttp1
         port = sniffer.original[1]
         if http:
             self.stats.http += 1

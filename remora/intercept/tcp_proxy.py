@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from remora.proxy.counters import Counters, set_nodelay
+from remora.proxy.counters import set_nodelay
 from remora.proxy.telemetry import AccessLogRecord
 
 HOLD_LIMIT = 64 * 1024      # client bytes held while the upstream connection is being made
@@ -33,13 +33,6 @@ class TcpTarget:
         self.tries = tries           # [(host, port, pool-or-None)]: a pool with a .dialer dials TLS
         self.service = service       # istio_metrics ServiceTags (None: unknown)
         self.cluster = cluster       # the mesh Cluster (endpoint counters), when there is one
-
-
-class TcpStats(Counters):
-    """Envoy's tcp_proxy counters, per listener (`tcp.<listener>.*`)."""
-
-    __slots__ = ("downstream_cx_total", "downstream_cx_active", "upstream_connect_fail",
-                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
 
 
 class _Upstream(asyncio.Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from remora.proxy.tracing import TRACE_HEADERS
+from remora.proxy.message import TRACE_HEADERS
 
 # Lower-cased header names the codecs treat specially, mapped to a small code.
 H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE, H_XFCC = range(14)
@@ -39,7 +39,7 @@ REQUEST_SPECIAL = {
     b"x-forwarded-for": H_XFF,
     b"user-agent": H_UA,
     b"x-forwarded-proto": H_XFP,
-    # Trace context: re-written upstream for the proxy's span (tracing.py owns the list).
+    # Trace context: re-written upstream for the proxy's span (names in message.py).
     **dict.fromkeys(TRACE_HEADERS, H_TRACE),
     # A caller's client-certificate claim is never believed: every occurrence is dropped on
     # both listeners (Envoy's SANITIZE); the inbound one sets its own on mTLS connections.

@@ -18,9 +18,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from remora.intercept.capture import OutboundCapture, Sniffer
-from remora.intercept.inbound_capture import InboundCapture
-from remora.intercept.tcp_proxy import TcpStats
 from remora.proxy.counters import Counters, status_names
 from remora.proxy.downstream import DownstreamHttp1
 from remora.proxy.exchange import Exchange
@@ -54,6 +51,14 @@ class ListenerStats(Counters):
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
                  "downstream_rq_active", "downstream_cx_protocol_error", "no_route")
     STATUS_NAMES = status_names("downstream_rq")
+
+
+class TcpStats(Counters):
+    """Envoy's tcp_proxy counters, per listener (`tcp.<listener>.*`): the TCP proxy of
+    captured non-HTTP and passthrough connections (remora/intercept/tcp_proxy.py) counts here."""
+
+    __slots__ = ("downstream_cx_total", "downstream_cx_active", "upstream_connect_fail",
+                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
 
 
 class RbacStats(Counters):
@@ -144,18 +149,19 @@ class Listener:
         return str(svid.spiffe_id) if svid is not None else None
 
     async def start(self, reuse_port: bool) -> None:
+        support = self.worker.options.capture     # CaptureSupport (capture_seam.py) or None
         if self.inbound:
             plain, tls = (lambda: DownstreamHttp1(self)), (lambda: DownstreamHttp1(self, tls=True))
-            if self.worker.options.capture:
-                self.capture = InboundCapture(self)
-                plain, tls = (lambda: Sniffer(self.capture)), (lambda: Sniffer(self.capture, tls=True))
+            if support is not None:
+                self.capture = capture = support.inbound(self)
+                plain, tls = (lambda: support.connection(capture)), (lambda: support.connection(capture, tls=True))
             self.acceptor = InboundAcceptor(self, plain, tls)
             self.acceptor.start(self.host, self.port, reuse_port)
             return
         factory = lambda: DownstreamHttp1(self)     # noqa: E731
-        if self.worker.options.capture:
-            self.capture = OutboundCapture(self, self.worker.options.outbound_traffic_policy)
-            factory = lambda: Sniffer(self.capture)   # noqa: E731
+        if support is not None:
+            self.capture = capture = support.outbound(self, self.worker.options.outbound_traffic_policy)
+            factory = lambda: support.connection(capture)   # noqa: E731
         self.server = await self.loop.create_server(
             factory, self.host, self.port,
             reuse_address=True, reuse_port=reuse_port, backlog=4096)

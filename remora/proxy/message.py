@@ -7,6 +7,15 @@ build a lower-cased index only when something asks, because most requests never 
 """
 from __future__ import annotations
 
+# The lower-cased request header names that carry a trace context (W3C, B3 single and
+# multi). A codec collects them into RequestHead.trace_in instead of forwarding them
+# (they are re-written for the proxy's span); tracing.py reads them from there. A plain
+# tuple here, so that neither the codec nor tracing imports the other.
+TRACE_HEADERS: tuple[bytes, ...] = (
+    b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
+)
+
 
 class RequestHead:
     """What routing needs to know about a request, after hop-by-hop headers are gone."""

@@ -30,12 +30,7 @@ __all__ = ["B3_MULTI", "B3_SINGLE", "W3C", "SpanRecord", "TraceContext", "Tracer
 W3C, B3_MULTI, B3_SINGLE = 1, 2, 4
 CLIENT, SERVER = "client", "server"   # span kinds: outbound listener, inbound listener
 
-# The lower-cased request header names that carry a trace context. The downstream codec
-# takes them out of the forwarded headers (they are re-written for the proxy's span).
-TRACE_HEADERS = frozenset({
-    b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
-    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags",
-})
+# The header names read here are message.TRACE_HEADERS (the codec collects them into trace_in).
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _HEX16 = re.compile(rb"[0-9a-fA-F]{16}\Z")

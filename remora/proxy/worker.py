@@ -16,7 +16,7 @@ import msgspec
 
 from remora.config.model import MeshConfig
 from remora.config.names import qualify_host
-from remora.intercept.destinations import DestinationIndex
+from remora.proxy.capture_seam import CaptureSupport
 from remora.proxy.cluster import GAUGE_STATS, Cluster, Endpoint, build_clusters
 from remora.proxy.deadlines import RequestDeadlines
 from remora.proxy.identity import WorkloadIdentity
@@ -68,7 +68,9 @@ class ProxyOptions:
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
     cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
     credentials_dir: str | None = None  # DestinationRule tls.credentialName -> <dir>/<name>/ (tls_origination)
-    capture: bool = False               # listeners receive iptables-redirected traffic (docs/interception.md)
+    # Listeners receive iptables-redirected traffic (docs/interception.md): a CaptureSupport
+    # (capture_seam.py; the CLI passes remora.intercept.support.TransparentCapture()), or None.
+    capture: CaptureSupport | None = None
     outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
 
 
@@ -109,7 +111,8 @@ class Snapshot:
         self._port_clusters: dict[str, Cluster] = {} if previous is None else {
             **previous._port_clusters, **{found[2].name: found[2] for found in previous._inbound_ports.values()}}
         # Transparent capture (--capture): original destination -> mesh service, per version.
-        self.destinations = DestinationIndex(config, self.services) if options.capture else None
+        self.destinations = (options.capture.destinations(config, self.services)
+                             if options.capture is not None else None)
 
     def inbound_for(self, port: int) -> tuple:
         """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:

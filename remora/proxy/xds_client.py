@@ -30,7 +30,7 @@ import aiohttp
 from remora.config.model import MeshConfig
 from remora.proxy.snapshot_store import SnapshotStore, default_state_dir
 from remora.proxy.xds_state import FROM_CONTROL, FROM_DISK, Candidate, XdsState
-from remora.xds import protocol
+from remora.wire import protocol
 
 HEARTBEAT_SECONDS = 10.0        # ping the server; no pong within half of it drops the stream
 CONNECT_TIMEOUT_SECONDS = 5.0

@@ -21,7 +21,7 @@ from typing import Any
 
 from remora.config.loader import build_mesh_config
 from remora.config.model import MeshConfig
-from remora.xds import protocol
+from remora.wire import protocol
 
 Document = tuple[dict, str]      # (Istio document, source) as build_mesh_config takes them
 

@@ -50,7 +50,7 @@ import msgspec
 from remora.certs.files import PRIVATE_MODE, ensure_dir, write_atomically
 from remora.config.names import TLS_MODE_LABEL, qualify_host
 from remora.config.object_names import SUBDOMAIN_MAX, subdomain_problem
-from remora.xds.protocol import Node
+from remora.wire.protocol import Node
 
 API_VERSION = "networking.istio.io/v1"
 REGISTRY_SOURCE = "registry"

@@ -31,14 +31,14 @@ from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
 from remora.config.object_names import identity_problems, label_problem, shown_ref
-from remora.xds import protocol
+from remora.wire import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
-from remora.xds.protocol import Hello
+from remora.wire.protocol import Hello
 from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node, with_peer_address
 from remora.xds.snapshots import SnapshotCache
 from remora.xds.store import ChangeRefused, ConfigFailure, ConfigStore

@@ -25,7 +25,7 @@ import msgspec
 
 from remora.config.model import MeshConfig, Resource
 from remora.config.mesh_rules import ROOT_NAMESPACE
-from remora.xds.protocol import TYPE_KINDS, TYPE_ORDER, Node
+from remora.wire.protocol import TYPE_KINDS, TYPE_ORDER, Node
 
 _encode = msgspec.json.Encoder().encode
 

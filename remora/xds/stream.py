@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from remora.xds import protocol
+from remora.wire import protocol
+from remora.wire.protocol import DiscoveryRequest, Node, StreamError
 from remora.xds.metrics import ControlMetrics
-from remora.xds.protocol import DiscoveryRequest, Node, StreamError
 from remora.xds.registry import Registration
 from remora.xds.snapshots import ScopeKey, Snapshot, SnapshotCache
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remora.xds.protocol import TYPE_ORDER
+from remora.wire.protocol import TYPE_ORDER
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -1,4 +1,4 @@
-"""A fake control server for sidecar tests: speaks remora.xds.protocol, pushes what the test says.
+"""A fake control server for sidecar tests: speaks remora.wire.protocol, pushes what the test says.
 
 It keeps no config of its own. It records every Hello and DiscoveryRequest, lets the test
 push a DiscoveryResponse on the newest stream and wait for the sidecar's ACK/NACK of it,
@@ -14,7 +14,7 @@ import time
 import yaml
 from aiohttp import WSMsgType, web
 
-from remora.xds import protocol
+from remora.wire import protocol
 from tests.integration.upstreams import free_port
 
 

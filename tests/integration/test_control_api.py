@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from remora.xds.protocol import CLUSTERS, ROUTES, Node
+from remora.wire.protocol import CLUSTERS, ROUTES, Node
 from tests.integration.conftest import destination_rule, service, virtual_service
 from tests.integration.control_process import ControlProcess
 from tests.integration.xds_client import XdsTestClient, names

@@ -9,7 +9,7 @@ import pytest
 
 from remora.certs import generate_key_and_csr
 from remora.xds.admin_auth import OPEN_ROUTES
-from remora.xds.protocol import Node
+from remora.wire.protocol import Node
 from remora.xds.server import ControlServer, ControlSettings
 from tests.integration.conftest import service, virtual_service
 from tests.integration.control_process import ControlProcess

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from remora.xds.protocol import Node
+from remora.wire.protocol import Node
 from tests.integration.conftest import mesh_yaml, service, virtual_service
 from tests.integration.control_process import ControlProcess
 from tests.integration.proxy_process import ProxyProcess

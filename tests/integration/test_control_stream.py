@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from remora.xds.protocol import CLUSTERS, ENDPOINTS, ROUTES, TYPE_ORDER, Hello, Node, StreamError
+from remora.wire.protocol import CLUSTERS, ENDPOINTS, ROUTES, TYPE_ORDER, Hello, Node, StreamError
 from tests.integration.conftest import service, virtual_service
 from tests.integration.control_process import ControlProcess
 from tests.integration.xds_client import XdsTestClient, names
@@ -272,5 +272,5 @@ async def test_reconnect_within_grace_period_keeps_the_registration():
 
 def test_hello_round_trip_shape():
     """The Hello the test client sends is the protocol's (guards the helper itself)."""
-    from remora.xds import protocol
+    from remora.wire import protocol
     assert isinstance(protocol.decode(protocol.encode(Hello(node=Node(id="n")))), Hello)

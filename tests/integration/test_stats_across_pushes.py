@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from remora.xds import protocol
+from remora.wire import protocol
 from tests.integration.client import RawClient
 from tests.integration.fake_control import FakeControl, documents
 from tests.integration.proxy_process import ProxyProcess

@@ -9,8 +9,8 @@ import asyncio
 
 import aiohttp
 
-from remora.xds import protocol
-from remora.xds.protocol import DiscoveryRequest, DiscoveryResponse, Hello, Node
+from remora.wire import protocol
+from remora.wire.protocol import DiscoveryRequest, DiscoveryResponse, Hello, Node
 
 
 class XdsTestClient:

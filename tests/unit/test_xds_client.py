@@ -14,7 +14,7 @@ from remora.proxy.snapshot_store import SnapshotStore, default_state_dir
 from remora.proxy.worker import ProxyOptions
 from remora.proxy.xds_client import Backoff, ControlBoot, XdsClient, build_node, stream_url
 from remora.proxy.xds_state import FROM_CONTROL, FROM_DISK, PushRejected, XdsState
-from remora.xds import protocol
+from remora.wire import protocol
 
 
 def service_entry(name: str = "reviews", port: int = 9080) -> dict:

@@ -5,7 +5,7 @@ import pytest
 
 from remora.proxy.run import _apply_documents, apply_to_workers
 from remora.proxy.xds_state import XdsState
-from remora.xds import protocol
+from remora.wire import protocol
 
 
 class FakeWorkers:

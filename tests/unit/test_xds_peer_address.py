@@ -1,7 +1,7 @@
 """Registry: a sidecar bound to every address registers the address its stream comes from."""
 from __future__ import annotations
 
-from remora.xds.protocol import Node
+from remora.wire.protocol import Node
 from remora.xds.registry import with_peer_address
 
 

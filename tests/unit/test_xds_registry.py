@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from remora.xds.protocol import Node
+from remora.wire.protocol import Node
 from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node, entry_name
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from remora.config.loader import load_mesh_text
-from remora.xds import protocol
-from remora.xds.protocol import CLUSTERS, ENDPOINTS, ROUTES, DiscoveryResponse
+from remora.wire import protocol
+from remora.wire.protocol import CLUSTERS, ENDPOINTS, ROUTES, DiscoveryResponse
 from remora.xds.snapshots import ScopeKey, SnapshotCache, exported_to
 
 MESH = """apiVersion: networking.istio.io/v1

@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 
 from remora.config.loader import load_mesh_text
-from remora.xds import protocol
+from remora.wire import protocol
 from remora.xds.metrics import ControlMetrics
-from remora.xds.protocol import CLUSTERS, ROUTES, DiscoveryRequest, Node
+from remora.wire.protocol import CLUSTERS, ROUTES, DiscoveryRequest, Node
 from remora.xds.registry import Registry
 from remora.xds.snapshots import SnapshotCache
 from remora.xds.stream import StreamSession, TypeState

@@ -1,0 +1,133 @@
+"""The package layers of docs/architecture.md ("Layers"), enforced by reading every import of remora/."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import remora
+
+ROOT = Path(remora.__file__).resolve().parent
+
+# package -> (packages it must not import, why). Packages are remora's first-level folders
+# and modules ("remora.cli"); a rule on "remora.proxy.http1" applies to that module only.
+FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
+    "remora.config": (("remora.certs", "remora.wire", "remora.proxy", "remora.intercept", "remora.xds",
+                       "remora.kube", "remora.cli"), "config is the bottom layer: the typed model only"),
+    "remora.certs": (("remora.config", "remora.wire", "remora.proxy", "remora.intercept", "remora.xds",
+                      "remora.kube", "remora.cli"), "certs is a bottom layer: CA, CSR, SPIFFE rules only"),
+    "remora.proxy": (("remora.xds", "remora.intercept", "remora.kube", "remora.cli"),
+                     "the sidecar reaches the control server through remora.wire and capture "
+                     "through proxy/capture_seam.py"),
+    "remora.intercept": (("remora.xds", "remora.kube", "remora.cli"),
+                         "capture builds on the data plane only"),
+    "remora.xds": (("remora.intercept", "remora.kube", "remora.cli"),
+                   "the control server shares config, certs and wire, nothing of the sidecar's process"),
+    "remora.kube": (("remora.proxy", "remora.intercept", "remora.xds", "remora.cli"),
+                    "injection edits manifests; it runs no part of the mesh"),
+    "remora.proxy.http1": (("remora.proxy.tracing", "remora.proxy.telemetry", "remora.proxy.istio_metrics"),
+                           "the codec's tables are built from plain names (proxy/message.py)"),
+}
+# xds -> proxy imports left for the move of Istio's rules into remora/config (issue 14):
+# this list may only shrink. Any other remora.xds -> remora.proxy import fails.
+XDS_TO_PROXY_PENDING = {
+    ("remora.xds.envoy_jwt", "remora.proxy.authz"),
+    ("remora.xds.envoy_rbac", "remora.proxy.authz"),
+    ("remora.xds.envoy_tls", "remora.proxy.peer_auth"),
+    ("remora.xds.envoy_tls", "remora.proxy.tls"),
+    ("remora.xds.snapshots", "remora.proxy.telemetry_policy"),
+}
+WIRE_THIRD_PARTY = {"msgspec"}
+
+
+def module_name(path: Path) -> str:
+    parts = ("remora",) + path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) for every import in the file, in functions too; relative ones resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                if node.level else node.module
+            # `from remora.xds import protocol` imports remora.xds.protocol (or a name of remora.xds).
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def all_imports() -> list[tuple[str, str, int, str]]:
+    """(module, file, line, imported) over every module of the remora package."""
+    return [(module_name(path), str(path.relative_to(ROOT.parent)), line, imported)
+            for path in sorted(ROOT.rglob("*.py")) for line, imported in imports_of(path)]
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_no_package_imports_a_layer_above_it():
+    """Each rule of FORBIDDEN holds; a failure names the module, line and import that break it."""
+    broken = []
+    for module, file, line, imported in all_imports():
+        for owner, (forbidden, why) in FORBIDDEN.items():
+            if within(module, owner):
+                broken += [f"{file}:{line}: {module} imports {imported} ({owner} must not import {bad}: {why})"
+                           for bad in forbidden if within(imported, bad)]
+    assert not broken, "\n".join(broken)
+
+
+def test_xds_imports_of_proxy_are_only_the_pending_ones():
+    """remora.xds imports remora.proxy only where the Istio-rules move is still pending (the list only shrinks)."""
+    broken = [f"{file}:{line}: {module} imports {imported} (the control server must not use sidecar code; "
+              "shared Istio rules belong in remora.config)"
+              for module, file, line, imported in all_imports()
+              if within(module, "remora.xds") and within(imported, "remora.proxy")
+              and not any(module == m and within(imported, p) for m, p in XDS_TO_PROXY_PENDING)]
+    assert not broken, "\n".join(broken)
+
+
+def test_wire_imports_only_stdlib_and_msgspec():
+    """remora.wire, the format both sides speak, imports only the standard library, msgspec and itself."""
+    broken = [f"{file}:{line}: {module} imports {imported} (remora.wire may import only the standard "
+              "library and msgspec)"
+              for module, file, line, imported in all_imports() if within(module, "remora.wire")
+              and not within(imported, "remora.wire")
+              and imported.split(".")[0] not in sys.stdlib_module_names | WIRE_THIRD_PARTY]
+    assert not broken, "\n".join(broken)
+
+
+def test_runtime_package_never_imports_the_source_tree():
+    """No remora module imports benchmarks/ or tests/ (remora bench runs the harness in its own process)."""
+    broken = [f"{file}:{line}: {module} imports {imported} (the installed package has no {imported.split('.')[0]}/)"
+              for module, file, line, imported in all_imports() if imported.split(".")[0] in ("benchmarks", "tests")]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_scan_sees_the_imports_it_judges():
+    """The scanner finds absolute, lazy (in-function) and package-level imports, so a silent rule is not a blind one."""
+    found = {(module, imported) for module, _file, _line, imported in all_imports()}
+    assert ("remora.proxy.xds_state", "remora.wire.protocol") in found
+    assert ("remora.cli", "remora.intercept.support.TransparentCapture") in found   # inside _proxy()
+    assert ("remora.intercept.capture", "remora.proxy.downstream.DownstreamHttp1") in found
+
+
+def test_transparent_capture_offers_the_whole_capture_seam():
+    """intercept's TransparentCapture has every method of proxy's CaptureSupport, with the same parameters."""
+    import inspect
+
+    from remora.intercept.support import TransparentCapture
+    from remora.proxy.capture_seam import CaptureSupport
+
+    wanted = {name for name, value in vars(CaptureSupport).items() if inspect.isfunction(value) and not name.startswith("_")}
+    assert wanted == {"outbound", "inbound", "connection", "destinations"}
+    for name in wanted:
+        seam = list(inspect.signature(getattr(CaptureSupport, name)).parameters)
+        assert list(inspect.signature(getattr(TransparentCapture, name)).parameters) == seam, name
