@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from remora.certs import RotationBackoff, Svid, SvidError, generate_key_and_csr, rotation_due
+from remora.wire.certificates import CERTIFICATES_PATH
 
-CERTIFICATES_PATH = "/v1/certificates"
 REQUEST_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 # A certificate backdated for clock skew (the CA backdates 60 s) may be "half way" through

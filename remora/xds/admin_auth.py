@@ -31,6 +31,8 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from remora.certs import files
+from remora.wire.certificates import CERTIFICATES_PATH, TRUST_BUNDLE_PATH
+from remora.wire.protocol import STREAM_PATH
 
 ADMIN_TOKEN_FILE = "admin-token"
 PREFIX = "rma_"
@@ -39,9 +41,9 @@ RECHECK_SECONDS = 1.0      # how often a changed token file is looked for
 
 # (method, route template) a sidecar or a probe uses; everything else needs the admin token.
 OPEN_ROUTES = frozenset({
-    ("GET", "/v1/xds"),
-    ("POST", "/v1/certificates"),
-    ("GET", "/v1/trust-bundle"),
+    ("GET", STREAM_PATH),
+    ("POST", CERTIFICATES_PATH),
+    ("GET", TRUST_BUNDLE_PATH),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 })

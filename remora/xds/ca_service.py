@@ -46,6 +46,7 @@ from remora.certs import (
 )
 from remora.certs.tokens import check_ttl as check_token_ttl
 from remora.config.duration import parse_duration
+from remora.wire.certificates import CERTIFICATES_PATH, TRUST_BUNDLE_PATH
 from remora.xds.metrics import ControlMetrics
 
 CA_SUBDIR = "ca"
@@ -233,8 +234,8 @@ class CaService:
         router.add_post("/v1/tokens", self._post_token)
         router.add_get("/v1/tokens", self._get_tokens)
         router.add_delete("/v1/tokens/{id}", self._delete_token)
-        router.add_post("/v1/certificates", self._post_certificate)
-        router.add_get("/v1/trust-bundle", self._get_bundle)
+        router.add_post(CERTIFICATES_PATH, self._post_certificate)
+        router.add_get(TRUST_BUNDLE_PATH, self._get_bundle)
 
     async def _post_token(self, request: web.Request) -> web.Response:
         return await self._answer(self.create_token, request)

@@ -87,3 +87,15 @@ def test_resource_types_cover_each_kind_once_in_push_order():
     assert len(kinds) == len(set(kinds)) == len(KIND_TYPE)
     assert all(TYPE_KINDS[KIND_TYPE[kind]].count(kind) == 1 for kind in kinds)
     assert protocol.STREAM_PATH == "/v1/xds"
+
+
+def test_sidecar_dials_the_paths_the_server_serves_without_an_admin_token():
+    """The sidecar's stream and certificate URLs use the wire paths, which the server leaves open."""
+    from remora.proxy.svid_manager import certificates_url
+    from remora.proxy.xds_client import stream_url
+    from remora.wire.certificates import CERTIFICATES_PATH, TRUST_BUNDLE_PATH
+    from remora.xds.admin_auth import OPEN_ROUTES
+
+    assert stream_url("http://control:15010").endswith(":15010" + protocol.STREAM_PATH)
+    assert certificates_url("http://control:15010") == "http://control:15010" + CERTIFICATES_PATH
+    assert {("GET", protocol.STREAM_PATH), ("POST", CERTIFICATES_PATH), ("GET", TRUST_BUNDLE_PATH)} <= OPEN_ROUTES
