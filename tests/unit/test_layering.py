@@ -21,21 +21,13 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
                      "through proxy/capture_seam.py"),
     "remora.intercept": (("remora.xds", "remora.kube", "remora.cli"),
                          "capture builds on the data plane only"),
-    "remora.xds": (("remora.intercept", "remora.kube", "remora.cli"),
-                   "the control server shares config, certs and wire, nothing of the sidecar's process"),
+    "remora.xds": (("remora.proxy", "remora.intercept", "remora.kube", "remora.cli"),
+                   "the control server shares config, certs and wire with the sidecar, no sidecar code; "
+                   "Istio rules both use belong in remora.config"),
     "remora.kube": (("remora.proxy", "remora.intercept", "remora.xds", "remora.cli"),
                     "injection edits manifests; it runs no part of the mesh"),
     "remora.proxy.http1": (("remora.proxy.tracing", "remora.proxy.telemetry", "remora.proxy.istio_metrics"),
                            "the codec's tables are built from plain names (proxy/message.py)"),
-}
-# xds -> proxy imports left for the move of Istio's rules into remora/config (issue 14):
-# this list may only shrink. Any other remora.xds -> remora.proxy import fails.
-XDS_TO_PROXY_PENDING = {
-    ("remora.xds.envoy_jwt", "remora.proxy.authz"),
-    ("remora.xds.envoy_rbac", "remora.proxy.authz"),
-    ("remora.xds.envoy_tls", "remora.proxy.peer_auth"),
-    ("remora.xds.envoy_tls", "remora.proxy.tls"),
-    ("remora.xds.snapshots", "remora.proxy.telemetry_policy"),
 }
 WIRE_THIRD_PARTY = {"msgspec"}
 
@@ -81,16 +73,6 @@ def test_no_package_imports_a_layer_above_it():
             if within(module, owner):
                 broken += [f"{file}:{line}: {module} imports {imported} ({owner} must not import {bad}: {why})"
                            for bad in forbidden if within(imported, bad)]
-    assert not broken, "\n".join(broken)
-
-
-def test_xds_imports_of_proxy_are_only_the_pending_ones():
-    """remora.xds imports remora.proxy only where the Istio-rules move is still pending (the list only shrinks)."""
-    broken = [f"{file}:{line}: {module} imports {imported} (the control server must not use sidecar code; "
-              "shared Istio rules belong in remora.config)"
-              for module, file, line, imported in all_imports()
-              if within(module, "remora.xds") and within(imported, "remora.proxy")
-              and not any(module == m and within(imported, p) for m, p in XDS_TO_PROXY_PENDING)]
     assert not broken, "\n".join(broken)
 
 
