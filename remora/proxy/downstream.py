@@ -632,7 +632,7 @@ class DownstreamHttp1(asyncio.Protocol):
         active = self.active
         if active is not None:
             # The upstream's response head and body bytes are activity too (-1: no head yet).
-            progress = active.info.bytes_sent if active.response_started else -1
+            progress = active.bytes_sent if active.response_started else -1
             if progress != self.sent_mark:
                 self.sent_mark = progress
                 self.last_activity = now

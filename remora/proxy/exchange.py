@@ -3,14 +3,14 @@
 The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHead, body
 chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
 or new upstream connection, streams the body up and the response down, and fills the
-request record (`self.info`, a RequestInfo: status, flags, bytes, timings, upstream host,
-peers, trace) that access log, Istio metrics and tracing read when it ends. It talks back to the codec only through the ResponseSink methods:
+request record (the Exchange is a RequestInfo: status, flags, bytes, timings, upstream
+host, peers, trace) that access log, Istio metrics and tracing read when it ends. It talks back to the codec only through the ResponseSink methods:
 send_response_head, send_response_body, end_response, send_local_reply, abort,
 pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
 
 Rules:
 - Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
-- What telemetry needs is written into `info`, never kept on the Exchange as well.
+- What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
   streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
 - A reused connection that closes before any response byte was read is the keep-alive
@@ -32,13 +32,19 @@ PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is r
 NOTHING = ()                   # an empty body list, shared: most requests never buffer a byte
 
 
-class Exchange:
-    """The lifecycle of one proxied request."""
+class Exchange(RequestInfo):
+    """The lifecycle of one proxied request, and its request record.
+
+    The Exchange *is* its RequestInfo (the base class): the record's fields are the ones
+    the exchange carries anyway, written once, with no second object per request and no
+    indirection on the hot path. Consumers are handed the exchange as a RequestInfo and
+    read only the record's slots (tests/unit/test_request_info.py feeds them a bare one).
+    """
 
     __slots__ = (
-        "sink", "head", "listener", "route", "block", "port", "dest", "cluster", "endpoint",
+        "sink", "listener", "block", "port", "dest", "endpoint",
         "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
-        "finished", "info", "up_added", "upstream_start", "reused", "race_retried", "up_method",
+        "finished", "up_added", "upstream_start", "reused", "race_retried", "up_method",
         "up_path", "up_authority", "up_headers", "reading_paused", "timer", "abort_status",
         "waiting_in", "retries", "tried", "try_timer", "retry_acquired", "exhausted", "deadline",
         "try_deadline",
@@ -46,13 +52,10 @@ class Exchange:
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
         self.sink = sink
-        self.head = head
         self.listener = listener
-        self.route = route
         self.block = block
         self.port = port
         self.dest = None
-        self.cluster = None
         self.endpoint = None
         self.conn = None
         self.pending: list[bytes] | tuple = NOTHING   # body bytes waiting for a connection
@@ -61,10 +64,23 @@ class Exchange:
         self.request_done = not head.has_body and head.upgrade is None
         self.response_started = False
         self.finished = False
-        # The request record (request_info.py): what access log, metrics and tracing read.
+        # The request record (RequestInfo's slots, written here rather than through its
+        # __init__ to save a call per request; test_request_info checks none is missed).
         # It starts at the read that completed the head; the proxy's span is drawn now.
-        self.info = RequestInfo(head, sink.last_activity, route,
-                                begin_trace(head.trace_in, listener.sample_ratio))
+        self.head = head
+        self.route = route
+        self.started_at = self.ended_at = sink.last_activity
+        self.status = 0
+        self.flags = "-"
+        self.details = "-"
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.upstream_time = b""
+        self.upstream_host = "-"
+        self.cluster = None
+        self.peer_metadata = None
+        self.peer_id = None
+        self.trace = begin_trace(head.trace_in, listener.sample_ratio)
         self.upstream_start = 0.0
         self.reused = False
         self.race_retried = False
@@ -113,8 +129,7 @@ class Exchange:
 
     def add_flag(self, flag: str) -> None:
         """Add a response flag (several are joined in Envoy's order)."""
-        info = self.info
-        info.flags = flag if info.flags == "-" else join_flags([*info.flags.split(","), flag])
+        self.flags = flag if self.flags == "-" else join_flags([*self.flags.split(","), flag])
 
     def _arm_timeout(self) -> None:
         """Start the route timeout once the whole request is in (Envoy's rule)."""
@@ -144,9 +159,7 @@ class Exchange:
         if self.request_done:
             self._arm_timeout()
         dest = self.dest = route.choose()
-        # The router keeps its own reference (read all along the attempt); the record's is
-        # for the consumers.
-        cluster = self.cluster = self.info.cluster = dest.cluster_for(self.port)
+        cluster = self.cluster = dest.cluster_for(self.port)
         stats = cluster.stats
         stats.upstream_rq_total += 1
         stats.upstream_rq_active += 1
@@ -166,7 +179,7 @@ class Exchange:
         if dest.request_ops is not None:
             headers = dest.request_ops.apply(headers)
         self.up_headers = headers
-        self.up_added = self.listener.added_request_headers(head, cluster, self.info.trace)
+        self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
 
     def _hash_key(self) -> bytes | None:
@@ -200,7 +213,7 @@ class Exchange:
         self.endpoint = ep
         ep.active_requests += 1
         ep.total_requests += 1
-        self.info.upstream_host = ep.key
+        self.upstream_host = ep.key
         conn = None if fresh or self.head.upgrade is not None else ep.pool.acquire(self.up_authority)
         if conn is not None:
             self.reused = True
@@ -237,7 +250,7 @@ class Exchange:
             self.endpoint = ep
             ep.active_requests += 1
             ep.total_requests += 1
-            self.info.upstream_host = ep.key
+            self.upstream_host = ep.key
         self.reused = True
         self._send_on(conn)
 
@@ -261,7 +274,7 @@ class Exchange:
 
     def _send_on(self, conn) -> None:
         self.conn = conn
-        self.info.peer_id = conn.peer_id
+        self.peer_id = conn.peer_id
         if self.sink.write_paused:
             conn.set_reading(False)   # the client is still slow from the previous response
         self.upstream_start = self.listener.loop.time()
@@ -291,11 +304,10 @@ class Exchange:
 
     # -- request body from downstream --------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
-        info = self.info
-        info.bytes_received += len(data)
+        self.bytes_received += len(data)
         replay = self.replay
         if replay is not None:
-            if info.bytes_received > self.listener.replay_limit:
+            if self.bytes_received > self.listener.replay_limit:
                 self.replay = None     # too long to resend: stream only
             elif replay:
                 replay.append(data)
@@ -362,11 +374,10 @@ class Exchange:
             return
         if self.exhausted:
             self.add_flag("URX")
-        info = self.info
-        upstream_time = info.upstream_time = b"%d" % int((self.listener.loop.time()
+        upstream_time = self.upstream_time = b"%d" % int((self.listener.loop.time()
                                                           - self.upstream_start) * 1000)
         self.response_started = True
-        info.status = status
+        self.status = status
         self.cluster.stats.count_status(status)
         headers = resp.headers
         if self.route.response_ops is not None:
@@ -374,7 +385,7 @@ class Exchange:
         if self.dest.response_ops is not None:
             headers = self.dest.response_ops.apply(headers)
         headers.append((b"x-envoy-upstream-service-time", upstream_time))
-        info.peer_metadata = resp.peer_metadata
+        self.peer_metadata = resp.peer_metadata
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
         self.sink.send_response_head(self, resp.status, resp.reason, headers,
@@ -382,7 +393,7 @@ class Exchange:
 
     def on_response_body(self, data: bytes) -> None:
         if not self.finished:
-            self.info.bytes_sent += len(data)
+            self.bytes_sent += len(data)
             self.sink.send_response_body(data)
 
     def on_response_end(self, keep_alive: bool) -> None:
@@ -393,7 +404,7 @@ class Exchange:
             # A connection whose request body was not fully sent cannot be reused.
             conn.release(keep_alive and self.request_done, self.cluster.idle_timeout,
                          self.listener.loop.time())
-        status = self.info.status
+        status = self.status
         self._endpoint_done(error=status >= 500)
         if self.retries and status < 500:
             self.cluster.stats.upstream_rq_retry_success += 1
@@ -511,9 +522,8 @@ class Exchange:
     def on_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
         """The upstream accepted the upgrade: splice the two connections together."""
         self.conn = None
-        info = self.info
-        info.status = 101
-        info.peer_metadata = resp.peer_metadata
+        self.status = 101
+        self.peer_metadata = resp.peer_metadata
         self.response_started = True
         self.cluster.stats.count_status(101)
         self._endpoint_done(error=False)
@@ -558,9 +568,8 @@ class Exchange:
             conn.close()
         self._endpoint_done(error=False)
         self.add_flag(flag)
-        info = self.info
-        info.status = status
-        info.bytes_sent = len(body)
+        self.status = status
+        self.bytes_sent = len(body)
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             extra = [*(extra or ()), self.listener.reply_header]
         self._finish()

@@ -172,7 +172,7 @@ class IstioMetrics:
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
-        ms = (info.end - info.start) * 1000.0
+        ms = (info.ended_at - info.started_at) * 1000.0
         rx = info.bytes_received
         tx = info.bytes_sent
         s[COUNT] += 1

@@ -27,6 +27,7 @@ from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.inbound_accept import InboundAcceptor
 from remora.proxy.inbound_policy import DENIED_BODY
+from remora.proxy.request_info import RequestInfo
 from remora.proxy.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 from remora.proxy.jwt_authn import JwtAuthnStats, JwtFailure
@@ -91,7 +92,7 @@ class JwtDeniedExchange(Exchange):
         """The verification failure this exchange answers, and its Envoy response code
         details (spaces become underscores) in the request record."""
         self.failure = failure
-        self.info.details = "jwt_authn_access_denied{%s}" % failure.message.replace(" ", "_")
+        self.details = "jwt_authn_access_denied{%s}" % failure.message.replace(" ", "_")
 
 
 class Listener:
@@ -271,9 +272,12 @@ class Listener:
         return added + inject(trace) + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
-        """Count a finished exchange and hand its request record (only) to the consumers."""
-        info = exchange.info
-        info.end = self.loop.time()
+        """Count a finished exchange and hand its request record (only) to the consumers.
+
+        The exchange is its own RequestInfo (no second object per request); the consumers
+        are written against RequestInfo and read nothing else (test_request_info)."""
+        info: RequestInfo = exchange
+        info.ended_at = self.loop.time()
         stats = self.stats
         stats.downstream_rq_active -= 1
         stats.count_status(info.status)

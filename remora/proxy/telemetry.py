@@ -145,7 +145,7 @@ def access_record(info) -> AccessLogRecord:
     """The access-log record of a finished request, from its RequestInfo alone (built only
     when logging is on; START_TIME is now minus the request's duration)."""
     head = info.head
-    duration = info.end - info.start
+    duration = info.ended_at - info.started_at
     cluster, route = info.cluster, info.route
     return AccessLogRecord(
         start_time=time.time() - duration,

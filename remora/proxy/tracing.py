@@ -252,14 +252,14 @@ class Tracer:
 
     def finish(self, info, kind: str) -> None:
         """Record the span of a finished, sampled request from its RequestInfo (only called
-        when reporting; `info.end` is now)."""
+        when reporting; `info.ended_at` is now)."""
         exporter = self.exporter
         if exporter is None:
             return
         self.spans_started += 1
         head = info.head
         end_ns = time.time_ns()
-        start_ns = end_ns - int((info.end - info.start) * 1e9)
+        start_ns = end_ns - int((info.ended_at - info.started_at) * 1e9)
         cluster = info.cluster
         method = _text(head.method)
         status = info.status

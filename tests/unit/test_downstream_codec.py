@@ -636,7 +636,7 @@ def test_malformed_head_is_rejected_before_routing(name, split):
     conn = fed(raw, size)
     assert_rejected(conn, status)
     assert conn.exchanges == []
-    assert [e.info.flags for e in conn.listener.local] == ["DPE"]
+    assert [e.flags for e in conn.listener.local] == ["DPE"]
     assert conn.listener.finished == conn.listener.local
 
 

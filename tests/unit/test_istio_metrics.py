@@ -36,7 +36,7 @@ def finished(status=200, flags="-", rx=0, tx=0, start=0.0, end=0.0, cluster=None
     head = RequestHead(b"GET", b"/", b"h", [])
     head.peer_metadata = head_peer
     info = RequestInfo(head, start)
-    info.end, info.status, info.flags, info.peer_id = end, status, flags, peer_id
+    info.ended_at, info.status, info.flags, info.peer_id = end, status, flags, peer_id
     info.bytes_received, info.bytes_sent = rx, tx
     info.cluster, info.peer_metadata = cluster, peer
     return info

@@ -37,7 +37,7 @@ def record(**kw) -> RequestInfo:
     head = RequestHead(b"POST", b"/ratings/1?x=1", b"ratings:9080", [])
     head.request_id, head.user_agent, head.peer_ip = b"rid-1", b"curl/8.5.0", b"10.0.0.7"
     info = RequestInfo(head, 100.0, Named("ratings-route"), TRACE)
-    info.end = 100.012
+    info.ended_at = 100.012
     info.status, info.flags, info.upstream_time = 503, "UF,URX", b"7"
     info.bytes_received, info.bytes_sent = 11, 91
     info.upstream_host, info.cluster = "10.0.0.9:9080", CLUSTER
@@ -65,7 +65,7 @@ def test_access_log_lines_come_from_the_record():
 def test_access_log_of_a_request_with_no_route_or_response():
     """No route, no cluster, no response: the record's defaults print as Envoy's "-" and 0."""
     info = RequestInfo(RequestHead(b"GET", b"/", b"nowhere", []), 5.0, None, TRACE)
-    info.end = 5.0
+    info.ended_at = 5.0
     doc = json.loads(format_json(access_record(info)))
     assert doc["response_code"] == 0 and doc["response_flags"] == "-"
     assert doc["route_name"] is None and doc["upstream_cluster"] is None
@@ -135,3 +135,23 @@ def test_the_record_is_small_and_fixed():
         pass
     else:
         raise AssertionError("RequestInfo accepted an attribute outside its slots")
+
+
+def test_an_exchange_starts_every_record_field():
+    """Exchange.__init__ writes the record's slots itself: every one is set on a new exchange,
+    to the same defaults as RequestInfo's own constructor."""
+    from remora.proxy.exchange import Exchange
+
+    class Sink:
+        last_activity = 7.0
+
+    class Listener:
+        sample_ratio = 0.0
+
+    head = RequestHead(b"GET", b"/", b"h", [])
+    exchange = Exchange(Sink(), head, Listener(), None, None, 0)
+    bare = RequestInfo(head, 7.0)
+    for name in RequestInfo.__slots__:
+        if name != "trace":
+            assert getattr(exchange, name) == getattr(bare, name), name
+    assert isinstance(exchange.trace, TraceContext)
