@@ -4,7 +4,8 @@ The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHea
 chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
 or new upstream connection, streams the body up and the response down, and fills the
 request record (the Exchange is a RequestInfo: status, flags, bytes, timings, upstream
-host, peers, trace) that access log, Istio metrics and tracing read when it ends. It talks back to the codec only through the ResponseSink methods:
+host, peers, trace) that access log, Istio metrics and tracing read when it ends. It
+talks back to the codec only through the ResponseSink methods:
 send_response_head, send_response_body, end_response, send_local_reply, abort,
 pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
 
@@ -374,8 +375,8 @@ class Exchange(RequestInfo):
             return
         if self.exhausted:
             self.add_flag("URX")
-        upstream_time = self.upstream_time = b"%d" % int((self.listener.loop.time()
-                                                          - self.upstream_start) * 1000)
+        now = self.listener.loop.time()
+        upstream_time = self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
         self.response_started = True
         self.status = status
         self.cluster.stats.count_status(status)

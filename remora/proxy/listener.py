@@ -27,8 +27,8 @@ from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.inbound_accept import InboundAcceptor
 from remora.proxy.inbound_policy import DENIED_BODY
-from remora.proxy.request_info import RequestInfo
 from remora.proxy.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
+from remora.proxy.request_info import RequestInfo
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 from remora.proxy.jwt_authn import JwtAuthnStats, JwtFailure
 from remora.proxy.telemetry import FORMATTERS, access_record

@@ -7,12 +7,18 @@ import time
 
 from remora.proxy.identity import WorkloadIdentity
 from remora.proxy.inbound_policy import PeerCertificate
-from remora.proxy.istio_metrics import COUNT, DURATION_SUM, LABEL_NAMES, IstioMetrics, service_tags
+from remora.proxy.istio_metrics import (
+    COUNT,
+    DURATION_SUM,
+    LABEL_NAMES,
+    IstioMetrics,
+    service_tags,
+)
 from remora.proxy.message import RequestHead
 from remora.proxy.peer_metadata import PeerMetadata, encode
 from remora.proxy.request_info import RequestInfo
 from remora.proxy.telemetry import access_record, format_envoy_default, format_json
-from remora.proxy.tracing import CLIENT, SERVER, TraceContext, Tracer, W3C
+from remora.proxy.tracing import CLIENT, SERVER, W3C, TraceContext, Tracer
 
 ME = WorkloadIdentity(service="reviews", namespace="shop", service_account="sa-r",
                       labels={"app": "reviews", "version": "v2"})
