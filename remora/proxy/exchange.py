@@ -2,13 +2,16 @@
 
 The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHead, body
 chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
-or new upstream connection, streams the body up and the response down, and writes one
-access-log record. It talks back to the codec only through the ResponseSink methods:
+or new upstream connection, streams the body up and the response down, and fills the
+request record (the Exchange is a RequestInfo: status, flags, bytes, timings, upstream
+host, peers, trace) that access log, Istio metrics and tracing read when it ends. It
+talks back to the codec only through the ResponseSink methods:
 send_response_head, send_response_body, end_response, send_local_reply, abort,
 pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
 
 Rules:
 - Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
+- What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
   streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
 - A reused connection that closes before any response byte was read is the keep-alive
@@ -18,59 +21,70 @@ Rules:
 """
 from __future__ import annotations
 
-import time
-
 from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.message import RequestHead, ResponseHead
 from remora.proxy.outlier import Result
 from remora.proxy.retry import Failure, backoff_delay
-from remora.proxy.telemetry import AccessLogRecord, join_flags
+from remora.proxy.request_info import RequestInfo
+from remora.proxy.telemetry import join_flags
 from remora.proxy.tracing import begin as begin_trace
 
 PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
+NOTHING = ()                   # an empty body list, shared: most requests never buffer a byte
 
 
-class Exchange:
-    """The lifecycle of one proxied request."""
+class Exchange(RequestInfo):
+    """The lifecycle of one proxied request, and its request record.
+
+    The Exchange *is* its RequestInfo (the base class): the record's fields are the ones
+    the exchange carries anyway, written once, with no second object per request and no
+    indirection on the hot path. Consumers are handed the exchange as a RequestInfo and
+    read only the record's slots (tests/unit/test_request_info.py feeds them a bare one).
+    """
 
     __slots__ = (
-        "sink", "head", "listener", "route", "block", "port", "dest", "cluster", "endpoint",
+        "sink", "listener", "block", "port", "dest", "endpoint",
         "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
-        "finished", "flags", "status", "bytes_received", "bytes_sent", "started_at", "up_added",
-        "upstream_start", "upstream_host", "reused", "race_retried", "up_method", "up_path",
-        "up_authority", "up_headers", "upstream_time", "reading_paused", "timer",
-        "abort_status", "waiting_in", "retries", "tried", "try_timer",
-        "retry_acquired", "exhausted", "deadline", "try_deadline", "peer_metadata", "trace",
-        "peer_id",
+        "finished", "up_added", "upstream_start", "reused", "race_retried", "up_method",
+        "up_path", "up_authority", "up_headers", "reading_paused", "timer", "abort_status",
+        "waiting_in", "retries", "tried", "try_timer", "retry_acquired", "exhausted", "deadline",
+        "try_deadline",
     )
 
     def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
         self.sink = sink
-        self.head = head
         self.listener = listener
-        self.route = route
         self.block = block
         self.port = port
         self.dest = None
-        self.cluster = None
         self.endpoint = None
         self.conn = None
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | tuple = NOTHING   # body bytes waiting for a connection
         self.pending_bytes = 0
-        self.replay: list[bytes] | None = []
+        self.replay: list[bytes] | tuple | None = NOTHING   # the body kept for a resend
         self.request_done = not head.has_body and head.upgrade is None
         self.response_started = False
         self.finished = False
-        self.flags = "-"
+        # The request record (RequestInfo's slots, written here rather than through its
+        # __init__ to save a call per request; test_request_info checks none is missed).
+        # It starts at the read that completed the head; the proxy's span is drawn now.
+        self.head = head
+        self.route = route
+        self.started_at = self.ended_at = sink.last_activity
         self.status = 0
+        self.flags = "-"
+        self.details = "-"
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.started_at = sink.last_activity   # the time of the read that completed the head
-        self.upstream_start = 0.0
+        self.upstream_time = b""
         self.upstream_host = "-"
+        self.cluster = None
+        self.peer_metadata = None
+        self.peer_id = None
+        self.trace = begin_trace(head.trace_in, listener.sample_ratio)
+        self.upstream_start = 0.0
         self.reused = False
         self.race_retried = False
-        self.upstream_time = b""
         self.reading_paused = False    # this exchange holds the client (pending body or upstream full)
         self.timer = None              # the fault delay, when one is drawn
         self.abort_status = 0
@@ -82,9 +96,6 @@ class Exchange:
         self.exhausted = False         # a retriable failure came after the last retry (URX)
         self.deadline = 0.0            # loop time of the route timeout (0: none)
         self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
-        self.peer_metadata = None      # the answering sidecar's metadata (Istio metrics)
-        self.peer_id = None            # the upstream's verified SPIFFE ID on an mTLS connection
-        self.trace = begin_trace(head.trace_in, listener.sample_ratio)   # the proxy's span
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -280,10 +291,12 @@ class Exchange:
         if detector.split:
             detector.report(self.endpoint, Result.LOCAL_ORIGIN_SUCCESS)
         chunked = head.chunked
-        for piece in self.pending:
-            conn.send_body(piece, chunked)
-        self.pending = []
-        self.pending_bytes = 0
+        pending = self.pending
+        if pending:
+            for piece in pending:
+                conn.send_body(piece, chunked)
+            self.pending = NOTHING
+            self.pending_bytes = 0
         if self.request_done and head.has_body:
             conn.end_body(chunked)
         if self.reading_paused:
@@ -295,17 +308,23 @@ class Exchange:
         self.bytes_received += len(data)
         replay = self.replay
         if replay is not None:
-            if self.bytes_received <= self.listener.replay_limit:
+            if self.bytes_received > self.listener.replay_limit:
+                self.replay = None     # too long to resend: stream only
+            elif replay:
                 replay.append(data)
             else:
-                self.replay = None     # too long to resend: stream only
+                self.replay = [data]
         if self.finished:
             return
         conn = self.conn
         if conn is not None:
             conn.send_body(data, self.head.chunked)
         else:
-            self.pending.append(data)
+            pending = self.pending
+            if pending:
+                pending.append(data)
+            else:
+                self.pending = [data]
             self.pending_bytes += len(data)
             if self.pending_bytes > PENDING_HIGH_WATER and not self.reading_paused:
                 self.reading_paused = True
@@ -357,16 +376,16 @@ class Exchange:
         if self.exhausted:
             self.add_flag("URX")
         now = self.listener.loop.time()
-        self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
+        upstream_time = self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
         self.response_started = True
-        self.status = resp.status
-        self.cluster.stats.count_status(resp.status)
+        self.status = status
+        self.cluster.stats.count_status(status)
         headers = resp.headers
         if self.route.response_ops is not None:
             headers = self.route.response_ops.apply(headers)
         if self.dest.response_ops is not None:
             headers = self.dest.response_ops.apply(headers)
-        headers.append((b"x-envoy-upstream-service-time", self.upstream_time))
+        headers.append((b"x-envoy-upstream-service-time", upstream_time))
         self.peer_metadata = resp.peer_metadata
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
@@ -386,8 +405,9 @@ class Exchange:
             # A connection whose request body was not fully sent cannot be reused.
             conn.release(keep_alive and self.request_done, self.cluster.idle_timeout,
                          self.listener.loop.time())
-        self._endpoint_done(error=self.status >= 500)
-        if self.retries and self.status < 500:
+        status = self.status
+        self._endpoint_done(error=status >= 500)
+        if self.retries and status < 500:
             self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()
         self.sink.end_response(self)
@@ -585,30 +605,3 @@ class Exchange:
         if self.cluster is not None:
             self.cluster.stats.upstream_rq_active -= 1
         self.listener.exchange_finished(self)
-
-    def access_record(self) -> AccessLogRecord:
-        """The access-log record of this exchange (built only when logging is on)."""
-        head = self.head
-        now = self.listener.loop.time()
-        return AccessLogRecord(
-            start_time=time.time() - (now - self.started_at),
-            method=head.method.decode("latin-1"),
-            path=head.path.decode("latin-1"),
-            protocol="HTTP/" + head.version.decode(),
-            response_code=self.status,
-            response_flags=self.flags,
-            bytes_received=self.bytes_received,
-            bytes_sent=self.bytes_sent,
-            duration_ms=int((now - self.started_at) * 1000),
-            upstream_service_time=self.upstream_time.decode() or "-",
-            x_forwarded_for=head.forwarded_for.decode("latin-1") or "-",
-            user_agent=head.user_agent.decode("latin-1") or "-",
-            request_id=head.request_id.decode("latin-1") or "-",
-            authority=head.authority.decode("latin-1") or "-",
-            upstream_host=self.upstream_host,
-            upstream_cluster=self.cluster.name if self.cluster is not None else "-",
-            route_name=self.route.name if self.route is not None else "-",
-            trace_id=self.trace.trace_hex,
-            span_id=self.trace.span_hex,
-        )
-

@@ -148,32 +148,33 @@ class IstioMetrics:
         self.reply_header = (HEADER, encode(self.local))  # added to answers to mesh peers
 
     # -- hot path ---------------------------------------------------------------------------
-    def record_outbound(self, ex, now: float) -> None:
-        """One finished exchange on the outbound listener (reporter="source")."""
-        cluster = ex.cluster
+    def record_outbound(self, info) -> None:
+        """One finished request (its RequestInfo) on the outbound listener (reporter="source")."""
+        cluster = info.cluster
         service = (cluster.telemetry or UNKNOWN_SERVICE) if cluster is not None else UNKNOWN_SERVICE
-        raw = ex.peer_metadata
+        raw = info.peer_metadata
         peer = self.peers.get(raw) if raw is not None and service.mesh_internal else UNKNOWN_PEER
-        self._record(self.source, peer, service, ex, (now - ex.started_at) * 1000.0, ex.peer_id)
+        self._record(self.source, peer, service, info, info.peer_id)
 
-    def record_inbound(self, ex, now: float) -> None:
-        """One finished exchange on the inbound listener (reporter="destination")."""
-        head = ex.head
+    def record_inbound(self, info) -> None:
+        """One finished request (its RequestInfo) on the inbound listener (reporter="destination")."""
+        head = info.head
         raw = head.peer_metadata
         peer = self.peers.get(raw) if raw is not None else UNKNOWN_PEER
         cert = head.peer_cert   # None on plaintext; the caller's label otherwise (interned)
-        self._record(self.destination, peer, self.local_service, ex, (now - ex.started_at) * 1000.0,
+        self._record(self.destination, peer, self.local_service, info,
                      cert.metric_principal if cert is not None else None)
 
     @staticmethod
-    def _record(table: dict, peer, service, ex, ms: float, principal: str | None = None) -> None:
+    def _record(table: dict, peer, service, info, principal: str | None) -> None:
         # principal: the verified peer's SPIFFE ID label (mTLS), one of a bounded set of identities.
-        key = (peer, service, ex.status, ex.flags, principal)
+        key = (peer, service, info.status, info.flags, principal)
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
-        rx = ex.bytes_received
-        tx = ex.bytes_sent
+        ms = (info.ended_at - info.started_at) * 1000.0
+        rx = info.bytes_received
+        tx = info.bytes_sent
         s[COUNT] += 1
         s[DURATION_SUM] += ms
         s[REQUEST_BYTES_SUM] += rx

@@ -25,9 +25,10 @@ from remora.proxy.http1 import FIRST_ATTEMPT
 from remora.proxy.inbound_accept import InboundAcceptor
 from remora.proxy.inbound_policy import DENIED_BODY
 from remora.proxy.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
+from remora.proxy.request_info import RequestInfo
 from remora.proxy.istio_metrics import UNKNOWN_SERVICE
 from remora.proxy.jwt_authn import JwtAuthnStats, JwtFailure
-from remora.proxy.telemetry import FORMATTERS
+from remora.proxy.telemetry import FORMATTERS, access_record
 from remora.proxy.telemetry_policy import ListenerTelemetry
 from remora.proxy.tracing import CLIENT, SERVER, inject
 
@@ -92,11 +93,11 @@ class JwtDeniedExchange(Exchange):
         self.local_reply(self.failure.status, self.failure.message.encode(), "JWT",
                          [(b"www-authenticate", challenge)])
 
-    def access_record(self):
-        record = Exchange.access_record(self)
-        # Envoy's response code details for this reply: spaces become underscores.
-        record.response_code_details = "jwt_authn_access_denied{%s}" % self.failure.message.replace(" ", "_")
-        return record
+    def set_failure(self, failure: JwtFailure) -> None:
+        """The verification failure this exchange answers, and its Envoy response code
+        details (spaces become underscores) in the request record."""
+        self.failure = failure
+        self.details = "jwt_authn_access_denied{%s}" % failure.message.replace(" ", "_")
 
 
 class Listener:
@@ -230,7 +231,7 @@ class Listener:
                     jwt = policy.authenticator.authenticate(head, self.jwt_authn)
                     if jwt.__class__ is JwtFailure:
                         denied = JwtDeniedExchange(sink, head, self, found[0], found[1], vhost.port)
-                        denied.failure = jwt
+                        denied.set_failure(jwt)
                         return denied
                 if policy is not None and policy.authorizer is not None and not self.authorize(policy, head, jwt):
                     return DeniedExchange(sink, head, self, found[0], found[1], vhost.port)
@@ -277,16 +278,22 @@ class Listener:
         return added + inject(trace) + FIRST_ATTEMPT
 
     def exchange_finished(self, exchange: Exchange) -> None:
+        """Count a finished exchange and hand its request record (only) to the consumers.
+
+        The exchange is its own RequestInfo (no second object per request); the consumers
+        are written against RequestInfo and read nothing else (test_request_info)."""
+        info: RequestInfo = exchange
+        info.ended_at = self.loop.time()
         stats = self.stats
         stats.downstream_rq_active -= 1
-        stats.count_status(exchange.status)
+        stats.count_status(info.status)
         if self.record is not None:
-            self.record(exchange, self.loop.time())
+            self.record(info)
         fmt = self.log_format
         if fmt is not None:
-            self.worker.access_log.log(exchange.access_record(), fmt)
-        if self.report_spans and exchange.trace.sampled:
-            self.worker.tracer.finish(exchange, self.span_kind, self.loop.time())
+            self.worker.access_log.log(access_record(info), fmt)
+        if self.report_spans and info.trace.sampled:
+            self.worker.tracer.finish(info, self.span_kind)
 
     # -- tunnels (WebSocket now; the TCP proxy will count through the same IstioMetrics API) --
     def tunnel_opened(self, exchange, resp):

@@ -43,6 +43,7 @@ import msgspec
 __all__ = [
     "AccessLogRecord",
     "AccessLogWriter",
+    "access_record",
     "RESPONSE_FLAGS_LONG",
     "format_envoy_default",
     "format_json",
@@ -138,6 +139,36 @@ class AccessLogRecord:
     route_name: str = "-"
     trace_id: str = "-"
     span_id: str = "-"                 # the proxy's span in that trace
+
+
+def access_record(info) -> AccessLogRecord:
+    """The access-log record of a finished request, from its RequestInfo alone (built only
+    when logging is on; START_TIME is now minus the request's duration)."""
+    head = info.head
+    duration = info.ended_at - info.started_at
+    cluster, route = info.cluster, info.route
+    return AccessLogRecord(
+        start_time=time.time() - duration,
+        method=head.method.decode("latin-1"),
+        path=head.path.decode("latin-1"),
+        protocol="HTTP/" + head.version.decode(),
+        response_code=info.status,
+        response_flags=info.flags,
+        response_code_details=info.details,
+        bytes_received=info.bytes_received,
+        bytes_sent=info.bytes_sent,
+        duration_ms=int(duration * 1000),
+        upstream_service_time=info.upstream_time.decode() or "-",
+        x_forwarded_for=head.forwarded_for.decode("latin-1") or "-",
+        user_agent=head.user_agent.decode("latin-1") or "-",
+        request_id=head.request_id.decode("latin-1") or "-",
+        authority=head.authority.decode("latin-1") or "-",
+        upstream_host=info.upstream_host,
+        upstream_cluster=cluster.name if cluster is not None else "-",
+        route_name=route.name if route is not None else "-",
+        trace_id=info.trace.trace_hex,
+        span_id=info.trace.span_hex,
+    )
 
 
 # ------------------------------------------------------------------------ formatting

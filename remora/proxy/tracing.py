@@ -16,7 +16,7 @@ Rules this module keeps:
 - Unsampled requests pay only for ids and header bytes: ids are ints from
   random.getrandbits, formatted once into the outgoing header lines; no span object.
 - A sampled request, when spans are reported, gets one SpanRecord at the end of its
-  exchange, built from times the exchange keeps anyway; the exporter (otlp.py) turns
+  exchange, built from its request record (request_info.RequestInfo) alone; the exporter (otlp.py) turns
   records into OTLP off the event loop.
 """
 from __future__ import annotations
@@ -245,18 +245,19 @@ class Tracer:
             "istio.namespace": identity.namespace,
         }
 
-    def finish(self, exchange, kind: str, loop_now: float) -> None:
-        """Record the span of a finished, sampled exchange (only called when reporting)."""
+    def finish(self, info, kind: str) -> None:
+        """Record the span of a finished, sampled request from its RequestInfo (only called
+        when reporting; `info.ended_at` is now)."""
         exporter = self.exporter
         if exporter is None:
             return
         self.spans_started += 1
-        head = exchange.head
+        head = info.head
         end_ns = time.time_ns()
-        start_ns = end_ns - int((loop_now - exchange.started_at) * 1e9)
-        cluster = exchange.cluster
+        start_ns = end_ns - int((info.ended_at - info.started_at) * 1e9)
+        cluster = info.cluster
         method = _text(head.method)
-        status = exchange.status
+        status = info.status
         authority = _text(head.authority)
         attributes = {
             **self.common,
@@ -267,12 +268,12 @@ class Tracer:
             "http.protocol": "HTTP/" + head.version.decode(),
             "http.status_code": status,
             "http.response.status_code": status,
-            "response_flags": exchange.flags,
-            "request_size": exchange.bytes_received,
-            "response_size": exchange.bytes_sent,
+            "response_flags": info.flags,
+            "request_size": info.bytes_received,
+            "response_size": info.bytes_sent,
             "upstream_cluster": cluster.name if cluster is not None else "-",
             "upstream_cluster.name": cluster.name if cluster is not None else "-",
-            "upstream_address": exchange.upstream_host,
+            "upstream_address": info.upstream_host,
             "peer.address": _text(head.peer_ip),
         }
         if head.user_agent:
@@ -284,7 +285,7 @@ class Tracer:
             name = f"{cluster.service}:{cluster.port}/*"
         else:
             name = f"{authority}/*"
-        exporter.submit(SpanRecord(name, kind, exchange.trace, start_ns, end_ns, attributes, error))
+        exporter.submit(SpanRecord(name, kind, info.trace, start_ns, end_ns, attributes, error))
 
     def stats(self) -> dict[str, int]:
         """tracing.* counters for admin /stats."""

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from remora.config.loader import load_mesh_text
 from remora.proxy.admin import prometheus_text
 from remora.proxy.message import RequestHead
+from remora.proxy.request_info import RequestInfo
 from remora.proxy.worker import ProxyOptions, Worker, WorkerAdminSource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,13 +45,11 @@ KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "boo
             "unless", "offset", "inf", "nan"}
 
 
-class _Exchange:
-    """What the recorder reads from a finished exchange."""
-
-    def __init__(self, cluster) -> None:
-        self.status, self.flags, self.bytes_received, self.bytes_sent = 200, "-", 1, 1
-        self.started_at, self.cluster, self.peer_metadata, self.peer_id = 0.0, cluster, None, None
-        self.head = RequestHead(b"GET", b"/", b"reviews", [])
+def _finished(cluster) -> RequestInfo:
+    """A finished request's record: all the recorder reads."""
+    info = RequestInfo(RequestHead(b"GET", b"/", b"reviews", []), 0.0)
+    info.status, info.bytes_received, info.bytes_sent, info.cluster = 200, 1, 1, cluster
+    return info
 
 
 def exported_scrape() -> str:
@@ -59,8 +58,8 @@ def exported_scrape() -> str:
         worker = Worker(ProxyOptions(access_log="off", inbound_port=1, app_port=2),
                         load_mesh_text(MESH))
         cluster = next(c for c in worker.snapshot.clusters() if c.name.startswith("outbound"))
-        worker.istio.record_outbound(_Exchange(cluster), 0.0)
-        worker.istio.record_inbound(_Exchange(None), 0.0)
+        worker.istio.record_outbound(_finished(cluster))
+        worker.istio.record_inbound(_finished(None))
         source = WorkerAdminSource(worker, asyncio.Event())
         stats = await source.stats()
         text = prometheus_text(sorted(stats.items()), source.gauge_names().__contains__)

@@ -14,6 +14,7 @@ from remora.proxy.istio_metrics import (
     local_service_tags, merge, render, service_tags,
 )
 from remora.proxy.message import RequestHead
+from remora.proxy.request_info import RequestInfo
 from remora.proxy.peer_metadata import (
     MAX_VALUE, UNKNOWN_PEER, PeerCache, PeerMetadata, decode, encode, header_line,
 )
@@ -29,19 +30,16 @@ class FakeCluster:
         self.telemetry = tags
 
 
-class FakeExchange:
-    """The attributes of an Exchange that the recorder reads."""
-
-    def __init__(self, status=200, flags="-", rx=0, tx=0, started_at=0.0, cluster=None,
-                 peer=None, head_peer=None, peer_id=None):
-        self.status, self.flags = status, flags
-        self.peer_id = peer_id
-        self.bytes_received, self.bytes_sent = rx, tx
-        self.started_at = started_at
-        self.cluster = cluster
-        self.peer_metadata = peer
-        self.head = RequestHead(b"GET", b"/", b"h", [])
-        self.head.peer_metadata = head_peer
+def finished(status=200, flags="-", rx=0, tx=0, start=0.0, end=0.0, cluster=None,
+             peer=None, head_peer=None, peer_id=None) -> RequestInfo:
+    """A finished request's record, built by hand (all the recorder reads)."""
+    head = RequestHead(b"GET", b"/", b"h", [])
+    head.peer_metadata = head_peer
+    info = RequestInfo(head, start)
+    info.ended_at, info.status, info.flags, info.peer_id = end, status, flags, peer_id
+    info.bytes_received, info.bytes_sent = rx, tx
+    info.cluster, info.peer_metadata = cluster, peer
+    return info
 
 
 def rows(export: dict, kind: str = "requests") -> list[tuple[dict, list]]:
@@ -92,7 +90,7 @@ def test_source_reporter_labels():
     cluster's service; csp "unknown" as Istio's client side reports it."""
     m = IstioMetrics(ME)
     svc = service_tags("ratings.web.svc.cluster.local", "web", True)
-    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer=encode(PEER)), 0.002)
+    m.record_outbound(finished(cluster=FakeCluster(svc), peer=encode(PEER), end=0.002))
     [(labels, values)] = rows(m.export())
     assert labels == {
         "reporter": "source", "source_workload": "reviews-v2", "source_workload_namespace": "shop",
@@ -111,9 +109,9 @@ def test_source_destination_principal_is_the_verified_server_identity():
     m = IstioMetrics(ME)
     svc = service_tags("ratings.web.svc.cluster.local", "web", True)
     sid = "spiffe://cluster.local/ns/web/sa/ratings"
-    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
-    m.record_outbound(FakeExchange(cluster=FakeCluster(svc), peer_id=sid), 0.0)
-    m.record_outbound(FakeExchange(cluster=FakeCluster(svc)), 0.0)
+    m.record_outbound(finished(cluster=FakeCluster(svc), peer_id=sid))
+    m.record_outbound(finished(cluster=FakeCluster(svc), peer_id=sid))
+    m.record_outbound(finished(cluster=FakeCluster(svc)))
     found = {labels["destination_principal"]: values[0] for labels, values in rows(m.export())}
     assert found == {sid: 2, "unknown": 1}
 
@@ -122,7 +120,7 @@ def test_destination_reporter_labels():
     """Inbound: source_* from the caller's header, destination_* and the service from the
     identity; csp "none" on plaintext."""
     m = IstioMetrics(ME)
-    m.record_inbound(FakeExchange(status=503, flags="UF", head_peer=encode(PEER)), 0.0)
+    m.record_inbound(finished(status=503, flags="UF", head_peer=encode(PEER)))
     [(labels, _)] = rows(m.export())
     assert labels["reporter"] == "destination"
     assert (labels["source_workload"], labels["source_app"], labels["source_workload_namespace"]) == (
@@ -138,10 +136,10 @@ def test_destination_reporter_on_mtls_has_the_verified_principal():
     """Inbound over mTLS: csp "mutual_tls" and source_principal the caller's SPIFFE ID, in its own series."""
     from remora.proxy.inbound_policy import PeerCertificate
     m = IstioMetrics(ME)
-    mtls = FakeExchange(head_peer=encode(PEER))
+    mtls = finished(head_peer=encode(PEER))
     mtls.head.peer_cert = PeerCertificate("spiffe://cluster.local/ns/web/sa/sa-f", b"der", None)
-    m.record_inbound(mtls, 0.0)
-    m.record_inbound(FakeExchange(head_peer=encode(PEER)), 0.0)
+    m.record_inbound(mtls)
+    m.record_inbound(finished(head_peer=encode(PEER)))
     by_policy = {labels["connection_security_policy"]: labels for labels, _ in rows(m.export())}
     assert by_policy["mutual_tls"]["source_principal"] == "spiffe://cluster.local/ns/web/sa/sa-f"
     assert by_policy["none"]["source_principal"] == "unknown"
@@ -150,7 +148,7 @@ def test_destination_reporter_on_mtls_has_the_verified_principal():
 def test_unknowns_follow_istio_conventions():
     """No route and no peer: unknown service and workload, code 0 when nothing was sent."""
     m = IstioMetrics(WorkloadIdentity())
-    m.record_outbound(FakeExchange(status=0, flags="DC"), 0.0)
+    m.record_outbound(finished(status=0, flags="DC"))
     [(labels, _)] = rows(m.export())
     assert labels["destination_service"] == labels["destination_workload"] == "unknown"
     assert labels["source_workload"] == "unknown"
@@ -162,7 +160,7 @@ def test_external_service_answers_are_not_trusted():
     """A metadata header in the answer of a MESH_EXTERNAL service does not fill labels."""
     m = IstioMetrics(ME)
     ext = service_tags("api.example.com", "default", False)
-    m.record_outbound(FakeExchange(cluster=FakeCluster(ext), peer=encode(PEER)), 0.0)
+    m.record_outbound(finished(cluster=FakeCluster(ext), peer=encode(PEER)))
     [(labels, _)] = rows(m.export())
     assert labels["destination_workload"] == "unknown"
     assert labels["destination_service_name"] == "api.example.com"
@@ -201,8 +199,8 @@ def test_bucket_bounds_are_inclusive_and_cumulative():
     """A value equal to a bound lands in that bound's bucket (le); beyond the last bound
     only +Inf counts it; rendered buckets are cumulative."""
     m = IstioMetrics(ME)
-    m.record_inbound(FakeExchange(rx=5, tx=10 ** 10, started_at=0.0), 0.0)   # 0 ms
-    m.record_inbound(FakeExchange(rx=6, tx=0, started_at=0.0), 0.025)        # 25 ms
+    m.record_inbound(finished(rx=5, tx=10 ** 10, start=0.0))   # 0 ms
+    m.record_inbound(finished(rx=6, tx=0, start=0.0, end=0.025))        # 25 ms
     fams = parse(render(m.export()))
     dur = {s.labels["le"]: s.value for s in fams["istio_request_duration_milliseconds"]
            if s.name.endswith("_bucket")}
@@ -222,7 +220,7 @@ def test_merge_sums_workers():
     parts = []
     for expiry in (2000.0, 1000.0):
         m = IstioMetrics(ME)
-        m.record_inbound(FakeExchange(rx=1), 0.0)
+        m.record_inbound(finished(rx=1))
         m.certificate_expiry = expiry
         parts.append(m.export())
     merged = merge(parts)
