@@ -21,7 +21,6 @@ Pipeline: YAML -> documents -> identity (kind, apiVersion, metadata) -> schema
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -39,17 +38,13 @@ from remora.config.validate_security import validate_authorization_policy, valid
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
 from remora.config.model import (
-    AuthorizationPolicySpec,
-    DestinationRuleSpec,
     MeshConfig,
-    PeerAuthenticationSpec,
     Resource,
-    ServiceEntrySpec,
-    TelemetrySpec,
-    VirtualServiceSpec,
-    WorkloadEntrySpec,
 )
-from remora.config.model_jwt import RequestAuthenticationSpec
+from remora.config.kinds import (  # noqa: F401  (SPEC_TYPES and the tables are re-exported)
+    OTHER_GROUPS, SPEC_TYPES, SUPPORTED_GROUP, SUPPORTED_VERSIONS, UNSUPPORTED_KINDS, check_kind,
+    supported_group,
+)
 from remora.config.references import HostIndex, check_destinations
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
@@ -81,27 +76,8 @@ class ConfigError(Exception):
         return "\n".join([header, *(f"  {issue}" for issue in self.issues)])
 
 
-# ---- kinds ------------------------------------------------------------------------------
+# ---- kinds (tables and the kind/apiVersion check: kinds.py) ---------------------------------
 
-SUPPORTED_GROUP = "networking.istio.io"
-SUPPORTED_VERSIONS = ("v1", "v1beta1", "v1alpha3")
-SPEC_TYPES: dict[str, type] = {
-    "ServiceEntry": ServiceEntrySpec,
-    "WorkloadEntry": WorkloadEntrySpec,
-    "VirtualService": VirtualServiceSpec,
-    "DestinationRule": DestinationRuleSpec,
-    "Telemetry": TelemetrySpec,
-    "PeerAuthentication": PeerAuthenticationSpec,
-    "AuthorizationPolicy": AuthorizationPolicySpec,
-    "RequestAuthentication": RequestAuthenticationSpec,
-}
-# Supported kinds outside networking.istio.io: their group and versions.
-OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Telemetry": ("telemetry.istio.io", ("v1", "v1alpha1")),
-    "PeerAuthentication": ("security.istio.io", ("v1", "v1beta1")),
-    "AuthorizationPolicy": ("security.istio.io", ("v1", "v1beta1")),
-    "RequestAuthentication": ("security.istio.io", ("v1", "v1beta1")),
-}
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate.validate_service_entry,
     "WorkloadEntry": validate.validate_workload_entry,
@@ -113,39 +89,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "RequestAuthentication": validate_request_authentication,
 }
 
-# Real mesh kinds, by API group, that Remora does not implement yet: skipped with a
-# warning so that a directory written for Istio, Linkerd or Consul still loads the parts
-# Remora understands.
-UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
-    "networking.istio.io": frozenset({"Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
-    "extensions.istio.io": frozenset({"WasmPlugin"}),
-    "split.smi-spec.io": frozenset({"TrafficSplit"}),
-    "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),
-    "access.smi-spec.io": frozenset({"TrafficTarget"}),
-    "linkerd.io": frozenset({"ServiceProfile"}),
-    "policy.linkerd.io": frozenset({
-        "Server", "ServerAuthorization", "AuthorizationPolicy", "HTTPRoute",
-        "MeshTLSAuthentication", "NetworkAuthentication",
-    }),
-    "consul.hashicorp.com": frozenset({
-        "ServiceIntentions", "ServiceDefaults", "ServiceSplitter", "ServiceResolver",
-        "ServiceRouter", "ProxyDefaults", "Mesh", "ExportedServices", "IngressGateway",
-        "TerminatingGateway", "SamenessGroup", "JWTProvider",
-    }),
-    "gateway.networking.k8s.io": frozenset({"Gateway", "GatewayClass", "HTTPRoute", "GRPCRoute", "ReferenceGrant"}),
-}
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-
-
-def _supported_group(kind: str) -> str:
-    return OTHER_GROUPS.get(kind, (SUPPORTED_GROUP, ()))[0]
-
-
-def _groups_of(kind: str) -> list[str]:
-    groups = [group for group, kinds in UNSUPPORTED_KINDS.items() if kind in kinds]
-    if kind in OTHER_GROUPS:
-        return groups + [OTHER_GROUPS[kind][0]]
-    return groups + ([SUPPORTED_GROUP] if kind in SPEC_TYPES else [])
 
 
 # ---- documents ------------------------------------------------------------------------------
@@ -417,9 +361,9 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             message = f"document {document.index}: {message}"
         collector.issue(source, resource, path, message, document.index)
 
-    if not _check_kind(kind, api_version, report):
+    if not check_kind(kind, api_version, report):
         return None
-    if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != _supported_group(kind):
+    if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != supported_group(kind):
         # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API.
         # Skipping is safe only when it leaves traffic no less protected (unenforced.py).
         refused = unenforced_security(api_version.rpartition("/")[0], kind, body.get("spec"))
@@ -459,33 +403,6 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     if not isinstance(name, str) or not name or not identified:
         return None  # no identity: cannot be checked for duplicates or referenced
     return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
-
-
-def _check_kind(kind: Any, api_version: Any, report: Callable[[str, str], None]) -> bool:
-    """True if the document is a kind this loader knows (supported or skipped)."""
-    if not isinstance(api_version, str) or not api_version:
-        report("apiVersion", "required field is missing")
-        return False
-    if not isinstance(kind, str) or not kind:
-        report("kind", "required field is missing")
-        return False
-    group, _, version = api_version.rpartition("/")
-    groups = _groups_of(kind)
-    if not groups:
-        known = sorted({k for kinds in UNSUPPORTED_KINDS.values() for k in kinds} | set(SPEC_TYPES))
-        close = difflib.get_close_matches(kind, known, n=1, cutoff=0.8)
-        hint = f"did you mean {close[0]}?" if close else f"Remora reads {', '.join(SPEC_TYPES)}"
-        report("kind", f"unknown kind {kind!r} ({api_version}): {hint}")
-        return False
-    if group not in groups:
-        report("apiVersion", f"kind {kind} belongs to API group {' or '.join(groups)}, not {group or 'the core group'!s} ({api_version})")
-        return False
-    if kind in SPEC_TYPES:
-        supported_group, versions = OTHER_GROUPS.get(kind, (SUPPORTED_GROUP, SUPPORTED_VERSIONS))
-        if group == supported_group and version not in versions:
-            report("apiVersion", f"unsupported version {api_version} for {kind}; use {', '.join(f'{supported_group}/{v}' for v in versions)}")
-            return False
-    return True
 
 
 def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:

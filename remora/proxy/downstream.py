@@ -3,7 +3,9 @@
 httptools callbacks run inside data_received; a request's head becomes a RequestHead and
 an Exchange at on_headers_complete. This class is also the Exchange's ResponseSink for
 HTTP/1.1: it decides the response framing (Content-Length as received, chunked for 1.1
-clients when the length is unknown, close-delimited for 1.0) and keep-alive.
+clients when the length is unknown, close-delimited for 1.0) and keep-alive; the writing
+half lives in http1_writer.py and the sweeper's timeouts in http1_timeouts.py, as bases
+of this one class, which alone owns the connection state.
 
 Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
 body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
@@ -14,19 +16,10 @@ first one's); reading pauses while one is queued, so a pipelining client cannot 
 proxy buffer without bound. A request with a body starts (goes upstream) only at the end
 of the read that brought its head, so a body that is malformed in that same read is
 refused before anything was sent upstream.
-
-Timeouts (the sweeper, once a second; Envoy's semantics): IDLE closes after idle_timeout
-counted from the end of the last response (bytes that start no request, like bare CRLFs,
-do not count); HEADERS answers 408 after request_headers_timeout from the request's first
-read; BODY and WAITING time out after stream_idle_timeout with no activity in either
-direction: request bytes read, response bytes from the upstream, or response bytes the
-client drained. A client that stops reading is not active, so it is cut off too.
 """
 from __future__ import annotations
 
 import asyncio
-import random
-import re
 from collections import deque
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -34,20 +27,18 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from remora.proxy.counters import set_nodelay
 from remora.proxy.exchange import Exchange
 from remora.proxy.http1 import (
-    CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID, H_TE, H_UA,
-    H_TRACE, H_UPGRADE, H_XFF, H_XFP, LAST_CHUNK, MAX_HEADER_BYTES, REQUEST_SPECIAL, chunk,
-    connection_tokens, drop_named, status_line,
+    BODY, CLOSED, CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
+    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES,
+    REQUEST_SPECIAL, TUNNEL, WAITING, BadRequest, connection_tokens, drop_named, status_line,
 )
+from remora.proxy.http1_timeouts import Http1Timeouts
+from remora.proxy.http1_writer import Http1ResponseWriter, MeteredTransport
 from remora.proxy.inbound_policy import PeerCertificate
 from remora.proxy.message import RequestHead
-from remora.proxy.paths import InvalidPath
+from remora.proxy.request_ids import new_request_id
+from remora.proxy.request_target import absolute_form, checked_target, suspect_target
 from remora.proxy.transfer_coding import chunked_is_final
 
-IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
-# Every byte sequence that fragment refusal or path normalization (paths.py) acts on, in
-# one scan; a target without any (most) skips both. It may also match in the query, where
-# the slow path then changes nothing.
-_SUSPECT_TARGET = re.compile(rb"[%\\#]|/\.|//").search
 HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
 HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
 LINE_COST = HEADER_LINE + 4            # ": " and CRLF
@@ -55,44 +46,7 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, ne
 _OWS = (0x20, 0x09)
 
 
-class BadRequest(Exception):
-    """A request the proxy refuses before routing (status and detail for the reply)."""
-
-    def __init__(self, status: int, detail: bytes) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-class RequestIds:
-    """UUID4-shaped request ids: a random 80-bit prefix per process and a 48-bit counter.
-
-    Unique across workers and restarts like uuid4 (the prefix is random), at one bytes
-    format per request instead of 16 random bytes and five slices.
-    """
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        """A new random prefix (after fork, each worker needs its own)."""
-        r = random.SystemRandom().getrandbits(80)
-        hex_ = b"%020x" % r
-        # version 4 and variant 10xx, as uuid4 sets them
-        self.prefix = b"%s-%s-4%s-%x%s-" % (hex_[:8], hex_[8:12], hex_[13:16],
-                                            8 | (r & 3), hex_[17:20])
-        self.counter = random.getrandbits(47)
-
-    def next(self) -> bytes:
-        self.counter = (self.counter + 1) & 0xFFFFFFFFFFFF
-        return b"%s%012x" % (self.prefix, self.counter)
-
-
-request_ids = RequestIds()
-new_request_id = request_ids.next
-
-
-class DownstreamHttp1(asyncio.Protocol):
+class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
     """One client connection on a listener."""
 
     def __init__(self, listener, tls: bool = False) -> None:
@@ -329,9 +283,9 @@ class DownstreamHttp1(asyncio.Protocol):
         if url[:1] != b"/" and url != b"*":
             if parser.get_method() == b"CONNECT":
                 raise BadRequest(405, b"CONNECT is not supported")
-            url = self._absolute_form(url)
-        if _SUSPECT_TARGET(url) is not None:
-            url = self._checked_target(url)
+            self.authority, url = absolute_form(url)
+        if suspect_target(url) is not None:
+            url = checked_target(url, self.listener.paths)
         authority = self.authority
         if authority is None:
             if version != b"1.0":
@@ -372,37 +326,6 @@ class DownstreamHttp1(asyncio.Protocol):
             # A pipelined request: its own keep-alive applies when its response is written.
             self.queued.append((exchange, keep_alive))
             self._pause(2)
-
-    def _checked_target(self, url: bytes) -> bytes:
-        """The slow path of a target with something to refuse or normalize: fragments are
-        400 (as Envoy answers), then the listener's PathNormalizer, once, before routing
-        and policy; the normalized path is what goes upstream."""
-        if url.find(b"#") >= 0:
-            raise BadRequest(400, b"fragment in request target")
-        try:
-            return self.listener.paths.target(url)
-        except InvalidPath as err:
-            raise BadRequest(400, str(err).encode()) from None
-
-    def _absolute_form(self, url: bytes) -> bytes:
-        """`GET http://reviews:9080/x`: take the authority from the URL (RFC 9112 3.2.2)."""
-        scheme, sep, rest = url.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            raise BadRequest(400, b"invalid request target")
-        end = len(rest)
-        for stop in (b"/", b"?", b"#"):
-            i = rest.find(stop)
-            if 0 <= i < end:
-                end = i
-        authority, path = rest[:end], rest[end:]
-        if not path.startswith(b"/"):
-            path = b"/" + path
-        if b"@" in authority:
-            authority = authority.rpartition(b"@")[2]
-        if not authority:
-            raise BadRequest(400, b"invalid request target")
-        self.authority = authority
-        return path
 
     def on_body(self, body: bytes) -> None:
         exchange = self.receiving
@@ -456,76 +379,6 @@ class DownstreamHttp1(asyncio.Protocol):
             conn.start_tunnel(MeteredTransport(self.transport, meter))
         self.reading_paused = 0
         self.transport.resume_reading()
-
-    # -- ResponseSink -------------------------------------------------------------------------------
-    def send_response_head(self, exchange, status: int, reason: bytes, headers: list,
-                           content_length: int | None, chunked: bool) -> None:
-        head = exchange.head
-        parts = [status_line(status, reason),
-                 b"".join([name + b": " + value + EOL for name, value in headers])]
-        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
-        self.resp_chunked = False
-        self.resp_close = not self.keep_alive or self.listener.draining
-        if content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
-        elif chunked and not no_body:
-            if head.version == b"1.1":
-                parts.append(b"transfer-encoding: chunked\r\n")
-                self.resp_chunked = True
-            else:
-                self.resp_close = True   # a 1.0 client reads the body until close
-        if self.resp_close:
-            parts.append(b"connection: close\r\n")
-        elif head.version == b"1.0":
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(EOL)
-        # Held, not written: the body usually arrives in the same upstream read, and one
-        # write for head and body saves a syscall per response.
-        self.wbuf.append(b"".join(parts))
-
-    def send_response_body(self, data: bytes) -> None:
-        if self.resp_chunked:
-            if data:
-                self.wbuf += chunk(data)
-        else:
-            self.wbuf.append(data)
-
-    def flush(self) -> None:
-        """Write what the current upstream read produced (called once per upstream read)."""
-        wbuf = self.wbuf
-        if wbuf:
-            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
-            self.wbuf = []
-
-    def end_response(self, exchange) -> None:
-        if self.resp_chunked:
-            self.wbuf.append(LAST_CHUNK)
-        self.flush()
-        self._response_done(exchange)
-
-    def send_local_reply(self, exchange, status: int, body: bytes, extra: list | None) -> None:
-        head = exchange.head
-        close = not self.keep_alive or self.listener.draining or not exchange.request_done
-        parts = [status_line(status), b"content-length: %d\r\n" % len(body)]
-        if body:
-            parts.append(b"content-type: text/plain\r\n")
-        for name, value in extra or ():
-            parts += (name, b": ", value, EOL)
-        if close:
-            parts.append(b"connection: close\r\n")
-        parts.append(EOL)
-        if body and head.method != b"HEAD":
-            parts.append(body)
-        self.resp_close = close
-        self.transport.write(b"".join(parts))
-        self._response_done(exchange)
-
-    def abort(self, exchange) -> None:
-        """The response cannot be completed: close so the client sees it was cut short."""
-        if self.active is exchange:
-            self.active = None
-        self.flush()
-        self.transport.close()
 
     def pause_reading(self) -> None:
         self._pause(1)
@@ -616,72 +469,3 @@ class DownstreamHttp1(asyncio.Protocol):
         exchange.local_reply(err.status, err.detail, "DPE")
         self.state = CLOSED
         self.transport.close()
-
-    # -- timeouts (called by the worker's sweeper) -------------------------------------------------
-    def check_timeouts(self, now: float, settings) -> None:
-        state = self.state
-        if state >= TUNNEL:
-            return
-        if self.write_paused:
-            # Response bytes wait for the client: progress is the buffer draining (and each
-            # resume_writing). A client that reads nothing makes none and times out.
-            size = self.transport.get_write_buffer_size()
-            if size < self.drain_mark:
-                self.last_activity = self.idle_since = now
-            self.drain_mark = size
-        active = self.active
-        if active is not None:
-            # The upstream's response head and body bytes are activity too (-1: no head yet).
-            progress = active.bytes_sent if active.response_started else -1
-            if progress != self.sent_mark:
-                self.sent_mark = progress
-                self.last_activity = now
-        if state == IDLE:
-            if now - self.idle_since > settings.idle_timeout:
-                self.state = CLOSED
-                self.transport.close()
-        elif state == HEADERS:
-            if now - self.request_start > settings.request_headers_timeout:
-                self._reject(BadRequest(408, b"request header timeout"))
-        elif now - self.last_activity > settings.stream_idle_timeout:
-            # BODY or WAITING: Envoy's stream idle timeout, no activity in either direction.
-            # Requests queued behind the active one end DC when the connection closes.
-            self.keep_alive = False
-            if active is not None:
-                active.on_stream_idle_timeout()
-            self.state = CLOSED
-            self.transport.close()
-
-    def close_if_idle(self) -> bool:
-        """Close the connection if no request is in flight (drain)."""
-        if self.state == IDLE:
-            self.state = CLOSED
-            self.transport.close()
-            return True
-        return False
-
-
-class MeteredTransport:
-    """The downstream transport as a tunnel's upstream side writes to it, counting bytes."""
-
-    __slots__ = ("transport", "meter")
-
-    def __init__(self, transport, meter) -> None:
-        self.transport = transport
-        self.meter = meter
-
-    def write(self, data: bytes) -> None:
-        self.meter.sent += len(data)
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def pause_reading(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.transport.resume_reading()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()

@@ -85,3 +85,15 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Sent on every upstream attempt; the first attempt's line ends the precomputed mesh headers.
 FIRST_ATTEMPT = b"x-envoy-attempt-count: 1\r\n"
 EOL = b"\r\n"
+
+# Downstream connection states (downstream.py owns them; http1_timeouts.py reads them).
+IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
+
+
+class BadRequest(Exception):
+    """A request the proxy refuses before routing (status and detail for the reply)."""
+
+    def __init__(self, status: int, detail: bytes) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail

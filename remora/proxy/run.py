@@ -31,11 +31,12 @@ from remora.config.loader import build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy import xds_client
 from remora.proxy.admin import start_admin, start_health, start_prometheus
-from remora.proxy.downstream import request_ids
+from remora.proxy.request_ids import request_ids
 from remora.proxy.istio_metrics import merge, render
 from remora.proxy.svid_manager import HttpCaClient, SvidManager
 from remora.proxy.cert_source import CertDirWatcher, svid_from_message, svid_message
-from remora.proxy.worker import ControlView, ProxyOptions, Worker, WorkerAdminSource, gauge_names
+from remora.proxy.admin_source import ControlView, WorkerAdminSource, gauge_names
+from remora.proxy.worker import ProxyOptions, Worker
 from remora.proxy.xds_state import Candidate
 
 # One line on the parent/child socketpair carries a whole pushed config ("apply").

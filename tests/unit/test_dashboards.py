@@ -14,7 +14,8 @@ from remora.config.loader import load_mesh_text
 from remora.proxy.admin import prometheus_text
 from remora.proxy.message import RequestHead
 from remora.proxy.request_info import RequestInfo
-from remora.proxy.worker import ProxyOptions, Worker, WorkerAdminSource
+from remora.proxy.admin_source import WorkerAdminSource
+from remora.proxy.worker import ProxyOptions, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "remora-mesh.json"
