@@ -96,23 +96,6 @@ class NoContent(asyncio.Protocol):
             self.transport.write(self.ANSWERS[head.split(b" ", 2)[1]])
 
 
-class Early503(asyncio.Protocol):
-    """Answers 503 shortly after a request head, without reading its body, and then keeps
-    the connection open without reading (an upstream whose socket buffers fill up)."""
-
-    heads = 0
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if b"\r\n\r\n" in data:
-            type(self).heads += 1
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(
-                1.0, self.transport.write, b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
-
-
 class Stuck(asyncio.Protocol):
     """Reads a request head, then neither reads nor answers (an upstream that hangs)."""
 
@@ -125,6 +108,21 @@ class Stuck(asyncio.Protocol):
         if b"\r\n\r\n" in data:
             type(self).heads += 1
             self.transport.pause_reading()
+            self.on_head()
+
+    def on_head(self) -> None:
+        pass
+
+
+class Early503(Stuck):
+    """Answers 503 shortly after a request head, without reading its body, and then keeps
+    the connection open without reading (an upstream whose socket buffers fill up)."""
+
+    heads = 0
+
+    def on_head(self) -> None:
+        asyncio.get_running_loop().call_later(
+            1.0, self.transport.write, b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
 
 
 class Drip(asyncio.Protocol):
