@@ -12,7 +12,7 @@ from pathlib import Path
 from remora.certs.ca import CertificateAuthority
 from remora.certs.client import Svid, generate_key_and_csr
 from remora.certs.spiffe import SpiffeId
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 
 TRUST_DOMAIN = "cluster.local"
 CERT_TTL_SECONDS = 24 * 3600.0  # longer than any benchmark, so nothing rotates mid-run

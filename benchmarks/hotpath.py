@@ -15,9 +15,9 @@ import time
 import uvloop
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.downstream import DownstreamHttp1
-from remora.proxy.pool import ConnState, UpstreamHttp1
-from remora.proxy.worker import ProxyOptions, Worker
+from remora.proxy.codec.downstream import DownstreamHttp1
+from remora.proxy.upstream.pool import ConnState, UpstreamHttp1
+from remora.proxy.process.worker import ProxyOptions, Worker
 
 MESH = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from remora.config.duration import parse_duration
-from remora.proxy.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
+from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
 
 
 def _seconds(text: str) -> float:
@@ -18,7 +18,7 @@ def _seconds(text: str) -> float:
 
 
 def _labels(text: str) -> dict[str, str]:
-    from remora.proxy.identity import parse_labels
+    from remora.proxy.security.identity import parse_labels
     try:
         return parse_labels(text)
     except ValueError as exc:
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     identity.add_argument("--trust-domain", default="cluster.local")
     identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
 
-    from remora.proxy.wait import add_wait_parser
+    from remora.proxy.process.wait import add_wait_parser
     add_wait_parser(sub, _http_url, _seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "proxy":
         return _proxy(args)
     if args.command == "wait":
-        from remora.proxy.wait import run_wait
+        from remora.proxy.process.wait import run_wait
         return run_wait(args)
     if args.command == "analyze":
         return _analyze(args)
@@ -285,8 +285,8 @@ def _load(paths):
 def _origination_files_ok(config, options) -> bool:
     """The files DestinationRules name for TLS origination exist and parse (else the config is refused)."""
     from remora.config.loader import ConfigError
-    from remora.proxy.cluster import build_clusters
-    from remora.proxy.tls_origination import OriginContexts, check_origination
+    from remora.proxy.upstream.cluster import build_clusters
+    from remora.proxy.upstream.tls_origination import OriginContexts, check_origination
     clusters = [c for info in build_clusters(config, options.identity).values() for c in info.clusters.values()]
     try:
         check_origination(clusters, OriginContexts(options.credentials_dir))
@@ -316,10 +316,10 @@ def _analyze(args) -> int:
 
 
 def _proxy(args) -> int:
-    from remora.proxy.listener import ListenerSettings
-    from remora.proxy.run import run_proxy
-    from remora.proxy.identity import WorkloadIdentity
-    from remora.proxy.worker import ProxyOptions
+    from remora.proxy.process.listener import ListenerSettings
+    from remora.proxy.process.run import run_proxy
+    from remora.proxy.security.identity import WorkloadIdentity
+    from remora.proxy.process.worker import ProxyOptions
 
     if (args.inbound_port is None) != (args.app_port is None):
         print("remora: --inbound-port and --app-port go together", file=sys.stderr)
@@ -351,7 +351,7 @@ def _proxy(args) -> int:
               "from the control server's CA), not both", file=sys.stderr)
         return 2
     if args.cert_dir:
-        from remora.proxy.tls import CertDirError, load_cert_dir
+        from remora.proxy.security.tls import CertDirError, load_cert_dir
         try:
             load_cert_dir(args.cert_dir)
         except CertDirError as err:
@@ -359,7 +359,7 @@ def _proxy(args) -> int:
             return 2
     config = None
     if control:
-        from remora.proxy.xds_client import stream_url
+        from remora.proxy.control.xds_client import stream_url
         try:
             stream_url(control)
         except ValueError as err:
@@ -377,7 +377,7 @@ def _proxy(args) -> int:
         print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
         return 2
     capture = None
-    if args.capture:   # the proxy knows capture only through this object (proxy/capture_seam.py)
+    if args.capture:   # the proxy knows capture only through this object (proxy/process/capture_seam.py)
         from remora.intercept.support import TransparentCapture
         capture = TransparentCapture()
     options = ProxyOptions(

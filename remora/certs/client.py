@@ -38,7 +38,7 @@ from remora.certs.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
 
 ALPN_PROTOCOLS = ["remora", "http/1.1"]
 # Istio's names for file-mounted workload certificates (/etc/certs): the data plane reads
-# them (proxy/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
+# them (proxy/security/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
 CERT_CHAIN_FILE = "cert-chain.pem"
 KEY_FILE = "key.pem"
 ROOT_CERT_FILE = "root-cert.pem"

@@ -1,7 +1,7 @@
 """Typed model of Istio's RequestAuthentication (security.istio.io), beside model.py.
 
 Same conventions as model.py: Istio's camelCase names on the wire, unknown fields
-rejected. Rules live in validate_jwt.py; enforcement in remora/proxy/jwt_authn.py.
+rejected. Rules live in validate_jwt.py; enforcement in remora/proxy/security/jwt_authn.py.
 """
 from __future__ import annotations
 

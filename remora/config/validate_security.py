@@ -4,7 +4,7 @@ Applied after the schema check, following Istio's own validation where Remora im
 the feature: mTLS modes, `portLevelMtls` only on a workload policy (Istio's rule, because
 a mesh- or namespace-wide policy has no single workload whose ports it could name),
 ALLOW/DENY/AUDIT actions (CUSTOM needs an external authorizer Remora does not have), and
-the `when` keys the evaluator in `remora.proxy.authz` can answer. Match values use
+the `when` keys the evaluator in `remora.proxy.security.authz` can answer. Match values use
 Istio's four forms: exact `abc`, prefix `abc*`, suffix `*abc`, presence `*`; anything
 else with a `*` would silently never match, so it is an error here.
 """

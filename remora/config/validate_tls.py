@@ -10,7 +10,7 @@ Remora accepts is accepted by Istio too:
   `subjectAltNames` (and, in SIMPLE, `credentialName`, which would only carry a CA).
 
 Whether the files exist and parse is checked where they are read, by the sidecar that dials
-(remora/proxy/tls_origination.py): the paths name the sidecar's filesystem, not the control
+(remora/proxy/upstream/tls_origination.py): the paths name the sidecar's filesystem, not the control
 server's. Those checks refuse the config too, naming resource and field.
 """
 from __future__ import annotations

@@ -25,12 +25,12 @@ import socket
 
 from remora.intercept.original_dst import redirected
 from remora.intercept.tcp_proxy import TcpSession, TcpTarget
-from remora.proxy.cluster import Cluster, ClusterStats, Endpoint
-from remora.proxy.counters import Counters
-from remora.proxy.downstream import DownstreamHttp1
-from remora.proxy.exchange import Exchange
-from remora.proxy.router import RouteTable
-from remora.proxy.worker import prepare_cluster
+from remora.proxy.upstream.cluster import Cluster, ClusterStats, Endpoint
+from remora.proxy.telemetry.counters import Counters
+from remora.proxy.codec.downstream import DownstreamHttp1
+from remora.proxy.router.exchange import Exchange
+from remora.proxy.router.route_table import RouteTable
+from remora.proxy.process.worker import prepare_cluster
 
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 PROXY_PORTS = frozenset({15000, 15001, 15006, 15021, 15090})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from remora.intercept.capture import PROXY_PORTS, Captured, CaptureStats, Sniffer
 from remora.intercept.original_dst import redirected
 from remora.intercept.tcp_proxy import TcpSession, TcpTarget
-from remora.proxy.downstream import DownstreamHttp1
+from remora.proxy.codec.downstream import DownstreamHttp1
 
 
 class InboundCapture:

@@ -1,6 +1,6 @@
 """TransparentCapture: what `remora proxy --capture` hands the data plane.
 
-It implements `remora.proxy.capture_seam.CaptureSupport`, so the proxy builds captures,
+It implements `remora.proxy.process.capture_seam.CaptureSupport`, so the proxy builds captures,
 sniffers and the destination index without importing this package (intercept depends on
 proxy, never the reverse; docs/architecture.md, "Layers").
 """

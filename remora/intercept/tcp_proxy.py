@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from remora.proxy.counters import set_nodelay
-from remora.proxy.telemetry import AccessLogRecord
+from remora.proxy.telemetry.counters import set_nodelay
+from remora.proxy.telemetry.access_log import AccessLogRecord
 
 HOLD_LIMIT = 64 * 1024      # client bytes held while the upstream connection is being made
 

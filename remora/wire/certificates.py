@@ -6,7 +6,7 @@
     GET  <control>/v1/trust-bundle   -> {trust_domain, trust_bundle: [PEM, ...]}
 
 The join token travels in the body, never in a header. Served by remora/xds/ca_service.py
-(open routes: no admin token), called by remora/proxy/svid_manager.py.
+(open routes: no admin token), called by remora/proxy/security/svid_manager.py.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ ALLOW when any ALLOW policy applies (Envoy's ALLOW with no matching policy denie
 ALLOW policy without rules is Istio's deny-all). AUDIT policies never change the outcome
 and are not rendered. One Envoy policy per rule, named `ns[NS]-policy[NAME]-rule[I]`.
 
-Values follow Remora's evaluator (remora/proxy/authz.py), so both data planes decide alike:
+Values follow Remora's evaluator (remora/proxy/security/authz.py), so both data planes decide alike:
 - strings: `abc` exact, `abc*` prefix, `*abc` suffix, `*` present;
 - principals compare against the peer certificate's URI SAN without `spiffe://`;
   namespaces against its `/ns/<ns>/` part; ipBlocks against the peer address;

@@ -17,7 +17,7 @@ import pytest
 from remora.certs.ca import CertificateAuthority
 from remora.certs.client import Svid, generate_key_and_csr
 from remora.certs.spiffe import SpiffeId
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 from tests.integration.client import RawClient
 from tests.integration.conftest import service
 from tests.integration.control_process import ControlProcess

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from remora.certs.ca import CertificateAuthority
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 from tests.integration.capture_lab import Lab, Sidecar, capture, http_get, start_app, tcp_exchange
 from tests.integration.mtls_peers import issue
 from tests.integration.netns import skip_unless_possible, wait_until

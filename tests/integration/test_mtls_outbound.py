@@ -12,7 +12,7 @@ import time
 import pytest
 
 from remora.certs.ca import CertificateAuthority
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 from tests.integration.conftest import destination_rule, service
 from tests.integration.mtls_peers import MtlsServers, issue, tls_service
 from tests.integration.proxy_process import ProxyProcess

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from remora.certs.ca import CertificateAuthority
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 from remora.xds.ca_service import CA_SUBDIR
 from tests.integration.control_process import ControlProcess
 from tests.integration.mtls_peers import MtlsServers, issue, tls_service

@@ -18,7 +18,7 @@ import pytest
 
 from remora.certs.ca import CertificateAuthority
 from remora.certs.spiffe import SpiffeId
-from remora.proxy.tls import write_cert_dir
+from remora.proxy.security.tls import write_cert_dir
 from tests.integration.client import RawClient
 from tests.integration.proxy_process import ProxyProcess
 from tests.integration.test_inbound_mtls import issue

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from remora.proxy import telemetry
-from remora.proxy.telemetry import (
+from remora.proxy.telemetry import access_log as telemetry
+from remora.proxy.telemetry.access_log import (
     AccessLogRecord,
     AccessLogWriter,
     format_envoy_default,

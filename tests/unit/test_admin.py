@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from remora.proxy.admin import (
+from remora.proxy.admin.server import (
     default_is_gauge,
     make_admin_app,
     make_health_app,

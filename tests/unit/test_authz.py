@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.authz import Authorizer, AuthzRequest, Decision
+from remora.proxy.security.authz import Authorizer, AuthzRequest, Decision
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "istio-examples"
 LABELS = {"app": "httpbin", "version": "v1"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.authz import Authorizer, AuthzRequest
+from remora.proxy.security.authz import Authorizer, AuthzRequest
 
 SLEEP = "cluster.local/ns/default/sa/sleep"
 PRODUCTPAGE_SA = "cluster.local/ns/default/sa/bookinfo-productpage"

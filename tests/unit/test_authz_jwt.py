@@ -1,11 +1,11 @@
-"""AuthorizationPolicy on JWT attributes: requestPrincipals and request.auth.* (remora/proxy/authz.py)."""
+"""AuthorizationPolicy on JWT attributes: requestPrincipals and request.auth.* (remora/proxy/security/authz.py)."""
 from __future__ import annotations
 
 import pytest
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.authz import Authorizer, AuthzRequest
-from remora.proxy.jwt_authn import VerifiedJwt
+from remora.proxy.security.authz import Authorizer, AuthzRequest
+from remora.proxy.security.jwt_authn import VerifiedJwt
 from tests.jwt_tokens import ISSUER, PRINCIPAL, groups_claims, require_jwt
 
 LABELS = {"app": "httpbin"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import textwrap
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.peer_auth import effective_mtls_mode
+from remora.proxy.security.peer_auth import effective_mtls_mode
 
 
 def peer_auth(name: str, namespace: str, spec: str) -> str:

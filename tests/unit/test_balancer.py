@@ -1,4 +1,4 @@
-"""Load-balancing policies: the rules stated in remora/proxy/balancer.py."""
+"""Load-balancing policies: the rules stated in remora/proxy/upstream/balancer.py."""
 from __future__ import annotations
 
 import random
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remora.config.model import ConsistentHashLB, LoadBalancerSettings, Maglev, RingHash
-from remora.proxy.balancer import (
+from remora.proxy.upstream.balancer import (
     LeastRequestBalancer,
     RandomBalancer,
     RingHashBalancer,

@@ -10,7 +10,7 @@ from benchmarks.certs import issue_cert_dirs, spiffe_id
 from remora.xds.envoy import Unsupported, render_bootstrap, render_inbound_bootstrap
 from benchmarks.mesh import MESH_NAMESPACE, SERVER_LABELS, load_documents, two_hop_yaml
 from remora.config.loader import load_mesh_text
-from remora.proxy.tls import load_cert_dir
+from remora.proxy.security.tls import load_cert_dir
 
 CERTS = Path("/certs/client")
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
@@ -227,10 +227,10 @@ def test_profile_buckets_take_the_innermost_telling_frame():
     """A sample counts as Python, SSL, syscall or parser by its innermost telling frame."""
     from benchmarks.profile_sidecars import NATIVE, PYTHON, bucket
 
-    run = ["run_forever (loop.c:1)", "DownstreamHttp1.data_received (remora/proxy/downstream.py:9)"]
+    run = ["run_forever (loop.c:1)", "DownstreamHttp1.data_received (remora/proxy/codec/downstream.py:9)"]
     assert bucket([*run, "feed_data (parser.c:1)", "llhttp__internal_execute (llhttp.c:2)"]) \
         == "HTTP parser (llhttp)"
-    assert bucket([*run, "on_header (remora/proxy/downstream.py:3)", "Py_DECREF (object.h:5)"]) \
+    assert bucket([*run, "on_header (remora/proxy/codec/downstream.py:3)", "Py_DECREF (object.h:5)"]) \
         == PYTHON
     assert bucket([*run, "_ssl__SSLSocket_write (_ssl.c:1)", "SSL_write (libssl.so.3)",
                    "aes_gcm_encrypt (libcrypto.so.3)"]) == "SSL_write (encrypt)"

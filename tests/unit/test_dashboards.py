@@ -11,11 +11,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.admin import prometheus_text
-from remora.proxy.message import RequestHead
-from remora.proxy.request_info import RequestInfo
-from remora.proxy.admin_source import WorkerAdminSource
-from remora.proxy.worker import ProxyOptions, Worker
+from remora.proxy.admin.server import prometheus_text
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.telemetry.request_info import RequestInfo
+from remora.proxy.admin.admin_source import WorkerAdminSource
+from remora.proxy.process.worker import ProxyOptions, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "remora-mesh.json"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from remora.proxy.deadlines import TICK, DeadlineWheel, RequestDeadlines
+from remora.proxy.router.deadlines import TICK, DeadlineWheel, RequestDeadlines
 
 
 async def test_deadline_fires_not_early_and_within_a_tick():

@@ -1,4 +1,4 @@
-"""The downstream HTTP/1.1 codec (remora/proxy/downstream.py), driven without sockets.
+"""The downstream HTTP/1.1 codec (remora/proxy/codec/downstream.py), driven without sockets.
 
 A fake transport records what the codec writes and whether it closed or paused reading; a
 fake listener hands out fake exchanges that record the head, body chunks and end they are
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remora.proxy.downstream import DownstreamHttp1
-from remora.proxy.exchange import Exchange
-from remora.proxy.http1 import CONTINUE_100, MAX_HEADER_BYTES, REQUEST_SPECIAL
-from remora.proxy.listener import ListenerSettings
-from remora.proxy.paths import PathNormalizer
+from remora.proxy.codec.downstream import DownstreamHttp1
+from remora.proxy.router.exchange import Exchange
+from remora.proxy.codec.http1 import CONTINUE_100, MAX_HEADER_BYTES, REQUEST_SPECIAL
+from remora.proxy.process.listener import ListenerSettings
+from remora.proxy.codec.paths import PathNormalizer
 
 UUID4 = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

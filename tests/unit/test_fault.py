@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 from remora.config.model import FaultAbort, FaultDelay, HTTPFaultInjection, Percent
-from remora.proxy.fault import Fault, compile_fault
+from remora.proxy.router.fault import Fault, compile_fault
 
 
 def test_unset_percentages_inject_nothing():

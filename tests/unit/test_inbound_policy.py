@@ -5,9 +5,9 @@ import hashlib
 import textwrap
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.inbound_policy import HeadHeaders, compile_inbound_policy, namespace_of, xfcc_line
-from remora.proxy.message import RequestHead
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.security.inbound_policy import HeadHeaders, compile_inbound_policy, namespace_of, xfcc_line
+from remora.proxy.codec.message import RequestHead
 
 IDENTITY = WorkloadIdentity(namespace="shop", labels={"app": "reviews"})
 

@@ -6,7 +6,7 @@ import yaml
 from remora.config.loader import build_mesh_config
 from remora.intercept.capture import looks_like_http
 from remora.intercept.destinations import DestinationIndex, declared_protocol
-from remora.proxy.cluster import build_clusters
+from remora.proxy.upstream.cluster import build_clusters
 
 
 def test_request_lines_are_http_and_binary_is_not():

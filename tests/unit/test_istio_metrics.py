@@ -7,18 +7,18 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.admin import filter_families
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.istio_metrics import (
+from remora.proxy.admin.server import filter_families
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.telemetry.istio_metrics import (
     BUCKETS, CERT_EXPIRY, LABEL_NAMES, TCP_LABEL_NAMES, UNKNOWN_SERVICE, IstioMetrics,
     local_service_tags, merge, render, service_tags,
 )
-from remora.proxy.message import RequestHead
-from remora.proxy.request_info import RequestInfo
-from remora.proxy.peer_metadata import (
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.telemetry.request_info import RequestInfo
+from remora.proxy.telemetry.peer_metadata import (
     MAX_VALUE, UNKNOWN_PEER, PeerCache, PeerMetadata, decode, encode, header_line,
 )
-from remora.proxy.worker import mesh_internal_hosts
+from remora.proxy.process.worker import mesh_internal_hosts
 
 ME = WorkloadIdentity(service="reviews", namespace="shop", service_account="sa-r",
                       labels={"app": "reviews", "version": "v2"})
@@ -134,7 +134,7 @@ def test_destination_reporter_labels():
 
 def test_destination_reporter_on_mtls_has_the_verified_principal():
     """Inbound over mTLS: csp "mutual_tls" and source_principal the caller's SPIFFE ID, in its own series."""
-    from remora.proxy.inbound_policy import PeerCertificate
+    from remora.proxy.security.inbound_policy import PeerCertificate
     m = IstioMetrics(ME)
     mtls = finished(head_peer=encode(PEER))
     mtls.head.peer_cert = PeerCertificate("spiffe://cluster.local/ns/web/sa/sa-f", b"der", None)

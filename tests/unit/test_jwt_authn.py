@@ -1,4 +1,4 @@
-"""RequestAuthentication verification (remora/proxy/jwt_authn.py): Envoy jwt_authn semantics."""
+"""RequestAuthentication verification (remora/proxy/security/jwt_authn.py): Envoy jwt_authn semantics."""
 from __future__ import annotations
 
 import base64
@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.jwt_authn import JwtAuthnStats, JwtAuthenticator, JwtFailure, VerifiedJwt, compile_authenticator
-from remora.proxy.message import RequestHead
+from remora.proxy.security.jwt_authn import JwtAuthnStats, JwtAuthenticator, JwtFailure, VerifiedJwt, compile_authenticator
+from remora.proxy.codec.message import RequestHead
 from tests.jwt_tokens import ISSUER, PRINCIPAL, Keys, groups_claims, jwt_example
 
 KEYS = Keys()

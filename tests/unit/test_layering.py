@@ -10,7 +10,7 @@ import remora
 ROOT = Path(remora.__file__).resolve().parent
 
 # package -> (packages it must not import, why). Packages are remora's first-level folders
-# and modules ("remora.cli"); a rule on "remora.proxy.http1" applies to that module only.
+# and modules ("remora.cli"); a rule on "remora.proxy.codec.http1" applies to that module only.
 FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
     "remora.config": (("remora.certs", "remora.wire", "remora.proxy", "remora.intercept", "remora.xds",
                        "remora.kube", "remora.cli"), "config is the bottom layer: the typed model only"),
@@ -18,7 +18,7 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
                       "remora.kube", "remora.cli"), "certs is a bottom layer: CA, CSR, SPIFFE rules only"),
     "remora.proxy": (("remora.xds", "remora.intercept", "remora.kube", "remora.cli"),
                      "the sidecar reaches the control server through remora.wire and capture "
-                     "through proxy/capture_seam.py"),
+                     "through proxy/process/capture_seam.py"),
     "remora.intercept": (("remora.xds", "remora.kube", "remora.cli"),
                          "capture builds on the data plane only"),
     "remora.xds": (("remora.proxy", "remora.intercept", "remora.kube", "remora.cli"),
@@ -26,8 +26,8 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
                    "Istio rules both use belong in remora.config"),
     "remora.kube": (("remora.proxy", "remora.intercept", "remora.xds", "remora.cli"),
                     "injection edits manifests; it runs no part of the mesh"),
-    "remora.proxy.http1": (("remora.proxy.tracing", "remora.proxy.telemetry", "remora.proxy.istio_metrics"),
-                           "the codec's tables are built from plain names (proxy/message.py)"),
+    "remora.proxy.codec.http1": (("remora.proxy.telemetry.tracing", "remora.proxy.telemetry.access_log", "remora.proxy.telemetry.istio_metrics"),
+                           "the codec's tables are built from plain names (proxy/codec/message.py)"),
 }
 WIRE_THIRD_PARTY = {"msgspec"}
 
@@ -96,9 +96,9 @@ def test_runtime_package_never_imports_the_source_tree():
 def test_the_scan_sees_the_imports_it_judges():
     """The scanner finds absolute, lazy (in-function) and package-level imports, so a silent rule is not a blind one."""
     found = {(module, imported) for module, _file, _line, imported in all_imports()}
-    assert ("remora.proxy.xds_state", "remora.wire.protocol") in found
+    assert ("remora.proxy.control.xds_state", "remora.wire.protocol") in found
     assert ("remora.cli", "remora.intercept.support.TransparentCapture") in found   # inside _proxy()
-    assert ("remora.intercept.capture", "remora.proxy.downstream.DownstreamHttp1") in found
+    assert ("remora.intercept.capture", "remora.proxy.codec.downstream.DownstreamHttp1") in found
 
 
 def test_transparent_capture_offers_the_whole_capture_seam():
@@ -106,7 +106,7 @@ def test_transparent_capture_offers_the_whole_capture_seam():
     import inspect
 
     from remora.intercept.support import TransparentCapture
-    from remora.proxy.capture_seam import CaptureSupport
+    from remora.proxy.process.capture_seam import CaptureSupport
 
     wanted = {name for name, value in vars(CaptureSupport).items() if inspect.isfunction(value) and not name.startswith("_")}
     assert wanted == {"outbound", "inbound", "connection", "destinations"}

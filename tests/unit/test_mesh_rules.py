@@ -10,8 +10,8 @@ from remora.config.loader import load_mesh_text
 from remora.config.mesh_rules import (
     ROOT_NAMESPACE, applies_to, endpoint_tls_mode, labels_match, policy_scopes,
 )
-from remora.proxy.cluster import applicable_rules
-from remora.proxy.identity import WorkloadIdentity
+from remora.proxy.upstream.cluster import applicable_rules
+from remora.proxy.security.identity import WorkloadIdentity
 from remora.xds.envoy_clusters import selected_rules
 
 

@@ -1,12 +1,12 @@
-"""Outlier detection: the rules stated in remora/proxy/outlier.py (Envoy as Istio sets it)."""
+"""Outlier detection: the rules stated in remora/proxy/upstream/outlier.py (Envoy as Istio sets it)."""
 from __future__ import annotations
 
 import msgspec
 import pytest
 
 from remora.config.model import OutlierDetection
-from remora.proxy.cluster import Endpoint
-from remora.proxy.outlier import OutlierDetector, Result
+from remora.proxy.upstream.cluster import Endpoint
+from remora.proxy.upstream.outlier import OutlierDetector, Result
 
 
 class Clock:

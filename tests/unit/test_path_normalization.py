@@ -8,7 +8,7 @@ lower-case `%2f` / `%5c` are compared case-insensitively where they survive.
 """
 import pytest
 
-from remora.proxy.paths import InvalidPath, PathNormalizer, escaped_slash_variant
+from remora.proxy.codec.paths import InvalidPath, PathNormalizer, escaped_slash_variant
 
 ISTIO_TABLE = {
     "NONE": [

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from remora.proxy.pool import ConnState, EndpointPool, UpstreamHttp1
+from remora.proxy.upstream.pool import ConnState, EndpointPool, UpstreamHttp1
 
 
 class FakeTransport:
@@ -90,7 +90,7 @@ def test_retries_are_not_budgeted_by_default_as_in_istio():
     """Without connectionPool.http.maxRetries, concurrent retries are unlimited (Istio sets no budget)."""
     from types import SimpleNamespace
 
-    from remora.proxy.pool import Circuit
+    from remora.proxy.upstream.pool import Circuit
     circuit = Circuit("outbound|80||flaky")
     circuit.configure(None)
     assert circuit.retry_budget.limit(active_requests=100) is None

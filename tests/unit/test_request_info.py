@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import time
 
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.inbound_policy import PeerCertificate
-from remora.proxy.istio_metrics import (
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.security.inbound_policy import PeerCertificate
+from remora.proxy.telemetry.istio_metrics import (
     COUNT,
     DURATION_SUM,
     LABEL_NAMES,
     IstioMetrics,
     service_tags,
 )
-from remora.proxy.message import RequestHead
-from remora.proxy.peer_metadata import PeerMetadata, encode
-from remora.proxy.request_info import RequestInfo
-from remora.proxy.telemetry import access_record, format_envoy_default, format_json
-from remora.proxy.tracing import CLIENT, SERVER, W3C, TraceContext, Tracer
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.telemetry.peer_metadata import PeerMetadata, encode
+from remora.proxy.telemetry.request_info import RequestInfo
+from remora.proxy.telemetry.access_log import access_record, format_envoy_default, format_json
+from remora.proxy.telemetry.tracing import CLIENT, SERVER, W3C, TraceContext, Tracer
 
 ME = WorkloadIdentity(service="reviews", namespace="shop", service_account="sa-r",
                       labels={"app": "reviews", "version": "v2"})
@@ -146,7 +146,7 @@ def test_the_record_is_small_and_fixed():
 def test_an_exchange_starts_every_record_field():
     """Exchange.__init__ writes the record's slots itself: every one is set on a new exchange,
     to the same defaults as RequestInfo's own constructor."""
-    from remora.proxy.exchange import Exchange
+    from remora.proxy.router.exchange import Exchange
 
     class Sink:
         last_activity = 7.0

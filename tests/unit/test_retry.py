@@ -1,4 +1,4 @@
-"""Retry policy, backoff and budget: the rules stated in remora/proxy/retry.py."""
+"""Retry policy, backoff and budget: the rules stated in remora/proxy/router/retry.py."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import pytest
 
 from remora.config.model import HTTPRetry
 from remora.config.validate import RETRY_ON_CONDITIONS
-from remora.proxy.retry import (
+from remora.proxy.router.retry import (
     CONDITIONS,
     ISTIO_DEFAULT_RETRY,
     NO_RETRY,

@@ -1,4 +1,4 @@
-"""The route table: Istio VirtualService semantics, as stated in remora/proxy/router.py.
+"""The route table: Istio VirtualService semantics, as stated in remora/proxy/router/route_table.py.
 
 Every table here is compiled the way the proxy compiles it: Istio YAML -> load_mesh_text ->
 build_clusters -> build_route_table; requests are RequestHead objects built directly.
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.cluster import build_clusters
-from remora.proxy.message import RequestHead
-from remora.proxy.router import HeaderOps, RouteTable, build_route_table
+from remora.proxy.upstream.cluster import build_clusters
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.route_table import HeaderOps, RouteTable, build_route_table
 from remora.config.model import HeaderOperations
 
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -849,7 +849,7 @@ def test_namespace_qualifies_short_hosts():
 def test_wildcard_destination_rule_applies_to_matching_service():
     """A DestinationRule on *.example.com gives api.example.com its subsets and policy."""
     from remora.config.loader import load_mesh_text
-    from remora.proxy.cluster import build_clusters
+    from remora.proxy.upstream.cluster import build_clusters
 
     config = load_mesh_text("""
 apiVersion: networking.istio.io/v1

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 
 from remora.certs import CertificateAuthority, RotationBackoff, SpiffeId
-from remora.proxy.svid_manager import (
+from remora.proxy.security.svid_manager import (
     CaUnavailable,
     HttpCaClient,
     SvidManager,

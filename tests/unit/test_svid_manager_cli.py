@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from remora import cli
-from remora.proxy import run as run_module
+from remora.proxy.process import run as run_module
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from remora.config.loader import ConfigError, load_mesh_text
-from remora.proxy.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve, scopes
+from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve, scopes
 
 
 def telemetry(name: str, namespace: str, spec: str, api: str = "telemetry.istio.io/v1") -> str:

@@ -9,7 +9,7 @@ import pytest
 from remora.certs.ca import CertificateAuthority
 from remora.certs.client import Svid, generate_key_and_csr
 from remora.certs.spiffe import SpiffeId
-from remora.proxy.tls import (
+from remora.proxy.security.tls import (
     KEY_FILE, ROOT_CERT_FILE, CertDirError, MeshTls, load_cert_dir, principal_of, write_cert_dir,
 )
 

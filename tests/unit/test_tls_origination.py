@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from remora.config.loader import ConfigError, build_mesh_config
-from remora.proxy.cluster import applicable_rules, build_clusters
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.tls_origination import (
+from remora.proxy.upstream.cluster import applicable_rules, build_clusters
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.upstream.tls_origination import (
     CredentialUnavailable, OriginContexts, check_origination, names_match, request_host,
 )
 from tests.integration.tls_origin_servers import TestPki
@@ -194,7 +194,7 @@ class Waiter:
 
 def _auto_sni_pool():
     import asyncio
-    from remora.proxy.pool import ConnState, EndpointPool, UpstreamHttp1
+    from remora.proxy.upstream.pool import ConnState, EndpointPool, UpstreamHttp1
     from tests.unit.test_pool import FakeTransport
     loop = asyncio.new_event_loop()
     pool = EndpointPool("127.0.0.1", 9, loop)
@@ -240,7 +240,7 @@ def test_auto_sni_pool_hands_a_waiter_its_host_or_frees_a_slot():
 def test_a_pushed_version_naming_a_missing_file_is_refused_and_the_old_one_kept():
     """Worker.apply raises ConfigError (the xDS client NACKs it) and keeps serving the previous version."""
     import asyncio
-    from remora.proxy.worker import ProxyOptions, Worker
+    from remora.proxy.process.worker import ProxyOptions, Worker
 
     good = config(SE + rule("  trafficPolicy: {tls: {mode: SIMPLE}}"))
     bad = config(SE + rule("  trafficPolicy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}"))

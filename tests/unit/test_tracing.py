@@ -1,9 +1,9 @@
-"""Trace context extraction, injection and the sampling decision (remora.proxy.tracing)."""
+"""Trace context extraction, injection and the sampling decision (remora.proxy.telemetry.tracing)."""
 from __future__ import annotations
 
 import pytest
 
-from remora.proxy.tracing import B3_MULTI, B3_SINGLE, W3C, begin, inject
+from remora.proxy.telemetry.tracing import B3_MULTI, B3_SINGLE, W3C, begin, inject
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

@@ -1,4 +1,4 @@
-"""Span export bookkeeping (remora.proxy.otlp) and telemetry settings applied on reload."""
+"""Span export bookkeeping (remora.proxy.telemetry.otlp) and telemetry settings applied on reload."""
 from __future__ import annotations
 
 import threading
@@ -8,11 +8,11 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from remora.config.loader import load_mesh_text
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.otlp import SpanExporter
-from remora.proxy.telemetry import format_json
-from remora.proxy.tracing import CLIENT, SpanRecord, begin
-from remora.proxy.worker import ProxyOptions, Worker
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.telemetry.otlp import SpanExporter
+from remora.proxy.telemetry.access_log import format_json
+from remora.proxy.telemetry.tracing import CLIENT, SpanRecord, begin
+from remora.proxy.process.worker import ProxyOptions, Worker
 
 MESH = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -119,7 +119,7 @@ def test_close_flushes_what_is_queued():
 def test_access_record_carries_the_trace():
     """The JSON access-log line of an exchange has its trace id and the proxy's span id."""
     ctx = begin([(b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")], 0.0)
-    from remora.proxy.telemetry import AccessLogRecord
+    from remora.proxy.telemetry.access_log import AccessLogRecord
     line = format_json(AccessLogRecord(trace_id=ctx.trace_hex, span_id=ctx.span_hex))
     assert '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"' in line
     assert f'"span_id":"{ctx.span_hex}"' in line

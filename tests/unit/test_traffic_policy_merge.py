@@ -7,7 +7,7 @@ import yaml
 from remora.config.loader import load_mesh_text
 from remora.config.mesh_rules import outbound_cluster_name, outbound_sni
 from remora.config.traffic_policy import DICTS, TYPED, merge_sources, merge_traffic_policy
-from remora.proxy.cluster import build_clusters as proxy_clusters
+from remora.proxy.upstream.cluster import build_clusters as proxy_clusters
 from remora.xds.envoy_clusters import build_clusters as envoy_clusters, services
 from remora.xds.envoy_tls import istio_sni
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from remora.proxy.transfer_coding import chunked_is_final
+from remora.proxy.codec.transfer_coding import chunked_is_final
 from tests.unit.test_downstream_codec import assert_rejected, fed
 from tests.unit.test_pool import answer
 

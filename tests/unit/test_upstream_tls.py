@@ -4,8 +4,8 @@ from __future__ import annotations
 import yaml
 
 from remora.config.loader import build_mesh_config
-from remora.proxy.cluster import build_clusters
-from remora.proxy.upstream_tls import (
+from remora.proxy.upstream.cluster import build_clusters
+from remora.proxy.upstream.upstream_tls import (
     DISABLE, ISTIO_MUTUAL, TLS_MODE_LABEL, SecureNaming, endpoint_tls_mode, outbound_sni,
 )
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from remora import cli
-from remora.proxy.wait import Probe, probe, wait_until_ready
+from remora.proxy.process.wait import Probe, probe, wait_until_ready
 
 
 class FakeClock:

@@ -91,8 +91,8 @@ def test_resource_types_cover_each_kind_once_in_push_order():
 
 def test_sidecar_dials_the_paths_the_server_serves_without_an_admin_token():
     """The sidecar's stream and certificate URLs use the wire paths, which the server leaves open."""
-    from remora.proxy.svid_manager import certificates_url
-    from remora.proxy.xds_client import stream_url
+    from remora.proxy.security.svid_manager import certificates_url
+    from remora.proxy.control.xds_client import stream_url
     from remora.wire.certificates import CERTIFICATES_PATH, TRUST_BUNDLE_PATH
     from remora.xds.admin_auth import OPEN_ROUTES
 

@@ -8,12 +8,12 @@ import random
 import pytest
 
 from remora.config.loader import ConfigError
-from remora.proxy import xds_client
-from remora.proxy.identity import WorkloadIdentity
-from remora.proxy.snapshot_store import SnapshotStore, default_state_dir
-from remora.proxy.worker import ProxyOptions
-from remora.proxy.xds_client import Backoff, ControlBoot, XdsClient, build_node, stream_url
-from remora.proxy.xds_state import FROM_CONTROL, FROM_DISK, PushRejected, XdsState
+from remora.proxy.control import xds_client
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.control.snapshot_store import SnapshotStore, default_state_dir
+from remora.proxy.process.worker import ProxyOptions
+from remora.proxy.control.xds_client import Backoff, ControlBoot, XdsClient, build_node, stream_url
+from remora.proxy.control.xds_state import FROM_CONTROL, FROM_DISK, PushRejected, XdsState
 from remora.wire import protocol
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from remora.proxy.run import _apply_documents, apply_to_workers
-from remora.proxy.xds_state import XdsState
+from remora.proxy.process.run import _apply_documents, apply_to_workers
+from remora.proxy.control.xds_state import XdsState
 from remora.wire import protocol
 
 

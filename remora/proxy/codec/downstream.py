@@ -1,0 +1,471 @@
+"""The downstream HTTP/1.1 server codec: client bytes in, Exchanges out, responses back.
+
+httptools callbacks run inside data_received; a request's head becomes a RequestHead and
+an Exchange at on_headers_complete. This class is also the Exchange's ResponseSink for
+HTTP/1.1: it decides the response framing (Content-Length as received, chunked for 1.1
+clients when the length is unknown, close-delimited for 1.0) and keep-alive; the writing
+half lives in http1_writer.py and the sweeper's timeouts in http1_timeouts.py, as bases
+of this one class, which alone owns the connection state.
+
+Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
+body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
+CLOSED. The worker's sweeper uses them for the idle, header and body timeouts.
+Pipelined requests queue behind the active one and start in order, each with its own
+keep-alive (a later `Connection: close` closes after that request's response, not the
+first one's); reading pauses while one is queued, so a pipelining client cannot make the
+proxy buffer without bound. A request with a body starts (goes upstream) only at the end
+of the read that brought its head, so a body that is malformed in that same read is
+refused before anything was sent upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from remora.proxy.telemetry.counters import set_nodelay
+from remora.proxy.router.exchange import Exchange
+from remora.proxy.codec.http1 import (
+    BODY, CLOSED, CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
+    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES,
+    REQUEST_SPECIAL, TUNNEL, WAITING, BadRequest, connection_tokens, drop_named, status_line,
+)
+from remora.proxy.codec.http1_timeouts import Http1Timeouts
+from remora.proxy.codec.http1_writer import Http1ResponseWriter, MeteredTransport
+from remora.proxy.security.inbound_policy import PeerCertificate
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.request_ids import new_request_id
+from remora.proxy.codec.request_target import absolute_form, checked_target, suspect_target
+from remora.proxy.codec.transfer_coding import chunked_is_final
+
+HEADER_LINE = 1 << 24                  # what one header line adds to header_bytes, besides its bytes
+HEADER_BYTES_MASK = HEADER_LINE - 1    # a head is refused long before 16 MiB (data_received)
+LINE_COST = HEADER_LINE + 4            # ": " and CRLF
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, never forwarded
+_OWS = (0x20, 0x09)
+
+
+class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
+    """One client connection on a listener."""
+
+    def __init__(self, listener, tls: bool = False) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport = None
+        self.tls = tls                 # inbound mTLS connection (handshake done before connection_made)
+        self.capture = None            # captured connection: its original destination (intercept/capture.py)
+        self.peer_cert: PeerCertificate | None = None
+        self.parser = HttpRequestParser(self)
+        self.state = IDLE
+        self.peer_ip = b""
+        self.last_activity = 0.0
+        self.request_start = 0.0
+        self.active: Exchange | None = None      # the exchange whose response we write
+        self.receiving: Exchange | None = None   # the exchange whose body we read
+        self.queued: deque[Exchange] = deque()
+        self.keep_alive = True
+        self.resp_chunked = False
+        self.resp_close = False
+        self.write_paused = False
+        self.reading_paused = 0
+        self.tunnel_peer = None
+        self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
+        self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
+        self.unparsed_head_bytes = 0
+        # header_bytes counts lines too (see on_header): reaching this means one line too many.
+        self.header_limit = (listener.settings.max_request_headers_count + 1) * HEADER_LINE
+        self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
+        self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
+        self.drain_mark = 0           # write buffer size at the last sweep while paused
+        self.sent_mark = -1           # the active exchange's response progress at the last sweep
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.url = b""
+        self.headers: list = []
+        self.header_bytes = 0      # head bytes + HEADER_LINE per header line
+        self.authority: bytes | None = None
+        self.content_length: bytes | None = None
+        self.user_agent = b""
+        self.request_id = b""
+        self.xff = b""
+        self.xfp = b""
+        self.peer_meta: bytes | None = None
+        self.trace_in: list | None = None
+        self.rare = False          # set when one of the fields below was touched
+        self.te_chunked = False
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.hop_names: set[bytes] | None = None
+        self.conn_upgrade = False
+
+    def _reset_common(self) -> None:
+        """Per-request reset on the hot path: the rare fields only when a request set one."""
+        if self.rare:
+            self._reset_request()
+            return
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.authority = None
+        self.content_length = None
+        self.user_agent = self.request_id = self.xff = self.xfp = b""
+        self.peer_meta = None
+        self.trace_in = None
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        set_nodelay(transport)
+        if self.tls:
+            # Once per connection: the verified caller, for authorization, XFCC and metrics.
+            self.peer_cert = PeerCertificate.of(transport, self.listener.local_spiffe_id())
+        self.last_activity = self.idle_since = self.loop.time()
+        self.listener.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.write(data)
+            if self.tunnel_meter is not None:
+                self.tunnel_meter.received += len(data)
+            return
+        self.last_activity = self.loop.time()
+        if self.state <= HEADERS:
+            self.unparsed_head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+            if self.state <= HEADERS and self.unparsed_head_bytes > 2 * MAX_HEADER_BYTES:
+                # A head still unfinished after this much: httptools keeps buffering an
+                # endless line without calling us, so bound it here.
+                self._reject(BadRequest(431, b"request header fields too large"))
+        except HttpParserUpgrade as exc:
+            self._on_upgrade_bytes(data[exc.args[0]:])
+        except BadRequest as err:
+            self._reject(err)
+        except HttpParserError as exc:
+            if self.state == WAITING and (not self.keep_alive or (self.queued and not self.queued[-1][1])):
+                # Bytes after a request that said Connection: close (llhttp refuses them):
+                # ignore them and answer the requests we have.
+                self._pause(4)
+            else:
+                cause = exc.__context__ or exc.__cause__
+                self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
+        if self.deferred is not None:
+            self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        """Start the request whose head (with a body) came in this read, unless its body was refused."""
+        exchange, self.deferred = self.deferred, None
+        if not exchange.finished and self.state != CLOSED:
+            exchange.start()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.state = CLOSED
+        self.listener.connection_closed(self)
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.close()
+            self.tunnel_peer = None
+        if self.tunnel_meter is not None:
+            self.listener.tunnel_closed(self.tunnel_meter)
+            self.tunnel_meter = None
+        for ex in (self.active, self.receiving, *[queued for queued, _ in self.queued]):
+            if ex is not None:
+                ex.on_downstream_closed()
+        self.active = self.receiving = None
+        self.queued.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.drain_mark = self.transport.get_write_buffer_size()
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.pause_reading()
+        elif self.active is not None:
+            self.active.downstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.last_activity = self.idle_since = self.loop.time()   # the client drained: progress
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.resume_reading()
+        elif self.active is not None:
+            self.active.downstream_write_paused(False)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        # The first callback of every request (on_message_begin would cost one more call).
+        if self.state != HEADERS:
+            self._reset_common()
+            self.state = HEADERS
+            self.request_start = self.last_activity
+        self.url += url
+        self.header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state != HEADERS:
+            return   # trailer fields after a chunked body: never merged into the head
+        # One add and one compare per line count both bytes and lines: each line adds
+        # HEADER_LINE (2**24) besides its bytes, so the high part is the line count (Envoy's
+        # max_request_headers_count, checked here) and the low part the bytes (checked at
+        # on_headers_complete; data_received bounds a head that never completes).
+        self.header_bytes += len(name) + len(value) + LINE_COST
+        if self.header_bytes >= self.header_limit:
+            raise BadRequest(431, b"too many request headers")
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")   # httptools strips only leading whitespace
+        lname = name.lower()
+        code = REQUEST_SPECIAL.get(lname)
+        if code is None:
+            self.headers.append((name, value))
+        elif code == H_HOST:
+            if self.authority is not None:
+                raise BadRequest(400, b"duplicate host header")
+            if b" " in value or b"\t" in value:
+                raise BadRequest(400, b"invalid host header")
+            self.authority = value
+        elif code == H_UA:
+            self.user_agent = value
+        elif code == H_REQID:
+            self.request_id = value
+        elif code == H_XFF:
+            self.xff = value if not self.xff else self.xff + b", " + value
+        elif code == H_XFP:
+            self.xfp = value
+        elif code == H_PEER:
+            self.peer_meta = value     # read by telemetry, never forwarded
+        elif code == H_TRACE:
+            trace_in = self.trace_in
+            if trace_in is None:
+                self.trace_in = [(lname, value)]
+            else:
+                trace_in.append((lname, value))
+        elif code == H_CL:
+            self.content_length = value
+        elif code == H_TE:
+            self.rare = True
+            if not chunked_is_final(value):   # transfer_coding.py: the rule of both codecs
+                raise BadRequest(400, b"unsupported transfer-encoding")
+            self.te_chunked = True
+        elif code == H_CONNECTION:
+            self.rare = True
+            for token in connection_tokens(value):
+                if token == b"upgrade":
+                    self.conn_upgrade = True
+                elif token not in (b"close", b"keep-alive"):
+                    self.hop_names = (self.hop_names or set()) | {token}
+        elif code == H_UPGRADE:
+            self.rare = True
+            self.upgrade = value
+        elif code == H_EXPECT:
+            self.rare = True
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+            else:
+                raise BadRequest(417, b"unsupported expectation")
+        # H_HOP, H_XFCC: dropped
+
+    def on_headers_complete(self) -> None:
+        self.unparsed_head_bytes = 0
+        if self.header_bytes & HEADER_BYTES_MASK > MAX_HEADER_BYTES:
+            raise BadRequest(431, b"request header fields too large")
+        parser = self.parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            # `GET / HTTP/2.0` parses as HTTP/1 framing; forwarding it as 1.1 would lie.
+            raise BadRequest(505, b"HTTP version not supported")
+        url = self.url
+        if url[:1] != b"/" and url != b"*":
+            if parser.get_method() == b"CONNECT":
+                raise BadRequest(405, b"CONNECT is not supported")
+            self.authority, url = absolute_form(url)
+        if suspect_target(url) is not None:
+            url = checked_target(url, self.listener.paths)
+        authority = self.authority
+        if authority is None:
+            if version != b"1.0":
+                raise BadRequest(400, b"missing host header")
+            authority = b""
+        headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
+        head = RequestHead(parser.get_method(), url, authority, headers, version)
+        if self.content_length is not None:
+            head.content_length = int(self.content_length)
+        head.chunked = self.te_chunked
+        if self.upgrade is not None and self.conn_upgrade:
+            head.upgrade = self.upgrade
+        head.request_id = self.request_id or new_request_id()
+        head.user_agent = self.user_agent
+        head.forwarded_for = self.xff
+        head.peer_ip = self.peer_ip
+        head.peer_metadata = self.peer_meta
+        head.trace_in = self.trace_in
+        head.peer_cert = self.peer_cert
+        if self.xfp:
+            head.scheme = self.xfp
+        keep_alive = parser.should_keep_alive() and not self.listener.draining
+        self.state = BODY
+        if self.expect_continue and head.has_body and version == b"1.1":
+            # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
+            self.transport.write(CONTINUE_100)
+        exchange = self.listener.new_exchange(self, head)
+        self.receiving = exchange
+        if self.active is None:
+            self.keep_alive = keep_alive
+            self.active = exchange
+            if not exchange.finished:
+                if head.chunked or head.content_length:   # head.has_body, without a call
+                    self.deferred = exchange   # started once this read is parsed (data_received)
+                else:
+                    exchange.start()
+        else:
+            # A pipelined request: its own keep-alive applies when its response is written.
+            self.queued.append((exchange, keep_alive))
+            self._pause(2)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.receiving
+        if exchange is not None:
+            exchange.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.receiving = self.receiving, None
+        if exchange is not None:
+            exchange.on_request_end()
+        if self.state == BODY:
+            # The response may already be done (a local reply sent from on_headers_complete).
+            self.state = WAITING if self.active is not None else IDLE
+
+    # -- upgrade ---------------------------------------------------------------------------------
+    def _on_upgrade_bytes(self, rest: bytes) -> None:
+        # llhttp completes the message before reporting the upgrade, so the exchange is
+        # usually no longer `receiving`, only `active`.
+        exchange = self.receiving or self.active
+        if exchange is None or exchange.head.upgrade is None:
+            # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
+            self._reject(BadRequest(405, b"method not allowed"))
+            return
+        self.pause_reading()      # nothing more is read until the upstream says 101
+        # If the upstream refuses the upgrade, the parser cannot resume: close after it.
+        self.keep_alive = False
+        if rest:
+            exchange.on_request_body(rest)
+
+    def start_tunnel(self, exchange, conn, resp, rest: bytes) -> None:
+        """The upstream switched protocols: forward the 101 and splice the sockets."""
+        parts = [status_line(101, resp.reason)]
+        for name, value in resp.headers:
+            parts += (name, b": ", value, EOL)
+        reply = self.listener.reply_header
+        if reply is not None and exchange.head.peer_metadata is not None:
+            parts += (reply[0], b": ", reply[1], EOL)
+        parts += (b"connection: upgrade\r\nupgrade: ", conn.upgrade or exchange.head.upgrade, EOL, EOL)
+        self.flush()
+        self.transport.write(b"".join(parts))
+        if rest:
+            self.transport.write(rest)
+        self.state = TUNNEL
+        self.active = self.receiving = None
+        self.tunnel_peer = conn.transport
+        meter = self.tunnel_meter = self.listener.tunnel_opened(exchange, resp)
+        if meter is None:
+            conn.start_tunnel(self.transport)
+        else:
+            meter.sent += len(rest)
+            conn.start_tunnel(MeteredTransport(self.transport, meter))
+        self.reading_paused = 0
+        self.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        self._pause(1)
+
+    def resume_reading(self) -> None:
+        self._resume(1)
+
+    def _pause(self, bit: int) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.reading_paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        was = self.reading_paused
+        self.reading_paused &= ~bit
+        if was and not self.reading_paused and self.state != CLOSED:
+            self.transport.resume_reading()
+
+    def _response_done(self, exchange) -> None:
+        if self.active is exchange:
+            self.active = None
+        if self.state == CLOSED:
+            return
+        if self.resp_close or not exchange.request_done:
+            # Closing after the response: asked for, or the request body is still
+            # arriving and the connection cannot be resynchronised.
+            self.state = CLOSED
+            self.transport.close()
+            return
+        if self.queued:
+            nxt, self.keep_alive = self.queued.popleft()
+            if nxt is self.receiving and self.rejected is not None:
+                self._send_rejection()     # its body was malformed: it gets the 4xx
+                return
+            self.active = nxt
+            if not self.queued:
+                self._resume(2)
+            if not nxt.finished:
+                nxt.start()
+            return
+        if self.rejected is not None:
+            self._send_rejection()
+            return
+        if self.state == WAITING:
+            self.state = IDLE
+            self.idle_since = self.loop.time()
+
+    def _reject(self, err: BadRequest) -> None:
+        """A malformed request: answer 4xx with flag DPE and close.
+
+        When it was pipelined behind requests still being answered, those are answered
+        first, in order (Envoy parses one request at a time, so it meets the error only
+        then); reading stops, and the 4xx follows the last of them (_send_rejection)."""
+        if self.state == CLOSED or self.tunnel_peer is not None or self.rejected is not None:
+            return
+        self.listener.count_protocol_error(err.status)
+        current = self.active
+        if (current is not None and current is not self.receiving and not current.finished
+                and self.transport is not None):
+            self.rejected = err
+            self._pause(4)
+            self.state = WAITING
+            return
+        if (current is not None and current is self.receiving and not current.response_started
+                and not current.finished):
+            # The head was fine and already routed, but its body is malformed (a bad
+            # chunk): drop the upstream attempt and answer the client instead.
+            self.keep_alive = False
+            current.local_reply(err.status, err.detail, "DPE")
+        elif current is None and self.transport is not None:
+            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
+            exchange = self.listener.new_exchange(self, head, routed=False)
+            self.keep_alive = False
+            exchange.local_reply(err.status, err.detail, "DPE")
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send_rejection(self) -> None:
+        """The requests before a malformed pipelined one are answered: now refuse it and close."""
+        err, self.rejected = self.rejected, None
+        self.keep_alive = False
+        exchange = self.receiving     # a pipelined request whose body was malformed
+        if exchange is None or exchange.finished:
+            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
+            exchange = self.listener.new_exchange(self, head, routed=False)
+        self.active = exchange
+        exchange.local_reply(err.status, err.detail, "DPE")
+        self.state = CLOSED
+        self.transport.close()

@@ -1,0 +1,292 @@
+"""The sidecar end of the control stream: connect, subscribe, apply pushes, ACK or NACK.
+
+Rules this module keeps:
+
+- One WebSocket to `<control>/v1/xds`. On every (re)connect: Hello with this sidecar's
+  Node, then one DiscoveryRequest per type in TYPE_ORDER with the version held, so the
+  server sends only what this sidecar does not have yet.
+- Pushes are handled one at a time, in arrival order. Each is built into a whole config
+  (XdsState.candidate, in a thread so a large mesh does not freeze the listeners sharing
+  this loop), applied (the caller's `apply`: swap the worker's snapshot, or forward to
+  every worker process), then ACKed. Anything that goes wrong on the way is a
+  NACK with the error text; the config being served does not change and the proxy goes on.
+- After an accepted push with every type held, the snapshot file is replaced.
+- The stream going away never touches the data path: listeners keep serving the current
+  snapshot while the client reconnects with full-jitter exponential backoff (0.1 s
+  doubling to a 5 s cap), forever, until the proxy stops.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import metadata
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from remora.config.model import MeshConfig
+from remora.proxy.control.snapshot_store import SnapshotStore, default_state_dir
+from remora.proxy.control.xds_state import FROM_CONTROL, FROM_DISK, Candidate, XdsState
+from remora.wire import protocol
+
+HEARTBEAT_SECONDS = 10.0        # ping the server; no pong within half of it drops the stream
+CONNECT_TIMEOUT_SECONDS = 5.0
+MAX_FRAME_BYTES = 64 << 20      # one push is one frame: room for large meshes
+
+
+def log(message: str) -> None:
+    print(f"remora proxy: {message}", file=sys.stderr, flush=True)
+
+
+def stream_url(control: str) -> str:
+    """`http://host:port` -> `ws://host:port/v1/xds`; raise ValueError naming what is wrong."""
+    parts = urlsplit(control)
+    scheme = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"control server URL {control!r}: expected http://HOST:PORT (or ws://, https://)")
+    if not parts.hostname:
+        raise ValueError(f"control server URL {control!r}: no host")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"control server URL {control!r}: invalid port") from None
+    if parts.path not in ("", "/", protocol.STREAM_PATH) or parts.query or parts.fragment:
+        raise ValueError(f"control server URL {control!r}: give only scheme, host and port "
+                         f"(the stream path {protocol.STREAM_PATH} is added)")
+    return f"{scheme}://{parts.netloc}{protocol.STREAM_PATH}"
+
+
+class Backoff:
+    """Full-jitter exponential backoff: the n-th wait is uniform in [0, min(cap, base * 2**n)]."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0, rng: random.Random | None = None) -> None:
+        self.base, self.cap = base, cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** min(self.failures, 32)))
+        self.failures += 1
+        return self._rng.uniform(0.0, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def remora_version() -> str:
+    try:
+        return metadata.version("remora")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_node(options, admin_port: int) -> protocol.Node:
+    """How this sidecar introduces itself: identity, labels, and where peers and admin reach it."""
+    identity = options.identity
+    inbound = None
+    if options.inbound_port is not None and options.app_port is not None:
+        inbound = f"{options.inbound_bind}:{options.inbound_port}"
+    return protocol.Node(
+        id=identity.id, namespace=identity.namespace, service=identity.service,
+        service_account=identity.service_account, workload=identity.workload_name,
+        labels=dict(identity.labels), trust_domain=identity.trust_domain, inbound=inbound,
+        app_port=options.app_port, admin=f"{options.admin_bind}:{admin_port}",
+        mtls=bool(options.token or options.cert_dir), remora_version=remora_version())
+
+
+@dataclass
+class ControlBoot:
+    """What the proxy starts with under --control: held state, its config, and where from."""
+
+    state: XdsState
+    store: SnapshotStore
+    config: MeshConfig
+    from_disk: bool
+
+
+def boot(options) -> ControlBoot:
+    """Start from the on-disk snapshot when there is a good one, else from an empty config."""
+    state_dir = options.state_dir or default_state_dir(
+        options.identity.namespace, options.identity.workload_name, options.admin_port)
+    store = SnapshotStore(state_dir)
+    try:
+        saved = store.load()
+        if saved is not None:
+            state = XdsState()
+            state.restore(saved, store.path)
+            config = state.build()
+            log(f"config from disk snapshot {store.path} ({state.versions_text()}); "
+                f"connecting to the control server for updates")
+            return ControlBoot(state, store, config, True)
+        log(f"no disk snapshot at {store.path}; waiting for the control server's first push "
+            "(/ready answers 503 until then)")
+    except Exception as error:   # a bad snapshot must not keep the proxy from starting
+        log(f"ignoring disk snapshot: {_one_line(error)}")
+    return ControlBoot(XdsState(), store, MeshConfig(version="none"), False)
+
+
+class XdsClient:
+    """Keeps the control stream open and turns its pushes into applied configs."""
+
+    def __init__(self, control: str, node: protocol.Node, start: ControlBoot,
+                 apply: Callable[[Candidate], Awaitable[None]]) -> None:
+        self.control = control
+        self.url = stream_url(control)
+        self.node = node
+        self.state = start.state
+        self.store = start.store
+        self.from_disk = start.from_disk
+        self._apply = apply
+        self.backoff = Backoff()
+        self.connected = False
+        self.pushes_received = 0
+        self.rejected = 0
+        self.reconnects = 0
+        self.last_error: str | None = None    # why the stream last failed or closed
+        self._connections = 0
+        self._failures_in_a_row = 0
+        self._task: asyncio.Task | None = None
+
+    # -- what the rest of the proxy reads -------------------------------------------------------
+    @property
+    def has_config(self) -> bool:
+        """A config worth serving: restored from disk, or every type pushed at least once."""
+        return self.from_disk or self.state.complete
+
+    def config_source(self) -> str:
+        """control, disk snapshot, both (some types re-pushed since a boot from disk), or none."""
+        origins = {held.origin for held in self.state.types.values() if held.origin}
+        if len(origins) > 1:
+            return f"{FROM_CONTROL} and {FROM_DISK}"
+        return origins.pop() if origins else "none"
+
+    def status(self) -> dict:
+        """The "xds" section of /config_dump."""
+        return {"control": self.control, "stream": self.url, "connected": self.connected,
+                "node_id": self.node.id, "config_source": self.config_source(),
+                "snapshot_file": self.store.path, "last_stream_error": self.last_error,
+                "types": {t: held.status() for t, held in self.state.types.items()}}
+
+    def stats(self) -> dict[str, int]:
+        return {"control_plane.connected": int(self.connected),
+                "control_plane.pushes_received": self.pushes_received,
+                "control_plane.rejected": self.rejected,
+                "control_plane.reconnects": self.reconnects}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="xds-client")
+
+    async def stop(self) -> None:
+        """Stop reconnecting and close the stream (safe while connecting or backing off)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
+                                        sock_connect=CONNECT_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    await self._stream(session)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
+                    self._lost(_one_line(error) or type(error).__name__)
+                except Exception as error:   # a bug here must not end reconnecting for good
+                    self._lost(f"{type(error).__name__}: {_one_line(error)}")
+                else:
+                    self._lost(self.last_error or "closed by the control server")
+                await asyncio.sleep(self.backoff.next_delay())
+
+    async def _stream(self, session: aiohttp.ClientSession) -> None:
+        async with session.ws_connect(self.url, heartbeat=HEARTBEAT_SECONDS,
+                                      max_msg_size=MAX_FRAME_BYTES) as ws:
+            self.connected = True
+            self.last_error = None
+            if self._connections:
+                self.reconnects += 1
+            self._connections += 1
+            self._failures_in_a_row = 0
+            log(f"connected to control server {self.control} as {self.node.id} "
+                f"(holding {self.state.versions_text()})")
+            await ws.send_str(protocol.encode(protocol.Hello(node=self.node)))
+            for request in self.state.subscriptions():
+                await ws.send_str(protocol.encode(request))
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue   # aiohttp answers pings itself; CLOSE/ERROR end the iteration
+                await self._on_frame(ws, frame.data)
+            if ws.exception() is not None:
+                self.last_error = _one_line(ws.exception())
+
+    def _lost(self, reason: str) -> None:
+        was_connected, self.connected = self.connected, False
+        self.last_error = reason
+        self._failures_in_a_row += 1
+        serving = ("the disk snapshot" if FROM_DISK in self.config_source() else
+                   "the last pushed config" if self.has_config else
+                   "no config yet (/ready answers 503)")
+        if was_connected:
+            log(f"control stream lost ({reason}); serving {serving}; reconnecting")
+        elif self._failures_in_a_row == 1 or self._failures_in_a_row % 20 == 0:
+            log(f"control server {self.control} unreachable ({reason}, attempt "
+                f"{self._failures_in_a_row}); serving {serving}; retrying with backoff")
+
+    # -- one frame -----------------------------------------------------------------------------
+    async def _on_frame(self, ws, data: str) -> None:
+        try:
+            message = protocol.decode(data)
+        except protocol.ProtocolError as error:
+            log(f"ignoring frame from the control server: {error}")
+            return
+        if isinstance(message, protocol.StreamError):
+            self.last_error = f"refused by the control server: {message.message}"
+            log(self.last_error)
+            await ws.close()
+        elif isinstance(message, protocol.DiscoveryResponse):
+            self.backoff.reset()   # the server is really serving us, not refusing at once
+            answer = await self.handle(message)
+            await ws.send_str(protocol.encode(answer))
+        else:
+            log(f"ignoring unexpected {type(message).__name__} from the control server")
+
+    async def handle(self, response: protocol.DiscoveryResponse) -> protocol.DiscoveryRequest:
+        """Apply one push or refuse it; return the ACK or NACK to send. Never raises."""
+        self.pushes_received += 1
+        try:
+            # Validation can take a while for a large mesh: off the event loop, so the
+            # listeners it shares (one worker) keep answering meanwhile.
+            candidate = await asyncio.to_thread(self.state.candidate, response)
+            await self._apply(candidate)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:      # any failure is a NACK, never a crash
+            self.rejected += 1
+            held = self.state.types.get(response.type_url)
+            keeping = f"{response.type_url}@{held.version or '-'}" if held else "nothing"
+            detail = str(error) or type(error).__name__
+            log(f"xds rejected {response.type_url}@{response.version_info} (keeping {keeping}): "
+                f"{_one_line(detail)}")
+            return self.state.reject(response, detail)
+        ack = self.state.accept(candidate)
+        warned = f", {len(candidate.config.warnings)} warnings" if candidate.config.warnings else ""
+        log(f"xds accepted {response.type_url}@{response.version_info} "
+            f"(config {candidate.config.version}: {self.state.versions_text()}{warned})")
+        if self.state.complete:
+            try:
+                await asyncio.to_thread(self.store.save, self.state.to_snapshot(), self.node.id)
+            except OSError as error:   # serving matters more than the file
+                log(f"cannot write disk snapshot {self.store.path}: {error}")
+        return ack
+
+
+def _one_line(error: object) -> str:
+    """A (multi-line) error as one log line: `2 configuration errors: a; b`."""
+    text = ""
+    for line in filter(None, (part.strip() for part in str(error).splitlines())):
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    return text

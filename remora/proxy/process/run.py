@@ -1,0 +1,454 @@
+"""Process model of `remora proxy`: one worker in-process, or N forked SO_REUSEPORT workers.
+
+With N > 1 the parent runs only the admin server and supervises; each child runs a Worker
+and answers the parent's admin questions over a socketpair (one JSON line each way), so
+one scrape of the admin port covers every worker.
+
+SIGTERM/SIGINT and POST /quitquitquit start the same drain (Istio's, with
+EXIT_ON_ZERO_ACTIVE_CONNECTIONS): /healthz/ready answers 503 DRAINING at once, the inbound
+listener stops accepting and closes idle connections, the outbound listener keeps serving
+the app (which is shutting down too and may still call out), and the process exits 0 when
+no downstream connection is left, or at --drain-seconds. With N workers the supervisor
+marks itself draining and forwards SIGTERM; each worker drains its own connections.
+
+Under --control the xDS client runs beside the admin server: in the worker's loop with one
+worker, in the parent with N. The parent builds (validates) each push once and forwards
+the accepted documents to every child with an "apply" op; it ACKs only when all applied.
+With --token the same process runs the SvidManager (the workload certificate; GET /certs).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+from remora.config.loader import build_mesh_config
+from remora.config.model import MeshConfig
+from remora.proxy.control import xds_client
+from remora.proxy.admin.server import start_admin, start_health, start_prometheus
+from remora.proxy.router.request_ids import request_ids
+from remora.proxy.telemetry.istio_metrics import merge, render
+from remora.proxy.security.svid_manager import HttpCaClient, SvidManager
+from remora.proxy.security.cert_source import CertDirWatcher, svid_from_message, svid_message
+from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource, gauge_names
+from remora.proxy.process.worker import ProxyOptions, Worker
+from remora.proxy.control.xds_state import Candidate
+
+# One line on the parent/child socketpair carries a whole pushed config ("apply").
+CHANNEL_LINE_LIMIT = 2 * xds_client.MAX_FRAME_BYTES
+
+
+def run_proxy(options: ProxyOptions, config: MeshConfig | None) -> int:
+    """Run until SIGTERM/SIGINT or /quitquitquit; return the exit code.
+
+    `config` comes from files; under --control (config None) the proxy starts from the disk
+    snapshot, or empty, and the xDS client feeds it.
+    """
+    control = xds_client.boot(options) if options.control else None
+    if control is not None:
+        config = control.config
+    if options.workers <= 1:
+        return uvloop.run(_single(options, config, control))
+    return _multi(options, config, control)
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _control_client(options: ProxyOptions, control: xds_client.ControlBoot, apply,
+                    view: ControlView) -> xds_client.XdsClient:
+    """The xDS client, attached to the admin view before admin serves (so /ready is never
+    200 before a config is there); started by _start_control once admin is bound."""
+    node = xds_client.build_node(options, options.admin_port)
+    view.xds = xds_client.XdsClient(options.control, node, control, apply)
+    return view.xds
+
+
+def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) -> None:
+    """Connect; the Node names the admin port actually bound (--admin-port 0 picks one)."""
+    addresses = getattr(runner, "addresses", None) or [(options.admin_bind, options.admin_port)]
+    client.node = xds_client.build_node(options, addresses[0][1])
+    client.start()
+
+
+def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | CertDirWatcher | None:
+    """The certificate source, started: the SvidManager under --control with --token, the
+    directory watcher with --cert-dir (its first read happens here), else None."""
+    if options.control and options.token:
+        view.certs = SvidManager(HttpCaClient(options.control), options.token, options.identity.principal)
+    elif options.cert_dir:
+        view.certs = CertDirWatcher(options.cert_dir)
+    else:
+        return None
+    view.certs.start()
+    return view.certs
+
+
+def _subscribe(certs, install) -> None:
+    """Call `install(svid, bundle)` on every new certificate, and now if there is one already."""
+    if certs is None:
+        return
+    certs.on_rotate.append(install)
+    svid = certs.current()
+    if svid is not None:
+        install(svid, certs.trust_bundle)
+
+
+def _install_in(worker: Worker):
+    """A subscriber feeding the worker's MeshTls and the certificate-expiry gauge."""
+    def install(svid, bundle) -> None:
+        worker.tls.update(svid, bundle)
+        if worker.istio is not None:
+            worker.istio.certificate_expiry = svid.not_after.timestamp()
+    return install
+
+
+def _announce(options: ProxyOptions, config: MeshConfig) -> None:
+    parts = [f"outbound {options.bind}:{options.outbound_port}"]
+    if options.inbound_port is not None and options.app_port is not None:
+        parts.append(f"inbound {options.inbound_bind}:{options.inbound_port} -> "
+                     f"{options.app_host}:{options.app_port}")
+    parts.append(f"admin {options.admin_bind}:{options.admin_port}")
+    if options.prometheus_port:
+        parts.append(f"prometheus {options.prometheus_bind}:{options.prometheus_port}")
+    if options.health_port:
+        parts.append(f"health {options.health_bind}:{options.health_port}")
+    parts.append(f"workers {max(1, options.workers)}")
+    parts.append(f"config version {config.version}")
+    if options.control:
+        parts.append(f"control server {options.control}")
+    print("remora proxy: " + ", ".join(parts), file=sys.stderr, flush=True)
+    for warning in config.warnings:
+        print(f"remora proxy: warning: {warning}", file=sys.stderr, flush=True)
+
+
+async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
+    stop = asyncio.Event()
+    _install_stop(stop)
+    worker = Worker(options, config)
+    await worker.start(reuse_port=False)
+    source = WorkerAdminSource(worker, stop)
+    client = None
+    if control is not None:
+        async def apply(candidate: Candidate) -> None:
+            worker.apply(candidate.config)
+        client = _control_client(options, control, apply, source)
+    runners = await _start_admin_servers(source, options)
+    if client is not None:
+        _start_control(options, client, runners[0])
+    certs = _start_certs(options, source)
+    _subscribe(certs, _install_in(worker))
+    _announce(options, config)
+    await stop.wait()
+    worker.begin_drain()     # 503 DRAINING before anything else is stopped
+    _say_draining(options)
+    if client is not None:
+        await client.stop()
+    if certs is not None:
+        await certs.stop()
+    _say_drained(await worker.drain(options.drain_seconds), options)
+    for runner in runners:
+        await runner.cleanup()
+    return 0
+
+
+def _say_draining(options: ProxyOptions) -> None:
+    print(f"remora proxy: draining: inbound closed, outbound serving; exit when no connection "
+          f"is left or in {options.drain_seconds:g}s", file=sys.stderr, flush=True)
+
+
+def _say_drained(cut: int, options: ProxyOptions) -> None:
+    if cut:
+        print(f"remora proxy: drain deadline ({options.drain_seconds:g}s) reached: closing "
+              f"{cut} connection(s)", file=sys.stderr, flush=True)
+
+
+async def _start_admin_servers(source, options: ProxyOptions) -> list:
+    """Admin on --admin-port and, unless their port is 0, the metrics-only port (15090) and
+    the health port (15021), each on its own bind address."""
+    runners = [await start_admin(source, options.admin_bind, options.admin_port)]
+    extra = ((start_prometheus, options.prometheus_bind, options.prometheus_port),
+             (start_health, options.health_bind, options.health_port))
+    try:
+        for start, host, port in extra:
+            if port:
+                runners.append(await start(source, host, port))
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
+    return runners
+
+
+# -- several workers -------------------------------------------------------------------------
+
+def _multi(options: ProxyOptions, config: MeshConfig, control) -> int:
+    children: list[tuple[int, socket.socket]] = []
+    for worker_id in range(options.workers):
+        parent_end, child_end = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            for _, other in children:
+                other.close()
+            code = 1
+            try:
+                code = uvloop.run(_child(options, config, worker_id, child_end))
+            finally:
+                os._exit(code)
+        child_end.close()
+        children.append((pid, parent_end))
+    return uvloop.run(_parent(options, config, children, control))
+
+
+async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan: socket.socket) -> int:
+    request_ids.reseed()     # forked workers must not share the parent's id prefix
+    stop = asyncio.Event()
+    _install_stop(stop)
+    worker = Worker(options, config, worker_id)
+    await worker.start(reuse_port=True)
+    reader, writer = await asyncio.open_connection(sock=chan, limit=CHANNEL_LINE_LIMIT)
+
+    async def serve() -> None:
+        while not reader.at_eof():
+            line = await reader.readline()
+            if not line:
+                break
+            request = json.loads(line)
+            op = request["op"]
+            if op == "apply":
+                answer = await _apply_documents(worker, request["documents"])
+            elif op == "ready":
+                answer = worker.ready and not worker.draining
+            elif op == "stats":
+                answer = worker.stats()
+            elif op == "istio":
+                answer = worker.istio.export() if worker.istio is not None else None
+            elif op == "certs":
+                answer = _apply_certificate(worker, request)
+            elif op == "clusters":
+                answer = worker.clusters()
+            elif op == "config_dump":
+                answer = worker.config_dump()
+            elif op == "drain":
+                worker.stop_accepting()
+                answer = True
+            else:
+                answer = None
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        stop.set()   # the parent is gone: do not outlive it
+
+    server_task = asyncio.create_task(serve())
+    await stop.wait()
+    _say_drained(await worker.drain(options.drain_seconds), options)
+    server_task.cancel()
+    return 0
+
+
+async def apply_to_workers(source: "FanoutAdminSource", candidate: Candidate, held) -> None:
+    """Every worker applies the candidate, or none keeps it: when one fails, all are put back
+    on the held documents (`held()`) and the error is raised, so the push is NACKed."""
+    errors = await source.apply(candidate.documents)
+    if errors:
+        await source.apply(held())
+        raise RuntimeError("; ".join(errors))
+
+
+async def _apply_documents(worker: Worker, documents: list) -> str | None:
+    """A child's half of "apply": build the documents the parent accepted and swap them in
+    (built in a thread: this worker's listeners keep serving meanwhile)."""
+    try:
+        config = await asyncio.to_thread(
+            build_mesh_config, [(doc, source) for doc, source in documents], False)
+        worker.apply(config)
+    except Exception as error:   # answered to the parent, which NACKs; the worker goes on
+        return f"worker {worker.worker_id}: {error}"
+    return None
+
+
+def _apply_certificate(worker: Worker, message: dict) -> str | None:
+    """A child's half of "certs": install the SVID the supervisor holds (None, or the error)."""
+    try:
+        _install_in(worker)(*svid_from_message(message))
+    except Exception as error:   # answered to the parent, which logs it; the old certificate stays
+        return f"worker {worker.worker_id}: certificate not applied: {error}"
+    return None
+
+
+_PROCESS_GAUGES = frozenset({"server.live", "server.uptime"})
+
+
+class FanoutAdminSource(ControlView):
+    """Admin view summing N worker processes."""
+
+    def __init__(self, channels: list, stop: asyncio.Event) -> None:
+        self.channels = channels      # [(reader, writer, lock)]
+        self.stop = stop
+        self.ready = False
+        self.draining = False
+        self._last_stats: dict[str, int] = {}
+
+    async def _ask(self, op: str, **args) -> list:
+        async def exchange(reader, writer, lock):
+            async with lock:
+                writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+                await writer.drain()
+                return json.loads(await reader.readline())
+
+        async def one(reader, writer, lock):
+            # Shielded: a cancelled caller (the xDS client stopping mid-apply) must not
+            # leave an answer unread, or the next question would read it.
+            return await asyncio.shield(exchange(reader, writer, lock))
+        return await asyncio.gather(*(one(*c) for c in self.channels))
+
+    def is_ready(self) -> bool:
+        return self.ready and not self.draining and self.config_ready() and self.certificate_ready()
+
+    def is_draining(self) -> bool:
+        return self.draining
+
+    async def push_certificate(self, svid, bundle) -> None:
+        """Send the SVID (key included, over the socketpairs only) and bundle to every worker."""
+        for error in await self._ask("certs", **svid_message(svid, bundle)):
+            if error:
+                print(f"remora proxy: {error}", file=sys.stderr, flush=True)
+
+    async def refresh_ready(self) -> None:
+        self.ready = all(await self._ask("ready"))
+
+    async def apply(self, documents: list) -> list[str]:
+        """Send accepted documents to every worker; return the errors of those that failed."""
+        return [error for error in await self._ask("apply", documents=documents) if error]
+
+    async def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for part in await self._ask("stats"):
+            for name, value in part.items():
+                if name in _PROCESS_GAUGES:
+                    # The same fact in every worker (live, uptime): not a sum.
+                    total[name] = max(total.get(name, 0), value)
+                else:
+                    total[name] = total.get(name, 0) + value
+        total["server.concurrency"] = len(self.channels)
+        total.update(self.control_stats())
+        self._last_stats = total
+        return total
+
+    def gauge_names(self) -> frozenset[str]:
+        return gauge_names(self._last_stats)
+
+    async def prometheus_extra(self) -> str:
+        """Istio's standard metrics of every worker, summed; the certificate is the supervisor's."""
+        parts = [p for p in await self._ask("istio") if p is not None]
+        if not parts:
+            return ""
+        merged = merge(parts)
+        svid = self.certs.current() if self.certs is not None else None
+        if svid is not None:
+            merged["certificate_expiry"] = svid.not_after.timestamp()
+        return render(merged)
+
+    async def clusters(self) -> list[dict]:
+        merged: dict[str, dict] = {}
+        for part in await self._ask("clusters"):
+            for cluster in part:
+                into = merged.setdefault(cluster["name"], {**cluster, "endpoints": []})
+                by_addr = {e["address"]: e for e in into["endpoints"]}
+                for ep in cluster["endpoints"]:
+                    have = by_addr.get(ep["address"])
+                    if have is None:
+                        into["endpoints"].append(dict(ep))
+                        continue
+                    for key, value in ep.items():
+                        if isinstance(value, int) and key != "weight":
+                            have[key] += value
+                    if ep["health"] != "healthy":
+                        have["health"] = ep["health"]
+        return list(merged.values())
+
+    async def config_dump(self) -> dict:
+        return self.with_control((await self._ask("config_dump"))[0])
+
+    async def drain_listeners(self) -> None:
+        self.draining = True
+        await self._ask("drain")
+
+    async def quit(self) -> None:
+        self.stop.set()
+
+
+async def _parent(options: ProxyOptions, config: MeshConfig, children, control) -> int:
+    stop = asyncio.Event()
+    _install_stop(stop)
+    channels = []
+    for _, sock in children:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=CHANNEL_LINE_LIMIT)
+        channels.append((reader, writer, asyncio.Lock()))
+    source = FanoutAdminSource(channels, stop)
+    client = None
+    if control is not None:
+        async def apply(candidate: Candidate) -> None:
+            await apply_to_workers(source, candidate, client.state.documents)
+        client = _control_client(options, control, apply, source)
+    runners = await _start_admin_servers(source, options)
+    for _ in range(200):          # workers bind their listeners; wait until all say ready
+        await source.refresh_ready()
+        if source.ready:
+            break
+        await asyncio.sleep(0.05)
+    if client is not None:
+        _start_control(options, client, runners[0])
+    certs = _start_certs(options, source)
+    pushes: set[asyncio.Task] = set()
+
+    def push(svid, bundle) -> None:
+        # Called from the certificate source's task: hand the fan-out to its own task
+        # (kept referenced); the channel locks keep pushes in order.
+        task = asyncio.get_running_loop().create_task(source.push_certificate(svid, bundle))
+        pushes.add(task)
+        task.add_done_callback(pushes.discard)
+    _subscribe(certs, push)
+    _announce(options, config)
+    pids = {pid for pid, _ in children}
+    code = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+        for pid in list(pids):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pids.discard(pid)
+                print(f"remora proxy: worker {pid} exited ({status})", file=sys.stderr, flush=True)
+                code = 1
+                stop.set()
+    source.draining = True   # /healthz/ready: 503 DRAINING from now on
+    _say_draining(options)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)   # each worker drains its own connections, then exits
+    if client is not None:
+        await client.stop()
+    if certs is not None:
+        await certs.stop()
+    deadline = asyncio.get_running_loop().time() + options.drain_seconds + 5
+    while pids and asyncio.get_running_loop().time() < deadline:
+        for pid in list(pids):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pids.discard(pid)
+        await asyncio.sleep(0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for runner in runners:
+        await runner.cleanup()
+    return code

@@ -1,0 +1,454 @@
+"""One worker: an event loop with its listeners, snapshot, pools, counters and sweeper.
+
+Everything here is per worker; with `--workers N` each process has its own Worker and the
+supervisor sums what they report. The snapshot (route tables + clusters) is compiled once
+per config version and swapped by one assignment.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import msgspec
+
+from remora.config.model import MeshConfig
+from remora.config.names import qualify_host
+from remora.proxy.process.capture_seam import CaptureSupport
+from remora.proxy.upstream.cluster import Cluster, Endpoint, build_clusters
+from remora.proxy.router.deadlines import RequestDeadlines
+from remora.proxy.security.identity import WorkloadIdentity
+from remora.proxy.security.inbound_accept import OUT_OF_DESCRIPTORS
+from remora.proxy.security.inbound_policy import InboundPolicy, compile_inbound_policy
+from remora.proxy.telemetry.istio_metrics import IstioMetrics, local_service_tags, service_tags
+from remora.proxy.process.listener import Listener, ListenerSettings
+from remora.proxy.upstream.outlier import OutlierDetector
+from remora.proxy.upstream.pool import PoolRegistry
+from remora.proxy.router.route_table import RouteTable, build_route_table
+from remora.proxy.telemetry.otlp import SpanExporter
+from remora.proxy.telemetry.access_log import AccessLogWriter
+from remora.proxy.security.tls import MeshTls
+from remora.proxy.upstream.tls_origination import OriginationDialer, OriginContexts, check_origination
+from remora.proxy.upstream.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
+from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
+from remora.proxy.telemetry.tracing import Tracer
+
+
+@dataclass
+class ProxyOptions:
+    """What `remora proxy` was asked to run."""
+
+    mesh_config: list[str] = field(default_factory=list)
+    outbound_port: int = 15001
+    admin_port: int = 15000
+    inbound_port: int | None = None
+    app_port: int | None = None
+    bind: str = "127.0.0.1"
+    inbound_bind: str = "127.0.0.1"
+    admin_bind: str = "127.0.0.1"
+    app_host: str = "127.0.0.1"
+    workers: int = 1
+    drain_seconds: float = 5.0
+    retry_buffer_bytes: int = 1 << 20   # request body kept for retries and the keep-alive race
+    access_log: str = "stdout"          # stdout | off
+    access_log_format: str = "text"     # text | json
+    prometheus_port: int = 15090        # Istio's merged-metrics port (0: no such listener)
+    prometheus_bind: str = "127.0.0.1"  # its address (the CLI defaults it to --admin-bind)
+    health_port: int = 15021            # Istio's readiness port: GET /healthz/ready (0: off)
+    health_bind: str = "127.0.0.1"      # its address (the CLI defaults it to --admin-bind)
+    istio_metrics: bool = True          # Istio's standard metrics and the metadata exchange
+    trace_sampling: float = 1.0         # percent of new traces sampled (randomSamplingPercentage)
+    otlp_endpoint: str | None = None    # OTLP/HTTP traces URL; no spans are recorded without it
+    listener: ListenerSettings = field(default_factory=ListenerSettings)
+    identity: WorkloadIdentity = field(default_factory=WorkloadIdentity)
+    control: str | None = None          # control server URL; config comes from it, not files
+    state_dir: str | None = None        # where the last good pushed snapshot is kept
+    token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
+    cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
+    credentials_dir: str | None = None  # DestinationRule tls.credentialName -> <dir>/<name>/ (tls_origination)
+    # Listeners receive iptables-redirected traffic (docs/interception.md): a CaptureSupport
+    # (capture_seam.py; the CLI passes remora.intercept.support.TransparentCapture()), or None.
+    capture: CaptureSupport | None = None
+    outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
+
+
+class Snapshot:
+    """An immutable compiled config version: route tables and clusters."""
+
+    def __init__(self, config: MeshConfig, options: ProxyOptions, pools: PoolRegistry,
+                 previous: "Snapshot | None" = None) -> None:
+        self.config = config
+        self.version = config.version
+        self.loaded_at = time.time()
+        self.services = build_clusters(config, options.identity)
+        self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
+                                                      options.identity.namespace)
+        self.inbound: RouteTable | None = None
+        self.inbound_cluster: Cluster | None = None
+        self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
+        if options.inbound_port is not None and options.app_port is not None:
+            name = f"inbound|{options.app_port}||"
+            self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
+                                           [Endpoint(options.app_host, options.app_port, {})], None)
+            self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
+            self.inbound_policy = compile_inbound_policy(config, options.identity, options.app_port)
+        old = {c.name: c for c in previous.clusters()} if previous is not None else {}
+        internal = mesh_internal_hosts(config)
+        for fqdn, info in self.services.items():
+            tags = service_tags(fqdn, info.namespace, fqdn in internal)
+            for cluster in info.clusters.values():
+                cluster.telemetry = tags
+        if self.inbound_cluster is not None:
+            self.inbound_cluster.telemetry = local_service_tags(options.identity)
+        check_origination(self.clusters(), pools.origins)
+        for cluster in self.clusters():
+            prepare_cluster(cluster, pools, old.get(cluster.name))
+        self._pools, self._options = pools, options
+        self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
+        # --capture: the per-port inbound clusters made so far, whose stats the next ones keep.
+        self._port_clusters: dict[str, Cluster] = {} if previous is None else {
+            **previous._port_clusters, **{found[2].name: found[2] for found in previous._inbound_ports.values()}}
+        # Transparent capture (--capture): original destination -> mesh service, per version.
+        self.destinations = (options.capture.destinations(config, self.services)
+                             if options.capture is not None else None)
+
+    def inbound_for(self, port: int) -> tuple:
+        """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:
+        inbound traffic to any port of the pod, forwarded to the app on that port)."""
+        found = self._inbound_ports.get(port)
+        if found is None:
+            if port == self._options.app_port and self.inbound is not None:
+                found = (self.inbound, self.inbound_policy, self.inbound_cluster)
+            else:
+                options = self._options
+                cluster = Cluster(f"inbound|{port}||", "inbound", port, None,
+                                  [Endpoint(options.app_host, port, {})], None)
+                cluster.telemetry = local_service_tags(options.identity)
+                prepare_cluster(cluster, self._pools, self._port_clusters.get(cluster.name))
+                found = (RouteTable.single(cluster, "inbound"),
+                         compile_inbound_policy(self.config, options.identity, port), cluster)
+            self._inbound_ports[port] = found
+        return found
+
+    def clusters(self) -> list[Cluster]:
+        """Every cluster of this version, in a stable order."""
+        found = {c.name: c for info in self.services.values() for c in info.clusters.values()}
+        if self.inbound_cluster is not None:
+            found[self.inbound_cluster.name] = self.inbound_cluster
+        return [found[name] for name in sorted(found)]
+
+
+def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
+    """Give a compiled cluster its outlier detector (inheriting the previous version's
+    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints).
+
+    `previous` is the cluster of the same name in the version before. Envoy keeps a cluster's
+    stats while a cluster of that name exists, whatever a push changed, and a host's while
+    the host stays: so the new cluster takes over the previous ClusterStats object (requests
+    still in flight on the old version count into the same object, the gauges stay right)
+    and each endpoint's request and error counts by address. A name absent from the version
+    before starts from zero (a cluster that went away and came back, as in Envoy)."""
+    if previous is not None:
+        cluster.stats = previous.stats
+        _carry_endpoint_counts(previous, cluster)
+    policy = cluster.traffic_policy
+    cluster.detector = OutlierDetector(
+        policy.outlier_detection if policy is not None else None, cluster.endpoints,
+        pools.loop.time, on_panic_change=_panic_setter(cluster))
+    if previous is not None and previous.detector is not None:
+        cluster.detector.inherit(previous.detector)
+    cluster.circuit = pools.circuit_for(cluster.name)
+    cluster.circuit.configure(cluster.traffic_policy)
+    origin = cluster.origination
+    for ep in cluster.endpoints:
+        mtls = ep.tls_mode == ISTIO_MUTUAL
+        originate = origin is not None and ep.tls_mode == origin.mode
+        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
+                                 origin.key if originate else mtls)
+        ep.pool.endpoint = ep
+        if mtls:
+            ep.pool.dialer = MtlsDialer(
+                pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
+                cluster.naming, is_required(policy), cluster.name, ep.key,
+                ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
+        elif originate:
+            ep.pool.dialer = OriginationDialer(origin, pools.origins, pools.tls_stats_for(cluster.name),
+                                               cluster.name)
+            ep.pool.by_host = ep.pool.dialer.by_host
+
+
+def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
+    """Per-endpoint counters (/clusters) of endpoints kept by address. Only counters move:
+    active_requests belongs to the old Endpoint object, which its requests in flight release."""
+    before = {ep.key: ep for ep in previous.endpoints}
+    for ep in cluster.endpoints:
+        old = before.get(ep.key)
+        if old is not None:
+            ep.total_requests, ep.errors = old.total_requests, old.errors
+
+
+def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
+    """FQDNs of ServiceEntries with `location: MESH_INTERNAL` (Istio's default is external)."""
+    return frozenset(qualify_host(host, se.namespace) for se in config.service_entries
+                     if (se.spec.location or "").upper() == "MESH_INTERNAL" for host in se.spec.hosts)
+
+
+def _panic_setter(cluster: Cluster):
+    """Below minHealthPercent the balancer ignores ejections (Envoy's panic mode)."""
+    def set_panic(panic: bool) -> None:
+        cluster.balancer.panic = panic
+    return set_panic
+
+
+class Worker:
+    """Listeners and state of one event loop."""
+
+    def __init__(self, options: ProxyOptions, config: MeshConfig, worker_id: int = 0) -> None:
+        self.options = options
+        self.worker_id = worker_id
+        self.loop = asyncio.get_running_loop()
+        self.tls = MeshTls()    # mTLS contexts; filled by the SvidManager or --cert-dir
+        self.pools = PoolRegistry(self.loop, self.tls, OriginContexts(options.credentials_dir))
+        self.deadlines = RequestDeadlines(self.loop)
+        self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
+        self.snapshot = Snapshot(config, options, self.pools)
+        # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
+        self.access_log = AccessLogWriter(fmt=options.access_log_format)
+        self.tracer = Tracer(options.identity, _span_exporter(options))
+        self.listeners: list[Listener] = [
+            Listener(self, "outbound", options.bind, options.outbound_port, False, options.listener)]
+        if self.snapshot.inbound is not None:
+            self.listeners.append(Listener(self, "inbound", options.inbound_bind,
+                                           options.inbound_port, True, options.listener))
+        self.apply_telemetry(config)
+        self.ready = False
+        self.draining = False
+        self.drain_started: float | None = None   # loop time SIGTERM / quitquitquit began the drain
+        self.started_at = time.time()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._next_tick: dict[str, float] = {}
+        self.out_of_descriptors = False   # the last sweep could not open a file descriptor
+        self.fd_exhausted = 0             # episodes of that (listener_manager.fd_exhausted)
+
+    async def start(self, reuse_port: bool) -> None:
+        for listener in self.listeners:
+            await listener.start(reuse_port)
+        self.access_log.start(self.loop)
+        if self.tracer.exporter is not None:
+            self.tracer.exporter.start()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+        self.ready = True
+
+    def apply(self, config: MeshConfig) -> None:
+        """Swap in a new config version (requests in flight keep the old one)."""
+        self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot)
+        self.apply_telemetry(config)
+
+    def apply_telemetry(self, config: MeshConfig) -> None:
+        """Resolve flags + Telemetry resources for this workload into each listener."""
+        options, identity = self.options, self.options.identity
+        defaults = TelemetryDefaults(access_log=options.access_log != "off",
+                                     access_log_format=options.access_log_format,
+                                     sampling_percent=options.trace_sampling,
+                                     otlp=options.otlp_endpoint is not None)
+        self.telemetry = resolve(config.telemetries, identity.namespace, identity.labels, defaults)
+        for listener in self.listeners:
+            listener.set_telemetry(self.telemetry[SERVER if listener.inbound else CLIENT])
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                conn.check_timeouts(now, listener.settings)
+        self.pools.sweep(now)
+        self._tick_outlier_detectors(now)
+        self._check_descriptors()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _check_descriptors(self) -> None:
+        """Notice the process running out of file descriptors (one open/close a second).
+
+        The outbound listener is uvloop's (libuv's) server: at EMFILE libuv accepts each
+        pending connection on a reserved descriptor and closes it at once, without telling
+        Python. That does not spin, but it is silent; this probe makes the episode visible
+        (one warning, `listener_manager.fd_exhausted`). The inbound acceptor sees its own
+        accept errors (inbound_accept.py)."""
+        try:
+            fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError as error:
+            if error.errno in OUT_OF_DESCRIPTORS and not self.out_of_descriptors:
+                self.out_of_descriptors = True
+                self.fd_exhausted += 1
+                logging.getLogger("remora.listener").warning(
+                    "remora proxy: out of file descriptors (%s): new outbound connections are "
+                    "closed as soon as they are accepted, inbound accepting backs off, until "
+                    "descriptors are free", error.strerror or error)
+            return
+        os.close(fd)
+        self.out_of_descriptors = False
+
+    def _tick_outlier_detectors(self, now: float) -> None:
+        """Run each enabled detector's interval check (un-ejection, multiplier decay)."""
+        for cluster in self.snapshot.clusters():
+            detector = cluster.detector
+            if detector is not None and detector.enabled:
+                due = self._next_tick.get(cluster.name)
+                if due is None:
+                    self._next_tick[cluster.name] = now + detector.interval
+                elif now >= due:
+                    detector.tick()
+                    self._next_tick[cluster.name] = now + detector.interval
+
+    # -- drain and stop ------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Every listener stops accepting (POST /drain_listeners); idle connections close."""
+        self.draining = True
+        for listener in self.listeners:
+            listener.stop_accepting()
+            listener.close_idle()
+
+    def begin_drain(self) -> None:
+        """Start the shutdown drain: /healthz/ready says DRAINING from here on, inbound
+        stops accepting, outbound keeps serving the app (Listener.begin_drain)."""
+        if self.drain_started is None:
+            self.drain_started = self.loop.time()
+        self.draining = True
+        for listener in self.listeners:
+            listener.begin_drain()
+
+    def in_flight(self) -> int:
+        return sum(listener.stats.downstream_rq_active for listener in self.listeners)
+
+    def open_connections(self) -> int:
+        """Downstream connections on every listener (a WebSocket tunnel counts as one)."""
+        return sum(len(listener.connections) for listener in self.listeners)
+
+    async def drain(self, deadline_seconds: float) -> int:
+        """Drain (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS): wait until no downstream
+        connection or request is left, or `deadline_seconds` after the drain began; then
+        close everything. Returns how many connections the deadline cut."""
+        self.begin_drain()
+        deadline = self.drain_started + deadline_seconds
+        while (self.open_connections() or self.in_flight()) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            for listener in self.listeners:
+                if listener.inbound:
+                    listener.close_idle()   # a pipelined request may have finished
+        cut = self.open_connections()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+            listener.stop_accepting()
+        self.pools.close_all_idle()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.access_log.close()
+        if self.tracer.exporter is not None:
+            self.tracer.exporter.close()
+        return cut
+
+    # -- what admin reads --------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cluster in self.snapshot.clusters():
+            prefix = f"cluster.{cluster.name}."
+            for name, value in cluster.stats.as_dict().items():
+                out[prefix + name] = value
+            out[prefix + "upstream_cx_active"] = cluster.circuit.open
+            out[prefix + "upstream_rq_pending_active"] = len(cluster.circuit.pending)
+            if cluster.detector is not None and cluster.detector.enabled:
+                for name, value in cluster.detector.stats().items():
+                    out[prefix + "outlier_detection." + name] = value
+            tls_stats = self.pools.tls_stats.get(cluster.name)
+            if tls_stats is not None:
+                for name, value in tls_stats.as_dict().items():
+                    out[prefix + "ssl." + name] = value
+            out[prefix + "membership_total"] = len(cluster.endpoints)
+            out[prefix + "membership_healthy"] = sum(not e.ejected for e in cluster.endpoints)
+        for listener in self.listeners:
+            st = listener.stats.as_dict()
+            for name in ("downstream_cx_total", "downstream_cx_active"):
+                out[f"listener.{listener.address}.{name}"] = st[name]
+            for name, value in st.items():
+                out[f"http.{listener.name}.{name}"] = value
+            if listener.acceptor is not None:
+                for name, value in listener.acceptor.stats.named().items():
+                    out[f"listener.{listener.address}.{name}"] = value
+            if listener.capture is not None:
+                for name, value in listener.capture.stats.as_dict().items():
+                    out[f"listener.{listener.address}.capture.{name}"] = value
+                for name, value in listener.tcp_stats.as_dict().items():
+                    out[f"tcp.{listener.name}.{name}"] = value
+                if not listener.inbound:
+                    for name, value in listener.capture.passthrough_stats.as_dict().items():
+                        out[f"cluster.PassthroughCluster.{name}"] = value
+            if listener.inbound:
+                for name, value in listener.rbac.as_dict().items():
+                    out[f"http.{listener.name}.rbac.{name}"] = value
+                for name, value in listener.jwt_authn.as_dict().items():
+                    out[f"http.{listener.name}.jwt_authn.{name}"] = value
+        out["server.live"] = 0 if self.draining else 1
+        out["server.uptime"] = int(time.time() - self.started_at)
+        out["server.concurrency"] = 1
+        out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
+        out["access_log.dropped"] = self.access_log.dropped
+        out["listener_manager.fd_exhausted"] = self.fd_exhausted
+        out.update(self.tracer.stats())
+        return out
+
+    def clusters(self) -> list[dict]:
+        result = []
+        for cluster in self.snapshot.clusters():
+            endpoints = []
+            for ep in cluster.endpoints:
+                pool = ep.pool
+                endpoints.append({
+                    "address": ep.key, "labels": ep.labels, "weight": ep.weight,
+                    "active_requests": ep.active_requests, "total_requests": ep.total_requests,
+                    "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
+                    "connections_active": len(pool.active) - len(pool.idle) if pool else 0,
+                    "connections_idle": len(pool.idle) if pool else 0,
+                    "tls_mode": ep.tls_mode,
+                })
+            result.append({"name": cluster.name, "service": cluster.service,
+                           "subset": cluster.subset or "", "lb_policy": cluster.lb_policy,
+                           "endpoints": endpoints})
+        return result
+
+    def config_dump(self) -> dict:
+        snap = self.snapshot
+        cfg = snap.config
+        resources = {}
+        for kind, items in (("ServiceEntry", cfg.service_entries), ("WorkloadEntry", cfg.workload_entries),
+                            ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules),
+                            ("Telemetry", cfg.telemetries)):
+            resources[kind] = [{"name": r.name, "namespace": r.namespace, "source": r.source,
+                                "spec": msgspec.to_builtins(r.spec)} for r in items]
+        return {
+            "version": snap.version,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
+            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}",
+                           "path_normalization": l.paths.level} for l in self.listeners],
+            "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
+            "clusters": [c.name for c in snap.clusters()],
+            "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
+            "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
+            "warnings": list(cfg.warnings),
+            "resources": resources,
+        }
+
+
+def _span_exporter(options: ProxyOptions) -> SpanExporter | None:
+    """The OTLP exporter of this worker, or None: without --otlp-endpoint no span is recorded."""
+    if options.otlp_endpoint is None:
+        return None
+    identity = options.identity
+    return SpanExporter(options.otlp_endpoint, {
+        "service.name": f"{identity.app}.{identity.namespace}",
+        "service.version": identity.version,
+        "service.instance.id": identity.id,
+        "k8s.namespace.name": identity.namespace,
+    })
