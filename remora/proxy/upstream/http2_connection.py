@@ -1,0 +1,378 @@
+"""An upstream HTTP/2 client connection: many streams on one transport (h2 sans-IO inside).
+
+Rules this module owns (one owner: the connection; streams never touch h2 themselves):
+- A stream is opened only while `capacity()` > 0: the lower of the peer's
+  SETTINGS_MAX_CONCURRENT_STREAMS and the cluster's limit (DestinationRule
+  maxConcurrentStreams), minus streams open; none once GOAWAY arrived or the connection
+  closed.
+- Sending respects the peer's flow-control windows: what does not fit waits in the
+  stream's queue and goes out on WINDOW_UPDATE; a stream whose queue passes
+  SEND_QUEUE_HIGH tells its owner to stop producing (`upstream_write_paused(True)`), and
+  is told to go on when the queue drains.
+- Receiving: WINDOW_UPDATE follows consumption, not receipt. Data is acknowledged as soon as
+  it is handed to the stream's owner, unless that owner paused the stream
+  (`set_stream_reading(id, False)`: the client downstream is slow); then the credit is held
+  until it resumes, so the server stops at the stream window (STREAM_WINDOW) and the proxy
+  holds at most that much per stream.
+- GOAWAY: streams above last_stream_id never reached the application and fail as refused
+  (retriable, Envoy's refused-stream); those below finish. Transport loss fails every open
+  stream, saying whether response bytes had arrived (a retry is only allowed before).
+- Every event batch ends with one write of `data_to_send()`.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from remora.proxy.codec.message import ResponseHead
+from remora.proxy.telemetry.counters import set_nodelay
+
+STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
+CONNECTION_WINDOW = 16 << 20     # the connection window we grant at start
+SEND_QUEUE_HIGH = 256 << 10      # queued request bytes per stream before its producer pauses
+MAX_HEADER_LIST = 64 << 10       # SETTINGS_MAX_HEADER_LIST_SIZE we announce (Envoy: 60 KiB)
+UNLIMITED = 1 << 31
+
+
+class StreamEvents(Protocol):
+    """What an upstream HTTP/2 stream reports to its owner (the attempt)."""
+
+    def on_response_head(self, resp: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_trailers(self, trailers: list) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_stream_reset(self, error_code: int, refused: bool, got_bytes: bool) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class _Stream:
+    """The connection's book-keeping for one stream."""
+
+    __slots__ = ("events", "queue", "queued", "end_queued", "trailers", "reading", "held",
+                 "got_bytes", "paused_producer")
+
+    def __init__(self, events: StreamEvents) -> None:
+        self.events = events
+        self.queue: list[bytes] = []      # request bytes waiting for flow-control window
+        self.queued = 0
+        self.end_queued = False           # END_STREAM goes after the queue
+        self.trailers: list | None = None
+        self.reading = True
+        self.held = 0                     # received bytes not acknowledged (owner paused)
+        self.got_bytes = False
+        self.paused_producer = False
+
+
+class UpstreamHttp2(asyncio.Protocol):
+    """One HTTP/2 client connection; the pool hands out its stream capacity."""
+
+    def __init__(self, on_capacity=None, max_streams: int = UNLIMITED,
+                 authority_scheme: bytes = b"http") -> None:
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                           validate_inbound_headers=True)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.max_streams = max_streams
+        self.scheme = authority_scheme
+        self.on_capacity = on_capacity    # called when streams free up or settings grow
+        self.goaway = False
+        self.closed = False
+        self.streams_opened = 0
+        self.write_paused = False
+
+    # -- capacity ------------------------------------------------------------------------
+    def capacity(self) -> int:
+        """Streams that may still be opened now."""
+        if self.closed or self.goaway or self.transport is None:
+            return 0
+        peer = self.h2.remote_settings.max_concurrent_streams
+        return max(0, min(peer, self.max_streams) - len(self.streams))
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+        h2c = self.h2
+        h2c.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        })
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()      # h2 queued a GOAWAY naming the error
+            self._fail_all(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.transport.close()
+            return
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self._flush()
+
+    def connection_lost(self, exc) -> None:
+        self._fail_all(h2.errors.ErrorCodes.CONNECT_ERROR)
+
+    def pause_writing(self) -> None:
+        # The socket's buffer is full: every stream's producer waits.
+        self.write_paused = True
+        for stream in list(self.streams.values()):
+            stream.events.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            if not stream.paused_producer:
+                stream.events.upstream_write_paused(False)
+
+    # -- the attempt's calls ---------------------------------------------------------------
+    def open_stream(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes,
+                    headers: list, end_stream: bool) -> int:
+        """Send a request head on a new stream; returns the stream id (capacity() must be > 0)."""
+        h2c = self.h2
+        stream_id = h2c.get_next_available_stream_id()
+        head = [(b":method", method), (b":scheme", self.scheme), (b":authority", authority),
+                (b":path", path)]
+        head += headers
+        self.streams[stream_id] = _Stream(events)
+        self.streams_opened += 1
+        h2c.send_headers(stream_id, head, end_stream=end_stream)
+        self._flush()
+        return stream_id
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue request body bytes; they go out as the peer's windows allow."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if data:
+            stream.queue.append(data)
+            stream.queued += len(data)
+        stream.end_queued = stream.end_queued or end_stream
+        self._send_queued(stream_id, stream)
+        self._flush()
+
+    def end_stream(self, stream_id: int, trailers: list | None = None) -> None:
+        """The request is complete (with trailers, for gRPC clients that send them)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        stream.trailers = trailers
+        stream.end_queued = True
+        self._send_queued(stream_id, stream)
+        self._flush()
+
+    def reset_stream(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        """Cancel a stream (timeout, client gone): RST_STREAM, and forget it."""
+        if self.streams.pop(stream_id, None) is None:
+            return
+        try:
+            self.h2.reset_stream(stream_id, error_code=code)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self._flush()
+        self._capacity_freed()
+
+    def set_stream_reading(self, stream_id: int, on: bool) -> None:
+        """Hold (False) or release (True) the flow-control credit of bytes received on a stream."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.reading == on:
+            return
+        stream.reading = on
+        if on and stream.held:
+            held, stream.held = stream.held, 0
+            self._acknowledge(stream_id, held)
+            self._flush()
+
+    def close(self) -> None:
+        """Close the connection (GOAWAY first, so the server knows no more streams come)."""
+        if self.closed:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            try:
+                self.h2.close_connection()
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+            self.transport.close()
+        self._fail_all(h2.errors.ErrorCodes.CANCEL)
+
+    # -- internals -----------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _send_queued(self, stream_id: int, stream: _Stream) -> None:
+        h2c = self.h2
+        queue = stream.queue
+        try:
+            while queue:
+                window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk = queue[0]
+                if len(chunk) > window:
+                    queue[0] = chunk[window:]
+                    chunk = chunk[:window]
+                else:
+                    queue.pop(0)
+                stream.queued -= len(chunk)
+                h2c.send_data(stream_id, chunk)
+            if not queue and stream.end_queued:
+                if stream.trailers:
+                    h2c.send_headers(stream_id, stream.trailers, end_stream=True)
+                else:
+                    h2c.end_stream(stream_id)
+                stream.end_queued = False
+                stream.trailers = None
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            queue.clear()
+            stream.queued = 0
+            return
+        paused = stream.queued > SEND_QUEUE_HIGH
+        if paused != stream.paused_producer:
+            stream.paused_producer = paused
+            if not self.write_paused:
+                stream.events.upstream_write_paused(paused)
+
+    def _acknowledge(self, stream_id: int, length: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(length, stream_id)
+        except h2.exceptions.StreamClosedError:
+            # The stream is over; the connection window still needs the credit back.
+            self.h2.increment_flow_control_window(length)
+
+    def _capacity_freed(self) -> None:
+        if self.on_capacity is not None and self.capacity() > 0:
+            self.on_capacity(self)
+
+    def _fail_all(self, code: int) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.events.on_stream_reset(code, False, stream.got_bytes)
+
+    # -- h2 events -------------------------------------------------------------------------
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        status, headers = 0, []
+        for name, value in event.headers:
+            if name == b":status":
+                status = int(value)
+            elif not name.startswith(b":"):
+                headers.append((name, value))
+        stream.got_bytes = True
+        resp = ResponseHead(status, b"", headers)
+        length = _content_length(headers)
+        resp.content_length = length
+        resp.chunked = length is None and not event.stream_ended
+        stream.events.on_response_head(resp)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        length = event.flow_controlled_length
+        if stream is None:
+            self._acknowledge(event.stream_id, length)
+            return
+        stream.events.on_response_body(event.data)
+        if stream.reading:
+            self._acknowledge(event.stream_id, length)
+        else:
+            stream.held += length
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.events.on_response_trailers(list(event.headers))
+
+    def _on_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        if stream.queue or stream.end_queued or self._open_locally(event.stream_id):
+            # The server answered before the whole request went out (RFC 9113 8.1): the
+            # rest is not wanted; cancel our half so the stream slot is freed on both sides.
+            try:
+                self.h2.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.StreamClosedError:
+                pass
+        stream.events.on_response_end()
+        self._capacity_freed()
+
+    def _open_locally(self, stream_id: int) -> bool:
+        h2_stream = self.h2.streams.get(stream_id)
+        return h2_stream is not None and h2_stream.open
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            stream.events.on_stream_reset(event.error_code, refused, stream.got_bytes)
+            self._capacity_freed()
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        if not event.stream_id:
+            self._send_all_queued()
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and (stream.queue or stream.end_queued):
+            self._send_queued(event.stream_id, stream)
+
+    def _send_all_queued(self) -> None:
+        for stream_id, stream in list(self.streams.items()):
+            if stream.queue or stream.end_queued:
+                self._send_queued(stream_id, stream)
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._send_all_queued()     # a larger initial window opens every stream's window
+        self._capacity_freed()
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self.goaway = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        for stream_id in [s for s in self.streams if s > last]:
+            stream = self.streams.pop(stream_id)
+            # Never processed by the server: safe to retry elsewhere (refused-stream).
+            stream.events.on_stream_reset(h2.errors.ErrorCodes.REFUSED_STREAM, True, False)
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
+
+def _content_length(headers: list) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+_HANDLERS = {
+    h2.events.ResponseReceived: UpstreamHttp2._on_response,
+    h2.events.DataReceived: UpstreamHttp2._on_data,
+    h2.events.TrailersReceived: UpstreamHttp2._on_trailers,
+    h2.events.StreamEnded: UpstreamHttp2._on_ended,
+    h2.events.StreamReset: UpstreamHttp2._on_reset,
+    h2.events.WindowUpdated: UpstreamHttp2._on_window,
+    h2.events.RemoteSettingsChanged: UpstreamHttp2._on_settings,
+    h2.events.ConnectionTerminated: UpstreamHttp2._on_goaway,
+}
