@@ -13,8 +13,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from remora.config.names import qualify_host
+from remora.config.protocols import HTTP_PROTOCOLS, declared_protocol  # noqa: F401  (re-exported)
 
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY"})
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,6 @@ class MeshDestination:
     def authority(self) -> bytes:
         """The route table key of this service port (`fqdn:port`)."""
         return f"{self.fqdn}:{self.port}".encode()
-
-
-def declared_protocol(protocol: str | None, name: str | None) -> str | None:
-    """Istio's protocol selection: the protocol field, else the port name's prefix."""
-    if protocol:
-        return protocol.upper()
-    prefix = (name or "").split("-", 1)[0].upper()
-    known = HTTP_PROTOCOLS | {"TCP", "TLS", "HTTPS", "MONGO", "MYSQL", "REDIS"}
-    return prefix if prefix in known else None
 
 
 class DestinationIndex:
