@@ -127,12 +127,12 @@ spec:
   resolution: STATIC
   ports:
   - number: 80
-    name: http
-    protocol: HTTP
+    name: {port_name}
+    protocol: {protocol}
   endpoints:
   - address: 127.0.0.1
     ports:
-      http: {inbound_port}
+      {port_name}: {inbound_port}
     labels:
       app: server
       security.istio.io/tlsMode: istio
@@ -154,7 +154,7 @@ spec:
     timeout: 15s
     retries:
       attempts: 2
-      retryOn: "connect-failure,refused-stream,503"
+      retryOn: "{retry_on}"
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -182,12 +182,18 @@ spec:
 """
 
 
-def two_hop_yaml(inbound_port: int, mtls: bool = True) -> str:
+def two_hop_yaml(inbound_port: int, mtls: bool = True, grpc: bool = False) -> str:
     """ServiceEntry (MESH_INTERNAL, endpoint = sidecar B's inbound port, tlsMode istio,
     serviceAccount server), VirtualService, DestinationRule ISTIO_MUTUAL, and a namespace-wide
     PeerAuthentication STRICT, all in namespace `bench`. mtls=False: the same with tls mode
-    and PeerAuthentication DISABLE (to measure or profile what TLS itself costs)."""
+    and PeerAuthentication DISABLE (to measure or profile what TLS itself costs). grpc=True:
+    the service port is `grpc` (protocol GRPC: HTTP/2 upstream on both hops), retried on
+    `unavailable` as well."""
     return TWO_HOP_YAML.format(ns=MESH_NAMESPACE, host=SERVER_HOST, inbound_port=inbound_port,
+                               port_name="grpc" if grpc else "http",
+                               protocol="GRPC" if grpc else "HTTP",
+                               retry_on="connect-failure,refused-stream,503"
+                               + (",unavailable" if grpc else ""),
                                server_sa=SERVER_ACCOUNT,
                                client_tls="ISTIO_MUTUAL" if mtls else "DISABLE",
                                peer_mode="STRICT" if mtls else "DISABLE")

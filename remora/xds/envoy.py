@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_traffic_policy,
+from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_http_version,
+                                       apply_traffic_policy,
                                        build_clusters, cluster_name, services)
 from remora.xds.envoy_jwt import jwt_filters
 from remora.xds.envoy_rbac import rbac_filters
@@ -113,8 +114,12 @@ def render_bootstrap(docs: list[dict], listen_port: int, admin_port: int,
 def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[str, str],
                              inbound_port: int, app_port: int, admin_port: int,
                              cert_dir: Path | None,
-                             trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict:
+                             trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                             app_protocol: str | None = None) -> dict:
     """A server sidecar: 127.0.0.1:inbound_port -> the app on 127.0.0.1:app_port.
+
+    `app_protocol` is the declared protocol of the service port that reaches this app
+    (config/protocols.py): GRPC, HTTP2 and GRPC-WEB apps are spoken to in HTTP/2 (h2c).
 
     Like Istio's inbound path: every request goes to the local app (no retries, no route
     timeout), mTLS as PeerAuthentication says for this workload and port, and the
@@ -147,6 +152,7 @@ def render_inbound_bootstrap(docs: list[dict], *, namespace: str, labels: dict[s
            "load_assignment": {"cluster_name": cluster, "endpoints": [
                {"lb_endpoints": [{"endpoint": {"address": addr("127.0.0.1", app_port)}}]}]}}
     apply_traffic_policy(app, {})  # Istio's connect timeout; circuit breakers raised
+    apply_http_version(app, app_protocol, {})
     return {
         "admin": {"address": addr("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": [app]},

@@ -19,6 +19,7 @@ from typing import Any
 from remora.config.duration import parse_duration
 from remora.config.mesh_rules import destination_rules_for, outbound_cluster_name
 from remora.config.names import qualify_host
+from remora.config.protocols import declared_protocol, upstream_http2
 from remora.config.traffic_policy import DICTS, merge_traffic_policy, port_level
 from remora.xds.envoy_tls import TlsUnsupported, apply_client_tls, istio_sni, server_identities
 
@@ -203,7 +204,32 @@ def _cluster(svc: Service, port: dict, subset: str, endpoints: list[dict], polic
                          istio_sni(port["number"], svc.host, subset), cert_dir)
     except TlsUnsupported as error:
         raise Unsupported(f"{where}: {error}") from None
+    apply_http_version(cluster, declared_protocol(port.get("protocol"), port.get("name")),
+                       (policy.get("connectionPool") or {}).get("http") or {})
     return cluster
+
+
+def apply_http_version(cluster: dict, protocol: str | None, http: dict) -> None:
+    """HTTP/1.1, HTTP/2 or the client's version upstream, by config/protocols.py (Istio's rule)."""
+    if http.get("useClientProtocol"):
+        config: dict[str, Any] = {"use_downstream_protocol_config": {
+            "http_protocol_options": {}, "http2_protocol_options": {}}}
+    elif upstream_http2(protocol, http.get("h2UpgradePolicy")):
+        h2: dict[str, Any] = {}
+        if http.get("maxConcurrentStreams"):
+            h2["max_concurrent_streams"] = http["maxConcurrentStreams"]
+        config = {"explicit_http_config": {"http2_protocol_options": h2}}
+    else:
+        return      # HTTP/1.1: Envoy's default, or what the policy and TLS already set
+    options = cluster.setdefault("typed_extension_protocol_options", {}).setdefault(
+        _HTTP_OPTIONS, {"@type": f"type.googleapis.com/{_HTTP_OPTIONS}"})
+    options.pop("explicit_http_config", None)
+    options.update(config)
+    tls = (cluster.get("transport_socket") or {}).get("typed_config", {}).get("common_tls_context")
+    if tls is not None and "explicit_http_config" in config:
+        # offer h2 where HTTP/1.1 was offered (the mesh's own token stays first)
+        tls["alpn_protocols"] = [p if p != "http/1.1" else "h2"
+                                 for p in tls.get("alpn_protocols") or ["http/1.1"]]
 
 
 def apply_traffic_policy(cluster: dict, policy: dict, where: str = "trafficPolicy") -> None:
@@ -224,7 +250,8 @@ def apply_traffic_policy(cluster: dict, policy: dict, where: str = "trafficPolic
     only(tcp, {"maxConnections", "connectTimeout", "tcpKeepalive", "maxConnectionDuration"},
          f"{where}.connectionPool.tcp")
     only(http, {"http1MaxPendingRequests", "http2MaxRequests", "maxRetries",
-                "maxRequestsPerConnection", "idleTimeout"}, f"{where}.connectionPool.http")
+                "maxRequestsPerConnection", "idleTimeout", "h2UpgradePolicy", "useClientProtocol",
+                "maxConcurrentStreams"}, f"{where}.connectionPool.http")
     cluster["connect_timeout"] = dur(tcp.get("connectTimeout", ISTIO_DEFAULT_CONNECT_TIMEOUT))
     cluster["circuit_breakers"] = {"thresholds": [{
         "max_connections": tcp.get("maxConnections", UNLIMITED),

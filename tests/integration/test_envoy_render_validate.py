@@ -51,7 +51,8 @@ def _outbound_inputs() -> dict[str, str]:
     inputs = {"demo": DEMO_YAML, "features": FEATURES_YAML,
               "bench-1hop": one_hop_yaml(18080),
               "bench-2hop-mtls": two_hop_yaml(15006),
-              "bench-2hop-plain": two_hop_yaml(15006, mtls=False)}
+              "bench-2hop-plain": two_hop_yaml(15006, mtls=False),
+              "bench-grpc-2hop-mtls": two_hop_yaml(15006, grpc=True)}
     for name in RENDERED_FIXTURES:
         inputs[name] = (FIXTURES / name).read_text()
     return inputs
@@ -103,6 +104,15 @@ def test_server_side_examples_render_as_an_inbound_sidecar_envoy_accepts(name, e
                                     inbound_port=15006, app_port=9080, admin_port=15000,
                                     cert_dir=certs["server"])
     _validate(envoy, boot, tmp_path / f"{name}-inbound.json")
+
+
+def test_grpc_inbound_bootstrap_with_an_http2_app_cluster_is_accepted(envoy, certs, tmp_path):
+    """The gRPC 2-hop server sidecar (mTLS STRICT, HTTP/2 to the app) renders a bootstrap Envoy accepts."""
+    boot = render_inbound_bootstrap(documents(two_hop_yaml(15006, grpc=True)),
+                                    namespace=MESH_NAMESPACE, labels=SERVER_LABELS,
+                                    inbound_port=15006, app_port=9080, admin_port=15000,
+                                    cert_dir=certs["server"], app_protocol="GRPC")
+    _validate(envoy, boot, tmp_path / "grpc-inbound.json")
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED_FIXTURES))

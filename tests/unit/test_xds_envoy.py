@@ -226,8 +226,8 @@ def test_a_host_without_virtual_service_gets_istios_default_route():
     ("VirtualService", "reviews", lambda s: s.update(tcp=[{}]), r"reviews spec: tcp"),
     ("VirtualService", "reviews", lambda s: s["http"][1]["fault"]["abort"].update(
         grpcStatus="UNAVAILABLE"), r"spec\.http\[1\]\.fault\.abort: grpcStatus"),
-    ("DestinationRule", "reviews", lambda s: s["trafficPolicy"]["connectionPool"]["http"].update(
-        h2UpgradePolicy="UPGRADE"), r"connectionPool\.http: h2UpgradePolicy"),
+    ("DestinationRule", "reviews", lambda s: s["trafficPolicy"]["connectionPool"].setdefault(
+        "tcp", {}).update(idleTimeout="1h"), r"connectionPool\.tcp: idleTimeout"),
     ("DestinationRule", "ratings", lambda s: s["trafficPolicy"]["tls"].update(
         mode="MUTUAL", credentialName="client-credential"), r"trafficPolicy\.tls: credentialName"),
     ("ServiceEntry", "httpbin", lambda s: s.update(resolution="NONE"),
@@ -357,3 +357,52 @@ def test_jwks_uri_is_refused_for_envoy_with_its_path():
     text = jwt_example(jwks_uri="https://idp.example.com/jwks.json", namespace="shop")
     with pytest.raises(Unsupported, match=r"jwt-example spec.jwtRules\[0\].jwksUri"):
         _inbound_filters(text, {"app": "httpbin"})
+
+
+_H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _with_port_protocol(protocol: str, pool_http: dict | None = None) -> list[dict]:
+    """DOCS with reviews' 9080 port declared `protocol`, and optionally its DR's http pool."""
+    docs = copy.deepcopy(DOCS)
+    for doc in docs:
+        if doc["kind"] == "ServiceEntry" and doc["metadata"]["name"] == "reviews":
+            doc["spec"]["ports"][0]["protocol"] = protocol
+        if pool_http is not None and doc["kind"] == "DestinationRule" \
+                and doc["spec"]["host"].startswith("reviews"):
+            pool = doc["spec"].setdefault("trafficPolicy", {}).setdefault("connectionPool", {})
+            pool.setdefault("http", {}).update(pool_http)
+    return docs
+
+
+def test_grpc_port_renders_an_http2_cluster_with_the_rule_stream_limit():
+    """A GRPC port gets http2_protocol_options (maxConcurrentStreams carried); an HTTP port stays HTTP/1.1."""
+    clusters = _clusters(_with_port_protocol("GRPC", {"maxConcurrentStreams": 64}))
+    options = clusters[f"outbound|9080||{REVIEWS}"]["typed_extension_protocol_options"][_H2_OPTIONS]
+    assert options["explicit_http_config"] == {"http2_protocol_options": {"max_concurrent_streams": 64}}
+    other = clusters[f"outbound|9443||{REVIEWS}"]["typed_extension_protocol_options"][_H2_OPTIONS]
+    assert other["explicit_http_config"] == {"http_protocol_options": {}}
+
+
+def test_h2_upgrade_policy_and_use_client_protocol_choose_the_upstream_version():
+    """h2UpgradePolicy UPGRADE makes an HTTP port HTTP/2; useClientProtocol follows the client."""
+    upgraded = _clusters(_with_port_protocol("HTTP", {"h2UpgradePolicy": "UPGRADE"}))
+    options = upgraded[f"outbound|9080||{REVIEWS}"]["typed_extension_protocol_options"][_H2_OPTIONS]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    client = _clusters(_with_port_protocol("HTTP", {"useClientProtocol": True}))
+    options = client[f"outbound|9080||{REVIEWS}"]["typed_extension_protocol_options"][_H2_OPTIONS]
+    assert "explicit_http_config" not in options
+    assert set(options["use_downstream_protocol_config"]) == {"http_protocol_options",
+                                                              "http2_protocol_options"}
+
+
+def test_inbound_cluster_speaks_http2_to_a_grpc_app():
+    """The inbound cluster to an app behind a GRPC port is HTTP/2; behind an HTTP port, HTTP/1.1."""
+    def app_cluster(protocol):
+        boot = render_inbound_bootstrap(DOCS, namespace="shop", labels={"app": "reviews"},
+                                        inbound_port=15006, app_port=9080, admin_port=15000,
+                                        cert_dir="/certs/server", app_protocol=protocol)
+        return boot["static_resources"]["clusters"][0]
+    options = app_cluster("GRPC")["typed_extension_protocol_options"][_H2_OPTIONS]
+    assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert "typed_extension_protocol_options" not in app_cluster("HTTP")
