@@ -28,7 +28,7 @@ RSS_GROWTH_LIMIT_KIB = 64 * 1024
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = b"ok\n"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
