@@ -159,8 +159,22 @@ def wrk_load(path: str = "/", connections: int | None = None) -> Load:
     return load
 
 
+def first_request_http1(plane: DataPlane) -> str | None:
+    """The default probe: GET / through the plane answers 200 with the upstream's BODY.
+    Returns what is wrong, or None."""
+    status, body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
+    if status != 200 or body != BODY:
+        return f"HTTP {status}, body {body[:80]!r}"
+    return None
+
+
+# probe(plane) -> None when one request through the plane worked, else what went wrong
+Probe = Callable[[DataPlane], "str | None"]
+
+
 def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_pgid: int,
-            load: Load, direct: dict | None = None) -> dict:
+            load: Load, direct: dict | None = None,
+            probe: Probe = first_request_http1) -> dict:
     """Start the data plane, check one request, warm up, measure one load window, stop it."""
     if opts.wait_idle:
         wait_for_idle(opts.wait_idle)
@@ -168,13 +182,12 @@ def measure(plane: DataPlane, run: int, opts: Options, workdir: Path, upstream_p
         children = start_data_plane(plane, run, opts, workdir, stack)
         pgids = [c.pid for c in children]
         try:
-            status, body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
+            wrong = probe(plane)
         except OSError as exc:
             raise _failure(children, f"first request through {plane.name} failed: {exc!r}") \
                 from exc
-        if status != 200 or body != BODY:
-            raise _failure(children, f"first request through {plane.name}: HTTP {status}, "
-                                     f"body {body[:80]!r}")
+        if wrong:
+            raise _failure(children, f"first request through {plane.name}: {wrong}")
         if plane.verify:
             plane.verify(plane, children)
         idle = sum(group_rss_mib(pgid) for pgid in pgids)
@@ -220,7 +233,9 @@ Prepare = Callable[[Path, int, Options], dict[str, Callable[[], DataPlane]]]
 def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
                  note: str = "", load: Load | None = None, metrics: Metrics = METRICS,
                  goals: tuple[Goal, ...] = (), also: tuple[int, ...] = (),
-                 flaky: tuple[int, ...] = (), direct_each_run: bool = False) -> dict:
+                 flaky: tuple[int, ...] = (), direct_each_run: bool = False,
+                 upstream_start: Callable | None = None,
+                 probe: Probe = first_request_http1) -> dict:
     """Upstream, direct ceiling, then alternating measured runs of every data plane.
 
     `load` drives one window (default: wrk closed loop on /); `metrics` are what the summary
@@ -234,7 +249,11 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
     errors: dict[str, str] = {}
     with ExitStack() as stack:
         upstream_port = free_port()
-        upstream, upstream_kind = start_upstream(upstream_port, workdir / "upstream", opts.pinning,
+        if upstream_start is not None:   # another kind of upstream (gRPC): (port, dir, pinning)
+            upstream, upstream_kind = upstream_start(upstream_port, workdir / "upstream",
+                                                     opts.pinning)
+        else:
+            upstream, upstream_kind = start_upstream(upstream_port, workdir / "upstream", opts.pinning,
                                                   also, flaky)
         stack.callback(upstream.stop)
         print(f"[{name}] upstream: {upstream_kind} on 127.0.0.1:{upstream_port}", flush=True)
@@ -264,7 +283,7 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
                 print(f"[{name}] run {run}/{opts.runs}: {proxy} ...", end=" ", flush=True)
                 try:
                     result = measure(planes[proxy], run, opts, workdir, upstream.pid, load,
-                                     direct)
+                                     direct, probe)
                 except (ProcessFailed, wrk.WrkError, h2load.H2loadError) as exc:
                     print("FAILED", flush=True)
                     errors[proxy] = str(exc)

@@ -108,17 +108,19 @@ def verify_mtls(inbound_port: int) -> Callable[[DataPlane, list[Child]], None]:
 
 
 def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
-                           mtls: bool = True, check_mtls: bool | None = None) -> Builders:
+                           mtls: bool = True, check_mtls: bool | None = None,
+                           grpc: bool = False) -> Builders:
     """Certificates for sa/client and sa/server, the 2-hop YAML, and both planes' sidecars.
 
     Both planes use the same ports (they never run at the same time): A's outbound port, and
     B's inbound port, which the YAML names as the service's endpoint. mtls=False turns TLS
     off in the YAML (mesh-2hop-plain, profiling); the mTLS check follows `mtls` unless
-    check_mtls says otherwise (a test checks the check).
+    check_mtls says otherwise (a test checks the check). grpc=True: the service port is GRPC,
+    so both hops and the app speak HTTP/2 (grpc-2hop-mtls).
     """
     certs = issue_cert_dirs(workdir, MESH_NAMESPACE, [CLIENT_ACCOUNT, SERVER_ACCOUNT])
     entry_port, inbound_port = free_port(), free_port()
-    mesh_text = two_hop_yaml(inbound_port, mtls)
+    mesh_text = two_hop_yaml(inbound_port, mtls, grpc)
     mesh_file = workdir / "mesh.yaml"
     mesh_file.write_text(mesh_text)
     verify = verify_mtls(inbound_port) if (mtls if check_mtls is None else check_mtls) else None
@@ -146,7 +148,8 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
         client = render_bootstrap(docs, entry_port, admin_a, certs[CLIENT_ACCOUNT])
         server = render_inbound_bootstrap(
             docs, namespace=MESH_NAMESPACE, labels=SERVER_LABELS, inbound_port=inbound_port,
-            app_port=upstream_port, admin_port=admin_b, cert_dir=certs[SERVER_ACCOUNT])
+            app_port=upstream_port, admin_port=admin_b, cert_dir=certs[SERVER_ACCOUNT],
+            app_protocol="GRPC" if grpc else "HTTP")
         return DataPlane("envoy", [
             envoy_sidecar(opts.envoy, "client", client, workdir / "envoy-client.yaml", admin_a),
             envoy_sidecar(opts.envoy, "server", server, workdir / "envoy-server.yaml", admin_b),
