@@ -19,7 +19,8 @@ class ProxyProcess(OwnedProcess):
 
     def __init__(self, mesh_yaml: str | None, *extra: str, inbound_app_port: int | None = None,
                  control: str | None = None, state_dir: str | None = None,
-                 prometheus_port: int = 0, health_port: int = 0) -> None:
+                 prometheus_port: int = 0, health_port: int = 0,
+                 inbound_port: int | None = None) -> None:
         """Config from `mesh_yaml` (written to a file), or with mesh_yaml=None from the
         control server at `control`, keeping its snapshot in `state_dir` (default: a fresh
         directory of this process, so tests never share one)."""
@@ -27,7 +28,8 @@ class ProxyProcess(OwnedProcess):
         self._own()
         self.outbound_port = free_port()
         self.admin_port = free_port()
-        self.inbound_port = free_port() if inbound_app_port else None
+        # inbound_port: chosen by the test when the mesh YAML must name it (an endpoint)
+        self.inbound_port = (inbound_port or free_port()) if inbound_app_port else None
         if control is not None:
             self.state_dir = state_dir or os.path.join(self.dir, "state")
             source = ["--control", control, "--state-dir", self.state_dir]
