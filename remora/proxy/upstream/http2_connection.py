@@ -73,7 +73,7 @@ class _Stream:
 class UpstreamHttp2(asyncio.Protocol):
     """One HTTP/2 client connection; the pool hands out its stream capacity."""
 
-    def __init__(self, on_capacity=None, max_streams: int = UNLIMITED,
+    def __init__(self, on_capacity=None, on_closed=None, max_streams: int = UNLIMITED,
                  authority_scheme: bytes = b"http") -> None:
         config = h2.config.H2Configuration(client_side=True, header_encoding=None,
                                            validate_inbound_headers=True)
@@ -82,16 +82,29 @@ class UpstreamHttp2(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
         self.scheme = authority_scheme
-        self.on_capacity = on_capacity    # called when streams free up or settings grow
+        self.on_capacity = on_capacity    # called when a stream ends or settings change
+        self.on_closed = on_closed        # called once when the transport is gone
         self.goaway = False
         self.closed = False
         self.streams_opened = 0
+        self.requests_limit = 0           # maxRequestsPerConnection (0: none)
         self.write_paused = False
+        self.idle_since = 0.0             # loop time the last stream ended
+        # Set by a TLS dialer (upstream_tls.py), as on HTTP/1 connections.
+        self.peer_id: str | None = None
+        self.plain_fallback = False
+        self.tls_host: str | None = None
+
+    @property
+    def retired(self) -> bool:
+        """Takes no new stream: GOAWAY seen, closed, or maxRequestsPerConnection used up."""
+        return (self.goaway or self.closed
+                or bool(self.requests_limit and self.streams_opened >= self.requests_limit))
 
     # -- capacity ------------------------------------------------------------------------
     def capacity(self) -> int:
         """Streams that may still be opened now."""
-        if self.closed or self.goaway or self.transport is None:
+        if self.retired or self.transport is None:
             return 0
         peer = self.h2.remote_settings.max_concurrent_streams
         return max(0, min(peer, self.max_streams) - len(self.streams))
@@ -126,6 +139,9 @@ class UpstreamHttp2(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self._fail_all(h2.errors.ErrorCodes.CONNECT_ERROR)
+        if self.on_closed is not None:
+            on_closed, self.on_closed = self.on_closed, None
+            on_closed(self)
 
     def pause_writing(self) -> None:
         # The socket's buffer is full: every stream's producer waits.
@@ -258,7 +274,9 @@ class UpstreamHttp2(asyncio.Protocol):
             self.h2.increment_flow_control_window(length)
 
     def _capacity_freed(self) -> None:
-        if self.on_capacity is not None and self.capacity() > 0:
+        if not self.streams and self.transport is not None:
+            self.idle_since = asyncio.get_running_loop().time()
+        if self.on_capacity is not None:
             self.on_capacity(self)
 
     def _fail_all(self, code: int) -> None:
@@ -352,6 +370,8 @@ class UpstreamHttp2(asyncio.Protocol):
             stream = self.streams.pop(stream_id)
             # Never processed by the server: safe to retry elsewhere (refused-stream).
             stream.events.on_stream_reset(h2.errors.ErrorCodes.REFUSED_STREAM, True, False)
+        if self.on_capacity is not None:
+            self.on_capacity(self)      # retired now: the pool stops handing it out
         if not self.streams and self.transport is not None:
             self.transport.close()
 
