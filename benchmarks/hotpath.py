@@ -16,8 +16,8 @@ import uvloop
 
 from remora.config.loader import load_mesh_text
 from remora.proxy.codec.downstream import DownstreamHttp1
-from remora.proxy.upstream.http1_connection import UpstreamHttp1
 from remora.proxy.process.worker import ProxyOptions, Worker
+from remora.proxy.upstream.http1_connection import UpstreamHttp1
 
 MESH = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry

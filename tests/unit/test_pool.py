@@ -131,7 +131,7 @@ class RecordingAttempt:
 
 
 def answer(raw: bytes) -> RecordingAttempt:
-    pool, conn, loop = make_conn()
+    _, conn, loop = make_conn()
     attempt = conn.request
     conn.data_received(raw)
     loop.close()

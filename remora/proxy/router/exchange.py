@@ -4,9 +4,9 @@
 The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHead, body
 chunks and an end; the Exchange applies faults, picks the route destination and endpoint,
 rewrites the request, and runs one UpstreamRequest per attempt (upstream/upstream_request.py,
-which gets the connection from the pool and carries the request). It hears back through
-the UpstreamCallbacks of upstream/seams.py and decides: forward the response, retry
-(RetryState, router/retry_state.py), or answer locally. It fills the request record (the
+which gets the connection from the pool and carries the request). What the attempt
+reports (the UpstreamCallbacks of upstream/seams.py) is handled by its base class
+UpstreamEvents (upstream_events.py): forward the response, retry, or fail. It fills the request record (the
 Exchange is a RequestInfo: status, flags, bytes, timings, upstream host, peers, trace)
 that access log, Istio metrics and tracing read when it ends. It talks back to the codec
 only through the ResponseSink methods: send_response_head, send_response_body, flush,
@@ -26,29 +26,16 @@ Rules:
 """
 from __future__ import annotations
 
-from remora.proxy.codec.http1 import FIRST_ATTEMPT
-from remora.proxy.codec.message import RequestHead, ResponseHead
-from remora.proxy.router.retry import Failure
+from remora.proxy.codec.message import RequestHead
 from remora.proxy.router.retry_state import RetryState
+from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
 from remora.proxy.telemetry.access_log import join_flags
 from remora.proxy.telemetry.request_info import RequestInfo
 from remora.proxy.telemetry.tracing import begin as begin_trace
-from remora.proxy.upstream.outlier import Result
-from remora.proxy.upstream.seams import AttemptFailure
 from remora.proxy.upstream.upstream_request import UpstreamRequest
 
-NOT_CONNECTED = b"upstream connect error or disconnect/reset before headers. reset reason: "
-# How a failed attempt is retried and answered: (retry condition, status, body, flag).
-FAILURE_REPLIES = {
-    AttemptFailure.CONNECT_FAILURE: (Failure.CONNECT_FAILURE, 503, NOT_CONNECTED, "UF"),
-    AttemptFailure.CONNECTION_TERMINATION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
-    AttemptFailure.STALE_CONNECTION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
-    AttemptFailure.PROTOCOL_ERROR: (Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE"),
-    AttemptFailure.PER_TRY_TIMEOUT: (Failure.PER_TRY_TIMEOUT, 504, b"upstream request timeout", "UT"),
-}
 
-
-class Exchange(RequestInfo):
+class Exchange(UpstreamEvents, RequestInfo):
     """The lifecycle of one proxied request, and its request record.
 
     The Exchange *is* its RequestInfo (the base class): the record's fields are the ones
@@ -182,30 +169,11 @@ class Exchange(RequestInfo):
         self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
 
-    def _hash_key(self) -> bytes | None:
-        policy = self.cluster.hash_policy
-        if policy is None:
-            return None
-        head = self.head
-        if policy.header is not None:
-            return head.header(policy.header)
-        if policy.cookie is not None:
-            cookies = head.header(b"cookie") or b""
-            for part in cookies.split(b";"):
-                name, _, value = part.strip().partition(b"=")
-                if name == policy.cookie:
-                    return value
-            return None
-        if policy.query_param is not None:
-            from urllib.parse import parse_qsl
-            return dict(parse_qsl(head.query())).get(policy.query_param)
-        return head.peer_ip if policy.source_ip else None
-
     def _attempt(self, fresh: bool) -> None:
         """Start an attempt at an endpoint the failed attempts did not use, if one is healthy."""
         cluster = self.cluster
         retry_state = self.retry_state
-        ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None,
+        ep = cluster.pick(cluster.hash_policy.key(self.head) if cluster.hash_policy is not None else None,
                           retry_state.tried if retry_state is not None else ())
         if ep is None or (ep.ejected and not cluster.balancer.panic):
             # Envoy: with every host ejected and no panic, there is no healthy upstream.
@@ -253,9 +221,11 @@ class Exchange(RequestInfo):
             return
         attempt = self.upstream
         if attempt is None:
+            if self.route is None:
+                return                 # answered 404 (or about to be)
             if self.retry_state is not None and self.retry_state.in_backoff():
                 return                 # the retry resends the replay, this included
-            # Not routed yet (a fault delay): the attempt-to-be buffers it.
+            # Not routed yet (the end of the head's read, a fault delay): the attempt-to-be buffers it.
             attempt = self.upstream = self._new_attempt(())
         attempt.send_body(data)
 
@@ -272,150 +242,6 @@ class Exchange(RequestInfo):
         attempt = self.upstream
         if attempt is not None:
             attempt.set_downstream_paused(paused)
-
-    # -- UpstreamCallbacks: what the attempt reports ----------------------------------------
-    def on_upstream_host_selected(self, endpoint) -> None:
-        self._endpoint_done(error=False)
-        self.endpoint = endpoint
-        endpoint.active_requests += 1
-        endpoint.total_requests += 1
-        self.upstream_host = endpoint.key
-
-    def on_upstream_above_high_watermark(self) -> None:
-        self.sink.pause_reading()
-
-    def on_upstream_below_low_watermark(self) -> None:
-        self.sink.resume_reading()
-
-    def on_upstream_headers(self, resp: ResponseHead) -> None:
-        status = resp.status
-        detector = self.cluster.detector
-        if detector.enabled:
-            detector.report_status(self.endpoint, status)
-        if status >= 300 and self._retry(None, status):
-            # A retriable answer is never forwarded: drop the connection, try again.
-            self._drop_attempt()
-            self._endpoint_done(error=status >= 500)
-            return
-        if self.retry_state is not None and self.retry_state.exhausted:
-            self.add_flag("URX")
-        upstream_time = self.upstream_time = b"%d" % int(
-            (self.listener.loop.time() - self.upstream.started_at) * 1000)
-        self.response_started = True
-        self.status = status
-        self.cluster.stats.count_status(status)
-        headers = resp.headers
-        if self.route.response_ops is not None:
-            headers = self.route.response_ops.apply(headers)
-        if self.dest.response_ops is not None:
-            headers = self.dest.response_ops.apply(headers)
-        headers.append((b"x-envoy-upstream-service-time", upstream_time))
-        self.peer_metadata = resp.peer_metadata
-        if self.head.peer_metadata is not None and self.listener.reply_header is not None:
-            headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
-        self.sink.send_response_head(self, resp.status, resp.reason, headers,
-                                     resp.content_length, resp.chunked)
-
-    def on_upstream_data(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
-        self.sink.send_response_body(data)
-
-    def on_upstream_read_end(self) -> None:
-        self.sink.flush()
-
-    def on_upstream_end(self) -> None:
-        self.upstream = None
-        status = self.status
-        self._endpoint_done(error=status >= 500)
-        if status < 500 and self.retry_state is not None and self.retry_state.retries:
-            self.cluster.stats.upstream_rq_retry_success += 1
-        self._finish()
-        self.sink.end_response(self)
-
-    def on_attempt_failed(self, failure: AttemptFailure, detail: str) -> None:
-        """The attempt ended without a complete response: retry, resend, or give up."""
-        self.upstream = None
-        if failure is AttemptFailure.OVERFLOW:
-            self._overflow()           # never retried
-            return
-        stats = self.cluster.stats
-        if failure is AttemptFailure.STALE_CONNECTION:
-            if not self.race_retried and self.replay is not None and not self.response_started:
-                # The keep-alive race: the server closed an idle connection as we reused it.
-                self.race_retried = True
-                self._endpoint_done(error=False)
-                self.upstream = self._new_attempt(list(self.replay))
-                self._attempt(fresh=True)
-                return
-        if failure is AttemptFailure.STALE_CONNECTION or failure is AttemptFailure.CONNECTION_TERMINATION:
-            stats.upstream_rq_rx_reset += 1
-        elif failure is AttemptFailure.PROTOCOL_ERROR:
-            stats.upstream_cx_protocol_error += 1
-        condition, status, body, flag = FAILURE_REPLIES[failure]
-        if failure is AttemptFailure.CONNECT_FAILURE:
-            body += detail.encode()
-        ep = self.endpoint
-        detector = self.cluster.detector
-        if ep is not None and detector.enabled:
-            detector.report(ep, Result.LOCAL_ORIGIN_FAILURE)
-        if self._retry(condition, 0):
-            self._endpoint_done(error=True)
-            return
-        if self.retry_state is not None and self.retry_state.exhausted:
-            flag += ",URX"
-        self._fail(status, body, flag)
-
-    def on_upstream_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
-        """The upstream accepted the upgrade: splice the two connections together."""
-        self.upstream = None
-        self.status = 101
-        self.peer_metadata = resp.peer_metadata
-        self.response_started = True
-        self.cluster.stats.count_status(101)
-        self._endpoint_done(error=False)
-        self._finish()
-        self.sink.start_tunnel(self, conn, resp, rest)
-
-    # -- retries -------------------------------------------------------------------------------
-    def _retry(self, failure: Failure | None, status: int) -> bool:
-        """Schedule another attempt when the route's policy, the budget and the body allow it."""
-        policy = self.route.retry_policy
-        if self.response_started or not policy.enabled:
-            return False
-        cluster = self.cluster
-        retry_state = self.retry_state
-        if retry_state is None:
-            retry_state = self.retry_state = RetryState(policy, cluster.circuit.retry_budget)
-        if not retry_state.should_retry(failure, status, self.replay is not None, cluster.stats,
-                                        len(cluster.circuit.pending)):
-            return False
-        # The mesh header lines end with the attempt count (Listener.added_request_headers).
-        self.up_added = (self.up_added[:-len(FIRST_ATTEMPT)]
-                         + b"x-envoy-attempt-count: %d\r\n" % (retry_state.retries + 1))
-        retry_state.back_off(self.listener.loop, self.endpoint, self._retry_now)
-        return True
-
-    def _retry_now(self) -> None:
-        self.retry_state.backoff_over()
-        if self.finished:
-            return
-        if self.replay is None:
-            # The body grew past the replay limit during the backoff: it cannot be resent.
-            self.cluster.stats.retry_or_shadow_abandoned += 1
-            self._fail(503, NOT_CONNECTED + b"connection termination", "UC")
-            return
-        self.upstream = self._new_attempt(list(self.replay))
-        self._attempt(fresh=False)
-
-    def _fail(self, status: int, body: bytes, flag: str) -> None:
-        """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
-        self._endpoint_done(error=True)
-        if self.response_started:
-            self.add_flag(flag)
-            self._finish()
-            self.sink.abort(self)
-        else:
-            self.local_reply(status, body, flag)
 
     # -- downstream events -------------------------------------------------------------------
     def on_downstream_closed(self) -> None:

@@ -20,8 +20,17 @@ import enum
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from remora.proxy.codec.http1 import (
-    EOL, H_CL, H_CONNECTION, H_PEER, H_TE, H_UPGRADE, LAST_CHUNK, RESPONSE_SPECIAL, chunk,
-    connection_tokens, drop_named,
+    EOL,
+    H_CL,
+    H_CONNECTION,
+    H_PEER,
+    H_TE,
+    H_UPGRADE,
+    LAST_CHUNK,
+    RESPONSE_SPECIAL,
+    chunk,
+    connection_tokens,
+    drop_named,
 )
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.codec.transfer_coding import chunked_is_final
