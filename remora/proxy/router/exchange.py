@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.router.retry_state import RetryState
+from remora.proxy.router.seams import ExchangeHost
 from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
 from remora.proxy.telemetry.access_log import join_flags
 from remora.proxy.telemetry.request_info import RequestInfo
@@ -50,7 +51,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         "up_path", "up_authority", "up_headers", "timer", "abort_status", "retry_state", "deadline",
     )
 
-    def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
+    def __init__(self, sink, head: RequestHead, listener: ExchangeHost, route, block, port: int) -> None:
         self.sink = sink
         self.listener = listener
         self.block = block
