@@ -187,7 +187,11 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.upstream_host = ep.key
         attempt = self.upstream
         if attempt is None:
-            attempt = self.upstream = self._new_attempt(())
+            # _new_attempt inlined: this is every request's path.
+            attempt = self.upstream = UpstreamRequest(self, self.route.retry_policy.per_try_timeout,
+                                                      self.listener.deadlines.per_try)
+            if self.sink.write_paused:
+                attempt.set_downstream_paused(True)
         attempt.start(cluster, ep.pool, fresh or self.head.upgrade is not None)
 
     def _new_attempt(self, pending) -> UpstreamRequest:

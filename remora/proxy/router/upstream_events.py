@@ -84,7 +84,12 @@ class UpstreamEvents:
     def on_upstream_end(self) -> None:
         self.upstream = None
         status = self.status
-        self._endpoint_done(error=status >= 500)
+        ep = self.endpoint
+        if ep is not None:        # _endpoint_done, inlined: this is every response's path
+            ep.active_requests -= 1
+            if status >= 500:
+                ep.errors += 1
+            self.endpoint = None
         if status < 500 and self.retry_state is not None and self.retry_state.retries:
             self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()

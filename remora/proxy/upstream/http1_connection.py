@@ -329,8 +329,9 @@ class UpstreamHttp1(asyncio.Protocol):
         """The attempt is done with this connection: back to its pool, or closed."""
         self.request = None
         pool = self.pool
-        if (reusable and not self.plain_fallback and not self.is_closed()
-                and pool.takes_back(self.requests_sent)):
+        limit = pool.circuit.max_requests_per_connection
+        if (reusable and pool.accepting and not self.plain_fallback and not self.is_closed()
+                and not (limit and self.requests_sent >= limit)):
             if not self.reading:
                 # A pooled connection must be reading, or the next response would never arrive.
                 self.set_reading(True)

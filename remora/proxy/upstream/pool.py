@@ -53,10 +53,18 @@ class EndpointPool:
         `authority`: the request's Host, which an auto-SNI connection must have been made for.
         """
         if not fresh:
-            conn = self.acquire(authority)
-            if conn is not None:
-                waiter.on_pool_ready(conn, True)
-                return
+            if self.by_host:
+                conn = self.acquire(authority)
+                if conn is not None:
+                    waiter.on_pool_ready(conn, True)
+                    return
+            else:
+                idle = self.idle
+                while idle:       # acquire(), inlined: this is every request's path
+                    conn = idle.pop()
+                    if conn.state is ConnState.IDLE and not conn.transport.is_closing():
+                        waiter.on_pool_ready(conn, True)
+                        return
         circuit = self.circuit
         if circuit.open >= circuit.max_connections:
             # Envoy: a request that needs a connection over max_connections waits, in a
@@ -134,11 +142,6 @@ class EndpointPool:
         waiter.on_pool_failure(AttemptFailure.CONNECT_FAILURE, detail)
 
     # -- connections coming back ---------------------------------------------------------
-    def takes_back(self, requests_sent: int) -> bool:
-        """Whether a connection that carried `requests_sent` requests may be pooled again."""
-        limit = self.circuit.max_requests_per_connection
-        return self.accepting and not (limit and requests_sent >= limit)
-
     def returned(self, conn: UpstreamHttp1) -> None:
         """An idle connection is back (it set its own state): the first waiter may take it."""
         self.idle.append(conn)

@@ -45,7 +45,8 @@ class UpstreamRequest:
         self.conn = None
         self.state = NEW
         self.pending = pending          # body bytes waiting for the connection
-        self.pending_bytes = sum(map(len, pending)) if pending else 0
+        if pending:
+            self.pending_bytes = sum(map(len, pending))   # else written with the first piece
         self.holding = False            # this attempt holds the client (on_upstream_above_high_watermark)
         self.downstream_paused = False  # the client is slow: read the upstream only when it catches up
         # Written when known: cluster and pool (start), started_at (the loop time the
@@ -92,7 +93,6 @@ class UpstreamRequest:
             for piece in pending:
                 conn.send_body(piece, chunked)
             self.pending = NOTHING
-            self.pending_bytes = 0
         if stream.request_done and head.has_body:
             conn.end_body(head.chunked)
         if self.holding:
@@ -112,9 +112,10 @@ class UpstreamRequest:
             return
         if self.pending:
             self.pending.append(data)
+            self.pending_bytes += len(data)
         else:
             self.pending = [data]
-        self.pending_bytes += len(data)
+            self.pending_bytes = len(data)
         if self.pending_bytes > PENDING_HIGH_WATER and not self.holding:
             self.holding = True
             self.stream.on_upstream_above_high_watermark()
@@ -157,7 +158,12 @@ class UpstreamRequest:
         stream = self.stream
         # A connection whose request was not fully sent cannot carry another one.
         conn.release(keep_alive and stream.request_done)
-        self._end()
+        self.state = DONE         # _end, inlined: this is every response's path
+        if self.holding:
+            self._let_go()
+        if self.per_try:
+            self.try_deadline = 0.0
+            self.stream = None
         stream.on_upstream_end()
 
     def on_connection_failed(self, failure: AttemptFailure, detail: str) -> None:
