@@ -356,3 +356,19 @@ async def test_broken_response_is_a_protocol_error(setup):
     stream = await run(pool, cluster)
     assert stream.events == [("failed", AttemptFailure.PROTOCOL_ERROR)]
     assert pool.idle == [] and pool.circuit.open == 0
+
+
+async def test_pending_body_over_the_high_water_holds_the_client_until_cancel(setup):
+    """Body bytes buffered past 64 KiB while waiting hold the client once; cancel() lets it go."""
+    circuit = Circuit("c")
+    circuit.max_connections = 1
+    pool, cluster, _ = await setup([None], circuit)
+    attempt_for(RecordingStream()).start(cluster, pool, False)    # takes the one connection
+    stream = RecordingStream()
+    waiting = attempt_for(stream)
+    waiting.start(cluster, pool, False)
+    for _ in range(3):
+        waiting.send_body(b"x" * (32 << 10))
+    assert stream.events == [("hold",)]
+    waiting.cancel()
+    assert stream.events == [("hold",), ("let go",)]
