@@ -46,6 +46,7 @@ class UpstreamCallbacks(Protocol):
     up_authority: bytes
     up_headers: list
     up_added: bytes           # ready-made header lines (mesh headers, attempt count)
+    request_done: bool        # the whole request body came from downstream
     peer_id: str | None       # request record: the verified upstream identity (filled by the attempt)
 
     def on_upstream_host_selected(self, endpoint) -> None:
