@@ -39,7 +39,8 @@ def make_conn():
     conn = UpstreamHttp1(pool)
     conn.connection_made(FakeTransport())
     pool.active.add(conn)
-    conn.start_request(RecordingAttempt(), b"GET", b"/", b"h", [], b"", None, False, None, False)
+    attempt = RecordingAttempt()
+    conn.start_request(attempt, attempt, b"GET", b"/", b"h", [], b"", None, False, None, False)
     return pool, conn, loop
 
 
@@ -107,17 +108,17 @@ def test_retries_are_not_budgeted_by_default_as_in_istio():
 
 
 class RecordingAttempt:
-    """What the connection tells the attempt it carries about a response."""
+    """What the connection tells the attempt it carries (here also its receiver) about a response."""
 
     def __init__(self) -> None:
         self.heads: list = []
         self.ends: list[bool] = []
         self.errors: list = []
 
-    def on_headers(self, resp) -> None:
+    def on_upstream_headers(self, resp) -> None:
         self.heads.append(resp)
 
-    def on_data(self, data: bytes) -> None:
+    def on_upstream_data(self, data: bytes) -> None:
         pass
 
     def on_read_end(self) -> None:

@@ -213,7 +213,8 @@ def _auto_sni_pool():
         c.tls_host = host
         pool.active.add(c)
         pool.circuit.open += 1
-        c.start_request(RecordingAttempt(), b"GET", b"/", host.encode(), [], b"", None, False, None, False)
+        attempt = RecordingAttempt()
+        c.start_request(attempt, attempt, b"GET", b"/", host.encode(), [], b"", None, False, None, False)
         return c
     return pool, conn, loop
 

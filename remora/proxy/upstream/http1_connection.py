@@ -5,7 +5,9 @@ Lifecycle (httpcore's explicit states; this class alone writes them, its pool on
 Rules:
 - It returns itself to its pool only when the response ended cleanly, the request was
   fully sent and both sides allowed keep-alive (release(True)); anything else closes it.
-- Every response event goes to the attempt it carries (upstream_request.py), never past it.
+- Response head and body go to the receiver its attempt named (the stream's
+  UpstreamCallbacks: one call per event, no forwarding layer on the hot path); the end,
+  failures, the upgrade and write pressure go to the attempt (upstream_request.py).
 - A connection that closes before any response byte reports STALE_CONNECTION when it had
   been pooled (the keep-alive race: the server closed it as we reused it), else
   CONNECTION_TERMINATION; bytes that break HTTP report PROTOCOL_ERROR. Either way it is
@@ -28,6 +30,7 @@ from remora.proxy.codec.http1 import (
     H_UPGRADE,
     LAST_CHUNK,
     RESPONSE_SPECIAL,
+    RESPONSE_SPECIAL_LENGTHS,
     chunk,
     connection_tokens,
     drop_named,
@@ -45,21 +48,6 @@ class ConnState(enum.Enum):
     CLOSED = 3
 
 
-# Header name as the upstream spelled it -> its special code (None: forwarded as is). A
-# server sends the same few spellings on every response: one dict lookup instead of a
-# lower() and a table lookup per header. Bounded, since the spellings come from the network.
-_SPELLINGS: dict[bytes, int | None] = {}
-_SPELLINGS_MAX = 512
-_UNSEEN = -1
-
-
-def _special_code(name: bytes) -> int | None:
-    code = RESPONSE_SPECIAL.get(name.lower())
-    if len(_SPELLINGS) < _SPELLINGS_MAX:
-        _SPELLINGS[name] = code
-    return code
-
-
 class UpstreamHttp1(asyncio.Protocol):
     """An HTTP/1.1 client connection carrying one attempt at a time."""
 
@@ -69,6 +57,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.parser = HttpResponseParser(self)
         self.state = ConnState.CONNECTING
         self.request = None           # the UpstreamRequest (attempt) this connection carries
+        self.receiver = None          # where its response head and body go (UpstreamCallbacks)
         self.requests_sent = 0
         self.idle_deadline = 0.0      # loop time; stays 0.0 until the connection is first pooled
         self.tunnel = None            # downstream transport once upgraded
@@ -159,7 +148,7 @@ class UpstreamHttp1(asyncio.Protocol):
         if self.until_close and self.resp is not None:
             self._complete(False)
             return
-        self.request = None
+        self.request = self.receiver = None
         stale = not self.got_bytes and self.was_pooled()
         request.on_connection_failed(AttemptFailure.STALE_CONNECTION if stale
                                      else AttemptFailure.CONNECTION_TERMINATION, "connection termination")
@@ -186,12 +175,13 @@ class UpstreamHttp1(asyncio.Protocol):
                 self.transport.pause_reading()
 
     # -- request side ------------------------------------------------------------------
-    def start_request(self, request, method: bytes, path: bytes, authority: bytes,
+    def start_request(self, request, receiver, method: bytes, path: bytes, authority: bytes,
                       headers: list, added: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None:
-        """Carry `request` (an attempt): write its head (`added`: ready-made header lines)
-        with Remora's own framing."""
+        """Carry `request` (an attempt; the response head and body go to `receiver`): write
+        its head (`added`: ready-made header lines) with Remora's own framing."""
         self.request = request
+        self.receiver = receiver
         self.state = ConnState.ACTIVE
         self.requests_sent += 1
         self._reset_common()
@@ -221,12 +211,12 @@ class UpstreamHttp1(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        code = _SPELLINGS.get(name, _UNSEEN)
-        if code is _UNSEEN:
-            code = _special_code(name)
+        code = RESPONSE_SPECIAL.get(name.lower()) if len(name) in RESPONSE_SPECIAL_LENGTHS else None
         if code is None:
             self.headers.append((name, value))
         elif code == H_CONNECTION:
+            if value == b"keep-alive" or value == b"close":
+                return    # nothing to drop: the parser keeps keep-alive itself (the common case)
             self.rare = True
             extra = {t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")}
             if extra:
@@ -278,15 +268,15 @@ class UpstreamHttp1(asyncio.Protocol):
         self.resp = resp
         if status == 101:
             return
-        self.request.on_headers(resp)
+        self.receiver.on_upstream_headers(resp)
         if self.head_only or status in (204, 304):
             self._complete(resp.keep_alive and not self.head_only)
 
     def on_body(self, body: bytes) -> None:
         # The attempt may have dropped this connection mid-read (a response it retries).
-        request = self.request
-        if request is not None and not self.response_done:
-            request.on_data(body)
+        receiver = self.receiver
+        if receiver is not None and not self.response_done:
+            receiver.on_upstream_data(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -321,13 +311,13 @@ class UpstreamHttp1(asyncio.Protocol):
     def start_tunnel(self, downstream_transport) -> None:
         """From now on, bytes pass through unparsed in both directions."""
         self.tunnel = downstream_transport
-        self.request = None
+        self.request = self.receiver = None
         self.pool.forget(self)
 
     # -- ownership ---------------------------------------------------------------------------
     def release(self, reusable: bool) -> None:
         """The attempt is done with this connection: back to its pool, or closed."""
-        self.request = None
+        self.request = self.receiver = None
         pool = self.pool
         limit = pool.circuit.max_requests_per_connection
         if (reusable and pool.accepting and not self.plain_fallback and not self.is_closed()
@@ -342,7 +332,7 @@ class UpstreamHttp1(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        self.request = None
+        self.request = self.receiver = None
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSED
             transport = self.transport

@@ -4,7 +4,8 @@ conn pool split: router.h, upstream_request.h, conn_pool_base.h).
     stream (router/exchange.py)  --UpstreamRequest(stream, ...)-->  attempt (upstream_request.py)
     attempt  --pool.request(attempt, authority, fresh)-->  pool (pool.py, its circuit.py)
     pool     --on_pool_ready(conn, reused) | on_pool_failure(failure, detail)-->  attempt
-    conn     --response events-->  attempt  --UpstreamCallbacks-->  stream
+    conn     --head, data-->  stream (UpstreamCallbacks: the receiver its attempt named)
+    conn     --end, failure, upgrade, write pressure-->  attempt  --UpstreamCallbacks-->  stream
 
 Rules every implementation keeps (tests/unit/test_upstream_contract.py runs them against
 each pool + connection kind):
@@ -94,7 +95,7 @@ class UpstreamConnection(Protocol):
     pool: ConnectionPool
     peer_id: str | None
 
-    def start_request(self, attempt, method: bytes, path: bytes, authority: bytes, headers: list,
+    def start_request(self, attempt, receiver: UpstreamCallbacks, method: bytes, path: bytes, authority: bytes, headers: list,
                       added: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None: ...
     def send_body(self, data: bytes, chunked: bool) -> None: ...

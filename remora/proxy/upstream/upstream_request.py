@@ -3,7 +3,8 @@
 The stream (router/exchange.py) makes one per attempt. It asks its endpoint's pool for a
 connection, buffers request body bytes until the connection is ready, sends head and
 body, arms its per-try timeout, and passes the response on to the stream through the
-UpstreamCallbacks of seams.py. It never decides about retries, replies or the route.
+UpstreamCallbacks of seams.py (head and body straight from the connection, which it
+names the stream as receiver; the rest through it). It never decides about retries, replies or the route.
 
 Rules:
 - It reports exactly one ending: on_upstream_end, on_attempt_failed or on_upstream_upgraded
@@ -78,7 +79,7 @@ class UpstreamRequest:
             conn.set_reading(False)
         now = self.started_at = pool.loop.time()
         head = stream.head
-        conn.start_request(self, stream.up_method, stream.up_path, stream.up_authority,
+        conn.start_request(self, stream, stream.up_method, stream.up_path, stream.up_authority,
                            stream.up_headers, stream.up_added, head.content_length, head.chunked,
                            head.upgrade, head.method == b"HEAD")
         if self.per_try:
@@ -141,12 +142,6 @@ class UpstreamRequest:
                 self.stream.on_upstream_above_high_watermark()
         elif self.holding:
             self._let_go()
-
-    def on_headers(self, resp) -> None:
-        self.stream.on_upstream_headers(resp)
-
-    def on_data(self, data: bytes) -> None:
-        self.stream.on_upstream_data(data)
 
     def on_read_end(self) -> None:
         self.stream.on_upstream_read_end()
