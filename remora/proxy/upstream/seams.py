@@ -15,8 +15,9 @@ each pool + connection kind):
 - A full pending queue is a failure with AttemptFailure.OVERFLOW, answered at once.
 - A connection writes its own lifecycle state and returns itself to its pool when its
   response ended cleanly with keep-alive; the pool only reads the state.
-- An attempt reports headers, then data, then end (or one failure) to its stream, and
-  nothing after it was cancelled.
+- For each attempt its stream hears headers, then data, then end (or one failure), and
+  nothing after it cancelled the attempt (a cancelled attempt's connection is closed, so
+  the head and body it would have received never arrive).
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ class UpstreamConnection(Protocol):
     pool: ConnectionPool
     peer_id: str | None
 
-    def start_request(self, attempt, receiver: UpstreamCallbacks, method: bytes, path: bytes, authority: bytes, headers: list,
-                      added: bytes, content_length: int | None, chunked: bool,
+    def start_request(self, attempt, receiver: UpstreamCallbacks, method: bytes, path: bytes,
+                      authority: bytes, headers: list, added: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None: ...
     def send_body(self, data: bytes, chunked: bool) -> None: ...
     def end_body(self, chunked: bool) -> None: ...
