@@ -280,7 +280,7 @@ async def test_cancel_closes_the_connection_and_frees_the_circuit(setup):
     stream = RecordingStream()
     attempt = attempt_for(stream)
     attempt.start(cluster, pool, False)
-    for _ in range(100):
+    for _ in range(500):
         if upstream.requests:
             break
         await asyncio.sleep(0.01)
@@ -314,7 +314,7 @@ async def test_cancel_during_connect_pools_the_late_connection(setup):
     attempt = attempt_for(stream)
     attempt.start(cluster, pool, False)
     attempt.cancel()
-    for _ in range(100):
+    for _ in range(500):
         if pool.idle:
             break
         await asyncio.sleep(0.01)
