@@ -195,6 +195,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         attempt.start(cluster, ep.pool, fresh or self.head.upgrade is not None)
 
     def _new_attempt(self, pending) -> UpstreamRequest:
+        """An attempt not started yet, holding `pending` body bytes (a resend: the replay)."""
         attempt = UpstreamRequest(self, self.route.retry_policy.per_try_timeout,
                                   self.listener.deadlines.per_try, pending)
         if self.sink.write_paused:
@@ -206,6 +207,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.local_reply(503, NOT_CONNECTED + b"overflow", "UO", [(b"x-envoy-overloaded", b"true")])
 
     def _drop_attempt(self) -> None:
+        """Cancel the attempt in flight, if any (its connection is closed, never pooled)."""
         attempt = self.upstream
         if attempt is not None:
             self.upstream = None
