@@ -1,6 +1,6 @@
 """Python cost of one proxied request, without sockets: `python -m benchmarks.hotpath [--profile]`.
 
-Drives the real DownstreamHttp1 -> Exchange -> UpstreamHttp1 path with fake transports
+Drives the real DownstreamHttp1 -> Exchange -> UpstreamRequest -> UpstreamHttp1 path with fake transports
 (a pooled upstream connection answering every request), so the number is the proxy's own
 per-request Python work, free of syscalls and of the machine's noise. Use it to compare a
 hot-path change before and after; the wrk scenarios measure the whole thing.
@@ -16,8 +16,8 @@ import uvloop
 
 from remora.config.loader import load_mesh_text
 from remora.proxy.codec.downstream import DownstreamHttp1
-from remora.proxy.upstream.pool import ConnState, UpstreamHttp1
 from remora.proxy.process.worker import ProxyOptions, Worker
+from remora.proxy.upstream.http1_connection import UpstreamHttp1
 
 MESH = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -99,8 +99,7 @@ async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics
     pool = cluster.endpoints[0].pool
     up = UpstreamHttp1(pool)
     up.connection_made(FakeTransport())
-    up.state = ConnState.IDLE
-    pool.idle.append(up)
+    up.release(True)    # into the pool, idle, as after a first response
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()

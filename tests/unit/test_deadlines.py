@@ -21,16 +21,21 @@ async def test_deadline_fires_not_early_and_within_a_tick():
 
 
 class FakeExchange:
-    def __init__(self, deadline=0.0, try_deadline=0.0):
+    def __init__(self, deadline=0.0):
         self.deadline = deadline
-        self.try_deadline = try_deadline
-        self.timed_out = self.try_timed_out = False
+        self.timed_out = False
 
     def on_route_timeout(self):
         self.timed_out = True
 
+
+class FakeAttempt:
+    def __init__(self, try_deadline=0.0):
+        self.try_deadline = try_deadline
+        self.timed_out = False
+
     def on_per_try_timeout(self):
-        self.try_timed_out = True
+        self.timed_out = True
 
 
 class FakeConnection:
@@ -43,12 +48,24 @@ async def test_only_the_connections_current_exchange_with_a_past_deadline_times_
     loop = asyncio.get_running_loop()
     deadlines = RequestDeadlines(loop)
     now = loop.time()
-    due = FakeExchange(deadline=now + 0.02, try_deadline=now + 0.02)
+    due = FakeExchange(deadline=now + 0.02)
     later = FakeExchange(deadline=now + 60)          # a newer request on a reused connection
     conn_due, conn_reused, conn_idle = FakeConnection(due), FakeConnection(later), FakeConnection(None)
     for conn in (conn_due, conn_reused, conn_idle):
         deadlines.route.add(now + 0.02, conn)
-    deadlines.per_try.add(now + 0.02, conn_due)
     await asyncio.sleep(0.02 + 2 * TICK)
-    assert due.timed_out and due.try_timed_out
+    assert due.timed_out
     assert not later.timed_out, "a deadline armed for an earlier request must not time out the next one"
+
+
+async def test_per_try_deadline_times_out_only_an_attempt_still_armed():
+    """A due attempt times out only while its try_deadline is set and past (an ended attempt reset it to 0)."""
+    loop = asyncio.get_running_loop()
+    deadlines = RequestDeadlines(loop)
+    now = loop.time()
+    armed, ended, later = FakeAttempt(now + 0.02), FakeAttempt(0.0), FakeAttempt(now + 60)
+    for attempt in (armed, ended, later):
+        deadlines.per_try.add(now + 0.02, attempt)
+    await asyncio.sleep(0.02 + 2 * TICK)
+    assert armed.timed_out
+    assert not ended.timed_out and not later.timed_out

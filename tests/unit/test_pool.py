@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from remora.proxy.upstream.pool import ConnState, EndpointPool, UpstreamHttp1
+from remora.proxy.upstream.http1_connection import UpstreamHttp1
+from remora.proxy.upstream.pool import EndpointPool
 
 
 class FakeTransport:
@@ -32,12 +33,14 @@ class FakeTransport:
 
 
 def make_conn():
+    """A pool with one connection carrying a GET (answers go to a RecordingAttempt)."""
     loop = asyncio.new_event_loop()
     pool = EndpointPool("127.0.0.1", 9, loop)
     conn = UpstreamHttp1(pool)
     conn.connection_made(FakeTransport())
-    conn.state = ConnState.ACTIVE
     pool.active.add(conn)
+    attempt = RecordingAttempt()
+    conn.start_request(attempt, attempt, b"GET", b"/", b"h", [], b"", None, False, None, False)
     return pool, conn, loop
 
 
@@ -46,7 +49,7 @@ def test_connection_paused_by_slow_client_is_pooled_reading():
     pool, conn, loop = make_conn()
     conn.set_reading(False)
     assert conn.transport.reading is False
-    conn.release(True, 60.0, 0.0)
+    conn.release(True)
     assert conn.is_idle() and pool.idle == [conn]
     assert conn.transport.reading is True
     loop.close()
@@ -57,8 +60,8 @@ def test_newest_idle_connection_is_reused_first_and_closed_ones_skipped():
     pool, first, loop = make_conn()
     second = UpstreamHttp1(pool)
     second.connection_made(FakeTransport())
-    first.release(True, 60.0, 0.0)
-    second.release(True, 60.0, 0.0)
+    first.release(True)
+    second.release(True)
     assert pool.acquire() is second
     first.transport.closed = True
     assert pool.acquire() is None
@@ -68,7 +71,7 @@ def test_newest_idle_connection_is_reused_first_and_closed_ones_skipped():
 def test_not_keep_alive_closes_instead_of_pooling():
     """A connection whose response forbade keep-alive is closed, never pooled."""
     pool, conn, loop = make_conn()
-    conn.release(False, 60.0, 0.0)
+    conn.release(False)
     assert conn.transport.closed and pool.idle == []
     loop.close()
 
@@ -78,9 +81,11 @@ def test_idle_deadline_closes_only_expired_connections():
     pool, old, loop = make_conn()
     fresh = UpstreamHttp1(pool)
     fresh.connection_made(FakeTransport())
-    old.release(True, 1.0, 0.0)        # deadline 1.0
-    fresh.release(True, 60.0, 0.0)     # deadline 60.0
-    assert pool.close_idle(now=5.0) == 1
+    pool.idle_timeout = 1.0
+    old.release(True)                  # deadline now + 1.0
+    pool.idle_timeout = 60.0
+    fresh.release(True)                # deadline now + 60.0
+    assert pool.close_idle(now=loop.time() + 5.0) == 1
     assert old.transport.closed and not fresh.transport.closed
     assert pool.idle == [fresh]
     loop.close()
@@ -90,7 +95,7 @@ def test_retries_are_not_budgeted_by_default_as_in_istio():
     """Without connectionPool.http.maxRetries, concurrent retries are unlimited (Istio sets no budget)."""
     from types import SimpleNamespace
 
-    from remora.proxy.upstream.pool import Circuit
+    from remora.proxy.upstream.circuit import Circuit
     circuit = Circuit("outbound|80||flaky")
     circuit.configure(None)
     assert circuit.retry_budget.limit(active_requests=100) is None
@@ -102,40 +107,36 @@ def test_retries_are_not_budgeted_by_default_as_in_istio():
     assert circuit.retry_budget.limit(active_requests=100) == 5
 
 
-class RecordingExchange:
-    """What the connection tells its exchange about a response."""
+class RecordingAttempt:
+    """What the connection tells the attempt it carries (here also its receiver) about a response."""
 
     def __init__(self) -> None:
         self.heads: list = []
         self.ends: list[bool] = []
-        self.errors: list[str] = []
+        self.errors: list = []
 
-        class Sink:
-            def flush(self) -> None:
-                pass
-
-        self.sink = Sink()
-
-    def on_response_head(self, resp) -> None:
+    def on_upstream_headers(self, resp) -> None:
         self.heads.append(resp)
 
-    def on_response_body(self, data: bytes) -> None:
+    def on_upstream_data(self, data: bytes) -> None:
         pass
 
-    def on_response_end(self, keep_alive: bool) -> None:
+    def on_read_end(self) -> None:
+        pass
+
+    def on_complete(self, keep_alive: bool) -> None:
         self.ends.append(keep_alive)
 
-    def on_upstream_protocol_error(self, detail: str) -> None:
-        self.errors.append(detail)
+    def on_connection_failed(self, failure, detail: str) -> None:
+        self.errors.append((failure, detail))
 
 
-def answer(raw: bytes) -> RecordingExchange:
-    pool, conn, loop = make_conn()
-    exchange = RecordingExchange()
-    conn.send_request_head(exchange, b"GET", b"/", b"h", [], b"", None, False, None, False)
+def answer(raw: bytes) -> RecordingAttempt:
+    _, conn, loop = make_conn()
+    attempt = conn.request
     conn.data_received(raw)
     loop.close()
-    return exchange
+    return attempt
 
 
 def test_204_content_length_zero_is_dropped():

@@ -179,33 +179,42 @@ def test_credential_directory_layouts(pki, tmp_path):
 
 
 class Waiter:
-    """A request waiting in a circuit's pending queue (what Exchange offers the pool)."""
+    """A request waiting in a circuit's pending queue (the PoolCallbacks an attempt offers)."""
 
-    def __init__(self, authority: bytes) -> None:
-        self.up_authority = authority
+    def __init__(self) -> None:
         self.got = None
 
-    def on_pooled_connection(self, conn) -> None:
+    def on_pool_ready(self, conn, reused: bool) -> None:
         self.got = conn
-
-    def on_connection_slot(self) -> None:
-        self.got = "slot"
 
 
 def _auto_sni_pool():
     import asyncio
-    from remora.proxy.upstream.pool import ConnState, EndpointPool, UpstreamHttp1
-    from tests.unit.test_pool import FakeTransport
+    from remora.proxy.upstream.http1_connection import UpstreamHttp1
+    from remora.proxy.upstream.pool import EndpointPool
+    from tests.unit.test_pool import FakeTransport, RecordingAttempt
+
+    class ConnectRecordingPool(EndpointPool):
+        """Records the connections it is asked to open instead of dialling."""
+        __slots__ = ("connects",)
+
+        def connect(self, waiter, authority) -> None:
+            self.circuit.open += 1
+            self.connects.append((waiter, authority))
+
     loop = asyncio.new_event_loop()
-    pool = EndpointPool("127.0.0.1", 9, loop)
+    pool = ConnectRecordingPool("127.0.0.1", 9, loop)
+    pool.connects = []
     pool.by_host = True
 
     def conn(host: str):
         c = UpstreamHttp1(pool)
         c.connection_made(FakeTransport())
-        c.state, c.tls_host = ConnState.ACTIVE, host
+        c.tls_host = host
         pool.active.add(c)
         pool.circuit.open += 1
+        attempt = RecordingAttempt()
+        c.start_request(attempt, attempt, b"GET", b"/", host.encode(), [], b"", None, False, None, False)
         return c
     return pool, conn, loop
 
@@ -214,8 +223,8 @@ def test_auto_sni_pool_reuses_only_connections_made_for_the_request_host():
     """With auto SNI a pooled connection serves only requests whose Host (without port) it was made for."""
     pool, conn, loop = _auto_sni_pool()
     a, b = conn("a.example.com"), conn("b.example.com")
-    a.release(True, 60.0, 0.0)
-    b.release(True, 60.0, 0.0)
+    a.release(True)
+    b.release(True)
     assert pool.acquire(b"A.example.com:80") is a
     assert pool.acquire(b"a.example.com") is None
     assert pool.acquire(b"b.example.com") is b
@@ -226,14 +235,14 @@ def test_auto_sni_pool_hands_a_waiter_its_host_or_frees_a_slot():
     """A released connection goes to a waiter for its host; for another host it closes so the waiter can connect."""
     pool, conn, loop = _auto_sni_pool()
     a = conn("a.example.com")
-    same = Waiter(b"a.example.com")
-    pool.circuit.pending.append(same)
-    a.release(True, 60.0, 0.0)
+    same = Waiter()
+    assert pool.circuit.wait(same, pool, b"a.example.com")
+    a.release(True)
     assert same.got is a and not pool.circuit.pending
-    other = Waiter(b"b.example.com")
-    pool.circuit.pending.append(other)
-    a.release(True, 60.0, 0.0)
-    assert other.got == "slot" and a.is_closed() and not pool.idle
+    other = Waiter()
+    assert pool.circuit.wait(other, pool, b"b.example.com")
+    a.release(True)
+    assert pool.connects == [(other, b"b.example.com")] and a.is_closed() and not pool.idle
     loop.close()
 
 

@@ -107,6 +107,7 @@ class Listener:
                  settings: ListenerSettings) -> None:
         self.worker = worker
         self.loop: asyncio.AbstractEventLoop = worker.loop
+        self.deadlines = worker.deadlines   # route and per-try timeouts of this worker's requests
         self.name = name
         self.host = host
         self.port = port

@@ -168,6 +168,7 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
         ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
                                  origin.key if originate else mtls)
         ep.pool.endpoint = ep
+        ep.pool.idle_timeout = cluster.idle_timeout
         if mtls:
             ep.pool.dialer = MtlsDialer(
                 pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),

@@ -3,7 +3,8 @@
 A loop.call_later per request (and its cancel) costs more than the rest of a short
 request's routing, and almost every route timeout is cancelled by the response anyway.
 Instead, the exchange stores its deadline as a float, and the downstream connection
-carrying it (alive anyway) is appended to a bucket per TICK. One timer, running only
+carrying it (alive anyway) is appended to a bucket per TICK (per-try deadlines: the
+attempt itself, see _per_try_due). One timer, running only
 while buckets are pending, hands each due connection to `on_due(connection, now)`, which
 looks at the exchange the connection is answering now and times it out only if that
 exchange's own deadline has passed; a finished request simply is not there any more.
@@ -58,10 +59,11 @@ def _route_due(connection, now: float) -> None:
         exchange.on_route_timeout()
 
 
-def _per_try_due(connection, now: float) -> None:
-    exchange = connection.active
-    if exchange is not None and 0 < exchange.try_deadline <= now:
-        exchange.on_per_try_timeout()
+def _per_try_due(attempt, now: float) -> None:
+    # Keyed by the attempt (an UpstreamRequest), which drops its stream and connection
+    # when it ends: what the wheel keeps alive meanwhile is that small object only.
+    if 0 < attempt.try_deadline <= now:
+        attempt.on_per_try_timeout()
 
 
 class RequestDeadlines:

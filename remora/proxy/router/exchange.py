@@ -1,39 +1,42 @@
-"""One request/response exchange, independent of the downstream codec.
+"""One request/response exchange, independent of the downstream codec: the router
+(Envoy's router.h filter) and the request record.
 
 The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHead, body
-chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
-or new upstream connection, streams the body up and the response down, and fills the
-request record (the Exchange is a RequestInfo: status, flags, bytes, timings, upstream
-host, peers, trace) that access log, Istio metrics and tracing read when it ends. It
-talks back to the codec only through the ResponseSink methods:
-send_response_head, send_response_body, end_response, send_local_reply, abort,
-pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
+chunks and an end; the Exchange applies faults, picks the route destination and endpoint,
+rewrites the request, and runs one UpstreamRequest per attempt (upstream/upstream_request.py,
+which gets the connection from the pool and carries the request). What the attempt
+reports (the UpstreamCallbacks of upstream/seams.py) is handled by its base class
+UpstreamEvents (upstream_events.py): forward the response, retry, or fail. It fills the request record (the
+Exchange is a RequestInfo: status, flags, bytes, timings, upstream host, peers, trace)
+that access log, Istio metrics and tracing read when it ends. It talks back to the codec
+only through the ResponseSink methods: send_response_head, send_response_body, flush,
+end_response, send_local_reply, abort, pause_reading, resume_reading, start_tunnel.
 
 Rules:
-- Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
+- Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort;
+  its attempt in flight, if any, is cancelled then.
 - What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
   streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
-- A reused connection that closes before any response byte was read is the keep-alive
+- A pooled connection that closes before any response byte was read is the keep-alive
   race: the request is resent once on a fresh connection when its body is replayable.
 - Once a response byte went downstream, an upstream failure can only abort the
   downstream connection (the client sees a truncated response, never a second head).
+- Overflow (a full pending queue) is never retried: 503 UO with x-envoy-overloaded.
 """
 from __future__ import annotations
 
-from remora.proxy.codec.http1 import FIRST_ATTEMPT
-from remora.proxy.codec.message import RequestHead, ResponseHead
-from remora.proxy.upstream.outlier import Result
-from remora.proxy.router.retry import Failure, backoff_delay
-from remora.proxy.telemetry.request_info import RequestInfo
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.retry_state import RetryState
+from remora.proxy.router.seams import ExchangeHost
+from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
 from remora.proxy.telemetry.access_log import join_flags
+from remora.proxy.telemetry.request_info import RequestInfo
 from remora.proxy.telemetry.tracing import begin as begin_trace
-
-PENDING_HIGH_WATER = 64 << 10  # request bytes buffered before the upstream is ready
-NOTHING = ()                   # an empty body list, shared: most requests never buffer a byte
+from remora.proxy.upstream.upstream_request import UpstreamRequest
 
 
-class Exchange(RequestInfo):
+class Exchange(UpstreamEvents, RequestInfo):
     """The lifecycle of one proxied request, and its request record.
 
     The Exchange *is* its RequestInfo (the base class): the record's fields are the ones
@@ -43,25 +46,20 @@ class Exchange(RequestInfo):
     """
 
     __slots__ = (
-        "sink", "listener", "block", "port", "dest", "endpoint",
-        "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
-        "finished", "up_added", "upstream_start", "reused", "race_retried", "up_method",
-        "up_path", "up_authority", "up_headers", "reading_paused", "timer", "abort_status",
-        "waiting_in", "retries", "tried", "try_timer", "retry_acquired", "exhausted", "deadline",
-        "try_deadline",
+        "sink", "listener", "block", "port", "dest", "endpoint", "upstream", "replay",
+        "request_done", "response_started", "finished", "up_added", "race_retried", "up_method",
+        "up_path", "up_authority", "up_headers", "timer", "abort_status", "retry_state", "deadline",
     )
 
-    def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
+    def __init__(self, sink, head: RequestHead, listener: ExchangeHost, route, block, port: int) -> None:
         self.sink = sink
         self.listener = listener
         self.block = block
         self.port = port
         self.dest = None
         self.endpoint = None
-        self.conn = None
-        self.pending: list[bytes] | tuple = NOTHING   # body bytes waiting for a connection
-        self.pending_bytes = 0
-        self.replay: list[bytes] | tuple | None = NOTHING   # the body kept for a resend
+        self.upstream: UpstreamRequest | None = None   # the attempt in flight
+        self.replay: list[bytes] | tuple | None = ()   # the body kept for a resend
         self.request_done = not head.has_body and head.upgrade is None
         self.response_started = False
         self.finished = False
@@ -82,20 +80,11 @@ class Exchange(RequestInfo):
         self.peer_metadata = None
         self.peer_id = None
         self.trace = begin_trace(head.trace_in, listener.sample_ratio)
-        self.upstream_start = 0.0
-        self.reused = False
         self.race_retried = False
-        self.reading_paused = False    # this exchange holds the client (pending body or upstream full)
         self.timer = None              # the fault delay, when one is drawn
         self.abort_status = 0
-        self.waiting_in = None         # the Circuit whose pending queue holds us
-        self.retries = 0               # retries started so far (attempt = retries + 1)
-        self.tried: list | None = None # endpoints of failed attempts (a retry avoids them)
-        self.try_timer = None          # per-try timeout, or the backoff before a retry
-        self.retry_acquired = False    # holding a slot of the cluster's retry budget
-        self.exhausted = False         # a retriable failure came after the last retry (URX)
+        self.retry_state: RetryState | None = None   # made at the first retriable failure
         self.deadline = 0.0            # loop time of the route timeout (0: none)
-        self.try_deadline = 0.0        # loop time of this attempt's per-try timeout (0: none)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,15 +126,13 @@ class Exchange(RequestInfo):
         timeout = self.route.timeout
         if timeout and not self.deadline and not self.finished:
             self.deadline = self.listener.loop.time() + timeout
-            self.listener.worker.deadlines.route.add(self.deadline, self.sink)
+            self.listener.deadlines.route.add(self.deadline, self.sink)
 
     def on_route_timeout(self) -> None:
         if self.finished:
             return
         self.cluster.stats.upstream_rq_timeout += 1
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()     # a timed-out connection is never returned to the pool
+        self._drop_attempt()     # a timed-out connection is never returned to the pool
         self._endpoint_done(error=True)
         if self.response_started:
             self.add_flag("UT")
@@ -183,29 +170,12 @@ class Exchange(RequestInfo):
         self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
 
-    def _hash_key(self) -> bytes | None:
-        policy = self.cluster.hash_policy
-        if policy is None:
-            return None
-        head = self.head
-        if policy.header is not None:
-            return head.header(policy.header)
-        if policy.cookie is not None:
-            cookies = head.header(b"cookie") or b""
-            for part in cookies.split(b";"):
-                name, _, value = part.strip().partition(b"=")
-                if name == policy.cookie:
-                    return value
-            return None
-        if policy.query_param is not None:
-            from urllib.parse import parse_qsl
-            return dict(parse_qsl(head.query())).get(policy.query_param)
-        return head.peer_ip if policy.source_ip else None
-
     def _attempt(self, fresh: bool) -> None:
+        """Start an attempt at an endpoint the failed attempts did not use, if one is healthy."""
         cluster = self.cluster
-        ep = cluster.pick(self._hash_key() if cluster.hash_policy is not None else None,
-                          self.tried or ())
+        retry_state = self.retry_state
+        ep = cluster.pick(cluster.hash_policy.key(self.head) if cluster.hash_policy is not None else None,
+                          retry_state.tried if retry_state is not None else ())
         if ep is None or (ep.ejected and not cluster.balancer.panic):
             # Envoy: with every host ejected and no panic, there is no healthy upstream.
             cluster.stats.upstream_cx_none_healthy += 1
@@ -215,93 +185,33 @@ class Exchange(RequestInfo):
         ep.active_requests += 1
         ep.total_requests += 1
         self.upstream_host = ep.key
-        conn = None if fresh or self.head.upgrade is not None else ep.pool.acquire(self.up_authority)
-        if conn is not None:
-            self.reused = True
-            self._send_on(conn)
-            return
-        self.reused = False
-        circuit = cluster.circuit
-        if circuit.open >= circuit.max_connections:
-            # Envoy: a request that needs a connection over max_connections waits, in a
-            # queue bounded by max_pending_requests; past that it fails fast with UO.
-            cluster.stats.upstream_cx_overflow += 1
-            if len(circuit.pending) >= circuit.max_pending:
-                cluster.stats.upstream_rq_pending_overflow += 1
-                self._overflow()
-                return
-            cluster.stats.upstream_rq_pending_total += 1
-            circuit.pending.append(self)
-            self.waiting_in = circuit
-            return
-        ep.pool.connect(self, cluster)
+        attempt = self.upstream
+        if attempt is None:
+            # _new_attempt inlined: this is every request's path.
+            attempt = self.upstream = UpstreamRequest(self, self.route.retry_policy.per_try_timeout,
+                                                      self.listener.deadlines.per_try)
+            if self.sink.write_paused:
+                attempt.set_downstream_paused(True)
+        attempt.start(cluster, ep.pool, fresh or self.head.upgrade is not None)
+
+    def _new_attempt(self, pending) -> UpstreamRequest:
+        """An attempt not started yet, holding `pending` body bytes (a resend: the replay)."""
+        attempt = UpstreamRequest(self, self.route.retry_policy.per_try_timeout,
+                                  self.listener.deadlines.per_try, pending)
+        if self.sink.write_paused:
+            attempt.set_downstream_paused(True)   # the client is still slow from the previous response
+        return attempt
 
     def _overflow(self) -> None:
         """Circuit breaker overflow: fail fast, as Envoy does (503 UO, x-envoy-overloaded)."""
-        self.local_reply(503, b"upstream connect error or disconnect/reset before headers. "
-                              b"reset reason: overflow", "UO", [(b"x-envoy-overloaded", b"true")])
+        self.local_reply(503, NOT_CONNECTED + b"overflow", "UO", [(b"x-envoy-overloaded", b"true")])
 
-    def on_pooled_connection(self, conn) -> None:
-        """Leaving the pending queue with a connection another request just released."""
-        self.waiting_in = None
-        ep = conn.pool.endpoint
-        if ep is not self.endpoint:
-            # The free connection may be to another endpoint of the cluster: follow it.
-            self._endpoint_done(error=False)
-            self.endpoint = ep
-            ep.active_requests += 1
-            ep.total_requests += 1
-            self.upstream_host = ep.key
-        self.reused = True
-        self._send_on(conn)
-
-    def on_connection_slot(self) -> None:
-        """Leaving the pending queue because a connection closed: open our own."""
-        self.waiting_in = None
-        self.endpoint.pool.connect(self, self.cluster)
-
-    # -- upstream connection events -----------------------------------------------------
-    def on_connected(self, conn) -> None:
-        if self.finished:
-            conn.release(True, self.cluster.idle_timeout, self.listener.loop.time())
-            return
-        self._send_on(conn)
-
-    def on_connect_failed(self, reason: str) -> None:
-        if self.finished:
-            return
-        self._attempt_failed(Failure.CONNECT_FAILURE, 503, b"upstream connect error or disconnect/"
-                             b"reset before headers. reset reason: " + reason.encode(), "UF")
-
-    def _send_on(self, conn) -> None:
-        self.conn = conn
-        self.peer_id = conn.peer_id
-        if self.sink.write_paused:
-            conn.set_reading(False)   # the client is still slow from the previous response
-        self.upstream_start = self.listener.loop.time()
-        head = self.head
-        conn.send_request_head(self, self.up_method, self.up_path, self.up_authority,
-                               self.up_headers, self.up_added, head.content_length, head.chunked,
-                               head.upgrade, head.method == b"HEAD")
-        per_try = self.route.retry_policy.per_try_timeout
-        if per_try:
-            self.try_deadline = self.upstream_start + per_try
-            self.listener.worker.deadlines.per_try.add(self.try_deadline, self.sink)
-        detector = self.cluster.detector
-        if detector.split:
-            detector.report(self.endpoint, Result.LOCAL_ORIGIN_SUCCESS)
-        chunked = head.chunked
-        pending = self.pending
-        if pending:
-            for piece in pending:
-                conn.send_body(piece, chunked)
-            self.pending = NOTHING
-            self.pending_bytes = 0
-        if self.request_done and head.has_body:
-            conn.end_body(chunked)
-        if self.reading_paused:
-            self.reading_paused = False
-            self.sink.resume_reading()
+    def _drop_attempt(self) -> None:
+        """Cancel the attempt in flight, if any (its connection is closed, never pooled)."""
+        attempt = self.upstream
+        if attempt is not None:
+            self.upstream = None
+            attempt.cancel()
 
     # -- request body from downstream --------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
@@ -316,229 +226,36 @@ class Exchange(RequestInfo):
                 self.replay = [data]
         if self.finished:
             return
-        conn = self.conn
-        if conn is not None:
-            conn.send_body(data, self.head.chunked)
-        else:
-            pending = self.pending
-            if pending:
-                pending.append(data)
-            else:
-                self.pending = [data]
-            self.pending_bytes += len(data)
-            if self.pending_bytes > PENDING_HIGH_WATER and not self.reading_paused:
-                self.reading_paused = True
-                self.sink.pause_reading()
+        attempt = self.upstream
+        if attempt is None:
+            if self.route is None:
+                return                 # answered 404 (or about to be)
+            if self.retry_state is not None and self.retry_state.in_backoff():
+                return                 # the retry resends the replay, this included
+            # Not routed yet (the end of the head's read, a fault delay): the attempt-to-be buffers it.
+            attempt = self.upstream = self._new_attempt(())
+        attempt.send_body(data)
 
     def on_request_end(self) -> None:
         self.request_done = True
         if self.dest is not None:
             self._arm_timeout()
-        if self.conn is not None and not self.finished and self.head.has_body:
-            self.conn.end_body(self.head.chunked)
-
-    def upstream_write_paused(self, paused: bool) -> None:
-        """The upstream socket buffer is full (or drained): hold (or resume) the client.
-
-        The hold is remembered in `reading_paused` because the connection may be dropped
-        before it drains (a retry, a per-try timeout): its resume_writing never comes, and
-        the next attempt (_send_on) or the end of the exchange (_finish) releases the client.
-        """
-        if paused:
-            if not self.reading_paused:
-                self.reading_paused = True
-                self.sink.pause_reading()
-        elif self.reading_paused:
-            self.reading_paused = False
-            self.sink.resume_reading()
+        attempt = self.upstream
+        if attempt is not None and not self.finished and self.head.has_body:
+            attempt.end_body()
 
     def downstream_write_paused(self, paused: bool) -> None:
         """The client is slow (or caught up): stop (or resume) reading the upstream."""
-        conn = self.conn
-        if conn is not None:
-            conn.set_reading(not paused)
-
-    # -- response from upstream ---------------------------------------------------------------
-    def on_response_head(self, resp: ResponseHead) -> None:
-        if self.finished:
-            return
-        status = resp.status
-        detector = self.cluster.detector
-        if detector.enabled:
-            detector.report_status(self.endpoint, status)
-        if status >= 300 and self._retry(status=status):
-            # A retriable answer is never forwarded: drop the connection, try again.
-            conn, self.conn = self.conn, None
-            if conn is not None:
-                conn.close()
-            self._endpoint_done(error=status >= 500)
-            return
-        if self.exhausted:
-            self.add_flag("URX")
-        now = self.listener.loop.time()
-        upstream_time = self.upstream_time = b"%d" % int((now - self.upstream_start) * 1000)
-        self.response_started = True
-        self.status = status
-        self.cluster.stats.count_status(status)
-        headers = resp.headers
-        if self.route.response_ops is not None:
-            headers = self.route.response_ops.apply(headers)
-        if self.dest.response_ops is not None:
-            headers = self.dest.response_ops.apply(headers)
-        headers.append((b"x-envoy-upstream-service-time", upstream_time))
-        self.peer_metadata = resp.peer_metadata
-        if self.head.peer_metadata is not None and self.listener.reply_header is not None:
-            headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
-        self.sink.send_response_head(self, resp.status, resp.reason, headers,
-                                     resp.content_length, resp.chunked)
-
-    def on_response_body(self, data: bytes) -> None:
-        if not self.finished:
-            self.bytes_sent += len(data)
-            self.sink.send_response_body(data)
-
-    def on_response_end(self, keep_alive: bool) -> None:
-        if self.finished:
-            return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            # A connection whose request body was not fully sent cannot be reused.
-            conn.release(keep_alive and self.request_done, self.cluster.idle_timeout,
-                         self.listener.loop.time())
-        status = self.status
-        self._endpoint_done(error=status >= 500)
-        if self.retries and status < 500:
-            self.cluster.stats.upstream_rq_retry_success += 1
-        self._finish()
-        self.sink.end_response(self)
-
-    def on_upstream_lost(self, got_bytes: bool) -> None:
-        """The upstream connection closed before the response completed."""
-        if self.finished:
-            return
-        self.conn = None
-        if (not got_bytes and self.reused and not self.race_retried
-                and self.replay is not None and not self.response_started):
-            # The keep-alive race: the server closed an idle connection as we reused it.
-            self.race_retried = True
-            self._endpoint_done(error=False)
-            self.pending = list(self.replay)
-            self.pending_bytes = sum(map(len, self.pending))
-            self._attempt(fresh=True)
-            return
-        self.cluster.stats.upstream_rq_rx_reset += 1
-        self._attempt_failed(Failure.RESET, 503, b"upstream connect error or disconnect/reset "
-                             b"before headers. reset reason: connection termination", "UC")
-
-    def on_upstream_protocol_error(self, detail: str) -> None:
-        if self.finished:
-            return
-        self.conn = None
-        self.cluster.stats.upstream_cx_protocol_error += 1
-        self._attempt_failed(Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE")
-
-    def on_per_try_timeout(self) -> None:
-        """This attempt's per-try deadline passed (the deadline wheel checked it is ours)."""
-        self.try_deadline = 0.0
-        if self.finished or self.try_timer is not None:
-            return   # finished, or waiting out a backoff: no attempt in flight
-        self.cluster.stats.upstream_rq_per_try_timeout += 1
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
-        self._attempt_failed(Failure.PER_TRY_TIMEOUT, 504, b"upstream request timeout", "UT")
-
-    # -- retries -------------------------------------------------------------------------------
-    def _attempt_failed(self, failure: Failure, status: int, body: bytes, flag: str) -> None:
-        """This attempt failed: tell outlier detection, then retry or give up."""
-        self.try_deadline = 0.0
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        ep = self.endpoint
-        detector = self.cluster.detector
-        if ep is not None and detector.enabled:
-            detector.report(ep, Result.LOCAL_ORIGIN_FAILURE)
-        if self._retry(failure=failure):
-            self._endpoint_done(error=True)
-            return
-        if self.exhausted:
-            flag += ",URX"
-        self._fail(status, body, flag)
-
-    def _retry(self, failure: Failure | None = None, status: int = 0) -> bool:
-        """Schedule another attempt when the route's policy, the budget and the body allow it."""
-        policy = self.route.retry_policy
-        if self.response_started or not policy.enabled:
-            return False
-        if not (policy.retry_on_failure(failure) if failure is not None
-                else policy.retry_on_status(status)):
-            return False
-        if self.retries >= policy.num_retries:
-            self.exhausted = True
-            return False
-        stats = self.cluster.stats
-        if self.replay is None:
-            stats.retry_or_shadow_abandoned += 1     # body too long to resend
-            return False
-        circuit = self.cluster.circuit
-        budget = circuit.retry_budget
-        if self.retry_acquired:
-            budget.release()
-            self.retry_acquired = False
-        if not budget.try_acquire(stats.upstream_rq_active + len(circuit.pending)):
-            stats.upstream_rq_retry_overflow += 1
-            return False
-        self.retry_acquired = True
-        self.retries += 1
-        stats.upstream_rq_retry += 1
-        # The mesh header lines end with the attempt count (Listener.added_request_headers).
-        self.up_added = (self.up_added[:-len(FIRST_ATTEMPT)]
-                         + b"x-envoy-attempt-count: %d\r\n" % (self.retries + 1))
-        if self.endpoint is not None:
-            self.tried = (self.tried or []) + [self.endpoint]
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-        self.try_timer = self.listener.loop.call_later(backoff_delay(self.retries - 1), self._retry_now)
-        return True
-
-    def _retry_now(self) -> None:
-        self.try_timer = None
-        if self.finished:
-            return
-        self.pending = list(self.replay)
-        self.pending_bytes = sum(map(len, self.pending))
-        self._attempt(fresh=False)
-
-    def _fail(self, status: int, body: bytes, flag: str) -> None:
-        """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
-        self._endpoint_done(error=True)
-        if self.response_started:
-            self.add_flag(flag)
-            self._finish()
-            self.sink.abort(self)
-        else:
-            self.local_reply(status, body, flag)
-
-    def on_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
-        """The upstream accepted the upgrade: splice the two connections together."""
-        self.conn = None
-        self.status = 101
-        self.peer_metadata = resp.peer_metadata
-        self.response_started = True
-        self.cluster.stats.count_status(101)
-        self._endpoint_done(error=False)
-        self._finish()
-        self.sink.start_tunnel(self, conn, resp, rest)
+        attempt = self.upstream
+        if attempt is not None:
+            attempt.set_downstream_paused(paused)
 
     # -- downstream events -------------------------------------------------------------------
     def on_downstream_closed(self) -> None:
         """The client went away: stop everything and log DC."""
         if self.finished:
             return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
+        self._drop_attempt()
         if self.endpoint is not None:
             self._endpoint_done(error=False)
         self.add_flag("DC")
@@ -552,9 +269,7 @@ class Exchange(RequestInfo):
         if not self.response_started:
             self.local_reply(408, b"stream timeout", "SI")
             return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
+        self._drop_attempt()
         self._endpoint_done(error=False)
         self.add_flag("SI")
         self._finish()
@@ -564,9 +279,7 @@ class Exchange(RequestInfo):
         """Answer from the proxy itself (Envoy's local reply), then finish."""
         if self.finished:
             return
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
+        self._drop_attempt()
         self._endpoint_done(error=False)
         self.add_flag(flag)
         self.status = status
@@ -586,19 +299,10 @@ class Exchange(RequestInfo):
 
     def _finish(self) -> None:
         self.finished = True
-        if self.reading_paused:
-            # Paused for an upstream that is gone: the client's next request must be read.
-            self.reading_paused = False
-            self.sink.resume_reading()
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        if self.retry_acquired:
-            self.cluster.circuit.retry_budget.release()
-            self.retry_acquired = False
-        if self.waiting_in is not None:
-            self.waiting_in.pending.remove(self)
-            self.waiting_in = None
+        if self.upstream is not None:
+            self._drop_attempt()   # lets go of the client if the attempt held it
+        if self.retry_state is not None:
+            self.retry_state.release()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

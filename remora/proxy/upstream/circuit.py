@@ -1,5 +1,9 @@
 """Envoy's circuit breakers for one cluster in one worker (connectionPool thresholds,
-the pending queue, the retry budget); the pools in pool.py hand connections over through it."""
+the pending queue, the retry budget); the pools in pool.py hand connections over through it.
+
+The pending queue is this class's alone: pools park waiters with `wait`, waiters that give
+up leave with `cancel` (through their pool), and only `hand_over` / `closed_one` let one go.
+"""
 from __future__ import annotations
 
 from collections import deque
@@ -30,7 +34,7 @@ class Circuit:
     def __init__(self, name: str) -> None:
         self.name = name
         self.open = 0
-        self.pending: deque = deque()
+        self.pending: deque = deque()   # (waiter, pool, authority), oldest first
         self.configure(None)
 
     def configure(self, policy) -> None:
@@ -47,22 +51,37 @@ class Circuit:
         # when one endpoint of three fails half its requests).
         self.retry_budget = RetryBudget(max_retries=(http and http.max_retries) or None, budget_percent=None)
 
+    def wait(self, waiter, pool: "EndpointPool", authority: bytes | None) -> bool:
+        """Park a waiter for a connection of `pool`; False when the queue is full (overflow)."""
+        if len(self.pending) >= self.max_pending:
+            return False
+        self.pending.append((waiter, pool, authority))
+        return True
+
+    def cancel(self, waiter) -> None:
+        """Drop a waiter that gave up (no-op when it is not waiting)."""
+        for entry in self.pending:
+            if entry[0] is waiter:
+                self.pending.remove(entry)
+                return
+
     def hand_over(self, pool: "EndpointPool") -> None:
         """A connection of `pool` went idle: give it to the first waiting request."""
         if pool.by_host:
             # Auto-SNI connections belong to one request host: the first waiter takes one made
             # for its host, else the oldest idle one closes so that it can open its own.
-            conn = pool.acquire(self.pending[0].up_authority)
+            conn = pool.acquire(self.pending[0][2])
             if conn is None:
                 pool.idle.pop(0).close()      # closed_one() lets the first waiter connect
                 return
         else:
             conn = pool.acquire()
         if conn is not None:
-            self.pending.popleft().on_pooled_connection(conn)
+            self.pending.popleft()[0].on_pool_ready(conn, True)
 
     def closed_one(self) -> None:
         """A connection closed (or failed to open): the first waiter may open a new one."""
         self.open -= 1
         if self.pending and self.open < self.max_connections:
-            self.pending.popleft().on_connection_slot()
+            waiter, pool, authority = self.pending.popleft()
+            pool.connect(waiter, authority)

@@ -78,6 +78,22 @@ class HashPolicy:
     query_param: bytes | None = None
     source_ip: bool = False
 
+    def key(self, head) -> bytes | str | None:
+        """The request attribute (of a RequestHead) a ring-hash balancer keys on, or None."""
+        if self.header is not None:
+            return head.header(self.header)
+        if self.cookie is not None:
+            cookies = head.header(b"cookie") or b""
+            for part in cookies.split(b";"):
+                name, _, value = part.strip().partition(b"=")
+                if name == self.cookie:
+                    return value
+            return None
+        if self.query_param is not None:
+            from urllib.parse import parse_qsl
+            return dict(parse_qsl(head.query())).get(self.query_param)
+        return head.peer_ip if self.source_ip else None
+
 
 class Cluster:
     """A named set of endpoints with its load balancer and connection settings."""

@@ -1,0 +1,181 @@
+"""The stream's side of the upstream seam: what an Exchange does with what its attempt
+reports (the UpstreamCallbacks of upstream/seams.py), as Envoy's router.cc onUpstream*.
+
+A base class of Exchange (router/exchange.py), which owns every attribute used here; this
+module only decides, per event: forward the response head and body to the sink, retry
+(RetryState, retry_state.py: the route's policy, the budget, a replayable body), resend
+once after the keep-alive race, or fail (a local reply before any response byte went
+down, an abort after).
+"""
+from __future__ import annotations
+
+from remora.proxy.codec.http1 import FIRST_ATTEMPT
+from remora.proxy.codec.message import ResponseHead
+from remora.proxy.router.retry import Failure
+from remora.proxy.router.retry_state import RetryState
+from remora.proxy.upstream.outlier import Result
+from remora.proxy.upstream.seams import AttemptFailure
+
+NOT_CONNECTED = b"upstream connect error or disconnect/reset before headers. reset reason: "
+# How a failed attempt is retried and answered: (retry condition, status, body, flag).
+FAILURE_REPLIES = {
+    AttemptFailure.CONNECT_FAILURE: (Failure.CONNECT_FAILURE, 503, NOT_CONNECTED, "UF"),
+    AttemptFailure.CONNECTION_TERMINATION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
+    AttemptFailure.STALE_CONNECTION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
+    AttemptFailure.PROTOCOL_ERROR: (Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE"),
+    AttemptFailure.PER_TRY_TIMEOUT: (Failure.PER_TRY_TIMEOUT, 504, b"upstream request timeout", "UT"),
+}
+
+class UpstreamEvents:
+    """UpstreamCallbacks and retries for Exchange (see the module docstring)."""
+
+    __slots__ = ()
+
+    # -- UpstreamCallbacks: what the attempt reports ----------------------------------------
+    def on_upstream_host_selected(self, endpoint) -> None:
+        self._endpoint_done(error=False)
+        self.endpoint = endpoint
+        endpoint.active_requests += 1
+        endpoint.total_requests += 1
+        self.upstream_host = endpoint.key
+
+    def on_upstream_above_high_watermark(self) -> None:
+        self.sink.pause_reading()
+
+    def on_upstream_below_low_watermark(self) -> None:
+        self.sink.resume_reading()
+
+    def on_upstream_headers(self, resp: ResponseHead) -> None:
+        status = resp.status
+        detector = self.cluster.detector
+        if detector.enabled:
+            detector.report_status(self.endpoint, status)
+        if status >= 300 and self._retry(None, status):
+            # A retriable answer is never forwarded: drop the connection, try again.
+            self._drop_attempt()
+            self._endpoint_done(error=status >= 500)
+            return
+        if self.retry_state is not None and self.retry_state.exhausted:
+            self.add_flag("URX")
+        upstream_time = self.upstream_time = b"%d" % int(
+            (self.listener.loop.time() - self.upstream.started_at) * 1000)
+        self.response_started = True
+        self.status = status
+        self.cluster.stats.count_status(status)
+        headers = resp.headers
+        if self.route.response_ops is not None:
+            headers = self.route.response_ops.apply(headers)
+        if self.dest.response_ops is not None:
+            headers = self.dest.response_ops.apply(headers)
+        headers.append((b"x-envoy-upstream-service-time", upstream_time))
+        self.peer_metadata = resp.peer_metadata
+        if self.head.peer_metadata is not None and self.listener.reply_header is not None:
+            headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
+        self.sink.send_response_head(self, resp.status, resp.reason, headers,
+                                     resp.content_length, resp.chunked)
+
+    def on_upstream_data(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        self.sink.send_response_body(data)
+
+    def on_upstream_read_end(self) -> None:
+        self.sink.flush()
+
+    def on_upstream_end(self) -> None:
+        self.upstream = None
+        status = self.status
+        ep = self.endpoint
+        if ep is not None:        # _endpoint_done, inlined: this is every response's path
+            ep.active_requests -= 1
+            if status >= 500:
+                ep.errors += 1
+            self.endpoint = None
+        if status < 500 and self.retry_state is not None and self.retry_state.retries:
+            self.cluster.stats.upstream_rq_retry_success += 1
+        self._finish()
+        self.sink.end_response(self)
+
+    def on_attempt_failed(self, failure: AttemptFailure, detail: str) -> None:
+        """The attempt ended without a complete response: retry, resend, or give up."""
+        self.upstream = None
+        if failure is AttemptFailure.OVERFLOW:
+            self._overflow()           # never retried
+            return
+        stats = self.cluster.stats
+        if (failure is AttemptFailure.STALE_CONNECTION and not self.race_retried
+                and self.replay is not None and not self.response_started):
+            # The keep-alive race: the server closed an idle connection as we reused it.
+            self.race_retried = True
+            self._endpoint_done(error=False)
+            self.upstream = self._new_attempt(list(self.replay))
+            self._attempt(fresh=True)
+            return
+        if failure is AttemptFailure.STALE_CONNECTION or failure is AttemptFailure.CONNECTION_TERMINATION:
+            stats.upstream_rq_rx_reset += 1
+        elif failure is AttemptFailure.PROTOCOL_ERROR:
+            stats.upstream_cx_protocol_error += 1
+        condition, status, body, flag = FAILURE_REPLIES[failure]
+        if failure is AttemptFailure.CONNECT_FAILURE:
+            body += detail.encode()
+        ep = self.endpoint
+        detector = self.cluster.detector
+        if ep is not None and detector.enabled:
+            detector.report(ep, Result.LOCAL_ORIGIN_FAILURE)
+        if self._retry(condition, 0):
+            self._endpoint_done(error=True)
+            return
+        if self.retry_state is not None and self.retry_state.exhausted:
+            flag += ",URX"
+        self._fail(status, body, flag)
+
+    def on_upstream_upgraded(self, conn, resp: ResponseHead, rest: bytes) -> None:
+        """The upstream accepted the upgrade: splice the two connections together."""
+        self.upstream = None
+        self.status = 101
+        self.peer_metadata = resp.peer_metadata
+        self.response_started = True
+        self.cluster.stats.count_status(101)
+        self._endpoint_done(error=False)
+        self._finish()
+        self.sink.start_tunnel(self, conn, resp, rest)
+
+    # -- retries -------------------------------------------------------------------------------
+    def _retry(self, failure: Failure | None, status: int) -> bool:
+        """Schedule another attempt when the route's policy, the budget and the body allow it."""
+        policy = self.route.retry_policy
+        if self.response_started or not policy.enabled:
+            return False
+        cluster = self.cluster
+        retry_state = self.retry_state
+        if retry_state is None:
+            retry_state = self.retry_state = RetryState(policy, cluster.circuit.retry_budget)
+        if not retry_state.should_retry(failure, status, self.replay is not None, cluster.stats,
+                                        len(cluster.circuit.pending)):
+            return False
+        # The mesh header lines end with the attempt count (Listener.added_request_headers).
+        self.up_added = (self.up_added[:-len(FIRST_ATTEMPT)]
+                         + b"x-envoy-attempt-count: %d\r\n" % (retry_state.retries + 1))
+        retry_state.back_off(self.listener.loop, self.endpoint, self._retry_now)
+        return True
+
+    def _retry_now(self) -> None:
+        self.retry_state.backoff_over()
+        if self.finished:
+            return
+        if self.replay is None:
+            # The body grew past the replay limit during the backoff: it cannot be resent.
+            self.cluster.stats.retry_or_shadow_abandoned += 1
+            self._fail(503, NOT_CONNECTED + b"connection termination", "UC")
+            return
+        self.upstream = self._new_attempt(list(self.replay))
+        self._attempt(fresh=False)
+
+    def _fail(self, status: int, body: bytes, flag: str) -> None:
+        """An upstream failure: a local reply if nothing went down yet, else cut the client off."""
+        self._endpoint_done(error=True)
+        if self.response_started:
+            self.add_flag(flag)
+            self._finish()
+            self.sink.abort(self)
+        else:
+            self.local_reply(status, body, flag)
