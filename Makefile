@@ -4,13 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean compose-check test-docker
+.PHONY: install demo test bench clean compose-check test-docker
+.DEFAULT_GOAL := install
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# `make` alone: the venv, and how to reach the `remora` command in it (make cannot change
+# the caller's PATH, so it says what to run).
+install: $(STAMP)
+	@echo "remora is installed in $(abspath $(VENV))/bin; put it on your PATH with:"
+	@echo "  export PATH=\"$(abspath $(VENV))/bin:\$$PATH\"    # or: . $(VENV)/bin/activate"
 
 demo: $(STAMP)
 	$(PY) -m examples.demo
