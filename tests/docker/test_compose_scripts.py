@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from tests.compose_check import DEFAULT_FILE, load
-from tests.docker.docker_env import ROOT, docker
+from tests.docker.docker_env import docker
 from tests.docker.test_image import http_status, logs, proxy_has_flag, wait_until
 from tests.integration.upstreams import free_port
 
@@ -38,8 +38,7 @@ def control(remora_image):
     command = [*command[:command.index("--listen")], "--listen", f"127.0.0.1:{port}",
                *command[command.index("--listen") + 2:]]
     docker("run", "-d", "--name", name, "--network", "host",
-           "-v", f"{ROOT / 'examples/mesh.yaml'}:/etc/remora/mesh/mesh.yaml:ro",
-           "-v", f"{SCRIPTS / 'mesh/reviews-route.yaml'}:/etc/remora/mesh/reviews-route.yaml:ro",
+           "-v", f"{SCRIPTS / 'mesh'}:/etc/remora/mesh:ro",   # the directory, as compose mounts it
            "-v", f"{state}:/var/lib/remora", remora_image, *command)
     try:
         url = f"http://127.0.0.1:{port}"
