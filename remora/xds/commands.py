@@ -187,7 +187,8 @@ def cmd_get(args) -> int:
         document = json.loads(body)
         annotations = document["metadata"].get("annotations", {})
         items = [{"namespace": namespace, "name": args.name, "origin": annotations.get("remora.io/origin", ""),
-                  "source": annotations.get("remora.io/source", "")}]
+                  "source": annotations.get("remora.io/source", ""),
+                  "overrides": annotations.get("remora.io/overrides")}]
     else:
         query = {"kind": kind, **({"namespace": args.namespace} if args.namespace else {})}
         status, body = control.call(f"/v1/resources?{urllib.parse.urlencode(query)}")
@@ -205,7 +206,9 @@ def cmd_get(args) -> int:
             where = f" in namespace {args.namespace}" if args.namespace else ""
             print(f"No {kind} resources found{where}.", file=sys.stderr)
             return 0
-    rows = [[i["namespace"], i["name"], i["origin"], i["source"]] for i in items]
+    # An applied resource in force over a file's version says which file (`remora delete` restores it).
+    rows = [[i["namespace"], i["name"], i["origin"] + (f" (over {i['overrides']})" if i.get("overrides") else ""),
+             i["source"]] for i in items]
     print(format_table(["NAMESPACE", "NAME", "ORIGIN", "SOURCE"], rows), end="")
     return 0
 
@@ -218,7 +221,8 @@ def cmd_delete(args) -> int:
     answer = _json(status, body)
     if status != 200:
         return _fail(answer)
-    print(f"{kind}/{args.namespace}/{args.name} deleted")
+    for result in answer["results"]:   # "deleted", or "deleted (back to FILE)" for an override
+        print(f"{result['resource']} {result['action']}")
     return 0
 
 

@@ -269,7 +269,7 @@ class ControlServer:
     def _item(self, resource: Resource) -> dict:
         return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
                 "origin": self.store.origin(resource.ref), "source": resource.source,
-                "document": resource.document()}
+                "overrides": self.store.overrides(resource.ref), "document": resource.document()}
 
     async def list_resources(self, request: web.Request) -> web.Response:
         try:
@@ -294,6 +294,8 @@ class ControlServer:
         document = resource.document()
         document["metadata"]["annotations"] = {"remora.io/origin": self.store.origin(ref),
                                                "remora.io/source": resource.source}
+        if (overridden := self.store.overrides(ref)) is not None:   # the file version it is in force over
+            document["metadata"]["annotations"]["remora.io/overrides"] = overridden
         wants_yaml = (request.query.get("format") == "yaml"
                       or "yaml" in request.headers.get("Accept", "") and request.query.get("format") != "json")
         if wants_yaml:
@@ -312,7 +314,7 @@ class ControlServer:
             return _error(refused.status, refused.message, refused.errors)
         self.debouncer.trigger(at)
         return web.json_response({"version": change.version, "warnings": change.warnings,
-                                  "results": [{"resource": ref, "action": "deleted"}]})
+                                  "results": [{"resource": r, "action": action} for r, action in change.results]})
 
     async def status(self, request: web.Request) -> web.Response:
         state = self.store.state

@@ -64,12 +64,12 @@ def test_get_lists_with_origin_and_shows_one_as_yaml(control):
 
 
 def test_delete_removes_applied_and_refuses_file_resources(control):
-    """`remora delete` deletes an applied resource; a file resource exits 1 telling to edit the file."""
+    """`remora delete` deletes an applied resource; a file-only resource exits 1 telling to remove it from the file."""
     assert control.cli("apply", "-f", "-", stdin=service("details", [(18082, {})])).returncode == 0
     deleted = control.cli("delete", "se", "details")
     assert (deleted.returncode, deleted.stdout) == (0, "ServiceEntry/default/details deleted\n")
     refused = control.cli("delete", "se", "reviews")
-    assert refused.returncode == 1 and "edit the file" in refused.stderr
+    assert refused.returncode == 1 and "remove it from the file" in refused.stderr
 
 
 async def test_status_prints_a_row_per_sidecar_with_sync_state(control):
