@@ -13,6 +13,7 @@ Endpoints (docs/control.md has the details):
     GET  /v1/resources/{kind}/{namespace}/{name}   ?format=yaml|json (default json)
     DELETE /v1/resources/{kind}/{namespace}/{name}
     GET  /v1/status   GET /metrics   GET /healthz
+    GET  /v1/sidecars/{node}/config_dump          a sidecar's admin views, over its stream (introspect.py)
     /v1/tokens, /v1/certificates, /v1/trust-bundle   the CA (ca_service.py)
 
 Every endpoint except the sidecars' and the probes' needs the admin token (admin_auth.py).
@@ -35,6 +36,7 @@ from remora.wire import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
@@ -336,6 +338,9 @@ class ControlServer:
             "id": node.id, "namespace": node.namespace, "service": node.service, "workload": node.workload,
             "identity": f"spiffe://{self.settings.trust_domain}/ns/{node.namespace}/sa/{node.service_account}",
             "labels": node.labels, "inbound": node.inbound, "admin": node.admin, "version": node.remora_version,
+            "started_at": _iso(node.started_at),
+            "uptime_seconds": round(time.time() - node.started_at, 1) if node.started_at else None,
+            "capabilities": list(node.capabilities),
             "connected": session is not None, "connected_at": _iso(registration.connected_wall),
             "last_seen": _iso(registration.last_seen),
             "last_seen_seconds": round(time.time() - registration.last_seen, 1),
@@ -365,6 +370,7 @@ class ControlServer:
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/metrics", self.metrics_)
         app.router.add_get("/healthz", self.healthz)
+        add_introspection_routes(app.router, self.sessions)
         if self.ca is not None:
             self.ca.add_routes(app.router)
         app.on_shutdown.append(self._close_streams)
