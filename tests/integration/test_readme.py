@@ -18,8 +18,8 @@ from tests.integration.readme_blocks import README, ROOT, Block, blocks, command
 
 RUN_TIMEOUT = 240.0
 # Commands of the setup and compose blocks that the loopback tests do not run, with why; the
-# test below fails when the README and this list disagree. (The compose mesh itself needs
-# dockerd: docs/containers.md.)
+# test below fails when the README and this list disagree. (The compose block's own commands
+# run for real in test_compose_mesh.py, where a Docker daemon can be had.)
 NOT_RUN_HERE = {
     "make": "installs .venv (the test runs the checkout's remora instead)",
     "make demo": "runs until interrupted (tests/integration/test_demo.py covers it)",
