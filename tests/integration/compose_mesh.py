@@ -7,13 +7,16 @@
   used; else the suite's remora-base:test is tagged as it; else it is made with debootstrap
   (base_image.py). Whatever the run made (that tag, the built image, the build's
   intermediate images) is removed at the end, with the containers, network and volumes.
-- Commands are the documented ones (docs/containers.md), run from the checkout with the
-  compose command under test (v1 `docker-compose`, v2 `docker compose`).
+- Commands are the documented ones (docs/containers.md), run with the compose command
+  under test (v1 `docker-compose`, v2 `docker compose`) from a copy of the checkout, so the
+  test can edit the bind-mounted config directory as a user would, without touching the
+  checkout.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +44,17 @@ def compose_commands() -> list[list[str]]:
     return found
 
 
+def copy_checkout(target: Path) -> Path:
+    """What compose needs of the checkout (build context, deploy/, examples/), copied."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, target / name)
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("remora", "deploy", "examples"):
+        shutil.copytree(ROOT / name, target / name, ignore=junk)
+    return target
+
+
 def all_image_ids() -> set[str]:
     return set(docker("images", "-a", "-q", "--no-trunc").stdout.split())
 
@@ -59,8 +73,9 @@ def provide_base_image() -> list[str]:
 class ComposeMesh:
     """One compose project of the demo mesh, driven with the documented commands."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], root: Path = ROOT) -> None:
         self.command = command
+        self.root = root
         self.project = f"remora-test-{os.getpid()}-{len(command)}"
         self.image = f"remora-compose-test:{os.getpid()}"
         self.control_port, self.productpage_port = free_port(), free_port()
@@ -76,7 +91,7 @@ class ComposeMesh:
         self.control = f"http://127.0.0.1:{self.control_port}"
 
     def compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*self.command, "-f", COMPOSE_FILE, *args], cwd=ROOT, env=self.env,
+        result = subprocess.run([*self.command, "-f", COMPOSE_FILE, *args], cwd=self.root, env=self.env,
                                 capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(self.command)} {' '.join(args)} failed ({result.returncode}):\n"
@@ -86,7 +101,7 @@ class ComposeMesh:
     def logs(self) -> str:
         try:
             result = subprocess.run([*self.command, "-f", COMPOSE_FILE, "logs", "--no-color", "--tail", "15"],
-                                    cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
+                                    cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120)
             return result.stdout[-8000:]
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"(no logs: {error})"
@@ -96,7 +111,7 @@ class ComposeMesh:
         env = {**self.env, "PYTHONPATH": str(ROOT), "REMORA_CONTROL": self.control}
         if token:
             env["REMORA_ADMIN_TOKEN"] = token
-        return subprocess.run([sys.executable, "-m", "remora", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "remora", *args], cwd=self.root, env=env,
                               capture_output=True, text=True, timeout=60)
 
     def productpage(self, headers: dict[str, str] | None = None) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from collections import Counter
 
@@ -13,7 +14,9 @@ import pytest
 
 from tests.docker.base_image import BaseImageError
 from tests.docker.docker_env import Daemon, DockerUnavailable, docker
-from tests.integration.compose_mesh import ComposeMesh, all_image_ids, compose_commands, provide_base_image
+from tests.integration.compose_mesh import (
+    ComposeMesh, all_image_ids, compose_commands, copy_checkout, provide_base_image,
+)
 
 PODS = ("productpage", "reviews-v1", "reviews-v2", "reviews-v3", "ratings")
 COMMANDS = compose_commands() if shutil.which("docker") else []
@@ -48,10 +51,11 @@ def base_image(daemon):
 
 
 @pytest.fixture(params=COMMANDS, ids=lambda command: " ".join(command))
-def mesh(base_image, request):
-    """The mesh up with one Compose; down, with every image the run made, whatever happened."""
+def mesh(base_image, request, tmp_path):
+    """The mesh up with one Compose, from a copy of the checkout; down, with every image the
+    run made, whatever happened."""
     before = all_image_ids()
-    project = ComposeMesh(request.param)
+    project = ComposeMesh(request.param, copy_checkout(tmp_path / "checkout"))
     try:
         project.compose("up", "--build", "-d", timeout=1500.0)
         yield project
@@ -59,6 +63,14 @@ def mesh(base_image, request):
         project.down()
         for image in sorted(all_image_ids() - before):   # the built image and the build's intermediates
             docker("rmi", "-f", image, check=False)
+
+
+def wait_route(mesh: ComposeMesh, token: str, text: str, timeout: float = 30.0) -> None:
+    """Until productpage's sidecar serves a reviews route whose table shows `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in (out := mesh.remora("proxy-config", "routes", "productpage", token=token).stdout):
+        assert time.monotonic() < deadline, f"productpage's sidecar never got {text!r}:\n{out}"
+        time.sleep(0.5)
 
 
 def wait_synced(mesh: ComposeMesh, token: str, timeout: float = 120.0) -> str:
@@ -92,7 +104,8 @@ def test_compose_mesh_serves_with_mtls_shifts_traffic_and_leaves_nothing(mesh):
     sidecar, the admin token comes out with `exec -T`, every sidecar is SYNCED, proxy-config
     reaches a sidecar in its pod over the control stream, hops are mutual TLS in the Istio
     metrics, `remora apply -f examples/reviews-canary.yaml` shifts reviews traffic, and `down
-    -v` leaves no container, network or volume of the project."""
+    -v` leaves no container, network or volume of the project. Then `remora delete` brings the
+    file's route back, and editing the bind-mounted file with `sed -i` takes effect."""
     first = mesh.wait_productpage()
     assert first["reviews_version"] in ("v1", "v2", "v3")
     token = mesh.compose("exec", "-T", "control", "cat", "/var/lib/remora/control/admin-token").stdout
@@ -115,13 +128,20 @@ def test_compose_mesh_serves_with_mtls_shifts_traffic_and_leaves_nothing(mesh):
 
     applied = mesh.remora("apply", "-f", "examples/reviews-canary.yaml", token=token)
     assert applied.returncode == 0 and "VirtualService/default/reviews configured" in applied.stdout, applied.stderr
-    deadline = time.monotonic() + 30
-    while "90%" not in mesh.remora("proxy-config", "routes", "productpage", token=token).stdout:
-        assert time.monotonic() < deadline, "the canary route never reached productpage's sidecar"
-        time.sleep(0.5)
+    wait_route(mesh, token, "reviews|v1 90%, reviews|v3 10%")
     after = Counter(mesh.versions(60))
     assert after["v2"] == 0 and after["v1"] > 0 and set(after) <= {"v1", "v3"}, after
     assert mesh.productpage({"end-user": "jason"})["reviews_version"] == "v2"
+
+    deleted = mesh.remora("delete", "vs", "reviews", token=token)
+    assert "deleted (back to /etc/remora/mesh/reviews-route.yaml)" in deleted.stdout, deleted.stdout + deleted.stderr
+    wait_route(mesh, token, "reviews|v1 50%, reviews|v2 30%, reviews|v3 20%")
+    # As a user edits the file on the host: sed -i writes a new file (a new inode).
+    route = mesh.root / "deploy/compose/mesh/reviews-route.yaml"
+    subprocess.run(["sed", "-i", "s/weight: 50/weight: 0/; s/weight: 30/weight: 0/; s/weight: 20/weight: 100/",
+                    str(route)], check=True)
+    wait_route(mesh, token, "reviews|v3 100%")
+    assert set(mesh.versions(20)) == {"v3"}
 
     mesh.down()
     assert mesh.leftovers() == []
