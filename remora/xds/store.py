@@ -20,6 +20,7 @@ Rules:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -70,9 +71,10 @@ class AppliedResource:
     document: dict
     source: str        # the file name the client gave (`remora apply -f reviews.yaml`)
     applied_at: float
-    # The file's version of this resource when it was applied (None: no file defined it).
-    # While the file still says exactly this, the applied version stays in force over it.
-    file_document: Any = None
+    # A fingerprint of the file's version of this resource when it was applied (None: no
+    # file defined it). While the file still says exactly this, the applied version stays in
+    # force over it. A digest, not the document: YAML can hold values JSON cannot store.
+    file_fingerprint: str | None = None
     file_source: str | None = None
 
 
@@ -182,7 +184,7 @@ class ConfigStore:
                              f"{ref} is registered by a connected sidecar; apply it under another name")
             new_refs.append(ref)
             file_body, file_source = file_refs.get(ref, (None, None))
-            applied[ref] = AppliedResource(body, source, time.time(), file_body, file_source)
+            applied[ref] = AppliedResource(body, source, time.time(), fingerprint(file_body), file_source)
         try:
             config, registry_refs = self._build(self.file_docs, applied)
         except ConfigError as error:
@@ -201,7 +203,7 @@ class ConfigStore:
                 action = "unchanged"
             applied[ref] = AppliedResource(resource.document(), source,
                                            self.applied[ref].applied_at if action == "unchanged" and ref in self.applied
-                                           else time.time(), applied[ref].file_document, applied[ref].file_source)
+                                           else time.time(), applied[ref].file_fingerprint, applied[ref].file_source)
             results.append((ref, action))
         results += [(ref, "skipped") for ref in skipped]
         self._save_state(applied)
@@ -279,7 +281,7 @@ class ConfigStore:
         others were changed in the files since (edited, added or removed there): the file won."""
         file_refs = self._file_refs()
         return {ref: item for ref, item in applied.items()
-                if file_refs.get(ref, (None, None))[0] == item.file_document}
+                if fingerprint(file_refs.get(ref, (None, None))[0]) == item.file_fingerprint}
 
     def _build(self, file_docs: Documents, applied: dict[str, AppliedResource]) -> tuple[MeshConfig, frozenset[str]]:
         """Validate files + applied + registry as one set, applied versions in force over the
@@ -322,7 +324,7 @@ class ConfigStore:
                 if ref is None:
                     raise ValueError(f"resource without kind/metadata.name: {item['document']!r:.100}")
                 applied[ref] = AppliedResource(item["document"], item["source"], float(item["applied_at"]),
-                                               item.get("file_document"), item.get("file_source"))
+                                               item.get("file_fingerprint"), item.get("file_source"))
             return applied
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(f"{self.state_path}: cannot load applied resources: {error}") from None
@@ -332,7 +334,7 @@ class ConfigStore:
             return
         data = {"format": STATE_FORMAT, "resources": [
             {"document": item.document, "source": item.source, "applied_at": item.applied_at,
-             "file_document": item.file_document, "file_source": item.file_source}
+             "file_fingerprint": item.file_fingerprint, "file_source": item.file_source}
             for _, item in sorted(applied.items())]}
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +346,14 @@ class ConfigStore:
             os.replace(tmp, self.state_path)
         except OSError as error:
             raise ChangeRefused(500, f"cannot save applied resources to {self.state_path}: {error}") from None
+
+
+def fingerprint(document: Any) -> str | None:
+    """A stable digest of a parsed YAML document (None for none): equal documents, equal digests."""
+    if document is None:
+        return None
+    text = json.dumps(document, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _index_of(config: MeshConfig) -> dict[str, Resource]:

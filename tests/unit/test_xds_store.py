@@ -219,3 +219,14 @@ def test_spec_cache_reuses_unchanged_documents_but_still_checks_references():
     bad, _ = parse_documents(vs("front", timeout="soon"), "vs.yaml")
     with pytest.raises(ConfigError, match="invalid duration"):
         build_mesh_config(se_docs + bad, cache=cache)
+
+
+def test_override_fingerprint_handles_any_yaml_value():
+    """The override remembers the file version as a digest: YAML values JSON cannot hold (a date)
+    still fingerprint, equal documents agree, and a changed value does not."""
+    import datetime
+    from remora.xds.store import fingerprint
+    doc = {"kind": "VirtualService", "metadata": {"name": "a", "labels": {"since": datetime.date(2024, 1, 1)}}}
+    same = {"metadata": {"labels": {"since": datetime.date(2024, 1, 1)}, "name": "a"}, "kind": "VirtualService"}
+    assert fingerprint(doc) == fingerprint(same) and fingerprint(None) is None
+    assert fingerprint(doc) != fingerprint({**doc, "kind": "DestinationRule"})
