@@ -1,7 +1,8 @@
 """The compose mesh's start-up path in real containers: control server, token minting, token-started sidecar.
 
-What deploy/docker-compose.yml runs, minus its network (no Compose here, and no bridge):
-the same image, entrypoints and scripts, on the host network and loopback ports.
+What deploy/docker-compose.yml runs, minus Compose and its network: the same image,
+entrypoints and scripts, on the host network and loopback ports, one by one (the whole
+mesh under Compose is tests/integration/test_compose_mesh.py).
 """
 from __future__ import annotations
 
