@@ -75,7 +75,6 @@ class AppliedResource:
     # file defined it). While the file still says exactly this, the applied version stays in
     # force over it. A digest, not the document: YAML can hold values JSON cannot store.
     file_fingerprint: str | None = None
-    file_source: str | None = None
 
 
 @dataclass
@@ -183,8 +182,7 @@ class ConfigStore:
                 self._refuse(409, f"apply {source}",
                              f"{ref} is registered by a connected sidecar; apply it under another name")
             new_refs.append(ref)
-            file_body, file_source = file_refs.get(ref, (None, None))
-            applied[ref] = AppliedResource(body, source, time.time(), fingerprint(file_body), file_source)
+            applied[ref] = AppliedResource(body, source, time.time(), fingerprint(file_refs.get(ref, (None,))[0]))
         try:
             config, registry_refs = self._build(self.file_docs, applied)
         except ConfigError as error:
@@ -203,7 +201,7 @@ class ConfigStore:
                 action = "unchanged"
             applied[ref] = AppliedResource(resource.document(), source,
                                            self.applied[ref].applied_at if action == "unchanged" and ref in self.applied
-                                           else time.time(), applied[ref].file_fingerprint, applied[ref].file_source)
+                                           else time.time(), applied[ref].file_fingerprint)
             results.append((ref, action))
         results += [(ref, "skipped") for ref in skipped]
         self._save_state(applied)
@@ -324,7 +322,7 @@ class ConfigStore:
                 if ref is None:
                     raise ValueError(f"resource without kind/metadata.name: {item['document']!r:.100}")
                 applied[ref] = AppliedResource(item["document"], item["source"], float(item["applied_at"]),
-                                               item.get("file_fingerprint"), item.get("file_source"))
+                                               item.get("file_fingerprint"))
             return applied
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(f"{self.state_path}: cannot load applied resources: {error}") from None
@@ -334,7 +332,7 @@ class ConfigStore:
             return
         data = {"format": STATE_FORMAT, "resources": [
             {"document": item.document, "source": item.source, "applied_at": item.applied_at,
-             "file_fingerprint": item.file_fingerprint, "file_source": item.file_source}
+             "file_fingerprint": item.file_fingerprint}
             for _, item in sorted(applied.items())]}
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
