@@ -52,6 +52,9 @@ TYPE_KINDS: dict[str, tuple[str, ...]] = {
 }
 KIND_TYPE: dict[str, str] = {kind: type_url for type_url, kinds in TYPE_KINDS.items() for kind in kinds}
 CONFIG_DUMP = "config_dump"   # the capability a sidecar announces to answer ConfigDumpRequest
+# The largest frame the server reads from a sidecar: requests are small, a config dump is the
+# one large thing a sidecar sends, and one that would not fit is answered with an error instead.
+MAX_SIDECAR_FRAME = 4 << 20
 # The only admin paths a sidecar answers over the stream: read-only views of its config.
 INTROSPECTION_PATHS: tuple[str, ...] = ("/config_dump", "/clusters?format=json")
 

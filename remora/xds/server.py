@@ -48,7 +48,7 @@ from remora.xds.stream import StreamSession, send_error
 from remora.xds.watch import DirectoryWatcher
 
 MAX_APPLY_BYTES = 16 << 20
-MAX_STREAM_FRAME = 4 << 20   # a sidecar sends small requests; responses are not limited by this
+MAX_STREAM_FRAME = protocol.MAX_SIDECAR_FRAME   # what a sidecar sends; pushes are not limited by this
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,17 @@ async def test_unreachable_admin_becomes_the_error(tmp_path):
     (answer,) = ws.sent
     assert answer.error.startswith("cannot read its admin server 127.0.0.1:1") and not answer.documents
     json.dumps(answer.error)   # plain text the control server can relay
+
+
+async def test_a_dump_too_large_for_the_stream_becomes_an_error(tmp_path, monkeypatch):
+    """A config dump larger than the frame the server reads is not sent (it would cost the
+    stream): the answer says so instead."""
+    async def huge(base, paths):
+        return {"/config_dump": {"blob": "x" * 2000}}
+    monkeypatch.setattr("remora.proxy.control.xds_client.read_admin", huge)
+    monkeypatch.setattr(protocol, "MAX_SIDECAR_FRAME", 1000)
+    ws = FakeWs()
+    await client_for("127.0.0.1:1", tmp_path)._answer_config_dump(
+        ws, protocol.ConfigDumpRequest(request_id="3", paths=["/config_dump"]))
+    (answer,) = ws.sent
+    assert answer.documents == {} and "larger than the stream's 1000 byte frame limit" in answer.error

@@ -279,8 +279,13 @@ class XdsClient:
                 answer.documents = await read_admin(admin_url(self.node.admin), request.paths)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as error:
                 answer.error = f"cannot read its admin server {self.node.admin}: {_one_line(error) or type(error).__name__}"
+        frame = protocol.encode(answer)
+        if len(frame.encode()) > protocol.MAX_SIDECAR_FRAME:   # the server would drop the stream for it
+            frame = protocol.encode(protocol.ConfigDumpResponse(
+                request_id=request.request_id, error=f"config dump of {len(frame)} bytes is larger than the "
+                f"stream's {protocol.MAX_SIDECAR_FRAME} byte frame limit; read /config_dump on the sidecar"))
         try:
-            await ws.send_str(protocol.encode(answer))
+            await ws.send_str(frame)
         except (ConnectionError, RuntimeError):
             pass   # the stream went away meanwhile: the server gives up on its own
 
