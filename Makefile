@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean compose-check test-docker
+.PHONY: install demo test bench clean compose-check base-image test-docker
+.DEFAULT_GOAL := install
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,19 +13,36 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# `make` alone: the venv, and how to reach the `remora` command in it (make cannot change
+# the caller's PATH, so it says what to run).
+install: $(STAMP)
+	@echo "remora is installed in $(abspath $(VENV))/bin; put it on your PATH with:"
+	@echo "  export PATH=\"$(abspath $(VENV))/bin:\$$PATH\"    # or: . $(VENV)/bin/activate"
+
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Validates deploy/docker-compose.yml without pulling anything: `docker compose config`
-# when the Compose plugin is there, and always the Python check (schema + structure).
+# Validates deploy/docker-compose.yml with the real Compose (`config` needs no daemon and
+# pulls nothing): Debian's docker-compose (v1) and the `docker compose` plugin (v2), each
+# where installed, at least one required; then the structural checks of tests/compose_check.py.
 compose-check: $(STAMP)
-	@if docker compose version >/dev/null 2>&1; then \
-	  docker compose -f deploy/docker-compose.yml config -q && echo "docker compose config: valid"; \
-	else echo "docker compose plugin not found: Python check only"; fi
+	@found=0; \
+	if command -v docker-compose >/dev/null 2>&1; then found=1; \
+	  docker-compose -f deploy/docker-compose.yml --profile monitoring config -q || exit 1; \
+	  echo "docker-compose $$(docker-compose version --short): valid"; fi; \
+	if docker compose version >/dev/null 2>&1; then found=1; \
+	  docker compose -f deploy/docker-compose.yml --profile monitoring config -q || exit 1; \
+	  echo "docker compose $$(docker compose version --short): valid"; fi; \
+	if [ $$found = 0 ]; then echo "no Compose installed: apt-get install docker-compose" >&2; exit 1; fi
 	$(PY) -m tests.compose_check deploy/docker-compose.yml
+
+# The compose mesh's default base image, remora-base:bookworm: Debian made with debootstrap
+# from the machine's apt mirror (no image registry), imported into the local Docker.
+base-image: $(STAMP)
+	$(PY) -m tests.docker.base_image --tag remora-base:bookworm
 
 # Builds the image on a locally made Debian base and runs the sidecar in it (slow; needs
 # dockerd, started here as root if Debian's docker.io is installed; skips otherwise).

@@ -43,8 +43,18 @@ def _http_url(text: str) -> str:
     return text
 
 
+def remora_version() -> str:
+    """The installed distribution's version; pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("remora")
+    except PackageNotFoundError:   # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remora", description="A service-mesh sidecar that reads Istio YAML.")
+    parser.add_argument("--version", action="version", version=f"remora {remora_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     proxy = sub.add_parser("proxy", help="run the sidecar proxy")

@@ -19,6 +19,11 @@ discriminated by "type". The flow copies Envoy's aggregated xDS (ADS):
    sidecar again only when the type's content changes to a new version.
 5. A request whose nonce is not the latest one the server sent for that type is stale
    (the sidecar answered an older push) and is ignored, as in xDS.
+6. Introspection (`remora proxy-config`, like istioctl reaching any proxy): the server may
+   send a sidecar that lists `config_dump` in `Node.capabilities` a `ConfigDumpRequest`; the
+   sidecar answers on the same stream with a `ConfigDumpResponse` holding what its admin
+   server shows at those paths (only `INTROSPECTION_PATHS`). So the admin server stays on
+   loopback in a pod or a compose namespace, and the operator needs only the control server.
 
 Resources are Istio documents (apiVersion, kind, metadata, spec in camelCase) exactly as
 `Resource.document()` writes them, so the sidecar validates and compiles them with the
@@ -46,6 +51,12 @@ TYPE_KINDS: dict[str, tuple[str, ...]] = {
     POLICIES: ("Telemetry", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"),
 }
 KIND_TYPE: dict[str, str] = {kind: type_url for type_url, kinds in TYPE_KINDS.items() for kind in kinds}
+CONFIG_DUMP = "config_dump"   # the capability a sidecar announces to answer ConfigDumpRequest
+# The largest frame the server reads from a sidecar: requests are small, a config dump is the
+# one large thing a sidecar sends, and one that would not fit is answered with an error instead.
+MAX_SIDECAR_FRAME = 4 << 20
+# The only admin paths a sidecar answers over the stream: read-only views of its config.
+INTROSPECTION_PATHS: tuple[str, ...] = ("/config_dump", "/clusters?format=json")
 
 
 class Node(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -63,6 +74,8 @@ class Node(msgspec.Struct, kw_only=True, omit_defaults=True):
     admin: str | None = None                 # "host:port" of its admin server
     mtls: bool = False                       # it has a workload certificate source (--token / --cert-dir)
     remora_version: str = ""
+    started_at: float = 0.0                  # when the sidecar process started (Unix time)
+    capabilities: list[str] = []             # optional protocol features it supports (CONFIG_DUMP)
 
 
 class Hello(msgspec.Struct, tag="hello", kw_only=True):
@@ -87,13 +100,28 @@ class DiscoveryResponse(msgspec.Struct, tag="response", kw_only=True):
     resources: list[dict[str, Any]]
 
 
+class ConfigDumpRequest(msgspec.Struct, tag="config_dump_request", kw_only=True):
+    """Server -> sidecar: send what your admin server shows at these paths."""
+
+    request_id: str
+    paths: list[str]
+
+
+class ConfigDumpResponse(msgspec.Struct, tag="config_dump_response", kw_only=True, omit_defaults=True):
+    """Sidecar -> server: path -> the admin server's JSON answer, or why it could not."""
+
+    request_id: str
+    documents: dict[str, Any] = {}
+    error: str | None = None
+
+
 class StreamError(msgspec.Struct, tag="error", kw_only=True):
     """The server refuses the stream (bad hello, duplicate node id); it closes after this."""
 
     message: str
 
 
-Message = Union[Hello, DiscoveryRequest, DiscoveryResponse, StreamError]
+Message = Union[Hello, DiscoveryRequest, DiscoveryResponse, ConfigDumpRequest, ConfigDumpResponse, StreamError]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)

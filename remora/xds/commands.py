@@ -17,13 +17,12 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
 
 import yaml
 
 from remora.xds.admin_auth import ADMIN_TOKEN_FILE, AdminTokenError, check_token, read_token_file
 from remora.xds.kinds import UnknownKind, resolve_kind
-from remora.xds.tables import format_table, proxy_config_rows, status_rows
+from remora.xds.tables import format_table
 
 DEFAULT_CONTROL = "http://127.0.0.1:15010"
 TIMEOUT = 30.0
@@ -187,7 +186,8 @@ def cmd_get(args) -> int:
         document = json.loads(body)
         annotations = document["metadata"].get("annotations", {})
         items = [{"namespace": namespace, "name": args.name, "origin": annotations.get("remora.io/origin", ""),
-                  "source": annotations.get("remora.io/source", "")}]
+                  "source": annotations.get("remora.io/source", ""),
+                  "overrides": annotations.get("remora.io/overrides")}]
     else:
         query = {"kind": kind, **({"namespace": args.namespace} if args.namespace else {})}
         status, body = control.call(f"/v1/resources?{urllib.parse.urlencode(query)}")
@@ -205,7 +205,9 @@ def cmd_get(args) -> int:
             where = f" in namespace {args.namespace}" if args.namespace else ""
             print(f"No {kind} resources found{where}.", file=sys.stderr)
             return 0
-    rows = [[i["namespace"], i["name"], i["origin"], i["source"]] for i in items]
+    # An applied resource in force over a file's version says which file (`remora delete` restores it).
+    rows = [[i["namespace"], i["name"], i["origin"] + (f" (over {i['overrides']})" if i.get("overrides") else ""),
+             i["source"]] for i in items]
     print(format_table(["NAMESPACE", "NAME", "ORIGIN", "SOURCE"], rows), end="")
     return 0
 
@@ -218,63 +220,8 @@ def cmd_delete(args) -> int:
     answer = _json(status, body)
     if status != 200:
         return _fail(answer)
-    print(f"{kind}/{args.namespace}/{args.name} deleted")
-    return 0
-
-
-# ---- status / proxy-config -------------------------------------------------------------------
-
-def _status(control: ControlClient) -> dict:
-    status, body = control.call("/v1/status")
-    answer = _json(status, body)
-    if status != 200:
-        raise ControlUnavailable(answer.get("error", f"HTTP {status}"))
-    return answer
-
-
-def cmd_status(args) -> int:
-    answer = _status(ControlClient.from_args(args))
-    config = answer["config"]
-    line = f"config version {config['version']} ({config['source']}, {config['updated_at']})"
-    if not config["files_valid"]:
-        line += "; config files INVALID, serving the last good version"
-    print(line)
-    error = config.get("last_error")
-    if error:
-        print(f"last error at {error['at']} ({error['source']}):")
-        for message in error["errors"]:
-            print(f"  {message}")
-    headers, rows = status_rows(answer["sidecars"])
-    print(format_table(headers, rows), end="")
-    return 0
-
-
-def _fetch_json(url: str) -> Any:
-    status, body = request(url)
-    if status != 200:
-        raise ControlUnavailable(f"{url} answered HTTP {status}")
-    return json.loads(body)
-
-
-def cmd_proxy_config(args) -> int:
-    answer = _status(ControlClient.from_args(args))
-    matches = [s for s in answer["sidecars"] if s["id"] == args.sidecar] or \
-              [s for s in answer["sidecars"] if s["id"].startswith(args.sidecar)]
-    if len(matches) != 1:
-        known = ", ".join(s["id"] for s in answer["sidecars"]) or "none connected"
-        what = "no sidecar" if not matches else "several sidecars"
-        print(f"error: {what} matching {args.sidecar!r} (sidecars: {known})", file=sys.stderr)
-        return 1
-    sidecar = matches[0]
-    if not sidecar.get("admin"):
-        print(f"error: sidecar {sidecar['id']} did not report an admin address", file=sys.stderr)
-        return 1
-    admin = f"http://{sidecar['admin']}"
-    dump = _fetch_json(f"{admin}/config_dump")
-    clusters = _fetch_json(f"{admin}/clusters?format=json") if args.what != "routes" else []
-    headers, rows = proxy_config_rows(args.what, dump, clusters)
-    print(f"sidecar {sidecar['id']} (admin {sidecar['admin']}), config version {dump.get('version', '?')}")
-    print(format_table(headers, rows), end="")
+    for result in answer["results"]:   # "deleted", or "deleted (back to FILE)" for an override
+        print(f"{result['resource']} {result['action']}")
     return 0
 
 
@@ -319,6 +266,7 @@ def cmd_token(args) -> int:
 
 def run_client(command: str, args) -> int:
     """Run one client command; turn unreachable servers and unknown kinds into exit 1."""
+    from remora.xds.status_commands import cmd_proxy_config, cmd_status
     handler = {"apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "status": cmd_status,
                "proxy-config": cmd_proxy_config, "token": cmd_token}[command]
     try:

@@ -13,6 +13,7 @@ Endpoints (docs/control.md has the details):
     GET  /v1/resources/{kind}/{namespace}/{name}   ?format=yaml|json (default json)
     DELETE /v1/resources/{kind}/{namespace}/{name}
     GET  /v1/status   GET /metrics   GET /healthz
+    GET  /v1/sidecars/{node}/config_dump          a sidecar's admin views, over its stream (introspect.py)
     /v1/tokens, /v1/certificates, /v1/trust-bundle   the CA (ca_service.py)
 
 Every endpoint except the sidecars' and the probes' needs the admin token (admin_auth.py).
@@ -35,6 +36,7 @@ from remora.wire import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
@@ -46,7 +48,7 @@ from remora.xds.stream import StreamSession, send_error
 from remora.xds.watch import DirectoryWatcher
 
 MAX_APPLY_BYTES = 16 << 20
-MAX_STREAM_FRAME = 4 << 20   # a sidecar sends small requests; responses are not limited by this
+MAX_STREAM_FRAME = protocol.MAX_SIDECAR_FRAME   # what a sidecar sends; pushes are not limited by this
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ class ControlServer:
     def _item(self, resource: Resource) -> dict:
         return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
                 "origin": self.store.origin(resource.ref), "source": resource.source,
-                "document": resource.document()}
+                "overrides": self.store.overrides(resource.ref), "document": resource.document()}
 
     async def list_resources(self, request: web.Request) -> web.Response:
         try:
@@ -294,6 +296,8 @@ class ControlServer:
         document = resource.document()
         document["metadata"]["annotations"] = {"remora.io/origin": self.store.origin(ref),
                                                "remora.io/source": resource.source}
+        if (overridden := self.store.overrides(ref)) is not None:   # the file version it is in force over
+            document["metadata"]["annotations"]["remora.io/overrides"] = overridden
         wants_yaml = (request.query.get("format") == "yaml"
                       or "yaml" in request.headers.get("Accept", "") and request.query.get("format") != "json")
         if wants_yaml:
@@ -312,7 +316,7 @@ class ControlServer:
             return _error(refused.status, refused.message, refused.errors)
         self.debouncer.trigger(at)
         return web.json_response({"version": change.version, "warnings": change.warnings,
-                                  "results": [{"resource": ref, "action": "deleted"}]})
+                                  "results": [{"resource": r, "action": action} for r, action in change.results]})
 
     async def status(self, request: web.Request) -> web.Response:
         state = self.store.state
@@ -334,6 +338,9 @@ class ControlServer:
             "id": node.id, "namespace": node.namespace, "service": node.service, "workload": node.workload,
             "identity": f"spiffe://{self.settings.trust_domain}/ns/{node.namespace}/sa/{node.service_account}",
             "labels": node.labels, "inbound": node.inbound, "admin": node.admin, "version": node.remora_version,
+            "started_at": _iso(node.started_at),
+            "uptime_seconds": round(time.time() - node.started_at, 1) if node.started_at else None,
+            "capabilities": list(node.capabilities),
             "connected": session is not None, "connected_at": _iso(registration.connected_wall),
             "last_seen": _iso(registration.last_seen),
             "last_seen_seconds": round(time.time() - registration.last_seen, 1),
@@ -363,6 +370,7 @@ class ControlServer:
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/metrics", self.metrics_)
         app.router.add_get("/healthz", self.healthz)
+        add_introspection_routes(app.router, self.sessions)
         if self.ca is not None:
             self.ca.add_routes(app.router)
         app.on_shutdown.append(self._close_streams)

@@ -5,16 +5,22 @@ Rules:
   all build the WHOLE candidate set with `validate_documents` (the loader's strict
   `build_mesh_config`, the same function `remora analyze` runs). A candidate that fails is
   rejected whole and the last good config stays in force.
-- Each identity (Kind/namespace/name) has one owner: a file in --config-dir, the API, or
-  the registry (sidecars that registered). Applying or deleting a resource that a file
-  owns is refused (409: edit the file); a file that starts defining a resource applied
-  through the API is a config error until one of the two is removed. Registry resources
-  give way to any user resource of the same identity.
+- Files and the API side by side, as `kubectl apply` beside a GitOps sync: the latest
+  write of a resource wins. `remora apply` of a resource a file defines puts the applied
+  version in force over the file's (an override: `remora get` shows the file it overrides);
+  `remora delete` of it brings the file's version back. A later change to that resource in
+  the file (edited, added or removed there) wins over the earlier apply: the override is
+  dropped. Deleting a resource only a file defines is refused (409: remove it from the file),
+  since the file would define it again. Registry resources (sidecars that registered) give
+  way to any user resource of the same identity and cannot be applied or deleted.
 - Applied resources persist in <state-dir>/applied.json, written to a temporary file and
   renamed over the old one, so a crash leaves either the old or the new set, never half.
+  Each override keeps the file's version it replaced, so a file edited while the server was
+  down still wins at the next start.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,96 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remora.config.loader import (
-    SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents,
-)
+from remora.config.loader import SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, parse_documents
 from remora.config.model import MeshConfig, Resource
-from remora.config.object_names import identity_problems, shown_ref
+# Re-exported: callers read sources through the store's module as before.
+from remora.xds.sources import (  # noqa: F401
+    Documents, identity, naming_issues, read_sources, validate_documents, yaml_files,
+)
 
 FILE, APPLIED, REGISTRY = "file", "applied", "registry"
 STATE_FILE = "applied.json"
 STATE_FORMAT = 1
-
-Documents = list[tuple[Any, str]]  # (parsed YAML document, where it came from)
-
-
-# ---- reading and validating (shared with `remora analyze`) -------------------------------
-
-def validate_documents(docs: Documents, issues: Sequence[ConfigIssue] = (),
-                       cache: SpecCache | None = None) -> MeshConfig:
-    """The one validation of a whole config set: strict references, every problem at once."""
-    try:
-        config = build_mesh_config(list(docs), strict_references=True, cache=cache)
-    except ConfigError as error:
-        raise ConfigError([*issues, *error.issues]) from None
-    if issues:
-        raise ConfigError(issues)
-    return config
-
-
-def yaml_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[ConfigIssue], list[str]]:
-    """The YAML files a set of paths names: a directory's *.yaml / *.yml (sorted), or the file."""
-    files: list[Path] = []
-    issues: list[ConfigIssue] = []
-    warnings: list[str] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-            if not found:
-                warnings.append(f"no *.yaml or *.yml files in directory {path}")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            issues.append(ConfigIssue(str(path), "", "", "no such file or directory"))
-    return files, issues, warnings
-
-
-def read_sources(paths: Sequence[str | os.PathLike]) -> tuple[Documents, list[ConfigIssue], list[str]]:
-    """Parse every YAML file the paths name; problems come back as issues, not exceptions."""
-    files, issues, warnings = yaml_files(paths)
-    docs: Documents = []
-    for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            issues.append(ConfigIssue(str(path), "", "", f"cannot read file: {error}"))
-            continue
-        parsed, parse_issues = parse_documents(text, str(path))
-        docs.extend(parsed)
-        issues.extend(parse_issues)
-    return docs, issues, warnings
-
-
-def identity(body: Any) -> str | None:
-    """Kind/namespace/name of a parsed document (namespace defaults as the loader's), or None."""
-    if not isinstance(body, dict):
-        return None
-    kind, metadata = body.get("kind"), body.get("metadata")
-    if not isinstance(kind, str) or not isinstance(metadata, dict):
-        return None
-    name, namespace = metadata.get("name"), metadata.get("namespace")
-    if not isinstance(name, str) or not name:
-        return None
-    namespace = namespace if isinstance(namespace, str) and namespace else "default"
-    return f"{kind}/{namespace}/{name}"
-
-
-def naming_issues(body: Any, source: str) -> list[ConfigIssue]:
-    """Kubernetes' name rules for a document of a kind Remora stores (others are skipped anyway)."""
-    if not isinstance(body, dict) or body.get("kind") not in SPEC_TYPES:
-        return []
-    metadata = body.get("metadata")
-    if not isinstance(metadata, dict):
-        return []   # the loader names what is missing
-    name, namespace = metadata.get("name"), metadata.get("namespace", "default")
-    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
-        return []
-    problems = identity_problems(namespace, name)
-    resource = shown_ref(body["kind"], namespace, name)
-    return [ConfigIssue(source, resource, path, message) for path, message in problems]
-
 
 # ---- results ---------------------------------------------------------------------------------
 
@@ -145,6 +71,10 @@ class AppliedResource:
     document: dict
     source: str        # the file name the client gave (`remora apply -f reviews.yaml`)
     applied_at: float
+    # A fingerprint of the file's version of this resource when it was applied (None: no
+    # file defined it). While the file still says exactly this, the applied version stays in
+    # force over it. A digest, not the document: YAML can hold values JSON cannot store.
+    file_fingerprint: str | None = None
 
 
 @dataclass
@@ -194,7 +124,11 @@ class ConfigStore:
         """Load state and files; raise ConfigError or StateError if they do not form a valid set."""
         self.applied = self._load_state()
         self._read_files()
-        self._accept(*self._build(self.file_docs, self.applied), "startup")
+        applied = self._without_superseded(self.applied)
+        self._accept(*self._build(self.file_docs, applied), "startup")
+        if applied != self.applied:
+            self._save_state(applied)
+            self.applied = applied
         return self.config
 
     def reload_files(self) -> bool:
@@ -203,14 +137,19 @@ class ConfigStore:
         return self.rebuild("files")
 
     def rebuild(self, reason: str) -> bool:
-        """Validate the current files + applied + registry set; keep the last good one on failure."""
+        """Validate the current files + applied + registry set; keep the last good one on failure.
+        After a file change, overrides of the resources it changed are dropped (the file won)."""
+        applied = self._without_superseded(self.applied) if reason == "files" else self.applied
         try:
-            self._accept(*self._build(self.file_docs, self.applied), reason)
+            self._accept(*self._build(self.file_docs, applied), reason)
         except ConfigError as error:
             self._reject(reason, [str(issue) for issue in error.issues])
             if reason == "files":
                 self.state.files_valid = False
             return False
+        if applied != self.applied:
+            self._save_state(applied)
+            self.applied = applied
         self.state.files_valid = True
         return True
 
@@ -239,14 +178,11 @@ class ConfigStore:
             if ref.split("/", 1)[0] not in SPEC_TYPES:
                 skipped.append(ref)
                 continue
-            if ref in file_refs:
-                self._refuse(409, f"apply {source}",
-                             f"{ref} comes from {file_refs[ref]} in --config-dir: edit the file")
             if ref in self.registry_refs:
                 self._refuse(409, f"apply {source}",
                              f"{ref} is registered by a connected sidecar; apply it under another name")
             new_refs.append(ref)
-            applied[ref] = AppliedResource(body, source, time.time())
+            applied[ref] = AppliedResource(body, source, time.time(), fingerprint(file_refs.get(ref, (None,))[0]))
         try:
             config, registry_refs = self._build(self.file_docs, applied)
         except ConfigError as error:
@@ -255,7 +191,8 @@ class ConfigStore:
         index = _index_of(config)
         for ref in new_refs:
             resource = index[ref]
-            old = self._index.get(ref) if ref in self.applied else None
+            # What was in force before: the applied version, or the file's it now overrides.
+            old = self._index.get(ref) if ref in self.applied or ref in file_refs else None
             if old is None:
                 action = "created"
             elif old.spec != resource.spec or old.api_version != resource.api_version:
@@ -263,7 +200,8 @@ class ConfigStore:
             else:
                 action = "unchanged"
             applied[ref] = AppliedResource(resource.document(), source,
-                                           self.applied[ref].applied_at if action == "unchanged" else time.time())
+                                           self.applied[ref].applied_at if action == "unchanged" and ref in self.applied
+                                           else time.time(), applied[ref].file_fingerprint)
             results.append((ref, action))
         results += [(ref, "skipped") for ref in skipped]
         self._save_state(applied)
@@ -272,12 +210,13 @@ class ConfigStore:
         return Change(self.config.version, results, list(config.warnings))
 
     def delete(self, ref: str) -> Change:
-        """Remove an applied resource; refuse file and registry resources, and dangling references."""
+        """Remove an applied resource (an override: the file's version comes back); refuse
+        file-only and registry resources, and dangling references."""
+        file_refs = self._file_refs()
         if ref not in self.applied:
-            file_refs = self._file_refs()
             if ref in file_refs:
-                self._refuse(409, f"delete {ref}", f"{ref} comes from {file_refs[ref]} in --config-dir: "
-                                                  "edit the file (or remove it) to delete it")
+                self._refuse(409, f"delete {ref}", f"{ref} comes from {file_refs[ref][1]} in --config-dir: "
+                                                  "remove it from the file to delete it")
             if ref in self.registry_refs:
                 self._refuse(409, f"delete {ref}", f"{ref} is registered by a connected sidecar: it goes "
                                                   "away when the sidecar disconnects (after the grace period)")
@@ -291,7 +230,9 @@ class ConfigStore:
         self._save_state(applied)
         self.applied = applied
         self._accept(config, registry_refs, f"delete {ref}")
-        return Change(self.config.version, [(ref, "deleted")], list(config.warnings))
+        # An override deleted: the file's version is in force again.
+        action = f"deleted (back to {file_refs[ref][1]})" if ref in file_refs else "deleted"
+        return Change(self.config.version, [(ref, action)], list(config.warnings))
 
     # -- reading
 
@@ -301,6 +242,13 @@ class ConfigStore:
     def resources(self) -> list[Resource]:
         """Every resource of the config in force, sorted by identity."""
         return [self._index[ref] for ref in sorted(self._index)]
+
+    def overrides(self, ref: str) -> str | None:
+        """The file whose version of `ref` an applied resource is in force over, or None."""
+        item = self.applied.get(ref)
+        if item is None:
+            return None
+        return self._file_refs().get(ref, (None, None))[1]
 
     def origin(self, ref: str) -> str:
         if ref in self.applied:
@@ -317,23 +265,28 @@ class ConfigStore:
             return
         self.file_docs, self.file_issues, self.file_warnings = read_sources([self.config_dir])
 
-    def _file_refs(self) -> dict[str, str]:
-        refs: dict[str, str] = {}
+    def _file_refs(self) -> dict[str, tuple[Any, str]]:
+        """ref -> (document, file) of every resource the files define (the first, if twice)."""
+        refs: dict[str, tuple[Any, str]] = {}
         for body, source in self.file_docs:
             ref = identity(body)
             if ref is not None:
-                refs.setdefault(ref, source)
+                refs.setdefault(ref, (body, source))
         return refs
 
+    def _without_superseded(self, applied: dict[str, AppliedResource]) -> dict[str, AppliedResource]:
+        """The applied resources whose file version is still what it was at apply time; the
+        others were changed in the files since (edited, added or removed there): the file won."""
+        file_refs = self._file_refs()
+        return {ref: item for ref, item in applied.items()
+                if fingerprint(file_refs.get(ref, (None, None))[0]) == item.file_fingerprint}
+
     def _build(self, file_docs: Documents, applied: dict[str, AppliedResource]) -> tuple[MeshConfig, frozenset[str]]:
-        """Validate files + applied + registry as one set; raise ConfigError."""
+        """Validate files + applied + registry as one set, applied versions in force over the
+        files' of the same identity; raise ConfigError."""
         issues = list(self.file_issues)
-        for body, source in file_docs:
-            ref = identity(body)
-            if ref in applied:
-                issues.append(ConfigIssue(source, ref, "", "also applied through the API: remove it from "
-                                          "the file, or `remora delete` it to let the file own it"))
-        user = list(file_docs) + [(applied[ref].document, applied[ref].source) for ref in sorted(applied)]
+        files = [(body, source) for body, source in file_docs if identity(body) not in applied]
+        user = files + [(applied[ref].document, applied[ref].source) for ref in sorted(applied)]
         user_refs = {identity(body) for body, _ in user}
         extra = [(body, source) for body, source in self.extra(user) if identity(body) not in user_refs]
         config = validate_documents(user + extra, issues, self._specs)
@@ -368,7 +321,8 @@ class ConfigStore:
                 ref = identity(item["document"])
                 if ref is None:
                     raise ValueError(f"resource without kind/metadata.name: {item['document']!r:.100}")
-                applied[ref] = AppliedResource(item["document"], item["source"], float(item["applied_at"]))
+                applied[ref] = AppliedResource(item["document"], item["source"], float(item["applied_at"]),
+                                               item.get("file_fingerprint"))
             return applied
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(f"{self.state_path}: cannot load applied resources: {error}") from None
@@ -377,7 +331,8 @@ class ConfigStore:
         if self.state_path is None:
             return
         data = {"format": STATE_FORMAT, "resources": [
-            {"document": item.document, "source": item.source, "applied_at": item.applied_at}
+            {"document": item.document, "source": item.source, "applied_at": item.applied_at,
+             "file_fingerprint": item.file_fingerprint}
             for _, item in sorted(applied.items())]}
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -389,6 +344,14 @@ class ConfigStore:
             os.replace(tmp, self.state_path)
         except OSError as error:
             raise ChangeRefused(500, f"cannot save applied resources to {self.state_path}: {error}") from None
+
+
+def fingerprint(document: Any) -> str | None:
+    """A stable digest of a parsed YAML document (None for none): equal documents, equal digests."""
+    if document is None:
+        return None
+    text = json.dumps(document, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _index_of(config: MeshConfig) -> dict[str, Resource]:

@@ -8,9 +8,12 @@ Rules (the protocol module's docstring is the contract):
   type; a NACKed version is never sent again on this stream: the type is pushed again only
   when its content changes to another version.
 - One writer: every send happens in the session's push task, woken by `notify()` (config
-  change) or by a subscription; it always sends the latest snapshot, so a slow sidecar
+  change), by a subscription or by a queued introspection request; it always sends the latest snapshot, so a slow sidecar
   skips intermediate versions instead of queueing them, and never delays the others.
 - Types go out in protocol.TYPE_ORDER (clusters, endpoints, routes, policies).
+- `config_dump()` asks the sidecar for its admin views over this stream (only if its Node
+  announced the capability); the answer is matched by request id, and a sidecar that does
+  not answer in time fails only that call, never the stream.
 """
 from __future__ import annotations
 
@@ -23,12 +26,17 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 
 from remora.wire import protocol
-from remora.wire.protocol import DiscoveryRequest, Node, StreamError
+from remora.wire.protocol import ConfigDumpRequest, ConfigDumpResponse, DiscoveryRequest, Node, StreamError
 from remora.xds.metrics import ControlMetrics
 from remora.xds.registry import Registration
 from remora.xds.snapshots import ScopeKey, Snapshot, SnapshotCache
 
 MAX_NACKED_REMEMBERED = 32
+CONFIG_DUMP_TIMEOUT = 10.0
+
+
+class ConfigDumpFailed(Exception):
+    """The sidecar could not answer a config dump request; the message says why."""
 
 
 @dataclass
@@ -77,6 +85,8 @@ class StreamSession:
         self.types = {type_url: TypeState() for type_url in protocol.TYPE_ORDER}
         self._nonces = itertools.count(1)
         self._wake = asyncio.Event()
+        self._dumps: dict[str, asyncio.Future] = {}   # request id -> the caller waiting for it
+        self._outbox: list[str] = []   # frames other than pushes, sent by the push task (one writer)
 
     def notify(self) -> None:
         """A new config version exists: push what changed for this sidecar."""
@@ -97,6 +107,11 @@ class StreamSession:
                 except protocol.ProtocolError as error:
                     await self.refuse(str(error))
                     break
+                if isinstance(request, ConfigDumpResponse):
+                    waiter = self._dumps.pop(request.request_id, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(request)
+                    continue
                 if not isinstance(request, DiscoveryRequest):
                     await self.refuse(f"expected a request after hello, got {type(request).__name__}")
                     break
@@ -107,6 +122,30 @@ class StreamSession:
         finally:
             pusher.cancel()
             await asyncio.gather(pusher, return_exceptions=True)
+            for waiter in self._dumps.values():
+                if not waiter.done():
+                    waiter.set_exception(ConfigDumpFailed(f"{self.node.id} disconnected"))
+            self._dumps.clear()
+
+    async def config_dump(self, paths: list[str], timeout: float = CONFIG_DUMP_TIMEOUT) -> dict:
+        """What the sidecar's admin server shows at `paths` (path -> JSON), asked over the stream."""
+        if protocol.CONFIG_DUMP not in self.node.capabilities:
+            raise ConfigDumpFailed(f"{self.node.id} (remora {self.node.remora_version or 'unknown'}) cannot send "
+                                   "its config over the stream")
+        request_id = str(next(self._nonces))
+        waiter = asyncio.get_running_loop().create_future()
+        self._dumps[request_id] = waiter
+        try:
+            self._outbox.append(protocol.encode(ConfigDumpRequest(request_id=request_id, paths=paths)))
+            self._wake.set()
+            answer = await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            raise ConfigDumpFailed(f"{self.node.id} did not answer within {timeout:g}s") from None
+        finally:
+            self._dumps.pop(request_id, None)
+        if answer.error:
+            raise ConfigDumpFailed(f"{self.node.id}: {answer.error}")
+        return answer.documents
 
     async def refuse(self, message: str) -> None:
         self.log(f"stream of {self.node.id}: {message}")
@@ -136,6 +175,8 @@ class StreamSession:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            while self._outbox:
+                await self.ws.send_str(self._outbox.pop(0))
             cache = self.current()
             snapshot = cache.get(self.scope)
             for type_url in protocol.TYPE_ORDER:

@@ -28,9 +28,20 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h ago"
 
 
+def _duration(seconds: float | None) -> str:
+    """An uptime as kubectl shows ages: 45s, 12m, 5h, 3d."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def status_rows(sidecars: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One row per sidecar: who it is and where each type stands."""
-    headers = ["NAME", "NAMESPACE", "WORKLOAD", "IDENTITY", *(t.upper() for t in TYPE_ORDER), "LAST SEEN"]
+    """One row per sidecar: who it is, which Remora it runs and since when, where each type stands."""
+    headers = ["NAME", "NAMESPACE", "WORKLOAD", "IDENTITY", *(t.upper() for t in TYPE_ORDER), "VERSION", "UPTIME",
+               "LAST SEEN"]
     rows = []
     for s in sidecars:
         if s["connected"]:
@@ -38,7 +49,8 @@ def status_rows(sidecars: list[dict]) -> tuple[list[str], list[list[str]]]:
         else:
             gone = f"DISCONNECTED (removal in {s['removal_in_seconds']:.0f}s)"
             types = [gone] + ["-"] * (len(TYPE_ORDER) - 1)
-        rows.append([s["id"], s["namespace"], s["workload"], s["identity"], *types, _ago(s.get("last_seen_seconds"))])
+        rows.append([s["id"], s["namespace"], s["workload"], s["identity"], *types, s.get("version") or "-",
+                     _duration(s.get("uptime_seconds")), _ago(s.get("last_seen_seconds"))])
     return headers, rows
 
 

@@ -1,7 +1,8 @@
 """The compose mesh's start-up path in real containers: control server, token minting, token-started sidecar.
 
-What deploy/docker-compose.yml runs, minus its network (no Compose here, and no bridge):
-the same image, entrypoints and scripts, on the host network and loopback ports.
+What deploy/docker-compose.yml runs, minus Compose and its network: the same image,
+entrypoints and scripts, on the host network and loopback ports, one by one (the whole
+mesh under Compose is tests/integration/test_compose_mesh.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tempfile
 import pytest
 
 from tests.compose_check import DEFAULT_FILE, load
-from tests.docker.docker_env import ROOT, docker
+from tests.docker.docker_env import docker
 from tests.docker.test_image import http_status, logs, proxy_has_flag, wait_until
 from tests.integration.upstreams import free_port
 
@@ -38,8 +39,7 @@ def control(remora_image):
     command = [*command[:command.index("--listen")], "--listen", f"127.0.0.1:{port}",
                *command[command.index("--listen") + 2:]]
     docker("run", "-d", "--name", name, "--network", "host",
-           "-v", f"{ROOT / 'examples/mesh.yaml'}:/etc/remora/mesh/mesh.yaml:ro",
-           "-v", f"{SCRIPTS / 'mesh/reviews-route.yaml'}:/etc/remora/mesh/reviews-route.yaml:ro",
+           "-v", f"{SCRIPTS / 'mesh'}:/etc/remora/mesh:ro",   # the directory, as compose mounts it
            "-v", f"{state}:/var/lib/remora", remora_image, *command)
     try:
         url = f"http://127.0.0.1:{port}"

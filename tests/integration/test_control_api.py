@@ -57,12 +57,17 @@ async def test_invalid_apply_is_400_with_every_error_and_the_old_config_stays(co
         await c.close()
 
 
-def test_file_resources_cannot_be_applied_or_deleted_through_the_api(control):
-    """A resource owned by a file in --config-dir is refused with 409 telling to edit the file."""
+def test_apply_overrides_a_file_resource_and_delete_restores_it(control):
+    """Applying a resource a file in --config-dir defines is 200 `configured` and shows the file it
+    overrides; deleting it restores the file's version; deleting a file-only resource is 409."""
     status, answer = control.apply(service("reviews", [(18090, {})]))
-    assert status == 409 and "edit the file" in answer["error"] and "base.yaml" in answer["error"]
+    assert status == 200 and answer["results"] == [{"resource": "ServiceEntry/default/reviews", "action": "configured"}]
+    status, document = control.request("GET", "/v1/resources/se/default/reviews")
+    assert status == 200 and document["metadata"]["annotations"]["remora.io/overrides"].endswith("base.yaml")
     status, answer = control.request("DELETE", "/v1/resources/se/default/reviews")
-    assert status == 409 and "edit the file" in answer["error"]
+    assert status == 200 and answer["results"][0]["action"].startswith("deleted (back to ")
+    status, answer = control.request("DELETE", "/v1/resources/se/default/reviews")
+    assert status == 409 and "remove it from the file" in answer["error"] and "base.yaml" in answer["error"]
     status, answer = control.request("DELETE", "/v1/resources/vs/default/missing")
     assert status == 404 and answer["error"] == "VirtualService/default/missing not found"
 

@@ -25,6 +25,7 @@ ADMIN_CALLS = [
     ("GET", "/v1/resources/se/default/reviews", None, "GET /v1/resources/{kind}/{namespace}/{name}"),
     ("DELETE", "/v1/resources/vs/default/reviews", None, "DELETE /v1/resources/{kind}/{namespace}/{name}"),
     ("GET", "/v1/status", None, "GET /v1/status"),
+    ("GET", "/v1/sidecars/any/config_dump", None, "GET /v1/sidecars/{node}/config_dump"),
     ("POST", "/v1/tokens", json.dumps({"namespace": "default", "service_account": "admin"}), "POST /v1/tokens"),
     ("GET", "/v1/tokens", None, "GET /v1/tokens"),
     ("DELETE", "/v1/tokens/{id}", None, "DELETE /v1/tokens/{id}"),

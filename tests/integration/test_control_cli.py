@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,18 +65,20 @@ def test_get_lists_with_origin_and_shows_one_as_yaml(control):
 
 
 def test_delete_removes_applied_and_refuses_file_resources(control):
-    """`remora delete` deletes an applied resource; a file resource exits 1 telling to edit the file."""
+    """`remora delete` deletes an applied resource; a file-only resource exits 1 telling to remove it from the file."""
     assert control.cli("apply", "-f", "-", stdin=service("details", [(18082, {})])).returncode == 0
     deleted = control.cli("delete", "se", "details")
     assert (deleted.returncode, deleted.stdout) == (0, "ServiceEntry/default/details deleted\n")
     refused = control.cli("delete", "se", "reviews")
-    assert refused.returncode == 1 and "edit the file" in refused.stderr
+    assert refused.returncode == 1 and "remove it from the file" in refused.stderr
 
 
 async def test_status_prints_a_row_per_sidecar_with_sync_state(control):
-    """`remora status` shows each sidecar's node id, namespace, workload, identity and per-type sync state."""
+    """`remora status` shows each sidecar's node id, namespace, workload, identity, per-type sync
+    state, the Remora version it runs and its uptime."""
     c = await XdsTestClient(control.url, Node(id="productpage-v1.default~h~7", workload="productpage-v1",
-                                              service_account="bookinfo-productpage")).connect()
+                                              service_account="bookinfo-productpage", remora_version="9.8.7",
+                                              started_at=time.time() - 300)).connect()
     try:
         await c.sync()
         control.wait_until(lambda: control.sidecar(c.node.id)["types"]["routes"]["status"] == "SYNCED", what="SYNCED")
@@ -83,10 +86,10 @@ async def test_status_prints_a_row_per_sidecar_with_sync_state(control):
         assert result.returncode == 0, result.stderr
         header, row = [line for line in result.stdout.splitlines() if line.startswith(("NAME", "productpage"))]
         assert _columns(header) == ["NAME", "NAMESPACE", "WORKLOAD", "IDENTITY", "CLUSTERS", "ENDPOINTS", "ROUTES",
-                                    "POLICIES", "LAST SEEN"]
+                                    "POLICIES", "VERSION", "UPTIME", "LAST SEEN"]
         assert row.split() == ["productpage-v1.default~h~7", "default", "productpage-v1",
                                "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
-                               "SYNCED", "SYNCED", "SYNCED", "SYNCED", row.split()[-2], "ago"]
+                               "SYNCED", "SYNCED", "SYNCED", "SYNCED", "9.8.7", "5m", row.split()[-2], "ago"]
         assert result.stdout.startswith("config version ")
     finally:
         await c.close()

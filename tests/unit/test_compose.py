@@ -51,9 +51,9 @@ BROKEN = [
     ("a host port twice", lambda s: s["ratings"].update(ports=["127.0.0.1:9090:9080"]),
      "services.prometheus.ports: 127.0.0.1:9090/tcp is already published by 'ratings'"),
     ("a missing bind source", lambda s: s["control"]["volumes"].append("./compose/nope.yaml:/etc/nope.yaml:ro"),
-     "services.control.volumes[3]: bind source './compose/nope.yaml' does not exist"),
+     "services.control.volumes[2]: bind source './compose/nope.yaml' does not exist"),
     ("an undeclared named volume", lambda s: s["control"]["volumes"].append("scratch:/scratch"),
-     "services.control.volumes[3]: named volume 'scratch' is not declared under volumes"),
+     "services.control.volumes[2]: named volume 'scratch' is not declared under volumes"),
     ("a missing Dockerfile", lambda s: s["control"].update(build={"context": "..", "dockerfile": "Nope"}),
      "services.control.build:"),
 ]
@@ -134,13 +134,41 @@ def test_apps_run_the_demo_modules_on_port_9080(compose):
 
 
 def test_control_server_serves_the_demo_mesh_and_route(compose):
-    """The control server reads examples/mesh.yaml and the demo's reviews route with its default weights."""
+    """The control server's config directory, mounted whole, holds the demo's mesh.yaml and its
+    reviews route with the default weights."""
     volumes = compose["services"]["control"]["volumes"]
-    assert "../examples/mesh.yaml:/etc/remora/mesh/mesh.yaml:ro" in volumes
+    assert "./compose/mesh:/etc/remora/mesh:ro" in volumes
     shipped = yaml.safe_load((DEPLOY / "compose/mesh/reviews-route.yaml").read_text())
     assert shipped == yaml.safe_load(topology.render_route((50, 30, 20)))
+    copy_text = (DEPLOY / "compose/mesh/mesh.yaml").read_text()
+    assert copy_text.endswith(topology.MESH_CONFIG.read_text()), "deploy/compose/mesh/mesh.yaml: copy examples/mesh.yaml"
+    assert sorted(p.name for p in (DEPLOY / "compose/mesh").iterdir()) == ["mesh.yaml", "reviews-route.yaml"]
     args = build_parser().parse_args(compose["services"]["control"]["command"])
     assert (args.command, args.listen, args.config_dir) == ("control", "0.0.0.0:15010", "/etc/remora/mesh")
+
+
+def test_no_single_file_bind_mounts(compose):
+    """Every bind mount of a config file is its directory: an edit on the host that replaces the
+    file (sed -i, most editors) must reach the container; scripts read once at start are exempt."""
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", ()):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                path = DEPLOY / source
+                if path.is_file():
+                    # Scripts run once per start; Prometheus rereads its files only on restart/SIGHUP.
+                    assert path.suffix == ".sh" or name == "prometheus", f"{name}: {volume} mounts one file"
+
+
+def test_default_up_pulls_nothing(compose):
+    """Without a profile, every service is built locally from the Remora image (pull_policy never,
+    a base image made here); anything that must be pulled sits behind a profile."""
+    for name, svc in compose["services"].items():
+        if svc.get("profiles"):
+            continue
+        assert svc.get("build") and svc.get("pull_policy") == "never", f"{name} would be pulled"
+        assert svc["build"]["args"]["BASE_IMAGE"] == "remora-base:bookworm"
+    assert compose["services"]["prometheus"]["profiles"] == ["monitoring"]
 
 
 def test_prometheus_scrapes_every_sidecar_on_15090(compose):

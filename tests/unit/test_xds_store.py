@@ -1,4 +1,4 @@
-"""ConfigStore: one validation of the whole set, ownership of identities, persistence."""
+"""ConfigStore: one validation of the whole set, files and the API side by side (latest write wins), persistence."""
 from __future__ import annotations
 
 import json
@@ -77,12 +77,66 @@ def test_yaml_errors_and_empty_bodies_are_400(store):
         store.apply("---\n", "x.yaml")
 
 
-def test_file_owned_identities_refuse_apply_and_delete(store):
-    """Applying or deleting a resource a file defines is 409 naming the file."""
-    for call in (lambda: store.apply(SE, "mine.yaml"), lambda: store.delete("ServiceEntry/default/reviews")):
-        with pytest.raises(ChangeRefused) as refused:
-            call()
-        assert refused.value.status == 409 and "se.yaml in --config-dir: edit the file" in refused.value.message
+def test_apply_over_a_file_resource_overrides_it_until_deleted(store, tmp_path):
+    """Applying a resource a file defines puts the applied version in force (configured, origin
+    applied, over the file); deleting it brings the file's version back."""
+    ref = "VirtualService/default/reviews"
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews"))
+    assert store.reload_files()
+    assert store.apply(vs("reviews", timeout="5s"), "canary.yaml").results == [(ref, "configured")]
+    assert store.origin(ref) == APPLIED and store.overrides(ref).endswith("vs.yaml")
+    assert store.lookup(ref).spec.http[0].timeout == "5s"
+    assert store.reload_files()   # the file did not change: the override stays
+    assert store.lookup(ref).spec.http[0].timeout == "5s"
+    (action,) = store.delete(ref).results
+    assert action[0] == ref and action[1].startswith("deleted (back to ") and action[1].endswith("vs.yaml)")
+    assert store.origin(ref) == FILE and store.lookup(ref).spec.http[0].timeout == "1s"
+
+
+def test_deleting_a_file_only_resource_is_refused(store):
+    """Deleting a resource only a file defines is 409 naming the file: the file would define it again."""
+    with pytest.raises(ChangeRefused) as refused:
+        store.delete("ServiceEntry/default/reviews")
+    assert refused.value.status == 409
+    assert "se.yaml in --config-dir: remove it from the file" in refused.value.message
+
+
+def test_a_later_file_edit_wins_over_an_earlier_apply(store, tmp_path):
+    """Editing the resource in its file after an apply drops the override: the file's new
+    version is in force and the state file forgets the override."""
+    ref = "VirtualService/default/reviews"
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews"))
+    store.reload_files()
+    store.apply(vs("reviews", timeout="5s"), "canary.yaml")
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews", timeout="7s"))
+    assert store.reload_files() is True
+    assert store.origin(ref) == FILE and store.lookup(ref).spec.http[0].timeout == "7s"
+    assert json.loads((tmp_path / "state" / "applied.json").read_text())["resources"] == []
+
+
+def test_a_file_that_starts_defining_an_applied_resource_wins(store, tmp_path):
+    """A resource applied through the API and later added to a file: the file's version is in force."""
+    ref = "VirtualService/default/a"
+    store.apply(vs("a"), "a.yaml")
+    (tmp_path / "config" / "a.yaml").write_text(vs("a", timeout="3s"))
+    assert store.reload_files() is True
+    assert store.origin(ref) == FILE and store.lookup(ref).spec.http[0].timeout == "3s"
+
+
+def test_file_edited_while_the_server_was_down_wins_at_start(store, tmp_path):
+    """The override remembers the file version it replaced: a restart after the file changed
+    serves the file; a restart with the file unchanged keeps the override."""
+    ref = "VirtualService/default/reviews"
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews"))
+    store.reload_files()
+    store.apply(vs("reviews", timeout="5s"), "canary.yaml")
+    kept = ConfigStore(tmp_path / "config", tmp_path / "state")
+    kept.start()
+    assert kept.origin(ref) == APPLIED and kept.lookup(ref).spec.http[0].timeout == "5s"
+    (tmp_path / "config" / "vs.yaml").write_text(vs("reviews", timeout="9s"))
+    restarted = ConfigStore(tmp_path / "config", tmp_path / "state")
+    restarted.start()
+    assert restarted.origin(ref) == FILE and restarted.lookup(ref).spec.http[0].timeout == "9s"
 
 
 def test_delete_refuses_dangling_references_and_404s_unknown(store):
@@ -127,14 +181,6 @@ def test_bad_file_keeps_last_good_config_and_records_the_error(store, tmp_path):
     assert store.reload_files() is True and store.state.files_valid and store.config.version != version
 
 
-def test_file_defining_an_applied_identity_is_a_config_error(store, tmp_path):
-    """When a file starts defining a resource that was applied, the files are rejected until one goes."""
-    store.apply(vs("a"), "a.yaml")
-    (tmp_path / "config" / "a.yaml").write_text(vs("a"))
-    assert store.reload_files() is False
-    assert "also applied through the API" in store.state.last_error.errors[0]
-
-
 def test_startup_with_invalid_files_raises_every_issue(tmp_path):
     """start() raises ConfigError listing every problem; nothing is served from an invalid set."""
     (tmp_path / "a.yaml").write_text(vs("a", dest="nowhere") + "---\n" + vs("b", timeout="x"))
@@ -173,3 +219,14 @@ def test_spec_cache_reuses_unchanged_documents_but_still_checks_references():
     bad, _ = parse_documents(vs("front", timeout="soon"), "vs.yaml")
     with pytest.raises(ConfigError, match="invalid duration"):
         build_mesh_config(se_docs + bad, cache=cache)
+
+
+def test_override_fingerprint_handles_any_yaml_value():
+    """The override remembers the file version as a digest: YAML values JSON cannot hold (a date)
+    still fingerprint, equal documents agree, and a changed value does not."""
+    import datetime
+    from remora.xds.store import fingerprint
+    doc = {"kind": "VirtualService", "metadata": {"name": "a", "labels": {"since": datetime.date(2024, 1, 1)}}}
+    same = {"metadata": {"labels": {"since": datetime.date(2024, 1, 1)}, "name": "a"}, "kind": "VirtualService"}
+    assert fingerprint(doc) == fingerprint(same) and fingerprint(None) is None
+    assert fingerprint(doc) != fingerprint({**doc, "kind": "DestinationRule"})

@@ -14,12 +14,17 @@ Rules this module keeps:
 - The stream going away never touches the data path: listeners keep serving the current
   snapshot while the client reconnects with full-jitter exponential backoff (0.1 s
   doubling to a 5 s cap), forever, until the proxy stops.
+- A ConfigDumpRequest (`remora proxy-config` through the control server) is answered with
+  what this sidecar's own admin server shows at the allowed paths, read over loopback in a
+  task of its own, so pushes are never held up behind it.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -35,6 +40,8 @@ from remora.wire import protocol
 HEARTBEAT_SECONDS = 10.0        # ping the server; no pong within half of it drops the stream
 CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_FRAME_BYTES = 64 << 20      # one push is one frame: room for large meshes
+ADMIN_READ_TIMEOUT_SECONDS = 5.0
+PROCESS_STARTED = time.time()   # imported at start-up: the sidecar's start, for `remora status`
 
 
 def log(message: str) -> None:
@@ -94,7 +101,8 @@ def build_node(options, admin_port: int) -> protocol.Node:
         service_account=identity.service_account, workload=identity.workload_name,
         labels=dict(identity.labels), trust_domain=identity.trust_domain, inbound=inbound,
         app_port=options.app_port, admin=f"{options.admin_bind}:{admin_port}",
-        mtls=bool(options.token or options.cert_dir), remora_version=remora_version())
+        mtls=bool(options.token or options.cert_dir), remora_version=remora_version(),
+        started_at=PROCESS_STARTED, capabilities=[protocol.CONFIG_DUMP])
 
 
 @dataclass
@@ -149,6 +157,7 @@ class XdsClient:
         self._connections = 0
         self._failures_in_a_row = 0
         self._task: asyncio.Task | None = None
+        self._answers: set[asyncio.Task] = set()   # config dump answers in flight
 
     # -- what the rest of the proxy reads -------------------------------------------------------
     @property
@@ -182,10 +191,11 @@ class XdsClient:
 
     async def stop(self) -> None:
         """Stop reconnecting and close the stream (safe while connecting or backing off)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in [self._task, *self._answers]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*([self._task] if self._task else []), *self._answers, return_exceptions=True)
+        self._task = None
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
@@ -251,8 +261,33 @@ class XdsClient:
             self.backoff.reset()   # the server is really serving us, not refusing at once
             answer = await self.handle(message)
             await ws.send_str(protocol.encode(answer))
+        elif isinstance(message, protocol.ConfigDumpRequest):
+            task = asyncio.create_task(self._answer_config_dump(ws, message))
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
         else:
             log(f"ignoring unexpected {type(message).__name__} from the control server")
+
+    async def _answer_config_dump(self, ws, request: protocol.ConfigDumpRequest) -> None:
+        """Read the allowed admin paths over loopback and send them back; errors become the answer."""
+        answer = protocol.ConfigDumpResponse(request_id=request.request_id)
+        refused = [p for p in request.paths if p not in protocol.INTROSPECTION_PATHS]
+        if refused:
+            answer.error = f"not an introspection path: {', '.join(refused)}"
+        else:
+            try:
+                answer.documents = await read_admin(admin_url(self.node.admin), request.paths)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as error:
+                answer.error = f"cannot read its admin server {self.node.admin}: {_one_line(error) or type(error).__name__}"
+        frame = protocol.encode(answer)
+        if len(frame.encode()) > protocol.MAX_SIDECAR_FRAME:   # the server would drop the stream for it
+            frame = protocol.encode(protocol.ConfigDumpResponse(
+                request_id=request.request_id, error=f"config dump of {len(frame)} bytes is larger than the "
+                f"stream's {protocol.MAX_SIDECAR_FRAME} byte frame limit; read /config_dump on the sidecar"))
+        try:
+            await ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            pass   # the stream went away meanwhile: the server gives up on its own
 
     async def handle(self, response: protocol.DiscoveryResponse) -> protocol.DiscoveryRequest:
         """Apply one push or refuse it; return the ACK or NACK to send. Never raises."""
@@ -282,6 +317,30 @@ class XdsClient:
             except OSError as error:   # serving matters more than the file
                 log(f"cannot write disk snapshot {self.store.path}: {error}")
         return ack
+
+
+def admin_url(admin: str | None) -> str:
+    """Where this process reaches its own admin server: a wildcard bind is reached on loopback."""
+    if not admin:
+        raise ValueError("no admin address")
+    host, _, port = admin.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def read_admin(base: str, paths: list[str]) -> dict:
+    """path -> the JSON the admin server at `base` answers there."""
+    timeout = aiohttp.ClientTimeout(total=ADMIN_READ_TIMEOUT_SECONDS)
+    documents = {}
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for path in paths:
+            async with session.get(base + path) as response:
+                if response.status != 200:
+                    raise ValueError(f"{path} answered HTTP {response.status}")
+                documents[path] = json.loads(await response.read())
+    return documents
 
 
 def _one_line(error: object) -> str:
