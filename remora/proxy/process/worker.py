@@ -92,6 +92,9 @@ class Snapshot:
             name = f"inbound|{options.app_port}||"
             self.inbound_cluster = Cluster(name, "inbound", options.app_port, None,
                                            [Endpoint(options.app_host, options.app_port, {})], None)
+            # HTTP/2 to the app when the service port that reaches this sidecar's inbound
+            # listener is declared GRPC / HTTP2 (Istio: the Service port targeting the pod).
+            self.inbound_cluster.http2 = inbound_http2(self.services, options.inbound_port)
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
             self.inbound_policy = compile_inbound_policy(config, options.identity, options.app_port)
         old = {c.name: c for c in previous.clusters()} if previous is not None else {}
@@ -140,6 +143,15 @@ class Snapshot:
         return [found[name] for name in sorted(found)]
 
 
+def inbound_http2(services, inbound_port: int) -> bool:
+    """True when a mesh service port with an endpoint on `inbound_port` is an HTTP/2 protocol."""
+    for info in services.values():
+        for (port, _), cluster in info.clusters.items():
+            if cluster.http2 and any(ep.port == inbound_port for ep in cluster.endpoints):
+                return True
+    return False
+
+
 def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
     """Give a compiled cluster its outlier detector (inheriting the previous version's
     state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints).
@@ -166,8 +178,10 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
         mtls = ep.tls_mode == ISTIO_MUTUAL
         originate = origin is not None and ep.tls_mode == origin.mode
         ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
-                                 origin.key if originate else mtls)
+                                 origin.key if originate else mtls, cluster.http2)
         ep.pool.endpoint = ep
+        if cluster.http2 and cluster.max_streams:
+            ep.pool.max_streams = cluster.max_streams
         ep.pool.idle_timeout = cluster.idle_timeout
         if mtls:
             ep.pool.dialer = MtlsDialer(

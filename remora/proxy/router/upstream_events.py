@@ -22,6 +22,7 @@ FAILURE_REPLIES = {
     AttemptFailure.CONNECT_FAILURE: (Failure.CONNECT_FAILURE, 503, NOT_CONNECTED, "UF"),
     AttemptFailure.CONNECTION_TERMINATION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
     AttemptFailure.STALE_CONNECTION: (Failure.RESET, 503, NOT_CONNECTED + b"connection termination", "UC"),
+    AttemptFailure.REFUSED_STREAM: (Failure.REFUSED_STREAM, 503, NOT_CONNECTED + b"remote refused stream reset", "UC"),
     AttemptFailure.PROTOCOL_ERROR: (Failure.RESET, 502, b"upstream sent an invalid HTTP response", "UPE"),
     AttemptFailure.PER_TRY_TIMEOUT: (Failure.PER_TRY_TIMEOUT, 504, b"upstream request timeout", "UT"),
 }
@@ -77,6 +78,12 @@ class UpstreamEvents:
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
         self.sink.send_response_body(data)
+
+    def on_upstream_trailers(self, trailers: list) -> None:
+        """Response trailers (gRPC status): passed on where the downstream codec carries them."""
+        send = getattr(self.sink, "send_response_trailers", None)
+        if send is not None:
+            send(trailers)
 
     def on_upstream_read_end(self) -> None:
         self.sink.flush()

@@ -19,6 +19,7 @@ from remora.config.model import (
 )
 from remora.config.mesh_rules import destination_rules_for, outbound_cluster_name as cluster_name
 from remora.config.names import qualify_host
+from remora.config.protocols import declared_protocol, upstream_http2
 from remora.config.traffic_policy import SNAKE_CASE, TYPED, merge_sources, merge_traffic_policy
 from remora.proxy.upstream.balancer import Balancer, make_balancer
 from remora.proxy.telemetry.counters import Counters, status_names
@@ -101,7 +102,7 @@ class Cluster:
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
                  "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
-                 "origination")
+                 "origination", "http2", "max_streams")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -130,6 +131,10 @@ class Cluster:
         self.telemetry = None # its istio_metrics.ServiceTags (set per snapshot)
         self.naming: SecureNaming | None = None   # whom its mTLS endpoints may be (secure naming)
         self.origination: Origination | None = None   # DR tls SIMPLE / MUTUAL (tls_origination)
+        # HTTP/2 upstream (config/protocols.py: GRPC/HTTP2 port, h2UpgradePolicy UPGRADE); set
+        # by the builder that knows the port's protocol. max_streams: maxConcurrentStreams.
+        self.http2 = False
+        self.max_streams = (http and http.max_concurrent_streams) or 0
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""
@@ -205,7 +210,8 @@ def build_clusters(config: MeshConfig, workload=None) -> dict[str, ServiceInfo]:
                 info.ports[port.number] = (port.protocol or "HTTP").upper()
                 endpoints = _endpoints(se, config, host, port)
                 _add_port_clusters(info, port.number, endpoints, rule_for(rules, fqdn),
-                                   se.spec.subject_alt_names)
+                                   se.spec.subject_alt_names,
+                                   declared_protocol(port.protocol, port.name))
     # Hosts known only from a DestinationRule still get (empty) clusters, so routes to
     # them answer 503 UH rather than failing to compile.
     for fqdn, dr in rules.items():
@@ -237,7 +243,8 @@ def rule_for(rules: dict[str, Resource[DestinationRuleSpec]], fqdn: str):
     return best[1] if best else None
 
 
-def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_sans=()) -> None:
+def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_sans=(),
+                       protocol: str | None = "HTTP") -> None:
     base = dr.spec.traffic_policy if dr else None
     # Secure naming is per service: every endpoint's account, whichever subset it is in.
     accounts = [e.service_account for e in endpoints]
@@ -257,6 +264,10 @@ def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_san
                                               tls_path(dr.spec if dr else None, cluster.subset, port))
         for ep in cluster.endpoints:
             ep.tls_mode = endpoint_tls_mode(policy, ep.labels)
+        http = (policy.connection_pool.http if policy is not None and policy.connection_pool
+                else None)
+        # The client's protocol is not known here: useClientProtocol keeps HTTP/1.1 upstream.
+        cluster.http2 = upstream_http2(protocol, http and http.h2_upgrade_policy)
 
 
 def empty_service(fqdn: str, namespace: str, ports=(80,)) -> ServiceInfo:

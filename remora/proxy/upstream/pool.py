@@ -16,6 +16,7 @@ import asyncio
 from remora.proxy.telemetry.counters import set_keepalive
 from remora.proxy.upstream.circuit import UNLIMITED, Circuit  # noqa: F401  (PoolRegistry's; re-exported)
 from remora.proxy.upstream.http1_connection import ConnState, UpstreamHttp1
+from remora.proxy.upstream.http2_pool import Http2EndpointPool
 from remora.proxy.upstream.seams import AttemptFailure
 from remora.proxy.upstream.tls_origination import OriginContexts, request_host
 from remora.proxy.upstream.upstream_tls import TlsStats, UpstreamTlsError
@@ -194,12 +195,15 @@ class PoolRegistry:
             stats = self.tls_stats[cluster_name] = TlsStats()
         return stats
 
-    def pool_for(self, cluster_name: str, host: str, port: int, tls: object = False) -> EndpointPool:
-        """The pool of one endpoint; `tls` tells connection kinds apart (False: plaintext)."""
-        key = (cluster_name, host, port, tls)
+    def pool_for(self, cluster_name: str, host: str, port: int, tls: object = False,
+                 http2: bool = False):
+        """The pool of one endpoint; `tls` tells connection kinds apart (False: plaintext),
+        `http2` picks the multiplexing pool (http2_pool.py) over the HTTP/1.1 one."""
+        key = (cluster_name, host, port, tls, http2)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = EndpointPool(host, port, self.loop, self.circuit_for(cluster_name))
+            kind = Http2EndpointPool if http2 else EndpointPool
+            pool = self.pools[key] = kind(host, port, self.loop, self.circuit_for(cluster_name))
         return pool
 
     def sweep(self, now: float) -> None:

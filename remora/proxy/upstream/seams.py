@@ -34,6 +34,7 @@ class AttemptFailure(enum.Enum):
     CONNECT_FAILURE = "connect failure"     # the pool could not open a connection (UF)
     STALE_CONNECTION = "stale connection"   # a pooled connection closed before any response byte
     CONNECTION_TERMINATION = "connection termination"   # reset mid-exchange (UC)
+    REFUSED_STREAM = "refused stream"       # HTTP/2: the server never processed the stream (retriable)
     PROTOCOL_ERROR = "protocol error"       # the upstream broke HTTP (UPE)
     PER_TRY_TIMEOUT = "per-try timeout"     # this attempt's own deadline passed (UT)
 
@@ -56,6 +57,7 @@ class UpstreamCallbacks(Protocol):
 
     def on_upstream_headers(self, resp: ResponseHead) -> None: ...
     def on_upstream_data(self, data: bytes) -> None: ...
+    def on_upstream_trailers(self, trailers: list) -> None: ...
     def on_upstream_end(self) -> None: ...
 
     def on_upstream_read_end(self) -> None:

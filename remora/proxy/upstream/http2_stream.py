@@ -1,0 +1,131 @@
+"""One upstream HTTP/2 stream, as the UpstreamConnection an attempt drives (seams.py).
+
+The HTTP/2 pool hands an attempt an Http2StreamHandle instead of a connection of its own:
+`start_request` opens the stream (request head as HTTP/2 fields: names lower-cased,
+hop-by-hop headers dropped, Content-Length kept), body and end go out as DATA and
+END_STREAM (or trailers), and the stream's events come back to the attempt with the same
+calls an HTTP/1 connection makes (on_headers, on_data, on_read_end, on_complete,
+on_connection_failed, on_write_paused). Releasing or closing the handle ends the stream
+(RST_STREAM when it is still open); the connection itself stays with the pool.
+"""
+from __future__ import annotations
+
+import h2.errors
+
+from remora.proxy.upstream.seams import AttemptFailure
+
+# RFC 9113 8.2.2: connection-specific fields never go on an HTTP/2 stream.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"host", b"te"})
+
+
+def h2_fields(headers: list, added: bytes) -> list:
+    """(name, value) pairs for HTTP/2 from forwarded headers and ready-made header lines."""
+    fields = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP:
+            fields.append((lower, value))
+        elif lower == b"te" and value.strip().lower() == b"trailers":
+            fields.append((b"te", b"trailers"))   # the one TE value HTTP/2 allows (gRPC sends it)
+    if added:
+        for line in added.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep and name.lower() not in HOP_BY_HOP:
+                fields.append((name.strip().lower(), value.strip()))
+    return fields
+
+
+class Http2StreamHandle:
+    """An attempt's view of one stream on a shared UpstreamHttp2 connection."""
+
+    __slots__ = ("conn", "pool", "attempt", "stream_id", "done")
+
+    def __init__(self, conn, pool) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.attempt = None
+        self.stream_id = 0
+        self.done = False
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.conn.peer_id
+
+    # -- UpstreamConnection ----------------------------------------------------------------
+    def start_request(self, attempt, method: bytes, path: bytes, authority: bytes, headers: list,
+                      added: bytes, content_length: int | None, chunked: bool,
+                      upgrade: bytes | None, head_only: bool) -> None:
+        self.attempt = attempt
+        fields = h2_fields(headers, added)
+        if content_length is not None:
+            fields.append((b"content-length", b"%d" % content_length))
+        no_body = not chunked and not content_length
+        self.stream_id = self.conn.open_stream(self, method, path, authority, fields, no_body)
+
+    def send_body(self, data: bytes, chunked: bool) -> None:
+        if not self.done:
+            self.conn.send_data(self.stream_id, data)
+
+    def end_body(self, chunked: bool, trailers: list | None = None) -> None:
+        if not self.done:
+            self.conn.end_stream(self.stream_id, trailers)
+
+    def set_reading(self, on: bool) -> None:
+        if not self.done:
+            self.conn.set_stream_reading(self.stream_id, on)
+
+    def release(self, reusable: bool) -> None:
+        """The attempt is done with the stream (its response ended)."""
+        self._finish(reset=not reusable)
+
+    def close(self) -> None:
+        """The attempt dropped the stream (timeout, retry, client gone): reset it."""
+        self._finish(reset=True)
+
+    def _finish(self, reset: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.attempt = None
+        if reset and self.stream_id:
+            self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+
+    # -- StreamEvents (from the connection) ----------------------------------------------------
+    def on_response_head(self, resp) -> None:
+        if self.attempt is not None:
+            self.attempt.on_headers(resp)
+
+    def on_response_body(self, data: bytes) -> None:
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.on_data(data)
+            if self.attempt is not None:
+                attempt.on_read_end()
+
+    def on_response_trailers(self, trailers: list) -> None:
+        if self.attempt is not None:
+            self.attempt.on_trailers(trailers)
+
+    def on_response_end(self) -> None:
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.on_complete(True)      # it releases the handle
+        else:
+            self._finish(reset=False)
+
+    def on_stream_reset(self, error_code: int, refused: bool, got_bytes: bool) -> None:
+        attempt, self.attempt = self.attempt, None
+        self.done = True
+        if attempt is None:
+            return
+        if refused:
+            attempt.on_connection_failed(AttemptFailure.REFUSED_STREAM, "remote refused stream reset")
+        else:
+            detail = ("remote reset" if error_code != h2.errors.ErrorCodes.CONNECT_ERROR
+                      else "connection termination")
+            attempt.on_connection_failed(AttemptFailure.CONNECTION_TERMINATION, detail)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if self.attempt is not None:
+            self.attempt.on_write_paused(paused)
