@@ -62,7 +62,8 @@ class Http2Stream:
     def on_data(self, data: bytes, flow_controlled: int) -> None:
         self.last_activity = self.conn.loop.time()
         exchange = self.active
-        if exchange is not None and not exchange.finished:
+        if data and exchange is not None and not exchange.finished:
+            # Never an empty piece: on a chunked upstream body it would read as the last chunk.
             exchange.on_request_body(data)
         if self.reading_paused:
             self.unacked += flow_controlled    # acknowledged when the Exchange resumes
