@@ -51,6 +51,7 @@ class H2Client:
     def __init__(self, port: int, timeout: float = 20.0, acknowledge: bool = True,
                  context: ssl.SSLContext | None = None, window: int | None = None) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as real HTTP/2 clients do
         if context is not None:
             sock = context.wrap_socket(sock)
             assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()

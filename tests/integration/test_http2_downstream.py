@@ -18,10 +18,10 @@ import time
 import pytest
 
 from tests.integration.client import RawClient
-from tests.integration.conftest import mesh_yaml, service
+from tests.integration.conftest import mesh_yaml, service, virtual_service
 from tests.integration.h2_client import H2Client, keep_reading_after_goaway
 from tests.integration.proxy_process import ProxyProcess, wait_until
-from tests.integration.upstreams import LoopThread, SourceServer
+from tests.integration.upstreams import LoopThread, SinkServer, SourceServer
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def holding():
 
 @pytest.fixture(scope="module")
 def sidecar(upstreams, holding):
-    yaml = mesh_yaml(upstreams.ports) + service("hold", [(holding.port, {})])
+    yaml = mesh_yaml(upstreams.ports) + service("hold", [(holding.port, {})]) + virtual_service("hold", "timeout: 1s")
     p = ProxyProcess(yaml, "--drain-seconds", "2").wait_ready(TIMEOUT)
     yield p
     try:
@@ -228,6 +228,57 @@ def test_slow_reading_client_stops_the_upstream(sidecar):
         c.grant(sid)
         result = c.wait(sid)
         assert result.status == 200 and len(result.body) == size
+    finally:
+        c.close()
+
+
+def test_slow_upstream_slows_the_uploading_client(sidecar):
+    """An upstream that stops reading holds back an HTTP/2 upload: the proxy gives window back
+    only for bytes the upstream took, so the client can send little of a 64 MiB body; once
+    the upstream reads again, the whole body arrives."""
+    size, block = 64 << 20, b"u" * (64 << 10)
+    c = H2Client(sidecar.outbound_port, timeout=120)
+    sent = [0]
+    try:
+        stalled = len(SinkServer.stalled)
+        sid = c.start("POST", "/stall", "sink", [("content-length", str(size))], end=False)
+
+        def upload() -> None:     # the only user of the client until it ends
+            for _ in range(size // len(block)):
+                c.send(sid, block)
+                sent[0] += len(block)
+            c.send(sid, b"", end=True)
+        sender = threading.Thread(target=upload, daemon=True)
+        sender.start()
+        wait_until(lambda: len(SinkServer.stalled) > stalled, "the sink to get the request", sidecar)
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 1.5:      # until the client cannot send more
+            if sent[0] != last:
+                last, quiet_since = sent[0], time.monotonic()
+            time.sleep(0.1)
+        assert sent[0] < 24 << 20, f"the client sent {sent[0] >> 20} MiB to an upstream reading nothing"
+        SinkServer.stalled.pop().release()
+        sender.join(120)
+        assert sent[0] == size
+        result = c.wait(sid)
+        assert result.status == 200 and bytes(result.body) == b"%d" % size
+    finally:
+        c.close()
+
+
+def test_route_timeout_answers_504_on_its_stream(sidecar):
+    """A route timeout (1 s on `hold`) answers 504 UT on its stream, found by the deadline wheel
+    through the stream, and the app's connection for it is closed; the connection goes on."""
+    c = H2Client(sidecar.outbound_port)
+    try:
+        seen = len(HoldingApp.connections)
+        began = time.monotonic()
+        result = c.request("GET", "/hold", "hold")
+        assert result.status == 504 and bytes(result.body) == b"upstream request timeout"
+        assert 0.9 < time.monotonic() - began < 10
+        app = HoldingApp.connections[seen]
+        wait_until(lambda: app["closed"], "the timed-out request's app connection to close", sidecar)
+        assert c.request("GET", "/after", "echo").status == 200
     finally:
         c.close()
 
