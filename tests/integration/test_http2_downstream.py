@@ -78,7 +78,8 @@ def holding():
 
 @pytest.fixture(scope="module")
 def sidecar(upstreams, holding):
-    yaml = mesh_yaml(upstreams.ports) + service("hold", [(holding.port, {})]) + virtual_service("hold", "timeout: 1s")
+    yaml = (mesh_yaml(upstreams.ports) + service("hold", [(holding.port, {})])
+            + virtual_service("hold", "timeout: 1s") + service("chaos", [(upstreams.ports["chaos"], {})]))
     p = ProxyProcess(yaml, "--drain-seconds", "2").wait_ready(TIMEOUT)
     yield p
     try:
@@ -201,6 +202,22 @@ def test_client_reset_mid_upload_cancels_that_request_only(sidecar):
         assert c.streams[held].reset_code is None      # the proxy did not answer the reset
         log = sidecar.access_log()
         assert any('"POST /hold HTTP/2" 0 DC' in line for line in log.splitlines()), log[-2000:]
+    finally:
+        c.close()
+
+
+def test_upstream_reset_mid_body_resets_only_that_stream(sidecar):
+    """An upstream that dies after sending part of a body makes the proxy reset that stream
+    (RST_STREAM INTERNAL_ERROR, never a second head), while a stream beside it completes."""
+    c = H2Client(sidecar.outbound_port)
+    try:
+        beside = c.start("GET", "/slow?ms=500", "echo")
+        cut = c.start("GET", "/reset-mid", "chaos")
+        assert c.wait(cut).reset_code == 2
+        assert c.streams[cut].status == 200 and bytes(c.streams[cut].body) == b"0123456789"
+        result = c.wait(beside)
+        assert result.status == 200 and json.loads(bytes(result.body))["path"] == "/slow?ms=500"
+        assert stats(sidecar)["http2.tx_reset"] >= 1
     finally:
         c.close()
 

@@ -224,7 +224,6 @@ class DownstreamHttp2(asyncio.Protocol):
             head = RequestHead(b"-", b"-", b"", [], VERSION)
             head.peer_ip = self.peer_ip
             exchange = stream.active = listener.new_exchange(stream, head, routed=False)
-            exchange.request_done = True   # whatever body follows is not wanted
             exchange.local_reply(err.status, err.detail, "DPE")
             return
         head.peer_ip = self.peer_ip

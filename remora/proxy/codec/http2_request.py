@@ -81,10 +81,10 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
         elif code == H_EXPECT:
             pass              # the proxy streams the body anyway; HTTP/1 drops it upstream too
         # te, x-forwarded-client-cert, connection-specific names: dropped
+    if method == b"CONNECT":      # (it has no :path) as on HTTP/1: Remora does not tunnel CONNECT
+        raise BadRequest(405, b"CONNECT is not supported")
     if method is None or path is None:
         raise BadRequest(400, b"missing :method or :path")
-    if method == b"CONNECT":
-        raise BadRequest(405, b"CONNECT is not supported")
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         raise BadRequest(400, b"invalid :path")
     if suspect_target(path) is not None:
