@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +98,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (Debian package curl)")
 def test_curl_prior_knowledge_reaches_an_http1_app(sidecar):
     """curl --http2-prior-knowledge through the outbound listener reaches the HTTP/1 echo app with
     its method, path, body and Host from :authority; the access log says HTTP/2."""
@@ -109,6 +112,18 @@ def test_curl_prior_knowledge_reaches_an_http1_app(sidecar):
     assert seen["server"] == "echo" and seen["method"] == "POST" and seen["path"] == "/h2/curl?q=1"
     assert seen["headers"]["host"] == "echo" and seen["body_len"] == len(b"hello h2")
     assert '"POST /h2/curl?q=1 HTTP/2" 200' in sidecar.access_log()
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load not installed (Debian package nghttp2-client)")
+def test_h2load_multiplexed_requests_all_succeed(sidecar):
+    """h2load, 4 connections with 10 concurrent streams each, 2,000 requests: all answered 2xx."""
+    r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "10", "-H", ":authority: echo",
+                        f"http://127.0.0.1:{sidecar.outbound_port}/h2load"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Application protocol: h2c" in r.stdout
+    assert re.search(r"requests: 2000 total, 2000 started, 2000 done, 2000 succeeded", r.stdout), r.stdout
+    assert "status codes: 2000 2xx" in r.stdout
 
 
 def test_concurrent_streams_with_bodies_get_their_own_responses(sidecar):
@@ -351,17 +366,46 @@ def test_drain_sends_goaway_and_streams_in_flight_finish(upstreams):
         p.close()
 
 
-def test_idle_connection_gets_goaway_and_closes(upstreams):
+@pytest.fixture(scope="module")
+def impatient(upstreams):
+    """A sidecar with 1 s idle and stream-idle timeouts."""
+    p = ProxyProcess(mesh_yaml(upstreams.ports), "--idle-timeout", "1s", "--stream-idle-timeout", "1s",
+                     "--drain-seconds", "1").wait_ready(TIMEOUT)
+    yield p
+    try:
+        assert p.stop() == 0, p.stderr()
+    finally:
+        p.close()
+
+
+def test_idle_connection_gets_goaway_and_closes(impatient):
     """An HTTP/2 connection with no stream for --idle-timeout gets GOAWAY and is closed."""
-    p = ProxyProcess(mesh_yaml(upstreams.ports), "--idle-timeout", "1s", "--access-log", "off").wait_ready(TIMEOUT)
-    c = H2Client(p.outbound_port)
+    c = H2Client(impatient.outbound_port)
     try:
         assert c.request("GET", "/", "echo").status == 200
         c.pump(lambda: c.closed, timeout=10)
         assert c.goaway is not None and c.goaway.error_code == 0
     finally:
         c.close()
-        p.close()
+
+
+def test_idle_stream_times_out_alone(impatient):
+    """A stream with no activity for --stream-idle-timeout is answered 408 (flag SI) on its
+    own; a stream beside it that keeps moving is not cut."""
+    c = H2Client(impatient.outbound_port)
+    try:
+        quiet = c.start("GET", "/slow?ms=5000", "echo")
+        busy = c.start("POST", "/busy", "echo", end=False)
+        for _ in range(8):                 # 2.4 s of a slow upload: activity every 0.3 s
+            c.send(busy, b"b" * 100)
+            time.sleep(0.3)
+        c.send(busy, b"", end=True)
+        assert c.wait(quiet).status == 408 and bytes(c.streams[quiet].body) == b"stream timeout"
+        assert c.wait(busy).status == 200
+        assert json.loads(bytes(c.streams[busy].body))["body_len"] == 800
+        assert '"GET /slow?ms=5000 HTTP/2" 408 SI' in impatient.access_log()
+    finally:
+        c.close()
 
 
 def test_ping_is_answered(sidecar):

@@ -35,7 +35,7 @@ OUT_LOW = 16 << 10    # ... and read it again below this (asyncio's own write-bu
 class Http2Stream:
     """The Exchange's sink for one HTTP/2 stream (see the module docstring)."""
 
-    __slots__ = ("conn", "stream_id", "active", "last_activity", "opened_at", "capture",
+    __slots__ = ("conn", "stream_id", "active", "last_activity", "opened_at", "capture", "tls", "peer_cert",
                  "write_paused", "reading_paused", "unacked", "out", "out_bytes", "ending",
                  "trailers", "response_done", "request_done", "reset", "closed")
 
@@ -45,7 +45,9 @@ class Http2Stream:
         self.active = None            # the Exchange (the deadline wheel reads `active`)
         self.last_activity = now      # the Exchange's start time, and the stream-idle clock
         self.opened_at = now          # a reset sooner than PREMATURE_RESET_SECONDS is premature
-        self.capture = conn.capture
+        self.capture = conn.capture   # who is on the other end, as the seam of issue 14 reads it
+        self.tls = conn.tls
+        self.peer_cert = conn.peer_cert
         self.write_paused = False     # response bytes above OUT_HIGH: the upstream is not read
         self.reading_paused = False   # the Exchange holds the request body: nothing acknowledged
         self.unacked = 0              # request bytes received while held
