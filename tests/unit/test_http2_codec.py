@@ -278,3 +278,34 @@ def test_local_reply_before_the_body_ends_resets_with_no_error():
     pair.receive()
     assert b"".join(e.data for e in pair.of(h2.events.DataReceived, sid)) == b"RBAC: access denied"
     assert pair.of(h2.events.StreamReset, sid)[0].error_code == 0
+
+
+def test_settings_advertise_the_limits():
+    """The server's SETTINGS carry 100 concurrent streams, a 60 KiB header list and a 65535
+    stream window; the connection window is opened to streams x stream window."""
+    pair = Pair(fragment=4096)
+    settings = pair.client.remote_settings
+    assert settings.max_concurrent_streams == 100
+    assert settings.max_header_list_size == 60 * 1024
+    assert settings.initial_window_size == 65535
+    assert pair.client.outbound_flow_control_window == 100 * 65535
+
+
+def test_drain_goaway_names_the_last_stream_and_refuses_later_ones():
+    """begin_drain sends GOAWAY NO_ERROR with the last stream taken; that stream is still
+    answered, a stream opened after it is refused (REFUSED_STREAM) and never reaches the
+    router, and the connection closes once the taken stream is done."""
+    from tests.integration.h2_client import keep_reading_after_goaway
+    pair = Pair(fragment=4096)
+    keep_reading_after_goaway(pair.client)
+    taken = pair.request(BASE)
+    pair.proto.begin_drain()
+    later = pair.request(BASE)            # sent before the client read the GOAWAY
+    goaway, = pair.of(h2.events.ConnectionTerminated)
+    assert (goaway.error_code, goaway.last_stream_id) == (0, taken)
+    assert pair.of(h2.events.StreamReset, later)[0].error_code == 7
+    assert len(pair.listener.exchanges) == 1 and not pair.transport.closed
+    pair.listener.exchanges[0].respond(200, b"done")
+    pair.receive()
+    assert b"".join(e.data for e in pair.of(h2.events.DataReceived, taken)) == b"done"
+    assert pair.transport.closed and pair.listener.http2.goaway_sent == 1

@@ -83,6 +83,7 @@ class Http2Stream:
     def on_reset(self) -> None:
         """The client reset the stream: the Exchange cancels its upstream request (DC)."""
         self.reset = True
+        self.response_done = True     # nothing more may be written on it
         self.out.clear()
         self.out_bytes = 0
         exchange = self.active
@@ -181,7 +182,11 @@ class Http2Stream:
         if out and not conn.output_paused:
             h2c = conn.h2
             sid = self.stream_id
-            window = h2c.local_flow_control_window(sid)
+            try:
+                window = h2c.local_flow_control_window(sid)
+            except H2Error:     # h2 holds the stream closed: nothing can be sent on it
+                self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+                return
             frame = h2c.max_outbound_frame_size
             sent = 0
             while out and window > 0:
@@ -203,7 +208,11 @@ class Http2Stream:
             if self.trailers is not None:
                 self._headers(self.trailers, end=True)
             else:
-                self.conn.h2.end_stream(self.stream_id)
+                try:
+                    self.conn.h2.end_stream(self.stream_id)
+                except H2Error:
+                    self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+                    return
                 self.conn.wrote()
             if not self.response_done:
                 self._response_sent()
