@@ -309,3 +309,17 @@ def test_drain_goaway_names_the_last_stream_and_refuses_later_ones():
     pair.receive()
     assert b"".join(e.data for e in pair.of(h2.events.DataReceived, taken)) == b"done"
     assert pair.transport.closed and pair.listener.http2.goaway_sent == 1
+
+
+def test_a_protocol_error_ends_the_connection_with_goaway():
+    """A frame HTTP/2 forbids (WINDOW_UPDATE of 0 on the connection) ends the connection:
+    GOAWAY PROTOCOL_ERROR, transport closed, the open stream's exchange told the client left."""
+    pair = Pair(fragment=4096)
+    pair.request(BASE, body=b"", end=False)
+    exchange, = pair.listener.exchanges
+    pair.transport.protocol.data_received(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+    pair.receive()
+    assert pair.of(h2.events.ConnectionTerminated)[0].error_code == 1
+    assert pair.transport.closed and pair.listener.http2.protocol_error == 1
+    pair.proto.connection_lost(None)
+    assert exchange.downstream_closed == 1 and pair.listener.stats.downstream_cx_http2_active == 0

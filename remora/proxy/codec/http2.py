@@ -35,7 +35,7 @@ from h2.events import (
     ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
     StreamReset, WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
+from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
@@ -45,6 +45,7 @@ from remora.proxy.codec.http2_stream import Http2Stream
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.telemetry.counters import Counters, set_nodelay
 
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"   # connection states (CLOSING: close asked, not done)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # the client connection preface (RFC 9113 3.4)
 ALPN_H2 = "h2"
 STREAM_WINDOW = 65535          # per-stream receive window: request bytes held per stream
@@ -75,7 +76,7 @@ class DownstreamHttp2(asyncio.Protocol):
         self.capture = None            # set by the HTTP/1 codec it came from (intercept/capture.py)
         self.peer_cert = None
         self.peer_ip = b""
-        self.state = "open"            # the drain and sweeper read this ("open" | "closed")
+        self.state = OPEN
         h2c = self.h2 = H2Connection(config=H2_CONFIG)
         self.max_streams = settings.http2_max_concurrent_streams
         h2c.local_settings = Settings(client=False, initial_values={
@@ -131,7 +132,7 @@ class DownstreamHttp2(asyncio.Protocol):
         self.in_batch = True
         try:
             events = self.h2.receive_data(data)
-        except (ProtocolError, H2Error):
+        except H2Error:    # ProtocolError and the rest: a connection error
             # h2 queued a GOAWAY with the error: send it and close (streams end DC).
             self.stats.protocol_error += 1
             self.listener.count_protocol_error(400)
@@ -181,9 +182,9 @@ class DownstreamHttp2(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
-        if self.state == "closed":
+        if self.state == CLOSED:
             return
-        self.state = "closed"
+        self.state = CLOSED
         self.listener.connection_closed(self)
         self.listener.stats.downstream_cx_http2_active -= 1
         streams, self.streams = self.streams, {}
@@ -254,7 +255,7 @@ class DownstreamHttp2(asyncio.Protocol):
         if not self.streams:
             self.idle_since = self.loop.time()
         self._count_closed()
-        if self.state == "closed":
+        if self.state == CLOSED:
             return
         if self.listener.draining and self.goaway_last_id is None:
             self.send_goaway()     # as HTTP/1 answers `connection: close` while draining
@@ -271,7 +272,7 @@ class DownstreamHttp2(asyncio.Protocol):
             return
         if self.closed_streams >= PREMATURE_RESET_STREAMS and premature * 2 < self.closed_streams:
             return
-        if self.state != "closed" and not self.close_when_done:
+        if self.state != CLOSED and not self.close_when_done:
             self.listener.stats.downstream_rq_too_many_premature_resets += 1
             self._fatal_goaway(ErrorCodes.ENHANCE_YOUR_CALM)
 
@@ -314,7 +315,7 @@ class DownstreamHttp2(asyncio.Protocol):
         if data:
             transport.write(data)
         if self.close_when_done:
-            self.state = "closing"
+            self.state = CLOSING
             transport.close()
 
     def _close_after_flush(self) -> None:
@@ -357,7 +358,7 @@ class DownstreamHttp2(asyncio.Protocol):
         return not self.streams
 
     def check_timeouts(self, now: float, settings) -> None:
-        if self.state == "closed" or self.close_when_done:
+        if self.state == CLOSED or self.close_when_done:
             return
         if not self.streams:
             if now - self.idle_since > settings.idle_timeout:
