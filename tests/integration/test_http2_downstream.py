@@ -30,6 +30,21 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 30.0   # generous: a busy 2-core machine
 
 
+# Routing by path: /admin on `web` never reaches the app (a fault answers 418).
+ADMIN_FAULT = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /admin}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+---
+"""
+
+
 class HoldingApp(asyncio.Protocol):
     """An HTTP/1 app that reads request bodies and never answers /hold: each connection
     records the bytes it got and whether the proxy closed it (a cancelled request)."""
@@ -81,7 +96,8 @@ def holding():
 @pytest.fixture(scope="module")
 def sidecar(upstreams, holding):
     yaml = (mesh_yaml(upstreams.ports) + service("hold", [(holding.port, {})])
-            + virtual_service("hold", "timeout: 1s") + service("chaos", [(upstreams.ports["chaos"], {})]))
+            + virtual_service("hold", "timeout: 1s") + service("chaos", [(upstreams.ports["chaos"], {})])
+            + service("web", [(upstreams.ports["echo"], {})]) + ADMIN_FAULT)
     p = ProxyProcess(yaml, "--drain-seconds", "2").wait_ready(TIMEOUT)
     yield p
     try:
@@ -145,6 +161,19 @@ def test_concurrent_streams_with_bodies_get_their_own_responses(sidecar):
             seen = json.loads(bytes(result.body))
             assert seen["path"] == f"/stream-{i}"
             assert seen["body_len"] == len(body) and seen["body_sha"] == sha(body)
+    finally:
+        c.close()
+
+
+def test_routing_sees_the_normalized_path(sidecar):
+    """Routes match the normalized :path: /public/../admin and /%61dmin take the /admin route
+    (418 from its fault), and other paths reach the app normalized."""
+    c = H2Client(sidecar.outbound_port)
+    try:
+        for path in ("/admin", "/public/../admin", "/%61dmin", "/./admin/x"):
+            assert c.request("GET", path, "web").status == 418, path
+        result = c.request("GET", "/public/./a/../b", "web")
+        assert result.status == 200 and json.loads(bytes(result.body))["path"] == "/public/b"
     finally:
         c.close()
 
