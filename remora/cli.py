@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "bytes read, response bytes received or drained by the client): 408 SI")
     proxy.add_argument("--max-request-headers-count", type=int, default=100,
                        help="answer 431 to a request with more header lines (Envoy's default 100)")
+    proxy.add_argument("--http2-max-concurrent-streams", type=int, default=100,
+                       help="SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients (default 100; "
+                            "Envoy's 2147483647 is unbounded)")
     proxy.add_argument("--path-normalization", choices=list(PATH_LEVELS), default=DEFAULT_PATH_LEVEL,
                        help="request-path normalization before routing and policy, Istio's "
                             "meshConfig.pathNormalization (default BASE; docs/security.md)")
@@ -405,6 +408,7 @@ def _proxy(args) -> int:
                                   request_headers_timeout=args.request_headers_timeout,
                                   stream_idle_timeout=args.stream_idle_timeout,
                                   max_request_headers_count=args.max_request_headers_count,
+                                  http2_max_concurrent_streams=args.http2_max_concurrent_streams,
                                   detection_timeout=args.protocol_detection_timeout,
                                   path_normalization=args.path_normalization),
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,

@@ -10,7 +10,9 @@
   briefly in RAM only, and what is there is ciphertext. The key also lives in process
   memory, inside OpenSSL, as it must for TLS.
 - Contexts are mutual TLS: TLS 1.2 or newer, the peer must present a certificate that
-  chains to the trust bundle (only the bundle: no system CAs), ALPN `remora`, `http/1.1`.
+  chains to the trust bundle (only the bundle: no system CAs), ALPN `remora`, `http/1.1`
+  (a server context also offers `h2` first: the inbound listener speaks HTTP/2 to a
+  client that asks for it, and the sidecars' clients, which do not, keep HTTP/1).
   There is no hostname check: a SPIFFE peer is identified by its URI SAN, read with
   `peer_spiffe_id` after the handshake and checked by authorization.
 - Rotation: a new certificate is due at half its lifetime, minus up to 5% random jitter
@@ -37,6 +39,7 @@ from remora.certs.pem import public_key_der
 from remora.certs.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
 
 ALPN_PROTOCOLS = ["remora", "http/1.1"]
+SERVER_ALPN_PROTOCOLS = ["h2", *ALPN_PROTOCOLS]   # the server's preference order
 # Istio's names for file-mounted workload certificates (/etc/certs): the data plane reads
 # them (proxy/security/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
 CERT_CHAIN_FILE = "cert-chain.pem"
@@ -110,7 +113,7 @@ class Svid:
         context.verify_mode = ssl.CERT_REQUIRED
         context.verify_flags |= ssl.VERIFY_X509_STRICT
         context.load_verify_locations(cadata="".join(bundle_pems))
-        context.set_alpn_protocols(ALPN_PROTOCOLS)
+        context.set_alpn_protocols(SERVER_ALPN_PROTOCOLS if server else ALPN_PROTOCOLS)
         self._load_into(context)
         return context
 

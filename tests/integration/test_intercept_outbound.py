@@ -1,6 +1,8 @@
 """Outbound capture (15001) in network namespaces: passthrough, REGISTRY_ONLY, explicit mode kept."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.integration.capture_lab import Lab, Sidecar, capture, http_get, start_app, tcp_exchange
@@ -41,6 +43,48 @@ def test_http_to_a_non_mesh_destination_passes_through(lab):
     after = lab.allow_any.stats()
     assert after["listener.127.0.0.1_15001.capture.passthrough"] > before.get("listener.127.0.0.1_15001.capture.passthrough", 0)
     assert after["cluster.PassthroughCluster.upstream_rq_2xx"] >= 1
+
+
+H2_GET = """
+import json, socket, sys
+import h2.config, h2.connection, h2.events
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=20)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+c.send_headers(1, [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
+                   (b":authority", f"{host}:{port}".encode())], end_stream=True)
+s.sendall(c.data_to_send())
+status, body, done = None, b"", False
+while not done:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            status = int(dict(e.headers)[b":status"])
+        elif isinstance(e, h2.events.DataReceived):
+            body += e.data
+            c.acknowledge_received_data(e.flow_controlled_length, 1)
+        elif isinstance(e, h2.events.StreamEnded):
+            done = True
+    s.sendall(c.data_to_send())
+json.dump([status, body.decode()], sys.stdout)
+"""
+
+
+def test_h2c_prior_knowledge_to_a_non_mesh_destination_passes_through(lab):
+    """ALLOW_ANY: an app speaking h2c (prior knowledge) to an address no ServiceEntry knows is
+    captured as HTTP, served as HTTP/2 and passed through to the HTTP/1 server unchanged."""
+    client, outside = lab.pods["client"], lab.pods["outside"]
+    before = lab.allow_any.stats()
+    code = "import sys; sys.argv = ['h2get', %r, '8080', '/h2-captured']\n" % outside.ip + H2_GET
+    status, body = json.loads(client.python(code).stdout)
+    assert status == 200 and '"server": "outside"' in body and '"path": "/h2-captured"' in body
+    after = lab.allow_any.stats()
+    assert after["cluster.PassthroughCluster.upstream_rq_2xx"] > before.get("cluster.PassthroughCluster.upstream_rq_2xx", 0)
+    assert after["http.outbound.downstream_cx_http2_total"] > before.get("http.outbound.downstream_cx_http2_total", 0)
+    assert wait_until(lambda: '"GET /h2-captured HTTP/2" 200' in lab.allow_any.log(), 20, "the HTTP/2 access log line")
 
 
 def test_tcp_to_a_non_mesh_destination_passes_through(lab):

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.integration.control_process import ControlProcess
+from tests.integration.h2_client import H2Client
 from tests.integration.proxy_process import ProxyProcess
 from tests.integration.test_mesh_control import MESH, endpoint_count, wait_for
 
@@ -120,6 +121,22 @@ def test_sidecars_with_tokens_talk_mutual_tls_and_the_app_sees_the_caller(mesh):
     outbound = mesh.client.admin_get("/stats/prometheus")
     assert any('reporter="source"' in line and f'destination_principal="{REVIEWS}"' in line
                for line in outbound.splitlines() if line.startswith("istio_requests_total{"))
+
+
+def test_an_app_speaking_h2c_reaches_the_other_app_over_mtls(mesh):
+    """An app speaking HTTP/2 (h2c prior knowledge) to its sidecar reaches reviews through the
+    mTLS hop, which stays HTTP/1.1 between the sidecars for now; the app sees the caller."""
+    c = H2Client(mesh.client.outbound_port)
+    try:
+        result = c.request("POST", "/reviews/h2", "reviews:9080", body=b"b" * 50_000)
+    finally:
+        c.close()
+    assert result.status == 200, bytes(result.body)
+    echo = json.loads(bytes(result.body))
+    assert echo["path"] == "/reviews/h2" and echo["body_len"] == 50_000
+    assert echo["headers"]["x-forwarded-client-cert"].endswith(f";URI={PRODUCTPAGE}")
+    assert '"POST /reviews/h2 HTTP/2" 200' in mesh.client.access_log()
+    assert '"POST /reviews/h2 HTTP/1.1" 200' in mesh.reviews.access_log()
 
 
 def test_strict_mtls_and_authorization_applied_at_runtime(mesh):

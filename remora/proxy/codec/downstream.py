@@ -33,6 +33,7 @@ from remora.proxy.codec.http1 import (
 )
 from remora.proxy.codec.http1_timeouts import Http1Timeouts
 from remora.proxy.codec.http1_writer import Http1ResponseWriter, MeteredTransport
+from remora.proxy.codec.http2 import ALPN_H2, PREFACE, DownstreamHttp2
 from remora.proxy.security.inbound_policy import PeerCertificate
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.router.request_ids import new_request_id
@@ -80,6 +81,8 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
         self.drain_mark = 0           # write buffer size at the last sweep while paused
         self.sent_mark = -1           # the active exchange's response progress at the last sweep
+        self.fresh = True             # no byte read yet: an HTTP/2 preface hands the connection over
+        self.held = b""               # the first bytes while they could still be a preface
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -126,6 +129,10 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             self.peer_cert = PeerCertificate.of(transport, self.listener.local_spiffe_id())
         self.last_activity = self.idle_since = self.loop.time()
         self.listener.connection_opened(self)
+        if self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN_H2:
+                self._become_http2(b"")    # ALPN chose HTTP/2 (inbound mTLS)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel_peer is not None:
@@ -135,6 +142,10 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             return
         self.last_activity = self.loop.time()
         if self.state <= HEADERS:
+            if self.fresh:
+                data = self._sniff_preface(data)
+                if data is None:
+                    return
             self.unparsed_head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -156,6 +167,30 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
                 self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
         if self.deferred is not None:
             self._start_deferred()
+
+    def _sniff_preface(self, data: bytes) -> bytes | None:
+        """The first read: the HTTP/2 client preface (h2c prior knowledge) hands the
+        connection to DownstreamHttp2 (None returned); anything else is HTTP/1's to parse."""
+        if self.held:
+            data, self.held = self.held + data, b""
+        if data[:1] == b"P" and PREFACE.startswith(data[:len(PREFACE)]):
+            if len(data) < len(PREFACE):
+                self.held = data      # a preface cut by the network: wait for the rest
+                return None
+            self.fresh = False
+            self._become_http2(data)
+            return None
+        self.fresh = False
+        return data
+
+    def _become_http2(self, first_bytes: bytes) -> None:
+        """Hand the transport (and the bytes read so far) to the HTTP/2 codec."""
+        self.fresh = False
+        self.state = CLOSED
+        http2 = DownstreamHttp2(self.listener, tls=self.tls)
+        transport = self.transport
+        transport.set_protocol(http2)
+        http2.take_over(self, transport, first_bytes)
 
     def _start_deferred(self) -> None:
         """Start the request whose head (with a body) came in this read, unless its body was refused."""

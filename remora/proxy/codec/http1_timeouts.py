@@ -52,6 +52,9 @@ class Http1Timeouts:
             self.state = CLOSED
             self.transport.close()
 
+    def begin_drain(self) -> None:
+        """Nothing to send now: while the listener drains, responses carry `connection: close`."""
+
     def close_if_idle(self) -> bool:
         """Close the connection if no request is in flight (drain)."""
         if self.state == IDLE:

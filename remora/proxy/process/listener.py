@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from remora.proxy.telemetry.counters import Counters, status_names
 from remora.proxy.codec.downstream import DownstreamHttp1
+from remora.proxy.codec.http2 import Http2Stats
 from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
 from remora.proxy.security.inbound_accept import InboundAcceptor
@@ -41,6 +42,7 @@ class ListenerSettings:
     request_headers_timeout: float = 10.0   # first byte to end of head
     stream_idle_timeout: float = 300.0      # a request with no activity either way for this long
     max_request_headers_count: int = 100    # Envoy's max_request_headers_count: more is 431
+    http2_max_concurrent_streams: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS advertised to HTTP/2 clients
     detection_timeout: float = 15.0         # inbound: first bytes (TLS or not) within this
     handshake_timeout: float = 10.0         # inbound: TLS handshake done within this
     path_normalization: str = DEFAULT_LEVEL  # Istio meshConfig.pathNormalization (paths.py)
@@ -50,7 +52,9 @@ class ListenerStats(Counters):
     """Envoy's http connection manager and listener counters, per worker."""
 
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "downstream_rq_total",
-                 "downstream_rq_active", "downstream_cx_protocol_error", "no_route")
+                 "downstream_rq_active", "downstream_cx_protocol_error", "no_route",
+                 "downstream_cx_http2_total", "downstream_cx_http2_active", "downstream_rq_http2_total",
+                 "downstream_rq_too_many_premature_resets")
     STATUS_NAMES = status_names("downstream_rq")
 
 
@@ -115,7 +119,8 @@ class Listener:
         self.settings = settings
         self.paths = PathNormalizer(settings.path_normalization)
         self.stats = ListenerStats()
-        self.connections: set[DownstreamHttp1] = set()
+        self.http2 = Http2Stats()     # the HTTP/2 codec's counters (exported summed as `http2.*`)
+        self.connections: set = set()   # DownstreamHttp1 and DownstreamHttp2
         self.server: asyncio.AbstractServer | None = None
         self.acceptor: InboundAcceptor | None = None   # inbound: accepts and terminates mTLS
         self.capture = None         # --capture: decisions for redirected connections (remora/intercept)
@@ -187,6 +192,8 @@ class Listener:
         connections are not closed here: a request could be on its way on them.
         """
         self.draining = True
+        for conn in list(self.connections):
+            conn.begin_drain()     # HTTP/2: GOAWAY now (HTTP/1: `connection: close` on responses)
         if self.inbound:
             self.stop_accepting()
             self.close_idle()
@@ -200,6 +207,11 @@ class Listener:
         self.connections.add(conn)
         self.stats.downstream_cx_total += 1
         self.stats.downstream_cx_active += 1
+
+    def connection_replaced(self, old, new) -> None:
+        """A connection changed codec (HTTP/1 -> HTTP/2 on the preface or ALPN): same connection, new protocol."""
+        self.connections.discard(old)
+        self.connections.add(new)
 
     def connection_closed(self, conn: DownstreamHttp1) -> None:
         self.connections.discard(conn)

@@ -405,6 +405,8 @@ class Worker:
                     out[f"http.{listener.name}.rbac.{name}"] = value
                 for name, value in listener.jwt_authn.as_dict().items():
                     out[f"http.{listener.name}.jwt_authn.{name}"] = value
+        for name in self.listeners[0].http2.__slots__:
+            out["http2." + name] = sum(getattr(listener.http2, name) for listener in self.listeners)
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1

@@ -1,0 +1,374 @@
+"""The downstream HTTP/2 server codec: h2 frames in, one Exchange per stream, responses back.
+
+python-hyper/h2 is the protocol state machine (sans-IO: bytes in, events out, bytes via
+`data_to_send()`); this Protocol feeds it and turns its events into calls on each
+stream's Http2Stream (http2_stream.py), which is the Exchange's sink for that stream.
+A connection arrives here from DownstreamHttp1, which hands over on the client preface
+(`PRI * HTTP/2.0...`, h2c prior knowledge) or on ALPN `h2` (inbound mTLS).
+
+Rules:
+- One write per event batch: what a read (or an upstream read, through `flush`) made h2
+  emit goes out in one transport.write; anything written outside both (a timer, a
+  connect failure) is flushed by one call_soon.
+- A stream's Exchange starts at the end of the read that brought its HEADERS (the
+  DATA of that read is already queued in it), unless the client reset it meanwhile.
+- Requests the proxy refuses (bad :path, missing :authority, too many headers) get a
+  local reply on their stream (flag DPE); h2's own protocol errors end the connection
+  with GOAWAY, as Envoy's default (override_stream_error_on_invalid_http_message off).
+- Limits (docs/protocols.md): SETTINGS_MAX_CONCURRENT_STREAMS (--http2-max-concurrent-streams,
+  100), SETTINGS_MAX_HEADER_LIST_SIZE 60 KiB (Envoy's max_request_headers_kb), stream
+  window 64 KiB, connection window = streams x stream window (a paused stream can never
+  starve the others). Rapid reset: Envoy's premature-reset rule, see `_count_closed`.
+- Drain: GOAWAY carrying the last stream id the proxy took, then the connection closes
+  once those streams are done; later streams are refused (REFUSED_STREAM) and the
+  client retries them elsewhere. Idle connections get GOAWAY and close after
+  --idle-timeout; a stream with no activity for --stream-idle-timeout ends 408 SI or reset.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
+    StreamReset, WindowUpdated,
+)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from remora.proxy.codec.http1 import MAX_HEADER_BYTES, BadRequest
+from remora.proxy.codec.http2_request import VERSION, request_head
+from remora.proxy.codec.http2_stream import Http2Stream
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.telemetry.counters import Counters, set_nodelay
+
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"   # connection states (CLOSING: close asked, not done)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # the client connection preface (RFC 9113 3.4)
+ALPN_H2 = "h2"
+STREAM_WINDOW = 65535          # per-stream receive window: request bytes held per stream
+PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_lifetime_seconds
+PREMATURE_RESET_STREAMS = 500  # Envoy: overload.premature_reset_total_stream_count
+# One configuration for every connection: h2 reads it, never changes it.
+H2_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
+                            normalize_inbound_headers=True, validate_outbound_headers=True,
+                            normalize_outbound_headers=True)
+
+
+class Http2Stats(Counters):
+    """Envoy's HTTP/2 codec counters (rooted at `http2.`), per listener, summed on export."""
+
+    __slots__ = ("rx_reset", "tx_reset", "goaway_sent", "streams_active", "protocol_error")
+
+
+class DownstreamHttp2(asyncio.Protocol):
+    """One HTTP/2 client connection on a listener (see the module docstring)."""
+
+    def __init__(self, listener, tls: bool = False) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.settings = settings = listener.settings
+        self.stats: Http2Stats = listener.http2
+        self.transport = None
+        self.tls = tls
+        self.capture = None            # set by the HTTP/1 codec it came from (intercept/capture.py)
+        self.peer_cert = None
+        self.peer_ip = b""
+        self.state = OPEN
+        h2c = self.h2 = H2Connection(config=H2_CONFIG)
+        self.max_streams = settings.http2_max_concurrent_streams
+        h2c.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        })
+        h2c.decoder.max_header_list_size = MAX_HEADER_BYTES   # enforced from the first block
+        self.streams: dict[int, Http2Stream] = {}
+        self.starting: list[Http2Stream] = []   # exchanges that start at the end of this read
+        self.in_batch = False
+        self.flush_scheduled = False
+        self.output_paused = False      # the socket's write buffer is full
+        self.goaway_last_id: int | None = None   # the GOAWAY sent: streams above it are refused
+        self.close_when_done = False
+        self.last_activity = self.idle_since = self.loop.time()
+        self.closed_streams = 0
+        self.premature_resets = 0
+
+    # -- takeover and asyncio callbacks ---------------------------------------------------
+    def take_over(self, http1, transport, first_bytes: bytes) -> None:
+        """Continue a connection the HTTP/1 codec accepted (its counters already counted it)."""
+        self.capture = http1.capture
+        self.peer_cert = http1.peer_cert
+        self.peer_ip = http1.peer_ip
+        self.listener.connection_replaced(http1, self)
+        self.listener.stats.downstream_cx_http2_total += 1
+        self.listener.stats.downstream_cx_http2_active += 1
+        self._start(transport)
+        if first_bytes:
+            self.data_received(first_bytes)
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        set_nodelay(transport)
+        self.listener.connection_opened(self)
+        self.listener.stats.downstream_cx_http2_total += 1
+        self.listener.stats.downstream_cx_http2_active += 1
+        self._start(transport)
+
+    def _start(self, transport) -> None:
+        self.transport = transport
+        h2c = self.h2
+        h2c.initiate_connection()
+        # The connection window covers every stream's window, so streams the proxy holds
+        # (slow upstreams) can never block the others (the module docstring).
+        h2c.increment_flow_control_window(self.max_streams * STREAM_WINDOW - 65535)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        self.in_batch = True
+        try:
+            events = self.h2.receive_data(data)
+        except H2Error:    # ProtocolError and the rest: a connection error
+            # h2 queued a GOAWAY with the error: send it and close (streams end DC).
+            self.stats.protocol_error += 1
+            self.listener.count_protocol_error(400)
+            self.in_batch = False
+            self._close_after_flush()
+            return
+        for event in events:
+            kind = event.__class__
+            if kind is DataReceived:
+                stream = self.streams.get(event.stream_id)
+                if stream is None:     # answered and forgotten: only the connection window
+                    self.acknowledge(event.flow_controlled_length, event.stream_id)
+                else:
+                    stream.on_data(event.data, event.flow_controlled_length)
+            elif kind is RequestReceived:
+                self._on_request(event)
+            elif kind is StreamEnded:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_request_end()
+            elif kind is StreamReset:
+                self._on_reset(event)
+            elif kind is WindowUpdated:
+                if event.stream_id:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.pump()
+                else:
+                    self._pump_all()
+            elif kind is RemoteSettingsChanged:
+                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    self._pump_all()
+            elif kind is ConnectionTerminated:
+                # The client's GOAWAY: h2 will send nothing more on this connection.
+                self._close_after_flush()
+        # TrailersReceived (request trailers) are not forwarded to an HTTP/1 upstream;
+        # PingReceived is answered by h2 itself.
+        starting, self.starting = self.starting, []
+        for stream in starting:
+            exchange = stream.active
+            if not exchange.finished and not stream.reset and not self.close_when_done:
+                exchange.start()
+        self.in_batch = False
+        self.flush()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.listener.connection_closed(self)
+        self.listener.stats.downstream_cx_http2_active -= 1
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.closed = True
+            self.stats.streams_active -= 1
+            exchange = stream.active
+            if exchange is not None and not exchange.finished:
+                exchange.on_downstream_closed()
+
+    def pause_writing(self) -> None:
+        # Response bytes wait in their streams (each pauses its own upstream above OUT_HIGH).
+        self.output_paused = True
+
+    def resume_writing(self) -> None:
+        self.output_paused = False
+        self.last_activity = self.loop.time()
+        self._pump_all()
+        self.flush()
+
+    # -- streams ---------------------------------------------------------------------------
+    def _on_request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        if self.goaway_last_id is not None and sid > self.goaway_last_id:
+            # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        listener = self.listener
+        stream = Http2Stream(self, sid, self.last_activity)
+        self.streams[sid] = stream
+        self.stats.streams_active += 1
+        listener.stats.downstream_rq_http2_total += 1
+        try:
+            head = request_head(event.headers, event.stream_ended is not None, listener.paths,
+                                self.settings.max_request_headers_count)
+        except BadRequest as err:
+            listener.count_protocol_error(err.status)
+            head = RequestHead(b"-", b"-", b"", [], VERSION)
+            head.peer_ip = self.peer_ip
+            exchange = stream.active = listener.new_exchange(stream, head, routed=False)
+            exchange.local_reply(err.status, err.detail, "DPE")
+            return
+        head.peer_ip = self.peer_ip
+        head.peer_cert = self.peer_cert
+        stream.active = exchange = listener.new_exchange(stream, head)
+        if not exchange.finished:
+            self.starting.append(stream)
+
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        self.stats.rx_reset += 1
+        if stream is None:
+            return
+        if self.loop.time() - stream.opened_at < PREMATURE_RESET_SECONDS:
+            self.premature_resets += 1
+        stream.on_reset()
+
+    def forget(self, stream: Http2Stream) -> None:
+        """The stream is over on both sides: drop it, credit what it held, check the limits."""
+        if stream.closed:
+            return
+        stream.closed = True
+        self.streams.pop(stream.stream_id, None)
+        self.stats.streams_active -= 1
+        if stream.unacked:
+            self.acknowledge(stream.unacked, stream.stream_id)   # the connection window only
+            stream.unacked = 0
+        if not self.streams:
+            self.idle_since = self.loop.time()
+        self._count_closed()
+        if self.state == CLOSED:
+            return
+        if self.listener.draining and self.goaway_last_id is None:
+            self.send_goaway()     # as HTTP/1 answers `connection: close` while draining
+        if self.goaway_last_id is not None and not self.streams:
+            self._close_after_flush()
+
+    def _count_closed(self) -> None:
+        """Envoy's premature-reset check (CVE-2023-44487, rapid reset): once 500 streams
+        closed, more than half of them reset by the client within 1 s of opening closes
+        the connection; before 500, as soon as 250 such resets make that outcome certain."""
+        self.closed_streams += 1
+        premature = self.premature_resets
+        if premature * 2 < PREMATURE_RESET_STREAMS:
+            return
+        if self.closed_streams >= PREMATURE_RESET_STREAMS and premature * 2 < self.closed_streams:
+            return
+        if self.state != CLOSED and not self.close_when_done:
+            self.listener.stats.downstream_rq_too_many_premature_resets += 1
+            self._fatal_goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _pump_all(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.out or stream.ending:
+                stream.pump()
+
+    def _reset(self, sid: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except H2Error:
+            return
+        self.stream_reset_sent(code)
+
+    def stream_reset_sent(self, code: int) -> None:
+        self.stats.tx_reset += 1
+
+    def acknowledge(self, size: int, sid: int) -> None:
+        """Give the client its window back for `size` bytes the proxy no longer holds."""
+        if size:
+            try:
+                self.h2.acknowledge_received_data(size, sid)
+            except H2Error:
+                pass    # the connection is already closing
+
+    # -- writing -----------------------------------------------------------------------------
+    def wrote(self) -> None:
+        """h2 has bytes to send: they go with this batch's write, or with one call_soon."""
+        if not self.in_batch and not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self.h2.data_to_send()
+        if data:
+            transport.write(data)
+        if self.close_when_done:
+            self.state = CLOSING
+            transport.close()
+
+    def _close_after_flush(self) -> None:
+        self.close_when_done = True
+        self.wrote()
+        if not self.in_batch:
+            self.flush()
+
+    def send_goaway(self) -> None:
+        """Graceful GOAWAY (drain): streams up to the last one taken finish; no new ones.
+
+        h2 closes its state machine on any GOAWAY it sends, which would forbid answering
+        the streams in flight, so the frame is written here, after h2's pending bytes."""
+        if self.goaway_last_id is not None or self.transport is None or self.transport.is_closing():
+            return
+        self.goaway_last_id = self.h2.highest_inbound_stream_id
+        frame = GoAwayFrame(0, last_stream_id=self.goaway_last_id, error_code=ErrorCodes.NO_ERROR)
+        self.flush()
+        self.transport.write(frame.serialize())
+        self.stats.goaway_sent += 1
+        if not self.streams:
+            self._close_after_flush()
+
+    def _fatal_goaway(self, code: int) -> None:
+        """GOAWAY with an error and close: the streams in flight end (DC)."""
+        try:
+            self.h2.close_connection(code)
+        except H2Error:
+            pass
+        self.stats.goaway_sent += 1
+        self._close_after_flush()
+
+    # -- drain and timeouts (the worker's sweeper and drain) ------------------------------------
+    def begin_drain(self) -> None:
+        self.send_goaway()
+
+    def close_if_idle(self) -> bool:
+        """Drain: GOAWAY now; close at once when no stream is in flight."""
+        self.send_goaway()
+        return not self.streams
+
+    def check_timeouts(self, now: float, settings) -> None:
+        if self.state == CLOSED or self.close_when_done:
+            return
+        if not self.streams:
+            if now - self.idle_since > settings.idle_timeout:
+                self._fatal_goaway(ErrorCodes.NO_ERROR)
+            return
+        limit = settings.stream_idle_timeout
+        for stream in list(self.streams.values()):
+            if now - stream.last_activity > limit:
+                exchange = stream.active
+                if exchange is not None and not exchange.finished:
+                    exchange.on_stream_idle_timeout()   # 408 SI, or SI after the head
+                if not stream.response_done:
+                    stream.reset_stream(ErrorCodes.CANCEL)

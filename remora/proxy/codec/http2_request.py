@@ -1,0 +1,111 @@
+"""An HTTP/2 request's header block -> the codec-neutral RequestHead HTTP/1 also builds.
+
+Rules (RFC 9113 8.3 and Envoy's HTTP/2 -> HTTP/1 behaviour), so that routing, policy,
+telemetry and the HTTP/1 upstream see the same head whichever codec read the request:
+- `:method`, `:path` (origin form; `*` only for OPTIONS), `:authority` or else `host` (the
+  RequestHead's authority; `:authority` wins when both are present), `:scheme` (only
+  checked: the mesh's scheme comes from x-forwarded-proto, as on HTTP/1).
+- The path goes through the same request-target checks as HTTP/1 (fragment refused, the
+  listener's PathNormalizer once, request_target.py): policy sees the normalized path and
+  the normalized path goes upstream.
+- Special headers are read exactly as HTTP/1 reads them (REQUEST_SPECIAL): x-request-id,
+  x-forwarded-for/-proto, user-agent, trace context, the peer-metadata header, and the
+  caller's x-forwarded-client-cert is dropped. `te` (only `trailers` passes h2's checks)
+  and `expect` are dropped: they are hop-by-hop for the HTTP/1 upstream.
+- Several `cookie` fields are joined with "; " (RFC 9113 8.2.3): an HTTP/1 server reads one.
+- Body framing: content-length when the client sent one (h2 checks the DATA adds up),
+  else chunked upstream when the stream did not end with its HEADERS.
+h2 itself refuses connection-specific fields, upper-case names and bad pseudo-headers
+(validate_inbound_headers) before this module sees the block.
+"""
+from __future__ import annotations
+
+from remora.proxy.codec.http1 import (
+    H_CL, H_EXPECT, H_HOST, H_PEER, H_REQID, H_TRACE, H_UA, H_XFF, H_XFP, BadRequest, REQUEST_SPECIAL,
+)
+from remora.proxy.codec.message import RequestHead
+from remora.proxy.codec.request_target import checked_target, suspect_target
+from remora.proxy.router.request_ids import new_request_id
+
+VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
+
+
+def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
+    """The RequestHead of one HEADERS block (h2 gives names lower-cased, as bytes).
+
+    Raises BadRequest (answered on this stream only) for what HTTP/1 would answer 4xx."""
+    if len(headers) > max_headers + 4:    # + the four request pseudo-headers
+        raise BadRequest(431, b"too many request headers")
+    method = path = authority = host = None
+    kept: list = []
+    cookies: list | None = None
+    content_length = None
+    request_id = user_agent = xff = xfp = b""
+    peer_meta = None
+    trace_in = None
+    special = REQUEST_SPECIAL
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue          # :scheme (and :protocol, refused by h2 unless enabled)
+        code = special.get(name)
+        if code is None:
+            if name == b"cookie":
+                cookies = [value] if cookies is None else cookies + [value]
+            else:
+                kept.append((name, value))
+        elif code == H_HOST:
+            host = value
+        elif code == H_UA:
+            user_agent = value
+        elif code == H_REQID:
+            request_id = value
+        elif code == H_XFF:
+            xff = value if not xff else xff + b", " + value
+        elif code == H_XFP:
+            xfp = value
+        elif code == H_PEER:
+            peer_meta = value
+        elif code == H_TRACE:
+            trace_in = [(name, value)] if trace_in is None else trace_in + [(name, value)]
+        elif code == H_CL:
+            try:
+                content_length = int(value)
+            except ValueError:
+                raise BadRequest(400, b"invalid content-length") from None
+        elif code == H_EXPECT:
+            pass              # the proxy streams the body anyway; HTTP/1 drops it upstream too
+        # te, x-forwarded-client-cert, connection-specific names: dropped
+    if method == b"CONNECT":      # (it has no :path) as on HTTP/1: Remora does not tunnel CONNECT
+        raise BadRequest(405, b"CONNECT is not supported")
+    if method is None or path is None:
+        raise BadRequest(400, b"missing :method or :path")
+    if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+        raise BadRequest(400, b"invalid :path")
+    if suspect_target(path) is not None:
+        # Fragments refused and the path normalized once, as for HTTP/1 (request_target.py).
+        path = checked_target(path, paths)
+    if authority is None:
+        authority = host
+    if not authority or b" " in authority or b"\t" in authority:
+        raise BadRequest(400, b"missing or invalid :authority")
+    if cookies is not None:
+        kept.append((b"cookie", b"; ".join(cookies)))
+    head = RequestHead(method, path, authority, kept, VERSION)
+    if content_length is not None:
+        head.content_length = content_length
+    elif not stream_ended:
+        head.chunked = True   # length unknown: the HTTP/1 upstream gets a chunked body
+    head.request_id = request_id or new_request_id()
+    head.user_agent = user_agent
+    head.forwarded_for = xff
+    head.peer_metadata = peer_meta
+    head.trace_in = trace_in
+    if xfp:
+        head.scheme = xfp
+    return head
