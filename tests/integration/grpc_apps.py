@@ -81,13 +81,20 @@ class EchoServer:
             self.calls["ServerStream"] = self.calls.get("ServerStream", 0) + 1
         count, _, size = request.partition(b":")
         payload = b"m" * int(size or 8)
-        for _ in range(int(count)):
-            if not context.is_active():
+        done = threading.Event()
+
+        def on_end() -> None:
+            # Called when the call ends for any reason; before the last message went out, it
+            # was cancelled (a handler blocked on flow control is never resumed to notice).
+            if not done.is_set():
                 with self.lock:
                     self.cancelled += 1
                 self.cancel_seen.set()
-                return
+
+        context.add_callback(on_end)
+        for _ in range(int(count)):
             yield payload
+        done.set()
 
     def _client_stream(self, requests, context) -> bytes:
         with self.lock:

@@ -140,7 +140,7 @@ BASE = [(b":path", b"/a/./b/../c?q=1"), (b":authority", b"reviews:9080")]
 
 def test_preface_and_frames_in_fragments_make_one_exchange_per_stream():
     """Fed 7 bytes at a time, the preface hands over and a request becomes an exchange whose
-    head is HTTP/1's: normalized path, :authority as authority, cookies joined, te dropped,
+    head is HTTP/1's: normalized path, :authority as authority, cookies joined, te: trailers kept,
     trace headers collected, chunked when no length; body pieces and end follow."""
     pair = Pair()
     sid = pair.request([*BASE, (b"cookie", b"a=1"), (b"te", b"trailers"), (b"cookie", b"b=2"),
@@ -149,7 +149,7 @@ def test_preface_and_frames_in_fragments_make_one_exchange_per_stream():
     exchange, = pair.listener.exchanges
     head = exchange.head
     assert (head.method, head.path, head.authority, head.version) == (b"POST", b"/a/c?q=1", b"reviews:9080", b"2")
-    assert head.headers == [(b"x-custom", b"v"), (b"cookie", b"a=1; b=2")]
+    assert head.headers == [(b"te", b"trailers"), (b"x-custom", b"v"), (b"cookie", b"a=1; b=2")]
     assert head.trace_in and head.trace_in[0][0] == b"traceparent"
     assert head.chunked and head.content_length is None and head.peer_ip == b"127.0.0.1"
     assert exchange.starts == 1 and b"".join(exchange.body) == b"hello" and exchange.ends == 0
@@ -229,14 +229,15 @@ def test_response_waits_for_the_client_window_and_pauses_the_upstream():
 
 
 def test_trailers_follow_the_body_and_end_the_stream():
-    """send_response_trailers: the trailers block comes after the body and carries END_STREAM."""
+    """Trailers given before end_response come after the body and carry END_STREAM."""
     pair = Pair(fragment=4096)
     sid = pair.request(BASE)
     exchange, = pair.listener.exchanges
     sink = exchange.sink
     sink.send_response_head(exchange, 200, b"OK", [(b"content-type", b"application/grpc")], None, True)
     sink.send_response_body(b"\x00\x00\x00\x00\x02hi")
-    sink.send_response_trailers(exchange, [(b"grpc-status", b"0"), (b"grpc-message", b"ok")])
+    sink.send_response_trailers([(b"grpc-status", b"0"), (b"grpc-message", b"ok")])
+    sink.end_response(exchange)
     sink.flush()
     pair.receive()
     kinds = [type(e) for e in pair.events if getattr(e, "stream_id", None) == sid]

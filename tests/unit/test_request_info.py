@@ -145,7 +145,7 @@ def test_the_record_is_small_and_fixed():
 
 def test_an_exchange_starts_every_record_field():
     """Exchange.__init__ writes the record's slots itself: every one is set on a new exchange,
-    to the same defaults as RequestInfo's own constructor."""
+    to the same defaults as RequestInfo's own constructor (OPTIONAL ones stay unset)."""
     from remora.proxy.router.exchange import Exchange
 
     class Sink:
@@ -158,6 +158,8 @@ def test_an_exchange_starts_every_record_field():
     exchange = Exchange(Sink(), head, Listener(), None, None, 0)
     bare = RequestInfo(head, 7.0)
     for name in RequestInfo.__slots__:
-        if name != "trace":
+        if name in RequestInfo.OPTIONAL:
+            assert not hasattr(exchange, name) and not hasattr(bare, name)
+        elif name != "trace":
             assert getattr(exchange, name) == getattr(bare, name), name
     assert isinstance(exchange.trace, TraceContext)

@@ -10,8 +10,8 @@ telemetry and the HTTP/1 upstream see the same head whichever codec read the req
   the normalized path goes upstream.
 - Special headers are read exactly as HTTP/1 reads them (REQUEST_SPECIAL): x-request-id,
   x-forwarded-for/-proto, user-agent, trace context, the peer-metadata header, and the
-  caller's x-forwarded-client-cert is dropped. `te` (only `trailers` passes h2's checks)
-  and `expect` are dropped: they are hop-by-hop for the HTTP/1 upstream.
+  caller's x-forwarded-client-cert is dropped. `te: trailers` is kept (gRPC servers require
+  it; Envoy keeps it too); `expect` is dropped.
 - Several `cookie` fields are joined with "; " (RFC 9113 8.2.3): an HTTP/1 server reads one.
 - Body framing: content-length when the client sent one (h2 checks the DATA adds up),
   else chunked upstream when the stream did not end with its HEADERS.
@@ -23,8 +23,9 @@ from __future__ import annotations
 from remora.proxy.codec.http1 import (
     H_CL, H_EXPECT, H_HOST, H_PEER, H_REQID, H_TRACE, H_UA, H_XFF, H_XFP, BadRequest, REQUEST_SPECIAL,
 )
-from remora.proxy.codec.message import RequestHead
+from remora.proxy.codec.message import GrpcRequestHead, RequestHead
 from remora.proxy.codec.request_target import checked_target, suspect_target
+from remora.proxy.router.grpc import is_grpc
 from remora.proxy.router.request_ids import new_request_id
 
 VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
@@ -43,6 +44,7 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
     request_id = user_agent = xff = xfp = b""
     peer_meta = None
     trace_in = None
+    grpc = False
     special = REQUEST_SPECIAL
     for name, value in headers:
         if name[:1] == b":":
@@ -58,6 +60,8 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
             if name == b"cookie":
                 cookies = [value] if cookies is None else cookies + [value]
             else:
+                if name == b"content-type" and is_grpc(value):
+                    grpc = True
                 kept.append((name, value))
         elif code == H_HOST:
             host = value
@@ -80,7 +84,9 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
                 raise BadRequest(400, b"invalid content-length") from None
         elif code == H_EXPECT:
             pass              # the proxy streams the body anyway; HTTP/1 drops it upstream too
-        # te, x-forwarded-client-cert, connection-specific names: dropped
+        elif name == b"te" and value.lower() == b"trailers":
+            kept.append((name, value))   # Envoy keeps TE: trailers (gRPC servers require it)
+        # other te, x-forwarded-client-cert, connection-specific names: dropped
     if method == b"CONNECT":      # (it has no :path) as on HTTP/1: Remora does not tunnel CONNECT
         raise BadRequest(405, b"CONNECT is not supported")
     if method is None or path is None:
@@ -96,7 +102,7 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
         raise BadRequest(400, b"missing or invalid :authority")
     if cookies is not None:
         kept.append((b"cookie", b"; ".join(cookies)))
-    head = RequestHead(method, path, authority, kept, VERSION)
+    head = (GrpcRequestHead if grpc else RequestHead)(method, path, authority, kept, VERSION)
     if content_length is not None:
         head.content_length = content_length
     elif not stream_ended:

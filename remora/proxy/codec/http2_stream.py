@@ -122,10 +122,10 @@ class Http2Stream:
             if self.active is not None:
                 self.active.downstream_write_paused(True)
 
-    def send_response_trailers(self, exchange, trailers: list) -> None:
-        """Trailers end the response (gRPC's grpc-status); they follow the last body byte."""
+    def send_response_trailers(self, trailers: list) -> None:
+        """Trailers for the response (gRPC's grpc-status): sent after the last body byte,
+        when the response ends (end_response), ending the stream."""
         self.trailers = trailers
-        self.end_response(exchange)
 
     def end_response(self, exchange) -> None:
         self.ending = True

@@ -46,6 +46,10 @@ class RequestHead:
         self.peer_cert = None       # inbound mTLS: the connection's PeerCertificate; None on plaintext
         self._index: dict[bytes, bytes] | None = None
 
+    # gRPC call (content-type application/grpc[+fmt]): a class attribute, so HTTP/1 requests
+    # pay nothing; the HTTP/2 codec builds a GrpcRequestHead for calls.
+    grpc = False
+
     @property
     def has_body(self) -> bool:
         """True when a request body follows the head."""
@@ -92,3 +96,11 @@ class ResponseHead:
         self.chunked = False
         self.keep_alive = True
         self.peer_metadata: bytes | None = None   # the answering sidecar's x-remora-peer-metadata
+
+
+class GrpcRequestHead(RequestHead):
+    """The head of a gRPC call: local replies are gRPC-shaped, metrics say `grpc`."""
+
+    __slots__ = ()
+    grpc = True
+

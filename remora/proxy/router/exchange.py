@@ -27,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.grpc import local_reply_trailers
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.router.seams import ExchangeHost
 from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
@@ -115,7 +116,8 @@ class Exchange(UpstreamEvents, RequestInfo):
 
     def _fault_abort(self) -> None:
         """Envoy's fault abort: the request never reaches the upstream."""
-        self.local_reply(self.abort_status, b"fault filter abort", "FI")
+        self.local_reply(self.abort_status, b"fault filter abort", "FI",
+                         grpc_status=self.route.fault.abort_grpc)
 
     def add_flag(self, flag: str) -> None:
         """Add a response flag (several are joined in Envoy's order)."""
@@ -275,13 +277,20 @@ class Exchange(UpstreamEvents, RequestInfo):
         self._finish()
 
     # -- endings -----------------------------------------------------------------------------
-    def local_reply(self, status: int, body: bytes, flag: str, extra: list | None = None) -> None:
-        """Answer from the proxy itself (Envoy's local reply), then finish."""
+    def local_reply(self, status: int, body: bytes, flag: str, extra: list | None = None,
+                    grpc_status: int | None = None) -> None:
+        """Answer from the proxy itself (Envoy's local reply), then finish. A gRPC call (or a
+        fault abort with grpcStatus) gets it gRPC-shaped: trailers-only, HTTP 200, grpc-status
+        mapped from `status` as Envoy maps it, the body as grpc-message."""
         if self.finished:
             return
         self._drop_attempt()
         self._endpoint_done(error=False)
         self.add_flag(flag)
+        if self.head.grpc or grpc_status is not None:
+            extra = [*local_reply_trailers(status, body, grpc_status), *(extra or ())]
+            self.grpc_status = extra[1][1]
+            status, body = 200, b""
         self.status = status
         self.bytes_sent = len(body)
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:

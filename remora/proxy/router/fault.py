@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 from remora.config.duration import parse_duration
+from remora.proxy.router.grpc import grpc_status_code
 from remora.config.model import HTTPFaultInjection
 
 
@@ -25,6 +26,7 @@ class Fault:
     delay_percent: float = 0.0
     abort_status: int = 0
     abort_percent: float = 0.0
+    abort_grpc: int | None = None   # abort.grpcStatus: a gRPC-shaped reply with this status
 
     def draw(self, rng=random.random) -> tuple[float, int]:
         """For one request: (delay seconds or 0, abort status or 0)."""
@@ -45,9 +47,12 @@ def compile_fault(spec: HTTPFaultInjection | None) -> Fault | None:
         elif spec.delay.percent is not None:
             delay_percent = float(spec.delay.percent)
     abort_status = abort_percent = 0
-    if spec.abort is not None and spec.abort.http_status:
-        abort_status = spec.abort.http_status
+    abort_grpc = None
+    if spec.abort is not None and (spec.abort.http_status or spec.abort.grpc_status):
+        # grpcStatus (Envoy's abort.grpc_status): trailers-only, HTTP 200, that gRPC status
+        abort_grpc = grpc_status_code(spec.abort.grpc_status) if spec.abort.grpc_status else None
+        abort_status = spec.abort.http_status or 200
         abort_percent = spec.abort.percentage.value if spec.abort.percentage is not None else 0.0
     if not delay_percent and not abort_percent:
         return None
-    return Fault(delay, delay_percent, abort_status, abort_percent)
+    return Fault(delay, delay_percent, abort_status, abort_percent, abort_grpc)

@@ -64,6 +64,10 @@ class UpstreamEvents:
         self.status = status
         self.cluster.stats.count_status(status)
         headers = resp.headers
+        if self.head.grpc:           # a trailers-only answer carries grpc-status in its head
+            for name, value in headers:
+                if name == b"grpc-status":
+                    self.grpc_status = value
         if self.route.response_ops is not None:
             headers = self.route.response_ops.apply(headers)
         if self.dest.response_ops is not None:
@@ -81,6 +85,10 @@ class UpstreamEvents:
 
     def on_upstream_trailers(self, trailers: list) -> None:
         """Response trailers (gRPC status): passed on where the downstream codec carries them."""
+        if self.head.grpc:
+            for name, value in trailers:
+                if name == b"grpc-status":
+                    self.grpc_status = value
         send = getattr(self.sink, "send_response_trailers", None)
         if send is not None:
             send(trailers)

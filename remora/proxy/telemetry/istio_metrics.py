@@ -168,7 +168,10 @@ class IstioMetrics:
     @staticmethod
     def _record(table: dict, peer, service, info, principal: str | None) -> None:
         # principal: the verified peer's SPIFFE ID label (mTLS), one of a bounded set of identities.
-        key = (peer, service, info.status, info.flags, principal)
+        # A gRPC call's series also carries its grpc status: its status slot holds both.
+        status = ((info.status, getattr(info, "grpc_status", b"").decode())
+                  if info.head.grpc else info.status)
+        key = (peer, service, status, info.flags, principal)
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
@@ -216,8 +219,12 @@ class IstioMetrics:
         requests = []
         for reporter, table in (("source", self.source), ("destination", self.destination)):
             for (peer, service, status, flags, principal), values in table.items():
-                requests.append([self._labels(reporter, peer, service, "http", flags,
-                                              str(status), "", principal=principal), list(values)])
+                if type(status) is tuple:     # a gRPC call: (HTTP status, grpc status)
+                    protocol, code, grpc_code = "grpc", str(status[0]), status[1]
+                else:
+                    protocol, code, grpc_code = "http", str(status), ""
+                requests.append([self._labels(reporter, peer, service, protocol, flags,
+                                              code, grpc_code, principal=principal), list(values)])
         tcp_rows: dict[tuple, list] = {}
         for reporter, table in (("source", self.tcp_source), ("destination", self.tcp_destination)):
             for key, values in table.items():

@@ -297,11 +297,19 @@ class UpstreamHttp2(asyncio.Protocol):
             elif not name.startswith(b":"):
                 headers.append((name, value))
         stream.got_bytes = True
+        trailers = None
+        if event.stream_ended and status == 200 and _is_grpc(headers):
+            # gRPC trailers-only answer: its status fields are trailers, so a downstream
+            # HTTP/2 codec ends the stream with them (a client reads grpc-status there).
+            trailers = [(n, v) for n, v in headers if n in GRPC_STATUS_FIELDS]
+            headers = [(n, v) for n, v in headers if n not in GRPC_STATUS_FIELDS]
         resp = ResponseHead(status, b"", headers)
         length = _content_length(headers)
         resp.content_length = length
-        resp.chunked = length is None and not event.stream_ended
+        resp.chunked = length is None and (not event.stream_ended or trailers is not None)
         stream.events.on_response_head(resp)
+        if trailers and event.stream_id in self.streams:
+            stream.events.on_response_trailers(trailers)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -374,6 +382,13 @@ class UpstreamHttp2(asyncio.Protocol):
             self.on_capacity(self)      # retired now: the pool stops handing it out
         if not self.streams and self.transport is not None:
             self.transport.close()
+
+
+GRPC_STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
+
+
+def _is_grpc(headers: list) -> bool:
+    return any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in headers)
 
 
 def _content_length(headers: list) -> int | None:

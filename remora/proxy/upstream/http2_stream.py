@@ -39,12 +39,13 @@ def h2_fields(headers: list, added: bytes) -> list:
 class Http2StreamHandle:
     """An attempt's view of one stream on a shared UpstreamHttp2 connection."""
 
-    __slots__ = ("conn", "pool", "attempt", "stream_id", "done")
+    __slots__ = ("conn", "pool", "attempt", "receiver", "stream_id", "done")
 
     def __init__(self, conn, pool) -> None:
         self.conn = conn
         self.pool = pool
         self.attempt = None
+        self.receiver = None    # the stream (router): response head and body go to it directly
         self.stream_id = 0
         self.done = False
 
@@ -53,10 +54,11 @@ class Http2StreamHandle:
         return self.conn.peer_id
 
     # -- UpstreamConnection ----------------------------------------------------------------
-    def start_request(self, attempt, method: bytes, path: bytes, authority: bytes, headers: list,
+    def start_request(self, attempt, receiver, method: bytes, path: bytes, authority: bytes, headers: list,
                       added: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None:
         self.attempt = attempt
+        self.receiver = receiver
         fields = h2_fields(headers, added)
         if content_length is not None:
             fields.append((b"content-length", b"%d" % content_length))
@@ -87,25 +89,25 @@ class Http2StreamHandle:
         if self.done:
             return
         self.done = True
-        self.attempt = None
+        self.attempt = self.receiver = None
         if reset and self.stream_id:
             self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
 
     # -- StreamEvents (from the connection) ----------------------------------------------------
     def on_response_head(self, resp) -> None:
         if self.attempt is not None:
-            self.attempt.on_headers(resp)
+            self.receiver.on_upstream_headers(resp)
 
     def on_response_body(self, data: bytes) -> None:
         attempt = self.attempt
         if attempt is not None:
-            attempt.on_data(data)
+            self.receiver.on_upstream_data(data)
             if self.attempt is not None:
                 attempt.on_read_end()
 
     def on_response_trailers(self, trailers: list) -> None:
         if self.attempt is not None:
-            self.attempt.on_trailers(trailers)
+            self.receiver.on_upstream_trailers(trailers)
 
     def on_response_end(self) -> None:
         attempt = self.attempt
@@ -115,7 +117,7 @@ class Http2StreamHandle:
             self._finish(reset=False)
 
     def on_stream_reset(self, error_code: int, refused: bool, got_bytes: bool) -> None:
-        attempt, self.attempt = self.attempt, None
+        attempt, self.attempt, self.receiver = self.attempt, None, None
         self.done = True
         if attempt is None:
             return

@@ -1,0 +1,180 @@
+"""gRPC through the mesh end to end: a grpcio client and server that know nothing of Remora,
+through two sidecars with mutual TLS (HTTP/2 on every hop: the port is declared GRPC).
+
+The topology is the benchmarks' 2-hop mesh (benchmarks/mesh.py, grpc=True): sidecar A's
+outbound listener -> mTLS -> sidecar B's inbound listener (PeerAuthentication STRICT) ->
+the grpcio server, with certificates from an in-process CA (sa/client, sa/server).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from benchmarks.certs import issue_cert_dirs
+from benchmarks.mesh import (CLIENT_ACCOUNT, MESH_NAMESPACE, SERVER_ACCOUNT, SERVER_HOST,
+                             SERVER_LABELS, two_hop_yaml)
+from tests.integration import grpc_apps
+from tests.integration.proxy_process import ProxyProcess
+from tests.integration.upstreams import free_port
+
+pytestmark = pytest.mark.integration
+
+FAULTS = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: faulty, namespace: bench}
+spec:
+  hosts: [faulty.bench.svc.cluster.local]
+  http:
+  - fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 100}}}
+    route: [{destination: {host: server.bench.svc.cluster.local}}]
+"""
+
+
+class GrpcMesh:
+    """The grpcio server, sidecar B in front of it, sidecar A for the client."""
+
+    def __init__(self, extra_yaml: str = "") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="remora-grpc-"))
+        self.server = grpc_apps.EchoServer().__enter__()
+        self.sidecars: list[ProxyProcess] = []
+        try:
+            certs = issue_cert_dirs(self.dir, MESH_NAMESPACE, [CLIENT_ACCOUNT, SERVER_ACCOUNT])
+            inbound = free_port()
+            mesh = two_hop_yaml(inbound, grpc=True) + extra_yaml
+            labels = ",".join(f"{k}={v}" for k, v in SERVER_LABELS.items())
+            self.b = ProxyProcess(mesh, "--cert-dir", str(certs[SERVER_ACCOUNT]), "--namespace",
+                                  MESH_NAMESPACE, "--service-account", SERVER_ACCOUNT,
+                                  "--service", "server", "--labels", labels,
+                                  inbound_app_port=self.server.port, inbound_port=inbound)
+            self.sidecars.append(self.b)
+            self.a = ProxyProcess(mesh, "--cert-dir", str(certs[CLIENT_ACCOUNT]), "--namespace",
+                                  MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT)
+            self.sidecars.append(self.a)
+            for sidecar in self.sidecars:
+                sidecar.wait_ready(40)
+            self.channel = grpc_apps.channel(self.a.outbound_port, SERVER_HOST)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, kind: str, name: str):
+        return grpc_apps.method(self.channel, kind, name)
+
+    def close(self) -> None:
+        if hasattr(self, "channel"):
+            self.channel.close()
+        for sidecar in reversed(self.sidecars):
+            sidecar.close()
+        self.server.__exit__(None)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    m = GrpcMesh(FAULTS)
+    yield m
+    m.close()
+
+
+def test_unary_call_crosses_both_sidecars_with_metadata_and_trailers(mesh):
+    """A unary call returns its answer, request metadata reaches the app, trailing metadata comes back."""
+    call = mesh.call("unary_unary", "Unary")
+    reply, info = call.with_call(b"meta", metadata=(("x-user", "alice"),), timeout=10)
+    assert b"x-user=alice" in reply
+    trailers = dict(info.trailing_metadata())
+    assert trailers["x-trailer"] == "t1"
+    assert trailers["x-trailer-bin"] == b"\x00\x01"
+    assert info.code() is grpc.StatusCode.OK
+
+
+def test_server_stream_of_ten_thousand_messages_arrives_whole(mesh):
+    """A server stream of 10,000 messages arrives complete and in order of count."""
+    call = mesh.call("unary_stream", "ServerStream")
+    messages = list(call(b"10000:64", timeout=60))
+    assert len(messages) == 10000
+    assert all(m == b"m" * 64 for m in messages)
+
+
+def test_client_stream_and_bidi_stream(mesh):
+    """Client streaming counts every message; bidi echoes each one as it comes."""
+    upload = mesh.call("stream_unary", "ClientStream")
+    assert upload(iter([b"x" * 1000] * 500), timeout=30) == b"count=500 bytes=500000"
+    bidi = mesh.call("stream_stream", "Bidi")
+    sent = [b"msg-%d" % i for i in range(200)]
+    assert list(bidi(iter(sent), timeout=30)) == sent
+
+
+def test_error_status_and_message_pass_through(mesh):
+    """An app's UNAVAILABLE (after retries) reaches the client with its message."""
+    call = mesh.call("unary_unary", "Unary")
+    with pytest.raises(grpc.RpcError) as err:
+        call(b"fail:PERMISSION_DENIED", timeout=10)
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "PERMISSION_DENIED" in err.value.details()
+
+
+def test_deadline_exceeded_and_the_server_sees_the_cancel(mesh):
+    """A call past its deadline fails DEADLINE_EXCEEDED and the app's handler sees it cancelled."""
+    mesh.server.cancel_seen.clear()
+    call = mesh.call("unary_unary", "Unary")
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        call(b"sleep:5", timeout=0.5)
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 4
+    assert mesh.server.cancel_seen.wait(5), "the server never saw the call cancelled"
+
+
+def test_client_cancel_reaches_the_server(mesh):
+    """A client cancelling a server stream mid-way is a cancelled call at the app."""
+    mesh.server.cancel_seen.clear()
+    call = mesh.call("unary_stream", "ServerStream")
+    stream = call(b"1000000:1024", timeout=60)
+    next(stream)
+    stream.cancel()
+    assert mesh.server.cancel_seen.wait(10), "the server never saw the cancel"
+
+
+def test_fault_abort_answers_with_the_configured_grpc_status(mesh):
+    """VirtualService abort.grpcStatus answers RESOURCE_EXHAUSTED without reaching the app."""
+    channel = grpc_apps.channel(mesh.a.outbound_port, "faulty.bench.svc.cluster.local")
+    try:
+        before = mesh.server.calls.get("Unary", 0)
+        with pytest.raises(grpc.RpcError) as err:
+            grpc_apps.method(channel, "unary_unary", "Unary")(b"hello", timeout=10)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert mesh.server.calls.get("Unary", 0) == before
+    finally:
+        channel.close()
+
+
+def test_concurrent_calls_share_connections(mesh):
+    """Fifty concurrent calls all succeed (streams multiplexed on the mesh connection)."""
+    call = mesh.call("unary_unary", "Unary")
+    results: list = []
+
+    def one(i: int) -> None:
+        results.append(call(b"c%d" % i, timeout=20))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted(b"c%d" % i for i in range(50))
+
+
+def test_istio_metrics_label_grpc(mesh):
+    """istio_requests_total carries request_protocol grpc and the grpc_response_status."""
+    mesh.call("unary_unary", "Unary")(b"metrics", timeout=10)
+    stats = mesh.a.admin_get("/stats/prometheus")
+    lines = [l for l in stats.splitlines() if l.startswith("istio_requests_total{")]
+    assert any('request_protocol="grpc"' in l and 'grpc_response_status="0"' in l for l in lines), lines
