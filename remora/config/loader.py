@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
-import yaml
 
-from remora.config import validate
+from remora.config import validate, yaml_text
 from remora.config.validate_jwt import validate_request_authentication
 from remora.config.deprecated import destination_rule_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
@@ -137,36 +136,14 @@ class _Collector:
         return [issue for _, issue in sorted(zip(self.positions, self.issues), key=lambda pair: pair[0])]
 
 
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML loader that rejects duplicate keys, which PyYAML would silently merge."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable keys are reported by the base constructor
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep)
-
-
 def _parse_yaml(text: str, source: str, collector: _Collector) -> list[_Document]:
     collector.saw(source)
     documents: list[_Document] = []
     try:
-        for body in yaml.load_all(text, Loader=_StrictLoader):
+        for body in yaml_text.load_all(text):
             documents.append(_Document(body, source, len(documents) + 1))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {problem}{where}", len(documents) + 1)
+    except yaml_text.YamlSyntaxError as error:
+        collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {error}", len(documents) + 1)
     return documents
 
 

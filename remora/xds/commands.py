@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-import yaml
+from remora.config import yaml_text
 
 from remora.xds.admin_auth import ADMIN_TOKEN_FILE, AdminTokenError, check_token, read_token_file
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -199,7 +199,7 @@ def cmd_get(args) -> int:
             print(json.dumps([item["document"] for item in items], indent=2))
             return 0
         if args.output == "yaml":
-            sys.stdout.write(yaml.safe_dump_all([item["document"] for item in items], sort_keys=False))
+            sys.stdout.write(yaml_text.dump_all([item["document"] for item in items]))
             return 0
         if not items:
             where = f" in namespace {args.namespace}" if args.namespace else ""

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from remora.config import yaml_text
 from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
@@ -297,7 +297,7 @@ class ControlServer:
         wants_yaml = (request.query.get("format") == "yaml"
                       or "yaml" in request.headers.get("Accept", "") and request.query.get("format") != "json")
         if wants_yaml:
-            return web.Response(text=yaml.safe_dump(document, sort_keys=False), content_type="application/yaml")
+            return web.Response(text=yaml_text.dump(document), content_type="application/yaml")
         return web.json_response(document)
 
     async def delete_resource(self, request: web.Request) -> web.Response:
