@@ -41,9 +41,10 @@ from remora.config.model import (
     Resource,
 )
 from remora.config.kinds import (  # noqa: F401  (SPEC_TYPES and the tables are re-exported)
-    OTHER_GROUPS, SPEC_TYPES, SUPPORTED_GROUP, SUPPORTED_VERSIONS, UNSUPPORTED_KINDS, check_kind,
-    supported_group,
+    KUBERNETES_SERVICE, OTHER_GROUPS, SPEC_TYPES, SUPPORTED_GROUP, SUPPORTED_VERSIONS, UNSUPPORTED_KINDS,
+    check_kind, non_mesh_kind, supported_group,
 )
+from remora.config import kube_service
 from remora.config.references import HostIndex, check_destinations
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
@@ -121,6 +122,7 @@ class _Collector:
     issues: list[ConfigIssue] = field(default_factory=list)
     positions: list[tuple[int, int, int]] = field(default_factory=list)  # (file, document, seq) per issue
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # info lines: non-mesh kinds skipped
     file_order: dict[str, int] = field(default_factory=dict)  # so issues print in load order
 
     def saw(self, source: str) -> None:
@@ -136,15 +138,27 @@ class _Collector:
         return [issue for _, issue in sorted(zip(self.positions, self.issues), key=lambda pair: pair[0])]
 
 
-def _parse_yaml(text: str, source: str, collector: _Collector) -> list[_Document]:
+def _parse_yaml(text: str, source: str, collector: _Collector, namespace: str | None = None) -> list[_Document]:
     collector.saw(source)
     documents: list[_Document] = []
     try:
         for body in yaml_text.load_all(text):
-            documents.append(_Document(body, source, len(documents) + 1))
+            documents.append(_Document(with_namespace(body, namespace), source, len(documents) + 1))
     except yaml_text.YamlSyntaxError as error:
         collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {error}", len(documents) + 1)
     return documents
+
+
+def with_namespace(body: Any, namespace: str | None) -> Any:
+    """`kubectl apply -n NAMESPACE`: a document without metadata.namespace gets NAMESPACE.
+
+    A document that names its own namespace keeps it (whether that is an error is the
+    caller's rule: `remora apply -n` refuses a mismatch, as kubectl does).
+    """
+    if namespace is not None and isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        if body["metadata"].get("namespace") in (None, ""):
+            body["metadata"]["namespace"] = namespace
+    return body
 
 
 def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> list[Path]:
@@ -170,8 +184,9 @@ def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> li
 
 # ---- public API -----------------------------------------------------------------------------
 
-def load_mesh_config(paths: Sequence[str | os.PathLike]) -> MeshConfig:
-    """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set."""
+def load_mesh_config(paths: Sequence[str | os.PathLike], namespace: str | None = None) -> MeshConfig:
+    """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set;
+    documents without metadata.namespace are in `namespace` (default: "default")."""
     collector = _Collector()
     documents: list[_Document] = []
     for path in _yaml_files(paths, collector):
@@ -180,24 +195,24 @@ def load_mesh_config(paths: Sequence[str | os.PathLike]) -> MeshConfig:
         except (OSError, UnicodeDecodeError) as error:
             collector.issue(str(path), "", "", f"cannot read file: {error}")
             continue
-        documents.extend(_parse_yaml(text, str(path), collector))
+        documents.extend(_parse_yaml(text, str(path), collector, namespace))
     return _build(documents, collector)
 
 
-def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
+def load_mesh_text(text: str, source: str = "<memory>", namespace: str | None = None) -> MeshConfig:
     """Load one (multi-document) YAML text as a config set."""
     collector = _Collector()
-    return _build(_parse_yaml(text, source, collector), collector)
+    return _build(_parse_yaml(text, source, collector, namespace), collector)
 
 
-def parse_documents(text: str, source: str) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
+def parse_documents(text: str, source: str, namespace: str | None = None) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
     """Parse one (multi-document) YAML text into (document, source) pairs for `build_mesh_config`.
 
     Returns the documents read before any YAML error, and the error as an issue, so that a
     caller validating several texts can report every problem of the set in one go.
     """
     collector = _Collector()
-    documents = _parse_yaml(text, source, collector)
+    documents = _parse_yaml(text, source, collector, namespace)
     return [(document.body, source) for document in documents], collector.ordered_issues()
 
 
@@ -286,6 +301,10 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         raise ConfigError(collector.ordered_issues())
     resources = {kind: [] for kind in SPEC_TYPES}
     for item in loaded:
+        if item.kind == KUBERNETES_SERVICE:
+            # Served as the ServiceEntry Istio makes of it (kube_service.py), written back as itself.
+            resources["ServiceEntry"].append(_service_resource(item))
+            continue
         resources[item.kind].append(Resource(
             kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
             source=item.document.source, api_version=item.api_version,
@@ -301,7 +320,25 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         request_authentications=tuple(resources["RequestAuthentication"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
+        notes=tuple(collector.notes),
     )
+
+
+def _annotations(item: _Loaded) -> dict:
+    metadata = item.document.body.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def _service_resource(item: _Loaded) -> Resource:
+    annotations = {key: value for key, value in _annotations(item).items()
+                   if key == kube_service.EXPORT_TO_ANNOTATION}
+    metadata = {"name": item.name, "namespace": item.namespace, **({"annotations": annotations} if annotations else {})}
+    written = {"apiVersion": item.api_version, "kind": item.kind, "metadata": metadata,
+               "spec": msgspec.to_builtins(item.spec)}
+    return Resource(kind=item.kind, name=item.name, namespace=item.namespace,
+                    spec=kube_service.service_entry_spec(item.spec, item.name, item.namespace, annotations),
+                    source=item.document.source, api_version=item.api_version, written=written)
 
 
 def config_version(resources: Iterable[Resource]) -> str:
@@ -338,9 +375,14 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             message = f"document {document.index}: {message}"
         collector.issue(source, resource, path, message, document.index)
 
-    if not check_kind(kind, api_version, report):
+    handling = non_mesh_kind(kind, api_version)
+    if handling == "skip":
+        collector.notes.append(f"skipped {kind} {shown_namespace}/{shown_name} ({api_version}) in {source}: "
+                               "not mesh configuration")
         return None
-    if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != supported_group(kind):
+    if handling is None and not check_kind(kind, api_version, report):
+        return None
+    if handling is None and (kind not in SPEC_TYPES or api_version.rpartition("/")[0] != supported_group(kind)):
         # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API.
         # Skipping is safe only when it leaves traffic no less protected (unenforced.py).
         refused = unenforced_security(api_version.rpartition("/")[0], kind, body.get("spec"))
@@ -369,11 +411,14 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
         if key not in _TOP_LEVEL_FIELDS:
             report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
             ok = False
-    spec, problems = convert_spec(body.get("spec"), SPEC_TYPES[kind])
+    spec_type = kube_service.KubeServiceSpec if handling == "service" else SPEC_TYPES[kind]
+    spec, problems = convert_spec(body.get("spec"), spec_type)
     if spec is not None and kind == "VirtualService":
         spec, header_problems = validate.normalize_header_keys(spec)
         problems += header_problems
-    if spec is not None:
+    if spec is not None and handling == "service":
+        problems += kube_service.validate_service(spec, name if isinstance(name, str) else "")
+    elif spec is not None:
         problems += _RULES[kind](spec)
     for problem in problems:
         report(problem.path, problem.message)
@@ -409,7 +454,9 @@ def _host_index(loaded: list[_Loaded]) -> HostIndex:
     for item in loaded:
         raw = item.document.body.get("spec")
         raw = raw if isinstance(raw, dict) else {}
-        if item.kind in ("ServiceEntry", "VirtualService"):
+        if item.kind == KUBERNETES_SERVICE:
+            index.add_host(kube_service.fqdn(item.name, item.namespace), item.namespace)
+        elif item.kind in ("ServiceEntry", "VirtualService"):
             hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
             for host in hosts if isinstance(hosts, list) else ():
                 if isinstance(host, str) and host:

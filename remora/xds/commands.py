@@ -159,7 +159,8 @@ def cmd_apply(args) -> int:
             print(f"error: {source}: not UTF-8 text: {error.reason} (byte 0x{data[error.start]:02x} "
                   f"at offset {error.start})", file=sys.stderr)
             return 1
-        status, body = control.call(f"/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
+        query = {"source": source, **({"namespace": args.namespace} if getattr(args, "namespace", None) else {})}
+        status, body = control.call(f"/v1/apply?{urllib.parse.urlencode(query)}", "POST",
                                     data, {"Content-Type": "application/yaml"})
         answer = _json(status, body)
         if status != 200:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from remora.config.loader import (
-    SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents,
+    ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents, with_namespace,
 )
+from remora.config.kinds import STORED_KINDS
 from remora.config.model import MeshConfig, Resource
 from remora.config.object_names import identity_problems, shown_ref
 
@@ -70,8 +71,10 @@ def yaml_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Con
     return files, issues, warnings
 
 
-def read_sources(paths: Sequence[str | os.PathLike]) -> tuple[Documents, list[ConfigIssue], list[str]]:
-    """Parse every YAML file the paths name; problems come back as issues, not exceptions."""
+def read_sources(paths: Sequence[str | os.PathLike], namespace: str | None = None
+                 ) -> tuple[Documents, list[ConfigIssue], list[str]]:
+    """Parse every YAML file the paths name; problems come back as issues, not exceptions.
+    Documents without metadata.namespace are in `namespace` (istioctl analyze -n)."""
     files, issues, warnings = yaml_files(paths)
     docs: Documents = []
     for path in files:
@@ -80,7 +83,7 @@ def read_sources(paths: Sequence[str | os.PathLike]) -> tuple[Documents, list[Co
         except (OSError, UnicodeDecodeError) as error:
             issues.append(ConfigIssue(str(path), "", "", f"cannot read file: {error}"))
             continue
-        parsed, parse_issues = parse_documents(text, str(path))
+        parsed, parse_issues = parse_documents(text, str(path), namespace)
         docs.extend(parsed)
         issues.extend(parse_issues)
     return docs, issues, warnings
@@ -100,9 +103,15 @@ def identity(body: Any) -> str | None:
     return f"{kind}/{namespace}/{name}"
 
 
+def _namespace_of(body: Any) -> str | None:
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if namespace not in (None, "") else None
+
+
 def naming_issues(body: Any, source: str) -> list[ConfigIssue]:
     """Kubernetes' name rules for a document of a kind Remora stores (others are skipped anyway)."""
-    if not isinstance(body, dict) or body.get("kind") not in SPEC_TYPES:
+    if not isinstance(body, dict) or body.get("kind") not in STORED_KINDS:
         return []
     metadata = body.get("metadata")
     if not isinstance(metadata, dict):
@@ -216,12 +225,23 @@ class ConfigStore:
 
     # -- the API's changes
 
-    def apply(self, text: str, source: str) -> Change:
-        """Create or update resources from a multi-document YAML text, all or nothing."""
+    def apply(self, text: str, source: str, namespace: str | None = None) -> Change:
+        """Create or update resources from a multi-document YAML text, all or nothing.
+
+        `namespace` is `kubectl apply -n`: documents without metadata.namespace go there, and
+        a document naming another namespace is refused (kubectl's rule).
+        """
         docs, issues = parse_documents(text, source)
         if issues:
             self._refuse(400, f"apply {source}", "invalid YAML", [str(i) for i in issues])
         docs = [(body, src) for body, src in docs if body is not None]
+        if namespace is not None:
+            mismatched = [f"{src}: {identity(body)}: metadata.namespace: the namespace from the provided object "
+                          f"{body['metadata']['namespace']!r} does not match the namespace {namespace!r}"
+                          for body, src in docs if _namespace_of(body) not in (None, namespace)]
+            if mismatched:
+                self._refuse(400, f"apply {source}", "namespace mismatch", mismatched)
+            docs = [(with_namespace(body, namespace), src) for body, src in docs]
         if not docs:
             self._refuse(400, f"apply {source}", f"{source}: no resources in the request body")
         naming = [issue for body, src in docs for issue in naming_issues(body, src)]
@@ -236,7 +256,7 @@ class ConfigStore:
             ref = identity(body)
             if ref is None:
                 continue  # the validation below names what is missing
-            if ref.split("/", 1)[0] not in SPEC_TYPES:
+            if ref.split("/", 1)[0] not in STORED_KINDS:
                 skipped.append(ref)
                 continue
             if ref in file_refs:
