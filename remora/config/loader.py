@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from remora.config import validate, yaml_text
+from remora.config import validate, validate_entries, yaml_text
 from remora.config.validate_jwt import validate_request_authentication
 from remora.config.deprecated import destination_rule_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
@@ -79,8 +79,8 @@ class ConfigError(Exception):
 # ---- kinds (tables and the kind/apiVersion check: kinds.py) ---------------------------------
 
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
-    "ServiceEntry": validate.validate_service_entry,
-    "WorkloadEntry": validate.validate_workload_entry,
+    "ServiceEntry": validate_entries.validate_service_entry,
+    "WorkloadEntry": validate_entries.validate_workload_entry,
     "VirtualService": validate.validate_virtual_service,
     "DestinationRule": validate.validate_destination_rule,
     "Telemetry": validate_telemetry,

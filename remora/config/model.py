@@ -337,8 +337,9 @@ class PeerMutualTLS(Spec):
 class PeerAuthenticationSpec(Spec):
     selector: TelemetrySelector | None = None
     mtls: PeerMutualTLS | None = None
-    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers.
-    port_level_mtls: dict[int, PeerMutualTLS] = {}
+    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers. None when not
+    # given: an empty map is an error (Istio's CRD: at least one port), so the two differ.
+    port_level_mtls: dict[int, PeerMutualTLS] | None = None
 
 
 class AuthzSource(Spec):

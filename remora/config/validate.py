@@ -1,4 +1,5 @@
-"""Semantic rules of the four supported kinds, applied after the schema check.
+"""Semantic rules of VirtualService and DestinationRule, applied after the schema check
+(ServiceEntry and WorkloadEntry: validate_entries.py; the value checks here are shared).
 
 The schema (model.py + schema.py) says which fields exist and their types; this module
 says which values make sense, following Istio's own validation where Remora implements
@@ -26,11 +27,9 @@ from remora.config.model import (
     OutlierDetection,
     Percent,
     PortTrafficPolicy,
-    ServiceEntrySpec,
     StringMatch,
     TrafficPolicy,
     VirtualServiceSpec,
-    WorkloadEntrySpec,
 )
 from remora.config.schema import Problem, join_path
 from remora.config.validate_tls import validate_client_tls
@@ -43,10 +42,7 @@ RETRY_ON_CONDITIONS = frozenset({
     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
 })
 LOAD_BALANCER_SIMPLE = frozenset({"UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", "PASSTHROUGH"})
-SERVICE_ENTRY_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
-SERVICE_ENTRY_LOCATIONS = frozenset({"MESH_EXTERNAL", "MESH_INTERNAL"})
 H2_UPGRADE_POLICIES = frozenset({"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"})
-UNIX_PREFIX = "unix://"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.IGNORECASE)
 # Python `re` accepts these but RE2 (Istio/Envoy) rejects them; catching them here keeps a
@@ -367,83 +363,3 @@ def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetecti
 
 
 # ---- ServiceEntry and WorkloadEntry ----------------------------------------------------------
-
-def validate_service_entry(spec: ServiceEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
-    if not spec.hosts:
-        checks.add(f"{path}.hosts", "a ServiceEntry needs at least one host")
-    for i, host in enumerate(spec.hosts):
-        where = f"{path}.hosts[{i}]"
-        if host == "*":
-            checks.add(where, "a ServiceEntry host cannot be `*`")
-        else:
-            checks.host(where, host)
-    for i, address in enumerate(spec.addresses):
-        try:
-            ipaddress.ip_network(address, strict=False)
-        except ValueError:
-            checks.add(f"{path}.addresses[{i}]", f"invalid address {address!r}: expected an IP or CIDR")
-    port_names: set[str] = set()
-    port_numbers: set[int] = set()
-    for i, port in enumerate(spec.ports):
-        where = f"{path}.ports[{i}]"
-        checks.port(f"{where}.number", port.number)
-        checks.port(f"{where}.targetPort", port.target_port)
-        if port.number in port_numbers:
-            checks.add(f"{where}.number", f"port {port.number} is defined twice")
-        if port.name is not None and port.name in port_names:
-            checks.add(f"{where}.name", f"port name {port.name!r} is defined twice")
-        port_numbers.add(port.number)
-        if port.name is not None:
-            port_names.add(port.name)
-    checks.one_of(f"{path}.location", spec.location, SERVICE_ENTRY_LOCATIONS)
-    checks.one_of(f"{path}.resolution", spec.resolution, SERVICE_ENTRY_RESOLUTIONS)
-    _check_service_entry_endpoints(checks, path, spec, port_names)
-    return checks.problems
-
-
-def _check_service_entry_endpoints(checks: _Checks, path: str, spec: ServiceEntrySpec, port_names: set[str]) -> None:
-    resolution = spec.resolution or "NONE"
-    if spec.workload_selector is not None and spec.endpoints:
-        checks.add(f"{path}.endpoints", "set only one of workloadSelector and endpoints")
-    if resolution == "NONE" and spec.endpoints:
-        checks.add(f"{path}.endpoints", "no endpoints should be given for resolution NONE (traffic goes to the original destination)")
-    if resolution == "STATIC" and not spec.endpoints and spec.workload_selector is None:
-        checks.add(f"{path}.endpoints", "resolution STATIC needs endpoints (or a workloadSelector)")
-    if resolution in ("DNS", "DNS_ROUND_ROBIN") and not spec.endpoints:
-        for i, host in enumerate(spec.hosts):
-            if host.startswith("*"):
-                checks.add(f"{path}.hosts[{i}]", f"resolution {resolution} without endpoints resolves the hosts themselves, so {host!r} cannot be a wildcard")
-    for i, endpoint in enumerate(spec.endpoints):
-        where = f"{path}.endpoints[{i}]"
-        address = endpoint.address
-        if not address:
-            checks.add(f"{where}.address", "an endpoint needs an address")
-        elif resolution == "STATIC":
-            if not (is_ip(address) or _is_unix_address(address)):
-                checks.add(f"{where}.address", f"invalid address {address!r}: resolution STATIC needs an IP address or unix:///path")
-        elif resolution in ("DNS", "DNS_ROUND_ROBIN"):
-            if not (is_ip(address) or is_hostname(address)):
-                checks.add(f"{where}.address", f"invalid address {address!r}: resolution {resolution} needs a host name or an IP address")
-        for name, number in endpoint.ports.items():
-            port_path = join_path(f"{where}.ports", name)
-            if name not in port_names:
-                checks.add(port_path, f"port name {name!r} is not one of the ServiceEntry's ports")
-            checks.port(port_path, number)
-        checks.non_negative(f"{where}.weight", endpoint.weight)
-
-
-def _is_unix_address(address: str) -> bool:
-    return address.startswith(UNIX_PREFIX) and len(address) > len(UNIX_PREFIX)
-
-
-def validate_workload_entry(spec: WorkloadEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
-    if not spec.address:
-        checks.add(f"{path}.address", "a WorkloadEntry needs an address")
-    elif not (is_ip(spec.address) or is_hostname(spec.address) or _is_unix_address(spec.address)):
-        checks.add(f"{path}.address", f"invalid address {spec.address!r}: expected an IP address, a host name or unix:///path")
-    for name, number in spec.ports.items():
-        checks.port(join_path(f"{path}.ports", name), number)
-    checks.non_negative(f"{path}.weight", spec.weight)
-    return checks.problems

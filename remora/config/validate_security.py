@@ -64,7 +64,10 @@ def validate_peer_authentication(spec: PeerAuthenticationSpec, path: str = "spec
     if spec.port_level_mtls and (spec.selector is None or not spec.selector.match_labels):
         problems.append(Problem(f"{path}.portLevelMtls", "portLevelMtls needs a workload selector "
                                 "(Istio allows port-level mTLS only on a policy with selector.matchLabels)"))
-    for port, setting in spec.port_level_mtls.items():
+    if spec.port_level_mtls is not None and not spec.port_level_mtls:
+        problems.append(Problem(f"{path}.portLevelMtls", "portLevelMtls must name at least one port "
+                                "(Istio's CRD: minProperties 1); remove it to set no port-level mode"))
+    for port, setting in (spec.port_level_mtls or {}).items():
         where = f"{path}.portLevelMtls.{port}"
         if not 1 <= port <= 65535:
             problems.append(Problem(where, f"port must be between 1 and 65535, got {port}"))
