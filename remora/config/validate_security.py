@@ -21,6 +21,7 @@ from remora.config.model import (
     PeerAuthenticationSpec,
     TelemetrySelector,
 )
+from remora.config.path_templates import is_template, template_problem
 from remora.config.schema import Problem, join_path
 
 MTLS_MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
@@ -98,6 +99,10 @@ def _patterns(where: str, field: str, values: list[str], problems: list[Problem]
     for k, value in enumerate(values):
         if not value:
             problems.append(Problem(f"{where}.{field}[{k}]", "must not be empty"))
+        elif field in ("paths", "notPaths") and is_template(value):
+            problem = template_problem(value)   # {*} and {**}: path_templates.py
+            if problem is not None:
+                problems.append(Problem(f"{where}.{field}[{k}]", problem))
         elif not is_match_pattern(value):
             problems.append(Problem(f"{where}.{field}[{k}]", f"invalid pattern {value!r}: `*` may only be the whole "
                                     "value, its first character (suffix match) or its last (prefix match)"))
