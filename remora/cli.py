@@ -320,7 +320,8 @@ def _analyze(args) -> int:
         return 1
     for warning in warnings:
         print(f"warning: {warning}")
-    for warning in config.warnings:
+    from remora.config.analysis import analysis_warnings
+    for warning in [*config.warnings, *analysis_warnings(config)]:
         print(f"warning: {warning}")
     for note in config.notes:
         print(f"info: {note}")
@@ -382,6 +383,9 @@ def _proxy(args) -> int:
         config = _load(args.mesh_config, args.mesh_config_namespace)
         if config is None:
             return 1
+        from remora.config.analysis import certificate_warnings
+        for warning in certificate_warnings(config, has_certificate=bool(args.cert_dir)):
+            print(f"remora proxy: warning: {warning}", file=sys.stderr)
         if config.request_authentications:
             # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
             from remora.xds.jwks_fetch import fetch_for_files

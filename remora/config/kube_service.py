@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from remora.config.model import ServiceEntrySpec, ServicePort, Spec, WorkloadEntrySpec, WorkloadSelector
+from remora.config.model import Resource, ServiceEntrySpec, ServicePort, Spec, WorkloadEntrySpec, WorkloadSelector
 from remora.config.protocols import declared_protocol
 from remora.config.schema import Problem
 
@@ -195,6 +195,20 @@ def service_entry_spec(spec: KubeServiceSpec, name: str, namespace: str,
         # An empty selector is no selector: the API server stores `selector: {}` as none.
         workload_selector=WorkloadSelector(labels=dict(spec.selector)) if spec.selector else None,
     )
+
+
+def service_resource(name: str, namespace: str, api_version: str, spec: KubeServiceSpec, metadata: Any,
+                     source: str) -> Resource:
+    """The Resource a validated Service becomes: served as its ServiceEntry, written as itself."""
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    kept = {key: value for key, value in (annotations if isinstance(annotations, dict) else {}).items()
+            if key == EXPORT_TO_ANNOTATION}
+    written_metadata = {"name": name, "namespace": namespace, **({"annotations": kept} if kept else {})}
+    written = {"apiVersion": api_version, "kind": KIND, "metadata": written_metadata,
+               "spec": msgspec.to_builtins(spec)}
+    return Resource(kind=KIND, name=name, namespace=namespace,
+                    spec=service_entry_spec(spec, name, namespace, kept),
+                    source=source, api_version=api_version, written=written)
 
 
 def service_entry_document(doc: dict) -> dict:

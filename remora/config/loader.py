@@ -32,7 +32,7 @@ import msgspec
 
 from remora.config import validate, validate_entries, yaml_text
 from remora.config.validate_jwt import validate_request_authentication
-from remora.config.deprecated import destination_rule_warnings
+from remora.config.deprecated import destination_rule_warnings, virtual_service_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
@@ -123,6 +123,7 @@ class _Collector:
     positions: list[tuple[int, int, int]] = field(default_factory=list)  # (file, document, seq) per issue
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # info lines: non-mesh kinds skipped
+    skipped: list[str] = field(default_factory=list)  # Kind/namespace/name of skipped mesh kinds
     file_order: dict[str, int] = field(default_factory=dict)  # so issues print in load order
 
     def saw(self, source: str) -> None:
@@ -294,6 +295,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
             collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
+        elif item.kind == "VirtualService" and item.spec is not None:
+            collector.warnings.extend(virtual_service_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 
@@ -303,7 +306,9 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
     for item in loaded:
         if item.kind == KUBERNETES_SERVICE:
             # Served as the ServiceEntry Istio makes of it (kube_service.py), written back as itself.
-            resources["ServiceEntry"].append(_service_resource(item))
+            resources["ServiceEntry"].append(kube_service.service_resource(
+                item.name, item.namespace, item.api_version, item.spec, item.document.body.get("metadata"),
+                item.document.source))
             continue
         resources[item.kind].append(Resource(
             kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
@@ -321,24 +326,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
         notes=tuple(collector.notes),
+        skipped=tuple(collector.skipped),
     )
-
-
-def _annotations(item: _Loaded) -> dict:
-    metadata = item.document.body.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    return annotations if isinstance(annotations, dict) else {}
-
-
-def _service_resource(item: _Loaded) -> Resource:
-    annotations = {key: value for key, value in _annotations(item).items()
-                   if key == kube_service.EXPORT_TO_ANNOTATION}
-    metadata = {"name": item.name, "namespace": item.namespace, **({"annotations": annotations} if annotations else {})}
-    written = {"apiVersion": item.api_version, "kind": item.kind, "metadata": metadata,
-               "spec": msgspec.to_builtins(item.spec)}
-    return Resource(kind=item.kind, name=item.name, namespace=item.namespace,
-                    spec=kube_service.service_entry_spec(item.spec, item.name, item.namespace, annotations),
-                    source=item.document.source, api_version=item.api_version, written=written)
 
 
 def config_version(resources: Iterable[Resource]) -> str:
@@ -390,6 +379,7 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             report(refused.path, refused.message)
             return None
         collector.warnings.append(f"skipped unsupported kind {kind} ({shown_namespace}/{shown_name}) in {source}")
+        collector.skipped.append(f"{kind}/{shown_namespace}/{shown_name}")
         return None
 
     ok = identified = True

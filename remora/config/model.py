@@ -444,6 +444,7 @@ class MeshConfig:
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())   # info lines (non-mesh kinds skipped)
+    skipped: tuple[str, ...] = field(default=())  # Kind/namespace/name of mesh kinds skipped (Gateway, ...)
 
     def resources(self) -> Iterator[Resource]:
         """Every resource of every kind, kind by kind."""
