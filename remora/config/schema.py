@@ -48,7 +48,7 @@ def join_path(path: str, key: str | int) -> str:
 # Istio fields that exist in Istio's API but that Remora does not implement. msgspec
 # would call them unknown; telling the user "not supported by Remora yet" instead keeps
 # them from hunting for a typo in a valid Istio file. The list is every field of Istio's
-# CRDs (manifests/charts/base/files/crd-all.gen.yaml, Istio 1.28) that the model lacks.
+# CRDs (manifests/charts/base/files/crd-all.gen.yaml, istio/istio of August 2026) that the model lacks.
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "VirtualServiceSpec": frozenset({"tcp", "tls"}),
     "HTTPRoute": frozenset({

@@ -265,6 +265,10 @@ def validate_destination_rule(spec: DestinationRuleSpec, path: str = "spec") -> 
         checks.host(f"{path}.host", spec.host)
     if spec.traffic_policy is not None:
         _check_traffic_policy(checks, f"{path}.trafficPolicy", spec.traffic_policy)
+    for key, value in (spec.workload_selector.match_labels.items() if spec.workload_selector else ()):
+        if "*" in key or "*" in value:   # Istio: "wildcard is not supported in selector"
+            checks.add(join_path(f"{path}.workloadSelector.matchLabels", key),
+                       "wildcard is not supported in selector: select workloads by exact labels")
     seen: set[str] = set()
     for i, subset in enumerate(spec.subsets):
         where = f"{path}.subsets[{i}]"

@@ -94,6 +94,9 @@ def _check_service_entry_endpoints(checks: _Checks, path: str, spec: ServiceEntr
         elif resolution == "STATIC":
             if address.startswith(UNIX_PREFIX):
                 _unix_address(checks, where, endpoint)
+                if len(spec.ports) != 1:
+                    checks.add(f"{where}.address", f"a unix endpoint serves exactly one port; the ServiceEntry "
+                                                   f"has {len(spec.ports)}")
             elif not is_ip(address):
                 checks.add(f"{where}.address", f"invalid address {address!r}: resolution STATIC needs an IP address or unix:///path")
         elif resolution in ("DNS", "DNS_ROUND_ROBIN"):
