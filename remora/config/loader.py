@@ -12,6 +12,12 @@ Rules:
   unless skipping would leave traffic less protected than written (another mesh's
   authorization, a REGISTRY_ONLY Sidecar, a security EnvoyFilter: unenforced.py), which is
   an error; a kind nobody knows is an error, because it is almost always a typo.
+- Kubernetes' own kinds, which Istio's samples mix with Istio's: a `v1` Service is a mesh
+  service (kube_service.py, served as the ServiceEntry Istio makes of it); Deployment,
+  ServiceAccount, ConfigMap and the other kinds of Kubernetes' groups, and kinds of other
+  operators' groups, are not mesh config and are skipped with one info line each (`notes`).
+- A namespace given by the caller (`-n`, as `kubectl apply -n`) is the namespace of the
+  documents that name none.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
   same version.
@@ -45,7 +51,7 @@ from remora.config.kinds import (  # noqa: F401  (SPEC_TYPES and the tables are 
     check_kind, non_mesh_kind, supported_group,
 )
 from remora.config import kube_service
-from remora.config.references import HostIndex, check_destinations
+from remora.config.references import check_destinations, host_index, shared_destination_rule_warnings
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
 
@@ -281,7 +287,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         first_seen[item.ref] = document
         loaded.append(item)
 
-    index = _host_index(loaded)
+    index = host_index(loaded)
     for item in loaded:
         if item.kind == "VirtualService" and item.spec is not None:
             for problem in check_destinations(item.spec, item.namespace, index):
@@ -289,7 +295,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
                     collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
                 else:
                     collector.warnings.append(f"{item.ref}: {problem.path}: {problem.message}")
-    collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
+    collector.warnings.extend(shared_destination_rule_warnings(loaded, index))
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
@@ -415,49 +421,3 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
     if not isinstance(name, str) or not name or not identified:
         return None  # no identity: cannot be checked for duplicates or referenced
     return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
-
-
-def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:
-    """Istio merges several DestinationRules for one host; Remora applies one per host.
-
-    A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
-    and Istio does not merge it with the others): only rules with the same selector collide.
-    """
-    by_host: dict[tuple, list[_Loaded]] = {}
-    for item in loaded:
-        if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
-            selector = item.spec.workload_selector
-            scope = (item.namespace, tuple(sorted(selector.match_labels.items()))) if selector else None
-            by_host.setdefault((index.qualify(item.spec.host, item.namespace), scope), []).append(item)
-    return [
-        f"several DestinationRules for host {host}: "
-        + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
-        + "; Remora applies one DestinationRule per host, so their settings are not merged"
-        for (host, _), items in by_host.items()
-        if len(items) > 1
-    ]
-
-
-def _host_index(loaded: list[_Loaded]) -> HostIndex:
-    """Index every readable host and subset, from typed specs or, for rejected ones, raw data."""
-    index = HostIndex()
-    for item in loaded:
-        raw = item.document.body.get("spec")
-        raw = raw if isinstance(raw, dict) else {}
-        if item.kind == KUBERNETES_SERVICE:
-            index.add_host(kube_service.fqdn(item.name, item.namespace), item.namespace)
-        elif item.kind in ("ServiceEntry", "VirtualService"):
-            hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
-            for host in hosts if isinstance(hosts, list) else ():
-                if isinstance(host, str) and host:
-                    index.add_host(host, item.namespace)
-        elif item.kind == "DestinationRule":
-            if item.spec is not None and item.spec.host:
-                index.add_subsets(item.spec.host, item.namespace, (s.name for s in item.spec.subsets))
-            elif isinstance(raw.get("host"), str) and raw["host"]:
-                subsets = raw.get("subsets", [])
-                names = None
-                if isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in subsets):
-                    names = [s["name"] for s in subsets]
-                index.add_subsets(raw["host"], item.namespace, names)
-    return index
