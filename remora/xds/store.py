@@ -71,21 +71,40 @@ def yaml_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Con
     return files, issues, warnings
 
 
-def read_sources(paths: Sequence[str | os.PathLike], namespace: str | None = None
-                 ) -> tuple[Documents, list[ConfigIssue], list[str]]:
+ParseCache = dict[str, tuple[str, Documents, list[ConfigIssue]]]   # path -> (text, documents, issues)
+
+
+def read_sources(paths: Sequence[str | os.PathLike], namespace: str | None = None,
+                 cache: ParseCache | None = None) -> tuple[Documents, list[ConfigIssue], list[str]]:
     """Parse every YAML file the paths name; problems come back as issues, not exceptions.
-    Documents without metadata.namespace are in `namespace` (istioctl analyze -n)."""
+    Documents without metadata.namespace are in `namespace` (istioctl analyze -n).
+
+    With `cache` (the control server's, across reloads of --config-dir) a file whose text is
+    unchanged is not parsed again and gives the same document objects, so the SpecCache
+    skips their checks too: YAML 1.2 parsing is pure Python (config/yaml_text.py), about ten
+    times slower than a C YAML 1.1 parser, and a reload after one file changed should cost
+    that one file. Only entries for the files read this time are kept.
+    """
     files, issues, warnings = yaml_files(paths)
     docs: Documents = []
+    kept: ParseCache = {}
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             issues.append(ConfigIssue(str(path), "", "", f"cannot read file: {error}"))
             continue
-        parsed, parse_issues = parse_documents(text, str(path), namespace)
+        hit = cache.get(str(path)) if cache is not None else None
+        if hit is not None and hit[0] == text:
+            parsed, parse_issues = hit[1], hit[2]
+        else:
+            parsed, parse_issues = parse_documents(text, str(path), namespace)
+        kept[str(path)] = (text, parsed, parse_issues)
         docs.extend(parsed)
         issues.extend(parse_issues)
+    if cache is not None:
+        cache.clear()
+        cache.update(kept)
     return docs, issues, warnings
 
 
@@ -196,6 +215,7 @@ class ConfigStore:
         self.state = ConfigState()
         self._index: dict[str, Resource] = {}
         self._specs = SpecCache()   # unchanged documents are not re-checked on every change
+        self._parsed: ParseCache = {}   # unchanged files are not parsed again on a reload
 
     # -- lifecycle
 
@@ -335,7 +355,7 @@ class ConfigStore:
         if self.config_dir is None:
             self.file_docs, self.file_issues, self.file_warnings = [], [], []
             return
-        self.file_docs, self.file_issues, self.file_warnings = read_sources([self.config_dir])
+        self.file_docs, self.file_issues, self.file_warnings = read_sources([self.config_dir], cache=self._parsed)
 
     def _file_refs(self) -> dict[str, str]:
         refs: dict[str, str] = {}
