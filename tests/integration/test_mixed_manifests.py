@@ -4,16 +4,19 @@ tests/fixtures/istio-samples/bookinfo.yaml (Services, ServiceAccounts, Deploymen
 WorkloadEntries for the reviews pods) plus bookinfo-routing.yaml (the request-routing task),
 loaded by `remora proxy --mesh-config ... --mesh-config-namespace bookinfo`: the reviews
 Service is reachable by its Kubernetes host names, its endpoints are the WorkloadEntries its
-selector picks, and the routing by subset holds.
+selector picks, and the routing by subset holds. The same manifest under `remora control`
+takes the sidecars that register as reviews as the Service's endpoints.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from remora.config.yaml_text import dump_all, load_all
 from tests.integration.client import RawClient
+from tests.integration.control_process import ControlProcess
 from tests.integration.proxy_process import ProxyProcess
 
 pytestmark = pytest.mark.integration
@@ -58,3 +61,47 @@ def test_skipped_kubernetes_kinds_are_reported_once_each(bookinfo_sidecar):
     log = bookinfo_sidecar.stderr()
     assert log.count("info: skipped Deployment") == 5 and log.count("info: skipped ServiceAccount") == 4
     assert "warning:" not in log
+
+
+def _manifest_without_pods() -> str:
+    """bookinfo.yaml without its stand-in WorkloadEntries (registered sidecars serve instead), plus the routing."""
+    docs = [d for d in load_all((SAMPLES / "bookinfo.yaml").read_text()) if d and d["kind"] != "WorkloadEntry"]
+    return dump_all(docs) + "---\n" + (SAMPLES / "bookinfo-routing.yaml").read_text()
+
+
+def _answers(sidecar: ProxyProcess, host: str, headers=None, count: int = 10) -> set[str]:
+    client = RawClient(sidecar.outbound_port)
+    return {client.request("GET", "/", host, headers=headers).headers.get("x-upstream", "?") for _ in range(count)}
+
+
+def test_control_server_serves_the_service_with_its_registered_sidecars(upstreams):
+    """Under `remora control`, bookinfo.yaml's reviews Service takes the registered reviews sidecars as its
+    endpoints (selector app=reviews), reachable by the Kubernetes host name, with request routing by subset."""
+    control = ControlProcess({"bookinfo.yaml": _manifest_without_pods()})
+    sidecars: list[ProxyProcess] = []
+    try:
+        control.wait_ready()
+        for version in ("v1", "v2"):
+            sidecars.append(ProxyProcess(None, "--service", "reviews", "--labels", f"app=reviews,version={version}",
+                                         "--node-id", f"reviews-{version}", "--drain-seconds", "1",
+                                         inbound_app_port=upstreams.ports[version], control=control.url))
+        client = ProxyProcess(None, "--service", "productpage", "--node-id", "productpage", "--drain-seconds", "1",
+                              control=control.url)
+        sidecars.append(client)
+        for sidecar in sidecars:
+            sidecar.wait_ready()
+        host = "reviews.default.svc.cluster.local:9080"
+        deadline = time.time() + 20
+        while _answers(client, host, {"end-user": "jason"}, 3) != {"v2"} and time.time() < deadline:
+            time.sleep(0.2)
+        assert _answers(client, host, {"end-user": "jason"}) == {"v2"}
+        assert _answers(client, host) == {"v1"}
+        listed = control.cli("get", "svc")
+        assert listed.returncode == 0 and "reviews" in listed.stdout, listed.stderr
+        applied = control.cli("apply", "-n", "default", "-f", "-", stdin=(SAMPLES / "httpbin.yaml").read_text())
+        assert applied.returncode == 0, applied.stderr
+        assert "Service/default/httpbin created" in applied.stdout and "Deployment/default/httpbin skipped" in applied.stdout
+    finally:
+        for sidecar in reversed(sidecars):
+            sidecar.stop()
+        control.stop()
