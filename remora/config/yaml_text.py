@@ -21,6 +21,9 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.representer import SafeRepresenter
+from ruamel.yaml.resolver import VersionedResolver
 
 __all__ = ["YAMLError", "YamlSyntaxError", "dump", "dump_all", "load_all"]
 
@@ -69,8 +72,27 @@ def _duplicate_key(error: DuplicateKeyError) -> str | None:
     return problem[start + 1:end] if 0 <= start < end else None
 
 
+_YAML_1_1 = VersionedResolver(version=(1, 1))
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+class _Representer(SafeRepresenter):
+    """Quotes a string that a YAML 1.1 reader would take for something else (`yes`, `on`,
+    `1:30`, `010`): what `remora get -o yaml` prints is often piped to tools on PyYAML or
+    go-yaml v2 (kubectl), which resolve plain scalars by YAML 1.1."""
+
+    def represent_str(self, data: str) -> Any:
+        if _YAML_1_1.resolve(ScalarNode, data, (True, False)) != _STR_TAG:
+            return self.represent_scalar(_STR_TAG, data, style="'")
+        return super().represent_str(data)
+
+
+_Representer.add_representer(str, _Representer.represent_str)
+
+
 def _writer() -> YAML:
     writer = YAML(typ="safe", pure=True)
+    writer.Representer = _Representer
     writer.default_flow_style = False
     writer.sort_base_mapping_type_on_output = False   # keep the document's own key order
     writer.width = 4096   # never fold a long string onto a second line

@@ -120,3 +120,14 @@ def test_invalid_yaml_is_an_issue_with_document_and_line():
         load_mesh_text("apiVersion: v1\n---\nkind: [a\n", "bad.yaml")
     [syntax] = [str(i) for i in refused.value.issues if "invalid YAML" in i.message]
     assert syntax.startswith("bad.yaml: document 2: invalid YAML:") and "(line 4, column 1)" in syntax
+
+
+def test_dumped_yaml_reads_the_same_under_yaml_1_1_and_1_2():
+    """What remora prints (get -o yaml) reads back identically by a YAML 1.2 and a YAML 1.1 reader (PyYAML, kubectl)."""
+    import yaml as pyyaml
+    from remora.config.yaml_text import dump
+    doc = {"labels": {"enabled": "yes", "switch": "on", "time": "1:30", "code": "010", "day": "2024-01-01"},
+           "addresses": ["001:db8::", "10.0.0.1"], "count": 5, "flag": True}
+    text = dump(doc)
+    assert list(load_all(text)) == [doc]
+    assert pyyaml.safe_load(text) == doc
