@@ -11,7 +11,10 @@ Like istioctl analyze's analyzers, these look across the whole set and never ref
 - a WorkloadEntry selected by a Kubernetes Service whose port has a named targetPort the
   entry does not list: Istio leaves it out of that port, Remora sends it the service port;
 - a VirtualService bound to a Gateway (`gateways`, or `match[].gateways`) that no Gateway
-  in the set defines (Istio's analyzer: "Referenced gateway not found").
+  in the set defines (Istio's analyzer: "Referenced gateway not found");
+- one host defined by two services (ServiceEntries, Kubernetes Services) of one namespace:
+  a sidecar keeps one definition per port, so which endpoints serve is not what either says
+  (Istio's analyzer warns about conflicting ServiceEntry hosts too).
 """
 from __future__ import annotations
 
@@ -113,7 +116,20 @@ def gateway_warnings(config: MeshConfig) -> list[str]:
     return warnings
 
 
+def duplicate_host_warnings(config: MeshConfig) -> list[str]:
+    first: dict[tuple[str, str], Resource] = {}
+    warnings = []
+    for service in config.service_entries:
+        for host in {qualify_host(h, service.namespace) for h in service.spec.hosts}:
+            seen = first.setdefault((service.namespace, host), service)
+            if seen is not service:
+                warnings.append(f"{service.ref} in {service.source}: host {host} is also defined by {seen.ref} "
+                                f"({seen.source}); a sidecar keeps one definition per port, so give the host "
+                                "one service (add endpoints with WorkloadEntries instead)")
+    return warnings
+
+
 def analysis_warnings(config: MeshConfig, has_certificate: bool | None = None) -> list[str]:
     """Every analyzer above, in a stable order."""
     return (certificate_warnings(config, has_certificate) + subset_warnings(config)
-            + target_port_warnings(config) + gateway_warnings(config))
+            + target_port_warnings(config) + gateway_warnings(config) + duplicate_host_warnings(config))

@@ -131,3 +131,12 @@ def test_dumped_yaml_reads_the_same_under_yaml_1_1_and_1_2():
     text = dump(doc)
     assert list(load_all(text)) == [doc]
     assert pyyaml.safe_load(text) == doc
+
+
+def test_a_host_defined_by_a_service_and_a_service_entry_is_named():
+    """A Kubernetes Service and a ServiceEntry for one host in one namespace get a warning naming both."""
+    config = load_mesh_text(MESH + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+                            "metadata: {name: reviews-extra}\nspec: {hosts: [reviews], resolution: STATIC, "
+                            "ports: [{number: 9080, name: http}], endpoints: [{address: 10.0.0.9}]}\n", "mesh.yaml")
+    [warning] = _about(analysis_warnings(config), "is also defined by")
+    assert "ServiceEntry/default/reviews-extra" in warning and "Service/default/reviews" in warning
