@@ -193,7 +193,7 @@ spec:
     - headers: {end-user: {exact: jason}}
       method: {exact: GET}
       queryParams: {debug: {regex: "1|true"}}
-      withoutHeaders: {x-skip: {prefix: ""}}
+      withoutHeaders: {x-skip: {}}
     - uri: {regex: "/api/v[0-9]+/.*"}
       ignoreUriCase: true
     route:

@@ -22,6 +22,7 @@ from remora.config.model import (
     HTTPFaultInjection,
     HTTPMatchRequest,
     HTTPRetry,
+    Headers,
     HTTPRoute,
     LoadBalancerSettings,
     OutlierDetection,
@@ -122,8 +123,16 @@ class _Checks:
         if not is_host_pattern(host):
             self.add(path, f"invalid host {host!r}: expected a DNS name, `*.suffix`, `*` or an IP address")
 
-    def string_match(self, path: str, match: StringMatch, *, presence_allowed: bool = False, prefix_allowed: bool = True) -> None:
+    def string_match(self, path: str, match: StringMatch, *, presence_allowed: bool = False, prefix_allowed: bool = True,
+                     empty_prefix_allowed: bool = False) -> None:
+        """Istio's validateStringMatch: one of exact/prefix/regex; an empty regex never, an empty
+        prefix only for `uri` (Envoy's path matcher allows it, its string matcher does not)."""
         chosen = [name for name in ("exact", "prefix", "regex") if getattr(match, name) is not None]
+        if match.prefix == "" and not empty_prefix_allowed:
+            self.add(f"{path}.prefix", "prefix string match should not be empty")
+        if match.regex == "":
+            self.add(f"{path}.regex", "regex string match should not be empty")
+            return
         # In headers/withoutHeaders an empty match ({}) is Istio's presence test.
         if len(chosen) > 1 or (not chosen and not presence_allowed):
             got = " and ".join(chosen) if chosen else "none"
@@ -195,6 +204,9 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
         weights.append(weight)
     if len(weights) > 1 and all(w == 0 for w in weights):
         checks.add(f"{path}.route", "weights of several destinations are all zero (a missing weight counts as 0)")
+    _check_header_operations(checks, f"{path}.headers", route.headers)
+    for k, destination in enumerate(route.route):
+        _check_header_operations(checks, f"{path}.route[{k}].headers", destination.headers)
     if route.rewrite is not None:
         if route.rewrite.uri is not None and route.rewrite.uri_regex_rewrite is not None:
             checks.add(f"{path}.rewrite", "set only one of uri and uriRegexRewrite")
@@ -210,13 +222,42 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
 def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
     for name, value in (("uri", match.uri), ("scheme", match.scheme), ("method", match.method), ("authority", match.authority)):
         if value is not None:
-            checks.string_match(f"{path}.{name}", value)
+            checks.string_match(f"{path}.{name}", value, empty_prefix_allowed=name == "uri")
     for name, mapping in (("headers", match.headers), ("withoutHeaders", match.without_headers)):
         for key, value in mapping.items():
+            if name == "withoutHeaders" and value.regex == "*":
+                # Istio reads regex "*" here as "present"; Remora's spelling of that is {}.
+                checks.add(join_path(join_path(f"{path}.{name}", key), "regex"),
+                           "regex `*` (Istio: the header is present) is not supported by Remora: write "
+                           f"`{key}: {{}}` for the same match")
+                continue
             checks.string_match(join_path(f"{path}.{name}", key), value, presence_allowed=True)
     for key, value in match.query_params.items():
         checks.string_match(join_path(f"{path}.queryParams", key), value, prefix_allowed=False)
     checks.port(f"{path}.port", match.port)
+
+
+_HEADER_VALUE = re.compile("[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def _check_header_operations(checks: _Checks, path: str, headers: Headers | None) -> None:
+    """Istio's header-operation rules: names non-empty; no pseudo-header (`:x`) and no Host, except
+    that request add/set may name the authority (`:authority`, `host`); values without control characters."""
+    for side, operations in (("request", headers.request if headers else None),
+                             ("response", headers.response if headers else None)):
+        if operations is None:
+            continue
+        named = [(f"{path}.{side}.{op}", key, value) for op, mapping in (("set", operations.set), ("add", operations.add))
+                 for key, value in mapping.items()]
+        for where, key, value in named + [(f"{path}.{side}.remove[{i}]", key, None) for i, key in enumerate(operations.remove)]:
+            at = where if where.endswith("]") else join_path(where, key)
+            authority_ok = side == "request" and not where.endswith("]") and key.lower() in (":authority", "host")
+            if not key:
+                checks.add(at, "header name cannot be empty")
+            elif (key.startswith(":") or key.lower() == "host") and not authority_ok:
+                checks.add(at, f"invalid header {key!r}: pseudo-headers and Host cannot be set or removed here")
+            if value is not None and not _HEADER_VALUE.fullmatch(value):
+                checks.add(at, "header value must not contain control characters")
 
 
 def _check_retries(checks: _Checks, path: str, retries: HTTPRetry) -> None:

@@ -14,10 +14,15 @@ _MIRRORS = re.compile(r"^# mirrors: (.+)$", re.M)
 
 
 def _cases():
+    """A case runs from one `# mirrors:` line to the next (one document, or a few loaded together)."""
     for path in sorted(CASES_DIR.glob("*.yaml")):
-        for number, chunk in enumerate(re.split(r"(?m)^---\s*$", path.read_text()), 1):
-            expect, mirrors = _EXPECT.search(chunk), _MIRRORS.search(chunk)
-            assert expect and mirrors, f"{path.name} document {number}: needs `# mirrors:` and `# expect:` lines"
+        text = path.read_text()
+        starts = [m.start() for m in _MIRRORS.finditer(text)]
+        assert starts, f"{path.name}: no `# mirrors:` line"
+        for number, (start, end) in enumerate(zip(starts, [*starts[1:], len(text)]), 1):
+            chunk = text[start:end]
+            expect = _EXPECT.search(chunk)
+            assert expect, f"{path.name} case {number}: needs an `# expect:` line"
             yield pytest.param(chunk, expect.group(1), expect.group(2), id=f"{path.stem}-{number}")
 
 
@@ -39,7 +44,7 @@ def test_document_meets_istio_expectation(text, outcome, field_path):
 def test_every_kind_remora_reads_has_cases():
     """The fixtures cover every Istio kind whose validation Remora holds to Istio's."""
     kinds = {m for path in CASES_DIR.glob("*.yaml") for m in re.findall(r"^kind: (\w+)$", path.read_text(), re.M)}
-    assert kinds >= {"ServiceEntry", "WorkloadEntry", "DestinationRule", "PeerAuthentication",
+    assert kinds >= {"ServiceEntry", "WorkloadEntry", "DestinationRule", "PeerAuthentication", "VirtualService",
                      "AuthorizationPolicy", "RequestAuthentication", "Telemetry"}
 
 
