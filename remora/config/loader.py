@@ -148,12 +148,23 @@ class _Collector:
 def _parse_yaml(text: str, source: str, collector: _Collector, namespace: str | None = None) -> list[_Document]:
     collector.saw(source)
     documents: list[_Document] = []
+    count = 0   # YAML documents read (a List's items share their document's number)
     try:
         for body in yaml_text.load_all(text):
-            documents.append(_Document(with_namespace(body, namespace), source, len(documents) + 1))
+            count += 1
+            for item in _list_items(body):
+                documents.append(_Document(with_namespace(item, namespace), source, count))
     except yaml_text.YamlSyntaxError as error:
-        collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {error}", len(documents) + 1)
+        collector.issue(source, "", "", f"document {count + 1}: invalid YAML: {error}", count + 1)
     return documents
+
+
+def _list_items(body: Any) -> list[Any]:
+    """A Kubernetes `kind: List` (what `kubectl get -o yaml` prints) stands for its items."""
+    if isinstance(body, dict) and body.get("apiVersion") == "v1" and body.get("kind") == "List" \
+            and isinstance(body.get("items"), list):
+        return body["items"]
+    return [body]
 
 
 def with_namespace(body: Any, namespace: str | None) -> Any:

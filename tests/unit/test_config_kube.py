@@ -199,3 +199,16 @@ def test_envoy_renderer_serves_a_service_as_its_service_entry():
     v2 = clusters["outbound|9080|v2|reviews.default.svc.cluster.local"]
     [endpoint] = v2["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == 9082
+
+
+def test_a_kubernetes_list_stands_for_its_items():
+    """`kubectl get svc -o yaml` prints a v1 List: its items load as documents (and a bad item names its document)."""
+    listed = ("apiVersion: v1\nkind: List\nitems:\n"
+              "- {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: [{port: 80, name: http}]}}\n"
+              "- {apiVersion: apps/v1, kind: Deployment, metadata: {name: a}, spec: {}}\n")
+    config = load_mesh_text(listed, namespace="shop")
+    assert [r.ref for r in config.service_entries] == ["Service/shop/a"] and len(config.notes) == 1
+    with pytest.raises(ConfigError) as refused:
+        load_mesh_text("apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {ports: [{port: 1}]}\n---\n"
+                       + listed.replace("port: 80", "port: 0"), "l.yaml")
+    assert str(refused.value.issues[0]).startswith("l.yaml: Service/default/a: spec.ports[0].port")
