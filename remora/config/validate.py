@@ -15,14 +15,13 @@ import re
 
 import msgspec
 
-from remora.config.duration import parse_duration
+from remora.config.duration import duration_nanos, parse_duration
 from remora.config.model import (
     ConnectionPoolSettings,
     DestinationRuleSpec,
     HTTPFaultInjection,
     HTTPMatchRequest,
     HTTPRetry,
-    Headers,
     HTTPRoute,
     LoadBalancerSettings,
     OutlierDetection,
@@ -33,6 +32,7 @@ from remora.config.model import (
     VirtualServiceSpec,
 )
 from remora.config.schema import Problem, join_path
+from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
@@ -83,7 +83,9 @@ class _Checks:
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
-    def duration(self, path: str, value: str | None) -> None:
+    def duration(self, path: str, value: str | None, *, whole_ms: bool = False, zero_ok: bool = False) -> None:
+        """A duration string; with `whole_ms`, Istio's ValidateDuration on top: at least 1ms and
+        to millisecond precision (Envoy's timers), except 0 where `zero_ok` (it disables)."""
         if value is None:
             return
         try:
@@ -93,6 +95,14 @@ class _Checks:
             return
         if seconds < 0:  # parse_duration has no sign today; keep the rule if it grows one
             self.add(path, f"duration must not be negative, got {value!r}")
+        if whole_ms:
+            nanos = duration_nanos(value)
+            if nanos == 0 and zero_ok:
+                return
+            if nanos < 1_000_000:
+                self.add(path, f"duration must be at least 1ms, got {value!r}")
+            elif nanos % 1_000_000:
+                self.add(path, f"only durations to millisecond precision are supported, got {value!r}")
 
     def percent(self, path: str, value: float | None) -> None:
         if value is not None and not 0 <= value <= 100:
@@ -204,15 +214,15 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
         weights.append(weight)
     if len(weights) > 1 and all(w == 0 for w in weights):
         checks.add(f"{path}.route", "weights of several destinations are all zero (a missing weight counts as 0)")
-    _check_header_operations(checks, f"{path}.headers", route.headers)
+    checks.problems += header_operation_problems(f"{path}.headers", route.headers)
     for k, destination in enumerate(route.route):
-        _check_header_operations(checks, f"{path}.route[{k}].headers", destination.headers)
+        checks.problems += header_operation_problems(f"{path}.route[{k}].headers", destination.headers)
     if route.rewrite is not None:
         if route.rewrite.uri is not None and route.rewrite.uri_regex_rewrite is not None:
             checks.add(f"{path}.rewrite", "set only one of uri and uriRegexRewrite")
         if route.rewrite.uri_regex_rewrite is not None:
             checks.regex(f"{path}.rewrite.uriRegexRewrite.match", route.rewrite.uri_regex_rewrite.match)
-    checks.duration(f"{path}.timeout", route.timeout)
+    checks.duration(f"{path}.timeout", route.timeout, whole_ms=True)
     if route.retries is not None:
         _check_retries(checks, f"{path}.retries", route.retries)
     if route.fault is not None:
@@ -237,32 +247,13 @@ def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
     checks.port(f"{path}.port", match.port)
 
 
-_HEADER_VALUE = re.compile("[^\x00-\x08\x0a-\x1f\x7f]*")
-
-
-def _check_header_operations(checks: _Checks, path: str, headers: Headers | None) -> None:
-    """Istio's header-operation rules: names non-empty; no pseudo-header (`:x`) and no Host, except
-    that request add/set may name the authority (`:authority`, `host`); values without control characters."""
-    for side, operations in (("request", headers.request if headers else None),
-                             ("response", headers.response if headers else None)):
-        if operations is None:
-            continue
-        named = [(f"{path}.{side}.{op}", key, value) for op, mapping in (("set", operations.set), ("add", operations.add))
-                 for key, value in mapping.items()]
-        for where, key, value in named + [(f"{path}.{side}.remove[{i}]", key, None) for i, key in enumerate(operations.remove)]:
-            at = where if where.endswith("]") else join_path(where, key)
-            authority_ok = side == "request" and not where.endswith("]") and key.lower() in (":authority", "host")
-            if not key:
-                checks.add(at, "header name cannot be empty")
-            elif (key.startswith(":") or key.lower() == "host") and not authority_ok:
-                checks.add(at, f"invalid header {key!r}: pseudo-headers and Host cannot be set or removed here")
-            if value is not None and not _HEADER_VALUE.fullmatch(value):
-                checks.add(at, "header value must not contain control characters")
-
-
 def _check_retries(checks: _Checks, path: str, retries: HTTPRetry) -> None:
     checks.non_negative(f"{path}.attempts", retries.attempts)
-    checks.duration(f"{path}.perTryTimeout", retries.per_try_timeout)
+    if retries.attempts == 0 and (retries.per_try_timeout is not None or retries.retry_on is not None
+                                  or retries.retry_remote_localities is not None):
+        # Istio's ValidateHTTPRetry: attempts 0 (or unset) disables retries, so a policy beside it is a mistake.
+        checks.add(f"{path}.attempts", "retry policy configured when attempts are 0 (disabled): set attempts")
+    checks.duration(f"{path}.perTryTimeout", retries.per_try_timeout, whole_ms=True)
     if retries.retry_on is None:
         return
     for condition in retries.retry_on.split(","):
@@ -284,7 +275,7 @@ def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
         where = f"{path}.delay"
         if fault.delay.fixed_delay is None:
             checks.add(f"{where}.fixedDelay", "a fault delay needs fixedDelay")
-        checks.duration(f"{where}.fixedDelay", fault.delay.fixed_delay)
+        checks.duration(f"{where}.fixedDelay", fault.delay.fixed_delay, whole_ms=True)
         _check_percentage(checks, where, fault.delay.percentage)
         checks.percent(f"{where}.percent", fault.delay.percent)
     if fault.abort is not None:
@@ -293,6 +284,9 @@ def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
             checks.add(f"{where}.httpStatus", "a fault abort needs httpStatus (or grpcStatus)")
         if fault.abort.http_status is not None and not 200 <= fault.abort.http_status <= 599:
             checks.add(f"{where}.httpStatus", f"abort status must be between 200 and 599, got {fault.abort.http_status}")
+        if fault.abort.grpc_status is not None and fault.abort.grpc_status not in GRPC_STATUS_NAMES:
+            checks.add(f"{where}.grpcStatus", f"gRPC status {fault.abort.grpc_status!r} is not supported: use a status "
+                                              "name such as NOT_FOUND or UNAVAILABLE")
         _check_percentage(checks, where, fault.abort.percentage)
 
 
@@ -372,13 +366,13 @@ def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSetti
     if pool.tcp is not None:
         tcp = f"{path}.tcp"
         checks.non_negative(f"{tcp}.maxConnections", pool.tcp.max_connections)
-        checks.duration(f"{tcp}.connectTimeout", pool.tcp.connect_timeout)
-        checks.duration(f"{tcp}.maxConnectionDuration", pool.tcp.max_connection_duration)
-        checks.duration(f"{tcp}.idleTimeout", pool.tcp.idle_timeout)
+        checks.duration(f"{tcp}.connectTimeout", pool.tcp.connect_timeout, whole_ms=True)
+        checks.duration(f"{tcp}.maxConnectionDuration", pool.tcp.max_connection_duration, whole_ms=True)
+        checks.duration(f"{tcp}.idleTimeout", pool.tcp.idle_timeout, whole_ms=True, zero_ok=True)
         if pool.tcp.tcp_keepalive is not None:
             checks.non_negative(f"{tcp}.tcpKeepalive.probes", pool.tcp.tcp_keepalive.probes)
-            checks.duration(f"{tcp}.tcpKeepalive.time", pool.tcp.tcp_keepalive.time)
-            checks.duration(f"{tcp}.tcpKeepalive.interval", pool.tcp.tcp_keepalive.interval)
+            checks.duration(f"{tcp}.tcpKeepalive.time", pool.tcp.tcp_keepalive.time, whole_ms=True)
+            checks.duration(f"{tcp}.tcpKeepalive.interval", pool.tcp.tcp_keepalive.interval, whole_ms=True)
     if pool.http is not None:
         http = f"{path}.http"
         for name, value in (
@@ -389,7 +383,7 @@ def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSetti
             ("maxConcurrentStreams", pool.http.max_concurrent_streams),
         ):
             checks.non_negative(f"{http}.{name}", value)
-        checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout)
+        checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout, whole_ms=True)
         checks.one_of(f"{http}.h2UpgradePolicy", pool.http.h2_upgrade_policy, H2_UPGRADE_POLICIES)
 
 
@@ -401,8 +395,8 @@ def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetecti
         ("consecutiveLocalOriginFailures", outlier.consecutive_local_origin_failures),
     ):
         checks.non_negative(f"{path}.{name}", value)
-    checks.duration(f"{path}.interval", outlier.interval)
-    checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time)
+    checks.duration(f"{path}.interval", outlier.interval, whole_ms=True)
+    checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time, whole_ms=True)
     checks.percent(f"{path}.maxEjectionPercent", outlier.max_ejection_percent)
     checks.percent(f"{path}.minHealthPercent", outlier.min_health_percent)
 
