@@ -360,6 +360,9 @@ def _check_load_balancer(checks: _Checks, path: str, lb: LoadBalancerSettings) -
         checks.duration(f"{where}.httpCookie.ttl", hashing.http_cookie.ttl)
     if hashing.ring_hash is not None and hashing.maglev is not None:
         checks.add(where, "set only one of ringHash and maglev")
+    size = hashing.maglev.table_size if hashing.maglev is not None else None
+    if size and not (size > 1 and all(size % d for d in range(2, int(size ** 0.5) + 1))):
+        checks.add(f"{where}.maglev.tableSize", f"table size must be a prime number, got {size}")   # Istio's rule
 
 
 def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSettings) -> None:
@@ -385,6 +388,8 @@ def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSetti
             checks.non_negative(f"{http}.{name}", value)
         checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout, whole_ms=True)
         checks.one_of(f"{http}.h2UpgradePolicy", pool.http.h2_upgrade_policy, H2_UPGRADE_POLICIES)
+        if pool.http.h2_upgrade_policy == "UPGRADE" and pool.http.use_client_protocol:
+            checks.add(f"{http}.useClientProtocol", "useClientProtocol must not be true when h2UpgradePolicy is UPGRADE")
 
 
 def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetection) -> None:
@@ -399,6 +404,9 @@ def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetecti
     checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time, whole_ms=True)
     checks.percent(f"{path}.maxEjectionPercent", outlier.max_ejection_percent)
     checks.percent(f"{path}.minHealthPercent", outlier.min_health_percent)
+    if outlier.consecutive_local_origin_failures and not outlier.split_external_local_origin_errors:
+        checks.add(f"{path}.consecutiveLocalOriginFailures", "consecutiveLocalOriginFailures needs "
+                   "splitExternalLocalOriginErrors: true (Istio's rule)")
 
 
 # ---- ServiceEntry and WorkloadEntry ----------------------------------------------------------
