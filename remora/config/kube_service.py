@@ -21,9 +21,10 @@ controller's serviceInstancesFromWorkloadInstance for WorkloadEntries a Service 
 The conversion produces a `ServiceEntrySpec`, so clusters, the control server's
 snapshots, capture and the Envoy renderer serve a Service through the same path as a
 ServiceEntry; the resource keeps kind `Service` and its Kubernetes spec (`document()`).
-A named targetPort becomes the converted port's name, which is the key a WorkloadEntry's
-`ports` map is read with; a workload without that name is sent the service port (Istio
-leaves such a workload out of that port: `analyze` warns about it, mesh_warnings.py).
+A named targetPort becomes the converted port's name (an unnamed port is `port-<number>`),
+which is the key a WorkloadEntry's `ports` map is read with (workload_port_name); a workload
+without that name is sent the service port (Istio leaves such a workload out of that port:
+`remora analyze` warns about it, analysis.py).
 """
 from __future__ import annotations
 
@@ -100,7 +101,10 @@ def _is_ip(text: str) -> bool:
 def validate_service(spec: KubeServiceSpec, name: str, path: str = "spec") -> list[Problem]:
     """Kubernetes' own rules for a Service (apimachinery ValidateService), the ones a file can break."""
     problems: list[Problem] = []
-    add = lambda where, message: problems.append(Problem(where, message))  # noqa: E731
+
+    def add(where: str, message: str) -> None:
+        problems.append(Problem(where, message))
+
     if len(name) > 63 or not _DNS_1035.fullmatch(name):
         add("metadata.name", f"{name[:40]!r}: a Service name must be a DNS-1035 label (at most 63 "
                              "lowercase alphanumerics or '-', starting with a letter)")
@@ -113,9 +117,8 @@ def validate_service(spec: KubeServiceSpec, name: str, path: str = "spec") -> li
     headless = spec.cluster_ip == "None"
     if not spec.ports and kind != "ExternalName" and not headless:
         add(f"{path}.ports", "required value: a Service needs at least one port (unless headless or ExternalName)")
-    for i, address in enumerate([spec.cluster_ip] if spec.cluster_ip else []):
-        if address != "None" and not _is_ip(address):
-            add(f"{path}.clusterIP", f"{address!r} must be a valid IP address or None")
+    if spec.cluster_ip and spec.cluster_ip != "None" and not _is_ip(spec.cluster_ip):
+        add(f"{path}.clusterIP", f"{spec.cluster_ip!r} must be a valid IP address or None")
     for i, address in enumerate(spec.cluster_ips):
         if address != "None" and not _is_ip(address):
             add(f"{path}.clusterIPs[{i}]", f"{address!r} must be a valid IP address or None")
