@@ -4,10 +4,11 @@ Like istioctl analyze's analyzers, these look across the whole set and never ref
 - a DestinationRule with `tls.mode: ISTIO_MUTUAL` when no workload certificate is known
   (`has_certificate=False`: a files sidecar without --cert-dir; None: analyze, which cannot
   know): every request it governs fails 503 UF until the sidecar has one;
-- a DestinationRule subset whose labels match no endpoint of its host in this config
-  (ServiceEntry endpoints and the WorkloadEntries its workloadSelector, or a Kubernetes
-  Service's selector, picks); sidecars registering with a control server add endpoints
-  the files cannot show, so the message says so;
+- a DestinationRule subset whose labels match none of the endpoints its host has in this
+  config (ServiceEntry endpoints and the WorkloadEntries its workloadSelector, or a
+  Kubernetes Service's selector, picks); a host with no endpoint in the config is not
+  judged, and sidecars registering with a control server may add endpoints, so the message
+  says so;
 - a WorkloadEntry selected by a Kubernetes Service whose port has a named targetPort the
   entry does not list: Istio leaves it out of that port, Remora sends it the service port;
 - a VirtualService bound to a Gateway (`gateways`, or `match[].gateways`) that no Gateway
@@ -70,8 +71,10 @@ def subset_warnings(config: MeshConfig) -> list[str]:
     warnings = []
     for rule in config.destination_rules:
         host = qualify_host(rule.spec.host, rule.namespace)
-        if host not in endpoints:
-            continue   # a host served from elsewhere (a VirtualService's own host, DNS): nothing to compare
+        if not endpoints.get(host):
+            # No endpoint in the files: they come from elsewhere (pods, sidecars that register,
+            # DNS), so there is nothing to compare with, and a warning per subset would be noise.
+            continue
         for i, subset in enumerate(rule.spec.subsets):
             if subset.labels and not any(_selects(subset.labels, ep.labels) for ep in endpoints[host]):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(subset.labels.items()))

@@ -212,3 +212,15 @@ def test_a_kubernetes_list_stands_for_its_items():
         load_mesh_text("apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {ports: [{port: 1}]}\n---\n"
                        + listed.replace("port: 80", "port: 0"), "l.yaml")
     assert str(refused.value.issues[0]).startswith("l.yaml: Service/default/a: spec.ports[0].port")
+
+
+def test_bookinfo_with_every_service_on_v1_loads_in_a_namespace():
+    """bookinfo.yaml with destination-rule-all + virtual-service-all-v1 loads under -n bookinfo; analyze names
+    the subsets no endpoint of the set matches (reviews v3), not those its WorkloadEntries serve (reviews v1, v2)."""
+    from remora.config.analysis import subset_warnings
+    config = load_mesh_config([SAMPLES / "bookinfo.yaml", SAMPLES / "all-v1"], namespace="bookinfo")
+    assert len(config.virtual_services) == len(config.destination_rules) == 4
+    assert {r.namespace for r in config.resources()} == {"bookinfo"}
+    reviews = [w for w in subset_warnings(config) if "DestinationRule/bookinfo/reviews" in w]
+    assert len(reviews) == 1 and "(v3)" in reviews[0]
+    assert _endpoints(config, "reviews.bookinfo.svc.cluster.local", 9080, "v1") == [("127.0.0.1", 9081)]
