@@ -75,8 +75,7 @@ def _answers(sidecar: ProxyProcess, host: str, headers=None, count: int = 10) ->
 
 
 def test_control_server_serves_the_service_with_its_registered_sidecars(upstreams):
-    """Under `remora control`, bookinfo.yaml's reviews Service takes the registered reviews sidecars as its
-    endpoints (selector app=reviews), reachable by the Kubernetes host name, with request routing by subset."""
+    """Under remora control, the reviews Service's endpoints are the registered reviews sidecars, routed by subset."""
     control = ControlProcess({"bookinfo.yaml": _manifest_without_pods()})
     sidecars: list[ProxyProcess] = []
     try:

@@ -215,8 +215,7 @@ def test_a_kubernetes_list_stands_for_its_items():
 
 
 def test_bookinfo_with_every_service_on_v1_loads_in_a_namespace():
-    """bookinfo.yaml with destination-rule-all + virtual-service-all-v1 loads under -n bookinfo; analyze names
-    the subsets no endpoint of the set matches (reviews v3), not those its WorkloadEntries serve (reviews v1, v2)."""
+    """bookinfo + destination-rule-all + virtual-service-all-v1 load under -n; only reviews v3 lacks an endpoint in the files."""
     from remora.config.analysis import subset_warnings
     config = load_mesh_config([SAMPLES / "bookinfo.yaml", SAMPLES / "all-v1"], namespace="bookinfo")
     assert len(config.virtual_services) == len(config.destination_rules) == 4

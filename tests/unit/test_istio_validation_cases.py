@@ -28,8 +28,7 @@ def _cases():
 
 @pytest.mark.parametrize("text, outcome, field_path", list(_cases()))
 def test_document_meets_istio_expectation(text, outcome, field_path):
-    """Each mirrored case loads when Istio accepts it and is refused, naming the field, when Istio refuses it
-    (or, for an Istio feature Remora lacks, refused as not supported by Remora, never as an unknown field)."""
+    """A case loads iff Istio accepts it; else it is refused at the field (an unimplemented Istio field: "not supported by Remora")."""
     if outcome == "loads":
         load_mesh_text(text, "case.yaml")
         return
