@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = sub.add_parser("proxy", help="run the sidecar proxy")
     proxy.add_argument("--mesh-config", action="append", default=[], metavar="PATH",
                        help="Istio YAML file or directory (repeatable); or use --control")
+    # Not -n/--namespace: that is the workload's namespace (identity group below), which
+    # need not be the namespace of the config files.
+    proxy.add_argument("--mesh-config-namespace", default=None, metavar="NS",
+                       help="namespace of --mesh-config documents without metadata.namespace "
+                            "(kubectl apply -n; default: default)")
     proxy.add_argument("--control", default=None, metavar="URL",
                        help="control server to take config from, e.g. http://127.0.0.1:15010 "
                             "(default: $REMORA_CONTROL when --mesh-config is not given)")
@@ -146,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_wait_parser(sub, _http_url, _seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
+    analyze.add_argument("-n", "--namespace", default=None,
+                         help="namespace of documents without metadata.namespace (istioctl analyze -n; "
+                              "default: default)")
     from remora.xds.envoy_command import add_envoy_config_parser
     add_envoy_config_parser(sub, _labels)
     _add_control_commands(sub)
@@ -208,6 +216,9 @@ def _add_control_commands(sub) -> None:
     apply = client("apply", "create or update resources from YAML (like kubectl apply)")
     apply.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
                        help="YAML file, or - for stdin (repeatable)")
+    apply.add_argument("-n", "--namespace", default=None,
+                       help="namespace of documents without metadata.namespace; a document naming "
+                            "another one is refused (kubectl apply -n)")
     get = client("get", "list resources, or show one")
     get.add_argument("kind", help="ServiceEntry|WorkloadEntry|VirtualService|DestinationRule, or se|we|vs|dr")
     get.add_argument("name", nargs="?")
@@ -283,10 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _load(paths):
+def _load(paths, namespace=None):
     from remora.config.loader import ConfigError, load_mesh_config
     try:
-        return load_mesh_config(paths)
+        return load_mesh_config(paths, namespace)
     except ConfigError as err:
         print(f"remora: invalid configuration\n{err}", file=sys.stderr)
         return None
@@ -314,7 +325,7 @@ def _analyze(args) -> int:
     # directory that passes here is accepted by `remora control --config-dir`.
     from remora.config.loader import ConfigError
     from remora.xds.store import read_sources, validate_documents
-    docs, issues, warnings = read_sources(args.paths)
+    docs, issues, warnings = read_sources(args.paths, args.namespace)
     try:
         config = validate_documents(docs, issues)
     except ConfigError as err:
@@ -322,8 +333,11 @@ def _analyze(args) -> int:
         return 1
     for warning in warnings:
         print(f"warning: {warning}")
-    for warning in config.warnings:
+    from remora.config.analysis import analysis_warnings
+    for warning in [*config.warnings, *analysis_warnings(config)]:
         print(f"warning: {warning}")
+    for note in config.notes:
+        print(f"info: {note}")
     print(f"ok: configuration version {config.version} is valid")
     return 0
 
@@ -379,9 +393,12 @@ def _proxy(args) -> int:
             print(f"remora: --control: {err}", file=sys.stderr)
             return 2
     else:
-        config = _load(args.mesh_config)
+        config = _load(args.mesh_config, args.mesh_config_namespace)
         if config is None:
             return 1
+        from remora.config.analysis import certificate_warnings
+        for warning in certificate_warnings(config, has_certificate=bool(args.cert_dir)):
+            print(f"remora proxy: warning: {warning}", file=sys.stderr)
         if config.request_authentications:
             # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
             from remora.xds.jwks_fetch import fetch_for_files

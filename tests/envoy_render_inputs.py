@@ -62,6 +62,10 @@ def documents(text: str) -> list[dict]:
 def with_stand_in_services(docs: list[dict]) -> list[dict]:
     """docs plus a 127.0.0.1 ServiceEntry for every routed host that has none (see above)."""
     known = {h for d in docs if d["kind"] == "ServiceEntry" for h in d["spec"].get("hosts", [])}
+    # A Kubernetes Service declares its name (and FQDN) as a host.
+    known |= {h for d in docs if d["kind"] == "Service" and d.get("apiVersion") == "v1"
+              for h in (d["metadata"]["name"], f"{d['metadata']['name']}.{d['metadata'].get('namespace') or 'default'}"
+                        ".svc.cluster.local")}
     ports: dict[str, set[int]] = {}
     subsets: dict[str, list[dict]] = {}
     for doc in docs:
@@ -189,7 +193,7 @@ spec:
     - headers: {end-user: {exact: jason}}
       method: {exact: GET}
       queryParams: {debug: {regex: "1|true"}}
-      withoutHeaders: {x-skip: {prefix: ""}}
+      withoutHeaders: {x-skip: {}}
     - uri: {regex: "/api/v[0-9]+/.*"}
       ignoreUriCase: true
     route:

@@ -12,6 +12,12 @@ Rules:
   unless skipping would leave traffic less protected than written (another mesh's
   authorization, a REGISTRY_ONLY Sidecar, a security EnvoyFilter: unenforced.py), which is
   an error; a kind nobody knows is an error, because it is almost always a typo.
+- Kubernetes' own kinds, which Istio's samples mix with Istio's: a `v1` Service is a mesh
+  service (kube_service.py, served as the ServiceEntry Istio makes of it); Deployment,
+  ServiceAccount, ConfigMap and the other kinds of Kubernetes' groups, and kinds of other
+  operators' groups, are not mesh config and are skipped with one info line each (`notes`).
+- A namespace given by the caller (`-n`, as `kubectl apply -n`) is the namespace of the
+  documents that name none.
 - The version is a hash of the validated resources only (not of file names, comments or
   order), so the same config loaded twice, or split differently across files, has the
   same version.
@@ -29,11 +35,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
-import yaml
 
-from remora.config import validate
+from remora.config import validate, validate_entries, yaml_text
 from remora.config.validate_jwt import validate_request_authentication
-from remora.config.deprecated import destination_rule_warnings
+from remora.config.deprecated import destination_rule_warnings, virtual_service_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
 from remora.config.validate_telemetry import telemetry_warnings, validate_telemetry
 from remora.config.object_names import LABEL_MAX, identity_problems, shown_part
@@ -42,10 +47,11 @@ from remora.config.model import (
     Resource,
 )
 from remora.config.kinds import (  # noqa: F401  (SPEC_TYPES and the tables are re-exported)
-    OTHER_GROUPS, SPEC_TYPES, SUPPORTED_GROUP, SUPPORTED_VERSIONS, UNSUPPORTED_KINDS, check_kind,
-    supported_group,
+    KUBERNETES_SERVICE, OTHER_GROUPS, SPEC_TYPES, SUPPORTED_GROUP, SUPPORTED_VERSIONS, UNSUPPORTED_KINDS,
+    check_kind, non_mesh_kind, supported_group,
 )
-from remora.config.references import HostIndex, check_destinations
+from remora.config import kube_service
+from remora.config.references import check_destinations, host_index, shared_destination_rule_warnings
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
 
@@ -79,8 +85,8 @@ class ConfigError(Exception):
 # ---- kinds (tables and the kind/apiVersion check: kinds.py) ---------------------------------
 
 _RULES: dict[str, Callable[[Any], list[Problem]]] = {
-    "ServiceEntry": validate.validate_service_entry,
-    "WorkloadEntry": validate.validate_workload_entry,
+    "ServiceEntry": validate_entries.validate_service_entry,
+    "WorkloadEntry": validate_entries.validate_workload_entry,
     "VirtualService": validate.validate_virtual_service,
     "DestinationRule": validate.validate_destination_rule,
     "Telemetry": validate_telemetry,
@@ -122,6 +128,8 @@ class _Collector:
     issues: list[ConfigIssue] = field(default_factory=list)
     positions: list[tuple[int, int, int]] = field(default_factory=list)  # (file, document, seq) per issue
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # info lines: non-mesh kinds skipped
+    skipped: list[str] = field(default_factory=list)  # Kind/namespace/name of skipped mesh kinds
     file_order: dict[str, int] = field(default_factory=dict)  # so issues print in load order
 
     def saw(self, source: str) -> None:
@@ -137,37 +145,38 @@ class _Collector:
         return [issue for _, issue in sorted(zip(self.positions, self.issues), key=lambda pair: pair[0])]
 
 
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML loader that rejects duplicate keys, which PyYAML would silently merge."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable keys are reported by the base constructor
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep)
-
-
-def _parse_yaml(text: str, source: str, collector: _Collector) -> list[_Document]:
+def _parse_yaml(text: str, source: str, collector: _Collector, namespace: str | None = None) -> list[_Document]:
     collector.saw(source)
     documents: list[_Document] = []
+    count = 0   # YAML documents read (a List's items share their document's number)
     try:
-        for body in yaml.load_all(text, Loader=_StrictLoader):
-            documents.append(_Document(body, source, len(documents) + 1))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        collector.issue(source, "", "", f"document {len(documents) + 1}: invalid YAML: {problem}{where}", len(documents) + 1)
+        for body in yaml_text.load_all(text):
+            count += 1
+            for item in _list_items(body):
+                documents.append(_Document(with_namespace(item, namespace), source, count))
+    except yaml_text.YamlSyntaxError as error:
+        collector.issue(source, "", "", f"document {count + 1}: invalid YAML: {error}", count + 1)
     return documents
+
+
+def _list_items(body: Any) -> list[Any]:
+    """A Kubernetes `kind: List` (what `kubectl get -o yaml` prints) stands for its items."""
+    if isinstance(body, dict) and body.get("apiVersion") == "v1" and body.get("kind") == "List" \
+            and isinstance(body.get("items"), list):
+        return body["items"]
+    return [body]
+
+
+def with_namespace(body: Any, namespace: str | None) -> Any:
+    """`kubectl apply -n NAMESPACE`: a document without metadata.namespace gets NAMESPACE.
+
+    A document that names its own namespace keeps it (whether that is an error is the
+    caller's rule: `remora apply -n` refuses a mismatch, as kubectl does).
+    """
+    if namespace is not None and isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        if body["metadata"].get("namespace") in (None, ""):
+            body["metadata"]["namespace"] = namespace
+    return body
 
 
 def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> list[Path]:
@@ -193,8 +202,9 @@ def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> li
 
 # ---- public API -----------------------------------------------------------------------------
 
-def load_mesh_config(paths: Sequence[str | os.PathLike]) -> MeshConfig:
-    """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set."""
+def load_mesh_config(paths: Sequence[str | os.PathLike], namespace: str | None = None) -> MeshConfig:
+    """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set;
+    documents without metadata.namespace are in `namespace` (default: "default")."""
     collector = _Collector()
     documents: list[_Document] = []
     for path in _yaml_files(paths, collector):
@@ -203,24 +213,24 @@ def load_mesh_config(paths: Sequence[str | os.PathLike]) -> MeshConfig:
         except (OSError, UnicodeDecodeError) as error:
             collector.issue(str(path), "", "", f"cannot read file: {error}")
             continue
-        documents.extend(_parse_yaml(text, str(path), collector))
+        documents.extend(_parse_yaml(text, str(path), collector, namespace))
     return _build(documents, collector)
 
 
-def load_mesh_text(text: str, source: str = "<memory>") -> MeshConfig:
+def load_mesh_text(text: str, source: str = "<memory>", namespace: str | None = None) -> MeshConfig:
     """Load one (multi-document) YAML text as a config set."""
     collector = _Collector()
-    return _build(_parse_yaml(text, source, collector), collector)
+    return _build(_parse_yaml(text, source, collector, namespace), collector)
 
 
-def parse_documents(text: str, source: str) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
+def parse_documents(text: str, source: str, namespace: str | None = None) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
     """Parse one (multi-document) YAML text into (document, source) pairs for `build_mesh_config`.
 
     Returns the documents read before any YAML error, and the error as an issue, so that a
     caller validating several texts can report every problem of the set in one go.
     """
     collector = _Collector()
-    documents = _parse_yaml(text, source, collector)
+    documents = _parse_yaml(text, source, collector, namespace)
     return [(document.body, source) for document in documents], collector.ordered_issues()
 
 
@@ -288,7 +298,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         first_seen[item.ref] = document
         loaded.append(item)
 
-    index = _host_index(loaded)
+    index = host_index(loaded)
     for item in loaded:
         if item.kind == "VirtualService" and item.spec is not None:
             for problem in check_destinations(item.spec, item.namespace, index):
@@ -296,12 +306,14 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
                     collector.issue(item.document.source, item.ref, problem.path, problem.message, item.document.index)
                 else:
                     collector.warnings.append(f"{item.ref}: {problem.path}: {problem.message}")
-    collector.warnings.extend(_shared_destination_rule_warnings(loaded, index))
+    collector.warnings.extend(shared_destination_rule_warnings(loaded, index))
     for item in loaded:
         if item.kind == "Telemetry" and item.spec is not None:
             collector.warnings.extend(telemetry_warnings(item.spec, item.ref, item.document.source))
         elif item.kind == "DestinationRule" and item.spec is not None:
             collector.warnings.extend(destination_rule_warnings(item.spec, item.ref, item.document.source))
+        elif item.kind == "VirtualService" and item.spec is not None:
+            collector.warnings.extend(virtual_service_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
         cache.entries, cache.used = cache.used, {}
 
@@ -309,6 +321,12 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         raise ConfigError(collector.ordered_issues())
     resources = {kind: [] for kind in SPEC_TYPES}
     for item in loaded:
+        if item.kind == KUBERNETES_SERVICE:
+            # Served as the ServiceEntry Istio makes of it (kube_service.py), written back as itself.
+            resources["ServiceEntry"].append(kube_service.service_resource(
+                item.name, item.namespace, item.api_version, item.spec, item.document.body.get("metadata"),
+                item.document.source))
+            continue
         resources[item.kind].append(Resource(
             kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
             source=item.document.source, api_version=item.api_version,
@@ -324,6 +342,8 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         request_authentications=tuple(resources["RequestAuthentication"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
+        notes=tuple(collector.notes),
+        skipped=tuple(collector.skipped),
     )
 
 
@@ -361,9 +381,14 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             message = f"document {document.index}: {message}"
         collector.issue(source, resource, path, message, document.index)
 
-    if not check_kind(kind, api_version, report):
+    handling = non_mesh_kind(kind, api_version)
+    if handling == "skip":
+        collector.notes.append(f"skipped {kind} {shown_namespace}/{shown_name} ({api_version}) in {source}: "
+                               "not mesh configuration")
         return None
-    if kind not in SPEC_TYPES or api_version.rpartition("/")[0] != supported_group(kind):
+    if handling is None and not check_kind(kind, api_version, report):
+        return None
+    if handling is None and (kind not in SPEC_TYPES or api_version.rpartition("/")[0] != supported_group(kind)):
         # e.g. Linkerd's policy.linkerd.io AuthorizationPolicy: same kind name, other API.
         # Skipping is safe only when it leaves traffic no less protected (unenforced.py).
         refused = unenforced_security(api_version.rpartition("/")[0], kind, body.get("spec"))
@@ -371,6 +396,7 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             report(refused.path, refused.message)
             return None
         collector.warnings.append(f"skipped unsupported kind {kind} ({shown_namespace}/{shown_name}) in {source}")
+        collector.skipped.append(f"{kind}/{shown_namespace}/{shown_name}")
         return None
 
     ok = identified = True
@@ -392,58 +418,17 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
         if key not in _TOP_LEVEL_FIELDS:
             report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
             ok = False
-    spec, problems = convert_spec(body.get("spec"), SPEC_TYPES[kind])
+    spec_type = kube_service.KubeServiceSpec if handling == "service" else SPEC_TYPES[kind]
+    spec, problems = convert_spec(body.get("spec"), spec_type)
     if spec is not None and kind == "VirtualService":
         spec, header_problems = validate.normalize_header_keys(spec)
         problems += header_problems
-    if spec is not None:
+    if spec is not None and handling == "service":
+        problems += kube_service.validate_service(spec, name if isinstance(name, str) else "")
+    elif spec is not None:
         problems += _RULES[kind](spec)
     for problem in problems:
         report(problem.path, problem.message)
     if not isinstance(name, str) or not name or not identified:
         return None  # no identity: cannot be checked for duplicates or referenced
     return _Loaded(document, kind, name, namespace, api_version, spec if ok else None)
-
-
-def _shared_destination_rule_warnings(loaded: list[_Loaded], index: HostIndex) -> list[str]:
-    """Istio merges several DestinationRules for one host; Remora applies one per host.
-
-    A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
-    and Istio does not merge it with the others): only rules with the same selector collide.
-    """
-    by_host: dict[tuple, list[_Loaded]] = {}
-    for item in loaded:
-        if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
-            selector = item.spec.workload_selector
-            scope = (item.namespace, tuple(sorted(selector.match_labels.items()))) if selector else None
-            by_host.setdefault((index.qualify(item.spec.host, item.namespace), scope), []).append(item)
-    return [
-        f"several DestinationRules for host {host}: "
-        + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
-        + "; Remora applies one DestinationRule per host, so their settings are not merged"
-        for (host, _), items in by_host.items()
-        if len(items) > 1
-    ]
-
-
-def _host_index(loaded: list[_Loaded]) -> HostIndex:
-    """Index every readable host and subset, from typed specs or, for rejected ones, raw data."""
-    index = HostIndex()
-    for item in loaded:
-        raw = item.document.body.get("spec")
-        raw = raw if isinstance(raw, dict) else {}
-        if item.kind in ("ServiceEntry", "VirtualService"):
-            hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
-            for host in hosts if isinstance(hosts, list) else ():
-                if isinstance(host, str) and host:
-                    index.add_host(host, item.namespace)
-        elif item.kind == "DestinationRule":
-            if item.spec is not None and item.spec.host:
-                index.add_subsets(item.spec.host, item.namespace, (s.name for s in item.spec.subsets))
-            elif isinstance(raw.get("host"), str) and raw["host"]:
-                subsets = raw.get("subsets", [])
-                names = None
-                if isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in subsets):
-                    names = [s["name"] for s in subsets]
-                index.add_subsets(raw["host"], item.namespace, names)
-    return index

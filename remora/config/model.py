@@ -337,8 +337,9 @@ class PeerMutualTLS(Spec):
 class PeerAuthenticationSpec(Spec):
     selector: TelemetrySelector | None = None
     mtls: PeerMutualTLS | None = None
-    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers.
-    port_level_mtls: dict[int, PeerMutualTLS] = {}
+    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers. None when not
+    # given: an empty map is an error (Istio's CRD: at least one port), so the two differ.
+    port_level_mtls: dict[int, PeerMutualTLS] | None = None
 
 
 class AuthzSource(Spec):
@@ -410,6 +411,9 @@ class Resource(Generic[S]):
     spec: S
     source: str = "<memory>"
     api_version: str = "networking.istio.io/v1"
+    # The document as written, for a kind served as another (a Kubernetes Service is served
+    # as the ServiceEntry Istio makes of it, `spec`, and pushed and shown as itself).
+    written: dict | None = None
 
     @property
     def ref(self) -> str:
@@ -418,6 +422,8 @@ class Resource(Generic[S]):
 
     def document(self) -> dict:
         """The resource as an Istio YAML document (camelCase), loadable again as it is."""
+        if self.written is not None:
+            return self.written
         return {"apiVersion": self.api_version, "kind": self.kind,
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": msgspec.to_builtins(self.spec)}
@@ -437,6 +443,8 @@ class MeshConfig:
     request_authentications: tuple[Resource[RequestAuthenticationSpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())   # info lines (non-mesh kinds skipped)
+    skipped: tuple[str, ...] = field(default=())  # Kind/namespace/name of mesh kinds skipped (Gateway, ...)
 
     def resources(self) -> Iterator[Resource]:
         """Every resource of every kind, kind by kind."""

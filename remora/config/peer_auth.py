@@ -28,7 +28,7 @@ def effective_mtls_mode(policies: Iterable[Resource[PeerAuthenticationSpec]], na
         spec = policy.spec
         if spec.mtls is not None and spec.mtls.mode not in (None, "UNSET"):
             mode = spec.mtls.mode
-        port_setting = spec.port_level_mtls.get(port) if port is not None else None
+        port_setting = (spec.port_level_mtls or {}).get(port) if port is not None else None
         if port_setting is not None and port_setting.mode not in (None, "UNSET"):
             mode = port_setting.mode
     return mode

@@ -6,7 +6,8 @@ namespace, it equals (or falls under a wildcard of) any of:
 - a host of a ServiceEntry,
 - a host of a VirtualService (routing a VirtualService to its own host is the normal
   case for a Kubernetes service, whose endpoints come from outside this config set),
-- the host of a DestinationRule.
+- the host of a DestinationRule,
+- the host of a Kubernetes Service (`<name>.<namespace>.svc.cluster.local`).
 
 A destination subset must be defined by a DestinationRule whose host matches the
 destination host. The index is fed from every resource whose identity could be read,
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from remora.config.kinds import KUBERNETES_SERVICE
+from remora.config.kube_service import fqdn
 from remora.config.model import VirtualServiceSpec
 from remora.config.names import DEFAULT_DOMAIN, qualify_host
 from remora.config.schema import Problem
@@ -107,3 +110,51 @@ def check_destinations(spec: VirtualServiceSpec, namespace: str, index: HostInde
                 message = f"subset {destination.subset!r} is not defined by the DestinationRule for {qualified} (it defines: {defines})"
             problems.append(Problem(f"{where}.subset", message))
     return problems
+
+
+# ---- the loader's index of a set (items: the loader's _Loaded documents) -----------------
+
+def shared_destination_rule_warnings(loaded: list, index: HostIndex) -> list[str]:
+    """Istio merges several DestinationRules for one host; Remora applies one per host.
+
+    A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
+    and Istio does not merge it with the others): only rules with the same selector collide.
+    """
+    by_host: dict[tuple, list[_Loaded]] = {}
+    for item in loaded:
+        if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
+            selector = item.spec.workload_selector
+            scope = (item.namespace, tuple(sorted(selector.match_labels.items()))) if selector else None
+            by_host.setdefault((index.qualify(item.spec.host, item.namespace), scope), []).append(item)
+    return [
+        f"several DestinationRules for host {host}: "
+        + ", ".join(f"{item.ref} ({item.document.source})" for item in items)
+        + "; Remora applies one DestinationRule per host, so their settings are not merged"
+        for (host, _), items in by_host.items()
+        if len(items) > 1
+    ]
+
+
+def host_index(loaded: list) -> HostIndex:
+    """Index every readable host and subset, from typed specs or, for rejected ones, raw data."""
+    index = HostIndex()
+    for item in loaded:
+        raw = item.document.body.get("spec")
+        raw = raw if isinstance(raw, dict) else {}
+        if item.kind == KUBERNETES_SERVICE:
+            index.add_host(fqdn(item.name, item.namespace), item.namespace)
+        elif item.kind in ("ServiceEntry", "VirtualService"):
+            hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
+            for host in hosts if isinstance(hosts, list) else ():
+                if isinstance(host, str) and host:
+                    index.add_host(host, item.namespace)
+        elif item.kind == "DestinationRule":
+            if item.spec is not None and item.spec.host:
+                index.add_subsets(item.spec.host, item.namespace, (s.name for s in item.spec.subsets))
+            elif isinstance(raw.get("host"), str) and raw["host"]:
+                subsets = raw.get("subsets", [])
+                names = None
+                if isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in subsets):
+                    names = [s["name"] for s in subsets]
+                index.add_subsets(raw["host"], item.namespace, names)
+    return index

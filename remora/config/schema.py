@@ -47,7 +47,8 @@ def join_path(path: str, key: str | int) -> str:
 
 # Istio fields that exist in Istio's API but that Remora does not implement. msgspec
 # would call them unknown; telling the user "not supported by Remora yet" instead keeps
-# them from hunting for a typo in a valid Istio file.
+# them from hunting for a typo in a valid Istio file. The list is every field of Istio's
+# CRDs (manifests/charts/base/files/crd-all.gen.yaml, istio/istio of August 2026) that the model lacks.
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "VirtualServiceSpec": frozenset({"tcp", "tls"}),
     "HTTPRoute": frozenset({
@@ -55,10 +56,14 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
         "mirrorPercentage", "mirrorPercent", "mirror_percent", "corsPolicy",
     }),
     "FaultDelay": frozenset({"exponentialDelay"}),
+    "HTTPRetry": frozenset({"backoff", "retryIgnorePreviousHosts"}),
+    "HTTPSettings": frozenset({"http2KeepAlive"}),
+    "OutlierDetection": frozenset({"outlierDetectionHttpErrorCodes"}),
+    "JwtRule": frozenset({"presence", "spaceDelimitedClaims"}),
     "FaultAbort": frozenset({"http2Error"}),
     "TrafficPolicy": frozenset({"tunnel", "proxyProtocol", "retryBudget"}),
     "PortTrafficPolicy": frozenset({"retryBudget"}),
-    "LoadBalancerSettings": frozenset({"localityLbSetting", "warmup"}),
+    "LoadBalancerSettings": frozenset({"localityLbSetting", "warmup", "backendUtilization", "zoneAwareLbSetting"}),
     "ClientTLSSettings": frozenset({"caCrl"}),
     "HTTPCookie": frozenset({"attributes"}),
     "TelemetrySpec": frozenset({"targetRef", "targetRefs"}),
@@ -66,8 +71,9 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     # Original-client IPs need XFF trust config.
     "AuthzSource": frozenset({
         "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts",
+        "trustDomains", "notTrustDomains",
     }),
-    "TelemetryTracing": frozenset({"customTags"}),
+    "TelemetryTracing": frozenset({"customTags", "disableContextPropagation", "enableIstioTags"}),
     "TelemetryAccessLogging": frozenset({"filter"}),
 }
 
@@ -77,6 +83,7 @@ _MISTAKE_HINTS: dict[str, str] = {
         "Istio has no circuitBreaker field: circuit breaking is configured with "
         "connectionPool (limits) and outlierDetection (ejection)"
     ),
+    "jwks_uri": "Istio's old spelling: write jwksUri",
 }
 
 

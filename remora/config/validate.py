@@ -1,4 +1,5 @@
-"""Semantic rules of the four supported kinds, applied after the schema check.
+"""Semantic rules of VirtualService and DestinationRule, applied after the schema check
+(ServiceEntry and WorkloadEntry: validate_entries.py; the value checks here are shared).
 
 The schema (model.py + schema.py) says which fields exist and their types; this module
 says which values make sense, following Istio's own validation where Remora implements
@@ -14,7 +15,7 @@ import re
 
 import msgspec
 
-from remora.config.duration import parse_duration
+from remora.config.duration import duration_nanos, parse_duration
 from remora.config.model import (
     ConnectionPoolSettings,
     DestinationRuleSpec,
@@ -26,13 +27,12 @@ from remora.config.model import (
     OutlierDetection,
     Percent,
     PortTrafficPolicy,
-    ServiceEntrySpec,
     StringMatch,
     TrafficPolicy,
     VirtualServiceSpec,
-    WorkloadEntrySpec,
 )
 from remora.config.schema import Problem, join_path
+from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
@@ -43,10 +43,7 @@ RETRY_ON_CONDITIONS = frozenset({
     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
 })
 LOAD_BALANCER_SIMPLE = frozenset({"UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", "PASSTHROUGH"})
-SERVICE_ENTRY_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
-SERVICE_ENTRY_LOCATIONS = frozenset({"MESH_EXTERNAL", "MESH_INTERNAL"})
 H2_UPGRADE_POLICIES = frozenset({"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"})
-UNIX_PREFIX = "unix://"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.IGNORECASE)
 # Python `re` accepts these but RE2 (Istio/Envoy) rejects them; catching them here keeps a
@@ -86,7 +83,9 @@ class _Checks:
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
-    def duration(self, path: str, value: str | None) -> None:
+    def duration(self, path: str, value: str | None, *, whole_ms: bool = False, zero_ok: bool = False) -> None:
+        """A duration string; with `whole_ms`, Istio's ValidateDuration on top: at least 1ms and
+        to millisecond precision (Envoy's timers), except 0 where `zero_ok` (it disables)."""
         if value is None:
             return
         try:
@@ -96,6 +95,14 @@ class _Checks:
             return
         if seconds < 0:  # parse_duration has no sign today; keep the rule if it grows one
             self.add(path, f"duration must not be negative, got {value!r}")
+        if whole_ms:
+            nanos = duration_nanos(value)
+            if nanos == 0 and zero_ok:
+                return
+            if nanos < 1_000_000:
+                self.add(path, f"duration must be at least 1ms, got {value!r}")
+            elif nanos % 1_000_000:
+                self.add(path, f"only durations to millisecond precision are supported, got {value!r}")
 
     def percent(self, path: str, value: float | None) -> None:
         if value is not None and not 0 <= value <= 100:
@@ -126,8 +133,16 @@ class _Checks:
         if not is_host_pattern(host):
             self.add(path, f"invalid host {host!r}: expected a DNS name, `*.suffix`, `*` or an IP address")
 
-    def string_match(self, path: str, match: StringMatch, *, presence_allowed: bool = False, prefix_allowed: bool = True) -> None:
+    def string_match(self, path: str, match: StringMatch, *, presence_allowed: bool = False, prefix_allowed: bool = True,
+                     empty_prefix_allowed: bool = False) -> None:
+        """Istio's validateStringMatch: one of exact/prefix/regex; an empty regex never, an empty
+        prefix only for `uri` (Envoy's path matcher allows it, its string matcher does not)."""
         chosen = [name for name in ("exact", "prefix", "regex") if getattr(match, name) is not None]
+        if match.prefix == "" and not empty_prefix_allowed:
+            self.add(f"{path}.prefix", "prefix string match should not be empty")
+        if match.regex == "":
+            self.add(f"{path}.regex", "regex string match should not be empty")
+            return
         # In headers/withoutHeaders an empty match ({}) is Istio's presence test.
         if len(chosen) > 1 or (not chosen and not presence_allowed):
             got = " and ".join(chosen) if chosen else "none"
@@ -199,12 +214,15 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
         weights.append(weight)
     if len(weights) > 1 and all(w == 0 for w in weights):
         checks.add(f"{path}.route", "weights of several destinations are all zero (a missing weight counts as 0)")
+    checks.problems += header_operation_problems(f"{path}.headers", route.headers)
+    for k, destination in enumerate(route.route):
+        checks.problems += header_operation_problems(f"{path}.route[{k}].headers", destination.headers)
     if route.rewrite is not None:
         if route.rewrite.uri is not None and route.rewrite.uri_regex_rewrite is not None:
             checks.add(f"{path}.rewrite", "set only one of uri and uriRegexRewrite")
         if route.rewrite.uri_regex_rewrite is not None:
             checks.regex(f"{path}.rewrite.uriRegexRewrite.match", route.rewrite.uri_regex_rewrite.match)
-    checks.duration(f"{path}.timeout", route.timeout)
+    checks.duration(f"{path}.timeout", route.timeout, whole_ms=True)
     if route.retries is not None:
         _check_retries(checks, f"{path}.retries", route.retries)
     if route.fault is not None:
@@ -214,9 +232,15 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
 def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
     for name, value in (("uri", match.uri), ("scheme", match.scheme), ("method", match.method), ("authority", match.authority)):
         if value is not None:
-            checks.string_match(f"{path}.{name}", value)
+            checks.string_match(f"{path}.{name}", value, empty_prefix_allowed=name == "uri")
     for name, mapping in (("headers", match.headers), ("withoutHeaders", match.without_headers)):
         for key, value in mapping.items():
+            if name == "withoutHeaders" and value.regex == "*":
+                # Istio reads regex "*" here as "present"; Remora's spelling of that is {}.
+                checks.add(join_path(join_path(f"{path}.{name}", key), "regex"),
+                           "regex `*` (Istio: the header is present) is not supported by Remora: write "
+                           f"`{key}: {{}}` for the same match")
+                continue
             checks.string_match(join_path(f"{path}.{name}", key), value, presence_allowed=True)
     for key, value in match.query_params.items():
         checks.string_match(join_path(f"{path}.queryParams", key), value, prefix_allowed=False)
@@ -225,7 +249,11 @@ def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
 
 def _check_retries(checks: _Checks, path: str, retries: HTTPRetry) -> None:
     checks.non_negative(f"{path}.attempts", retries.attempts)
-    checks.duration(f"{path}.perTryTimeout", retries.per_try_timeout)
+    if retries.attempts == 0 and (retries.per_try_timeout is not None or retries.retry_on is not None
+                                  or retries.retry_remote_localities is not None):
+        # Istio's ValidateHTTPRetry: attempts 0 (or unset) disables retries, so a policy beside it is a mistake.
+        checks.add(f"{path}.attempts", "retry policy configured when attempts are 0 (disabled): set attempts")
+    checks.duration(f"{path}.perTryTimeout", retries.per_try_timeout, whole_ms=True)
     if retries.retry_on is None:
         return
     for condition in retries.retry_on.split(","):
@@ -247,7 +275,7 @@ def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
         where = f"{path}.delay"
         if fault.delay.fixed_delay is None:
             checks.add(f"{where}.fixedDelay", "a fault delay needs fixedDelay")
-        checks.duration(f"{where}.fixedDelay", fault.delay.fixed_delay)
+        checks.duration(f"{where}.fixedDelay", fault.delay.fixed_delay, whole_ms=True)
         _check_percentage(checks, where, fault.delay.percentage)
         checks.percent(f"{where}.percent", fault.delay.percent)
     if fault.abort is not None:
@@ -256,6 +284,9 @@ def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
             checks.add(f"{where}.httpStatus", "a fault abort needs httpStatus (or grpcStatus)")
         if fault.abort.http_status is not None and not 200 <= fault.abort.http_status <= 599:
             checks.add(f"{where}.httpStatus", f"abort status must be between 200 and 599, got {fault.abort.http_status}")
+        if fault.abort.grpc_status is not None and fault.abort.grpc_status not in GRPC_STATUS_NAMES:
+            checks.add(f"{where}.grpcStatus", f"gRPC status {fault.abort.grpc_status!r} is not supported: use a status "
+                                              "name such as NOT_FOUND or UNAVAILABLE")
         _check_percentage(checks, where, fault.abort.percentage)
 
 
@@ -269,6 +300,10 @@ def validate_destination_rule(spec: DestinationRuleSpec, path: str = "spec") -> 
         checks.host(f"{path}.host", spec.host)
     if spec.traffic_policy is not None:
         _check_traffic_policy(checks, f"{path}.trafficPolicy", spec.traffic_policy)
+    for key, value in (spec.workload_selector.match_labels.items() if spec.workload_selector else ()):
+        if "*" in key or "*" in value:   # Istio: "wildcard is not supported in selector"
+            checks.add(join_path(f"{path}.workloadSelector.matchLabels", key),
+                       "wildcard is not supported in selector: select workloads by exact labels")
     seen: set[str] = set()
     for i, subset in enumerate(spec.subsets):
         where = f"{path}.subsets[{i}]"
@@ -325,19 +360,22 @@ def _check_load_balancer(checks: _Checks, path: str, lb: LoadBalancerSettings) -
         checks.duration(f"{where}.httpCookie.ttl", hashing.http_cookie.ttl)
     if hashing.ring_hash is not None and hashing.maglev is not None:
         checks.add(where, "set only one of ringHash and maglev")
+    size = hashing.maglev.table_size if hashing.maglev is not None else None
+    if size and not (size > 1 and all(size % d for d in range(2, int(size ** 0.5) + 1))):
+        checks.add(f"{where}.maglev.tableSize", f"table size must be a prime number, got {size}")   # Istio's rule
 
 
 def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSettings) -> None:
     if pool.tcp is not None:
         tcp = f"{path}.tcp"
         checks.non_negative(f"{tcp}.maxConnections", pool.tcp.max_connections)
-        checks.duration(f"{tcp}.connectTimeout", pool.tcp.connect_timeout)
-        checks.duration(f"{tcp}.maxConnectionDuration", pool.tcp.max_connection_duration)
-        checks.duration(f"{tcp}.idleTimeout", pool.tcp.idle_timeout)
+        checks.duration(f"{tcp}.connectTimeout", pool.tcp.connect_timeout, whole_ms=True)
+        checks.duration(f"{tcp}.maxConnectionDuration", pool.tcp.max_connection_duration, whole_ms=True)
+        checks.duration(f"{tcp}.idleTimeout", pool.tcp.idle_timeout, whole_ms=True, zero_ok=True)
         if pool.tcp.tcp_keepalive is not None:
             checks.non_negative(f"{tcp}.tcpKeepalive.probes", pool.tcp.tcp_keepalive.probes)
-            checks.duration(f"{tcp}.tcpKeepalive.time", pool.tcp.tcp_keepalive.time)
-            checks.duration(f"{tcp}.tcpKeepalive.interval", pool.tcp.tcp_keepalive.interval)
+            checks.duration(f"{tcp}.tcpKeepalive.time", pool.tcp.tcp_keepalive.time, whole_ms=True)
+            checks.duration(f"{tcp}.tcpKeepalive.interval", pool.tcp.tcp_keepalive.interval, whole_ms=True)
     if pool.http is not None:
         http = f"{path}.http"
         for name, value in (
@@ -348,8 +386,10 @@ def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSetti
             ("maxConcurrentStreams", pool.http.max_concurrent_streams),
         ):
             checks.non_negative(f"{http}.{name}", value)
-        checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout)
+        checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout, whole_ms=True)
         checks.one_of(f"{http}.h2UpgradePolicy", pool.http.h2_upgrade_policy, H2_UPGRADE_POLICIES)
+        if pool.http.h2_upgrade_policy == "UPGRADE" and pool.http.use_client_protocol:
+            checks.add(f"{http}.useClientProtocol", "useClientProtocol must not be true when h2UpgradePolicy is UPGRADE")
 
 
 def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetection) -> None:
@@ -360,90 +400,13 @@ def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetecti
         ("consecutiveLocalOriginFailures", outlier.consecutive_local_origin_failures),
     ):
         checks.non_negative(f"{path}.{name}", value)
-    checks.duration(f"{path}.interval", outlier.interval)
-    checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time)
+    checks.duration(f"{path}.interval", outlier.interval, whole_ms=True)
+    checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time, whole_ms=True)
     checks.percent(f"{path}.maxEjectionPercent", outlier.max_ejection_percent)
     checks.percent(f"{path}.minHealthPercent", outlier.min_health_percent)
+    if outlier.consecutive_local_origin_failures and not outlier.split_external_local_origin_errors:
+        checks.add(f"{path}.consecutiveLocalOriginFailures", "consecutiveLocalOriginFailures needs "
+                   "splitExternalLocalOriginErrors: true (Istio's rule)")
 
 
 # ---- ServiceEntry and WorkloadEntry ----------------------------------------------------------
-
-def validate_service_entry(spec: ServiceEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
-    if not spec.hosts:
-        checks.add(f"{path}.hosts", "a ServiceEntry needs at least one host")
-    for i, host in enumerate(spec.hosts):
-        where = f"{path}.hosts[{i}]"
-        if host == "*":
-            checks.add(where, "a ServiceEntry host cannot be `*`")
-        else:
-            checks.host(where, host)
-    for i, address in enumerate(spec.addresses):
-        try:
-            ipaddress.ip_network(address, strict=False)
-        except ValueError:
-            checks.add(f"{path}.addresses[{i}]", f"invalid address {address!r}: expected an IP or CIDR")
-    port_names: set[str] = set()
-    port_numbers: set[int] = set()
-    for i, port in enumerate(spec.ports):
-        where = f"{path}.ports[{i}]"
-        checks.port(f"{where}.number", port.number)
-        checks.port(f"{where}.targetPort", port.target_port)
-        if port.number in port_numbers:
-            checks.add(f"{where}.number", f"port {port.number} is defined twice")
-        if port.name is not None and port.name in port_names:
-            checks.add(f"{where}.name", f"port name {port.name!r} is defined twice")
-        port_numbers.add(port.number)
-        if port.name is not None:
-            port_names.add(port.name)
-    checks.one_of(f"{path}.location", spec.location, SERVICE_ENTRY_LOCATIONS)
-    checks.one_of(f"{path}.resolution", spec.resolution, SERVICE_ENTRY_RESOLUTIONS)
-    _check_service_entry_endpoints(checks, path, spec, port_names)
-    return checks.problems
-
-
-def _check_service_entry_endpoints(checks: _Checks, path: str, spec: ServiceEntrySpec, port_names: set[str]) -> None:
-    resolution = spec.resolution or "NONE"
-    if spec.workload_selector is not None and spec.endpoints:
-        checks.add(f"{path}.endpoints", "set only one of workloadSelector and endpoints")
-    if resolution == "NONE" and spec.endpoints:
-        checks.add(f"{path}.endpoints", "no endpoints should be given for resolution NONE (traffic goes to the original destination)")
-    if resolution == "STATIC" and not spec.endpoints and spec.workload_selector is None:
-        checks.add(f"{path}.endpoints", "resolution STATIC needs endpoints (or a workloadSelector)")
-    if resolution in ("DNS", "DNS_ROUND_ROBIN") and not spec.endpoints:
-        for i, host in enumerate(spec.hosts):
-            if host.startswith("*"):
-                checks.add(f"{path}.hosts[{i}]", f"resolution {resolution} without endpoints resolves the hosts themselves, so {host!r} cannot be a wildcard")
-    for i, endpoint in enumerate(spec.endpoints):
-        where = f"{path}.endpoints[{i}]"
-        address = endpoint.address
-        if not address:
-            checks.add(f"{where}.address", "an endpoint needs an address")
-        elif resolution == "STATIC":
-            if not (is_ip(address) or _is_unix_address(address)):
-                checks.add(f"{where}.address", f"invalid address {address!r}: resolution STATIC needs an IP address or unix:///path")
-        elif resolution in ("DNS", "DNS_ROUND_ROBIN"):
-            if not (is_ip(address) or is_hostname(address)):
-                checks.add(f"{where}.address", f"invalid address {address!r}: resolution {resolution} needs a host name or an IP address")
-        for name, number in endpoint.ports.items():
-            port_path = join_path(f"{where}.ports", name)
-            if name not in port_names:
-                checks.add(port_path, f"port name {name!r} is not one of the ServiceEntry's ports")
-            checks.port(port_path, number)
-        checks.non_negative(f"{where}.weight", endpoint.weight)
-
-
-def _is_unix_address(address: str) -> bool:
-    return address.startswith(UNIX_PREFIX) and len(address) > len(UNIX_PREFIX)
-
-
-def validate_workload_entry(spec: WorkloadEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
-    if not spec.address:
-        checks.add(f"{path}.address", "a WorkloadEntry needs an address")
-    elif not (is_ip(spec.address) or is_hostname(spec.address) or _is_unix_address(spec.address)):
-        checks.add(f"{path}.address", f"invalid address {spec.address!r}: expected an IP address, a host name or unix:///path")
-    for name, number in spec.ports.items():
-        checks.port(join_path(f"{path}.ports", name), number)
-    checks.non_negative(f"{path}.weight", spec.weight)
-    return checks.problems

@@ -21,6 +21,7 @@ from remora.config.model import (
     PeerAuthenticationSpec,
     TelemetrySelector,
 )
+from remora.config.path_templates import is_template, template_problem
 from remora.config.schema import Problem, join_path
 
 MTLS_MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
@@ -64,7 +65,10 @@ def validate_peer_authentication(spec: PeerAuthenticationSpec, path: str = "spec
     if spec.port_level_mtls and (spec.selector is None or not spec.selector.match_labels):
         problems.append(Problem(f"{path}.portLevelMtls", "portLevelMtls needs a workload selector "
                                 "(Istio allows port-level mTLS only on a policy with selector.matchLabels)"))
-    for port, setting in spec.port_level_mtls.items():
+    if spec.port_level_mtls is not None and not spec.port_level_mtls:
+        problems.append(Problem(f"{path}.portLevelMtls", "portLevelMtls must name at least one port "
+                                "(Istio's CRD: minProperties 1); remove it to set no port-level mode"))
+    for port, setting in (spec.port_level_mtls or {}).items():
         where = f"{path}.portLevelMtls.{port}"
         if not 1 <= port <= 65535:
             problems.append(Problem(where, f"port must be between 1 and 65535, got {port}"))
@@ -95,6 +99,10 @@ def _patterns(where: str, field: str, values: list[str], problems: list[Problem]
     for k, value in enumerate(values):
         if not value:
             problems.append(Problem(f"{where}.{field}[{k}]", "must not be empty"))
+        elif field in ("paths", "notPaths") and is_template(value):
+            problem = template_problem(value)   # {*} and {**}: path_templates.py
+            if problem is not None:
+                problems.append(Problem(f"{where}.{field}[{k}]", problem))
         elif not is_match_pattern(value):
             problems.append(Problem(f"{where}.{field}[{k}]", f"invalid pattern {value!r}: `*` may only be the whole "
                                     "value, its first character (suffix match) or its last (prefix match)"))

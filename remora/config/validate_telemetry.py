@@ -52,6 +52,7 @@ def validate_telemetry(spec: TelemetrySpec, path: str = "spec") -> list[Problem]
             for j, provider in enumerate(entry.providers):
                 if not provider.name:
                     problems.append(Problem(f"{where}.providers[{j}].name", "must not be empty"))
+    problems += _metrics(spec.metrics, f"{path}.metrics")
     for i, tracing in enumerate(spec.tracing):
         pct = tracing.random_sampling_percentage
         if pct is not None and not 0 <= pct <= 100:
@@ -72,3 +73,36 @@ def telemetry_warnings(spec: TelemetrySpec, ref: str, source: str) -> list[str]:
     if spec.metrics:
         warnings.append(f"{ref} in {source}: spec.metrics: metric overrides are not applied by Remora yet")
     return warnings
+
+
+def _metrics(metrics: list, path: str) -> list[Problem]:
+    """Istio's CRD rules for `metrics` (not applied by Remora, but held to Istio's validation
+    so a file Istio refuses is refused here too): provider names and customMetric non-empty,
+    a tag override UPSERT has a value and REMOVE has none."""
+    problems: list[Problem] = []
+    for i, entry in enumerate(metrics):
+        where = f"{path}[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(Problem(where, "expected a mapping"))
+            continue
+        for j, provider in enumerate(entry.get("providers") or []):
+            if not isinstance(provider, dict) or not isinstance(provider.get("name"), str) or not provider["name"]:
+                problems.append(Problem(f"{where}.providers[{j}].name", "must be a non-empty string"))
+        for k, override in enumerate(entry.get("overrides") or []):
+            at = f"{where}.overrides[{k}]"
+            if not isinstance(override, dict):
+                problems.append(Problem(at, "expected a mapping"))
+                continue
+            match = override.get("match")
+            if isinstance(match, dict) and "customMetric" in match and not (isinstance(match["customMetric"], str)
+                                                                              and match["customMetric"]):
+                problems.append(Problem(f"{at}.match.customMetric", "must be a non-empty string"))
+            tags = override.get("tagOverrides")
+            for tag, rule in (tags.items() if isinstance(tags, dict) else ()):
+                tag_at = join_path(f"{at}.tagOverrides", str(tag))
+                operation = rule.get("operation", "UPSERT") if isinstance(rule, dict) else None
+                if operation == "UPSERT" and not rule.get("value"):
+                    problems.append(Problem(f"{tag_at}.value", "value must be set when operation is UPSERT"))
+                elif operation == "REMOVE" and rule.get("value") is not None:
+                    problems.append(Problem(f"{tag_at}.value", "value must not be set when operation is REMOVE"))
+    return problems

@@ -37,7 +37,7 @@ import msgspec
 
 STREAM_PATH = "/v1/xds"
 
-CLUSTERS = "clusters"     # ServiceEntry, DestinationRule (Envoy: CDS)
+CLUSTERS = "clusters"     # ServiceEntry, Kubernetes Service, DestinationRule (Envoy: CDS)
 ENDPOINTS = "endpoints"   # WorkloadEntry, static and auto-registered (Envoy: EDS)
 ROUTES = "routes"         # VirtualService (Envoy: LDS/RDS)
 POLICIES = "policies"     # Telemetry, PeerAuthentication, AuthorizationPolicy, RequestAuthentication
@@ -45,7 +45,7 @@ POLICIES = "policies"     # Telemetry, PeerAuthentication, AuthorizationPolicy, 
 # the endpoints that fill them, both before the routes that point at them; policies last).
 TYPE_ORDER: tuple[str, ...] = (CLUSTERS, ENDPOINTS, ROUTES, POLICIES)
 TYPE_KINDS: dict[str, tuple[str, ...]] = {
-    CLUSTERS: ("ServiceEntry", "DestinationRule"),
+    CLUSTERS: ("ServiceEntry", "Service", "DestinationRule"),   # Service: Kubernetes core/v1
     ENDPOINTS: ("WorkloadEntry",),
     ROUTES: ("VirtualService",),
     POLICIES: ("Telemetry", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"),

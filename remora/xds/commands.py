@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import yaml
+from remora.config import yaml_text
 
 from remora.xds.admin_auth import ADMIN_TOKEN_FILE, AdminTokenError, check_token, read_token_file
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -158,7 +158,8 @@ def cmd_apply(args) -> int:
             print(f"error: {source}: not UTF-8 text: {error.reason} (byte 0x{data[error.start]:02x} "
                   f"at offset {error.start})", file=sys.stderr)
             return 1
-        status, body = control.call(f"/v1/apply?{urllib.parse.urlencode({'source': source})}", "POST",
+        query = {"source": source, **({"namespace": args.namespace} if getattr(args, "namespace", None) else {})}
+        status, body = control.call(f"/v1/apply?{urllib.parse.urlencode(query)}", "POST",
                                     data, {"Content-Type": "application/yaml"})
         answer = _json(status, body)
         if status != 200:
@@ -199,7 +200,7 @@ def cmd_get(args) -> int:
             print(json.dumps([item["document"] for item in items], indent=2))
             return 0
         if args.output == "yaml":
-            sys.stdout.write(yaml.safe_dump_all([item["document"] for item in items], sort_keys=False))
+            sys.stdout.write(yaml_text.dump_all([item["document"] for item in items]))
             return 0
         if not items:
             where = f" in namespace {args.namespace}" if args.namespace else ""

@@ -7,7 +7,8 @@ iptables listeners): `render_bootstrap` is a client sidecar (one outbound HTTP l
 carrying every VirtualService), `render_inbound_bootstrap` a server sidecar (inbound
 listener in front of the local app, mTLS by PeerAuthentication).
 
-Translated: ServiceEntry (STATIC, DNS) + WorkloadEntry endpoints and DestinationRule
+Translated: ServiceEntry (STATIC, DNS) and Kubernetes Service (as the ServiceEntry Istio makes of
+it) + WorkloadEntry endpoints and DestinationRule
 (envoy_clusters.py), VirtualService (envoy_routes.py), Istio mutual TLS and
 PeerAuthentication (envoy_tls.py), AuthorizationPolicy on the server side (envoy_rbac.py),
 RequestAuthentication with inline keys (envoy_jwt.py). Anything else raises `Unsupported` naming the resource
@@ -21,6 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from remora.config.kinds import non_mesh_kind
+from remora.config.kube_service import service_entry_document
 from remora.xds.envoy_clusters import (UNLIMITED, Unsupported, addr, apply_http_version,
                                        apply_traffic_policy,
                                        build_clusters, cluster_name, services)
@@ -47,6 +50,12 @@ _KINDS = {"ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule",
 def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dict]]:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
+        handling = non_mesh_kind(doc["kind"], doc.get("apiVersion"))
+        if handling == "skip":
+            continue   # Deployment, ServiceAccount, ...: not mesh config (the loader says so)
+        if handling == "service":
+            doc = service_entry_document(doc)   # a Kubernetes Service, as Istio's registry sees it
+            doc["spec"].pop("addresses", None)   # its cluster IPs: nothing to do with explicit ports
         by_kind.setdefault(doc["kind"], []).append(doc)
     extra = set(by_kind) - kinds
     if extra:

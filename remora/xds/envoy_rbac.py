@@ -20,6 +20,7 @@ import ipaddress
 import re
 from typing import Any
 
+from remora.config.path_templates import MATCH_ANY, MATCH_ONE, is_template
 from remora.config.loader import ConfigError, build_mesh_config
 from remora.config.mesh_rules import applies_to
 from remora.config.model import AuthzCondition, AuthzOperation, AuthzRule, AuthzSource
@@ -82,6 +83,11 @@ def _host(value: str) -> dict:
 
 
 def _path(value: str) -> dict:
+    if is_template(value):
+        # As Istio's builder renders {*} / {**}: Envoy's uri_template matcher with * / **.
+        return {"uri_template": {"name": "uri-template", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+            "path_template": value.replace(MATCH_ANY, "**").replace(MATCH_ONE, "*")}}}
     return {"url_path": {"path": _string(value)}}
 
 

@@ -69,8 +69,9 @@ def _string_match(spec: dict, where: str) -> dict:
 
 
 def _matcher(spec: dict, where: str) -> dict:
-    """A header or query parameter matcher; an empty prefix means "present", as in Istio."""
-    if spec == {"prefix": ""}:
+    """A header or query parameter matcher; an empty match `{}` means "present", as in Istio
+    (which refuses the empty prefix the loader refuses too)."""
+    if not spec or spec == {"prefix": ""}:
         return {"present_match": True}
     return {"string_match": _string_match(spec, where)}
 

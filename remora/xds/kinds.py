@@ -5,7 +5,7 @@ The REST API and the CLI accept the same spellings kubectl accepts for Istio's k
 """
 from __future__ import annotations
 
-from remora.config.loader import SPEC_TYPES
+from remora.config.kinds import STORED_KINDS
 
 SHORT_NAMES: dict[str, str] = {
     "ServiceEntry": "se",
@@ -16,10 +16,11 @@ SHORT_NAMES: dict[str, str] = {
     "PeerAuthentication": "pa",
     "AuthorizationPolicy": "ap",
     "RequestAuthentication": "ra",
+    "Service": "svc",   # Kubernetes core/v1
 }
 
 _SPELLINGS: dict[str, str] = {}
-for _kind in SPEC_TYPES:
+for _kind in STORED_KINDS:
     # ServiceEntry -> ServiceEntries, Telemetry -> Telemetries
     plural = _kind[:-1] + "ies" if _kind.endswith("y") else _kind + ("es" if _kind.endswith("s") else "s")
     for _spelling in (_kind, plural, SHORT_NAMES[_kind]):
@@ -34,7 +35,7 @@ def resolve_kind(text: str) -> str:
     """The canonical kind for a spelling; raise UnknownKind listing what is accepted."""
     kind = _SPELLINGS.get(text.strip().lower())
     if kind is None:
-        accepted = ", ".join(f"{k} ({SHORT_NAMES[k]})" for k in SPEC_TYPES)
+        accepted = ", ".join(f"{k} ({SHORT_NAMES[k]})" for k in STORED_KINDS)
         shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
         raise UnknownKind(f"unknown kind {shown}: use one of {accepted}, singular or plural, any case")
     return kind

@@ -14,7 +14,7 @@ Rules:
   also gets Istio's `security.istio.io/tlsMode: istio`, so the other sidecars dial it with
   mTLS (auto-mTLS); one without keeps plaintext, which is all it can answer. Its ports are keyed by the port names of the ServiceEntries for
   <service> in that namespace, so those entries map them to the inbound port.
-- If no ServiceEntry in the node's namespace has the host <service>, one is synthesized
+- If no ServiceEntry (nor Kubernetes Service) in the node's namespace has the host <service>, one is synthesized
   like a Kubernetes Service: `auto-<service>`, host <service>, port app_port named http,
   STATIC, MESH_INTERNAL, selecting app=<service>.
 - A sidecar bound to every address (`--inbound-bind 0.0.0.0` or `::`, as in a container or
@@ -48,6 +48,7 @@ from typing import Any
 import msgspec
 
 from remora.certs.files import PRIVATE_MODE, ensure_dir, write_atomically
+from remora.config.kube_service import fqdn, workload_port_name
 from remora.config.names import TLS_MODE_LABEL, qualify_host
 from remora.config.object_names import SUBDOMAIN_MAX, subdomain_problem
 from remora.wire.protocol import Node
@@ -265,18 +266,26 @@ def _service_entry(node: Node, inbound_port: int) -> dict:
 
 
 def _declared_ports(user_docs: list[tuple[Any, str]]) -> dict[tuple[str, str], list[str]]:
-    """(namespace, service FQDN) -> port names, for every ServiceEntry the users wrote.
+    """(namespace, service FQDN) -> port names, for every ServiceEntry (or Kubernetes Service) the users wrote.
 
     Read from the raw documents (before validation, tolerating bad shapes: the validation
     of the whole set reports those), because the registry's documents are part of the set.
     """
     found: dict[tuple[str, str], list[str]] = {}
     for body, _ in user_docs:
-        if not isinstance(body, dict) or body.get("kind") != "ServiceEntry":
+        if not isinstance(body, dict) or body.get("kind") not in ("ServiceEntry", "Service"):
             continue
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         namespace = metadata.get("namespace") or "default"
         spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        if body["kind"] == "Service":
+            # A Kubernetes Service: its host, and the key of each port in a workload's ports.
+            if isinstance(metadata.get("name"), str) and isinstance(namespace, str):
+                ports = spec.get("ports") if isinstance(spec.get("ports"), list) else []
+                found.setdefault((namespace, fqdn(metadata["name"], namespace)), []).extend(
+                    workload_port_name(p.get("name"), p.get("targetPort"), p.get("port"))
+                    for p in ports if isinstance(p, dict))
+            continue
         hosts = spec.get("hosts") if isinstance(spec.get("hosts"), list) else []
         ports = spec.get("ports") if isinstance(spec.get("ports"), list) else []
         names = [p["name"] for p in ports if isinstance(p, dict) and isinstance(p.get("name"), str)]

@@ -8,7 +8,7 @@ for 1,000 ServiceEntries x 10 endpoints), so changes are applied strictly one at
 
 Endpoints (docs/control.md has the details):
     GET  /v1/xds                                  the sidecar stream (WebSocket)
-    POST /v1/apply?source=NAME                     multi-document YAML body
+    POST /v1/apply?source=NAME[&namespace=NS]      multi-document YAML body (NS: kubectl apply -n)
     GET  /v1/resources[?kind=K&namespace=NS]
     GET  /v1/resources/{kind}/{namespace}/{name}   ?format=yaml|json (default json)
     DELETE /v1/resources/{kind}/{namespace}/{name}
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from remora.config import yaml_text
 from aiohttp import WSMsgType, web
 
 from remora.config.model import Resource
@@ -129,6 +129,8 @@ class ControlServer:
         self.metrics.set_version(self.store.config.version)
         for warning in self.store.config.warnings:
             self.log(f"warning: {warning}")
+        for note in self.store.config.notes:
+            self.log(f"info: {note}")
 
     def _admin_credential(self) -> AdminCredential:
         if self.settings.admin_token_file:
@@ -250,7 +252,7 @@ class ControlServer:
                                f"(byte 0x{raw[error.start]:02x} at offset {error.start})")
         before = self.store.config.version
         try:
-            change = self.store.apply(text, source)
+            change = self.store.apply(text, source, request.query.get("namespace") or None)
         except ChangeRefused as refused:
             return _error(refused.status, refused.message, refused.errors)
         if change.version != before:
@@ -301,7 +303,7 @@ class ControlServer:
         wants_yaml = (request.query.get("format") == "yaml"
                       or "yaml" in request.headers.get("Accept", "") and request.query.get("format") != "json")
         if wants_yaml:
-            return web.Response(text=yaml.safe_dump(document, sort_keys=False), content_type="application/yaml")
+            return web.Response(text=yaml_text.dump(document), content_type="application/yaml")
         return web.json_response(document)
 
     async def delete_resource(self, request: web.Request) -> web.Response:

@@ -75,7 +75,9 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
             if we.ref not in workload_entries and _selects(selector.labels, we.spec.labels):
                 workload_entries[we.ref] = we
     chosen = {
-        "ServiceEntry": service_entries,
+        # config.service_entries holds Kubernetes Services too (served as ServiceEntries).
+        "ServiceEntry": [r for r in service_entries if r.kind == "ServiceEntry"],
+        "Service": [r for r in service_entries if r.kind == "Service"],
         "DestinationRule": [r for r in config.destination_rules if _visible(r, ns)],
         "WorkloadEntry": list(workload_entries.values()),
         "VirtualService": [r for r in config.virtual_services if _visible(r, ns)],

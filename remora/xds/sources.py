@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from remora.config.loader import SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents
+from remora.config.kinds import STORED_KINDS
+from remora.config.loader import ConfigError, ConfigIssue, SpecCache, build_mesh_config, parse_documents
 from remora.config.model import MeshConfig
 from remora.config.object_names import identity_problems, shown_ref
 
@@ -47,19 +48,40 @@ def yaml_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Con
     return files, issues, warnings
 
 
-def read_sources(paths: Sequence[str | os.PathLike]) -> tuple[Documents, list[ConfigIssue], list[str]]:
-    """Parse every YAML file the paths name; problems come back as issues, not exceptions."""
+ParseCache = dict[str, tuple[str, Documents, list[ConfigIssue]]]   # path -> (text, documents, issues)
+
+
+def read_sources(paths: Sequence[str | os.PathLike], namespace: str | None = None,
+                 cache: ParseCache | None = None) -> tuple[Documents, list[ConfigIssue], list[str]]:
+    """Parse every YAML file the paths name; problems come back as issues, not exceptions.
+    Documents without metadata.namespace are in `namespace` (istioctl analyze -n).
+
+    With `cache` (the control server's, across reloads of --config-dir) a file whose text is
+    unchanged is not parsed again and gives the same document objects, so the SpecCache
+    skips their checks too: YAML 1.2 parsing is pure Python (config/yaml_text.py), about ten
+    times slower than a C YAML 1.1 parser, and a reload after one file changed should cost
+    that one file. Only entries for the files read this time are kept.
+    """
     files, issues, warnings = yaml_files(paths)
     docs: Documents = []
+    kept: ParseCache = {}
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             issues.append(ConfigIssue(str(path), "", "", f"cannot read file: {error}"))
             continue
-        parsed, parse_issues = parse_documents(text, str(path))
+        hit = cache.get(str(path)) if cache is not None else None
+        if hit is not None and hit[0] == text:
+            parsed, parse_issues = hit[1], hit[2]
+        else:
+            parsed, parse_issues = parse_documents(text, str(path), namespace)
+        kept[str(path)] = (text, parsed, parse_issues)
         docs.extend(parsed)
         issues.extend(parse_issues)
+    if cache is not None:
+        cache.clear()
+        cache.update(kept)
     return docs, issues, warnings
 
 
@@ -77,9 +99,16 @@ def identity(body: Any) -> str | None:
     return f"{kind}/{namespace}/{name}"
 
 
+def namespace_of(body: Any) -> str | None:
+    """metadata.namespace of a parsed document, or None when it has none."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if namespace not in (None, "") else None
+
+
 def naming_issues(body: Any, source: str) -> list[ConfigIssue]:
     """Kubernetes' name rules for a document of a kind Remora stores (others are skipped anyway)."""
-    if not isinstance(body, dict) or body.get("kind") not in SPEC_TYPES:
+    if not isinstance(body, dict) or body.get("kind") not in STORED_KINDS:
         return []
     metadata = body.get("metadata")
     if not isinstance(metadata, dict):

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remora.config.loader import SPEC_TYPES, ConfigError, ConfigIssue, SpecCache, parse_documents
+from remora.config.kinds import STORED_KINDS
+from remora.config.loader import ConfigError, ConfigIssue, SpecCache, parse_documents, with_namespace
 from remora.config.model import MeshConfig, Resource
 # Re-exported: callers read sources through the store's module as before.
 from remora.xds.sources import (  # noqa: F401
-    Documents, identity, naming_issues, read_sources, validate_documents, yaml_files,
+    Documents, ParseCache, identity, naming_issues, namespace_of, read_sources, validate_documents,
+    yaml_files,
 )
 
 FILE, APPLIED, REGISTRY = "file", "applied", "registry"
@@ -117,6 +119,7 @@ class ConfigStore:
         self.state = ConfigState()
         self._index: dict[str, Resource] = {}
         self._specs = SpecCache()   # unchanged documents are not re-checked on every change
+        self._parsed: ParseCache = {}   # unchanged files are not parsed again on a reload
 
     # -- lifecycle
 
@@ -155,12 +158,23 @@ class ConfigStore:
 
     # -- the API's changes
 
-    def apply(self, text: str, source: str) -> Change:
-        """Create or update resources from a multi-document YAML text, all or nothing."""
+    def apply(self, text: str, source: str, namespace: str | None = None) -> Change:
+        """Create or update resources from a multi-document YAML text, all or nothing.
+
+        `namespace` is `kubectl apply -n`: documents without metadata.namespace go there, and
+        a document naming another namespace is refused (kubectl's rule).
+        """
         docs, issues = parse_documents(text, source)
         if issues:
             self._refuse(400, f"apply {source}", "invalid YAML", [str(i) for i in issues])
         docs = [(body, src) for body, src in docs if body is not None]
+        if namespace is not None:
+            mismatched = [f"{src}: {identity(body)}: metadata.namespace: the namespace from the provided object "
+                          f"{body['metadata']['namespace']!r} does not match the namespace {namespace!r}"
+                          for body, src in docs if namespace_of(body) not in (None, namespace)]
+            if mismatched:
+                self._refuse(400, f"apply {source}", "namespace mismatch", mismatched)
+            docs = [(with_namespace(body, namespace), src) for body, src in docs]
         if not docs:
             self._refuse(400, f"apply {source}", f"{source}: no resources in the request body")
         naming = [issue for body, src in docs for issue in naming_issues(body, src)]
@@ -175,7 +189,7 @@ class ConfigStore:
             ref = identity(body)
             if ref is None:
                 continue  # the validation below names what is missing
-            if ref.split("/", 1)[0] not in SPEC_TYPES:
+            if ref.split("/", 1)[0] not in STORED_KINDS:
                 skipped.append(ref)
                 continue
             if ref in self.registry_refs:
@@ -263,7 +277,7 @@ class ConfigStore:
         if self.config_dir is None:
             self.file_docs, self.file_issues, self.file_warnings = [], [], []
             return
-        self.file_docs, self.file_issues, self.file_warnings = read_sources([self.config_dir])
+        self.file_docs, self.file_issues, self.file_warnings = read_sources([self.config_dir], cache=self._parsed)
 
     def _file_refs(self) -> dict[str, tuple[Any, str]]:
         """ref -> (document, file) of every resource the files define (the first, if twice)."""

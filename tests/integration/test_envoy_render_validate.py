@@ -55,6 +55,10 @@ def _outbound_inputs() -> dict[str, str]:
               "bench-grpc-2hop-mtls": two_hop_yaml(15006, grpc=True)}
     for name in RENDERED_FIXTURES:
         inputs[name] = (FIXTURES / name).read_text()
+    # A Kubernetes manifest mixed with Istio routing (Services rendered as their ServiceEntries).
+    samples = ROOT / "tests" / "fixtures" / "istio-samples"
+    inputs["istio-samples-bookinfo"] = ((samples / "bookinfo.yaml").read_text() + "\n---\n"
+                                        + (samples / "bookinfo-routing.yaml").read_text())
     return inputs
 
 
@@ -82,6 +86,11 @@ INBOUND = {
     "002-09": ("002-09-AuthorizationPolicy-user-service-authz.yaml", "default",
                {"app": "user-service"}),
     "003-12": ("003-12-AuthorizationPolicy-deny-all.yaml", "default", {}),
+    # AuthorizationPolicy path templates {*} / {**}: Envoy's uri_template matcher.
+    "path-templates": ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                       "metadata: {name: templates, namespace: default}\n"
+                       "spec: {rules: [{to: [{operation: {paths: ['/api/{*}/items', '/static/{**}'], "
+                       "notPaths: ['/{**}/secret']}}]}]}\n", "default", {}),
     # Two jwtRules (Istio's multi-provider requirement), every provider field rendered.
     "jwt": (jwt_example(Keys().jwks(), namespace="foo", extra=(
         "    audiences: [httpbin]\n    outputPayloadToHeader: x-jwt-payload\n    forwardOriginalToken: true\n"

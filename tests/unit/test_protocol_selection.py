@@ -8,12 +8,31 @@ from remora.config.protocols import declared_protocol, upstream_http2
 
 @pytest.mark.parametrize("protocol, name, expected", [
     ("grpc", "anything", "GRPC"), (None, "grpc-api", "GRPC"), (None, "http2", "HTTP2"),
-    (None, "grpc-web", "GRPC"), (None, "http-web", "HTTP"), (None, "tcp-db", "TCP"),
+    # grpc-web is one prefix (Istio's kube.ConvertProtocol checks it before cutting at '-')
+    (None, "grpc-web", "GRPC-WEB"), (None, "grpc-web-ui", "GRPC-WEB"), (None, "http-web", "HTTP"), (None, "tcp-db", "TCP"),
     (None, "web", None), (None, None, None), ("HTTP", "grpc", "HTTP"),
 ])
 def test_protocol_field_wins_then_name_prefix(protocol, name, expected):
     """The protocol field decides; else the name's prefix before '-'; unknown prefixes are undeclared."""
     assert declared_protocol(protocol, name) == expected
+
+
+@pytest.mark.parametrize("name, app_protocol, port, expected", [
+    ("web", "http", 80, "HTTP"),                   # appProtocol wins over the name
+    ("grpc", "HTTP2", 7070, "HTTP2"),
+    ("tcp", "kubernetes.io/h2c", 80, "HTTP2"),     # Kubernetes' standard names
+    ("x", "kubernetes.io/ws", 80, "HTTP"),
+    ("x", "kubernetes.io/wss", 443, "HTTPS"),
+    ("x", "grpc-web", 80, "GRPC-WEB"),
+    ("web", "custom.io/thing", 80, None),          # appProtocol given and unknown: undeclared
+    ("web", None, 3306, "TCP"),                    # well-known ports are never sniffed
+    ("web", None, 53, "TCP"),
+    ("http", None, 3306, "HTTP"),                  # ... unless the name declares them
+    (None, None, 8080, None),
+])
+def test_kubernetes_port_protocol(name, app_protocol, port, expected):
+    """A Kubernetes Service port: appProtocol (and Kubernetes' h2c/ws/wss names), else the name prefix, else TCP on well-known ports."""
+    assert declared_protocol(None, name, app_protocol, port) == expected
 
 
 @pytest.mark.parametrize("protocol, policy, client_protocol, client_h2, expected", [

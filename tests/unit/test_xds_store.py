@@ -230,3 +230,16 @@ def test_override_fingerprint_handles_any_yaml_value():
     same = {"metadata": {"labels": {"since": datetime.date(2024, 1, 1)}, "name": "a"}, "kind": "VirtualService"}
     assert fingerprint(doc) == fingerprint(same) and fingerprint(None) is None
     assert fingerprint(doc) != fingerprint({**doc, "kind": "DestinationRule"})
+
+
+def test_reload_parses_only_files_whose_text_changed(store, tmp_path):
+    """Reloading --config-dir reuses the parsed documents of an unchanged file and parses a changed one."""
+    (tmp_path / "config" / "vs.yaml").write_text(vs("a"))
+    assert store.reload_files()
+    before = {src: body for body, src in store.file_docs}
+    (tmp_path / "config" / "vs.yaml").write_text(vs("b"))
+    assert store.reload_files()
+    after = {src: body for body, src in store.file_docs}
+    se_file, vs_file = str(tmp_path / "config" / "se.yaml"), str(tmp_path / "config" / "vs.yaml")
+    assert after[se_file] is before[se_file]
+    assert after[vs_file] is not before[vs_file] and after[vs_file]["metadata"]["name"] == "b"

@@ -128,6 +128,8 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     print("remora proxy: " + ", ".join(parts), file=sys.stderr, flush=True)
     for warning in config.warnings:
         print(f"remora proxy: warning: {warning}", file=sys.stderr, flush=True)
+    for note in config.notes:
+        print(f"remora proxy: info: {note}", file=sys.stderr, flush=True)
 
 
 async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:

@@ -16,8 +16,9 @@ Semantics follow Istio (security.istio.io AuthorizationPolicy):
   read `AuthzRequest.request_auth`, the token jwt_authn.py verified; without one they
   match no value (only not-lists pass). A list claim matches when any of its strings does.
 - Strings: exact `abc`, prefix `abc*`, suffix `*abc`, presence `*` (validated by
-  remora.config.validate_security). Hosts compare case-insensitively, with or without the
-  port; paths are compared without the query string.
+  remora.config.validate_security); paths may also be templates with `{*}` (one segment)
+  and `{**}` (any segments), remora.config.path_templates. Hosts compare
+  case-insensitively, with or without the port; paths are compared without the query string.
 
 All matching functions are built once per config (`Authorizer(...)`), so `check` only
 calls small closures: no parsing, no pattern compiling, no allocation beyond the result.
@@ -37,6 +38,7 @@ from remora.config.model import (
     AuthzSource,
     Resource,
 )
+from remora.config.path_templates import is_template, template_regex
 from remora.config.mesh_rules import ROOT_NAMESPACE, applies_to  # noqa: F401 (applies_to re-exported)
 
 
@@ -90,6 +92,15 @@ def _any_string(patterns: list[str], fold_case: bool = False) -> Callable[[str],
     if not prefixes and not suffixes:
         return exact.__contains__
     return lambda value: value in exact or value.startswith(prefixes) or value.endswith(suffixes)
+
+
+def _any_path(patterns: list[str]) -> Callable[[str], bool]:
+    """`paths`: Istio's string forms, and templates with `{*}` / `{**}` (config/path_templates.py)."""
+    templates = [template_regex(p).fullmatch for p in patterns if is_template(p)]
+    strings = _any_string([p for p in patterns if not is_template(p)])
+    if not templates:
+        return strings
+    return lambda value: strings(value) or any(match(value) is not None for match in templates)
 
 
 def _any_network(blocks: list[str]) -> Callable[[str], bool]:
@@ -221,7 +232,7 @@ def _compile_operation(operation: AuthzOperation) -> Predicate:
         _field(operation.hosts, operation.not_hosts, _host_matcher, _host_value),
         _field(operation.ports, operation.not_ports, _ports, lambda r: r.port),
         _field(operation.methods, operation.not_methods, _any_string, lambda r: r.method),
-        _field(operation.paths, operation.not_paths, _any_string, _path_value),
+        _field(operation.paths, operation.not_paths, _any_path, _path_value),
     ])
 
 
