@@ -202,7 +202,7 @@ def hpack_bomb(port: int, repeats: int = 20000) -> Outcome:
     return client.finish()
 
 
-def settings_flood(port: int, frames: int = 400000, seconds: float = 10.0) -> Outcome:
+def settings_flood(port: int, frames: int = 1000000, seconds: float = 10.0) -> Outcome:
     """SETTINGS frames as fast as possible, never reading the ACKs the server must send."""
     client = RawClient(port, reads=False)
     frame = SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 100})

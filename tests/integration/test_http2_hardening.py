@@ -115,7 +115,7 @@ ATTACKS = {
     "zero-window": (h2_attacks.zero_window, False),
     "too-many-streams": (h2_attacks.too_many_streams, False),
 }
-PROXIES = ["envoy"]
+PROXIES = ["envoy", "remora"]
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))

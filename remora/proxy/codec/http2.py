@@ -32,7 +32,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
+    ConnectionTerminated, DataReceived, PingReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
     StreamReset, WindowUpdated,
 )
 from h2.exceptions import H2Error
@@ -50,6 +50,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # the client connection preface 
 ALPN_H2 = "h2"
 STREAM_WINDOW = 65535          # per-stream receive window: request bytes held per stream
 PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_lifetime_seconds
+MAX_OUTBOUND_CONTROL_FRAMES = 1000  # Envoy: http2_protocol_options.max_outbound_control_frames
+MAX_CONTROL_FRAMES_PER_SECOND = 2000   # PING + SETTINGS a client may send per second
 PREMATURE_RESET_STREAMS = 500  # Envoy: overload.premature_reset_total_stream_count
 # One configuration for every connection: h2 reads it, never changes it.
 H2_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
@@ -60,13 +62,17 @@ H2_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_in
 class Http2Stats(Counters):
     """Envoy's HTTP/2 codec counters (rooted at `http2.`), per listener, summed on export."""
 
-    __slots__ = ("rx_reset", "tx_reset", "goaway_sent", "streams_active", "protocol_error")
+    __slots__ = ("rx_reset", "tx_reset", "goaway_sent", "streams_active", "protocol_error",
+                 "outbound_control_flood")
 
 
 class DownstreamHttp2(asyncio.Protocol):
     """One HTTP/2 client connection on a listener (see the module docstring)."""
 
     def __init__(self, listener, tls: bool = False) -> None:
+        self.control_window_start = 0.0   # PING/SETTINGS rate: start of the current second
+        self.control_in_window = 0
+        self.control_backlog = 0    # PING/SETTINGS ACKs queued while the socket is backed up
         self.listener = listener
         self.loop = listener.loop
         self.settings = settings = listener.settings
@@ -162,8 +168,14 @@ class DownstreamHttp2(asyncio.Protocol):
                         stream.pump()
                 else:
                     self._pump_all()
-            elif kind is RemoteSettingsChanged:
-                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            elif kind is RemoteSettingsChanged or kind is PingReceived:
+                if self._control_flood():
+                    self.stats.outbound_control_flood += 1
+                    self.in_batch = False
+                    self.transport.abort()
+                    return
+                if kind is RemoteSettingsChanged \
+                        and SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._pump_all()
             elif kind is ConnectionTerminated:
                 # The client's GOAWAY: h2 will send nothing more on this connection.
@@ -195,12 +207,29 @@ class DownstreamHttp2(asyncio.Protocol):
             if exchange is not None and not exchange.finished:
                 exchange.on_downstream_closed()
 
+    def _control_flood(self) -> bool:
+        """One PING or SETTINGS (each makes h2 queue an ACK): True once the client floods.
+
+        Envoy's max_outbound_control_frames: more than 1000 ACKs owed while the socket is
+        backed up (the client does not read them). And a rate, since a Python event loop
+        answering them holds every other client: more than MAX_CONTROL_FRAMES_PER_SECOND in
+        one second, which no client needs."""
+        now = self.last_activity
+        if now - self.control_window_start >= 1.0:
+            self.control_window_start, self.control_in_window = now, 0
+        self.control_in_window += 1
+        if self.output_paused:
+            self.control_backlog += 1
+        return (self.control_backlog > MAX_OUTBOUND_CONTROL_FRAMES
+                or self.control_in_window > MAX_CONTROL_FRAMES_PER_SECOND)
+
     def pause_writing(self) -> None:
         # Response bytes wait in their streams (each pauses its own upstream above OUT_HIGH).
         self.output_paused = True
 
     def resume_writing(self) -> None:
         self.output_paused = False
+        self.control_backlog = 0
         self.last_activity = self.loop.time()
         self._pump_all()
         self.flush()
