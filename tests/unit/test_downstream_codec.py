@@ -76,7 +76,7 @@ class FakeLoop:
 
 
 class FakeExchange:
-    """Stands in for a routed Exchange: records what the codec hands it."""
+    """Stands in for a routed Exchange (a RouterStream, codec/seams.py): records what the codec hands it."""
 
     def __init__(self, listener: "FakeListener", sink, head, index: int) -> None:
         self.listener = listener
@@ -87,8 +87,7 @@ class FakeExchange:
         self.ends = 0
         self.starts = 0
         self.finished = False
-        self.request_done = not head.has_body and head.upgrade is None
-        self.response_started = False
+        self.bytes_sent = 0
         self.local = None
         self.downstream_closed = 0
 
@@ -102,7 +101,6 @@ class FakeExchange:
 
     def on_request_end(self) -> None:
         self.ends += 1
-        self.request_done = True
         self.listener.log.append(("end", self.index))
 
     def on_downstream_closed(self) -> None:
@@ -117,17 +115,15 @@ class FakeExchange:
             return
         self.finished = True
         self.local = (status, body, flag)
-        self.sink.send_local_reply(self, status, body, extra)
+        self.sink.send_local_reply(status, body, extra)
 
     def respond(self, status: int = 200, body: bytes = b"ok") -> None:
         """A complete upstream response, in the order Exchange drives the sink."""
-        self.response_started = True
-        self.sink.send_response_head(self, status, b"OK", [(b"x-served-by", b"%d" % self.index)],
-                                     len(body), False)
+        self.sink.send_response_head(status, b"OK", [(b"x-served-by", b"%d" % self.index)], len(body))
         self.sink.send_response_body(body)
         self.finished = True
         self.listener.log.append(("finish", self.index))
-        self.sink.end_response(self)
+        self.sink.end_response()
 
 
 class FakeListener:

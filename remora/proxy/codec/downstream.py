@@ -1,11 +1,14 @@
 """The downstream HTTP/1.1 server codec: client bytes in, Exchanges out, responses back.
 
 httptools callbacks run inside data_received; a request's head becomes a RequestHead and
-an Exchange at on_headers_complete. This class is also the Exchange's ResponseSink for
-HTTP/1.1: it decides the response framing (Content-Length as received, chunked for 1.1
-clients when the length is unknown, close-delimited for 1.0) and keep-alive; the writing
-half lives in http1_writer.py and the sweeper's timeouts in http1_timeouts.py, as bases
-of this one class, which alone owns the connection state.
+the router's stream (a RouterStream, codec/seams.py) at on_headers_complete. This class
+is also that stream's DownstreamStream for HTTP/1.1: it decides the response framing
+(Content-Length as received, chunked for 1.1 clients when the length is unknown,
+close-delimited for 1.0) and keep-alive; the writing half lives in http1_writer.py and
+the sweeper's timeouts in http1_timeouts.py, as bases of this one class, which alone
+owns the connection state: `state`, `keep_alive` (does the connection outlive the active
+response), `receiving` (whose request body is still on the wire), `resp_framing`, and the
+transport's FlowControl (`flow`), paused for one reason per bit (http1_writer.py).
 
 Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
 body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
@@ -15,7 +18,8 @@ keep-alive (a later `Connection: close` closes after that request's response, no
 first one's); reading pauses while one is queued, so a pipelining client cannot make the
 proxy buffer without bound. A request with a body starts (goes upstream) only at the end
 of the read that brought its head, so a body that is malformed in that same read is
-refused before anything was sent upstream.
+refused before anything was sent upstream. A request without a body is complete at its
+head: its stream gets on_request_end before start.
 """
 from __future__ import annotations
 
@@ -25,14 +29,18 @@ from collections import deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from remora.proxy.telemetry.counters import set_nodelay
-from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import (
     BODY, CLOSED, CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
     H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES,
     REQUEST_SPECIAL, TUNNEL, WAITING, BadRequest, connection_tokens, drop_named, status_line,
 )
 from remora.proxy.codec.http1_timeouts import Http1Timeouts
-from remora.proxy.codec.http1_writer import Http1ResponseWriter, MeteredTransport
+from remora.proxy.codec.flow_control import FlowControl
+from remora.proxy.codec.http1_writer import (
+    PIPELINED, REFUSING, RESP_NONE, STREAM_HOLD, TUNNEL_PEER, UPGRADING, Http1ResponseWriter,
+    TunnelEnd,
+)
+from remora.proxy.codec.seams import RouterStream
 from remora.proxy.security.inbound_policy import PeerCertificate
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.router.request_ids import new_request_id
@@ -53,6 +61,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.listener = listener
         self.loop = listener.loop
         self.transport = None
+        self.flow = FlowControl(None)  # given the transport at connection_made
         self.tls = tls                 # inbound mTLS connection (handshake done before connection_made)
         self.capture = None            # captured connection: its original destination (intercept/capture.py)
         self.peer_cert: PeerCertificate | None = None
@@ -61,21 +70,18 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.peer_ip = b""
         self.last_activity = 0.0
         self.request_start = 0.0
-        self.active: Exchange | None = None      # the exchange whose response we write
-        self.receiving: Exchange | None = None   # the exchange whose body we read
-        self.queued: deque[Exchange] = deque()
-        self.keep_alive = True
-        self.resp_chunked = False
-        self.resp_close = False
-        self.write_paused = False
-        self.reading_paused = 0
+        self.active: RouterStream | None = None      # the stream whose response we write
+        self.receiving: RouterStream | None = None   # the stream whose request body is still on the wire
+        self.queued: deque[tuple[RouterStream, bool]] = deque()   # pipelined, with their keep-alive
+        self.keep_alive = True        # the connection outlives the active response
+        self.resp_framing = RESP_NONE
         self.tunnel_peer = None
         self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
         # header_bytes counts lines too (see on_header): reaching this means one line too many.
         self.header_limit = (listener.settings.max_request_headers_count + 1) * HEADER_LINE
-        self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.deferred: RouterStream | None = None   # starts at the end of the current read
         self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
         self.drain_mark = 0           # write buffer size at the last sweep while paused
@@ -116,8 +122,13 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.trace_in = None
 
     # -- asyncio callbacks -------------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        """The client is not taking response bytes now (DownstreamStream)."""
+        return self.flow.write_paused
+
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport = self.flow.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
         set_nodelay(transport)
@@ -150,7 +161,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             if self.state == WAITING and (not self.keep_alive or (self.queued and not self.queued[-1][1])):
                 # Bytes after a request that said Connection: close (llhttp refuses them):
                 # ignore them and answer the requests we have.
-                self._pause(4)
+                self.flow.pause_reading(REFUSING)
             else:
                 cause = exc.__context__ or exc.__cause__
                 self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
@@ -168,6 +179,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.state = CLOSED
+        self.flow.lost()
         self.listener.connection_closed(self)
         if self.tunnel_peer is not None:
             self.tunnel_peer.close()
@@ -182,7 +194,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.queued.clear()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause_writing()
         self.drain_mark = self.transport.get_write_buffer_size()
         if self.tunnel_peer is not None:
             self.tunnel_peer.pause_reading()
@@ -190,7 +202,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             self.active.downstream_write_paused(True)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        self.flow.resume_writing()
         self.last_activity = self.idle_since = self.loop.time()   # the client drained: progress
         if self.tunnel_peer is not None:
             self.tunnel_peer.resume_reading()
@@ -313,19 +325,23 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
             self.transport.write(CONTINUE_100)
         exchange = self.listener.new_exchange(self, head)
-        self.receiving = exchange
+        has_body = head.chunked or head.content_length   # head.has_body, without a call
+        if has_body or head.upgrade is not None:
+            self.receiving = exchange    # body bytes (or the upgrade) follow
+        else:
+            exchange.on_request_end()    # complete at its head: on_message_complete has nothing to add
         if self.active is None:
             self.keep_alive = keep_alive
             self.active = exchange
             if not exchange.finished:
-                if head.chunked or head.content_length:   # head.has_body, without a call
+                if has_body:
                     self.deferred = exchange   # started once this read is parsed (data_received)
                 else:
                     exchange.start()
         else:
             # A pipelined request: its own keep-alive applies when its response is written.
             self.queued.append((exchange, keep_alive))
-            self._pause(2)
+            self.flow.pause_reading(PIPELINED)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.receiving
@@ -349,14 +365,15 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
             self._reject(BadRequest(405, b"method not allowed"))
             return
-        self.pause_reading()      # nothing more is read until the upstream says 101
+        self.flow.pause_reading(UPGRADING)   # nothing more is read until the upstream says 101
         # If the upstream refuses the upgrade, the parser cannot resume: close after it.
         self.keep_alive = False
         if rest:
             exchange.on_request_body(rest)
 
-    def start_tunnel(self, exchange, conn, resp, rest: bytes) -> None:
+    def start_tunnel(self, conn, resp, rest: bytes) -> None:
         """The upstream switched protocols: forward the 101 and splice the sockets."""
+        exchange = self.active
         parts = [status_line(101, resp.reason)]
         for name, value in resp.headers:
             parts += (name, b": ", value, EOL)
@@ -372,42 +389,34 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.active = self.receiving = None
         self.tunnel_peer = conn.transport
         meter = self.tunnel_meter = self.listener.tunnel_opened(exchange, resp)
-        if meter is None:
-            conn.start_tunnel(self.transport)
-        else:
+        if meter is not None:
             meter.sent += len(rest)
-            conn.start_tunnel(MeteredTransport(self.transport, meter))
-        self.reading_paused = 0
-        self.transport.resume_reading()
+        conn.start_tunnel(TunnelEnd(self.transport, self.flow, meter))
+        # The request side is over: neither the router's hold nor the wait for the 101 applies.
+        self.flow.resume_reading(STREAM_HOLD | UPGRADING)
 
+    # -- DownstreamStream: the router's hold on the request body --------------------------------
     def pause_reading(self) -> None:
-        self._pause(1)
+        self.flow.pause_reading(STREAM_HOLD)
 
     def resume_reading(self) -> None:
-        self._resume(1)
+        self.flow.resume_reading(STREAM_HOLD)
 
-    def _pause(self, bit: int) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.transport.pause_reading()
-        self.reading_paused |= bit
-
-    def _resume(self, bit: int) -> None:
-        was = self.reading_paused
-        self.reading_paused &= ~bit
-        if was and not self.reading_paused and self.state != CLOSED:
-            self.transport.resume_reading()
-
-    def _response_done(self, exchange) -> None:
-        if self.active is exchange:
-            self.active = None
+    def _response_done(self) -> None:
+        """The active response is complete: close, or move on to the next request."""
+        exchange, self.active = self.active, None
+        self.resp_framing = RESP_NONE
         if self.state == CLOSED:
             return
-        if self.resp_close or not exchange.request_done:
+        if not self.keep_alive or self.receiving is exchange:
             # Closing after the response: asked for, or the request body is still
             # arriving and the connection cannot be resynchronised.
             self.state = CLOSED
             self.transport.close()
             return
+        flow = self.flow
+        if flow.read_paused:
+            flow.resume_reading(STREAM_HOLD)   # a finished stream never holds the client
         if self.queued:
             nxt, self.keep_alive = self.queued.popleft()
             if nxt is self.receiving and self.rejected is not None:
@@ -415,7 +424,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
                 return
             self.active = nxt
             if not self.queued:
-                self._resume(2)
+                flow.resume_reading(PIPELINED)
             if not nxt.finished:
                 nxt.start()
             return
@@ -439,10 +448,10 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         if (current is not None and current is not self.receiving and not current.finished
                 and self.transport is not None):
             self.rejected = err
-            self._pause(4)
+            self.flow.pause_reading(REFUSING)
             self.state = WAITING
             return
-        if (current is not None and current is self.receiving and not current.response_started
+        if (current is not None and current is self.receiving and self.resp_framing == RESP_NONE
                 and not current.finished):
             # The head was fine and already routed, but its body is malformed (a bad
             # chunk): drop the upstream attempt and answer the client instead.
@@ -450,7 +459,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             current.local_reply(err.status, err.detail, "DPE")
         elif current is None and self.transport is not None:
             head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
-            exchange = self.listener.new_exchange(self, head, routed=False)
+            exchange = self.active = self.listener.new_exchange(self, head, routed=False)
             self.keep_alive = False
             exchange.local_reply(err.status, err.detail, "DPE")
         self.state = CLOSED

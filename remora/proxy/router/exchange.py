@@ -4,13 +4,18 @@ The downstream codec (HTTP/1.1 now, HTTP/2 later) hands an Exchange a RequestHea
 chunks and an end; the Exchange picks the route destination and endpoint, gets a pooled
 or new upstream connection, streams the body up and the response down, and fills the
 request record (the Exchange is a RequestInfo: status, flags, bytes, timings, upstream
-host, peers, trace) that access log, Istio metrics and tracing read when it ends. It
-talks back to the codec only through the ResponseSink methods:
-send_response_head, send_response_body, end_response, send_local_reply, abort,
-pause_reading, resume_reading, pause_upstream_reads (write side backpressure), tunnel.
+host, peers, trace) that access log, Istio metrics and tracing read when it ends. It is
+the codec's RouterStream and talks back to the codec only through its DownstreamStream
+(`sink`); both are declared in codec/seams.py, so it never knows which codec it serves.
 
 Rules:
 - Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort.
+- Its lifecycle flags are its own: `request_done` (the codec delivered the request end),
+  `response_started`, `finished`; the codec owns the wire state and reads only `finished`.
+- Holding the client (`sink.pause_reading`: 64 KiB wait for a connection, or the upstream
+  socket is full) is idempotent and owned by the codec's flow control: a new attempt
+  releases it once the buffered body is sent, and the codec releases it when the
+  response completes, so a finished exchange never holds the client.
 - What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
   streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
 from remora.proxy.codec.message import RequestHead, ResponseHead
+from remora.proxy.codec.seams import DownstreamStream
 from remora.proxy.upstream.outlier import Result
 from remora.proxy.router.retry import Failure, backoff_delay
 from remora.proxy.telemetry.request_info import RequestInfo
@@ -46,12 +52,12 @@ class Exchange(RequestInfo):
         "sink", "listener", "block", "port", "dest", "endpoint",
         "conn", "pending", "pending_bytes", "replay", "request_done", "response_started",
         "finished", "up_added", "upstream_start", "reused", "race_retried", "up_method",
-        "up_path", "up_authority", "up_headers", "reading_paused", "timer", "abort_status",
+        "up_path", "up_authority", "up_headers", "timer", "abort_status",
         "waiting_in", "retries", "tried", "try_timer", "retry_acquired", "exhausted", "deadline",
         "try_deadline",
     )
 
-    def __init__(self, sink, head: RequestHead, listener, route, block, port: int) -> None:
+    def __init__(self, sink: DownstreamStream, head: RequestHead, listener, route, block, port: int) -> None:
         self.sink = sink
         self.listener = listener
         self.block = block
@@ -62,7 +68,7 @@ class Exchange(RequestInfo):
         self.pending: list[bytes] | tuple = NOTHING   # body bytes waiting for a connection
         self.pending_bytes = 0
         self.replay: list[bytes] | tuple | None = NOTHING   # the body kept for a resend
-        self.request_done = not head.has_body and head.upgrade is None
+        self.request_done = False      # on_request_end (before start for a request without a body)
         self.response_started = False
         self.finished = False
         # The request record (RequestInfo's slots, written here rather than through its
@@ -85,7 +91,6 @@ class Exchange(RequestInfo):
         self.upstream_start = 0.0
         self.reused = False
         self.race_retried = False
-        self.reading_paused = False    # this exchange holds the client (pending body or upstream full)
         self.timer = None              # the fault delay, when one is drawn
         self.abort_status = 0
         self.waiting_in = None         # the Circuit whose pending queue holds us
@@ -150,7 +155,7 @@ class Exchange(RequestInfo):
         if self.response_started:
             self.add_flag("UT")
             self._finish()
-            self.sink.abort(self)
+            self.sink.abort()
         else:
             self.local_reply(504, b"upstream request timeout", "UT")
 
@@ -293,15 +298,16 @@ class Exchange(RequestInfo):
         chunked = head.chunked
         pending = self.pending
         if pending:
+            # A hold for these bytes, or for an earlier attempt's full socket (a dropped
+            # attempt never sends resume_writing; its retry always resends a body), ends
+            # here: released first, so that a socket these writes fill holds the client again.
+            self.sink.resume_reading()
             for piece in pending:
                 conn.send_body(piece, chunked)
             self.pending = NOTHING
             self.pending_bytes = 0
         if self.request_done and head.has_body:
             conn.end_body(chunked)
-        if self.reading_paused:
-            self.reading_paused = False
-            self.sink.resume_reading()
 
     # -- request body from downstream --------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
@@ -326,8 +332,7 @@ class Exchange(RequestInfo):
             else:
                 self.pending = [data]
             self.pending_bytes += len(data)
-            if self.pending_bytes > PENDING_HIGH_WATER and not self.reading_paused:
-                self.reading_paused = True
+            if self.pending_bytes > PENDING_HIGH_WATER:
                 self.sink.pause_reading()
 
     def on_request_end(self) -> None:
@@ -340,16 +345,13 @@ class Exchange(RequestInfo):
     def upstream_write_paused(self, paused: bool) -> None:
         """The upstream socket buffer is full (or drained): hold (or resume) the client.
 
-        The hold is remembered in `reading_paused` because the connection may be dropped
-        before it drains (a retry, a per-try timeout): its resume_writing never comes, and
-        the next attempt (_send_on) or the end of the exchange (_finish) releases the client.
+        The connection may be dropped before it drains (a retry, a per-try timeout): its
+        resume_writing never comes, and the next attempt (_send_on) or the end of the
+        response (the codec) releases the client.
         """
         if paused:
-            if not self.reading_paused:
-                self.reading_paused = True
-                self.sink.pause_reading()
-        elif self.reading_paused:
-            self.reading_paused = False
+            self.sink.pause_reading()
+        else:
             self.sink.resume_reading()
 
     def downstream_write_paused(self, paused: bool) -> None:
@@ -389,8 +391,7 @@ class Exchange(RequestInfo):
         self.peer_metadata = resp.peer_metadata
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
-        self.sink.send_response_head(self, resp.status, resp.reason, headers,
-                                     resp.content_length, resp.chunked)
+        self.sink.send_response_head(resp.status, resp.reason, headers, resp.content_length)
 
     def on_response_body(self, data: bytes) -> None:
         if not self.finished:
@@ -410,7 +411,7 @@ class Exchange(RequestInfo):
         if self.retries and status < 500:
             self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()
-        self.sink.end_response(self)
+        self.sink.end_response()
 
     def on_upstream_lost(self, got_bytes: bool) -> None:
         """The upstream connection closed before the response completed."""
@@ -516,7 +517,7 @@ class Exchange(RequestInfo):
         if self.response_started:
             self.add_flag(flag)
             self._finish()
-            self.sink.abort(self)
+            self.sink.abort()
         else:
             self.local_reply(status, body, flag)
 
@@ -529,7 +530,7 @@ class Exchange(RequestInfo):
         self.cluster.stats.count_status(101)
         self._endpoint_done(error=False)
         self._finish()
-        self.sink.start_tunnel(self, conn, resp, rest)
+        self.sink.start_tunnel(conn, resp, rest)
 
     # -- downstream events -------------------------------------------------------------------
     def on_downstream_closed(self) -> None:
@@ -574,7 +575,7 @@ class Exchange(RequestInfo):
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             extra = [*(extra or ()), self.listener.reply_header]
         self._finish()
-        self.sink.send_local_reply(self, status, body, extra)
+        self.sink.send_local_reply(status, body, extra)
 
     def _endpoint_done(self, error: bool) -> None:
         ep = self.endpoint
@@ -586,10 +587,6 @@ class Exchange(RequestInfo):
 
     def _finish(self) -> None:
         self.finished = True
-        if self.reading_paused:
-            # Paused for an upstream that is gone: the client's next request must be read.
-            self.reading_paused = False
-            self.sink.resume_reading()
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
