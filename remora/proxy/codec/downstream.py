@@ -187,9 +187,12 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         if self.tunnel_meter is not None:
             self.listener.tunnel_closed(self.tunnel_meter)
             self.tunnel_meter = None
-        for ex in (self.active, self.receiving, *[queued for queued, _ in self.queued]):
-            if ex is not None:
-                ex.on_downstream_closed()
+        streams = [self.active, *[queued for queued, _ in self.queued]]
+        if self.receiving not in streams:   # the active request may still be sending its body
+            streams.append(self.receiving)
+        for stream in streams:
+            if stream is not None and not stream.finished:
+                stream.on_downstream_closed()   # once per stream, and only to unfinished ones
         self.active = self.receiving = None
         self.queued.clear()
 
