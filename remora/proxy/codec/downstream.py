@@ -308,29 +308,40 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             authority = b""
         headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
         head = RequestHead(parser.get_method(), url, authority, headers, version)
+        has_body = False            # head.has_body, without a call
         if self.content_length is not None:
-            head.content_length = int(self.content_length)
-        head.chunked = self.te_chunked
-        if self.upgrade is not None and self.conn_upgrade:
-            head.upgrade = self.upgrade
+            length = head.content_length = int(self.content_length)
+            has_body = length > 0
         head.request_id = self.request_id or new_request_id()
-        head.user_agent = self.user_agent
-        head.forwarded_for = self.xff
         head.peer_ip = self.peer_ip
-        head.peer_metadata = self.peer_meta
-        head.trace_in = self.trace_in
-        head.peer_cert = self.peer_cert
+        # Fields most requests do not carry keep the head's defaults: no write per request.
+        if self.user_agent:
+            head.user_agent = self.user_agent
+        if self.xff:
+            head.forwarded_for = self.xff
         if self.xfp:
             head.scheme = self.xfp
+        if self.peer_meta is not None:
+            head.peer_metadata = self.peer_meta
+        if self.trace_in is not None:
+            head.trace_in = self.trace_in
+        if self.peer_cert is not None:
+            head.peer_cert = self.peer_cert
         keep_alive = parser.should_keep_alive() and not self.listener.draining
         self.state = BODY
-        if self.expect_continue and head.has_body and version == b"1.1":
-            # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
-            self.transport.write(CONTINUE_100)
+        more = has_body             # bytes follow the head: a body, or the upgraded protocol's
+        if self.rare:               # Transfer-Encoding, Connection, Upgrade or Expect was sent
+            if self.te_chunked:
+                head.chunked = has_body = more = True
+            if self.upgrade is not None and self.conn_upgrade:
+                head.upgrade = self.upgrade
+                more = True
+            if self.expect_continue and has_body and version == b"1.1":
+                # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
+                self.transport.write(CONTINUE_100)
         exchange = self.listener.new_exchange(self, head)
-        has_body = head.chunked or head.content_length   # head.has_body, without a call
-        if has_body or head.upgrade is not None:
-            self.receiving = exchange    # body bytes (or the upgrade) follow
+        if more:
+            self.receiving = exchange
         else:
             exchange.on_request_end()    # complete at its head: on_message_complete has nothing to add
         if self.active is None:
