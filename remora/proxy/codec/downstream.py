@@ -4,8 +4,8 @@ httptools callbacks run inside data_received; a request's head becomes a Request
 the router's stream (a RouterStream, codec/seams.py) at on_headers_complete. This class
 is also that stream's DownstreamStream for HTTP/1.1: it decides the response framing
 (Content-Length as received, chunked for 1.1 clients when the length is unknown,
-close-delimited for 1.0) and keep-alive; the writing half lives in http1_writer.py and
-the sweeper's timeouts in http1_timeouts.py, as bases of this one class, which alone
+close-delimited for 1.0) and keep-alive; the writing half lives in http1_writer.py, upgrades in
+http1_tunnel.py and the sweeper's timeouts in http1_timeouts.py, as bases of this one class, which alone
 owns the connection state: `state`, `keep_alive` (does the connection outlive the active
 response), `receiving` (whose request body is still on the wire), `resp_framing`, and the
 transport's FlowControl (`flow`), paused for one reason per bit (http1_writer.py).
@@ -30,16 +30,14 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from remora.proxy.telemetry.counters import set_nodelay
 from remora.proxy.codec.http1 import (
-    BODY, CLOSED, CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
-    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES,
-    REQUEST_SPECIAL, TUNNEL, WAITING, BadRequest, connection_tokens, drop_named, status_line,
+    BODY, CLOSED, CONTINUE_100, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
+    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES, PIPELINED,
+    REFUSING, REQUEST_SPECIAL, STREAM_HOLD, WAITING, BadRequest, connection_tokens, drop_named,
 )
 from remora.proxy.codec.http1_timeouts import Http1Timeouts
 from remora.proxy.codec.flow_control import FlowControl
-from remora.proxy.codec.http1_writer import (
-    PIPELINED, REFUSING, RESP_NONE, STREAM_HOLD, TUNNEL_PEER, UPGRADING, Http1ResponseWriter,
-    TunnelEnd,
-)
+from remora.proxy.codec.http1_tunnel import Http1Upgrade
+from remora.proxy.codec.http1_writer import RESP_NONE, Http1ResponseWriter
 from remora.proxy.codec.seams import RouterStream
 from remora.proxy.security.inbound_policy import PeerCertificate
 from remora.proxy.codec.message import RequestHead
@@ -54,7 +52,7 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, ne
 _OWS = (0x20, 0x09)
 
 
-class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
+class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, asyncio.Protocol):
     """One client connection on a listener."""
 
     def __init__(self, listener, tls: bool = False) -> None:
@@ -369,45 +367,6 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         if self.state == BODY:
             # The response may already be done (a local reply sent from on_headers_complete).
             self.state = WAITING if self.active is not None else IDLE
-
-    # -- upgrade ---------------------------------------------------------------------------------
-    def _on_upgrade_bytes(self, rest: bytes) -> None:
-        # llhttp completes the message before reporting the upgrade, so the exchange is
-        # usually no longer `receiving`, only `active`.
-        exchange = self.receiving or self.active
-        if exchange is None or exchange.head.upgrade is None:
-            # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
-            self._reject(BadRequest(405, b"method not allowed"))
-            return
-        self.flow.pause_reading(UPGRADING)   # nothing more is read until the upstream says 101
-        # If the upstream refuses the upgrade, the parser cannot resume: close after it.
-        self.keep_alive = False
-        if rest:
-            exchange.on_request_body(rest)
-
-    def start_tunnel(self, conn, resp, rest: bytes) -> None:
-        """The upstream switched protocols: forward the 101 and splice the sockets."""
-        exchange = self.active
-        parts = [status_line(101, resp.reason)]
-        for name, value in resp.headers:
-            parts += (name, b": ", value, EOL)
-        reply = self.listener.reply_header
-        if reply is not None and exchange.head.peer_metadata is not None:
-            parts += (reply[0], b": ", reply[1], EOL)
-        parts += (b"connection: upgrade\r\nupgrade: ", conn.upgrade or exchange.head.upgrade, EOL, EOL)
-        self.flush()
-        self.transport.write(b"".join(parts))
-        if rest:
-            self.transport.write(rest)
-        self.state = TUNNEL
-        self.active = self.receiving = None
-        self.tunnel_peer = conn.transport
-        meter = self.tunnel_meter = self.listener.tunnel_opened(exchange, resp)
-        if meter is not None:
-            meter.sent += len(rest)
-        conn.start_tunnel(TunnelEnd(self.transport, self.flow, meter))
-        # The request side is over: neither the router's hold nor the wait for the 101 applies.
-        self.flow.resume_reading(STREAM_HOLD | UPGRADING)
 
     # -- DownstreamStream: the router's hold on the request body --------------------------------
     def pause_reading(self) -> None:

@@ -6,7 +6,6 @@ responses (Content-Length as received, chunked for 1.1 clients when the length i
 known, close-delimited for 1.0), holds each upstream read's bytes for one write, and
 writes local replies. The connection is the stream of its active request: an HTTP/1.1
 connection answers one request at a time, so no per-request object is needed.
-TunnelEnd is what the upstream side of a WebSocket tunnel writes to.
 """
 from __future__ import annotations
 
@@ -16,13 +15,6 @@ from remora.proxy.codec.http1 import EOL, LAST_CHUNK, chunk, status_line
 RESP_NONE = 0      # no response head written yet
 RESP_RAW = 1       # as is: Content-Length, no body, or until close (HTTP/1.0)
 RESP_CHUNKED = 2   # chunked transfer coding
-
-# DownstreamHttp1's reasons to pause reading (FlowControl bits).
-STREAM_HOLD = 1    # the router cannot take more request body now
-PIPELINED = 2      # a request waits behind the active one: read no further
-UPGRADING = 4      # an upgrade request waits for the upstream's 101
-REFUSING = 8       # no later request will be served (Connection: close, or a 4xx waits its turn)
-TUNNEL_PEER = 16   # tunnel: the upstream side cannot take more
 
 
 class Http1ResponseWriter:
@@ -108,31 +100,3 @@ class Http1ResponseWriter:
         self.flush()
         self.transport.close()
 
-
-class TunnelEnd:
-    """The downstream connection as a tunnel's upstream side sees it: writes (counted in a
-    TcpMeter when Istio metrics are on) and pausing through the connection's FlowControl."""
-
-    __slots__ = ("transport", "flow", "meter")
-
-    def __init__(self, transport, flow, meter) -> None:
-        self.transport = transport
-        self.flow = flow
-        self.meter = meter
-
-    def write(self, data: bytes) -> None:
-        if self.meter is not None:
-            self.meter.sent += len(data)
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def pause_reading(self) -> None:
-        self.flow.pause_reading(TUNNEL_PEER)
-
-    def resume_reading(self) -> None:
-        self.flow.resume_reading(TUNNEL_PEER)
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
