@@ -456,6 +456,38 @@ def test_upgrade_with_connection_upgrade_is_kept_on_the_head():
     assert not exchange_conn.transport.reading
 
 
+class FakeUpstream:
+    """The upstream connection of an accepted upgrade: what start_tunnel hands the tunnel end to."""
+
+    def __init__(self) -> None:
+        self.upgrade = b"websocket"
+        self.transport = FakeTransport([])
+        self.tunnel_end = None
+
+    def start_tunnel(self, end) -> None:
+        self.tunnel_end = end
+
+
+def test_tunnel_pauses_the_client_only_through_its_own_reason():
+    """After a 101 the wait for it no longer holds the client; the upstream side pauses and resumes it through the connection's flow control."""
+    conn = fed(b"GET /ws HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    upstream = FakeUpstream()
+    conn.listener.reply_header = None
+    conn.listener.tunnel_opened = lambda exchange, resp: None
+    resp = type("Resp", (), {"reason": b"", "headers": []})()
+    conn.proto.start_tunnel(upstream, resp, b"")
+    assert conn.transport.reading and conn.transport.data.startswith(b"HTTP/1.1 101 ")
+    upstream.tunnel_end.pause_reading()
+    assert not conn.transport.reading
+    conn.proto.flow.pause_reading(1)          # another reason holds it too ...
+    upstream.tunnel_end.resume_reading()
+    assert not conn.transport.reading         # ... so the tunnel end cannot release it alone
+    conn.proto.flow.resume_reading(1)
+    assert conn.transport.reading
+    upstream.tunnel_end.write(b"frame")
+    assert conn.transport.writes[-1] == b"frame"
+
+
 def test_host_is_captured_not_forwarded():
     """Host becomes head.authority (as sent) and is not one of head.headers."""
     exchange = only(fed(b"GET / HTTP/1.1\r\nX-A: 1\r\nhOsT: Reviews:9080\r\n\r\n"))
