@@ -17,6 +17,10 @@ class RecordingTransport:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
 
     def pause_reading(self) -> None:
         self.calls.append("pause")
@@ -77,6 +81,16 @@ def test_a_lost_connection_is_never_touched_again():
     flow.resume_reading(A)
     flow.pause_reading(B)
     assert transport.calls == ["pause"]
+
+
+def test_a_closing_transport_is_not_resumed():
+    """Releasing the last reason of a transport that is closing does not ask it to read again."""
+    transport = RecordingTransport()
+    flow = FlowControl(transport)
+    flow.pause_reading(A)
+    transport.closing = True
+    flow.resume_reading(A)
+    assert transport.calls == ["pause"] and flow.read_paused == 0
 
 
 async def test_waiters_wake_when_writing_resumes():

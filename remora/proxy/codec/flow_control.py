@@ -9,8 +9,9 @@ One FlowControl per connection owns both directions of its pausing:
 - Writing: the transport's pause_writing / resume_writing (the write buffer passed its
   high / low water mark) are recorded here; `write_paused` is the answer to "may I write
   more now?", and coroutines can wait for the buffer to drain (`wait_writable`).
-- After `lost()` (connection_lost) nothing touches the transport again and every waiter
-  is released, so a producer never hangs on a connection that is gone.
+- A closing transport is never resumed, and after `lost()` (connection_lost) nothing
+  touches the transport again and every waiter is released, so a producer never hangs
+  on a connection that is gone.
 
 The owning protocol forwards its asyncio callbacks (pause_writing, resume_writing,
 connection_lost) here and decides itself whom to tell (the router stream, a tunnel's
@@ -45,8 +46,9 @@ class FlowControl:
         held = self.read_paused
         if held & reasons:
             held = self.read_paused = held & ~reasons
-            if not held and self.transport is not None:
-                self.transport.resume_reading()
+            transport = self.transport
+            if not held and transport is not None and not transport.is_closing():
+                transport.resume_reading()   # a closing transport reads nothing more
 
     # -- writing -----------------------------------------------------------------------------
     def pause_writing(self) -> None:
