@@ -14,7 +14,7 @@ Rules:
   `response_started`, `finished`; the codec owns the wire state and reads only `finished`.
 - Holding the client (`sink.pause_reading`: 64 KiB wait for a connection, or the upstream
   socket is full) is idempotent and owned by the codec's flow control: a new attempt
-  releases it once the buffered body is sent, and the codec releases it when the
+  releases it as it resends the buffered body, and the codec releases it when the
   response completes, so a finished exchange never holds the client.
 - What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
