@@ -76,7 +76,7 @@ class FakeLoop:
 
 
 class FakeExchange:
-    """Stands in for a routed Exchange: records what the codec hands it."""
+    """Stands in for a routed Exchange (a RouterStream, codec/seams.py): records what the codec hands it."""
 
     def __init__(self, listener: "FakeListener", sink, head, index: int) -> None:
         self.listener = listener
@@ -87,8 +87,7 @@ class FakeExchange:
         self.ends = 0
         self.starts = 0
         self.finished = False
-        self.request_done = not head.has_body and head.upgrade is None
-        self.response_started = False
+        self.bytes_sent = 0
         self.local = None
         self.downstream_closed = 0
 
@@ -102,7 +101,6 @@ class FakeExchange:
 
     def on_request_end(self) -> None:
         self.ends += 1
-        self.request_done = True
         self.listener.log.append(("end", self.index))
 
     def on_downstream_closed(self) -> None:
@@ -117,17 +115,15 @@ class FakeExchange:
             return
         self.finished = True
         self.local = (status, body, flag)
-        self.sink.send_local_reply(self, status, body, extra)
+        self.sink.send_local_reply(status, body, extra)
 
     def respond(self, status: int = 200, body: bytes = b"ok") -> None:
         """A complete upstream response, in the order Exchange drives the sink."""
-        self.response_started = True
-        self.sink.send_response_head(self, status, b"OK", [(b"x-served-by", b"%d" % self.index)],
-                                     len(body), False)
+        self.sink.send_response_head(status, b"OK", [(b"x-served-by", b"%d" % self.index)], len(body))
         self.sink.send_response_body(body)
         self.finished = True
         self.listener.log.append(("finish", self.index))
-        self.sink.end_response(self)
+        self.sink.end_response()
 
 
 class FakeListener:
@@ -458,6 +454,38 @@ def test_upgrade_with_connection_upgrade_is_kept_on_the_head():
     assert exchange.head.upgrade == b"websocket"
     assert exchange.head.headers == []
     assert not exchange_conn.transport.reading
+
+
+class FakeUpstream:
+    """The upstream connection of an accepted upgrade: what start_tunnel hands the tunnel end to."""
+
+    def __init__(self) -> None:
+        self.upgrade = b"websocket"
+        self.transport = FakeTransport([])
+        self.tunnel_end = None
+
+    def start_tunnel(self, end) -> None:
+        self.tunnel_end = end
+
+
+def test_tunnel_pauses_the_client_only_through_its_own_reason():
+    """After a 101 the wait for it no longer holds the client; the upstream side pauses and resumes it through the connection's flow control."""
+    conn = fed(b"GET /ws HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    upstream = FakeUpstream()
+    conn.listener.reply_header = None
+    conn.listener.tunnel_opened = lambda exchange, resp: None
+    resp = type("Resp", (), {"reason": b"", "headers": []})()
+    conn.proto.start_tunnel(upstream, resp, b"")
+    assert conn.transport.reading and conn.transport.data.startswith(b"HTTP/1.1 101 ")
+    upstream.tunnel_end.pause_reading()
+    assert not conn.transport.reading
+    conn.proto.flow.pause_reading(1)          # another reason holds it too ...
+    upstream.tunnel_end.resume_reading()
+    assert not conn.transport.reading         # ... so the tunnel end cannot release it alone
+    conn.proto.flow.resume_reading(1)
+    assert conn.transport.reading
+    upstream.tunnel_end.write(b"frame")
+    assert conn.transport.writes[-1] == b"frame"
 
 
 def test_host_is_captured_not_forwarded():

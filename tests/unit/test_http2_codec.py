@@ -209,9 +209,9 @@ def test_response_waits_for_the_client_window_and_pauses_the_upstream():
     exchange, = pair.listener.exchanges
     sink = exchange.sink
     body = b"r" * (OUT_HIGH + 5000)
-    sink.send_response_head(exchange, 200, b"OK", [(b"x-up", b"1")], len(body), False)
+    sink.send_response_head(200, b"OK", [(b"x-up", b"1")], len(body))
     sink.send_response_body(body)
-    sink.end_response(exchange)
+    sink.end_response()
     sink.flush()
     pair.receive()
     assert sum(len(e.data) for e in pair.of(h2.events.DataReceived, sid)) == 1000
@@ -234,10 +234,10 @@ def test_trailers_follow_the_body_and_end_the_stream():
     sid = pair.request(BASE)
     exchange, = pair.listener.exchanges
     sink = exchange.sink
-    sink.send_response_head(exchange, 200, b"OK", [(b"content-type", b"application/grpc")], None, True)
+    sink.send_response_head(200, b"OK", [(b"content-type", b"application/grpc")], None)
     sink.send_response_body(b"\x00\x00\x00\x00\x02hi")
     sink.send_response_trailers([(b"grpc-status", b"0"), (b"grpc-message", b"ok")])
-    sink.end_response(exchange)
+    sink.end_response()
     sink.flush()
     pair.receive()
     kinds = [type(e) for e in pair.events if getattr(e, "stream_id", None) == sid]
@@ -257,9 +257,9 @@ def test_client_reset_closes_that_exchange_and_abort_resets_only_its_stream():
     pair.client.reset_stream(reset_by_client, 8)
     pair.send()
     assert first.downstream_closed == 1 and second.downstream_closed == third.downstream_closed == 0
-    second.sink.send_response_head(second, 200, b"OK", [], 100, False)
+    second.sink.send_response_head(200, b"OK", [], 100)
     second.sink.send_response_body(b"partial")
-    second.sink.abort(second)
+    second.sink.abort()
     third.respond(200, b"whole")
     pair.receive()
     assert pair.of(h2.events.StreamReset, aborted)[0].error_code == 2

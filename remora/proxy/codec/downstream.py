@@ -1,11 +1,14 @@
 """The downstream HTTP/1.1 server codec: client bytes in, Exchanges out, responses back.
 
 httptools callbacks run inside data_received; a request's head becomes a RequestHead and
-an Exchange at on_headers_complete. This class is also the Exchange's ResponseSink for
-HTTP/1.1: it decides the response framing (Content-Length as received, chunked for 1.1
-clients when the length is unknown, close-delimited for 1.0) and keep-alive; the writing
-half lives in http1_writer.py and the sweeper's timeouts in http1_timeouts.py, as bases
-of this one class, which alone owns the connection state.
+the router's stream (a RouterStream, codec/seams.py) at on_headers_complete. This class
+is also that stream's DownstreamStream for HTTP/1.1: it decides the response framing
+(Content-Length as received, chunked for 1.1 clients when the length is unknown,
+close-delimited for 1.0) and keep-alive; the writing half lives in http1_writer.py, upgrades in
+http1_tunnel.py and the sweeper's timeouts in http1_timeouts.py, as bases of this one class, which alone
+owns the connection state: `state`, `keep_alive` (does the connection outlive the active
+response), `receiving` (whose request body is still on the wire), `resp_framing`, and the
+transport's FlowControl (`flow`), paused for one reason per bit (http1_writer.py).
 
 Connection states: IDLE (between requests) -> HEADERS (reading a head) -> BODY (reading a
 body) -> WAITING (request read, response pending) -> IDLE ... ; TUNNEL after an upgrade;
@@ -15,7 +18,8 @@ keep-alive (a later `Connection: close` closes after that request's response, no
 first one's); reading pauses while one is queued, so a pipelining client cannot make the
 proxy buffer without bound. A request with a body starts (goes upstream) only at the end
 of the read that brought its head, so a body that is malformed in that same read is
-refused before anything was sent upstream.
+refused before anything was sent upstream. A request without a body is complete at its
+head: its stream gets on_request_end before start.
 """
 from __future__ import annotations
 
@@ -25,15 +29,17 @@ from collections import deque
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from remora.proxy.telemetry.counters import set_nodelay
-from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import (
-    BODY, CLOSED, CONTINUE_100, EOL, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
-    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES,
-    REQUEST_SPECIAL, TUNNEL, WAITING, BadRequest, connection_tokens, drop_named, status_line,
+    BODY, CLOSED, CONTINUE_100, H_CL, H_CONNECTION, H_EXPECT, H_HOST, H_PEER, H_REQID,
+    H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES, PIPELINED,
+    REFUSING, REQUEST_SPECIAL, STREAM_HOLD, WAITING, BadRequest, connection_tokens, drop_named,
 )
 from remora.proxy.codec.http1_timeouts import Http1Timeouts
-from remora.proxy.codec.http1_writer import Http1ResponseWriter, MeteredTransport
-from remora.proxy.codec.http2 import ALPN_H2, PREFACE, DownstreamHttp2
+from remora.proxy.codec.flow_control import FlowControl
+from remora.proxy.codec.http1_tunnel import Http1Upgrade
+from remora.proxy.codec.http2_handover import Http2Handover
+from remora.proxy.codec.http1_writer import RESP_NONE, Http1ResponseWriter
+from remora.proxy.codec.seams import RouterStream
 from remora.proxy.security.inbound_policy import PeerCertificate
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.router.request_ids import new_request_id
@@ -47,13 +53,14 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, ne
 _OWS = (0x20, 0x09)
 
 
-class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
+class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http2Handover, asyncio.Protocol):
     """One client connection on a listener."""
 
     def __init__(self, listener, tls: bool = False) -> None:
         self.listener = listener
         self.loop = listener.loop
         self.transport = None
+        self.flow = FlowControl(None)  # given the transport at connection_made
         self.tls = tls                 # inbound mTLS connection (handshake done before connection_made)
         self.capture = None            # captured connection: its original destination (intercept/capture.py)
         self.peer_cert: PeerCertificate | None = None
@@ -62,21 +69,18 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.peer_ip = b""
         self.last_activity = 0.0
         self.request_start = 0.0
-        self.active: Exchange | None = None      # the exchange whose response we write
-        self.receiving: Exchange | None = None   # the exchange whose body we read
-        self.queued: deque[Exchange] = deque()
-        self.keep_alive = True
-        self.resp_chunked = False
-        self.resp_close = False
-        self.write_paused = False
-        self.reading_paused = 0
+        self.active: RouterStream | None = None      # the stream whose response we write
+        self.receiving: RouterStream | None = None   # the stream whose request body is still on the wire
+        self.queued: deque[tuple[RouterStream, bool]] = deque()   # pipelined, with their keep-alive
+        self.keep_alive = True        # the connection outlives the active response
+        self.resp_framing = RESP_NONE
         self.tunnel_peer = None
         self.tunnel_meter = None      # TcpMeter of a tunnel when Istio metrics are on
         self.wbuf: list[bytes] = []   # response bytes held until the upstream read ends
         self.unparsed_head_bytes = 0
         # header_bytes counts lines too (see on_header): reaching this means one line too many.
         self.header_limit = (listener.settings.max_request_headers_count + 1) * HEADER_LINE
-        self.deferred: Exchange | None = None   # starts at the end of the current read
+        self.deferred: RouterStream | None = None   # starts at the end of the current read
         self.rejected: BadRequest | None = None  # a malformed pipelined request, refused in its turn
         self.idle_since = 0.0         # when the connection last became IDLE (idle timeout)
         self.drain_mark = 0           # write buffer size at the last sweep while paused
@@ -119,8 +123,13 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.trace_in = None
 
     # -- asyncio callbacks -------------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        """The client is not taking response bytes now (DownstreamStream)."""
+        return self.flow.write_paused
+
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport = self.flow.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if isinstance(peer, tuple) else b""
         set_nodelay(transport)
@@ -130,9 +139,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         self.last_activity = self.idle_since = self.loop.time()
         self.listener.connection_opened(self)
         if self.tls:
-            ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN_H2:
-                self._become_http2(b"")    # ALPN chose HTTP/2 (inbound mTLS)
+            self._alpn_h2(transport)     # ALPN chose HTTP/2 (inbound mTLS): http2_handover.py
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel_peer is not None:
@@ -161,36 +168,12 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             if self.state == WAITING and (not self.keep_alive or (self.queued and not self.queued[-1][1])):
                 # Bytes after a request that said Connection: close (llhttp refuses them):
                 # ignore them and answer the requests we have.
-                self._pause(4)
+                self.flow.pause_reading(REFUSING)
             else:
                 cause = exc.__context__ or exc.__cause__
                 self._reject(cause if isinstance(cause, BadRequest) else BadRequest(400, str(exc).encode()))
         if self.deferred is not None:
             self._start_deferred()
-
-    def _sniff_preface(self, data: bytes) -> bytes | None:
-        """The first read: the HTTP/2 client preface (h2c prior knowledge) hands the
-        connection to DownstreamHttp2 (None returned); anything else is HTTP/1's to parse."""
-        if self.held:
-            data, self.held = self.held + data, b""
-        if data[:1] == b"P" and PREFACE.startswith(data[:len(PREFACE)]):
-            if len(data) < len(PREFACE):
-                self.held = data      # a preface cut by the network: wait for the rest
-                return None
-            self.fresh = False
-            self._become_http2(data)
-            return None
-        self.fresh = False
-        return data
-
-    def _become_http2(self, first_bytes: bytes) -> None:
-        """Hand the transport (and the bytes read so far) to the HTTP/2 codec."""
-        self.fresh = False
-        self.state = CLOSED
-        http2 = DownstreamHttp2(self.listener, tls=self.tls)
-        transport = self.transport
-        transport.set_protocol(http2)
-        http2.take_over(self, transport, first_bytes)
 
     def _start_deferred(self) -> None:
         """Start the request whose head (with a body) came in this read, unless its body was refused."""
@@ -203,6 +186,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.state = CLOSED
+        self.flow.lost()
         self.listener.connection_closed(self)
         if self.tunnel_peer is not None:
             self.tunnel_peer.close()
@@ -210,14 +194,17 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         if self.tunnel_meter is not None:
             self.listener.tunnel_closed(self.tunnel_meter)
             self.tunnel_meter = None
-        for ex in (self.active, self.receiving, *[queued for queued, _ in self.queued]):
-            if ex is not None:
-                ex.on_downstream_closed()
+        streams = [self.active, *[queued for queued, _ in self.queued]]
+        if self.receiving not in streams:   # the active request may still be sending its body
+            streams.append(self.receiving)
+        for stream in streams:
+            if stream is not None and not stream.finished:
+                stream.on_downstream_closed()   # once per stream, and only to unfinished ones
         self.active = self.receiving = None
         self.queued.clear()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause_writing()
         self.drain_mark = self.transport.get_write_buffer_size()
         if self.tunnel_peer is not None:
             self.tunnel_peer.pause_reading()
@@ -225,7 +212,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             self.active.downstream_write_paused(True)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        self.flow.resume_writing()
         self.last_activity = self.idle_since = self.loop.time()   # the client drained: progress
         if self.tunnel_peer is not None:
             self.tunnel_peer.resume_reading()
@@ -328,39 +315,54 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             authority = b""
         headers = self.headers if self.hop_names is None else drop_named(self.headers, self.hop_names)
         head = RequestHead(parser.get_method(), url, authority, headers, version)
+        has_body = False            # head.has_body, without a call
         if self.content_length is not None:
-            head.content_length = int(self.content_length)
-        head.chunked = self.te_chunked
-        if self.upgrade is not None and self.conn_upgrade:
-            head.upgrade = self.upgrade
+            length = head.content_length = int(self.content_length)
+            has_body = length > 0
         head.request_id = self.request_id or new_request_id()
-        head.user_agent = self.user_agent
-        head.forwarded_for = self.xff
         head.peer_ip = self.peer_ip
-        head.peer_metadata = self.peer_meta
-        head.trace_in = self.trace_in
-        head.peer_cert = self.peer_cert
+        # Fields most requests do not carry keep the head's defaults: no write per request.
+        if self.user_agent:
+            head.user_agent = self.user_agent
+        if self.xff:
+            head.forwarded_for = self.xff
         if self.xfp:
             head.scheme = self.xfp
+        if self.peer_meta is not None:
+            head.peer_metadata = self.peer_meta
+        if self.trace_in is not None:
+            head.trace_in = self.trace_in
+        if self.peer_cert is not None:
+            head.peer_cert = self.peer_cert
         keep_alive = parser.should_keep_alive() and not self.listener.draining
         self.state = BODY
-        if self.expect_continue and head.has_body and version == b"1.1":
-            # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
-            self.transport.write(CONTINUE_100)
+        more = has_body             # bytes follow the head: a body, or the upgraded protocol's
+        if self.rare:               # Transfer-Encoding, Connection, Upgrade or Expect was sent
+            if self.te_chunked:
+                head.chunked = has_body = more = True
+            if self.upgrade is not None and self.conn_upgrade:
+                head.upgrade = self.upgrade
+                more = True
+            if self.expect_continue and has_body and version == b"1.1":
+                # Envoy's default: the proxy answers 100 itself and drops Expect upstream.
+                self.transport.write(CONTINUE_100)
         exchange = self.listener.new_exchange(self, head)
-        self.receiving = exchange
+        if more:
+            self.receiving = exchange
+        else:
+            exchange.on_request_end()    # complete at its head: on_message_complete has nothing to add
         if self.active is None:
             self.keep_alive = keep_alive
             self.active = exchange
             if not exchange.finished:
-                if head.chunked or head.content_length:   # head.has_body, without a call
+                if has_body:
                     self.deferred = exchange   # started once this read is parsed (data_received)
                 else:
                     exchange.start()
         else:
             # A pipelined request: its own keep-alive applies when its response is written.
             self.queued.append((exchange, keep_alive))
-            self._pause(2)
+            self.flow.pause_reading(PIPELINED)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.receiving
@@ -375,74 +377,28 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             # The response may already be done (a local reply sent from on_headers_complete).
             self.state = WAITING if self.active is not None else IDLE
 
-    # -- upgrade ---------------------------------------------------------------------------------
-    def _on_upgrade_bytes(self, rest: bytes) -> None:
-        # llhttp completes the message before reporting the upgrade, so the exchange is
-        # usually no longer `receiving`, only `active`.
-        exchange = self.receiving or self.active
-        if exchange is None or exchange.head.upgrade is None:
-            # llhttp reports CONNECT as an upgrade too; Remora does not tunnel CONNECT.
-            self._reject(BadRequest(405, b"method not allowed"))
-            return
-        self.pause_reading()      # nothing more is read until the upstream says 101
-        # If the upstream refuses the upgrade, the parser cannot resume: close after it.
-        self.keep_alive = False
-        if rest:
-            exchange.on_request_body(rest)
-
-    def start_tunnel(self, exchange, conn, resp, rest: bytes) -> None:
-        """The upstream switched protocols: forward the 101 and splice the sockets."""
-        parts = [status_line(101, resp.reason)]
-        for name, value in resp.headers:
-            parts += (name, b": ", value, EOL)
-        reply = self.listener.reply_header
-        if reply is not None and exchange.head.peer_metadata is not None:
-            parts += (reply[0], b": ", reply[1], EOL)
-        parts += (b"connection: upgrade\r\nupgrade: ", conn.upgrade or exchange.head.upgrade, EOL, EOL)
-        self.flush()
-        self.transport.write(b"".join(parts))
-        if rest:
-            self.transport.write(rest)
-        self.state = TUNNEL
-        self.active = self.receiving = None
-        self.tunnel_peer = conn.transport
-        meter = self.tunnel_meter = self.listener.tunnel_opened(exchange, resp)
-        if meter is None:
-            conn.start_tunnel(self.transport)
-        else:
-            meter.sent += len(rest)
-            conn.start_tunnel(MeteredTransport(self.transport, meter))
-        self.reading_paused = 0
-        self.transport.resume_reading()
-
+    # -- DownstreamStream: the router's hold on the request body --------------------------------
     def pause_reading(self) -> None:
-        self._pause(1)
+        self.flow.pause_reading(STREAM_HOLD)
 
     def resume_reading(self) -> None:
-        self._resume(1)
+        self.flow.resume_reading(STREAM_HOLD)
 
-    def _pause(self, bit: int) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.transport.pause_reading()
-        self.reading_paused |= bit
-
-    def _resume(self, bit: int) -> None:
-        was = self.reading_paused
-        self.reading_paused &= ~bit
-        if was and not self.reading_paused and self.state != CLOSED:
-            self.transport.resume_reading()
-
-    def _response_done(self, exchange) -> None:
-        if self.active is exchange:
-            self.active = None
+    def _response_done(self) -> None:
+        """The active response is complete: close, or move on to the next request."""
+        exchange, self.active = self.active, None
+        self.resp_framing = RESP_NONE
         if self.state == CLOSED:
             return
-        if self.resp_close or not exchange.request_done:
+        if not self.keep_alive or self.receiving is exchange:
             # Closing after the response: asked for, or the request body is still
             # arriving and the connection cannot be resynchronised.
             self.state = CLOSED
             self.transport.close()
             return
+        flow = self.flow
+        if flow.read_paused:
+            flow.resume_reading(STREAM_HOLD)   # a finished stream never holds the client
         if self.queued:
             nxt, self.keep_alive = self.queued.popleft()
             if nxt is self.receiving and self.rejected is not None:
@@ -450,7 +406,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
                 return
             self.active = nxt
             if not self.queued:
-                self._resume(2)
+                flow.resume_reading(PIPELINED)
             if not nxt.finished:
                 nxt.start()
             return
@@ -474,10 +430,10 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
         if (current is not None and current is not self.receiving and not current.finished
                 and self.transport is not None):
             self.rejected = err
-            self._pause(4)
+            self.flow.pause_reading(REFUSING)
             self.state = WAITING
             return
-        if (current is not None and current is self.receiving and not current.response_started
+        if (current is not None and current is self.receiving and self.resp_framing == RESP_NONE
                 and not current.finished):
             # The head was fine and already routed, but its body is malformed (a bad
             # chunk): drop the upstream attempt and answer the client instead.
@@ -485,7 +441,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Timeouts, asyncio.Protocol):
             current.local_reply(err.status, err.detail, "DPE")
         elif current is None and self.transport is not None:
             head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
-            exchange = self.listener.new_exchange(self, head, routed=False)
+            exchange = self.active = self.listener.new_exchange(self, head, routed=False)
             self.keep_alive = False
             exchange.local_reply(err.status, err.detail, "DPE")
         self.state = CLOSED

@@ -89,6 +89,13 @@ EOL = b"\r\n"
 # Downstream connection states (downstream.py owns them; http1_timeouts.py reads them).
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)
 
+# Why DownstreamHttp1 pauses reading: one FlowControl bit per pauser (codec/flow_control.py).
+STREAM_HOLD = 1    # the router cannot take more request body now (DownstreamStream.pause_reading)
+PIPELINED = 2      # a request waits behind the active one: read no further
+UPGRADING = 4      # an upgrade request waits for the upstream's 101
+REFUSING = 8       # no later request will be served (Connection: close, or a 4xx waits its turn)
+TUNNEL_PEER = 16   # tunnel: the upstream side cannot take more
+
 
 class BadRequest(Exception):
     """A request the proxy refuses before routing (status and detail for the reply)."""

@@ -22,7 +22,7 @@ class Http1Timeouts:
         state = self.state
         if state >= TUNNEL:
             return
-        if self.write_paused:
+        if self.flow.write_paused:
             # Response bytes wait for the client: progress is the buffer draining (and each
             # resume_writing). A client that reads nothing makes none and times out.
             size = self.transport.get_write_buffer_size()
@@ -32,7 +32,7 @@ class Http1Timeouts:
         active = self.active
         if active is not None:
             # The upstream's response head and body bytes are activity too (-1: no head yet).
-            progress = active.bytes_sent if active.response_started else -1
+            progress = active.bytes_sent if self.resp_framing else -1
             if progress != self.sent_mark:
                 self.sent_mark = progress
                 self.last_activity = now

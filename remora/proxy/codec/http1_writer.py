@@ -1,14 +1,20 @@
-"""The writing half of the downstream HTTP/1.1 codec: the Exchange's ResponseSink.
+"""The writing half of the downstream HTTP/1.1 codec: its DownstreamStream (codec/seams.py).
 
-A base class of DownstreamHttp1, which owns every attribute used here (wbuf,
-resp_chunked, resp_close, keep_alive, transport, active) and the connection's state:
-this module only frames responses (Content-Length as received, chunked for 1.1 clients
-when the length is unknown, close-delimited for 1.0), holds each upstream read's bytes
-for one write, and writes local replies. MeteredTransport counts a tunnel's bytes.
+A base class of DownstreamHttp1, which owns every attribute used here (wbuf, resp_framing,
+keep_alive, transport, active, flow) and the connection's state: this module only frames
+responses (Content-Length as received, chunked for 1.1 clients when the length is not
+known, close-delimited for 1.0), holds each upstream read's bytes for one write, and
+writes local replies. The connection is the stream of its active request: an HTTP/1.1
+connection answers one request at a time, so no per-request object is needed.
 """
 from __future__ import annotations
 
 from remora.proxy.codec.http1 import EOL, LAST_CHUNK, chunk, status_line
+
+# resp_framing: how the active response's body goes on the wire.
+RESP_NONE = 0      # no response head written yet
+RESP_RAW = 1       # as is: Content-Length, no body, or until close (HTTP/1.0)
+RESP_CHUNKED = 2   # chunked transfer coding
 
 
 class Http1ResponseWriter:
@@ -16,23 +22,24 @@ class Http1ResponseWriter:
 
     __slots__ = ()
 
-    def send_response_head(self, exchange, status: int, reason: bytes, headers: list,
-                           content_length: int | None, chunked: bool) -> None:
-        head = exchange.head
+    def send_response_head(self, status: int, reason: bytes, headers: list,
+                           content_length: int | None) -> None:
+        head = self.active.head
         parts = [status_line(status, reason),
                  b"".join([name + b": " + value + EOL for name, value in headers])]
-        no_body = head.method == b"HEAD" or status in (204, 304) or status < 200
-        self.resp_chunked = False
-        self.resp_close = not self.keep_alive or self.listener.draining
+        self.resp_framing = RESP_RAW
+        if self.listener.draining:
+            self.keep_alive = False
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
-        elif chunked and not no_body:
+        elif head.method != b"HEAD" and status not in (204, 304) and status >= 200:
+            # A body of unknown length: chunked for 1.1, until close for a 1.0 client.
             if head.version == b"1.1":
                 parts.append(b"transfer-encoding: chunked\r\n")
-                self.resp_chunked = True
+                self.resp_framing = RESP_CHUNKED
             else:
-                self.resp_close = True   # a 1.0 client reads the body until close
-        if self.resp_close:
+                self.keep_alive = False
+        if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         elif head.version == b"1.0":
             parts.append(b"connection: keep-alive\r\n")
@@ -42,11 +49,19 @@ class Http1ResponseWriter:
         self.wbuf.append(b"".join(parts))
 
     def send_response_body(self, data: bytes) -> None:
-        if self.resp_chunked:
+        if self.resp_framing == RESP_CHUNKED:
             if data:
                 self.wbuf += chunk(data)
         else:
             self.wbuf.append(data)
+
+    def send_response_trailers(self, trailers: list) -> None:
+        """Trailers go in the last chunk; a response not chunked has nowhere to carry them
+        (HTTP/1.1 drops them, as Envoy does)."""
+        if self.resp_framing == RESP_CHUNKED:
+            self.wbuf.append(b"0\r\n" + b"".join([n + b": " + v + EOL for n, v in trailers]) + EOL)
+            self.resp_framing = RESP_RAW
+        self.end_response()
 
     def flush(self) -> None:
         """Write what the current upstream read produced (called once per upstream read)."""
@@ -55,58 +70,33 @@ class Http1ResponseWriter:
             self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
             self.wbuf = []
 
-    def end_response(self, exchange) -> None:
-        if self.resp_chunked:
+    def end_response(self) -> None:
+        if self.resp_framing == RESP_CHUNKED:
             self.wbuf.append(LAST_CHUNK)
         self.flush()
-        self._response_done(exchange)
+        self._response_done()
 
-    def send_local_reply(self, exchange, status: int, body: bytes, extra: list | None) -> None:
-        head = exchange.head
-        close = not self.keep_alive or self.listener.draining or not exchange.request_done
+    def send_local_reply(self, status: int, body: bytes, extra: list | None) -> None:
+        if not self.keep_alive or self.listener.draining or self.receiving is self.active:
+            # Closing after it: asked for, draining, or the request body is still arriving
+            # and the connection cannot be resynchronised.
+            self.keep_alive = False
         parts = [status_line(status), b"content-length: %d\r\n" % len(body)]
         if body:
             parts.append(b"content-type: text/plain\r\n")
         for name, value in extra or ():
             parts += (name, b": ", value, EOL)
-        if close:
+        if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(EOL)
-        if body and head.method != b"HEAD":
+        if body and self.active.head.method != b"HEAD":
             parts.append(body)
-        self.resp_close = close
         self.transport.write(b"".join(parts))
-        self._response_done(exchange)
+        self._response_done()
 
-    def abort(self, exchange) -> None:
+    def abort(self) -> None:
         """The response cannot be completed: close so the client sees it was cut short."""
-        if self.active is exchange:
-            self.active = None
+        self.active = None
         self.flush()
         self.transport.close()
 
-
-class MeteredTransport:
-    """The downstream transport as a tunnel's upstream side writes to it, counting bytes."""
-
-    __slots__ = ("transport", "meter")
-
-    def __init__(self, transport, meter) -> None:
-        self.transport = transport
-        self.meter = meter
-
-    def write(self, data: bytes) -> None:
-        self.meter.sent += len(data)
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.transport.close()
-
-    def pause_reading(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.transport.resume_reading()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()

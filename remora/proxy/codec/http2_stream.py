@@ -103,8 +103,8 @@ class Http2Stream:
             self.conn.wrote()
 
     # -- the Exchange's sink: the response ------------------------------------------------
-    def send_response_head(self, exchange, status: int, reason: bytes, headers: list,
-                           content_length: int | None, chunked: bool) -> None:
+    def send_response_head(self, status: int, reason: bytes, headers: list,
+                           content_length: int | None) -> None:
         block = [(b":status", b"%d" % status)]
         block += headers   # names lower-cased by h2 (normalize_outbound_headers)
         if content_length is not None:
@@ -127,16 +127,17 @@ class Http2Stream:
         when the response ends (end_response), ending the stream."""
         self.trailers = trailers
 
-    def end_response(self, exchange) -> None:
+    def end_response(self) -> None:
         self.ending = True
         self.pump()
 
-    def send_local_reply(self, exchange, status: int, body: bytes, extra: list | None) -> None:
+    def send_local_reply(self, status: int, body: bytes, extra: list | None) -> None:
         block = [(b":status", b"%d" % status), (b"content-length", b"%d" % len(body))]
         if body:
             block.append((b"content-type", b"text/plain"))
         block += extra or ()
-        head_only = exchange.head.method == b"HEAD" or not body
+        exchange = self.active
+        head_only = not body or (exchange is not None and exchange.head.method == b"HEAD")
         self._headers(block, end=head_only)
         if not head_only:
             self.out.append(body)
@@ -146,7 +147,7 @@ class Http2Stream:
         elif not self.response_done:
             self._response_sent()
 
-    def abort(self, exchange) -> None:
+    def abort(self) -> None:
         """The response cannot be completed (upstream reset after bytes went down, timeout):
         reset this stream only; the client sees it cut short, the other streams go on."""
         self.reset_stream(ErrorCodes.INTERNAL_ERROR)
@@ -155,7 +156,7 @@ class Http2Stream:
         """One write for what an upstream read produced on any stream of the connection."""
         self.conn.flush()
 
-    def start_tunnel(self, exchange, conn, resp, rest: bytes) -> None:
+    def start_tunnel(self, upstream, resp, rest: bytes) -> None:
         # HTTP/2 requests never carry Upgrade (h2 refuses the header), so no upstream 101.
         raise AssertionError("no upgrade on an HTTP/2 stream")
 
@@ -223,6 +224,8 @@ class Http2Stream:
 
     def _response_sent(self) -> None:
         self.response_done = True
+        if self.reading_paused:
+            self.resume_reading()    # the codec releases the router's hold when the response ends
         if not self.request_done:
             # The answer is complete but the client is still sending: tell it to stop.
             self.reset_stream(ErrorCodes.NO_ERROR)

@@ -8,13 +8,19 @@ which gets the connection from the pool and carries the request). What the attem
 reports (the UpstreamCallbacks of upstream/seams.py) is handled by its base class
 UpstreamEvents (upstream_events.py): forward the response, retry, or fail. It fills the request record (the
 Exchange is a RequestInfo: status, flags, bytes, timings, upstream host, peers, trace)
-that access log, Istio metrics and tracing read when it ends. It talks back to the codec
-only through the ResponseSink methods: send_response_head, send_response_body, flush,
-end_response, send_local_reply, abort, pause_reading, resume_reading, start_tunnel.
+that access log, Istio metrics and tracing read when it ends. It is the codec's
+RouterStream and talks back to the codec only through its DownstreamStream (`sink`); both
+are declared in codec/seams.py, so it never knows which codec it serves.
 
 Rules:
 - Every exchange ends exactly once (`_finish`), with a response, a local reply or an abort;
   its attempt in flight, if any, is cancelled then.
+- Its lifecycle flags are its own: `request_done` (the codec delivered the request end),
+  `response_started`, `finished`; the codec owns the wire state and reads only `finished`.
+- Holding the client (`sink.pause_reading`, idempotent, owned by the codec's flow control)
+  is the attempt's: it holds while its body waits for a connection or its socket is full
+  and lets go when that passes or it ends; the codec releases any hold when the response
+  completes, so a finished exchange never holds the client.
 - What telemetry needs lives in the RequestInfo slots, and nowhere else on the Exchange.
 - The request body is kept for replay up to --retry-buffer-bytes (1 MiB); past that it is
   streamed only, and the request can no longer be resent (retry_or_shadow_abandoned).
@@ -27,6 +33,7 @@ Rules:
 from __future__ import annotations
 
 from remora.proxy.codec.message import RequestHead
+from remora.proxy.codec.seams import DownstreamStream
 from remora.proxy.router.grpc import local_reply_trailers
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.router.seams import ExchangeHost
@@ -52,7 +59,8 @@ class Exchange(UpstreamEvents, RequestInfo):
         "up_path", "up_authority", "up_headers", "timer", "abort_status", "retry_state", "deadline",
     )
 
-    def __init__(self, sink, head: RequestHead, listener: ExchangeHost, route, block, port: int) -> None:
+    def __init__(self, sink: DownstreamStream, head: RequestHead, listener: ExchangeHost, route, block,
+                 port: int) -> None:
         self.sink = sink
         self.listener = listener
         self.block = block
@@ -61,7 +69,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.endpoint = None
         self.upstream: UpstreamRequest | None = None   # the attempt in flight
         self.replay: list[bytes] | tuple | None = ()   # the body kept for a resend
-        self.request_done = not head.has_body and head.upgrade is None
+        self.request_done = False      # on_request_end (before start for a request without a body)
         self.response_started = False
         self.finished = False
         # The request record (RequestInfo's slots, written here rather than through its
@@ -139,7 +147,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         if self.response_started:
             self.add_flag("UT")
             self._finish()
-            self.sink.abort(self)
+            self.sink.abort()
         else:
             self.local_reply(504, b"upstream request timeout", "UT")
 
@@ -296,7 +304,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             extra = [*(extra or ()), self.listener.reply_header]
         self._finish()
-        self.sink.send_local_reply(self, status, body, extra)
+        self.sink.send_local_reply(status, body, extra)
 
     def _endpoint_done(self, error: bool) -> None:
         ep = self.endpoint

@@ -76,8 +76,7 @@ class UpstreamEvents:
         self.peer_metadata = resp.peer_metadata
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
             headers.append(self.listener.reply_header)    # a mesh peer asked: tell it who we are
-        self.sink.send_response_head(self, resp.status, resp.reason, headers,
-                                     resp.content_length, resp.chunked)
+        self.sink.send_response_head(resp.status, resp.reason, headers, resp.content_length)
 
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
@@ -108,7 +107,7 @@ class UpstreamEvents:
         if status < 500 and self.retry_state is not None and self.retry_state.retries:
             self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()
-        self.sink.end_response(self)
+        self.sink.end_response()
 
     def on_attempt_failed(self, failure: AttemptFailure, detail: str) -> None:
         """The attempt ended without a complete response: retry, resend, or give up."""
@@ -152,7 +151,7 @@ class UpstreamEvents:
         self.cluster.stats.count_status(101)
         self._endpoint_done(error=False)
         self._finish()
-        self.sink.start_tunnel(self, conn, resp, rest)
+        self.sink.start_tunnel(conn, resp, rest)
 
     # -- retries -------------------------------------------------------------------------------
     def _retry(self, failure: Failure | None, status: int) -> bool:
@@ -191,6 +190,6 @@ class UpstreamEvents:
         if self.response_started:
             self.add_flag(flag)
             self._finish()
-            self.sink.abort(self)
+            self.sink.abort()
         else:
             self.local_reply(status, body, flag)
