@@ -178,3 +178,6 @@ def test_istio_metrics_label_grpc(mesh):
     stats = mesh.a.admin_get("/stats/prometheus")
     lines = [l for l in stats.splitlines() if l.startswith("istio_requests_total{")]
     assert any('request_protocol="grpc"' in l and 'grpc_response_status="0"' in l for l in lines), lines
+    # the answering sidecar's metadata came back over HTTP/2 (and was not forwarded to the app)
+    assert any('destination_workload_namespace="bench"' in l and 'destination_app="server"' in l
+               for l in lines), lines

@@ -34,6 +34,7 @@ import h2.settings
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
 
+PEER_METADATA = b"x-remora-peer-metadata"   # telemetry/peer_metadata.py HEADER
 STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
 CONNECTION_WINDOW = 16 << 20     # the connection window we grant at start
 SEND_QUEUE_HIGH = 256 << 10      # queued request bytes per stream before its producer pauses
@@ -290,10 +291,14 @@ class UpstreamHttp2(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        status, headers = 0, []
+        status, headers, peer_meta, length = 0, [], None, None
         for name, value in event.headers:
             if name == b":status":
                 status = int(value)
+            elif name == PEER_METADATA:
+                peer_meta = value     # the answering sidecar's metadata: read, never forwarded
+            elif name == b"content-length":
+                length = value        # framing: carried as resp.content_length, as HTTP/1's codec does
             elif not name.startswith(b":"):
                 headers.append((name, value))
         stream.got_bytes = True
@@ -304,7 +309,11 @@ class UpstreamHttp2(asyncio.Protocol):
             trailers = [(n, v) for n, v in headers if n in GRPC_STATUS_FIELDS]
             headers = [(n, v) for n, v in headers if n not in GRPC_STATUS_FIELDS]
         resp = ResponseHead(status, b"", headers)
-        length = _content_length(headers)
+        resp.peer_metadata = peer_meta
+        try:
+            length = int(length) if length is not None else None
+        except ValueError:
+            length = None
         resp.content_length = length
         resp.chunked = length is None and (not event.stream_ended or trailers is not None)
         stream.events.on_response_head(resp)
@@ -389,16 +398,6 @@ GRPC_STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-d
 
 def _is_grpc(headers: list) -> bool:
     return any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in headers)
-
-
-def _content_length(headers: list) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 _HANDLERS = {
