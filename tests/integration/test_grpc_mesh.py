@@ -8,6 +8,7 @@ the grpcio server, with certificates from an in-process CA (sa/client, sa/server
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -25,6 +26,18 @@ from tests.integration.upstreams import free_port
 
 pytestmark = pytest.mark.integration
 
+SILENT = """
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: silent, namespace: bench}
+spec:
+  hosts: [silent.bench.svc.cluster.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.0.1, ports: {grpc: %d}}]
+"""
 FAULTS = """
 ---
 apiVersion: networking.istio.io/v1
@@ -43,6 +56,11 @@ class GrpcMesh:
 
     def __init__(self, extra_yaml: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="remora-grpc-"))
+        # A server that accepts connections (the kernel does) and never answers a byte.
+        self.silent = socket.socket()
+        self.silent.bind(("127.0.0.1", 0))
+        self.silent.listen(16)
+        extra_yaml += SILENT % self.silent.getsockname()[1]
         self.server = grpc_apps.EchoServer().__enter__()
         self.sidecars: list[ProxyProcess] = []
         try:
@@ -74,6 +92,7 @@ class GrpcMesh:
         for sidecar in reversed(self.sidecars):
             sidecar.close()
         self.server.__exit__(None)
+        self.silent.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -181,3 +200,38 @@ def test_istio_metrics_label_grpc(mesh):
     # the answering sidecar's metadata came back over HTTP/2 (and was not forwarded to the app)
     assert any('destination_workload_namespace="bench"' in l and 'destination_app="server"' in l
                for l in lines), lines
+
+
+def test_grpc_timeout_header_caps_the_route_timeout(mesh):
+    """A call whose grpc-timeout (300 ms) is shorter than the route timeout (none here) is
+    answered by the sidecar at its deadline: trailers-only, grpc-status 14 (Envoy's mapping
+    of 504), flag UT, although the upstream never answers."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from benchmarks.grpc_upstream import frame
+    sock = socket.create_connection(("127.0.0.1", mesh.a.outbound_port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),
+                          (":authority", "silent.bench.svc.cluster.local"),
+                          (":path", "/test.Echo/Unary"), ("content-type", "application/grpc"),
+                          ("te", "trailers"), ("grpc-timeout", "300m")])
+    conn.send_data(1, frame(b"sleep:5"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    started, fields, ended = time.monotonic(), {}, False
+    try:
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the sidecar closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    fields.update(dict(event.headers))
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
+    assert time.monotonic() - started < 3, (fields, mesh.a.access_log().splitlines()[-1])
+    assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"14"
+    assert " UT " in mesh.a.access_log().splitlines()[-1]

@@ -69,3 +69,17 @@ async def test_per_try_deadline_times_out_only_an_attempt_still_armed():
     await asyncio.sleep(0.02 + 2 * TICK)
     assert armed.timed_out
     assert not ended.timed_out and not later.timed_out
+
+
+async def test_an_earlier_deadline_added_after_a_later_one_still_fires_on_time():
+    """A deadline earlier than the one the timer is armed for re-arms it (they come out of order)."""
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    wheel = DeadlineWheel(loop, lambda key, now: fired.append((key, now)))
+    start = loop.time()
+    wheel.add(start + 5.0, "late")
+    wheel.add(start + 0.1, "early")
+    await asyncio.sleep(0.1 + 3 * TICK)
+    assert [key for key, _ in fired] == ["early"]
+    assert fired[0][1] - start < 0.1 + 2 * TICK
+    assert wheel.pending() == 1

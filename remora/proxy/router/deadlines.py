@@ -27,6 +27,7 @@ class DeadlineWheel:
         self.on_due = on_due
         self.buckets: dict[int, list] = {}
         self.handle: asyncio.TimerHandle | None = None
+        self.armed = 0        # the slot the timer is set for
 
     def add(self, when: float, key: Any) -> None:
         """Hand `key` to on_due once, no sooner than loop time `when`."""
@@ -34,7 +35,12 @@ class DeadlineWheel:
         bucket = self.buckets.get(slot)
         if bucket is None:
             bucket = self.buckets[slot] = []
-            if self.handle is None:
+            # Deadlines are not always in order (per-try timeouts, a gRPC call's own
+            # deadline): one earlier than the armed timer re-arms it.
+            if self.handle is None or slot < self.armed:
+                if self.handle is not None:
+                    self.handle.cancel()
+                self.armed = slot
                 self.handle = self.loop.call_at(slot * TICK, self._fire)
         bucket.append(key)
 
@@ -46,7 +52,8 @@ class DeadlineWheel:
             for key in self.buckets.pop(slot):
                 self.on_due(key, now)
         if self.buckets:
-            self.handle = self.loop.call_at(min(self.buckets) * TICK, self._fire)
+            self.armed = min(self.buckets)
+            self.handle = self.loop.call_at(self.armed * TICK, self._fire)
 
     def pending(self) -> int:
         """How many deadlines are waiting (expired or not)."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.codec.seams import DownstreamStream
-from remora.proxy.router.grpc import local_reply_trailers
+from remora.proxy.router.grpc import effective_timeout, local_reply_trailers, parse_grpc_timeout
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.router.seams import ExchangeHost
 from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
@@ -134,6 +134,8 @@ class Exchange(UpstreamEvents, RequestInfo):
     def _arm_timeout(self) -> None:
         """Start the route timeout once the whole request is in (Envoy's rule)."""
         timeout = self.route.timeout
+        if self.head.grpc:        # the call's own deadline caps the route timeout
+            timeout = effective_timeout(timeout, parse_grpc_timeout(self.head.header(b"grpc-timeout")))
         if timeout and not self.deadline and not self.finished:
             self.deadline = self.listener.loop.time() + timeout
             self.listener.deadlines.route.add(self.deadline, self.sink)
