@@ -177,6 +177,9 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
     retries = scenarios["retries-under-failure"]["summary"]
     assert retries["envoy"]["success_pct"]["median"] > 95, retries
     summary = (tmp_path / "summary.md").read_text()
-    assert summary.count("| requests/s |") == 6 and "Target: requests/s >= 1.5x" in summary
+    # 6 HTTP/1 scenarios with a requests/s row, plus h2-1hop and grpc-2hop-mtls
+    assert summary.count("| requests/s |") == 8 and "Target: requests/s >= 1.5x" in summary
+    assert {g["text"] for g in results["scenarios"]["grpc-2hop-mtls"]["goals"]} == {
+        "requests/s >= 1.0x Envoy's"}
     pytest.importorskip("matplotlib")
     assert (tmp_path / "requests-per-second.png").read_bytes()[:4] == b"\x89PNG"
