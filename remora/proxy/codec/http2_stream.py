@@ -123,9 +123,13 @@ class Http2Stream:
                 self.active.downstream_write_paused(True)
 
     def send_response_trailers(self, trailers: list) -> None:
-        """Trailers for the response (gRPC's grpc-status): sent after the last body byte,
-        when the response ends (end_response), ending the stream."""
+        """Trailers for the response (gRPC's grpc-status); they end it (the seam's rule): sent
+        after the last body byte, with END_STREAM. A later end_response changes nothing."""
+        if self.response_done:
+            return
         self.trailers = trailers
+        self.ending = True
+        self.pump()
 
     def end_response(self) -> None:
         self.ending = True

@@ -83,20 +83,25 @@ class UpstreamEvents:
         self.sink.send_response_body(data)
 
     def on_upstream_trailers(self, trailers: list) -> None:
-        """Response trailers (gRPC status): passed on where the downstream codec carries them."""
+        """Response trailers (gRPC status): they end the response (the seam's rule), so the
+        exchange completes here and the attempt's on_upstream_end that follows is ignored."""
+        if self.finished:
+            return
         if self.head.grpc:
             for name, value in trailers:
                 if name == b"grpc-status":
                     self.grpc_status = value
-        send = getattr(self.sink, "send_response_trailers", None)
-        if send is not None:
-            send(trailers)
+        self._complete(trailers)
 
     def on_upstream_read_end(self) -> None:
         self.sink.flush()
 
     def on_upstream_end(self) -> None:
-        self.upstream = None
+        if not self.finished:
+            self._complete(None)
+
+    def _complete(self, trailers: list | None) -> None:
+        self.upstream = None      # done: _finish must not cancel it (it releases its stream)
         status = self.status
         ep = self.endpoint
         if ep is not None:        # _endpoint_done, inlined: this is every response's path
@@ -107,7 +112,10 @@ class UpstreamEvents:
         if status < 500 and self.retry_state is not None and self.retry_state.retries:
             self.cluster.stats.upstream_rq_retry_success += 1
         self._finish()
-        self.sink.end_response()
+        if trailers is None:
+            self.sink.end_response()
+        else:
+            self.sink.send_response_trailers(trailers)
 
     def on_attempt_failed(self, failure: AttemptFailure, detail: str) -> None:
         """The attempt ended without a complete response: retry, resend, or give up."""
