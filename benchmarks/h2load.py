@@ -89,6 +89,13 @@ def parse(log_text: str, report: str, rate: int, seconds: float) -> RateResult:
 
 def run(cmd: list[str], rate: int, seconds: int, log_file: Path) -> RateResult:
     """Run h2load to completion and read its log; raise H2loadError if it fails."""
+    report, log_text = run_raw(cmd, seconds, log_file)
+    return parse(log_text, report, rate, seconds)
+
+
+def run_raw(cmd: list[str], seconds: int, log_file: Path) -> tuple[str, str]:
+    """Run h2load to completion: (its text report, its per-request log); the report is kept
+    beside the log as .txt. Raises H2loadError if it fails or wrote no log."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired as exc:
@@ -100,4 +107,4 @@ def run(cmd: list[str], rate: int, seconds: int, log_file: Path) -> RateResult:
         log_text = log_file.read_text()
     except OSError as exc:
         raise H2loadError(f"h2load wrote no log {log_file}: {exc}") from exc
-    return parse(log_text, out.stdout, rate, seconds)
+    return out.stdout, log_text

@@ -9,11 +9,10 @@ latency percentiles come from `--log-file` (one line per request), as in h2load.
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.h2load import H2loadError, percentile
+from benchmarks.h2load import H2loadError, percentile, run_raw
 
 
 @dataclass
@@ -69,18 +68,8 @@ def parse(log_text: str, report: str, seconds: float) -> ClosedResult:
 def run(cmd: list[str], seconds: int, log_file: Path) -> ClosedResult:
     """Run h2load to completion and read its log; raise H2loadError if it fails."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
-                             check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise H2loadError(f"h2load did not finish within {seconds + 60}s") from exc
-    if out.returncode != 0:
-        raise H2loadError(f"h2load exited {out.returncode}: {out.stderr.strip() or out.stdout}")
-    log_file.with_suffix(".txt").write_text(out.stdout)
-    try:
-        log_text = log_file.read_text()
-    except OSError as exc:
-        raise H2loadError(f"h2load wrote no log {log_file}: {exc}") from exc
+        report, log_text = run_raw(cmd, seconds, log_file)
     finally:
         # the per-request log is large (a line per request); the report beside it stays
         log_file.unlink(missing_ok=True)
-    return parse(log_text, out.stdout, seconds)
+    return parse(log_text, report, seconds)

@@ -10,6 +10,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from remora.proxy.router.retry import RetryBudget
+from remora.proxy.upstream.seams import AttemptFailure
 
 if TYPE_CHECKING:
     from remora.proxy.upstream.pool import EndpointPool
@@ -57,6 +58,17 @@ class Circuit:
             return False
         self.pending.append((waiter, pool, authority))
         return True
+
+    def park(self, waiter, pool, authority: bytes | None) -> None:
+        """A request that needs a connection while the cluster is at max_connections (Envoy):
+        it waits in the queue bounded by max_pending_requests, past that it fails fast (UO)."""
+        stats = waiter.cluster.stats
+        stats.upstream_cx_overflow += 1
+        if not self.wait(waiter, pool, authority):
+            stats.upstream_rq_pending_overflow += 1
+            waiter.on_pool_failure(AttemptFailure.OVERFLOW, "overflow")
+            return
+        stats.upstream_rq_pending_total += 1
 
     def cancel(self, waiter) -> None:
         """Drop a waiter that gave up (no-op when it is not waiting)."""

@@ -77,12 +77,7 @@ class Http2EndpointPool:
             self.waiters.append((waiter, authority))
             return
         if circuit.open >= circuit.max_connections:
-            stats.upstream_cx_overflow += 1
-            if not circuit.wait(waiter, self, authority):
-                stats.upstream_rq_pending_overflow += 1
-                waiter.on_pool_failure(AttemptFailure.OVERFLOW, "overflow")
-                return
-            stats.upstream_rq_pending_total += 1
+            circuit.park(waiter, self, authority)
             return
         self.connect(waiter, authority)
 

@@ -68,15 +68,7 @@ class EndpointPool:
                         return
         circuit = self.circuit
         if circuit.open >= circuit.max_connections:
-            # Envoy: a request that needs a connection over max_connections waits, in a
-            # queue bounded by max_pending_requests; past that it fails fast with UO.
-            stats = waiter.cluster.stats
-            stats.upstream_cx_overflow += 1
-            if not circuit.wait(waiter, self, authority):
-                stats.upstream_rq_pending_overflow += 1
-                waiter.on_pool_failure(AttemptFailure.OVERFLOW, "overflow")
-                return
-            stats.upstream_rq_pending_total += 1
+            circuit.park(waiter, self, authority)
             return
         self.connect(waiter, authority)
 
