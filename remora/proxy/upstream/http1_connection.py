@@ -38,8 +38,11 @@ from remora.proxy.codec.http1 import (
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.codec.transfer_coding import chunked_is_final
 from remora.proxy.telemetry.counters import set_nodelay
+from remora.proxy.codec.flow_control import FlowControl
 from remora.proxy.upstream.seams import AttemptFailure
 
+
+CLIENT_SLOW = 1   # FlowControl reason: the downstream client cannot take more response bytes
 
 class ConnState(enum.Enum):
     CONNECTING = 0
@@ -61,7 +64,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.requests_sent = 0
         self.idle_deadline = 0.0      # loop time; stays 0.0 until the connection is first pooled
         self.tunnel = None            # downstream transport once upgraded
-        self.reading = True           # False while a slow client holds us back
+        self.flow = FlowControl(None)   # this transport's pausing (CLIENT_SLOW: the client lags)
         self.peer_id: str | None = None   # the server's verified SPIFFE ID on an mTLS connection
         self.plain_fallback = False   # auto-mTLS dialled in plaintext (no certificate yet): not pooled
         self.tls_host: str | None = None  # TLS origination: the request host it was made for (auto SNI)
@@ -105,7 +108,7 @@ class UpstreamHttp1(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport = self.flow.transport = transport
         set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -138,6 +141,7 @@ class UpstreamHttp1(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.state = ConnState.CLOSED
+        self.flow.lost()
         self.pool.forget(self)
         if self.tunnel is not None:
             self.tunnel.close()
@@ -154,12 +158,14 @@ class UpstreamHttp1(asyncio.Protocol):
                                      else AttemptFailure.CONNECTION_TERMINATION, "connection termination")
 
     def pause_writing(self) -> None:
+        self.flow.pause_writing()
         if self.tunnel is not None:
             self.tunnel.pause_reading()
         elif self.request is not None:
             self.request.on_write_paused(True)
 
     def resume_writing(self) -> None:
+        self.flow.resume_writing()
         if self.tunnel is not None:
             self.tunnel.resume_reading()
         elif self.request is not None:
@@ -167,12 +173,10 @@ class UpstreamHttp1(asyncio.Protocol):
 
     def set_reading(self, on: bool) -> None:
         """Pause or resume reading the upstream (downstream backpressure)."""
-        if on != self.reading and self.transport is not None and not self.transport.is_closing():
-            self.reading = on
-            if on:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
+        if on:
+            self.flow.resume_reading(CLIENT_SLOW)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.flow.pause_reading(CLIENT_SLOW)
 
     # -- request side ------------------------------------------------------------------
     def start_request(self, request, receiver, method: bytes, path: bytes, authority: bytes,
@@ -322,7 +326,7 @@ class UpstreamHttp1(asyncio.Protocol):
         limit = pool.circuit.max_requests_per_connection
         if (reusable and pool.accepting and not self.plain_fallback and not self.is_closed()
                 and not (limit and self.requests_sent >= limit)):
-            if not self.reading:
+            if self.flow.read_paused:
                 # A pooled connection must be reading, or the next response would never arrive.
                 self.set_reading(True)
             self.state = ConnState.IDLE
