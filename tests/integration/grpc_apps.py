@@ -9,6 +9,7 @@ tests need no protoc step:
 - ClientStream: answers the number of messages and bytes received, `count=N bytes=B`.
 - Bidi: echoes every message as it comes.
 Each server counts what happened (`calls`, `cancelled`) so tests can see the far side.
+`EchoServer(unavailable=True)` answers every unary call UNAVAILABLE (a failing endpoint).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def _identity(data: bytes) -> bytes:
 class EchoServer:
     """A grpcio server on 127.0.0.1 with the test.Echo service; a context manager."""
 
-    def __init__(self, workers: int = 16) -> None:
+    def __init__(self, workers: int = 16, unavailable: bool = False) -> None:
+        self.unavailable = unavailable
         self.calls: dict[str, int] = {}
         self.cancelled = 0
         self.lock = threading.Lock()
@@ -58,6 +60,8 @@ class EchoServer:
     def _unary(self, request: bytes, context) -> bytes:
         with self.lock:
             self.calls["Unary"] = self.calls.get("Unary", 0) + 1
+        if self.unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this endpoint is down")
         if request.startswith(b"fail:"):
             code = getattr(grpc.StatusCode, request[5:].decode())
             context.abort(code, f"asked to fail with {code.name}")

@@ -38,7 +38,45 @@ spec:
   ports: [{number: 80, name: grpc, protocol: GRPC}]
   endpoints: [{address: 127.0.0.1, ports: {grpc: %d}}]
 """
-FAULTS = """
+# Two endpoints behind one gRPC service, one of which answers every call UNAVAILABLE; the
+# route retries on `unavailable` (the retry shape of Istio's samples, on a gRPC condition).
+FLAKY = """
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: flaky, namespace: bench}
+spec:
+  hosts: [flaky.bench.svc.cluster.local]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: grpc, protocol: GRPC}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {grpc: %d}}
+  - {address: 127.0.0.2, ports: {grpc: %d}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky, namespace: bench}
+spec:
+  hosts: [flaky.bench.svc.cluster.local]
+  http:
+  - route: [{destination: {host: flaky.bench.svc.cluster.local}}]
+    retries: {attempts: 3, retryOn: unavailable}
+"""
+# Sidecar B lets only the test.Echo service's methods in (a gRPC method path is the HTTP path).
+ECHO_ONLY = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-only, namespace: bench}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/bench/sa/client]}}]
+    to: [{operation: {paths: ["/test.Echo/*"]}}]
+"""
+FAULTS = ECHO_ONLY + """
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -62,6 +100,10 @@ class GrpcMesh:
         self.silent.listen(16)
         extra_yaml += SILENT % self.silent.getsockname()[1]
         self.server = grpc_apps.EchoServer().__enter__()
+        self.down = grpc_apps.EchoServer(unavailable=True, workers=4)
+        self.down.port = self.down.server.add_insecure_port("127.0.0.2:0")
+        self.down.__enter__()
+        extra_yaml += FLAKY % (self.server.port, self.down.port)
         self.sidecars: list[ProxyProcess] = []
         try:
             certs = issue_cert_dirs(self.dir, MESH_NAMESPACE, [CLIENT_ACCOUNT, SERVER_ACCOUNT])
@@ -92,6 +134,7 @@ class GrpcMesh:
         for sidecar in reversed(self.sidecars):
             sidecar.close()
         self.server.__exit__(None)
+        self.down.__exit__(None)
         self.silent.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -173,6 +216,35 @@ def test_fault_abort_answers_with_the_configured_grpc_status(mesh):
         assert mesh.server.calls.get("Unary", 0) == before
     finally:
         channel.close()
+
+
+def test_retries_hide_an_endpoint_that_answers_unavailable(mesh):
+    """retryOn `unavailable`: every call succeeds although one of the two endpoints answers
+    each call UNAVAILABLE (trailers-only, HTTP 200); the sidecar counts the retries."""
+    channel = grpc_apps.channel(mesh.a.outbound_port, "flaky.bench.svc.cluster.local")
+    try:
+        call = grpc_apps.method(channel, "unary_unary", "Unary")
+        assert [call(b"r%d" % i, timeout=10) for i in range(20)] == [b"r%d" % i for i in range(20)]
+    finally:
+        channel.close()
+    assert mesh.down.calls.get("Unary", 0) > 0, "the failing endpoint was never tried"
+    stats = mesh.a.admin_get("/stats")
+    retried = [l for l in stats.splitlines() if "flaky" in l and l.split(":")[0].endswith(".upstream_rq_retry")]
+    assert retried and int(retried[0].rsplit(":", 1)[1]) >= mesh.down.calls["Unary"], retried
+
+
+def test_authorization_policy_on_grpc_method_paths(mesh):
+    """An ALLOW policy on `/test.Echo/*` lets the service's methods in and answers any other
+    method PERMISSION_DENIED from the sidecar (the app would have said UNIMPLEMENTED)."""
+    assert mesh.call("unary_unary", "Unary")(b"allowed", timeout=10) == b"allowed"
+    other = mesh.channel.unary_unary("/other.Service/Unary", request_serializer=None,
+                                     response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as err:
+        other(b"hello", timeout=10)
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, err.value
+    assert "RBAC" in err.value.details()
+    denied = mesh.b.access_log().splitlines()[-1]
+    assert "/other.Service/Unary" in denied and " RBAC " in denied, denied
 
 
 def test_concurrent_calls_share_connections(mesh):

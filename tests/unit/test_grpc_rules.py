@@ -6,8 +6,10 @@ import struct
 import pytest
 
 from remora.proxy.router.grpc import (MessageCounter, effective_timeout, encode_grpc_message,
-                                      grpc_status_code, grpc_status_for_http, is_grpc,
-                                      local_reply_trailers, parse_grpc_timeout)
+                                      grpc_status_code, grpc_status_for_http,
+                                      http_status_for_grpc, is_grpc, local_reply_trailers,
+                                      parse_grpc_timeout)
+from remora.proxy.router.retry import ISTIO_DEFAULT_RETRY, RetryPolicy
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -27,6 +29,24 @@ def test_grpc_calls_are_recognised_by_content_type(value, expected):
 def test_http_status_maps_to_grpc_status_as_envoy_does(status, code):
     """Local replies carry Envoy's httpToGrpcStatus mapping."""
     assert grpc_status_for_http(status) == code
+
+
+@pytest.mark.parametrize("code, status", [
+    (0, 200), (1, 499), (4, 504), (7, 403), (8, 429), (12, 501), (13, 500), (14, 503), (16, 401), (99, 500),
+])
+def test_grpc_status_maps_to_http_for_outlier_detection_as_envoy_does(code, status):
+    """Outlier detection sees a trailers-only answer as Envoy's grpcToHttpStatus twin."""
+    assert http_status_for_grpc(code) == status
+
+
+def test_grpc_retry_conditions_match_a_trailers_only_status():
+    """retryOn gRPC names retry their status on an HTTP 200 answer; other statuses do not."""
+    policy = RetryPolicy(2, None, frozenset({"unavailable", "resource-exhausted"}), frozenset())
+    assert policy.retry_on_status(200, 14) and policy.retry_on_status(200, 8)
+    assert not policy.retry_on_status(200, 13) and not policy.retry_on_status(200, None)
+    # Istio's default policy retries `unavailable` and `cancelled`, not `internal`
+    assert ISTIO_DEFAULT_RETRY.retry_on_status(200, 14) and ISTIO_DEFAULT_RETRY.retry_on_status(200, 1)
+    assert not ISTIO_DEFAULT_RETRY.retry_on_status(200, 13)
 
 
 @pytest.mark.parametrize("value, seconds", [

@@ -86,7 +86,7 @@ class ResponseHead:
     """A response head as the upstream sent it, hop-by-hop and framing headers removed."""
 
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "peer_metadata")
+                 "peer_metadata", "grpc_status")
 
     def __init__(self, status: int, reason: bytes, headers: list) -> None:
         self.status = status
@@ -96,6 +96,7 @@ class ResponseHead:
         self.chunked = False
         self.keep_alive = True
         self.peer_metadata: bytes | None = None   # the answering sidecar's x-remora-peer-metadata
+        self.grpc_status: int | None = None       # a trailers-only gRPC answer's status
 
 
 class GrpcRequestHead(RequestHead):

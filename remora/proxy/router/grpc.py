@@ -52,6 +52,16 @@ def grpc_status_for_http(status: int) -> int:
     return UNKNOWN
 
 
+# Envoy's Grpc::Utility::grpcToHttpStatus: what outlier detection sees for a gRPC answer.
+_HTTP_FOR_GRPC = {0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
+                  9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+
+
+def http_status_for_grpc(grpc_status: int) -> int:
+    """Envoy's grpcToHttpStatus (unknown codes count as 500)."""
+    return _HTTP_FOR_GRPC.get(grpc_status, 500)
+
+
 def grpc_status_code(name: str) -> int | None:
     """The code of a status name (`UNAVAILABLE`), or of a number given as text; None if neither."""
     if name.isdigit():

@@ -26,13 +26,14 @@ class RetryState:
         self.backoff = None          # the timer before the next attempt
 
     def should_retry(self, failure: Failure | None, status: int, replayable: bool, stats,
-                     pending: int) -> bool:
+                     pending: int, grpc_status: int | None = None) -> bool:
         """Whether another attempt may start after this failure (or retriable `status`);
         when so, the retry is counted and holds a budget slot. `pending`: the cluster's
-        queued requests, which the budget counts as active."""
+        queued requests, which the budget counts as active; `grpc_status`: a trailers-only
+        gRPC answer's status, for the gRPC conditions."""
         policy = self.policy
         if not (policy.retry_on_failure(failure) if failure is not None
-                else policy.retry_on_status(status)):
+                else policy.retry_on_status(status, grpc_status)):
             return False
         if self.retries >= policy.num_retries:
             self.exhausted = True

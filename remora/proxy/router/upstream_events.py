@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
 from remora.proxy.codec.message import ResponseHead
+from remora.proxy.router.grpc import http_status_for_grpc
 from remora.proxy.router.retry import Failure
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.upstream.outlier import Result
@@ -48,13 +49,18 @@ class UpstreamEvents:
 
     def on_upstream_headers(self, resp: ResponseHead) -> None:
         status = resp.status
+        headers = resp.headers
+        grpc_status = resp.grpc_status
+        # Envoy's router: outlier detection sees a trailers-only gRPC answer as its HTTP twin
+        # (UNAVAILABLE as 503), and the retry policy's gRPC conditions apply to it.
+        seen = status if grpc_status is None else http_status_for_grpc(grpc_status)
         detector = self.cluster.detector
         if detector.enabled:
-            detector.report_status(self.endpoint, status)
-        if status >= 300 and self._retry(None, status):
+            detector.report_status(self.endpoint, seen)
+        if (status >= 300 or grpc_status) and self._retry(None, status, grpc_status):
             # A retriable answer is never forwarded: drop the connection, try again.
             self._drop_attempt()
-            self._endpoint_done(error=status >= 500)
+            self._endpoint_done(error=seen >= 500)
             return
         if self.retry_state is not None and self.retry_state.exhausted:
             self.add_flag("URX")
@@ -63,11 +69,8 @@ class UpstreamEvents:
         self.response_started = True
         self.status = status
         self.cluster.stats.count_status(status)
-        headers = resp.headers
-        if self.head.grpc:           # a trailers-only answer carries grpc-status in its head
-            for name, value in headers:
-                if name == b"grpc-status":
-                    self.grpc_status = value
+        if grpc_status is not None:  # a trailers-only answer carries grpc-status in its head
+            self.grpc_status = b"%d" % grpc_status
         if self.route.response_ops is not None:
             headers = self.route.response_ops.apply(headers)
         if self.dest.response_ops is not None:
@@ -162,7 +165,7 @@ class UpstreamEvents:
         self.sink.start_tunnel(conn, resp, rest)
 
     # -- retries -------------------------------------------------------------------------------
-    def _retry(self, failure: Failure | None, status: int) -> bool:
+    def _retry(self, failure: Failure | None, status: int, grpc_status: int | None = None) -> bool:
         """Schedule another attempt when the route's policy, the budget and the body allow it."""
         policy = self.route.retry_policy
         if self.response_started or not policy.enabled:
@@ -172,7 +175,7 @@ class UpstreamEvents:
         if retry_state is None:
             retry_state = self.retry_state = RetryState(policy, cluster.circuit.retry_budget)
         if not retry_state.should_retry(failure, status, self.replay is not None, cluster.stats,
-                                        len(cluster.circuit.pending)):
+                                        len(cluster.circuit.pending), grpc_status):
             return False
         # The mesh header lines end with the attempt count (Listener.added_request_headers).
         self.up_added = (self.up_added[:-len(FIRST_ATTEMPT)]

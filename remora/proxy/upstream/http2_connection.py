@@ -310,6 +310,8 @@ class UpstreamHttp2(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in GRPC_STATUS_FIELDS]
         resp = ResponseHead(status, b"", headers)
         resp.peer_metadata = peer_meta
+        if trailers:      # the router's retry and outlier rules read a trailers-only status
+            resp.grpc_status = _status_of(trailers)
         try:
             length = int(length) if length is not None else None
         except ValueError:
@@ -394,6 +396,14 @@ class UpstreamHttp2(asyncio.Protocol):
 
 
 GRPC_STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
+
+
+def _status_of(trailers: list) -> int:
+    """A trailers-only answer's grpc-status as a number (malformed counts as UNKNOWN, 2)."""
+    for name, value in trailers:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() else 2
+    return 2
 
 
 def _is_grpc(headers: list) -> bool:
