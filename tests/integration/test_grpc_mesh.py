@@ -7,6 +7,7 @@ the grpcio server, with certificates from an in-process CA (sa/client, sa/server
 """
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import tempfile
@@ -116,7 +117,8 @@ class GrpcMesh:
                                   inbound_app_port=self.server.port, inbound_port=inbound)
             self.sidecars.append(self.b)
             self.a = ProxyProcess(mesh, "--cert-dir", str(certs[CLIENT_ACCOUNT]), "--namespace",
-                                  MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT)
+                                  MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT,
+                                  "--access-log-format", "json")
             self.sidecars.append(self.a)
             for sidecar in self.sidecars:
                 sidecar.wait_ready(40)
@@ -218,6 +220,15 @@ def test_fault_abort_answers_with_the_configured_grpc_status(mesh):
         channel.close()
 
 
+def test_access_log_names_the_grpc_status(mesh):
+    """Sidecar A's JSON access log carries each call's gRPC status (Envoy's %GRPC_STATUS%)."""
+    with pytest.raises(grpc.RpcError):
+        mesh.call("unary_unary", "Unary")(b"fail:NOT_FOUND", timeout=10)
+    logged = json.loads(mesh.a.access_log().splitlines()[-1])
+    assert logged["path"] == "/test.Echo/Unary" and logged["grpc_status"] == "NotFound", logged
+    assert logged["response_code"] == 200
+
+
 def test_retries_hide_an_endpoint_that_answers_unavailable(mesh):
     """retryOn `unavailable`: every call succeeds although one of the two endpoints answers
     each call UNAVAILABLE (trailers-only, HTTP 200); the sidecar counts the retries."""
@@ -274,6 +285,29 @@ def test_istio_metrics_label_grpc(mesh):
                for l in lines), lines
 
 
+def _messages(sidecar) -> tuple[float, float]:
+    """Sums of istio_request_messages_total and istio_response_messages_total on a sidecar."""
+    sums = {"istio_request_messages_total": 0.0, "istio_response_messages_total": 0.0}
+    for line in sidecar.admin_get("/stats/prometheus").splitlines():
+        name = line.split("{", 1)[0]
+        if name in sums:
+            assert 'request_protocol="grpc"' in line, line
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums["istio_request_messages_total"], sums["istio_response_messages_total"]
+
+
+def test_streaming_message_counters_on_both_sidecars(mesh):
+    """A client stream of 3 messages and a server stream of 7 are counted message by message
+    (istio_request_messages_total / istio_response_messages_total) on both sidecars."""
+    before = {side: _messages(side) for side in (mesh.a, mesh.b)}
+    assert mesh.call("stream_unary", "ClientStream")(iter([b"a", b"bb", b"ccc"]), timeout=10) == b"count=3 bytes=6"
+    assert len(list(mesh.call("unary_stream", "ServerStream")(b"7", timeout=10))) == 7
+    time.sleep(0.3)     # the calls finish on the sidecars just after the client has its answer
+    for side in (mesh.a, mesh.b):
+        req, resp = _messages(side)
+        assert (req - before[side][0], resp - before[side][1]) == (3 + 1, 1 + 7), side
+
+
 def test_grpc_timeout_header_caps_the_route_timeout(mesh):
     """A call whose grpc-timeout (300 ms) is shorter than the route timeout (none here) is
     answered by the sidecar at its deadline: trailers-only, grpc-status 14 (Envoy's mapping
@@ -304,6 +338,7 @@ def test_grpc_timeout_header_caps_the_route_timeout(mesh):
             sock.sendall(conn.data_to_send())
     finally:
         sock.close()
-    assert time.monotonic() - started < 3, (fields, mesh.a.access_log().splitlines()[-1])
+    logged = json.loads(mesh.a.access_log().splitlines()[-1])
+    assert time.monotonic() - started < 3, (fields, logged)
     assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"14"
-    assert " UT " in mesh.a.access_log().splitlines()[-1]
+    assert logged["response_flags"] == "UT" and logged["grpc_status"] == "Unavailable", logged

@@ -100,7 +100,7 @@ def test_json_keys_types_and_nulls():
         "start_time", "route_name", "method", "path", "protocol", "response_code",
         "response_flags", "response_code_details", "bytes_received", "bytes_sent", "duration", "upstream_service_time",
         "x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host",
-        "upstream_cluster", "trace_id", "span_id",
+        "upstream_cluster", "trace_id", "span_id", "grpc_status",
     ]
     assert obj["start_time"] == "2016-04-15T20:17:00.310Z"
     assert obj["response_code"] == 503 and obj["duration"] == 12 and obj["bytes_sent"] == 91
@@ -110,6 +110,19 @@ def test_json_keys_types_and_nulls():
     assert obj["response_code_details"] is None
     assert obj["upstream_cluster"] == "outbound|9080||productpage.default.svc.cluster.local"
     assert json.loads(format_json(record(response_flags="-")))["response_flags"] == "-"
+    assert obj["grpc_status"] is None
+
+
+@pytest.mark.parametrize("value, name", [
+    (b"0", "Ok"), (b"1", "Canceled"), (b"14", "Unavailable"), (b"16", "Unauthenticated"),
+    (b"42", "42"), (None, "-"), (b"", "-"),
+])
+def test_grpc_status_is_logged_as_envoys_grpc_status_operator(value, name):
+    """A gRPC call's status is logged by its CamelCase name (Envoy's %GRPC_STATUS%), a
+    number when out of range, and null in JSON when the call ended without one."""
+    assert telemetry.grpc_status_name(value) == name
+    logged = json.loads(format_json(record(grpc_status=name)))["grpc_status"]
+    assert logged == (None if name == "-" else name)
 
 
 def test_writer_buffers_until_flush():

@@ -13,7 +13,8 @@ from remora.proxy.telemetry.istio_metrics import (
     BUCKETS, CERT_EXPIRY, LABEL_NAMES, TCP_LABEL_NAMES, UNKNOWN_SERVICE, IstioMetrics,
     local_service_tags, merge, render, service_tags,
 )
-from remora.proxy.codec.message import RequestHead
+from remora.proxy.codec.message import GrpcRequestHead, RequestHead
+from remora.proxy.router.grpc import MessageCounter
 from remora.proxy.telemetry.request_info import RequestInfo
 from remora.proxy.telemetry.peer_metadata import (
     MAX_VALUE, UNKNOWN_PEER, PeerCache, PeerMetadata, decode, encode, header_line,
@@ -230,6 +231,25 @@ def test_merge_sums_workers():
     assert [s.value for s in fams[CERT_EXPIRY]] == [1000.0]
 
 
+def test_grpc_calls_count_their_messages_and_http_requests_do_not():
+    """A gRPC call's message counts land on istio_request/response_messages_total of its
+    (request_protocol grpc) series; a plain HTTP request adds no sample to those families."""
+    m = IstioMetrics(ME)
+    for requests, responses in ((3, 1), (1, 7)):
+        info = finished()
+        info.head = GrpcRequestHead(b"POST", b"/pkg.Svc/Call", b"h", [])
+        info.grpc_status = b"0"
+        info.request_messages, info.response_messages = MessageCounter(), MessageCounter()
+        info.request_messages.messages, info.response_messages.messages = requests, responses
+        m.record_outbound(info)
+    m.record_outbound(finished())
+    families = parse(render(m.export()))
+    [req] = families["istio_request_messages"]
+    [resp] = families["istio_response_messages"]
+    assert (req.value, resp.value) == (4, 8)
+    assert req.labels["request_protocol"] == "grpc" and req.labels["grpc_response_status"] == "0"
+
+
 def test_every_family_is_declared_even_without_samples():
     """An idle sidecar still declares every family (dashboards see the names) and the
     certificate gauge has no sample until a certificate exists."""
@@ -239,6 +259,7 @@ def test_every_family_is_declared_even_without_samples():
         ("istio_requests_total", "counter"),
         ("istio_request_duration_milliseconds", "histogram"),
         ("istio_request_bytes", "histogram"), ("istio_response_bytes", "histogram"),
+        ("istio_request_messages_total", "counter"), ("istio_response_messages_total", "counter"),
         ("istio_tcp_connections_opened_total", "counter"), ("istio_tcp_connections_closed_total", "counter"),
         ("istio_tcp_sent_bytes_total", "counter"), ("istio_tcp_received_bytes_total", "counter"),
         (CERT_EXPIRY, "gauge"),

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.codec.seams import DownstreamStream
-from remora.proxy.router.grpc import effective_timeout, local_reply_trailers, parse_grpc_timeout
+from remora.proxy.router.grpc import (MessageCounter, effective_timeout, local_reply_trailers,
+                                      parse_grpc_timeout)
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.router.seams import ExchangeHost
 from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
@@ -94,6 +95,9 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.abort_status = 0
         self.retry_state: RetryState | None = None   # made at the first retriable failure
         self.deadline = 0.0            # loop time of the route timeout (0: none)
+        if head.grpc:                  # istio_request_messages_total / istio_response_messages_total
+            self.request_messages = MessageCounter()
+            self.response_messages = MessageCounter()
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -228,6 +232,8 @@ class Exchange(UpstreamEvents, RequestInfo):
     # -- request body from downstream --------------------------------------------------------
     def on_request_body(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self.head.grpc:
+            self.request_messages.feed(data)
         replay = self.replay
         if replay is not None:
             if self.bytes_received > self.listener.replay_limit:

@@ -83,6 +83,8 @@ class UpstreamEvents:
 
     def on_upstream_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
+        if self.head.grpc:
+            self.response_messages.feed(data)
         self.sink.send_response_body(data)
 
     def on_upstream_trailers(self, trailers: list) -> None:

@@ -15,7 +15,8 @@ Rules this module keeps:
 - Several response flags join with "," in Envoy's fixed order (``join_flags``), whatever
   order they were raised in, so log lines for the same outcome compare equal.
 - ``format_json`` uses the key names of Istio's default JSON access log, plus ``span_id``
-  (the proxy's span; ``trace_id`` is Istio's). As Envoy's JSON formatter does, numbers
+  (the proxy's span; ``trace_id`` is Istio's) and ``grpc_status`` (Envoy's %GRPC_STATUS%,
+  null for requests that are not gRPC calls; the text format stays Envoy's default line). As Envoy's JSON formatter does, numbers
   stay numbers and unset values are null; RESPONSE_FLAGS keeps its "-" because Envoy
   prints it as a value, not as "unset".
 - ``AccessLogWriter.log`` only appends to a list: the request path pays for formatting,
@@ -139,6 +140,7 @@ class AccessLogRecord:
     route_name: str = "-"
     trace_id: str = "-"
     span_id: str = "-"                 # the proxy's span in that trace
+    grpc_status: str = "-"             # a gRPC call's status, Envoy's %GRPC_STATUS% (CamelCase name)
 
 
 def access_record(info) -> AccessLogRecord:
@@ -168,7 +170,25 @@ def access_record(info) -> AccessLogRecord:
         route_name=route.name if route is not None else "-",
         trace_id=info.trace.trace_hex,
         span_id=info.trace.span_hex,
+        grpc_status=grpc_status_name(getattr(info, "grpc_status", None)) if head.grpc else "-",
     )
+
+
+# Envoy's %GRPC_STATUS% default rendering (CAMEL_STRING), by code.
+_GRPC_STATUS_NAMES = ("Ok", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
+                      "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
+                      "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
+                      "Unavailable", "DataLoss", "Unauthenticated")
+
+
+def grpc_status_name(value: bytes | None) -> str:
+    """%GRPC_STATUS% of a grpc-status value: its CamelCase name, the number when out of range,
+    "-" when the call ended without one (reset, cut off)."""
+    if not value:
+        return "-"
+    if value.isdigit() and int(value) < len(_GRPC_STATUS_NAMES):
+        return _GRPC_STATUS_NAMES[int(value)]
+    return value.decode("latin-1")
 
 
 # ------------------------------------------------------------------------ formatting
@@ -237,6 +257,7 @@ def format_json(rec: AccessLogRecord) -> str:
         "upstream_cluster": _opt(rec.upstream_cluster),
         "trace_id": _opt(rec.trace_id),
         "span_id": _opt(rec.span_id),
+        "grpc_status": _opt(rec.grpc_status),
     }).decode() + "\n"
 
 

@@ -5,6 +5,7 @@ dashboards and alerts written for an Istio mesh work unchanged:
 
   istio_requests_total (counter), istio_request_duration_milliseconds,
   istio_request_bytes, istio_response_bytes (histograms),
+  istio_request_messages_total, istio_response_messages_total (gRPC series only),
   istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
   istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total (counters),
   remora_certificate_expiry_timestamp_seconds (gauge, no sample until a certificate exists).
@@ -69,7 +70,11 @@ COUNT, DURATION_SUM, REQUEST_BYTES_SUM, RESPONSE_BYTES_SUM = range(4)
 DURATION_BUCKETS = 4
 REQUEST_BYTES_BUCKETS = DURATION_BUCKETS + _NB
 RESPONSE_BYTES_BUCKETS = REQUEST_BYTES_BUCKETS + _NB
-REQUEST_SLOTS = RESPONSE_BYTES_BUCKETS + _NB
+# gRPC calls also count their messages (Istio's istio_request_messages_total and
+# istio_response_messages_total, only on series whose request_protocol is grpc).
+REQUEST_MESSAGES = RESPONSE_BYTES_BUCKETS + _NB
+RESPONSE_MESSAGES = REQUEST_MESSAGES + 1
+REQUEST_SLOTS = RESPONSE_MESSAGES + 1
 # One TCP series.
 OPENED, CLOSED, SENT, RECEIVED = range(4)
 
@@ -169,12 +174,15 @@ class IstioMetrics:
     def _record(table: dict, peer, service, info, principal: str | None) -> None:
         # principal: the verified peer's SPIFFE ID label (mTLS), one of a bounded set of identities.
         # A gRPC call's series also carries its grpc status: its status slot holds both.
-        status = ((info.status, getattr(info, "grpc_status", b"").decode())
-                  if info.head.grpc else info.status)
+        grpc = info.head.grpc
+        status = (info.status, getattr(info, "grpc_status", b"").decode()) if grpc else info.status
         key = (peer, service, status, info.flags, principal)
         s = table.get(key)
         if s is None:
             s = table[key] = [0] * REQUEST_SLOTS
+        if grpc:
+            s[REQUEST_MESSAGES] += info.request_messages.messages
+            s[RESPONSE_MESSAGES] += info.response_messages.messages
         ms = (info.ended_at - info.started_at) * 1000.0
         rx = info.bytes_received
         tx = info.bytes_sent
@@ -294,14 +302,22 @@ class _Exported:
                  "Response body sizes, bytes.")
         hists = [HistogramMetricFamily(name, text, labels=LABEL_NAMES)
                  for name, text in zip(HISTOGRAMS, helps)]
+        messages = [CounterMetricFamily(name, text, labels=LABEL_NAMES) for name, text in (
+            ("istio_request_messages_total", "gRPC messages sent by the client, per call series."),
+            ("istio_response_messages_total", "gRPC messages sent by the server, per call series."))]
+        protocol = LABEL_NAMES.index("request_protocol")
         for labels, v in rows:
             total.add_metric(labels, v[COUNT])
+            if labels[protocol] == "grpc":
+                messages[0].add_metric(labels, v[REQUEST_MESSAGES])
+                messages[1].add_metric(labels, v[RESPONSE_MESSAGES])
             for hist, start, sum_slot in zip(hists, (DURATION_BUCKETS, REQUEST_BYTES_BUCKETS,
                                                      RESPONSE_BYTES_BUCKETS),
                                              (DURATION_SUM, REQUEST_BYTES_SUM, RESPONSE_BYTES_SUM)):
                 hist.add_metric(labels, _cumulative(v[start:start + _NB]), v[sum_slot])
         yield total
         yield from hists
+        yield from messages
         tcp_helps = ("TCP connections opened.", "TCP connections closed.",
                      "Bytes sent towards the downstream on TCP connections.",
                      "Bytes received from the downstream on TCP connections.")

@@ -41,10 +41,11 @@ class RequestInfo:
         "head", "started_at", "ended_at", "status", "flags", "details", "bytes_received", "bytes_sent",
         "upstream_time", "upstream_host", "route", "cluster", "peer_metadata", "peer_id", "trace",
         "grpc_status",   # gRPC calls only (bytes, from the response or a local reply); unset otherwise
+        "request_messages", "response_messages",   # gRPC calls only: MessageCounter of each direction
     )
     # Slots set only for some requests, read with getattr(record, name, default): a gRPC call's
-    # status (nothing to write for the others on the hot path).
-    OPTIONAL = frozenset({"grpc_status"})
+    # status and message counts (nothing to write for the others on the hot path).
+    OPTIONAL = frozenset({"grpc_status", "request_messages", "response_messages"})
 
     def __init__(self, head, started_at: float, route=None, trace=None) -> None:
         # Exchange.__init__ writes these same slots itself (one call less per request).
