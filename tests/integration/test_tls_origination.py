@@ -14,8 +14,10 @@ import shutil
 import subprocess
 import tempfile
 
+import grpc
 import pytest
 
+from tests.integration import grpc_apps
 from tests.integration.proxy_process import ProxyProcess
 from tests.integration.test_mtls_outbound import get, stats
 from tests.integration.tls_origin_servers import TestPki, TlsServers, server_context
@@ -44,6 +46,18 @@ def pki():
     paths["credentials"] = credentials
     yield paths
     shutil.rmtree(directory)
+
+
+@pytest.fixture(scope="module")
+def grpc_tls(pki):
+    """A grpcio server behind TLS (gRPC refuses a handshake that does not negotiate ALPN h2)."""
+    cert, key = pki["secure"]
+    server = grpc_apps.EchoServer(workers=4)
+    with open(cert, "rb") as c, open(key, "rb") as k:
+        credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+    server.tls_port = server.server.add_secure_port("127.0.0.1:0", credentials)
+    with server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +110,22 @@ spec:
 """
 
 
-def mesh(pki, servers) -> str:
+def grpc_external(host: str, port: int) -> str:
+    """A MESH_EXTERNAL gRPC service (port protocol GRPC: HTTP/2 upstream) at 127.0.0.1:port."""
+    return f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {host}}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {port}}}]
+  resolution: DNS
+  endpoints: [{{address: 127.0.0.1}}]
+---
+"""
+
+
+def mesh(pki, servers, grpc_port: int) -> str:
     p = servers.ports
     ca, other = pki["server_ca"], pki["other_ca"]
     cert, key = pki["client"]
@@ -132,13 +161,18 @@ def mesh(pki, servers) -> str:
         external("nocred.example.test", p["nginx"]),
         port_tls("nocred.example.test", "{mode: MUTUAL, credentialName: absent-credential}",
                  selector="  workloadSelector: {matchLabels: {app: sleep}}\n"),
+        # gRPC to a TLS server outside the mesh: explicit SNI, and auto SNI (a wildcard name).
+        grpc_external("grpc.example.test", grpc_port),
+        port_tls("grpc.example.test", f"{{mode: SIMPLE, caCertificates: {ca}, sni: secure.example.test}}"),
+        grpc_external("api.wild.example.test", grpc_port),
+        port_tls("api.wild.example.test", f"{{mode: SIMPLE, caCertificates: {ca}}}"),
     ]
     return "".join(docs)
 
 
 @pytest.fixture(scope="module")
-def sidecar(pki, servers):
-    p = ProxyProcess(mesh(pki, servers), "--credentials-dir", pki["credentials"], "--labels", "app=sleep",
+def sidecar(pki, servers, grpc_tls):
+    p = ProxyProcess(mesh(pki, servers, grpc_tls.tls_port), "--credentials-dir", pki["credentials"], "--labels", "app=sleep",
                      "--access-log-format", "json", "--drain-seconds", "1").wait_ready(TIMEOUT)
     yield p
     assert p.stop() == 0, p.stderr()
@@ -167,6 +201,21 @@ def test_simple_tls_origination_answers_the_plaintext_request(sidecar, servers):
                  if c["name"] == "outbound|80||secure.example.test"]
     assert [e["tls_mode"] for e in cluster["endpoints"]] == ["SIMPLE"]
     assert cluster["endpoints"][0]["address"] == f"127.0.0.1:{servers.ports['secure']}"
+
+
+@pytest.mark.parametrize("host", ["grpc.example.test", "api.wild.example.test"])
+def test_grpc_origination_negotiates_h2(sidecar, grpc_tls, host):
+    """A GRPC port with SIMPLE TLS: the sidecar offers ALPN h2 (as Istio does for an HTTP/2
+    cluster), so a grpcio TLS server, which requires it, answers calls made in plaintext to
+    the sidecar; explicit SNI and auto SNI (connections per request host) both work."""
+    channel = grpc_apps.channel(sidecar.outbound_port, host)
+    try:
+        call = grpc_apps.method(channel, "unary_unary", "Unary")
+        assert [call(b"tls-%d" % i, timeout=15) for i in range(3)] == [b"tls-0", b"tls-1", b"tls-2"]
+    finally:
+        channel.close()
+    assert 1 <= ssl_stat(sidecar, host, "handshake") <= 3
+    assert ssl_stat(sidecar, host, "connection_error") == 0
 
 
 def test_connections_are_reused_across_requests(sidecar):

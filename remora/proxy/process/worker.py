@@ -190,7 +190,7 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
                 ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
         elif originate:
             ep.pool.dialer = OriginationDialer(origin, pools.origins, pools.tls_stats_for(cluster.name),
-                                               cluster.name)
+                                               cluster.name, cluster.http2)
             ep.pool.by_host = ep.pool.dialer.by_host
 
 

@@ -28,6 +28,7 @@ from remora.proxy.upstream.http2_connection import UNLIMITED as STREAMS_UNLIMITE
 from remora.proxy.upstream.http2_connection import UpstreamHttp2
 from remora.proxy.upstream.http2_stream import Http2StreamHandle
 from remora.proxy.upstream.seams import AttemptFailure
+from remora.proxy.upstream.tls_origination import request_host
 from remora.proxy.upstream.upstream_tls import UpstreamTlsError
 
 # Streams a connection being opened is expected to take before its SETTINGS arrive (the
@@ -68,7 +69,8 @@ class Http2EndpointPool:
         if handle is not None:
             waiter.on_pool_ready(handle, True)
             return
-        if self.connecting and len(self.waiters) < self.connecting * EXPECTED_STREAMS:
+        # (Auto SNI: a connection being opened may be for another host, so never wait on one.)
+        if self.connecting and not self.by_host and len(self.waiters) < self.connecting * EXPECTED_STREAMS:
             if len(self.waiters) >= circuit.max_pending:
                 stats.upstream_rq_pending_overflow += 1
                 waiter.on_pool_failure(AttemptFailure.OVERFLOW, "overflow")
@@ -87,9 +89,13 @@ class Http2EndpointPool:
         self.circuit.cancel(waiter)
 
     def acquire(self, authority: bytes | None = None) -> Http2StreamHandle | None:
-        """A stream on the connection with the most free streams, or None."""
+        """A stream on the connection with the most free streams, or None (`authority`: the
+        request's Host, which an auto-SNI connection must have been made for)."""
         best, room = None, 0
+        host = request_host(authority) if self.by_host else None
         for conn in self.conns:
+            if host is not None and conn.tls_host != host:
+                continue
             free = conn.capacity()
             if free > room:
                 best, room = conn, free
@@ -161,6 +167,15 @@ class Http2EndpointPool:
             self.circuit.hand_over(self)
 
     def _serve_waiters(self) -> None:
+        if self.by_host:       # each waiter takes a stream of its own host's connections
+            waiting, self.waiters = self.waiters, []
+            for waiter, authority in waiting:
+                handle = self.acquire(authority)
+                if handle is None:
+                    self.waiters.append((waiter, authority))
+                else:
+                    waiter.on_pool_ready(handle, False)
+            return
         while self.waiters:
             handle = self.acquire(self.waiters[0][1])
             if handle is None:

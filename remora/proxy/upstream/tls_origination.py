@@ -19,7 +19,8 @@ Rules (Istio's ClientTLSSettings as Istio renders them for Envoy; docs/security.
   (auto_san_validation); else the ServiceEntry's `subjectAltNames`; else none (CA only).
   DNS SANs compare case-insensitively and a certificate's `*.example.com` covers one label;
   URI and IP SANs compare exactly.
-- ALPN `http/1.1`; TLS 1.2 to 1.3.
+- ALPN `http/1.1`, or `h2` for a cluster that speaks HTTP/2 upstream (a GRPC or HTTP2 port;
+  Istio: "This is HTTP/2 cluster, advertise it with ALPN"); TLS 1.2 to 1.3.
 - Files named by paths (`caCertificates`, `clientCertificate`, `privateKey`) are checked
   when a config version is compiled: missing or unreadable -> the config is refused,
   naming resource and field (`OriginationFileError`). Contexts are built once per file
@@ -45,6 +46,7 @@ from remora.proxy.upstream.upstream_tls import TlsStats, UpstreamTlsError, ssl_r
 SIMPLE = "SIMPLE"
 MUTUAL = "MUTUAL"
 ALPN = ("http/1.1",)
+ALPN_H2 = ("h2",)
 # A mounted Secret's files: kubernetes.io/tls keys first, then Istio's generic ones.
 CERT_FILES = ("tls.crt", "cert")
 KEY_FILES = ("tls.key", "key")
@@ -190,13 +192,14 @@ def _check_key(data: bytes) -> None:
 
 
 def build_context(mode: str, verify: bool, ca: str | None, cert: str | None, key: str | None,
-                  fail) -> ssl.SSLContext:
-    """An SSLContext for origination; `fail(field, message)` raises the caller's error."""
+                  fail, http2: bool = False) -> ssl.SSLContext:
+    """An SSLContext for origination (ALPN h2 when `http2`); `fail(field, message)` raises
+    the caller's error."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False        # names are checked after the handshake, Istio's rules
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(ALPN_H2 if http2 else ALPN))
     if not verify:
         context.verify_mode = ssl.CERT_NONE
     elif ca is None:
@@ -247,13 +250,14 @@ class OriginContexts:
         if origin.credential is None:
             self._from_files(origin)
 
-    def context_for(self, origin: Origination) -> ssl.SSLContext:
-        """The context to dial with now. Raises CredentialUnavailable, OriginationFileError."""
+    def context_for(self, origin: Origination, http2: bool = False) -> ssl.SSLContext:
+        """The context to dial with now (ALPN h2 for an HTTP/2 cluster). Raises
+        CredentialUnavailable, OriginationFileError."""
         if origin.credential is not None:
-            return self._from_credential(origin)
-        return self._from_files(origin)
+            return self._from_credential(origin, http2)
+        return self._from_files(origin, http2)
 
-    def _from_files(self, origin: Origination) -> ssl.SSLContext:
+    def _from_files(self, origin: Origination, http2: bool = False) -> ssl.SSLContext:
         def fail(field: str, message: str):
             raise OriginationFileError(origin, field, message)
         paths = {"caCertificates": origin.ca_file, "clientCertificate": origin.cert_file,
@@ -264,15 +268,15 @@ class OriginContexts:
                 stats.append(_stat(path))
             except OSError as error:
                 fail(field, f"cannot use {'CA file' if field == 'caCertificates' else 'file'} {path}: {_why(error)}")
-        key = (origin.mode, origin.verify, *stats)
+        key = (origin.mode, origin.verify, http2, *stats)
         context = self._cache.get(key)
         if context is None:
             context = build_context(origin.mode, origin.verify, origin.ca_file, origin.cert_file,
-                                    origin.key_file, fail)
+                                    origin.key_file, fail, http2)
             self._remember(key, context)
         return context
 
-    def _from_credential(self, origin: Origination) -> ssl.SSLContext:
+    def _from_credential(self, origin: Origination, http2: bool) -> ssl.SSLContext:
         name = origin.credential
         if self.credentials_dir is None:
             raise CredentialUnavailable(f"credentialName {name}: this sidecar has no --credentials-dir")
@@ -289,14 +293,14 @@ class OriginContexts:
                 raise CredentialUnavailable(f"credentialName {name}: no CA ({' / '.join(CA_FILES)}) in "
                                             f"{base} or {base + CA_SECRET_SUFFIX}")
         try:
-            key_ = (origin.mode, origin.verify, _stat(ca), _stat(cert), _stat(key))
+            key_ = (origin.mode, origin.verify, http2, _stat(ca), _stat(cert), _stat(key))
         except OSError as error:
             raise CredentialUnavailable(f"credentialName {name}: {_why(error)}") from None
         context = self._cache.get(key_)
         if context is None:
             def fail(field: str, message: str):
                 raise CredentialUnavailable(f"credentialName {name}: {message}")
-            context = build_context(origin.mode, origin.verify, ca, cert, key, fail)
+            context = build_context(origin.mode, origin.verify, ca, cert, key, fail, http2)
             self._remember(key_, context)
         return context
 
@@ -336,10 +340,11 @@ def check_origination(clusters, contexts: OriginContexts) -> None:
 class OriginationDialer:
     """How one endpoint pool opens TLS connections to a server outside the mesh."""
 
-    __slots__ = ("origin", "contexts", "stats", "cluster_name")
+    __slots__ = ("origin", "contexts", "stats", "cluster_name", "http2")
 
     def __init__(self, origin: Origination, contexts: OriginContexts, stats: TlsStats,
-                 cluster_name: str) -> None:
+                 cluster_name: str, http2: bool = False) -> None:
+        self.http2 = http2             # the pool speaks HTTP/2: offer ALPN h2
         self.origin = origin
         self.contexts = contexts
         self.stats = stats
@@ -358,7 +363,7 @@ class OriginationDialer:
         origin, stats = self.origin, self.stats
         host = request_host(authority)
         try:
-            context = self.contexts.context_for(origin)
+            context = self.contexts.context_for(origin, self.http2)
         except (CredentialUnavailable, OriginationFileError) as error:
             stats.connection_error += 1
             raise UpstreamTlsError(_FAILED + str(error)) from None
