@@ -30,7 +30,7 @@ from remora.proxy.telemetry.counters import Counters
 from remora.proxy.codec.downstream import DownstreamHttp1
 from remora.proxy.router.exchange import Exchange
 from remora.proxy.router.route_table import RouteTable
-from remora.proxy.process.worker import prepare_cluster
+from remora.proxy.process.cluster_setup import prepare_cluster
 
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
 PROXY_PORTS = frozenset({15000, 15001, 15006, 15021, 15090})

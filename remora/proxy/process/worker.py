@@ -17,6 +17,7 @@ import msgspec
 from remora.config.model import MeshConfig
 from remora.config.names import qualify_host
 from remora.proxy.process.capture_seam import CaptureSupport
+from remora.proxy.process.cluster_setup import prepare_cluster
 from remora.proxy.upstream.cluster import Cluster, Endpoint, build_clusters
 from remora.proxy.router.deadlines import RequestDeadlines
 from remora.proxy.security.identity import WorkloadIdentity
@@ -24,14 +25,12 @@ from remora.proxy.security.inbound_accept import OUT_OF_DESCRIPTORS
 from remora.proxy.security.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.telemetry.istio_metrics import IstioMetrics, local_service_tags, service_tags
 from remora.proxy.process.listener import Listener, ListenerSettings
-from remora.proxy.upstream.outlier import OutlierDetector
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.router.route_table import RouteTable, build_route_table
 from remora.proxy.telemetry.otlp import SpanExporter
 from remora.proxy.telemetry.access_log import AccessLogWriter
 from remora.proxy.security.tls import MeshTls
-from remora.proxy.upstream.tls_origination import OriginationDialer, OriginContexts, check_origination
-from remora.proxy.upstream.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
+from remora.proxy.upstream.tls_origination import OriginContexts, check_origination
 from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.telemetry.tracing import Tracer
 
@@ -152,69 +151,10 @@ def inbound_http2(services, inbound_port: int) -> bool:
     return False
 
 
-def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | None = None) -> None:
-    """Give a compiled cluster its outlier detector (inheriting the previous version's
-    state), circuit breaker and endpoint pools (mTLS dialers for ISTIO_MUTUAL endpoints).
-
-    `previous` is the cluster of the same name in the version before. Envoy keeps a cluster's
-    stats while a cluster of that name exists, whatever a push changed, and a host's while
-    the host stays: so the new cluster takes over the previous ClusterStats object (requests
-    still in flight on the old version count into the same object, the gauges stay right)
-    and each endpoint's request and error counts by address. A name absent from the version
-    before starts from zero (a cluster that went away and came back, as in Envoy)."""
-    if previous is not None:
-        cluster.stats = previous.stats
-        _carry_endpoint_counts(previous, cluster)
-    policy = cluster.traffic_policy
-    cluster.detector = OutlierDetector(
-        policy.outlier_detection if policy is not None else None, cluster.endpoints,
-        pools.loop.time, on_panic_change=_panic_setter(cluster))
-    if previous is not None and previous.detector is not None:
-        cluster.detector.inherit(previous.detector)
-    cluster.circuit = pools.circuit_for(cluster.name)
-    cluster.circuit.configure(cluster.traffic_policy)
-    origin = cluster.origination
-    for ep in cluster.endpoints:
-        mtls = ep.tls_mode == ISTIO_MUTUAL
-        originate = origin is not None and ep.tls_mode == origin.mode
-        ep.pool = pools.pool_for(cluster.name, ep.host, ep.port,
-                                 origin.key if originate else mtls, cluster.http2)
-        ep.pool.endpoint = ep
-        if cluster.http2 and cluster.max_streams:
-            ep.pool.max_streams = cluster.max_streams
-        ep.pool.idle_timeout = cluster.idle_timeout
-        if mtls:
-            ep.pool.dialer = MtlsDialer(
-                pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
-                cluster.naming, is_required(policy), cluster.name, ep.key,
-                ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
-        elif originate:
-            ep.pool.dialer = OriginationDialer(origin, pools.origins, pools.tls_stats_for(cluster.name),
-                                               cluster.name, cluster.http2)
-            ep.pool.by_host = ep.pool.dialer.by_host
-
-
-def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
-    """Per-endpoint counters (/clusters) of endpoints kept by address. Only counters move:
-    active_requests belongs to the old Endpoint object, which its requests in flight release."""
-    before = {ep.key: ep for ep in previous.endpoints}
-    for ep in cluster.endpoints:
-        old = before.get(ep.key)
-        if old is not None:
-            ep.total_requests, ep.errors = old.total_requests, old.errors
-
-
 def mesh_internal_hosts(config: MeshConfig) -> frozenset[str]:
     """FQDNs of ServiceEntries with `location: MESH_INTERNAL` (Istio's default is external)."""
     return frozenset(qualify_host(host, se.namespace) for se in config.service_entries
                      if (se.spec.location or "").upper() == "MESH_INTERNAL" for host in se.spec.hosts)
-
-
-def _panic_setter(cluster: Cluster):
-    """Below minHealthPercent the balancer ignores ejections (Envoy's panic mode)."""
-    def set_panic(panic: bool) -> None:
-        cluster.balancer.panic = panic
-    return set_panic
 
 
 class Worker:

@@ -208,7 +208,9 @@ class Exchange(UpstreamEvents, RequestInfo):
                                                       self.listener.deadlines.per_try)
             if self.sink.write_paused:
                 attempt.set_downstream_paused(True)
-        attempt.start(cluster, ep.pool, fresh or self.head.upgrade is not None)
+        # useClientProtocol: a request that came over HTTP/2 goes upstream over HTTP/2.
+        pool = ep.h2_pool if cluster.client_protocol and self.head.version == b"2" else ep.pool
+        attempt.start(cluster, pool, fresh or self.head.upgrade is not None)
 
     def _new_attempt(self, pending) -> UpstreamRequest:
         """An attempt not started yet, holding `pending` body bytes (a resend: the replay)."""

@@ -52,7 +52,8 @@ class Endpoint:
     """One upstream address in one cluster, with what the balancer and admin read."""
 
     __slots__ = ("host", "port", "labels", "weight", "key", "active_requests",
-                 "total_requests", "errors", "ejected", "pool", "service_account", "tls_mode")
+                 "total_requests", "errors", "ejected", "pool", "service_account", "tls_mode",
+                 "h2_pool")
 
     def __init__(self, host: str, port: int, labels: dict[str, str], weight: int = 1,
                  service_account: str | None = None) -> None:
@@ -66,6 +67,7 @@ class Endpoint:
         self.errors = 0
         self.ejected = False
         self.pool = None  # set by the worker's PoolRegistry
+        self.h2_pool = None   # useClientProtocol clusters: the pool for requests that came over HTTP/2
         self.service_account = service_account
         self.tls_mode = DISABLE   # ISTIO_MUTUAL (mTLS, upstream_tls), SIMPLE / MUTUAL (tls_origination)
 
@@ -102,7 +104,7 @@ class Cluster:
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
                  "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
                  "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
-                 "origination", "http2", "max_streams")
+                 "origination", "http2", "max_streams", "client_protocol")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -135,6 +137,9 @@ class Cluster:
         # by the builder that knows the port's protocol. max_streams: maxConcurrentStreams.
         self.http2 = False
         self.max_streams = (http and http.max_concurrent_streams) or 0
+        # useClientProtocol: a request goes upstream in the HTTP version it came in with
+        # (each endpoint then has an HTTP/2 pool too, Endpoint.h2_pool).
+        self.client_protocol = bool(http and http.use_client_protocol)
 
     def pick(self, hash_key: bytes | None = None, exclude=()) -> Endpoint | None:
         """Choose an endpoint with the cluster's policy (None when it has none)."""
@@ -266,8 +271,10 @@ def _add_port_clusters(info: ServiceInfo, port: int, endpoints: list, dr, se_san
             ep.tls_mode = endpoint_tls_mode(policy, ep.labels)
         http = (policy.connection_pool.http if policy is not None and policy.connection_pool
                 else None)
-        # The client's protocol is not known here: useClientProtocol keeps HTTP/1.1 upstream.
+        # useClientProtocol: `http2` is the HTTP/1.1 side; the router picks per request.
         cluster.http2 = upstream_http2(protocol, http and http.h2_upgrade_policy)
+        if cluster.client_protocol:
+            cluster.http2 = False
 
 
 def empty_service(fqdn: str, namespace: str, ports=(80,)) -> ServiceInfo:
