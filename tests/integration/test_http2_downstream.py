@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from hyperframe.frame import GoAwayFrame
 
 from tests.integration.client import RawClient
 from tests.integration.conftest import mesh_yaml, service, virtual_service
@@ -393,6 +394,38 @@ def test_drain_sends_goaway_and_streams_in_flight_finish(upstreams):
     finally:
         c.close()
         p.close()
+
+
+def test_client_goaway_lets_streams_in_flight_finish(sidecar):
+    """A client's graceful GOAWAY (NO_ERROR) mid-request: its slow stream still gets the whole
+    answer, the proxy answers GOAWAY naming that stream and then closes the connection."""
+    c = H2Client(sidecar.outbound_port)
+    try:
+        sid = c.start("GET", "/slow?ms=800", "echo")
+        c.sock.sendall(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+        result = c.wait(sid)
+        assert result.status == 200 and json.loads(bytes(result.body))["path"] == "/slow?ms=800"
+        c.pump(lambda: c.closed)
+        assert c.goaway is not None and c.goaway.error_code == 0 and c.goaway.last_stream_id == sid
+    finally:
+        c.close()
+
+
+def test_client_goaway_with_an_error_closes_at_once(sidecar):
+    """A client's GOAWAY with an error code ends the connection: the stream in flight is cut
+    off (flag DC in the access log) rather than answered."""
+    c = H2Client(sidecar.outbound_port)
+    try:
+        sid = c.start("GET", "/slow?ms=3000&goaway=error", "echo")
+        c.sock.sendall(GoAwayFrame(0, last_stream_id=0, error_code=1).serialize())
+        started = time.monotonic()
+        c.pump(lambda: c.closed)
+        assert time.monotonic() - started < 2.5 and not c.streams[sid].done
+    finally:
+        c.close()
+    wait_until(lambda: "goaway=error" in sidecar.access_log(), "the access log line", sidecar)
+    [line] = [l for l in sidecar.access_log().splitlines() if "goaway=error" in l]
+    assert " DC " in line, line
 
 
 @pytest.fixture(scope="module")

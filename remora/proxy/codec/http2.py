@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated, DataReceived, PingReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
@@ -40,6 +38,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from remora.proxy.codec.http1 import MAX_HEADER_BYTES, BadRequest
+from remora.proxy.codec.http2_machine import H2_CONFIG, ServerH2Connection
 from remora.proxy.codec.http2_request import VERSION, request_head
 from remora.proxy.codec.http2_stream import Http2Stream
 from remora.proxy.codec.message import RequestHead
@@ -53,11 +52,6 @@ PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_life
 MAX_OUTBOUND_CONTROL_FRAMES = 1000  # Envoy: http2_protocol_options.max_outbound_control_frames
 MAX_CONTROL_FRAMES_PER_SECOND = 2000   # PING + SETTINGS a client may send per second
 PREMATURE_RESET_STREAMS = 500  # Envoy: overload.premature_reset_total_stream_count
-# One configuration for every connection: h2 reads it, never changes it.
-H2_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
-                            normalize_inbound_headers=True, validate_outbound_headers=True,
-                            normalize_outbound_headers=True)
-
 
 class Http2Stats(Counters):
     """Envoy's HTTP/2 codec counters (rooted at `http2.`), per listener, summed on export."""
@@ -83,7 +77,7 @@ class DownstreamHttp2(asyncio.Protocol):
         self.peer_cert = None
         self.peer_ip = b""
         self.state = OPEN
-        h2c = self.h2 = H2Connection(config=H2_CONFIG)
+        h2c = self.h2 = ServerH2Connection(H2_CONFIG)
         self.max_streams = settings.http2_max_concurrent_streams
         h2c.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
@@ -178,8 +172,12 @@ class DownstreamHttp2(asyncio.Protocol):
                         and SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._pump_all()
             elif kind is ConnectionTerminated:
-                # The client's GOAWAY: h2 will send nothing more on this connection.
-                self._close_after_flush()
+                if event.error_code == ErrorCodes.NO_ERROR:
+                    # The client's graceful GOAWAY: the streams in flight finish, then the
+                    # connection closes (ours says which streams were taken).
+                    self.send_goaway()
+                else:
+                    self._close_after_flush()     # an error: the streams in flight end (DC)
         # TrailersReceived (request trailers) are not forwarded to an HTTP/1 upstream;
         # PingReceived is answered by h2 itself.
         starting, self.starting = self.starting, []
