@@ -72,10 +72,14 @@ def servers(pki):
     s.stop()
 
 
-def external(host: str, port: int, number: int = 80, target: bool = True) -> str:
+def external(host: str, port: int, number: int = 80, target: bool = True, grpc: bool = False) -> str:
     """A MESH_EXTERNAL ServiceEntry shaped like Istio's edition-cnn-com one: port `number`
-    sent to targetPort `port` on 127.0.0.1 (or, target=False, to endpoint port `port`)."""
-    if target:
+    sent to targetPort `port` on 127.0.0.1 (or, target=False, to endpoint port `port`);
+    grpc=True: one port, protocol GRPC (HTTP/2 upstream)."""
+    if grpc:
+        ports = f"[{{number: {number}, name: grpc, protocol: GRPC, targetPort: {port}}}]"
+        endpoint = "{address: 127.0.0.1}"
+    elif target:
         ports = f"[{{number: {number}, name: http-port, protocol: HTTP, targetPort: {port}}}, " \
                 "{number: 443, name: https-port, protocol: HTTPS}]"
         endpoint = "{address: 127.0.0.1}"
@@ -106,21 +110,6 @@ spec:
     portLevelSettings:
     - port: {{number: {number}}}
       tls: {tls}
----
-"""
-
-
-def grpc_external(host: str, port: int) -> str:
-    """A MESH_EXTERNAL gRPC service (port protocol GRPC: HTTP/2 upstream) at 127.0.0.1:port."""
-    return f"""apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {host}}}
-spec:
-  hosts: [{host}]
-  location: MESH_EXTERNAL
-  ports: [{{number: 80, name: grpc, protocol: GRPC, targetPort: {port}}}]
-  resolution: DNS
-  endpoints: [{{address: 127.0.0.1}}]
 ---
 """
 
@@ -162,9 +151,9 @@ def mesh(pki, servers, grpc_port: int) -> str:
         port_tls("nocred.example.test", "{mode: MUTUAL, credentialName: absent-credential}",
                  selector="  workloadSelector: {matchLabels: {app: sleep}}\n"),
         # gRPC to a TLS server outside the mesh: explicit SNI, and auto SNI (a wildcard name).
-        grpc_external("grpc.example.test", grpc_port),
+        external("grpc.example.test", grpc_port, grpc=True),
         port_tls("grpc.example.test", f"{{mode: SIMPLE, caCertificates: {ca}, sni: secure.example.test}}"),
-        grpc_external("api.wild.example.test", grpc_port),
+        external("api.wild.example.test", grpc_port, grpc=True),
         port_tls("api.wild.example.test", f"{{mode: SIMPLE, caCertificates: {ca}}}"),
     ]
     return "".join(docs)
