@@ -71,7 +71,11 @@ def _manifest_without_pods() -> str:
 
 def _answers(sidecar: ProxyProcess, host: str, headers=None, count: int = 10) -> set[str]:
     client = RawClient(sidecar.outbound_port)
-    return {client.request("GET", "/", host, headers=headers).headers.get("x-upstream", "?") for _ in range(count)}
+    answers = set()
+    for _ in range(count):
+        response = client.request("GET", "/", host, headers=headers)
+        answers.add(response.headers.get("x-upstream", f"status {response.status}"))
+    return answers
 
 
 def test_control_server_serves_the_service_with_its_registered_sidecars(upstreams):
@@ -90,8 +94,9 @@ def test_control_server_serves_the_service_with_its_registered_sidecars(upstream
         for sidecar in sidecars:
             sidecar.wait_ready()
         host = "reviews.default.svc.cluster.local:9080"
-        deadline = time.time() + 20
-        while _answers(client, host, {"end-user": "jason"}, 3) != {"v2"} and time.time() < deadline:
+        deadline = time.time() + 20   # both reviews sidecars register, then the client's config follows
+        while ((_answers(client, host, {"end-user": "jason"}, 3), _answers(client, host, None, 3)) != ({"v2"}, {"v1"})
+               and time.time() < deadline):
             time.sleep(0.2)
         assert _answers(client, host, {"end-user": "jason"}) == {"v2"}
         assert _answers(client, host) == {"v1"}
