@@ -84,8 +84,41 @@ class FakeTransport:
         pass
 
 
+class SwitchingTransport(FakeTransport):
+    """FakeTransport that follows a protocol switch (the HTTP/1 codec hands over to HTTP/2)."""
+
+    protocol = None
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+
+def h2load_requests(n: int) -> tuple[bytes, list[bytes]]:
+    """The client's preface and SETTINGS, then one HEADERS frame per request, as h2load sends
+    them (its pseudo-headers and user-agent; after the first, HPACK indexes them all), with a
+    connection WINDOW_UPDATE every 100 responses as a reading client gives. Built with hpack
+    and hyperframe alone: a client connection holding n streams would make the measured loop
+    pay for its garbage collection."""
+    from hpack import Encoder
+    from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+    window = (1 << 30) - 1
+    opening = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+               + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window}).serialize()
+               + WindowUpdateFrame(0, window_increment=window - 65535).serialize())
+    encoder = Encoder()
+    block = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"upstream"),
+             (b"user-agent", b"h2load nghttp2/1.52.0")]
+    refill = WindowUpdateFrame(0, window_increment=100 * 12).serialize()
+    frames = []
+    for i in range(n):
+        frame = HeadersFrame(1 + 2 * i, data=encoder.encode(block), flags=["END_HEADERS", "END_STREAM"]).serialize()
+        frames.append(frame + refill if i % 100 == 99 else frame)
+    return opening, frames
+
+
 async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics: bool = True,
-                  traced: bool = False, sampling: float | None = None) -> float:
+                  traced: bool = False, sampling: float | None = None, http2: bool = False) -> float:
     options = ProxyOptions(access_log="off", istio_metrics=istio_metrics)
     if sampling is not None:
         # Spans go to an exporter whose thread is not started: the queue fills, then drops.
@@ -94,7 +127,13 @@ async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics
     request = TRACED_REQUEST if traced else REQUEST
     listener = worker.listeners[0]
     down = DownstreamHttp1(listener)
-    down.connection_made(FakeTransport())
+    transport = SwitchingTransport()
+    transport.protocol = down
+    down.connection_made(transport)
+    if http2:
+        opening, frames = h2load_requests(n)
+        down.data_received(opening)
+        down = transport.protocol
     cluster = worker.snapshot.clusters()[0]
     pool = cluster.endpoints[0].pool
     up = UpstreamHttp1(pool)
@@ -104,9 +143,14 @@ async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics
     if prof:
         prof.enable()
     start = time.perf_counter()
-    for _ in range(n):
-        down.data_received(request)
-        up.data_received(RESPONSE)
+    if http2:
+        for frame in frames:
+            down.data_received(frame)
+            up.data_received(RESPONSE)
+    else:
+        for _ in range(n):
+            down.data_received(request)
+            up.data_received(RESPONSE)
     elapsed = time.perf_counter() - start
     if prof:
         prof.disable()
@@ -127,15 +171,19 @@ def main() -> None:
                         help="requests carry an (unsampled) W3C traceparent, as from another sidecar")
     parser.add_argument("--sampling", type=float, default=None, metavar="PERCENT",
                         help="sample new traces at PERCENT and record their spans (OTLP exporter idle)")
+    parser.add_argument("--http2", action="store_true",
+                        help="h2c requests (h2load's headers, one stream each) through the HTTP/2 codec")
     args = parser.parse_args()
     results = [uvloop.run(measure(args.n, args.profile, args.resilience, args.istio_metrics,
-                                  args.traceparent, args.sampling))
+                                  args.traceparent, args.sampling, args.http2))
                for _ in range(1 if args.profile else 7)]
     label = "with retries+timeout+outlier detection" if args.resilience else "plain route"
     if not args.istio_metrics:
         label += ", no Istio metrics"
     if args.traceparent:
         label += ", traceparent in"
+    if args.http2:
+        label += ", HTTP/2 downstream"
     if args.sampling is not None:
         label += f", {args.sampling:g}% sampled with spans recorded"
     print(f"python work per request, {label}: {min(results):.2f} us (best of {len(results)}, n={args.n})")

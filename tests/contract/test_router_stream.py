@@ -36,9 +36,14 @@ class RecordingDownstream:
         self.peer_cert = None
         self.capture = None
         self.active = None
+        self.deadline_owner = self
         self.last_activity = loop.time()
         self.write_paused = False
         self.calls: list[tuple] = []
+
+    def route_deadline_due(self, now) -> None:
+        if self.active is not None and 0 < self.active.deadline <= now:
+            self.active.on_route_timeout()
 
     def send_response_head(self, status, reason, headers, content_length) -> None:
         self.calls.append(("head", status, content_length))

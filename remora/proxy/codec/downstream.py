@@ -42,6 +42,7 @@ from remora.proxy.codec.http1_writer import RESP_NONE, Http1ResponseWriter
 from remora.proxy.codec.seams import RouterStream
 from remora.proxy.security.inbound_policy import PeerCertificate
 from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.deadlines import time_out_if_due
 from remora.proxy.router.request_ids import new_request_id
 from remora.proxy.codec.request_target import absolute_form, checked_target, suspect_target
 from remora.proxy.codec.transfer_coding import chunked_is_final
@@ -70,6 +71,7 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http2Han
         self.last_activity = 0.0
         self.request_start = 0.0
         self.active: RouterStream | None = None      # the stream whose response we write
+        self.deadline_owner = self    # the route-deadline wheel checks `active` through us
         self.receiving: RouterStream | None = None   # the stream whose request body is still on the wire
         self.queued: deque[tuple[RouterStream, bool]] = deque()   # pipelined, with their keep-alive
         self.keep_alive = True        # the connection outlives the active response
@@ -378,6 +380,9 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http2Han
             self.state = WAITING if self.active is not None else IDLE
 
     # -- DownstreamStream: the router's hold on the request body --------------------------------
+    def route_deadline_due(self, now: float) -> None:
+        time_out_if_due(self.active, now)
+
     def pause_reading(self) -> None:
         self.flow.pause_reading(STREAM_HOLD)
 

@@ -1,19 +1,19 @@
-"""The downstream HTTP/2 server codec: h2 frames in, one Exchange per stream, responses back.
+"""The downstream HTTP/2 server codec: frames in, one Exchange per stream, responses back.
 
-python-hyper/h2 is the protocol state machine (sans-IO: bytes in, events out, bytes via
-`data_to_send()`); this Protocol feeds it and turns its events into calls on each
-stream's Http2Stream (http2_stream.py), which is the Exchange's sink for that stream.
+ServerConnection (http2_server.py) is the protocol state machine (sans-IO: bytes in,
+events out, bytes via `data_to_send()`); this Protocol feeds it and turns its events into
+calls on each stream's Http2Stream (http2_stream.py), the Exchange's sink for that stream.
 A connection arrives here from DownstreamHttp1, which hands over on the client preface
 (`PRI * HTTP/2.0...`, h2c prior knowledge) or on ALPN `h2` (inbound mTLS).
 
 Rules:
-- One write per event batch: what a read (or an upstream read, through `flush`) made h2
+- One write per event batch: what a read (or an upstream read, through `flush`) made the session
   emit goes out in one transport.write; anything written outside both (a timer, a
   connect failure) is flushed by one call_soon.
 - A stream's Exchange starts at the end of the read that brought its HEADERS (the
   DATA of that read is already queued in it), unless the client reset it meanwhile.
 - Requests the proxy refuses (bad :path, missing :authority, too many headers) get a
-  local reply on their stream (flag DPE); h2's own protocol errors end the connection
+  local reply on their stream (flag DPE); protocol errors (http2_server.py) end the connection
   with GOAWAY, as Envoy's default (override_stream_error_on_invalid_http_message off).
 - Limits (docs/protocols.md): SETTINGS_MAX_CONCURRENT_STREAMS (--http2-max-concurrent-streams,
   100), SETTINGS_MAX_HEADER_LIST_SIZE 60 KiB (Envoy's max_request_headers_kb), stream
@@ -28,24 +28,19 @@ from __future__ import annotations
 
 import asyncio
 
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated, DataReceived, PingReceived, RemoteSettingsChanged, RequestReceived, StreamEnded,
-    StreamReset, WindowUpdated,
-)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
-
 from remora.proxy.codec.http1 import MAX_HEADER_BYTES, BadRequest
-from remora.proxy.codec.http2_machine import H2_CONFIG, ServerH2Connection
+from remora.proxy.codec.http2_frames import (
+    ConnectionTerminated, DataReceived, ErrorCode, Http2Error, PingReceived, RemoteSettingsChanged, RequestReceived,
+    Setting, StreamEnded, StreamReset, WindowUpdated, goaway_frame,
+)
 from remora.proxy.codec.http2_request import VERSION, request_head
+from remora.proxy.codec.http2_server import ServerConnection
 from remora.proxy.codec.http2_stream import Http2Stream
 from remora.proxy.codec.message import RequestHead
+from remora.proxy.router.deadlines import time_out_if_due
 from remora.proxy.telemetry.counters import Counters, set_nodelay
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"   # connection states (CLOSING: close asked, not done)
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # the client connection preface (RFC 9113 3.4)
 ALPN_H2 = "h2"
 STREAM_WINDOW = 65535          # per-stream receive window: request bytes held per stream
 PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_lifetime_seconds
@@ -77,14 +72,8 @@ class DownstreamHttp2(asyncio.Protocol):
         self.peer_cert = None
         self.peer_ip = b""
         self.state = OPEN
-        h2c = self.h2 = ServerH2Connection(H2_CONFIG)
         self.max_streams = settings.http2_max_concurrent_streams
-        h2c.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        })
-        h2c.decoder.max_header_list_size = MAX_HEADER_BYTES   # enforced from the first block
+        self.session = ServerConnection(self.max_streams, MAX_HEADER_BYTES, STREAM_WINDOW)
         self.streams: dict[int, Http2Stream] = {}
         self.starting: list[Http2Stream] = []   # exchanges that start at the end of this read
         self.in_batch = False
@@ -120,20 +109,20 @@ class DownstreamHttp2(asyncio.Protocol):
 
     def _start(self, transport) -> None:
         self.transport = transport
-        h2c = self.h2
-        h2c.initiate_connection()
+        session = self.session
+        session.initiate_connection()
         # The connection window covers every stream's window, so streams the proxy holds
         # (slow upstreams) can never block the others (the module docstring).
-        h2c.increment_flow_control_window(self.max_streams * STREAM_WINDOW - 65535)
+        session.increment_flow_control_window(self.max_streams * STREAM_WINDOW - 65535)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         self.in_batch = True
         try:
-            events = self.h2.receive_data(data)
-        except H2Error:    # ProtocolError and the rest: a connection error
-            # h2 queued a GOAWAY with the error: send it and close (streams end DC).
+            events = self.session.receive_data(data)
+        except Http2Error:    # a connection error
+            # The session queued a GOAWAY with the error: send it and close (streams end DC).
             self.stats.protocol_error += 1
             self.listener.count_protocol_error(400)
             self.in_batch = False
@@ -169,17 +158,17 @@ class DownstreamHttp2(asyncio.Protocol):
                     self.transport.abort()
                     return
                 if kind is RemoteSettingsChanged \
-                        and SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                        and Setting.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._pump_all()
             elif kind is ConnectionTerminated:
-                if event.error_code == ErrorCodes.NO_ERROR:
+                if event.error_code == ErrorCode.NO_ERROR:
                     # The client's graceful GOAWAY: the streams in flight finish, then the
                     # connection closes (ours says which streams were taken).
                     self.send_goaway()
                 else:
                     self._close_after_flush()     # an error: the streams in flight end (DC)
         # TrailersReceived (request trailers) are not forwarded to an HTTP/1 upstream;
-        # PingReceived is answered by h2 itself.
+        # PingReceived is answered by the server connection itself.
         starting, self.starting = self.starting, []
         for stream in starting:
             exchange = stream.active
@@ -206,7 +195,7 @@ class DownstreamHttp2(asyncio.Protocol):
                 exchange.on_downstream_closed()
 
     def _control_flood(self) -> bool:
-        """One PING or SETTINGS (each makes h2 queue an ACK): True once the client floods.
+        """One PING or SETTINGS (each makes the session queue an ACK): True once the client floods.
 
         Envoy's max_outbound_control_frames: more than 1000 ACKs owed while the socket is
         backed up (the client does not read them). And a rate, since a Python event loop
@@ -237,7 +226,7 @@ class DownstreamHttp2(asyncio.Protocol):
         sid = event.stream_id
         if self.goaway_last_id is not None and sid > self.goaway_last_id:
             # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.
-            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            self._reset(sid, ErrorCode.REFUSED_STREAM)
             return
         listener = self.listener
         stream = Http2Stream(self, sid, self.last_activity)
@@ -245,7 +234,9 @@ class DownstreamHttp2(asyncio.Protocol):
         self.stats.streams_active += 1
         listener.stats.downstream_rq_http2_total += 1
         try:
-            head = request_head(event.headers, event.stream_ended is not None, listener.paths,
+            if event.headers is None:
+                raise BadRequest(431, b"request headers too large")
+            head = request_head(event.headers, event.stream_ended, listener.paths,
                                 self.settings.max_request_headers_count)
         except BadRequest as err:
             listener.count_protocol_error(err.status)
@@ -301,7 +292,7 @@ class DownstreamHttp2(asyncio.Protocol):
             return
         if self.state != CLOSED and not self.close_when_done:
             self.listener.stats.downstream_rq_too_many_premature_resets += 1
-            self._fatal_goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+            self._fatal_goaway(ErrorCode.ENHANCE_YOUR_CALM)
 
     def _pump_all(self) -> None:
         for stream in list(self.streams.values()):
@@ -310,8 +301,8 @@ class DownstreamHttp2(asyncio.Protocol):
 
     def _reset(self, sid: int, code: int) -> None:
         try:
-            self.h2.reset_stream(sid, code)
-        except H2Error:
+            self.session.reset_stream(sid, code)
+        except Http2Error:
             return
         self.stream_reset_sent(code)
 
@@ -322,13 +313,13 @@ class DownstreamHttp2(asyncio.Protocol):
         """Give the client its window back for `size` bytes the proxy no longer holds."""
         if size:
             try:
-                self.h2.acknowledge_received_data(size, sid)
-            except H2Error:
+                self.session.acknowledge_received_data(size, sid)
+            except Http2Error:
                 pass    # the connection is already closing
 
     # -- writing -----------------------------------------------------------------------------
     def wrote(self) -> None:
-        """h2 has bytes to send: they go with this batch's write, or with one call_soon."""
+        """The session has bytes to send: they go with this batch's write, or with one call_soon."""
         if not self.in_batch and not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -338,7 +329,7 @@ class DownstreamHttp2(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        data = self.h2.data_to_send()
+        data = self.session.data_to_send()
         if data:
             transport.write(data)
         if self.close_when_done:
@@ -354,14 +345,14 @@ class DownstreamHttp2(asyncio.Protocol):
     def send_goaway(self) -> None:
         """Graceful GOAWAY (drain): streams up to the last one taken finish; no new ones.
 
-        h2 closes its state machine on any GOAWAY it sends, which would forbid answering
-        the streams in flight, so the frame is written here, after h2's pending bytes."""
+        The session's close_connection ends it (nothing more sent), which would forbid
+        answering the streams in flight, so the frame is written here, after the session's
+        pending bytes."""
         if self.goaway_last_id is not None or self.transport is None or self.transport.is_closing():
             return
-        self.goaway_last_id = self.h2.highest_inbound_stream_id
-        frame = GoAwayFrame(0, last_stream_id=self.goaway_last_id, error_code=ErrorCodes.NO_ERROR)
+        self.goaway_last_id = self.session.highest_inbound_stream_id
         self.flush()
-        self.transport.write(frame.serialize())
+        self.transport.write(goaway_frame(self.goaway_last_id, ErrorCode.NO_ERROR))
         self.stats.goaway_sent += 1
         if not self.streams:
             self._close_after_flush()
@@ -369,8 +360,8 @@ class DownstreamHttp2(asyncio.Protocol):
     def _fatal_goaway(self, code: int) -> None:
         """GOAWAY with an error and close: the streams in flight end (DC)."""
         try:
-            self.h2.close_connection(code)
-        except H2Error:
+            self.session.close_connection(code)
+        except Http2Error:
             pass
         self.stats.goaway_sent += 1
         self._close_after_flush()
@@ -384,12 +375,18 @@ class DownstreamHttp2(asyncio.Protocol):
         self.send_goaway()
         return not self.streams
 
+    def route_deadline_due(self, now: float) -> None:
+        """The route-deadline wheel's look at this connection: the streams' exchanges are keyed
+        by it, never kept themselves (router/deadlines.py)."""
+        for stream in list(self.streams.values()):
+            time_out_if_due(stream.active, now)
+
     def check_timeouts(self, now: float, settings) -> None:
         if self.state == CLOSED or self.close_when_done:
             return
         if not self.streams:
             if now - self.idle_since > settings.idle_timeout:
-                self._fatal_goaway(ErrorCodes.NO_ERROR)
+                self._fatal_goaway(ErrorCode.NO_ERROR)
             return
         limit = settings.stream_idle_timeout
         for stream in list(self.streams.values()):
@@ -398,4 +395,4 @@ class DownstreamHttp2(asyncio.Protocol):
                 if exchange is not None and not exchange.finished:
                     exchange.on_stream_idle_timeout()   # 408 SI, or SI after the head
                 if not stream.response_done:
-                    stream.reset_stream(ErrorCodes.CANCEL)
+                    stream.reset_stream(ErrorCode.CANCEL)

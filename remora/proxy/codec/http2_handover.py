@@ -9,7 +9,8 @@ stays HTTP/1. After the handover the HTTP/1 codec is CLOSED and never touches th
 from __future__ import annotations
 
 from remora.proxy.codec.http1 import CLOSED
-from remora.proxy.codec.http2 import ALPN_H2, PREFACE, DownstreamHttp2
+from remora.proxy.codec.http2 import ALPN_H2, DownstreamHttp2
+from remora.proxy.codec.http2_frames import PREFACE
 
 
 class Http2Handover:

@@ -7,12 +7,12 @@ stream, so the router cannot tell the codecs apart; it is the one class to re-po
 the codec-neutral downstream seam (issue 14, codec/seams.py) when that lands.
 
 Flow control, the rules of this module:
-- Request body: a DATA frame's bytes are acknowledged to h2 (WINDOW_UPDATE, stream and
+- Request body: a DATA frame's bytes are acknowledged to the session (WINDOW_UPDATE, stream and
   connection) once the Exchange took them, unless the Exchange holds the client
   (`pause_reading`: its upstream socket is full, or 64 KiB wait for a connection); held
   bytes are acknowledged at `resume_reading`. A slow upstream therefore closes the
   client's stream window: the proxy holds at most one window per stream.
-- Response body: bytes are handed to h2 only within the client's windows (stream and
+- Response body: bytes are handed to the session only within the client's windows (stream and
   connection) and while the socket is not paused; the rest waits here, in order. Above
   OUT_HIGH bytes waiting, the Exchange stops reading its upstream
   (downstream_write_paused), and resumes below OUT_LOW. A window update, a settings change
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
+from remora.proxy.codec.http2_frames import ErrorCode, Http2Error
 
 OUT_HIGH = 64 << 10   # response bytes waiting for the client's window: stop reading the upstream
 OUT_LOW = 16 << 10    # ... and read it again below this (asyncio's own write-buffer marks)
@@ -35,12 +34,13 @@ OUT_LOW = 16 << 10    # ... and read it again below this (asyncio's own write-bu
 class Http2Stream:
     """The Exchange's sink for one HTTP/2 stream (see the module docstring)."""
 
-    __slots__ = ("conn", "stream_id", "active", "last_activity", "opened_at", "capture", "tls", "peer_cert",
-                 "write_paused", "reading_paused", "unacked", "out", "out_bytes", "ending",
+    __slots__ = ("conn", "deadline_owner", "stream_id", "active", "last_activity", "opened_at", "capture", "tls",
+                 "peer_cert", "write_paused", "reading_paused", "unacked", "out", "out_bytes", "ending",
                  "trailers", "response_done", "request_done", "reset", "closed")
 
     def __init__(self, conn, stream_id: int, now: float) -> None:
         self.conn = conn
+        self.deadline_owner = conn    # the wheel keeps the connection, not this stream (router/deadlines.py)
         self.stream_id = stream_id
         self.active = None            # the Exchange (the deadline wheel reads `active`)
         self.last_activity = now      # the Exchange's start time, and the stream-idle clock
@@ -106,7 +106,7 @@ class Http2Stream:
     def send_response_head(self, status: int, reason: bytes, headers: list,
                            content_length: int | None) -> None:
         block = [(b":status", b"%d" % status)]
-        block += headers   # names lower-cased by h2 (normalize_outbound_headers)
+        block += headers   # names lower-cased by the session (http2_validation.outbound_fields)
         if content_length is not None:
             block.append((b"content-length", b"%d" % content_length))
         self._headers(block, end=False)
@@ -154,14 +154,14 @@ class Http2Stream:
     def abort(self) -> None:
         """The response cannot be completed (upstream reset after bytes went down, timeout):
         reset this stream only; the client sees it cut short, the other streams go on."""
-        self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+        self.reset_stream(ErrorCode.INTERNAL_ERROR)
 
     def flush(self) -> None:
         """One write for what an upstream read produced on any stream of the connection."""
         self.conn.flush()
 
     def start_tunnel(self, upstream, resp, rest: bytes) -> None:
-        # HTTP/2 requests never carry Upgrade (h2 refuses the header), so no upstream 101.
+        # HTTP/2 requests never carry Upgrade (the session refuses the header), so no upstream 101.
         raise AssertionError("no upgrade on an HTTP/2 stream")
 
     # -- writing ---------------------------------------------------------------------------
@@ -169,31 +169,33 @@ class Http2Stream:
         if self.response_done:
             return
         try:
-            self.conn.h2.send_headers(self.stream_id, block, end_stream=end)
-        except H2Error:
-            # A header h2 refuses (an upstream's value with a forbidden byte): the stream
+            self.conn.session.send_headers(self.stream_id, block, end_stream=end)
+        except Http2Error:
+            # A header the session refuses (an upstream's value with a forbidden byte): the stream
             # cannot be answered as asked.
-            self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+            self.reset_stream(ErrorCode.INTERNAL_ERROR)
             return
         self.last_activity = self.conn.loop.time()
         self.conn.wrote()
 
     def pump(self) -> None:
-        """Hand waiting bytes to h2 within the client's windows; END_STREAM after the last."""
+        """Hand waiting bytes to the session within the client's windows; END_STREAM rides on
+        the last DATA frame when no trailers follow."""
         if self.response_done:
             return
         conn = self.conn
         out = self.out
         if out and not conn.output_paused:
-            h2c = conn.h2
+            session = conn.session
             sid = self.stream_id
             try:
-                window = h2c.local_flow_control_window(sid)
-            except H2Error:     # h2 holds the stream closed: nothing can be sent on it
-                self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+                window = session.local_flow_control_window(sid)
+            except Http2Error:     # the session holds the stream closed: nothing can be sent on it
+                self.reset_stream(ErrorCode.INTERNAL_ERROR)
                 return
-            frame = h2c.max_outbound_frame_size
+            frame = session.max_outbound_frame_size
             sent = 0
+            end_on_data = self.ending and self.trailers is None   # END_STREAM rides on the last piece
             while out and window > 0:
                 piece = out[0]
                 size = min(len(piece), window, frame)
@@ -202,9 +204,16 @@ class Http2Stream:
                 else:
                     out[0] = piece[size:]
                     piece = piece[:size]
-                h2c.send_data(sid, piece)
                 window -= size
                 sent += size
+                if end_on_data and not out:
+                    session.send_data(sid, piece, end_stream=True)
+                    self.out_bytes -= sent
+                    self.last_activity = conn.loop.time()
+                    conn.wrote()
+                    self._response_sent()
+                    return self._resume_upstream()
+                session.send_data(sid, piece)
             if sent:
                 self.out_bytes -= sent
                 self.last_activity = conn.loop.time()
@@ -214,13 +223,16 @@ class Http2Stream:
                 self._headers(self.trailers, end=True)
             else:
                 try:
-                    self.conn.h2.end_stream(self.stream_id)
-                except H2Error:
-                    self.reset_stream(ErrorCodes.INTERNAL_ERROR)
+                    self.conn.session.end_stream(self.stream_id)
+                except Http2Error:
+                    self.reset_stream(ErrorCode.INTERNAL_ERROR)
                     return
                 self.conn.wrote()
             if not self.response_done:
                 self._response_sent()
+        self._resume_upstream()
+
+    def _resume_upstream(self) -> None:
         if self.write_paused and self.out_bytes <= OUT_LOW:
             self.write_paused = False
             if self.active is not None and not self.response_done:
@@ -232,7 +244,7 @@ class Http2Stream:
             self.resume_reading()    # the codec releases the router's hold when the response ends
         if not self.request_done:
             # The answer is complete but the client is still sending: tell it to stop.
-            self.reset_stream(ErrorCodes.NO_ERROR)
+            self.reset_stream(ErrorCode.NO_ERROR)
         else:
             self.conn.forget(self)
 
@@ -244,9 +256,9 @@ class Http2Stream:
         if not self.reset:
             self.reset = True
             try:
-                self.conn.h2.reset_stream(self.stream_id, code)
-            except H2Error:
-                pass     # already closed in h2 (both ends done): nothing to reset
+                self.conn.session.reset_stream(self.stream_id, code)
+            except Http2Error:
+                pass     # already closed in the session (both ends done): nothing to reset
             self.conn.stream_reset_sent(code)
             self.conn.wrote()
         self.conn.forget(self)

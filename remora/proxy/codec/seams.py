@@ -64,6 +64,13 @@ class RouterStream(Protocol):
         """No activity either way for the listener's stream_idle_timeout (Envoy's SI)."""
 
 
+class RouteDeadlineOwner(Protocol):
+    """A downstream connection as the route-deadline wheel sees it (router/deadlines.py)."""
+
+    def route_deadline_due(self, now: float) -> None:
+        """Time out each exchange it answers whose route deadline is <= now."""
+
+
 class DownstreamStream(Protocol):
     """One request stream as the codec offers it to the router: the response goes out here."""
 
@@ -72,7 +79,9 @@ class DownstreamStream(Protocol):
     peer_cert: Any             # security/inbound_policy.PeerCertificate of an mTLS peer, else None
     capture: Any               # intercept's original destination of a captured connection, else None
     # What the router reads of the stream's state.
-    active: RouterStream | None   # the stream whose response is being written (deadline wheel)
+    active: RouterStream | None   # the stream whose response is being written
+    # What the route-deadline wheel keeps (router/deadlines.py): the connection, never the request.
+    deadline_owner: RouteDeadlineOwner
     last_activity: float       # loop time of the last read (when a head completes: the request's start)
     write_paused: bool         # the client is not taking response bytes now
 

@@ -142,7 +142,7 @@ class Exchange(UpstreamEvents, RequestInfo):
             timeout = effective_timeout(timeout, parse_grpc_timeout(self.head.header(b"grpc-timeout")))
         if timeout and not self.deadline and not self.finished:
             self.deadline = self.listener.loop.time() + timeout
-            self.listener.deadlines.route.add(self.deadline, self.sink)
+            self.listener.deadlines.route.add(self.deadline, self.sink.deadline_owner)
 
     def on_route_timeout(self) -> None:
         if self.finished:

@@ -1,0 +1,247 @@
+"""HPACK (RFC 7541) for the downstream HTTP/2 server: a decoder for request header blocks
+and an encoder for response header blocks, one pair per connection.
+
+Why not the `hpack` package: it logs every header at debug level, builds a Python object
+per table search and validates through several layers, which made HPACK a tenth of the
+proxy's CPU under h2load. This module keeps only what a server needs; the `hpack`
+package stays the reference in tests (tests/unit/test_header_compression.py) and lends
+its static table and Huffman decoder.
+
+Rules:
+- Decoding: a block that breaks HPACK (bad index, truncated string, bad Huffman, a table
+  size update above our limit or after the first field) raises CompressionError, which
+  ends the connection with COMPRESSION_ERROR: the dynamic table can no longer be trusted.
+- A header list above `max_list_size` (RFC 7541 4.1 sizes: name + value + 32 each) is
+  still decoded to the end, so the table stays in step with the client's, but its fields
+  are dropped and the decoder answers None: the stream is refused (431), not the
+  connection (the HPACK bomb ends at the limit, not at 80 MiB).
+- Encoding: names and values go as raw strings (no Huffman: loopback and pod networks do
+  not need the bytes saved and the CPU is the scarce thing). Fields are added to the
+  dynamic table, so a response's repeated fields cost one byte each, except credentials
+  and cookies (never indexed, as nghttp2 does) and values above 256 bytes (literal,
+  unindexed: they would evict everything else).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+STATIC = HeaderTable.STATIC_TABLE           # 61 (name, value) pairs, index 1..61
+STATIC_COUNT = len(STATIC)
+ENTRY_OVERHEAD = 32                         # RFC 7541 4.1
+DEFAULT_TABLE_SIZE = 4096
+MAX_INDEXED_VALUE = 256
+NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
+STATIC_EXACT = {}
+STATIC_NAME = {}
+for _i, (_name, _value) in enumerate(STATIC, 1):
+    STATIC_EXACT.setdefault((_name, _value), _i)
+    STATIC_NAME.setdefault(_name, _i)
+
+
+class CompressionError(Exception):
+    """The header block does not decode: a connection error (COMPRESSION_ERROR)."""
+
+
+def _integer(data: bytes, pos: int, mask: int) -> tuple[int, int]:
+    """An HPACK integer whose prefix is `mask` (2^N - 1) at data[pos] -> (value, next pos)."""
+    value = data[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    end = len(data)
+    while True:
+        if pos >= end or shift > 28:        # truncated, or larger than any length we accept
+            raise CompressionError("bad integer")
+        byte = data[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    if pos >= len(data):
+        raise CompressionError("truncated string")
+    huffman = data[pos] & 0x80
+    length, pos = _integer(data, pos, 0x7F)
+    end = pos + length
+    if end > len(data):
+        raise CompressionError("truncated string")
+    text = data[pos:end]
+    if huffman:
+        try:
+            text = decode_huffman(text)
+        except Exception as err:    # hpack's HPACKDecodingError
+            raise CompressionError("bad huffman string") from err
+    return text, end
+
+
+class HpackDecoder:
+    """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
+
+    __slots__ = ("max_list_size", "max_table_size", "table", "table_size")
+
+    def __init__(self, max_list_size: int) -> None:
+        self.table: deque = deque()       # newest first: dynamic index 62 is table[0]
+        self.table_size = 0
+        self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
+        self.max_list_size = max_list_size
+
+    def decode(self, data: bytes) -> list | None:
+        """The block's fields, or None when they exceed max_list_size (see the module docstring)."""
+        headers: list = []
+        size = 0
+        pos = 0
+        end = len(data)
+        while pos < end:
+            byte = data[pos]
+            if byte & 0x80:                           # indexed field
+                index, pos = _integer(data, pos, 0x7F)
+                field = self._field(index)
+            elif byte & 0x40:                         # literal, added to the table
+                index, pos = _integer(data, pos, 0x3F)
+                name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
+                value, pos = _string(data, pos)
+                field = (name, value)
+                self._add(field)
+            elif byte & 0x20:                         # dynamic table size update
+                if headers or size:
+                    raise CompressionError("table size update after a field")
+                new_size, pos = _integer(data, pos, 0x1F)
+                if new_size > self.max_table_size:
+                    raise CompressionError("table size update above SETTINGS_HEADER_TABLE_SIZE")
+                self._shrink(new_size)
+                continue
+            else:                                     # literal, not indexed / never indexed
+                index, pos = _integer(data, pos, 0x0F)
+                name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
+                value, pos = _string(data, pos)
+                field = (name, value)
+            size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+            if headers is not None:
+                if size > self.max_list_size:
+                    headers = None      # keep decoding: the table must follow the client's
+                else:
+                    headers.append(field)
+        return headers
+
+    def _field(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= STATIC_COUNT:
+            return STATIC[index - 1]
+        try:
+            return self.table[index - STATIC_COUNT - 1]
+        except IndexError:
+            raise CompressionError(f"header index {index} is not in the table") from None
+
+    def _add(self, field: tuple[bytes, bytes]) -> None:
+        entry = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+        if entry > self.max_table_size:
+            self.table.clear()       # RFC 7541 4.4: an entry larger than the table empties it
+            self.table_size = 0
+            return
+        self.table.appendleft(field)
+        self.table_size += entry
+        self._shrink(self.max_table_size)
+
+    def _shrink(self, limit: int) -> None:
+        table = self.table
+        while self.table_size > limit:
+            name, value = table.pop()
+            self.table_size -= len(name) + len(value) + ENTRY_OVERHEAD
+
+
+def _encode_integer(value: int, prefix_bits: int, first: int) -> bytes:
+    mask = (1 << prefix_bits) - 1
+    if value < mask:
+        return bytes((first | value,))
+    out = bytearray((first | mask,))
+    value -= mask
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_string(text: bytes) -> bytes:
+    length = len(text)
+    if length < 0x7F:
+        return bytes((length,)) + text
+    return _encode_integer(length, 7, 0) + text
+
+
+class HpackEncoder:
+    """[(name, value)] (bytes, names lower-case) -> a response header block."""
+
+    __slots__ = ("entries", "inserted", "max_table_size", "positions", "size_update", "table_size")
+
+    def __init__(self) -> None:
+        self.positions: dict = {}     # (name, value) -> insertion number of its newest copy
+        self.entries: deque = deque()  # (field, size, insertion number), oldest first
+        self.inserted = 0             # fields added so far: the newest has number inserted - 1
+        self.table_size = 0
+        self.max_table_size = DEFAULT_TABLE_SIZE
+        self.size_update: int | None = None   # a table size update owed at the next block
+
+    def set_max_table_size(self, peer_limit: int) -> None:
+        """The client's SETTINGS_HEADER_TABLE_SIZE: our table stays within it (and 4096)."""
+        size = min(peer_limit, DEFAULT_TABLE_SIZE)
+        if size != self.max_table_size:
+            self.max_table_size = size
+            self._evict(size)
+            self.size_update = size
+
+    def encode(self, headers: list) -> bytes:
+        out = []
+        if self.size_update is not None:
+            out.append(_encode_integer(self.size_update, 5, 0x20))
+            self.size_update = None
+        positions = self.positions
+        for field in headers:
+            index = STATIC_EXACT.get(field)
+            if index is not None:
+                out.append(bytes((0x80 | index,)))      # static indexes are all < 127
+                continue
+            number = positions.get(field)
+            if number is not None:
+                out.append(_encode_integer(self.inserted - number + STATIC_COUNT, 7, 0x80))
+                continue
+            name, value = field
+            name_index = STATIC_NAME.get(name, 0)
+            if name in NEVER_INDEXED or len(value) > MAX_INDEXED_VALUE:
+                first, prefix = (0x10 if name in NEVER_INDEXED else 0x00), 4
+                add = False
+            else:
+                first, prefix, add = 0x40, 6, True
+            out.append(_encode_integer(name_index, prefix, first))
+            if not name_index:
+                out.append(_encode_string(name))
+            out.append(_encode_string(value))
+            if add:
+                self._add(field)
+        return b"".join(out)
+
+    def _add(self, field: tuple[bytes, bytes]) -> None:
+        size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+        if size > self.max_table_size:
+            self._evict(0)     # the peer empties its table too (RFC 7541 4.4)
+            return
+        self._evict(self.max_table_size - size)
+        self.positions[field] = self.inserted
+        self.entries.append((field, size, self.inserted))
+        self.inserted += 1
+        self.table_size += size
+
+    def _evict(self, limit: int) -> None:
+        entries = self.entries
+        positions = self.positions
+        while self.table_size > limit:
+            field, size, number = entries.popleft()
+            self.table_size -= size
+            if positions.get(field) == number:
+                del positions[field]

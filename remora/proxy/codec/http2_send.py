@@ -1,0 +1,160 @@
+"""The sending half of the downstream HTTP/2 session (ServerConnection, http2_server.py):
+what the codec calls to answer streams, give window back and end the connection, and
+the per-stream state both halves share. Frames go to `out` until `data_to_send`."""
+from __future__ import annotations
+
+from remora.proxy.codec.header_compression import HpackEncoder
+from remora.proxy.codec.http2_frames import (
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, ErrorCode, Http2Error, Setting, frame, goaway_frame,
+    rst_stream_frame, settings_frame, window_update_frame,
+)
+from remora.proxy.codec.http2_validation import outbound_fields
+
+REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
+
+
+class StreamState:
+    """One stream's flow-control windows and ends, as the connection tracks them."""
+
+    __slots__ = ("send_window", "recv_window", "unacked", "remote_closed", "local_closed",
+                 "expected_length", "received_length")
+
+    def __init__(self, send_window: int, recv_window: int) -> None:
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.unacked = 0               # bytes passed on, not yet given back in a WINDOW_UPDATE
+        self.remote_closed = False     # the client's END_STREAM arrived
+        self.local_closed = False      # our END_STREAM went out
+        self.expected_length: int | None = None   # the request's content-length
+        self.received_length = 0
+
+
+class Http2Sending:
+    """ServerConnection's outbound side (its state is set up by ServerConnection.__init__)."""
+
+    encoder: HpackEncoder
+    streams: dict
+    reset_by_us: dict
+    out: list
+    closed: bool
+    highest_inbound_stream_id: int
+    max_concurrent_streams: int
+    max_header_list_size: int
+    local_initial_window: int
+    max_outbound_frame_size: int
+    conn_send_window: int
+    conn_recv_window: int
+    conn_recv_max: int
+    conn_unacked: int
+
+    # -- sending -------------------------------------------------------------------------------
+    def initiate_connection(self) -> None:
+        self.out.append(settings_frame({
+            Setting.MAX_CONCURRENT_STREAMS: self.max_concurrent_streams,
+            Setting.INITIAL_WINDOW_SIZE: self.local_initial_window,
+            Setting.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+        }))
+
+    def increment_flow_control_window(self, increment: int) -> None:
+        """Grow the connection's receive window (once, at the start: see DownstreamHttp2)."""
+        if increment > 0:
+            self.conn_recv_window += increment
+            self.conn_recv_max += increment
+            self.out.append(window_update_frame(0, increment))
+
+    def data_to_send(self) -> bytes:
+        out = self.out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def _open_for_sending(self, stream_id: int) -> StreamState:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        return stream
+
+    def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
+        """A response head, or trailers with end_stream (names lower-cased here)."""
+        stream = self._open_for_sending(stream_id)
+        block = self.encoder.encode(outbound_fields(headers))
+        size = self.max_outbound_frame_size
+        flags = END_STREAM if end_stream else 0
+        if len(block) <= size:
+            self.out.append(frame(HEADERS, flags | END_HEADERS, stream_id, block))
+        else:
+            self.out.append(frame(HEADERS, flags, stream_id, block[:size]))
+            for start in range(size, len(block), size):
+                last = start + size >= len(block)
+                self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
+        if end_stream:
+            self._close_local(stream_id, stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""
+        stream = self._open_for_sending(stream_id)
+        size = len(data)
+        if size > stream.send_window or size > self.conn_send_window or size > self.max_outbound_frame_size:
+            raise Http2Error(f"{size} bytes exceed the window or frame size on stream {stream_id}",
+                             ErrorCode.FLOW_CONTROL_ERROR)
+        stream.send_window -= size
+        self.conn_send_window -= size
+        self.out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, data))
+        if end_stream:
+            self._close_local(stream_id, stream)
+
+    def end_stream(self, stream_id: int) -> None:
+        self.send_data(stream_id, b"", end_stream=True)
+
+    def local_flow_control_window(self, stream_id: int) -> int:
+        stream = self._open_for_sending(stream_id)
+        return min(stream.send_window, self.conn_send_window)
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        if self.closed or self.streams.pop(stream_id, None) is None:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        self.out.append(rst_stream_frame(stream_id, code))
+        self._remember_reset(stream_id)
+
+    def close_connection(self, code: int = ErrorCode.NO_ERROR) -> None:
+        """GOAWAY with `code`: nothing more is read or sent."""
+        if not self.closed:
+            self.out.append(goaway_frame(self.highest_inbound_stream_id, code))
+            self.closed = True
+
+    def acknowledge_received_data(self, size: int, stream_id: int) -> None:
+        """`size` bytes of the stream's DATA were passed on: give window back, in batches."""
+        if self.closed or size <= 0:
+            return
+        self.conn_unacked += size
+        if self.conn_unacked >= self.conn_recv_max >> 1:
+            self.out.append(window_update_frame(0, self.conn_unacked))
+            self.conn_recv_window += self.conn_unacked
+            self.conn_unacked = 0
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            return      # the client sends nothing more on it: no window to give
+        stream.unacked += size
+        if stream.unacked >= self.local_initial_window >> 1:
+            self.out.append(window_update_frame(stream_id, stream.unacked))
+            stream.recv_window += stream.unacked
+            stream.unacked = 0
+
+    def _close_local(self, stream_id: int, stream: StreamState) -> None:
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self.streams[stream_id]
+
+    def _close_remote(self, stream_id: int, stream: StreamState) -> None:
+        stream.remote_closed = True
+        if stream.local_closed:
+            del self.streams[stream_id]
+
+    def _remember_reset(self, stream_id: int) -> None:
+        resets = self.reset_by_us
+        resets[stream_id] = None
+        if len(resets) > REMEMBERED_RESETS:
+            del resets[next(iter(resets))]
+

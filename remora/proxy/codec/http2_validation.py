@@ -1,0 +1,82 @@
+"""Which HTTP/2 header fields a request may carry, and the shape responses go out in
+(RFC 9113 8.2 and 8.3): the checks h2's validate/normalize options made, as the server
+connection (http2_server.py) applies them to every block.
+"""
+from __future__ import annotations
+
+import re
+import string
+
+from remora.proxy.codec.http2_frames import ErrorCode, Http2Error
+
+# Lower-case tchar (RFC 9110 5.6.2): deleting them from a valid name leaves nothing.
+NAME_CHARS = (string.ascii_lowercase + string.digits + "!#$%&'*+-.^_`|~").encode()
+CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                 b"upgrade"))
+REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    if not name or name.translate(None, NAME_CHARS):
+        raise Http2Error(f"invalid header name {name[:64]!r}")
+    if name in CONNECTION_SPECIFIC:
+        raise Http2Error(f"connection-specific header {name.decode()!r} in HTTP/2")
+    if name == b"te" and value.lower() != b"trailers":
+        raise Http2Error("te other than 'trailers' in HTTP/2")
+    if BAD_VALUE.search(value):
+        raise Http2Error(f"invalid value for header {name[:64]!r}")
+
+
+def check_request_fields(headers: list) -> int | None:
+    """Raise Http2Error (PROTOCOL_ERROR: a malformed request) or give the content-length."""
+    seen: set = set()
+    regular = False
+    content_length = None
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                raise Http2Error(f"pseudo-header {name.decode(errors='replace')} after a regular header")
+            if name not in REQUEST_PSEUDO:
+                raise Http2Error(f"pseudo-header {name[:64]!r} is not a request's")
+            if name in seen:
+                raise Http2Error(f"pseudo-header {name.decode()} twice")
+            if FORBIDDEN_IN_VALUE.search(value):
+                raise Http2Error(f"invalid value for {name.decode()}")
+            seen.add(name)
+            continue
+        regular = True
+        _check_field(name, value)
+        if name == b"content-length":
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                raise Http2Error("invalid content-length")
+            content_length = int(value)
+    if b":method" not in seen:
+        raise Http2Error("request without :method")
+    method = next(value for name, value in headers if name == b":method")
+    if method != b"CONNECT" and (b":scheme" not in seen or b":path" not in seen):
+        raise Http2Error("request without :scheme or :path")
+    return content_length
+
+
+def check_trailer_fields(headers: list) -> None:
+    for name, value in headers:
+        if name[:1] == b":":
+            raise Http2Error("pseudo-header in trailers")
+        _check_field(name, value)
+
+
+def outbound_fields(headers: list) -> list:
+    """A response head or trailers as HTTP/2 sends them: names lower-case (HTTP/1 upstreams
+    send Mixed-Case), connection-specific fields dropped. A value with NUL, CR or LF cannot
+    go out: INTERNAL_ERROR (the stream is reset)."""
+    out = []
+    for name, value in headers:
+        name = name.lower()
+        if name in CONNECTION_SPECIFIC:
+            continue
+        if FORBIDDEN_IN_VALUE.search(value):
+            raise Http2Error(f"response header {name[:64]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
+        out.append((name, value))
+    return out
