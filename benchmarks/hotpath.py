@@ -117,6 +117,74 @@ def h2load_requests(n: int) -> tuple[bytes, list[bytes]]:
     return opening, frames
 
 
+GRPC_MESH = MESH.replace("name: http, protocol: HTTP", "name: grpc, protocol: GRPC").replace("http: 9", "grpc: 9")
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x06\n\x04ping"      # one length-prefixed gRPC message
+
+
+def grpc_calls(n: int) -> tuple[bytes, list[bytes], bytes, list[bytes]]:
+    """Unary gRPC calls both ways: the client's preface and, per call, HEADERS + DATA as h2load
+    sends them; the upstream server's SETTINGS and, per call, its answer (HEADERS, one DATA
+    message, trailers) on the upstream connection's stream, with WINDOW_UPDATEs for the
+    request bytes it took."""
+    from hpack import Encoder
+    from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+    window = (1 << 30) - 1
+    opening = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+               + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window}).serialize()
+               + WindowUpdateFrame(0, window_increment=window - 65535).serialize())
+    client, server = Encoder(), Encoder()
+    call = [(b":method", b"POST"), (b":path", b"/test.Echo/Unary"), (b":scheme", b"http"),
+            (b":authority", b"upstream"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+            (b"user-agent", b"h2load nghttp2/1.52.0")]
+    server_opening = (SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 1000}).serialize()
+                      + SettingsFrame(0, flags=["ACK"]).serialize())
+    calls, answers = [], []
+    for i in range(n):
+        calls.append(HeadersFrame(1 + 2 * i, data=client.encode(call), flags=["END_HEADERS"]).serialize()
+                     + DataFrame(1 + 2 * i, data=GRPC_MESSAGE, flags=["END_STREAM"]).serialize())
+        sid = 1 + 2 * i
+        answer = (HeadersFrame(sid, data=server.encode([(b":status", b"200"), (b"content-type", b"application/grpc")]),
+                               flags=["END_HEADERS"]).serialize()
+                  + DataFrame(sid, data=GRPC_MESSAGE).serialize()
+                  + HeadersFrame(sid, data=server.encode([(b"grpc-status", b"0")]),
+                                 flags=["END_HEADERS", "END_STREAM"]).serialize()
+                  + WindowUpdateFrame(0, window_increment=len(GRPC_MESSAGE)).serialize())
+        answers.append(answer)
+    return opening, calls, server_opening, answers
+
+
+async def measure_grpc(n: int, profile: bool) -> float:
+    """Python work per unary gRPC call: HTTP/2 downstream -> router -> HTTP/2 upstream."""
+    worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(GRPC_MESH))
+    listener = worker.listeners[0]
+    transport = SwitchingTransport()
+    transport.protocol = down = DownstreamHttp1(listener)
+    down.connection_made(transport)
+    opening, calls, server_opening, answers = grpc_calls(n)
+    down.data_received(opening)
+    down = transport.protocol
+    pool = worker.snapshot.clusters()[0].endpoints[0].pool
+    up = pool._new_connection()
+    up.connection_made(FakeTransport())
+    up.data_received(server_opening)
+    pool.active.add(up)
+    pool.conns.append(up)
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    start = time.perf_counter()
+    for call, answer in zip(calls, answers):
+        down.data_received(call)
+        up.data_received(answer)
+    elapsed = time.perf_counter() - start
+    if prof:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    assert listener.stats.by_class[2] == n, f"calls did not complete: {listener.stats.by_class}"
+    return elapsed / n * 1e6
+
+
 async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics: bool = True,
                   traced: bool = False, sampling: float | None = None, http2: bool = False) -> float:
     options = ProxyOptions(access_log="off", istio_metrics=istio_metrics)
@@ -173,7 +241,14 @@ def main() -> None:
                         help="sample new traces at PERCENT and record their spans (OTLP exporter idle)")
     parser.add_argument("--http2", action="store_true",
                         help="h2c requests (h2load's headers, one stream each) through the HTTP/2 codec")
+    parser.add_argument("--grpc", action="store_true",
+                        help="unary gRPC calls: HTTP/2 downstream -> router -> HTTP/2 upstream (no TLS)")
     args = parser.parse_args()
+    if args.grpc:
+        results = [uvloop.run(measure_grpc(args.n, args.profile)) for _ in range(1 if args.profile else 7)]
+        print(f"python work per unary gRPC call, HTTP/2 both sides: {min(results):.2f} us "
+              f"(best of {len(results)}, n={args.n})")
+        return
     results = [uvloop.run(measure(args.n, args.profile, args.resilience, args.istio_metrics,
                                   args.traceparent, args.sampling, args.http2))
                for _ in range(1 if args.profile else 7)]

@@ -92,6 +92,15 @@ class RequestReceived:
         self.stream_id, self.headers, self.stream_ended = stream_id, headers, stream_ended
 
 
+class ResponseReceived:
+    """A response head on one of our streams (the client role)."""
+
+    __slots__ = ("stream_id", "headers", "stream_ended")
+
+    def __init__(self, stream_id: int, headers: list, stream_ended: bool) -> None:
+        self.stream_id, self.headers, self.stream_ended = stream_id, headers, stream_ended
+
+
 class TrailersReceived:
     __slots__ = ("headers", "stream_id")
 

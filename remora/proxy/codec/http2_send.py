@@ -17,7 +17,7 @@ class StreamState:
     """One stream's flow-control windows and ends, as the connection tracks them."""
 
     __slots__ = ("send_window", "recv_window", "unacked", "remote_closed", "local_closed",
-                 "expected_length", "received_length")
+                 "expected_length", "received_length", "got_head")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window
@@ -27,6 +27,7 @@ class StreamState:
         self.local_closed = False      # our END_STREAM went out
         self.expected_length: int | None = None   # the request's content-length
         self.received_length = 0
+        self.got_head = False          # a client's: the final response head arrived (then trailers)
 
 
 class Http2Sending:
@@ -37,7 +38,7 @@ class Http2Sending:
     reset_by_us: dict
     out: list
     closed: bool
-    highest_inbound_stream_id: int
+    highest_stream_id: int
     max_concurrent_streams: int
     max_header_list_size: int
     local_initial_window: int
@@ -118,10 +119,14 @@ class Http2Sending:
         self.out.append(rst_stream_frame(stream_id, code))
         self._remember_reset(stream_id)
 
+    def peer_last_stream_id(self) -> int:
+        """The last stream the peer opened that a GOAWAY from us names (a client's: none)."""
+        return self.highest_stream_id
+
     def close_connection(self, code: int = ErrorCode.NO_ERROR) -> None:
         """GOAWAY with `code`: nothing more is read or sent."""
         if not self.closed:
-            self.out.append(goaway_frame(self.highest_inbound_stream_id, code))
+            self.out.append(goaway_frame(self.peer_last_stream_id(), code))
             self.closed = True
 
     def acknowledge_received_data(self, size: int, stream_id: int) -> None:

@@ -60,6 +60,28 @@ def check_request_fields(headers: list) -> int | None:
     return content_length
 
 
+def check_response_fields(headers: list) -> tuple[int, int | None]:
+    """A response head's :status and content-length; Http2Error (PROTOCOL_ERROR) if malformed."""
+    status = None
+    content_length = None
+    for index, (name, value) in enumerate(headers):
+        if name[:1] == b":":
+            if name != b":status" or status is not None or index:
+                raise Http2Error(f"pseudo-header {name[:64]!r} out of place in a response")
+            if len(value) != 3 or not value.isdigit():
+                raise Http2Error(f"invalid :status {value[:16]!r}")
+            status = int(value)
+            continue
+        _check_field(name, value)
+        if name == b"content-length":
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                raise Http2Error("invalid content-length in a response")
+            content_length = int(value)
+    if status is None:
+        raise Http2Error("response without :status")
+    return status, content_length
+
+
 def check_trailer_fields(headers: list) -> None:
     for name, value in headers:
         if name[:1] == b":":

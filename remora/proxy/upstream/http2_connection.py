@@ -1,6 +1,7 @@
-"""An upstream HTTP/2 client connection: many streams on one transport (h2 sans-IO inside).
+"""An upstream HTTP/2 client connection: many streams on one transport (ClientConnection,
+codec/http2_client.py, sans-IO inside).
 
-Rules this module owns (one owner: the connection; streams never touch h2 themselves):
+Rules this module owns (one owner: the connection; streams never touch the session themselves):
 - A stream is opened only while `capacity()` > 0: the lower of the peer's
   SETTINGS_MAX_CONCURRENT_STREAMS and the cluster's limit (DestinationRule
   maxConcurrentStreams), minus streams open; none once GOAWAY arrived or the connection
@@ -24,14 +25,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
-from remora.proxy.codec.header_compression import HpackEncoder
+from remora.proxy.codec import http2_frames as wire
+from remora.proxy.codec.http2_client import ClientConnection
+from remora.proxy.codec.http2_frames import ErrorCode, Http2Error, Setting
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
 
@@ -72,34 +68,12 @@ class _Stream:
         self.paused_producer = False
 
 
-class _RequestEncoder(HpackEncoder):
-    """Remora's HPACK encoder in h2's encoder seat: hpack's encodes every string with a
-    pure-Python Huffman coder, the largest single cost of a gRPC call's request headers;
-    raw strings cost a few bytes on the wire and no CPU. h2 still validates the headers."""
-
-    __slots__ = ()
-
-    def encode(self, headers, huffman: bool = True) -> bytes:    # h2's call: encode(headers)
-        return HpackEncoder.encode(self, headers)
-
-    @property
-    def header_table_size(self) -> int:
-        return self.max_table_size
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:    # the server's SETTINGS_HEADER_TABLE_SIZE
-        self.set_max_table_size(value)
-
-
 class UpstreamHttp2(asyncio.Protocol):
     """One HTTP/2 client connection; the pool hands out its stream capacity."""
 
     def __init__(self, on_capacity=None, on_closed=None, max_streams: int = UNLIMITED,
                  authority_scheme: bytes = b"http") -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None,
-                                           validate_inbound_headers=True)
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.encoder = _RequestEncoder()
+        self.session = ClientConnection(MAX_HEADER_LIST, STREAM_WINDOW)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
@@ -128,29 +102,24 @@ class UpstreamHttp2(asyncio.Protocol):
         """Streams that may still be opened now."""
         if self.retired or self.transport is None:
             return 0
-        peer = self.h2.remote_settings.max_concurrent_streams
+        peer = self.session.peer_max_concurrent_streams
         return max(0, min(peer, self.max_streams) - len(self.streams))
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         set_nodelay(transport)
-        h2c = self.h2
-        h2c.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-        })
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        session = self.session
+        session.initiate_connection()
+        session.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()      # h2 queued a GOAWAY naming the error
-            self._fail_all(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            events = self.session.receive_data(data)
+        except Http2Error:
+            self._flush()      # the session queued a GOAWAY naming the error
+            self._fail_all(ErrorCode.PROTOCOL_ERROR)
             self.transport.close()
             return
         for event in events:
@@ -160,7 +129,7 @@ class UpstreamHttp2(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc) -> None:
-        self._fail_all(h2.errors.ErrorCodes.CONNECT_ERROR)
+        self._fail_all(ErrorCode.CONNECT_ERROR)
         if self.on_closed is not None:
             on_closed, self.on_closed = self.on_closed, None
             on_closed(self)
@@ -181,14 +150,14 @@ class UpstreamHttp2(asyncio.Protocol):
     def open_stream(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes,
                     headers: list, end_stream: bool) -> int:
         """Send a request head on a new stream; returns the stream id (capacity() must be > 0)."""
-        h2c = self.h2
-        stream_id = h2c.get_next_available_stream_id()
+        session = self.session
+        stream_id = session.get_next_available_stream_id()
         head = [(b":method", method), (b":scheme", self.scheme), (b":authority", authority),
                 (b":path", path)]
         head += headers
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
-        h2c.send_headers(stream_id, head, end_stream=end_stream)
+        session.send_headers(stream_id, head, end_stream=end_stream)
         self._flush()
         return stream_id
 
@@ -214,13 +183,13 @@ class UpstreamHttp2(asyncio.Protocol):
         self._send_queued(stream_id, stream)
         self._flush()
 
-    def reset_stream(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def reset_stream(self, stream_id: int, code: int = ErrorCode.CANCEL) -> None:
         """Cancel a stream (timeout, client gone): RST_STREAM, and forget it."""
         if self.streams.pop(stream_id, None) is None:
             return
         try:
-            self.h2.reset_stream(stream_id, error_code=code)
-        except h2.exceptions.StreamClosedError:
+            self.session.reset_stream(stream_id, code)
+        except Http2Error:
             pass
         self._flush()
         self._capacity_freed()
@@ -242,25 +211,25 @@ class UpstreamHttp2(asyncio.Protocol):
             return
         if self.transport is not None and not self.transport.is_closing():
             try:
-                self.h2.close_connection()
+                self.session.close_connection()
                 self._flush()
-            except h2.exceptions.ProtocolError:
+            except Http2Error:
                 pass
             self.transport.close()
-        self._fail_all(h2.errors.ErrorCodes.CANCEL)
+        self._fail_all(ErrorCode.CANCEL)
 
     # -- internals -----------------------------------------------------------------------
     def _flush(self) -> None:
-        data = self.h2.data_to_send()
+        data = self.session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def _send_queued(self, stream_id: int, stream: _Stream) -> None:
-        h2c = self.h2
+        session = self.session
         queue = stream.queue
         try:
             while queue:
-                window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+                window = min(session.local_flow_control_window(stream_id), session.max_outbound_frame_size)
                 if window <= 0:
                     break
                 chunk = queue[0]
@@ -270,15 +239,15 @@ class UpstreamHttp2(asyncio.Protocol):
                 else:
                     queue.pop(0)
                 stream.queued -= len(chunk)
-                h2c.send_data(stream_id, chunk)
+                session.send_data(stream_id, chunk)
             if not queue and stream.end_queued:
                 if stream.trailers:
-                    h2c.send_headers(stream_id, stream.trailers, end_stream=True)
+                    session.send_headers(stream_id, stream.trailers, end_stream=True)
                 else:
-                    h2c.end_stream(stream_id)
+                    session.end_stream(stream_id)
                 stream.end_queued = False
                 stream.trailers = None
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except Http2Error:
             queue.clear()
             stream.queued = 0
             return
@@ -289,11 +258,8 @@ class UpstreamHttp2(asyncio.Protocol):
                 stream.events.upstream_write_paused(paused)
 
     def _acknowledge(self, stream_id: int, length: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(length, stream_id)
-        except h2.exceptions.StreamClosedError:
-            # The stream is over; the connection window still needs the credit back.
-            self.h2.increment_flow_control_window(length)
+        # A stream already over still gives the connection window its credit (the session's rule).
+        self.session.acknowledge_received_data(length, stream_id)
 
     def _capacity_freed(self) -> None:
         if not self.streams and self.transport is not None:
@@ -307,8 +273,8 @@ class UpstreamHttp2(asyncio.Protocol):
         for stream in streams.values():
             stream.events.on_stream_reset(code, False, stream.got_bytes)
 
-    # -- h2 events -------------------------------------------------------------------------
-    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+    # -- session events -------------------------------------------------------------------------
+    def _on_response(self, event: wire.ResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
@@ -343,7 +309,7 @@ class UpstreamHttp2(asyncio.Protocol):
         if trailers and event.stream_id in self.streams:
             stream.events.on_response_trailers(trailers)
 
-    def _on_data(self, event: h2.events.DataReceived) -> None:
+    def _on_data(self, event: wire.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
         length = event.flow_controlled_length
         if stream is None:
@@ -355,12 +321,12 @@ class UpstreamHttp2(asyncio.Protocol):
         else:
             stream.held += length
 
-    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+    def _on_trailers(self, event: wire.TrailersReceived) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.events.on_response_trailers(list(event.headers))
 
-    def _on_ended(self, event: h2.events.StreamEnded) -> None:
+    def _on_ended(self, event: wire.StreamEnded) -> None:
         stream = self.streams.pop(event.stream_id, None)
         if stream is None:
             return
@@ -368,24 +334,23 @@ class UpstreamHttp2(asyncio.Protocol):
             # The server answered before the whole request went out (RFC 9113 8.1): the
             # rest is not wanted; cancel our half so the stream slot is freed on both sides.
             try:
-                self.h2.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.StreamClosedError:
+                self.session.reset_stream(event.stream_id, ErrorCode.CANCEL)
+            except Http2Error:
                 pass
         stream.events.on_response_end()
         self._capacity_freed()
 
     def _open_locally(self, stream_id: int) -> bool:
-        h2_stream = self.h2.streams.get(stream_id)
-        return h2_stream is not None and h2_stream.open
+        return self.session.locally_open(stream_id)
 
-    def _on_reset(self, event: h2.events.StreamReset) -> None:
+    def _on_reset(self, event: wire.StreamReset) -> None:
         stream = self.streams.pop(event.stream_id, None)
         if stream is not None:
-            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            refused = event.error_code == ErrorCode.REFUSED_STREAM
             stream.events.on_stream_reset(event.error_code, refused, stream.got_bytes)
             self._capacity_freed()
 
-    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+    def _on_window(self, event: wire.WindowUpdated) -> None:
         if not event.stream_id:
             self._send_all_queued()
             return
@@ -398,18 +363,18 @@ class UpstreamHttp2(asyncio.Protocol):
             if stream.queue or stream.end_queued:
                 self._send_queued(stream_id, stream)
 
-    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
-        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+    def _on_settings(self, event: wire.RemoteSettingsChanged) -> None:
+        if Setting.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._send_all_queued()     # a larger initial window opens every stream's window
         self._capacity_freed()
 
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _on_goaway(self, event: wire.ConnectionTerminated) -> None:
         self.goaway = True
         last = event.last_stream_id if event.last_stream_id is not None else 0
         for stream_id in [s for s in self.streams if s > last]:
             stream = self.streams.pop(stream_id)
             # Never processed by the server: safe to retry elsewhere (refused-stream).
-            stream.events.on_stream_reset(h2.errors.ErrorCodes.REFUSED_STREAM, True, False)
+            stream.events.on_stream_reset(ErrorCode.REFUSED_STREAM, True, False)
         if self.on_capacity is not None:
             self.on_capacity(self)      # retired now: the pool stops handing it out
         if not self.streams and self.transport is not None:
@@ -432,12 +397,12 @@ def _is_grpc(headers: list) -> bool:
 
 
 _HANDLERS = {
-    h2.events.ResponseReceived: UpstreamHttp2._on_response,
-    h2.events.DataReceived: UpstreamHttp2._on_data,
-    h2.events.TrailersReceived: UpstreamHttp2._on_trailers,
-    h2.events.StreamEnded: UpstreamHttp2._on_ended,
-    h2.events.StreamReset: UpstreamHttp2._on_reset,
-    h2.events.WindowUpdated: UpstreamHttp2._on_window,
-    h2.events.RemoteSettingsChanged: UpstreamHttp2._on_settings,
-    h2.events.ConnectionTerminated: UpstreamHttp2._on_goaway,
+    wire.ResponseReceived: UpstreamHttp2._on_response,
+    wire.DataReceived: UpstreamHttp2._on_data,
+    wire.TrailersReceived: UpstreamHttp2._on_trailers,
+    wire.StreamEnded: UpstreamHttp2._on_ended,
+    wire.StreamReset: UpstreamHttp2._on_reset,
+    wire.WindowUpdated: UpstreamHttp2._on_window,
+    wire.RemoteSettingsChanged: UpstreamHttp2._on_settings,
+    wire.ConnectionTerminated: UpstreamHttp2._on_goaway,
 }

@@ -10,13 +10,13 @@ on_connection_failed, on_write_paused). Releasing or closing the handle ends the
 """
 from __future__ import annotations
 
-import h2.errors
-
+from remora.proxy.codec.http2_frames import ErrorCode
 from remora.proxy.upstream.seams import AttemptFailure
 
 # RFC 9113 8.2.2: connection-specific fields never go on an HTTP/2 stream.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"host", b"te"})
+WHITESPACE = (b" ", b"\t")
 
 
 def h2_fields(headers: list, added: bytes) -> list:
@@ -25,6 +25,8 @@ def h2_fields(headers: list, added: bytes) -> list:
     for name, value in headers:
         lower = name.lower()
         if lower not in HOP_BY_HOP:
+            if value[:1] in WHITESPACE or value[-1:] in WHITESPACE:
+                value = value.strip(b" \t")    # RFC 9113 8.2.1: no surrounding whitespace
             fields.append((lower, value))
         elif lower == b"te" and value.strip().lower() == b"trailers":
             fields.append((b"te", b"trailers"))   # the one TE value HTTP/2 allows (gRPC sends it)
@@ -91,7 +93,7 @@ class Http2StreamHandle:
         self.done = True
         self.attempt = self.receiver = None
         if reset and self.stream_id:
-            self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.conn.reset_stream(self.stream_id, ErrorCode.CANCEL)
 
     # -- StreamEvents (from the connection) ----------------------------------------------------
     def on_response_head(self, resp) -> None:
@@ -124,7 +126,7 @@ class Http2StreamHandle:
         if refused:
             attempt.on_connection_failed(AttemptFailure.REFUSED_STREAM, "remote refused stream reset")
         else:
-            detail = ("remote reset" if error_code != h2.errors.ErrorCodes.CONNECT_ERROR
+            detail = ("remote reset" if error_code != ErrorCode.CONNECT_ERROR
                       else "connection termination")
             attempt.on_connection_failed(AttemptFailure.CONNECTION_TERMINATION, detail)
 

@@ -1,0 +1,95 @@
+"""The client side of an HTTP/2 connection, sans-IO: what the upstream pools' UpstreamHttp2
+(upstream/http2_connection.py) drives, on the same frame layer, HPACK and flow control as
+the downstream server (http2_session.py).
+
+It replaced h2's client for the same reason ServerConnection replaced h2's server: on a
+unary gRPC call through a sidecar, h2's client was more than half of the Python work
+(docs/benchmarks.md). h2's server is the reference it is tested against
+(tests/unit/test_http2_client.py).
+
+Role rules (RFC 9113):
+- Streams are ours: odd ids, in order (`get_next_available_stream_id`, opened by
+  `send_headers`). Push is refused in our SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and
+  HEADERS on an even stream are connection errors.
+- A response head has exactly one pseudo-header, a 3-digit :status, first; 1xx heads are
+  skipped (the final head follows); a second block is trailers and must end the stream.
+  Malformed heads are connection errors (as h2's validate_inbound_headers made them), and
+  DATA must add up to a content-length (not checked when the head itself ends the stream:
+  HEAD and 304 answers carry one without a body).
+- A GOAWAY we send names no stream (the server opens none).
+"""
+from __future__ import annotations
+
+from remora.proxy.codec import http2_frames as wire
+from remora.proxy.codec.http2_frames import DEFAULT_WINDOW, PREFACE, ErrorCode, Http2Error, Setting, settings_frame
+from remora.proxy.codec.http2_send import StreamState
+from remora.proxy.codec.http2_session import Http2Session
+from remora.proxy.codec.http2_validation import check_response_fields, check_trailer_fields
+
+
+class ClientConnection(Http2Session):
+    """One HTTP/2 client connection's protocol state (see the module docstring)."""
+
+    def __init__(self, max_header_list_size: int, initial_window: int = DEFAULT_WINDOW) -> None:
+        super().__init__(0, max_header_list_size, initial_window, preface_expected=False)
+        self.next_stream_id = 1
+
+    def initiate_connection(self) -> None:
+        self.out.append(PREFACE + settings_frame({
+            Setting.ENABLE_PUSH: 0,
+            Setting.INITIAL_WINDOW_SIZE: self.local_initial_window,
+            Setting.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+        }))
+
+    def get_next_available_stream_id(self) -> int:
+        return self.next_stream_id
+
+    def peer_last_stream_id(self) -> int:
+        return 0
+
+    def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
+        """A request head on a new stream (the next id), or request trailers on an open one."""
+        if stream_id not in self.streams:
+            if stream_id != self.next_stream_id or self.closed:
+                raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
+            self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
+            self.highest_stream_id = stream_id
+            self.next_stream_id += 2
+        super().send_headers(stream_id, headers, end_stream)
+
+    def locally_open(self, stream_id: int) -> bool:
+        """Our half of the stream can still send (the request is not complete)."""
+        stream = self.streams.get(stream_id)
+        return stream is not None and not stream.local_closed
+
+    def _header_block(self, stream_id: int, end_stream: bool, block: bytes, events: list) -> None:
+        headers = self.decoder.decode(block)     # always decoded: the table must stay in step
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.highest_stream_id:
+                raise Http2Error(f"HEADERS on idle stream {stream_id}")
+            return                               # a stream we reset: late frames are ignored
+        if stream.remote_closed:
+            raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
+        if headers is None:
+            raise Http2Error("response header list over SETTINGS_MAX_HEADER_LIST_SIZE")
+        if not stream.got_head:
+            status, length = check_response_fields(headers)
+            if status < 200:
+                if end_stream:
+                    raise Http2Error("an informational response ended the stream")
+                return                           # 1xx: the final head follows
+            stream.got_head = True
+            stream.expected_length = None if end_stream else length
+            events.append(wire.ResponseReceived(stream_id, headers, end_stream))
+        else:
+            if not end_stream:
+                raise Http2Error("trailers without END_STREAM")
+            check_trailer_fields(headers)
+            expected = stream.expected_length
+            if expected is not None and stream.received_length != expected:
+                raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
+            events.append(wire.TrailersReceived(stream_id, headers))
+        if end_stream:
+            self._close_remote(stream_id, stream)
+            events.append(wire.StreamEnded(stream_id))
