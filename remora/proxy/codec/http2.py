@@ -7,9 +7,10 @@ A connection arrives here from DownstreamHttp1, which hands over on the client p
 (`PRI * HTTP/2.0...`, h2c prior knowledge) or on ALPN `h2` (inbound mTLS).
 
 Rules:
-- One write per event batch: what a read (or an upstream read, through `flush`) made the session
-  emit goes out in one transport.write; anything written outside both (a timer, a
-  connect failure) is flushed by one call_soon.
+- One write per event batch: what a client read made the session emit goes out in one
+  transport.write at its end; anything written outside it (upstream reads for any of the
+  streams, a timer, a connect failure) goes out in one write from one call_soon, so the
+  answers of many streams that one loop iteration produced share a write.
 - A stream's Exchange starts at the end of the read that brought its HEADERS (the
   DATA of that read is already queued in it), unless the client reset it meanwhile.
 - Requests the proxy refuses (bad :path, missing :authority, too many headers) get a

@@ -157,8 +157,10 @@ class Http2Stream:
         self.reset_stream(ErrorCode.INTERNAL_ERROR)
 
     def flush(self) -> None:
-        """One write for what an upstream read produced on any stream of the connection."""
-        self.conn.flush()
+        """What an upstream read produced goes out with every other stream's output of this
+        loop iteration, in one write (DownstreamHttp2.wrote): a connection answering many
+        streams from one HTTP/2 upstream read writes once, not once per stream."""
+        self.conn.wrote()
 
     def start_tunnel(self, upstream, resp, rest: bytes) -> None:
         # HTTP/2 requests never carry Upgrade (the session refuses the header), so no upstream 101.

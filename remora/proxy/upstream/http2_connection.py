@@ -18,7 +18,10 @@ Rules this module owns (one owner: the connection; streams never touch the sessi
 - GOAWAY: streams above last_stream_id never reached the application and fail as refused
   (retriable, Envoy's refused-stream); those below finish. Transport loss fails every open
   stream, saying whether response bytes had arrived (a retry is only allowed before).
-- Every event batch ends with one write of `data_to_send()`.
+- Writes are coalesced: whatever the streams queued in one loop iteration (many requests
+  that arrived in one downstream read, the window updates of one upstream read) goes out
+  in one write, from one call_soon; each write is a TLS record and a syscall. Closing
+  writes what is queued first.
 """
 from __future__ import annotations
 
@@ -85,6 +88,7 @@ class UpstreamHttp2(asyncio.Protocol):
         self.streams_opened = 0
         self.requests_limit = 0           # maxRequestsPerConnection (0: none)
         self.write_paused = False
+        self.flush_scheduled = False      # a call_soon write is pending (see the module docstring)
         self.idle_since = 0.0             # loop time the last stream ended
         # Set by a TLS dialer (upstream_tls.py), as on HTTP/1 connections.
         self.peer_id: str | None = None
@@ -118,7 +122,7 @@ class UpstreamHttp2(asyncio.Protocol):
         try:
             events = self.session.receive_data(data)
         except Http2Error:
-            self._flush()      # the session queued a GOAWAY naming the error
+            self._write_now()      # the session queued a GOAWAY naming the error
             self._fail_all(ErrorCode.PROTOCOL_ERROR)
             self.transport.close()
             return
@@ -212,7 +216,7 @@ class UpstreamHttp2(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             try:
                 self.session.close_connection()
-                self._flush()
+                self._write_now()
             except Http2Error:
                 pass
             self.transport.close()
@@ -220,6 +224,13 @@ class UpstreamHttp2(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------
     def _flush(self) -> None:
+        """Bytes are queued in the session: one write at the end of this loop iteration."""
+        if not self.flush_scheduled and self.transport is not None:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self.flush_scheduled = False
         data = self.session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -378,6 +389,7 @@ class UpstreamHttp2(asyncio.Protocol):
         if self.on_capacity is not None:
             self.on_capacity(self)      # retired now: the pool stops handing it out
         if not self.streams and self.transport is not None:
+            self._write_now()
             self.transport.close()
 
 
