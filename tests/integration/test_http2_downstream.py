@@ -503,3 +503,25 @@ def test_bad_requests_are_answered_on_their_stream(sidecar):
         assert any(" 400 DPE " in line and "HTTP/2" in line for line in log.splitlines()), log[-1500:]
     finally:
         c.close()
+
+
+def test_header_block_left_unfinished_times_out(upstreams):
+    """A HEADERS frame without END_HEADERS and no CONTINUATION after it holds the whole
+    connection: after --request-headers-timeout (1 s) the proxy sends GOAWAY NO_ERROR and
+    closes, while the idle timeout (default 300 s) has not come; counted as a protocol error,
+    as HTTP/1's 408 is."""
+    from tests.integration.h2_attacks import NO_ERROR, RawClient
+
+    p = ProxyProcess(mesh_yaml(upstreams.ports), "--request-headers-timeout", "1s").wait_ready(TIMEOUT)
+    try:
+        client = RawClient(p.outbound_port, authority="echo")
+        assert client.send(client.headers(1, end_headers=False))
+        deadline = time.monotonic() + 15
+        while not client.outcome.closed and time.monotonic() < deadline:
+            client.poll(0.2)
+        outcome = client.finish()
+        assert outcome.closed and outcome.goaway == NO_ERROR, outcome
+        assert 1 <= outcome.seconds < 14, outcome.seconds
+        assert stats(p)["http.outbound.downstream_cx_protocol_error"] == 1
+    finally:
+        p.close()

@@ -23,7 +23,9 @@ Rules:
 - Drain: GOAWAY carrying the last stream id the proxy took, then the connection closes
   once those streams are done; later streams are refused (REFUSED_STREAM) and the
   client retries them elsewhere. Idle connections get GOAWAY and close after
-  --idle-timeout; a stream with no activity for --stream-idle-timeout ends 408 SI or reset.
+  --idle-timeout; a stream with no activity for --stream-idle-timeout ends 408 SI or reset;
+  a header block left without END_HEADERS for --request-headers-timeout ends the
+  connection (GOAWAY NO_ERROR: the stream was never processed).
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class DownstreamHttp2(asyncio.Protocol):
         self.close_when_done = False
         self.last_activity = self.idle_since = self.loop.time()
         self.closed_streams = 0
+        self.headers_since: float | None = None   # a header block is incomplete since then
         self.premature_resets = 0
 
     # -- takeover and asyncio callbacks ---------------------------------------------------
@@ -170,6 +173,12 @@ class DownstreamHttp2(asyncio.Protocol):
                     self._close_after_flush()     # an error: the streams in flight end (DC)
         # TrailersReceived (request trailers) are not forwarded to an HTTP/1 upstream;
         # PingReceived is answered by the server connection itself.
+        # A header block cut before END_HEADERS holds the whole connection (only its
+        # CONTINUATION may follow): --request-headers-timeout counts from its first read.
+        if self.session.partial is None:
+            self.headers_since = None
+        elif self.headers_since is None:
+            self.headers_since = self.last_activity
         starting, self.starting = self.starting, []
         for stream in starting:
             exchange = stream.active
@@ -384,6 +393,12 @@ class DownstreamHttp2(asyncio.Protocol):
 
     def check_timeouts(self, now: float, settings) -> None:
         if self.state == CLOSED or self.close_when_done:
+            return
+        if self.headers_since is not None and now - self.headers_since > settings.request_headers_timeout:
+            # As HTTP/1 answers 408: the stream was never opened, so GOAWAY NO_ERROR tells
+            # the client it was not processed (safe to retry) and the connection closes.
+            self.listener.count_protocol_error(408)
+            self._fatal_goaway(ErrorCode.NO_ERROR)
             return
         if not self.streams:
             if now - self.idle_since > settings.idle_timeout:
