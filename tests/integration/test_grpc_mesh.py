@@ -342,3 +342,30 @@ def test_grpc_timeout_header_caps_the_route_timeout(mesh):
     assert time.monotonic() - started < 3, (fields, logged)
     assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"14"
     assert logged["response_flags"] == "UT" and logged["grpc_status"] == "Unavailable", logged
+
+
+def test_one_gib_server_stream_moves_at_flat_memory(mesh):
+    """1 GiB (1,024 messages of 1 MiB) streamed from the server through both sidecars with
+    mTLS arrives whole, while neither sidecar's RSS grows by more than 64 MiB: flow control
+    holds each stream to its windows on every hop instead of buffering the stream."""
+    peaks = {"a": 0, "b": 0}
+    before = {"a": mesh.a.rss_kib(), "b": mesh.b.rss_kib()}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            for name, sidecar in (("a", mesh.a), ("b", mesh.b)):
+                peaks[name] = max(peaks[name], sidecar.rss_kib() - before[name])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    received = count = 0
+    try:
+        for message in mesh.call("unary_stream", "ServerStream")(b"1024:1048576", timeout=300):
+            received += len(message)
+            count += 1
+    finally:
+        done.set()
+        sampler.join(5)
+    assert (count, received) == (1024, 1 << 30)
+    assert max(peaks.values()) < 64 * 1024, f"RSS growth (KiB) during 1 GiB: {peaks}"
