@@ -176,3 +176,53 @@ def test_without_otlp_endpoint_nothing_is_recorded(proxy):
     seen = call(proxy.outbound_port, {"traceparent": f"00-{TRACE}-{PARENT}-01"}, host="echo")
     assert seen["traceparent"].split("-")[1] == TRACE
     assert stats(proxy)["tracing.spans_started"] == 0
+
+
+GRPC_SERVICE = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-grpc}
+spec:
+  hosts: [echo.grpc]
+  ports: [{number: 80, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 127.0.0.1, ports: {grpc: %d}}]
+"""
+
+
+def test_streaming_grpc_calls_make_one_span_each(collector):
+    """A server stream of 200 messages, a client stream of 50 and a bidi stream of 20 through
+    a sampling sidecar: one span per call, tagged as Envoy tags gRPC spans (path, status,
+    message counts), and an error span for a call that failed with a gRPC status."""
+    from tests.integration import grpc_apps
+
+    with grpc_apps.EchoServer() as server:
+        sidecar = ProxyProcess(GRPC_SERVICE % server.port, "--otlp-endpoint", collector.endpoint,
+                               "--trace-sampling", "100", "--node-id", "grpc-sidecar")
+        try:
+            sidecar.wait_ready()
+            channel = grpc_apps.channel(sidecar.outbound_port, "echo.grpc")
+            try:
+                assert len(list(grpc_apps.method(channel, "unary_stream", "ServerStream")(b"200:16", timeout=30))) == 200
+                assert grpc_apps.method(channel, "stream_unary", "ClientStream")(
+                    iter([b"x"] * 50), timeout=30) == b"count=50 bytes=50"
+                assert len(list(grpc_apps.method(channel, "stream_stream", "Bidi")(iter([b"y"] * 20), timeout=30))) == 20
+                with pytest.raises(grpc_apps.grpc.RpcError):
+                    grpc_apps.method(channel, "unary_unary", "Unary")(b"fail:NOT_FOUND", timeout=30)
+            finally:
+                channel.close()
+            mine = lambda s: s.attributes.get("node_id") == "grpc-sidecar"   # noqa: E731
+            spans = collector.wait_for(mine, count=4)
+            time.sleep(1.0)    # any extra span would have been exported by now
+            spans = [s for s in collector.spans if mine(s)]
+            by_path = {s.attributes["grpc.path"]: s for s in spans}
+            assert len(spans) == 4 and len(by_path) == 4, [s.attributes.get("grpc.path") for s in spans]
+            stream = by_path["/test.Echo/ServerStream"]
+            assert stream.attributes["grpc.response_message_count"] == 200
+            assert stream.attributes["grpc.status_code"] == "0" and "error" not in stream.attributes
+            assert by_path["/test.Echo/ClientStream"].attributes["grpc.request_message_count"] == 50
+            assert by_path["/test.Echo/Bidi"].attributes["grpc.response_message_count"] == 20
+            failed = by_path["/test.Echo/Unary"]
+            assert failed.attributes["grpc.status_code"] == "5" and failed.attributes["error"] is True
+        finally:
+            sidecar.close()

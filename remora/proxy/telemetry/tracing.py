@@ -278,7 +278,21 @@ class Tracer:
         }
         if head.user_agent:
             attributes["user_agent"] = _text(head.user_agent)
-        error = status >= 500 or status == 0
+        grpc_error = False
+        if head.grpc:
+            # Envoy's gRPC span tags (one span per call, however many messages it streamed).
+            grpc_status = getattr(info, "grpc_status", None)
+            attributes["grpc.path"] = _text(head.path)
+            attributes["grpc.authority"] = authority
+            if grpc_status is not None:
+                attributes["grpc.status_code"] = _text(grpc_status)
+                grpc_error = grpc_status != b"0"
+            for slot, key in (("request_messages", "grpc.request_message_count"),
+                              ("response_messages", "grpc.response_message_count")):
+                counter = getattr(info, slot, None)
+                if counter is not None:
+                    attributes[key] = counter.messages
+        error = status >= 500 or status == 0 or grpc_error
         if error:
             attributes["error"] = True
         if kind == CLIENT and cluster is not None:
