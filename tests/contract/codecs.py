@@ -53,6 +53,9 @@ class RecordingStream:
             self.hold_body = False
             self.sink.pause_reading()
 
+    def on_request_trailers(self, trailers: list) -> None:
+        self.events.append(("trailers", trailers))
+
     def on_request_end(self) -> None:
         self.events.append(("end",))
 

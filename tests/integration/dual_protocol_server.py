@@ -2,7 +2,8 @@
 with the protocol it came in (`HTTP/1.1` or `HTTP/2`): what a useClientProtocol test needs.
 
 A thread per connection over blocking sockets; the first 24 bytes tell the protocol (the
-HTTP/2 preface), as a server that accepts both does. Requests carry no body (GET).
+HTTP/2 preface), as a server that accepts both does. HTTP/2 requests are answered once they
+end, and their trailers are recorded (`trailers`); HTTP/1 requests carry no body (GET).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class DualProtocolServer:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.seen: list[str] = []
+        self.trailers: list[list] = []    # request trailers received over HTTP/2, per request
         self.conns: list[socket.socket] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -82,6 +84,12 @@ class DualProtocolServer:
             for event in h2c.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
                     self.seen.append("HTTP/2")
+                elif isinstance(event, h2.events.DataReceived):
+                    h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    self.trailers.append(list(event.headers))
+                elif isinstance(event, h2.events.StreamEnded):
+                    # Answered once the request ended (its trailers, if any, are in by then).
                     h2c.send_headers(event.stream_id, [(b":status", b"200"), (b"content-length", b"6"),
                                                        (b"content-type", b"text/plain")])
                     h2c.send_data(event.stream_id, b"HTTP/2", end_stream=True)

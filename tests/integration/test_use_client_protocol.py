@@ -90,3 +90,20 @@ def test_without_it_an_http_port_stays_http1_upstream(sidecar):
     finally:
         client.close()
     assert (result.status, bytes(result.body)) == (200, b"HTTP/1.1")
+
+
+def test_request_trailers_reach_an_http2_upstream(sidecar):
+    """An HTTP/2 client's request body followed by trailers (as gRPC clients may send):
+    the trailers reach the HTTP/2 app as trailers, after the body; the answer comes back."""
+    proxy, app = sidecar
+    client = H2Client(proxy.outbound_port)
+    try:
+        sid = client.start("POST", "/upload", "dual.example.test", end=False)
+        client.send(sid, b"body bytes")
+        client.conn.send_headers(sid, [(b"x-checksum", b"abc123"), (b"x-count", b"1")], end_stream=True)
+        client._send()
+        result = client.wait(sid)
+    finally:
+        client.close()
+    assert (result.status, bytes(result.body)) == (200, b"HTTP/2")
+    assert [(b"x-checksum", b"abc123"), (b"x-count", b"1")] in app.trailers

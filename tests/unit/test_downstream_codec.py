@@ -99,6 +99,9 @@ class FakeExchange:
         self.body.append(bytes(data))
         self.listener.log.append(("body", self.index))
 
+    def on_request_trailers(self, trailers: list) -> None:
+        self.listener.log.append(("trailers", self.index))
+
     def on_request_end(self) -> None:
         self.ends += 1
         self.listener.log.append(("end", self.index))

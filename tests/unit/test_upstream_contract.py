@@ -85,6 +85,7 @@ class RecordingStream:
         self.up_added = b""
         self.peer_id = None
         self.request_done = True
+        self.request_trailers = None
         self.events: list = []
         self.done = asyncio.get_running_loop().create_future()
 

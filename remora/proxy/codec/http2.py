@@ -34,7 +34,7 @@ import asyncio
 from remora.proxy.codec.http1 import MAX_HEADER_BYTES, BadRequest
 from remora.proxy.codec.http2_frames import (
     ConnectionTerminated, DataReceived, ErrorCode, Http2Error, PingReceived, RemoteSettingsChanged, RequestReceived,
-    Setting, StreamEnded, StreamReset, WindowUpdated, goaway_frame,
+    Setting, StreamEnded, StreamReset, TrailersReceived, WindowUpdated, goaway_frame,
 )
 from remora.proxy.codec.http2_request import VERSION, request_head
 from remora.proxy.codec.http2_server import ServerConnection
@@ -142,6 +142,10 @@ class DownstreamHttp2(asyncio.Protocol):
                     stream.on_data(event.data, event.flow_controlled_length)
             elif kind is RequestReceived:
                 self._on_request(event)
+            elif kind is TrailersReceived:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_request_trailers(event.headers)
             elif kind is StreamEnded:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -171,7 +175,6 @@ class DownstreamHttp2(asyncio.Protocol):
                     self.send_goaway()
                 else:
                     self._close_after_flush()     # an error: the streams in flight end (DC)
-        # TrailersReceived (request trailers) are not forwarded to an HTTP/1 upstream;
         # PingReceived is answered by the server connection itself.
         # A header block cut before END_HEADERS holds the whole connection (only its
         # CONTINUATION may follow): --request-headers-timeout counts from its first read.

@@ -72,6 +72,11 @@ class Http2Stream:
         else:
             self.conn.acknowledge(flow_controlled, self.stream_id)
 
+    def on_request_trailers(self, trailers: list) -> None:
+        exchange = self.active
+        if exchange is not None and not exchange.finished:
+            exchange.on_request_trailers(trailers)
+
     def on_request_end(self) -> None:
         self.request_done = True
         exchange = self.active

@@ -51,6 +51,10 @@ class RouterStream(Protocol):
     def on_request_body(self, data: bytes) -> None:
         """Request body bytes, in order, without framing."""
 
+    def on_request_trailers(self, trailers: list) -> None:
+        """The request's trailers (HTTP/2: a header block ending the stream), just before
+        `on_request_end`; forwarded to HTTP/2 upstreams, dropped on HTTP/1 (Envoy's default)."""
+
     def on_request_end(self) -> None:
         """The request is complete (once; before `start` for a request without a body)."""
 

@@ -56,7 +56,8 @@ class Exchange(UpstreamEvents, RequestInfo):
 
     __slots__ = (
         "sink", "listener", "block", "port", "dest", "endpoint", "upstream", "replay",
-        "request_done", "response_started", "finished", "up_added", "race_retried", "up_method",
+        "request_done", "request_trailers", "response_started", "finished", "up_added", "race_retried",
+        "up_method",
         "up_path", "up_authority", "up_headers", "timer", "abort_status", "retry_state", "deadline",
     )
 
@@ -71,6 +72,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.upstream: UpstreamRequest | None = None   # the attempt in flight
         self.replay: list[bytes] | tuple | None = ()   # the body kept for a resend
         self.request_done = False      # on_request_end (before start for a request without a body)
+        self.request_trailers = None   # on_request_trailers: resent with every attempt's end
         self.response_started = False
         self.finished = False
         # The request record (RequestInfo's slots, written here rather than through its
@@ -255,6 +257,9 @@ class Exchange(UpstreamEvents, RequestInfo):
             # Not routed yet (the end of the head's read, a fault delay): the attempt-to-be buffers it.
             attempt = self.upstream = self._new_attempt(())
         attempt.send_body(data)
+
+    def on_request_trailers(self, trailers: list) -> None:
+        self.request_trailers = trailers
 
     def on_request_end(self) -> None:
         self.request_done = True

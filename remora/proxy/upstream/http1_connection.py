@@ -209,7 +209,9 @@ class UpstreamHttp1(asyncio.Protocol):
         else:
             self.transport.write(data)
 
-    def end_body(self, chunked: bool) -> None:
+    def end_body(self, chunked: bool, trailers: list | None = None) -> None:
+        # Request trailers are not sent to an HTTP/1 upstream (Envoy's default: its
+        # http_protocol_options.enable_trailers is off).
         if chunked:
             self.transport.write(LAST_CHUNK)
 

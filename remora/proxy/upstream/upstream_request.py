@@ -95,7 +95,7 @@ class UpstreamRequest:
                 conn.send_body(piece, chunked)
             self.pending = NOTHING
         if stream.request_done and head.has_body:
-            conn.end_body(head.chunked)
+            conn.end_body(head.chunked, stream.request_trailers)
         if self.holding:
             self._let_go()
 
@@ -124,7 +124,7 @@ class UpstreamRequest:
     def end_body(self) -> None:
         conn = self.conn
         if conn is not None:
-            conn.end_body(self.stream.head.chunked)
+            conn.end_body(self.stream.head.chunked, self.stream.request_trailers)
 
     def set_downstream_paused(self, paused: bool) -> None:
         """The client is slow (or caught up): stop (or resume) reading the upstream."""
