@@ -6,7 +6,8 @@ speaks the codec's wire: send a request (whole, or a body streamed piece by piec
 a response, stop reading, close. The recording listener hands every request head to a
 RecordingStream (a RouterStream that records what the codec tells it and lets the test
 answer through its DownstreamStream). The tests are written once against this API:
-adding a codec (HTTP/2) means adding a harness to CODECS.
+adding a codec means adding a harness to CODECS. HTTP/1.1 and HTTP/2 (h2c, with h2's
+client as the peer) run them today.
 """
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import h2.config
+import h2.connection
+import h2.events
 from httptools import HttpResponseParser
 
 from remora.proxy.codec.downstream import DownstreamHttp1
+from remora.proxy.codec.http2 import Http2Stats
 from remora.proxy.codec.paths import PathNormalizer
-from remora.proxy.process.listener import ListenerSettings
+from remora.proxy.process.listener import ListenerSettings, ListenerStats
+from tests.integration.h2_client import keep_reading_after_goaway
 
 TIMEOUT = 5.0
 
@@ -113,8 +119,10 @@ class RecordingListener:
         self.reply_header = None
         self.streams: list[RecordingStream] = []
         self.connections: list = []
-        self.opened = self.closed = 0
+        self.opened = self.closed = self.replaced = 0
         self.protocol_errors: list[int] = []
+        self.stats = ListenerStats()
+        self.http2 = Http2Stats()
 
     def new_exchange(self, stream, head, routed: bool = True) -> RecordingStream:
         recording = RecordingStream(stream, head)
@@ -127,6 +135,10 @@ class RecordingListener:
 
     def connection_closed(self, conn) -> None:
         self.closed += 1
+
+    def connection_replaced(self, old, new) -> None:
+        self.connections[self.connections.index(old)] = new
+        self.replaced += 1
 
     def count_protocol_error(self, status: int) -> None:
         self.protocol_errors.append(status)
@@ -153,6 +165,7 @@ class Response:
     body: bytes = b""
     trailers: list = field(default_factory=list)
     complete: bool = False     # the message ended as framed (False: cut short by a close)
+    unacked: int = 0           # HTTP/2: response bytes the client has not given window back for
 
 
 class _ResponseParsing:
@@ -245,6 +258,13 @@ class Http1Codec:
     """DownstreamHttp1 served on loopback, with Http1Client."""
 
     name = "http1"
+    hold_allows = 0     # request bytes that may still arrive after pause_reading (none: reads stop)
+    client = Http1Client
+
+    @staticmethod
+    def connected(listener: RecordingListener, clients: int) -> bool:
+        """The codec has every client's connection (so listener.connections are its own)."""
+        return listener.opened >= clients
 
     @asynccontextmanager
     async def serve(self):
@@ -258,9 +278,9 @@ class Http1Codec:
         async def connect() -> Http1Client:
             # A small read buffer, so that a client that stops reading fills the proxy's soon.
             reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=16384)
-            client = Http1Client(reader, writer)
+            client = self.client(reader, writer)
             clients.append(client)
-            await until(lambda: listener.opened >= len(clients))
+            await until(lambda: self.connected(listener, len(clients)))
             return client
 
         try:
@@ -275,4 +295,136 @@ class Http1Codec:
             await server.wait_closed()
 
 
-CODECS = [Http1Codec()]
+class Http2Client:
+    """An h2c client (h2's client connection): one stream per request on one connection.
+
+    A reader task handles frames as they come. Response DATA is acknowledged only once the
+    test asks for a response, so until then the client "does not read", as HTTP/1's client
+    does not; request body bytes go out as the server's windows allow, the rest waits."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        keep_reading_after_goaway(self.conn)     # a drain's GOAWAY lets streams in flight finish
+        self.conn.initiate_connection()
+        self.sid = 0
+        self.responses: dict[int, Response] = {}
+        self.reset: set[int] = set()
+        self.pending = bytearray()      # request body waiting for window (current stream)
+        self.end_pending = False
+        self.acking = False
+        self.eof = False
+        self._write()
+        self.task = asyncio.ensure_future(self._read())
+
+    def _write(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def request(self, method: bytes = b"GET", path: bytes = b"/", headers=(),
+                      body: bytes | None = None, streamed: bool = False) -> None:
+        self.sid = self.conn.get_next_available_stream_id()
+        self.responses[self.sid] = Response()
+        block = [(b":method", method), (b":path", path), (b":scheme", b"http"), (b":authority", b"contract"),
+                 *headers]
+        if body is not None:
+            block.append((b"content-length", b"%d" % len(body)))
+        self.conn.send_headers(self.sid, block, end_stream=body is None and not streamed)
+        self._write()
+        if body is not None:
+            await self.send_body(body)
+            await self.end_body()
+
+    async def send_body(self, piece: bytes) -> None:
+        self.pending += piece
+        self._send_pending()
+
+    async def end_body(self) -> None:
+        self.end_pending = True
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        sid, conn = self.sid, self.conn
+        if sid in self.reset or sid not in self.responses:
+            return
+        while self.pending:
+            size = min(len(self.pending), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if size <= 0:
+                break
+            conn.send_data(sid, bytes(self.pending[:size]))
+            del self.pending[:size]
+        if not self.pending and self.end_pending:
+            self.end_pending = False
+            conn.end_stream(sid)
+        self._write()
+
+    async def _read(self) -> None:
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                self.eof = True
+                return
+            for event in self.conn.receive_data(data):
+                resp = self.responses.get(getattr(event, "stream_id", 0))
+                if isinstance(event, h2.events.ResponseReceived):
+                    resp.status = int(dict(event.headers)[b":status"])
+                    resp.headers = [(n, v) for n, v in event.headers if not n.startswith(b":")]
+                elif isinstance(event, h2.events.DataReceived):
+                    resp.body += event.data
+                    if self.acking:
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    else:
+                        resp.unacked += event.flow_controlled_length
+                elif isinstance(event, h2.events.TrailersReceived):
+                    resp.trailers = list(event.headers)
+                elif isinstance(event, h2.events.StreamEnded):
+                    resp.complete = True
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset.add(event.stream_id)
+                elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                    self._send_pending()
+            self._write()
+
+    def _ended(self, sid: int) -> bool:
+        return self.responses[sid].complete or sid in self.reset or self.eof
+
+    async def response(self, timeout: float = TIMEOUT) -> Response:
+        """The current stream's response, complete, or as far as it got when it was reset."""
+        sid = self.sid
+        if not self.acking:
+            self.acking = True     # the client reads from now on: give back what it held
+            for stream_id, resp in self.responses.items():
+                if resp.unacked:
+                    self.conn.acknowledge_received_data(resp.unacked, stream_id)
+                    resp.unacked = 0
+            self._write()
+        await until(lambda: self._ended(sid), timeout)
+        return self.responses[sid]
+
+    async def cut_off(self, timeout: float = TIMEOUT) -> bool:
+        """True once the server ended what it was sending: RST_STREAM on the stream, or a close."""
+        sid = self.sid
+        await until(lambda: sid in self.reset or self.eof, timeout)
+        return True
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+class Http2Codec(Http1Codec):
+    """DownstreamHttp2 (reached as a real client reaches it: the HTTP/1 codec hands over on
+    the h2c preface), with Http2Client."""
+
+    name = "http2"
+    hold_allows = 65535     # flow control lets in one stream window after pause_reading
+    client = Http2Client
+
+    @staticmethod
+    def connected(listener: RecordingListener, clients: int) -> bool:
+        return listener.replaced >= clients     # the preface arrived: DownstreamHttp2 took over
+
+
+CODECS = [Http1Codec(), Http2Codec()]

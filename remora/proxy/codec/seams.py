@@ -143,12 +143,16 @@ class CodecListener(Protocol):
     paths: Any                # PathNormalizer applied to suspect request targets
     draining: bool            # responses carry connection close (or GOAWAY) while draining
     reply_header: tuple | None   # inbound metadata-exchange header for mesh callers
+    stats: Any                # ListenerStats: the downstream_cx_* / downstream_rq_* counters codecs keep
+    http2: Any                # Http2Stats (codec/http2.py): the HTTP/2 codec's own counters
 
     def new_exchange(self, stream: DownstreamStream, head: RequestHead, routed: bool = True) -> RouterStream:
         """The router's stream for a request head (routed=False: only for a local error reply)."""
 
     def connection_opened(self, conn: DownstreamConnection) -> None: ...
     def connection_closed(self, conn: DownstreamConnection) -> None: ...
+    def connection_replaced(self, old: DownstreamConnection, new: DownstreamConnection) -> None:
+        """The connection changed codec (the HTTP/2 preface or ALPN h2): same socket, new owner."""
     def count_protocol_error(self, status: int) -> None: ...
     def local_spiffe_id(self) -> str | None: ...
     def tunnel_opened(self, exchange: RouterStream, resp: ResponseHead) -> Any: ...
