@@ -264,3 +264,37 @@ def test_bad_preface_is_refused():
     server = ServerConnection(100, 60 * 1024)
     with pytest.raises(Http2Error):
         server.receive_data(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+
+
+def test_remembered_blocks_follow_the_table():
+    """A request block replayed after the client's table changed decodes as the table now
+    says (as hpack's reference decoder does), not as it did when first seen; repeated
+    response heads, remembered encoded, still decode in h2 when new fields come between."""
+    from hpack import Decoder
+
+    pair = Pair()
+    reference = Decoder()
+    static = b"\x82\x84\x86\x01\x03svc"     # :method GET, :path /, :scheme http (static), :authority literal
+    first = static + b"\x40\x03x-a\x011"       # x-a: 1 added to the table (index 62)
+    repeat = static + b"\xbe"                  # index 62: leaves the table as it is, so remembered
+    shifted = static + b"\x40\x03x-a\x012"     # x-a: 2 added: index 62 is now x-a: 2
+    seen = []
+    for i, block in enumerate([first, repeat, shifted, repeat]):
+        events = pair.server.receive_data(HeadersFrame(1 + 2 * i, data=block, flags=["END_HEADERS", "END_STREAM"])
+                                          .serialize())
+        request = [e for e in events if isinstance(e, f.RequestReceived)][0]
+        assert request.headers == [tuple(field) for field in reference.decode(block, raw=True)], i
+        seen.append(request.headers[-1])
+    assert seen == [(b"x-a", b"1"), (b"x-a", b"1"), (b"x-a", b"2"), (b"x-a", b"2")]
+    for i, extra in enumerate([[], [], [(b"x-new", b"1")], []]):
+        block = [(b":status", b"200"), (b"content-type", b"application/grpc")] + extra
+        pair.server.send_headers(1 + 2 * i, block, end_stream=True)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    for sid in range(1, 9, 2):
+        client.send_headers(sid, REQUEST, end_stream=True)
+    client.data_to_send()
+    heads = [e.headers for e in client.receive_data(pair.server.data_to_send())
+             if isinstance(e, h2.events.ResponseReceived)]
+    assert [len(h) for h in heads] == [2, 2, 3, 2] and heads[0] == heads[1] == heads[3]
+    assert heads[2][2] == (b"x-new", b"1")

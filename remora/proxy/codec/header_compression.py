@@ -18,8 +18,12 @@ Rules:
 - Encoding: names and values go as raw strings (no Huffman: loopback and pod networks do
   not need the bytes saved and the CPU is the scarce thing). Fields are added to the
   dynamic table, so a response's repeated fields cost one byte each, except credentials
-  and cookies (never indexed, as nghttp2 does) and values above 256 bytes (literal,
-  unindexed: they would evict everything else).
+  and cookies (never indexed, as nghttp2 does), values new on every request (request ids,
+  trace context) and values above 256 bytes (literal, unindexed: they would evict the
+  fields that repeat).
+- `generation` (decoder) and `inserted` (encoder) change whenever a table does: blocks that
+  leave the table as it was can be remembered by the session (http2_session.py,
+  http2_send.py) and replayed without decoding or encoding again.
 """
 from __future__ import annotations
 
@@ -34,6 +38,10 @@ ENTRY_OVERHEAD = 32                         # RFC 7541 4.1
 DEFAULT_TABLE_SIZE = 4096
 MAX_INDEXED_VALUE = 256
 NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
+# Values new on every request: added to the table they would only evict the fields that
+# repeat (and cost an insertion each), so they go as literals without indexing.
+UNIQUE_PER_REQUEST = frozenset((b"x-request-id", b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",
+                                b"x-b3-spanid", b"x-b3-parentspanid", b"x-client-trace-id"))
 STATIC_EXACT = {}
 STATIC_NAME = {}
 for _i, (_name, _value) in enumerate(STATIC, 1):
@@ -84,11 +92,12 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HpackDecoder:
     """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
 
-    __slots__ = ("max_list_size", "max_table_size", "table", "table_size")
+    __slots__ = ("generation", "max_list_size", "max_table_size", "table", "table_size")
 
     def __init__(self, max_list_size: int) -> None:
         self.table: deque = deque()       # newest first: dynamic index 62 is table[0]
         self.table_size = 0
+        self.generation = 0               # bumped on every table change (see Http2Session's block cache)
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
         self.max_list_size = max_list_size
 
@@ -116,6 +125,7 @@ class HpackDecoder:
                 if new_size > self.max_table_size:
                     raise CompressionError("table size update above SETTINGS_HEADER_TABLE_SIZE")
                 self._shrink(new_size)
+                self.generation += 1
                 continue
             else:                                     # literal, not indexed / never indexed
                 index, pos = _integer(data, pos, 0x0F)
@@ -139,6 +149,7 @@ class HpackDecoder:
             raise CompressionError(f"header index {index} is not in the table") from None
 
     def _add(self, field: tuple[bytes, bytes]) -> None:
+        self.generation += 1
         entry = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
         if entry > self.max_table_size:
             self.table.clear()       # RFC 7541 4.4: an entry larger than the table empties it
@@ -213,7 +224,7 @@ class HpackEncoder:
                 continue
             name, value = field
             name_index = STATIC_NAME.get(name, 0)
-            if name in NEVER_INDEXED or len(value) > MAX_INDEXED_VALUE:
+            if name in NEVER_INDEXED or name in UNIQUE_PER_REQUEST or len(value) > MAX_INDEXED_VALUE:
                 first, prefix = (0x10 if name in NEVER_INDEXED else 0x00), 4
                 add = False
             else:

@@ -63,18 +63,20 @@ class ClientConnection(Http2Session):
         return stream is not None and not stream.local_closed
 
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes, events: list) -> None:
-        headers = self.decoder.decode(block)     # always decoded: the table must stay in step
+        # Every block is decoded, whatever becomes of it: the table must stay in step.
         stream = self.streams.get(stream_id)
-        if stream is None:
+        if stream is None or stream.remote_closed:
+            self.decoder.decode(block)
+            if stream is not None:
+                raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
             if stream_id > self.highest_stream_id:
                 raise Http2Error(f"HEADERS on idle stream {stream_id}")
             return                               # a stream we reset: late frames are ignored
-        if stream.remote_closed:
-            raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
-        if headers is None:
-            raise Http2Error("response header list over SETTINGS_MAX_HEADER_LIST_SIZE")
         if not stream.got_head:
-            status, length = check_response_fields(headers)
+            headers, checked = self._decode_checked(block, check_response_fields)
+            if headers is None:
+                raise Http2Error("response header list over SETTINGS_MAX_HEADER_LIST_SIZE")
+            status, length = checked
             if status < 200:
                 if end_stream:
                     raise Http2Error("an informational response ended the stream")
@@ -83,6 +85,9 @@ class ClientConnection(Http2Session):
             stream.expected_length = None if end_stream else length
             events.append(wire.ResponseReceived(stream_id, headers, end_stream))
         else:
+            headers = self.decoder.decode(block)
+            if headers is None:
+                raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
             if not end_stream:
                 raise Http2Error("trailers without END_STREAM")
             check_trailer_fields(headers)

@@ -11,6 +11,7 @@ from remora.proxy.codec.http2_frames import (
 from remora.proxy.codec.http2_validation import outbound_fields
 
 REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
+ENCODED_CACHE = 64             # header blocks remembered per connection (see _encode)
 
 
 class StreamState:
@@ -34,6 +35,7 @@ class Http2Sending:
     """ServerConnection's outbound side (its state is set up by ServerConnection.__init__)."""
 
     encoder: HpackEncoder
+    encoded_blocks: dict        # tuple(fields) -> (encoder.inserted, block)
     streams: dict
     reset_by_us: dict
     out: list
@@ -80,7 +82,7 @@ class Http2Sending:
     def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
         """A response head, or trailers with end_stream (names lower-cased here)."""
         stream = self._open_for_sending(stream_id)
-        block = self.encoder.encode(outbound_fields(headers))
+        block = self._encode(headers)
         size = self.max_outbound_frame_size
         flags = END_STREAM if end_stream else 0
         if len(block) <= size:
@@ -92,6 +94,24 @@ class Http2Sending:
                 self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
         if end_stream:
             self._close_local(stream_id, stream)
+
+    def _encode(self, headers: list) -> bytes:
+        """The HPACK block of `headers`. A block that inserted nothing in the table (all its
+        fields already there) encodes to the same bytes while the table stays as it is: a
+        response head or trailers repeated on every stream are remembered, not re-encoded."""
+        encoder = self.encoder
+        key = tuple(headers)
+        cache = self.encoded_blocks
+        hit = cache.get(key)
+        if hit is not None and hit[0] == encoder.inserted and encoder.size_update is None:
+            return hit[1]
+        inserted = encoder.inserted
+        block = encoder.encode(outbound_fields(headers))
+        if encoder.inserted == inserted:
+            if len(cache) >= ENCODED_CACHE:
+                cache.clear()
+            cache[key] = (inserted, block)
+        return block
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""

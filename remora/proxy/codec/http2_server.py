@@ -28,8 +28,9 @@ What it enforces (RFC 9113, with Envoy's choices where the RFC leaves one):
   and credited to the connection window.
 This module holds the server's own part (a request header block and new streams); the
 frame loop and everything both roles share is Http2Session (http2_session.py), the sending
-half Http2Sending (http2_send.py); the client role is http2_client.py. On a connection error, `receive_data` queues GOAWAY with the error code and raises
-Http2Error; nothing more is read or sent after it.
+half Http2Sending (http2_send.py); the client role is http2_client.py. On a connection
+error, `receive_data` queues GOAWAY with the error code and raises Http2Error; nothing
+more is read or sent after it.
 """
 from __future__ import annotations
 
@@ -51,9 +52,10 @@ class ServerConnection(Http2Session):
         return self.highest_stream_id
 
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes, events: list) -> None:
-        headers = self.decoder.decode(block)     # always decoded: the table must stay in step
+        # Every block is decoded, whatever becomes of it: the table must stay in step.
         stream = self.streams.get(stream_id)
         if stream is not None:                   # trailers
+            headers = self.decoder.decode(block)
             if stream.remote_closed:
                 raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
             if not end_stream:
@@ -69,17 +71,22 @@ class ServerConnection(Http2Session):
             events.append(wire.StreamEnded(stream_id))
             return
         if stream_id <= self.highest_stream_id:
+            self.decoder.decode(block)
             if stream_id in self.reset_by_us:
                 return                           # late frames of a stream we reset
             raise Http2Error(f"HEADERS on closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
+        try:
+            headers, content_length = self._decode_checked(block, check_request_fields)
+        except Http2Error:
+            self.highest_stream_id = stream_id   # malformed, but taken: the GOAWAY names it
+            raise
         self.highest_stream_id = stream_id
         if len(self.streams) >= self.max_concurrent_streams:
             self.out.append(rst_stream_frame(stream_id, ErrorCode.REFUSED_STREAM))
             self._remember_reset(stream_id)
             return
         stream = StreamState(self.peer_initial_window, self.local_initial_window)
-        if headers is not None:
-            stream.expected_length = check_request_fields(headers)
+        stream.expected_length = content_length
         self.streams[stream_id] = stream
         events.append(wire.RequestReceived(stream_id, headers, end_stream))
         if end_stream:

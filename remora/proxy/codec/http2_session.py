@@ -21,6 +21,7 @@ from remora.proxy.codec.http2_frames import (
 from remora.proxy.codec.http2_send import Http2Sending, StreamState
 
 MAX_CONTINUATIONS = 8          # nghttp2's limit on CONTINUATION frames per header block
+BLOCK_CACHE = 64               # header blocks remembered per connection, with their check
 UNLIMITED_STREAMS = (1 << 31) - 1
 U32 = struct.Struct(">L")
 
@@ -45,6 +46,8 @@ class Http2Session(Http2Sending):
         self.settings_seen = False
         self.closed = False
         self.partial: tuple | None = None          # (stream id, flags, [fragments], count, bytes)
+        self.checked_blocks: dict = {}              # block -> (table generation, check, fields, result)
+        self.encoded_blocks: dict = {}              # fields -> (encoder.inserted, block): http2_send.py
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
         self.conn_send_window = DEFAULT_WINDOW
@@ -276,6 +279,29 @@ class Http2Session(Http2Sending):
             changed[code] = value
         self.out.append(frame(SETTINGS, ACK, 0))
         events.append(wire.RemoteSettingsChanged(changed))
+
+    def _decode_checked(self, block: bytes, check) -> tuple[list | None, object]:
+        """The block's fields and `check(fields)` (None, None over the header-list limit).
+
+        A client repeating its requests sends the same bytes every time once HPACK indexed
+        them; a block that leaves the table as it was (indexed fields, literals without
+        indexing) decodes to the same fields and passes the same check whenever the table
+        is again in that state, so it is remembered with its check's result."""
+        decoder = self.decoder
+        generation = decoder.generation
+        cache = self.checked_blocks
+        hit = cache.get(block)
+        if hit is not None and hit[0] == generation and hit[1] is check:
+            return list(hit[2]), hit[3]
+        headers = decoder.decode(block)
+        if headers is None:
+            return None, None
+        result = check(headers)
+        if decoder.generation == generation:
+            if len(cache) >= BLOCK_CACHE:
+                cache.clear()
+            cache[block] = (generation, check, headers, result)
+        return headers, result
 
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes, events: list) -> None:
         raise NotImplementedError   # the role's: a request (server) or a response (client)
