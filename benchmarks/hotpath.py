@@ -154,6 +154,23 @@ def grpc_calls(n: int) -> tuple[bytes, list[bytes], bytes, list[bytes]]:
     return opening, calls, server_opening, answers
 
 
+def _timed(down, up, exchanges, profile: bool) -> float:
+    """Seconds to feed each (client bytes, upstream bytes) pair to the two protocols; with
+    `profile`, cProfile's top functions are printed."""
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
+    start = time.perf_counter()
+    for client_bytes, upstream_bytes in exchanges:
+        down.data_received(client_bytes)
+        up.data_received(upstream_bytes)
+    elapsed = time.perf_counter() - start
+    if prof:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    return elapsed
+
+
 async def measure_grpc(n: int, profile: bool) -> float:
     """Python work per unary gRPC call: HTTP/2 downstream -> router -> HTTP/2 upstream."""
     worker = Worker(ProxyOptions(access_log="off"), load_mesh_text(GRPC_MESH))
@@ -170,17 +187,7 @@ async def measure_grpc(n: int, profile: bool) -> float:
     up.data_received(server_opening)
     pool.active.add(up)
     pool.conns.append(up)
-    prof = cProfile.Profile() if profile else None
-    if prof:
-        prof.enable()
-    start = time.perf_counter()
-    for call, answer in zip(calls, answers):
-        down.data_received(call)
-        up.data_received(answer)
-    elapsed = time.perf_counter() - start
-    if prof:
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    elapsed = _timed(down, up, zip(calls, answers), profile)
     assert listener.stats.by_class[2] == n, f"calls did not complete: {listener.stats.by_class}"
     return elapsed / n * 1e6
 
@@ -207,22 +214,8 @@ async def measure(n: int, profile: bool, resilience: bool = False, istio_metrics
     up = UpstreamHttp1(pool)
     up.connection_made(FakeTransport())
     up.release(True)    # into the pool, idle, as after a first response
-    prof = cProfile.Profile() if profile else None
-    if prof:
-        prof.enable()
-    start = time.perf_counter()
-    if http2:
-        for frame in frames:
-            down.data_received(frame)
-            up.data_received(RESPONSE)
-    else:
-        for _ in range(n):
-            down.data_received(request)
-            up.data_received(RESPONSE)
-    elapsed = time.perf_counter() - start
-    if prof:
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    exchanges = ((frame, RESPONSE) for frame in frames) if http2 else ((request, RESPONSE) for _ in range(n))
+    elapsed = _timed(down, up, exchanges, profile)
     assert listener.stats.by_class[2] == n, "requests did not complete"
     return elapsed / n * 1e6
 
