@@ -39,11 +39,10 @@ from remora.proxy.codec.http2_frames import (
 from remora.proxy.codec.http2_request import VERSION, request_head
 from remora.proxy.codec.http2_server import ServerConnection
 from remora.proxy.codec.http2_stream import Http2Stream
+from remora.proxy.codec.http2_timeouts import CLOSED, CLOSING, OPEN, Http2Timeouts
 from remora.proxy.codec.message import RequestHead
-from remora.proxy.router.deadlines import time_out_if_due
 from remora.proxy.telemetry.counters import Counters, set_nodelay
 
-OPEN, CLOSING, CLOSED = "open", "closing", "closed"   # connection states (CLOSING: close asked, not done)
 ALPN_H2 = "h2"
 STREAM_WINDOW = 65535          # per-stream receive window: request bytes held per stream
 PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_lifetime_seconds
@@ -58,7 +57,7 @@ class Http2Stats(Counters):
                  "outbound_control_flood")
 
 
-class DownstreamHttp2(asyncio.Protocol):
+class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
     """One HTTP/2 client connection on a listener (see the module docstring)."""
 
     def __init__(self, listener, tls: bool = False) -> None:
@@ -378,40 +377,3 @@ class DownstreamHttp2(asyncio.Protocol):
             pass
         self.stats.goaway_sent += 1
         self._close_after_flush()
-
-    # -- drain and timeouts (the worker's sweeper and drain) ------------------------------------
-    def begin_drain(self) -> None:
-        self.send_goaway()
-
-    def close_if_idle(self) -> bool:
-        """Drain: GOAWAY now; close at once when no stream is in flight."""
-        self.send_goaway()
-        return not self.streams
-
-    def route_deadline_due(self, now: float) -> None:
-        """The route-deadline wheel's look at this connection: the streams' exchanges are keyed
-        by it, never kept themselves (router/deadlines.py)."""
-        for stream in list(self.streams.values()):
-            time_out_if_due(stream.active, now)
-
-    def check_timeouts(self, now: float, settings) -> None:
-        if self.state == CLOSED or self.close_when_done:
-            return
-        if self.headers_since is not None and now - self.headers_since > settings.request_headers_timeout:
-            # As HTTP/1 answers 408: the stream was never opened, so GOAWAY NO_ERROR tells
-            # the client it was not processed (safe to retry) and the connection closes.
-            self.listener.count_protocol_error(408)
-            self._fatal_goaway(ErrorCode.NO_ERROR)
-            return
-        if not self.streams:
-            if now - self.idle_since > settings.idle_timeout:
-                self._fatal_goaway(ErrorCode.NO_ERROR)
-            return
-        limit = settings.stream_idle_timeout
-        for stream in list(self.streams.values()):
-            if now - stream.last_activity > limit:
-                exchange = stream.active
-                if exchange is not None and not exchange.finished:
-                    exchange.on_stream_idle_timeout()   # 408 SI, or SI after the head
-                if not stream.response_done:
-                    stream.reset_stream(ErrorCode.CANCEL)
