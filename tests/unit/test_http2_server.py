@@ -298,3 +298,23 @@ def test_remembered_blocks_follow_the_table():
              if isinstance(e, h2.events.ResponseReceived)]
     assert [len(h) for h in heads] == [2, 2, 3, 2] and heads[0] == heads[1] == heads[3]
     assert heads[2][2] == (b"x-new", b"1")
+
+
+def test_remembered_response_blocks_follow_evictions():
+    """With a small table (the client's SETTINGS_HEADER_TABLE_SIZE 70), a field too large for
+    it empties the table: a response head remembered before that is encoded again, and
+    every response still decodes in h2."""
+    pair = Pair()
+    pair.client.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 70})
+    pair.pump()
+    small = [(b":status", b"200"), (b"x-a", b"b")]
+    large = [(b":status", b"200"), (b"x-big", b"v" * 50)]
+    blocks = [small, small, large, small]
+    for i, block in enumerate(blocks):
+        sid = 1 + 2 * i
+        pair.client.send_headers(sid, REQUEST, end_stream=True)
+        pair.pump()
+        pair.server.send_headers(sid, block, end_stream=True)
+        pair.pump()
+    heads = [e.headers for e in pair.client_events if isinstance(e, h2.events.ResponseReceived)]
+    assert heads == blocks and pair.goaway() is None

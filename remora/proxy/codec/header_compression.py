@@ -21,9 +21,12 @@ Rules:
   and cookies (never indexed, as nghttp2 does), values new on every request (request ids,
   trace context) and values above 256 bytes (literal, unindexed: they would evict the
   fields that repeat).
-- `generation` (decoder) and `inserted` (encoder) change whenever a table does: blocks that
-  leave the table as it was can be remembered by the session (http2_session.py,
-  http2_send.py) and replayed without decoding or encoding again.
+- Both coders count their table's changes (`generation`: an insertion, an eviction, a size
+  change) and say whether the last block was made of indexed fields only
+  (`indexed_only`). Such a block leaves the table as it was, so the session remembers it
+  (http2_session.py, http2_send.py) and replays it while the generation is unchanged,
+  without decoding or encoding again; blocks with literals (a new request id every time)
+  are not worth remembering.
 """
 from __future__ import annotations
 
@@ -92,12 +95,13 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HpackDecoder:
     """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
 
-    __slots__ = ("generation", "max_list_size", "max_table_size", "table", "table_size")
+    __slots__ = ("generation", "indexed_only", "max_list_size", "max_table_size", "table", "table_size")
 
     def __init__(self, max_list_size: int) -> None:
         self.table: deque = deque()       # newest first: dynamic index 62 is table[0]
         self.table_size = 0
-        self.generation = 0               # bumped on every table change (see Http2Session's block cache)
+        self.generation = 0               # bumped on every table change (the module docstring)
+        self.indexed_only = False         # the last block had indexed fields only
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
         self.max_list_size = max_list_size
 
@@ -107,18 +111,21 @@ class HpackDecoder:
         size = 0
         pos = 0
         end = len(data)
+        indexed_only = True
         while pos < end:
             byte = data[pos]
             if byte & 0x80:                           # indexed field
                 index, pos = _integer(data, pos, 0x7F)
                 field = self._field(index)
             elif byte & 0x40:                         # literal, added to the table
+                indexed_only = False
                 index, pos = _integer(data, pos, 0x3F)
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
                 self._add(field)
             elif byte & 0x20:                         # dynamic table size update
+                indexed_only = False
                 if headers or size:
                     raise CompressionError("table size update after a field")
                 new_size, pos = _integer(data, pos, 0x1F)
@@ -128,6 +135,7 @@ class HpackDecoder:
                 self.generation += 1
                 continue
             else:                                     # literal, not indexed / never indexed
+                indexed_only = False
                 index, pos = _integer(data, pos, 0x0F)
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
@@ -138,6 +146,7 @@ class HpackDecoder:
                     headers = None      # keep decoding: the table must follow the client's
                 else:
                     headers.append(field)
+        self.indexed_only = indexed_only
         return headers
 
     def _field(self, index: int) -> tuple[bytes, bytes]:
@@ -189,7 +198,8 @@ def _encode_string(text: bytes) -> bytes:
 class HpackEncoder:
     """[(name, value)] (bytes, names lower-case) -> a response header block."""
 
-    __slots__ = ("entries", "inserted", "max_table_size", "positions", "size_update", "table_size")
+    __slots__ = ("entries", "generation", "indexed_only", "inserted", "max_table_size", "positions",
+                 "size_update", "table_size")
 
     def __init__(self) -> None:
         self.positions: dict = {}     # (name, value) -> insertion number of its newest copy
@@ -198,6 +208,8 @@ class HpackEncoder:
         self.table_size = 0
         self.max_table_size = DEFAULT_TABLE_SIZE
         self.size_update: int | None = None   # a table size update owed at the next block
+        self.generation = 0           # bumped on every table change (the module docstring)
+        self.indexed_only = False     # the last block had indexed fields only
 
     def set_max_table_size(self, peer_limit: int) -> None:
         """The client's SETTINGS_HEADER_TABLE_SIZE: our table stays within it (and 4096)."""
@@ -206,10 +218,12 @@ class HpackEncoder:
             self.max_table_size = size
             self._evict(size)
             self.size_update = size
+            self.generation += 1
 
     def encode(self, headers: list) -> bytes:
         out = []
-        if self.size_update is not None:
+        indexed_only = self.size_update is None
+        if not indexed_only:
             out.append(_encode_integer(self.size_update, 5, 0x20))
             self.size_update = None
         positions = self.positions
@@ -222,6 +236,7 @@ class HpackEncoder:
             if number is not None:
                 out.append(_encode_integer(self.inserted - number + STATIC_COUNT, 7, 0x80))
                 continue
+            indexed_only = False
             name, value = field
             name_index = STATIC_NAME.get(name, 0)
             if name in NEVER_INDEXED or name in UNIQUE_PER_REQUEST or len(value) > MAX_INDEXED_VALUE:
@@ -235,9 +250,11 @@ class HpackEncoder:
             out.append(_encode_string(value))
             if add:
                 self._add(field)
+        self.indexed_only = indexed_only
         return b"".join(out)
 
     def _add(self, field: tuple[bytes, bytes]) -> None:
+        self.generation += 1
         size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
         if size > self.max_table_size:
             self._evict(0)     # the peer empties its table too (RFC 7541 4.4)

@@ -30,6 +30,8 @@ from remora.proxy.codec.http2_validation import check_response_fields, check_tra
 class ClientConnection(Http2Session):
     """One HTTP/2 client connection's protocol state (see the module docstring)."""
 
+    shape_outbound_fields = False    # request fields come from upstream/http2_stream.h2_fields
+
     def __init__(self, max_header_list_size: int, initial_window: int = DEFAULT_WINDOW) -> None:
         super().__init__(0, max_header_list_size, initial_window, preface_expected=False)
         self.next_stream_id = 1
@@ -91,9 +93,7 @@ class ClientConnection(Http2Session):
             if not end_stream:
                 raise Http2Error("trailers without END_STREAM")
             check_trailer_fields(headers)
-            expected = stream.expected_length
-            if expected is not None and stream.received_length != expected:
-                raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
+            self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived(stream_id, headers))
         if end_stream:
             self._close_remote(stream_id, stream)

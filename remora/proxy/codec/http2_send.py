@@ -1,6 +1,7 @@
-"""The sending half of the downstream HTTP/2 session (ServerConnection, http2_server.py):
-what the codec calls to answer streams, give window back and end the connection, and
-the per-stream state both halves share. Frames go to `out` until `data_to_send`."""
+"""The sending half of an HTTP/2 session (Http2Session, http2_session.py, either role):
+what the codecs call to send heads, bodies and trailers, give window back and end the
+connection, and the per-stream state both halves share. Frames go to `out` until
+`data_to_send`."""
 from __future__ import annotations
 
 from remora.proxy.codec.header_compression import HpackEncoder
@@ -32,10 +33,13 @@ class StreamState:
 
 
 class Http2Sending:
-    """ServerConnection's outbound side (its state is set up by ServerConnection.__init__)."""
+    """Http2Session's outbound side (its state is set up by Http2Session.__init__)."""
 
+    # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
+    # fields); the client role's come already shaped (upstream/http2_stream.h2_fields).
+    shape_outbound_fields = True
     encoder: HpackEncoder
-    encoded_blocks: dict        # tuple(fields) -> (encoder.inserted, block)
+    encoded_blocks: dict        # tuple(fields) -> (encoder generation, block)
     streams: dict
     reset_by_us: dict
     out: list
@@ -96,21 +100,20 @@ class Http2Sending:
             self._close_local(stream_id, stream)
 
     def _encode(self, headers: list) -> bytes:
-        """The HPACK block of `headers`. A block that inserted nothing in the table (all its
-        fields already there) encodes to the same bytes while the table stays as it is: a
-        response head or trailers repeated on every stream are remembered, not re-encoded."""
+        """The HPACK block of `headers`. A block of indexed fields only encodes to the same
+        bytes while the table does not change: a response head or trailers repeated on every
+        stream are remembered, not re-encoded (header_compression.py's docstring)."""
         encoder = self.encoder
         key = tuple(headers)
         cache = self.encoded_blocks
         hit = cache.get(key)
-        if hit is not None and hit[0] == encoder.inserted and encoder.size_update is None:
+        if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
             return hit[1]
-        inserted = encoder.inserted
-        block = encoder.encode(outbound_fields(headers))
-        if encoder.inserted == inserted:
+        block = encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
+        if encoder.indexed_only:
             if len(cache) >= ENCODED_CACHE:
                 cache.clear()
-            cache[key] = (inserted, block)
+            cache[key] = (encoder.generation, block)
         return block
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:

@@ -63,9 +63,7 @@ class ServerConnection(Http2Session):
             if headers is None:
                 raise Http2Error("trailers over the header list limit", ErrorCode.ENHANCE_YOUR_CALM)
             check_trailer_fields(headers)
-            expected = stream.expected_length
-            if expected is not None and stream.received_length != expected:
-                raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
+            self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived(stream_id, headers))
             self._close_remote(stream_id, stream)
             events.append(wire.StreamEnded(stream_id))

@@ -47,7 +47,7 @@ class Http2Session(Http2Sending):
         self.closed = False
         self.partial: tuple | None = None          # (stream id, flags, [fragments], count, bytes)
         self.checked_blocks: dict = {}              # block -> (table generation, check, fields, result)
-        self.encoded_blocks: dict = {}              # fields -> (encoder.inserted, block): http2_send.py
+        self.encoded_blocks: dict = {}              # fields -> (encoder generation, block): http2_send.py
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
         self.conn_send_window = DEFAULT_WINDOW
@@ -104,7 +104,7 @@ class Http2Session(Http2Sending):
             raise Http2Error("a header block was interrupted before END_HEADERS")
         if not self.settings_seen:
             if kind != SETTINGS or flags & ACK:
-                raise Http2Error("the client preface must be followed by SETTINGS")
+                raise Http2Error("the connection preface must be SETTINGS first")
             self.settings_seen = True
         if kind == DATA:
             self._data(flags, stream_id, payload, events)
@@ -137,7 +137,7 @@ class Http2Session(Http2Sending):
             last, code = struct.unpack_from(">LL", payload)
             events.append(wire.ConnectionTerminated(code, last & 0x7FFFFFFF))
         elif kind == PUSH_PROMISE:
-            raise Http2Error("PUSH_PROMISE from a client")
+            raise Http2Error("PUSH_PROMISE: push is not enabled (a client never sends it)")
         # other frame types are ignored (RFC 9113 5.5)
 
     @staticmethod
@@ -284,24 +284,29 @@ class Http2Session(Http2Sending):
         """The block's fields and `check(fields)` (None, None over the header-list limit).
 
         A client repeating its requests sends the same bytes every time once HPACK indexed
-        them; a block that leaves the table as it was (indexed fields, literals without
-        indexing) decodes to the same fields and passes the same check whenever the table
-        is again in that state, so it is remembered with its check's result."""
+        them. A block of indexed fields only leaves the table as it was, and decodes to the
+        same fields (passing the same check) while the table does not change: it is
+        remembered with its check's result (header_compression.py's docstring)."""
         decoder = self.decoder
-        generation = decoder.generation
         cache = self.checked_blocks
         hit = cache.get(block)
-        if hit is not None and hit[0] == generation and hit[1] is check:
+        if hit is not None and hit[0] == decoder.generation and hit[1] is check:
             return list(hit[2]), hit[3]
         headers = decoder.decode(block)
         if headers is None:
             return None, None
         result = check(headers)
-        if decoder.generation == generation:
+        if decoder.indexed_only:
             if len(cache) >= BLOCK_CACHE:
                 cache.clear()
-            cache[block] = (generation, check, headers, result)
+            cache[block] = (decoder.generation, check, tuple(headers), result)
         return headers, result
+
+    def _check_body_length(self, stream_id: int, stream: StreamState) -> None:
+        """At the end of a stream's body (its trailers): the DATA adds up to its content-length."""
+        expected = stream.expected_length
+        if expected is not None and stream.received_length != expected:
+            raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
 
     def _header_block(self, stream_id: int, end_stream: bool, block: bytes, events: list) -> None:
         raise NotImplementedError   # the role's: a request (server) or a response (client)
