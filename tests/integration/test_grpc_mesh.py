@@ -346,8 +346,9 @@ def test_grpc_timeout_header_caps_the_route_timeout(mesh):
 
 def test_one_gib_server_stream_moves_at_flat_memory(mesh):
     """1 GiB (1,024 messages of 1 MiB) streamed from the server through both sidecars with
-    mTLS arrives whole, while neither sidecar's RSS grows by more than 64 MiB: flow control
-    holds each stream to its windows on every hop instead of buffering the stream."""
+    mTLS arrives whole, while neither sidecar's RSS grows by more than 64 MiB: nothing on
+    the way keeps what it forwarded (a fast reader; slow readers and writers are the
+    flow-control tests of test_http2_downstream.py)."""
     peaks = {"a": 0, "b": 0}
     before = {"a": mesh.a.rss_kib(), "b": mesh.b.rss_kib()}
     done = threading.Event()

@@ -324,10 +324,7 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
     def acknowledge(self, size: int, sid: int) -> None:
         """Give the client its window back for `size` bytes the proxy no longer holds."""
         if size:
-            try:
-                self.session.acknowledge_received_data(size, sid)
-            except Http2Error:
-                pass    # the connection is already closing
+            self.session.acknowledge_received_data(size, sid)   # a closed session ignores it
 
     # -- writing -----------------------------------------------------------------------------
     def wrote(self) -> None:

@@ -192,6 +192,7 @@ class Http2Stream:
             return
         conn = self.conn
         out = self.out
+        ended = False      # END_STREAM went out on the last DATA frame
         if out and not conn.output_paused:
             session = conn.session
             sid = self.stream_id
@@ -213,14 +214,8 @@ class Http2Stream:
                     piece = piece[:size]
                 window -= size
                 sent += size
-                if end_on_data and not out:
-                    session.send_data(sid, piece, end_stream=True)
-                    self.out_bytes -= sent
-                    self.last_activity = conn.loop.time()
-                    conn.wrote()
-                    self._response_sent()
-                    return self._resume_upstream()
-                session.send_data(sid, piece)
+                ended = end_on_data and not out
+                session.send_data(sid, piece, end_stream=ended)
             if sent:
                 self.out_bytes -= sent
                 self.last_activity = conn.loop.time()
@@ -228,7 +223,7 @@ class Http2Stream:
         if not out and self.ending:
             if self.trailers is not None:
                 self._headers(self.trailers, end=True)
-            else:
+            elif not ended:
                 try:
                     self.conn.session.end_stream(self.stream_id)
                 except Http2Error:
@@ -237,9 +232,6 @@ class Http2Stream:
                 self.conn.wrote()
             if not self.response_done:
                 self._response_sent()
-        self._resume_upstream()
-
-    def _resume_upstream(self) -> None:
         if self.write_paused and self.out_bytes <= OUT_LOW:
             self.write_paused = False
             if self.active is not None and not self.response_done:

@@ -33,7 +33,7 @@ def check_request_fields(headers: list) -> int | None:
     """Raise Http2Error (PROTOCOL_ERROR: a malformed request) or give the content-length."""
     seen: set = set()
     regular = False
-    content_length = None
+    content_length = method = None
     for name, value in headers:
         if name[:1] == b":":
             if regular:
@@ -45,6 +45,8 @@ def check_request_fields(headers: list) -> int | None:
             if FORBIDDEN_IN_VALUE.search(value):
                 raise Http2Error(f"invalid value for {name.decode()}")
             seen.add(name)
+            if name == b":method":
+                method = value
             continue
         regular = True
         _check_field(name, value)
@@ -52,9 +54,8 @@ def check_request_fields(headers: list) -> int | None:
             if not value.isdigit() or (content_length is not None and int(value) != content_length):
                 raise Http2Error("invalid content-length")
             content_length = int(value)
-    if b":method" not in seen:
+    if method is None:
         raise Http2Error("request without :method")
-    method = next(value for name, value in headers if name == b":method")
     if method != b"CONNECT" and (b":scheme" not in seen or b":path" not in seen):
         raise Http2Error("request without :scheme or :path")
     return content_length
