@@ -1,4 +1,4 @@
-"""The `remora` command: `remora proxy | wait | control | apply | get | delete | status | proxy-config | token | analyze | envoy-config | inject | iptables`."""
+"""The `remora` command: `remora proxy | gateway | wait | control | apply | get | delete | status | proxy-config | token | analyze | envoy-config | inject | iptables`."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,17 @@ def _http_url(text: str) -> str:
     return text
 
 
+def _port_map(text: str) -> dict[int, int]:
+    mapping = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        port, sep, local = part.partition("=")
+        if not sep or not port.isdigit() or not local.isdigit() or not 0 < int(port) < 65536 \
+                or not 0 <= int(local) < 65536:
+            raise argparse.ArgumentTypeError(f"expected PORT=LOCAL (e.g. 80=8080), got {part!r}")
+        mapping[int(port)] = int(local)
+    return mapping
+
+
 def remora_version() -> str:
     """The installed distribution's version; pyproject.toml is its one source."""
     from importlib.metadata import PackageNotFoundError, version
@@ -57,7 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"remora {remora_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    proxy = sub.add_parser("proxy", help="run the sidecar proxy")
+    _add_data_plane_parser(sub, gateway=False)
+    _add_data_plane_parser(sub, gateway=True)
+    from remora.proxy.process.wait import add_wait_parser
+    add_wait_parser(sub, _http_url, _seconds)
+    analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
+    analyze.add_argument("paths", nargs="+")
+    analyze.add_argument("-n", "--namespace", default=None,
+                         help="namespace of documents without metadata.namespace (istioctl analyze -n; "
+                              "default: default)")
+    from remora.xds.envoy_command import add_envoy_config_parser
+    add_envoy_config_parser(sub, _labels)
+    _add_control_commands(sub)
+    from remora.kube.command import add_inject_parser
+    add_inject_parser(sub, _http_url)
+    from remora.intercept.command import add_iptables_parser
+    add_iptables_parser(sub)
+    return parser
+
+
+def _add_data_plane_parser(sub, gateway: bool) -> None:
+    """`remora proxy` (a sidecar), or `remora gateway` (listeners from Gateway servers)."""
+    if gateway:
+        proxy = sub.add_parser("gateway", help="run an ingress or egress gateway (Istio Gateway servers)")
+    else:
+        proxy = sub.add_parser("proxy", help="run the sidecar proxy")
     proxy.add_argument("--mesh-config", action="append", default=[], metavar="PATH",
                        help="Istio YAML file or directory (repeatable); or use --control")
     # Not -n/--namespace: that is the workload's namespace (identity group below), which
@@ -80,12 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--credentials-dir", default=None, metavar="DIR",
                        help="DestinationRule tls.credentialName NAME is read from DIR/NAME/ (tls.crt, "
                             "tls.key, ca.crt: a mounted Secret); see docs/security.md")
-    proxy.add_argument("--outbound-port", type=int, default=15001)
+    if not gateway:
+        proxy.add_argument("--outbound-port", type=int, default=15001)
     proxy.add_argument("--admin-port", type=int, default=15000)
-    proxy.add_argument("--inbound-port", type=int, default=None)
-    proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")
-    proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
-    proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
+    if gateway:
+        proxy.add_argument("--bind", default="127.0.0.1",
+                           help="address of the server ports (a server's own `bind` wins; 0.0.0.0 in a pod)")
+        proxy.add_argument("--port-map", type=_port_map, default={}, metavar="PORT=LOCAL,...",
+                           help="listen for Gateway server port PORT on local port LOCAL (the gateway "
+                                "Service's targetPort: 80=8080,443=8443); default: the port itself")
+    else:
+        proxy.add_argument("--inbound-port", type=int, default=None)
+        proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")
+        proxy.add_argument("--bind", default="127.0.0.1", help="outbound listener address")
+        proxy.add_argument("--inbound-bind", default="127.0.0.1", help="inbound listener address")
     proxy.add_argument("--admin-bind", default="127.0.0.1",
                        help="admin address; keep it on loopback: admin can quit the proxy")
     proxy.add_argument("--prometheus-port", type=int, default=15090,
@@ -130,38 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
-    capture = proxy.add_argument_group("transparent capture (after `remora iptables`; docs/interception.md)")
-    capture.add_argument("--capture", action="store_true",
-                         help="the listeners receive iptables-redirected connections: original "
-                              "destinations, TCP proxying, passthrough; inbound to every app port")
-    capture.add_argument("--outbound-traffic-policy", choices=["ALLOW_ANY", "REGISTRY_ONLY"],
-                         default="ALLOW_ANY", help="captured traffic to no mesh service: pass it "
-                         "through (default) or refuse it (502 NR for HTTP, closed for TCP)")
+    if not gateway:
+        capture = proxy.add_argument_group("transparent capture (after `remora iptables`; docs/interception.md)")
+        capture.add_argument("--capture", action="store_true",
+                             help="the listeners receive iptables-redirected connections: original "
+                                  "destinations, TCP proxying, passthrough; inbound to every app port")
+        capture.add_argument("--outbound-traffic-policy", choices=["ALLOW_ANY", "REGISTRY_ONLY"],
+                             default="ALLOW_ANY", help="captured traffic to no mesh service: pass it "
+                             "through (default) or refuse it (502 NR for HTTP, closed for TCP)")
     identity = proxy.add_argument_group("workload identity (registration, telemetry labels, mTLS)")
-    identity.add_argument("--service", default=None, help="the service this workload serves (e.g. reviews)")
-    identity.add_argument("--namespace", default="default")
-    identity.add_argument("--service-account", default="default")
-    identity.add_argument("--labels", type=_labels, default={}, metavar="K=V,...",
+    # A gateway's defaults are istio-ingressgateway's: what Gateway selectors and
+    # AuthorizationPolicy principals written for Istio expect.
+    identity.add_argument("--service", default="istio-ingressgateway" if gateway else None,
+                          help="the service this workload serves (e.g. reviews)")
+    identity.add_argument("--namespace", default="istio-system" if gateway else "default")
+    identity.add_argument("--service-account", default="istio-ingressgateway-service-account" if gateway else "default")
+    identity.add_argument("--labels", type=_labels, default={"istio": "ingressgateway", "app": "istio-ingressgateway"}
+                          if gateway else {}, metavar="K=V,...",
                           help="workload labels, e.g. app=reviews,version=v2")
     identity.add_argument("--workload", default=None, help="workload name (default: app-version)")
     identity.add_argument("--trust-domain", default="cluster.local")
     identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
-
-    from remora.proxy.process.wait import add_wait_parser
-    add_wait_parser(sub, _http_url, _seconds)
-    analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
-    analyze.add_argument("paths", nargs="+")
-    analyze.add_argument("-n", "--namespace", default=None,
-                         help="namespace of documents without metadata.namespace (istioctl analyze -n; "
-                              "default: default)")
-    from remora.xds.envoy_command import add_envoy_config_parser
-    add_envoy_config_parser(sub, _labels)
-    _add_control_commands(sub)
-    from remora.kube.command import add_inject_parser
-    add_inject_parser(sub, _http_url)
-    from remora.intercept.command import add_iptables_parser
-    add_iptables_parser(sub)
-    return parser
 
 
 CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config", "token")
@@ -269,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # every argument, --help included, belongs to the harness
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "proxy":
-        return _proxy(args)
+    if args.command in ("proxy", "gateway"):
+        from remora.cli_data_plane import run_from_args
+        return run_from_args(args)
     if args.command == "wait":
         from remora.proxy.process.wait import run_wait
         return run_wait(args)
@@ -294,32 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _load(paths, namespace=None):
-    from remora.config.loader import ConfigError, load_mesh_config
-    try:
-        return load_mesh_config(paths, namespace)
-    except ConfigError as err:
-        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
-        return None
-    except OSError as err:
-        print(f"remora: cannot read configuration: {err}", file=sys.stderr)
-        return None
-
-
-def _origination_files_ok(config, options) -> bool:
-    """The files DestinationRules name for TLS origination exist and parse (else the config is refused)."""
-    from remora.config.loader import ConfigError
-    from remora.proxy.upstream.cluster import build_clusters
-    from remora.proxy.upstream.tls_origination import OriginContexts, check_origination
-    clusters = [c for info in build_clusters(config, options.identity).values() for c in info.clusters.values()]
-    try:
-        check_origination(clusters, OriginContexts(options.credentials_dir))
-    except ConfigError as err:
-        print(f"remora: invalid configuration\n{err}", file=sys.stderr)
-        return False
-    return True
-
-
 def _analyze(args) -> int:
     # The control server's own validation (files read and checked the same way), so a
     # directory that passes here is accepted by `remora control --config-dir`.
@@ -340,106 +347,3 @@ def _analyze(args) -> int:
         print(f"info: {note}")
     print(f"ok: configuration version {config.version} is valid")
     return 0
-
-
-def _proxy(args) -> int:
-    from remora.proxy.process.listener import ListenerSettings
-    from remora.proxy.process.run import run_proxy
-    from remora.proxy.security.identity import WorkloadIdentity
-    from remora.proxy.process.worker import ProxyOptions
-
-    if (args.inbound_port is None) != (args.app_port is None):
-        print("remora: --inbound-port and --app-port go together", file=sys.stderr)
-        return 2
-    control = args.control
-    if control is None and not args.mesh_config:
-        control = os.environ.get("REMORA_CONTROL") or None
-    if args.mesh_config and control:
-        print("remora: give either --mesh-config PATH (config from files) or --control URL "
-              "(config from a control server), not both", file=sys.stderr)
-        return 2
-    if not args.mesh_config and not control:
-        print("remora: give --mesh-config PATH (config from files) or --control URL "
-              "(config from a control server; or set REMORA_CONTROL)", file=sys.stderr)
-        return 2
-    if args.state_dir and not control:
-        print("remora: --state-dir keeps pushed config; it goes with --control", file=sys.stderr)
-        return 2
-    if args.token is not None and not control:
-        print("remora: --token gets a certificate from the control server's CA; it goes with --control",
-              file=sys.stderr)
-        return 2
-    token = args.token if args.token is not None else (os.environ.get("REMORA_TOKEN") or None) if control else None
-    if token is not None and not token.strip():
-        print("remora: --token: empty", file=sys.stderr)
-        return 2
-    if args.cert_dir and token:
-        print("remora: give either --cert-dir DIR (certificate from files) or --token (certificate "
-              "from the control server's CA), not both", file=sys.stderr)
-        return 2
-    if args.cert_dir:
-        from remora.proxy.security.tls import CertDirError, load_cert_dir
-        try:
-            load_cert_dir(args.cert_dir)
-        except CertDirError as err:
-            print(f"remora: --cert-dir: {err}", file=sys.stderr)
-            return 2
-    config = None
-    if control:
-        from remora.proxy.control.xds_client import stream_url
-        try:
-            stream_url(control)
-        except ValueError as err:
-            print(f"remora: --control: {err}", file=sys.stderr)
-            return 2
-    else:
-        config = _load(args.mesh_config, args.mesh_config_namespace)
-        if config is None:
-            return 1
-        from remora.config.analysis import certificate_warnings
-        for warning in certificate_warnings(config, has_certificate=bool(args.cert_dir)):
-            print(f"remora proxy: warning: {warning}", file=sys.stderr)
-        if config.request_authentications:
-            # No control server to inline jwksUri keys: fetch them once, now (docs/security.md).
-            from remora.xds.jwks_fetch import fetch_for_files
-            config = fetch_for_files(config, lambda line: print(f"remora proxy: {line}", file=sys.stderr))
-    if args.credentials_dir and not os.path.isdir(args.credentials_dir):
-        print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
-        return 2
-    capture = None
-    if args.capture:   # the proxy knows capture only through this object (proxy/process/capture_seam.py)
-        from remora.intercept.support import TransparentCapture
-        capture = TransparentCapture()
-    options = ProxyOptions(
-        mesh_config=args.mesh_config, outbound_port=args.outbound_port, admin_port=args.admin_port,
-        inbound_port=args.inbound_port, app_port=args.app_port, bind=args.bind,
-        inbound_bind=args.inbound_bind, admin_bind=args.admin_bind, workers=args.workers,
-        drain_seconds=args.drain_seconds, retry_buffer_bytes=args.retry_buffer_bytes,
-        access_log=args.access_log, prometheus_port=args.prometheus_port,
-        prometheus_bind=args.prometheus_bind or args.admin_bind,
-        health_port=args.health_port, health_bind=args.health_bind or args.admin_bind,
-        istio_metrics=args.istio_metrics,
-        access_log_format=args.access_log_format,
-        trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,
-        listener=ListenerSettings(idle_timeout=args.idle_timeout,
-                                  request_headers_timeout=args.request_headers_timeout,
-                                  stream_idle_timeout=args.stream_idle_timeout,
-                                  max_request_headers_count=args.max_request_headers_count,
-                                  http2_max_concurrent_streams=args.http2_max_concurrent_streams,
-                                  detection_timeout=args.protocol_detection_timeout,
-                                  path_normalization=args.path_normalization),
-        identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
-                                  service_account=args.service_account, labels=args.labels,
-                                  workload=args.workload, trust_domain=args.trust_domain,
-                                  node_id=args.node_id),
-        control=control, state_dir=args.state_dir, token=token.strip() if token else None,
-        cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=capture,
-        outbound_traffic_policy=args.outbound_traffic_policy,
-    )
-    if config is not None and not _origination_files_ok(config, options):
-        return 1
-    try:
-        return run_proxy(options, config)
-    except OSError as err:
-        print(f"remora: cannot start: {err}", file=sys.stderr)
-        return 1

@@ -103,7 +103,7 @@ def target_port_warnings(config: MeshConfig) -> list[str]:
 
 
 def gateway_warnings(config: MeshConfig) -> list[str]:
-    defined = {ref.split("/", 1)[1] for ref in config.skipped if ref.startswith("Gateway/")}
+    defined = {f"{gw.namespace}/{gw.name}" for gw in config.gateways}
     warnings = []
     for vs in config.virtual_services:
         refs = [("spec.gateways", name) for name in vs.spec.gateways]

@@ -49,3 +49,57 @@ def selects_workload(source_labels: dict | None, source_namespace: str | None,
     if source_namespace:
         return namespace is not None and namespace == source_namespace
     return True
+
+
+# ---- gateway workloads (remora gateway) ----------------------------------------------------
+
+def resolve_gateway_name(name: str, namespace: str) -> str:
+    """Istio's resolveGatewayName: a VirtualService's `gateways` entry as `ns/name`.
+
+    `name` and `./name` mean the VirtualService's own namespace; the legacy FQDN form
+    `name.ns.svc.cluster.local` (or `name.ns`) means `ns/name`; `mesh` stays `mesh`."""
+    if name == MESH_GATEWAY:
+        return name
+    if "/" in name:
+        ns, _, short = name.partition("/")
+        return f"{namespace if ns == '.' else ns}/{short}"
+    if "." in name:
+        short, ns = name.split(".")[:2]
+        return f"{ns}/{short}"
+    return f"{namespace}/{name}"
+
+
+def gateway_selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """A Gateway's `selector` picks a gateway workload whose labels include it (empty: every one)."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def server_hosts_for(hosts: Sequence[str], gateway_namespace: str, vs_namespace: str) -> list[str]:
+    """The server hosts a VirtualService of `vs_namespace` may bind to, prefixes stripped
+    (Istio's sanitizeServerHostNamespace + NamesForNamespace): `ns/host` only for that
+    namespace, `./host` only for the Gateway's, `*/host` and a bare host for every one."""
+    found = []
+    for host in hosts:
+        ns, sep, name = host.partition("/")
+        if not sep:
+            found.append(host)
+        elif ns == "*" or ns == vs_namespace or (ns == "." and gateway_namespace == vs_namespace):
+            found.append(name)
+    return found
+
+
+def host_intersection(server_host: str, vs_host: str) -> str | None:
+    """The more specific of two matching host patterns (Istio's Intersection), else None:
+    server `*.example.com` with `a.example.com` gives `a.example.com`; `*` matches all."""
+    def covers(pattern: str, name: str) -> bool:
+        if pattern == "*":
+            return True
+        if pattern.startswith("*."):
+            return name.endswith(pattern[1:]) and (name != pattern[2:])
+        return pattern == name
+    server, vs = server_host.lower(), vs_host.lower()
+    if covers(server, vs):
+        return vs
+    if covers(vs, server):
+        return server
+    return None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Iterator, TypeVar
 import msgspec
 
 if TYPE_CHECKING:
+    from remora.config.model_gateway import GatewaySpec
     from remora.config.model_jwt import RequestAuthenticationSpec
 
 
@@ -130,6 +131,25 @@ class HTTPRewrite(Spec):
     uri_regex_rewrite: RegexRewrite | None = None
 
 
+class HTTPRedirect(Spec):
+    uri: str | None = None
+    authority: str | None = None
+    port: int | None = None
+    derive_port: str | None = None      # FROM_PROTOCOL_DEFAULT | FROM_REQUEST_PORT
+    scheme: str | None = None
+    redirect_code: int | None = None
+
+
+class HTTPBody(Spec):
+    string: str | None = None
+    bytes: str | None = None            # base64, as in Istio's proto JSON
+
+
+class HTTPDirectResponse(Spec):
+    status: int = 0
+    body: HTTPBody | None = None
+
+
 class HTTPRetry(Spec):
     attempts: int = 0
     per_try_timeout: str | None = None
@@ -158,6 +178,8 @@ class HTTPRoute(Spec):
     name: str | None = None
     match: list[HTTPMatchRequest] = []
     route: list[HTTPRouteDestination] = []
+    redirect: HTTPRedirect | None = None
+    direct_response: HTTPDirectResponse | None = None
     rewrite: HTTPRewrite | None = None
     timeout: str | None = None
     retries: HTTPRetry | None = None
@@ -441,6 +463,7 @@ class MeshConfig:
     peer_authentications: tuple[Resource[PeerAuthenticationSpec], ...] = ()
     authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
     request_authentications: tuple[Resource[RequestAuthenticationSpec], ...] = ()
+    gateways: tuple[Resource[GatewaySpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())   # info lines (non-mesh kinds skipped)
@@ -450,5 +473,5 @@ class MeshConfig:
         """Every resource of every kind, kind by kind."""
         for group in (self.service_entries, self.workload_entries, self.virtual_services,
                       self.destination_rules, self.telemetries, self.peer_authentications,
-                      self.authorization_policies, self.request_authentications):
+                      self.authorization_policies, self.request_authentications, self.gateways):
             yield from group

@@ -52,10 +52,11 @@ def join_path(path: str, key: str | int) -> str:
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "VirtualServiceSpec": frozenset({"tcp", "tls"}),
     "HTTPRoute": frozenset({
-        "redirect", "directResponse", "delegate", "mirror", "mirrors",
+        "delegate", "mirror", "mirrors",
         "mirrorPercentage", "mirrorPercent", "mirror_percent", "corsPolicy",
     }),
     "FaultDelay": frozenset({"exponentialDelay"}),
+    "ServerTLSSettings": frozenset({"tlsCertificates"}),
     "HTTPRetry": frozenset({"backoff", "retryIgnorePreviousHosts"}),
     "HTTPSettings": frozenset({"http2KeepAlive"}),
     "OutlierDetection": frozenset({"outlierDetectionHttpErrorCodes"}),

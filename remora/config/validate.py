@@ -34,6 +34,7 @@ from remora.config.model import (
 from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
+from remora.config.validate_http import local_answer_problems
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
 # a bare 3-digit status code is accepted too (Istio turns it into retriable-status-codes).
@@ -200,8 +201,7 @@ def validate_virtual_service(spec: VirtualServiceSpec, path: str = "spec") -> li
 def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
     for j, match in enumerate(route.match):
         _check_match(checks, f"{path}.match[{j}]", match)
-    if not route.route:
-        checks.add(f"{path}.route", "an HTTP route needs at least one destination in `route` (redirect and directResponse are not supported by Remora yet)")
+    checks.problems += local_answer_problems(path, route)
     weights = []
     for k, destination in enumerate(route.route):
         where = f"{path}.route[{k}]"

@@ -1,11 +1,15 @@
-"""Istio's rules for a VirtualService's header operations and gRPC fault statuses
-(pkg/config/validation: ValidateHTTPHeaderOperationName, ValidateHTTPHeaderWithAuthorityOperationName,
-ValidateHTTPHeaderValue, validateGRPCStatus), returned as Problems for validate.py."""
+"""Istio's rules for a VirtualService's header operations, gRPC fault statuses, and what an
+http route answers with (`route`, `redirect`, `directResponse`) (pkg/config/validation:
+ValidateHTTPHeaderOperationName, ValidateHTTPHeaderWithAuthorityOperationName,
+ValidateHTTPHeaderValue, validateGRPCStatus, validateHTTPRoute, validateHTTPRedirect,
+validateHTTPDirectResponse), returned as Problems for validate.py."""
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
-from remora.config.model import Headers
+from remora.config.model import Headers, HTTPRoute
 from remora.config.schema import Problem, join_path
 
 # Istio's grpc.SupportedGRPCStatus: the names of grpc/doc/statuscodes.md (config does not import
@@ -38,4 +42,60 @@ def header_operation_problems(path: str, headers: Headers | None) -> list[Proble
                 problems.append(Problem(at, f"invalid header {key!r}: pseudo-headers and Host cannot be set or removed here"))
             if value is not None and not _HEADER_VALUE.fullmatch(value):
                 problems.append(Problem(at, "header value must not contain control characters"))
+    return problems
+
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DERIVE_PORTS = frozenset({"FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"})
+DIRECT_BODY_LIMIT = 1 << 20    # Istio refuses a directResponse body over 1 MiB
+
+
+def local_answer_problems(path: str, route: HTTPRoute) -> list[Problem]:
+    """Istio's rules for what a route answers with: exactly one of `route`, `redirect` and
+    `directResponse`; redirect codes 3xx; a direct response status in 200..599 and a body
+    of one kind, at most 1 MiB."""
+    problems: list[Problem] = []
+    redirect, direct = route.redirect, route.direct_response
+    if redirect is None and direct is None and not route.route:
+        problems.append(Problem(f"{path}.route", "HTTP route, redirect or direct response is required"))
+    if redirect is not None and route.route:
+        problems.append(Problem(f"{path}.redirect", "HTTP route cannot contain both route and redirect"))
+    if direct is not None and route.route:
+        problems.append(Problem(f"{path}.directResponse", "HTTP route cannot contain both route and direct response"))
+    if redirect is not None and direct is not None:
+        problems.append(Problem(f"{path}.directResponse",
+                                "HTTP route cannot contain both redirect and direct response"))
+    if redirect is not None:
+        where = f"{path}.redirect"
+        if route.rewrite is not None:
+            problems.append(Problem(f"{path}.rewrite", "HTTP route rule cannot contain both rewrite and redirect"))
+        if redirect.uri == "" and redirect.authority in (None, "") and redirect.port is None \
+                and redirect.scheme in (None, "") and redirect.derive_port is None:
+            problems.append(Problem(where, "redirect must specify URI, authority, port, derivePort or scheme"))
+        if redirect.redirect_code is not None and redirect.redirect_code not in REDIRECT_CODES:
+            problems.append(Problem(f"{where}.redirectCode", f"{redirect.redirect_code} is not a valid redirect "
+                                    f"code, must be {', '.join(map(str, sorted(REDIRECT_CODES)))}"))
+        if redirect.port is not None and redirect.derive_port is not None:
+            problems.append(Problem(f"{where}.port", "cannot be set together with derivePort"))
+        if redirect.derive_port is not None and redirect.derive_port not in DERIVE_PORTS:
+            problems.append(Problem(f"{where}.derivePort", f"unknown value {redirect.derive_port!r}; expected "
+                                    f"one of {', '.join(sorted(DERIVE_PORTS))}"))
+        if redirect.port is not None and not 1 <= redirect.port <= 65535:
+            problems.append(Problem(f"{where}.port", f"port number {redirect.port} must be in the range 1..65535"))
+    if direct is not None:
+        where = f"{path}.directResponse"
+        if not 200 <= direct.status <= 599:
+            problems.append(Problem(f"{where}.status", f"status {direct.status} must be in the range 200 - 599"))
+        body = direct.body
+        if body is not None:
+            if body.string is not None and body.bytes is not None:
+                problems.append(Problem(f"{where}.body", "set only one of string and bytes"))
+            size = len(body.string.encode()) if body.string is not None else 0
+            if body.bytes is not None:
+                try:
+                    size = len(base64.b64decode(body.bytes, validate=True))
+                except (binascii.Error, ValueError):
+                    problems.append(Problem(f"{where}.body.bytes", "not valid base64"))
+            if size > DIRECT_BODY_LIMIT:
+                problems.append(Problem(f"{where}.body", f"size {size} exceeds the 1 MiB limit"))
     return problems

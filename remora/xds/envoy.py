@@ -56,6 +56,8 @@ def _by_kind(docs: list[dict], kinds: set[str], role: str) -> dict[str, list[dic
         if handling == "service":
             doc = service_entry_document(doc)   # a Kubernetes Service, as Istio's registry sees it
             doc["spec"].pop("addresses", None)   # its cluster IPs: nothing to do with explicit ports
+        if doc["kind"] == "Gateway":
+            continue   # configures gateway workloads (remora gateway), never a sidecar
         by_kind.setdefault(doc["kind"], []).append(doc)
     extra = set(by_kind) - kinds
     if extra:

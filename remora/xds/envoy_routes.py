@@ -174,8 +174,14 @@ def _target(dest: dict, svcs: dict[str, Service], namespace: str,
 def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
                 where: str) -> list[dict]:
     """One VirtualService http entry -> Envoy routes (one per match, same action)."""
-    only(http, {"name", "match", "route", "timeout", "retries", "rewrite", "headers", "fault"},
-         where)
+    only(http, {"name", "match", "route", "timeout", "retries", "rewrite", "headers", "fault", "redirect",
+                "directResponse"}, where)
+    indexed = list(enumerate(http.get("match") or [{}]))
+    # Entries bound to other gateways do not exist at a sidecar (config/gateways.py).
+    kept = sidecar_matches(indexed, lambda entry: applies_to_sidecars(entry[1].get("gateways"))) or []
+    answer = _local_answer(http, where)
+    if answer is not None:
+        return [{"match": route_match(m, f"{where}.match[{i}]"), **answer} for i, m in kept]
     if not http.get("route"):
         raise Unsupported(f"{where}: a route without destinations is not rendered for Envoy")
     targets = [_target(dest, svcs, namespace, f"{where}.route[{i}]")
@@ -208,11 +214,35 @@ def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
     if http.get("fault"):
         route_extra["typed_per_filter_config"] = {
             FAULT_FILTER: fault_config(http["fault"], f"{where}.fault")}
-    indexed = list(enumerate(http.get("match") or [{}]))
-    # Entries bound to other gateways do not exist at a sidecar (config/gateways.py).
-    kept = sidecar_matches(indexed, lambda entry: applies_to_sidecars(entry[1].get("gateways"))) or []
     return [{"match": route_match(m, f"{where}.match[{i}]"), "route": action, **route_extra}
             for i, m in kept]
+
+
+_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                   308: "PERMANENT_REDIRECT"}
+
+
+def _local_answer(http: dict, where: str) -> dict | None:
+    """Envoy's `redirect` / `direct_response` route action for Istio's redirect / directResponse."""
+    if http.get("redirect") is not None:
+        spec = http["redirect"]
+        only(spec, {"uri", "authority", "port", "scheme", "redirectCode"}, f"{where}.redirect")
+        action = {"response_code": _REDIRECT_CODES[spec.get("redirectCode") or 301]}
+        for field, key in (("uri", "path_redirect"), ("authority", "host_redirect"),
+                           ("port", "port_redirect"), ("scheme", "scheme_redirect")):
+            if spec.get(field):
+                action[key] = spec[field]
+        return {"redirect": action}
+    if http.get("directResponse") is not None:
+        spec = http["directResponse"]
+        body = spec.get("body") or {}
+        rendered: dict[str, Any] = {"status": spec["status"]}
+        if "string" in body:
+            rendered["body"] = {"inline_string": body["string"]}
+        elif "bytes" in body:
+            rendered["body"] = {"inline_bytes": body["bytes"]}
+        return {"direct_response": rendered}
+    return None
 
 
 def virtual_hosts(services: list[dict], svcs: dict[str, Service]) -> list[dict]:

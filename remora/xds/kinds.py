@@ -16,13 +16,14 @@ SHORT_NAMES: dict[str, str] = {
     "PeerAuthentication": "pa",
     "AuthorizationPolicy": "ap",
     "RequestAuthentication": "ra",
+    "Gateway": "gw",
     "Service": "svc",   # Kubernetes core/v1
 }
 
 _SPELLINGS: dict[str, str] = {}
 for _kind in STORED_KINDS:
     # ServiceEntry -> ServiceEntries, Telemetry -> Telemetries
-    plural = _kind[:-1] + "ies" if _kind.endswith("y") else _kind + ("es" if _kind.endswith("s") else "s")
+    plural = _kind[:-1] + "ies" if _kind.endswith("y") and _kind[-2] not in "aeiou" else _kind + ("es" if _kind.endswith("s") else "s")
     for _spelling in (_kind, plural, SHORT_NAMES[_kind]):
         _SPELLINGS[_spelling.lower()] = _kind
 

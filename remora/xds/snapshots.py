@@ -81,6 +81,9 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
         "DestinationRule": [r for r in config.destination_rules if _visible(r, ns)],
         "WorkloadEntry": list(workload_entries.values()),
         "VirtualService": [r for r in config.virtual_services if _visible(r, ns)],
+        # Every Gateway: a gateway workload picks those whose selector matches it (Istio's
+        # default scope: a Gateway selects gateway pods in any namespace); sidecars ignore them.
+        "Gateway": list(config.gateways),
         # Telemetry applies mesh-wide from the root namespace, else within its own namespace
         # (the sidecar then picks by its workload selector: telemetry_policy.resolve).
         "Telemetry": [r for r in config.telemetries if r.namespace in (ROOT_NAMESPACE, ns)],

@@ -20,10 +20,12 @@ class ProxyProcess(OwnedProcess):
     def __init__(self, mesh_yaml: str | None, *extra: str, inbound_app_port: int | None = None,
                  control: str | None = None, state_dir: str | None = None,
                  prometheus_port: int = 0, health_port: int = 0,
-                 inbound_port: int | None = None) -> None:
+                 inbound_port: int | None = None, gateway_ports: tuple[int, ...] = ()) -> None:
         """Config from `mesh_yaml` (written to a file), or with mesh_yaml=None from the
         control server at `control`, keeping its snapshot in `state_dir` (default: a fresh
-        directory of this process, so tests never share one)."""
+        directory of this process, so tests never share one). With `gateway_ports` it is
+        `remora gateway` instead: each Gateway server port listens on a free local port
+        (`self.ports[server_port]`, through --port-map)."""
         self.dir = tempfile.mkdtemp(prefix="remora-test-")
         self._own()
         self.outbound_port = free_port()
@@ -41,8 +43,10 @@ class ProxyProcess(OwnedProcess):
         # Several sidecars run at once in tests: no :15090 or :15021 unless the test asks for a port.
         self.prometheus_port = prometheus_port
         self.health_port = health_port
-        args = [sys.executable, "-m", "remora", "proxy", *source,
-                "--outbound-port", str(self.outbound_port), "--admin-port", str(self.admin_port),
+        self.ports = {port: free_port() for port in gateway_ports}
+        listeners = (["gateway", "--port-map", ",".join(f"{p}={local}" for p, local in self.ports.items())]
+                     if gateway_ports else ["proxy", "--outbound-port", str(self.outbound_port)])
+        args = [sys.executable, "-m", "remora", listeners[0], *source, *listeners[1:], "--admin-port", str(self.admin_port),
                 "--prometheus-port", str(prometheus_port), "--health-port", str(health_port), *extra]
         if inbound_app_port:
             args += ["--inbound-port", str(self.inbound_port), "--app-port", str(inbound_app_port)]

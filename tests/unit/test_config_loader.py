@@ -371,7 +371,6 @@ def test_supported_api_versions(api_version: str) -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        ("networking.istio.io/v1", "Gateway"),
         ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1", "WorkloadGroup"),

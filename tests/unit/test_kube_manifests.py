@@ -87,7 +87,8 @@ def test_cluster_role_only_reads_the_kinds_the_server_serves():
     rules = find("ClusterRole", "remora-control")["rules"]
     assert all(rule["verbs"] == ["get", "list", "watch"] for rule in rules)
     resources = {r for rule in rules for r in rule["resources"]}
-    plural = {kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s" for kind in SPEC_TYPES}
+    plural = {kind.lower()[:-1] + "ies" if kind.endswith("y") and kind[-2] not in "aeiou" else kind.lower() + "s"
+              for kind in SPEC_TYPES}
     assert resources == plural
 
 

@@ -117,7 +117,7 @@ def test_the_scan_sees_the_imports_it_judges():
     """The scanner finds absolute, lazy (in-function) and package-level imports, so a silent rule is not a blind one."""
     found = {(module, imported) for module, _file, _line, imported in all_imports()}
     assert ("remora.proxy.control.xds_state", "remora.wire.protocol") in found
-    assert ("remora.cli", "remora.intercept.support.TransparentCapture") in found   # inside _proxy()
+    assert ("remora.cli_data_plane", "remora.intercept.support.TransparentCapture") in found   # in run_from_args()
     assert ("remora.intercept.capture", "remora.proxy.codec.downstream.DownstreamHttp1") in found
 
 

@@ -23,6 +23,7 @@ from remora.proxy.codec.downstream import DownstreamHttp1
 from remora.proxy.codec.http2 import Http2Stats
 from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
+from remora.proxy.security.gateway_tls import front_context
 from remora.proxy.security.inbound_accept import InboundAcceptor
 from remora.proxy.security.inbound_policy import DENIED_BODY
 from remora.proxy.codec.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
@@ -128,6 +129,11 @@ class Listener:
         self.rbac = RbacStats()
         self.jwt_authn = JwtAuthnStats()
         self.draining = False
+        # `remora gateway`: the Gateway server port this listener serves (process/gateway.py),
+        # its key (port, bind, TLS settings) and, for HTTPS, the scheme it terminates.
+        self.gateway_port: int | None = None
+        self.gateway_key: tuple | None = None
+        self.gateway_scheme = b"http"
         self.replay_limit = worker.options.retry_buffer_bytes
         # Istio metrics: reporter="source" on the outbound listener, "destination" inbound.
         # The metadata-exchange headers exist only when they are on (see peer_metadata.py).
@@ -156,6 +162,9 @@ class Listener:
         return str(svid.spiffe_id) if svid is not None else None
 
     async def start(self, reuse_port: bool) -> None:
+        if self.gateway_port is not None:
+            await self._start_gateway()
+            return
         support = self.worker.options.capture     # CaptureSupport (capture_seam.py) or None
         if self.inbound:
             plain, tls = (lambda: DownstreamHttp1(self)), (lambda: DownstreamHttp1(self, tls=True))
@@ -172,6 +181,25 @@ class Listener:
         self.server = await self.loop.create_server(
             factory, self.host, self.port,
             reuse_address=True, reuse_port=reuse_port, backlog=4096)
+
+    async def _start_gateway(self) -> None:
+        """A gateway server port: plaintext, or TLS whose certificate the SNI picks from the
+        current snapshot (security/gateway_tls.py). SO_REUSEPORT, so that a listener
+        replacing this one (new TLS settings) can bind before this one closes."""
+        tls_key, context = self.gateway_key[2], None
+        if tls_key is not None:
+            number = self.gateway_port
+
+            def select(server_name):
+                port = self.worker.snapshot.gateway_ports.get(number)
+                return port.tls.select(server_name) if port is not None and port.tls is not None else None
+            context = front_context(tls_key, select)
+            self.gateway_scheme = b"https"
+        tls = context is not None
+        self.server = await self.loop.create_server(
+            lambda: DownstreamHttp1(self, tls=tls), self.host, self.port, ssl=context,
+            ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
+            reuse_address=True, reuse_port=True, backlog=4096)
 
     def stop_accepting(self) -> None:
         """Close the listening socket; connections already accepted are served to their end."""
@@ -232,8 +260,12 @@ class Listener:
                     table, policy = snapshot.inbound, snapshot.inbound_policy
                 else:   # captured: the app port the caller dialled
                     table, policy, _ = snapshot.inbound_for(sink.capture.original[1])
-            else:
+            elif self.gateway_port is None:
                 table, policy = snapshot.outbound, None
+            else:     # a gateway: the edge sets the scheme it saw (Envoy's use_remote_address)
+                port = snapshot.gateway_ports.get(self.gateway_port)
+                table, policy = (port.table if port is not None else None), None
+                head.scheme = self.gateway_scheme
             vhost = table.lookup(head.authority) if table is not None else None
             if vhost is None and sink.capture is not None:
                 return self.capture.fallback(sink, head, stats)
@@ -286,7 +318,7 @@ class Listener:
             added += b"user-agent: " + head.user_agent + b"\r\n"
         if self.request_header and cluster.telemetry is not None and cluster.telemetry.mesh_internal:
             added += self.request_header
-        if head.peer_cert is not None:
+        if head.peer_cert is not None and self.inbound:
             added += head.peer_cert.xfcc     # inbound mTLS: the caller's identity for the app
         return added + inject(trace) + FIRST_ATTEMPT
 

@@ -111,8 +111,17 @@ def _install_in(worker: Worker):
     return install
 
 
+def _gateway_port(port, options: ProxyOptions) -> str:
+    local = options.gateway_port_map.get(port.number, port.number)
+    return f"{port.protocol} {port.number} on {port.bind or options.bind}:{local}"
+
+
 def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts = [f"outbound {options.bind}:{options.outbound_port}"]
+    if options.gateway:
+        from remora.proxy.router.gateway_routes import gateway_ports
+        ports = gateway_ports(config, options.identity.labels)[0].values()
+        parts = [f"gateway servers {', '.join(_gateway_port(p, options) for p in ports) or 'none yet'}"]
     if options.inbound_port is not None and options.app_port is not None:
         parts.append(f"inbound {options.inbound_bind}:{options.inbound_port} -> "
                      f"{options.app_host}:{options.app_port}")
@@ -125,7 +134,7 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts.append(f"config version {config.version}")
     if options.control:
         parts.append(f"control server {options.control}")
-    print("remora proxy: " + ", ".join(parts), file=sys.stderr, flush=True)
+    print(f"remora {'gateway' if options.gateway else 'proxy'}: " + ", ".join(parts), file=sys.stderr, flush=True)
     for warning in config.warnings:
         print(f"remora proxy: warning: {warning}", file=sys.stderr, flush=True)
     for note in config.notes:

@@ -24,6 +24,8 @@ from remora.proxy.security.identity import WorkloadIdentity
 from remora.proxy.security.inbound_accept import OUT_OF_DESCRIPTORS
 from remora.proxy.security.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.telemetry.istio_metrics import IstioMetrics, local_service_tags, service_tags
+from remora.proxy.codec.http2 import Http2Stats
+from remora.proxy.process.gateway import compile_gateway, gateway_dump, reconcile, start_listener
 from remora.proxy.process.listener import Listener, ListenerSettings
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.router.route_table import RouteTable, build_route_table
@@ -71,6 +73,8 @@ class ProxyOptions:
     # (capture_seam.py; the CLI passes remora.intercept.support.TransparentCapture()), or None.
     capture: CaptureSupport | None = None
     outbound_traffic_policy: str = "ALLOW_ANY"   # captured traffic to no mesh service: ALLOW_ANY | REGISTRY_ONLY
+    gateway: bool = False               # `remora gateway`: listeners from Gateway servers (process/gateway.py)
+    gateway_port_map: dict[int, int] = field(default_factory=dict)   # server port -> local port (--port-map)
 
 
 class Snapshot:
@@ -115,6 +119,9 @@ class Snapshot:
         # Transparent capture (--capture): original destination -> mesh service, per version.
         self.destinations = (options.capture.destinations(config, self.services)
                              if options.capture is not None else None)
+        # `remora gateway`: server port -> GatewayPort (route table, TLS); empty on sidecars.
+        self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options)
+                                                     if options.gateway else ({}, []))
 
     def inbound_for(self, port: int) -> tuple:
         """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:
@@ -172,9 +179,12 @@ class Worker:
         # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
         self.access_log = AccessLogWriter(fmt=options.access_log_format)
         self.tracer = Tracer(options.identity, _span_exporter(options))
-        self.listeners: list[Listener] = [
+        self.retired: list[Listener] = []   # gateway listeners of ports no longer served, finishing
+        self.listeners: list[Listener] = [] if options.gateway else [
             Listener(self, "outbound", options.bind, options.outbound_port, False, options.listener)]
-        if self.snapshot.inbound is not None:
+        if options.gateway:
+            reconcile(self, self._gateway_listener)
+        elif self.snapshot.inbound is not None:
             self.listeners.append(Listener(self, "inbound", options.inbound_bind,
                                            options.inbound_port, True, options.listener))
         self.apply_telemetry(config)
@@ -199,7 +209,20 @@ class Worker:
     def apply(self, config: MeshConfig) -> None:
         """Swap in a new config version (requests in flight keep the old one)."""
         self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot)
+        if self.options.gateway:
+            for listener in reconcile(self, self._gateway_listener):
+                self.loop.create_task(start_listener(listener))
         self.apply_telemetry(config)
+
+    def _gateway_listener(self, port, key) -> Listener:
+        """The listener of one gateway server port (process/gateway.py)."""
+        options = self.options
+        listener = Listener(self, f"gateway_{port.number}", port.bind or options.bind,
+                            options.gateway_port_map.get(port.number, port.number), False, options.listener)
+        listener.gateway_port, listener.gateway_key = port.number, key
+        if getattr(self, "telemetry", None) is not None:
+            listener.set_telemetry(self.telemetry[CLIENT])
+        return listener
 
     def apply_telemetry(self, config: MeshConfig) -> None:
         """Resolve flags + Telemetry resources for this workload into each listener."""
@@ -214,7 +237,8 @@ class Worker:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for listener in self.listeners:
+        self.retired = [listener for listener in self.retired if listener.connections]
+        for listener in (*self.listeners, *self.retired):
             for conn in list(listener.connections):
                 conn.check_timeouts(now, listener.settings)
         self.pools.sweep(now)
@@ -278,7 +302,7 @@ class Worker:
 
     def open_connections(self) -> int:
         """Downstream connections on every listener (a WebSocket tunnel counts as one)."""
-        return sum(len(listener.connections) for listener in self.listeners)
+        return sum(len(listener.connections) for listener in (*self.listeners, *self.retired))
 
     async def drain(self, deadline_seconds: float) -> int:
         """Drain (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS): wait until no downstream
@@ -292,7 +316,7 @@ class Worker:
                 if listener.inbound:
                     listener.close_idle()   # a pipelined request may have finished
         cut = self.open_connections()
-        for listener in self.listeners:
+        for listener in (*self.listeners, *self.retired):
             for conn in list(listener.connections):
                 if conn.transport is not None:
                     conn.transport.close()
@@ -345,7 +369,7 @@ class Worker:
                     out[f"http.{listener.name}.rbac.{name}"] = value
                 for name, value in listener.jwt_authn.as_dict().items():
                     out[f"http.{listener.name}.jwt_authn.{name}"] = value
-        for name in self.listeners[0].http2.__slots__:
+        for name in Http2Stats.__slots__:
             out["http2." + name] = sum(getattr(listener.http2, name) for listener in self.listeners)
         out["server.live"] = 0 if self.draining else 1
         out["server.uptime"] = int(time.time() - self.started_at)
@@ -381,7 +405,7 @@ class Worker:
         resources = {}
         for kind, items in (("ServiceEntry", cfg.service_entries), ("WorkloadEntry", cfg.workload_entries),
                             ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules),
-                            ("Telemetry", cfg.telemetries)):
+                            ("Telemetry", cfg.telemetries), ("Gateway", cfg.gateways)):
             resources[kind] = [{"name": r.name, "namespace": r.namespace, "source": r.source,
                                 "spec": msgspec.to_builtins(r.spec)} for r in items]
         return {
@@ -393,6 +417,7 @@ class Worker:
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
             "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
+            **({"gateway": gateway_dump(snap)} if self.options.gateway else {}),
             "warnings": list(cfg.warnings),
             "resources": resources,
         }

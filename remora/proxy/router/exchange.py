@@ -108,6 +108,11 @@ class Exchange(UpstreamEvents, RequestInfo):
         if route is None:
             self.local_reply(404, b"", "NR")
             return
+        if route.answer is not None:     # directResponse, redirect, httpsRedirect
+            status, body, extra = route.answer.reply(self.head)
+            self.details = route.answer.details
+            self.local_reply(status, body, "", extra)
+            return
         if route.fault is not None:
             delay, self.abort_status = route.fault.draw()
             if delay:
@@ -309,7 +314,8 @@ class Exchange(UpstreamEvents, RequestInfo):
             return
         self._drop_attempt()
         self._endpoint_done(error=False)
-        self.add_flag(flag)
+        if flag:
+            self.add_flag(flag)
         if self.head.grpc or grpc_status is not None:
             extra = [*local_reply_trailers(status, body, grpc_status), *(extra or ())]
             self.grpc_status = extra[1][1]

@@ -20,6 +20,7 @@ from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig
 from remora.config.names import host_aliases, qualify_host
 from remora.proxy.upstream.balancer import SmoothWeightedRoundRobin
 from remora.proxy.upstream.cluster import Cluster, ServiceInfo, cluster_name, empty_service
+from remora.proxy.router.local_answer import local_answer
 from remora.proxy.router.fault import compile_fault
 from remora.proxy.router.retry import NO_RETRY, compile_retry_policy
 from remora.proxy.codec.message import RequestHead
@@ -166,7 +167,7 @@ class Route:
 
     __slots__ = ("name", "origin", "blocks", "destinations", "_picker", "rewrite_uri",
                  "rewrite_authority", "regex_rewrite", "request_ops", "response_ops",
-                 "timeout", "retries", "retry_policy", "fault", "spec")
+                 "timeout", "retries", "retry_policy", "fault", "spec", "answer")
 
     def __init__(self, name: str, origin: str, blocks: list[MatchBlock],
                  destinations: list[RouteDestination], weights: list[int],
@@ -190,6 +191,8 @@ class Route:
         # Istio gives every outbound route its default retry policy unless it says otherwise.
         self.retry_policy = compile_retry_policy(spec.retries if spec else None)
         self.fault = compile_fault(spec.fault) if spec else None
+        # directResponse / redirect: answered by the proxy, never routed (local_answer.py).
+        self.answer = local_answer(spec) if spec else None
 
     def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
         """The matching block, True for a route without conditions, or False."""

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from remora.certs.secret_dir import (CA_FILES, CA_SECRET_SUFFIX, CERT_FILES, KEY_FILES, credential_ca,
+                                      first_file)
 from remora.config.loader import ConfigError, ConfigIssue
 from remora.proxy.upstream.upstream_tls import TlsStats, UpstreamTlsError, ssl_reason
 
@@ -47,11 +49,6 @@ SIMPLE = "SIMPLE"
 MUTUAL = "MUTUAL"
 ALPN = ("http/1.1",)
 ALPN_H2 = ("h2",)
-# A mounted Secret's files: kubernetes.io/tls keys first, then Istio's generic ones.
-CERT_FILES = ("tls.crt", "cert")
-KEY_FILES = ("tls.key", "key")
-CA_FILES = ("ca.crt", "cacert")
-CA_SECRET_SUFFIX = "-cacert"      # Istio: the CA may live in a secret of its own
 _FAILED = "connection failure, transport failure reason: TLS error: "
 
 
@@ -283,12 +280,12 @@ class OriginContexts:
         base = os.path.join(self.credentials_dir, name)
         cert = key = ca = None
         if origin.mode == MUTUAL:
-            cert, key = _first(base, CERT_FILES), _first(base, KEY_FILES)
+            cert, key = first_file(base, CERT_FILES), first_file(base, KEY_FILES)
             if cert is None or key is None:
                 raise CredentialUnavailable(
                     f"credentialName {name}: no {' / '.join(CERT_FILES)} and {' / '.join(KEY_FILES)} in {base}")
         if origin.verify:
-            ca = _first(base, CA_FILES) or _first(base + CA_SECRET_SUFFIX, CA_FILES)
+            ca = credential_ca(base)
             if ca is None:
                 raise CredentialUnavailable(f"credentialName {name}: no CA ({' / '.join(CA_FILES)}) in "
                                             f"{base} or {base + CA_SECRET_SUFFIX}")
@@ -308,14 +305,6 @@ class OriginContexts:
         if len(self._cache) >= 256:      # old file versions: forget them all, rebuild on use
             self._cache.clear()
         self._cache[key] = context
-
-
-def _first(directory: str, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def check_origination(clusters, contexts: OriginContexts) -> None:

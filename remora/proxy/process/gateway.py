@@ -1,0 +1,96 @@
+"""`remora gateway`: the worker's listeners come from the Gateways that select it.
+
+A gateway has no app and no capture: no outbound 15001 or inbound 15006 listener. Each
+port number of the selected Gateways' servers is one listener (plaintext HTTP, or HTTPS
+terminating TLS by SNI), routed by that port's table (router/gateway_routes.py), and every
+route goes to mesh services as a sidecar's outbound does: the same clusters, auto mTLS with
+the gateway's own certificate (so AuthorizationPolicy at the backend sees the gateway's
+principal), Istio metrics with reporter="source".
+
+Listeners follow the config: a pushed Gateway that adds a port opens a listener, one that
+drops a port closes it (connections in flight finish), and a port whose TLS settings
+change (mode, versions, ciphers: see gateway_tls.py) gets a new listener. `--port-map
+80=8080` listens for server port 80 on local port 8080, the role of the gateway Service's
+targetPort (binding 80 needs root; Istio's gateway listens on 8080 for port 80 too).
+"""
+from __future__ import annotations
+
+import logging
+
+from remora.config.loader import ConfigError, ConfigIssue
+from remora.config.model import MeshConfig
+from remora.proxy.router.gateway_routes import GatewayPort, build_gateway_tables, gateway_ports
+from remora.proxy.security.gateway_tls import GatewayTlsError, PortTls
+
+log = logging.getLogger("remora.gateway")
+
+
+def compile_gateway(config: MeshConfig, services, options) -> tuple[dict[int, GatewayPort], list[str]]:
+    """The ports this gateway serves, with route tables and TLS; ConfigError (naming
+    resource and field) when a server's certificates cannot be used."""
+    identity = options.identity
+    ports, warnings = gateway_ports(config, identity.labels)
+    build_gateway_tables(config, services, ports, identity.labels, identity.namespace)
+    issues = []
+    for port in ports.values():
+        if port.protocol != "HTTPS":
+            continue
+        servers = [([h.rpartition("/")[2] for h in b.server.hosts], b.server.tls, f"{b.path}.tls")
+                   for b in port.servers]
+        try:
+            port.tls = PortTls(servers, options.credentials_dir)
+        except GatewayTlsError as error:
+            bound = next(b for b in port.servers if error.path.startswith(b.path))
+            issues.append(ConfigIssue(bound.gateway.source, bound.gateway.ref, error.path, error.message))
+    if issues:
+        raise ConfigError(issues)
+    return ports, warnings
+
+
+def listener_key(port: GatewayPort) -> tuple:
+    """What identifies a port's listener: a change of any part replaces it."""
+    tls = getattr(port, "tls", None)
+    return (port.number, port.bind, tls.key if tls is not None else None)
+
+
+def reconcile(worker, make_listener) -> list:
+    """Bring the worker's gateway listeners in line with its snapshot: (listeners to start).
+
+    Listeners whose key left the snapshot stop accepting and are dropped from the worker
+    once their connections are done (their connections keep the old listener)."""
+    wanted = {listener_key(port): port for port in worker.snapshot.gateway_ports.values()}
+    current = {listener.gateway_key: listener for listener in worker.listeners}
+    started = []
+    for key, listener in current.items():
+        if key not in wanted:
+            log.info("remora gateway: port %s no longer served by this config: closing its listener", key[0])
+            listener.stop_accepting()
+            worker.listeners.remove(listener)
+            worker.retired.append(listener)
+    for key, port in wanted.items():
+        if key not in current:
+            listener = make_listener(port, key)
+            worker.listeners.append(listener)
+            started.append(listener)
+    return started
+
+
+async def start_listener(listener) -> None:
+    """Start a listener a pushed config added; a port that cannot be bound is logged (the
+    config stays applied: its other ports serve, and /config_dump shows what is bound)."""
+    try:
+        await listener.start(True)
+    except OSError as error:
+        log.error("remora gateway: cannot listen on %s:%s for server port %s: %s", listener.host,
+                  listener.port, listener.gateway_port, error)
+
+
+def gateway_dump(snapshot) -> dict:
+    """What /config_dump shows of a gateway: per port, protocol, virtual hosts and who bound them."""
+    return {
+        "ports": [{"port": port.number, "protocol": port.protocol, "bind": port.bind,
+                   "servers": [f"{b.gateway.ref} {b.path}" for b in port.servers],
+                   "virtual_hosts": {host: sorted(set(refs)) for host, refs in sorted(port.hosts.items())}}
+                  for port in sorted(snapshot.gateway_ports.values(), key=lambda p: p.number)],
+        "warnings": list(snapshot.gateway_warnings),
+    }
