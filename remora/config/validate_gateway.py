@@ -4,9 +4,9 @@ Remora's fail-closed rule: a server feature Remora does not serve is refused by 
 ("not supported by Remora"), never loaded and ignored.
 
 Served: protocols HTTP, HTTPS, HTTP2, GRPC; TLS modes SIMPLE and MUTUAL (certificate files
-or `credentialName`), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
+or `credentialName`) and ISTIO_MUTUAL (the mesh's mTLS: an egress gateway), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
 `cipherSuites`, `bind` (an IP address). Refused: TCP / TLS / MONGO servers, PASSTHROUGH,
-AUTO_PASSTHROUGH, ISTIO_MUTUAL and OPTIONAL_MUTUAL, and the client-certificate pinning
+AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
 fields (subjectAltNames, verifyCertificateSpki/Hash, caCrl) that would otherwise be skipped.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ ISTIO_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "MONG
                              "TCP", "TLS", "UDP"})
 SERVED_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC"})
 TLS_MODES = frozenset({"PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"})
-SERVED_TLS_MODES = frozenset({"SIMPLE", "MUTUAL"})
+SERVED_TLS_MODES = frozenset({"SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 
 
@@ -170,7 +170,7 @@ def served_tls_problems(tls: ServerTLSSettings, protocol: str, path: str) -> lis
     problems: list[Problem] = []
     if mode not in SERVED_TLS_MODES:
         problems.append(Problem(f"{path}.mode", f"TLS mode {mode} is not supported by Remora on a gateway "
-                                "(it terminates SIMPLE and MUTUAL)"))
+                                "(it terminates SIMPLE, MUTUAL and ISTIO_MUTUAL)"))
     for field, value in (("credentialNames", tls.credential_names), ("subjectAltNames", tls.subject_alt_names),
                          ("verifyCertificateSpki", tls.verify_certificate_spki),
                          ("verifyCertificateHash", tls.verify_certificate_hash), ("caCrl", tls.ca_crl)):

@@ -125,7 +125,7 @@ def test_gateway_validation_follows_istio(servers, expected):
 
 
 @pytest.mark.parametrize(("tls", "field"), [
-    ("{mode: PASSTHROUGH}", "mode"), ("{mode: AUTO_PASSTHROUGH}", "mode"), ("{mode: ISTIO_MUTUAL}", "mode"),
+    ("{mode: PASSTHROUGH}", "mode"), ("{mode: AUTO_PASSTHROUGH}", "mode"), ("{mode: OPTIONAL_MUTUAL, credentialName: x}", "mode"),
     ("{credentialName: x}", "mode"),      # no mode: Istio's default is PASSTHROUGH
     ("{mode: MUTUAL, credentialName: x, subjectAltNames: [a]}", "subjectAltNames"),
 ])

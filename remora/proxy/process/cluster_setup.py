@@ -59,7 +59,7 @@ def _endpoint_pool(pools: PoolRegistry, cluster: Cluster, ep: Endpoint, http2: b
     pool.idle_timeout = cluster.idle_timeout
     if mtls:
         pool.dialer = MtlsDialer(
-            pools.tls, outbound_sni(cluster.port, cluster.subset, cluster.service),
+            pools.tls, mesh_sni(cluster),
             cluster.naming, is_required(cluster.traffic_policy), cluster.name, ep.key,
             ep.service_account, pools.tls_stats_for(cluster.name), pools.tls_logged)
     elif originate:
@@ -67,6 +67,16 @@ def _endpoint_pool(pools: PoolRegistry, cluster: Cluster, ep: Endpoint, http2: b
                                         cluster.name, http2)
         pool.by_host = pool.dialer.by_host
     return pool
+
+
+def mesh_sni(cluster: Cluster) -> str:
+    """The SNI of an mTLS connection: the DestinationRule's `tls.sni` when it gives one (the
+    egress-gateway tasks route by it), else Istio's `outbound_.PORT_.SUBSET_.HOST`."""
+    policy = cluster.traffic_policy
+    tls = policy.tls if policy is not None else None
+    if tls is not None and tls.sni:
+        return tls.sni
+    return outbound_sni(cluster.port, cluster.subset, cluster.service)
 
 
 def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:

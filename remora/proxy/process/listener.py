@@ -23,7 +23,7 @@ from remora.proxy.codec.downstream import DownstreamHttp1
 from remora.proxy.codec.http2 import Http2Stats
 from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
-from remora.proxy.security.gateway_tls import front_context
+from remora.proxy.security.gateway_tls import MESH, front_context
 from remora.proxy.security.inbound_accept import InboundAcceptor
 from remora.proxy.security.inbound_policy import DENIED_BODY
 from remora.proxy.codec.paths import DEFAULT_LEVEL, PathNormalizer, escaped_slash_variant
@@ -192,7 +192,8 @@ class Listener:
 
             def select(server_name):
                 port = self.worker.snapshot.gateway_ports.get(number)
-                return port.tls.select(server_name) if port is not None and port.tls is not None else None
+                chosen = port.tls.select(server_name) if port is not None and port.tls is not None else None
+                return self.worker.tls.server_context if chosen is MESH else chosen
             context = front_context(tls_key, select)
             self.gateway_scheme = b"https"
         tls = context is not None

@@ -1,5 +1,8 @@
 """TLS termination on a gateway's HTTPS servers (Gateway `servers[].tls`, SIMPLE and MUTUAL).
 
+- ISTIO_MUTUAL (an egress gateway in the mesh): the gateway's own workload certificate,
+  clients verified against the mesh trust bundle, as its inbound mTLS does; until it has
+  a certificate every handshake fails (fail closed).
 - Certificates: `serverCertificate` + `privateKey` (+ `caCertificates` for MUTUAL) files, or
   `credentialName` read from `--credentials-dir/<name>/` (a mounted Secret: tls.crt,
   tls.key, ca.crt; remora/certs/secret_dir.py). Missing or unreadable files refuse the
@@ -23,6 +26,7 @@ from remora.certs.secret_dir import CERT_FILES, KEY_FILES, credential_ca, first_
 VERSIONS = {"TLSV1_0": ssl.TLSVersion.TLSv1, "TLSV1_1": ssl.TLSVersion.TLSv1_1,
             "TLSV1_2": ssl.TLSVersion.TLSv1_2, "TLSV1_3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["h2", "http/1.1"]
+MESH = "mesh"     # a server choice meaning the worker's mesh mTLS context (ISTIO_MUTUAL)
 
 
 class GatewayTlsError(Exception):
@@ -76,7 +80,7 @@ def _apply_settings(context: ssl.SSLContext, settings: tuple, path: str) -> None
             raise GatewayTlsError(f"{path}.cipherSuites", f"no cipher of {', '.join(ciphers)} is known to "
                                   "this gateway's OpenSSL") from None
     context.set_alpn_protocols(ALPN)
-    if mode == "MUTUAL":
+    if mode in ("MUTUAL", "ISTIO_MUTUAL"):
         context.verify_mode = ssl.CERT_REQUIRED
 
 
@@ -112,7 +116,7 @@ class PortTls:
 
     def __init__(self, servers: list[tuple[list[str], object, str]], credentials_dir: str | None) -> None:
         """`servers`: (host names without namespace, tls settings, field path) per server."""
-        self.choices: list[tuple[str, ssl.SSLContext]] = []
+        self.choices: list[tuple[str, ssl.SSLContext | str]] = []
         self.key: tuple | None = None
         for hosts, tls, path in servers:
             settings = _settings(tls)
@@ -122,14 +126,15 @@ class PortTls:
                 raise GatewayTlsError(f"{path}.mode", "servers on one port must agree on TLS mode, "
                                       "min/maxProtocolVersion and cipherSuites (Remora serves one set per "
                                       "port; put this server on its own port)")
-            context = server_context(tls, credentials_dir, f"{path}")
+            context = MESH if tls.mode == "ISTIO_MUTUAL" else server_context(tls, credentials_dir, path)
             for host in hosts:
                 self.choices.append((host.lower(), context))
         # Most specific first: exact names, then wildcards by length, then `*`.
         self.choices.sort(key=lambda item: (item[0] == "*", item[0].startswith("*."), -len(item[0])))
 
-    def select(self, server_name: str | None) -> ssl.SSLContext | None:
-        """The context for a ClientHello's SNI (None: no SNI); None when no server covers it."""
+    def select(self, server_name: str | None) -> ssl.SSLContext | str | None:
+        """The context for a ClientHello's SNI (None: no SNI), MESH for an ISTIO_MUTUAL
+        server, None when no server covers it."""
         name = (server_name or "").lower()
         for pattern, context in self.choices:
             if pattern == "*" or (name and _covers(pattern, name)):
