@@ -5,11 +5,18 @@
 # the control server's admin token ($ADMIN_TOKEN_FILE, mode 0600 in its state volume).
 set -eu
 dir=/var/run/remora-tokens
-for sa in $SERVICE_ACCOUNTS; do
+# An entry is a service account of namespace default, or NAMESPACE/SERVICE-ACCOUNT (the
+# ingress gateway's is istio-system/istio-ingressgateway-service-account); the file is named
+# after the service account.
+for entry in $SERVICE_ACCOUNTS; do
+  case "$entry" in
+    */*) ns="${entry%%/*}"; sa="${entry#*/}" ;;
+    *) ns=default; sa="$entry" ;;
+  esac
   remora token create --control "$CONTROL" --admin-token-file "$ADMIN_TOKEN_FILE" \
-      --namespace default --service-account "$sa" --ttl 720h > "$dir/.$sa.tmp"   # stdout: the token alone
+      --namespace "$ns" --service-account "$sa" --ttl 720h > "$dir/.$sa.tmp"   # stdout: the token alone
   chown 1337:1337 "$dir/.$sa.tmp"
   chmod 0400 "$dir/.$sa.tmp"
   mv "$dir/.$sa.tmp" "$dir/$sa"
-  echo "token for default/$sa written to $dir/$sa"
+  echo "token for $ns/$sa written to $dir/$sa"
 done

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The sidecar container's entrypoint: `remora proxy` with the join token of its service
-# account (minted by the `tokens` service) in REMORA_TOKEN, so it never shows in `ps`.
+# The sidecar container's entrypoint: `remora proxy` (or `remora $REMORA_COMMAND`: the
+# ingress gateway runs `gateway`) with the join token of its service account (minted by the
+# `tokens` service) in REMORA_TOKEN, so it never shows in `ps`.
 set -eu
 token_file="/var/run/remora-tokens/$SERVICE_ACCOUNT"
 if [ ! -s "$token_file" ]; then
@@ -9,4 +10,4 @@ if [ ! -s "$token_file" ]; then
 fi
 REMORA_TOKEN="$(cat "$token_file")"
 export REMORA_TOKEN
-exec remora proxy "$@"
+exec remora "${REMORA_COMMAND:-proxy}" "$@"

@@ -1,8 +1,9 @@
 """deploy/docker-compose.yml brought up for real by a test: one project, and everything it made.
 
 - Project name, image tag and host ports are the test's own (COMPOSE_PROJECT_NAME,
-  REMORA_IMAGE, REMORA_CONTROL_PORT, REMORA_PRODUCTPAGE_PORT), so a run never touches a
-  user's `remora-demo` project or `remora:latest`, and never needs 9080 or 15010 free.
+  REMORA_IMAGE, REMORA_CONTROL_PORT, REMORA_PRODUCTPAGE_PORT, REMORA_INGRESS_PORT), so a run
+  never touches a user's `remora-demo` project or `remora:latest`, and never needs 9080,
+  8080 or 15010 free.
 - The base image is the compose file's default, remora-base:bookworm: an existing one is
   used; else the suite's remora-base:test is tagged as it; else it is made with debootstrap
   (base_image.py). Whatever the run made (that tag, the built image, the build's
@@ -78,10 +79,11 @@ class ComposeMesh:
         self.root = root
         self.project = f"remora-test-{os.getpid()}-{len(command)}"
         self.image = f"remora-compose-test:{os.getpid()}"
-        self.control_port, self.productpage_port = free_port(), free_port()
+        self.control_port, self.productpage_port, self.ingress_port = free_port(), free_port(), free_port()
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project, "REMORA_IMAGE": self.image,
                     "REMORA_CONTROL_PORT": str(self.control_port),
-                    "REMORA_PRODUCTPAGE_PORT": str(self.productpage_port)}
+                    "REMORA_PRODUCTPAGE_PORT": str(self.productpage_port),
+                    "REMORA_INGRESS_PORT": str(self.ingress_port)}
         if os.environ.get("PIP_CERT"):   # this machine's bundle, which the base image carries there
             self.env["REMORA_PIP_CERT"] = BUNDLE_IN_IMAGE
         for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):   # a file:// index is not in the build
@@ -114,8 +116,10 @@ class ComposeMesh:
         return subprocess.run([sys.executable, "-m", "remora", *args], cwd=self.root, env=env,
                               capture_output=True, text=True, timeout=60)
 
-    def productpage(self, headers: dict[str, str] | None = None) -> dict:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.productpage_port}/api/productpage",
+    def productpage(self, headers: dict[str, str] | None = None, ingress: bool = False) -> dict:
+        """productpage's API, through its sidecar (its published port) or the ingress gateway."""
+        port = self.ingress_port if ingress else self.productpage_port
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/productpage",
                                          headers=headers or {})
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())

@@ -108,6 +108,8 @@ def test_compose_mesh_serves_with_mtls_shifts_traffic_and_leaves_nothing(mesh):
     file's route back, and editing the bind-mounted file with `sed -i` takes effect."""
     first = mesh.wait_productpage()
     assert first["reviews_version"] in ("v1", "v2", "v3")
+    # The ingress gateway (bookinfo-gateway) reaches productpage too, over mTLS as its own identity.
+    assert mesh.productpage(ingress=True)["reviews_version"] in ("v1", "v2", "v3")
     token = mesh.compose("exec", "-T", "control", "cat", "/var/lib/remora/control/admin-token").stdout
     assert re.fullmatch(r"\S+\n?", token), f"the admin token should be one clean line: {token!r}"
     token = token.strip()

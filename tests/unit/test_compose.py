@@ -142,7 +142,8 @@ def test_control_server_serves_the_demo_mesh_and_route(compose):
     assert shipped == yaml.safe_load(topology.render_route((50, 30, 20)))
     copy_text = (DEPLOY / "compose/mesh/mesh.yaml").read_text()
     assert copy_text.endswith(topology.MESH_CONFIG.read_text()), "deploy/compose/mesh/mesh.yaml: copy examples/mesh.yaml"
-    assert sorted(p.name for p in (DEPLOY / "compose/mesh").iterdir()) == ["mesh.yaml", "reviews-route.yaml"]
+    assert sorted(p.name for p in (DEPLOY / "compose/mesh").iterdir()) == ["gateway.yaml", "mesh.yaml",
+                                                                          "reviews-route.yaml"]
     args = build_parser().parse_args(compose["services"]["control"]["command"])
     assert (args.command, args.listen, args.config_dir) == ("control", "0.0.0.0:15010", "/etc/remora/mesh")
 
@@ -208,3 +209,27 @@ def test_token_minting_reads_the_admin_token_the_control_server_creates(compose)
     assert state_dir.startswith(state_mount.split(":")[1] + "/")
     assert tokens["environment"]["ADMIN_TOKEN_FILE"] == f"{state_dir}/admin-token"
     assert '--admin-token-file "$ADMIN_TOKEN_FILE"' in (DEPLOY / "compose/mint-tokens.sh").read_text()
+
+
+def test_ingress_gateway_serves_the_bookinfo_gateway_as_istio_ingressgateway(compose):
+    """The istio-ingressgateway service runs `remora gateway` with the ingress gateway's identity
+    and token, and the shipped Gateway selects it and routes /api/productpage to productpage."""
+    from remora.config.loader import load_mesh_config
+    from remora.proxy.router.gateway_routes import gateway_ports
+    svc = compose["services"]["istio-ingressgateway"]
+    assert svc["environment"]["REMORA_COMMAND"] == "gateway"
+    args = build_parser().parse_args(["gateway", *svc["command"]])
+    assert (args.namespace, args.service_account) == ("istio-system", "istio-ingressgateway-service-account")
+    assert args.port_map == {80: 8080} and args.control == "http://control:15010"
+    assert "0.0.0.0" == args.bind == args.prometheus_bind == args.health_bind
+    minted = compose["services"]["tokens"]["environment"]["SERVICE_ACCOUNTS"].split()
+    assert f"{args.namespace}/{svc['environment']['SERVICE_ACCOUNT']}" in minted
+    assert svc["ports"] == ["127.0.0.1:8080:8080"]
+    config = load_mesh_config([DEPLOY / "compose/mesh"])
+    ports, warnings = gateway_ports(config, args.labels)
+    assert list(ports) == [80] and not warnings
+    (vs,) = [vs for vs in config.virtual_services if vs.spec.gateways == ["bookinfo-gateway"]]
+    assert vs.spec.http[0].route[0].destination.host == "productpage"
+    prometheus = yaml.safe_load((DEPLOY / "compose/prometheus.yml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "remora-gateways")
+    assert job["static_configs"][0]["targets"] == ["istio-ingressgateway:15090"]

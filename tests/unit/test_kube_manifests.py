@@ -26,7 +26,9 @@ def test_shipped_set_is_complete():
     assert kinds == {("Namespace", "remora-system"), ("ServiceAccount", "remora-control"),
                      ("ClusterRole", "remora-control"), ("ClusterRoleBinding", "remora-control"),
                      ("ConfigMap", "remora-mesh-config"), ("PersistentVolumeClaim", "remora-control-state"),
-                     ("Deployment", "remora-control"), ("Service", "remora-control")}
+                     ("Deployment", "remora-control"), ("Service", "remora-control"),
+                     ("Namespace", "istio-system"), ("ServiceAccount", "istio-ingressgateway-service-account"),
+                     ("Deployment", "istio-ingressgateway"), ("Service", "istio-ingressgateway")}
 
 
 def test_control_args_parse_with_remora_control():
@@ -116,3 +118,27 @@ def test_injecting_the_control_plane_changes_nothing():
     text = (DEPLOY / "control.yaml").read_text()
     result = inject_text(text)
     assert result.output == text and result.injected == 0
+
+
+def test_ingress_gateway_is_remora_gateway_with_istios_names_and_ports():
+    """istio-ingressgateway runs `remora gateway` as istio-system/istio-ingressgateway-service-account
+    with Istio's labels; each Service port reaches the container port --port-map serves it on."""
+    from remora.kube.sidecar import default_token_secret
+    deployment = find("Deployment", "istio-ingressgateway")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "gateway" and args.control == DEFAULT_CONTROL
+    assert (args.namespace, args.service_account) == ("istio-system", pod["spec"]["serviceAccountName"])
+    assert args.labels == {k: v for k, v in pod["metadata"]["labels"].items() if "." not in k}
+    (token,) = [e for e in container["env"] if e["name"] == "REMORA_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["name"] == default_token_secret(args.service_account)
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service = find("Service", "istio-ingressgateway")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    for port in service["spec"]["ports"]:
+        local = args.port_map.get(port["port"], port["port"])
+        assert container_ports[port["targetPort"]] == local, port
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert args.credentials_dir in mounts and posixpath.dirname(args.state_dir) in mounts
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
