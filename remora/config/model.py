@@ -131,6 +131,11 @@ class HTTPRewrite(Spec):
     uri_regex_rewrite: RegexRewrite | None = None
 
 
+class HTTPMirrorPolicy(Spec):
+    destination: Destination
+    percentage: Percent | None = None
+
+
 class HTTPRedirect(Spec):
     uri: str | None = None
     authority: str | None = None
@@ -180,6 +185,9 @@ class HTTPRoute(Spec):
     route: list[HTTPRouteDestination] = []
     redirect: HTTPRedirect | None = None
     direct_response: HTTPDirectResponse | None = None
+    mirror: Destination | None = None
+    mirrors: list[HTTPMirrorPolicy] = []
+    mirror_percentage: Percent | None = None
     rewrite: HTTPRewrite | None = None
     timeout: str | None = None
     retries: HTTPRetry | None = None

@@ -87,9 +87,11 @@ def check_destinations(spec: VirtualServiceSpec, namespace: str, index: HostInde
     """Every route destination of a VirtualService names a known host and a defined subset."""
     problems: list[Problem] = []
     for i, route in enumerate(spec.http):
-        for k, route_destination in enumerate(route.route):
-            destination = route_destination.destination
-            where = f"{path}.http[{i}].route[{k}].destination"
+        targets = [(f"{path}.http[{i}].route[{k}].destination", d.destination) for k, d in enumerate(route.route)]
+        if route.mirror is not None:
+            targets.append((f"{path}.http[{i}].mirror", route.mirror))
+        targets += [(f"{path}.http[{i}].mirrors[{k}].destination", m.destination) for k, m in enumerate(route.mirrors)]
+        for where, destination in targets:
             qualified = index.qualify(destination.host, namespace)
             if not index.is_known(qualified):
                 problems.append(Problem(

@@ -52,8 +52,7 @@ def join_path(path: str, key: str | int) -> str:
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "VirtualServiceSpec": frozenset({"tcp", "tls"}),
     "HTTPRoute": frozenset({
-        "delegate", "mirror", "mirrors",
-        "mirrorPercentage", "mirrorPercent", "mirror_percent", "corsPolicy",
+        "delegate", "mirrorPercent", "mirror_percent", "corsPolicy",
     }),
     "FaultDelay": frozenset({"exponentialDelay"}),
     "ServerTLSSettings": frozenset({"tlsCertificates"}),

@@ -34,7 +34,7 @@ from remora.config.model import (
 from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
-from remora.config.validate_http import local_answer_problems
+from remora.config.validate_http import local_answer_problems, mirror_problems
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
 # a bare 3-digit status code is accepted too (Istio turns it into retriable-status-codes).
@@ -202,6 +202,10 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
     for j, match in enumerate(route.match):
         _check_match(checks, f"{path}.match[{j}]", match)
     checks.problems += local_answer_problems(path, route)
+    checks.problems += mirror_problems(path, route)
+    for where, destination in ([(f"{path}.mirror", route.mirror)] if route.mirror is not None else []) + [
+            (f"{path}.mirrors[{k}].destination", m.destination) for k, m in enumerate(route.mirrors)]:
+        checks.host(f"{where}.host", destination.host)
     weights = []
     for k, destination in enumerate(route.route):
         where = f"{path}.route[{k}]"

@@ -99,3 +99,24 @@ def local_answer_problems(path: str, route: HTTPRoute) -> list[Problem]:
             if size > DIRECT_BODY_LIMIT:
                 problems.append(Problem(f"{where}.body", f"size {size} exceeds the 1 MiB limit"))
     return problems
+
+
+def mirror_problems(path: str, route: HTTPRoute) -> list[Problem]:
+    """Istio's mirror rules: `mirror` or `mirrors`, not both; percentages 0..100; no mirroring
+    on a route the proxy answers itself."""
+    problems: list[Problem] = []
+    if route.mirror is not None and route.mirrors:
+        problems.append(Problem(f"{path}.mirrors", "mirror and mirrors cannot both be set"))
+    mirrored = route.mirror is not None or bool(route.mirrors)
+    if mirrored and (route.redirect is not None or route.direct_response is not None):
+        problems.append(Problem(f"{path}.mirror", "a route with redirect or directResponse sends nothing upstream "
+                                "to mirror"))
+    percentages = [(f"{path}.mirrorPercentage.value", route.mirror_percentage)]
+    percentages += [(f"{path}.mirrors[{k}].percentage.value", m.percentage) for k, m in enumerate(route.mirrors)]
+    for where, percent in percentages:
+        if percent is not None and not 0 <= percent.value <= 100:
+            problems.append(Problem(where, f"percentage {percent.value} must be in the range 0..100"))
+    if route.mirror_percentage is not None and route.mirror is None:
+        problems.append(Problem(f"{path}.mirrorPercentage", "mirrorPercentage goes with mirror (mirrors[] carry "
+                                "their own percentage)"))
+    return problems

@@ -175,7 +175,7 @@ def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
                 where: str) -> list[dict]:
     """One VirtualService http entry -> Envoy routes (one per match, same action)."""
     only(http, {"name", "match", "route", "timeout", "retries", "rewrite", "headers", "fault", "redirect",
-                "directResponse"}, where)
+                "directResponse", "mirror", "mirrors", "mirrorPercentage"}, where)
     indexed = list(enumerate(http.get("match") or [{}]))
     # Entries bound to other gateways do not exist at a sidecar (config/gateways.py).
     kept = sidecar_matches(indexed, lambda entry: applies_to_sidecars(entry[1].get("gateways"))) or []
@@ -198,6 +198,14 @@ def http_routes(http: dict, svcs: dict[str, Service], namespace: str,
     else:
         action["weighted_clusters"] = {"clusters": [{"name": n, "weight": w, **ops}
                                                     for n, w, ops, _ in targets]}
+    mirrors = [(http["mirror"], http.get("mirrorPercentage"))] if http.get("mirror") else []
+    mirrors += [(m["destination"], m.get("percentage")) for m in http.get("mirrors") or []]
+    if mirrors:     # Envoy's request_mirror_policies, as Istio renders mirror / mirrors
+        action["request_mirror_policies"] = [
+            {"cluster": _target({"destination": d}, svcs, namespace, f"{where}.mirror")[0],
+             "runtime_fraction": {"default_value": {"numerator": int(round((p or {}).get("value", 100) * 10000)),
+                                                    "denominator": "MILLION"}}}
+            for d, p in mirrors]
     retry = retry_policy(http.get("retries"), f"{where}.retries")
     if retry:
         action["retry_policy"] = retry

@@ -59,7 +59,36 @@ def _outbound_inputs() -> dict[str, str]:
     samples = ROOT / "tests" / "fixtures" / "istio-samples"
     inputs["istio-samples-bookinfo"] = ((samples / "bookinfo.yaml").read_text() + "\n---\n"
                                         + (samples / "bookinfo-routing.yaml").read_text())
+    # Mirroring (the istio.io task), and routes answered by the proxy (redirect, directResponse).
+    inputs["istio-samples-mirroring"] = (HTTPBIN_VERSIONS + "---\n" + (samples / "mirroring.yaml").read_text())
+    inputs["local-answers"] = HTTPBIN_VERSIONS + LOCAL_ANSWERS
     return inputs
+
+
+HTTPBIN_VERSIONS = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 18001}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {http: 18002}, labels: {version: v2}}
+"""
+LOCAL_ANSWERS = """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: httpbin.example.com, redirectCode: 308}
+  - match: [{uri: {exact: /healthz}}]
+    directResponse: {status: 200, body: {string: ok}}
+  - route: [{destination: {host: httpbin}}]
+"""
 
 
 @pytest.mark.parametrize("name", sorted(_outbound_inputs()))

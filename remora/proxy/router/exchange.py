@@ -38,6 +38,7 @@ from remora.proxy.router.grpc import (MessageCounter, effective_timeout, local_r
                                       parse_grpc_timeout)
 from remora.proxy.router.retry_state import RetryState
 from remora.proxy.router.seams import ExchangeHost
+from remora.proxy.router.shadow import send_shadows
 from remora.proxy.router.upstream_events import NOT_CONNECTED, UpstreamEvents
 from remora.proxy.telemetry.access_log import join_flags
 from remora.proxy.telemetry.request_info import RequestInfo
@@ -192,6 +193,8 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.up_headers = headers
         self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
+        if route.mirrors is not None and self.request_done:
+            send_shadows(self, route.mirrors)      # a request without a body: whole already
 
     def _attempt(self, fresh: bool) -> None:
         """Start an attempt at an endpoint the failed attempts did not use, if one is healthy."""
@@ -270,6 +273,8 @@ class Exchange(UpstreamEvents, RequestInfo):
         self.request_done = True
         if self.dest is not None:
             self._arm_timeout()
+            if self.route.mirrors is not None:
+                send_shadows(self, self.route.mirrors)     # the body is whole now
         attempt = self.upstream
         if attempt is not None and not self.finished and self.head.has_body:
             attempt.end_body()

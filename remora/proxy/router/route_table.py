@@ -21,6 +21,7 @@ from remora.config.names import host_aliases, qualify_host
 from remora.proxy.upstream.balancer import SmoothWeightedRoundRobin
 from remora.proxy.upstream.cluster import Cluster, ServiceInfo, cluster_name, empty_service
 from remora.proxy.router.local_answer import local_answer
+from remora.proxy.router.shadow import MirrorTarget
 from remora.proxy.router.fault import compile_fault
 from remora.proxy.router.retry import NO_RETRY, compile_retry_policy
 from remora.proxy.codec.message import RequestHead
@@ -167,7 +168,7 @@ class Route:
 
     __slots__ = ("name", "origin", "blocks", "destinations", "_picker", "rewrite_uri",
                  "rewrite_authority", "regex_rewrite", "request_ops", "response_ops",
-                 "timeout", "retries", "retry_policy", "fault", "spec", "answer")
+                 "timeout", "retries", "retry_policy", "fault", "spec", "answer", "mirrors")
 
     def __init__(self, name: str, origin: str, blocks: list[MatchBlock],
                  destinations: list[RouteDestination], weights: list[int],
@@ -193,6 +194,7 @@ class Route:
         self.fault = compile_fault(spec.fault) if spec else None
         # directResponse / redirect: answered by the proxy, never routed (local_answer.py).
         self.answer = local_answer(spec) if spec else None
+        self.mirrors: list | None = None    # MirrorTargets (shadow.py), set by _compile_route
 
     def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
         """The matching block, True for a route without conditions, or False."""
@@ -347,14 +349,13 @@ def _default_port(ports: list[int]) -> int:
 
 def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceInfo],
                    vs_ports: set[int], matches: list) -> Route:
-    destinations, weights = [], []
-    for d in spec.route:
-        fqdn = qualify_host(d.destination.host, vs.namespace)
+    def destination(d, headers) -> RouteDestination:
+        fqdn = qualify_host(d.host, vs.namespace)
         info = services.get(fqdn)
-        want_port = d.destination.port.number if d.destination.port and d.destination.port.number else None
+        want_port = d.port.number if d.port and d.port.number else None
         if info is None:
             info = services[fqdn] = empty_service(fqdn, vs.namespace, [want_port or 80])
-        subset = d.destination.subset
+        subset = d.subset
 
         def cluster_at(port: int, info=info, subset=subset) -> Cluster:
             if (port, subset) not in info.clusters:
@@ -371,10 +372,19 @@ def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceI
         default_port = want_port or svc_ports[0]
         by_port = {p: cluster_at(want_port or (p if p in info.ports else default_port))
                    for p in vs_ports | {80}}
-        destinations.append(RouteDestination(by_port, cluster_at(default_port), d.headers))
+        return RouteDestination(by_port, cluster_at(default_port), headers)
+
+    destinations, weights = [], []
+    for d in spec.route:
+        destinations.append(destination(d.destination, d.headers))
         weights.append(d.weight if d.weight is not None else (100 if len(spec.route) == 1 else 0))
     if len(weights) > 1 and not any(weights):
         weights = [1] * len(weights)
     blocks = [MatchBlock(m) for m in matches]
     name = spec.name or f"{vs.name}.{index}"
-    return Route(name, f"VirtualService/{vs.namespace}/{vs.name}", blocks, destinations, weights, spec)
+    route = Route(name, f"VirtualService/{vs.namespace}/{vs.name}", blocks, destinations, weights, spec)
+    mirrors = [(spec.mirror, spec.mirror_percentage)] if spec.mirror is not None else []
+    mirrors += [(m.destination, m.percentage) for m in spec.mirrors]
+    if mirrors:
+        route.mirrors = [MirrorTarget(destination(d, None), 100.0 if p is None else p.value) for d, p in mirrors]
+    return route
