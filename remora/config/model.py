@@ -195,10 +195,29 @@ class HTTPRoute(Spec):
     headers: Headers | None = None
 
 
+class L4MatchAttributes(Spec):
+    destination_subnets: list[str] = []
+    port: int | None = None
+    source_labels: dict[str, str] = {}
+    gateways: list[str] = []
+    source_namespace: str | None = None
+
+
+class RouteDestination(Spec):
+    destination: Destination
+    weight: int | None = None
+
+
+class TCPRoute(Spec):
+    match: list[L4MatchAttributes] = []
+    route: list[RouteDestination] = []
+
+
 class VirtualServiceSpec(Spec):
     hosts: list[str] = []
     gateways: list[str] = []
     http: list[HTTPRoute] = []
+    tcp: list[TCPRoute] = []
     export_to: list[str] = []
 
 

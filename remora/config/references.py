@@ -86,31 +86,34 @@ class HostIndex:
 def check_destinations(spec: VirtualServiceSpec, namespace: str, index: HostIndex, path: str = "spec") -> list[Problem]:
     """Every route destination of a VirtualService names a known host and a defined subset."""
     problems: list[Problem] = []
+    targets = []
     for i, route in enumerate(spec.http):
-        targets = [(f"{path}.http[{i}].route[{k}].destination", d.destination) for k, d in enumerate(route.route)]
+        targets += [(f"{path}.http[{i}].route[{k}].destination", d.destination) for k, d in enumerate(route.route)]
         if route.mirror is not None:
             targets.append((f"{path}.http[{i}].mirror", route.mirror))
         targets += [(f"{path}.http[{i}].mirrors[{k}].destination", m.destination) for k, m in enumerate(route.mirrors)]
-        for where, destination in targets:
-            qualified = index.qualify(destination.host, namespace)
-            if not index.is_known(qualified):
-                problems.append(Problem(
-                    f"{where}.host",
-                    f"unknown destination host {destination.host!r} ({qualified}): it is not a host of any "
-                    "ServiceEntry, VirtualService or DestinationRule in this config",
-                ))
-                continue
-            if destination.subset is None:
-                continue
-            has_rule, defined = index.subsets_for(qualified)
-            if defined is None or destination.subset in defined:
-                continue
-            if not has_rule:
-                message = f"subset {destination.subset!r} is not defined: there is no DestinationRule for {qualified}"
-            else:
-                defines = ", ".join(sorted(defined)) or "no subsets"
-                message = f"subset {destination.subset!r} is not defined by the DestinationRule for {qualified} (it defines: {defines})"
-            problems.append(Problem(f"{where}.subset", message))
+    targets += [(f"{path}.tcp[{t}].route[{k}].destination", d.destination)
+                for t, tcp in enumerate(spec.tcp) for k, d in enumerate(tcp.route)]
+    for where, destination in targets:
+        qualified = index.qualify(destination.host, namespace)
+        if not index.is_known(qualified):
+            problems.append(Problem(
+                f"{where}.host",
+                f"unknown destination host {destination.host!r} ({qualified}): it is not a host of any "
+                "ServiceEntry, VirtualService or DestinationRule in this config",
+            ))
+            continue
+        if destination.subset is None:
+            continue
+        has_rule, defined = index.subsets_for(qualified)
+        if defined is None or destination.subset in defined:
+            continue
+        if not has_rule:
+            message = f"subset {destination.subset!r} is not defined: there is no DestinationRule for {qualified}"
+        else:
+            defines = ", ".join(sorted(defined)) or "no subsets"
+            message = f"subset {destination.subset!r} is not defined by the DestinationRule for {qualified} (it defines: {defines})"
+        problems.append(Problem(f"{where}.subset", message))
     return problems
 
 

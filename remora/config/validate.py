@@ -35,6 +35,7 @@ from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
 from remora.config.validate_http import local_answer_problems, mirror_problems
+from remora.config.validate_tcp import tcp_route_problems
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
 # a bare 3-digit status code is accepted too (Istio turns it into retriable-status-codes).
@@ -195,7 +196,17 @@ def validate_virtual_service(spec: VirtualServiceSpec, path: str = "spec") -> li
         checks.host(f"{path}.hosts[{i}]", host)
     for i, route in enumerate(spec.http):
         _check_http_route(checks, f"{path}.http[{i}]", route)
+    if not spec.http and not spec.tcp:
+        checks.add(path, "http, tcp or tls must be provided in virtual service")
+    for i, route in enumerate(spec.tcp):
+        checks.problems += tcp_route_problems(f"{path}.tcp[{i}]", route, _host_problem)
     return checks.problems
+
+
+def _host_problem(host: str) -> str | None:
+    found = _Checks()
+    found.host("", host)
+    return found.problems[0].message if found.problems else None
 
 
 def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:

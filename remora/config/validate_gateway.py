@@ -3,9 +3,9 @@ validateServer, validateServerPort, validateTLSOptions), with Istio's messages, 
 Remora's fail-closed rule: a server feature Remora does not serve is refused by name
 ("not supported by Remora"), never loaded and ignored.
 
-Served: protocols HTTP, HTTPS, HTTP2, GRPC; TLS modes SIMPLE and MUTUAL (certificate files
+Served: protocols HTTP, HTTPS, HTTP2, GRPC, TCP (VirtualService tcp routes); TLS modes SIMPLE and MUTUAL (certificate files
 or `credentialName`) and ISTIO_MUTUAL (the mesh's mTLS: an egress gateway), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
-`cipherSuites`, `bind` (an IP address). Refused: TCP / TLS / MONGO servers, PASSTHROUGH,
+`cipherSuites`, `bind` (an IP address). Refused: TLS / MONGO / ... servers, PASSTHROUGH,
 AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
 fields (subjectAltNames, verifyCertificateSpki/Hash, caCrl) that would otherwise be skipped.
 """
@@ -19,7 +19,7 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
 ISTIO_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "MONGO", "REDIS", "MYSQL",
                              "TCP", "TLS", "UDP"})
-SERVED_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC"})
+SERVED_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "TCP"})
 TLS_MODES = frozenset({"PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"})
 SERVED_TLS_MODES = frozenset({"SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
@@ -65,7 +65,7 @@ def _server(server: GatewayServer, path: str) -> list[Problem]:
             protocol = None
         elif protocol not in SERVED_PROTOCOLS:
             problems.append(Problem(f"{path}.port.protocol", f"protocol {protocol} on a gateway server is not "
-                                    "supported by Remora (it serves HTTP, HTTPS, HTTP2 and GRPC)"))
+                                    "supported by Remora (it serves HTTP, HTTPS, HTTP2, GRPC and TCP)"))
         if port.number is None or not 1 <= port.number <= 65535:
             problems.append(Problem(f"{path}.port.number", f"port number {port.number} must be in the range 1..65535"))
         if port.target_port:

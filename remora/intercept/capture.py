@@ -24,7 +24,8 @@ import asyncio
 import socket
 
 from remora.intercept.original_dst import redirected
-from remora.intercept.tcp_proxy import TcpSession, TcpTarget
+from remora.proxy.router.tcp_routes import pick_route
+from remora.proxy.upstream.tcp_proxy import TcpSession, TcpTarget, cluster_target
 from remora.proxy.upstream.cluster import Cluster, ClusterStats, Endpoint
 from remora.proxy.telemetry.counters import Counters
 from remora.proxy.codec.downstream import DownstreamHttp1
@@ -144,17 +145,17 @@ class Sniffer(asyncio.Protocol):
             protocol.data_received(self.buffer)
 
 
-def mesh_target(snapshot, destination, inbound: bool = False) -> TcpTarget | None:
-    """The TCP target of a mesh service port: its default cluster's endpoints, balancer's choice first."""
+def mesh_target(snapshot, destination, address: str | None = None) -> TcpTarget | None:
+    """The TCP target of a mesh service port: the cluster its VirtualService's tcp routes
+    pick for this connection (router/tcp_routes.py), else the port's default cluster;
+    the balancer's choice first."""
+    routes = snapshot.tcp_routes.get(destination.fqdn)
+    route = pick_route(routes, destination.port, address) if routes else None
+    if route is not None:
+        return cluster_target(route.choose().cluster_for(destination.port))
     info = snapshot.services.get(destination.fqdn)
     cluster = info.clusters.get((destination.port, None)) if info is not None else None
-    if cluster is None:
-        return None
-    first = cluster.pick()
-    order = [first] if first is not None else []
-    order += [ep for ep in cluster.endpoints if ep is not first and not ep.ejected]
-    return TcpTarget(cluster.name, [(ep.host, ep.port, ep.pool) for ep in order[:3]],
-                     cluster.telemetry, cluster)
+    return cluster_target(cluster) if cluster is not None else None
 
 
 class OutboundCapture:
@@ -208,7 +209,7 @@ class OutboundCapture:
 
     def _tcp(self, sniffer: Sniffer, original, destination) -> None:
         self.stats.tcp += 1
-        target = mesh_target(self.worker.snapshot, destination) if destination is not None else None
+        target = mesh_target(self.worker.snapshot, destination, original[0]) if destination is not None else None
         if target is None:
             if self.policy == REGISTRY_ONLY:
                 self.stats.registry_only_refused += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from remora.intercept.capture import PROXY_PORTS, Captured, CaptureStats, Sniffer
 from remora.intercept.original_dst import redirected
-from remora.intercept.tcp_proxy import TcpSession, TcpTarget
+from remora.proxy.upstream.tcp_proxy import TcpSession, TcpTarget
 from remora.proxy.codec.downstream import DownstreamHttp1
 
 

@@ -16,7 +16,7 @@ from tests.integration.netns import skip_unless_possible, wait_until
 
 NET = 204
 CLIENT, SERVER, OUTSIDE = f"10.{NET}.0.2", f"10.{NET}.0.3", f"10.{NET}.0.4"
-REVIEWS_VIP, ECHO_VIP, LOOPY_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12"
+REVIEWS_VIP, ECHO_VIP, LOOPY_VIP, SPLIT_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.13"
 MESH = f"""apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: reviews}}
@@ -53,6 +53,26 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {{name: tcp-front}}
+spec:
+  hosts: [tcp-front]
+  addresses: [{SPLIT_VIP}]
+  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  workloadSelector: {{labels: {{app: tcp-front}}}}   # no workload: only the route reaches echo
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-front}}
+spec:
+  hosts: [tcp-front]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {{name: loopy}}
 spec:
   hosts: [loopy]
@@ -70,7 +90,7 @@ def mesh():
     try:
         client, server, outside = lab.pod("client", 2), lab.pod("server", 3), lab.pod("outside", 4)
         client.run("ip", "route", "add", "10.96.0.0/16", "dev", "eth0")
-        client.hosts({"reviews": REVIEWS_VIP, "echo": ECHO_VIP})
+        client.hosts({"reviews": REVIEWS_VIP, "echo": ECHO_VIP, "tcp-front": SPLIT_VIP})
         certs = tempfile.mkdtemp(prefix="remora-certs-")
         lab.dirs.append(certs)
         ca = CertificateAuthority.load_or_create(Path(certs) / "ca", "cluster.local")
@@ -119,6 +139,14 @@ def test_tcp_echo_through_two_sidecars_is_mtls(mesh):
     assert server_stats["listener.0.0.0.0_15006.ssl.handshake"] > before
     assert server_stats["listener.0.0.0.0_15006.capture.tcp"] >= 1
     assert mesh.client_sidecar.stats()["listener.127.0.0.1_15001.capture.tcp"] >= 1
+
+
+def test_captured_tcp_follows_the_virtual_services_tcp_route(mesh):
+    """tcp-front has no endpoints of its own: its VirtualService's tcp route sends the captured
+    connection to echo, through both sidecars over mTLS."""
+    client = mesh.pods["client"]
+    payload = b"routed by port\n" * 100
+    assert tcp_exchange(client, "tcp-front", 9000, payload, half_close=False) == payload
 
 
 def test_loop_to_the_proxys_own_port_is_refused(mesh):

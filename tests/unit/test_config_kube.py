@@ -35,13 +35,14 @@ def test_bookinfo_services_become_mesh_services_and_the_rest_is_skipped_with_one
 
 
 def test_every_sample_loads_as_one_set():
-    """bookinfo (with its routing), httpbin, sleep, helloworld, tcp-echo and grpc-echo load together."""
+    """bookinfo (with its routing), httpbin (with the Mirroring task's route), sleep, helloworld,
+    tcp-echo and grpc-echo load together."""
     config = load_mesh_config([SAMPLES])
     hosts = {h for r in config.service_entries for h in r.spec.hosts}
     assert {"httpbin.default.svc.cluster.local", "sleep.default.svc.cluster.local",
             "helloworld.default.svc.cluster.local", "tcp-echo.default.svc.cluster.local",
             "echo.echo-grpc.svc.cluster.local"} <= hosts
-    assert [vs.name for vs in config.virtual_services] == ["reviews"]
+    assert sorted(vs.name for vs in config.virtual_services) == ["httpbin", "reviews"]
 
 
 def test_protocols_and_target_ports_follow_istio():

@@ -175,9 +175,15 @@ def test_istio_fields_remora_lacks_say_not_supported_yet(field: str) -> None:
     rejected_at(f"spec.http[0].{field}", *baseline(vs=vs), says="not supported by Remora yet")
 
 
-def test_tcp_routes_say_not_supported_yet() -> None:
-    """VirtualService.tcp is Istio but not Remora yet."""
-    rejected_at("spec.tcp", *baseline(vs=virtual_service(tcp=[])), says="not supported by Remora yet")
+def test_tls_routes_say_not_supported_yet() -> None:
+    """VirtualService.tls is Istio but not Remora yet."""
+    rejected_at("spec.tls", *baseline(vs=virtual_service(tls=[])), says="not supported by Remora yet")
+
+
+def test_tcp_route_needs_a_destination() -> None:
+    """A tcp route without `route` is refused as Istio refuses it."""
+    rejected_at("spec.tcp[0].route", *baseline(vs=virtual_service(tcp=[{"match": [{"port": 31400}]}])),
+                says="TCP route is required")
 
 
 def test_unknown_field_names_path_and_suggests() -> None:

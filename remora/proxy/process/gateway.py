@@ -15,11 +15,14 @@ targetPort (binding 80 needs root; Istio's gateway listens on 8080 for port 80 t
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from remora.config.loader import ConfigError, ConfigIssue
 from remora.config.model import MeshConfig
 from remora.proxy.router.gateway_routes import GatewayPort, build_gateway_tables, gateway_ports
+from remora.proxy.router.tcp_routes import pick_route
+from remora.proxy.upstream.tcp_proxy import TcpSession, cluster_target
 from remora.proxy.security.gateway_tls import GatewayTlsError, PortTls
 
 log = logging.getLogger("remora.gateway")
@@ -49,8 +52,8 @@ def compile_gateway(config: MeshConfig, services, options) -> tuple[dict[int, Ga
 
 def listener_key(port: GatewayPort) -> tuple:
     """What identifies a port's listener: a change of any part replaces it."""
-    tls = getattr(port, "tls", None)
-    return (port.number, port.bind, tls.key if tls is not None else None)
+    tls = port.tls
+    return (port.number, port.bind, tls.key if tls is not None else None, port.protocol)
 
 
 def reconcile(worker, make_listener) -> list:
@@ -94,3 +97,28 @@ def gateway_dump(snapshot) -> dict:
                   for port in sorted(snapshot.gateway_ports.values(), key=lambda p: p.number)],
         "warnings": list(snapshot.gateway_warnings),
     }
+
+
+class NoTcpRoute(asyncio.Protocol):
+    """A connection to a TCP server no tcp route takes: closed at once (Envoy: no filter
+    chain), counted in the listener's `no_route`."""
+
+    def __init__(self, listener) -> None:
+        listener.stats.no_route += 1
+
+    def connection_made(self, transport) -> None:
+        transport.close()
+
+
+def tcp_protocol_factory(listener):
+    """The protocol factory of a TCP server port: each connection takes the first tcp route
+    of the current snapshot that applies, a destination drawn by weight."""
+    number = listener.gateway_port
+
+    def make():
+        port = listener.worker.snapshot.gateway_ports.get(number)
+        route = pick_route(port.tcp_routes, number) if port is not None else None
+        if route is None:
+            return NoTcpRoute(listener)
+        return TcpSession(listener, cluster_target(route.choose().cluster_for(number)), inbound=False)
+    return make

@@ -29,6 +29,7 @@ from remora.proxy.process.gateway import compile_gateway, gateway_dump, reconcil
 from remora.proxy.process.listener import Listener, ListenerSettings
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.router.route_table import RouteTable, build_route_table
+from remora.proxy.router.tcp_routes import sidecar_tcp_routes
 from remora.proxy.telemetry.otlp import SpanExporter
 from remora.proxy.telemetry.access_log import AccessLogWriter
 from remora.proxy.security.tls import MeshTls
@@ -88,6 +89,13 @@ class Snapshot:
         self.services = build_clusters(config, options.identity)
         self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
                                                       options.identity.namespace)
+        # Before clusters are prepared below: these may add clusters (an unknown host or subset).
+        # VirtualService tcp routes per service FQDN, for captured TCP (remora/intercept).
+        self.tcp_routes = sidecar_tcp_routes(config, self.services, options.identity.labels,
+                                             options.identity.namespace) if options.capture is not None else {}
+        # `remora gateway`: server port -> GatewayPort (route table, TLS); empty on sidecars.
+        self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options)
+                                                     if options.gateway else ({}, []))
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None
         self.inbound_policy: InboundPolicy | None = None   # mTLS mode + authorization (inbound only)
@@ -119,9 +127,6 @@ class Snapshot:
         # Transparent capture (--capture): original destination -> mesh service, per version.
         self.destinations = (options.capture.destinations(config, self.services)
                              if options.capture is not None else None)
-        # `remora gateway`: server port -> GatewayPort (route table, TLS); empty on sidecars.
-        self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options)
-                                                     if options.gateway else ({}, []))
 
     def inbound_for(self, port: int) -> tuple:
         """(route table, InboundPolicy, cluster) of one app port, made on first use (--capture:
@@ -356,6 +361,9 @@ class Worker:
             if listener.acceptor is not None:
                 for name, value in listener.acceptor.stats.named().items():
                     out[f"listener.{listener.address}.{name}"] = value
+            if listener.gateway_key is not None and listener.gateway_key[3] == "TCP":
+                for name, value in listener.tcp_stats.as_dict().items():
+                    out[f"tcp.{listener.name}.{name}"] = value
             if listener.capture is not None:
                 for name, value in listener.capture.stats.as_dict().items():
                     out[f"listener.{listener.address}.capture.{name}"] = value

@@ -13,6 +13,8 @@ Istio's rules (pilot/pkg/networking/core/gateway.go, docs/gateways.md):
 - The Host header's port is ignored (Istio sets ignore_port_in_host_matching); a host no
   virtual host covers, or a path no route matches, is 404 NR.
 - `tls.httpsRedirect` on an HTTP server: every request for its hosts gets 301 to https.
+- A TCP server takes the `tcp` routes of the VirtualServices bound to it whose hosts meet
+  the server's (router/tcp_routes.py); the first whose match applies to the port wins.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from remora.config.model_gateway import GatewayServer
 from remora.config.names import qualify_host
 from remora.proxy.router.local_answer import RedirectAnswer, split_authority
 from remora.proxy.router.route_table import Route, RouteTable, VirtualHost, _compile_route
+from remora.proxy.router.tcp_routes import gateway_tcp_routes
 from remora.proxy.upstream.cluster import ServiceInfo
 
 HTTP_KINDS = frozenset({"HTTP", "HTTP2", "GRPC"})
@@ -48,12 +51,13 @@ class GatewayPort:
     """Everything a gateway serves on one port number."""
 
     number: int
-    protocol: str                      # HTTP (plaintext: HTTP, HTTP2, GRPC) or HTTPS
+    protocol: str                      # HTTP (plaintext: HTTP, HTTP2, GRPC), HTTPS or TCP
     bind: str | None
     servers: list[BoundServer] = field(default_factory=list)
     table: "GatewayRouteTable | None" = None
     hosts: dict[str, list[str]] = field(default_factory=dict)   # virtual host -> VirtualServices bound
     tls: object | None = None          # HTTPS: security/gateway_tls.PortTls (set by process/gateway.py)
+    tcp_routes: list = field(default_factory=list)   # TCP: router/tcp_routes.TcpRoute, in order
 
 
 class GatewayRouteTable(RouteTable):
@@ -82,7 +86,8 @@ def gateway_ports(config: MeshConfig, labels: dict[str, str]) -> tuple[dict[int,
     warnings: list[str] = []
     for gw in selected_gateways(config, labels):
         for i, server in enumerate(gw.spec.servers):
-            protocol = "HTTPS" if (server.port.protocol or "").upper() == "HTTPS" else "HTTP"
+            declared = (server.port.protocol or "").upper()
+            protocol = declared if declared in ("HTTPS", "TCP") else "HTTP"
             number = server.port.number
             port = ports.setdefault(number, GatewayPort(number, protocol, server.bind))
             if port.protocol != protocol or port.bind != server.bind:
@@ -112,6 +117,10 @@ def build_gateway_tables(config: MeshConfig, services: dict[str, ServiceInfo], p
                 matched = {inter for vs_host in vs.spec.hosts for server_host in hosts
                            if (inter := host_intersection(server_host, _vs_host(vs_host, vs.namespace)))}
                 if not matched:
+                    continue
+                if port.protocol == "TCP":
+                    port.tcp_routes += gateway_tcp_routes(vs, gw_name, services, labels, namespace)
+                    port.hosts.setdefault("*", []).append(f"{vs.namespace}/{vs.name}")
                     continue
                 routes = compiled.get((vs.ref, gw_name))
                 if routes is None:

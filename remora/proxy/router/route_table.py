@@ -347,36 +347,37 @@ def _default_port(ports: list[int]) -> int:
     return 80 if 80 in ports or not ports else min(ports)
 
 
+def route_destination(d, headers, vs, services: dict[str, ServiceInfo], vs_ports: set[int]) -> RouteDestination:
+    """A VirtualService destination (host, subset, port) as the clusters it sends to per service port."""
+    fqdn = qualify_host(d.host, vs.namespace)
+    info = services.get(fqdn)
+    want_port = d.port.number if d.port and d.port.number else None
+    if info is None:
+        info = services[fqdn] = empty_service(fqdn, vs.namespace, [want_port or 80])
+    subset = d.subset
+
+    def cluster_at(port: int) -> Cluster:
+        if (port, subset) not in info.clusters:
+            # A port or subset nothing defines: an empty cluster answers 503 UH. Only
+            # missing keys are added: the port's real (subset-less) cluster must stay.
+            for key, empty in empty_service(info.fqdn, info.namespace, [port]).clusters.items():
+                info.clusters.setdefault(key, empty)
+            if subset is not None:
+                info.clusters[(port, subset)] = Cluster(cluster_name(port, subset, info.fqdn),
+                                                        info.fqdn, port, subset, [], None)
+        return info.clusters[(port, subset)]
+
+    svc_ports = sorted(info.ports) or [80]
+    default_port = want_port or svc_ports[0]
+    by_port = {p: cluster_at(want_port or (p if p in info.ports else default_port)) for p in vs_ports | {80}}
+    return RouteDestination(by_port, cluster_at(default_port), headers)
+
+
 def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceInfo],
                    vs_ports: set[int], matches: list) -> Route:
-    def destination(d, headers) -> RouteDestination:
-        fqdn = qualify_host(d.host, vs.namespace)
-        info = services.get(fqdn)
-        want_port = d.port.number if d.port and d.port.number else None
-        if info is None:
-            info = services[fqdn] = empty_service(fqdn, vs.namespace, [want_port or 80])
-        subset = d.subset
-
-        def cluster_at(port: int, info=info, subset=subset) -> Cluster:
-            if (port, subset) not in info.clusters:
-                # A port or subset nothing defines: an empty cluster answers 503 UH. Only
-                # missing keys are added: the port's real (subset-less) cluster must stay.
-                for key, empty in empty_service(info.fqdn, info.namespace, [port]).clusters.items():
-                    info.clusters.setdefault(key, empty)
-                if subset is not None:
-                    info.clusters[(port, subset)] = Cluster(cluster_name(port, subset, info.fqdn),
-                                                            info.fqdn, port, subset, [], None)
-            return info.clusters[(port, subset)]
-
-        svc_ports = sorted(info.ports) or [80]
-        default_port = want_port or svc_ports[0]
-        by_port = {p: cluster_at(want_port or (p if p in info.ports else default_port))
-                   for p in vs_ports | {80}}
-        return RouteDestination(by_port, cluster_at(default_port), headers)
-
     destinations, weights = [], []
     for d in spec.route:
-        destinations.append(destination(d.destination, d.headers))
+        destinations.append(route_destination(d.destination, d.headers, vs, services, vs_ports))
         weights.append(d.weight if d.weight is not None else (100 if len(spec.route) == 1 else 0))
     if len(weights) > 1 and not any(weights):
         weights = [1] * len(weights)
@@ -386,5 +387,6 @@ def _compile_route(spec: HTTPRoute, index: int, vs, services: dict[str, ServiceI
     mirrors = [(spec.mirror, spec.mirror_percentage)] if spec.mirror is not None else []
     mirrors += [(m.destination, m.percentage) for m in spec.mirrors]
     if mirrors:
-        route.mirrors = [MirrorTarget(destination(d, None), 100.0 if p is None else p.value) for d, p in mirrors]
+        route.mirrors = [MirrorTarget(route_destination(d, None, vs, services, vs_ports),
+                                      100.0 if p is None else p.value) for d, p in mirrors]
     return route

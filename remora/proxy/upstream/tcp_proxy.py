@@ -35,6 +35,15 @@ class TcpTarget:
         self.cluster = cluster       # the mesh Cluster (endpoint counters), when there is one
 
 
+def cluster_target(cluster) -> TcpTarget:
+    """A mesh cluster as a TCP target: the balancer's choice first, then up to two other
+    healthy endpoints to try when a connect fails."""
+    first = cluster.pick()
+    order = [first] if first is not None else []
+    order += [ep for ep in cluster.endpoints if ep is not first and not ep.ejected]
+    return TcpTarget(cluster.name, [(ep.host, ep.port, ep.pool) for ep in order[:3]], cluster.telemetry, cluster)
+
+
 class _Upstream(asyncio.Protocol):
     """The upstream side: its bytes go to the downstream transport."""
 
