@@ -131,6 +131,17 @@ class HTTPRewrite(Spec):
     uri_regex_rewrite: RegexRewrite | None = None
 
 
+class CorsPolicy(Spec):
+    allow_origins: list[StringMatch] = []
+    allow_origin: list[str] = []          # deprecated: exact origins
+    allow_methods: list[str] = []
+    allow_headers: list[str] = []
+    expose_headers: list[str] = []
+    max_age: str | None = None
+    allow_credentials: bool | None = None
+    unmatched_preflights: str | None = None   # FORWARD (default) | IGNORE
+
+
 class HTTPMirrorPolicy(Spec):
     destination: Destination
     percentage: Percent | None = None
@@ -188,6 +199,7 @@ class HTTPRoute(Spec):
     mirror: Destination | None = None
     mirrors: list[HTTPMirrorPolicy] = []
     mirror_percentage: Percent | None = None
+    cors_policy: CorsPolicy | None = None
     rewrite: HTTPRewrite | None = None
     timeout: str | None = None
     retries: HTTPRetry | None = None

@@ -52,7 +52,7 @@ def join_path(path: str, key: str | int) -> str:
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "VirtualServiceSpec": frozenset({"tls"}),
     "HTTPRoute": frozenset({
-        "delegate", "mirrorPercent", "mirror_percent", "corsPolicy",
+        "delegate", "mirrorPercent", "mirror_percent",
     }),
     "FaultDelay": frozenset({"exponentialDelay"}),
     "ServerTLSSettings": frozenset({"tlsCertificates"}),

@@ -34,7 +34,7 @@ from remora.config.model import (
 from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
-from remora.config.validate_http import local_answer_problems, mirror_problems
+from remora.config.validate_http import cors_problems, local_answer_problems, mirror_problems
 from remora.config.validate_tcp import tcp_route_problems
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
@@ -214,6 +214,7 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
         _check_match(checks, f"{path}.match[{j}]", match)
     checks.problems += local_answer_problems(path, route)
     checks.problems += mirror_problems(path, route)
+    checks.problems += cors_problems(path, route)
     for where, destination in ([(f"{path}.mirror", route.mirror)] if route.mirror is not None else []) + [
             (f"{path}.mirrors[{k}].destination", m.destination) for k, m in enumerate(route.mirrors)]:
         checks.host(f"{where}.host", destination.host)

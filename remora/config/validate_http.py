@@ -9,6 +9,7 @@ import base64
 import binascii
 import re
 
+from remora.config.duration import parse_duration
 from remora.config.model import Headers, HTTPRoute
 from remora.config.schema import Problem, join_path
 
@@ -119,4 +120,46 @@ def mirror_problems(path: str, route: HTTPRoute) -> list[Problem]:
     if route.mirror_percentage is not None and route.mirror is None:
         problems.append(Problem(f"{path}.mirrorPercentage", "mirrorPercentage goes with mirror (mirrors[] carry "
                                 "their own percentage)"))
+    return problems
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+UNMATCHED_PREFLIGHTS = frozenset({"FORWARD", "IGNORE"})
+
+
+def cors_problems(path: str, route: HTTPRoute) -> list[Problem]:
+    """Istio's CORS policy rules (validateCORSPolicy): origins non-empty, methods known,
+    header names tokens, maxAge whole seconds."""
+    cors = route.cors_policy
+    if cors is None:
+        return []
+    where = f"{path}.corsPolicy"
+    problems: list[Problem] = []
+    for i, origin in enumerate(cors.allow_origins):
+        if origin.exact is None and origin.prefix is None and origin.regex is None:
+            problems.append(Problem(f"{where}.allowOrigins[{i}]", "'exact', 'prefix' or 'regex' is required"))
+        elif origin.regex is not None:
+            try:
+                re.compile(origin.regex)
+            except re.error as error:
+                problems.append(Problem(f"{where}.allowOrigins[{i}].regex", f"invalid regular expression: {error}"))
+    for i, method in enumerate(cors.allow_methods):
+        if method not in HTTP_METHODS:
+            problems.append(Problem(f"{where}.allowMethods[{i}]", f"{method!r} is not a valid HTTP method"))
+    for field, names in (("allowHeaders", cors.allow_headers), ("exposeHeaders", cors.expose_headers)):
+        for i, name in enumerate(names):
+            if not _TOKEN.fullmatch(name):
+                problems.append(Problem(f"{where}.{field}[{i}]", f"{name!r} is not a valid header name"))
+    if cors.max_age is not None:
+        try:
+            seconds = parse_duration(cors.max_age)
+        except ValueError as error:
+            problems.append(Problem(f"{where}.maxAge", str(error)))
+        else:
+            if seconds != int(seconds):
+                problems.append(Problem(f"{where}.maxAge", "max_age duration is accurate only to seconds"))
+    if cors.unmatched_preflights is not None and cors.unmatched_preflights not in UNMATCHED_PREFLIGHTS:
+        problems.append(Problem(f"{where}.unmatchedPreflights", f"unknown value {cors.unmatched_preflights!r}; "
+                                "expected FORWARD or IGNORE"))
     return problems

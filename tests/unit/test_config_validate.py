@@ -168,7 +168,7 @@ def test_http_route_needs_a_destination() -> None:
     rejected_at("spec.http[0].route", *baseline(vs=vs), says="HTTP route, redirect or direct response is required")
 
 
-@pytest.mark.parametrize("field", ["corsPolicy", "delegate"])
+@pytest.mark.parametrize("field", ["delegate"])
 def test_istio_fields_remora_lacks_say_not_supported_yet(field: str) -> None:
     """Valid Istio fields Remora does not implement are named 'not supported by Remora yet'."""
     vs = virtual_service(http_route(**{field: {}}))

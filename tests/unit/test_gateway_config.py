@@ -139,10 +139,11 @@ def test_tls_features_remora_does_not_serve_are_refused_by_name(tls, field):
     assert any(f"tls.{field}" in p and "not supported by Remora" in p for p in found), found
 
 
-def test_tcp_servers_are_refused_as_not_supported():
-    """A TCP server is valid Istio but not served by Remora yet: refused, by name."""
-    servers = """  - port: {number: 31400, name: tcp, protocol: TCP}
+def test_tls_servers_are_refused_as_not_supported():
+    """A TLS (passthrough) server is valid Istio but not served by Remora yet: refused, by name."""
+    servers = """  - port: {number: 443, name: tls, protocol: TLS}
     hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
 """
     assert any("not supported by Remora" in p for p in problems(SERVICE + gateway(servers)))
 

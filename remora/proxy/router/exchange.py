@@ -109,6 +109,12 @@ class Exchange(UpstreamEvents, RequestInfo):
         if route is None:
             self.local_reply(404, b"", "NR")
             return
+        if route.cors is not None:       # Envoy's CORS filter runs before faults and the router
+            extra = route.cors.preflight_answer(self.head)
+            if extra is not None:
+                self.details = "cors_preflight"
+                self.local_reply(200, b"", "", extra)
+                return
         if route.answer is not None:     # directResponse, redirect, httpsRedirect
             status, body, extra = route.answer.reply(self.head)
             self.details = route.answer.details

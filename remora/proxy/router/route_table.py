@@ -20,6 +20,7 @@ from remora.config.model import HeaderOperations, Headers, HTTPRoute, MeshConfig
 from remora.config.names import host_aliases, qualify_host
 from remora.proxy.upstream.balancer import SmoothWeightedRoundRobin
 from remora.proxy.upstream.cluster import Cluster, ServiceInfo, cluster_name, empty_service
+from remora.proxy.router.cors import Cors
 from remora.proxy.router.local_answer import local_answer
 from remora.proxy.router.shadow import MirrorTarget
 from remora.proxy.router.fault import compile_fault
@@ -168,7 +169,7 @@ class Route:
 
     __slots__ = ("name", "origin", "blocks", "destinations", "_picker", "rewrite_uri",
                  "rewrite_authority", "regex_rewrite", "request_ops", "response_ops",
-                 "timeout", "retries", "retry_policy", "fault", "spec", "answer", "mirrors")
+                 "timeout", "retries", "retry_policy", "fault", "spec", "answer", "mirrors", "cors")
 
     def __init__(self, name: str, origin: str, blocks: list[MatchBlock],
                  destinations: list[RouteDestination], weights: list[int],
@@ -195,6 +196,7 @@ class Route:
         # directResponse / redirect: answered by the proxy, never routed (local_answer.py).
         self.answer = local_answer(spec) if spec else None
         self.mirrors: list | None = None    # MirrorTargets (shadow.py), set by _compile_route
+        self.cors = Cors(spec.cors_policy, compile_string_match) if spec and spec.cors_policy else None
 
     def match(self, head: RequestHead, port: int) -> MatchBlock | bool:
         """The matching block, True for a route without conditions, or False."""

@@ -75,6 +75,8 @@ class UpstreamEvents:
             headers = self.route.response_ops.apply(headers)
         if self.dest.response_ops is not None:
             headers = self.dest.response_ops.apply(headers)
+        if self.route.cors is not None:
+            headers = self.route.cors.response_headers(self.head, headers)
         headers.append((b"x-envoy-upstream-service-time", upstream_time))
         self.peer_metadata = resp.peer_metadata
         if self.head.peer_metadata is not None and self.listener.reply_header is not None:
