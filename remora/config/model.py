@@ -220,6 +220,20 @@ class RouteDestination(Spec):
     weight: int | None = None
 
 
+class TLSMatchAttributes(Spec):
+    sni_hosts: list[str] = []
+    destination_subnets: list[str] = []
+    port: int | None = None
+    source_labels: dict[str, str] = {}
+    gateways: list[str] = []
+    source_namespace: str | None = None
+
+
+class TLSRoute(Spec):
+    match: list[TLSMatchAttributes] = []
+    route: list[RouteDestination] = []
+
+
 class TCPRoute(Spec):
     match: list[L4MatchAttributes] = []
     route: list[RouteDestination] = []
@@ -229,6 +243,7 @@ class VirtualServiceSpec(Spec):
     hosts: list[str] = []
     gateways: list[str] = []
     http: list[HTTPRoute] = []
+    tls: list[TLSRoute] = []
     tcp: list[TCPRoute] = []
     export_to: list[str] = []
 

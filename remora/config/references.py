@@ -92,8 +92,9 @@ def check_destinations(spec: VirtualServiceSpec, namespace: str, index: HostInde
         if route.mirror is not None:
             targets.append((f"{path}.http[{i}].mirror", route.mirror))
         targets += [(f"{path}.http[{i}].mirrors[{k}].destination", m.destination) for k, m in enumerate(route.mirrors)]
-    targets += [(f"{path}.tcp[{t}].route[{k}].destination", d.destination)
-                for t, tcp in enumerate(spec.tcp) for k, d in enumerate(tcp.route)]
+    for kind, routes in (("tcp", spec.tcp), ("tls", spec.tls)):
+        targets += [(f"{path}.{kind}[{t}].route[{k}].destination", d.destination)
+                    for t, route in enumerate(routes) for k, d in enumerate(route.route)]
     for where, destination in targets:
         qualified = index.qualify(destination.host, namespace)
         if not index.is_known(qualified):

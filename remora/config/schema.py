@@ -50,7 +50,6 @@ def join_path(path: str, key: str | int) -> str:
 # them from hunting for a typo in a valid Istio file. The list is every field of Istio's
 # CRDs (manifests/charts/base/files/crd-all.gen.yaml, istio/istio of August 2026) that the model lacks.
 NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
-    "VirtualServiceSpec": frozenset({"tls"}),
     "HTTPRoute": frozenset({
         "delegate", "mirrorPercent", "mirror_percent",
     }),

@@ -35,7 +35,7 @@ from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
 from remora.config.validate_tls import validate_client_tls
 from remora.config.validate_http import cors_problems, local_answer_problems, mirror_problems
-from remora.config.validate_tcp import tcp_route_problems
+from remora.config.validate_tcp import tcp_route_problems, tls_route_problems
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names that Istio passes through;
 # a bare 3-digit status code is accepted too (Istio turns it into retriable-status-codes).
@@ -196,10 +196,12 @@ def validate_virtual_service(spec: VirtualServiceSpec, path: str = "spec") -> li
         checks.host(f"{path}.hosts[{i}]", host)
     for i, route in enumerate(spec.http):
         _check_http_route(checks, f"{path}.http[{i}]", route)
-    if not spec.http and not spec.tcp:
+    if not spec.http and not spec.tcp and not spec.tls:
         checks.add(path, "http, tcp or tls must be provided in virtual service")
     for i, route in enumerate(spec.tcp):
         checks.problems += tcp_route_problems(f"{path}.tcp[{i}]", route, _host_problem)
+    for i, route in enumerate(spec.tls):
+        checks.problems += tls_route_problems(f"{path}.tls[{i}]", route, spec, _host_problem)
     return checks.problems
 
 

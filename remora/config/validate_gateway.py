@@ -3,10 +3,12 @@ validateServer, validateServerPort, validateTLSOptions), with Istio's messages, 
 Remora's fail-closed rule: a server feature Remora does not serve is refused by name
 ("not supported by Remora"), never loaded and ignored.
 
-Served: protocols HTTP, HTTPS, HTTP2, GRPC, TCP (VirtualService tcp routes); TLS modes SIMPLE and MUTUAL (certificate files
-or `credentialName`) and ISTIO_MUTUAL (the mesh's mTLS: an egress gateway), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
-`cipherSuites`, `bind` (an IP address). Refused: TLS / MONGO / ... servers, PASSTHROUGH,
-AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
+Served: protocols HTTP, HTTPS, HTTP2, GRPC, TCP (VirtualService tcp routes), and TLS or
+HTTPS in PASSTHROUGH (VirtualService tls routes by SNI, nothing terminated); TLS modes
+SIMPLE and MUTUAL (certificate files or `credentialName`) and ISTIO_MUTUAL (the mesh's
+mTLS: an egress gateway), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
+`cipherSuites`, `bind` (an IP address). Refused: MONGO / REDIS / ... servers, a TLS server
+that terminates, AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
 fields (subjectAltNames, verifyCertificateSpki/Hash, caCrl) that would otherwise be skipped.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
 ISTIO_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "MONGO", "REDIS", "MYSQL",
                              "TCP", "TLS", "UDP"})
-SERVED_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "TCP"})
+SERVED_PROTOCOLS = frozenset({"HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS"})
 TLS_MODES = frozenset({"PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"})
-SERVED_TLS_MODES = frozenset({"SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
+SERVED_TLS_MODES = frozenset({"SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "PASSTHROUGH"})
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 
 
@@ -65,7 +67,7 @@ def _server(server: GatewayServer, path: str) -> list[Problem]:
             protocol = None
         elif protocol not in SERVED_PROTOCOLS:
             problems.append(Problem(f"{path}.port.protocol", f"protocol {protocol} on a gateway server is not "
-                                    "supported by Remora (it serves HTTP, HTTPS, HTTP2, GRPC and TCP)"))
+                                    "supported by Remora (it serves HTTP, HTTPS, HTTP2, GRPC, TCP and TLS)"))
         if port.number is None or not 1 <= port.number <= 65535:
             problems.append(Problem(f"{path}.port.number", f"port number {port.number} must be in the range 1..65535"))
         if port.target_port:
@@ -170,7 +172,12 @@ def served_tls_problems(tls: ServerTLSSettings, protocol: str, path: str) -> lis
     problems: list[Problem] = []
     if mode not in SERVED_TLS_MODES:
         problems.append(Problem(f"{path}.mode", f"TLS mode {mode} is not supported by Remora on a gateway "
-                                "(it terminates SIMPLE, MUTUAL and ISTIO_MUTUAL)"))
+                                "(it terminates SIMPLE, MUTUAL and ISTIO_MUTUAL, and passes PASSTHROUGH through)"))
+    elif protocol == "TLS" and mode != "PASSTHROUGH":
+        problems.append(Problem(f"{path}.mode", f"a TLS server in mode {mode} (terminate, then proxy TCP) is not "
+                                "supported by Remora: use protocol HTTPS, or PASSTHROUGH"))
+    if mode == "PASSTHROUGH":
+        return problems     # no certificate is used: the fields below do not apply
     for field, value in (("credentialNames", tls.credential_names), ("subjectAltNames", tls.subject_alt_names),
                          ("verifyCertificateSpki", tls.verify_certificate_spki),
                          ("verifyCertificateHash", tls.verify_certificate_hash), ("caCrl", tls.ca_crl)):

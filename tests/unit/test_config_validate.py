@@ -175,9 +175,10 @@ def test_istio_fields_remora_lacks_say_not_supported_yet(field: str) -> None:
     rejected_at(f"spec.http[0].{field}", *baseline(vs=vs), says="not supported by Remora yet")
 
 
-def test_tls_routes_say_not_supported_yet() -> None:
-    """VirtualService.tls is Istio but not Remora yet."""
-    rejected_at("spec.tls", *baseline(vs=virtual_service(tls=[])), says="not supported by Remora yet")
+def test_tls_route_needs_sni_hosts() -> None:
+    """A tls match without sniHosts is refused as Istio refuses it."""
+    vs = virtual_service(gateways=["gw"], tls=[{"match": [{"port": 443}], "route": [{"destination": {"host": "reviews"}}]}])
+    rejected_at("spec.tls[0].match[0].sniHosts", *baseline(vs=vs), says="at least one SNI host")
 
 
 def test_tcp_route_needs_a_destination() -> None:

@@ -125,8 +125,7 @@ def test_gateway_validation_follows_istio(servers, expected):
 
 
 @pytest.mark.parametrize(("tls", "field"), [
-    ("{mode: PASSTHROUGH}", "mode"), ("{mode: AUTO_PASSTHROUGH}", "mode"), ("{mode: OPTIONAL_MUTUAL, credentialName: x}", "mode"),
-    ("{credentialName: x}", "mode"),      # no mode: Istio's default is PASSTHROUGH
+    ("{mode: AUTO_PASSTHROUGH}", "mode"), ("{mode: OPTIONAL_MUTUAL, credentialName: x}", "mode"),
     ("{mode: MUTUAL, credentialName: x, subjectAltNames: [a]}", "subjectAltNames"),
 ])
 def test_tls_features_remora_does_not_serve_are_refused_by_name(tls, field):
@@ -139,11 +138,11 @@ def test_tls_features_remora_does_not_serve_are_refused_by_name(tls, field):
     assert any(f"tls.{field}" in p and "not supported by Remora" in p for p in found), found
 
 
-def test_tls_servers_are_refused_as_not_supported():
-    """A TLS (passthrough) server is valid Istio but not served by Remora yet: refused, by name."""
+def test_terminating_tls_servers_are_refused_as_not_supported():
+    """A TLS server that terminates (then proxies TCP) is valid Istio, not served by Remora: refused, by name."""
     servers = """  - port: {number: 443, name: tls, protocol: TLS}
     hosts: ["*"]
-    tls: {mode: PASSTHROUGH}
+    tls: {mode: SIMPLE, credentialName: x}
 """
     assert any("not supported by Remora" in p for p in problems(SERVICE + gateway(servers)))
 
@@ -267,3 +266,28 @@ spec:
   http: [{route}]
 """
     assert any(message in p for p in problems(text)), problems(text)
+
+
+def test_tls_routes_at_sidecars_are_refused():
+    """tls routes for `mesh` (sidecars) are not served: refused, naming the match entry."""
+    text = SERVICE + """---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: default}
+spec:
+  hosts: [nginx.example.com]
+  tls:
+  - match: [{port: 443, sniHosts: [nginx.example.com]}]
+    route: [{destination: {host: httpbin}}]
+"""
+    assert any("spec.tls[0].match[0]" in p and "not supported by Remora" in p for p in problems(text))
+
+
+def test_no_mode_on_an_https_server_is_passthrough():
+    """`tls` without `mode` is PASSTHROUGH (Istio's default): the port passes TLS through."""
+    servers = """  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [nginx.example.com]
+    tls: {}
+"""
+    ports, _ = tables(SERVICE + gateway(servers))
+    assert ports[443].protocol == "PASSTHROUGH"

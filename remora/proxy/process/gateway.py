@@ -21,7 +21,8 @@ import logging
 from remora.config.loader import ConfigError, ConfigIssue
 from remora.config.model import MeshConfig
 from remora.proxy.router.gateway_routes import GatewayPort, build_gateway_tables, gateway_ports
-from remora.proxy.router.tcp_routes import pick_route
+from remora.proxy.codec.tls_sni import NotTls, client_hello_sni
+from remora.proxy.router.tcp_routes import pick_route, pick_tls_route
 from remora.proxy.upstream.tcp_proxy import TcpSession, cluster_target
 from remora.proxy.security.gateway_tls import GatewayTlsError, PortTls
 
@@ -122,3 +123,49 @@ def tcp_protocol_factory(listener):
             return NoTcpRoute(listener)
         return TcpSession(listener, cluster_target(route.choose().cluster_for(number)), inbound=False)
     return make
+
+
+class SniSniffer(asyncio.Protocol):
+    """A PASSTHROUGH connection until its ClientHello names a server: then the TcpSession of
+    the tls route its SNI takes (Envoy's tls_inspector + tcp_proxy; nothing is decrypted).
+    No route, no TLS, or no complete ClientHello within --protocol-detection-timeout: the
+    connection is closed, counted in `no_route`."""
+
+    def __init__(self, listener) -> None:
+        self.listener = listener
+        self.buffer = b""
+        self.transport = None
+        self.timer = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.timer = self.listener.loop.call_later(self.listener.settings.detection_timeout, self._refuse)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            sni = client_hello_sni(self.buffer)
+        except NotTls:
+            self._refuse()
+            return
+        if sni is None:
+            return          # the ClientHello is not complete yet
+        self.timer.cancel()
+        number = self.listener.gateway_port
+        port = self.listener.worker.snapshot.gateway_ports.get(number)
+        route = pick_tls_route(port.tls_routes, number, sni) if port is not None else None
+        if route is None:
+            self._refuse()
+            return
+        session = TcpSession(self.listener, cluster_target(route.choose().cluster_for(number)), inbound=False)
+        self.transport.set_protocol(session)
+        session.take_over(self.transport, self.buffer)
+
+    def connection_lost(self, exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _refuse(self) -> None:
+        self.timer.cancel()
+        self.listener.stats.no_route += 1
+        self.transport.close()

@@ -23,7 +23,7 @@ from remora.proxy.codec.downstream import DownstreamHttp1
 from remora.proxy.codec.http2 import Http2Stats
 from remora.proxy.router.exchange import Exchange
 from remora.proxy.codec.http1 import FIRST_ATTEMPT
-from remora.proxy.process.gateway import tcp_protocol_factory
+from remora.proxy.process.gateway import SniSniffer, tcp_protocol_factory
 from remora.proxy.security.gateway_tls import MESH, front_context
 from remora.proxy.security.inbound_accept import InboundAcceptor
 from remora.proxy.security.inbound_policy import DENIED_BODY
@@ -188,8 +188,9 @@ class Listener:
         current snapshot (security/gateway_tls.py). SO_REUSEPORT, so that a listener
         replacing this one (new TLS settings) can bind before this one closes."""
         tls_key, context = self.gateway_key[2], None
-        if self.gateway_key[3] == "TCP":
-            self.server = await self.loop.create_server(tcp_protocol_factory(self), self.host, self.port,
+        if self.gateway_key[3] in ("TCP", "PASSTHROUGH"):
+            factory = tcp_protocol_factory(self) if self.gateway_key[3] == "TCP" else lambda: SniSniffer(self)
+            self.server = await self.loop.create_server(factory, self.host, self.port,
                                                         reuse_address=True, reuse_port=True, backlog=4096)
             return
         if tls_key is not None:

@@ -13,6 +13,9 @@ Istio's rules (pilot/pkg/networking/core/gateway.go, docs/gateways.md):
 - The Host header's port is ignored (Istio sets ignore_port_in_host_matching); a host no
   virtual host covers, or a path no route matches, is 404 NR.
 - `tls.httpsRedirect` on an HTTP server: every request for its hosts gets 301 to https.
+- A PASSTHROUGH server (TLS or HTTPS) reads the ClientHello's SNI and takes the first `tls`
+  route whose `sniHosts` cover it; the TLS bytes go through untouched (Envoy's
+  tls_inspector + tcp_proxy).
 - A TCP server takes the `tcp` routes of the VirtualServices bound to it whose hosts meet
   the server's (router/tcp_routes.py); the first whose match applies to the port wins.
 """
@@ -27,7 +30,7 @@ from remora.config.model_gateway import GatewayServer
 from remora.config.names import qualify_host
 from remora.proxy.router.local_answer import RedirectAnswer, split_authority
 from remora.proxy.router.route_table import Route, RouteTable, VirtualHost, _compile_route
-from remora.proxy.router.tcp_routes import gateway_tcp_routes
+from remora.proxy.router.tcp_routes import gateway_tcp_routes, gateway_tls_routes
 from remora.proxy.upstream.cluster import ServiceInfo
 
 HTTP_KINDS = frozenset({"HTTP", "HTTP2", "GRPC"})
@@ -51,13 +54,14 @@ class GatewayPort:
     """Everything a gateway serves on one port number."""
 
     number: int
-    protocol: str                      # HTTP (plaintext: HTTP, HTTP2, GRPC), HTTPS or TCP
+    protocol: str                      # HTTP (plaintext: HTTP, HTTP2, GRPC), HTTPS, TCP or PASSTHROUGH
     bind: str | None
     servers: list[BoundServer] = field(default_factory=list)
     table: "GatewayRouteTable | None" = None
     hosts: dict[str, list[str]] = field(default_factory=dict)   # virtual host -> VirtualServices bound
     tls: object | None = None          # HTTPS: security/gateway_tls.PortTls (set by process/gateway.py)
     tcp_routes: list = field(default_factory=list)   # TCP: router/tcp_routes.TcpRoute, in order
+    tls_routes: list = field(default_factory=list)   # PASSTHROUGH: TlsRoute (SNI hosts, TcpRoute)
 
 
 class GatewayRouteTable(RouteTable):
@@ -88,6 +92,8 @@ def gateway_ports(config: MeshConfig, labels: dict[str, str]) -> tuple[dict[int,
         for i, server in enumerate(gw.spec.servers):
             declared = (server.port.protocol or "").upper()
             protocol = declared if declared in ("HTTPS", "TCP") else "HTTP"
+            if declared in ("HTTPS", "TLS") and server.tls is not None and (server.tls.mode or "PASSTHROUGH") == "PASSTHROUGH":
+                protocol = "PASSTHROUGH"
             number = server.port.number
             port = ports.setdefault(number, GatewayPort(number, protocol, server.bind))
             if port.protocol != protocol or port.bind != server.bind:
@@ -121,6 +127,12 @@ def build_gateway_tables(config: MeshConfig, services: dict[str, ServiceInfo], p
                 if port.protocol == "TCP":
                     port.tcp_routes += gateway_tcp_routes(vs, gw_name, services, labels, namespace)
                     port.hosts.setdefault("*", []).append(f"{vs.namespace}/{vs.name}")
+                    continue
+                if port.protocol == "PASSTHROUGH":
+                    for route in gateway_tls_routes(vs, gw_name, services, labels, namespace):
+                        port.tls_routes.append(route)
+                        for sni in route.sni_hosts:
+                            port.hosts.setdefault(sni, []).append(f"{vs.namespace}/{vs.name}")
                     continue
                 routes = compiled.get((vs.ref, gw_name))
                 if routes is None:

@@ -59,10 +59,11 @@ def _in_any(address: str, subnets: list) -> bool:
     return any(ip in subnet for subnet in subnets)
 
 
-def compile_tcp_routes(vs: Resource, services, applies) -> list[TcpRoute]:
-    """The tcp routes of one VirtualService whose match entries apply (`applies(entry)`)."""
+def compile_tcp_routes(vs: Resource, services, applies, specs=None, kind=TcpRoute) -> list[TcpRoute]:
+    """The tcp (or tls: `specs`, `kind`) routes of one VirtualService whose match entries
+    apply (`applies(entry)`)."""
     routes = []
-    for i, spec in enumerate(vs.spec.tcp):
+    for i, spec in enumerate(vs.spec.tcp if specs is None else specs):
         matches = [m for m in spec.match if applies(m)]
         if spec.match and not matches:
             continue         # every entry is for other gateways or workloads
@@ -70,7 +71,8 @@ def compile_tcp_routes(vs: Resource, services, applies) -> list[TcpRoute]:
         weights = [d.weight if d.weight is not None else (100 if len(spec.route) == 1 else 0) for d in spec.route]
         if len(weights) > 1 and not any(weights):
             weights = [1] * len(weights)
-        routes.append(TcpRoute(f"{vs.namespace}/{vs.name}.tcp.{i}", matches, destinations, weights))
+        routes.append(kind(f"{vs.namespace}/{vs.name}.{'tcp' if kind is TcpRoute else 'tls'}.{i}", matches,
+                           destinations, weights))
     return routes
 
 
@@ -97,6 +99,51 @@ def gateway_tcp_routes(vs: Resource, gateway: str, services, labels, namespace) 
             return False
         return selects_workload(m.source_labels, m.source_namespace, labels, namespace)
     return compile_tcp_routes(vs, services, applies)
+
+
+class TlsRoute(TcpRoute):
+    """A tls route: a tcp route that also matches the ClientHello's SNI."""
+
+    __slots__ = ("sni_hosts",)
+
+    def __init__(self, name: str, matches: list, destinations: list, weights: list[int]) -> None:
+        super().__init__(name, matches, destinations, weights)
+        self.sni_hosts = sorted({host.lower() for m in matches for host in m.sni_hosts})
+        self.matches = [(m.port, [ipaddress.ip_network(s, strict=False) for s in m.destination_subnets],
+                         [host.lower() for host in m.sni_hosts]) for m in matches]
+
+    def applies_sni(self, port: int, sni: str) -> bool:
+        for want_port, _subnets, hosts in self.matches:
+            if want_port is not None and want_port != port:
+                continue
+            if any(_sni_covers(host, sni) for host in hosts):
+                return True
+        return False
+
+
+def _sni_covers(pattern: str, name: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return pattern == name
+
+
+def gateway_tls_routes(vs: Resource, gateway: str, services, labels, namespace) -> list[TlsRoute]:
+    """The tls routes of a VirtualService bound to `gateway` whose match entries apply there."""
+    def applies(m) -> bool:
+        if m.gateways and gateway not in {resolve_gateway_name(n, vs.namespace) for n in m.gateways}:
+            return False
+        return selects_workload(m.source_labels, m.source_namespace, labels, namespace)
+    return compile_tcp_routes(vs, services, applies, vs.spec.tls, TlsRoute)
+
+
+def pick_tls_route(routes: list[TlsRoute], port: int, sni: str) -> TlsRoute | None:
+    """The first tls route taking a connection with this SNI to `port`, or None."""
+    for route in routes:
+        if route.applies_sni(port, sni):
+            return route
+    return None
 
 
 def pick_route(routes: list[TcpRoute], port: int, address: str | None = None) -> TcpRoute | None:
