@@ -16,6 +16,7 @@ from remora.config.model import (
     WorkloadEntrySpec,
 )
 from remora.config.model_gateway import GatewaySpec
+from remora.config.model_sidecar import SidecarSpec
 from remora.config.model_jwt import RequestAuthenticationSpec
 
 SUPPORTED_GROUP = "networking.istio.io"
@@ -30,6 +31,7 @@ SPEC_TYPES: dict[str, type] = {
     "AuthorizationPolicy": AuthorizationPolicySpec,
     "RequestAuthentication": RequestAuthenticationSpec,
     "Gateway": GatewaySpec,
+    "Sidecar": SidecarSpec,
 }
 # Supported kinds outside networking.istio.io: their group and versions.
 OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -43,7 +45,7 @@ OTHER_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
 # warning so that a directory written for Istio, Linkerd or Consul still loads the parts
 # Remora understands.
 UNSUPPORTED_KINDS: dict[str, frozenset[str]] = {
-    "networking.istio.io": frozenset({"Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
+    "networking.istio.io": frozenset({"EnvoyFilter", "WorkloadGroup", "ProxyConfig"}),
     "extensions.istio.io": frozenset({"WasmPlugin"}),
     "split.smi-spec.io": frozenset({"TrafficSplit"}),
     "specs.smi-spec.io": frozenset({"HTTPRouteGroup", "TCPRoute", "UDPRoute"}),

@@ -38,6 +38,7 @@ import msgspec
 
 from remora.config import validate, validate_entries, yaml_text
 from remora.config.validate_gateway import validate_gateway
+from remora.config.validate_sidecar import validate_sidecar
 from remora.config.validate_jwt import validate_request_authentication
 from remora.config.deprecated import destination_rule_warnings, virtual_service_warnings
 from remora.config.validate_security import validate_authorization_policy, validate_peer_authentication
@@ -95,6 +96,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "AuthorizationPolicy": validate_authorization_policy,
     "RequestAuthentication": validate_request_authentication,
     "Gateway": validate_gateway,
+    "Sidecar": validate_sidecar,
 }
 
 _TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
@@ -343,6 +345,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         authorization_policies=tuple(resources["AuthorizationPolicy"]),
         request_authentications=tuple(resources["RequestAuthentication"]),
         gateways=tuple(resources["Gateway"]),
+        sidecars=tuple(resources["Sidecar"]),
         version=config_version(r for group in resources.values() for r in group),
         warnings=tuple(collector.warnings),
         notes=tuple(collector.notes),

@@ -15,6 +15,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from remora.config.model_gateway import GatewaySpec
+    from remora.config.model_sidecar import SidecarSpec
     from remora.config.model_jwt import RequestAuthenticationSpec
 
 
@@ -518,6 +519,7 @@ class MeshConfig:
     authorization_policies: tuple[Resource[AuthorizationPolicySpec], ...] = ()
     request_authentications: tuple[Resource[RequestAuthenticationSpec], ...] = ()
     gateways: tuple[Resource[GatewaySpec], ...] = ()
+    sidecars: tuple[Resource[SidecarSpec], ...] = ()
     version: str = "0"
     warnings: tuple[str, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())   # info lines (non-mesh kinds skipped)
@@ -527,5 +529,6 @@ class MeshConfig:
         """Every resource of every kind, kind by kind."""
         for group in (self.service_entries, self.workload_entries, self.virtual_services,
                       self.destination_rules, self.telemetries, self.peer_authentications,
-                      self.authorization_policies, self.request_authentications, self.gateways):
+                      self.authorization_policies, self.request_authentications, self.gateways,
+                      self.sidecars):
             yield from group

@@ -10,10 +10,9 @@ so an operator never believes a policy holds when no proxy applies it:
 - other meshes' authorization and authentication kinds (Linkerd's policy.linkerd.io
   Server/ServerAuthorization/AuthorizationPolicy/MeshTLSAuthentication/
   NetworkAuthentication, Consul's ServiceIntentions/JWTProvider, SMI's TrafficTarget);
-- Istio's Sidecar when it restricts egress (`outboundTrafficPolicy.mode: REGISTRY_ONLY`)
-  or sets inbound TLS (`ingress[].tls`, `inboundTls`), and EnvoyFilter / WasmPlugin when
-  they carry an authentication, authorization, TLS or scripting filter (Remora cannot run
-  Envoy patches or Wasm).
+- Istio's EnvoyFilter / WasmPlugin when they carry an authentication, authorization, TLS
+  or scripting filter (Remora cannot run Envoy patches or Wasm). (Sidecar is read:
+  config/validate_sidecar.py refuses what it does not apply.)
 """
 from __future__ import annotations
 
@@ -42,8 +41,6 @@ def unenforced_security(group: str, kind: str, spec: Any) -> Problem | None:
                                "does not enforce; write it as an Istio AuthorizationPolicy / "
                                "PeerAuthentication, or remove it")
     spec = spec if isinstance(spec, dict) else {}
-    if group == "networking.istio.io" and kind == "Sidecar":
-        return _sidecar(spec)
     if group == "networking.istio.io" and kind == "EnvoyFilter":
         text = json.dumps(spec, default=str).lower()
         words = [w for w in _ENVOY_SECURITY_WORDS if w in text]
@@ -56,20 +53,4 @@ def unenforced_security(group: str, kind: str, spec: Any) -> Problem | None:
         if phase in _WASM_SECURITY_PHASES:
             return Problem("spec.phase", f"a WasmPlugin in phase {phase} authenticates or "
                                          "authorizes requests; Remora cannot run it")
-    return None
-
-
-def _sidecar(spec: dict) -> Problem | None:
-    policy = spec.get("outboundTrafficPolicy")
-    if isinstance(policy, dict) and policy.get("mode") == "REGISTRY_ONLY":
-        return Problem("spec.outboundTrafficPolicy.mode",
-                       "REGISTRY_ONLY in a Sidecar resource is not applied by Remora; use "
-                       "`remora proxy --outbound-traffic-policy REGISTRY_ONLY` instead")
-    if spec.get("inboundTls"):
-        return Problem("spec.inboundTls", "Sidecar inbound TLS is not applied by Remora; "
-                                          "use PeerAuthentication")
-    for i, ingress in enumerate(spec.get("ingress") or []):
-        if isinstance(ingress, dict) and ingress.get("tls"):
-            return Problem(f"spec.ingress[{i}].tls", "Sidecar ingress TLS is not applied by "
-                                                     "Remora; use PeerAuthentication")
     return None

@@ -165,13 +165,19 @@ class OutboundCapture:
         self.listener = listener
         self.worker = listener.worker
         self.loop = listener.loop
-        self.policy = policy
+        self.default_policy = policy   # --outbound-traffic-policy; a Sidecar resource overrides it
         self.stats = CaptureStats()
         self.own_ports = PROXY_PORTS | {p for p in (self.worker.options.outbound_port,
                                                     self.worker.options.inbound_port,
                                                     self.worker.options.admin_port) if p}
         self.passthrough: dict[tuple[str, int], object] = {}
         self.passthrough_stats = ClusterStats()   # one set for every passthrough destination
+
+    @property
+    def policy(self) -> str:
+        """ALLOW_ANY or REGISTRY_ONLY for captured traffic to no mesh service: the Sidecar
+        resource's outboundTrafficPolicy in this snapshot, else the flag."""
+        return self.worker.snapshot.outbound_traffic_policy or self.default_policy
 
     def on_connect(self, sniffer: Sniffer, transport):
         """Decide what can be decided before any byte; None when the sniffer is done."""

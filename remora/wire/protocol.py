@@ -47,7 +47,7 @@ TYPE_ORDER: tuple[str, ...] = (CLUSTERS, ENDPOINTS, ROUTES, POLICIES)
 TYPE_KINDS: dict[str, tuple[str, ...]] = {
     CLUSTERS: ("ServiceEntry", "Service", "DestinationRule"),   # Service: Kubernetes core/v1
     ENDPOINTS: ("WorkloadEntry",),
-    ROUTES: ("VirtualService", "Gateway"),
+    ROUTES: ("VirtualService", "Gateway", "Sidecar"),
     POLICIES: ("Telemetry", "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"),
 }
 KIND_TYPE: dict[str, str] = {kind: type_url for type_url, kinds in TYPE_KINDS.items() for kind in kinds}

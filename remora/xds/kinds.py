@@ -17,6 +17,7 @@ SHORT_NAMES: dict[str, str] = {
     "AuthorizationPolicy": "ap",
     "RequestAuthentication": "ra",
     "Gateway": "gw",
+    "Sidecar": "sidecar",
     "Service": "svc",   # Kubernetes core/v1
 }
 

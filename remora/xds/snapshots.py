@@ -25,6 +25,7 @@ import msgspec
 
 from remora.config.model import MeshConfig, Resource
 from remora.config.mesh_rules import ROOT_NAMESPACE
+from remora.config.sidecar_scope import scoped_config
 from remora.wire.protocol import TYPE_KINDS, TYPE_ORDER, Node
 
 _encode = msgspec.json.Encoder().encode
@@ -60,8 +61,15 @@ def _selects(selector_labels: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resource]]:
-    """The resources of each type a sidecar with this scope needs, sorted by identity."""
+    """The resources of each type a sidecar with this scope needs, sorted by identity.
+
+    A namespace-wide Sidecar (or the root namespace's) narrows services, VirtualServices
+    and DestinationRules to its egress hosts (config/sidecar_scope.py); a Sidecar that
+    selects workloads is pushed to its namespace and applied by the sidecars it selects."""
     ns = key.namespace
+    if not any(r.namespace == ns and r.spec.workload_selector is not None and r.spec.workload_selector.labels
+               for r in config.sidecars):
+        config = scoped_config(config, ns, None)
     service_entries = [r for r in config.service_entries if _visible(r, ns)]
     by_namespace: dict[str, list[Resource]] = {}
     for we in config.workload_entries:
@@ -84,6 +92,7 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
         # Every Gateway: a gateway workload picks those whose selector matches it (Istio's
         # default scope: a Gateway selects gateway pods in any namespace); sidecars ignore them.
         "Gateway": list(config.gateways),
+        "Sidecar": [r for r in config.sidecars if r.namespace in (ROOT_NAMESPACE, ns)],
         # Telemetry applies mesh-wide from the root namespace, else within its own namespace
         # (the sidecar then picks by its workload selector: telemetry_policy.resolve).
         "Telemetry": [r for r in config.telemetries if r.namespace in (ROOT_NAMESPACE, ns)],

@@ -99,8 +99,8 @@ def test_get_one_resource_as_yaml_or_json_with_its_origin(control):
     assert status == 200 and "kind: ServiceEntry" in text and "remora.io/origin: file" in text
     status, listed = control.request("GET", "/v1/resources?kind=se")
     assert [i["name"] for i in listed["items"]] == ["ratings", "reviews"]
-    status, answer = control.request("GET", "/v1/resources/sidecar/default/x")
-    assert status == 400 and "unknown kind 'sidecar'" in answer["error"]
+    status, answer = control.request("GET", "/v1/resources/envoyfilter/default/x")
+    assert status == 400 and "unknown kind 'envoyfilter'" in answer["error"]
 
 
 def test_applied_resources_survive_a_restart(control):

@@ -60,8 +60,8 @@ def test_get_lists_with_origin_and_shows_one_as_yaml(control):
     assert one.returncode == 0 and "kind: ServiceEntry" in one.stdout and "name: reviews" in one.stdout
     missing = control.cli("get", "dr", "nothing")
     assert missing.returncode == 1 and "DestinationRule/default/nothing not found" in missing.stderr
-    unknown = control.cli("get", "sidecars")
-    assert unknown.returncode == 1 and "unknown kind 'sidecars'" in unknown.stderr
+    unknown = control.cli("get", "envoyfilters")
+    assert unknown.returncode == 1 and "unknown kind 'envoyfilters'" in unknown.stderr
 
 
 def test_delete_removes_applied_and_refuses_file_resources(control):

@@ -91,7 +91,7 @@ FIXTURE_EXPECTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "002-10-RequestAuthentication-jwt-auth.yaml": ("loads", ()),
     "002-11-ServiceEntry-user-service-cluster2.yaml": ("rejected", ("spec.endpoints[0].address",)),
     "002-12-VirtualService-user-service-global.yaml": ("rejected", ("spec.http[0].route[0].destination.host", "spec.http[1].route[0].destination.host")),
-    "002-14-Sidecar-default.yaml": ("skipped", ("Sidecar",)),
+    "002-14-Sidecar-default.yaml": ("loads", ()),
     "002-15-DestinationRule-high-throughput-service.yaml": ("loads", ()),
     "003-02-Gateway-blog-gateway.yaml": ("rejected", ("spec.trafficPolicy.circuitBreaker", "spec.http[1].route[0].destination.host")),
     "003-03-PeerAuthentication-default.yaml": ("loads", ()),
@@ -126,7 +126,7 @@ def fixture_outcome(path: Path) -> tuple[str, str, str]:
     loaded = [r.ref for group in (config.service_entries, config.workload_entries,
                                    config.virtual_services, config.destination_rules,
                                    config.peer_authentications, config.authorization_policies,
-                                   config.request_authentications) for r in group]
+                                   config.request_authentications, config.gateways, config.sidecars) for r in group]
     if not loaded:
         return ", ".join(kinds), "skipped", f"{len(config.warnings)} document(s) skipped with a warning"
     notes = f"; {len(config.warnings)} warning(s)" if config.warnings else ""
@@ -162,7 +162,8 @@ def test_fixture_file_outcome(name: str) -> None:
         return
     config = load_mesh_config([path])
     resources = (config.service_entries + config.workload_entries + config.virtual_services + config.destination_rules
-                 + config.peer_authentications + config.authorization_policies + config.request_authentications)
+                 + config.peer_authentications + config.authorization_policies + config.request_authentications
+                 + config.gateways + config.sidecars)
     if result == "loads":
         assert resources
     else:
@@ -371,7 +372,6 @@ def test_supported_api_versions(api_version: str) -> None:
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [
-        ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1", "WorkloadGroup"),
         ("networking.istio.io/v1beta1", "ProxyConfig"),
@@ -395,10 +395,6 @@ def test_unsupported_mesh_kinds_are_skipped_with_a_warning(api_version: str, kin
         ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication", "{}", "kind"),
         ("consul.hashicorp.com/v1alpha1", "ServiceIntentions", "{}", "kind"),
         ("access.smi-spec.io/v1alpha3", "TrafficTarget", "{}", "kind"),
-        ("networking.istio.io/v1", "Sidecar", "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}",
-         "spec.outboundTrafficPolicy.mode"),
-        ("networking.istio.io/v1", "Sidecar", "{ingress: [{port: {number: 80}, tls: {mode: SIMPLE}}]}",
-         "spec.ingress[0].tls"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter",
          "{configPatches: [{applyTo: HTTP_FILTER, patch: {value: {name: envoy.filters.http.ext_authz}}}]}",
          "spec.configPatches"),
@@ -414,14 +410,12 @@ def test_unenforced_security_kinds_are_refused_not_skipped(api_version, kind, sp
     assert issue.resource == f"{kind}/ns/x" and issue.field_path == field and issue.file == "f.yaml"
 
 
-def test_harmless_sidecar_and_envoy_filter_are_still_skipped() -> None:
-    """A Sidecar limiting visible hosts and an EnvoyFilter tuning buffers stay warnings (routing, not protection)."""
-    text = ("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n"
-            "spec: {egress: [{hosts: [./*]}]}\n---\n"
-            "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: e}\n"
+def test_harmless_envoy_filter_is_still_skipped() -> None:
+    """An EnvoyFilter tuning buffers stays a warning (routing, not protection)."""
+    text = ("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: e}\n"
             "spec: {configPatches: [{applyTo: LISTENER, patch: {value: {per_connection_buffer_limit_bytes: 1024}}}]}\n")
     config = load_mesh_text(text, "f.yaml")
-    assert len(config.warnings) == 2
+    assert len(config.warnings) == 1
 
 
 def test_unknown_kind_is_an_error_with_a_suggestion() -> None:

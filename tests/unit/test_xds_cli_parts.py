@@ -22,7 +22,7 @@ def test_kind_spellings(spelling, kind):
 def test_unknown_kind_lists_what_is_accepted():
     """An unknown kind names the accepted kinds and short names."""
     with pytest.raises(UnknownKind, match=r"VirtualService \(vs\)"):
-        resolve_kind("sidecar")
+        resolve_kind("envoyfilter")
 
 
 def test_due_time_waits_for_quiet_but_caps_the_delay():

@@ -16,6 +16,7 @@ import msgspec
 
 from remora.config.model import MeshConfig
 from remora.config.names import qualify_host
+from remora.config.sidecar_scope import scoped_config, sidecar_for
 from remora.proxy.process.capture_seam import CaptureSupport
 from remora.proxy.process.cluster_setup import prepare_cluster
 from remora.proxy.upstream.cluster import Cluster, Endpoint, build_clusters
@@ -86,12 +87,20 @@ class Snapshot:
         self.config = config
         self.version = config.version
         self.loaded_at = time.time()
-        self.services = build_clusters(config, options.identity)
-        self.outbound: RouteTable = build_route_table(config, self.services, options.identity.labels,
-                                                      options.identity.namespace)
+        identity = options.identity
+        # A Sidecar resource narrows what this sidecar keeps (config/sidecar_scope.py); gateways
+        # are not scoped by Sidecars, as in Istio.
+        sidecar = None if options.gateway else sidecar_for(config, identity.namespace, identity.labels)
+        self.sidecar = sidecar
+        policy = sidecar.spec.outbound_traffic_policy if sidecar is not None else None
+        self.outbound_traffic_policy = (policy.mode if policy is not None and policy.mode
+                                        else options.outbound_traffic_policy)
+        scoped = config if sidecar is None else scoped_config(config, identity.namespace, identity.labels)
+        self.services = build_clusters(scoped, identity)
+        self.outbound: RouteTable = build_route_table(scoped, self.services, identity.labels, identity.namespace)
         # Before clusters are prepared below: these may add clusters (an unknown host or subset).
         # VirtualService tcp routes per service FQDN, for captured TCP (remora/intercept).
-        self.tcp_routes = sidecar_tcp_routes(config, self.services, options.identity.labels,
+        self.tcp_routes = sidecar_tcp_routes(scoped, self.services, options.identity.labels,
                                              options.identity.namespace) if options.capture is not None else {}
         # `remora gateway`: server port -> GatewayPort (route table, TLS); empty on sidecars.
         self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options)
@@ -109,7 +118,7 @@ class Snapshot:
             self.inbound = RouteTable.single(self.inbound_cluster, "inbound")
             self.inbound_policy = compile_inbound_policy(config, options.identity, options.app_port)
         old = {c.name: c for c in previous.clusters()} if previous is not None else {}
-        internal = mesh_internal_hosts(config)
+        internal = mesh_internal_hosts(scoped)
         for fqdn, info in self.services.items():
             tags = service_tags(fqdn, info.namespace, fqdn in internal)
             for cluster in info.clusters.values():
@@ -125,7 +134,7 @@ class Snapshot:
         self._port_clusters: dict[str, Cluster] = {} if previous is None else {
             **previous._port_clusters, **{found[2].name: found[2] for found in previous._inbound_ports.values()}}
         # Transparent capture (--capture): original destination -> mesh service, per version.
-        self.destinations = (options.capture.destinations(config, self.services)
+        self.destinations = (options.capture.destinations(scoped, self.services)
                              if options.capture is not None else None)
 
     def inbound_for(self, port: int) -> tuple:
@@ -413,7 +422,8 @@ class Worker:
         resources = {}
         for kind, items in (("ServiceEntry", cfg.service_entries), ("WorkloadEntry", cfg.workload_entries),
                             ("VirtualService", cfg.virtual_services), ("DestinationRule", cfg.destination_rules),
-                            ("Telemetry", cfg.telemetries), ("Gateway", cfg.gateways)):
+                            ("Telemetry", cfg.telemetries), ("Gateway", cfg.gateways),
+                            ("Sidecar", cfg.sidecars)):
             resources[kind] = [{"name": r.name, "namespace": r.namespace, "source": r.source,
                                 "spec": msgspec.to_builtins(r.spec)} for r in items]
         return {
@@ -425,6 +435,8 @@ class Worker:
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
             "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
+            "sidecar_resource": f"{snap.sidecar.namespace}/{snap.sidecar.name}" if snap.sidecar is not None else None,
+            "outbound_traffic_policy": snap.outbound_traffic_policy,
             **({"gateway": gateway_dump(snap)} if self.options.gateway else {}),
             "warnings": list(cfg.warnings),
             "resources": resources,

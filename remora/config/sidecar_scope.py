@@ -1,0 +1,90 @@
+"""Istio's Sidecar resource as a scope: which Sidecar applies to a workload, and which
+services, VirtualServices and DestinationRules its `egress.hosts` let the sidecar keep.
+Shared by the control server (what it pushes) and the sidecar (what it compiles).
+
+- Which Sidecar: one in the workload's namespace whose `workloadSelector` its labels
+  include; else the namespace's Sidecar without a selector; else the root namespace's
+  (istio-system) Sidecar without a selector, the mesh default. Several candidates: the
+  first by name (Istio takes the oldest).
+- `egress.hosts` entries are `namespace/dnsName`: namespace `*` (any), `.` (the workload's
+  own), `~` (none), or a name; dnsName `*`, `*.suffix` or a name. A service (ServiceEntry
+  host, Kubernetes Service) is kept when an entry covers its namespace and host; a
+  VirtualService when one covers its namespace and one of its hosts; a DestinationRule
+  when one covers its namespace and host (a rule for a service the sidecar does not keep
+  has nothing to apply to).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from remora.config.mesh_rules import ROOT_NAMESPACE
+from remora.config.model import MeshConfig, Resource
+from remora.config.names import qualify_host
+
+
+def sidecar_for(config: MeshConfig, namespace: str | None, labels: dict | None) -> Resource | None:
+    """The Sidecar resource that applies to a workload (None: no scoping)."""
+    candidates = sorted(config.sidecars, key=lambda r: (r.namespace, r.name))
+    if namespace is not None and labels is not None:
+        for sidecar in candidates:
+            selector = sidecar.spec.workload_selector
+            if sidecar.namespace == namespace and selector is not None and selector.labels and \
+                    all(labels.get(k) == v for k, v in selector.labels.items()):
+                return sidecar
+    for scope in (namespace, ROOT_NAMESPACE):
+        for sidecar in candidates:
+            selector = sidecar.spec.workload_selector
+            if sidecar.namespace == scope and (selector is None or not selector.labels):
+                return sidecar
+    return None
+
+
+def namespace_sidecar(config: MeshConfig, namespace: str) -> Resource | None:
+    """The Sidecar every workload of `namespace` gets unless a selector picks another."""
+    return sidecar_for(config, namespace, None)
+
+
+def egress_hosts(sidecar: Resource | None) -> list[tuple[str, str]] | None:
+    """(namespace, dnsName) pairs of its egress listener; None: everything is visible."""
+    if sidecar is None or not sidecar.spec.egress:
+        return None
+    return [tuple(host.split("/", 1)) for listener in sidecar.spec.egress for host in listener.hosts]
+
+
+def _covers(pattern: str, host: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+def allows(hosts: list[tuple[str, str]] | None, resource_namespace: str, host: str, workload_namespace: str) -> bool:
+    """Whether egress hosts let a workload of `workload_namespace` see `host` of `resource_namespace`."""
+    if hosts is None:
+        return True
+    for namespace, pattern in hosts:
+        if namespace == "~":
+            continue
+        if namespace == "*" or namespace == resource_namespace or \
+                (namespace == "." and resource_namespace == workload_namespace):
+            if _covers(pattern, host) or _covers(pattern, host.split(".")[0]):
+                return True
+    return False
+
+
+def scoped_config(config: MeshConfig, namespace: str, labels: dict | None) -> MeshConfig:
+    """The config a workload keeps under its Sidecar's egress hosts (the same config when
+    no Sidecar scopes it)."""
+    hosts = egress_hosts(sidecar_for(config, namespace, labels))
+    if hosts is None:
+        return config
+
+    def any_host(resource, names) -> bool:
+        return any(allows(hosts, resource.namespace, qualify_host(h, resource.namespace), namespace) for h in names)
+    return replace(
+        config,
+        service_entries=tuple(r for r in config.service_entries if any_host(r, r.spec.hosts)),
+        virtual_services=tuple(r for r in config.virtual_services if any_host(r, r.spec.hosts)),
+        destination_rules=tuple(r for r in config.destination_rules if any_host(r, [r.spec.host])),
+    )
