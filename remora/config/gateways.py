@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from remora.config.names import wildcard_covers
+
 MESH_GATEWAY = "mesh"   # Istio's reserved gateway name for "all sidecars"
 
 
@@ -91,15 +93,9 @@ def server_hosts_for(hosts: Sequence[str], gateway_namespace: str, vs_namespace:
 def host_intersection(server_host: str, vs_host: str) -> str | None:
     """The more specific of two matching host patterns (Istio's Intersection), else None:
     server `*.example.com` with `a.example.com` gives `a.example.com`; `*` matches all."""
-    def covers(pattern: str, name: str) -> bool:
-        if pattern == "*":
-            return True
-        if pattern.startswith("*."):
-            return name.endswith(pattern[1:]) and (name != pattern[2:])
-        return pattern == name
     server, vs = server_host.lower(), vs_host.lower()
-    if covers(server, vs):
+    if wildcard_covers(server, vs):
         return vs
-    if covers(vs, server):
+    if wildcard_covers(vs, server):
         return server
     return None

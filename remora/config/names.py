@@ -51,3 +51,13 @@ def host_aliases(fqdn: str, domain: str = DEFAULT_DOMAIN) -> list[str]:
 
 # Istio's label on workloads whose sidecar accepts mutual TLS (auto-mTLS dials them with it).
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
+
+
+def wildcard_covers(pattern: str, name: str) -> bool:
+    """Istio's host wildcards: `*` covers every name, `*.example.com` every name under
+    example.com (not example.com itself), anything else only itself. Lower-case both."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return pattern == name

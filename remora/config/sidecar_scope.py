@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from remora.config.mesh_rules import ROOT_NAMESPACE
 from remora.config.model import MeshConfig, Resource
-from remora.config.names import qualify_host
+from remora.config.names import qualify_host, wildcard_covers
 
 
 def sidecar_for(config: MeshConfig, namespace: str | None, labels: dict | None) -> Resource | None:
@@ -51,14 +51,6 @@ def egress_hosts(sidecar: Resource | None) -> list[tuple[str, str]] | None:
     return [tuple(host.split("/", 1)) for listener in sidecar.spec.egress for host in listener.hosts]
 
 
-def _covers(pattern: str, host: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:])
-    return pattern == host
-
-
 def allows(hosts: list[tuple[str, str]] | None, resource_namespace: str, host: str, workload_namespace: str) -> bool:
     """Whether egress hosts let a workload of `workload_namespace` see `host` of `resource_namespace`."""
     if hosts is None:
@@ -68,7 +60,7 @@ def allows(hosts: list[tuple[str, str]] | None, resource_namespace: str, host: s
             continue
         if namespace == "*" or namespace == resource_namespace or \
                 (namespace == "." and resource_namespace == workload_namespace):
-            if _covers(pattern, host) or _covers(pattern, host.split(".")[0]):
+            if wildcard_covers(pattern, host) or wildcard_covers(pattern, host.split(".")[0]):
                 return True
     return False
 

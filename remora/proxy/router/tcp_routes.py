@@ -17,7 +17,7 @@ import ipaddress
 
 from remora.config.gateways import applies_to_sidecars, resolve_gateway_name, selects_workload
 from remora.config.model import MeshConfig, Resource
-from remora.config.names import qualify_host
+from remora.config.names import qualify_host, wildcard_covers
 from remora.proxy.router.route_table import route_destination
 from remora.proxy.upstream.balancer import SmoothWeightedRoundRobin
 
@@ -116,17 +116,9 @@ class TlsRoute(TcpRoute):
         for want_port, _subnets, hosts in self.matches:
             if want_port is not None and want_port != port:
                 continue
-            if any(_sni_covers(host, sni) for host in hosts):
+            if any(wildcard_covers(host, sni) for host in hosts):
                 return True
         return False
-
-
-def _sni_covers(pattern: str, name: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
-    return pattern == name
 
 
 def gateway_tls_routes(vs: Resource, gateway: str, services, labels, namespace) -> list[TlsRoute]:

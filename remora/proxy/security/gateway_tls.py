@@ -22,6 +22,7 @@ import os
 import ssl
 
 from remora.certs.secret_dir import CERT_FILES, KEY_FILES, credential_ca, first_file
+from remora.config.names import wildcard_covers
 
 VERSIONS = {"TLSV1_0": ssl.TLSVersion.TLSv1, "TLSV1_1": ssl.TLSVersion.TLSv1_1,
             "TLSV1_2": ssl.TLSVersion.TLSv1_2, "TLSV1_3": ssl.TLSVersion.TLSv1_3}
@@ -103,14 +104,6 @@ def server_context(tls, credentials_dir: str | None, path: str) -> ssl.SSLContex
     return context
 
 
-def _covers(pattern: str, name: str) -> bool:
-    if pattern == "*":
-        return True
-    if pattern.startswith("*."):
-        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
-    return pattern == name
-
-
 class PortTls:
     """The HTTPS servers of one gateway port: a context per server, picked by SNI."""
 
@@ -137,7 +130,7 @@ class PortTls:
         server, None when no server covers it."""
         name = (server_name or "").lower()
         for pattern, context in self.choices:
-            if pattern == "*" or (name and _covers(pattern, name)):
+            if pattern == "*" or (name and wildcard_covers(pattern, name)):
                 return context
         return None
 
