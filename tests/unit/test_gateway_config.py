@@ -291,3 +291,33 @@ def test_no_mode_on_an_https_server_is_passthrough():
 """
     ports, _ = tables(SERVICE + gateway(servers))
     assert ports[443].protocol == "PASSTHROUGH"
+
+
+def test_min_protocol_version_and_ciphers_reach_the_server_context(tmp_path):
+    """minProtocolVersion TLSV1_3 refuses a TLS 1.2 client; cipherSuites no OpenSSL knows is refused by field."""
+    import ssl
+    from remora.config.model_gateway import ServerTLSSettings
+    from remora.proxy.security.gateway_tls import GatewayTlsError, server_context
+    from tests.integration.tls_origin_servers import TestPki
+    pki = TestPki(str(tmp_path))
+    ca = pki.ca("example.com")
+    cert, key = pki.leaf("example.com", "a.example.com", dns=["a.example.com"])
+    server = server_context(ServerTLSSettings(mode="SIMPLE", server_certificate=cert, private_key=key,
+                                              min_protocol_version="TLSV1_3"), None, "spec.servers[0].tls")
+    client = ssl.create_default_context(cafile=ca)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client.wrap_bio(c_in, c_out, server_hostname="a.example.com")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    with pytest.raises(ssl.SSLError):
+        for _ in range(4):
+            for side, out, peer_in in ((c, c_out, s_in), (s, s_out, c_in)):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                peer_in.write(out.read())
+    with pytest.raises(GatewayTlsError) as caught:
+        server_context(ServerTLSSettings(mode="SIMPLE", server_certificate=cert, private_key=key,
+                                         cipher_suites=["NO-SUCH-CIPHER"]), None, "spec.servers[0].tls")
+    assert caught.value.path == "spec.servers[0].tls.cipherSuites"
