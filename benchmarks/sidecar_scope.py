@@ -43,7 +43,9 @@ spec:
   location: MESH_INTERNAL
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   resolution: STATIC
-  endpoints: [{{address: 10.0.{i // 250}.{i % 250 + 1}, labels: {{version: v1}}}}, {{address: 10.1.{i // 250}.{i % 250 + 1}, labels: {{version: v2}}}}]
+  endpoints:
+  - {{address: 10.0.{i // 250}.{i % 250 + 1}, labels: {{version: v1}}}}
+  - {{address: 10.1.{i // 250}.{i % 250 + 1}, labels: {{version: v2}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -1,7 +1,9 @@
-"""The `remora` command: `remora proxy | gateway | wait | control | apply | get | delete | status | proxy-config | token | analyze | envoy-config | inject | iptables`."""
+"""The `remora` command: `remora proxy | gateway | wait | control | apply | get | delete | status |
+proxy-config | token | analyze | envoy-config | inject | webhook-config | iptables`."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_inject_parser(sub, _http_url)
     from remora.intercept.command import add_iptables_parser
     add_iptables_parser(sub)
+    hook = sub.add_parser("webhook-config", help="print the sidecar injector's MutatingWebhookConfiguration "
+                                                 "with the mesh trust bundle as caBundle")
+    hook.add_argument("--control", default=None, metavar="URL",
+                      help="control server (default: $REMORA_CONTROL, else http://127.0.0.1:15010)")
     return parser
 
 
@@ -221,6 +227,14 @@ def _add_control_commands(sub) -> None:
                          help="the admin token (a Kubernetes Secret, say) the admin API requires; default: "
                               "<state-dir>/admin-token, created 0600 on first start (without --state-dir: "
                               "made in memory and printed once on stderr)")
+    hook = control.add_argument_group("sidecar injection at admission (docs/kubernetes.md)")
+    hook.add_argument("--webhook-listen", default=None, metavar="HOST:PORT",
+                      help="serve the mutating admission webhook (POST /inject) over TLS here, e.g. 0.0.0.0:15017")
+    hook.add_argument("--webhook-names", default="remora-control.remora-system.svc", metavar="NAME,...",
+                      help="DNS names of the webhook's certificate (the webhook Service's)")
+    hook.add_argument("--inject-image", default=None, metavar="IMAGE", help="sidecar image (as remora inject)")
+    hook.add_argument("--inject-control", default=None, metavar="URL",
+                      help="control server URL as pods reach it (as remora inject)")
     ca = control.add_argument_group("certificate authority (default: a self-signed root in <state-dir>/ca)")
     ca.add_argument("--ca-cert", default=None, metavar="PEM", help="plug-in CA: the issuing CA certificate")
     ca.add_argument("--ca-key", default=None, metavar="PEM", help="plug-in CA: its private key")
@@ -314,10 +328,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_envoy_config(args)
     if args.command == "control":
         from remora.xds.commands import run_control
-        return run_control(args)
+        review = None
+        if args.webhook_listen:    # injection at admission: kube/ answers, xds/ serves
+            from remora.kube.admission import review as admission_review
+            from remora.kube.sidecar import DEFAULT_CONTROL, DEFAULT_IMAGE, SidecarSettings
+            sidecar = SidecarSettings(image=args.inject_image or DEFAULT_IMAGE,
+                                      control=args.inject_control or DEFAULT_CONTROL)
+            review = lambda body: admission_review(body, sidecar)   # noqa: E731
+        return run_control(args, review)
     if args.command == "inject":
         from remora.kube.command import run_inject
         return run_inject(args)
+    if args.command == "webhook-config":
+        return _webhook_config(args)
     if args.command == "iptables":
         from remora.intercept.command import run_iptables
         return run_iptables(args)
@@ -346,4 +369,24 @@ def _analyze(args) -> int:
     for note in config.notes:
         print(f"info: {note}")
     print(f"ok: configuration version {config.version} is valid")
+    return 0
+
+
+def _webhook_config(args) -> int:
+    """The injector's MutatingWebhookConfiguration, caBundle = the control server's trust bundle."""
+    import yaml
+
+    from remora.kube.webhook_config import webhook_configuration
+    from remora.xds.commands import ControlUnavailable, control_url, request
+    base = control_url(args.control)
+    try:
+        status, body = request(f"{base}/v1/trust-bundle")
+        bundle = json.loads(body)["trust_bundle"] if status == 200 else None
+    except (ControlUnavailable, ValueError, KeyError) as err:
+        print(f"remora webhook-config: {base}: {err}", file=sys.stderr)
+        return 1
+    if not bundle:
+        print(f"remora webhook-config: {base}/v1/trust-bundle answered {status}", file=sys.stderr)
+        return 1
+    sys.stdout.write(yaml.safe_dump(webhook_configuration("".join(bundle)), sort_keys=False))
     return 0

@@ -10,7 +10,8 @@ import pytest
 
 k8s = pytest.importorskip("kubernetes.client", reason="the `kubernetes` package (test extra) is not installed")
 
-_SCALARS = {"str": str, "int": int, "bool": bool, "float": (int, float), "datetime": str, "date": str}
+_SCALARS = {"str": str, "int": int, "bool": bool, "float": (int, float), "datetime": str, "date": str,
+            "bytes": str}   # base64 text in YAML (caBundle)
 
 
 def model_name(api_version: str, kind: str) -> str:

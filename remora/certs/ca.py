@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -280,6 +281,33 @@ class CertificateAuthority:
         return IssuedCertificate(cert_pem=cert_pem(leaf), chain_pems=tuple(cert_pem(c) for c in self.chain),
                                  serial=serial, not_before=leaf.not_valid_before_utc,
                                  not_after=leaf.not_valid_after_utc, spiffe_id=identity)
+
+
+    def issue_server_certificate(self, dns_names: list[str], ttl_seconds: float = DEFAULT_TTL_SECONDS
+                                 ) -> tuple[str, str]:
+        """A serving certificate for DNS names (the admission webhook's: the API server
+        checks it against the webhook Service's name), with a fresh key: (chain PEM, key PEM)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0][:_MAX_CN])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(secrets.randbits(128) or 1)
+            .not_valid_before(now - dt.timedelta(seconds=CLOCK_SKEW_SECONDS))
+            .not_valid_after(min(now + dt.timedelta(seconds=ttl_seconds), self.not_after))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_leaf_key_usage(rsa_key=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+            .add_extension(self._aki, critical=False)
+            .sign(self._key, self._hash)
+        )
+        chain = cert_pem(leaf) + "".join(cert_pem(c) for c in self.chain)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        return chain, key_pem
 
 
 # ---- helpers ---------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def validate_sidecar(spec: SidecarSpec, path: str = "spec") -> list[Problem]:
     selector = spec.workload_selector
     for key, value in (selector.labels if selector is not None else {}).items():
         if "*" in key or "*" in value:
-            problems.append(Problem(f'{path}.workloadSelector.labels["{key}"]', "wildcard is not supported in selector"))
+            problems.append(Problem(f'{path}.workloadSelector.labels["{key}"]',
+                                    "wildcard is not supported in selector"))
     return problems
 
 

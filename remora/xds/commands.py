@@ -282,7 +282,9 @@ def run_client(command: str, args) -> int:
 
 # ---- remora control --------------------------------------------------------------------------
 
-def run_control(args) -> int:
+def run_control(args, review=None) -> int:
+    """`remora control`; `review` answers AdmissionReviews when --webhook-listen is given
+    (the command line passes kube/admission.py's, which this layer does not import)."""
     import asyncio
 
     import uvloop
@@ -308,11 +310,24 @@ def run_control(args) -> int:
         print(f"remora: {error}", file=sys.stderr)
         return 2
     ca = CaSettings(ca_cert=args.ca_cert, ca_key=args.ca_key, ca_chain=args.ca_chain, cert_ttl=args.cert_ttl)
+    webhook = None
+    if args.webhook_listen:
+        from remora.xds.webhook import WebhookSettings
+        try:
+            hook_host, hook_port = split_host_port(args.webhook_listen, "webhook-listen")
+        except InvalidNode:
+            print(f"remora: --webhook-listen: expected host:port, got {args.webhook_listen!r}", file=sys.stderr)
+            return 2
+        names = [n.strip() for n in args.webhook_names.split(",") if n.strip()]
+        if not names:
+            print("remora: --webhook-names: at least one DNS name", file=sys.stderr)
+            return 2
+        webhook = WebhookSettings(hook_host, hook_port, review, names)
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
                                admin_token_file=args.admin_token_file,
-                               jwks_refresh_interval=args.jwks_refresh_interval)
+                               jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook)
     server = ControlServer(settings)
     try:
         server.load()

@@ -36,6 +36,8 @@ class ControlMetrics:
                                      ["source"], registry=r)
         self.config_info = Gauge("remora_control_config_info", "The config version in force (value 1)",
                                  ["version"], registry=r)
+        self.injections = Counter("remora_control_injections", "Admission reviews the injection webhook "
+                                  "answered, by result (injected, skipped, refused, invalid)", ["result"], registry=r)
         self.certificates_issued = Counter("remora_control_certificates_issued",
                                            "Workload certificates (SVIDs) signed", registry=r)
         self.ca_errors = Counter("remora_control_ca_errors",

@@ -35,6 +35,7 @@ from remora.config.object_names import identity_problems, label_problem, shown_r
 from remora.wire import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
+from remora.xds.webhook import InjectionWebhook, WebhookSettings
 from remora.xds.debounce import Debouncer
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
@@ -68,6 +69,7 @@ class ControlSettings:
     heartbeat: float = 15.0
     ca: CaSettings = CaSettings()
     admin_token_file: str | None = None
+    webhook: WebhookSettings | None = None     # --webhook-listen: sidecar injection at admission
 
 
 def _iso(at: float | None) -> str | None:
@@ -396,6 +398,11 @@ class ControlServer:
             self._tasks.append(asyncio.create_task(watcher.run()))
         if self.registry.nodes:   # restored registrations: their grace period runs from now
             asyncio.get_running_loop().call_later(self.registry.grace_period + 0.01, self._expire)
+        webhook_runner = None
+        if self.settings.webhook is not None:
+            webhook = InjectionWebhook(self.settings.webhook, self.ca.ca,
+                                       lambda result: self.metrics.injections.labels(result).inc())
+            webhook_runner = await webhook.serve(self.log)
         self.log(f"serving on http://{self.settings.host}:{self.settings.port} "
                  f"(config version {self.store.config.version}, {len(self.store.resources())} resources)")
         try:
@@ -405,5 +412,7 @@ class ControlServer:
             for task in self._tasks:
                 task.cancel()
             await runner.cleanup()
+            if webhook_runner is not None:
+                await webhook_runner.cleanup()
             if self.ca is not None:
                 self.ca.close()

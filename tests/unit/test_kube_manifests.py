@@ -28,7 +28,8 @@ def test_shipped_set_is_complete():
                      ("ConfigMap", "remora-mesh-config"), ("PersistentVolumeClaim", "remora-control-state"),
                      ("Deployment", "remora-control"), ("Service", "remora-control"),
                      ("Namespace", "istio-system"), ("ServiceAccount", "istio-ingressgateway-service-account"),
-                     ("Deployment", "istio-ingressgateway"), ("Service", "istio-ingressgateway")}
+                     ("Deployment", "istio-ingressgateway"), ("Service", "istio-ingressgateway"),
+                     ("MutatingWebhookConfiguration", "remora-sidecar-injector")}
 
 
 def test_control_args_parse_with_remora_control():
@@ -71,7 +72,7 @@ def test_runs_as_1337_and_probes_healthz_on_the_service_port():
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": port}
     service = find("Service", "remora-control")
     assert service["spec"]["selector"] == find("Deployment", "remora-control")["spec"]["selector"]["matchLabels"]
-    (service_port,) = service["spec"]["ports"]
+    service_port = next(p for p in service["spec"]["ports"] if p["name"] == "http-control")
     assert service_port["port"] == port
     assert service_port["targetPort"] == container["ports"][0]["name"]
 
@@ -142,3 +143,22 @@ def test_ingress_gateway_is_remora_gateway_with_istios_names_and_ports():
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert args.credentials_dir in mounts and posixpath.dirname(args.state_dir) in mounts
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+
+
+def test_injection_webhook_reaches_the_control_servers_webhook_listener():
+    """The shipped MutatingWebhookConfiguration is remora webhook-config's (empty caBundle); its
+    service and port lead to --webhook-listen, whose certificate names that Service."""
+    import yaml
+    from remora.kube.webhook_config import webhook_configuration
+    shipped = find("MutatingWebhookConfiguration", "remora-sidecar-injector")
+    assert shipped == webhook_configuration()
+    client = shipped["webhooks"][0]["clientConfig"]["service"]
+    service = find("Service", client["name"])
+    assert service["metadata"]["namespace"] == client["namespace"]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == client["port"]]
+    _, container = control_pod()
+    container_port = next(p["containerPort"] for p in container["ports"] if p["name"] == port["targetPort"])
+    args = build_parser().parse_args(container["args"])
+    assert args.webhook_listen == f"0.0.0.0:{container_port}"
+    assert f"{client['name']}.{client['namespace']}.svc" in args.webhook_names.split(",")
+    assert yaml.safe_load((DEPLOY / "injection-webhook.yaml").read_text()) == shipped
