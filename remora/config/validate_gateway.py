@@ -7,8 +7,8 @@ Served: protocols HTTP, HTTPS, HTTP2, GRPC, TCP (VirtualService tcp routes), and
 HTTPS in PASSTHROUGH (VirtualService tls routes by SNI, nothing terminated); TLS modes
 SIMPLE and MUTUAL (certificate files or `credentialName`) and ISTIO_MUTUAL (the mesh's
 mTLS: an egress gateway), `httpsRedirect`, `minProtocolVersion` / `maxProtocolVersion`,
-`cipherSuites`, `bind` (an IP address). Refused: MONGO / REDIS / ... servers, a TLS server
-that terminates, AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
+`cipherSuites`, `bind` (an IP address); a TLS server that terminates proxies TCP by the
+VirtualService `tcp` routes. Refused: MONGO / REDIS / ... servers, AUTO_PASSTHROUGH and OPTIONAL_MUTUAL, and the client-certificate pinning
 fields (subjectAltNames, verifyCertificateSpki/Hash, caCrl) that would otherwise be skipped.
 """
 from __future__ import annotations
@@ -173,9 +173,6 @@ def served_tls_problems(tls: ServerTLSSettings, protocol: str, path: str) -> lis
     if mode not in SERVED_TLS_MODES:
         problems.append(Problem(f"{path}.mode", f"TLS mode {mode} is not supported by Remora on a gateway "
                                 "(it terminates SIMPLE, MUTUAL and ISTIO_MUTUAL, and passes PASSTHROUGH through)"))
-    elif protocol == "TLS" and mode != "PASSTHROUGH":
-        problems.append(Problem(f"{path}.mode", f"a TLS server in mode {mode} (terminate, then proxy TCP) is not "
-                                "supported by Remora: use protocol HTTPS, or PASSTHROUGH"))
     if mode == "PASSTHROUGH":
         return problems     # no certificate is used: the fields below do not apply
     for field, value in (("credentialNames", tls.credential_names), ("subjectAltNames", tls.subject_alt_names),

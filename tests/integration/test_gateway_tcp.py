@@ -119,3 +119,56 @@ def test_a_port_without_a_tcp_route_closes_the_connection(echoes):
         assert "http.gateway_31400.no_route: 1" in gateway.admin_get("/stats")
     finally:
         gateway.stop()
+
+
+def test_a_tls_server_terminates_then_routes_tcp(echoes, tmp_path):
+    """protocol TLS with mode SIMPLE: the gateway terminates TLS with its credential, then the
+    tcp route sends the plaintext stream to tcp-echo v1."""
+    import shutil
+    import ssl
+
+    from tests.integration.tls_origin_servers import TestPki
+    pki = TestPki(str(tmp_path))
+    ca = pki.ca("example.com")
+    cert, key = pki.leaf("example.com", "echo.example.com", dns=["echo.example.com"])
+    credential = tmp_path / "credentials" / "echo-credential"
+    credential.mkdir(parents=True)
+    shutil.copy(cert, credential / "tls.crt")
+    shutil.copy(key, credential / "tls.key")
+    mesh = registry(echoes) + """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: echo-tls}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31443, name: tls, protocol: TLS}
+    hosts: [echo.example.com]
+    tls: {mode: SIMPLE, credentialName: echo-credential}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo-tls}
+spec:
+  hosts: [echo.example.com]
+  gateways: [echo-tls]
+  tcp:
+  - match: [{port: 31443}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+    gateway = ProxyProcess(mesh, "--credentials-dir", str(tmp_path / "credentials"),
+                           gateway_ports=(31443,)).wait_ready()
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        with socket.create_connection(("127.0.0.1", gateway.ports[31443]), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="echo.example.com") as sock:
+                sock.sendall(b"over tls\n")
+                assert sock.recv(1024) == b"one over tls\n"
+    finally:
+        gateway.stop()

@@ -138,11 +138,10 @@ def test_tls_features_remora_does_not_serve_are_refused_by_name(tls, field):
     assert any(f"tls.{field}" in p and "not supported by Remora" in p for p in found), found
 
 
-def test_terminating_tls_servers_are_refused_as_not_supported():
-    """A TLS server that terminates (then proxies TCP) is valid Istio, not served by Remora: refused, by name."""
-    servers = """  - port: {number: 443, name: tls, protocol: TLS}
+def test_mongo_servers_are_refused_as_not_supported():
+    """A MONGO server is valid Istio, not served by Remora: refused, by name."""
+    servers = """  - port: {number: 27017, name: mongo, protocol: MONGO}
     hosts: ["*"]
-    tls: {mode: SIMPLE, credentialName: x}
 """
     assert any("not supported by Remora" in p for p in problems(SERVICE + gateway(servers)))
 

@@ -37,7 +37,7 @@ def compile_gateway(config: MeshConfig, services, options) -> tuple[dict[int, Ga
     build_gateway_tables(config, services, ports, identity.labels, identity.namespace)
     issues = []
     for port in ports.values():
-        if port.protocol != "HTTPS":
+        if port.protocol not in ("HTTPS", "TLS"):
             continue
         servers = [([h.rpartition("/")[2] for h in b.server.hosts], b.server.tls, f"{b.path}.tls")
                    for b in port.servers]

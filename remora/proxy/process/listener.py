@@ -187,10 +187,9 @@ class Listener:
         """A gateway server port: plaintext, or TLS whose certificate the SNI picks from the
         current snapshot (security/gateway_tls.py). SO_REUSEPORT, so that a listener
         replacing this one (new TLS settings) can bind before this one closes."""
-        tls_key, context = self.gateway_key[2], None
-        if self.gateway_key[3] in ("TCP", "PASSTHROUGH"):
-            factory = tcp_protocol_factory(self) if self.gateway_key[3] == "TCP" else lambda: SniSniffer(self)
-            self.server = await self.loop.create_server(factory, self.host, self.port,
+        tls_key, context, protocol = self.gateway_key[2], None, self.gateway_key[3]
+        if protocol == "PASSTHROUGH":
+            self.server = await self.loop.create_server(lambda: SniSniffer(self), self.host, self.port,
                                                         reuse_address=True, reuse_port=True, backlog=4096)
             return
         if tls_key is not None:
@@ -203,8 +202,9 @@ class Listener:
             context = front_context(tls_key, select)
             self.gateway_scheme = b"https"
         tls = context is not None
+        factory = tcp_protocol_factory(self) if protocol in ("TCP", "TLS") else lambda: DownstreamHttp1(self, tls=tls)
         self.server = await self.loop.create_server(
-            lambda: DownstreamHttp1(self, tls=tls), self.host, self.port, ssl=context,
+            factory, self.host, self.port, ssl=context,
             ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
             reuse_address=True, reuse_port=True, backlog=4096)
 

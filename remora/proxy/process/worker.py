@@ -370,7 +370,7 @@ class Worker:
             if listener.acceptor is not None:
                 for name, value in listener.acceptor.stats.named().items():
                     out[f"listener.{listener.address}.{name}"] = value
-            if listener.gateway_key is not None and listener.gateway_key[3] in ("TCP", "PASSTHROUGH"):
+            if listener.gateway_key is not None and listener.gateway_key[3] in ("TCP", "TLS", "PASSTHROUGH"):
                 for name, value in listener.tcp_stats.as_dict().items():
                     out[f"tcp.{listener.name}.{name}"] = value
             if listener.capture is not None:

@@ -16,7 +16,7 @@ Istio's rules (pilot/pkg/networking/core/gateway.go, docs/gateways.md):
 - A PASSTHROUGH server (TLS or HTTPS) reads the ClientHello's SNI and takes the first `tls`
   route whose `sniHosts` cover it; the TLS bytes go through untouched (Envoy's
   tls_inspector + tcp_proxy).
-- A TCP server takes the `tcp` routes of the VirtualServices bound to it whose hosts meet
+- A TCP server, and a TLS server that terminates (SIMPLE, MUTUAL, ISTIO_MUTUAL), takes the `tcp` routes of the VirtualServices bound to it whose hosts meet
   the server's (router/tcp_routes.py); the first whose match applies to the port wins.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class GatewayPort:
     """Everything a gateway serves on one port number."""
 
     number: int
-    protocol: str                      # HTTP (plaintext: HTTP, HTTP2, GRPC), HTTPS, TCP or PASSTHROUGH
+    protocol: str                      # HTTP (HTTP, HTTP2, GRPC), HTTPS, TCP, TLS (terminated, then TCP) or PASSTHROUGH
     bind: str | None
     servers: list[BoundServer] = field(default_factory=list)
     table: "GatewayRouteTable | None" = None
@@ -91,7 +91,7 @@ def gateway_ports(config: MeshConfig, labels: dict[str, str]) -> tuple[dict[int,
     for gw in selected_gateways(config, labels):
         for i, server in enumerate(gw.spec.servers):
             declared = (server.port.protocol or "").upper()
-            protocol = declared if declared in ("HTTPS", "TCP") else "HTTP"
+            protocol = declared if declared in ("HTTPS", "TCP", "TLS") else "HTTP"
             if declared in ("HTTPS", "TLS") and server.tls is not None and (server.tls.mode or "PASSTHROUGH") == "PASSTHROUGH":
                 protocol = "PASSTHROUGH"
             number = server.port.number
@@ -124,7 +124,7 @@ def build_gateway_tables(config: MeshConfig, services: dict[str, ServiceInfo], p
                            if (inter := host_intersection(server_host, _vs_host(vs_host, vs.namespace)))}
                 if not matched:
                     continue
-                if port.protocol == "TCP":
+                if port.protocol in ("TCP", "TLS"):
                     port.tcp_routes += gateway_tcp_routes(vs, gw_name, services, labels, namespace)
                     port.hosts.setdefault("*", []).append(f"{vs.namespace}/{vs.name}")
                     continue
