@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from tests.integration.proxy_process import ProxyProcess
-from tests.integration.test_gateway_ingress import GATEWAY_PRINCIPAL, get
+from tests.integration.test_gateway_ingress import GATEWAY_PRINCIPAL, get, only_from_the_gateway
 from tests.integration.test_mesh_control import wait_for
 from tests.integration.test_mesh_mtls import TokenMesh
 
@@ -33,19 +33,7 @@ spec:
   - match: [{uri: {prefix: /reviews}}]
     route: [{destination: {host: reviews, port: {number: 9080}}}]
 ---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: reviews-from-ingress, namespace: default}
-spec:
-  selector: {matchLabels: {app: reviews}}
-  rules:
-  - from: [{source: {principals: ["%s"]}}]
-""" % GATEWAY_PRINCIPAL
+""" + only_from_the_gateway("reviews")
 
 
 def refused(port: int) -> bool:

@@ -29,6 +29,23 @@ SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "istio-samples" / "
 GATEWAY_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 
 
+def only_from_the_gateway(app: str) -> str:
+    """STRICT mTLS in default, and `app` open to the ingress gateway's principal alone."""
+    return f"""apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {app}-from-ingress, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  rules:
+  - from: [{{source: {{principals: ["{GATEWAY_PRINCIPAL}"]}}}}]
+"""
+
+
 def service(name: str, port: int, endpoint_port: int, mesh: bool = False) -> str:
     """A ServiceEntry for `name`.default.svc.cluster.local (what the registry would hold)."""
     labels = "{app: %s, security.istio.io/tlsMode: istio}" % name if mesh else "{app: %s}" % name
@@ -67,19 +84,7 @@ class Bookinfo:
                 "cluster.local", "istio-system", "istio-ingressgateway-service-account")), bundle)
             pp_certs = write_cert_dir(self.tmp / "pp", issue(ca, SpiffeId(
                 "cluster.local", "default", "bookinfo-productpage")), bundle)
-            backend_mesh = """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: productpage-from-ingress, namespace: default}
-spec:
-  selector: {matchLabels: {app: productpage}}
-  rules:
-  - from: [{source: {principals: ["%s"]}}]
-""" % GATEWAY_PRINCIPAL
+            backend_mesh = only_from_the_gateway("productpage")
             self.productpage = self._start(ProxyProcess(
                 backend_mesh, "--labels", "app=productpage", "--service", "productpage",
                 "--service-account", "bookinfo-productpage", "--cert-dir", str(pp_certs),

@@ -92,13 +92,18 @@ def sidecar_tcp_routes(config: MeshConfig, services, labels: dict | None,
     return found
 
 
-def gateway_tcp_routes(vs: Resource, gateway: str, services, labels, namespace) -> list[TcpRoute]:
-    """The tcp routes of a VirtualService bound to `gateway` (ns/name) that apply there."""
+def _at_gateway(vs: Resource, gateway: str, labels, namespace):
+    """The predicate of a match entry applying at `gateway` (ns/name) for this workload."""
     def applies(m) -> bool:
         if m.gateways and gateway not in {resolve_gateway_name(n, vs.namespace) for n in m.gateways}:
             return False
         return selects_workload(m.source_labels, m.source_namespace, labels, namespace)
-    return compile_tcp_routes(vs, services, applies)
+    return applies
+
+
+def gateway_tcp_routes(vs: Resource, gateway: str, services, labels, namespace) -> list[TcpRoute]:
+    """The tcp routes of a VirtualService bound to `gateway` (ns/name) that apply there."""
+    return compile_tcp_routes(vs, services, _at_gateway(vs, gateway, labels, namespace))
 
 
 class TlsRoute(TcpRoute):
@@ -123,11 +128,7 @@ class TlsRoute(TcpRoute):
 
 def gateway_tls_routes(vs: Resource, gateway: str, services, labels, namespace) -> list[TlsRoute]:
     """The tls routes of a VirtualService bound to `gateway` whose match entries apply there."""
-    def applies(m) -> bool:
-        if m.gateways and gateway not in {resolve_gateway_name(n, vs.namespace) for n in m.gateways}:
-            return False
-        return selects_workload(m.source_labels, m.source_namespace, labels, namespace)
-    return compile_tcp_routes(vs, services, applies, vs.spec.tls, TlsRoute)
+    return compile_tcp_routes(vs, services, _at_gateway(vs, gateway, labels, namespace), vs.spec.tls, TlsRoute)
 
 
 def pick_tls_route(routes: list[TlsRoute], port: int, sni: str) -> TlsRoute | None:
