@@ -106,9 +106,10 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     proxy.add_argument("--mesh-config-namespace", default=None, metavar="NS",
                        help="namespace of --mesh-config documents without metadata.namespace "
                             "(kubectl apply -n; default: default)")
-    proxy.add_argument("--control", default=None, metavar="URL",
-                       help="control server to take config from, e.g. http://127.0.0.1:15010 "
-                            "(default: $REMORA_CONTROL when --mesh-config is not given)")
+    proxy.add_argument("--control", default=None, metavar="URL[,URL...]",
+                       help="control server to take config from, e.g. http://127.0.0.1:15010; several "
+                            "replicas comma-separated, tried in turn (default: $REMORA_CONTROL when "
+                            "--mesh-config is not given)")
     proxy.add_argument("--state-dir", default=None, metavar="DIR",
                        help="where the last good pushed config is kept (with --control; default "
                             "$TMPDIR/remora-proxy-<namespace>-<workload>-<admin-port>)")

@@ -96,9 +96,9 @@ def run_from_args(args) -> int:
             return 2
     config = None
     if control:
-        from remora.proxy.control.xds_client import stream_url
+        from remora.proxy.control.xds_client import control_urls
         try:
-            stream_url(control)
+            control_urls(control)
         except ValueError as err:
             print(f"remora: --control: {err}", file=sys.stderr)
             return 2

@@ -66,6 +66,16 @@ def stream_url(control: str) -> str:
     return f"{scheme}://{parts.netloc}{protocol.STREAM_PATH}"
 
 
+def control_urls(control: str) -> list[str]:
+    """`--control URL[,URL...]` (several replicas) -> the URLs; ValueError naming a bad one."""
+    urls = [part.strip() for part in control.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("no control server URL")
+    for url in urls:
+        stream_url(url)
+    return urls
+
+
 class Backoff:
     """Full-jitter exponential backoff: the n-th wait is uniform in [0, min(cap, base * 2**n)]."""
 
@@ -141,8 +151,11 @@ class XdsClient:
 
     def __init__(self, control: str, node: protocol.Node, start: ControlBoot,
                  apply: Callable[[Candidate], Awaitable[None]]) -> None:
-        self.control = control
-        self.url = stream_url(control)
+        # Several replicas (`--control A,B`): one stream at a time, to the next one when it
+        # fails; backoff only once every replica failed in a row (docs/control.md, failover).
+        self.controls = control_urls(control)
+        self._current = 0
+        self._tried = 0                   # replicas tried since the last stream that connected
         self.node = node
         self.state = start.state
         self.store = start.store
@@ -151,6 +164,7 @@ class XdsClient:
         self.backoff = Backoff()
         self.connected = False
         self.pushes_received = 0
+        self.pushes_unchanged = 0         # a version already held (another replica's resend): not reapplied
         self.rejected = 0
         self.reconnects = 0
         self.last_error: str | None = None    # why the stream last failed or closed
@@ -158,6 +172,15 @@ class XdsClient:
         self._failures_in_a_row = 0
         self._task: asyncio.Task | None = None
         self._answers: set[asyncio.Task] = set()   # config dump answers in flight
+
+    @property
+    def control(self) -> str:
+        """The control server this stream is (or will next be) with."""
+        return self.controls[self._current]
+
+    @property
+    def url(self) -> str:
+        return stream_url(self.control)
 
     # -- what the rest of the proxy reads -------------------------------------------------------
     @property
@@ -174,7 +197,7 @@ class XdsClient:
 
     def status(self) -> dict:
         """The "xds" section of /config_dump."""
-        return {"control": self.control, "stream": self.url, "connected": self.connected,
+        return {"control": self.control, "controls": self.controls, "stream": self.url, "connected": self.connected,
                 "node_id": self.node.id, "config_source": self.config_source(),
                 "snapshot_file": self.store.path, "last_stream_error": self.last_error,
                 "types": {t: held.status() for t, held in self.state.types.items()}}
@@ -182,6 +205,7 @@ class XdsClient:
     def stats(self) -> dict[str, int]:
         return {"control_plane.connected": int(self.connected),
                 "control_plane.pushes_received": self.pushes_received,
+                "control_plane.pushes_unchanged": self.pushes_unchanged,
                 "control_plane.rejected": self.rejected,
                 "control_plane.reconnects": self.reconnects}
 
@@ -210,7 +234,12 @@ class XdsClient:
                     self._lost(f"{type(error).__name__}: {_one_line(error)}")
                 else:
                     self._lost(self.last_error or "closed by the control server")
-                await asyncio.sleep(self.backoff.next_delay())
+                self._tried += 1
+                self._current = (self._current + 1) % len(self.controls)
+                if self._tried >= len(self.controls):
+                    await asyncio.sleep(self.backoff.next_delay())   # every replica failed in a row
+                else:
+                    await asyncio.sleep(0.05)                        # another replica, at once
 
     async def _stream(self, session: aiohttp.ClientSession) -> None:
         async with session.ws_connect(self.url, heartbeat=HEARTBEAT_SECONDS,
@@ -221,6 +250,7 @@ class XdsClient:
                 self.reconnects += 1
             self._connections += 1
             self._failures_in_a_row = 0
+            self._tried = 0
             log(f"connected to control server {self.control} as {self.node.id} "
                 f"(holding {self.state.versions_text()})")
             await ws.send_str(protocol.encode(protocol.Hello(node=self.node)))
@@ -292,6 +322,12 @@ class XdsClient:
     async def handle(self, response: protocol.DiscoveryResponse) -> protocol.DiscoveryRequest:
         """Apply one push or refuse it; return the ACK or NACK to send. Never raises."""
         self.pushes_received += 1
+        held = self.state.types.get(response.type_url)
+        if held is not None and held.origin is not None and held.version == response.version_info:
+            # A version already held (a replica resending on reconnect, or the disk snapshot's):
+            # the running config is built from these very resources; ACK without a rebuild.
+            self.pushes_unchanged += 1
+            return self.state.accept_unchanged(response)
         try:
             # Validation can take a while for a large mesh: off the event loop, so the
             # listeners it shares (one worker) keep answering meanwhile.

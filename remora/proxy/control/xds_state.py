@@ -109,6 +109,17 @@ class XdsState:
         return protocol.DiscoveryRequest(type_url=candidate.type_url, version_info=candidate.version,
                                          response_nonce=candidate.nonce)
 
+    def accept_unchanged(self, response: protocol.DiscoveryResponse, now: float | None = None
+                         ) -> protocol.DiscoveryRequest:
+        """ACK a push of the version already held (same content: the version is its hash)."""
+        held = self.types[response.type_url]
+        held.origin = FROM_CONTROL
+        held.last_nonce = response.nonce
+        held.last_ack_at = time.time() if now is None else now
+        held.last_error = None
+        return protocol.DiscoveryRequest(type_url=response.type_url, version_info=held.version,
+                                         response_nonce=response.nonce)
+
     def reject(self, response: protocol.DiscoveryResponse, error: str,
                now: float | None = None) -> protocol.DiscoveryRequest:
         """Keep what is held; return the NACK (the version still held, and why)."""

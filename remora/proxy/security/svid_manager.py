@@ -59,26 +59,41 @@ class HttpCaClient:
     """The control server's CA over HTTP (aiohttp, bounded connect and total time)."""
 
     def __init__(self, control: str) -> None:
-        self.url = certificates_url(control)
+        # `--control A,B`: the CA of each replica in turn, from the last one that answered.
+        self.urls = [certificates_url(part.strip()) for part in control.split(",") if part.strip()]
+        self.url = self.urls[0]
         self._session: aiohttp.ClientSession | None = None
 
     async def sign(self, csr: str, token: str) -> dict:
+        """Ask the replicas in turn; the last one's error when none could answer."""
+        error: CaUnavailable | None = None
+        for url in [self.url, *(u for u in self.urls if u != self.url)]:
+            try:
+                answer = await self._sign_at(url, csr, token)
+            except CaUnavailable as failure:
+                error = failure
+                continue
+            self.url = url
+            return answer
+        raise error
+
+    async def _sign_at(self, url: str, csr: str, token: str) -> dict:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
                 total=REQUEST_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS))
         try:
-            async with self._session.post(self.url, json={"csr": csr, "token": token}) as response:
+            async with self._session.post(url, json={"csr": csr, "token": token}) as response:
                 try:
                     answer = await response.json(content_type=None)
                 except ValueError:
                     answer = None
                 status = response.status
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as error:
-            raise CaUnavailable(f"{self.url} unreachable: {str(error) or type(error).__name__}") from None
+            raise CaUnavailable(f"{url} unreachable: {str(error) or type(error).__name__}") from None
         if not isinstance(answer, dict):
-            raise CaUnavailable(f"{self.url} answered {status} without a JSON object")
+            raise CaUnavailable(f"{url} answered {status} without a JSON object")
         if status != 200:
-            raise CaUnavailable(f"{self.url} refused ({status} {answer.get('reason', '?')}): "
+            raise CaUnavailable(f"{url} refused ({status} {answer.get('reason', '?')}): "
                                 f"{answer.get('error', 'no reason given')}")
         return answer
 
