@@ -306,3 +306,49 @@ def test_https_redirect_redirect_and_direct_response_are_answered_by_the_gateway
         assert '"GET /healthz HTTP/1.1" 200 - ' in log and '"GET /v1/posts HTTP/1.1" 308 - ' in log
     finally:
         gateway.stop()
+
+
+def test_grpc_through_a_grpc_gateway_server():
+    """A GRPC server on the gateway: a gRPC client (h2c) reaches a gRPC app routed by the
+    VirtualService, unary and server streaming, trailers and status included."""
+    import grpc
+
+    from tests.integration.grpc_apps import EchoServer, channel, method
+    with EchoServer() as app:
+        mesh = f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  ports: [{{number: 9000, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {app.port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: grpc-gateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: grpc, protocol: GRPC}}
+    hosts: [echo.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: [echo.example.com]
+  gateways: [grpc-gateway]
+  http: [{{route: [{{destination: {{host: echo, port: {{number: 9000}}}}}}]}}]
+"""
+        gateway = ProxyProcess(mesh, gateway_ports=(8080,)).wait_ready()
+        try:
+            with channel(gateway.ports[8080], authority="echo.example.com") as ch:
+                assert method(ch, "unary_unary", "Unary")(b"hello", timeout=10) == b"hello"
+                assert len(list(method(ch, "unary_stream", "ServerStream")(b"50", timeout=10))) == 50
+                with pytest.raises(grpc.RpcError) as caught:
+                    method(ch, "unary_unary", "Unary")(b"fail:UNAVAILABLE", timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert '"POST /test.Echo/Unary HTTP/2" 200' in gateway.access_log()
+        finally:
+            gateway.stop()

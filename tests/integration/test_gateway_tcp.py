@@ -172,3 +172,4 @@ spec:
                 assert sock.recv(1024) == b"one over tls\n"
     finally:
         gateway.stop()
+
