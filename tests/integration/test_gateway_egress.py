@@ -113,3 +113,27 @@ def test_the_egress_gateway_refuses_callers_without_a_mesh_certificate(egress):
     except (ssl.SSLError, OSError):
         status = 0
     assert status == 0
+
+
+def test_the_http_egress_task_routes_mesh_traffic_through_the_gateway(upstreams):
+    """The egress-gateway task's HTTP variant: the sidecar's route for `mesh` sends
+    edition.cnn.com to the egress gateway, whose route for itself sends it outside."""
+    task = (SAMPLES / "egress-gateway-http.yaml").read_text().replace(
+        "  resolution: DNS\n", "  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, "
+        f"ports: {{http-port: {upstreams.ports['echo']}, https: 9}}}}]\n")
+    gateway = ProxyProcess(task, "--labels", "istio=egressgateway,app=istio-egressgateway",
+                           "--service", "istio-egressgateway", gateway_ports=(80,)).wait_ready()
+    sleep = None
+    try:
+        egress = EGRESS_SERVICE.replace("name: http2, protocol: HTTP2", "name: http, protocol: HTTP").replace(
+            "{http2: %d}", "{http: %d}") % gateway.ports[80]
+        sleep = ProxyProcess(task + "\n---\n" + egress, "--labels", "app=sleep").wait_ready()
+        resp = get(sleep.outbound_port, "/politics", "edition.cnn.com")
+        assert resp.status == 200 and resp.json()["server"] == "echo"
+        assert resp.json()["headers"]["host"] == "edition.cnn.com"
+        assert '"GET /politics HTTP/1.1" 200' in gateway.access_log()
+        assert f'"127.0.0.1:{gateway.ports[80]}"' in sleep.access_log()   # the sidecar's upstream: the gateway
+    finally:
+        if sleep is not None:
+            sleep.stop()
+        gateway.stop()
