@@ -12,14 +12,15 @@ Like istioctl analyze's analyzers, these look across the whole set and never ref
 - a WorkloadEntry selected by a Kubernetes Service whose port has a named targetPort the
   entry does not list: Istio leaves it out of that port, Remora sends it the service port;
 - a VirtualService bound to a Gateway (`gateways`, or `match[].gateways`) that no Gateway
-  in the set defines (Istio's analyzer: "Referenced gateway not found");
+  in the set defines (Istio's analyzer: "Referenced gateway not found"), or whose hosts the
+  Gateway's server hosts do not admit (IST0132, VirtualServiceHostNotFoundInGateway);
 - one host defined by two services (ServiceEntries, Kubernetes Services) of one namespace:
   a sidecar keeps one definition per port, so which endpoints serve is not what either says
   (Istio's analyzer warns about conflicting ServiceEntry hosts too).
 """
 from __future__ import annotations
 
-from remora.config.gateways import MESH_GATEWAY
+from remora.config.gateways import MESH_GATEWAY, host_intersection, resolve_gateway_name, server_hosts_for
 from remora.config.model import MeshConfig, Resource, WorkloadEntrySpec
 from remora.config.names import qualify_host
 
@@ -103,7 +104,7 @@ def target_port_warnings(config: MeshConfig) -> list[str]:
 
 
 def gateway_warnings(config: MeshConfig) -> list[str]:
-    defined = {f"{gw.namespace}/{gw.name}" for gw in config.gateways}
+    defined = {f"{gw.namespace}/{gw.name}": gw for gw in config.gateways}
     warnings = []
     for vs in config.virtual_services:
         refs = [("spec.gateways", name) for name in vs.spec.gateways]
@@ -112,11 +113,27 @@ def gateway_warnings(config: MeshConfig) -> list[str]:
         for path, name in refs:
             if name == MESH_GATEWAY:
                 continue
-            qualified = name if "/" in name else f"{vs.namespace}/{name}"
-            if qualified not in defined:
+            qualified = resolve_gateway_name(name, vs.namespace)
+            gateway = defined.get(qualified)
+            if gateway is None:
                 warnings.append(f"{vs.ref} in {vs.source}: {path}: gateway {qualified!r} is not defined by any "
                                 f"Gateway in this config; the routes bound to it serve nowhere")
+            elif path == "spec.gateways":
+                warnings += _hosts_not_in_gateway(vs, gateway)
     return warnings
+
+
+def _hosts_not_in_gateway(vs: Resource, gateway: Resource) -> list[str]:
+    """Istio's IST0132 (VirtualServiceHostNotFoundInGateway): VirtualService hosts that none
+    of the Gateway's server hosts admit (their namespace qualifiers applied)."""
+    server_hosts = [h for server in gateway.spec.servers
+                    for h in server_hosts_for(server.hosts, gateway.namespace, vs.namespace)]
+    missing = [host for host in vs.spec.hosts
+               if not any(host_intersection(server, host) for server in server_hosts)]
+    if not missing:
+        return []
+    return [f"{vs.ref} in {vs.source}: spec.hosts: {', '.join(missing)} not found in {gateway.ref}'s server "
+            f"hosts; the gateway serves no route of this VirtualService for {'it' if len(missing) == 1 else 'them'}"]
 
 
 def duplicate_host_warnings(config: MeshConfig) -> list[str]:

@@ -140,3 +140,24 @@ def test_a_host_defined_by_a_service_and_a_service_entry_is_named():
                             "ports: [{number: 9080, name: http}], endpoints: [{address: 10.0.0.9}]}\n", "mesh.yaml")
     [warning] = _about(analysis_warnings(config), "is also defined by")
     assert "ServiceEntry/default/reviews-extra" in warning and "Service/default/reviews" in warning
+
+
+def test_virtual_service_hosts_a_gateway_does_not_admit_are_named():
+    """IST0132: a host no server of the bound Gateway admits (here because of `ns/` qualifiers)."""
+    text = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["edge/a.example.com", "*/b.example.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: shop}
+spec:
+  hosts: [a.example.com, b.example.com]
+  gateways: [edge/gw]
+  http: [{directResponse: {status: 200}}]
+"""
+    found = [w for w in analysis_warnings(load_mesh_text(text, "gw.yaml")) if "not found in Gateway/edge/gw" in w]
+    assert len(found) == 1 and "a.example.com not found" in found[0] and "b.example.com" not in found[0]
