@@ -121,7 +121,7 @@ def build_gateway_tables(config: MeshConfig, services: dict[str, ServiceInfo], p
                     continue
                 hosts = server_hosts_for(server.hosts, gw.namespace, vs.namespace)
                 matched = {inter for vs_host in vs.spec.hosts for server_host in hosts
-                           if (inter := host_intersection(server_host, _vs_host(vs_host, vs.namespace)))}
+                           if (inter := host_intersection(server_host, qualify_host(vs_host, vs.namespace)))}
                 if not matched:
                     continue
                 if port.protocol in ("TCP", "TLS"):
@@ -146,11 +146,6 @@ def build_gateway_tables(config: MeshConfig, services: dict[str, ServiceInfo], p
             routes_by_host[host] = [_https_redirect_route()]
             port.hosts.setdefault(host, []).append("httpsRedirect")
         port.table = _table(routes_by_host, port.number)
-
-
-def _vs_host(host: str, namespace: str) -> str:
-    """A VirtualService host as the gateway matches it: short names qualified (Istio)."""
-    return host if host == "*" or host.startswith("*.") else qualify_host(host, namespace)
 
 
 def _routes_at_gateway(vs: Resource, gw_name: str, services, labels, namespace) -> list[Route]:
