@@ -109,16 +109,16 @@ def gateway_tcp_routes(vs: Resource, gateway: str, services, labels, namespace) 
 class TlsRoute(TcpRoute):
     """A tls route: a tcp route that also matches the ClientHello's SNI."""
 
-    __slots__ = ("sni_hosts",)
+    __slots__ = ("sni_hosts", "match_snis")
 
     def __init__(self, name: str, matches: list, destinations: list, weights: list[int]) -> None:
         super().__init__(name, matches, destinations, weights)
-        self.sni_hosts = sorted({host.lower() for m in matches for host in m.sni_hosts})
-        self.matches = [(m.port, [ipaddress.ip_network(s, strict=False) for s in m.destination_subnets],
-                         [host.lower() for host in m.sni_hosts]) for m in matches]
+        # Per match entry, beside self.matches (port, subnets): the SNI patterns it takes.
+        self.match_snis = [[host.lower() for host in m.sni_hosts] for m in matches]
+        self.sni_hosts = sorted({host for hosts in self.match_snis for host in hosts})
 
     def applies_sni(self, port: int, sni: str) -> bool:
-        for want_port, _subnets, hosts in self.matches:
+        for (want_port, _subnets), hosts in zip(self.matches, self.match_snis):
             if want_port is not None and want_port != port:
                 continue
             if any(wildcard_covers(host, sni) for host in hosts):
