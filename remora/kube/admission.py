@@ -21,7 +21,7 @@ import base64
 import copy
 import json
 
-from remora.kube.inject import InjectError, InjectResult, _inject_object
+from remora.kube.inject import InjectError, InjectResult, inject_object
 from remora.kube.sidecar import SidecarSettings
 
 API_VERSION = "admission.k8s.io/v1"
@@ -50,7 +50,7 @@ def review(body: dict, settings: SidecarSettings) -> dict:
         metadata["generateName"] = (request.get("name") or "pod") + "-"
     result = InjectResult(output="")
     try:
-        _inject_object(injected, f"AdmissionReview {request['uid']}", settings, result)
+        inject_object(injected, f"AdmissionReview {request['uid']}", settings, result)
     except InjectError as error:
         response.update(allowed=False, status={"code": 400, "message": f"remora sidecar injection: {error}"})
         return _answer(response)

@@ -61,13 +61,15 @@ def inject_text(text: str, settings: SidecarSettings = SidecarSettings()) -> Inj
             continue
         index += 1
         before = result.injected
-        _inject_object(doc.data, f"document {index} (line {doc.content_line})", settings, result)
+        inject_object(doc.data, f"document {index} (line {doc.content_line})", settings, result)
         parts.append(dump(doc) if result.injected > before else doc.text)
     result.output = "".join(parts)
     return result
 
 
-def _inject_object(obj, where: str, settings: SidecarSettings, result: InjectResult) -> None:
+def inject_object(obj, where: str, settings: SidecarSettings, result: InjectResult) -> None:
+    """Inject one parsed object (a workload, a Pod or a List) in place; notes and counts go to
+    `result`; InjectError names `where`. Used by inject_text and by the admission webhook."""
     if not isinstance(obj, dict):
         raise InjectError(f"{where}: expected a Kubernetes object (a mapping with apiVersion and kind), "
                           f"got {_type_name(obj)}")
@@ -79,7 +81,7 @@ def _inject_object(obj, where: str, settings: SidecarSettings, result: InjectRes
         if not isinstance(items, list):
             raise InjectError(f"{where}: List: items: expected a list, got {_type_name(items)}")
         for i, item in enumerate(items):
-            _inject_object(item, f"{where} items[{i}]", settings, result)
+            inject_object(item, f"{where} items[{i}]", settings, result)
         return
     path = TEMPLATE_PATHS.get(kind)
     if path is None:
