@@ -6,15 +6,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
-from remora.config.model import (
-    AuthorizationPolicySpec,
-    DestinationRuleSpec,
-    PeerAuthenticationSpec,
-    ServiceEntrySpec,
-    TelemetrySpec,
-    VirtualServiceSpec,
-    WorkloadEntrySpec,
-)
+from remora.config.model import DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec
+from remora.config.model_policy import AuthorizationPolicySpec, PeerAuthenticationSpec, TelemetrySpec
 from remora.config.model_gateway import GatewaySpec
 from remora.config.model_sidecar import SidecarSpec
 from remora.config.model_jwt import RequestAuthenticationSpec

@@ -4,17 +4,20 @@ Field names are Istio's, in snake_case here and camelCase on the wire (msgspec r
 them), so `msgspec.convert(spec_dict, VirtualServiceSpec)` both parses and rejects unknown
 fields with a JSON-path error. Durations stay as Istio strings ("1.5s", "100ms") in the
 model; `remora.config.duration.parse_duration` turns them into seconds where they are used.
-Semantic rules (regexes compile, weights add up, subsets exist) live in the loader.
+Semantic rules (regexes compile, weights add up, subsets exist) live in the loader. Telemetry,
+PeerAuthentication and AuthorizationPolicy are in model_policy.py; RequestAuthentication,
+Gateway and Sidecar in model_jwt.py, model_gateway.py and model_sidecar.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Generic, Iterator, TypeVar
 
 import msgspec
 
 if TYPE_CHECKING:
     from remora.config.model_gateway import GatewaySpec
+    from remora.config.model_policy import AuthorizationPolicySpec, PeerAuthenticationSpec, TelemetrySpec
     from remora.config.model_sidecar import SidecarSpec
     from remora.config.model_jwt import RequestAuthenticationSpec
 
@@ -42,6 +45,12 @@ class PortSelector(Spec):
 
 class Percent(Spec):
     value: float = 0.0
+
+
+class TelemetrySelector(Spec):
+    """Istio's type.v1beta1.WorkloadSelector: labels the sidecar's workload must carry."""
+
+    match_labels: dict[str, str] = {}
 
 
 class WorkloadSelector(Spec):
@@ -364,113 +373,6 @@ class DestinationRuleSpec(Spec):
     export_to: list[str] = []
     # Istio's type.v1beta1.WorkloadSelector ({matchLabels: ...}), not the ServiceEntry's {labels}.
     workload_selector: TelemetrySelector | None = None
-
-
-# ---- Telemetry (telemetry.istio.io) -------------------------------------------------------
-
-class ProviderRef(Spec):
-    name: str
-
-
-class TelemetrySelector(Spec):
-    """Istio's type.v1beta1.WorkloadSelector: labels the sidecar's workload must carry."""
-
-    match_labels: dict[str, str] = {}
-
-
-class TelemetryMatch(Spec):
-    """Which traffic a tracing / access-logging entry applies to."""
-
-    mode: str | None = None   # CLIENT_AND_SERVER (default) | CLIENT (outbound) | SERVER (inbound)
-
-
-class TelemetryTracing(Spec):
-    match: TelemetryMatch | None = None
-    providers: list[ProviderRef] = []
-    random_sampling_percentage: float | None = None
-    disable_span_reporting: bool | None = None
-    use_request_id_for_trace_sampling: bool | None = None
-
-
-class TelemetryAccessLogging(Spec):
-    match: TelemetryMatch | None = None
-    providers: list[ProviderRef] = []
-    disabled: bool | None = None
-
-
-class TelemetrySpec(Spec):
-    selector: TelemetrySelector | None = None
-    tracing: list[TelemetryTracing] = []
-    access_logging: list[TelemetryAccessLogging] = []
-    metrics: list[Any] = []   # Istio metric overrides: accepted, not applied yet (a warning)
-
-
-# ---- PeerAuthentication / AuthorizationPolicy (security.istio.io) ------------------------
-
-class PeerMutualTLS(Spec):
-    mode: str | None = None   # UNSET (inherit) | DISABLE | PERMISSIVE | STRICT
-
-
-class PeerAuthenticationSpec(Spec):
-    selector: TelemetrySelector | None = None
-    mtls: PeerMutualTLS | None = None
-    # Istio's map<uint32, MutualTLS>: YAML reads the port keys as integers. None when not
-    # given: an empty map is an error (Istio's CRD: at least one port), so the two differ.
-    port_level_mtls: dict[int, PeerMutualTLS] | None = None
-
-
-class AuthzSource(Spec):
-    """Who sends the request: peer identity (from mTLS), JWT principal and address."""
-
-    principals: list[str] = []
-    not_principals: list[str] = []
-    request_principals: list[str] = []       # `<iss>/<sub>` of the request's verified JWT
-    not_request_principals: list[str] = []
-    namespaces: list[str] = []
-    not_namespaces: list[str] = []
-    ip_blocks: list[str] = []
-    not_ip_blocks: list[str] = []
-
-
-class AuthzOperation(Spec):
-    """What the request asks for. Istio spells ports as strings ("8080")."""
-
-    hosts: list[str] = []
-    not_hosts: list[str] = []
-    ports: list[str] = []
-    not_ports: list[str] = []
-    methods: list[str] = []
-    not_methods: list[str] = []
-    paths: list[str] = []
-    not_paths: list[str] = []
-
-
-class AuthzFrom(Spec):
-    source: AuthzSource | None = None
-
-
-class AuthzTo(Spec):
-    operation: AuthzOperation | None = None
-
-
-class AuthzCondition(Spec):
-    key: str
-    values: list[str] = []
-    not_values: list[str] = []
-
-
-class AuthzRule(Spec):
-    # `from` is a Python keyword: the attribute is from_, the YAML name stays `from`.
-    from_: list[AuthzFrom] = msgspec.field(default_factory=list, name="from")
-    to: list[AuthzTo] = []
-    when: list[AuthzCondition] = []
-
-
-class AuthorizationPolicySpec(Spec):
-    selector: TelemetrySelector | None = None
-    action: str | None = None   # ALLOW (default) | DENY | AUDIT; CUSTOM is rejected
-    # No rules: an ALLOW policy then allows nothing (Istio's deny-all), DENY denies nothing.
-    rules: list[AuthzRule] = []
 
 
 # ---- resources and the whole set ---------------------------------------------------------

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from remora.config.mesh_rules import ROOT_NAMESPACE, policy_scopes
-from remora.config.model import PeerAuthenticationSpec, Resource
+from remora.config.model import Resource
+from remora.config.model_policy import PeerAuthenticationSpec
 
 STRICT, PERMISSIVE, DISABLE = "STRICT", "PERMISSIVE", "DISABLE"
 DEFAULT_MODE = PERMISSIVE

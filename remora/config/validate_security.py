@@ -13,14 +13,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from remora.config.model import (
-    AuthorizationPolicySpec,
-    AuthzCondition,
-    AuthzOperation,
-    AuthzSource,
-    PeerAuthenticationSpec,
-    TelemetrySelector,
-)
+from remora.config.model import TelemetrySelector
+from remora.config.model_policy import (AuthorizationPolicySpec, AuthzCondition, AuthzOperation, AuthzSource,
+                                        PeerAuthenticationSpec)
 from remora.config.path_templates import is_template, template_problem
 from remora.config.schema import Problem, join_path
 

@@ -10,7 +10,7 @@ they name meshConfig extension providers that a Remora sidecar maps to its own s
 """
 from __future__ import annotations
 
-from remora.config.model import TelemetrySpec
+from remora.config.model_policy import TelemetrySpec
 from remora.config.schema import Problem, join_path
 
 MATCH_MODES = frozenset({"CLIENT_AND_SERVER", "CLIENT", "SERVER"})

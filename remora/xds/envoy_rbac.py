@@ -23,7 +23,7 @@ from typing import Any
 from remora.config.path_templates import MATCH_ANY, MATCH_ONE, is_template
 from remora.config.loader import ConfigError, build_mesh_config
 from remora.config.mesh_rules import applies_to
-from remora.config.model import AuthzCondition, AuthzOperation, AuthzRule, AuthzSource
+from remora.config.model_policy import AuthzCondition, AuthzOperation, AuthzRule, AuthzSource
 from remora.xds.envoy_clusters import Unsupported
 
 RBAC_FILTER = "envoy.filters.http.rbac"

@@ -30,14 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from remora.config.model import (
-    AuthorizationPolicySpec,
-    AuthzCondition,
-    AuthzOperation,
-    AuthzRule,
-    AuthzSource,
-    Resource,
-)
+from remora.config.model import Resource
+from remora.config.model_policy import AuthorizationPolicySpec, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource
 from remora.config.path_templates import is_template, template_regex
 from remora.config.mesh_rules import ROOT_NAMESPACE, applies_to  # noqa: F401 (applies_to re-exported)
 

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from remora.config.mesh_rules import ROOT_NAMESPACE, policy_scopes as scopes  # noqa: F401 (re-exported)
-from remora.config.model import Resource, TelemetrySpec
+from remora.config.model import Resource
+from remora.config.model_policy import TelemetrySpec
 from remora.config.validate_telemetry import ACCESS_LOG_PROVIDERS, mode_sides
 
 CLIENT, SERVER = "CLIENT", "SERVER"
