@@ -10,12 +10,20 @@ clients in this process that ACK every push), then applies one VirtualService ch
 time from the apply call to the moment ALL sidecars have ACKed the new routes version.
 Prints a Markdown table: p50 / p99 / max and the control server's RSS. All traffic is on
 loopback; every wait is bounded.
+
+    python -m benchmarks.control_plane --replicas 2 [--etcd-members 1] ...
+
+runs that many replicas over a local etcd (Debian's etcd-server, started here with its own
+data folder), the sidecars spread over them; the applies go to the first replica and are
+timed to the ACK of every sidecar on every replica. It adds the RSS of each replica and the
+etcd writes per apply (the store revisions one apply moved).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -116,18 +124,27 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-async def measure(url: str, sidecars: int, applies: int) -> dict:
+async def etcd_revision(session: aiohttp.ClientSession, etcd_url: str | None) -> int:
+    if etcd_url is None:
+        return 0
+    async with session.post(f"{etcd_url}/v3/kv/range", json={"key": "AA=="}) as response:
+        return int((await response.json(content_type=None))["header"]["revision"])
+
+
+async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | None = None) -> dict:
+    url = urls[0]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session:
-        sims = [SimulatedSidecar(url, i) for i in range(sidecars)]
+        sims = [SimulatedSidecar(urls[i % len(urls)], i) for i in range(sidecars)]
         tasks = [asyncio.create_task(sim.run(session)) for sim in sims]
         started = time.perf_counter()
         every_type = len(TYPE_ORDER)
         await asyncio.wait_for(asyncio.gather(*(s.wait(lambda s: len(s.acked) == every_type) for s in sims)),
                                STEP_TIMEOUT)
         initial_sync = time.perf_counter() - started
-        latencies = []
+        latencies, writes = [], []
         for n in range(applies):
+            revision = await etcd_revision(session, etcd_url)
             before = [sim.acked.get(ROUTES) for sim in sims]
             t0 = time.perf_counter()
             async with session.post(f"{url}/v1/apply?source=bench.yaml", data=virtual_service(n + 1)) as response:
@@ -139,13 +156,34 @@ async def measure(url: str, sidecars: int, applies: int) -> dict:
                 STEP_TIMEOUT)
             latencies.append(max(sim.routes_acked_at for sim in sims) - t0)
             await asyncio.sleep(0.2)   # let the server settle, as separate operator actions would
-        async with session.get(f"{url}/v1/status") as response:
-            status = await response.json()
-        synced = sum(all(s["types"][t]["status"] == "SYNCED" for t in TYPE_ORDER) for s in status["sidecars"])
+            writes.append(await etcd_revision(session, etcd_url) - revision)
+        synced = 0
+        for replica_url in urls:
+            async with session.get(f"{replica_url}/v1/status") as response:
+                status = await response.json()
+            synced += sum(all(s["types"][t]["status"] == "SYNCED" for t in TYPE_ORDER) for s in status["sidecars"])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"latencies": latencies, "initial_sync": initial_sync, "synced": synced}
+    return {"latencies": latencies, "initial_sync": initial_sync, "synced": synced, "writes": writes}
+
+
+def start_etcd(work: Path, members: int) -> tuple[list[Child], list[int]]:
+    """A local etcd cluster of `members`, each with its own data folder; (children, client ports)."""
+    if shutil.which("etcd") is None:
+        raise SystemExit("--replicas needs etcd (Debian package etcd-server)")
+    clients, peers = [free_port() for _ in range(members)], [free_port() for _ in range(members)]
+    cluster = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(members))
+    children = [Child(f"etcd-{i}", ["etcd", "--name", f"m{i}", "--data-dir", str(work / f"etcd-{i}"),
+                                    "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
+                                    "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
+                                    "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                                    "--initial-cluster", cluster, "--initial-cluster-state", "new"],
+                        work / f"etcd-{i}.log") for i in range(members)]
+    for child, port in zip(children, clients):
+        wait_ready(child, port, "/health", timeout=60)
+    return children, clients
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,38 +192,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--sidecars", type=int, default=100)
     parser.add_argument("--applies", type=int, default=20)
+    parser.add_argument("--replicas", type=int, default=1, help="control servers; more than one runs over etcd")
+    parser.add_argument("--etcd-members", type=int, default=1)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="remora-control-bench-"))
     (work / "config").mkdir()
     write_config(work / "config", args.services, args.endpoints)
-    port = free_port()
     (work / "admin-token").write_text(ADMIN_TOKEN)   # the admin API (apply, status) needs it
-    control = Child("control", [sys.executable, "-m", "remora", "control", "--config-dir", str(work / "config"),
-                                "--admin-token-file", str(work / "admin-token"),
-                                "--listen", f"127.0.0.1:{port}"], work / "control.log")
+    (work / "store-key").write_text(os.urandom(32).hex())
+    etcd, etcd_ports = start_etcd(work, args.etcd_members) if args.replicas > 1 else ([], [])
+    store = (["--store", "etcd://" + ",".join(f"127.0.0.1:{p}" for p in etcd_ports),
+              "--store-key-file", str(work / "store-key")] if etcd else [])
+    ports = [free_port() for _ in range(args.replicas)]
+    controls = []
     try:
         loaded = time.perf_counter()
-        wait_ready(control, port, "/healthz", timeout=120)
+        for i, port in enumerate(ports):
+            controls.append(Child(f"control-{i}", [
+                sys.executable, "-m", "remora", "control", "--config-dir", str(work / "config"),
+                "--admin-token-file", str(work / "admin-token"), "--listen", f"127.0.0.1:{port}", *store],
+                work / f"control-{i}.log"))
+            wait_ready(controls[-1], port, "/healthz", timeout=120)   # one at a time: the first makes the CA
         startup = time.perf_counter() - loaded
-        rss_idle = group_rss_mib(control.pid)
-        result = asyncio.run(measure(f"http://127.0.0.1:{port}", args.sidecars, args.applies))
-        rss = group_rss_mib(control.pid)
+        rss_idle = [group_rss_mib(c.pid) for c in controls]
+        result = asyncio.run(measure([f"http://127.0.0.1:{p}" for p in ports], args.sidecars, args.applies,
+                                     f"http://127.0.0.1:{etcd_ports[0]}" if etcd else None))
+        rss = [group_rss_mib(c.pid) for c in controls]
     except BaseException:
-        print(f"control server log kept in {work / 'control.log'}", file=sys.stderr)
+        print(f"logs kept in {work}", file=sys.stderr)
         raise
     finally:
-        control.stop()
-    shutil.rmtree(work)   # config, admin token, log
+        for child in [*controls, *etcd]:
+            child.stop()
+    shutil.rmtree(work)   # config, admin token, key, etcd data, logs
     lat = [x * 1000 for x in result["latencies"]]
+    where = (f"{args.replicas} replicas over a {args.etcd_members}-member etcd" if etcd else "one control server")
     print(f"{args.services} ServiceEntries x {args.endpoints} endpoints, {args.sidecars} sidecars in "
-          f"{NAMESPACES} namespaces, {args.applies} VirtualService applies "
+          f"{NAMESPACES} namespaces on {where}, {args.applies} VirtualService applies "
           f"(startup {startup:.1f} s, initial sync of all sidecars {result['initial_sync']:.1f} s, "
           f"{result['synced']}/{args.sidecars} SYNCED at the end)\n")
-    print("| apply -> all sidecars ACKed routes | p50 | p99 | max | mean | control RSS idle | control RSS with sidecars |")
-    print("|---|---|---|---|---|---|---|")
+    print("| apply -> all sidecars ACKed routes | p50 | p99 | max | mean | RSS idle (per replica) "
+          "| RSS with sidecars | etcd writes per apply |")
+    print("|---|---|---|---|---|---|---|---|")
+    mib = lambda values: " / ".join(f"{v:.0f}" for v in values) + " MiB"   # noqa: E731
+    writes = f"{statistics.mean(result['writes']):.1f}" if etcd else "n/a"
     print(f"| ms | {percentile(lat, 50):.0f} | {percentile(lat, 99):.0f} | {max(lat):.0f} | "
-          f"{statistics.mean(lat):.0f} | {rss_idle:.0f} MiB | {rss:.0f} MiB |")
+          f"{statistics.mean(lat):.0f} | {mib(rss_idle)} | {mib(rss)} | {writes} |")
     return 0
 
 

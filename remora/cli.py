@@ -214,6 +214,12 @@ def _add_control_commands(sub) -> None:
     control.add_argument("--state-dir", default=None, metavar="DIR",
                          help="where applied resources, registrations, the CA root and join tokens persist "
                               "(default: memory only; the CA in a temporary directory)")
+    control.add_argument("--store", default=None, metavar="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
+                         help="keep the state in etcd instead of --state-dir, to run several replicas "
+                              "(docs/control.md, Replicas)")
+    control.add_argument("--store-key-file", default=None, metavar="FILE",
+                         help="with --store: at least 32 secret bytes; the CA key and the admin token are "
+                              "sealed with it in etcd (the same file on every replica)")
     control.add_argument("--trust-domain", default="cluster.local")
     control.add_argument("--grace-period", type=_seconds, default=10.0,
                          help="how long a disconnected sidecar stays registered")

@@ -133,14 +133,14 @@ class CertificateAuthority:
                 # A key without a cert is a crash between the two writes: nobody can trust
                 # that key yet, so it is replaced.
                 key = ec.generate_private_key(ec.SECP256R1())
-                cert = _self_signed_root(key, trust_domain)
+                cert = self_signed_root(key, trust_domain)
                 files.write_atomically(key_path, key_pem(key), files.PRIVATE_MODE)
                 files.write_atomically(cert_path, cert_pem(cert).encode(), files.PUBLIC_MODE)
         if not key_path.exists():
             raise CaError(f"{cert_path} exists but its key {key_path} is missing")
         cert = load_certs(cert_path, "root certificate")[0]
         key = load_private_key(key_path)
-        found = _trust_domain_of(cert)
+        found = root_trust_domain(cert)
         if found is not None and found != trust_domain:
             raise CaError(f"{cert_path} is the root of trust domain {found!r}, not {trust_domain!r}; "
                           f"use another state directory or the same trust domain")
@@ -312,7 +312,7 @@ class CertificateAuthority:
 
 # ---- helpers ---------------------------------------------------------------------------
 
-def _self_signed_root(key, trust_domain: str) -> x509.Certificate:
+def self_signed_root(key, trust_domain: str) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
@@ -402,7 +402,7 @@ def _extension(cert: x509.Certificate, kind):
         return None
 
 
-def _trust_domain_of(root: x509.Certificate) -> str | None:
+def root_trust_domain(root: x509.Certificate) -> str | None:
     san = _extension(root, x509.SubjectAlternativeName)
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
         if uri.startswith(SCHEME) and "/" not in uri[len(SCHEME):]:

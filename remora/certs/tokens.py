@@ -138,14 +138,29 @@ def _hash(secret: str) -> str:
 class JoinTokenStore:
     """Join tokens kept hashed in `<state_dir>/join-tokens.json`; a CredentialVerifier."""
 
-    def __init__(self, state_dir: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.state_dir = files.ensure_dir(Path(state_dir))
-        self.path = self.state_dir / TOKENS_FILE
+    def __init__(self, state_dir: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
+        # No state_dir: the records live in memory only, loaded from and saved to a shared
+        # store by the caller (`in_memory`, `serialized`), in the file's format.
+        self.state_dir = files.ensure_dir(Path(state_dir)) if state_dir is not None else None
+        self.path = self.state_dir / TOKENS_FILE if self.state_dir is not None else None
         self._clock = clock
         self._records: dict[str, _Record] = {}
         self._broken: list[tuple[msgspec.Raw, BrokenRecord]] = []
         self._stamp: tuple[int, int, int] | None = None
         self._refresh()
+
+    @classmethod
+    def in_memory(cls, data: bytes | None, *, clock: Callable[[], float] = time.time) -> JoinTokenStore:
+        """A store of the records in `data` (the file's format; None: no tokens), not backed by a file."""
+        store = cls(None, clock=clock)
+        if data:
+            store._parse(data, "shared join-token store")
+        return store
+
+    def serialized(self) -> bytes:
+        """The records in the file's format."""
+        raws = [msgspec.Raw(msgspec.json.encode(r)) for r in self._records.values()]
+        return msgspec.json.format(msgspec.json.encode(_File(tokens=raws + [r for r, _ in self._broken]))) + b"\n"
 
     # ---- public API --------------------------------------------------------------------
 
@@ -228,27 +243,36 @@ class JoinTokenStore:
 
     def _update(self, change: Callable[[dict[str, _Record]], None]) -> None:
         """Read the newest file, apply `change`, write it back: all under the directory lock."""
+        if self.path is None:
+            records = {k: msgspec.structs.replace(v) for k, v in self._records.items()}
+            change(records)
+            self._records = records
+            return
         with files.locked(self.state_dir):
             self._refresh()
             records = {k: msgspec.structs.replace(v) for k, v in self._records.items()}
             change(records)
-            raws = [msgspec.Raw(msgspec.json.encode(r)) for r in records.values()]
-            data = msgspec.json.format(msgspec.json.encode(_File(tokens=raws + [r for r, _ in self._broken])))
-            files.write_atomically(self.path, data + b"\n", files.PRIVATE_MODE)
             self._records = records
+            files.write_atomically(self.path, self.serialized(), files.PRIVATE_MODE)
             self._stamp = _stamp(self.path)
 
     def _refresh(self) -> None:
+        if self.path is None:
+            return
         stamp = _stamp(self.path)
         if stamp == self._stamp:
             return
         if stamp is None:
             self._records, self._broken, self._stamp = {}, [], None
             return
+        self._parse(self.path.read_bytes(), str(self.path))
+        self._stamp = stamp
+
+    def _parse(self, raw_file: bytes, where: str) -> None:
         try:
-            data = msgspec.json.decode(self.path.read_bytes(), type=_File)
+            data = msgspec.json.decode(raw_file, type=_File)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise TokenStoreCorrupt(f"{self.path}: not a join-token store: {error}") from None
+            raise TokenStoreCorrupt(f"{where}: not a join-token store: {error}") from None
         records: dict[str, _Record] = {}
         broken: list[tuple[msgspec.Raw, BrokenRecord]] = []
         for index, raw in enumerate(data.tokens):
@@ -260,7 +284,7 @@ class JoinTokenStore:
                 broken.append((raw, BrokenRecord(index, _raw_id(bytes(raw)), str(error))))
                 continue
             records[record.id] = record
-        self._records, self._broken, self._stamp = records, broken, stamp
+        self._records, self._broken = records, broken
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from aiohttp import web
 
@@ -47,11 +47,29 @@ from remora.certs import (
 from remora.certs.tokens import check_ttl as check_token_ttl
 from remora.config.duration import parse_duration
 from remora.wire.certificates import CERTIFICATES_PATH, TRUST_BUNDLE_PATH
+from remora.xds.etcd_client import StoreUnavailable
 from remora.xds.metrics import ControlMetrics
 
 CA_SUBDIR = "ca"
+READ, WRITE = "read", "write"   # what a request does with the join tokens
+TOKEN_WRITE_ATTEMPTS = 5
 MAX_CA_BODY = 64 << 10     # a P-384 CSR is under 1 KiB; an 8192-bit RSA one under 3 KiB
 DEFAULT_TOKEN_TTL = 24 * 3600.0
+
+
+class SharedTokens(Protocol):
+    """The join tokens of a shared store (replicas.EtcdState)."""
+
+    async def tokens(self) -> tuple[JoinTokenStore, int]: ...
+
+    async def save_tokens(self, store: JoinTokenStore, revision: int) -> bool: ...
+
+
+class SharedCa(Protocol):
+    """What the shared store gives the CA service at start (replicas.SharedStart)."""
+
+    ca: CertificateAuthority
+    state: SharedTokens
 
 
 class CaRequestError(Exception):
@@ -125,12 +143,19 @@ class CaService:
         self.cert_ttl = check_cert_ttl(cert_ttl)
         self.log = log
         self._temp_dir = temp_dir
+        self.shared_tokens: SharedTokens | None = None   # replicas over etcd: tokens read on every use
         metrics.ca_expiry.set(ca.not_after.timestamp())
 
     @classmethod
     def start(cls, settings: CaSettings, state_dir: str | None, trust_domain: str, metrics: ControlMetrics,
-              log: Callable[[str], None]) -> CaService:
-        """Load the plug-in CA or load/create the own root; CaError / ValueError say what is wrong."""
+              log: Callable[[str], None], shared: SharedCa | None = None) -> CaService:
+        """Load the plug-in CA or load/create the own root (or take the shared store's root
+        and join tokens: replicas.py); CaError / ValueError say what is wrong."""
+        if shared is not None and settings.ca_cert is None:
+            service = cls(shared.ca, JoinTokenStore.in_memory(None), trust_domain, metrics,
+                          cert_ttl=settings.cert_ttl, log=log)
+            service.shared_tokens = shared.state
+            return service
         if (settings.ca_cert is None) != (settings.ca_key is None):
             raise CaError("--ca-cert and --ca-key go together: give both (and --ca-chain if the cert is not the root)")
         if settings.ca_chain and not settings.ca_cert:
@@ -238,24 +263,44 @@ class CaService:
         router.add_get(TRUST_BUNDLE_PATH, self._get_bundle)
 
     async def _post_token(self, request: web.Request) -> web.Response:
-        return await self._answer(self.create_token, request)
+        return await self._answer(self.create_token, request, tokens=WRITE)
 
     async def _get_tokens(self, request: web.Request) -> web.Response:
-        return await self._answer(lambda _: self.list_tokens())
+        return await self._answer(lambda _: self.list_tokens(), tokens=READ)
 
     async def _delete_token(self, request: web.Request) -> web.Response:
-        return await self._answer(lambda _: self.revoke_token(request.match_info["id"]))
+        return await self._answer(lambda _: self.revoke_token(request.match_info["id"]), tokens=WRITE)
 
     async def _post_certificate(self, request: web.Request) -> web.Response:
-        return await self._answer(self.issue, request)
+        return await self._answer(self.issue, request, tokens=READ)
 
     async def _get_bundle(self, request: web.Request) -> web.Response:
         return await self._answer(lambda _: self.bundle())
 
-    async def _answer(self, handle: Callable[[dict], dict], request: web.Request | None = None) -> web.Response:
+    async def _with_shared_tokens(self, handle: Callable[[dict], dict], body: dict, writes: bool) -> dict:
+        """`handle` over the join tokens as the shared store has them now; a change is written
+        back with compare-and-swap, and made again on the newer records if another replica won."""
+        for _ in range(TOKEN_WRITE_ATTEMPTS):
+            tokens, revision = await self.shared_tokens.tokens()
+            if self.verifier is self.tokens:
+                self.verifier = tokens
+            self.tokens = tokens
+            result = handle(body)
+            if not writes or await self.shared_tokens.save_tokens(tokens, revision):
+                return result
+        raise CaRequestError(409, "token-conflict", "the join tokens kept changing on other replicas; retry")
+
+    async def _answer(self, handle: Callable[[dict], dict], request: web.Request | None = None,
+                      tokens: str | None = None) -> web.Response:
         try:
             body = await read_json_object(request) if request is not None else {}
+            if tokens is not None and self.shared_tokens is not None:
+                return web.json_response(await self._with_shared_tokens(handle, body, tokens == WRITE))
             return web.json_response(handle(body))
+        except StoreUnavailable as error:
+            self.metrics.ca_errors.labels("store-unavailable").inc()
+            return web.json_response({"error": f"config store unavailable: {error}",
+                                      "reason": "store-unavailable"}, status=503)
         except CaRequestError as error:
             self.metrics.ca_errors.labels(error.reason).inc()
             return web.json_response({"error": str(error), "reason": error.reason}, status=error.status)

@@ -323,39 +323,49 @@ def run_control(args, review=None) -> int:
             print("remora: --webhook-names: at least one DNS name", file=sys.stderr)
             return 2
         webhook = WebhookSettings(hook_host, hook_port, review, names)
+    if args.store and args.state_dir:
+        print("remora: --store and --state-dir: choose one (with --store, the state lives in etcd)", file=sys.stderr)
+        return 2
     settings = ControlSettings(config_dir=args.config_dir, state_dir=args.state_dir, host=host, port=port,
                                trust_domain=args.trust_domain, grace_period=args.grace_period,
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
                                admin_token_file=args.admin_token_file,
-                               jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook)
+                               jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook,
+                               store=args.store, store_key_file=args.store_key_file)
     server = ControlServer(settings)
-    try:
-        server.load()
-    except ConfigError as error:
-        print(f"remora: invalid configuration, not starting\n{error}", file=sys.stderr)
-        return 1
-    except StateError as error:
-        print(f"remora: {error}", file=sys.stderr)
-        return 1
-    except CaError as error:
-        print(f"remora: CA: {error}", file=sys.stderr)
-        return 1
-    except AdminTokenError as error:
-        print(f"remora: admin token: {error}", file=sys.stderr)
-        return 1
-    if args.state_dir is None:
-        server.log("warning: no --state-dir: resources applied through the API are lost on restart")
 
-    async def main() -> None:
+    async def main() -> int:
+        shared = None
+        if settings.store:
+            from remora.certs.sealing import SealError
+            from remora.xds.etcd_client import StoreError, StoreUnavailable
+            from remora.xds.replicas import start_shared
+            try:
+                shared = await start_shared(settings.store, settings.store_key_file, settings.trust_domain,
+                                            settings.grace_period, settings.admin_token_file, server.log)
+            except (ValueError, CaError, SealError, AdminTokenError, StoreError, StoreUnavailable) as error:
+                print(f"remora: --store: {error}", file=sys.stderr)
+                return 1
+        try:
+            server.load(shared)
+        except (ConfigError, StateError, CaError, AdminTokenError) as error:
+            what = {ConfigError: "invalid configuration, not starting\n", CaError: "CA: ",
+                    AdminTokenError: "admin token: "}.get(type(error), "")
+            print(f"remora: {what}{error}", file=sys.stderr)
+            if shared is not None:
+                await shared.state.close()
+            return 1
+        if args.state_dir is None and shared is None:
+            server.log("warning: no --state-dir: resources applied through the API are lost on restart")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await server.serve(stop)
+        return 0
 
     try:
-        uvloop.run(main())
+        return uvloop.run(main())
     except OSError as error:
         print(f"remora: cannot start: {error}", file=sys.stderr)
         return 1
-    return 0

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -151,6 +151,14 @@ def _subdomain(text: str) -> str:
     return ".".join(part for part in (p.strip("-") for p in text.split(".")) if part)
 
 
+class RegistryListener(Protocol):
+    """Told of this replica's registrations, to share them with the other replicas."""
+
+    def registered(self, node: Node) -> None: ...
+
+    def removed(self, node_id: str) -> None: ...
+
+
 class Registry:
     """Known sidecars by node id, and the WorkloadEntries / ServiceEntries they imply."""
 
@@ -160,6 +168,10 @@ class Registry:
         self.clock = clock
         self.nodes: dict[str, Registration] = {}
         self.state_path = Path(state_path) if state_path is not None else None
+        # Replicas over a shared store (replicas.py): the sidecars other replicas hold, and who
+        # hears of this replica's connects and removals to publish them.
+        self.remote: dict[str, Node] = {}
+        self.listener: RegistryListener | None = None
 
     def restore(self) -> int:
         """Load the sidecars saved before a restart, as disconnected with a fresh grace period;
@@ -200,6 +212,8 @@ class Registry:
         wall = time.time()
         self.nodes[node.id] = Registration(node, now, wall, wall)
         self._save()
+        if self.listener is not None:
+            self.listener.registered(node)
         return self.nodes[node.id]
 
     def disconnect(self, node_id: str) -> float:
@@ -217,9 +231,30 @@ class Registry:
                 if not r.live and r.removal_due is not None and r.removal_due <= now]
         for node_id in gone:
             del self.nodes[node_id]
+            if self.listener is not None:
+                self.listener.removed(node_id)
         if gone:
             self._save()
         return gone
+
+    def remote_changed(self, node_id: str, node: Node | None) -> bool:
+        """Another replica registered (`node`) or removed (None) a sidecar; True if the
+        documents change. A node that moved there from here is no longer held here."""
+        known = self.nodes.get(node_id)
+        if node is not None and known is not None and not known.live:
+            del self.nodes[node_id]    # it reconnected to another replica within its grace period
+        before = self.remote.get(node_id)
+        if node is None:
+            self.remote.pop(node_id, None)
+        else:
+            self.remote[node_id] = node
+        return before != node and node_id not in self.nodes
+
+    def _known(self) -> dict[str, Node]:
+        """Every registered node: this replica's own over another replica's of the same id."""
+        known = dict(self.remote)
+        known.update((node_id, r.node) for node_id, r in self.nodes.items())
+        return known
 
     def registers_endpoint(self, node: Node) -> bool:
         return node.service is not None and node.inbound is not None
@@ -229,8 +264,9 @@ class Registry:
         ports_by_service = _declared_ports(user_docs)
         docs: list[tuple[dict, str]] = []
         synthesized: dict[tuple[str, str], dict] = {}
-        for node_id in sorted(self.nodes):
-            node = self.nodes[node_id].node
+        known = self._known()
+        for node_id in sorted(known):
+            node = known[node_id]
             if not self.registers_endpoint(node):
                 continue
             host, port = split_host_port(node.inbound, "inbound")

@@ -44,7 +44,8 @@ from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
 from remora.wire.protocol import Hello
 from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node, with_peer_address
 from remora.xds.snapshots import SnapshotCache
-from remora.xds.store import ChangeRefused, ConfigFailure, ConfigStore
+from remora.xds.replicas import EtcdState, SharedStart
+from remora.xds.store import Change, ChangeRefused, ConfigFailure, ConfigStore, PendingChange
 from remora.xds.stream import StreamSession, send_error
 from remora.xds.watch import DirectoryWatcher
 
@@ -70,6 +71,8 @@ class ControlSettings:
     ca: CaSettings = CaSettings()
     admin_token_file: str | None = None
     webhook: WebhookSettings | None = None     # --webhook-listen: sidecar injection at admission
+    store: str | None = None                   # --store etcd://...: replicas over etcd (replicas.py)
+    store_key_file: str | None = None          # --store-key-file: seals the CA key and admin token in etcd
 
 
 def _iso(at: float | None) -> str | None:
@@ -112,20 +115,25 @@ class ControlServer:
         self._tasks: list[asyncio.Task] = []
         self.ca: CaService | None = None   # made by load()
         self.admin: AdminCredential | None = None   # made by load()
+        self.shared: EtcdState | None = None        # --store etcd://: set by load()
 
     # -- config
 
-    def load(self) -> None:
-        """Read state and files; raise ConfigError / StateError when they are not a valid set,
-        CaError when the CA cannot be loaded or created, AdminTokenError for the admin token."""
-        self.admin = self._admin_credential()
+    def load(self, shared: SharedStart | None = None) -> None:
+        """Read state and files (or take the shared store's, read by replicas.start_shared);
+        raise ConfigError / StateError when they are not a valid set, CaError when the CA
+        cannot be loaded or created, AdminTokenError for the admin token."""
+        self.admin = shared.admin if shared else self._admin_credential()
         self.ca = CaService.start(self.settings.ca, self.settings.state_dir, self.settings.trust_domain,
-                                  self.metrics, self.log)
+                                  self.metrics, self.log, shared=shared)
         restored = self.registry.restore()
         if restored:
             self.log(f"restored {restored} registered sidecar(s); each is removed in "
                      f"{self.registry.grace_period:g}s unless it reconnects")
-        self.store.start()
+        if shared is not None:
+            self.shared = shared.state
+            self.registry.remote, self.registry.listener = shared.remote, shared.state
+        self.store.start(shared.applied if shared else None)
         self.jwks.config_changed(self.store.config)
         self.cache = SnapshotCache(self.jwks.resolve(self.store.config))
         self.metrics.set_version(self.store.config.version)
@@ -161,6 +169,23 @@ class ControlServer:
         if self.store.reload_files() and self.store.config.version != before:
             self.log(f"config files changed: version {self.store.config.version}")
             self.debouncer.trigger(at)
+
+    def _shared_applied(self, applied: dict) -> None:
+        """Another replica applied or deleted resources."""
+        before = self.store.config.version
+        if self.store.replace_applied(applied) and self.store.config.version != before:
+            self.log(f"config changed on another replica: version {self.store.config.version}")
+            self.debouncer.trigger()
+
+    def _shared_registration(self, node_id: str, node) -> None:
+        if self.registry.remote_changed(node_id, node):
+            self._registry_changed()
+
+    async def _commit(self, pending: PendingChange) -> Change:
+        """Put a validated change in force, through the shared store first when there is one."""
+        if self.shared is not None:
+            await self.shared.save_applied(self.store.applied, pending.applied)
+        return self.store.commit(pending)
 
     def _registry_changed(self) -> None:
         self._registry_dirty = True
@@ -254,7 +279,7 @@ class ControlServer:
                                f"(byte 0x{raw[error.start]:02x} at offset {error.start})")
         before = self.store.config.version
         try:
-            change = self.store.apply(text, source, request.query.get("namespace") or None)
+            change = await self._commit(self.store.plan_apply(text, source, request.query.get("namespace") or None))
         except ChangeRefused as refused:
             return _error(refused.status, refused.message, refused.errors)
         if change.version != before:
@@ -315,7 +340,7 @@ class ControlServer:
         except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         try:
-            change = self.store.delete(ref)
+            change = await self._commit(self.store.plan_delete(ref))
         except ChangeRefused as refused:
             return _error(refused.status, refused.message, refused.errors)
         self.debouncer.trigger(at)
@@ -331,6 +356,7 @@ class ControlServer:
                   "last_error": None if error is None else {"at": _iso(error.at), "source": error.source,
                                                             "errors": error.errors}}
         return web.json_response({"config": config, "jwks": self.jwks.status(),
+                                  "store": self.shared.status() if self.shared else {"kind": "local"},
                                   "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)]})
 
     def _sidecar(self, node_id: str) -> dict:
@@ -396,6 +422,8 @@ class ControlServer:
         if self.settings.config_dir is not None:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))
+        if self.shared is not None:
+            self.shared.start(self._shared_applied, self._shared_registration)
         if self.registry.nodes:   # restored registrations: their grace period runs from now
             asyncio.get_running_loop().call_later(self.registry.grace_period + 0.01, self._expire)
         webhook_runner = None
@@ -416,3 +444,5 @@ class ControlServer:
                 await webhook_runner.cleanup()
             if self.ca is not None:
                 self.ca.close()
+            if self.shared is not None:
+                await self.shared.close()

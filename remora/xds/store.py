@@ -54,6 +54,17 @@ class Change:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class PendingChange:
+    """An apply or delete validated but not yet in force: the applied set it makes."""
+
+    applied: dict[str, AppliedResource]
+    config: MeshConfig
+    registry_refs: frozenset[str]
+    reason: str
+    results: list[tuple[str, str]]
+
+
 class ChangeRefused(Exception):
     """An apply or delete the store will not make: HTTP status, message and every problem."""
 
@@ -123,9 +134,10 @@ class ConfigStore:
 
     # -- lifecycle
 
-    def start(self) -> MeshConfig:
-        """Load state and files; raise ConfigError or StateError if they do not form a valid set."""
-        self.applied = self._load_state()
+    def start(self, applied: dict[str, AppliedResource] | None = None) -> MeshConfig:
+        """Load state (or take `applied`, read from a shared store) and files; raise ConfigError
+        or StateError if they do not form a valid set."""
+        self.applied = self._load_state() if applied is None else applied
         self._read_files()
         applied = self._without_superseded(self.applied)
         self._accept(*self._build(self.file_docs, applied), "startup")
@@ -159,7 +171,31 @@ class ConfigStore:
     # -- the API's changes
 
     def apply(self, text: str, source: str, namespace: str | None = None) -> Change:
-        """Create or update resources from a multi-document YAML text, all or nothing.
+        """Create or update resources from a multi-document YAML text, all or nothing."""
+        return self.commit(self.plan_apply(text, source, namespace))
+
+    def delete(self, ref: str) -> Change:
+        """Remove an applied resource (see plan_delete)."""
+        return self.commit(self.plan_delete(ref))
+
+    def commit(self, pending: PendingChange) -> Change:
+        """Put a planned change in force (after a shared store, if any, has taken it)."""
+        self._save_state(pending.applied)
+        self.applied = pending.applied
+        self._accept(pending.config, pending.registry_refs, pending.reason)
+        return Change(self.config.version, pending.results, list(pending.config.warnings))
+
+    def replace_applied(self, applied: dict[str, AppliedResource]) -> bool:
+        """Another replica changed the applied set in the shared store: validate and take it.
+        False if the set is invalid here (the last good config stays; on_error names why)."""
+        previous, self.applied = self.applied, applied
+        if self.rebuild("store"):
+            return True
+        self.applied = previous
+        return False
+
+    def plan_apply(self, text: str, source: str, namespace: str | None = None) -> PendingChange:
+        """The change an apply makes, validated, not yet in force (commit puts it there).
 
         `namespace` is `kubectl apply -n`: documents without metadata.namespace go there, and
         a document naming another namespace is refused (kubectl's rule).
@@ -218,12 +254,9 @@ class ConfigStore:
                                            else time.time(), applied[ref].file_fingerprint)
             results.append((ref, action))
         results += [(ref, "skipped") for ref in skipped]
-        self._save_state(applied)
-        self.applied = applied
-        self._accept(config, registry_refs, f"apply {source}")
-        return Change(self.config.version, results, list(config.warnings))
+        return PendingChange(applied, config, registry_refs, f"apply {source}", results)
 
-    def delete(self, ref: str) -> Change:
+    def plan_delete(self, ref: str) -> PendingChange:
         """Remove an applied resource (an override: the file's version comes back); refuse
         file-only and registry resources, and dangling references."""
         file_refs = self._file_refs()
@@ -241,12 +274,9 @@ class ConfigStore:
         except ConfigError as error:
             self._refuse(400, f"delete {ref}", f"deleting {ref} would leave the config invalid",
                          [str(i) for i in error.issues])
-        self._save_state(applied)
-        self.applied = applied
-        self._accept(config, registry_refs, f"delete {ref}")
         # An override deleted: the file's version is in force again.
         action = f"deleted (back to {file_refs[ref][1]})" if ref in file_refs else "deleted"
-        return Change(self.config.version, [(ref, action)], list(config.warnings))
+        return PendingChange(applied, config, registry_refs, f"delete {ref}", [(ref, action)])
 
     # -- reading
 

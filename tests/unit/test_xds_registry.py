@@ -145,3 +145,38 @@ def test_entry_names_are_dns_subdomains(node_id):
     """Any node id becomes a WorkloadEntry name the loader accepts (a DNS-1123 subdomain)."""
     from remora.config.object_names import subdomain_problem
     assert subdomain_problem(entry_name(node_id)) is None, entry_name(node_id)
+
+
+class Heard:
+    """A RegistryListener that records what this replica told the shared store."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def registered(self, node: Node) -> None:
+        self.events.append(("registered", node.id))
+
+    def removed(self, node_id: str) -> None:
+        self.events.append(("removed", node_id))
+
+
+def test_other_replicas_sidecars_are_endpoints_and_own_ones_are_published():
+    """Sidecars held by other replicas give WorkloadEntries here; this replica's connects and
+    expiries reach its listener; a node that moved away is no longer held here."""
+    clock = Clock()
+    registry = Registry(10.0, clock)
+    registry.listener = heard = Heard()
+    assert registry.remote_changed("r1", node("r1", inbound="10.0.0.9:15006"))
+    assert [doc["spec"]["address"] for doc, _ in registry.documents([]) if doc["kind"] == "WorkloadEntry"] \
+        == ["10.0.0.9"]
+    registry.connect(node("a"))
+    registry.disconnect("a")
+    assert registry.remote_changed("a", node("a", inbound="10.0.0.7:15006"))   # reconnected elsewhere
+    assert "a" not in registry.nodes and registry.expire() == []
+    registry.connect(node("b"))
+    registry.disconnect("b")
+    clock.now += 11
+    assert registry.expire() == ["b"]
+    assert heard.events == [("registered", "a"), ("registered", "b"), ("removed", "b")]
+    assert registry.remote_changed("r1", None)
+    assert not registry.remote_changed("r1", None)

@@ -243,3 +243,31 @@ def test_reload_parses_only_files_whose_text_changed(store, tmp_path):
     se_file, vs_file = str(tmp_path / "config" / "se.yaml"), str(tmp_path / "config" / "vs.yaml")
     assert after[se_file] is before[se_file]
     assert after[vs_file] is not before[vs_file] and after[vs_file]["metadata"]["name"] == "b"
+
+
+def test_a_planned_change_is_in_force_only_once_committed(store):
+    """plan_apply validates without changing anything (a shared store writes first); commit puts it in force."""
+    version = store.config.version
+    pending = store.plan_apply(vs("a"), "a.yaml")
+    assert store.config.version == version and store.lookup("VirtualService/default/a") is None
+    assert store.commit(pending).results == [("VirtualService/default/a", "created")]
+    assert store.lookup("VirtualService/default/a") is not None
+
+
+def test_another_replicas_applied_set_is_validated_before_it_is_taken(store):
+    """replace_applied takes a valid set from the shared store and refuses an invalid one whole."""
+    store.commit(store.plan_apply(vs("a"), "a.yaml"))
+    version = store.config.version
+    good = dict(store.applied)
+    good["VirtualService/default/b"] = type(good["VirtualService/default/a"])(
+        {**good["VirtualService/default/a"].document, "metadata": {"name": "b", "namespace": "default"},
+         "spec": {"hosts": ["b"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}}, "b.yaml", 1.0)
+    assert store.replace_applied(good) and store.lookup("VirtualService/default/b") is not None
+    bad = dict(good)
+    bad["VirtualService/default/c"] = type(good["VirtualService/default/a"])(
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "c", "namespace": "default"},
+         "spec": {"hosts": ["c"], "http": [{"route": [{"destination": {"host": "nowhere"}}]}]}}, "c.yaml", 1.0)
+    assert not store.replace_applied(bad)
+    assert store.lookup("VirtualService/default/c") is None and store.applied == good
+    assert store.state.last_error.source == "store" and store.config.version != version

@@ -1,0 +1,371 @@
+"""Control-server replicas over etcd (`remora control --store etcd://...`): the shared state.
+
+Every replica reads and writes the same keys under the store's prefix (`/remora/` by
+default) and watches them; each pushes to its own sidecars (docs/control.md, "Replicas").
+
+Keys:
+- `applied/<Kind>/<namespace>/<name>`: a resource applied through the API (JSON: document,
+  source, applied_at, file_fingerprint). An apply or delete is one transaction that holds
+  only if none of the resources it changes was changed meanwhile (compare on each key's
+  revision, Kubernetes' optimistic concurrency per object); else 409 and the client retries.
+  Each replica validates the whole set before it writes, and again when another replica's
+  change arrives (the config directory is the same on every replica, so they agree).
+- `registry/<node id>`: a sidecar registered on some replica (JSON: replica, node), held
+  by that replica's lease (TTL = the grace period, renewed at a third of it). A replica
+  that dies stops renewing, etcd deletes its keys when the lease expires, and the other
+  replicas drop those endpoints. A replica removes a key only while it is still its own
+  write (compare on the revision it wrote): a sidecar that moved to another replica keeps
+  the registration the other one made.
+- `ca/root`: the mesh root certificate and its key, the key sealed with --store-key-file
+  (certs/sealing.py). The first replica makes it (create-if-absent); the others load it.
+- `ca/join-tokens`: the join-token records (hashed secrets, certs/tokens.py format). Read
+  on every use, linearizably, so a token revoked on one replica is refused by all at once;
+  written with compare-and-swap.
+- `admin-token`: the admin token, sealed; the first replica makes it (or takes
+  --admin-token-file's) and every replica checks requests against it.
+
+Failure: without quorum, applies, token changes and certificate requests fail with 503
+(store unavailable) and name etcd; the replica keeps serving its sidecars the config it
+holds, and registrations it could not write are written again once etcd answers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from remora.certs import CertificateAuthority, JoinTokenStore
+from remora.certs.ca import root_trust_domain, self_signed_root
+from remora.certs.pem import CaError, cert_pem, certs_from_pem, key_pem
+from remora.certs.sealing import SealingKey
+from remora.wire.protocol import Node
+from remora.xds.admin_auth import AdminCredential, generate_token, read_token_file
+from remora.xds.etcd_client import (
+    EtcdClient, Event, StoreUnavailable, WatchCompacted, compare_revision, delete_op, parse_store_url, put_op,
+)
+from remora.xds.store import AppliedResource, ChangeRefused
+
+MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
+RETRY_SECONDS = 1.0
+
+
+def _applied_value(item: AppliedResource) -> bytes:
+    return json.dumps({"document": item.document, "source": item.source, "applied_at": item.applied_at,
+                       "file_fingerprint": item.file_fingerprint}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _applied_item(value: bytes) -> AppliedResource:
+    data = json.loads(value)
+    return AppliedResource(data["document"], data["source"], float(data["applied_at"]), data.get("file_fingerprint"))
+
+
+class EtcdState:
+    """One replica's reads, writes and watch of the shared state (see the module docstring)."""
+
+    def __init__(self, client: EtcdClient, prefix: str, key: SealingKey, lease_ttl: int,
+                 log: Callable[[str], None]) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.key = key
+        self.lease_ttl = lease_ttl
+        self.log = log
+        self.replica = secrets.token_hex(6)
+        self.lease = 0
+        self.revision = 0                                       # watched up to
+        self._applied: dict[str, tuple[bytes, int]] = {}        # ref -> (value, mod_revision)
+        self._registry: dict[str, tuple[bytes, int]] = {}       # node id -> (value, mod_revision)
+        self._own: dict[str, Node] = {}                         # this replica's registrations
+        self._unwritten: set[str] = set()                       # registrations to write again
+        self._tasks: list[asyncio.Task] = []
+
+    @classmethod
+    async def open(cls, url: str, key_file: str, grace_period: float, log: Callable[[str], None]) -> EtcdState:
+        endpoints, prefix = parse_store_url(url)
+        client = EtcdClient(endpoints)
+        state = cls(client, prefix, SealingKey.from_file(key_file), max(2, round(grace_period)), log)
+        state.lease = await client.grant(state.lease_ttl)
+        log(f"store: etcd {', '.join(endpoints)} prefix {prefix}, replica {state.replica}, "
+            f"lease {state.lease:x} ({state.lease_ttl}s)")
+        return state
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        try:
+            if self.lease:
+                await self.client.revoke(self.lease)   # our sidecars' entries go now, not after the TTL
+        except StoreUnavailable:
+            pass
+        await self.client.close()
+
+    # ---- the CA root and the admin token
+
+    async def certificate_authority(self, trust_domain: str) -> tuple[CertificateAuthority, bool]:
+        """The shared root, made by the first replica; (CA, made here)."""
+        name = self.prefix + "ca/root"
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self_signed_root(key, trust_domain)
+        value = json.dumps({"cert": cert_pem(cert),
+                            "key": self.key.seal(key_pem(key), name).decode()}).encode()
+        existing = await self.client.create(name, value)
+        if existing is not None:
+            data = json.loads(existing.value)
+            cert = certs_from_pem(data["cert"].encode(), "shared CA root")[0]
+            key = serialization.load_pem_private_key(self.key.open(data["key"].encode(), name), None)
+        found = root_trust_domain(cert)
+        if found is not None and found != trust_domain:
+            raise CaError(f"the shared CA root in etcd ({name}) is the root of trust domain {found!r}, "
+                          f"not {trust_domain!r}")
+        return CertificateAuthority(cert, key, [cert], [cert], trust_domain=trust_domain), existing is None
+
+    async def admin_token(self, given: str | None) -> tuple[str, bool]:
+        """The shared admin token: `given` (--admin-token-file) or a new one if etcd has none; (token, made)."""
+        name = self.prefix + "admin-token"
+        token = given or generate_token()
+        existing = await self.client.create(name, self.key.seal(token.encode(), name))
+        if existing is None:
+            return token, given is None
+        stored = self.key.open(existing.value, name).decode()
+        if given is not None and stored != given:
+            raise ValueError("--admin-token-file differs from the admin token the other replicas use "
+                             "(in etcd): give every replica the same file")
+        return stored, False
+
+    # ---- join tokens
+
+    async def tokens(self) -> tuple[JoinTokenStore, int]:
+        """The join-token records as they are now (linearizable read) and their revision."""
+        found = await self.client.get(self.prefix + "ca/join-tokens")
+        return JoinTokenStore.in_memory(found.value if found else None), found.mod_revision if found else 0
+
+    async def save_tokens(self, store: JoinTokenStore, revision: int) -> bool:
+        """Write the records back if nobody changed them since `revision`; False if somebody did."""
+        name = self.prefix + "ca/join-tokens"
+        done, _ = await self.client.txn([compare_revision(name, revision)], [put_op(name, store.serialized())])
+        return done
+
+    # ---- applied resources
+
+    async def load(self) -> tuple[dict[str, AppliedResource], dict[str, Node]]:
+        """The applied resources and the other replicas' sidecars, as of one revision."""
+        kvs, self.revision = await self.client.get_prefix(self.prefix)
+        applied, remote = {}, {}
+        for kv in kvs:
+            self._take(kv.key, kv.value, kv.mod_revision, applied, remote)
+        return applied, remote
+
+    def _take(self, key: str, value: bytes, revision: int, applied: dict, remote: dict) -> None:
+        relative = key[len(self.prefix):]
+        if relative.startswith("applied/"):
+            ref = relative[len("applied/"):]
+            self._applied[ref] = (value, revision)
+            applied[ref] = _applied_item(value)
+        elif relative.startswith("registry/"):
+            node_id = relative[len("registry/"):]
+            self._registry[node_id] = (value, revision)
+            data = json.loads(value)
+            if data["replica"] != self.replica:
+                remote[node_id] = msgspec.convert(data["node"], Node)
+
+    async def save_applied(self, before: dict[str, AppliedResource], after: dict[str, AppliedResource]) -> None:
+        """Write the applied set's changes in one transaction; ChangeRefused (409 or 503) if it did not hold."""
+        compares, ops, written = [], [], {}
+        for ref in sorted(set(before) | set(after)):
+            value = _applied_value(after[ref]) if ref in after else None
+            known = self._applied.get(ref)
+            if (known[0] if known else None) == value:
+                continue
+            name = f"{self.prefix}applied/{ref}"
+            compares.append(compare_revision(name, known[1] if known else 0))
+            ops.append(put_op(name, value) if value is not None else delete_op(name))
+            written[ref] = value
+        if not ops:
+            return
+        if len(ops) > MAX_TXN_OPS:
+            raise ChangeRefused(400, f"the change touches {len(ops)} resources; with the etcd store one apply "
+                                     f"changes at most {MAX_TXN_OPS} (etcd's --max-txn-ops): split it")
+        try:
+            done, answer = await self.client.txn(compares, ops)
+        except StoreUnavailable as error:
+            raise ChangeRefused(503, f"config store unavailable, nothing changed: {error}") from None
+        if not done:
+            raise ChangeRefused(409, "a resource of this change was changed on another replica meanwhile; "
+                                     "nothing changed: read it again and retry")
+        revision = int(answer["header"]["revision"])
+        for ref, value in written.items():
+            if value is None:
+                self._applied.pop(ref, None)
+            else:
+                self._applied[ref] = (value, revision)
+
+    # ---- registrations (Registry's listener)
+
+    def registered(self, node: Node) -> None:
+        self._own[node.id] = node
+        self._unwritten.add(node.id)
+        self._spawn(self._write_registrations())
+
+    def removed(self, node_id: str) -> None:
+        self._own.pop(node_id, None)
+        self._unwritten.discard(node_id)
+        known = self._registry.get(node_id)
+        if known is not None and json.loads(known[0])["replica"] == self.replica:
+            self._spawn(self._remove_registration(node_id, known[1]))
+
+    async def _write_registrations(self) -> None:
+        for node_id in sorted(self._unwritten):
+            node = self._own.get(node_id)
+            if node is None:
+                continue
+            value = json.dumps({"replica": self.replica, "node": msgspec.to_builtins(node)},
+                               sort_keys=True).encode()
+            try:
+                revision = await self.client.put(f"{self.prefix}registry/{node_id}", value, self.lease)
+            except StoreUnavailable as error:
+                self.log(f"store: cannot write the registration of {node_id} yet: {error}")
+                return
+            self._registry[node_id] = (value, revision)
+            self._unwritten.discard(node_id)
+
+    async def _remove_registration(self, node_id: str, revision: int) -> None:
+        name = f"{self.prefix}registry/{node_id}"
+        try:
+            await self.client.txn([compare_revision(name, revision)], [delete_op(name)])
+        except StoreUnavailable as error:   # the lease removes it when this replica goes
+            self.log(f"store: cannot remove the registration of {node_id}: {error}")
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    # ---- running
+
+    def start(self, on_applied: Callable[[dict[str, AppliedResource]], None],
+              on_remote: Callable[[str, Node | None], None]) -> None:
+        """Watch the shared keys and keep the lease; changes by other replicas reach the callbacks."""
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch(on_applied, on_remote)))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_lease()))
+
+    async def _watch(self, on_applied, on_remote) -> None:
+        while True:
+            try:
+                async for batch in self.client.watch(self.prefix, self.revision + 1):
+                    self._apply_events(batch, on_applied, on_remote)
+            except WatchCompacted:
+                self.log("store: watch compacted, listing again")
+                await self._relist(on_applied, on_remote)
+            except StoreUnavailable as error:
+                self.log(f"store: watch interrupted ({error}); again in {RETRY_SECONDS:g}s")
+                await asyncio.sleep(RETRY_SECONDS)
+
+    def _apply_events(self, batch: list[Event], on_applied, on_remote) -> None:
+        applied_changed = False
+        for event in batch:
+            self.revision = max(self.revision, event.mod_revision)
+            relative = event.key[len(self.prefix):]
+            if relative.startswith("applied/"):
+                ref = relative[len("applied/"):]
+                known = self._applied.get(ref)
+                if event.kind == "DELETE":
+                    applied_changed |= self._applied.pop(ref, None) is not None
+                elif known is None or known[0] != event.value:
+                    self._applied[ref] = (event.value, event.mod_revision)
+                    applied_changed = True
+            elif relative.startswith("registry/"):
+                self._registry_event(relative[len("registry/"):], event, on_remote)
+        if applied_changed:
+            on_applied({ref: _applied_item(value) for ref, (value, _) in self._applied.items()})
+
+    def _registry_event(self, node_id: str, event: Event, on_remote) -> None:
+        if event.kind == "DELETE":
+            self._registry.pop(node_id, None)
+            if node_id in self._own:     # ours, gone with a lease etcd expired: write it again
+                self._unwritten.add(node_id)
+                self._spawn(self._write_registrations())
+            else:
+                on_remote(node_id, None)
+            return
+        self._registry[node_id] = (event.value, event.mod_revision)
+        data = json.loads(event.value)
+        if data["replica"] != self.replica:
+            self._own.pop(node_id, None)    # it moved to another replica
+            self._unwritten.discard(node_id)
+            on_remote(node_id, msgspec.convert(data["node"], Node))
+
+    async def _relist(self, on_applied, on_remote) -> None:
+        before = set(self._registry)
+        self._applied, self._registry = {}, {}
+        try:
+            applied, remote = await self.load()
+        except StoreUnavailable as error:
+            self.log(f"store: cannot list ({error}); again in {RETRY_SECONDS:g}s")
+            await asyncio.sleep(RETRY_SECONDS)
+            return
+        on_applied(applied)
+        for node_id in before - set(self._registry):
+            on_remote(node_id, None)
+        for node_id, node in remote.items():
+            on_remote(node_id, node)
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                if not await self.client.keep_alive(self.lease):
+                    self.lease = await self.client.grant(self.lease_ttl)
+                    self.log(f"store: lease expired; new lease {self.lease:x}, registrations written again")
+                    self._unwritten |= set(self._own)
+                if self._unwritten:
+                    await self._write_registrations()
+            except StoreUnavailable as error:
+                self.log(f"store: cannot renew the lease: {error}")
+
+    def status(self) -> dict[str, Any]:
+        """What /v1/status shows of the store."""
+        return {"kind": "etcd", "endpoints": self.client.endpoints, "prefix": self.prefix, "replica": self.replica,
+                "revision": self.revision, "applied": len(self._applied), "registrations": len(self._registry),
+                "own_registrations": len(self._own), "unwritten_registrations": len(self._unwritten)}
+
+
+@dataclass
+class SharedStart:
+    """What a replica reads from the store before it serves: ControlServer.load takes it."""
+
+    state: EtcdState
+    ca: CertificateAuthority
+    admin: AdminCredential
+    applied: dict[str, AppliedResource]
+    remote: dict[str, Node]
+
+
+async def start_shared(url: str, key_file: str | None, trust_domain: str, grace_period: float,
+                       admin_token_file: str | None, log: Callable[[str], None]) -> SharedStart:
+    """Connect to etcd and read (or make) the shared CA root, admin token and applied set.
+    ValueError, CaError, SealError, AdminTokenError or StoreUnavailable say why not."""
+    if not key_file:
+        raise ValueError("--store etcd:// needs --store-key-file: the CA key and the admin token are sealed "
+                         "with it in etcd (give every replica the same file)")
+    given = read_token_file(Path(admin_token_file)) if admin_token_file else None
+    state = await EtcdState.open(url, key_file, grace_period, log)
+    try:
+        ca, made = await state.certificate_authority(trust_domain)
+        log(f"CA: {'made the' if made else 'the'} shared root in etcd, trust domain {trust_domain}")
+        token, created = await state.admin_token(given)
+        if created:
+            log(f"admin API: token made and kept sealed in etcd; shown once: {token}")
+        applied, remote = await state.load()
+    except BaseException:
+        await state.close()
+        raise
+    log(f"store: {len(applied)} applied resource(s), {len(remote)} sidecar(s) on other replicas "
+        f"(revision {state.revision})")
+    return SharedStart(state, ca, AdminCredential.from_token(token), applied, remote)
