@@ -98,6 +98,10 @@ class DiscoveryResponse(msgspec.Struct, tag="response", kw_only=True):
     version_info: str
     nonce: str
     resources: list[dict[str, Any]]
+    # Replicas over etcd: the store revision the pushing replica's config reflects (0: no
+    # shared store). A sidecar refuses a push older than what it holds, so moving to a
+    # replica that is behind never takes it back (xds_client.handle).
+    store_revision: int = 0
 
 
 class ConfigDumpRequest(msgspec.Struct, tag="config_dump_request", kw_only=True):

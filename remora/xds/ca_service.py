@@ -18,6 +18,10 @@ these handlers run); certificate signing needs only the join token, the bundle n
 State: `<state-dir>/ca/` holds the self-signed root (root-cert.pem, root-key.pem), extra
 trusted roots and join-tokens.json. Without --state-dir a temporary directory is used
 and removed at exit: the root and the tokens do not survive a restart.
+With --store etcd:// the root comes from the shared store (its key sealed) and the join
+tokens are read from it on every token or certificate request and written back with
+compare-and-swap (replicas.py), so every replica signs with one root and sees every
+revocation at once; without quorum these requests answer 503 (store-unavailable).
 """
 from __future__ import annotations
 

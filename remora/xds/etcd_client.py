@@ -8,10 +8,13 @@ release, and the control server needs six calls (range, put, delete, txn, lease,
 
 Rules:
 - Several endpoints (`etcd://a:2379,b:2379`): a call goes to the endpoint that answered
-  last; a connection failure or timeout moves to the next, and the call fails with
-  StoreUnavailable only when every endpoint failed. A member that lost quorum times out
-  (it cannot commit a write nor serve a linearizable read), so it is skipped the same way.
-- Every call has a deadline (`timeout`, 3 s): a control server never hangs on its store.
+  last; a connection failure, a timeout or etcd's "unavailable" answers (no leader, leader
+  changed: HTTP 503) move to the next. A member that lost quorum times out (it cannot commit
+  a write nor serve a linearizable read), so it is skipped the same way. Rounds over every
+  endpoint repeat until RETRY_FOR (5 s) has passed, which rides out a leader election;
+  then the call fails with StoreUnavailable: a control server never hangs on its store.
+- A write whose answer was lost may have been committed; the retry of a compare-and-swap
+  then finds the key changed and reports a conflict, and the watch brings the write.
 - Reads are linearizable (etcd's default): a replica never acts on a value another replica
   has already replaced.
 - `watch` is one long POST whose answer is a stream of JSON objects, one per line; it
@@ -29,7 +32,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-DEFAULT_TIMEOUT = 3.0
+DEFAULT_TIMEOUT = 2.0       # one request to one member
+RETRY_FOR = 5.0             # one call, over every member and round
+RETRY_PAUSE = 0.2
 MAX_WATCH_LINE = 64 << 20   # one watch response: a batch of events (values up to etcd's 1.5 MiB each)
 
 
@@ -105,9 +110,10 @@ def _kv(raw: dict) -> KeyValue:
 class EtcdClient:
     """The calls the control server makes, against a list of etcd endpoints."""
 
-    def __init__(self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT, retry_for: float = RETRY_FOR) -> None:
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.retry_for = retry_for
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -122,27 +128,33 @@ class EtcdClient:
             self._session = None
 
     async def call(self, path: str, body: dict) -> dict:
-        """POST one request, trying each endpoint in turn; StoreUnavailable when none answered."""
-        failures = []
-        for attempt in range(len(self.endpoints)):
-            index = (self._current + attempt) % len(self.endpoints)
-            endpoint = self.endpoints[index]
-            try:
-                async with self._http().post(endpoint + path, json=body,
-                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
-                    answer = await response.json(content_type=None)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-                failures.append(f"{endpoint}: {type(error).__name__} {error}".strip())
-                continue
-            if response.status >= 500 and _unavailable(answer):
-                failures.append(f"{endpoint}: {answer.get('error') or answer.get('message')}")
-                continue
-            self._current = index
-            if response.status != 200:
-                raise StoreError(f"etcd {path}: HTTP {response.status}: "
-                                 f"{answer.get('error') or answer.get('message') or answer}")
-            return answer
-        raise StoreUnavailable("etcd unavailable: " + "; ".join(failures))
+        """POST one request, trying each endpoint in turn, round after round until `retry_for`
+        has passed (a leader election takes about a second); StoreUnavailable then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        while True:
+            failures = []
+            for attempt in range(len(self.endpoints)):
+                index = (self._current + attempt) % len(self.endpoints)
+                endpoint = self.endpoints[index]
+                try:
+                    async with self._http().post(endpoint + path, json=body,
+                                                 timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+                        answer = await response.json(content_type=None)
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+                    failures.append(f"{endpoint}: {type(error).__name__} {error}".strip())
+                    continue
+                if response.status in (503, 504) or _unavailable(answer):
+                    failures.append(f"{endpoint}: {answer.get('error') or answer.get('message') or response.status}")
+                    continue
+                self._current = index
+                if response.status != 200:
+                    raise StoreError(f"etcd {path}: HTTP {response.status}: "
+                                     f"{answer.get('error') or answer.get('message') or answer}")
+                return answer
+            if loop.time() + RETRY_PAUSE >= deadline:
+                raise StoreUnavailable("etcd unavailable: " + "; ".join(failures))
+            await asyncio.sleep(RETRY_PAUSE)
 
     # ---- keys
 
@@ -246,9 +258,13 @@ async def _watch_batches(response: aiohttp.ClientResponse) -> AsyncIterator[list
 
 
 def _unavailable(answer: object) -> bool:
-    """An error etcd gives while it cannot serve (no leader, timed out), as opposed to a refusal."""
-    text = str(answer.get("error") or answer.get("message") or "") if isinstance(answer, dict) else ""
-    return any(word in text for word in ("no leader", "timed out", "timeout", "unavailable", "not capable"))
+    """An error etcd gives while it cannot serve (no leader, leader changed, timed out: gRPC
+    UNAVAILABLE 14 or DEADLINE_EXCEEDED 4), as opposed to a refusal."""
+    if not isinstance(answer, dict) or ("error" not in answer and "code" not in answer):
+        return False
+    text = str(answer.get("error") or answer.get("message") or "")
+    return answer.get("code") in (4, 14) or any(
+        word in text for word in ("no leader", "leader changed", "timed out", "timeout", "unavailable"))
 
 
 # ---- transaction building blocks (etcd's Compare and RequestOp in JSON)

@@ -29,6 +29,12 @@ Rules:
   auto-registered WorkloadEntries in the API server for the same reason); a sidecar that
   does not come back within the grace period is removed as usual.
 
+- Replicas over a shared store (replicas.py): the `listener` hears of this replica's
+  sidecars that register an endpoint (connect) and of their removal (grace period over),
+  and writes them for the others; `remote` holds the other replicas' sidecars, which give
+  WorkloadEntries here too. A node id held here and elsewhere is this replica's; a node
+  held here in its grace period that registers elsewhere has moved and is dropped here.
+
 The registry keeps no timers itself: the caller asks `expire(now)` when a grace period may
 have run out, which keeps this module free of I/O (but the state file) and easy to test
 with a fake clock.
@@ -212,7 +218,7 @@ class Registry:
         wall = time.time()
         self.nodes[node.id] = Registration(node, now, wall, wall)
         self._save()
-        if self.listener is not None:
+        if self.listener is not None and self.registers_endpoint(node):   # the others need only endpoints
             self.listener.registered(node)
         return self.nodes[node.id]
 

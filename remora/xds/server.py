@@ -46,6 +46,7 @@ from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node
 from remora.xds.snapshots import SnapshotCache
 from remora.xds.replicas import EtcdState, SharedStart
 from remora.xds.store import Change, ChangeRefused, ConfigFailure, ConfigStore, PendingChange
+from remora.xds.status_view import status_body
 from remora.xds.stream import StreamSession, send_error
 from remora.xds.watch import DirectoryWatcher
 
@@ -73,10 +74,6 @@ class ControlSettings:
     webhook: WebhookSettings | None = None     # --webhook-listen: sidecar injection at admission
     store: str | None = None                   # --store etcd://...: replicas over etcd (replicas.py)
     store_key_file: str | None = None          # --store-key-file: seals the CA key and admin token in etcd
-
-
-def _iso(at: float | None) -> str | None:
-    return None if not at else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def _log(message: str) -> None:
@@ -135,7 +132,7 @@ class ControlServer:
             self.registry.remote, self.registry.listener = shared.remote, shared.state
         self.store.start(shared.applied if shared else None)
         self.jwks.config_changed(self.store.config)
-        self.cache = SnapshotCache(self.jwks.resolve(self.store.config))
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), store_revision=self._revision())
         self.metrics.set_version(self.store.config.version)
         for warning in self.store.config.warnings:
             self.log(f"warning: {warning}")
@@ -187,6 +184,10 @@ class ControlServer:
             await self.shared.save_applied(self.store.applied, pending.applied)
         return self.store.commit(pending)
 
+    def _revision(self) -> int:
+        """The shared store's revision this replica has seen all of (0 without one)."""
+        return self.shared.revision if self.shared is not None else 0
+
     def _registry_changed(self) -> None:
         self._registry_dirty = True
         self.debouncer.trigger()
@@ -199,14 +200,15 @@ class ControlServer:
         if self.store.config.version == self.cache.version:
             return
         self.jwks.config_changed(self.store.config)
-        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change)
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change, self._revision())
         self.metrics.set_version(self.cache.version)
         for session in self.sessions.values():
             session.notify()
 
     def _jwks_changed(self) -> None:
         """Fetched keys changed (first fetch, rotation): same config version, new policies."""
-        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), asyncio.get_running_loop().time())
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), asyncio.get_running_loop().time(),
+                                   self._revision())
         for session in self.sessions.values():
             session.notify()
 
@@ -348,35 +350,8 @@ class ControlServer:
                                   "results": [{"resource": r, "action": action} for r, action in change.results]})
 
     async def status(self, request: web.Request) -> web.Response:
-        state = self.store.state
-        error = state.last_error
-        config = {"version": state.version, "served_version": self.cache.version, "source": state.source,
-                  "updated_at": _iso(state.updated_at), "files_valid": state.files_valid,
-                  "resources": len(self.store.resources()),
-                  "last_error": None if error is None else {"at": _iso(error.at), "source": error.source,
-                                                            "errors": error.errors}}
-        return web.json_response({"config": config, "jwks": self.jwks.status(),
-                                  "store": self.shared.status() if self.shared else {"kind": "local"},
-                                  "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)]})
-
-    def _sidecar(self, node_id: str) -> dict:
-        registration = self.registry.nodes[node_id]
-        node = registration.node
-        session = self.sessions.get(node_id)
-        removal = registration.removal_due
-        return {
-            "id": node.id, "namespace": node.namespace, "service": node.service, "workload": node.workload,
-            "identity": f"spiffe://{self.settings.trust_domain}/ns/{node.namespace}/sa/{node.service_account}",
-            "labels": node.labels, "inbound": node.inbound, "admin": node.admin, "version": node.remora_version,
-            "started_at": _iso(node.started_at),
-            "uptime_seconds": round(time.time() - node.started_at, 1) if node.started_at else None,
-            "capabilities": list(node.capabilities),
-            "connected": session is not None, "connected_at": _iso(registration.connected_wall),
-            "last_seen": _iso(registration.last_seen),
-            "last_seen_seconds": round(time.time() - registration.last_seen, 1),
-            "removal_in_seconds": None if removal is None else round(max(0.0, removal - self.registry.clock()), 1),
-            "types": session.status() if session is not None else {},
-        }
+        return web.json_response(status_body(self.store, self.cache.version, self.jwks.status(), self.registry,
+                                             self.sessions, self.settings.trust_domain, self.shared))
 
     async def metrics_(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.render())

@@ -108,11 +108,13 @@ def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resour
 class Snapshot:
     """One scope's view of one config version: per type, its encoded resources and version."""
 
-    __slots__ = ("key", "config_version", "versions", "payloads", "counts")
+    __slots__ = ("key", "config_version", "versions", "payloads", "counts", "store_revision")
 
-    def __init__(self, key: ScopeKey, config_version: str, encoded: dict[str, list[bytes]]) -> None:
+    def __init__(self, key: ScopeKey, config_version: str, encoded: dict[str, list[bytes]],
+                 store_revision: int = 0) -> None:
         self.key = key
         self.config_version = config_version
+        self.store_revision = store_revision
         self.payloads: dict[str, str] = {}
         self.versions: dict[str, str] = {}
         self.counts: dict[str, int] = {}
@@ -131,7 +133,8 @@ class Snapshot:
         return ('{"type":"response","type_url":' + _json_string(type_url)
                 + ',"version_info":' + _json_string(self.versions[type_url])
                 + ',"nonce":' + _json_string(nonce)
-                + ',"resources":' + self.payloads[type_url] + "}")
+                + ',"resources":' + self.payloads[type_url]
+                + ',"store_revision":' + str(self.store_revision) + "}")
 
 
 def _json_string(text: str) -> str:
@@ -141,9 +144,10 @@ def _json_string(text: str) -> str:
 class SnapshotCache:
     """Snapshots of one config version, by scope key, computed on first use."""
 
-    def __init__(self, config: MeshConfig, changed_at: float | None = None) -> None:
+    def __init__(self, config: MeshConfig, changed_at: float | None = None, store_revision: int = 0) -> None:
         self.config = config
         self.version = config.version
+        self.store_revision = store_revision   # the shared store's revision this config reflects
         self.changed_at = changed_at    # when the change that made this version happened (monotonic)
         self._encoded: dict[str, bytes] = {}
         self._snapshots: dict[ScopeKey, Snapshot] = {}
@@ -152,7 +156,8 @@ class SnapshotCache:
         snapshot = self._snapshots.get(key)
         if snapshot is None:
             resources = scoped_resources(self.config, key)
-            snapshot = Snapshot(key, self.version, {t: [self._encode(r) for r in resources[t]] for t in TYPE_ORDER})
+            snapshot = Snapshot(key, self.version, {t: [self._encode(r) for r in resources[t]] for t in TYPE_ORDER},
+                                self.store_revision)
             self._snapshots[key] = snapshot
         return snapshot
 

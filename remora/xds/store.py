@@ -13,6 +13,10 @@ Rules:
   dropped. Deleting a resource only a file defines is refused (409: remove it from the file),
   since the file would define it again. Registry resources (sidecars that registered) give
   way to any user resource of the same identity and cannot be applied or deleted.
+- An apply or delete is planned (validated, nothing changed: `plan_apply`, `plan_delete`)
+  and then committed; with replicas over etcd the shared store takes the change in
+  between (replicas.py), and a change another replica made arrives as a whole applied set
+  (`replace_applied`), validated like any other candidate.
 - Applied resources persist in <state-dir>/applied.json, written to a temporary file and
   renamed over the old one, so a crash leaves either the old or the new set, never half.
   Each override keeps the file's version it replaced, so a file edited while the server was

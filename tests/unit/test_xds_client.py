@@ -281,3 +281,25 @@ def test_node_carries_identity_and_addresses():
 def test_errors_are_logged_on_one_line():
     """A multi-issue ConfigError becomes one log line, issues separated by '; '."""
     assert xds_client._one_line("2 configuration errors:\n  a: x\n  b: y\n") == "2 configuration errors: a: x; b: y"
+
+
+async def test_a_push_older_than_the_held_store_revision_is_refused(tmp_path):
+    """From a replica behind the one the config came from (lower store revision), a push is
+    NACKed and nothing changes; a push at the same or a newer revision is taken."""
+    applied = []
+
+    async def apply(candidate):
+        applied.append(candidate.version)
+
+    client = make_client(tmp_path, apply)
+    newer = push(protocol.ROUTES, "v2", [virtual_service("reviews")], "n5")
+    newer.store_revision = 40
+    assert (await client.handle(newer)).error_detail is None
+    behind = push(protocol.ROUTES, "v1b", [virtual_service("reviews", weight=100)], "n6")
+    behind.store_revision = 31
+    answer = await client.handle(behind)
+    assert answer.version_info == "v2" and "store revision 31 < 40" in answer.error_detail
+    assert applied == ["v2"] and client.stats()["control_plane.pushes_older"] == 1
+    caught_up = push(protocol.ROUTES, "v3", [virtual_service("reviews")], "n7")
+    caught_up.store_revision = 40
+    assert (await client.handle(caught_up)).error_detail is None and applied == ["v2", "v3"]

@@ -165,6 +165,7 @@ class XdsClient:
         self.connected = False
         self.pushes_received = 0
         self.pushes_unchanged = 0         # a version already held (another replica's resend): not reapplied
+        self.pushes_older = 0             # older than held (a replica behind the others): refused
         self.rejected = 0
         self.reconnects = 0
         self.last_error: str | None = None    # why the stream last failed or closed
@@ -206,6 +207,7 @@ class XdsClient:
         return {"control_plane.connected": int(self.connected),
                 "control_plane.pushes_received": self.pushes_received,
                 "control_plane.pushes_unchanged": self.pushes_unchanged,
+                "control_plane.pushes_older": self.pushes_older,
                 "control_plane.rejected": self.rejected,
                 "control_plane.reconnects": self.reconnects}
 
@@ -328,6 +330,11 @@ class XdsClient:
             # the running config is built from these very resources; ACK without a rebuild.
             self.pushes_unchanged += 1
             return self.state.accept_unchanged(response)
+        older = self.state.older_than_held(response)
+        if older is not None:
+            self.pushes_older += 1
+            log(f"xds refused {response.type_url}@{response.version_info}: {older}")
+            return self.state.reject(response, older)
         try:
             # Validation can take a while for a large mesh: off the event loop, so the
             # listeners it shares (one worker) keep answering meanwhile.

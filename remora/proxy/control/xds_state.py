@@ -40,6 +40,7 @@ class HeldType:
     version: str = ""                     # "" until something was accepted
     resources: list[dict] = field(default_factory=list)
     origin: str | None = None             # FROM_CONTROL / FROM_DISK once held
+    store_revision: int = 0               # the pushing replica's store revision (replicas over etcd)
     last_nonce: str = ""
     last_ack_at: float | None = None
     last_nack_at: float | None = None
@@ -62,6 +63,7 @@ class Candidate:
     resources: list[dict]
     config: MeshConfig
     documents: list[Document]
+    store_revision: int = 0
 
 
 class XdsState:
@@ -92,7 +94,7 @@ class XdsState:
         docs = self.documents((response.type_url, response.version_info, response.resources))
         config = build_mesh_config(docs, strict_references=False)
         return Candidate(response.type_url, response.version_info, response.nonce,
-                         response.resources, config, docs)
+                         response.resources, config, docs, response.store_revision)
 
     def build(self) -> MeshConfig:
         """The config of everything held (at boot from a disk snapshot)."""
@@ -103,6 +105,7 @@ class XdsState:
         """Hold the candidate's resources; return the ACK."""
         held = self.types[candidate.type_url]
         held.version, held.resources, held.origin = candidate.version, candidate.resources, FROM_CONTROL
+        held.store_revision = candidate.store_revision
         held.last_nonce = candidate.nonce
         held.last_ack_at = time.time() if now is None else now
         held.last_error = None
@@ -119,6 +122,14 @@ class XdsState:
         held.last_error = None
         return protocol.DiscoveryRequest(type_url=response.type_url, version_info=held.version,
                                          response_nonce=response.nonce)
+
+    def older_than_held(self, response: protocol.DiscoveryResponse) -> str | None:
+        """Why a push is older than what is held (a replica behind the one this came from), or None."""
+        held = self.types.get(response.type_url)
+        if held is None or not response.store_revision or response.store_revision >= held.store_revision:
+            return None
+        return (f"older than the config held: store revision {response.store_revision} < {held.store_revision} "
+                "(this replica is behind; it pushes again once it has caught up)")
 
     def reject(self, response: protocol.DiscoveryResponse, error: str,
                now: float | None = None) -> protocol.DiscoveryRequest:
