@@ -282,9 +282,10 @@ def run_client(command: str, args) -> int:
 
 # ---- remora control --------------------------------------------------------------------------
 
-def run_control(args, review=None) -> int:
+def run_control(args, review=None, sources=()) -> int:
     """`remora control`; `review` answers AdmissionReviews when --webhook-listen is given
-    (the command line passes kube/admission.py's, which this layer does not import)."""
+    (the command line passes kube/admission.py's, which this layer does not import), and
+    `sources` are external document sources (--kubernetes: kube/registry.py's)."""
     import asyncio
 
     import uvloop
@@ -292,6 +293,7 @@ def run_control(args, review=None) -> int:
     from remora.certs import CaError
     from remora.config.loader import ConfigError
     from remora.xds.ca_service import CaSettings, check_cert_ttl
+    from remora.xds.external import SourceError
     from remora.xds.registry import split_host_port, InvalidNode
     from remora.xds.server import ControlServer, ControlSettings
     from remora.xds.store import StateError
@@ -328,7 +330,7 @@ def run_control(args, review=None) -> int:
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
                                admin_token_file=args.admin_token_file,
                                jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook)
-    server = ControlServer(settings)
+    server = ControlServer(settings, sources=sources)
     try:
         server.load()
     except ConfigError as error:
@@ -357,5 +359,8 @@ def run_control(args, review=None) -> int:
         uvloop.run(main())
     except OSError as error:
         print(f"remora: cannot start: {error}", file=sys.stderr)
+        return 1
+    except SourceError as error:
+        print(f"remora: {error}", file=sys.stderr)
         return 1
     return 0

@@ -24,6 +24,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_to
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.webhook import InjectionWebhook, WebhookSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.external import DocumentSource, combined
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -95,20 +97,22 @@ class BadIdentity(ValueError):
 class ControlServer:
     """The control plane's state and its HTTP application."""
 
-    def __init__(self, settings: ControlSettings, log=_log) -> None:
+    def __init__(self, settings: ControlSettings, log=_log, sources: Sequence[DocumentSource] = ()) -> None:
         self.settings = settings
         self.log = log
         self.metrics = ControlMetrics()
         self.registry = Registry(settings.grace_period, state_path=(
             os.path.join(settings.state_dir, "registry.json") if settings.state_dir else None))
+        self.sources = list(sources)   # --kubernetes: external.py
         self.store = ConfigStore(settings.config_dir, settings.state_dir,
-                                 extra=self.registry.documents, on_error=self._config_failed)
+                                 extra=combined(self.registry.documents, self.sources), on_error=self._config_failed)
         self.sessions: dict[str, StreamSession] = {}
         self.jwks = JwksFetcher(self.metrics, log, self._jwks_changed,
                                 settings.jwks_refresh_interval, settings.jwks_retry_interval)
         self.cache = SnapshotCache(self.store.config)
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
+        self._sources_dirty = False
         self._tasks: list[asyncio.Task] = []
         self.ca: CaService | None = None   # made by load()
         self.admin: AdminCredential | None = None   # made by load()
@@ -166,11 +170,16 @@ class ControlServer:
         self._registry_dirty = True
         self.debouncer.trigger()
 
+    def _sources_changed(self) -> None:
+        self._sources_dirty = True
+        self.debouncer.trigger()
+
     def _publish(self, first_change: float) -> None:
         """The debouncer fired: make the snapshots of the new version and wake every stream."""
-        if self._registry_dirty:
-            self._registry_dirty = False
-            self.store.rebuild("registry")
+        if self._registry_dirty or self._sources_dirty:
+            reason = ", ".join(s.name for s in self.sources) if self._sources_dirty else "registry"
+            self._registry_dirty = self._sources_dirty = False
+            self.store.rebuild(reason)
         if self.store.config.version == self.cache.version:
             return
         self.jwks.config_changed(self.store.config)
@@ -331,7 +340,8 @@ class ControlServer:
                   "last_error": None if error is None else {"at": _iso(error.at), "source": error.source,
                                                             "errors": error.errors}}
         return web.json_response({"config": config, "jwks": self.jwks.status(),
-                                  "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)]})
+                                  "sidecars": [self._sidecar(node_id) for node_id in sorted(self.registry.nodes)],
+                                  **({"sources": {s.name: s.status() for s in self.sources}} if self.sources else {})})
 
     def _sidecar(self, node_id: str) -> dict:
         registration = self.registry.nodes[node_id]
@@ -396,6 +406,10 @@ class ControlServer:
         if self.settings.config_dir is not None:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))
+        for source in self.sources:   # its first full read is in the first config served
+            await source.start(self._sources_changed, self.metrics)
+        if self._sources_dirty:
+            self._publish(asyncio.get_running_loop().time())
         if self.registry.nodes:   # restored registrations: their grace period runs from now
             asyncio.get_running_loop().call_later(self.registry.grace_period + 0.01, self._expire)
         webhook_runner = None
@@ -411,6 +425,8 @@ class ControlServer:
             self.debouncer.cancel()
             for task in self._tasks:
                 task.cancel()
+            for source in self.sources:
+                await source.stop()
             await runner.cleanup()
             if webhook_runner is not None:
                 await webhook_runner.cleanup()
