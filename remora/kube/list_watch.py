@@ -161,6 +161,10 @@ class KindWatch:
         """Replace the cache with a LIST; the next WATCH starts at its resourceVersion."""
         response = await self.list_function(_preload_content=False, _request_timeout=LIST_TIMEOUT)
         try:
+            # Unparsed (_preload_content=False: no model objects made), so unchecked: an error
+            # status must not be read as an empty list.
+            if not 200 <= response.status < 300:
+                raise ApiException(status=response.status, reason=(await response.text())[:200])
             body = await response.json()
         finally:
             response.release()

@@ -57,6 +57,7 @@ ISTIO_KINDS = tuple(Kind(name, group, ISTIO_VERSION, plural) for name, group, pl
     ("RequestAuthentication", "security.istio.io", "requestauthentications"),
     ("Telemetry", "telemetry.istio.io", "telemetries"),
 ))
+VIRTUAL_SERVICE = ISTIO_KINDS[0]
 KINDS = (SERVICE, POD, NAMESPACE, ENDPOINT_SLICE, *ISTIO_KINDS)
 
 
