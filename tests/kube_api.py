@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 
 from aiohttp import web
 
@@ -224,3 +225,69 @@ class FakeKubeApi:
         finally:
             self.watchers.remove(entry)
         return response
+
+
+class ThreadedKubeApi:
+    """The double on an event loop thread of its own, for tests that block (subprocesses,
+    urllib): every control runs on that loop. It can also serve other aiohttp apps there
+    (`serve`: test backends standing in for pods). `close()` stops everything."""
+
+    def __init__(self, kinds) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kube-api-double", daemon=True)
+        self.thread.start()
+        self.api: FakeKubeApi = self._run(self._make(kinds))
+        self._runners: list[web.AppRunner] = []
+
+    async def _make(self, kinds) -> FakeKubeApi:
+        return await FakeKubeApi(kinds).start()
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def _call(self, function, *args, **kwargs):
+        async def call():
+            return function(*args, **kwargs)
+        return self._run(call())
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    def kubeconfig(self) -> str:
+        return self.api.kubeconfig()
+
+    def put(self, kind: str, obj: dict, silent: bool = False) -> dict:
+        return self._call(self.api.put, kind, obj, silent)
+
+    def delete(self, kind: str, namespace: str, name: str, silent: bool = False) -> None:
+        self._call(self.api.delete, kind, namespace, name, silent)
+
+    def bookmark(self) -> None:
+        self._call(self.api.bookmark)
+
+    def expire(self) -> None:
+        self._call(self.api.expire)
+
+    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
+        return self._call(lambda: list(self.api.requests))
+
+    def serve(self, app: web.Application, host: str, port: int) -> None:
+        async def start():
+            runner = web.AppRunner(app, shutdown_timeout=0.1)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            self._runners.append(runner)
+        self._run(start())
+
+    def close(self) -> None:
+        async def stop():
+            for runner in self._runners:
+                await runner.cleanup()
+            await self.api.close()
+        try:
+            self._run(stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()

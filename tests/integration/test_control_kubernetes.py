@@ -1,0 +1,156 @@
+"""End to end: `remora control --kubernetes` reading the API server double, feeding a real sidecar.
+
+Real processes and sockets on loopback: the double (tests/kube_api.py) on a thread of the
+test, `remora control --kubernetes --kubeconfig` pointed at it, a client `remora proxy`
+sidecar taking config from the control server, and two HTTP backends on 127.0.0.2 and
+127.0.0.3 standing in for pods without a sidecar (plaintext endpoints). Objects created,
+changed and deleted in the double must change where the client's requests go.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import pytest
+
+from remora.kube.registry import KINDS
+from tests.integration.control_process import ControlProcess
+from tests.integration.proxy_process import ProxyProcess
+from tests.integration.upstreams import free_port, make_echo_app
+from tests.kube_api import ThreadedKubeApi
+
+pytestmark = pytest.mark.integration
+
+HOST = "web.default.svc.cluster.local"
+POD_IPS = {"v1": "127.0.0.2", "v2": "127.0.0.3"}
+
+
+def web_service(port: int) -> dict:
+    return {"metadata": {"name": "web", "namespace": "default", "uid": "s-1"},
+            "spec": {"selector": {"app": "web"}, "type": "ClusterIP", "clusterIP": "10.96.0.10",
+                     "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}}
+
+
+def web_pod(version: str) -> dict:
+    """A Running, Ready pod without the Remora sidecar, at its version's backend address."""
+    return {"metadata": {"name": f"web-{version}", "namespace": "default",
+                         "labels": {"app": "web", "version": version}},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "web"}]},
+            "status": {"phase": "Running", "podIP": POD_IPS[version],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def istio(kind: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+SUBSETS = istio("DestinationRule", "web", {"host": HOST, "subsets": [
+    {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]})
+ONLY_V2 = istio("VirtualService", "web", {"hosts": [HOST], "http": [
+    {"route": [{"destination": {"host": HOST, "subset": "v2"}}]}]})
+INVALID = istio("VirtualService", "broken", {"hosts": [HOST], "http": [
+    {"route": [{"destination": {"host": HOST}, "weight": "most"}]}]})
+
+
+def ask(sidecar: ProxyProcess) -> tuple[int, str]:
+    """One request to web through the client sidecar: (status, backend name or body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", sidecar.outbound_port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Host": HOST})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, json.loads(body)["server"] if resp.status == 200 else body.decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def wait_answers(sidecar: ProxyProcess, expected: set[str], timeout: float = 20.0, run: int = 10) -> None:
+    """Until `run` consecutive answers come only from `expected` and cover all of it."""
+    deadline = time.time() + timeout
+    seen: list = []
+    while time.time() < deadline:
+        seen = [ask(sidecar) for _ in range(run)]
+        if all(status == 200 for status, _ in seen) and {name for _, name in seen} == expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"wanted answers from {sorted(expected)}, last saw {seen}")
+
+
+@pytest.fixture
+def mesh():
+    """The double with two backends, a control server reading it, and a client sidecar."""
+    kube = ThreadedKubeApi(KINDS)
+    control = client = None
+    try:
+        port = free_port()
+        for version, address in POD_IPS.items():
+            kube.serve(make_echo_app(version), address, port)
+        kube.put("Service", web_service(port))
+        kube.put("Pod", web_pod("v1"))
+        control = ControlProcess({}, "--kubernetes", "--kubeconfig", kube.kubeconfig()).wait_ready()
+        client = ProxyProcess(None, "--service", "client", "--node-id", "client", control=control.url).wait_ready()
+        yield kube, control, client
+    finally:
+        for thing in (client, control):
+            if thing is not None:
+                thing.close()
+        kube.close()
+
+
+def test_service_and_pods_from_the_api_are_routable_and_follow_pod_changes(mesh):
+    """A Service and a pod without a sidecar are routable; a new pod joins; a deleted pod's endpoint goes."""
+    kube, control, client = mesh
+    wait_answers(client, {"v1"})
+    kube.put("Pod", web_pod("v2"))
+    wait_answers(client, {"v1", "v2"})
+    kube.delete("Pod", "default", "web-v1")
+    wait_answers(client, {"v2"})
+    source = control.status()["sources"]["kubernetes"]
+    assert source["synced"] and {k["kind"] for k in source["kinds"]} >= {"Service", "Pod", "EndpointSlice",
+                                                                          "Namespace", "VirtualService"}
+    assert "kubernetes Pod default/web-v2" in control.get("/v1/resources/WorkloadEntry/default/pod-web-v2")[
+        "metadata"]["annotations"]["remora.io/source"]
+
+
+def test_istio_resources_take_effect_and_an_invalid_one_is_rejected_whole(mesh):
+    """A VirtualService CRD object routes; an invalid one is refused naming it, the last good config stays."""
+    kube, control, client = mesh
+    kube.put("Pod", web_pod("v2"))
+    wait_answers(client, {"v1", "v2"})
+    kube.put("DestinationRule", SUBSETS)
+    kube.put("VirtualService", ONLY_V2)
+    wait_answers(client, {"v2"})
+    good = control.wait_served()
+    kube.put("VirtualService", INVALID)
+    kube.delete("Pod", "default", "web-v2")   # same batch as the invalid object: not applied either
+    error = control.wait_until(lambda: control.status()["config"]["last_error"], what="the rejection")
+    assert error["source"] == "kubernetes"
+    assert any("kubernetes VirtualService default/broken" in line and "weight" in line for line in error["errors"])
+    assert control.status()["config"]["version"] == good
+    wait_answers(client, {"v2"})   # v2's endpoint is still there: nothing of the rejected set was applied
+    assert "config from kubernetes rejected" in control.stderr()
+    kube.delete("VirtualService", "default", "broken")
+    kube.delete("VirtualService", "default", "web")
+    kube.put("Pod", web_pod("v2"))
+    wait_answers(client, {"v1", "v2"})
+
+
+def test_a_forced_410_relists_and_converges_on_the_servers_state(mesh):
+    """After 410 Gone the control server lists again: changes whose events were lost are applied."""
+    kube, control, client = mesh
+    wait_answers(client, {"v1"})
+    kube.put("Pod", web_pod("v2"), silent=True)      # events the open watches never get
+    kube.delete("Pod", "default", "web-v1", silent=True)
+    kube.bookmark()
+    time.sleep(0.3)
+    assert ask(client) == (200, "v1")                  # nothing seen yet: a bookmark changes nothing
+    kube.expire()
+    wait_answers(client, {"v2"})
+    metrics = control.request("GET", "/metrics")[1]
+    assert 'remora_control_kube_relists_total{kind="Pod",reason="gone"} 1.0' in metrics
+    assert 'remora_control_kube_watch_events_total{kind="Pod",type="BOOKMARK"}' in metrics
+    lists = [q for _, path, q in kube.requests() if path == "/api/v1/pods" and not q.get("watch")]
+    assert len(lists) == 2
