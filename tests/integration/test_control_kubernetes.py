@@ -88,6 +88,7 @@ def mesh():
         port = free_port()
         for version, address in POD_IPS.items():
             kube.serve(make_echo_app(version), address, port)
+        kube.put("Namespace", {"metadata": {"name": "default", "labels": {"team": "shop"}}})
         kube.put("Service", web_service(port))
         kube.put("Pod", web_pod("v1"))
         control = ControlProcess({}, "--kubernetes", "--kubeconfig", kube.kubeconfig()).wait_ready()
@@ -111,6 +112,9 @@ def test_service_and_pods_from_the_api_are_routable_and_follow_pod_changes(mesh)
     source = control.status()["sources"]["kubernetes"]
     assert source["synced"] and {k["kind"] for k in source["kinds"]} >= {"Service", "Pod", "EndpointSlice",
                                                                           "Namespace", "VirtualService"}
+    assert source["namespaces"] == {"default": {"team": "shop"}}
+    shown = control.cli("status").stdout
+    assert f"kubernetes {kube.url}: synced, 2 documents" in shown
     assert "kubernetes Pod default/web-v2" in control.get("/v1/resources/WorkloadEntry/default/pod-web-v2")[
         "metadata"]["annotations"]["remora.io/source"]
 
