@@ -26,17 +26,13 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from remora.kube import translate
 from remora.kube.list_watch import Kind, KindWatch
-from remora.xds.external import SourceError
-
-if TYPE_CHECKING:
-    from remora.xds.metrics import ControlMetrics
 
 ISTIO_VERSION = "v1"     # served by Istio >= 1.22 for every kind below
 SYNC_TIMEOUT = 30.0      # start() waits this long for the first LIST of every kind
@@ -61,6 +57,19 @@ VIRTUAL_SERVICE = ISTIO_KINDS[0]
 KINDS = (SERVICE, POD, NAMESPACE, ENDPOINT_SLICE, *ISTIO_KINDS)
 
 
+class KubeConfigError(Exception):
+    """No usable client configuration: the control server does not start (xds/external.py)."""
+
+
+class Counters(Protocol):
+    """The counter families of the control server's metrics this source feeds (xds/metrics.py);
+    remora/kube does not import remora/xds, so they are named here by shape."""
+
+    kube_watch_events: Any
+    kube_relists: Any
+    kube_watch_errors: Any
+
+
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} remora control: kubernetes: {message}",
           file=sys.stderr, flush=True)
@@ -80,7 +89,7 @@ def list_function(api: client.ApiClient, kind: Kind) -> Callable[..., Any]:
 
 
 async def client_configuration(kubeconfig: str | None) -> client.Configuration:
-    """--kubeconfig, else in-cluster, else $KUBECONFIG / ~/.kube/config; SourceError if none works."""
+    """--kubeconfig, else in-cluster, else $KUBECONFIG / ~/.kube/config; KubeConfigError if none works."""
     configuration = client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -88,18 +97,18 @@ async def client_configuration(kubeconfig: str | None) -> client.Configuration:
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
             if not os.path.isfile(path.split(os.pathsep)[0]):
-                raise SourceError(f"no kubeconfig at {path} and not running in a cluster "
+                raise KubeConfigError(f"no kubeconfig at {path} and not running in a cluster "
                                   "(KUBERNETES_SERVICE_HOST unset): pass --kubeconfig PATH")
             await config.load_kube_config(config_file=path, client_configuration=configuration)
     except ConfigException as error:
-        raise SourceError(f"cannot load the Kubernetes client configuration: {error}") from None
+        raise KubeConfigError(f"cannot load the Kubernetes client configuration: {error}") from None
     return configuration
 
 
 class _Stats:
     """list_watch.WatchStats onto the control server's metrics."""
 
-    def __init__(self, metrics: ControlMetrics) -> None:
+    def __init__(self, metrics: Counters) -> None:
         self.metrics = metrics
 
     def event(self, kind: str, event_type: str) -> None:
@@ -130,7 +139,7 @@ class KubernetesSource:
         self._on_change: Callable[[], None] = lambda: None
         self.host = ""
 
-    async def start(self, on_change: Callable[[], None], metrics: ControlMetrics) -> None:
+    async def start(self, on_change: Callable[[], None], metrics: Counters) -> None:
         configuration = await client_configuration(self.kubeconfig)
         self.host = configuration.host
         self._api = client.ApiClient(configuration)

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 class SourceError(Exception):
-    """A source that cannot start at all (no usable credentials or address): not retried."""
+    """A source that cannot start at all (no usable credentials or address): not retried.
+    The server raises it for any exception of a source's start(), naming the source, since
+    the source's own exception classes live in a layer this one does not import."""
 
 
 class DocumentSource(Protocol):
@@ -28,12 +30,13 @@ class DocumentSource(Protocol):
 
     async def start(self, on_change: Callable[[], None], metrics: ControlMetrics) -> None:
         """Begin reading; return once the first full read is done (or a timeout passed,
-        reading goes on in the background). Raise SourceError when it cannot start at all."""
+        reading goes on in the background). Raise when it cannot start at all."""
 
     async def stop(self) -> None: ...
 
     def documents(self) -> Documents:
-        """The documents now: (parsed document, where it came from) pairs."""
+        """The documents now: (parsed document, where it came from) pairs. Called on every
+        rebuild of the candidate set, so it should be cheap when nothing changed."""
 
     def status(self) -> dict[str, Any]:
         """What /v1/status shows of the source (sync state, positions, errors)."""

@@ -38,7 +38,7 @@ from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_to
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.webhook import InjectionWebhook, WebhookSettings
 from remora.xds.debounce import Debouncer
-from remora.xds.external import DocumentSource, combined
+from remora.xds.external import DocumentSource, SourceError, combined
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -407,7 +407,13 @@ class ControlServer:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))
         for source in self.sources:   # its first full read is in the first config served
-            await source.start(self._sources_changed, self.metrics)
+            try:
+                await source.start(self._sources_changed, self.metrics)
+            except Exception as error:
+                for task in self._tasks:
+                    task.cancel()
+                await runner.cleanup()
+                raise SourceError(f"{source.name}: {error}") from error
         if self._sources_dirty:
             self._publish(asyncio.get_running_loop().time())
         if self.registry.nodes:   # restored registrations: their grace period runs from now

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -158,3 +160,16 @@ def test_a_forced_410_relists_and_converges_on_the_servers_state(mesh):
     assert 'remora_control_kube_watch_events_total{kind="Pod",type="BOOKMARK"}' in metrics
     lists = [q for _, path, q in kube.requests() if path == "/api/v1/pods" and not q.get("watch")]
     assert len(lists) == 2
+
+
+def test_no_usable_kubeconfig_stops_the_server_with_one_clear_line(tmp_path):
+    """--kubernetes with a kubeconfig that does not exist: exit 1 naming the path; --kubeconfig alone: exit 2."""
+    base = [sys.executable, "-m", "remora", "control", "--config-dir", str(tmp_path),
+            "--listen", f"127.0.0.1:{free_port()}"]
+    missing = str(tmp_path / "nowhere.yaml")
+    done = subprocess.run([*base, "--kubernetes", "--kubeconfig", missing], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert f"remora: kubernetes: no kubeconfig at {missing}" in done.stderr
+    alone = subprocess.run([*base, "--kubeconfig", missing], capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 2 and "--kubeconfig needs --kubernetes" in alone.stderr
