@@ -148,7 +148,7 @@ class KubernetesSource:
         for kind in self.kinds:
             watch = KindWatch(kind, list_function(self._api, kind), self._changed, stats, self.log)
             self.watches[kind.name] = watch
-            self._tasks.append(asyncio.create_task(watch.run(), name=f"kube-watch-{kind.name}"))
+            self._tasks.append(asyncio.create_task(watch.run(), name=f"{self.name} watch {kind.name}"))
         self.log(f"watching {len(self.kinds)} kinds at {self.host}")
         waits = [asyncio.ensure_future(w.synced.wait()) for w in self.watches.values()]
         done, pending = await asyncio.wait(waits, timeout=self.sync_timeout)

@@ -30,7 +30,9 @@ class DocumentSource(Protocol):
 
     async def start(self, on_change: Callable[[], None], metrics: ControlMetrics) -> None:
         """Begin reading; return once the first full read is done (or a timeout passed,
-        reading goes on in the background). Raise when it cannot start at all."""
+        reading goes on in the background). Raise when it cannot start at all. Tasks it
+        makes are named after the source (`<name> ...`); stop() ends them all.
+        tests/contract/test_document_source.py is the contract."""
 
     async def stop(self) -> None: ...
 
