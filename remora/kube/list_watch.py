@@ -9,7 +9,9 @@ Rules:
   (so a reconnect does not start from a version the server has compacted away) and
   changes nothing else, so it does not trigger a rebuild.
 - A watch that ends (the server's timeoutSeconds, a dropped connection) is resumed from
-  the last resourceVersion, without a LIST.
+  the last resourceVersion, without a LIST; one that ended within SHORT_WATCH seconds
+  without an event waits the backoff first (client-go's reflector does the same), so a
+  server or proxy that closes every watch at once is not asked again in a tight loop.
 - 410 Gone (an ERROR event with a Status of code 410, or an HTTP 410 answer) means the
   position is older than the server keeps: LIST again, at once. The library's own 410
   handling is not used: without timeoutSeconds it retries the same stale version once.
@@ -37,6 +39,7 @@ from kubernetes_asyncio.watch import Watch
 LIST_TIMEOUT = (10.0, 60.0)    # (connect, read) seconds for a LIST
 WATCH_SECONDS = 300            # timeoutSeconds asked of the server per WATCH
 CONNECT_TIMEOUT = 10.0
+SHORT_WATCH = 1.0              # a watch ending sooner than this, with no event, is backed off
 
 ListFunction = Callable[..., Awaitable[Any]]   # a generated list_* method, kwargs as the library takes them
 
@@ -182,12 +185,16 @@ class KindWatch:
 
     async def watch_once(self) -> None:
         """One WATCH request from the current resourceVersion, until the server ends it."""
+        started, events = time.monotonic(), 0
         async with Watch(return_type="object") as watch:
             stream = watch.stream(self.list_function, resource_version=self.resource_version,
                                   allow_watch_bookmarks=True, timeout_seconds=self.watch_seconds,
                                   _request_timeout=(CONNECT_TIMEOUT, self.watch_seconds + 60.0))
             async for event in stream:
+                events += 1
                 self.apply(event.get("type"), event.get("raw_object"))
+        if not events and time.monotonic() - started < SHORT_WATCH:
+            await self.sleep(self.backoff.next())
 
     def apply(self, event_type: Any, obj: Any) -> None:
         """One watch event into the cache (ERROR events were raised by the library already)."""

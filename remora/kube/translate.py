@@ -29,6 +29,7 @@ server does not do for them (no Istio webhook here).
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -54,6 +55,19 @@ def _meta(obj: dict) -> dict:
 
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
+
+
+NAME_MAX = 253   # a DNS-1123 subdomain, what a WorkloadEntry's name must be
+
+
+def entry_name(prefix: str, name: str) -> str:
+    """`<prefix>-<name>` for a WorkloadEntry made from an object, cut with a hash suffix when
+    over NAME_MAX: a name the loader refused would reject the whole candidate set."""
+    full = f"{prefix}-{name}"
+    if len(full) <= NAME_MAX:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{full[:NAME_MAX - 11].rstrip('-.')}-{digest}"
 
 
 def source_of(kind: str, obj: dict) -> str:
@@ -132,9 +146,8 @@ def pod_document(pod: dict) -> Document | None:
              "serviceAccount": spec.get("serviceAccountName") or "default"}
     if ports:
         entry["ports"] = ports
-    document = {"apiVersion": WORKLOAD_API_VERSION, "kind": "WorkloadEntry",
-                "metadata": {"name": f"pod-{meta.get('name')}", "namespace": meta.get("namespace") or "default"},
-                "spec": entry}
+    metadata = {"name": entry_name("pod", str(meta.get("name"))), "namespace": meta.get("namespace") or "default"}
+    document = {"apiVersion": WORKLOAD_API_VERSION, "kind": "WorkloadEntry", "metadata": metadata, "spec": entry}
     return document, source_of("Pod", pod)
 
 
@@ -158,7 +171,7 @@ def slice_documents(slices: list[dict], service: dict) -> list[Document]:
                     entry["ports"] = ports
                 suffix = f"{index}" + (f"-{address_index}" if address_index else "")
                 document = {"apiVersion": WORKLOAD_API_VERSION, "kind": "WorkloadEntry",
-                            "metadata": {"name": f"slice-{_meta(endpoint_slice).get('name')}-{suffix}",
+                            "metadata": {"name": entry_name("slice", f"{_meta(endpoint_slice).get('name')}-{suffix}"),
                                          "namespace": namespace}, "spec": entry}
                 docs.append((document, source_of("EndpointSlice", endpoint_slice)))
     return docs

@@ -208,3 +208,14 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half():
     top.reset()
     assert top.next() == 0.5
     assert Backoff(rand=lambda: 0.0).next() == 0.25
+
+
+async def test_a_watch_closed_at_once_without_events_is_backed_off(api, api_client):
+    """A server that ends every watch at once: each retry waits the backoff, no tight loop."""
+    stats = Recorder()
+    watch = KindWatch(POD, list_function(api_client, POD), lambda: None, stats,
+                      backoff=Backoff(rand=lambda: 1.0), sleep=stats.sleep, watch_seconds=0)
+    task = await running(watch)
+    await until(lambda: len(stats.sleeps) >= 3)
+    await stop(task)
+    assert stats.sleeps[:3] == [0.5, 1.0, 2.0] and stats.errors == []

@@ -130,3 +130,12 @@ def test_a_registered_sidecar_at_a_pod_address_is_not_a_second_endpoint():
 
     names = [d["metadata"]["name"] for d, _ in combined(registry, [Source()])([])]
     assert names == ["pod-web-1", "other"]
+
+
+def test_a_pod_name_at_the_length_limit_still_makes_a_valid_entry_name():
+    """A 253-character pod name: the WorkloadEntry name is cut with a hash, and the set still validates."""
+    long_name = "w" * 253
+    doc = translate.pod_document({**pod(), "metadata": {**pod()["metadata"], "name": long_name}})
+    assert len(doc[0]["metadata"]["name"]) == 253
+    assert doc[0]["metadata"]["name"] != translate.entry_name("pod", "w" * 252)   # distinct names stay distinct
+    validate_documents([doc])
