@@ -44,6 +44,21 @@ class DocumentSource(Protocol):
         """What /v1/status shows of the source (sync state, positions, errors)."""
 
 
+def names(sources: Sequence[DocumentSource]) -> str:
+    """The sources' names, as a rebuild they caused is recorded ("kubernetes")."""
+    return ", ".join(source.name for source in sources)
+
+
+async def start_all(sources: Sequence[DocumentSource], on_change: Callable[[], None],
+                    metrics: ControlMetrics) -> None:
+    """Start each source in turn; any failure is a SourceError naming the source."""
+    for source in sources:
+        try:
+            await source.start(on_change, metrics)
+        except Exception as error:
+            raise SourceError(f"{source.name}: {error}") from error
+
+
 def combined(registry: Callable[[Documents], Documents],
              sources: Sequence[DocumentSource]) -> Callable[[Documents], Documents]:
     """The store's `extra`: the sources' documents, then the registry's for user + sources

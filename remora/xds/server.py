@@ -31,6 +31,7 @@ from typing import Any
 from remora.config import yaml_text
 from aiohttp import WSMsgType, web
 
+from remora.config.loader import ConfigError
 from remora.config.model import Resource
 from remora.config.object_names import identity_problems, label_problem, shown_ref
 from remora.wire import protocol
@@ -38,7 +39,7 @@ from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_to
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.webhook import InjectionWebhook, WebhookSettings
 from remora.xds.debounce import Debouncer
-from remora.xds.external import DocumentSource, SourceError, combined
+from remora.xds.external import DocumentSource, SourceError, combined, names, start_all
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -113,6 +114,7 @@ class ControlServer:
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
         self._sources_dirty = False
+        self._deferred_start = False   # files invalid without the sources' documents: see load()
         self._tasks: list[asyncio.Task] = []
         self.ca: CaService | None = None   # made by load()
         self.admin: AdminCredential | None = None   # made by load()
@@ -129,7 +131,16 @@ class ControlServer:
         if restored:
             self.log(f"restored {restored} registered sidecar(s); each is removed in "
                      f"{self.registry.grace_period:g}s unless it reconnects")
-        self.store.start()
+        try:
+            self.store.start()
+        except ConfigError:
+            if not self.sources:
+                raise
+            # Files may name services only a source defines (a VirtualService for a Kubernetes
+            # Service): validated again with the sources' documents in serve(), refused then.
+            self._deferred_start = True
+            self.log(f"config not valid without the documents of {names(self.sources)} yet; "
+                     "validating again once they are read")
         self.jwks.config_changed(self.store.config)
         self.cache = SnapshotCache(self.jwks.resolve(self.store.config))
         self.metrics.set_version(self.store.config.version)
@@ -177,7 +188,7 @@ class ControlServer:
     def _publish(self, first_change: float) -> None:
         """The debouncer fired: make the snapshots of the new version and wake every stream."""
         if self._registry_dirty or self._sources_dirty:
-            reason = ", ".join(s.name for s in self.sources) if self._sources_dirty else "registry"
+            reason = names(self.sources) if self._sources_dirty else "registry"
             self._registry_dirty = self._sources_dirty = False
             self.store.rebuild(reason)
         if self.store.config.version == self.cache.version:
@@ -390,6 +401,19 @@ class ControlServer:
         app.on_shutdown.append(self._close_streams)
         return app
 
+    async def _start_sources(self) -> None:
+        """Start the sources (their first full read is in the first config served); SourceError
+        when one cannot start, or when files deferred by load() are still invalid with them."""
+        if not self.sources:
+            return
+        await start_all(self.sources, self._sources_changed, self.metrics)
+        self._sources_dirty = False
+        if not self.store.rebuild(names(self.sources)) and self._deferred_start:
+            raise SourceError(f"invalid configuration with the documents of {names(self.sources)}, not starting\n  "
+                              + "\n  ".join(self.store.state.last_error.errors))
+        self._deferred_start = False
+        self._publish(asyncio.get_running_loop().time())
+
     async def _close_streams(self, app: web.Application) -> None:
         for session in list(self.sessions.values()):
             await session.ws.close(message=b"control server shutting down")
@@ -406,16 +430,13 @@ class ControlServer:
         if self.settings.config_dir is not None:
             watcher = DirectoryWatcher(self.store.config_dir, self.settings.poll_interval, self._files_changed)
             self._tasks.append(asyncio.create_task(watcher.run()))
-        for source in self.sources:   # its first full read is in the first config served
-            try:
-                await source.start(self._sources_changed, self.metrics)
-            except Exception as error:
-                for task in self._tasks:
-                    task.cancel()
-                await runner.cleanup()
-                raise SourceError(f"{source.name}: {error}") from error
-        if self._sources_dirty:
-            self._publish(asyncio.get_running_loop().time())
+        try:
+            await self._start_sources()
+        except SourceError:
+            for task in self._tasks:
+                task.cancel()
+            await runner.cleanup()
+            raise
         if self.registry.nodes:   # restored registrations: their grace period runs from now
             asyncio.get_running_loop().call_later(self.registry.grace_period + 0.01, self._expire)
         webhook_runner = None

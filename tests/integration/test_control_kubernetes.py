@@ -173,3 +173,51 @@ def test_no_usable_kubeconfig_stops_the_server_with_one_clear_line(tmp_path):
     assert f"remora: kubernetes: no kubeconfig at {missing}" in done.stderr
     alone = subprocess.run([*base, "--kubeconfig", missing], capture_output=True, text=True, timeout=60)
     assert alone.returncode == 2 and "--kubeconfig needs --kubernetes" in alone.stderr
+
+
+def yaml_of(*documents: dict) -> str:
+    return "---\n".join(json.dumps(document) + "\n" for document in documents)   # JSON is YAML
+
+
+def test_files_may_name_what_only_the_api_defines():
+    """A VirtualService file routing to a subset of a DestinationRule in the API: the server starts
+    (validated again with the API's objects) and routes by it."""
+    kube = ThreadedKubeApi(KINDS)
+    control = client = None
+    try:
+        port = free_port()
+        for version, address in POD_IPS.items():
+            kube.serve(make_echo_app(version), address, port)
+        kube.put("Service", web_service(port))
+        kube.put("Pod", web_pod("v1"))
+        kube.put("Pod", web_pod("v2"))
+        kube.put("DestinationRule", SUBSETS)
+        only_v1 = istio("VirtualService", "web", {"hosts": [HOST], "http": [
+            {"route": [{"destination": {"host": HOST, "subset": "v1"}}]}]})
+        control = ControlProcess({"web.yaml": yaml_of(only_v1)}, "--kubernetes",
+                                 "--kubeconfig", kube.kubeconfig()).wait_ready()
+        client = ProxyProcess(None, "--service", "client", "--node-id", "client", control=control.url).wait_ready()
+        wait_answers(client, {"v1"})
+        assert "validating again once they are read" in control.stderr()
+    finally:
+        for thing in (client, control):
+            if thing is not None:
+                thing.close()
+        kube.close()
+
+
+def test_files_still_invalid_with_the_api_objects_stop_the_server():
+    """A file naming a service neither the files nor the API define: exit 1, the error names the file's resource."""
+    kube = ThreadedKubeApi(KINDS)
+    control = None
+    try:
+        nowhere = istio("VirtualService", "lost", {"hosts": ["lost.default.svc.cluster.local"], "http": [
+            {"route": [{"destination": {"host": "lost.default.svc.cluster.local", "subset": "v9"}}]}]})
+        control = ControlProcess({"lost.yaml": yaml_of(nowhere)}, "--kubernetes", "--kubeconfig", kube.kubeconfig())
+        assert control.proc.wait(60) == 1
+        assert "invalid configuration with the documents of kubernetes, not starting" in control.stderr()
+        assert "VirtualService/default/lost" in control.stderr()
+    finally:
+        if control is not None:
+            control.close()
+        kube.close()
