@@ -59,9 +59,14 @@ INVALID = istio("VirtualService", "broken", {"hosts": [HOST], "http": [
 
 def ask(sidecar: ProxyProcess) -> tuple[int, str]:
     """One request to web through the client sidecar: (status, backend name or body)."""
+    return ask_host(sidecar, HOST)
+
+
+def ask_host(sidecar: ProxyProcess, host: str) -> tuple[int, str]:
+    """One request to `host` through the client sidecar: (status, backend name or body)."""
     conn = http.client.HTTPConnection("127.0.0.1", sidecar.outbound_port, timeout=10)
     try:
-        conn.request("GET", "/", headers={"Host": HOST})
+        conn.request("GET", "/", headers={"Host": host})
         resp = conn.getresponse()
         body = resp.read()
         return resp.status, json.loads(body)["server"] if resp.status == 200 else body.decode(errors="replace")
@@ -87,7 +92,7 @@ def mesh():
     kube = ThreadedKubeApi(KINDS)
     control = client = None
     try:
-        port = free_port()
+        port = kube.backend_port = free_port()   # both backends listen on it, each at its pod IP
         for version, address in POD_IPS.items():
             kube.serve(make_echo_app(version), address, port)
         kube.put("Namespace", {"metadata": {"name": "default", "labels": {"team": "shop"}}})
@@ -119,6 +124,26 @@ def test_service_and_pods_from_the_api_are_routable_and_follow_pod_changes(mesh)
     assert f"kubernetes {kube.url}: synced, 2 documents" in shown
     assert "kubernetes Pod default/web-v2" in control.get("/v1/resources/WorkloadEntry/default/pod-web-v2")[
         "metadata"]["annotations"]["remora.io/source"]
+
+
+def test_a_service_without_selector_routes_to_its_endpoint_slices_ready_addresses(mesh):
+    """A selector-less Service: its EndpointSlice's ready address is the endpoint; marked not ready, it goes."""
+    kube, control, client = mesh
+    wait_answers(client, {"v1"})
+    port = kube.backend_port
+    kube.put("Service", {"metadata": {"name": "legacy", "namespace": "default"},
+                         "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.11",
+                                  "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+    slice_ = {"metadata": {"name": "legacy-x1", "namespace": "default",
+                           "labels": {"kubernetes.io/service-name": "legacy"}},
+              "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+              "endpoints": [{"addresses": [POD_IPS["v2"]], "conditions": {"ready": True}}]}
+    kube.put("EndpointSlice", slice_)
+    legacy = "legacy.default.svc.cluster.local"
+    control.wait_until(lambda: ask_host(client, legacy) == (200, "v2"), what="legacy routed to its slice")
+    slice_["endpoints"][0]["conditions"]["ready"] = False
+    kube.put("EndpointSlice", slice_)
+    control.wait_until(lambda: ask_host(client, legacy)[0] == 503, what="the not-ready endpoint to go")
 
 
 def test_istio_resources_take_effect_and_an_invalid_one_is_rejected_whole(mesh):
