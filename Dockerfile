@@ -18,9 +18,10 @@ ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/remora
 # Dependencies first, from pyproject.toml alone, so a source change does not re-download them.
+# With the [kube] extra: `remora control --kubernetes` reads the API with kubernetes-asyncio.
 COPY pyproject.toml README.md /src/
 RUN mkdir -p /src/remora && touch /src/remora/__init__.py \
- && /opt/remora/bin/pip wheel -q --wheel-dir /wheels /src \
+ && /opt/remora/bin/pip wheel -q --wheel-dir /wheels '/src[kube]' \
  && rm /wheels/remora-*.whl \
  && /opt/remora/bin/pip install -q --no-index --find-links /wheels /wheels/*.whl
 COPY remora /src/remora

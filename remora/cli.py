@@ -242,6 +242,13 @@ def _add_control_commands(sub) -> None:
     hook.add_argument("--inject-image", default=None, metavar="IMAGE", help="sidecar image (as remora inject)")
     hook.add_argument("--inject-control", default=None, metavar="URL",
                       help="control server URL as pods reach it (as remora inject)")
+    kube = control.add_argument_group("the Kubernetes API as a registry (docs/kubernetes.md)")
+    kube.add_argument("--kubernetes", action="store_true",
+                      help="list and watch Services, Pods, EndpointSlices, Namespaces and the Istio kinds "
+                           "(needs the [kube] extra: pip install 'remora[kube]')")
+    kube.add_argument("--kubeconfig", default=None, metavar="PATH",
+                      help="with --kubernetes: the kubeconfig to use (default: in-cluster config, else "
+                           "$KUBECONFIG, else ~/.kube/config)")
     ca = control.add_argument_group("certificate authority (default: a self-signed root in <state-dir>/ca)")
     ca.add_argument("--ca-cert", default=None, metavar="PEM", help="plug-in CA: the issuing CA certificate")
     ca.add_argument("--ca-key", default=None, metavar="PEM", help="plug-in CA: its private key")
@@ -342,7 +349,19 @@ def main(argv: list[str] | None = None) -> int:
             sidecar = SidecarSettings(image=args.inject_image or DEFAULT_IMAGE,
                                       control=args.inject_control or DEFAULT_CONTROL)
             review = lambda body: admission_review(body, sidecar)   # noqa: E731
-        return run_control(args, review)
+        sources = []
+        if args.kubeconfig and not args.kubernetes:
+            print("remora: --kubeconfig needs --kubernetes", file=sys.stderr)
+            return 2
+        if args.kubernetes:    # the API as a registry: kube/ reads it, xds/ takes its documents
+            try:
+                from remora.kube.registry import KubernetesSource
+            except ImportError as error:
+                print(f"remora: --kubernetes needs the [kube] extra (pip install 'remora[kube]'): {error}",
+                      file=sys.stderr)
+                return 2
+            sources.append(KubernetesSource(args.kubeconfig))
+        return run_control(args, review, sources)
     if args.command == "inject":
         from remora.kube.command import run_inject
         return run_inject(args)

@@ -282,9 +282,10 @@ def run_client(command: str, args) -> int:
 
 # ---- remora control --------------------------------------------------------------------------
 
-def run_control(args, review=None) -> int:
+def run_control(args, review=None, sources=()) -> int:
     """`remora control`; `review` answers AdmissionReviews when --webhook-listen is given
-    (the command line passes kube/admission.py's, which this layer does not import)."""
+    (the command line passes kube/admission.py's, which this layer does not import), and
+    `sources` are external document sources (--kubernetes: kube/registry.py's)."""
     import asyncio
 
     import uvloop
@@ -292,6 +293,7 @@ def run_control(args, review=None) -> int:
     from remora.certs import CaError
     from remora.config.loader import ConfigError
     from remora.xds.ca_service import CaSettings, check_cert_ttl
+    from remora.xds.external import SourceError
     from remora.xds.registry import split_host_port, InvalidNode
     from remora.xds.server import ControlServer, ControlSettings
     from remora.xds.store import StateError
@@ -332,7 +334,7 @@ def run_control(args, review=None) -> int:
                                admin_token_file=args.admin_token_file,
                                jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook,
                                store=args.store, store_key_file=args.store_key_file)
-    server = ControlServer(settings)
+    server = ControlServer(settings, sources=sources)
 
     async def main() -> int:
         shared = None
@@ -368,4 +370,7 @@ def run_control(args, review=None) -> int:
         return uvloop.run(main())
     except OSError as error:
         print(f"remora: cannot start: {error}", file=sys.stderr)
+        return 1
+    except SourceError as error:
+        print(f"remora: {error}", file=sys.stderr)
         return 1

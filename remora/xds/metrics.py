@@ -54,6 +54,14 @@ class ControlMetrics:
         self.jwks_fetch_fail = Counter("remora_control_jwks_resolver_network_fetch_fail",
                                        "jwksUri / OpenID discovery fetches that failed (last good keys kept)",
                                        registry=r)
+        # `--kubernetes` (kube/list_watch.py): the watches' events, LISTs and failures, by kind.
+        self.kube_watch_events = Counter("remora_control_kube_watch_events",
+                                         "Watch events from the Kubernetes API, by kind and type "
+                                         "(ADDED, MODIFIED, DELETED, BOOKMARK)", ["kind", "type"], registry=r)
+        self.kube_relists = Counter("remora_control_kube_relists", "Full LISTs of a kind, by reason "
+                                    "(start; gone: the watch position expired, 410)", ["kind", "reason"], registry=r)
+        self.kube_watch_errors = Counter("remora_control_kube_watch_errors", "Failed LISTs and WATCHes "
+                                         "(retried with backoff), by kind and reason", ["kind", "reason"], registry=r)
         self._version: str | None = None
 
     def set_version(self, version: str) -> None:

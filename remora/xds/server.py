@@ -24,12 +24,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from remora.config import yaml_text
 from aiohttp import WSMsgType, web
 
+from remora.config.loader import ConfigError
 from remora.config.model import Resource
 from remora.config.object_names import identity_problems, label_problem, shown_ref
 from remora.wire import protocol
@@ -37,6 +39,7 @@ from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_to
 from remora.xds.ca_service import CaService, CaSettings
 from remora.xds.webhook import InjectionWebhook, WebhookSettings
 from remora.xds.debounce import Debouncer
+from remora.xds.external import DocumentSource, SourceError, combined, names, start_all
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
 from remora.xds.kinds import UnknownKind, resolve_kind
@@ -95,20 +98,23 @@ class BadIdentity(ValueError):
 class ControlServer:
     """The control plane's state and its HTTP application."""
 
-    def __init__(self, settings: ControlSettings, log=_log) -> None:
+    def __init__(self, settings: ControlSettings, log=_log, sources: Sequence[DocumentSource] = ()) -> None:
         self.settings = settings
         self.log = log
         self.metrics = ControlMetrics()
         self.registry = Registry(settings.grace_period, state_path=(
             os.path.join(settings.state_dir, "registry.json") if settings.state_dir else None))
+        self.sources = list(sources)   # --kubernetes: external.py
         self.store = ConfigStore(settings.config_dir, settings.state_dir,
-                                 extra=self.registry.documents, on_error=self._config_failed)
+                                 extra=combined(self.registry.documents, self.sources), on_error=self._config_failed)
         self.sessions: dict[str, StreamSession] = {}
         self.jwks = JwksFetcher(self.metrics, log, self._jwks_changed,
                                 settings.jwks_refresh_interval, settings.jwks_retry_interval)
         self.cache = SnapshotCache(self.store.config)
         self.debouncer = Debouncer(settings.debounce, settings.max_debounce, self._publish)
         self._registry_dirty = False
+        self._sources_dirty = False
+        self._deferred_start = False   # files invalid without the sources' documents: see load()
         self._tasks: list[asyncio.Task] = []
         self.ca: CaService | None = None   # made by load()
         self.admin: AdminCredential | None = None   # made by load()
@@ -130,7 +136,16 @@ class ControlServer:
         if shared is not None:
             self.shared = shared.state
             self.registry.remote, self.registry.listener = shared.remote, shared.state
-        self.store.start(shared.applied if shared else None)
+        try:
+            self.store.start(shared.applied if shared else None)
+        except ConfigError:
+            if not self.sources:
+                raise
+            # Files may name services only a source defines (a VirtualService for a Kubernetes
+            # Service): validated again with the sources' documents in serve(), refused then.
+            self._deferred_start = True
+            self.log(f"config not valid without the documents of {names(self.sources)} yet; "
+                     "validating again once they are read")
         self.jwks.config_changed(self.store.config)
         self.cache = SnapshotCache(self.jwks.resolve(self.store.config), store_revision=self._revision())
         self.metrics.set_version(self.store.config.version)
@@ -192,11 +207,16 @@ class ControlServer:
         self._registry_dirty = True
         self.debouncer.trigger()
 
+    def _sources_changed(self) -> None:
+        self._sources_dirty = True
+        self.debouncer.trigger()
+
     def _publish(self, first_change: float) -> None:
         """The debouncer fired: make the snapshots of the new version and wake every stream."""
-        if self._registry_dirty:
-            self._registry_dirty = False
-            self.store.rebuild("registry")
+        if self._registry_dirty or self._sources_dirty:
+            reason = names(self.sources) if self._sources_dirty else "registry"
+            self._registry_dirty = self._sources_dirty = False
+            self.store.rebuild(reason)
         if self.store.config.version == self.cache.version:
             return
         self.jwks.config_changed(self.store.config)
@@ -351,7 +371,8 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(status_body(self.store, self.cache.version, self.jwks.status(), self.registry,
-                                             self.sessions, self.settings.trust_domain, self.shared))
+                                             self.sessions, self.settings.trust_domain, self.shared,
+                                             {s.name: s.status() for s in self.sources}))
 
     async def metrics_(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.render())
@@ -381,6 +402,19 @@ class ControlServer:
         app.on_shutdown.append(self._close_streams)
         return app
 
+    async def _start_sources(self) -> None:
+        """Start the sources (their first full read is in the first config served); SourceError
+        when one cannot start, or when files deferred by load() are still invalid with them."""
+        if not self.sources:
+            return
+        await start_all(self.sources, self._sources_changed, self.metrics)
+        self._sources_dirty = False
+        if not self.store.rebuild(names(self.sources)) and self._deferred_start:
+            raise SourceError(f"invalid configuration with the documents of {names(self.sources)}, not starting\n  "
+                              + "\n  ".join(self.store.state.last_error.errors))
+        self._deferred_start = False
+        self._publish(asyncio.get_running_loop().time())
+
     async def _close_streams(self, app: web.Application) -> None:
         for session in list(self.sessions.values()):
             await session.ws.close(message=b"control server shutting down")
@@ -399,6 +433,13 @@ class ControlServer:
             self._tasks.append(asyncio.create_task(watcher.run()))
         if self.shared is not None:
             self.shared.start(self._shared_applied, self._shared_registration)
+        try:
+            await self._start_sources()
+        except SourceError:
+            for task in self._tasks:
+                task.cancel()
+            await runner.cleanup()
+            raise
         if self.registry.nodes:   # restored registrations: their grace period runs from now
             asyncio.get_running_loop().call_later(self.registry.grace_period + 0.01, self._expire)
         webhook_runner = None
@@ -414,6 +455,8 @@ class ControlServer:
             self.debouncer.cancel()
             for task in self._tasks:
                 task.cancel()
+            for source in self.sources:
+                await source.stop()
             await runner.cleanup()
             if webhook_runner is not None:
                 await webhook_runner.cleanup()

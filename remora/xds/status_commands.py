@@ -35,6 +35,13 @@ def cmd_status(args) -> int:
         print(f"last error at {error['at']} ({error['source']}):")
         for message in error["errors"]:
             print(f"  {message}")
+    for name, source in answer.get("sources", {}).items():   # --kubernetes
+        print(f"{name} {source.get('server', '')}: {'synced' if source.get('synced') else 'NOT SYNCED'}, "
+              f"{source.get('documents', 0)} documents")
+        for kind in source.get("kinds", []):
+            if kind.get("lastError") or not kind.get("synced"):
+                print(f"  {kind['kind']}: {'synced' if kind.get('synced') else 'not synced'}; "
+                      f"last error {kind.get('lastErrorAt')}: {kind.get('lastError')}")
     headers, rows = status_rows(answer["sidecars"])
     print(format_table(headers, rows), end="")
     return 0

@@ -18,7 +18,7 @@ def iso(at: float | None) -> str | None:
 
 
 def status_body(store: ConfigStore, served_version: str, jwks: dict, registry: Registry, sessions: dict,
-                trust_domain: str, shared: Any | None) -> dict:
+                trust_domain: str, shared: Any | None, sources: dict[str, dict]) -> dict:
     state = store.state
     error = state.last_error
     config = {"version": state.version, "served_version": served_version, "source": state.source,
@@ -28,6 +28,7 @@ def status_body(store: ConfigStore, served_version: str, jwks: dict, registry: R
                                                         "errors": error.errors}}
     return {"config": config, "jwks": jwks,
             "store": shared.status() if shared is not None else {"kind": "local"},
+            **({"sources": sources} if sources else {}),
             "sidecars": [sidecar_view(registry, sessions, trust_domain, node_id) for node_id in sorted(registry.nodes)],
             "elsewhere": sorted(set(registry.remote) - set(registry.nodes))}
 

@@ -85,14 +85,18 @@ def test_inject_default_control_url_is_the_shipped_service():
 
 
 def test_cluster_role_only_reads_the_kinds_the_server_serves():
-    """The ClusterRole grants get/list/watch, nothing else, on exactly the served Istio kinds."""
+    """The ClusterRole grants get/list/watch, nothing else, on exactly the served Istio kinds and
+    what `--kubernetes` watches (kube/registry.py KINDS), each in its API group."""
     from remora.config.loader import SPEC_TYPES
+    from remora.kube.registry import KINDS
     rules = find("ClusterRole", "remora-control")["rules"]
     assert all(rule["verbs"] == ["get", "list", "watch"] for rule in rules)
     resources = {r for rule in rules for r in rule["resources"]}
     plural = {kind.lower()[:-1] + "ies" if kind.endswith("y") and kind[-2] not in "aeiou" else kind.lower() + "s"
               for kind in SPEC_TYPES}
-    assert resources == plural
+    assert resources == plural | {"services", "pods", "namespaces", "endpointslices"}
+    granted = {(group, r) for rule in rules for group in rule["apiGroups"] for r in rule["resources"]}
+    assert {(kind.group, kind.plural) for kind in KINDS} <= granted
 
 
 def test_mesh_config_map_is_valid_mesh_config(tmp_path: Path):

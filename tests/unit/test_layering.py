@@ -25,7 +25,8 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], str]] = {
                    "the control server shares config, certs and wire with the sidecar, no sidecar code; "
                    "Istio rules both use belong in remora.config"),
     "remora.kube": (("remora.proxy", "remora.intercept", "remora.xds", "remora.cli"),
-                    "injection edits manifests; it runs no part of the mesh"),
+                    "injection edits manifests; the API registry reaches the control server only as the "
+                    "DocumentSource the command line hands in (xds/external.py)"),
     # role folders of the data plane (docs/architecture.md, Layout)
     "remora.proxy.codec": (("remora.proxy.upstream", "remora.proxy.admin", "remora.proxy.process",
                             "remora.proxy.control", "remora.proxy.router.exchange",
