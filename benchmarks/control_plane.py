@@ -124,11 +124,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-async def etcd_revision(session: aiohttp.ClientSession, etcd_url: str | None) -> int:
+async def etcd_revision(etcd_url: str | None) -> int:
+    """etcd's store revision: one more per write (put, delete or transaction)."""
     if etcd_url is None:
         return 0
-    async with session.post(f"{etcd_url}/v3/kv/range", json={"key": "AA=="}) as response:
-        return int((await response.json(content_type=None))["header"]["revision"])
+    # A session of its own: etcd reads an Authorization header as an etcd auth token.
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{etcd_url}/v3/kv/range", json={"key": "AA=="}) as response:
+            return int((await response.json(content_type=None))["header"]["revision"])
 
 
 async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | None = None) -> dict:
@@ -144,7 +147,7 @@ async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | 
         initial_sync = time.perf_counter() - started
         latencies, writes = [], []
         for n in range(applies):
-            revision = await etcd_revision(session, etcd_url)
+            revision = await etcd_revision(etcd_url)
             before = [sim.acked.get(ROUTES) for sim in sims]
             t0 = time.perf_counter()
             async with session.post(f"{url}/v1/apply?source=bench.yaml", data=virtual_service(n + 1)) as response:
@@ -156,7 +159,7 @@ async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | 
                 STEP_TIMEOUT)
             latencies.append(max(sim.routes_acked_at for sim in sims) - t0)
             await asyncio.sleep(0.2)   # let the server settle, as separate operator actions would
-            writes.append(await etcd_revision(session, etcd_url) - revision)
+            writes.append(await etcd_revision(etcd_url) - revision)
         synced = 0
         for replica_url in urls:
             async with session.get(f"{replica_url}/v1/status") as response:
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable, "-m", "remora", "control", "--config-dir", str(work / "config"),
                 "--admin-token-file", str(work / "admin-token"), "--listen", f"127.0.0.1:{port}", *store],
                 work / f"control-{i}.log"))
-            wait_ready(controls[-1], port, "/healthz", timeout=120)   # one at a time: the first makes the CA
+            wait_ready(controls[-1], port, "/healthz", timeout=900)   # one at a time: the first makes the CA
         startup = time.perf_counter() - loaded
         rss_idle = [group_rss_mib(c.pid) for c in controls]
         result = asyncio.run(measure([f"http://127.0.0.1:{p}" for p in ports], args.sidecars, args.applies,
