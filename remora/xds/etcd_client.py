@@ -200,9 +200,6 @@ class EtcdClient:
         answer = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
         return int(answer.get("result", {}).get("TTL", 0)) > 0
 
-    async def revoke(self, lease: int) -> None:
-        await self.call("/v3/lease/revoke", {"ID": str(lease)})
-
     # ---- watch
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:

@@ -97,13 +97,10 @@ class EtcdState:
         return state
 
     async def close(self) -> None:
+        """Stop watching. The lease is left to expire, not revoked: this replica's sidecars
+        keep their endpoints for a grace period while they reconnect to another replica."""
         for task in self._tasks:
             task.cancel()
-        try:
-            if self.lease:
-                await self.client.revoke(self.lease)   # our sidecars' entries go now, not after the TTL
-        except StoreUnavailable:
-            pass
         await self.client.close()
 
     # ---- the CA root and the admin token
@@ -234,6 +231,8 @@ class EtcdState:
                 return
             self._registry[node_id] = (value, revision)
             self._unwritten.discard(node_id)
+            if node_id not in self._own:   # removed while the write was on its way
+                await self._remove_registration(node_id, revision)
 
     async def _remove_registration(self, node_id: str, revision: int) -> None:
         name = f"{self.prefix}registry/{node_id}"
