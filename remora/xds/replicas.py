@@ -91,9 +91,7 @@ class EtcdState:
         endpoints, prefix = parse_store_url(url)
         client = EtcdClient(endpoints)
         state = cls(client, prefix, SealingKey.from_file(key_file), max(2, round(grace_period)), log)
-        state.lease = await client.grant(state.lease_ttl)
-        log(f"store: etcd {', '.join(endpoints)} prefix {prefix}, replica {state.replica}, "
-            f"lease {state.lease:x} ({state.lease_ttl}s)")
+        log(f"store: etcd {', '.join(endpoints)} prefix {prefix}, replica {state.replica}")
         return state
 
     async def close(self) -> None:
@@ -218,6 +216,8 @@ class EtcdState:
             self._spawn(self._remove_registration(node_id, known[1]))
 
     async def _write_registrations(self) -> None:
+        if not self.lease:
+            return   # written by _keep_lease once it holds one
         for node_id in sorted(self._unwritten):
             node = self._own.get(node_id)
             if node is None:
@@ -316,6 +316,16 @@ class EtcdState:
             on_remote(node_id, node)
 
     async def _keep_lease(self) -> None:
+        """Hold a lease from the moment the replica serves (granted here, not at open: loading
+        a large config blocks the loop for longer than a TTL) and renew it every third of it."""
+        while not self.lease:
+            try:
+                self.lease = await self.client.grant(self.lease_ttl)
+                self.log(f"store: lease {self.lease:x} ({self.lease_ttl}s) holds this replica's registrations")
+            except StoreUnavailable as error:
+                self.log(f"store: cannot get a lease yet: {error}")
+                await asyncio.sleep(RETRY_SECONDS)
+        await self._write_registrations()
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
