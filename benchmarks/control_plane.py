@@ -58,12 +58,20 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 
 
-def write_config(directory: Path, services: int, endpoints: int) -> None:
+def write_config(directory: Path, services: int, endpoints: int, namespaces: int = NAMESPACES,
+                 scoped: bool = False) -> None:
     docs = []
+    if scoped:
+        # Istio's advice for large meshes: a namespace-wide Sidecar per namespace naming what
+        # its workloads call, here their own namespace and the shared services of ns-1
+        # (svc-1, the one the applies change, among them).
+        docs += [{"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                  "metadata": {"name": "default", "namespace": f"ns-{n}"},
+                  "spec": {"egress": [{"hosts": ["./*", "ns-1/*"]}]}} for n in range(namespaces)]
     for i in range(services):
         docs.append({
             "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": f"svc-{i}", "namespace": f"ns-{i % NAMESPACES}"},
+            "metadata": {"name": f"svc-{i}", "namespace": f"ns-{i % namespaces}"},
             "spec": {"hosts": [f"svc-{i}"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
                      "resolution": "STATIC", "location": "MESH_INTERNAL",
                      "exportTo": ["*"] if i % 2 else ["."],
@@ -89,9 +97,9 @@ spec:
 class SimulatedSidecar:
     """Subscribes to every type and ACKs every push at once; remembers when routes were ACKed."""
 
-    def __init__(self, url: str, index: int) -> None:
+    def __init__(self, url: str, index: int, namespaces: int = NAMESPACES) -> None:
         self.url = url
-        self.node = Node(id=f"sim-{index}", namespace=f"ns-{index % NAMESPACES}")
+        self.node = Node(id=f"sim-{index}", namespace=f"ns-{index % namespaces}")
         self.acked: dict[str, str] = {}
         self.routes_acked_at = 0.0
         self.changed = asyncio.Event()
@@ -134,11 +142,12 @@ async def etcd_revision(etcd_url: str | None) -> int:
             return int((await response.json(content_type=None))["header"]["revision"])
 
 
-async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | None = None) -> dict:
+async def measure(urls: list[str], sidecars: int, applies: int, etcd_url: str | None = None,
+                  namespaces: int = NAMESPACES) -> dict:
     url = urls[0]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as session:
-        sims = [SimulatedSidecar(urls[i % len(urls)], i) for i in range(sidecars)]
+        sims = [SimulatedSidecar(urls[i % len(urls)], i, namespaces) for i in range(sidecars)]
         tasks = [asyncio.create_task(sim.run(session)) for sim in sims]
         started = time.perf_counter()
         every_type = len(TYPE_ORDER)
@@ -197,11 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--applies", type=int, default=20)
     parser.add_argument("--replicas", type=int, default=1, help="control servers; more than one runs over etcd")
     parser.add_argument("--etcd-members", type=int, default=1)
+    parser.add_argument("--namespaces", type=int, default=NAMESPACES,
+                        help="services and sidecars are spread over this many namespaces")
+    parser.add_argument("--scoped", action="store_true",
+                        help="a namespace-wide Sidecar per namespace: egress to its own namespace and ns-1")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="remora-control-bench-"))
     (work / "config").mkdir()
-    write_config(work / "config", args.services, args.endpoints)
+    write_config(work / "config", args.services, args.endpoints, args.namespaces, args.scoped)
     (work / "admin-token").write_text(ADMIN_TOKEN)   # the admin API (apply, status) needs it
     (work / "store-key").write_text(os.urandom(32).hex())
     etcd, etcd_ports = start_etcd(work, args.etcd_members) if args.replicas > 1 else ([], [])
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         startup = time.perf_counter() - loaded
         rss_idle = [group_rss_mib(c.pid) for c in controls]
         result = asyncio.run(measure([f"http://127.0.0.1:{p}" for p in ports], args.sidecars, args.applies,
-                                     f"http://127.0.0.1:{etcd_ports[0]}" if etcd else None))
+                                     f"http://127.0.0.1:{etcd_ports[0]}" if etcd else None, args.namespaces))
         rss = [group_rss_mib(c.pid) for c in controls]
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)
@@ -232,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     lat = [x * 1000 for x in result["latencies"]]
     where = (f"{args.replicas} replicas over a {args.etcd_members}-member etcd" if etcd else "one control server")
     print(f"{args.services} ServiceEntries x {args.endpoints} endpoints, {args.sidecars} sidecars in "
-          f"{NAMESPACES} namespaces on {where}, {args.applies} VirtualService applies "
+          f"{args.namespaces} namespaces{' scoped by Sidecar resources' if args.scoped else ''} on {where}, "
+          f"{args.applies} VirtualService applies "
           f"(startup {startup:.1f} s, initial sync of all sidecars {result['initial_sync']:.1f} s, "
           f"{result['synced']}/{args.sidecars} SYNCED at the end)\n")
     print("| apply -> all sidecars ACKed routes | p50 | p99 | max | mean | RSS idle (per replica) "

@@ -19,6 +19,12 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _labels(text: str) -> dict[str, str]:
     from remora.proxy.security.identity import parse_labels
     try:
@@ -227,6 +233,8 @@ def _add_control_commands(sub) -> None:
                          help="quiet time after a change before pushing")
     control.add_argument("--max-debounce", type=_seconds, default=1.0,
                          help="longest a push waits under a constant stream of changes")
+    control.add_argument("--push-throttle", type=_positive_int, default=100, metavar="N",
+                         help="at most N sidecar streams are sent a push at once (istiod's PILOT_PUSH_THROTTLE)")
     control.add_argument("--jwks-refresh-interval", type=_seconds, default=1200.0,
                          help="how often RequestAuthentication jwksUri keys are fetched again "
                               "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, default 20m)")

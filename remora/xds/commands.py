@@ -333,7 +333,8 @@ def run_control(args, review=None, sources=()) -> int:
                                debounce=args.debounce, max_debounce=args.max_debounce, ca=ca,
                                admin_token_file=args.admin_token_file,
                                jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook,
-                               store=args.store, store_key_file=args.store_key_file)
+                               store=args.store, store_key_file=args.store_key_file,
+                               push_throttle=args.push_throttle)
     server = ControlServer(settings, sources=sources)
 
     async def main() -> int:

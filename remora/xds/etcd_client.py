@@ -11,10 +11,11 @@ Rules:
   last; a connection failure, a timeout or etcd's "unavailable" answers (no leader, leader
   changed: HTTP 503) move to the next. A member that lost quorum times out (it cannot commit
   a write nor serve a linearizable read), so it is skipped the same way. Rounds over every
-  endpoint repeat until RETRY_FOR (5 s) has passed, which rides out a leader election;
+  endpoint repeat until RETRY_FOR (8 s) has passed, which rides out a leader election;
   then the call fails with StoreUnavailable: a control server never hangs on its store.
 - A write whose answer was lost may have been committed; the retry of a compare-and-swap
-  then finds the key changed and reports a conflict, and the watch brings the write.
+  then fails its compare, so the caller reads the keys back and takes finding its own
+  values as success (replicas.EtcdState.save_applied).
 - Reads are linearizable (etcd's default): a replica never acts on a value another replica
   has already replaced.
 - `watch` is one long POST whose answer is a stream of JSON objects, one per line; it
@@ -32,8 +33,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-DEFAULT_TIMEOUT = 2.0       # one request to one member
-RETRY_FOR = 5.0             # one call, over every member and round
+DEFAULT_TIMEOUT = 4.0       # one request to one member (a busy machine's fsync can take seconds)
+RETRY_FOR = 8.0             # one call, over every member and round
 RETRY_PAUSE = 0.2
 MAX_WATCH_LINE = 64 << 20   # one watch response: a batch of events (values up to etcd's 1.5 MiB each)
 

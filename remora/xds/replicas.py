@@ -189,17 +189,30 @@ class EtcdState:
                                      f"changes at most {MAX_TXN_OPS} (etcd's --max-txn-ops): split it")
         try:
             done, answer = await self.client.txn(compares, ops)
+            revision = int(answer["header"]["revision"])
+            if not done:
+                # A retried write whose first answer was lost finds its own write: that is success.
+                revision = await self._already_written(written)
         except StoreUnavailable as error:
             raise ChangeRefused(503, f"config store unavailable, nothing changed: {error}") from None
-        if not done:
+        if not revision:
             raise ChangeRefused(409, "a resource of this change was changed on another replica meanwhile; "
                                      "nothing changed: read it again and retry")
-        revision = int(answer["header"]["revision"])
         for ref, value in written.items():
             if value is None:
                 self._applied.pop(ref, None)
             else:
                 self._applied[ref] = (value, revision)
+
+    async def _already_written(self, written: dict[str, bytes | None]) -> int:
+        """The revision at which every key holds what `written` says (None: absent), or 0."""
+        revision = 0
+        for ref, value in written.items():
+            found = await self.client.get(f"{self.prefix}applied/{ref}")
+            if (found.value if found else None) != value:
+                return 0
+            revision = max(revision, found.mod_revision if found else 0)
+        return revision or -1   # deletes only: no revision to record, but done
 
     # ---- registrations (Registry's listener)
 

@@ -75,6 +75,7 @@ class ControlSettings:
     ca: CaSettings = CaSettings()
     admin_token_file: str | None = None
     webhook: WebhookSettings | None = None     # --webhook-listen: sidecar injection at admission
+    push_throttle: int = 100                   # streams sending at once (istiod's PILOT_PUSH_THROTTLE)
     store: str | None = None                   # --store etcd://...: replicas over etcd (replicas.py)
     store_key_file: str | None = None          # --store-key-file: seals the CA key and admin token in etcd
 
@@ -108,6 +109,7 @@ class ControlServer:
         self.store = ConfigStore(settings.config_dir, settings.state_dir,
                                  extra=combined(self.registry.documents, self.sources), on_error=self._config_failed)
         self.sessions: dict[str, StreamSession] = {}
+        self.push_slots = asyncio.Semaphore(settings.push_throttle)
         self.jwks = JwksFetcher(self.metrics, log, self._jwks_changed,
                                 settings.jwks_refresh_interval, settings.jwks_retry_interval)
         self.cache = SnapshotCache(self.store.config)
@@ -264,7 +266,7 @@ class ControlServer:
         if node.trust_domain != self.settings.trust_domain:
             self.log(f"warning: sidecar {node.id} says trust domain {node.trust_domain}, "
                      f"the mesh uses {self.settings.trust_domain}")
-        session = StreamSession(ws, registration, self.current, self.metrics, self.log)
+        session = StreamSession(ws, registration, self.current, self.metrics, self.log, self.push_slots)
         self.sessions[node.id] = session
         self.metrics.connected.set(len(self.sessions))
         self.log(f"sidecar {node.id} connected (namespace {node.namespace})")

@@ -11,6 +11,9 @@ Rules (the protocol module's docstring is the contract):
   change), by a subscription or by a queued introspection request; it always sends the latest snapshot, so a slow sidecar
   skips intermediate versions instead of queueing them, and never delays the others.
 - Types go out in protocol.TYPE_ORDER (clusters, endpoints, routes, policies).
+- At most --push-throttle streams send at once (istiod's PILOT_PUSH_THROTTLE, 100): a push
+  holds its slot until the frame has drained to the socket, so a config of several MB
+  pushed to a thousand sidecars at once is never held in memory for all of them.
 - `config_dump()` asks the sidecar for its admin views over this stream (only if its Node
   announced the capability); the answer is matched by request id, and a sidecar that does
   not answer in time fails only that call, never the stream.
@@ -74,7 +77,7 @@ class StreamSession:
 
     def __init__(self, ws: web.WebSocketResponse, registration: Registration,
                  current: Callable[[], SnapshotCache], metrics: ControlMetrics,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], push_slots: asyncio.Semaphore | None = None) -> None:
         self.ws = ws
         self.registration = registration
         self.node: Node = registration.node
@@ -87,6 +90,7 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._dumps: dict[str, asyncio.Future] = {}   # request id -> the caller waiting for it
         self._outbox: list[str] = []   # frames other than pushes, sent by the push task (one writer)
+        self.push_slots = push_slots or asyncio.Semaphore(1 << 30)   # shared by every stream of the server
 
     def notify(self) -> None:
         """A new config version exists: push what changed for this sidecar."""
@@ -195,7 +199,8 @@ class StreamSession:
         state.sent_changed_at = changed_at
         state.sent_count += 1
         self.metrics.pushes.labels(type_url).inc()
-        await self.ws.send_str(snapshot.response_frame(type_url, nonce))
+        async with self.push_slots:   # the frame is made and sent (drained) inside the slot
+            await self.ws.send_str(snapshot.response_frame(type_url, nonce))
 
     def status(self) -> dict:
         """This sidecar's per-type state for /v1/status."""

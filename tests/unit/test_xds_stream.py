@@ -104,3 +104,34 @@ def test_type_status_texts():
     assert state.status("v3") == "STALE (acked v2, sent v2)"
     state.record_nack("v2", "boom")
     assert state.status("v2") == "NACKED: boom"
+
+
+class SlowWebSocket(FakeWebSocket):
+    """A sidecar whose socket drains only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drained = asyncio.Event()
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(protocol.decode(text))
+        await self.drained.wait()
+
+
+async def test_the_push_throttle_bounds_how_many_streams_send_at_once():
+    """With one push slot, a second sidecar's push waits until the first one's frame has drained."""
+    cache = SnapshotCache(load_mesh_text(SE))
+    registry, slots = Registry(10.0), asyncio.Semaphore(1)
+    sockets = [SlowWebSocket(), SlowWebSocket()]
+    sessions = [StreamSession(ws, registry.connect(Node(id=f"n{i}")), lambda: cache, ControlMetrics(),
+                              lambda message: None, slots) for i, ws in enumerate(sockets)]
+    tasks = [asyncio.create_task(session._push_loop()) for session in sessions]
+    for session in sessions:
+        session.on_request(DiscoveryRequest(type_url=CLUSTERS))
+    await settle()
+    assert [len(ws.sent) for ws in sockets] == [1, 0]
+    sockets[0].drained.set()
+    await settle()
+    assert [len(ws.sent) for ws in sockets] == [1, 1]
+    for task in tasks:
+        task.cancel()
