@@ -27,7 +27,7 @@ import sys
 
 import uvloop
 
-from remora.config.loader import build_mesh_config
+from remora.config.loader import ConfigError, build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
 from remora.proxy.admin.server import start_admin, start_health, start_prometheus
@@ -141,10 +141,29 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
         print(f"remora proxy: info: {note}", file=sys.stderr, flush=True)
 
 
+async def _first_worker(options: ProxyOptions, config: MeshConfig, control) -> Worker | None:
+    """The worker, its credential source (--credentials-from-kubernetes) read first; None when
+    the files config names credentials the source lacks (refused as any invalid config).
+    Under --control a refused disk snapshot gives way to an empty config until a push."""
+    if options.credential_source is not None:
+        await options.credential_source.start()
+    try:
+        return Worker(options, config)
+    except ConfigError as error:
+        print(f"remora: invalid configuration\n{error}", file=sys.stderr, flush=True)
+        if control is None:
+            return None
+    return Worker(options, MeshConfig(version="none"))
+
+
 async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
-    worker = Worker(options, config)
+    worker = await _first_worker(options, config, control)
+    if worker is None:
+        if options.credential_source is not None:
+            await options.credential_source.stop()
+        return 1
     await worker.start(reuse_port=False)
     source = WorkerAdminSource(worker, stop)
     client = None
@@ -165,6 +184,8 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
         await client.stop()
     if certs is not None:
         await certs.stop()
+    if options.credential_source is not None:
+        await options.credential_source.stop()
     _say_drained(await worker.drain(options.drain_seconds), options)
     for runner in runners:
         await runner.cleanup()
