@@ -1,5 +1,6 @@
 """`remora gateway --credentials-from-kubernetes`: credentialName from the Secrets of the
-gateway's namespace (a proxy/security/credentials.CredentialSource).
+gateway's namespace (the CredentialSource Protocol of proxy/security/credentials.py, by shape: remora/kube
+does not import remora/proxy; the CLI hands this source to the gateway).
 
 Istio's older gateway SDS design: the gateway reads the Secrets itself, with its own
 service account (a Role allowing get/list/watch on secrets in its namespace), so private
@@ -30,7 +31,7 @@ from kubernetes_asyncio import client
 
 from remora.kube.list_watch import Kind, KindWatch
 from remora.kube.registry import client_configuration
-from remora.proxy.security.credentials import Credential
+from remora.certs.credential import Credential
 
 SECRET = Kind("Secret", "", "v1", "secrets")
 CA_SUFFIX = "-cacert"

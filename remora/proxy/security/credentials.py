@@ -20,23 +20,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from remora.certs.credential import Credential
 from remora.certs.secret_dir import CA_FILES, CA_SECRET_SUFFIX, CERT_FILES, KEY_FILES, first_file
-
-
-@dataclass(frozen=True)
-class Credential:
-    """One credentialName's material, PEM bytes; `ca_pem` None when it has no CA."""
-
-    cert_pem: bytes
-    key_pem: bytes = b""
-    ca_pem: bytes | None = None
-    origin: str = ""      # e.g. "secret istio-system/cred (kubernetes.io/tls)", "files /creds/cred"
-
-    def __repr__(self) -> str:    # never print a key
-        return f"Credential(origin={self.origin!r}, ca={self.ca_pem is not None})"
 
 
 class CredentialSource(Protocol):
