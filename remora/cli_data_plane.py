@@ -77,6 +77,9 @@ def run_from_args(args) -> int:
     if (args.inbound_port is None) != (args.app_port is None):
         print("remora: --inbound-port and --app-port go together", file=sys.stderr)
         return 2
+    credential_source = _credential_source(args) if gateway else None
+    if credential_source is False:
+        return 2
     control = args.control
     if control is None and not args.mesh_config:
         control = os.environ.get("REMORA_CONTROL") or None
@@ -131,9 +134,6 @@ def run_from_args(args) -> int:
             config = fetch_for_files(config, lambda line: print(f"remora proxy: {line}", file=sys.stderr))
     if args.credentials_dir and not os.path.isdir(args.credentials_dir):
         print(f"remora: --credentials-dir: {args.credentials_dir} is not a directory", file=sys.stderr)
-        return 2
-    credential_source = _credential_source(args) if gateway else None
-    if credential_source is False:
         return 2
     capture = None
     if args.capture:   # the proxy knows capture only through this object (proxy/process/capture_seam.py)
