@@ -20,3 +20,7 @@ class Credential:
 
     def __repr__(self) -> str:    # never print a key
         return f"Credential(origin={self.origin!r}, ca={self.ca_pem is not None})"
+
+
+class CredentialSourceError(Exception):
+    """A credential source cannot start (no usable Kubernetes client configuration, ...)."""

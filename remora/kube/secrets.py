@@ -30,8 +30,8 @@ from functools import partial
 from kubernetes_asyncio import client
 
 from remora.kube.list_watch import Kind, KindWatch
-from remora.kube.registry import client_configuration
-from remora.certs.credential import Credential
+from remora.kube.registry import KubeConfigError, client_configuration
+from remora.certs.credential import Credential, CredentialSourceError
 
 SECRET = Kind("Secret", "", "v1", "secrets")
 CA_SUFFIX = "-cacert"
@@ -123,10 +123,13 @@ class KubernetesCredentials:
             callback()
 
     async def start(self) -> None:
-        """Start the watch; wait up to sync_timeout for the first LIST (KubeConfigError if no
-        client configuration; a server that does not answer leaves the Secrets unread, so
+        """Start the watch; wait up to sync_timeout for the first LIST (CredentialSourceError if
+        no client configuration; a server that does not answer leaves the Secrets unread, so
         configs naming them are refused until it does)."""
-        configuration = await client_configuration(self.kubeconfig)
+        try:
+            configuration = await client_configuration(self.kubeconfig)
+        except KubeConfigError as error:
+            raise CredentialSourceError(f"--credentials-from-kubernetes: {error}") from None
         self._api = client.ApiClient(configuration)
         list_secrets = partial(client.CoreV1Api(self._api).list_namespaced_secret, self.namespace)
         self.watch = KindWatch(SECRET, list_secrets, self._changed, log=self.log)

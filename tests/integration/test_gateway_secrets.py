@@ -143,6 +143,8 @@ def test_a_deleted_or_corrupt_secret_refuses_handshakes_of_its_server_only(ingre
         assert time.time() < deadline, "a deleted Secret's certificate is still served"
         time.sleep(0.05)
     assert ingress.request("httpbin.example.com", "/status/418").status == 418
+    assert "credentialName helloworld-credential: no Secret istio-system/helloworld-credential: " \
+           "handshakes of the servers using it are refused" in ingress.gateway.stderr()
     restored = ingress.put("helloworld", version=3)
     ingress.wait_serial("helloworld.example.com", serial_of(restored))
     ingress.put("helloworld", version=4, corrupt=True)
@@ -170,5 +172,16 @@ def test_a_config_naming_a_missing_secret_is_refused(ingress):
         assert gateway.proc.wait(30) == 1
         err = gateway.stderr()
         assert "tls.credentialName" in err and f"no Secret {NAMESPACE}/absent-credential" in err, err
+    finally:
+        gateway.stop()
+
+
+def test_no_kubernetes_configuration_stops_the_gateway_with_the_reason(ingress, tmp_path):
+    """--kubeconfig naming no file: the gateway exits 1 saying why, before serving anything."""
+    gateway = ProxyProcess(ingress.mesh, "--credentials-from-kubernetes", "--kubeconfig",
+                           str(tmp_path / "absent"), gateway_ports=(443,))
+    try:
+        assert gateway.proc.wait(30) == 1
+        assert "--credentials-from-kubernetes: no kubeconfig at" in gateway.stderr(), gateway.stderr()
     finally:
         gateway.stop()

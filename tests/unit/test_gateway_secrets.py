@@ -104,6 +104,19 @@ def test_a_rotated_credential_serves_the_next_handshake_and_a_deleted_one_refuse
     assert port.select("a.example.com") not in (None, REFUSED)
 
 
+def test_a_change_of_another_credential_rebuilds_nothing(tmp_path):
+    """A notification for another Secret of the namespace keeps the contexts (no rebuild, same object)."""
+    pki, source = TestPki(str(tmp_path)), Source()
+    pki.ca("example.com")
+    source.items["web"] = pem(pki, "example.com", "one")
+    contexts = CredentialContexts(source)
+    port = PortTls([(["a.example.com"], SIMPLE, "spec.servers[0].tls")], contexts)
+    before = port.select("a.example.com")
+    source.items["other"] = pem(pki, "example.com", "other")
+    source.notify()
+    assert port.select("a.example.com") is before and contexts.stats()["gateway.credentials.rebuilds"] == 0
+
+
 def test_a_missing_or_corrupt_credential_refuses_the_config_by_field(tmp_path):
     """No credential, a key that does not parse, or MUTUAL without a CA: GatewayTlsError on tls.credentialName."""
     pki, source = TestPki(str(tmp_path)), Source()

@@ -27,6 +27,7 @@ import sys
 
 import uvloop
 
+from remora.certs.credential import CredentialSourceError
 from remora.config.loader import ConfigError, build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
@@ -146,7 +147,11 @@ async def _first_worker(options: ProxyOptions, config: MeshConfig, control) -> W
     the files config names credentials the source lacks (refused as any invalid config).
     Under --control a refused disk snapshot gives way to an empty config until a push."""
     if options.credential_source is not None:
-        await options.credential_source.start()
+        try:
+            await options.credential_source.start()
+        except CredentialSourceError as error:
+            print(f"remora: cannot start: {error}", file=sys.stderr, flush=True)
+            return None
     try:
         return Worker(options, config)
     except ConfigError as error:

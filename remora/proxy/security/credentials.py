@@ -44,7 +44,8 @@ class CredentialSource(Protocol):
         ...
 
     async def start(self) -> None:
-        """Read the credentials once before the gateway serves (and keep them current)."""
+        """Read the credentials once before the gateway serves (and keep them current);
+        CredentialSourceError when the source cannot be used at all."""
         ...
 
     async def stop(self) -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable
 
 from cryptography import x509
 
@@ -69,10 +68,10 @@ class CredentialContexts:
     def __init__(self, source: CredentialSource) -> None:
         self.source = source
         self._contexts: dict[tuple, ssl.SSLContext | None] = {}
+        self._used: dict[tuple, Credential | None] = {}   # what each context was built from
         self._info: dict[str, dict] = {}
         self.refused_handshakes = 0
         self.rebuilds = 0
-        self.on_change: list[Callable[[], None]] = []
         source.subscribe(self._changed)
 
     def build(self, name: str, settings: tuple, mutual: bool, path: str) -> CredentialRef:
@@ -90,6 +89,7 @@ class CredentialContexts:
     def retain(self, names: set[str]) -> None:
         """Forget contexts of names the newest config version no longer uses."""
         self._contexts = {key: c for key, c in self._contexts.items() if key[0] in names}
+        self._used = {key: c for key, c in self._used.items() if key[0] in names}
         self._info = {name: info for name, info in self._info.items() if name in names}
 
     def _make(self, key: tuple, field: str) -> ssl.SSLContext:
@@ -116,25 +116,27 @@ class CredentialContexts:
                                 "error": error.message}
             raise
         self._info[name] = {"origin": credential.origin, "state": "serving", **info}
+        self._used[key] = credential
         return context
 
     def _changed(self) -> None:
-        """The source changed: rebuild every context in use (None where it no longer works)."""
-        self.rebuilds += 1
+        """The source changed: rebuild the contexts whose credential changed (None where it no
+        longer works)."""
         for key in list(self._contexts):
+            if self.source.get(key[0]) == self._used.get(key):
+                continue     # another Secret of the namespace changed (the origin names its version)
+            self.rebuilds += 1
             try:
                 self._contexts[key] = self._make(key, "credentialName")
             except GatewayTlsError as error:
                 if self._contexts[key] is not None:
                     log.error("remora gateway: %s: handshakes of the servers using it are refused", error.message)
-                self._contexts[key] = None
-        for callback in self.on_change:
-            callback()
+                self._contexts[key], self._used[key] = None, self.source.get(key[0])
 
     def stats(self) -> dict[str, int]:
         """Counters for /stats and Prometheus; expiry as a Unix time per credential."""
         out = {"gateway.credentials.refused_handshakes": self.refused_handshakes,
-               "gateway.credentials.rebuilds": self.rebuilds}
+               "gateway.credentials.rebuilds": self.rebuilds}   # contexts rebuilt for a changed credential
         for name, info in self._info.items():
             out[f"gateway.credentials.{name}.expiry_seconds"] = info.get("expiry", 0)
         return out
