@@ -55,10 +55,6 @@ def _credential_source(args):
             print("remora: --kubeconfig goes with --credentials-from-kubernetes", file=sys.stderr)
             return False
         return None
-    if args.workers > 1:
-        # Each forked worker would need its own watch, or the keys sent over the socketpairs.
-        print("remora: --credentials-from-kubernetes runs with --workers 1", file=sys.stderr)
-        return False
     from remora.kube.secrets import KubernetesCredentials
     return KubernetesCredentials(args.namespace, args.kubeconfig)
 

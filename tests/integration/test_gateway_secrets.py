@@ -185,3 +185,38 @@ def test_no_kubernetes_configuration_stops_the_gateway_with_the_reason(ingress, 
         assert "--credentials-from-kubernetes: no kubeconfig at" in gateway.stderr(), gateway.stderr()
     finally:
         gateway.stop()
+
+
+def test_each_worker_reads_the_secrets(ingress):
+    """With --workers 2 every worker serves the Secret's certificate, and each sees a rotation."""
+    gateway = ProxyProcess(ingress.mesh, "--credentials-from-kubernetes", "--kubeconfig", ingress.api.kubeconfig(),
+                           "--namespace", NAMESPACE, "--workers", "2", gateway_ports=(443,))
+    try:
+        gateway.wait_ready()
+        ingress.gateway, first = gateway, ingress.gateway
+        try:
+            current = serial_of(ingress.certs["httpbin"])
+            assert {ingress.served_serial("httpbin.example.com") for _ in range(8)} == {current}
+            new = serial_of(ingress.put("httpbin", version=6))
+            ingress.wait_serial("httpbin.example.com", new)
+            time.sleep(0.5)
+            assert {ingress.served_serial("httpbin.example.com") for _ in range(8)} == {new}
+            stats = gateway.admin_get("/stats")
+            expiry = [line for line in stats.splitlines() if "httpbin-credential.expiry_seconds" in line]
+            assert expiry and int(expiry[0].split(":")[1]) < time.time() + 3 * 86400, expiry
+        finally:
+            ingress.gateway = first
+    finally:
+        gateway.stop()
+
+
+def test_a_worker_refusing_the_config_stops_the_gateway(ingress):
+    """--workers 2 and a credentialName with no Secret: the workers refuse it and the gateway exits 1."""
+    gateway = ProxyProcess(ingress.mesh.replace("helloworld-credential", "absent-credential"),
+                           "--credentials-from-kubernetes", "--kubeconfig", ingress.api.kubeconfig(),
+                           "--namespace", NAMESPACE, "--workers", "2", gateway_ports=(443,))
+    try:
+        assert gateway.proc.wait(60) == 1
+        assert f"no Secret {NAMESPACE}/absent-credential" in gateway.stderr()
+    finally:
+        gateway.stop()

@@ -151,8 +151,7 @@ async def test_kubernetes_credentials_read_only_their_namespace():
         await api.close()
 
 
-def test_the_flag_refuses_several_workers_and_a_lone_kubeconfig():
-    """--credentials-from-kubernetes runs with one worker; --kubeconfig without it is a usage error."""
+def test_a_lone_kubeconfig_is_a_usage_error():
+    """--kubeconfig without --credentials-from-kubernetes is refused (it would be ignored)."""
     from remora.cli import main
-    assert main(["gateway", "--mesh-config", "/dev/null", "--credentials-from-kubernetes", "--workers", "2"]) == 2
     assert main(["gateway", "--mesh-config", "/dev/null", "--kubeconfig", "/x"]) == 2

@@ -161,7 +161,8 @@ def test_ingress_gateway_reads_its_namespaces_secrets_and_nothing_more():
     role, binding = find("Role", "istio-ingressgateway-sds"), find("RoleBinding", "istio-ingressgateway-sds")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == args.namespace
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istio-ingressgateway-sds"}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "istio-ingressgateway-sds"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
                                     "namespace": args.namespace}]
 
