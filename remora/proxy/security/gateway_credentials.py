@@ -11,8 +11,9 @@ Rules:
   contexts None: the servers using it refuse handshakes (fail closed; gateway_tls.REFUSED,
   counted in `refused_handshakes`), the port's other servers keep serving, and the next
   config version naming it is refused. A credential that comes back serves again.
-- The PEM certificate and key reach OpenSSL through a private temporary file (0600, removed
-  at once): Python's ssl loads a chain only from a path.
+- The PEM certificate and key reach OpenSSL through an anonymous memory file (memfd, read by
+  its /proc/self/fd path; elsewhere a 0600 temporary file removed at once): Python's ssl
+  loads a chain only from a path, and a key should not land on a disk.
 - `dump()` is the /config_dump view: per name, where it came from, the certificate's serial
   and expiry, or why it is refused.
 """
@@ -33,10 +34,19 @@ log = logging.getLogger("remora.gateway")
 
 def load_pem_chain(context: ssl.SSLContext, credential: Credential) -> None:
     """Load the credential's certificate chain and key into `context` (ssl.SSLError, OSError)."""
+    pem = credential.cert_pem.rstrip(b"\n") + b"\n" + credential.key_pem
+    if hasattr(os, "memfd_create"):     # Linux: the key stays in memory, no file on any disk
+        fd = os.memfd_create("remora-credential", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
     fd, path = tempfile.mkstemp(prefix="remora-credential-", suffix=".pem")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(credential.cert_pem.rstrip(b"\n") + b"\n" + credential.key_pem)
+            f.write(pem)
         context.load_cert_chain(path)
     finally:
         os.unlink(path)
