@@ -103,28 +103,25 @@ class CredentialContexts:
         self._info = {name: info for name, info in self._info.items() if name in names}
 
     def _make(self, key: tuple, field: str) -> ssl.SSLContext:
+        """A context of the credential as the source has it now; GatewayTlsError on `field`.
+        (A config version refused here leaves the dump as it was: the last good one serves.)"""
         name, settings, mutual = key
         credential = self.source.get(name)
+        if credential is None:
+            raise GatewayTlsError(field, f"credentialName {name}: {self.source.missing(name)}")
+        if mutual and credential.ca_pem is None:
+            raise GatewayTlsError(field, f"credentialName {name}: MUTUAL needs a client CA (ca.crt or "
+                                  f"cacert in {name}-cacert or {name})")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        apply_settings(context, settings, field)
         try:
-            if credential is None:
-                raise GatewayTlsError(field, f"credentialName {name}: {self.source.missing(name)}")
-            if mutual and credential.ca_pem is None:
-                raise GatewayTlsError(field, f"credentialName {name}: MUTUAL needs a client CA (ca.crt or "
-                                      f"cacert in {name}-cacert or {name})")
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            apply_settings(context, settings, field)
-            try:
-                load_pem_chain(context, credential)
-                if mutual:
-                    context.load_verify_locations(cadata=credential.ca_pem.decode("ascii", "replace"))
-                info = certificate_info(credential.cert_pem)
-            except (OSError, ssl.SSLError, ValueError) as error:
-                raise GatewayTlsError(field, f"credentialName {name} ({credential.origin}): cannot use its "
-                                      f"certificate, key or CA: {error}") from None
-        except GatewayTlsError as error:
-            self._info[name] = {"origin": credential.origin if credential else None, "state": "refused",
-                                "error": error.message}
-            raise
+            load_pem_chain(context, credential)
+            if mutual:
+                context.load_verify_locations(cadata=credential.ca_pem.decode("ascii", "replace"))
+            info = certificate_info(credential.cert_pem)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            raise GatewayTlsError(field, f"credentialName {name} ({credential.origin}): cannot use its "
+                                  f"certificate, key or CA: {error}") from None
         self._info[name] = {"origin": credential.origin, "state": "serving", **info}
         self._used[key] = credential
         return context
@@ -141,7 +138,10 @@ class CredentialContexts:
             except GatewayTlsError as error:
                 if self._contexts[key] is not None:
                     log.error("remora gateway: %s: handshakes of the servers using it are refused", error.message)
-                self._contexts[key], self._used[key] = None, self.source.get(key[0])
+                credential = self._used[key] = self.source.get(key[0])
+                self._contexts[key] = None
+                self._info[key[0]] = {"origin": credential.origin if credential is not None else None,
+                                      "state": "refused", "error": error.message}
 
     def stats(self) -> dict[str, int]:
         """Counters for /stats and Prometheus; expiry as a Unix time per credential."""
