@@ -137,6 +137,13 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
         proxy.add_argument("--port-map", type=_port_map, default={}, metavar="PORT=LOCAL,...",
                            help="listen for Gateway server port PORT on local port LOCAL (the gateway "
                                 "Service's targetPort: 80=8080,443=8443); default: the port itself")
+        proxy.add_argument("--credentials-from-kubernetes", action="store_true",
+                           help="Gateway tls.credentialName NAME is the Secret NAME of --namespace, read "
+                                "from the Kubernetes API with this pod's service account (needs get/list/"
+                                "watch on secrets there); instead of --credentials-dir; see docs/gateways.md")
+        proxy.add_argument("--kubeconfig", default=None, metavar="PATH",
+                           help="with --credentials-from-kubernetes: the API server and credentials "
+                                "(default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
     else:
         proxy.add_argument("--inbound-port", type=int, default=None)
         proxy.add_argument("--app-port", type=int, default=None, help="local app port behind the inbound listener")

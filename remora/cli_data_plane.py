@@ -47,6 +47,18 @@ def _gateway_ok(config, options) -> bool:
     return True
 
 
+def _credential_source(args):
+    """`--credentials-from-kubernetes`: the Secrets of --namespace (remora/kube/secrets.py),
+    handed to the gateway as its CredentialSource; None without the flag, False on a usage error."""
+    if not getattr(args, "credentials_from_kubernetes", False):
+        if getattr(args, "kubeconfig", None):
+            print("remora: --kubeconfig goes with --credentials-from-kubernetes", file=sys.stderr)
+            return False
+        return None
+    from remora.kube.secrets import KubernetesCredentials
+    return KubernetesCredentials(args.namespace, args.kubeconfig)
+
+
 def run_from_args(args) -> int:
     gateway = args.command == "gateway"
     if gateway:   # a gateway has no app, no capture and no outbound listener of its own
@@ -60,6 +72,9 @@ def run_from_args(args) -> int:
 
     if (args.inbound_port is None) != (args.app_port is None):
         print("remora: --inbound-port and --app-port go together", file=sys.stderr)
+        return 2
+    credential_source = _credential_source(args) if gateway else None
+    if credential_source is False:
         return 2
     control = args.control
     if control is None and not args.mesh_config:
@@ -146,10 +161,12 @@ def run_from_args(args) -> int:
         cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=capture,
         outbound_traffic_policy=args.outbound_traffic_policy,
         gateway=gateway, gateway_port_map=getattr(args, "port_map", {}),
+        credential_source=credential_source,
     )
     if config is not None and not _origination_files_ok(config, options):
         return 1
-    if config is not None and gateway and not _gateway_ok(config, options):
+    # Secrets are read once the gateway's loop runs: run.py checks the config against them.
+    if config is not None and gateway and credential_source is None and not _gateway_ok(config, options):
         return 1
     try:
         return run_proxy(options, config)

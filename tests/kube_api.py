@@ -14,6 +14,8 @@ of changes"):
   ERROR event whose object is a Status with code 410 and reason Expired, then the end of
   the stream, as the watch cache does.
 - resourceVersions are one counter for the whole store, as etcd's revision.
+- A namespaced collection (`/api/v1/namespaces/<ns>/secrets`, what a Role lets a gateway
+  read) lists and watches the same kind, only that namespace's objects.
 
 Test controls: `put` / `delete` (with events, or `silent=True`: a change whose event
 the watchers never see, as if lost while disconnected), `bookmark()`, `expire()` (every
@@ -36,6 +38,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _split_namespace(path: str) -> tuple[str, str | None]:
+    """(the all-namespaces collection path, the namespace) of a namespaced collection path."""
+    parts = path.split("/")
+    if len(parts) == 6 and parts[1] == "api" and parts[3] == "namespaces":
+        return f"/api/{parts[2]}/{parts[5]}", parts[4]
+    if len(parts) == 7 and parts[1] == "apis" and parts[4] == "namespaces":
+        return f"/apis/{parts[2]}/{parts[3]}/{parts[6]}", parts[5]
+    return path, None
 
 
 class Collection:
@@ -182,18 +194,21 @@ class FakeKubeApi:
                                       "message": "injected failure", "code": status}, status=status)
         if request.headers.get("Authorization") != "Bearer double-token":
             return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized"}, status=401)
-        collection = self.collections.get(request.path)
+        path, namespace = _split_namespace(request.path)
+        collection = self.collections.get(path)
         if collection is None:
             return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                       "message": "the server could not find the requested resource",
                                       "reason": "NotFound", "code": 404}, status=404)
         if query.get("watch") in ("1", "true", "True"):
-            return await self._watch(request, collection, query)
-        items = [self._wire(collection, obj, with_kind=False) for _, obj in sorted(collection.objects.items())]
+            return await self._watch(request, collection, query, namespace)
+        items = [self._wire(collection, obj, with_kind=False) for _, obj in sorted(collection.objects.items())
+                 if namespace is None or obj["metadata"].get("namespace") == namespace]
         return web.json_response({"kind": f"{collection.kind}List", "apiVersion": collection.api_version,
                                   "metadata": {"resourceVersion": str(self.version)}, "items": items})
 
-    async def _watch(self, request: web.Request, collection: Collection, query: dict) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, collection: Collection, query: dict,
+                     namespace: str | None = None) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         given = int(query.get("resourceVersion") or self.version)
@@ -218,6 +233,9 @@ class FakeKubeApi:
                     break
                 if item is None:
                     break
+                if namespace is not None and item["type"] != "BOOKMARK" and \
+                        item["object"].get("metadata", {}).get("namespace") not in (None, namespace):
+                    continue
                 await response.write(json.dumps(item).encode() + b"\n")
             await response.write_eof()
         except ConnectionResetError:

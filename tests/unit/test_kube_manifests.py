@@ -21,7 +21,8 @@ def test_every_shipped_object_validates(name, obj):
 
 
 def test_shipped_set_is_complete():
-    """Namespace, ServiceAccount, ClusterRole(+Binding), ConfigMap, PVC, Deployment and Service are there."""
+    """Namespace, ServiceAccount, ClusterRole(+Binding), ConfigMap, PVC, Deployment and Service are
+    there, and the gateway's Role(+Binding) on Secrets."""
     kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in documents()}
     assert kinds == {("Namespace", "remora-system"), ("ServiceAccount", "remora-control"),
                      ("ClusterRole", "remora-control"), ("ClusterRoleBinding", "remora-control"),
@@ -29,6 +30,7 @@ def test_shipped_set_is_complete():
                      ("Deployment", "remora-control"), ("Service", "remora-control"),
                      ("Namespace", "istio-system"), ("ServiceAccount", "istio-ingressgateway-service-account"),
                      ("Deployment", "istio-ingressgateway"), ("Service", "istio-ingressgateway"),
+                     ("Role", "istio-ingressgateway-sds"), ("RoleBinding", "istio-ingressgateway-sds"),
                      ("MutatingWebhookConfiguration", "remora-sidecar-injector")}
 
 
@@ -147,6 +149,22 @@ def test_ingress_gateway_is_remora_gateway_with_istios_names_and_ports():
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert args.credentials_dir in mounts and posixpath.dirname(args.state_dir) in mounts
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+
+
+def test_ingress_gateway_reads_its_namespaces_secrets_and_nothing_more():
+    """The gateway reads credentialName Secrets from the API: a Role of get/list/watch on secrets
+    only, in its namespace, bound to its service account, whose token the pod mounts."""
+    deployment = find("Deployment", "istio-ingressgateway")
+    pod = deployment["spec"]["template"]["spec"]
+    args = build_parser().parse_args(pod["containers"][0]["args"])
+    assert args.credentials_from_kubernetes and args.kubeconfig is None and pod["automountServiceAccountToken"]
+    role, binding = find("Role", "istio-ingressgateway-sds"), find("RoleBinding", "istio-ingressgateway-sds")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == args.namespace
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "istio-ingressgateway-sds"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": args.namespace}]
 
 
 def test_injection_webhook_reaches_the_control_servers_webhook_listener():

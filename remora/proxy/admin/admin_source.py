@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def gauge_names(stats: dict[str, int]) -> frozenset[str]:
     """Which stat names are gauges (the rest are counters)."""
     return frozenset(n for n in stats if n.rsplit(".", 1)[-1] in GAUGE_STATS
-                     or n.endswith(("_active", "membership_total", "membership_healthy"))
+                     or n.endswith(("_active", "membership_total", "membership_healthy", ".expiry_seconds"))
                      or n.startswith("server.") or n == "control_plane.connected")
 
 

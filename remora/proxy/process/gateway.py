@@ -24,14 +24,29 @@ from remora.proxy.router.gateway_routes import GatewayPort, build_gateway_tables
 from remora.proxy.codec.tls_sni import NotTls, client_hello_sni
 from remora.proxy.router.tcp_routes import pick_route, pick_tls_route
 from remora.proxy.upstream.tcp_proxy import TcpSession, cluster_target
+from remora.proxy.security.credentials import DirectoryCredentials
+from remora.proxy.security.gateway_credentials import CredentialContexts
 from remora.proxy.security.gateway_tls import GatewayTlsError, PortTls
 
 log = logging.getLogger("remora.gateway")
 
 
-def compile_gateway(config: MeshConfig, services, options) -> tuple[dict[int, GatewayPort], list[str]]:
+def credential_contexts(options) -> CredentialContexts | None:
+    """Where this gateway reads credentialName: the source the CLI handed in
+    (--credentials-from-kubernetes), else --credentials-dir, else nowhere (None)."""
+    source = options.credential_source
+    if source is None and options.credentials_dir:
+        source = DirectoryCredentials(options.credentials_dir)
+    return CredentialContexts(source) if source is not None else None
+
+
+def compile_gateway(config: MeshConfig, services, options,
+                    credentials: CredentialContexts | None = None) -> tuple[dict[int, GatewayPort], list[str]]:
     """The ports this gateway serves, with route tables and TLS; ConfigError (naming
-    resource and field) when a server's certificates cannot be used."""
+    resource and field) when a server's certificates cannot be used. `credentials`: the
+    worker's (kept across versions); None makes one from `options` (a check at startup)."""
+    if credentials is None:
+        credentials = credential_contexts(options)
     identity = options.identity
     ports, warnings = gateway_ports(config, identity.labels)
     build_gateway_tables(config, services, ports, identity.labels, identity.namespace)
@@ -42,12 +57,15 @@ def compile_gateway(config: MeshConfig, services, options) -> tuple[dict[int, Ga
         servers = [([h.rpartition("/")[2] for h in b.server.hosts], b.server.tls, f"{b.path}.tls")
                    for b in port.servers]
         try:
-            port.tls = PortTls(servers, options.credentials_dir)
+            port.tls = PortTls(servers, credentials)
         except GatewayTlsError as error:
             bound = next(b for b in port.servers if error.path.startswith(b.path))
             issues.append(ConfigIssue(bound.gateway.source, bound.gateway.ref, error.path, error.message))
     if issues:
         raise ConfigError(issues)
+    if credentials is not None:
+        credentials.retain({b.server.tls.credential_name for port in ports.values() for b in port.servers
+                            if b.server.tls is not None and b.server.tls.credential_name})
     return ports, warnings
 
 
@@ -89,9 +107,11 @@ async def start_listener(listener) -> None:
                   listener.port, listener.gateway_port, error)
 
 
-def gateway_dump(snapshot) -> dict:
-    """What /config_dump shows of a gateway: per port, protocol, virtual hosts and who bound them."""
+def gateway_dump(snapshot, credentials: CredentialContexts | None = None) -> dict:
+    """What /config_dump shows of a gateway: per port, protocol, virtual hosts and who bound
+    them; and each credentialName's origin, serial and expiry (or why it is refused)."""
     return {
+        "credentials": credentials.dump() if credentials is not None else None,
         "ports": [{"port": port.number, "protocol": port.protocol, "bind": port.bind,
                    "servers": [f"{b.gateway.ref} {b.path}" for b in port.servers],
                    "virtual_hosts": {host: sorted(set(refs)) for host, refs in sorted(port.hosts.items())}}

@@ -27,7 +27,8 @@ import sys
 
 import uvloop
 
-from remora.config.loader import build_mesh_config
+from remora.certs.credential import CredentialSourceError
+from remora.config.loader import ConfigError, build_mesh_config
 from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
 from remora.proxy.admin.server import start_admin, start_health, start_prometheus
@@ -141,10 +142,33 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
         print(f"remora proxy: info: {note}", file=sys.stderr, flush=True)
 
 
+async def _first_worker(options: ProxyOptions, config: MeshConfig, control, worker_id: int = 0) -> Worker | None:
+    """The worker, its credential source (--credentials-from-kubernetes) read first; None when
+    the files config names credentials the source lacks (refused as any invalid config).
+    Under --control a refused disk snapshot gives way to an empty config until a push."""
+    if options.credential_source is not None:
+        try:
+            await options.credential_source.start()
+        except CredentialSourceError as error:
+            print(f"remora: cannot start: {error}", file=sys.stderr, flush=True)
+            return None
+    try:
+        return Worker(options, config, worker_id)
+    except ConfigError as error:
+        print(f"remora: invalid configuration\n{error}", file=sys.stderr, flush=True)
+        if control is None:
+            return None
+    return Worker(options, MeshConfig(version="none"), worker_id)
+
+
 async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
-    worker = Worker(options, config)
+    worker = await _first_worker(options, config, control)
+    if worker is None:
+        if options.credential_source is not None:
+            await options.credential_source.stop()
+        return 1
     await worker.start(reuse_port=False)
     source = WorkerAdminSource(worker, stop)
     client = None
@@ -165,6 +189,8 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
         await client.stop()
     if certs is not None:
         await certs.stop()
+    if options.credential_source is not None:
+        await options.credential_source.stop()
     _say_drained(await worker.drain(options.drain_seconds), options)
     for runner in runners:
         await runner.cleanup()
@@ -224,7 +250,13 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     request_ids.reseed()     # forked workers must not share the parent's id prefix
     stop = asyncio.Event()
     _install_stop(stop)
-    worker = Worker(options, config, worker_id)
+    # Each worker reads the credential source on its own (N watches of the gateway's
+    # Secrets): keys never cross the socketpairs, and a worker needs no one to serve.
+    worker = await _first_worker(options, config, options.control, worker_id)
+    if worker is None:
+        if options.credential_source is not None:
+            await options.credential_source.stop()
+        return 1
     await worker.start(reuse_port=True)
     reader, writer = await asyncio.open_connection(sock=chan, limit=CHANNEL_LINE_LIMIT)
 
@@ -260,6 +292,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
 
     server_task = asyncio.create_task(serve())
     await stop.wait()
+    if options.credential_source is not None:
+        await options.credential_source.stop()
     _say_drained(await worker.drain(options.drain_seconds), options)
     server_task.cancel()
     return 0
@@ -334,7 +368,10 @@ class FanoutAdminSource(ControlView):
                 print(f"remora proxy: {error}", file=sys.stderr, flush=True)
 
     async def refresh_ready(self) -> None:
-        self.ready = all(await self._ask("ready"))
+        try:
+            self.ready = all(await self._ask("ready"))
+        except (OSError, ValueError):   # a worker that exited at start (invalid config): the
+            self.ready = False          # supervisor's loop notices its exit and stops
 
     async def apply(self, documents: list) -> list[str]:
         """Send accepted documents to every worker; return the errors of those that failed."""
@@ -344,7 +381,7 @@ class FanoutAdminSource(ControlView):
         total: dict[str, int] = {}
         for part in await self._ask("stats"):
             for name, value in part.items():
-                if name in _PROCESS_GAUGES:
+                if name in _PROCESS_GAUGES or name.endswith(".expiry_seconds"):
                     # The same fact in every worker (live, uptime): not a sum.
                     total[name] = max(total.get(name, 0), value)
                 else:

@@ -15,6 +15,7 @@ from remora.proxy.process.gateway import compile_gateway
 from remora.proxy.process.listener import ListenerSettings
 from remora.proxy.router.route_table import RouteTable, build_route_table
 from remora.proxy.router.tcp_routes import sidecar_tcp_routes
+from remora.proxy.security.credentials import CredentialSource
 from remora.proxy.security.identity import WorkloadIdentity
 from remora.proxy.security.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.telemetry.istio_metrics import local_service_tags, service_tags
@@ -55,6 +56,9 @@ class ProxyOptions:
     token: str | None = field(default=None, repr=False)   # join token for the CA (with control)
     cert_dir: str | None = None         # workload certificate from files (cert-chain.pem, key.pem, root-cert.pem)
     credentials_dir: str | None = None  # DestinationRule tls.credentialName -> <dir>/<name>/ (tls_origination)
+    # `remora gateway`: Gateway tls.credentialName from this source (security/credentials.py;
+    # the CLI passes remora.kube.secrets.KubernetesCredentials), else from credentials_dir.
+    credential_source: CredentialSource | None = None
     # Listeners receive iptables-redirected traffic (docs/interception.md): a CaptureSupport
     # (capture_seam.py; the CLI passes remora.intercept.support.TransparentCapture()), or None.
     capture: CaptureSupport | None = None
@@ -67,7 +71,8 @@ class Snapshot:
     """An immutable compiled config version: route tables and clusters."""
 
     def __init__(self, config: MeshConfig, options: ProxyOptions, pools: PoolRegistry,
-                 previous: "Snapshot | None" = None) -> None:
+                 previous: "Snapshot | None" = None, credentials=None) -> None:
+        """`credentials`: the worker's gateway CredentialContexts (gateways only)."""
         self.config = config
         self.version = config.version
         self.loaded_at = time.time()
@@ -87,7 +92,7 @@ class Snapshot:
         self.tcp_routes = sidecar_tcp_routes(scoped, self.services, options.identity.labels,
                                              options.identity.namespace) if options.capture is not None else {}
         # `remora gateway`: server port -> GatewayPort (route table, TLS); empty on sidecars.
-        self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options)
+        self.gateway_ports, self.gateway_warnings = (compile_gateway(config, self.services, options, credentials)
                                                      if options.gateway else ({}, []))
         self.inbound: RouteTable | None = None
         self.inbound_cluster: Cluster | None = None

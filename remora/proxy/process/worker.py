@@ -16,7 +16,7 @@ import msgspec
 
 from remora.config.model import MeshConfig
 from remora.proxy.codec.http2 import Http2Stats
-from remora.proxy.process.gateway import gateway_dump, reconcile, start_listener
+from remora.proxy.process.gateway import credential_contexts, gateway_dump, reconcile, start_listener
 from remora.proxy.process.listener import Listener
 from remora.proxy.process.snapshot import (  # noqa: F401 (ProxyOptions, mesh_internal_hosts re-exported)
     ProxyOptions, Snapshot, inbound_http2, mesh_internal_hosts)
@@ -43,7 +43,10 @@ class Worker:
         self.pools = PoolRegistry(self.loop, self.tls, OriginContexts(options.credentials_dir))
         self.deadlines = RequestDeadlines(self.loop)
         self.istio = IstioMetrics(options.identity) if options.istio_metrics else None
-        self.snapshot = Snapshot(config, options, self.pools)
+        # Gateway credentialName contexts, kept across config versions (a rotated Secret
+        # is served without a new version: security/gateway_credentials.py).
+        self.credentials = credential_contexts(options) if options.gateway else None
+        self.snapshot = Snapshot(config, options, self.pools, credentials=self.credentials)
         # Always a live writer: a Telemetry resource can turn logging on where the flag is off.
         self.access_log = AccessLogWriter(fmt=options.access_log_format)
         self.tracer = Tracer(options.identity, _span_exporter(options))
@@ -76,7 +79,7 @@ class Worker:
 
     def apply(self, config: MeshConfig) -> None:
         """Swap in a new config version (requests in flight keep the old one)."""
-        self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot)
+        self.snapshot = Snapshot(config, self.options, self.pools, self.snapshot, self.credentials)
         if self.options.gateway:
             for listener in reconcile(self, self._gateway_listener):
                 self.loop.create_task(start_listener(listener))
@@ -248,6 +251,8 @@ class Worker:
         out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
         out["access_log.dropped"] = self.access_log.dropped
         out["listener_manager.fd_exhausted"] = self.fd_exhausted
+        if self.credentials is not None:
+            out.update(self.credentials.stats())
         out.update(self.tracer.stats())
         return out
 
@@ -291,7 +296,7 @@ class Worker:
             "inbound_security": snap.inbound_policy.dump if snap.inbound_policy is not None else None,
             "sidecar_resource": f"{snap.sidecar.namespace}/{snap.sidecar.name}" if snap.sidecar is not None else None,
             "outbound_traffic_policy": snap.outbound_traffic_policy,
-            **({"gateway": gateway_dump(snap)} if self.options.gateway else {}),
+            **({"gateway": gateway_dump(snap, self.credentials)} if self.options.gateway else {}),
             "warnings": list(cfg.warnings),
             "resources": resources,
         }
