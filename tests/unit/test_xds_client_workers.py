@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from remora.proxy.process.run import _apply_documents, apply_to_workers
+from remora.proxy.process.fanout import apply_to_workers
+from remora.proxy.process.run import _apply_documents
 from remora.proxy.control.xds_state import XdsState
 from remora.wire import protocol
 

@@ -1,6 +1,6 @@
 """What admin reads from a worker: readiness (config and certificate), the "xds" dump
 section and stats of the config's origin (ControlView), and the single in-process
-worker's admin source (WorkerAdminSource); run.py's FanoutAdminSource extends ControlView
+worker's admin source (WorkerAdminSource); fanout.py's FanoutAdminSource extends ControlView
 for N forked workers."""
 from __future__ import annotations
 

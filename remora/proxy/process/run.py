@@ -33,10 +33,10 @@ from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
 from remora.proxy.admin.server import start_admin, start_health, start_prometheus
 from remora.proxy.router.request_ids import request_ids
-from remora.proxy.telemetry.istio_metrics import merge, render
 from remora.proxy.security.svid_manager import HttpCaClient, SvidManager
-from remora.proxy.security.cert_source import CertDirWatcher, svid_from_message, svid_message
-from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource, gauge_names
+from remora.proxy.security.cert_source import CertDirWatcher, svid_from_message
+from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource
+from remora.proxy.process.fanout import FanoutAdminSource, apply_to_workers
 from remora.proxy.process.worker import ProxyOptions, Worker
 from remora.proxy.control.xds_state import Candidate
 
@@ -299,15 +299,6 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     return 0
 
 
-async def apply_to_workers(source: "FanoutAdminSource", candidate: Candidate, held) -> None:
-    """Every worker applies the candidate, or none keeps it: when one fails, all are put back
-    on the held documents (`held()`) and the error is raised, so the push is NACKed."""
-    errors = await source.apply(candidate.documents)
-    if errors:
-        await source.apply(held())
-        raise RuntimeError("; ".join(errors))
-
-
 async def _apply_documents(worker: Worker, documents: list) -> str | None:
     """A child's half of "apply": build the documents the parent accepted and swap them in
     (built in a thread: this worker's listeners keep serving meanwhile)."""
@@ -327,111 +318,6 @@ def _apply_certificate(worker: Worker, message: dict) -> str | None:
     except Exception as error:   # answered to the parent, which logs it; the old certificate stays
         return f"worker {worker.worker_id}: certificate not applied: {error}"
     return None
-
-
-_PROCESS_GAUGES = frozenset({"server.live", "server.uptime"})
-
-
-class FanoutAdminSource(ControlView):
-    """Admin view summing N worker processes."""
-
-    def __init__(self, channels: list, stop: asyncio.Event) -> None:
-        self.channels = channels      # [(reader, writer, lock)]
-        self.stop = stop
-        self.ready = False
-        self.draining = False
-        self._last_stats: dict[str, int] = {}
-
-    async def _ask(self, op: str, **args) -> list:
-        async def exchange(reader, writer, lock):
-            async with lock:
-                writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
-                await writer.drain()
-                return json.loads(await reader.readline())
-
-        async def one(reader, writer, lock):
-            # Shielded: a cancelled caller (the xDS client stopping mid-apply) must not
-            # leave an answer unread, or the next question would read it.
-            return await asyncio.shield(exchange(reader, writer, lock))
-        return await asyncio.gather(*(one(*c) for c in self.channels))
-
-    def is_ready(self) -> bool:
-        return self.ready and not self.draining and self.config_ready() and self.certificate_ready()
-
-    def is_draining(self) -> bool:
-        return self.draining
-
-    async def push_certificate(self, svid, bundle) -> None:
-        """Send the SVID (key included, over the socketpairs only) and bundle to every worker."""
-        for error in await self._ask("certs", **svid_message(svid, bundle)):
-            if error:
-                print(f"remora proxy: {error}", file=sys.stderr, flush=True)
-
-    async def refresh_ready(self) -> None:
-        try:
-            self.ready = all(await self._ask("ready"))
-        except (OSError, ValueError):   # a worker that exited at start (invalid config): the
-            self.ready = False          # supervisor's loop notices its exit and stops
-
-    async def apply(self, documents: list) -> list[str]:
-        """Send accepted documents to every worker; return the errors of those that failed."""
-        return [error for error in await self._ask("apply", documents=documents) if error]
-
-    async def stats(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for part in await self._ask("stats"):
-            for name, value in part.items():
-                if name in _PROCESS_GAUGES or name.endswith(".expiry_seconds"):
-                    # The same fact in every worker (live, uptime): not a sum.
-                    total[name] = max(total.get(name, 0), value)
-                else:
-                    total[name] = total.get(name, 0) + value
-        total["server.concurrency"] = len(self.channels)
-        total.update(self.control_stats())
-        self._last_stats = total
-        return total
-
-    def gauge_names(self) -> frozenset[str]:
-        return gauge_names(self._last_stats)
-
-    async def prometheus_extra(self) -> str:
-        """Istio's standard metrics of every worker, summed; the certificate is the supervisor's."""
-        parts = [p for p in await self._ask("istio") if p is not None]
-        if not parts:
-            return ""
-        merged = merge(parts)
-        svid = self.certs.current() if self.certs is not None else None
-        if svid is not None:
-            merged["certificate_expiry"] = svid.not_after.timestamp()
-        return render(merged)
-
-    async def clusters(self) -> list[dict]:
-        merged: dict[str, dict] = {}
-        for part in await self._ask("clusters"):
-            for cluster in part:
-                into = merged.setdefault(cluster["name"], {**cluster, "endpoints": []})
-                by_addr = {e["address"]: e for e in into["endpoints"]}
-                for ep in cluster["endpoints"]:
-                    have = by_addr.get(ep["address"])
-                    if have is None:
-                        into["endpoints"].append(dict(ep))
-                        continue
-                    for key, value in ep.items():
-                        if isinstance(value, int) and key != "weight":
-                            have[key] += value
-                    if ep["health"] != "healthy":
-                        have["health"] = ep["health"]
-        return list(merged.values())
-
-    async def config_dump(self) -> dict:
-        return self.with_control((await self._ask("config_dump"))[0])
-
-    async def drain_listeners(self) -> None:
-        self.draining = True
-        await self._ask("drain")
-
-    async def quit(self) -> None:
-        self.stop.set()
 
 
 async def _parent(options: ProxyOptions, config: MeshConfig, children, control) -> int:
