@@ -27,14 +27,11 @@ Pipeline: YAML -> documents -> identity (kind, apiVersion, metadata) -> schema
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import msgspec
 
 from remora.config import validate, validate_entries, yaml_text
 from remora.config.validate_gateway import validate_gateway
@@ -54,6 +51,7 @@ from remora.config.kinds import (  # noqa: F401  (SPEC_TYPES and the tables are 
 )
 from remora.config import kube_service
 from remora.config.references import check_destinations, host_index, shared_destination_rule_warnings
+from remora.config.version import config_version  # noqa: F401  (callers import it from here)
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
 
@@ -351,17 +349,6 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         notes=tuple(collector.notes),
         skipped=tuple(collector.skipped),
     )
-
-
-def config_version(resources: Iterable[Resource]) -> str:
-    """sha256 (first 12 hex digits) of the canonical JSON of the resources' identity and spec."""
-    canonical = sorted(
-        ({"kind": r.kind, "namespace": r.namespace, "name": r.name, "spec": r.spec} for r in resources),
-        key=lambda entry: (entry["kind"], entry["namespace"], entry["name"]),
-    )
-    # str_keys: PeerAuthentication's portLevelMtls is keyed by port number.
-    builtins = msgspec.to_builtins(canonical, str_keys=True)
-    return hashlib.sha256(msgspec.json.encode(builtins, order="sorted")).hexdigest()[:12]
 
 
 def _load_document(document: _Document, collector: _Collector) -> _Loaded | None:

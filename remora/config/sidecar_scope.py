@@ -71,12 +71,41 @@ def scoped_config(config: MeshConfig, namespace: str, labels: dict | None) -> Me
     hosts = egress_hosts(sidecar_for(config, namespace, labels))
     if hosts is None:
         return config
+    index = _by_namespace(config)
+    named = {namespace if ns == "." else ns for ns, _ in hosts if ns != "~"}
+    everything = "*" in named
 
-    def any_host(resource, names) -> bool:
-        return any(allows(hosts, resource.namespace, qualify_host(h, resource.namespace), namespace) for h in names)
+    def kept(kind: str, names_of) -> tuple[Resource, ...]:
+        # Only the namespaces an entry names can hold what it lets in: with `./*` and a few
+        # shared namespaces, a workload's scope is computed from those, not from the mesh.
+        pool = getattr(config, kind) if everything else \
+            [r for _, r in sorted(item for ns in named for item in index[kind].get(ns, ()))]
+        return tuple(r for r in pool if any(allows(hosts, r.namespace, qualify_host(h, r.namespace), namespace)
+                                            for h in names_of(r)))
     return replace(
         config,
-        service_entries=tuple(r for r in config.service_entries if any_host(r, r.spec.hosts)),
-        virtual_services=tuple(r for r in config.virtual_services if any_host(r, r.spec.hosts)),
-        destination_rules=tuple(r for r in config.destination_rules if any_host(r, [r.spec.host])),
+        service_entries=kept("service_entries", lambda r: r.spec.hosts),
+        virtual_services=kept("virtual_services", lambda r: r.spec.hosts),
+        destination_rules=kept("destination_rules", lambda r: [r.spec.host]),
     )
+
+
+# The namespace index of the last configs scoped: one config serves every scope of a push
+# (the control server) or one scope (a sidecar), so two entries are plenty.
+_INDEXES: list[tuple[MeshConfig, dict[str, dict[str, list[tuple[int, Resource]]]]]] = []
+
+
+def _by_namespace(config: MeshConfig) -> dict[str, dict[str, list[tuple[int, Resource]]]]:
+    """kind -> namespace -> [(position in the config, resource)], made once per config."""
+    for cached, index in _INDEXES:
+        if cached is config:
+            return index
+    index: dict[str, dict[str, list[tuple[int, Resource]]]] = {}
+    for kind in ("service_entries", "virtual_services", "destination_rules"):
+        by_namespace: dict[str, list[tuple[int, Resource]]] = {}
+        for position, resource in enumerate(getattr(config, kind)):
+            by_namespace.setdefault(resource.namespace, []).append((position, resource))
+        index[kind] = by_namespace
+    _INDEXES.insert(0, (config, index))
+    del _INDEXES[2:]
+    return index
