@@ -33,6 +33,7 @@ from remora.proxy.codec.http2_client import ClientConnection
 from remora.proxy.codec.http2_frames import ErrorCode, Http2Error, Setting
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
+from remora.proxy.upstream.http2_stream import RequestFields
 
 PEER_METADATA = b"x-remora-peer-metadata"   # telemetry/peer_metadata.py HEADER
 STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
@@ -77,6 +78,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def __init__(self, on_capacity=None, on_closed=None, max_streams: int = UNLIMITED,
                  authority_scheme: bytes = b"http") -> None:
         self.session = ClientConnection(MAX_HEADER_LIST, STREAM_WINDOW)
+        self.request_fields = RequestFields()   # request heads' HTTP/2 shapes (http2_stream.py)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
