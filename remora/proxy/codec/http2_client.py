@@ -87,12 +87,13 @@ class ClientConnection(Http2Session):
             stream.expected_length = None if end_stream else length
             events.append(wire.ResponseReceived(stream_id, headers, end_stream))
         else:
-            headers = self.decoder.decode(block)
+            if not end_stream:
+                if self.decoder.decode(block) is None:
+                    raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
+                raise Http2Error("trailers without END_STREAM")
+            headers, _ = self._decode_checked(block, check_trailer_fields)
             if headers is None:
                 raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
-            if not end_stream:
-                raise Http2Error("trailers without END_STREAM")
-            check_trailer_fields(headers)
             self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived(stream_id, headers))
         if end_stream:
