@@ -94,7 +94,14 @@ class Http2Session(Http2Sending):
                 break
             payload = buffer[pos + 9:pos + 9 + length]
             pos += 9 + length
-            self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+            # DATA and HEADERS (most frames) skip _frame's checks when they cannot apply:
+            # no header block is open and SETTINGS came first.
+            if kind == DATA and self.partial is None and self.settings_seen:
+                self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
+            elif kind == HEADERS and self.partial is None and self.settings_seen:
+                self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+            else:
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
             if self.closed:
                 return
         self.buffer = buffer[pos:] if pos < end else b""
@@ -142,11 +149,10 @@ class Http2Session(Http2Sending):
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
-        if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
-                raise Http2Error("padding longer than the frame")
-            return payload[1:len(payload) - payload[0]]
-        return payload
+        """A PADDED frame's payload without its padding (callers check the flag first)."""
+        if not payload or payload[0] >= len(payload):
+            raise Http2Error("padding longer than the frame")
+        return payload[1:len(payload) - payload[0]]
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id:
@@ -169,7 +175,7 @@ class Http2Session(Http2Sending):
         stream.recv_window -= length
         if stream.recv_window < 0:
             raise Http2Error(f"DATA beyond stream {stream_id}'s window", ErrorCode.FLOW_CONTROL_ERROR)
-        data = self._unpad(flags, payload)
+        data = self._unpad(flags, payload) if flags & PADDED else payload
         stream.received_length += len(data)
         expected = stream.expected_length
         if expected is not None and (stream.received_length > expected
@@ -183,7 +189,7 @@ class Http2Session(Http2Sending):
     def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id or not stream_id & 1:
             raise Http2Error(f"HEADERS on stream {stream_id}: client-initiated streams are odd")
-        fragment = self._unpad(flags, payload)
+        fragment = self._unpad(flags, payload) if flags & PADDED else payload
         if flags & PRIORITY_FLAG:
             if len(fragment) < 5:
                 raise Http2Error("HEADERS too short for its priority")
