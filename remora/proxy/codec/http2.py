@@ -36,7 +36,7 @@ from remora.proxy.codec.http2_frames import (
     ConnectionTerminated, DataReceived, ErrorCode, Http2Error, PingReceived, RemoteSettingsChanged, RequestReceived,
     Setting, StreamEnded, StreamReset, TrailersReceived, WindowUpdated, goaway_frame,
 )
-from remora.proxy.codec.http2_request import VERSION, request_head
+from remora.proxy.codec.http2_request import VERSION, RequestHeads
 from remora.proxy.codec.http2_server import ServerConnection
 from remora.proxy.codec.http2_stream import Http2Stream
 from remora.proxy.codec.http2_timeouts import CLOSED, CLOSING, OPEN, Http2Timeouts
@@ -77,6 +77,7 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         self.max_streams = settings.http2_max_concurrent_streams
         self.session = ServerConnection(self.max_streams, MAX_HEADER_BYTES, STREAM_WINDOW)
         self.streams: dict[int, Http2Stream] = {}
+        self.heads = RequestHeads()     # request heads remembered by their fields (http2_request.py)
         self.starting: list[Http2Stream] = []   # exchanges that start at the end of this read
         self.in_batch = False
         self.flush_scheduled = False
@@ -248,8 +249,8 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         try:
             if event.headers is None:
                 raise BadRequest(431, b"request headers too large")
-            head = request_head(event.headers, event.stream_ended, listener.paths,
-                                self.settings.max_request_headers_count)
+            head = self.heads.head(event.headers, event.stream_ended, listener.paths,
+                                   self.settings.max_request_headers_count)
         except BadRequest as err:
             listener.count_protocol_error(err.status)
             head = RequestHead(b"-", b"-", b"", [], VERSION)
