@@ -31,6 +31,7 @@ class ClientConnection(Http2Session):
     """One HTTP/2 client connection's protocol state (see the module docstring)."""
 
     shape_outbound_fields = False    # request fields come from upstream/http2_stream.h2_fields
+    remember_encoded = False         # a request head carries a new x-request-id: never the same block
 
     def __init__(self, max_header_list_size: int, initial_window: int = DEFAULT_WINDOW) -> None:
         super().__init__(0, max_header_list_size, initial_window, preface_expected=False)

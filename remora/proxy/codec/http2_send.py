@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from remora.proxy.codec.header_compression import HpackEncoder
 from remora.proxy.codec.http2_frames import (
-    CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, ErrorCode, Http2Error, Setting, frame, goaway_frame,
-    rst_stream_frame, settings_frame, window_update_frame,
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, ErrorCode, Http2Error, Setting, frame,
+    goaway_frame, rst_stream_frame, settings_frame, window_update_frame,
 )
 from remora.proxy.codec.http2_validation import outbound_fields
 
@@ -38,6 +38,9 @@ class Http2Sending:
     # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
     # fields); the client role's come already shaped (upstream/http2_stream.h2_fields).
     shape_outbound_fields = True
+    # Header blocks of indexed fields only are remembered (_encode); the client role's
+    # request heads always carry a new x-request-id, so it skips the lookup.
+    remember_encoded = True
     encoder: HpackEncoder
     encoded_blocks: dict        # tuple(fields) -> (encoder generation, block)
     streams: dict
@@ -77,16 +80,15 @@ class Http2Sending:
         out.clear()
         return data
 
-    def _open_for_sending(self, stream_id: int) -> StreamState:
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_closed or self.closed:
-            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
-        return stream
-
     def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
         """A response head, or trailers with end_stream (names lower-cased here)."""
-        stream = self._open_for_sending(stream_id)
-        block = self._encode(headers)
+        stream = self.streams.get(stream_id)     # open for sending (checked inline: every head)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        if self.remember_encoded:
+            block = self._encode(headers)
+        else:
+            block = self.encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
         size = self.max_outbound_frame_size
         flags = END_STREAM if end_stream else 0
         if len(block) <= size:
@@ -118,14 +120,17 @@ class Http2Sending:
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""
-        stream = self._open_for_sending(stream_id)
+        stream = self.streams.get(stream_id)     # open for sending, and the frame, inline (every DATA)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
         size = len(data)
         if size > stream.send_window or size > self.conn_send_window or size > self.max_outbound_frame_size:
             raise Http2Error(f"{size} bytes exceed the window or frame size on stream {stream_id}",
                              ErrorCode.FLOW_CONTROL_ERROR)
         stream.send_window -= size
         self.conn_send_window -= size
-        self.out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, data))
+        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id)
+                        + data)
         if end_stream:
             self._close_local(stream_id, stream)
 
@@ -133,8 +138,11 @@ class Http2Sending:
         self.send_data(stream_id, b"", end_stream=True)
 
     def local_flow_control_window(self, stream_id: int) -> int:
-        stream = self._open_for_sending(stream_id)
-        return min(stream.send_window, self.conn_send_window)
+        stream = self.streams.get(stream_id)     # open for sending
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        window = stream.send_window
+        return window if window < self.conn_send_window else self.conn_send_window
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         if self.closed or self.streams.pop(stream_id, None) is None:
