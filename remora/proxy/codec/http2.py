@@ -184,8 +184,8 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
             self.headers_since = self.last_activity
         starting, self.starting = self.starting, []
         for stream in starting:
-            exchange = stream.active
-            if not exchange.finished and not stream.reset and not self.close_when_done:
+            exchange = stream.active     # None once the stream was forgotten (reset meanwhile)
+            if exchange is not None and not exchange.finished and not stream.reset and not self.close_when_done:
                 exchange.start()
         self.in_batch = False
         self.flush()
@@ -278,6 +278,10 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         if stream.closed:
             return
         stream.closed = True
+        # The stream and its Exchange point at each other: letting go here frees both (and
+        # what hangs from them) by reference counting, instead of leaving a cycle per stream
+        # to the cyclic GC. Everything that reads `active` afterwards checks for None.
+        stream.active = None
         self.streams.pop(stream.stream_id, None)
         self.stats.streams_active -= 1
         if stream.unacked:
