@@ -274,6 +274,15 @@ class HpackEncoder:
         self.indexed_only = indexed_only
         return b"".join(out)
 
+    def literal(self, name: bytes, value: bytes) -> bytes:
+        """What encode gives a field whose name is UNIQUE_PER_REQUEST (a literal without
+        indexing; such names are in neither table): the table is left as it was."""
+        prefix = self.literal_names.get(name)
+        if prefix is None:
+            prefix = self._literal_name(name)
+        length = len(value)
+        return prefix + (bytes((length,)) if length < 0x7F else _encode_integer(length, 7, 0)) + value
+
     def _literal_name(self, name: bytes) -> bytes:
         """A literal field's representation up to its value, without indexing (never indexed
         for credentials); remembered per name (bounded: names seen are few, and capped)."""

@@ -30,7 +30,7 @@ from remora.proxy.codec.http2_validation import check_response_fields, check_tra
 class ClientConnection(Http2Session):
     """One HTTP/2 client connection's protocol state (see the module docstring)."""
 
-    shape_outbound_fields = False    # request fields come from upstream/http2_stream.h2_fields
+    shape_outbound_fields = False    # request fields come from upstream/http2_request_head.py
     remember_encoded = False         # a request head carries a new x-request-id: never the same block
 
     def __init__(self, max_header_list_size: int, initial_window: int = DEFAULT_WINDOW) -> None:
@@ -53,12 +53,17 @@ class ClientConnection(Http2Session):
     def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
         """A request head on a new stream (the next id), or request trailers on an open one."""
         if stream_id not in self.streams:
-            if stream_id != self.next_stream_id or self.closed:
-                raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
-            self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
-            self.highest_stream_id = stream_id
-            self.next_stream_id += 2
+            self.open_request_stream(stream_id)
         super().send_headers(stream_id, headers, end_stream)
+
+    def open_request_stream(self, stream_id: int) -> None:
+        """Open the next stream, whose head follows (send_headers, or send_block with a block
+        encoded by this connection's encoder right now)."""
+        if stream_id != self.next_stream_id or self.closed:
+            raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
+        self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
+        self.highest_stream_id = stream_id
+        self.next_stream_id += 2
 
     def locally_open(self, stream_id: int) -> bool:
         """Our half of the stream can still send (the request is not complete)."""

@@ -36,7 +36,7 @@ class Http2Sending:
     """Http2Session's outbound side (its state is set up by Http2Session.__init__)."""
 
     # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
-    # fields); the client role's come already shaped (upstream/http2_stream.h2_fields).
+    # fields); the client role's come already shaped (upstream/http2_request_head.py).
     shape_outbound_fields = True
     # Header blocks of indexed fields only are remembered (_encode); the client role's
     # request heads always carry a new x-request-id, so it skips the lookup.
@@ -89,6 +89,17 @@ class Http2Sending:
             block = self._encode(headers)
         else:
             block = self.encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
+        self._frame_block(stream_id, stream, block, end_stream)
+
+    def send_block(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
+        """send_headers for a block already encoded, just now, by this session's encoder."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        self._frame_block(stream_id, stream, block, end_stream)
+
+    def _frame_block(self, stream_id: int, stream: StreamState, block: bytes, end_stream: bool) -> None:
+        """HEADERS (and CONTINUATION past the peer's frame size) carrying `block`."""
         size = self.max_outbound_frame_size
         flags = END_STREAM if end_stream else 0
         if len(block) <= size:

@@ -85,23 +85,27 @@ class Http2Session(Http2Sending):
             pos = len(PREFACE)
         end = len(buffer)
         unpack = FRAME_HEADER.unpack_from
+        # DATA and HEADERS (most frames) skip _frame's checks while they cannot apply: no
+        # header block is open and SETTINGS came first (`direct`, updated when that changes).
+        direct = self.partial is None and self.settings_seen
         while end - pos >= 9:
             high, low, kind, flags, stream_id = unpack(buffer, pos)
             length = (high << 8) | low
             if length > DEFAULT_FRAME_SIZE:
                 raise Http2Error(f"a {length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE", ErrorCode.FRAME_SIZE_ERROR)
-            if end - pos - 9 < length:
+            start = pos + 9
+            if end - start < length:
                 break
-            payload = buffer[pos + 9:pos + 9 + length]
-            pos += 9 + length
-            # DATA and HEADERS (most frames) skip _frame's checks when they cannot apply:
-            # no header block is open and SETTINGS came first.
-            if kind == DATA and self.partial is None and self.settings_seen:
+            pos = start + length
+            payload = buffer[start:pos]
+            if direct and kind == DATA:
                 self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
-            elif kind == HEADERS and self.partial is None and self.settings_seen:
+            elif direct and kind == HEADERS:
                 self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None
             else:
                 self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None and self.settings_seen
             if self.closed:
                 return
         self.buffer = buffer[pos:] if pos < end else b""

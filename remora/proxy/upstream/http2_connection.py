@@ -33,7 +33,7 @@ from remora.proxy.codec.http2_client import ClientConnection
 from remora.proxy.codec.http2_frames import ErrorCode, Http2Error, Setting
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
-from remora.proxy.upstream.http2_stream import RequestFields
+from remora.proxy.upstream.http2_request_head import RequestBlocks
 
 PEER_METADATA = b"x-remora-peer-metadata"   # telemetry/peer_metadata.py HEADER
 STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
@@ -78,7 +78,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def __init__(self, on_capacity=None, on_closed=None, max_streams: int = UNLIMITED,
                  authority_scheme: bytes = b"http") -> None:
         self.session = ClientConnection(MAX_HEADER_LIST, STREAM_WINDOW)
-        self.request_fields = RequestFields()   # request heads' HTTP/2 shapes (http2_stream.py)
+        self.request_blocks = RequestBlocks(self.session.encoder)   # request heads (http2_request_head.py)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
@@ -164,6 +164,20 @@ class UpstreamHttp2(asyncio.Protocol):
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
         session.send_headers(stream_id, head, end_stream=end_stream)
+        self._flush()
+        return stream_id
+
+    def open_request(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes, headers: list,
+                     added: bytes, content_length: int | None, end_stream: bool) -> int:
+        """open_stream for a head given as forwarded headers and added header lines: its
+        fields and block come from RequestBlocks (http2_request_head.py)."""
+        session = self.session
+        stream_id = session.get_next_available_stream_id()
+        session.open_request_stream(stream_id)
+        self.streams[stream_id] = _Stream(events)
+        self.streams_opened += 1
+        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, content_length)
+        session.send_block(stream_id, block, end_stream)
         self._flush()
         return stream_id
 

@@ -7,89 +7,16 @@ END_STREAM (or trailers), and the stream's events come back to the attempt with 
 calls an HTTP/1 connection makes (on_headers, on_data, on_read_end, on_complete,
 on_connection_failed, on_write_paused). Releasing or closing the handle ends the stream
 (RST_STREAM when it is still open); the connection itself stays with the pool.
-The shaping of request heads is remembered per connection (RequestFields): the same
-headers in give the same fields out.
+The request head's fields and HPACK block come from http2_request_head.py (h2_fields,
+and RequestBlocks, which remembers its pieces per connection).
 """
 from __future__ import annotations
 
-from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST
 from remora.proxy.codec.http2_frames import ErrorCode
+from remora.proxy.upstream.http2_request_head import h2_fields
 from remora.proxy.upstream.seams import AttemptFailure
 
-# RFC 9113 8.2.2: connection-specific fields never go on an HTTP/2 stream.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"upgrade", b"host", b"te"})
-WHITESPACE = (b" ", b"\t")
-MEMO_LIMIT = 256               # shapes a RequestFields remembers, each kind
-
-
-def h2_fields(headers: list, added: bytes) -> list:
-    """(name, value) pairs for HTTP/2 from forwarded headers and ready-made header lines."""
-    fields = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower not in HOP_BY_HOP:
-            if value[:1] in WHITESPACE or value[-1:] in WHITESPACE:
-                value = value.strip(b" \t")    # RFC 9113 8.2.1: no surrounding whitespace
-            fields.append((lower, value))
-        elif lower == b"te" and value.strip().lower() == b"trailers":
-            fields.append((b"te", b"trailers"))   # the one TE value HTTP/2 allows (gRPC sends it)
-    if added:
-        for line in added.split(b"\r\n"):
-            field = _line_field(line)
-            if field:
-                fields.append(field)
-    return fields
-
-
-def _line_field(line: bytes) -> tuple:
-    """One ready-made header line as an HTTP/2 field; () when it has none (or a hop-by-hop one)."""
-    name, sep, value = line.partition(b":")
-    if sep and name.lower() not in HOP_BY_HOP:
-        return (name.strip().lower(), value.strip())
-    return ()
-
-
-class RequestFields:
-    """h2_fields, remembered per upstream connection (one owner: UpstreamHttp2).
-
-    A client repeating its calls sends the same forwarded headers (the same field objects,
-    out of the downstream session's block cache) and the proxy adds mostly the same lines
-    (x-forwarded-for, x-forwarded-proto, user-agent, the attempt count). Both are pure
-    inputs, so their shapes are remembered: the forwarded headers by their tuple, the added
-    lines one by one. Lines new on every request (x-request-id, trace context) are shaped
-    every time and never remembered. Each memo is cleared when it reaches MEMO_LIMIT."""
-
-    __slots__ = ("heads", "lines")
-
-    def __init__(self) -> None:
-        self.heads: dict = {}     # tuple(forwarded headers) -> their fields (never handed out)
-        self.lines: dict = {}     # added line -> its field, or ()
-
-    def shape(self, headers: list, added: bytes) -> list:
-        """h2_fields(headers, added), a new list the caller may extend."""
-        key = tuple(headers)
-        heads = self.heads
-        shaped = heads.get(key)
-        if shaped is None:
-            if len(heads) >= MEMO_LIMIT:
-                heads.clear()
-            shaped = heads[key] = h2_fields(headers, b"")
-        fields = shaped.copy()
-        if added:
-            lines = self.lines
-            for line in added.split(b"\r\n"):
-                field = lines.get(line)
-                if field is None:
-                    field = _line_field(line)
-                    if not field or field[0] not in UNIQUE_PER_REQUEST:
-                        if len(lines) >= MEMO_LIMIT:
-                            lines.clear()
-                        lines[line] = field
-                if field:
-                    fields.append(field)
-        return fields
-
+__all__ = ["Http2StreamHandle", "h2_fields"]
 
 class Http2StreamHandle:
     """An attempt's view of one stream on a shared UpstreamHttp2 connection."""
@@ -114,11 +41,9 @@ class Http2StreamHandle:
                       upgrade: bytes | None, head_only: bool) -> None:
         self.attempt = attempt
         self.receiver = receiver
-        fields = self.conn.request_fields.shape(headers, added)
-        if content_length is not None:
-            fields.append((b"content-length", b"%d" % content_length))
         no_body = not chunked and not content_length
-        self.stream_id = self.conn.open_stream(self, method, path, authority, fields, no_body)
+        self.stream_id = self.conn.open_request(self, method, path, authority, headers, added, content_length,
+                                                no_body)
 
     def send_body(self, data: bytes, chunked: bool) -> None:
         if not self.done:
