@@ -102,8 +102,10 @@ class Http2Sending:
         """HEADERS (and CONTINUATION past the peer's frame size) carrying `block`."""
         size = self.max_outbound_frame_size
         flags = END_STREAM if end_stream else 0
-        if len(block) <= size:
-            self.out.append(frame(HEADERS, flags | END_HEADERS, stream_id, block))
+        length = len(block)
+        if length <= size:     # one HEADERS frame (frame(), inlined: every head and trailers)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, flags | END_HEADERS, stream_id)
+                            + block)
         else:
             self.out.append(frame(HEADERS, flags, stream_id, block[:size]))
             for start in range(size, len(block), size):
@@ -143,7 +145,9 @@ class Http2Sending:
         self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id)
                         + data)
         if end_stream:
-            self._close_local(stream_id, stream)
+            stream.local_closed = True       # _close_local, inlined
+            if stream.remote_closed:
+                del self.streams[stream_id]
 
     def end_stream(self, stream_id: int) -> None:
         self.send_data(stream_id, b"", end_stream=True)

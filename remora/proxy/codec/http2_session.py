@@ -187,7 +187,9 @@ class Http2Session(Http2Sending):
             raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
         events.append(wire.DataReceived(stream_id, data, length))
         if flags & END_STREAM:
-            self._close_remote(stream_id, stream)
+            stream.remote_closed = True      # _close_remote, inlined: every request's end
+            if stream.local_closed:
+                del self.streams[stream_id]
             events.append(wire.StreamEnded(stream_id))
 
     def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:

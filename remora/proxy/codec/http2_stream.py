@@ -69,8 +69,8 @@ class Http2Stream:
             exchange.on_request_body(data)
         if self.reading_paused:
             self.unacked += flow_controlled    # acknowledged when the Exchange resumes
-        else:
-            self.conn.acknowledge(flow_controlled, self.stream_id)
+        elif flow_controlled:                  # conn.acknowledge, inlined: every DATA frame
+            self.conn.session.acknowledge_received_data(flow_controlled, self.stream_id)
 
     def on_request_trailers(self, trailers: list) -> None:
         exchange = self.active

@@ -79,11 +79,11 @@ class Http2StreamHandle:
             self.receiver.on_upstream_headers(resp)
 
     def on_response_body(self, data: bytes) -> None:
-        attempt = self.attempt
-        if attempt is not None:
-            self.receiver.on_upstream_data(data)
+        if self.attempt is not None:
+            receiver = self.receiver
+            receiver.on_upstream_data(data)
             if self.attempt is not None:
-                attempt.on_read_end()
+                receiver.on_upstream_read_end()     # what attempt.on_read_end would pass on
 
     def on_response_trailers(self, trailers: list) -> None:
         if self.attempt is not None:
