@@ -19,7 +19,7 @@ Rules:
 - Limits (docs/protocols.md): SETTINGS_MAX_CONCURRENT_STREAMS (--http2-max-concurrent-streams,
   100), SETTINGS_MAX_HEADER_LIST_SIZE 60 KiB (Envoy's max_request_headers_kb), stream
   window 64 KiB, connection window = streams x stream window (a paused stream can never
-  starve the others). Rapid reset: Envoy's premature-reset rule, see `_count_closed`.
+  starve the others). Rapid reset: Envoy's premature-reset rule, see `_check_premature_resets`.
 - Drain: GOAWAY carrying the last stream id the proxy took, then the connection closes
   once those streams are done; later streams are refused (REFUSED_STREAM) and the
   client retries them elsewhere. Idle connections get GOAWAY and close after
@@ -289,7 +289,9 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
             stream.unacked = 0
         if not self.streams:
             self.idle_since = self.loop.time()
-        self._count_closed()
+        self.closed_streams += 1
+        if self.premature_resets * 2 >= PREMATURE_RESET_STREAMS:
+            self._check_premature_resets()      # (below half the threshold it cannot trip)
         if self.state == CLOSED:
             return
         if self.listener.draining and self.goaway_last_id is None:
@@ -297,14 +299,12 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         if self.goaway_last_id is not None and not self.streams:
             self._close_after_flush()
 
-    def _count_closed(self) -> None:
+    def _check_premature_resets(self) -> None:
         """Envoy's premature-reset check (CVE-2023-44487, rapid reset): once 500 streams
         closed, more than half of them reset by the client within 1 s of opening closes
-        the connection; before 500, as soon as 250 such resets make that outcome certain."""
-        self.closed_streams += 1
+        the connection; before 500, as soon as 250 such resets make that outcome certain.
+        forget() counts the closed stream and calls this from 250 premature resets on."""
         premature = self.premature_resets
-        if premature * 2 < PREMATURE_RESET_STREAMS:
-            return
         if self.closed_streams >= PREMATURE_RESET_STREAMS and premature * 2 < self.closed_streams:
             return
         if self.state != CLOSED and not self.close_when_done:
