@@ -27,6 +27,11 @@ Rules:
   (http2_session.py, http2_send.py) and replays it while the generation is unchanged,
   without decoding or encoding again; blocks with literals (a new request id every time)
   are not worth remembering.
+- Within a block, the encoder keeps each indexed field's bytes while the table is unchanged
+  (`memo`, cleared at any table change) and each literal name's prefix (`literal_names`:
+  it does not depend on the table), so a field it has seen costs one lookup.
+  `literal` encodes a UNIQUE_PER_REQUEST field alone, as encode would (the upstream
+  request blocks of upstream/http2_request_head.py are built from such pieces).
 """
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ unary gRPC call through a sidecar, h2's client was more than half of the Python 
 
 Role rules (RFC 9113):
 - Streams are ours: odd ids, in order (`get_next_available_stream_id`, opened by
-  `send_headers`). Push is refused in our SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and
-  HEADERS on an even stream are connection errors.
+  `send_headers`, or by `open_request_stream` before `send_block` sends a head the
+  caller encoded with this connection's encoder just then). Push is refused in our
+  SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and HEADERS on an even stream are connection
+  errors.
 - A response head has exactly one pseudo-header, a 3-digit :status, first; 1xx heads are
   skipped (the final head follows); a second block is trailers and must end the stream.
   Malformed heads are connection errors (as h2's validate_inbound_headers made them), and

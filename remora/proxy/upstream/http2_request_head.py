@@ -87,13 +87,17 @@ class RequestBlocks:
             for line in added.split(b"\r\n"):
                 piece = lines.get(line)
                 if piece is None:
-                    field = line_field(line)
-                    if not field:
-                        piece = lines[line] = b""
-                    elif field[0] in UNIQUE_PER_REQUEST:
-                        piece = encoder.literal(*field)    # new every time: not remembered
+                    name, _, value = line.partition(b":")
+                    if name in UNIQUE_PER_REQUEST:
+                        # New every time, never remembered; the proxy writes these names
+                        # lower-case and bare, so line_field would only strip the value.
+                        piece = encoder.literal(name, value.strip())
                     else:
-                        piece = self._encode((field,), lines, line, LINES_LIMIT)
+                        field = line_field(line)
+                        if field:
+                            piece = self._encode((field,), lines, line, LINES_LIMIT)
+                        else:
+                            piece = lines[line] = b""
                 parts.append(piece)
         if content_length is not None:
             parts.append(encoder.encode(((b"content-length", b"%d" % content_length),)))
