@@ -27,6 +27,11 @@ Rules:
   (http2_session.py, http2_send.py) and replays it while the generation is unchanged,
   without decoding or encoding again; blocks with literals (a new request id every time)
   are not worth remembering.
+- Within a block, the encoder keeps each indexed field's bytes while the table is unchanged
+  (`memo`, cleared at any table change) and each literal name's prefix (`literal_names`:
+  it does not depend on the table), so a field it has seen costs one lookup.
+  `literal` encodes a UNIQUE_PER_REQUEST field alone, as encode would (the upstream
+  request blocks of upstream/http2_request_head.py are built from such pieces).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ STATIC_COUNT = len(STATIC)
 ENTRY_OVERHEAD = 32                         # RFC 7541 4.1
 DEFAULT_TABLE_SIZE = 4096
 MAX_INDEXED_VALUE = 256
+MAX_LITERAL_NAMES = 256             # literal-field name prefixes an encoder remembers
 NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
 # Values new on every request: added to the table they would only evict the fields that
 # repeat (and cost an insertion each), so they go as literals without indexing.
@@ -198,8 +204,8 @@ def _encode_string(text: bytes) -> bytes:
 class HpackEncoder:
     """[(name, value)] (bytes, names lower-case) -> a response header block."""
 
-    __slots__ = ("entries", "generation", "indexed_only", "inserted", "max_table_size", "positions",
-                 "size_update", "table_size")
+    __slots__ = ("entries", "generation", "indexed_only", "inserted", "literal_names", "max_table_size",
+                 "memo", "memo_generation", "positions", "size_update", "table_size")
 
     def __init__(self) -> None:
         self.positions: dict = {}     # (name, value) -> insertion number of its newest copy
@@ -210,6 +216,14 @@ class HpackEncoder:
         self.size_update: int | None = None   # a table size update owed at the next block
         self.generation = 0           # bumped on every table change (the module docstring)
         self.indexed_only = False     # the last block had indexed fields only
+        # The bytes of each indexed field while the table is unchanged (`memo_generation`):
+        # a field is then one lookup. It only holds fields the table (static or dynamic)
+        # has, so it is as bounded as the table.
+        self.memo: dict = {}
+        self.memo_generation = 0
+        # The literal-without-indexing prefix (representation and name) per name: it names
+        # a static index or the name itself, so it never changes with the table.
+        self.literal_names: dict = {}
 
     def set_max_table_size(self, peer_limit: int) -> None:
         """The client's SETTINGS_HEADER_TABLE_SIZE: our table stays within it (and 4096)."""
@@ -226,32 +240,65 @@ class HpackEncoder:
         if not indexed_only:
             out.append(_encode_integer(self.size_update, 5, 0x20))
             self.size_update = None
-        positions = self.positions
+        memo = self.memo
+        if self.memo_generation != self.generation:
+            memo.clear()
+            self.memo_generation = self.generation
         for field in headers:
+            rep = memo.get(field)
+            if rep is not None:
+                out.append(rep)
+                continue
             index = STATIC_EXACT.get(field)
             if index is not None:
-                out.append(bytes((0x80 | index,)))      # static indexes are all < 127
+                rep = memo[field] = bytes((0x80 | index,))      # static indexes are all < 127
+                out.append(rep)
                 continue
-            number = positions.get(field)
+            number = self.positions.get(field)
             if number is not None:
-                out.append(_encode_integer(self.inserted - number + STATIC_COUNT, 7, 0x80))
+                rep = memo[field] = _encode_integer(self.inserted - number + STATIC_COUNT, 7, 0x80)
+                out.append(rep)
                 continue
             indexed_only = False
             name, value = field
-            name_index = STATIC_NAME.get(name, 0)
             if name in NEVER_INDEXED or name in UNIQUE_PER_REQUEST or len(value) > MAX_INDEXED_VALUE:
-                first, prefix = (0x10 if name in NEVER_INDEXED else 0x00), 4
-                add = False
-            else:
-                first, prefix, add = 0x40, 6, True
-            out.append(_encode_integer(name_index, prefix, first))
+                prefix = self.literal_names.get(name)
+                if prefix is None:
+                    prefix = self._literal_name(name)
+                out.append(prefix)
+                out.append(_encode_string(value))
+                continue
+            name_index = STATIC_NAME.get(name, 0)
+            out.append(_encode_integer(name_index, 6, 0x40))
             if not name_index:
                 out.append(_encode_string(name))
             out.append(_encode_string(value))
-            if add:
-                self._add(field)
+            self._add(field)
+            memo.clear()        # dynamic indexes moved up by one
+            self.memo_generation = self.generation
         self.indexed_only = indexed_only
         return b"".join(out)
+
+    def literal(self, name: bytes, value: bytes) -> bytes:
+        """What encode gives a field whose name is UNIQUE_PER_REQUEST (a literal without
+        indexing; such names are in neither table): the table is left as it was."""
+        prefix = self.literal_names.get(name)
+        if prefix is None:
+            prefix = self._literal_name(name)
+        length = len(value)
+        return prefix + (bytes((length,)) if length < 0x7F else _encode_integer(length, 7, 0)) + value
+
+    def _literal_name(self, name: bytes) -> bytes:
+        """A literal field's representation up to its value, without indexing (never indexed
+        for credentials); remembered per name (bounded: names seen are few, and capped)."""
+        name_index = STATIC_NAME.get(name, 0)
+        prefix = _encode_integer(name_index, 4, 0x10 if name in NEVER_INDEXED else 0x00)
+        if not name_index:
+            prefix += _encode_string(name)
+        if len(self.literal_names) >= MAX_LITERAL_NAMES:
+            self.literal_names.clear()
+        self.literal_names[name] = prefix
+        return prefix
 
     def _add(self, field: tuple[bytes, bytes]) -> None:
         self.generation += 1

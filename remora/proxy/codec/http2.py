@@ -19,7 +19,7 @@ Rules:
 - Limits (docs/protocols.md): SETTINGS_MAX_CONCURRENT_STREAMS (--http2-max-concurrent-streams,
   100), SETTINGS_MAX_HEADER_LIST_SIZE 60 KiB (Envoy's max_request_headers_kb), stream
   window 64 KiB, connection window = streams x stream window (a paused stream can never
-  starve the others). Rapid reset: Envoy's premature-reset rule, see `_count_closed`.
+  starve the others). Rapid reset: Envoy's premature-reset rule, see `_check_premature_resets`.
 - Drain: GOAWAY carrying the last stream id the proxy took, then the connection closes
   once those streams are done; later streams are refused (REFUSED_STREAM) and the
   client retries them elsewhere. Idle connections get GOAWAY and close after
@@ -36,7 +36,7 @@ from remora.proxy.codec.http2_frames import (
     ConnectionTerminated, DataReceived, ErrorCode, Http2Error, PingReceived, RemoteSettingsChanged, RequestReceived,
     Setting, StreamEnded, StreamReset, TrailersReceived, WindowUpdated, goaway_frame,
 )
-from remora.proxy.codec.http2_request import VERSION, request_head
+from remora.proxy.codec.http2_request import VERSION, RequestHeads
 from remora.proxy.codec.http2_server import ServerConnection
 from remora.proxy.codec.http2_stream import Http2Stream
 from remora.proxy.codec.http2_timeouts import CLOSED, CLOSING, OPEN, Http2Timeouts
@@ -77,6 +77,7 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         self.max_streams = settings.http2_max_concurrent_streams
         self.session = ServerConnection(self.max_streams, MAX_HEADER_BYTES, STREAM_WINDOW)
         self.streams: dict[int, Http2Stream] = {}
+        self.heads = RequestHeads()     # request heads remembered by their fields (http2_request.py)
         self.starting: list[Http2Stream] = []   # exchanges that start at the end of this read
         self.in_batch = False
         self.flush_scheduled = False
@@ -183,8 +184,8 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
             self.headers_since = self.last_activity
         starting, self.starting = self.starting, []
         for stream in starting:
-            exchange = stream.active
-            if not exchange.finished and not stream.reset and not self.close_when_done:
+            exchange = stream.active     # None once the stream was forgotten (reset meanwhile)
+            if exchange is not None and not exchange.finished and not stream.reset and not self.close_when_done:
                 exchange.start()
         self.in_batch = False
         self.flush()
@@ -248,8 +249,8 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         try:
             if event.headers is None:
                 raise BadRequest(431, b"request headers too large")
-            head = request_head(event.headers, event.stream_ended, listener.paths,
-                                self.settings.max_request_headers_count)
+            head = self.heads.head(event.headers, event.stream_ended, listener.paths,
+                                   self.settings.max_request_headers_count)
         except BadRequest as err:
             listener.count_protocol_error(err.status)
             head = RequestHead(b"-", b"-", b"", [], VERSION)
@@ -277,6 +278,10 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         if stream.closed:
             return
         stream.closed = True
+        # The stream and its Exchange point at each other: letting go here frees both (and
+        # what hangs from them) by reference counting, instead of leaving a cycle per stream
+        # to the cyclic GC. Everything that reads `active` afterwards checks for None.
+        stream.active = None
         self.streams.pop(stream.stream_id, None)
         self.stats.streams_active -= 1
         if stream.unacked:
@@ -284,7 +289,9 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
             stream.unacked = 0
         if not self.streams:
             self.idle_since = self.loop.time()
-        self._count_closed()
+        self.closed_streams += 1
+        if self.premature_resets * 2 >= PREMATURE_RESET_STREAMS:
+            self._check_premature_resets()      # (below half the threshold it cannot trip)
         if self.state == CLOSED:
             return
         if self.listener.draining and self.goaway_last_id is None:
@@ -292,14 +299,12 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         if self.goaway_last_id is not None and not self.streams:
             self._close_after_flush()
 
-    def _count_closed(self) -> None:
+    def _check_premature_resets(self) -> None:
         """Envoy's premature-reset check (CVE-2023-44487, rapid reset): once 500 streams
         closed, more than half of them reset by the client within 1 s of opening closes
-        the connection; before 500, as soon as 250 such resets make that outcome certain."""
-        self.closed_streams += 1
+        the connection; before 500, as soon as 250 such resets make that outcome certain.
+        forget() counts the closed stream and calls this from 250 premature resets on."""
         premature = self.premature_resets
-        if premature * 2 < PREMATURE_RESET_STREAMS:
-            return
         if self.closed_streams >= PREMATURE_RESET_STREAMS and premature * 2 < self.closed_streams:
             return
         if self.state != CLOSED and not self.close_when_done:

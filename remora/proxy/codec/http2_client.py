@@ -9,8 +9,10 @@ unary gRPC call through a sidecar, h2's client was more than half of the Python 
 
 Role rules (RFC 9113):
 - Streams are ours: odd ids, in order (`get_next_available_stream_id`, opened by
-  `send_headers`). Push is refused in our SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and
-  HEADERS on an even stream are connection errors.
+  `send_headers`, or by `open_request_stream` before `send_block` sends a head the
+  caller encoded with this connection's encoder just then). Push is refused in our
+  SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and HEADERS on an even stream are connection
+  errors.
 - A response head has exactly one pseudo-header, a 3-digit :status, first; 1xx heads are
   skipped (the final head follows); a second block is trailers and must end the stream.
   Malformed heads are connection errors (as h2's validate_inbound_headers made them), and
@@ -30,7 +32,8 @@ from remora.proxy.codec.http2_validation import check_response_fields, check_tra
 class ClientConnection(Http2Session):
     """One HTTP/2 client connection's protocol state (see the module docstring)."""
 
-    shape_outbound_fields = False    # request fields come from upstream/http2_stream.h2_fields
+    shape_outbound_fields = False    # request fields come from upstream/http2_request_head.py
+    remember_encoded = False         # a request head carries a new x-request-id: never the same block
 
     def __init__(self, max_header_list_size: int, initial_window: int = DEFAULT_WINDOW) -> None:
         super().__init__(0, max_header_list_size, initial_window, preface_expected=False)
@@ -52,12 +55,17 @@ class ClientConnection(Http2Session):
     def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
         """A request head on a new stream (the next id), or request trailers on an open one."""
         if stream_id not in self.streams:
-            if stream_id != self.next_stream_id or self.closed:
-                raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
-            self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
-            self.highest_stream_id = stream_id
-            self.next_stream_id += 2
+            self.open_request_stream(stream_id)
         super().send_headers(stream_id, headers, end_stream)
+
+    def open_request_stream(self, stream_id: int) -> None:
+        """Open the next stream, whose head follows (send_headers, or send_block with a block
+        encoded by this connection's encoder right now)."""
+        if stream_id != self.next_stream_id or self.closed:
+            raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
+        self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
+        self.highest_stream_id = stream_id
+        self.next_stream_id += 2
 
     def locally_open(self, stream_id: int) -> bool:
         """Our half of the stream can still send (the request is not complete)."""
@@ -87,12 +95,13 @@ class ClientConnection(Http2Session):
             stream.expected_length = None if end_stream else length
             events.append(wire.ResponseReceived(stream_id, headers, end_stream))
         else:
-            headers = self.decoder.decode(block)
+            if not end_stream:
+                if self.decoder.decode(block) is None:
+                    raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
+                raise Http2Error("trailers without END_STREAM")
+            headers, _ = self._decode_checked(block, check_trailer_fields)
             if headers is None:
                 raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
-            if not end_stream:
-                raise Http2Error("trailers without END_STREAM")
-            check_trailer_fields(headers)
             self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived(stream_id, headers))
         if end_stream:

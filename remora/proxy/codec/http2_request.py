@@ -15,6 +15,8 @@ telemetry and the HTTP/1 upstream see the same head whichever codec read the req
 - Several `cookie` fields are joined with "; " (RFC 9113 8.2.3): an HTTP/1 server reads one.
 - Body framing: content-length when the client sent one (h2 checks the DATA adds up),
   else chunked upstream when the stream did not end with its HEADERS.
+A connection remembers the heads of repeated blocks (RequestHeads): same fields in, same
+head out, with a request id of its own.
 h2 itself refuses connection-specific fields, upper-case names and bad pseudo-headers
 (validate_inbound_headers) before this module sees the block.
 """
@@ -29,12 +31,67 @@ from remora.proxy.router.grpc import is_grpc
 from remora.proxy.router.request_ids import new_request_id
 
 VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
+MEMO_LIMIT = 64    # request shapes a RequestHeads remembers
 
 
 def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
     """The RequestHead of one HEADERS block (h2 gives names lower-cased, as bytes).
 
     Raises BadRequest (answered on this stream only) for what HTTP/1 would answer 4xx."""
+    return _build(_shape(headers, stream_ended, paths, max_headers))
+
+
+class RequestHeads:
+    """request_head, remembered per downstream connection (one owner: DownstreamHttp2).
+
+    A client repeating its calls sends the same header block, which the session hands over
+    as the same field objects (its block cache, http2_session.py). The head is a pure
+    function of those fields, the end of the stream, the listener's path rules and header
+    limit, except for the request id the proxy draws when the client sent none: so what
+    request_head reads from them (its "shape") is remembered by those inputs, and every
+    stream still gets a head (and a header list) of its own, and its own request id.
+    Refused heads (BadRequest), and blocks carrying a request id or trace context (new on
+    every request: they never repeat), are not remembered. The memo is cleared at MEMO_LIMIT."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self) -> None:
+        self.memo: dict = {}
+
+    def head(self, headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
+        key = (tuple(headers), stream_ended, paths, max_headers)
+        memo = self.memo
+        shape = memo.get(key)
+        if shape is None:
+            shape = _shape(headers, stream_ended, paths, max_headers)
+            if not shape[7] and shape[11] is None:    # no request id or trace context: it repeats
+                if len(memo) >= MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = shape
+        return _build(shape)
+
+
+def _build(shape: tuple) -> RequestHead:
+    """A new RequestHead from a shape (_shape); its header list is its own."""
+    (cls, method, path, authority, kept, content_length, chunked, request_id, user_agent, xff, peer_meta,
+     trace_in, xfp) = shape
+    head = cls(method, path, authority, list(kept), VERSION)
+    if content_length is not None:
+        head.content_length = content_length
+    elif chunked:
+        head.chunked = True   # length unknown: the HTTP/1 upstream gets a chunked body
+    head.request_id = request_id or new_request_id()
+    head.user_agent = user_agent
+    head.forwarded_for = xff
+    head.peer_metadata = peer_meta
+    head.trace_in = trace_in
+    if xfp:
+        head.scheme = xfp
+    return head
+
+
+def _shape(headers: list, stream_ended: bool, paths, max_headers: int) -> tuple:
+    """What request_head reads from a block, as a tuple (raises BadRequest)."""
     if len(headers) > max_headers + 4:    # + the four request pseudo-headers
         raise BadRequest(431, b"too many request headers")
     method = path = authority = host = None
@@ -102,16 +159,6 @@ def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> 
         raise BadRequest(400, b"missing or invalid :authority")
     if cookies is not None:
         kept.append((b"cookie", b"; ".join(cookies)))
-    head = (GrpcRequestHead if grpc else RequestHead)(method, path, authority, kept, VERSION)
-    if content_length is not None:
-        head.content_length = content_length
-    elif not stream_ended:
-        head.chunked = True   # length unknown: the HTTP/1 upstream gets a chunked body
-    head.request_id = request_id or new_request_id()
-    head.user_agent = user_agent
-    head.forwarded_for = xff
-    head.peer_metadata = peer_meta
-    head.trace_in = trace_in
-    if xfp:
-        head.scheme = xfp
-    return head
+    return (GrpcRequestHead if grpc else RequestHead, method, path, authority, tuple(kept), content_length,
+            content_length is None and not stream_ended, request_id, user_agent, xff, peer_meta,
+            trace_in, xfp)

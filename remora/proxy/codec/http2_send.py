@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from remora.proxy.codec.header_compression import HpackEncoder
 from remora.proxy.codec.http2_frames import (
-    CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, ErrorCode, Http2Error, Setting, frame, goaway_frame,
-    rst_stream_frame, settings_frame, window_update_frame,
+    CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, ErrorCode, Http2Error, Setting, frame,
+    goaway_frame, rst_stream_frame, settings_frame, window_update_frame,
 )
 from remora.proxy.codec.http2_validation import outbound_fields
 
@@ -36,8 +36,11 @@ class Http2Sending:
     """Http2Session's outbound side (its state is set up by Http2Session.__init__)."""
 
     # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
-    # fields); the client role's come already shaped (upstream/http2_stream.h2_fields).
+    # fields); the client role's come already shaped (upstream/http2_request_head.py).
     shape_outbound_fields = True
+    # Header blocks of indexed fields only are remembered (_encode); the client role's
+    # request heads always carry a new x-request-id, so it skips the lookup.
+    remember_encoded = True
     encoder: HpackEncoder
     encoded_blocks: dict        # tuple(fields) -> (encoder generation, block)
     streams: dict
@@ -77,20 +80,32 @@ class Http2Sending:
         out.clear()
         return data
 
-    def _open_for_sending(self, stream_id: int) -> StreamState:
+    def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
+        """A response head, or trailers with end_stream (names lower-cased here)."""
+        stream = self.streams.get(stream_id)     # open for sending (checked inline: every head)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        if self.remember_encoded:
+            block = self._encode(headers)
+        else:
+            block = self.encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
+        self._frame_block(stream_id, stream, block, end_stream)
+
+    def send_block(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
+        """send_headers for a block already encoded, just now, by this session's encoder."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_closed or self.closed:
             raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
-        return stream
+        self._frame_block(stream_id, stream, block, end_stream)
 
-    def send_headers(self, stream_id: int, headers: list, end_stream: bool = False) -> None:
-        """A response head, or trailers with end_stream (names lower-cased here)."""
-        stream = self._open_for_sending(stream_id)
-        block = self._encode(headers)
+    def _frame_block(self, stream_id: int, stream: StreamState, block: bytes, end_stream: bool) -> None:
+        """HEADERS (and CONTINUATION past the peer's frame size) carrying `block`."""
         size = self.max_outbound_frame_size
         flags = END_STREAM if end_stream else 0
-        if len(block) <= size:
-            self.out.append(frame(HEADERS, flags | END_HEADERS, stream_id, block))
+        length = len(block)
+        if length <= size:     # one HEADERS frame (frame(), inlined: every head and trailers)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, flags | END_HEADERS, stream_id)
+                            + block)
         else:
             self.out.append(frame(HEADERS, flags, stream_id, block[:size]))
             for start in range(size, len(block), size):
@@ -118,23 +133,31 @@ class Http2Sending:
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""
-        stream = self._open_for_sending(stream_id)
+        stream = self.streams.get(stream_id)     # open for sending, and the frame, inline (every DATA)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
         size = len(data)
         if size > stream.send_window or size > self.conn_send_window or size > self.max_outbound_frame_size:
             raise Http2Error(f"{size} bytes exceed the window or frame size on stream {stream_id}",
                              ErrorCode.FLOW_CONTROL_ERROR)
         stream.send_window -= size
         self.conn_send_window -= size
-        self.out.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, data))
+        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id)
+                        + data)
         if end_stream:
-            self._close_local(stream_id, stream)
+            stream.local_closed = True       # _close_local, inlined
+            if stream.remote_closed:
+                del self.streams[stream_id]
 
     def end_stream(self, stream_id: int) -> None:
         self.send_data(stream_id, b"", end_stream=True)
 
     def local_flow_control_window(self, stream_id: int) -> int:
-        stream = self._open_for_sending(stream_id)
-        return min(stream.send_window, self.conn_send_window)
+        stream = self.streams.get(stream_id)     # open for sending
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        window = stream.send_window
+        return window if window < self.conn_send_window else self.conn_send_window
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         if self.closed or self.streams.pop(stream_id, None) is None:

@@ -55,14 +55,14 @@ class ServerConnection(Http2Session):
         # Every block is decoded, whatever becomes of it: the table must stay in step.
         stream = self.streams.get(stream_id)
         if stream is not None:                   # trailers
-            headers = self.decoder.decode(block)
-            if stream.remote_closed:
-                raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
-            if not end_stream:
+            if stream.remote_closed or not end_stream:
+                self.decoder.decode(block)
+                if stream.remote_closed:
+                    raise Http2Error(f"HEADERS on half-closed stream {stream_id}", ErrorCode.STREAM_CLOSED)
                 raise Http2Error("trailers without END_STREAM")
+            headers, _ = self._decode_checked(block, check_trailer_fields)
             if headers is None:
                 raise Http2Error("trailers over the header list limit", ErrorCode.ENHANCE_YOUR_CALM)
-            check_trailer_fields(headers)
             self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived(stream_id, headers))
             self._close_remote(stream_id, stream)

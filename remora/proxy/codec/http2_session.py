@@ -85,16 +85,27 @@ class Http2Session(Http2Sending):
             pos = len(PREFACE)
         end = len(buffer)
         unpack = FRAME_HEADER.unpack_from
+        # DATA and HEADERS (most frames) skip _frame's checks while they cannot apply: no
+        # header block is open and SETTINGS came first (`direct`, updated when that changes).
+        direct = self.partial is None and self.settings_seen
         while end - pos >= 9:
             high, low, kind, flags, stream_id = unpack(buffer, pos)
             length = (high << 8) | low
             if length > DEFAULT_FRAME_SIZE:
                 raise Http2Error(f"a {length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE", ErrorCode.FRAME_SIZE_ERROR)
-            if end - pos - 9 < length:
+            start = pos + 9
+            if end - start < length:
                 break
-            payload = buffer[pos + 9:pos + 9 + length]
-            pos += 9 + length
-            self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+            pos = start + length
+            payload = buffer[start:pos]
+            if direct and kind == DATA:
+                self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
+            elif direct and kind == HEADERS:
+                self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None
+            else:
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None and self.settings_seen
             if self.closed:
                 return
         self.buffer = buffer[pos:] if pos < end else b""
@@ -142,11 +153,10 @@ class Http2Session(Http2Sending):
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
-        if flags & PADDED:
-            if not payload or payload[0] >= len(payload):
-                raise Http2Error("padding longer than the frame")
-            return payload[1:len(payload) - payload[0]]
-        return payload
+        """A PADDED frame's payload without its padding (callers check the flag first)."""
+        if not payload or payload[0] >= len(payload):
+            raise Http2Error("padding longer than the frame")
+        return payload[1:len(payload) - payload[0]]
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id:
@@ -169,7 +179,7 @@ class Http2Session(Http2Sending):
         stream.recv_window -= length
         if stream.recv_window < 0:
             raise Http2Error(f"DATA beyond stream {stream_id}'s window", ErrorCode.FLOW_CONTROL_ERROR)
-        data = self._unpad(flags, payload)
+        data = self._unpad(flags, payload) if flags & PADDED else payload
         stream.received_length += len(data)
         expected = stream.expected_length
         if expected is not None and (stream.received_length > expected
@@ -177,13 +187,15 @@ class Http2Session(Http2Sending):
             raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
         events.append(wire.DataReceived(stream_id, data, length))
         if flags & END_STREAM:
-            self._close_remote(stream_id, stream)
+            stream.remote_closed = True      # _close_remote, inlined: every request's end
+            if stream.local_closed:
+                del self.streams[stream_id]
             events.append(wire.StreamEnded(stream_id))
 
     def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id or not stream_id & 1:
             raise Http2Error(f"HEADERS on stream {stream_id}: client-initiated streams are odd")
-        fragment = self._unpad(flags, payload)
+        fragment = self._unpad(flags, payload) if flags & PADDED else payload
         if flags & PRIORITY_FLAG:
             if len(fragment) < 5:
                 raise Http2Error("HEADERS too short for its priority")

@@ -29,6 +29,7 @@ from remora.proxy.codec.http2_frames import ErrorCode, Http2Error
 
 OUT_HIGH = 64 << 10   # response bytes waiting for the client's window: stop reading the upstream
 OUT_LOW = 16 << 10    # ... and read it again below this (asyncio's own write-buffer marks)
+STATUS_FIELDS: dict = {}   # status -> its :status field, made once per code (three digits: bounded)
 
 
 class Http2Stream:
@@ -69,8 +70,8 @@ class Http2Stream:
             exchange.on_request_body(data)
         if self.reading_paused:
             self.unacked += flow_controlled    # acknowledged when the Exchange resumes
-        else:
-            self.conn.acknowledge(flow_controlled, self.stream_id)
+        elif flow_controlled:                  # conn.acknowledge, inlined: every DATA frame
+            self.conn.session.acknowledge_received_data(flow_controlled, self.stream_id)
 
     def on_request_trailers(self, trailers: list) -> None:
         exchange = self.active
@@ -110,7 +111,12 @@ class Http2Stream:
     # -- the Exchange's sink: the response ------------------------------------------------
     def send_response_head(self, status: int, reason: bytes, headers: list,
                            content_length: int | None) -> None:
-        block = [(b":status", b"%d" % status)]
+        field = STATUS_FIELDS.get(status)
+        if field is None:
+            field = (b":status", b"%d" % status)
+            if 100 <= status < 1000:
+                STATUS_FIELDS[status] = field
+        block = [field]
         block += headers   # names lower-cased by the session (http2_validation.outbound_fields)
         if content_length is not None:
             block.append((b"content-length", b"%d" % content_length))

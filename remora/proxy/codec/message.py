@@ -105,3 +105,13 @@ class GrpcRequestHead(RequestHead):
     __slots__ = ()
     grpc = True
 
+    def grpc_timeout(self) -> bytes | None:
+        """The call's grpc-timeout, as header() gives it: a call came over HTTP/2, whose
+        names are lower-case already, so a scan of its few fields instead of the index."""
+        if self._index is not None:
+            return self._index.get(b"grpc-timeout")
+        for name, value in self.headers:
+            if name == b"grpc-timeout":
+                return value
+        return None
+

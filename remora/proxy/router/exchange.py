@@ -153,7 +153,9 @@ class Exchange(UpstreamEvents, RequestInfo):
         """Start the route timeout once the whole request is in (Envoy's rule)."""
         timeout = self.route.timeout
         if self.head.grpc:        # the call's own deadline caps the route timeout
-            timeout = effective_timeout(timeout, parse_grpc_timeout(self.head.header(b"grpc-timeout")))
+            grpc_timeout = self.head.grpc_timeout()
+            if grpc_timeout is not None:
+                timeout = effective_timeout(timeout, parse_grpc_timeout(grpc_timeout))
         if timeout and not self.deadline and not self.finished:
             self.deadline = self.listener.loop.time() + timeout
             self.listener.deadlines.route.add(self.deadline, self.sink.deadline_owner)

@@ -115,7 +115,24 @@ class MessageCounter:
         self._header = b""        # a prefix split across chunks
 
     def feed(self, data: bytes) -> None:
-        i, n = 0, len(data)
+        n = len(data)
+        if not self._header:
+            # The common case, without a prefix split across chunks: jump from prefix to
+            # prefix (a unary call's one message is one step).
+            i = self._need
+            if i >= n:
+                self._need = i - n
+                return
+            while i + 5 <= n:
+                self.messages += 1
+                i += 5 + int.from_bytes(data[i + 1:i + 5], "big")
+            if i >= n:
+                self._need = i - n
+                return
+            self._need = 0
+            self._header = data[i:]     # a prefix cut short: the next chunk completes it below
+            return
+        i = 0
         while i < n:
             if self._need:
                 step = min(self._need, n - i)

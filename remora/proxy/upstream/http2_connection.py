@@ -33,6 +33,7 @@ from remora.proxy.codec.http2_client import ClientConnection
 from remora.proxy.codec.http2_frames import ErrorCode, Http2Error, Setting
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
+from remora.proxy.upstream.http2_request_head import RequestBlocks
 
 PEER_METADATA = b"x-remora-peer-metadata"   # telemetry/peer_metadata.py HEADER
 STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
@@ -77,6 +78,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def __init__(self, on_capacity=None, on_closed=None, max_streams: int = UNLIMITED,
                  authority_scheme: bytes = b"http") -> None:
         self.session = ClientConnection(MAX_HEADER_LIST, STREAM_WINDOW)
+        self.request_blocks = RequestBlocks(self.session.encoder)   # request heads (http2_request_head.py)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
@@ -104,7 +106,8 @@ class UpstreamHttp2(asyncio.Protocol):
     # -- capacity ------------------------------------------------------------------------
     def capacity(self) -> int:
         """Streams that may still be opened now."""
-        if self.retired or self.transport is None:
+        if self.goaway or self.closed or self.transport is None \
+                or (self.requests_limit and self.streams_opened >= self.requests_limit):   # retired, inline
             return 0
         peer = self.session.peer_max_concurrent_streams
         return max(0, min(peer, self.max_streams) - len(self.streams))
@@ -165,11 +168,39 @@ class UpstreamHttp2(asyncio.Protocol):
         self._flush()
         return stream_id
 
+    def open_request(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes, headers: list,
+                     added: bytes, content_length: int | None, end_stream: bool) -> int:
+        """open_stream for a head given as forwarded headers and added header lines: its
+        fields and block come from RequestBlocks (http2_request_head.py)."""
+        session = self.session
+        stream_id = session.get_next_available_stream_id()
+        session.open_request_stream(stream_id)
+        self.streams[stream_id] = _Stream(events)
+        self.streams_opened += 1
+        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, content_length)
+        session.send_block(stream_id, block, end_stream)
+        self._flush()
+        return stream_id
+
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Queue request body bytes; they go out as the peer's windows allow."""
         stream = self.streams.get(stream_id)
         if stream is None:
             return
+        if data and not stream.queue and not end_stream:
+            # Nothing waits before these bytes: when they fit the windows and one frame,
+            # they go out now, without the queue (the common case: a small message).
+            session = self.session
+            try:
+                fits = len(data) <= session.local_flow_control_window(stream_id) \
+                    and len(data) <= session.max_outbound_frame_size
+                if fits:
+                    session.send_data(stream_id, data)
+            except Http2Error:
+                fits = True      # the session holds the stream closed: dropped, as _send_queued does
+            if fits:
+                self._flush()
+                return
         if data:
             stream.queue.append(data)
             stream.queued += len(data)
@@ -181,6 +212,17 @@ class UpstreamHttp2(asyncio.Protocol):
         """The request is complete (with trailers, for gRPC clients that send them)."""
         stream = self.streams.get(stream_id)
         if stream is None:
+            return
+        if not stream.queue and not trailers:
+            # Nothing waits: END_STREAM goes now (_send_queued's ending, without its loop).
+            stream.trailers = None
+            stream.end_queued = True
+            try:
+                self.session.end_stream(stream_id)
+                stream.end_queued = False
+            except Http2Error:
+                pass
+            self._flush()
             return
         stream.trailers = trailers
         stream.end_queued = True
@@ -327,8 +369,8 @@ class UpstreamHttp2(asyncio.Protocol):
             self._acknowledge(event.stream_id, length)
             return
         stream.events.on_response_body(event.data)
-        if stream.reading:
-            self._acknowledge(event.stream_id, length)
+        if stream.reading:      # _acknowledge, inlined: every DATA frame
+            self.session.acknowledge_received_data(length, event.stream_id)
         else:
             stream.held += length
 
@@ -341,7 +383,7 @@ class UpstreamHttp2(asyncio.Protocol):
         stream = self.streams.pop(event.stream_id, None)
         if stream is None:
             return
-        if stream.queue or stream.end_queued or self._open_locally(event.stream_id):
+        if stream.queue or stream.end_queued or self.session.locally_open(event.stream_id):
             # The server answered before the whole request went out (RFC 9113 8.1): the
             # rest is not wanted; cancel our half so the stream slot is freed on both sides.
             try:
@@ -350,9 +392,6 @@ class UpstreamHttp2(asyncio.Protocol):
                 pass
         stream.events.on_response_end()
         self._capacity_freed()
-
-    def _open_locally(self, stream_id: int) -> bool:
-        return self.session.locally_open(stream_id)
 
     def _on_reset(self, event: wire.StreamReset) -> None:
         stream = self.streams.pop(event.stream_id, None)

@@ -7,36 +7,16 @@ END_STREAM (or trailers), and the stream's events come back to the attempt with 
 calls an HTTP/1 connection makes (on_headers, on_data, on_read_end, on_complete,
 on_connection_failed, on_write_paused). Releasing or closing the handle ends the stream
 (RST_STREAM when it is still open); the connection itself stays with the pool.
+The request head's fields and HPACK block come from http2_request_head.py (h2_fields,
+and RequestBlocks, which remembers its pieces per connection).
 """
 from __future__ import annotations
 
 from remora.proxy.codec.http2_frames import ErrorCode
+from remora.proxy.upstream.http2_request_head import h2_fields
 from remora.proxy.upstream.seams import AttemptFailure
 
-# RFC 9113 8.2.2: connection-specific fields never go on an HTTP/2 stream.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"upgrade", b"host", b"te"})
-WHITESPACE = (b" ", b"\t")
-
-
-def h2_fields(headers: list, added: bytes) -> list:
-    """(name, value) pairs for HTTP/2 from forwarded headers and ready-made header lines."""
-    fields = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower not in HOP_BY_HOP:
-            if value[:1] in WHITESPACE or value[-1:] in WHITESPACE:
-                value = value.strip(b" \t")    # RFC 9113 8.2.1: no surrounding whitespace
-            fields.append((lower, value))
-        elif lower == b"te" and value.strip().lower() == b"trailers":
-            fields.append((b"te", b"trailers"))   # the one TE value HTTP/2 allows (gRPC sends it)
-    if added:
-        for line in added.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if sep and name.lower() not in HOP_BY_HOP:
-                fields.append((name.strip().lower(), value.strip()))
-    return fields
-
+__all__ = ["Http2StreamHandle", "h2_fields"]
 
 class Http2StreamHandle:
     """An attempt's view of one stream on a shared UpstreamHttp2 connection."""
@@ -61,11 +41,9 @@ class Http2StreamHandle:
                       upgrade: bytes | None, head_only: bool) -> None:
         self.attempt = attempt
         self.receiver = receiver
-        fields = h2_fields(headers, added)
-        if content_length is not None:
-            fields.append((b"content-length", b"%d" % content_length))
         no_body = not chunked and not content_length
-        self.stream_id = self.conn.open_stream(self, method, path, authority, fields, no_body)
+        self.stream_id = self.conn.open_request(self, method, path, authority, headers, added, content_length,
+                                                no_body)
 
     def send_body(self, data: bytes, chunked: bool) -> None:
         if not self.done:
@@ -101,11 +79,11 @@ class Http2StreamHandle:
             self.receiver.on_upstream_headers(resp)
 
     def on_response_body(self, data: bytes) -> None:
-        attempt = self.attempt
-        if attempt is not None:
-            self.receiver.on_upstream_data(data)
+        if self.attempt is not None:
+            receiver = self.receiver
+            receiver.on_upstream_data(data)
             if self.attempt is not None:
-                attempt.on_read_end()
+                receiver.on_upstream_read_end()     # what attempt.on_read_end would pass on
 
     def on_response_trailers(self, trailers: list) -> None:
         if self.attempt is not None:
