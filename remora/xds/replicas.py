@@ -84,6 +84,8 @@ class EtcdState:
         self._registry: dict[str, tuple[bytes, int]] = {}       # node id -> (value, mod_revision)
         self._own: dict[str, Node] = {}                         # this replica's registrations
         self._unwritten: set[str] = set()                       # registrations to write again
+        self._writing: dict[str, bytes | None] = {}             # this replica's apply on its way
+        self.foreign_changes = 0                                # applied-set changes by other replicas
         self._tasks: list[asyncio.Task] = []
 
     @classmethod
@@ -187,6 +189,7 @@ class EtcdState:
         if len(ops) > MAX_TXN_OPS:
             raise ChangeRefused(400, f"the change touches {len(ops)} resources; with the etcd store one apply "
                                      f"changes at most {MAX_TXN_OPS} (etcd's --max-txn-ops): split it")
+        self._writing = written   # its watch event may come before the answer: not another replica's
         try:
             done, answer = await self.client.txn(compares, ops)
             revision = int(answer["header"]["revision"])
@@ -195,6 +198,8 @@ class EtcdState:
                 revision = await self._already_written(written)
         except StoreUnavailable as error:
             raise ChangeRefused(503, f"config store unavailable, nothing changed: {error}") from None
+        finally:
+            self._writing = {}
         if not revision:
             raise ChangeRefused(409, "a resource of this change was changed on another replica meanwhile; "
                                      "nothing changed: read it again and retry")
@@ -287,15 +292,21 @@ class EtcdState:
             if relative.startswith("applied/"):
                 ref = relative[len("applied/"):]
                 known = self._applied.get(ref)
+                ours = ref in self._writing and self._writing[ref] == (None if event.kind == "DELETE" else event.value)
                 if event.kind == "DELETE":
-                    applied_changed |= self._applied.pop(ref, None) is not None
+                    applied_changed |= self._applied.pop(ref, None) is not None and not ours
                 elif known is None or known[0] != event.value:
                     self._applied[ref] = (event.value, event.mod_revision)
-                    applied_changed = True
+                    applied_changed |= not ours
             elif relative.startswith("registry/"):
                 self._registry_event(relative[len("registry/"):], event, on_remote)
         if applied_changed:
-            on_applied({ref: _applied_item(value) for ref, (value, _) in self._applied.items()})
+            self.foreign_changes += 1
+            on_applied(self.applied_now())
+
+    def applied_now(self) -> dict[str, AppliedResource]:
+        """The applied set as this replica has seen it in the store."""
+        return {ref: _applied_item(value) for ref, (value, _) in self._applied.items()}
 
     def _registry_event(self, node_id: str, event: Event, on_remote) -> None:
         if event.kind == "DELETE":

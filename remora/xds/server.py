@@ -26,14 +26,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from remora.config import yaml_text
 from aiohttp import WSMsgType, web
 
 from remora.config.loader import ConfigError
-from remora.config.model import Resource
-from remora.config.object_names import identity_problems, label_problem, shown_ref
 from remora.wire import protocol
 from remora.xds.admin_auth import AdminCredential, admin_middleware, generate_token
 from remora.xds.ca_service import CaService, CaSettings
@@ -42,12 +38,13 @@ from remora.xds.debounce import Debouncer
 from remora.xds.external import DocumentSource, SourceError, combined, names, start_all
 from remora.xds.introspect import add_routes as add_introspection_routes
 from remora.xds.jwks_fetch import JwksFetcher
-from remora.xds.kinds import UnknownKind, resolve_kind
+from remora.xds.kinds import UnknownKind
 from remora.xds.metrics import CONTENT_TYPE, ControlMetrics
 from remora.wire.protocol import Hello
 from remora.xds.registry import DuplicateNode, InvalidNode, Registry, check_node, with_peer_address
 from remora.xds.snapshots import SnapshotCache
 from remora.xds.replicas import EtcdState, SharedStart
+from remora.xds.resources_api import BadIdentity, add_resource_routes, error_response as _error, resource_ref
 from remora.xds.store import Change, ChangeRefused, ConfigFailure, ConfigStore, PendingChange
 from remora.xds.status_view import status_body
 from remora.xds.stream import StreamSession, send_error
@@ -83,17 +80,6 @@ class ControlSettings:
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} remora control: {message}",
           file=sys.stderr, flush=True)
-
-
-def _error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if errors:
-        body["errors"] = errors
-    return web.json_response(body, status=status)
-
-
-class BadIdentity(ValueError):
-    """A namespace or name in a request path that no resource can have (Kubernetes' name rules)."""
 
 
 class ControlServer:
@@ -197,9 +183,14 @@ class ControlServer:
 
     async def _commit(self, pending: PendingChange) -> Change:
         """Put a validated change in force, through the shared store first when there is one."""
-        if self.shared is not None:
-            await self.shared.save_applied(self.store.applied, pending.applied)
-        return self.store.commit(pending)
+        if self.shared is None:
+            return self.store.commit(pending)
+        seen = self.shared.foreign_changes
+        await self.shared.save_applied(self.store.applied, pending.applied)
+        change = self.store.commit(pending)
+        if self.shared.foreign_changes != seen:   # another replica's change came in meanwhile: take both
+            self._shared_applied(self.shared.applied_now())
+        return change
 
     def _revision(self) -> int:
         """The shared store's revision this replica has seen all of (0 without one)."""
@@ -311,56 +302,10 @@ class ControlServer:
         return web.json_response({"version": change.version, "warnings": change.warnings,
                                   "results": [{"resource": ref, "action": action} for ref, action in change.results]})
 
-    def _ref(self, request: web.Request) -> str:
-        """Kind/namespace/name from the path; UnknownKind, or BadIdentity for a name Kubernetes refuses."""
-        kind = resolve_kind(request.match_info["kind"])
-        namespace, name = request.match_info["namespace"], request.match_info["name"]
-        problems = identity_problems(namespace, name)
-        if problems:
-            raise BadIdentity(f"{shown_ref(kind, namespace, name)}: "
-                              + "; ".join(f"{path}: {message}" for path, message in problems))
-        return f"{kind}/{namespace}/{name}"
-
-    def _item(self, resource: Resource) -> dict:
-        return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name,
-                "origin": self.store.origin(resource.ref), "source": resource.source,
-                "overrides": self.store.overrides(resource.ref), "document": resource.document()}
-
-    async def list_resources(self, request: web.Request) -> web.Response:
-        try:
-            kind = resolve_kind(request.query["kind"]) if request.query.get("kind") else None
-        except UnknownKind as error:
-            return _error(400, str(error))
-        namespace = request.query.get("namespace")
-        if namespace is not None and (problem := label_problem(namespace)) is not None:
-            return _error(400, f"namespace: metadata.namespace: {problem}")
-        items = [self._item(r) for r in self.store.resources()
-                 if (kind is None or r.kind == kind) and (namespace is None or r.namespace == namespace)]
-        return web.json_response({"version": self.store.config.version, "items": items})
-
-    async def get_resource(self, request: web.Request) -> web.Response:
-        try:
-            ref = self._ref(request)
-        except (UnknownKind, BadIdentity) as error:
-            return _error(400, str(error))
-        resource = self.store.lookup(ref)
-        if resource is None:
-            return _error(404, f"{ref} not found")
-        document = resource.document()
-        document["metadata"]["annotations"] = {"remora.io/origin": self.store.origin(ref),
-                                               "remora.io/source": resource.source}
-        if (overridden := self.store.overrides(ref)) is not None:   # the file version it is in force over
-            document["metadata"]["annotations"]["remora.io/overrides"] = overridden
-        wants_yaml = (request.query.get("format") == "yaml"
-                      or "yaml" in request.headers.get("Accept", "") and request.query.get("format") != "json")
-        if wants_yaml:
-            return web.Response(text=yaml_text.dump(document), content_type="application/yaml")
-        return web.json_response(document)
-
     async def delete_resource(self, request: web.Request) -> web.Response:
         at = asyncio.get_running_loop().time()
         try:
-            ref = self._ref(request)
+            ref = resource_ref(request)
         except (UnknownKind, BadIdentity) as error:
             return _error(400, str(error))
         try:
@@ -392,8 +337,7 @@ class ControlServer:
                 endpoint, reason).inc())])
         app.router.add_get(protocol.STREAM_PATH, self.stream)
         app.router.add_post("/v1/apply", self.apply)
-        app.router.add_get("/v1/resources", self.list_resources)
-        app.router.add_get("/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
+        add_resource_routes(app.router, self.store)
         app.router.add_delete("/v1/resources/{kind}/{namespace}/{name}", self.delete_resource)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/metrics", self.metrics_)

@@ -141,6 +141,23 @@ def _json_string(text: str) -> str:
     return _encode(text).decode()
 
 
+# The encoding of each resource of the last version, by identity, with what it was made of:
+# a new version encodes only the resources whose spec object changed (the loader hands back
+# the same spec object for an unchanged document), not all ten thousand.
+_KEPT: dict[str, tuple[object, object, str, bytes]] = {}
+_KEPT_VERSION = [""]
+
+
+def _encode_kept(resource: Resource) -> bytes:
+    kept = _KEPT.get(resource.ref)
+    if kept is not None and kept[0] is resource.spec and kept[1] is resource.written \
+            and kept[2] == resource.api_version:
+        return kept[3]
+    encoded = _encode(resource.document())
+    _KEPT[resource.ref] = (resource.spec, resource.written, resource.api_version, encoded)
+    return encoded
+
+
 class SnapshotCache:
     """Snapshots of one config version, by scope key, computed on first use."""
 
@@ -151,6 +168,11 @@ class SnapshotCache:
         self.changed_at = changed_at    # when the change that made this version happened (monotonic)
         self._encoded: dict[str, bytes] = {}
         self._snapshots: dict[ScopeKey, Snapshot] = {}
+        if _KEPT_VERSION[0] != config.version:   # forget resources the new version no longer has
+            _KEPT_VERSION[0] = config.version
+            refs = {r.ref for r in config.resources()}
+            for ref in [ref for ref in _KEPT if ref not in refs]:
+                del _KEPT[ref]
 
     def get(self, key: ScopeKey) -> Snapshot:
         snapshot = self._snapshots.get(key)
@@ -164,7 +186,7 @@ class SnapshotCache:
     def _encode(self, resource: Resource) -> bytes:
         encoded = self._encoded.get(resource.ref)
         if encoded is None:
-            encoded = self._encoded[resource.ref] = _encode(resource.document())
+            encoded = self._encoded[resource.ref] = _encode_kept(resource)
         return encoded
 
     def documents(self, key: ScopeKey) -> dict[str, list[dict[str, Any]]]:
