@@ -30,10 +30,10 @@ spec:
 """
 
 
-def status(sidecar: ProxyProcess) -> int:
+def status(sidecar: ProxyProcess, path: str = "/") -> int:
     client = RawClient(sidecar.outbound_port)
     try:
-        return client.request("GET", "/", "echo").status
+        return client.request("GET", path, "echo").status
     finally:
         client.close()
 
