@@ -108,11 +108,12 @@ class EtcdState:
     async def certificate_authority(self, trust_domain: str) -> tuple[CertificateAuthority, bool]:
         """The shared root, made by the first replica; (CA, made here)."""
         name = self.prefix + "ca/root"
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = self_signed_root(key, trust_domain)
-        value = json.dumps({"cert": cert_pem(cert),
-                            "key": self.key.seal(key_pem(key), name).decode()}).encode()
-        existing = await self.client.create(name, value)
+        existing = await self.client.get(name)
+        if existing is None:
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = self_signed_root(key, trust_domain)
+            value = json.dumps({"cert": cert_pem(cert), "key": self.key.seal(key_pem(key), name).decode()}).encode()
+            existing = await self.client.create(name, value)   # None: ours is the root (no replica was faster)
         if existing is not None:
             data = json.loads(existing.value)
             cert = certs_from_pem(data["cert"].encode(), "shared CA root")[0]
