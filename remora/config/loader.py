@@ -54,6 +54,7 @@ from remora.config.references import check_destinations, host_index, shared_dest
 from remora.config.version import config_version  # noqa: F401  (callers import it from here)
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
+from remora.config.spec_cache import Remembered, SpecCache  # noqa: F401  (SpecCache is re-exported)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class _Loaded:
     namespace: str
     api_version: str
     spec: Any  # None when the schema check failed
+    memo: Remembered | None = None   # what the SpecCache remembers of it (clean documents only)
 
     @property
     def ref(self) -> str:
@@ -236,20 +238,6 @@ def parse_documents(text: str, source: str, namespace: str | None = None) -> tup
     return [(document.body, source) for document in documents], collector.ordered_issues()
 
 
-class SpecCache:
-    """Typed specs of documents that validated cleanly, keyed by the document object itself.
-
-    A long-lived caller that re-validates a large set after a small change (the control
-    server) passes the same parsed dicts again for unchanged documents; their schema and
-    per-resource checks are skipped. Cross-resource checks always run on the whole set.
-    Only entries used by the latest build are kept. Callers must not mutate the documents.
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[int, tuple[Any, str, str, str, str, Any]] = {}
-        self.used: dict[int, tuple[Any, str, str, str, str, Any]] = {}
-
-
 def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = True,
                       cache: SpecCache | None = None) -> MeshConfig:
     """Validate already-parsed documents, each with the source it came from.
@@ -273,15 +261,31 @@ def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = Tr
 def _load_cached(document: _Document, collector: _Collector, cache: SpecCache | None) -> _Loaded | None:
     if cache is None:
         return _load_document(document, collector)
-    hit = cache.entries.get(id(document.body))
-    if hit is not None and hit[0] is document.body:
-        cache.used[id(document.body)] = hit
-        return _Loaded(document, *hit[1:])
+    hit = cache.recall(document.body)
+    if hit is not None:
+        return _Loaded(document, hit.kind, hit.name, hit.namespace, hit.api_version, hit.spec, hit)
     before = (len(collector.issues), len(collector.warnings))
     item = _load_document(document, collector)
     if item is not None and item.spec is not None and (len(collector.issues), len(collector.warnings)) == before:
-        cache.used[id(document.body)] = (document.body, item.kind, item.name, item.namespace, item.api_version, item.spec)
+        item.memo = cache.remember(document.body, item.kind, item.name, item.namespace, item.api_version, item.spec)
     return item
+
+
+def _resource(item: _Loaded) -> Resource:
+    """The Resource of a loaded document: the one made last time when the document is unchanged."""
+    memo = item.memo
+    if memo is not None and memo.resource is not None and memo.resource.source == item.document.source:
+        return memo.resource
+    if item.kind == KUBERNETES_SERVICE:
+        # Served as the ServiceEntry Istio makes of it (kube_service.py), written back as itself.
+        resource = kube_service.service_resource(item.name, item.namespace, item.api_version, item.spec,
+                                                 item.document.body.get("metadata"), item.document.source)
+    else:
+        resource = Resource(kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
+                            source=item.document.source, api_version=item.api_version)
+    if memo is not None:
+        memo.resource = resource
+    return resource
 
 
 def _build(documents: list[_Document], collector: _Collector, strict_references: bool = True,
@@ -317,22 +321,13 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
         elif item.kind == "VirtualService" and item.spec is not None:
             collector.warnings.extend(virtual_service_warnings(item.spec, item.ref, item.document.source))
     if cache is not None:
-        cache.entries, cache.used = cache.used, {}
+        cache.turn()
 
     if collector.issues:
         raise ConfigError(collector.ordered_issues())
     resources = {kind: [] for kind in SPEC_TYPES}
     for item in loaded:
-        if item.kind == KUBERNETES_SERVICE:
-            # Served as the ServiceEntry Istio makes of it (kube_service.py), written back as itself.
-            resources["ServiceEntry"].append(kube_service.service_resource(
-                item.name, item.namespace, item.api_version, item.spec, item.document.body.get("metadata"),
-                item.document.source))
-            continue
-        resources[item.kind].append(Resource(
-            kind=item.kind, name=item.name, namespace=item.namespace, spec=item.spec,
-            source=item.document.source, api_version=item.api_version,
-        ))
+        resources["ServiceEntry" if item.kind == KUBERNETES_SERVICE else item.kind].append(_resource(item))
     return MeshConfig(
         service_entries=tuple(resources["ServiceEntry"]),
         workload_entries=tuple(resources["WorkloadEntry"]),

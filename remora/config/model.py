@@ -11,6 +11,7 @@ Gateway and Sidecar in model_jwt.py, model_gateway.py and model_sidecar.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Generic, Iterator, TypeVar
 
 import msgspec
@@ -394,7 +395,7 @@ class Resource(Generic[S]):
     # as the ServiceEntry Istio makes of it, `spec`, and pushed and shown as itself).
     written: dict | None = None
 
-    @property
+    @cached_property   # a frozen dataclass: made once, in the instance's __dict__
     def ref(self) -> str:
         """Identity as errors and dumps print it: Kind/namespace/name."""
         return f"{self.kind}/{self.namespace}/{self.name}"

@@ -47,12 +47,14 @@ class HostIndex:
     def qualify(self, host: str, namespace: str) -> str:
         return qualify_host(host, namespace, self._domain)
 
-    def add_host(self, host: str, namespace: str) -> None:
-        self._hosts.add(self.qualify(host, namespace))
+    def add_qualified(self, hosts: Iterable[str], rules: Iterable[tuple[str, Iterable[str] | None]]) -> None:
+        """Hosts and DestinationRules already qualified (what host_index remembers per document)."""
+        self._hosts.update(hosts)
+        for qualified, names in rules:
+            self._add_rule(qualified, names)
 
-    def add_subsets(self, host: str, namespace: str, names: Iterable[str] | None) -> None:
+    def _add_rule(self, qualified: str, names: Iterable[str] | None) -> None:
         """Record a DestinationRule: its host becomes known, its subsets defined."""
-        qualified = self.qualify(host, namespace)
         self._hosts.add(qualified)
         if names is None:
             self._subsets[qualified] = None
@@ -142,25 +144,40 @@ def shared_destination_rule_warnings(loaded: list, index: HostIndex) -> list[str
 
 
 def host_index(loaded: list) -> HostIndex:
-    """Index every readable host and subset, from typed specs or, for rejected ones, raw data."""
+    """Index every readable host and subset, from typed specs or, for rejected ones, raw data.
+
+    What a clean document adds is remembered with it (spec_cache.py): an unchanged document
+    of a large set is not qualified again."""
     index = HostIndex()
     for item in loaded:
-        raw = item.document.body.get("spec")
-        raw = raw if isinstance(raw, dict) else {}
-        if item.kind == KUBERNETES_SERVICE:
-            index.add_host(fqdn(item.name, item.namespace), item.namespace)
-        elif item.kind in ("ServiceEntry", "VirtualService"):
-            hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
-            for host in hosts if isinstance(hosts, list) else ():
-                if isinstance(host, str) and host:
-                    index.add_host(host, item.namespace)
-        elif item.kind == "DestinationRule":
-            if item.spec is not None and item.spec.host:
-                index.add_subsets(item.spec.host, item.namespace, (s.name for s in item.spec.subsets))
-            elif isinstance(raw.get("host"), str) and raw["host"]:
-                subsets = raw.get("subsets", [])
-                names = None
-                if isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in subsets):
-                    names = [s["name"] for s in subsets]
-                index.add_subsets(raw["host"], item.namespace, names)
+        memo = item.memo
+        found = memo.hosts if memo is not None else None
+        if found is None:
+            found = _contribution(item, index)
+            if memo is not None:
+                memo.hosts = found
+        hosts, subsets = found
+        index.add_qualified(hosts, subsets)
     return index
+
+
+def _contribution(item, index: HostIndex) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...] | None], ...]]:
+    """(qualified hosts, (qualified DestinationRule host, its subset names or None)) of one item."""
+    raw = item.document.body.get("spec")
+    raw = raw if isinstance(raw, dict) else {}
+    if item.kind == KUBERNETES_SERVICE:
+        return (index.qualify(fqdn(item.name, item.namespace), item.namespace),), ()
+    if item.kind in ("ServiceEntry", "VirtualService"):
+        hosts = item.spec.hosts if item.spec is not None else raw.get("hosts")
+        return tuple(index.qualify(host, item.namespace) for host in (hosts if isinstance(hosts, list) else ())
+                     if isinstance(host, str) and host), ()
+    if item.kind == "DestinationRule":
+        if item.spec is not None and item.spec.host:
+            return (), ((index.qualify(item.spec.host, item.namespace), tuple(s.name for s in item.spec.subsets)),)
+        if isinstance(raw.get("host"), str) and raw["host"]:
+            subsets = raw.get("subsets", [])
+            readable = isinstance(subsets, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                                         for s in subsets)
+            names = tuple(s["name"] for s in subsets) if readable else None
+            return (), ((index.qualify(raw["host"], item.namespace), names),)
+    return (), ()

@@ -65,13 +65,17 @@ def allows(hosts: list[tuple[str, str]] | None, resource_namespace: str, host: s
     return False
 
 
-def scoped_config(config: MeshConfig, namespace: str, labels: dict | None) -> MeshConfig:
+SCOPED_FIELDS = ("service_entries", "virtual_services", "destination_rules")
+
+
+def scoped_config(config: MeshConfig, namespace: str, labels: dict | None,
+                  fields: tuple[str, ...] = SCOPED_FIELDS) -> MeshConfig:
     """The config a workload keeps under its Sidecar's egress hosts (the same config when
-    no Sidecar scopes it)."""
+    no Sidecar scopes it). Only `fields` are narrowed (a caller that needs routes alone
+    does not pay for the services)."""
     hosts = egress_hosts(sidecar_for(config, namespace, labels))
     if hosts is None:
         return config
-    index = _by_namespace(config)
     named = {namespace if ns == "." else ns for ns, _ in hosts if ns != "~"}
     everything = "*" in named
 
@@ -79,33 +83,32 @@ def scoped_config(config: MeshConfig, namespace: str, labels: dict | None) -> Me
         # Only the namespaces an entry names can hold what it lets in: with `./*` and a few
         # shared namespaces, a workload's scope is computed from those, not from the mesh.
         pool = getattr(config, kind) if everything else \
-            [r for _, r in sorted(item for ns in named for item in index[kind].get(ns, ()))]
+            [r for _, r in sorted(item for ns in named for item in _by_namespace(config, kind).get(ns, ()))]
         return tuple(r for r in pool if any(allows(hosts, r.namespace, qualify_host(h, r.namespace), namespace)
                                             for h in names_of(r)))
-    return replace(
-        config,
-        service_entries=kept("service_entries", lambda r: r.spec.hosts),
-        virtual_services=kept("virtual_services", lambda r: r.spec.hosts),
-        destination_rules=kept("destination_rules", lambda r: [r.spec.host]),
-    )
+    hosts_of = {"service_entries": lambda r: r.spec.hosts, "virtual_services": lambda r: r.spec.hosts,
+                "destination_rules": lambda r: [r.spec.host]}
+    return replace(config, **{name: kept(name, hosts_of[name]) for name in fields})
 
 
 # The namespace index of the last configs scoped: one config serves every scope of a push
-# (the control server) or one scope (a sidecar), so two entries are plenty.
+# (the control server) or one scope (a sidecar), so two entries are plenty. Each field is
+# indexed when first asked for (a push that changed only routes never indexes the services).
 _INDEXES: list[tuple[MeshConfig, dict[str, dict[str, list[tuple[int, Resource]]]]]] = []
 
 
-def _by_namespace(config: MeshConfig) -> dict[str, dict[str, list[tuple[int, Resource]]]]:
-    """kind -> namespace -> [(position in the config, resource)], made once per config."""
+def _by_namespace(config: MeshConfig, field: str) -> dict[str, list[tuple[int, Resource]]]:
+    """namespace -> [(position in the config, resource)] of one field, made once per config."""
     for cached, index in _INDEXES:
         if cached is config:
-            return index
-    index: dict[str, dict[str, list[tuple[int, Resource]]]] = {}
-    for kind in ("service_entries", "virtual_services", "destination_rules"):
-        by_namespace: dict[str, list[tuple[int, Resource]]] = {}
-        for position, resource in enumerate(getattr(config, kind)):
+            break
+    else:
+        index = {}
+        _INDEXES.insert(0, (config, index))
+        del _INDEXES[2:]
+    by_namespace = index.get(field)
+    if by_namespace is None:
+        by_namespace = index[field] = {}
+        for position, resource in enumerate(getattr(config, field)):
             by_namespace.setdefault(resource.namespace, []).append((position, resource))
-        index[kind] = by_namespace
-    _INDEXES.insert(0, (config, index))
-    del _INDEXES[2:]
-    return index
+    return by_namespace

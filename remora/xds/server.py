@@ -21,6 +21,7 @@ Every endpoint except the sidecars' and the probes' needs the admin token (admin
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -141,6 +142,11 @@ class ControlServer:
             self.log(f"warning: {warning}")
         for note in self.store.config.notes:
             self.log(f"info: {note}")
+        # What startup made (ten thousand services' documents, specs and encodings) lives as
+        # long as the process: moved out of the cyclic GC's reach, a full collection no longer
+        # walks it (at 10,000 services one took 0.4 s, in the middle of an apply).
+        gc.collect()
+        gc.freeze()
 
     def _admin_credential(self) -> AdminCredential:
         if self.settings.admin_token_file:
@@ -213,7 +219,8 @@ class ControlServer:
         if self.store.config.version == self.cache.version:
             return
         self.jwks.config_changed(self.store.config)
-        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change, self._revision())
+        self.cache = SnapshotCache(self.jwks.resolve(self.store.config), first_change, self._revision(),
+                                   previous=self.cache)
         self.metrics.set_version(self.cache.version)
         for session in self.sessions.values():
             session.notify()
@@ -221,7 +228,7 @@ class ControlServer:
     def _jwks_changed(self) -> None:
         """Fetched keys changed (first fetch, rotation): same config version, new policies."""
         self.cache = SnapshotCache(self.jwks.resolve(self.store.config), asyncio.get_running_loop().time(),
-                                   self._revision())
+                                   self._revision(), previous=self.cache)
         for session in self.sessions.values():
             session.notify()
 

@@ -26,7 +26,7 @@ import msgspec
 from remora.config.model import MeshConfig, Resource
 from remora.config.mesh_rules import ROOT_NAMESPACE
 from remora.config.sidecar_scope import scoped_config
-from remora.wire.protocol import TYPE_KINDS, TYPE_ORDER, Node
+from remora.wire.protocol import CLUSTERS, ENDPOINTS, POLICIES, ROUTES, TYPE_KINDS, TYPE_ORDER, Node
 
 _encode = msgspec.json.Encoder().encode
 
@@ -60,49 +60,71 @@ def _selects(selector_labels: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector_labels.items())
 
 
-def scoped_resources(config: MeshConfig, key: ScopeKey) -> dict[str, list[Resource]]:
-    """The resources of each type a sidecar with this scope needs, sorted by identity.
+# What each type's resources are chosen from: a type whose fields are the same objects (or
+# equal) in two configs has the same content in every scope of both.
+TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    CLUSTERS: ("service_entries", "destination_rules", "sidecars"),
+    ENDPOINTS: ("workload_entries", "service_entries", "sidecars"),
+    ROUTES: ("virtual_services", "gateways", "sidecars"),
+    POLICIES: ("telemetries", "peer_authentications", "authorization_policies", "request_authentications"),
+}
+# The fields the Sidecar resource narrows, by the kinds that need them narrowed.
+_NARROWED = {"ServiceEntry": "service_entries", "Service": "service_entries", "WorkloadEntry": "service_entries",
+             "VirtualService": "virtual_services", "DestinationRule": "destination_rules"}
+
+
+def scoped_resources(config: MeshConfig, key: ScopeKey,
+                     types: tuple[str, ...] = TYPE_ORDER) -> dict[str, list[Resource]]:
+    """The resources of each type (of `types`) a sidecar with this scope needs, sorted by identity.
 
     A namespace-wide Sidecar (or the root namespace's) narrows services, VirtualServices
     and DestinationRules to its egress hosts (config/sidecar_scope.py); a Sidecar that
     selects workloads is pushed to its namespace and applied by the sidecars it selects."""
     ns = key.namespace
-    if not any(r.namespace == ns and r.spec.workload_selector is not None and r.spec.workload_selector.labels
-               for r in config.sidecars):
-        config = scoped_config(config, ns, None)
-    service_entries = [r for r in config.service_entries if _visible(r, ns)]
-    by_namespace: dict[str, list[Resource]] = {}
-    for we in config.workload_entries:
-        by_namespace.setdefault(we.namespace, []).append(we)
-    workload_entries: dict[str, Resource] = {}
-    for se in service_entries:
-        selector = se.spec.workload_selector
-        if selector is None:
-            continue
-        for we in by_namespace.get(se.namespace, ()):
-            if we.ref not in workload_entries and _selects(selector.labels, we.spec.labels):
-                workload_entries[we.ref] = we
-    chosen = {
+    kinds = [kind for type_url in types for kind in TYPE_KINDS[type_url]]
+    narrowed = tuple(dict.fromkeys(_NARROWED[kind] for kind in kinds if kind in _NARROWED))
+    if narrowed and not any(r.namespace == ns and r.spec.workload_selector is not None
+                            and r.spec.workload_selector.labels for r in config.sidecars):
+        config = scoped_config(config, ns, None, narrowed)
+    chosen = {kind: _chosen(config, ns, kind) for kind in kinds}
+    return {type_url: sorted((r for kind in TYPE_KINDS[type_url] for r in chosen[kind]),
+                             key=lambda r: (r.kind, r.namespace, r.name))
+            for type_url in types}
+
+
+def _chosen(config: MeshConfig, ns: str, kind: str) -> list[Resource]:
+    """The resources of one kind a scope of namespace `ns` gets, from an already narrowed config."""
+    if kind in ("ServiceEntry", "Service"):
         # config.service_entries holds Kubernetes Services too (served as ServiceEntries).
-        "ServiceEntry": [r for r in service_entries if r.kind == "ServiceEntry"],
-        "Service": [r for r in service_entries if r.kind == "Service"],
-        "DestinationRule": [r for r in config.destination_rules if _visible(r, ns)],
-        "WorkloadEntry": list(workload_entries.values()),
-        "VirtualService": [r for r in config.virtual_services if _visible(r, ns)],
+        return [r for r in config.service_entries if r.kind == kind and _visible(r, ns)]
+    if kind == "WorkloadEntry":
+        by_namespace: dict[str, list[Resource]] = {}
+        for we in config.workload_entries:
+            by_namespace.setdefault(we.namespace, []).append(we)
+        workload_entries: dict[str, Resource] = {}
+        for se in config.service_entries:
+            selector = se.spec.workload_selector
+            if selector is None or not _visible(se, ns):
+                continue
+            for we in by_namespace.get(se.namespace, ()):
+                if we.ref not in workload_entries and _selects(selector.labels, we.spec.labels):
+                    workload_entries[we.ref] = we
+        return list(workload_entries.values())
+    if kind == "DestinationRule":
+        return [r for r in config.destination_rules if _visible(r, ns)]
+    if kind == "VirtualService":
+        return [r for r in config.virtual_services if _visible(r, ns)]
+    if kind == "Gateway":
         # Every Gateway: a gateway workload picks those whose selector matches it (Istio's
         # default scope: a Gateway selects gateway pods in any namespace); sidecars ignore them.
-        "Gateway": list(config.gateways),
-        "Sidecar": [r for r in config.sidecars if r.namespace in (ROOT_NAMESPACE, ns)],
-        # Telemetry applies mesh-wide from the root namespace, else within its own namespace
-        # (the sidecar then picks by its workload selector: telemetry_policy.resolve).
-        "Telemetry": [r for r in config.telemetries if r.namespace in (ROOT_NAMESPACE, ns)],
-        # Security policies scope the same way (mesh-wide in the root namespace, else their own).
-        "PeerAuthentication": [r for r in config.peer_authentications if r.namespace in (ROOT_NAMESPACE, ns)],
-        "AuthorizationPolicy": [r for r in config.authorization_policies if r.namespace in (ROOT_NAMESPACE, ns)],
-        "RequestAuthentication": [r for r in config.request_authentications if r.namespace in (ROOT_NAMESPACE, ns)],
-    }
-    return {type_url: sorted((r for kind in kinds for r in chosen[kind]), key=lambda r: (r.kind, r.namespace, r.name))
-            for type_url, kinds in TYPE_KINDS.items()}
+        return list(config.gateways)
+    # Sidecar, and policies: Telemetry applies mesh-wide from the root namespace, else within
+    # its own namespace (the sidecar then picks by its workload selector: telemetry_policy.resolve);
+    # security policies scope the same way (mesh-wide in the root namespace, else their own).
+    field = {"Sidecar": "sidecars", "Telemetry": "telemetries", "PeerAuthentication": "peer_authentications",
+             "AuthorizationPolicy": "authorization_policies",
+             "RequestAuthentication": "request_authentications"}[kind]
+    return [r for r in getattr(config, field) if r.namespace in (ROOT_NAMESPACE, ns)]
 
 
 class Snapshot:
@@ -111,7 +133,8 @@ class Snapshot:
     __slots__ = ("key", "config_version", "versions", "payloads", "counts", "store_revision")
 
     def __init__(self, key: ScopeKey, config_version: str, encoded: dict[str, list[bytes]],
-                 store_revision: int = 0) -> None:
+                 store_revision: int = 0, kept: "Snapshot | None" = None) -> None:
+        """`encoded`: each type's resources; a type missing from it is `kept`'s, unchanged."""
         self.key = key
         self.config_version = config_version
         self.store_revision = store_revision
@@ -119,6 +142,11 @@ class Snapshot:
         self.versions: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         for type_url in TYPE_ORDER:
+            if type_url not in encoded:
+                self.payloads[type_url] = kept.payloads[type_url]
+                self.versions[type_url] = kept.versions[type_url]
+                self.counts[type_url] = kept.counts[type_url]
+                continue
             payload = b"[" + b",".join(encoded[type_url]) + b"]"
             self.payloads[type_url] = payload.decode()
             self.versions[type_url] = hashlib.sha256(payload).hexdigest()[:12]
@@ -159,15 +187,30 @@ def _encode_kept(resource: Resource) -> bytes:
 
 
 class SnapshotCache:
-    """Snapshots of one config version, by scope key, computed on first use."""
+    """Snapshots of one config version, by scope key, computed on first use.
 
-    def __init__(self, config: MeshConfig, changed_at: float | None = None, store_revision: int = 0) -> None:
+    Made after `previous` (the cache of the version before), a scope's snapshot takes the
+    types whose fields did not change (TYPE_FIELDS) from the previous snapshot of that scope
+    as they were: a VirtualService applied in a mesh of 10,000 services makes each scope's
+    routes again, not its clusters. Only snapshots the previous cache had made are taken,
+    so caches do not chain."""
+
+    def __init__(self, config: MeshConfig, changed_at: float | None = None, store_revision: int = 0,
+                 previous: "SnapshotCache | None" = None) -> None:
         self.config = config
         self.version = config.version
         self.store_revision = store_revision   # the shared store's revision this config reflects
         self.changed_at = changed_at    # when the change that made this version happened (monotonic)
         self._encoded: dict[str, bytes] = {}
         self._snapshots: dict[ScopeKey, Snapshot] = {}
+        self._before: dict[ScopeKey, Snapshot] = {}
+        self._changed: tuple[str, ...] = TYPE_ORDER
+        if previous is not None:
+            # Tuples of the same Resource objects compare by identity first: cheap when equal.
+            self._changed = tuple(t for t in TYPE_ORDER
+                                  if any(getattr(previous.config, name) != getattr(config, name)
+                                         for name in TYPE_FIELDS[t]))
+            self._before = dict(previous._snapshots)
         if _KEPT_VERSION[0] != config.version:   # forget resources the new version no longer has
             _KEPT_VERSION[0] = config.version
             refs = {r.ref for r in config.resources()}
@@ -177,9 +220,11 @@ class SnapshotCache:
     def get(self, key: ScopeKey) -> Snapshot:
         snapshot = self._snapshots.get(key)
         if snapshot is None:
-            resources = scoped_resources(self.config, key)
-            snapshot = Snapshot(key, self.version, {t: [self._encode(r) for r in resources[t]] for t in TYPE_ORDER},
-                                self.store_revision)
+            before = self._before.pop(key, None)
+            types = self._changed if before is not None else TYPE_ORDER
+            resources = scoped_resources(self.config, key, types)
+            snapshot = Snapshot(key, self.version, {t: [self._encode(r) for r in resources[t]] for t in types},
+                                self.store_revision, before)
             self._snapshots[key] = snapshot
         return snapshot
 

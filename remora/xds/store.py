@@ -135,6 +135,9 @@ class ConfigStore:
         self._index: dict[str, Resource] = {}
         self._specs = SpecCache()   # unchanged documents are not re-checked on every change
         self._parsed: ParseCache = {}   # unchanged files are not parsed again on a reload
+        # (file_docs it was made from, the identity of each, ref -> (document, file)): the
+        # files change far less often than the applied set is validated again.
+        self._file_identities: tuple[Documents, list[str | None], dict[str, tuple[Any, str]]] = ([], [], {})
 
     # -- lifecycle
 
@@ -315,12 +318,17 @@ class ConfigStore:
 
     def _file_refs(self) -> dict[str, tuple[Any, str]]:
         """ref -> (document, file) of every resource the files define (the first, if twice)."""
-        refs: dict[str, tuple[Any, str]] = {}
-        for body, source in self.file_docs:
-            ref = identity(body)
-            if ref is not None:
-                refs.setdefault(ref, (body, source))
-        return refs
+        return self._identities()[2]
+
+    def _identities(self) -> tuple[Documents, list[str | None], dict[str, tuple[Any, str]]]:
+        if self._file_identities[0] is not self.file_docs:
+            identities = [identity(body) for body, _ in self.file_docs]
+            refs: dict[str, tuple[Any, str]] = {}
+            for (body, source), ref in zip(self.file_docs, identities):
+                if ref is not None:
+                    refs.setdefault(ref, (body, source))
+            self._file_identities = (self.file_docs, identities, refs)
+        return self._file_identities
 
     def _without_superseded(self, applied: dict[str, AppliedResource]) -> dict[str, AppliedResource]:
         """The applied resources whose file version is still what it was at apply time; the
@@ -333,9 +341,15 @@ class ConfigStore:
         """Validate files + applied + registry as one set, applied versions in force over the
         files' of the same identity; raise ConfigError."""
         issues = list(self.file_issues)
-        files = [(body, source) for body, source in file_docs if identity(body) not in applied]
+        if file_docs is self.file_docs:
+            _, identities, refs = self._identities()
+        else:
+            identities = [identity(body) for body, _ in file_docs]
+            refs = {ref: (body, source) for (body, source), ref in zip(file_docs, identities) if ref is not None}
+        files = [doc for doc, ref in zip(file_docs, identities) if ref not in applied] if applied else list(file_docs)
         user = files + [(applied[ref].document, applied[ref].source) for ref in sorted(applied)]
-        user_refs = {identity(body) for body, _ in user}
+        user_refs = set(refs).union(identity(item.document) for item in applied.values())
+        user_refs.discard(None)
         extra = [(body, source) for body, source in self.extra(user) if identity(body) not in user_refs]
         config = validate_documents(user + extra, issues, self._specs)
         return config, frozenset(identity(body) for body, _ in extra)

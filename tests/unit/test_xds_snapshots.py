@@ -95,3 +95,55 @@ def test_pre_encoded_frame_equals_the_protocol_encoding():
     assert protocol.encode(decoded) == frame
     assert decoded.nonce == "7" and decoded.version_info == snapshot.versions[CLUSTERS]
     assert decoded.resources[0]["metadata"] == {"name": "ratings", "namespace": "a"}
+
+
+SCOPED = MESH + """---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: a}
+spec: {egress: [{hosts: ["./*"]}]}
+"""
+
+
+def cached_builds(*texts: str):
+    """Configs built one after another through one SpecCache, as the control server builds them."""
+    from remora.config.loader import SpecCache, build_mesh_config, parse_documents
+    cache = SpecCache()
+    return [build_mesh_config(parse_documents(text, "mesh.yaml")[0], cache=cache) for text in texts]
+
+
+def test_a_cache_made_after_another_takes_unchanged_types_and_remakes_changed_ones():
+    """A route change remakes routes only; each type equals what a cache made from nothing holds."""
+    changed = SCOPED.replace('http: [{route: [{destination: {host: ratings}}]}]',
+                             'http: [{timeout: 2s, route: [{destination: {host: ratings}}]}]')
+    first, second = cached_builds(SCOPED, changed)
+    before = SnapshotCache(first)
+    old = {ns: before.get(ScopeKey(ns)) for ns in ("a", "b")}
+    after = SnapshotCache(second, previous=before)
+    for ns in ("a", "b", "c"):   # c: a scope the previous cache never made
+        fresh = SnapshotCache(second).get(ScopeKey(ns))
+        snapshot = after.get(ScopeKey(ns))
+        assert (snapshot.versions, snapshot.payloads, snapshot.counts) == (fresh.versions, fresh.payloads, fresh.counts)
+        assert snapshot.config_version == second.version
+    for ns in ("a", "b"):
+        assert after.get(ScopeKey(ns)).payloads[CLUSTERS] is old[ns].payloads[CLUSTERS]
+        assert after.get(ScopeKey(ns)).versions[ROUTES] != old[ns].versions[ROUTES]
+
+
+def test_a_sidecar_change_remakes_every_scoped_type():
+    """A Sidecar narrows services and routes: opening b's makes a's DestinationRule and route visible
+    there, remade rather than taken from the cache before, matching a fresh cache."""
+    closed = MESH + """---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: b}
+spec: {egress: [{hosts: ["./*"]}]}
+"""
+    first, second = cached_builds(closed, closed.replace('hosts: ["./*"]', 'hosts: ["*/*"]'))
+    before = SnapshotCache(first)
+    assert before.documents(ScopeKey("b"))[CLUSTERS] == []
+    after = SnapshotCache(second, previous=before)
+    assert refs(after, "b", CLUSTERS) == ["DestinationRule/ratings"]
+    assert refs(after, "b", ROUTES) == ["Sidecar/default", "VirtualService/ratings"]
+    fresh = SnapshotCache(second).get(ScopeKey("b"))
+    assert after.get(ScopeKey("b")).versions == fresh.versions

@@ -271,3 +271,17 @@ def test_another_replicas_applied_set_is_validated_before_it_is_taken(store):
     assert not store.replace_applied(bad)
     assert store.lookup("VirtualService/default/c") is None and store.applied == good
     assert store.state.last_error.source == "store" and store.config.version != version
+
+
+def test_spec_cache_hands_back_the_same_resource_for_an_unchanged_document():
+    """An unchanged document gives the very Resource of the last build (later steps match by identity);
+    a changed one a new Resource, and the version is the one an uncached build computes."""
+    from remora.config.loader import SpecCache, build_mesh_config, parse_documents
+    se_docs, _ = parse_documents(SE, "se.yaml")
+    cache = SpecCache()
+    first = build_mesh_config(se_docs + parse_documents(vs("front"), "vs.yaml")[0], cache=cache)
+    changed = se_docs + parse_documents(vs("front", timeout="3s"), "vs.yaml")[0]
+    second = build_mesh_config(changed, cache=cache)
+    assert second.service_entries[0] is first.service_entries[0]
+    assert second.virtual_services[0] is not first.virtual_services[0]
+    assert second.version == build_mesh_config(changed).version != first.version
