@@ -81,6 +81,7 @@ class EtcdState:
         self.lease = 0
         self.revision = 0                                       # watched up to
         self._applied: dict[str, tuple[bytes, int]] = {}        # ref -> (value, mod_revision)
+        self._decoded: dict[str, tuple[bytes, AppliedResource]] = {}   # ref -> (value, what applied_now made of it)
         self._registry: dict[str, tuple[bytes, int]] = {}       # node id -> (value, mod_revision)
         self._own: dict[str, Node] = {}                         # this replica's registrations
         self._unwritten: set[str] = set()                       # registrations to write again
@@ -306,8 +307,16 @@ class EtcdState:
             on_applied(self.applied_now())
 
     def applied_now(self) -> dict[str, AppliedResource]:
-        """The applied set as this replica has seen it in the store."""
-        return {ref: _applied_item(value) for ref, (value, _) in self._applied.items()}
+        """The applied set as this replica has seen it in the store.
+
+        An unchanged value gives the AppliedResource (and document object) decoded last
+        time, so the store's SpecCache knows it and only what changed is validated again."""
+        decoded = {}
+        for ref, (value, _) in self._applied.items():
+            known = self._decoded.get(ref)
+            decoded[ref] = known if known is not None and known[0] == value else (value, _applied_item(value))
+        self._decoded = decoded
+        return {ref: item for ref, (_, item) in decoded.items()}
 
     def _registry_event(self, node_id: str, event: Event, on_remote) -> None:
         if event.kind == "DELETE":

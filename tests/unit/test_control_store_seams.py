@@ -63,3 +63,23 @@ def test_in_memory_join_tokens_round_trip_through_their_serialized_form():
     other.revoke(token)
     with pytest.raises(TokenRejected, match="revoked"):
         JoinTokenStore.in_memory(other.serialized()).verify(token)
+
+
+def test_another_replicas_change_decodes_only_the_values_that_changed():
+    """The applied set a watch event brings keeps the document objects of unchanged keys (so the
+    store's SpecCache skips them) and decodes a changed key anew."""
+    from remora.xds.etcd_client import Event
+    from remora.xds.replicas import EtcdState, _applied_value
+    from remora.xds.store import AppliedResource
+    state = EtcdState(client=None, prefix="/remora/", key=None, lease_ttl=30, log=lambda line: None)
+
+    def put(ref: str, name: str, revision: int) -> Event:
+        item = AppliedResource({"kind": "VirtualService", "metadata": {"name": name}}, "api", 1.0, None)
+        return Event("PUT", f"/remora/applied/{ref}", _applied_value(item), revision)
+    seen = []
+    state._apply_events([put("VirtualService/default/a", "a", 2), put("VirtualService/default/b", "b", 3)],
+                        seen.append, lambda *_: None)
+    state._apply_events([put("VirtualService/default/b", "b2", 4)], seen.append, lambda *_: None)
+    first, second = seen
+    assert second["VirtualService/default/a"].document is first["VirtualService/default/a"].document
+    assert second["VirtualService/default/b"].document["metadata"]["name"] == "b2"
