@@ -88,6 +88,7 @@ class KubernetesCredentials:
         self.log = log
         self.sync_timeout = sync_timeout
         self.description = f"Secrets of namespace {namespace} (Kubernetes API)"
+        self.watches = True
         self.watch: KindWatch | None = None
         self._api: client.ApiClient | None = None
         self._task: asyncio.Task | None = None

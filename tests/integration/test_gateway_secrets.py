@@ -70,10 +70,10 @@ class SecretIngress:
         self.certs[host] = cert
         return cert
 
-    def served_serial(self, host: str) -> int:
+    def served_serial(self, host: str, gateway: ProxyProcess | None = None) -> int:
         """Handshake with SNI `host`, verifying against the CA; the serial of the certificate served."""
         context = ssl.create_default_context(cafile=self.ca)
-        with socket.create_connection(("127.0.0.1", self.gateway.ports[443]), timeout=5) as raw:
+        with socket.create_connection(("127.0.0.1", (gateway or self.gateway).ports[443]), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname=host) as tls:
                 return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
@@ -85,13 +85,13 @@ class SecretIngress:
                 return context.wrap_socket(sock, server_hostname=host)
         return get(self.gateway.ports[443], path, host, tls=ForHost())
 
-    def wait_serial(self, host: str, serial: int, timeout: float = 10.0) -> None:
+    def wait_serial(self, host: str, serial: int, timeout: float = 10.0, gateway: ProxyProcess | None = None) -> None:
         """Until `host` is served with `serial`; handshakes refused meanwhile (a Secret being
         restored is read by the gateway's watch some milliseconds later) count as not yet."""
         deadline = time.time() + timeout
         while True:
             try:
-                if self.served_serial(host) == serial:
+                if self.served_serial(host, gateway) == serial:
                     return
             except (ssl.SSLError, ConnectionError):
                 pass
@@ -171,16 +171,26 @@ def test_a_deleted_or_corrupt_secret_refuses_handshakes_of_its_server_only(ingre
     ingress.wait_serial("helloworld.example.com", serial_of(restored))
 
 
-def test_a_config_naming_a_missing_secret_is_refused(ingress):
-    """Started with a Gateway whose credentialName has no Secret: the config is refused by field."""
-    mesh = ingress.mesh.replace("helloworld-credential", "absent-credential")
-    gateway = ingress.start(mesh)
+def test_a_gateway_made_before_its_secret_serves_it_once_it_is_created(ingress):
+    """Started with a credentialName whose Secret does not exist yet (Gateway applied before the Secret):
+    the gateway starts, that host's handshakes are refused and the other host serves; the Secret
+    created, the host serves its certificate with no restart or new push."""
+    ingress.api.delete("Secret", NAMESPACE, "helloworld-credential")
+    gateway = ingress.start(ingress.mesh)
     try:
-        assert gateway.proc.wait(30) == 1
-        err = gateway.stderr()
-        assert "tls.credentialName" in err and f"no Secret {NAMESPACE}/absent-credential" in err, err
+        gateway.wait_ready()
+        assert ingress.served_serial("httpbin.example.com", gateway) == serial_of(ingress.certs["httpbin"])
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            ingress.served_serial("helloworld.example.com", gateway)
+        assert f"credentialName helloworld-credential: no Secret {NAMESPACE}/helloworld-credential" in gateway.stderr()
+        dump = json.loads(gateway.admin_get("/config_dump"))["gateway"]["credentials"]
+        assert dump["credentials"]["helloworld-credential"]["state"] == "refused"
+        created = ingress.put("helloworld", version=7)
+        ingress.wait_serial("helloworld.example.com", serial_of(created), gateway=gateway)
+        assert gateway.proc.poll() is None
     finally:
         gateway.stop()
+        ingress.put("helloworld", version=8)
 
 
 def test_no_kubernetes_configuration_stops_the_gateway_with_the_reason(ingress, tmp_path):
@@ -218,12 +228,19 @@ def test_each_worker_reads_the_secrets(ingress):
 
 
 def test_a_worker_refusing_the_config_stops_the_gateway(ingress):
-    """--workers 2 and a credentialName with no Secret: the workers refuse it and the gateway exits 1."""
-    gateway = ProxyProcess(ingress.mesh.replace("helloworld-credential", "absent-credential"),
+    """--workers 2 and a server whose cipherSuites OpenSSL does not know (checked by the workers, which
+    read the Secrets): the workers refuse the config and the gateway exits 1."""
+    mesh = ingress.mesh
+    for name in ("httpbin", "helloworld"):   # servers of one port share one set of ciphers
+        mesh = mesh.replace(f"credentialName: {name}-credential",
+                            f"credentialName: {name}-credential\n      cipherSuites: [NO-SUCH-CIPHER]")
+    assert mesh != ingress.mesh
+    gateway = ProxyProcess(mesh,
                            "--credentials-from-kubernetes", "--kubeconfig", ingress.api.kubeconfig(),
                            "--namespace", NAMESPACE, "--workers", "2", gateway_ports=(443,))
     try:
         assert gateway.proc.wait(60) == 1
-        assert f"no Secret {NAMESPACE}/absent-credential" in gateway.stderr()
+        err = gateway.stderr()
+        assert "cipherSuites" in err and "NO-SUCH-CIPHER" in err and "Traceback" not in err, err
     finally:
         gateway.stop()

@@ -53,7 +53,8 @@ class Source:
 
     description = "test"
 
-    def __init__(self) -> None:
+    def __init__(self, watches: bool = True) -> None:
+        self.watches = watches
         self.items: dict[str, Credential] = {}
         self.callbacks = []
 
@@ -117,9 +118,10 @@ def test_a_change_of_another_credential_rebuilds_nothing(tmp_path):
     assert port.select("a.example.com") is before and contexts.stats()["gateway.credentials.rebuilds"] == 0
 
 
-def test_a_missing_or_corrupt_credential_refuses_the_config_by_field(tmp_path):
-    """No credential, a key that does not parse, or MUTUAL without a CA: GatewayTlsError on tls.credentialName."""
-    pki, source = TestPki(str(tmp_path)), Source()
+def test_a_missing_or_corrupt_credential_refuses_the_config_by_field_when_the_source_cannot_tell(tmp_path):
+    """From a source that never notifies (files): no credential, a key that does not parse, or MUTUAL
+    without a CA is a GatewayTlsError on tls.credentialName."""
+    pki, source = TestPki(str(tmp_path)), Source(watches=False)
     pki.ca("example.com")
     contexts = CredentialContexts(source)
     servers = lambda tls: [(["a.example.com"], tls, "spec.servers[0].tls")]  # noqa: E731
@@ -135,6 +137,25 @@ def test_a_missing_or_corrupt_credential_refuses_the_config_by_field(tmp_path):
         PortTls(servers(ServerTLSSettings(mode="MUTUAL", credential_name="web")), contexts)
     source.items["web"] = pem(pki, "example.com", "two", with_ca=True)
     PortTls(servers(ServerTLSSettings(mode="MUTUAL", credential_name="web")), contexts)
+
+
+def test_a_credential_missing_from_a_watching_source_is_waited_for_with_handshakes_refused(tmp_path):
+    """From a source that notifies (Kubernetes): the config is taken, the server refuses handshakes
+    until the credential arrives, then serves it; a bad cipher setting still refuses the config."""
+    pki, source = TestPki(str(tmp_path)), Source()
+    pki.ca("example.com")
+    contexts = CredentialContexts(source)
+    port = PortTls([(["a.example.com"], SIMPLE, "spec.servers[0].tls")], contexts)
+    assert port.select("a.example.com") is REFUSED
+    assert contexts.dump()["credentials"]["web"] == {"origin": None, "state": "refused",
+                                                     "error": "credentialName web: no web here"}
+    source.items["web"] = pem(pki, "example.com", "one")
+    source.notify()
+    assert port.select("a.example.com") not in (None, REFUSED)
+    assert contexts.dump()["credentials"]["web"]["state"] == "serving"
+    bad = ServerTLSSettings(mode="SIMPLE", credential_name="other", cipher_suites=["NO-SUCH-CIPHER"])
+    with pytest.raises(GatewayTlsError, match="cipher"):
+        PortTls([(["b.example.com"], bad, "spec.servers[1].tls")], contexts)
 
 
 async def test_kubernetes_credentials_read_only_their_namespace():

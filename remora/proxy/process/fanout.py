@@ -39,6 +39,8 @@ class FanoutAdminSource(ControlView):
     async def _ask(self, op: str, **args) -> list:
         async def exchange(reader, writer, lock):
             async with lock:
+                if writer.is_closing():    # the worker exited (uvloop raises RuntimeError on write)
+                    raise ConnectionResetError("the worker's channel is closed")
                 writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
                 await writer.drain()
                 return json.loads(await reader.readline())
@@ -64,8 +66,8 @@ class FanoutAdminSource(ControlView):
     async def refresh_ready(self) -> None:
         try:
             self.ready = all(await self._ask("ready"))
-        except (OSError, ValueError):   # a worker that exited at start (invalid config): the
-            self.ready = False          # supervisor's loop notices its exit and stops
+        except (OSError, ValueError, RuntimeError):   # a worker that exited at start (invalid
+            self.ready = False          # config): the supervisor's loop notices its exit and stops
 
     async def apply(self, documents: list) -> list[str]:
         """Send accepted documents to every worker; return the errors of those that failed."""

@@ -30,6 +30,10 @@ class CredentialSource(Protocol):
     """A gateway's credentials by name (see the module doc)."""
 
     description: str      # where names are looked up ("files under /creds", "Secrets of ns")
+    # Whether subscribe() ever calls back: only then can a credential missing when a config
+    # version is compiled be waited for (its servers refuse handshakes until it is there);
+    # a source that never tells refuses that version instead.
+    watches: bool
 
     def get(self, name: str) -> Credential | None:
         """The credential `name` with its CA (None: missing, or no certificate and key)."""
@@ -69,6 +73,7 @@ class DirectoryCredentials:
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.description = f"files under {directory}"
+        self.watches = False
 
     def get(self, name: str) -> Credential | None:
         base = os.path.join(self.directory, name)

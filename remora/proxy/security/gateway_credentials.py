@@ -1,16 +1,21 @@
 """A gateway's `credentialName` TLS contexts, built from a CredentialSource and kept current.
 
 Rules:
-- Compile time (a config version): every credentialName a server names must give a usable
-  certificate and key (and a CA for MUTUAL), or the version is refused naming the server's
-  `tls.credentialName` (GatewayTlsError): the gateway keeps its last good config.
+- Compile time (a config version): a server's TLS settings must be usable, or the version is
+  refused naming the field (GatewayTlsError): the gateway keeps its last good config. A
+  credentialName whose credential is missing or unusable (a Gateway made before its Secret,
+  as Kubernetes tools often do) from a source that watches (the Kubernetes API) does not
+  refuse the version: as Envoy waits for an SDS secret, the servers using it refuse
+  handshakes (logged as an error, `refused` in the dump) until the source has a usable
+  credential, and then serve it with no new push. A source that cannot tell of a change
+  (files) refuses the version instead.
 - Between versions, when the source says a credential changed (a Secret rotated), every
   context in use is rebuilt at once; the SNI callback reads `current()`, so the next
   handshake gets the new certificate, with no restart and no new listener.
 - A credential that disappears or stops parsing (Secret deleted or corrupted) leaves its
   contexts None: the servers using it refuse handshakes (fail closed; gateway_tls.REFUSED,
-  counted in `refused_handshakes`), the port's other servers keep serving, and the next
-  config version naming it is refused. A credential that comes back serves again.
+  counted in `refused_handshakes`), the port's other servers keep serving. A credential
+  that comes back serves again.
 - The PEM certificate and key reach OpenSSL through an anonymous memory file (memfd, read by
   its /proc/self/fd path; elsewhere a 0600 temporary file removed at once): Python's ssl
   loads a chain only from a path, and a key should not land on a disk.
@@ -30,6 +35,10 @@ from remora.proxy.security.credentials import Credential, CredentialSource
 from remora.proxy.security.gateway_tls import GatewayTlsError, apply_settings
 
 log = logging.getLogger("remora.gateway")
+
+
+class CredentialUnavailable(GatewayTlsError):
+    """The source has no usable credential of that name now (it may have one later)."""
 
 
 def load_pem_chain(context: ssl.SSLContext, credential: Credential) -> None:
@@ -87,7 +96,12 @@ class CredentialContexts:
     def build(self, name: str, settings: tuple, mutual: bool, path: str) -> CredentialRef:
         """A server's reference, its context built now; GatewayTlsError naming `path.credentialName`."""
         key = (name, settings, mutual)
-        self._contexts[key] = self._make(key, f"{path}.credentialName")
+        try:
+            self._contexts[key] = self._make(key, f"{path}.credentialName")
+        except CredentialUnavailable as error:
+            if not self.source.watches:
+                raise
+            self._refuse(key, error)
         return CredentialRef(self, key)
 
     def current(self, key: tuple) -> ssl.SSLContext | None:
@@ -106,22 +120,22 @@ class CredentialContexts:
         """A context of the credential as the source has it now; GatewayTlsError on `field`.
         (A config version refused here leaves the dump as it was: the last good one serves.)"""
         name, settings, mutual = key
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        apply_settings(context, settings, field)     # the config's own mistakes refuse the version
         credential = self.source.get(name)
         if credential is None:
-            raise GatewayTlsError(field, f"credentialName {name}: {self.source.missing(name)}")
+            raise CredentialUnavailable(field, f"credentialName {name}: {self.source.missing(name)}")
         if mutual and credential.ca_pem is None:
-            raise GatewayTlsError(field, f"credentialName {name}: MUTUAL needs a client CA (ca.crt or "
-                                  f"cacert in {name}-cacert or {name})")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        apply_settings(context, settings, field)
+            raise CredentialUnavailable(field, f"credentialName {name}: MUTUAL needs a client CA (ca.crt or "
+                                        f"cacert in {name}-cacert or {name})")
         try:
             load_pem_chain(context, credential)
             if mutual:
                 context.load_verify_locations(cadata=credential.ca_pem.decode("ascii", "replace"))
             info = certificate_info(credential.cert_pem)
         except (OSError, ssl.SSLError, ValueError) as error:
-            raise GatewayTlsError(field, f"credentialName {name} ({credential.origin}): cannot use its "
-                                  f"certificate, key or CA: {error}") from None
+            raise CredentialUnavailable(field, f"credentialName {name} ({credential.origin}): cannot use its "
+                                        f"certificate, key or CA: {error}") from None
         self._info[name] = {"origin": credential.origin, "state": "serving", **info}
         self._used[key] = credential
         return context
@@ -136,12 +150,16 @@ class CredentialContexts:
             try:
                 self._contexts[key] = self._make(key, "credentialName")
             except GatewayTlsError as error:
-                if self._contexts[key] is not None:
-                    log.error("remora gateway: %s: handshakes of the servers using it are refused", error.message)
-                credential = self._used[key] = self.source.get(key[0])
-                self._contexts[key] = None
-                self._info[key[0]] = {"origin": credential.origin if credential is not None else None,
-                                      "state": "refused", "error": error.message}
+                self._refuse(key, error)
+
+    def _refuse(self, key: tuple, error: GatewayTlsError) -> None:
+        """No usable credential for `key` now: its servers refuse handshakes until the source changes."""
+        if self._contexts.get(key, True) is not None:    # logged once, when it stops (or never starts) serving
+            log.error("remora gateway: %s: handshakes of the servers using it are refused", error.message)
+        credential = self._used[key] = self.source.get(key[0])
+        self._contexts[key] = None
+        self._info[key[0]] = {"origin": credential.origin if credential is not None else None,
+                              "state": "refused", "error": error.message}
 
     def stats(self) -> dict[str, int]:
         """Counters for /stats and Prometheus; expiry as a Unix time per credential."""
