@@ -35,7 +35,7 @@ import aiohttp
 import msgspec
 import yaml
 
-from benchmarks.procs import Child, free_port, group_rss_mib, wait_ready
+from benchmarks.procs import Child, etcd_cluster_args, free_port, group_rss_mib, wait_ready
 from remora.wire import protocol
 from remora.wire.protocol import ROUTES, TYPE_ORDER, DiscoveryRequest, Hello, Node
 
@@ -185,14 +185,8 @@ def start_etcd(work: Path, members: int) -> tuple[list[Child], list[int]]:
     if shutil.which("etcd") is None:
         raise SystemExit("--replicas needs etcd (Debian package etcd-server)")
     clients, peers = [free_port() for _ in range(members)], [free_port() for _ in range(members)]
-    cluster = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(members))
-    children = [Child(f"etcd-{i}", ["etcd", "--name", f"m{i}", "--data-dir", str(work / f"etcd-{i}"),
-                                    "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
-                                    "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
-                                    "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
-                                    "--initial-cluster", cluster, "--initial-cluster-state", "new"],
-                        work / f"etcd-{i}.log") for i in range(members)]
+    children = [Child(f"etcd-{i}", args, work / f"etcd-{i}.log")
+                for i, args in enumerate(etcd_cluster_args("etcd", str(work), clients, peers))]
     for child, port in zip(children, clients):
         wait_ready(child, port, "/health", timeout=60)
     return children, clients

@@ -181,3 +181,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def etcd_cluster_args(binary: str, data_dir: str, client_ports: list[int], peer_ports: list[int],
+                      token: str = "etcd-cluster") -> list[list[str]]:
+    """The command line of each member of a loopback etcd cluster (member i: name m<i>, data in
+    <data_dir>/m<i>); shared by the benchmarks and the tests' EtcdCluster."""
+    cluster = ",".join(f"m{i}=http://127.0.0.1:{port}" for i, port in enumerate(peer_ports))
+    return [[binary, "--name", f"m{i}", "--data-dir", os.path.join(data_dir, f"m{i}"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", cluster, "--initial-cluster-token", token, "--initial-cluster-state", "new",
+             # Loopback on a busy 2-core machine: elections quick, but not flapping.
+             "--heartbeat-interval", "100", "--election-timeout", "1000"]
+            for i, (client, peer) in enumerate(zip(client_ports, peer_ports))]
+

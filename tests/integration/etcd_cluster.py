@@ -18,6 +18,7 @@ import urllib.request
 
 import pytest
 
+from benchmarks.procs import etcd_cluster_args
 from tests.integration.owned import register, release
 from tests.integration.upstreams import free_port
 
@@ -41,17 +42,8 @@ class EtcdCluster:
         self.names = [f"m{i}" for i in range(members)]
         self.procs: list[subprocess.Popen | None] = [None] * members
         self._logs: list = []
-        cluster = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in zip(self.names, self.peer_ports))
-        self._args = [[self.binary, "--name", self.names[i], "--data-dir", os.path.join(self.dir, self.names[i]),
-                       "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                       "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                       "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                       "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                       "--initial-cluster", cluster, "--initial-cluster-token", os.path.basename(self.dir),
-                       "--initial-cluster-state", "new",
-                       # Loopback on a busy 2-core machine: elections quick, but not flapping.
-                       "--heartbeat-interval", "100", "--election-timeout", "1000"]
-                      for i in range(members)]
+        self._args = etcd_cluster_args(self.binary, self.dir, self.client_ports, self.peer_ports,
+                                       token=os.path.basename(self.dir))
         for i in range(members):
             self.start(i)
         self.wait_healthy()
