@@ -400,6 +400,11 @@ class Resource(Generic[S]):
         """Identity as errors and dumps print it: Kind/namespace/name."""
         return f"{self.kind}/{self.namespace}/{self.name}"
 
+    @cached_property
+    def order(self) -> tuple[str, str, str]:
+        """(kind, namespace, name): how versions and dumps sort resources."""
+        return (self.kind, self.namespace, self.name)
+
     def document(self) -> dict:
         """The resource as an Istio YAML document (camelCase), loadable again as it is."""
         if self.written is not None:

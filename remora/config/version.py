@@ -11,6 +11,7 @@ versions are the same as before the cache.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterable
 
 import msgspec
@@ -18,12 +19,13 @@ import msgspec
 from remora.config.model import Resource
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+_ORDER = operator.attrgetter("order")   # (kind, namespace, name), made once per Resource
 # id(resource) -> (resource, its canonical JSON); the resource is held so its id is not reused.
 _PARTS: dict[int, tuple[Resource, bytes]] = {}
 
 
 def config_version(resources: Iterable[Resource]) -> str:
-    ordered = sorted(resources, key=lambda r: (r.kind, r.namespace, r.name))
+    ordered = sorted(resources, key=_ORDER)
     used: dict[int, tuple[Resource, bytes]] = {}
     parts = []
     for r in ordered:

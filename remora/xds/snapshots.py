@@ -88,7 +88,7 @@ def scoped_resources(config: MeshConfig, key: ScopeKey,
         config = scoped_config(config, ns, None, narrowed)
     chosen = {kind: _chosen(config, ns, kind) for kind in kinds}
     return {type_url: sorted((r for kind in TYPE_KINDS[type_url] for r in chosen[kind]),
-                             key=lambda r: (r.kind, r.namespace, r.name))
+                             key=lambda r: r.order)
             for type_url in types}
 
 
