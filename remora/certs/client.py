@@ -35,16 +35,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from remora.certs.files import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE  # noqa: F401 (re-exported)
 from remora.certs.pem import public_key_der
 from remora.certs.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
 
 ALPN_PROTOCOLS = ["remora", "http/1.1"]
 SERVER_ALPN_PROTOCOLS = ["h2", *ALPN_PROTOCOLS]   # the server's preference order
-# Istio's names for file-mounted workload certificates (/etc/certs): the data plane reads
-# them (proxy/security/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
-CERT_CHAIN_FILE = "cert-chain.pem"
-KEY_FILE = "key.pem"
-ROOT_CERT_FILE = "root-cert.pem"
 ROTATE_AT_FRACTION = 0.5
 _TMPFS = "/dev/shm"
 
