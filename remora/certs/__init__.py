@@ -7,27 +7,18 @@
     client.py       sidecar side: key + CSR, Svid -> ssl.SSLContext, peer_spiffe_id, rotation timing
     pem.py, files.py  PEM helpers; atomic 0600 state files under a lock
 """
-from remora.certs.ca import (
-    CLOCK_SKEW_SECONDS,
-    DEFAULT_TTL_SECONDS,
-    MAX_TTL_SECONDS,
-    CaError,
-    CertificateAuthority,
-    CsrRejected,
-    IssuedCertificate,
-)
-from remora.certs.client import (
-    ALPN_PROTOCOLS,
-    RotationBackoff,
-    Svid,
-    SvidError,
-    generate_key_and_csr,
-    peer_spiffe_id,
-    rotation_due,
-)
-from remora.certs.credentials import CredentialRejected, CredentialVerifier, Identity
-from remora.certs.spiffe import InvalidSpiffeId, SpiffeId
-from remora.certs.tokens import JoinTokenStore, TokenInfo, TokenRejected, TokenStoreCorrupt
+# Names are loaded on first use (PEP 562): ca.py and client.py import cryptography (~8 MiB),
+# which a plaintext sidecar importing, say, remora.certs.credential must not pay for.
+_HOMES = {
+    "ca": ("CLOCK_SKEW_SECONDS", "DEFAULT_TTL_SECONDS", "MAX_TTL_SECONDS", "CaError", "CertificateAuthority",
+           "CsrRejected", "IssuedCertificate"),
+    "client": ("ALPN_PROTOCOLS", "RotationBackoff", "Svid", "SvidError", "generate_key_and_csr",
+               "peer_spiffe_id", "rotation_due"),
+    "credentials": ("CredentialRejected", "CredentialVerifier", "Identity"),
+    "spiffe": ("InvalidSpiffeId", "SpiffeId"),
+    "tokens": ("JoinTokenStore", "TokenInfo", "TokenRejected", "TokenStoreCorrupt"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "ALPN_PROTOCOLS", "CLOCK_SKEW_SECONDS", "DEFAULT_TTL_SECONDS", "MAX_TTL_SECONDS",
@@ -36,3 +27,13 @@ __all__ = [
     "SpiffeId", "Svid", "SvidError", "TokenInfo", "TokenRejected", "TokenStoreCorrupt",
     "generate_key_and_csr", "peer_spiffe_id", "rotation_due",
 ]
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

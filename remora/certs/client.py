@@ -29,22 +29,20 @@ import secrets
 import ssl
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from remora.certs.pem import public_key_der
+from remora.certs.files import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE  # noqa: F401 (re-exported)
 from remora.certs.spiffe import SCHEME, InvalidSpiffeId, SpiffeId
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (~8 MiB of RSS) is imported by the functions that use it: the data path names
+# peer_spiffe_id and the ALPN lists, and a sidecar without certificates never calls them.
 
 ALPN_PROTOCOLS = ["remora", "http/1.1"]
 SERVER_ALPN_PROTOCOLS = ["h2", *ALPN_PROTOCOLS]   # the server's preference order
-# Istio's names for file-mounted workload certificates (/etc/certs): the data plane reads
-# them (proxy/security/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
-CERT_CHAIN_FILE = "cert-chain.pem"
-KEY_FILE = "key.pem"
-ROOT_CERT_FILE = "root-cert.pem"
 ROTATE_AT_FRACTION = 0.5
 _TMPFS = "/dev/shm"
 
@@ -56,6 +54,9 @@ class SvidError(ValueError):
 def generate_key_and_csr(spiffe_id: SpiffeId | str) -> tuple[ec.EllipticCurvePrivateKey, str]:
     """A fresh EC P-256 key (kept in memory) and a PEM CSR carrying the SPIFFE ID as its URI SAN."""
     uri = str(spiffe_id if isinstance(spiffe_id, SpiffeId) else SpiffeId.parse(spiffe_id))
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([]))
@@ -79,11 +80,13 @@ class Svid:
     @classmethod
     def from_pems(cls, cert_pem: str, chain_pems: list[str] | tuple[str, ...], key) -> Svid:
         """Parse what the CA returned; SvidError unless it is an SVID for exactly this key."""
+        from cryptography import x509
         try:
             cert = x509.load_pem_x509_certificate(cert_pem.encode())
             chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in chain_pems)
         except ValueError as error:
             raise SvidError(f"the CA returned an unreadable certificate: {error}") from None
+        from remora.certs.pem import public_key_der
         if public_key_der(cert) != public_key_der(key):
             raise SvidError("the returned certificate is not for this sidecar's key")
         uri = spiffe_uri(cert)
@@ -118,6 +121,7 @@ class Svid:
         return context
 
     def _load_into(self, context: ssl.SSLContext) -> None:
+        from cryptography.hazmat.primitives import serialization
         password = secrets.token_bytes(32)
         encrypted_key = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.BestAvailableEncryption(password))
@@ -152,6 +156,7 @@ def _memory_file(data: bytes) -> Iterator[str]:
 
 def spiffe_uri(cert: x509.Certificate) -> str | None:
     """The certificate's SPIFFE ID if it has exactly one URI SAN and that is spiffe://, else None."""
+    from cryptography import x509
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
@@ -169,6 +174,7 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    from cryptography import x509
     try:
         return spiffe_uri(x509.load_der_x509_certificate(der))
     except ValueError:

@@ -19,6 +19,12 @@ from typing import Iterator
 PRIVATE_MODE = 0o600   # keys, token hashes
 PUBLIC_MODE = 0o644    # certificates
 DIR_MODE = 0o700
+# Istio's names for file-mounted workload certificates (/etc/certs): the data plane reads
+# them (proxy/security/tls.py), the Envoy renderer points Envoy at them (xds/envoy_tls.py).
+# Here rather than in client.py so that naming them does not load cryptography.
+CERT_CHAIN_FILE = "cert-chain.pem"
+KEY_FILE = "key.pem"
+ROOT_CERT_FILE = "root-cert.pem"
 
 
 def ensure_dir(path: Path) -> Path:

@@ -23,9 +23,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from jwt.exceptions import InvalidKeyError
-
 # JWS algorithms Remora verifies, and the key family each needs.
 RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -84,6 +81,9 @@ def _public_key(index: int, jwk: Any) -> PublicKey:
     if alg is not None and alg not in ALGORITHMS:
         raise JwksError(f"{where}: alg {alg!r} is not supported (use one of {', '.join(sorted(ALGORITHMS))}; "
                         "symmetric HS* and `none` are refused)")
+    # PyJWT loads cryptography (~9 MiB together): only configs with JWKS keys pay for it.
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+    from jwt.exceptions import InvalidKeyError
     try:
         if kty == "RSA":
             family, key = "RSA", RSAAlgorithm.from_jwk(jwk)

@@ -6,8 +6,9 @@ start. PyYAML's C loader reads the same text twenty times faster, but implements
 This module lets it read a text only when the result is certain to be ruamel.yaml's own,
 and gives up (None: ruamel.yaml reads the text, errors included) otherwise:
 
-- Plain scalars are resolved with ruamel.yaml's YAML 1.2 resolver table itself (so `yes`,
-  `on`, `1:30` stay strings); a scalar resolved to an int, float or bool is built here only
+- Plain scalars are resolved with ruamel.yaml's YAML 1.2 resolver table (a copy, below, so
+  that reading a sidecar's config does not load ruamel.yaml; a test holds it equal to
+  ruamel.yaml's own), so `yes`, `on`, `1:30` stay strings; a scalar resolved to an int, float or bool is built here only
   in its simplest spelling (`42`, `-3`, `0.5`, `true`), anything else (`017`, `0x1f`,
   `1_000`, `1e3`, `.inf`, timestamps, explicit tags other than str/int/float/bool/null/
   seq/map) gives up.
@@ -27,13 +28,40 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ruamel.yaml.resolver import implicit_resolvers
-
 _INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\.[0-9]+")
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 _NULL = frozenset({"", "~", "null", "Null", "NULL"})
 _YAML_11_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+# ruamel.yaml.resolver.implicit_resolvers, the entries for YAML 1.2: (tag, regexp, first
+# characters). Copied: importing ruamel.yaml costs a sidecar 2 MiB of RSS it never needs when
+# libyaml reads its config (tests/unit/test_yaml_fast.py checks the copy against ruamel.yaml).
+# Compiled with re.X (and re.U, the default for str patterns), as ruamel.yaml's RegExp does.
+YAML_1_2_RESOLVERS = (
+    ("tag:yaml.org,2002:bool", "^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:float", """^(?:
+         [-+]?(?:[0-9][0-9_]*)\\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\\.(?:inf|Inf|INF)
+        |\\.(?:nan|NaN|NAN))$""", list("-+0123456789.")),
+    ("tag:yaml.org,2002:int", """^(?:[-+]?0b[0-1_]+
+        |[-+]?0o?[0-7_]+
+        |[-+]?[0-9_]+
+        |[-+]?0x[0-9a-fA-F_]+)$""", list("-+0123456789")),
+    ("tag:yaml.org,2002:merge", "^(?:<<)$", ["<"]),
+    ("tag:yaml.org,2002:null", """^(?: ~
+        |null|Null|NULL
+        | )$""", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:timestamp", """^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
+        |[0-9][0-9][0-9][0-9] -[0-9][0-9]? -[0-9][0-9]?
+        (?:[Tt]|[ \\t]+)[0-9][0-9]?
+        :[0-9][0-9] :[0-9][0-9] (?:\\.[0-9]*)?
+        (?:[ \\t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$""", list("0123456789")),
+    ("tag:yaml.org,2002:value", "^(?:=)$", ["="]),
+    ("tag:yaml.org,2002:yaml", "^(?:!|&|\\*)$", ["!", "&", "*"]),
+)
 
 
 class _GiveUp(Exception):
@@ -74,9 +102,8 @@ def _reader() -> Callable[[str], Any] | None:
                 mapping[key] = self.construct_object(value_node, deep=deep)
             return mapping
 
-    for versions, tag, regexp, first in implicit_resolvers:
-        if (1, 2) in versions:
-            Loader.add_implicit_resolver(tag, regexp, first)
+    for tag, pattern, first in YAML_1_2_RESOLVERS:
+        Loader.add_implicit_resolver(tag, re.compile(pattern, re.X), first)
 
     def scalar(node) -> str:
         if not isinstance(node, yaml.ScalarNode):

@@ -18,19 +18,19 @@ otherwise; ruamel.yaml stays the reference and reports every error.
 """
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
-from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import ScalarNode
-from ruamel.yaml.representer import SafeRepresenter
-from ruamel.yaml.resolver import VersionedResolver
+from typing import TYPE_CHECKING, Any
 
 from remora.config import yaml_fast
 
+if TYPE_CHECKING:
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
+# ruamel.yaml (2 MiB of RSS) is imported by the functions that need it: a sidecar whose
+# config libyaml reads (yaml_fast.py) never loads it.
 __all__ = ["YAMLError", "YamlSyntaxError", "dump", "dump_all", "load_all"]
 
 
@@ -43,10 +43,18 @@ class YamlSyntaxError(ValueError):
         self.problem, self.line, self.column = problem, line, column
 
 
-def _reader() -> YAML:
+def _reader():
     # A new instance per call: a YAML object keeps parser state and is not thread-safe,
     # and the control server validates in worker threads.
+    from ruamel.yaml import YAML
     return YAML(typ="safe", pure=True)
+
+
+def __getattr__(name: str):
+    if name == "YAMLError":   # re-exported, loaded on first use as the rest of ruamel.yaml
+        from ruamel.yaml.error import YAMLError
+        return YAMLError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_all(text: str) -> Iterator[Any]:
@@ -59,6 +67,8 @@ def load_all(text: str) -> Iterator[Any]:
     if fast is not None:
         yield from fast
         return
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
     try:
         yield from _reader().load_all(text)
     except DuplicateKeyError as error:
@@ -82,27 +92,34 @@ def _duplicate_key(error: DuplicateKeyError) -> str | None:
     return problem[start + 1:end] if 0 <= start < end else None
 
 
-_YAML_1_1 = VersionedResolver(version=(1, 1))
-_STR_TAG = "tag:yaml.org,2002:str"
+@functools.cache
+def _representer() -> type:
+    """The dump representer class, made at first use (ruamel.yaml is imported then)."""
+    from ruamel.yaml.nodes import ScalarNode
+    from ruamel.yaml.representer import SafeRepresenter
+    from ruamel.yaml.resolver import VersionedResolver
+
+    yaml_1_1 = VersionedResolver(version=(1, 1))
+    str_tag = "tag:yaml.org,2002:str"
+
+    class Representer(SafeRepresenter):
+        """Quotes a string that a YAML 1.1 reader would take for something else (`yes`, `on`,
+        `1:30`, `010`): what `remora get -o yaml` prints is often piped to tools on PyYAML or
+        go-yaml v2 (kubectl), which resolve plain scalars by YAML 1.1."""
+
+        def represent_str(self, data: str) -> Any:
+            if yaml_1_1.resolve(ScalarNode, data, (True, False)) != str_tag:
+                return self.represent_scalar(str_tag, data, style="'")
+            return super().represent_str(data)
+
+    Representer.add_representer(str, Representer.represent_str)
+    return Representer
 
 
-class _Representer(SafeRepresenter):
-    """Quotes a string that a YAML 1.1 reader would take for something else (`yes`, `on`,
-    `1:30`, `010`): what `remora get -o yaml` prints is often piped to tools on PyYAML or
-    go-yaml v2 (kubectl), which resolve plain scalars by YAML 1.1."""
-
-    def represent_str(self, data: str) -> Any:
-        if _YAML_1_1.resolve(ScalarNode, data, (True, False)) != _STR_TAG:
-            return self.represent_scalar(_STR_TAG, data, style="'")
-        return super().represent_str(data)
-
-
-_Representer.add_representer(str, _Representer.represent_str)
-
-
-def _writer() -> YAML:
+def _writer():
+    from ruamel.yaml import YAML
     writer = YAML(typ="safe", pure=True)
-    writer.Representer = _Representer
+    writer.Representer = _representer()
     writer.default_flow_style = False
     writer.sort_base_mapping_type_on_output = False   # keep the document's own key order
     writer.width = 4096   # never fold a long string onto a second line

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import sys
 
-from remora.kube.inject import InjectError, inject_text
-from remora.kube.sidecar import SidecarSettings
-
 
 def add_inject_parser(sub, http_url) -> None:
     """The `inject` subcommand's flags (`http_url` is the CLI's URL checker)."""
@@ -19,6 +16,10 @@ def add_inject_parser(sub, http_url) -> None:
 
 
 def run_inject(args) -> int:
+    # Here, not at import: cli.py builds every subcommand's parser, and inject.py loads
+    # ruamel.yaml (2 MiB) that `remora proxy` must not pay for.
+    from remora.kube.inject import InjectError, inject_text
+    from remora.kube.sidecar import SidecarSettings
     try:
         if args.filename == "-":
             raw = sys.stdin.buffer.read()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families
 
 from remora.proxy.admin.server import (
@@ -15,6 +15,7 @@ from remora.proxy.admin.server import (
     prometheus_name,
     start_admin,
 )
+from remora.proxy.admin.http_server import serve
 
 REVIEWS = "outbound|9080|v1|reviews.default.svc.cluster.local"
 
@@ -76,10 +77,35 @@ class FakeSource:
         self.quit_called.set()
 
 
+class Client:
+    """aiohttp's client against Remora's admin server on a free port (TestClient's calls)."""
+
+    def __init__(self, routes) -> None:
+        self.routes = routes
+
+    async def start_server(self) -> None:
+        self.server = await serve(self.routes, "127.0.0.1", 0)
+        self.base = "http://127.0.0.1:%d" % self.server.addresses[0][1]
+        self.session = ClientSession()
+
+    def get(self, path: str, **kwargs):
+        return self.session.get(self.base + path, **kwargs)
+
+    def post(self, path: str, **kwargs):
+        return self.session.post(self.base + path, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs):
+        return self.session.request(method, self.base + path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.server.cleanup()
+
+
 @pytest.fixture
 async def source_client():
     source = FakeSource()
-    client = TestClient(TestServer(make_admin_app(source)))
+    client = Client(make_admin_app(source))
     await client.start_server()
     try:
         yield source, client
@@ -302,7 +328,7 @@ async def test_health_app_serves_readiness_and_nothing_of_admin():
     """The health port answers /healthz/ready as admin's /ready does, and no admin path (404)."""
     source = FakeSource(ready=False)
     source.not_ready_reason = lambda: "waiting for the workload certificate"
-    client = TestClient(TestServer(make_health_app(source)))
+    client = Client(make_health_app(source))
     await client.start_server()
     try:
         resp = await client.get("/healthz/ready")

@@ -104,3 +104,15 @@ def test_any_dumped_document_reads_the_same_or_is_left_to_ruamel(document, write
     fast = yaml_fast.load_all(text)
     if fast is not None:
         assert typed(fast) == typed(reference(text)), text
+
+
+def test_resolver_copy_is_ruamels_yaml_1_2_table():
+    """yaml_fast's copy of the YAML 1.2 resolvers equals ruamel.yaml's (tags, patterns, first
+    characters), and ruamel.yaml too compiles every pattern that has whitespace with re.X."""
+    import re
+
+    from ruamel.yaml.resolver import implicit_resolvers
+    theirs = [(tag, regexp, first) for versions, tag, regexp, first in implicit_resolvers if (1, 2) in versions]
+    assert list(yaml_fast.YAML_1_2_RESOLVERS) == [(tag, regexp.pattern, first) for tag, regexp, first in theirs]
+    for _, regexp, _ in theirs:   # re.X changes nothing in a pattern without whitespace
+        assert regexp.flags & re.X or not any(c.isspace() for c in regexp.pattern)

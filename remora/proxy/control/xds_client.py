@@ -27,15 +27,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib import metadata
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from remora.config.model import MeshConfig
 from remora.proxy.control.snapshot_store import SnapshotStore, default_state_dir
 from remora.proxy.control.xds_state import FROM_CONTROL, FROM_DISK, Candidate, XdsState
 from remora.wire import protocol
+
+if TYPE_CHECKING:
+    import aiohttp
 
 HEARTBEAT_SECONDS = 10.0        # ping the server; no pong within half of it drops the stream
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -94,6 +95,8 @@ class Backoff:
 
 
 def remora_version() -> str:
+    # importlib.metadata (email, zipfile, ... ~2.6 MiB) only under --control, when the Node is built.
+    from importlib import metadata
     try:
         return metadata.version("remora")
     except metadata.PackageNotFoundError:
@@ -224,6 +227,7 @@ class XdsClient:
         self._task = None
 
     async def _run(self) -> None:
+        import aiohttp   # only a sidecar under --control loads aiohttp (~10 MiB), when it connects
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS,
                                         sock_connect=CONNECT_TIMEOUT_SECONDS)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -244,6 +248,7 @@ class XdsClient:
                     await asyncio.sleep(0.05)                        # another replica, at once
 
     async def _stream(self, session: aiohttp.ClientSession) -> None:
+        import aiohttp   # loaded by _run already; named here for WSMsgType
         async with session.ws_connect(self.url, heartbeat=HEARTBEAT_SECONDS,
                                       max_msg_size=MAX_FRAME_BYTES) as ws:
             self.connected = True
@@ -307,10 +312,12 @@ class XdsClient:
         if refused:
             answer.error = f"not an introspection path: {', '.join(refused)}"
         else:
+            import aiohttp   # loaded by _run already (this runs on its stream)
             try:
                 answer.documents = await read_admin(admin_url(self.node.admin), request.paths)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as error:
-                answer.error = f"cannot read its admin server {self.node.admin}: {_one_line(error) or type(error).__name__}"
+                why = _one_line(error) or type(error).__name__
+                answer.error = f"cannot read its admin server {self.node.admin}: {why}"
         frame = protocol.encode(answer)
         if len(frame.encode()) > protocol.MAX_SIDECAR_FRAME:   # the server would drop the stream for it
             frame = protocol.encode(protocol.ConfigDumpResponse(
@@ -375,6 +382,7 @@ def admin_url(admin: str | None) -> str:
 
 async def read_admin(base: str, paths: list[str]) -> dict:
     """path -> the JSON the admin server at `base` answers there."""
+    import aiohttp   # loaded with the control stream already; kept out of module import
     timeout = aiohttp.ClientTimeout(total=ADMIN_READ_TIMEOUT_SECONDS)
     documents = {}
     async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -10,7 +10,6 @@ import sys
 
 from remora.proxy.admin.admin_source import ControlView, gauge_names
 from remora.proxy.control.xds_state import Candidate
-from remora.proxy.security.cert_source import svid_message
 from remora.proxy.telemetry.istio_metrics import merge, render
 
 
@@ -59,6 +58,7 @@ class FanoutAdminSource(ControlView):
 
     async def push_certificate(self, svid, bundle) -> None:
         """Send the SVID (key included, over the socketpairs only) and bundle to every worker."""
+        from remora.proxy.security.cert_source import svid_message   # cryptography: only with certificates
         for error in await self._ask("certs", **svid_message(svid, bundle)):
             if error:
                 print(f"remora proxy: {error}", file=sys.stderr, flush=True)

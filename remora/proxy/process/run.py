@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -33,12 +34,14 @@ from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
 from remora.proxy.admin.server import start_admin, start_health, start_prometheus
 from remora.proxy.router.request_ids import request_ids
-from remora.proxy.security.svid_manager import HttpCaClient, SvidManager
-from remora.proxy.security.cert_source import CertDirWatcher, svid_from_message
 from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource
 from remora.proxy.process.fanout import FanoutAdminSource, apply_to_workers
 from remora.proxy.process.worker import ProxyOptions, Worker
 from remora.proxy.control.xds_state import Candidate
+
+if TYPE_CHECKING:
+    from remora.proxy.security.cert_source import CertDirWatcher
+    from remora.proxy.security.svid_manager import SvidManager
 
 # One line on the parent/child socketpair carries a whole pushed config ("apply").
 CHANNEL_LINE_LIMIT = 2 * xds_client.MAX_FRAME_BYTES
@@ -83,9 +86,13 @@ def _start_control(options: ProxyOptions, client: xds_client.XdsClient, runner) 
 def _start_certs(options: ProxyOptions, view: ControlView) -> SvidManager | CertDirWatcher | None:
     """The certificate source, started: the SvidManager under --control with --token, the
     directory watcher with --cert-dir (its first read happens here), else None."""
+    # Imported in their branch: both load cryptography (~8 MiB), which a sidecar without
+    # certificates never needs.
     if options.control and options.token:
+        from remora.proxy.security.svid_manager import HttpCaClient, SvidManager
         view.certs = SvidManager(HttpCaClient(options.control), options.token, options.identity.principal)
     elif options.cert_dir:
+        from remora.proxy.security.cert_source import CertDirWatcher
         view.certs = CertDirWatcher(options.cert_dir)
     else:
         return None
@@ -313,6 +320,7 @@ async def _apply_documents(worker: Worker, documents: list) -> str | None:
 
 def _apply_certificate(worker: Worker, message: dict) -> str | None:
     """A child's half of "certs": install the SVID the supervisor holds (None, or the error)."""
+    from remora.proxy.security.cert_source import svid_from_message   # cryptography: only with certificates
     try:
         _install_in(worker)(*svid_from_message(message))
     except Exception as error:   # answered to the parent, which logs it; the old certificate stays

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 DEFAULT_HEALTH_URL = "http://127.0.0.1:15021/healthz/ready"
@@ -30,6 +28,10 @@ class Probe:
 
 def probe(url: str, timeout: float) -> Probe:
     """GET `url` once: 200 is ready; anything else is not, with the reason in one line."""
+    # Here, not at import: cli.py imports this module to build its parser, and urllib.request
+    # (email, http.client, ...) would otherwise be loaded by `remora proxy` too.
+    import urllib.error
+    import urllib.request
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             if response.status == 200:

@@ -29,8 +29,6 @@ import os
 import ssl
 import tempfile
 
-from cryptography import x509
-
 from remora.proxy.security.credentials import Credential, CredentialSource
 from remora.proxy.security.gateway_tls import GatewayTlsError, apply_settings
 
@@ -63,6 +61,7 @@ def load_pem_chain(context: ssl.SSLContext, credential: Credential) -> None:
 
 def certificate_info(cert_pem: bytes) -> dict:
     """Serial (hex) and notAfter (Unix time, ISO 8601 UTC) of the first certificate of a PEM chain."""
+    from cryptography import x509   # here: only gateways with credentials read certificates
     cert = x509.load_pem_x509_certificate(cert_pem)
     not_after = cert.not_valid_after_utc
     return {"serial": format(cert.serial_number, "x"), "expiry": int(not_after.timestamp()),

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from remora.certs.client import peer_spiffe_id
 from remora.config.model import MeshConfig
 from remora.proxy.security.authz import Authorizer, AuthzRequest, applies_to
 from remora.proxy.security.identity import UNKNOWN, WorkloadIdentity
@@ -54,6 +53,8 @@ class PeerCertificate:
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
             return None
+        # Here, not at import: certs.client loads cryptography, which plaintext sidecars never use.
+        from remora.certs.client import peer_spiffe_id
         return cls(peer_spiffe_id(ssl_object), der, local_spiffe_id)
 
 

@@ -39,10 +39,9 @@ import json
 import re
 import time
 from collections.abc import Iterable
+from functools import cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl
-
-from jwt.algorithms import get_default_algorithms
 
 from remora.config.jwks import ALGORITHMS, PublicKey, parse_jwks
 from remora.config.model import Resource
@@ -53,7 +52,13 @@ from remora.proxy.telemetry.telemetry_policy import ROOT_NAMESPACE
 
 CLOCK_SKEW = 60          # seconds, Envoy's default
 CACHE_SIZE = 256         # verified tokens kept per authenticator (Envoy has a JWT cache too)
-_VERIFIERS = {name: algorithm for name, algorithm in get_default_algorithms().items() if name in ALGORITHMS}
+
+
+@cache
+def _verifiers() -> dict:
+    """PyJWT's verifier per algorithm Remora accepts; loaded (with cryptography) on the first JWT."""
+    from jwt.algorithms import get_default_algorithms
+    return {name: algorithm for name, algorithm in get_default_algorithms().items() if name in ALGORITHMS}
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*=*")
 _TOKEN = re.compile(rb"[A-Za-z0-9_\-.=]+")
 _DEFAULT_HEADER = (b"authorization", b"Bearer ")
@@ -290,7 +295,7 @@ class JwtAuthenticator:
         if not rules:
             return UNKNOWN_ISSUER
         signing_input = (parts[0] + "." + parts[1]).encode("ascii")
-        verifier = _VERIFIERS[alg]
+        verifier = _verifiers()[alg]
         outcomes: dict[CompiledRule, JwtFailure | None] = {}
         for rule in rules:
             if rule.keys is None:

@@ -18,15 +18,17 @@ import datetime as dt
 import random
 import sys
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from remora.certs import RotationBackoff, Svid, SvidError, generate_key_and_csr, rotation_due
 from remora.wire.certificates import CERTIFICATES_PATH
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -78,6 +80,8 @@ class HttpCaClient:
         raise error
 
     async def _sign_at(self, url: str, csr: str, token: str) -> dict:
+        # Here, not at import: --cert-dir sidecars import this module but never call a CA.
+        import aiohttp
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
                 total=REQUEST_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS))

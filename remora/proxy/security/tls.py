@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from remora.certs.client import CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_FILE, Svid, SvidError, peer_spiffe_id
-from remora.certs.files import PRIVATE_MODE, PUBLIC_MODE, ensure_dir, write_atomically
-from remora.certs.pem import CaError, cert_pem, key_pem, load_certs, load_private_key
+from remora.certs.files import (CERT_CHAIN_FILE, KEY_FILE, PRIVATE_MODE, PUBLIC_MODE, ROOT_CERT_FILE, ensure_dir,
+                                write_atomically)
 from remora.certs.spiffe import SCHEME
+
+if TYPE_CHECKING:
+    from remora.certs.client import Svid
+
+# certs.client and certs.pem load cryptography (~8 MiB): they are imported inside the functions
+# that read certificates, so a sidecar that never has one does not pay for them.
 
 
 class MeshTls:
@@ -63,6 +69,7 @@ def principal_of(spiffe_id: str | None) -> str | None:
 
 def peer_principal(transport) -> str | None:
     """The verified peer's principal on a TLS transport, None on plaintext or without a SPIFFE ID."""
+    from remora.certs.client import peer_spiffe_id
     return principal_of(peer_spiffe_id(transport.get_extra_info("ssl_object")))
 
 
@@ -76,6 +83,8 @@ def load_cert_dir(directory: str | Path) -> tuple[Svid, list[str]]:
     cert-chain.pem: the workload certificate first, then intermediates; key.pem: its
     private key (PEM, unencrypted); root-cert.pem: one or more trusted roots.
     """
+    from remora.certs.client import Svid, SvidError
+    from remora.certs.pem import CaError, cert_pem, load_certs, load_private_key
     directory = Path(directory)
     try:
         chain = load_certs(directory / CERT_CHAIN_FILE, "certificate chain")
@@ -94,6 +103,7 @@ def write_cert_dir(directory: str | Path, svid: Svid, bundle: list[str]) -> Path
 
     For operators and benchmarks that hand certificates to a sidecar (and to Envoy) as files.
     """
+    from remora.certs.pem import cert_pem, key_pem
     directory = ensure_dir(Path(directory))
     chain = "".join(cert_pem(c) for c in (svid.cert, *svid.chain))
     write_atomically(directory / CERT_CHAIN_FILE, chain.encode(), PUBLIC_MODE)

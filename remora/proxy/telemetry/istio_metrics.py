@@ -39,9 +39,6 @@ from __future__ import annotations
 from bisect import bisect_left
 from functools import lru_cache
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
-
 from remora.config.names import qualify_host
 from remora.proxy.security.identity import UNKNOWN, WorkloadIdentity
 from remora.proxy.telemetry.peer_metadata import (
@@ -295,6 +292,7 @@ class _Exported:
         self.data = data
 
     def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         rows = self.data["requests"]
         total = CounterMetricFamily("istio_requests_total",
                                     "Requests handled by the sidecar.", labels=LABEL_NAMES)
@@ -346,4 +344,7 @@ def _cumulative(counts: list) -> list[tuple[str, float]]:
 
 def render(data: dict) -> str:
     """Prometheus text exposition of one (merged) export; every family always has its TYPE line."""
+    # prometheus_client (and the HTTP server modules it brings, ~2 MiB) is loaded on the first
+    # scrape, not at start: counting on the request path never needs it.
+    from prometheus_client.exposition import generate_latest
     return generate_latest(_Exported(data)).decode()
