@@ -88,8 +88,6 @@ def test_plaintext_sidecar_loads_no_yaml_reference_or_jwt(sidecar_modules):
     assert _loaded(sidecar_modules, "jwt") == []
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/upstream/tls_origination.py imports cryptography at module "
-                                       "level (its two loaders need it); that folder is changed on another branch")
 def test_plaintext_sidecar_loads_no_cryptography(sidecar_modules):
     """Without certificates, TLS origination or JWKS, cryptography (x509) stays unloaded."""
     assert _loaded(sidecar_modules, "cryptography") == [], os.linesep.join(_loaded(sidecar_modules, "cryptography"))

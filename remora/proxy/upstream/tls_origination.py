@@ -37,8 +37,6 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from remora.certs.secret_dir import (CA_FILES, CA_SECRET_SUFFIX, CERT_FILES, KEY_FILES, credential_ca,
                                       first_file)
@@ -171,6 +169,7 @@ def _stat(path: str | None):
 
 
 def _check_certificates(data: bytes) -> None:
+    from cryptography import x509   # here: a sidecar without TLS origination never loads it (8.6 MiB)
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise ValueError("no PEM certificate in it")
     try:
@@ -180,6 +179,7 @@ def _check_certificates(data: bytes) -> None:
 
 
 def _check_key(data: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization   # as above
     if b"PRIVATE KEY-----" not in data:
         raise ValueError("no PEM private key in it")
     try:
