@@ -59,6 +59,8 @@ def _verifiers() -> dict:
     """PyJWT's verifier per algorithm Remora accepts; loaded (with cryptography) on the first JWT."""
     from jwt.algorithms import get_default_algorithms
     return {name: algorithm for name, algorithm in get_default_algorithms().items() if name in ALGORITHMS}
+
+
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*=*")
 _TOKEN = re.compile(rb"[A-Za-z0-9_\-.=]+")
 _DEFAULT_HEADER = (b"authorization", b"Bearer ")
