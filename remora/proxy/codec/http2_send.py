@@ -38,7 +38,7 @@ class Http2Sending:
     # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
     # fields); the client role's come already shaped (upstream/http2_request_head.py).
     shape_outbound_fields = True
-    # Header blocks of indexed fields only are remembered (_encode); the client role's
+    # Header blocks that leave the table unchanged are remembered (_encode); the client role's
     # request heads always carry a new x-request-id, so it skips the lookup.
     remember_encoded = True
     encoder: HpackEncoder
@@ -115,9 +115,9 @@ class Http2Sending:
             self._close_local(stream_id, stream)
 
     def _encode(self, headers: list) -> bytes:
-        """The HPACK block of `headers`. A block of indexed fields only encodes to the same
-        bytes while the table does not change: a response head or trailers repeated on every
-        stream are remembered, not re-encoded (header_compression.py's docstring)."""
+        """The HPACK block of `headers`. A block that leaves the table unchanged encodes to the
+        same bytes while the table does not change: a response head or trailers repeated on
+        every stream are remembered, not re-encoded (`reusable`, header_compression.py)."""
         encoder = self.encoder
         key = tuple(headers)
         cache = self.encoded_blocks
@@ -125,7 +125,7 @@ class Http2Sending:
         if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
             return hit[1]
         block = encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
-        if encoder.indexed_only:
+        if encoder.reusable:
             if len(cache) >= ENCODED_CACHE:
                 cache.clear()
             cache[key] = (encoder.generation, block)

@@ -295,10 +295,11 @@ class Http2Session(Http2Sending):
     def _decode_checked(self, block: bytes, check) -> tuple[list | None, object]:
         """The block's fields and `check(fields)` (None, None over the header-list limit).
 
-        A client repeating its requests sends the same bytes every time once HPACK indexed
-        them. A block of indexed fields only leaves the table as it was, and decodes to the
-        same fields (passing the same check) while the table does not change: it is
-        remembered with its check's result (header_compression.py's docstring)."""
+        A peer repeating its requests or answers sends the same bytes every time once HPACK
+        indexed them (or never indexes them, as nghttp2 does :path and nginx everything). A
+        block that left the table as it was decodes to the same fields (passing the same
+        check) while the table does not change: it is remembered with its check's result
+        (`reusable`, header_compression.py's docstring)."""
         decoder = self.decoder
         cache = self.checked_blocks
         hit = cache.get(block)
@@ -308,7 +309,7 @@ class Http2Session(Http2Sending):
         if headers is None:
             return None, None
         result = check(headers)
-        if decoder.indexed_only:
+        if decoder.reusable:
             if len(cache) >= BLOCK_CACHE:
                 cache.clear()
             cache[block] = (decoder.generation, check, tuple(headers), result)

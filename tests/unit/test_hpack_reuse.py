@@ -1,0 +1,91 @@
+"""Which HPACK blocks the HTTP/2 session replays without decoding or encoding them again.
+
+A block is remembered when it left the table as it was and carries no per-request value
+(header_compression.py's `reusable`): nginx's answers (literals without indexing, Huffman-coded)
+and nghttp2's requests (:path and content-length never indexed) repeat byte for byte.
+"""
+from __future__ import annotations
+
+import pytest
+from hpack import Decoder
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hyperframe.frame import HeadersFrame
+
+from remora.proxy.codec import http2_frames as f
+from remora.proxy.codec.header_compression import CompressionError, HpackDecoder, HpackEncoder
+from remora.proxy.codec.http2_server import ServerConnection
+
+HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def _huffman(value: bytes) -> bytes:
+    coded = HUFFMAN.encode(value)
+    return bytes((0x80 | len(coded),)) + coded
+
+
+# :method POST, :scheme http (static); :authority and :path as literals without indexing
+# (static names 1 and 4), Huffman-coded, the way nghttp2 sends a path.
+REQUEST_BLOCK = b"\x83\x86" + b"\x01" + _huffman(b"svc") + b"\x04" + _huffman(b"/test.Echo/Unary")
+
+
+class CountingDecoder(HpackDecoder):
+    """An HpackDecoder that counts the blocks it really decodes."""
+
+    def __init__(self, max_list_size: int) -> None:
+        super().__init__(max_list_size)
+        self.calls = 0
+
+    def decode(self, data: bytes) -> list | None:
+        self.calls += 1
+        return super().decode(data)
+
+
+def test_literals_without_indexing_are_replayed_from_the_cache():
+    """A block of literals without indexing leaves the table alone, so the session decodes it
+    once and replays the fields (and their check) for every later stream."""
+    server = ServerConnection(100, 60 * 1024)
+    server.decoder = CountingDecoder(60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    heads = []
+    for sid in (1, 3, 5):
+        events = server.receive_data(HeadersFrame(sid, data=REQUEST_BLOCK, flags=["END_HEADERS", "END_STREAM"])
+                                     .serialize())
+        heads += [e.headers for e in events if isinstance(e, f.RequestReceived)]
+    assert server.decoder.calls == 1 and len(heads) == 3 and heads[0] == heads[2]
+    assert heads[0] == [tuple(field) for field in Decoder().decode(REQUEST_BLOCK, raw=True)]
+
+
+def test_a_request_id_literal_is_not_remembered():
+    """A block carrying x-request-id (new on every request) is decoded but not reusable."""
+    decoder = HpackDecoder(60 * 1024)
+    decoder.decode(REQUEST_BLOCK)
+    assert decoder.reusable
+    decoder.decode(REQUEST_BLOCK + b"\x00\x0cx-request-id\x03abc")
+    assert not decoder.reusable and decoder.generation == 0
+
+
+def test_upstream_service_time_is_not_indexed():
+    """x-envoy-upstream-service-time goes as a literal without indexing: the table and the
+    remembered blocks stay valid from one response to the next, and h2's decoder agrees."""
+    encoder = HpackEncoder()
+    reference = Decoder()
+    for ms in (b"3", b"12", b"3"):
+        fields = [(b":status", b"200"), (b"x-envoy-upstream-service-time", ms)]
+        block = encoder.encode(fields)
+        assert encoder.reusable and encoder.generation == 0
+        assert [tuple(field) for field in reference.decode(block, raw=True)] == fields
+
+
+def test_fields_indexed_into_an_empty_table_leave_it_alone():
+    """After nginx's table size update to 0, its fields "with incremental indexing" leave the
+    table empty: the answers that follow are reusable, and index 62 no longer exists."""
+    decoder = HpackDecoder(60 * 1024)
+    head = b"\x88" + b"\x76" + _huffman(b"nginx") + b"\x5f" + _huffman(b"application/grpc")
+    assert decoder.decode(b"\x20" + head) == [(b":status", b"200"), (b"server", b"nginx"),
+                                              (b"content-type", b"application/grpc")]
+    generation = decoder.generation
+    decoder.decode(head)
+    assert decoder.reusable and decoder.generation == generation and not decoder.table
+    with pytest.raises(CompressionError):
+        decoder.decode(b"\xbe")
