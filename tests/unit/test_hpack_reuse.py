@@ -89,3 +89,20 @@ def test_fields_indexed_into_an_empty_table_leave_it_alone():
     assert decoder.reusable and decoder.generation == generation and not decoder.table
     with pytest.raises(CompressionError):
         decoder.decode(b"\xbe")
+
+
+def test_blocks_that_read_no_dynamic_entry_replay_their_inserts():
+    """nginx's answers without a table size update insert every field and reference none: the
+    session decodes one once, and each replay leaves the table as decoding it would."""
+    server = ServerConnection(100, 60 * 1024)
+    server.decoder = CountingDecoder(60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    reference = HpackDecoder(60 * 1024)
+    block = REQUEST_BLOCK + b"\x40\x03x-a" + _huffman(b"1") + b"\x5f" + _huffman(b"application/grpc")
+    for sid in (1, 3, 5):
+        events = server.receive_data(HeadersFrame(sid, data=block, flags=["END_HEADERS", "END_STREAM"])
+                                     .serialize())
+        heads = [e.headers for e in events if isinstance(e, f.RequestReceived)]
+        assert heads == [reference.decode(block)]
+    assert server.decoder.calls == 1 and server.decoder.generation == 6
+    assert list(server.decoder.table) == list(reference.table) and len(reference.table) == 6

@@ -30,6 +30,12 @@ Rules:
   (h2load, curl) never indexes :path and content-length, nginx indexes nothing and
   Huffman-codes every value; a block with a new request id every time is not worth
   remembering.
+- A block that reads nothing from the dynamic table (static indexes and literals only)
+  decodes to the same fields whatever the table holds: the decoder gives the fields it
+  inserts (`replay`), and the session replays such a block at any generation by inserting
+  them again, without Huffman-decoding or checking it. nginx answers that way when the
+  client's SETTINGS do not name a table size: every field a Huffman-coded literal "with
+  incremental indexing", never referenced afterwards.
 - x-envoy-upstream-service-time goes as a literal without indexing (NOT_INDEXED): its value
   changes from call to call among a few hundred, and indexed it would churn the table (and
   so every remembered block) on most responses.
@@ -110,7 +116,7 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HpackDecoder:
     """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
 
-    __slots__ = ("generation", "max_list_size", "max_table_size", "reusable", "table", "table_limit",
+    __slots__ = ("generation", "max_list_size", "max_table_size", "replay", "reusable", "table", "table_limit",
                  "table_size")
 
     def __init__(self, max_list_size: int) -> None:
@@ -118,6 +124,7 @@ class HpackDecoder:
         self.table_size = 0
         self.generation = 0               # bumped on every table change (the module docstring)
         self.reusable = False             # the last block can be replayed (the module docstring)
+        self.replay: tuple | None = None  # what the last block inserts, if it reads no dynamic entry
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
         # The size the peer's last table size update chose (RFC 7541 4.2), within the above:
         # nginx sets it to 0 and then sends its fields "with incremental indexing", which
@@ -131,23 +138,30 @@ class HpackDecoder:
         size = 0
         pos = 0
         end = len(data)
-        reusable = True
+        generation = self.generation
+        unique = False          # a UNIQUE_PER_REQUEST field: the block will not come again
+        dynamic = False         # it read the dynamic table (or resized it)
+        inserts = []
         while pos < end:
             byte = data[pos]
             if byte & 0x80:                           # indexed field
                 index, pos = _integer(data, pos, 0x7F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 field = self._field(index)
             elif byte & 0x40:                         # literal, added to the table
                 index, pos = _integer(data, pos, 0x3F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
-                generation = self.generation
                 self._add(field)
-                if generation != self.generation or name in UNIQUE_PER_REQUEST:
-                    reusable = False
+                inserts.append(field)
+                if name in UNIQUE_PER_REQUEST:
+                    unique = True
             elif byte & 0x20:                         # dynamic table size update
-                reusable = False
+                dynamic = True
                 if headers or size:
                     raise CompressionError("table size update after a field")
                 new_size, pos = _integer(data, pos, 0x1F)
@@ -159,19 +173,27 @@ class HpackDecoder:
                 continue
             else:                                     # literal, not indexed / never indexed
                 index, pos = _integer(data, pos, 0x0F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
                 if name in UNIQUE_PER_REQUEST:
-                    reusable = False
+                    unique = True
             size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if headers is not None:
                 if size > self.max_list_size:
                     headers = None      # keep decoding: the table must follow the client's
                 else:
                     headers.append(field)
-        self.reusable = reusable
+        self.reusable = not unique and generation == self.generation
+        self.replay = None if unique or dynamic else tuple(inserts)
         return headers
+
+    def insert(self, fields: tuple) -> None:
+        """Add the fields a `replay` block inserts, in order, as decoding it would."""
+        for field in fields:
+            self._add(field)
 
     def _field(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= STATIC_COUNT:

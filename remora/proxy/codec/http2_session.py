@@ -46,7 +46,7 @@ class Http2Session(Http2Sending):
         self.settings_seen = False
         self.closed = False
         self.partial: tuple | None = None          # (stream id, flags, [fragments], count, bytes)
-        self.checked_blocks: dict = {}              # block -> (table generation, check, fields, result)
+        self.checked_blocks: dict = {}              # block -> (generation, check, fields, result, replay)
         self.encoded_blocks: dict = {}              # fields -> (encoder generation, block): http2_send.py
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
@@ -299,20 +299,28 @@ class Http2Session(Http2Sending):
         indexed them (or never indexes them, as nghttp2 does :path and nginx everything). A
         block that left the table as it was decodes to the same fields (passing the same
         check) while the table does not change: it is remembered with its check's result
-        (`reusable`, header_compression.py's docstring)."""
+        (`reusable`, header_compression.py's docstring). A block that reads no dynamic entry
+        decodes to the same fields at any generation; replaying it inserts what it inserted
+        (`replay`)."""
         decoder = self.decoder
         cache = self.checked_blocks
         hit = cache.get(block)
-        if hit is not None and hit[0] == decoder.generation and hit[1] is check:
-            return list(hit[2]), hit[3]
+        if hit is not None and hit[1] is check:
+            replay = hit[4]
+            if replay is not None:
+                if replay:
+                    decoder.insert(replay)
+                return list(hit[2]), hit[3]
+            if hit[0] == decoder.generation:
+                return list(hit[2]), hit[3]
         headers = decoder.decode(block)
         if headers is None:
             return None, None
         result = check(headers)
-        if decoder.reusable:
+        if decoder.reusable or decoder.replay is not None:
             if len(cache) >= BLOCK_CACHE:
                 cache.clear()
-            cache[block] = (decoder.generation, check, tuple(headers), result)
+            cache[block] = (decoder.generation, check, tuple(headers), result, decoder.replay)
         return headers, result
 
     def _check_body_length(self, stream_id: int, stream: StreamState) -> None:
