@@ -106,3 +106,42 @@ def test_blocks_that_read_no_dynamic_entry_replay_their_inserts():
         assert heads == [reference.decode(block)]
     assert server.decoder.calls == 1 and server.decoder.generation == 6
     assert list(server.decoder.table) == list(reference.table) and len(reference.table) == 6
+
+
+class CountingEncoder(HpackEncoder):
+    """An HpackEncoder that counts the field lists it really encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def encode(self, headers: list) -> bytes:
+        self.calls += 1
+        return super().encode(headers)
+
+
+def test_heads_with_a_new_service_time_reuse_the_pieces_around_it():
+    """Answers that differ only in x-envoy-upstream-service-time are encoded once: later ones
+    are the remembered pieces around a new literal, and h2's decoder reads every one."""
+    server = ServerConnection(100, 60 * 1024)
+    server.encoder = CountingEncoder()
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    server.data_to_send()
+    sent = []
+    for sid, ms in ((1, b"3"), (3, b"12"), (5, b"7")):
+        server.receive_data(HeadersFrame(sid, data=REQUEST_BLOCK, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        head = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                (b"x-envoy-upstream-service-time", ms), (b"x-b", b"c")]
+        server.send_headers(sid, head, end_stream=True)
+        sent.append(head)
+    out = server.data_to_send()
+    reference, decoded, pos = Decoder(), [], 0
+    while pos < len(out):
+        length = int.from_bytes(out[pos:pos + 3], "big")
+        if out[pos + 3] == f.HEADERS:
+            decoded.append([tuple(field) for field in reference.decode(out[pos + 9:pos + 9 + length], raw=True)])
+        pos += 9 + length
+    assert decoded == sent
+    # The first answer adds its fields to the table (not remembered), the second is indexed
+    # and remembered in two pieces, the third only encodes its literal.
+    assert server.encoder.calls == 4

@@ -4,12 +4,12 @@ connection, and the per-stream state both halves share. Frames go to `out` until
 `data_to_send`."""
 from __future__ import annotations
 
-from remora.proxy.codec.header_compression import HpackEncoder
+from remora.proxy.codec.header_compression import NOT_INDEXED, HpackEncoder
 from remora.proxy.codec.http2_frames import (
     CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, ErrorCode, Http2Error, Setting, frame,
     goaway_frame, rst_stream_frame, settings_frame, window_update_frame,
 )
-from remora.proxy.codec.http2_validation import outbound_fields
+from remora.proxy.codec.http2_validation import FORBIDDEN_IN_VALUE, outbound_fields
 
 REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
 ENCODED_CACHE = 64             # header blocks remembered per connection (see _encode)
@@ -117,19 +117,61 @@ class Http2Sending:
     def _encode(self, headers: list) -> bytes:
         """The HPACK block of `headers`. A block that leaves the table unchanged encodes to the
         same bytes while the table does not change: a response head or trailers repeated on
-        every stream are remembered, not re-encoded (`reusable`, header_compression.py)."""
+        every stream are remembered, not re-encoded (`reusable`, header_compression.py).
+        Fields whose value changes from call to call (NOT_INDEXED: the
+        x-envoy-upstream-service-time every answer carries) are literals that leave the
+        table alone: the pieces around them are remembered, and only they are encoded."""
         encoder = self.encoder
         key = tuple(headers)
         cache = self.encoded_blocks
         hit = cache.get(key)
         if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
             return hit[1]
+        for name, _ in headers:
+            if name in NOT_INDEXED:
+                return self._encode_around(headers)
         block = encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
         if encoder.reusable:
             if len(cache) >= ENCODED_CACHE:
                 cache.clear()
             cache[key] = (encoder.generation, block)
         return block
+
+    def _encode_around(self, headers: list) -> bytes:
+        """_encode for a block with NOT_INDEXED fields: the pieces between them are remembered
+        under the block's fields without those values; the bytes are what encode gives."""
+        encoder = self.encoder
+        runs: list = [[]]
+        values: list = []
+        for field in headers:
+            if field[0] in NOT_INDEXED:
+                if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
+                    raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
+                values.append(field)
+                runs.append([])
+            else:
+                runs[-1].append(field)
+        key = (tuple(name for name, _ in values),) + tuple(tuple(run) for run in runs)
+        cache = self.encoded_blocks
+        hit = cache.get(key)
+        if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
+            pieces = hit[1]
+        else:
+            reusable = True
+            pieces = []
+            for run in runs:
+                pieces.append(encoder.encode(outbound_fields(run) if self.shape_outbound_fields else run))
+                reusable = reusable and encoder.reusable
+            if reusable:
+                if len(cache) >= ENCODED_CACHE:
+                    cache.clear()
+                cache[key] = (encoder.generation, pieces)
+        out = [pieces[0]]
+        literal = encoder.literal
+        for (name, value), piece in zip(values, pieces[1:]):
+            out.append(literal(name, value))
+            out.append(piece)
+        return b"".join(out)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""
