@@ -30,6 +30,8 @@ from remora.proxy.codec.request_target import checked_target, suspect_target
 from remora.proxy.router.grpc import is_grpc
 from remora.proxy.router.request_ids import new_request_id
 
+# Fields that only set a head's request id and trace context (see RequestHeads).
+PER_REQUEST = frozenset(name for name, code in REQUEST_SPECIAL.items() if code in (H_REQID, H_TRACE))
 VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
 MEMO_LIMIT = 64    # request shapes a RequestHeads remembers
 
@@ -50,8 +52,10 @@ class RequestHeads:
     limit, except for the request id the proxy draws when the client sent none: so what
     request_head reads from them (its "shape") is remembered by those inputs, and every
     stream still gets a head (and a header list) of its own, and its own request id.
-    Refused heads (BadRequest), and blocks carrying a request id or trace context (new on
-    every request: they never repeat), are not remembered. The memo is cleared at MEMO_LIMIT."""
+    A request id and trace context (PER_REQUEST: new on every request, as a peer sidecar
+    sends them) only set the shape's request_id and trace_in: the shape of the other
+    fields is remembered, and those two are read from the block each time. Refused heads
+    (BadRequest) are not remembered. The memo is cleared at MEMO_LIMIT."""
 
     __slots__ = ("memo",)
 
@@ -59,16 +63,38 @@ class RequestHeads:
         self.memo: dict = {}
 
     def head(self, headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
-        key = (tuple(headers), stream_ended, paths, max_headers)
         memo = self.memo
+        key = (tuple(headers), stream_ended, paths, max_headers)
+        shape = memo.get(key)
+        if shape is not None:
+            return _build(shape)
+        stable = []
+        own = []
+        for field in headers:
+            (own if field[0] in PER_REQUEST else stable).append(field)
+        if not own:
+            shape = _shape(headers, stream_ended, paths, max_headers)
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = shape
+            return _build(shape)
+        if len(headers) > max_headers + 4:
+            raise BadRequest(431, b"too many request headers")
+        key = (tuple(stable), stream_ended, paths, max_headers)
         shape = memo.get(key)
         if shape is None:
-            shape = _shape(headers, stream_ended, paths, max_headers)
-            if not shape[7] and shape[11] is None:    # no request id or trace context: it repeats
-                if len(memo) >= MEMO_LIMIT:
-                    memo.clear()
-                memo[key] = shape
-        return _build(shape)
+            shape = _shape(stable, stream_ended, paths, max_headers)
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = shape
+        request_id = b""
+        trace_in = None
+        for name, value in own:       # as _shape reads them: the last id, every trace field
+            if name == b"x-request-id":
+                request_id = value
+            else:
+                trace_in = [(name, value)] if trace_in is None else trace_in + [(name, value)]
+        return _build(shape[:7] + (request_id,) + shape[8:11] + (trace_in,) + shape[12:])
 
 
 def _build(shape: tuple) -> RequestHead:
