@@ -1,6 +1,6 @@
 """Where Remora's sidecars spend their CPU in mesh-2hop-mtls: py-spy on A and B under load.
 
-    python -m benchmarks.profile_sidecars [--seconds 10] [--plaintext] [--grpc] [--out DIR]
+    python -m benchmarks.profile_sidecars [--seconds 10] [--plaintext] [--grpc] [--counts] [--out DIR]
 
 Starts the scenario's Remora pair (checked for mTLS unless --plaintext), drives it with
 wrk (with --grpc: grpc-2hop-mtls's pair and gRPC app, driven by h2load), records both
@@ -16,6 +16,7 @@ raw stacks stay in --out for flame graphs.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import time
@@ -94,6 +95,14 @@ def load_command(args, opts: Options, port: int, host: str, workdir: Path) -> li
     return cmd[:-1] + extra + cmd[-1:]
 
 
+def process_counts(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, read syscalls, write syscalls) of one process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")    # utime + stime
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return cpu, int(io["syscr"]), int(io["syscw"])
+
+
 def h2load_rps(report: str) -> float:
     """Requests/s from h2load's text report ("finished in 14.00s, 2100.00 req/s, ...")."""
     found = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", report)
@@ -107,13 +116,15 @@ def main() -> int:
     parser.add_argument("--plaintext", action="store_true", help="the same pair without TLS")
     parser.add_argument("--grpc", action="store_true",
                         help="grpc-2hop-mtls: unary gRPC calls from h2load, HTTP/2 on both hops")
+    parser.add_argument("--counts", action="store_true",
+                        help="no py-spy: CPU and read/write syscalls per request of each sidecar")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
     try:
         opts = Options(out=args.out, wrk=find_tool("wrk"), pinning=plan_pinning(True),
                        connections=args.connections, proxies=("remora",))
-        pyspy = find_tool("py-spy")
+        pyspy = "" if args.counts else find_tool("py-spy")
     except MissingTool as exc:
         print(f"error: {exc} (py-spy: pip install py-spy)")
         return 2
@@ -137,6 +148,19 @@ def main() -> int:
             load_command(args, opts, plane.port, plane.host, workdir), "load"),
             stdout=subprocess.PIPE, text=True)
         time.sleep(2)
+        if args.counts:
+            before = {sc.role: process_counts(child.pid) for sc, child in zip(plane.sidecars, children)}
+            time.sleep(args.seconds)
+            after = {sc.role: process_counts(child.pid) for sc, child in zip(plane.sidecars, children)}
+            out, _ = load.communicate(timeout=args.seconds + 60)
+            rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
+            print(f"{rps:,.0f} req/s; per request, over {args.seconds} s (rate x seconds requests):")
+            for role in before:
+                cpu, reads, writes = (a - b for a, b in zip(after[role], before[role]))
+                n = max(rps * args.seconds, 1)
+                print(f"  sidecar {role}: {1e6 * cpu / n:6.1f} us CPU, {reads / n:5.2f} read and "
+                      f"{writes / n:5.2f} write syscalls")
+            return 0
         spies = {sc.role: subprocess.Popen(
             [pyspy, "record", "--native", "--rate", str(args.rate), "--format", "raw",
              "-d", str(args.seconds), "-p", str(child.pid), "-o",

@@ -63,25 +63,27 @@ class RequestHeads:
         self.memo: dict = {}
 
     def head(self, headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
-        memo = self.memo
-        key = (tuple(headers), stream_ended, paths, max_headers)
-        shape = memo.get(key)
-        if shape is not None:
-            return _build(shape)
         stable = []
-        own = []
+        own = None
         for field in headers:
-            (own if field[0] in PER_REQUEST else stable).append(field)
-        if not own:
-            shape = _shape(headers, stream_ended, paths, max_headers)
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[key] = shape
+            if field[0] in PER_REQUEST:
+                if own is None:
+                    own = []
+                own.append(field)
+            else:
+                stable.append(field)
+        memo = self.memo
+        key = (tuple(stable), stream_ended, paths, max_headers)
+        shape = memo.get(key)
+        if own is None:
+            if shape is None:
+                shape = _shape(headers, stream_ended, paths, max_headers)
+                if len(memo) >= MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = shape
             return _build(shape)
         if len(headers) > max_headers + 4:
             raise BadRequest(431, b"too many request headers")
-        key = (tuple(stable), stream_ended, paths, max_headers)
-        shape = memo.get(key)
         if shape is None:
             shape = _shape(stable, stream_ended, paths, max_headers)
             if len(memo) >= MEMO_LIMIT:
@@ -94,13 +96,18 @@ class RequestHeads:
                 request_id = value
             else:
                 trace_in = [(name, value)] if trace_in is None else trace_in + [(name, value)]
-        return _build(shape[:7] + (request_id,) + shape[8:11] + (trace_in,) + shape[12:])
+        return _build(shape, request_id, trace_in)
 
 
-def _build(shape: tuple) -> RequestHead:
-    """A new RequestHead from a shape (_shape); its header list is its own."""
+def _build(shape: tuple, own_id: bytes = b"", own_trace: list | None = None) -> RequestHead:
+    """A new RequestHead from a shape (_shape); its header list is its own. A shape made
+    without the block's request id and trace context gets them as own_id and own_trace."""
     (cls, method, path, authority, kept, content_length, chunked, request_id, user_agent, xff, peer_meta,
      trace_in, xfp) = shape
+    if own_id:
+        request_id = own_id
+    if own_trace is not None:
+        trace_in = own_trace
     head = cls(method, path, authority, list(kept), VERSION)
     if content_length is not None:
         head.content_length = content_length

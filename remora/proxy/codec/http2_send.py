@@ -120,58 +120,58 @@ class Http2Sending:
         every stream are remembered, not re-encoded (`reusable`, header_compression.py).
         Fields whose value changes from call to call (NOT_INDEXED: the
         x-envoy-upstream-service-time every answer carries) are literals that leave the
-        table alone: the pieces around them are remembered, and only they are encoded."""
+        table alone: the key names them without their value, the pieces between them are
+        remembered, and only the values are encoded on each call."""
         encoder = self.encoder
-        key = tuple(headers)
-        cache = self.encoded_blocks
-        hit = cache.get(key)
-        if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
-            return hit[1]
-        for name, _ in headers:
-            if name in NOT_INDEXED:
-                return self._encode_around(headers)
-        block = encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
-        if encoder.reusable:
-            if len(cache) >= ENCODED_CACHE:
-                cache.clear()
-            cache[key] = (encoder.generation, block)
-        return block
-
-    def _encode_around(self, headers: list) -> bytes:
-        """_encode for a block with NOT_INDEXED fields: the pieces between them are remembered
-        under the block's fields without those values; the bytes are what encode gives."""
-        encoder = self.encoder
-        runs: list = [[]]
-        values: list = []
+        key: list = []
+        values = None
         for field in headers:
             if field[0] in NOT_INDEXED:
                 if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
                     raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
+                if values is None:
+                    values = []
                 values.append(field)
-                runs.append([])
+                key.append(field[0])            # a name (bytes) marks where a value goes
             else:
-                runs[-1].append(field)
-        key = (tuple(name for name, _ in values),) + tuple(tuple(run) for run in runs)
+                key.append(field)
+        key = tuple(key)
         cache = self.encoded_blocks
         hit = cache.get(key)
         if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
             pieces = hit[1]
         else:
-            reusable = True
-            pieces = []
-            for run in runs:
-                pieces.append(encoder.encode(outbound_fields(run) if self.shape_outbound_fields else run))
-                reusable = reusable and encoder.reusable
-            if reusable:
+            pieces = self._encode_pieces(key)
+            if encoder.reusable:
                 if len(cache) >= ENCODED_CACHE:
                     cache.clear()
                 cache[key] = (encoder.generation, pieces)
+        if values is None:
+            return pieces[0]
         out = [pieces[0]]
         literal = encoder.literal
         for (name, value), piece in zip(values, pieces[1:]):
             out.append(literal(name, value))
             out.append(piece)
         return b"".join(out)
+
+    def _encode_pieces(self, key: tuple) -> list:
+        """The blocks of the runs of fields between the names in `key` (see _encode);
+        encoder.reusable says whether they all left the table unchanged."""
+        encoder = self.encoder
+        runs: list = [[]]
+        for item in key:
+            if item.__class__ is bytes:      # a NOT_INDEXED name: a new run starts after it
+                runs.append([])
+            else:
+                runs[-1].append(item)
+        pieces = []
+        reusable = True
+        for run in runs:
+            pieces.append(encoder.encode(outbound_fields(run) if self.shape_outbound_fields else run))
+            reusable = reusable and encoder.reusable
+        encoder.reusable = reusable
+        return pieces
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""
