@@ -95,12 +95,12 @@ def load_command(args, opts: Options, port: int, host: str, workdir: Path) -> li
     return cmd[:-1] + extra + cmd[-1:]
 
 
-def process_counts(pid: int) -> tuple[float, int, int]:
-    """(CPU seconds, read syscalls, write syscalls) of one process so far, from /proc."""
+def process_counts(pid: int) -> tuple[float, float, int, int]:
+    """(user CPU s, system CPU s, read syscalls, write syscalls) of one process so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")    # utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return cpu, int(io["syscr"]), int(io["syscw"])
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(io["syscr"]), int(io["syscw"])
 
 
 def h2load_rps(report: str) -> float:
@@ -156,10 +156,10 @@ def main() -> int:
             rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
             print(f"{rps:,.0f} req/s; per request, over {args.seconds} s (rate x seconds requests):")
             for role in before:
-                cpu, reads, writes = (a - b for a, b in zip(after[role], before[role]))
+                user, system, reads, writes = (a - b for a, b in zip(after[role], before[role]))
                 n = max(rps * args.seconds, 1)
-                print(f"  sidecar {role}: {1e6 * cpu / n:6.1f} us CPU, {reads / n:5.2f} read and "
-                      f"{writes / n:5.2f} write syscalls")
+                print(f"  sidecar {role}: {1e6 * (user + system) / n:6.1f} us CPU ({1e6 * system / n:.1f} in "
+                      f"the kernel), {reads / n:5.2f} read and {writes / n:5.2f} write syscalls")
             return 0
         spies = {sc.role: subprocess.Popen(
             [pyspy, "record", "--native", "--rate", str(args.rate), "--format", "raw",
