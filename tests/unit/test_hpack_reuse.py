@@ -35,9 +35,11 @@ class CountingDecoder(HpackDecoder):
     def __init__(self, max_list_size: int) -> None:
         super().__init__(max_list_size)
         self.calls = 0
+        self.sizes: list = []
 
     def decode(self, data: bytes) -> list | None:
         self.calls += 1
+        self.sizes.append(len(data))
         return super().decode(data)
 
 
@@ -145,3 +147,51 @@ def test_heads_with_a_new_service_time_reuse_the_pieces_around_it():
     # The first answer adds its fields to the table (not remembered), the second is indexed
     # and remembered in two pieces, the third only encodes its literal.
     assert server.encoder.calls == 4
+
+
+def _peer_block(blocks, i: int) -> bytes:
+    added = (b"x-forwarded-for: 10.0.0.1\r\nx-request-id: id-%d\r\nx-forwarded-proto: http\r\n"
+             b"traceparent: 00-%032x-%016x-01\r\nx-envoy-attempt-count: 1\r\n" % (i, i + 1, i + 1))
+    return blocks.block(b"http", b"POST", b"/test.Echo/Unary", b"svc",
+                        [(b"content-type", b"application/grpc"), (b"te", b"trailers")], added, 40)
+
+
+def test_a_peer_sidecars_requests_decode_only_their_new_values():
+    """A Remora peer's request blocks end in their request id and trace context: after the
+    table settles, the part before them is remembered and only the new values are decoded;
+    every request still reads as hpack's decoder reads it."""
+    from remora.proxy.upstream.http2_request_head import RequestBlocks
+
+    server = ServerConnection(100, 60 * 1024)
+    server.decoder = CountingDecoder(60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    blocks, reference = RequestBlocks(HpackEncoder()), Decoder()
+    whole = []
+    for i in range(6):
+        block = _peer_block(blocks, i)
+        whole.append(len(block))
+        events = server.receive_data(HeadersFrame(1 + 2 * i, data=block, flags=["END_HEADERS"]).serialize())
+        head = [e for e in events if isinstance(e, f.RequestReceived)][0].headers
+        assert head == [tuple(field) for field in reference.decode(block, raw=True)]
+        assert head[-2:] == [(b"x-request-id", b"id-%d" % i), (b"traceparent", b"00-%032x-%016x-01" % (i + 1, i + 1))]
+    # The first block fills the table; the second is decoded whole and its prefix kept; from
+    # the third on, only the bytes of the two new fields are decoded.
+    sizes = server.decoder.sizes
+    assert sizes[:2] == whole[:2] and all(size < block for size, block in zip(sizes[2:], whole[2:]))
+    assert len(sizes) == 6 and len(server.checked_blocks) == 1
+
+
+def test_a_table_size_update_after_a_remembered_prefix_is_refused():
+    """Bytes after a remembered prefix that start with a table size update are refused as a
+    whole block would be (the update is not first): COMPRESSION_ERROR."""
+    from remora.proxy.codec.http2_frames import Http2Error
+    from remora.proxy.upstream.http2_request_head import RequestBlocks
+
+    server = ServerConnection(100, 60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    blocks = RequestBlocks(HpackEncoder())
+    for i in range(2):
+        server.receive_data(HeadersFrame(1 + 2 * i, data=_peer_block(blocks, i), flags=["END_HEADERS"]).serialize())
+    prefix = next(iter(server.checked_blocks))
+    with pytest.raises(Http2Error):
+        server.receive_data(HeadersFrame(5, data=prefix + b"\x20", flags=["END_HEADERS"]).serialize())

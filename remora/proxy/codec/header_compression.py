@@ -36,6 +36,10 @@ Rules:
   them again, without Huffman-decoding or checking it. nginx answers that way when the
   client's SETTINGS do not name a table size: every field a Huffman-coded literal "with
   incremental indexing", never referenced afterwards.
+- A block that ends in UNIQUE_PER_REQUEST fields only (a Remora peer's requests: its request
+  id and trace context go last) says where they start (`prefix`), if the part before them
+  left the table unchanged: the session remembers that part as a block of its own and, for
+  the next block that starts with the same bytes, decodes only the new values.
 - x-envoy-upstream-service-time goes as a literal without indexing (NOT_INDEXED): its value
   changes from call to call among a few hundred, and indexed it would churn the table (and
   so every remembered block) on most responses.
@@ -116,8 +120,8 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HpackDecoder:
     """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
 
-    __slots__ = ("generation", "max_list_size", "max_table_size", "replay", "reusable", "table", "table_limit",
-                 "table_size")
+    __slots__ = ("generation", "list_size", "max_list_size", "max_table_size", "prefix", "replay", "reusable",
+                 "table", "table_limit", "table_size")
 
     def __init__(self, max_list_size: int) -> None:
         self.table: deque = deque()       # newest first: dynamic index 62 is table[0]
@@ -125,6 +129,8 @@ class HpackDecoder:
         self.generation = 0               # bumped on every table change (the module docstring)
         self.reusable = False             # the last block can be replayed (the module docstring)
         self.replay: tuple | None = None  # what the last block inserts, if it reads no dynamic entry
+        self.prefix: tuple | None = None  # (offset, list size, fields) before its trailing unique ones
+        self.list_size = 0                # the last block's header list size (RFC 7541 4.1)
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
         # The size the peer's last table size update chose (RFC 7541 4.2), within the above:
         # nginx sets it to 0 and then sends its fields "with incremental indexing", which
@@ -142,13 +148,17 @@ class HpackDecoder:
         unique = False          # a UNIQUE_PER_REQUEST field: the block will not come again
         dynamic = False         # it read the dynamic table (or resized it)
         inserts = []
+        tail = None             # where the trailing run of UNIQUE_PER_REQUEST fields starts
         while pos < end:
             byte = data[pos]
+            start = pos
+            before = self.generation
             if byte & 0x80:                           # indexed field
                 index, pos = _integer(data, pos, 0x7F)
                 if index > STATIC_COUNT:
                     dynamic = True
                 field = self._field(index)
+                tail = None
             elif byte & 0x40:                         # literal, added to the table
                 index, pos = _integer(data, pos, 0x3F)
                 if index > STATIC_COUNT:
@@ -160,6 +170,10 @@ class HpackDecoder:
                 inserts.append(field)
                 if name in UNIQUE_PER_REQUEST:
                     unique = True
+                    if tail is None:
+                        tail = (start, before, size, len(headers) if headers is not None else 0)
+                else:
+                    tail = None
             elif byte & 0x20:                         # dynamic table size update
                 dynamic = True
                 if headers or size:
@@ -180,6 +194,10 @@ class HpackDecoder:
                 field = (name, value)
                 if name in UNIQUE_PER_REQUEST:
                     unique = True
+                    if tail is None:
+                        tail = (start, before, size, len(headers) if headers is not None else 0)
+                else:
+                    tail = None
             size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if headers is not None:
                 if size > self.max_list_size:
@@ -188,6 +206,10 @@ class HpackDecoder:
                     headers.append(field)
         self.reusable = not unique and generation == self.generation
         self.replay = None if unique or dynamic else tuple(inserts)
+        self.list_size = size
+        # The block up to its trailing UNIQUE_PER_REQUEST fields, when that part left the
+        # table unchanged: (byte offset, its list size, its field count), for the session.
+        self.prefix = (tail[0], tail[2], tail[3]) if tail is not None and tail[1] == generation else None
         return headers
 
     def insert(self, fields: tuple) -> None:

@@ -35,6 +35,9 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise Http2Error(f"invalid value for header {name[:64]!r}")
 
 
+check_field = _check_field      # one field alone, outside a list (http2_session.py's tail path)
+
+
 def _check_new(field: tuple) -> None:
     """_check_field for a field not in PASSED; remember it unless it is new per request."""
     _check_field(field[0], field[1])
