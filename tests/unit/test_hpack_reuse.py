@@ -195,3 +195,18 @@ def test_a_table_size_update_after_a_remembered_prefix_is_refused():
     prefix = next(iter(server.checked_blocks))
     with pytest.raises(Http2Error):
         server.receive_data(HeadersFrame(5, data=prefix + b"\x20", flags=["END_HEADERS"]).serialize())
+
+
+def test_the_client_names_its_table_size():
+    """The client's SETTINGS name the default table size, so that nginx empties its table
+    and stops inserting every answer's fields into ours."""
+    from hyperframe.frame import Frame
+
+    from remora.proxy.codec.http2_client import ClientConnection
+
+    client = ClientConnection(60 * 1024)
+    client.initiate_connection()
+    data = client.data_to_send()[len(f.PREFACE):]
+    settings, length = Frame.parse_frame_header(memoryview(data[:9]))
+    settings.parse_body(memoryview(data[9:9 + length]))
+    assert settings.settings[0x1] == 4096     # SETTINGS_HEADER_TABLE_SIZE
