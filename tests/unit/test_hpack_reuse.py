@@ -210,3 +210,19 @@ def test_the_client_names_its_table_size():
     settings, length = Frame.parse_frame_header(memoryview(data[:9]))
     settings.parse_body(memoryview(data[9:9 + length]))
     assert settings.settings[0x1] == 4096     # SETTINGS_HEADER_TABLE_SIZE
+
+
+def test_a_prefix_is_not_reused_once_its_own_tail_moved_the_table():
+    """A tail inserted with indexing shifts the dynamic indexes the prefix reads: the next
+    block with the same prefix bytes decodes in the new table, as hpack's decoder does."""
+    server = ServerConnection(100, 60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    reference = Decoder()
+    pseudo = b"\x83\x86\x84\x01\x03svc"
+    prefix = pseudo + b"\xbe"                  # index 62: the newest entry of the table
+    blocks = [pseudo + b"\x40\x03x-a\x011"] + [prefix + b"\x40\x0cx-request-id\x02r%d" % i for i in (1, 2, 3)]
+    for i, block in enumerate(blocks):
+        events = server.receive_data(HeadersFrame(1 + 2 * i, data=block, flags=["END_HEADERS", "END_STREAM"])
+                                     .serialize())
+        head = [e for e in events if isinstance(e, f.RequestReceived)][0].headers
+        assert head == [tuple(field) for field in reference.decode(block, raw=True)], i

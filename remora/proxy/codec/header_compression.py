@@ -129,7 +129,7 @@ class HpackDecoder:
         self.generation = 0               # bumped on every table change (the module docstring)
         self.reusable = False             # the last block can be replayed (the module docstring)
         self.replay: tuple | None = None  # what the last block inserts, if it reads no dynamic entry
-        self.prefix: tuple | None = None  # (offset, list size, fields) before its trailing unique ones
+        self.prefix: tuple | None = None  # (offset, list size, fields, generation): see decode
         self.list_size = 0                # the last block's header list size (RFC 7541 4.1)
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
         # The size the peer's last table size update chose (RFC 7541 4.2), within the above:
@@ -208,8 +208,9 @@ class HpackDecoder:
         self.replay = None if unique or dynamic else tuple(inserts)
         self.list_size = size
         # The block up to its trailing UNIQUE_PER_REQUEST fields, when that part left the
-        # table unchanged: (byte offset, its list size, its field count), for the session.
-        self.prefix = (tail[0], tail[2], tail[3]) if tail is not None and tail[1] == generation else None
+        # table unchanged: (byte offset, its list size, its field count, the table generation
+        # it decodes in), for the session.
+        self.prefix = (tail[0], tail[2], tail[3], generation) if tail is not None and tail[1] == generation else None
         return headers
 
     def insert(self, fields: tuple) -> None:

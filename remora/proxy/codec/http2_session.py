@@ -337,7 +337,9 @@ class Http2Session(Http2Sending):
     def _remember_prefix(self, block: bytes, headers: list, check, prefix: tuple) -> None:
         """Remember a block's part before its trailing unique fields as a reusable block of
         its own (it decodes alone to the same fields and left the table unchanged)."""
-        offset, size, count = prefix
+        # The generation the prefix decodes in: the block's own trailing fields may have
+        # changed the table since (inserted with indexing), and then it is never hit again.
+        offset, size, count, generation = prefix
         fields = headers[:count]
         if not fields:
             return
@@ -348,7 +350,7 @@ class Http2Session(Http2Sending):
         cache = self.checked_blocks
         if len(cache) >= BLOCK_CACHE:
             cache.clear()
-        cache[block[:offset]] = (self.decoder.generation, check, tuple(fields), result, None, size)
+        cache[block[:offset]] = (generation, check, tuple(fields), result, None, size)
         self.prefix_offset = offset
 
     def _decode_tail(self, tail: bytes, hit: tuple, check) -> tuple[list | None, object]:
