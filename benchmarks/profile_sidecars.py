@@ -1,9 +1,10 @@
 """Where Remora's sidecars spend their CPU in mesh-2hop-mtls: py-spy on A and B under load.
 
-    python -m benchmarks.profile_sidecars [--seconds 10] [--plaintext] [--out DIR]
+    python -m benchmarks.profile_sidecars [--seconds 10] [--plaintext] [--grpc] [--counts] [--out DIR]
 
 Starts the scenario's Remora pair (checked for mTLS unless --plaintext), drives it with
-wrk, records both sidecars at once with `py-spy record --native --format raw` (py-spy is a
+wrk (with --grpc: grpc-2hop-mtls's pair and gRPC app, driven by h2load), records both
+sidecars at once with `py-spy record --native --format raw` (py-spy is a
 pip package: `pip install py-spy`; it pauses the process per sample, so the rate under
 profiling is lower than the benchmark's), and sorts every sample into a bucket by
 its innermost telling frame: a Python frame (Remora's own code, and the C builtins it
@@ -15,6 +16,7 @@ raw stacks stay in --out for flame graphs.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import time
@@ -22,7 +24,9 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks import wrk
+from benchmarks import h2load_closed, wrk
+from benchmarks import grpc_upstream
+from benchmarks.h2_scenarios import GRPC_HEADERS, H2_CONNECTIONS, H2_STREAMS, grpc_probe
 from benchmarks.procs import free_port, http_get
 from benchmarks.runner import Options, start_data_plane
 from benchmarks.scenarios import prepare_mesh_2hop_mtls
@@ -75,18 +79,52 @@ def shares(raw: str) -> tuple[Counter, int]:
     return counts, total
 
 
+def load_command(args, opts: Options, port: int, host: str, workdir: Path) -> list[str]:
+    """wrk on /, or (--grpc) h2load sending grpc-2hop-mtls's unary calls, for the profile."""
+    seconds = args.seconds + 4
+    if not args.grpc:
+        return wrk.command(opts.wrk, f"http://127.0.0.1:{port}/", seconds, opts.connections, 1,
+                           host)
+    body = workdir / "grpc-request.bin"
+    body.write_bytes(grpc_upstream.frame(grpc_upstream.GRPC_REQUEST))
+    cmd = h2load_closed.command(opts.h2load, f"http://127.0.0.1:{port}/test.Echo/Unary", seconds,
+                                H2_CONNECTIONS, H2_STREAMS, 1, host, workdir / "h2load.log")
+    extra = ["-d", str(body)]
+    for header in GRPC_HEADERS:
+        extra += ["-H", header]
+    return cmd[:-1] + extra + cmd[-1:]
+
+
+def process_counts(pid: int) -> tuple[float, float, int, int]:
+    """(user CPU s, system CPU s, read syscalls, write syscalls) of one process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(io["syscr"]), int(io["syscw"])
+
+
+def h2load_rps(report: str) -> float:
+    """Requests/s from h2load's text report ("finished in 14.00s, 2100.00 req/s, ...")."""
+    found = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", report)
+    return float(found.group(1)) if found else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="profiled seconds (default 10)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples/s (default 200)")
     parser.add_argument("--plaintext", action="store_true", help="the same pair without TLS")
+    parser.add_argument("--grpc", action="store_true",
+                        help="grpc-2hop-mtls: unary gRPC calls from h2load, HTTP/2 on both hops")
+    parser.add_argument("--counts", action="store_true",
+                        help="no py-spy: CPU and read/write syscalls per request of each sidecar")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
     try:
         opts = Options(out=args.out, wrk=find_tool("wrk"), pinning=plan_pinning(True),
                        connections=args.connections, proxies=("remora",))
-        pyspy = find_tool("py-spy")
+        pyspy = "" if args.counts else find_tool("py-spy")
     except MissingTool as exc:
         print(f"error: {exc} (py-spy: pip install py-spy)")
         return 2
@@ -94,18 +132,35 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         port = free_port()
-        upstream, _kind = start_upstream(port, workdir / "upstream", opts.pinning)
+        start = grpc_upstream.start_grpc_upstream if args.grpc else start_upstream
+        upstream, _kind = start(port, workdir / "upstream", opts.pinning)
         stack.callback(upstream.stop)
-        plane = prepare_mesh_2hop_mtls(workdir, port, opts, mtls=not args.plaintext)["remora"]()
+        plane = prepare_mesh_2hop_mtls(workdir, port, opts, mtls=not args.plaintext,
+                                       grpc=args.grpc)["remora"]()
         children = start_data_plane(plane, 1, opts, workdir, stack)
-        print("first request:", http_get(plane.port, "/", host=plane.host, timeout=5.0)[0])
+        if args.grpc:
+            print("first call:", grpc_probe(plane) or "ok")
+        else:
+            print("first request:", http_get(plane.port, "/", host=plane.host, timeout=5.0)[0])
         if not args.plaintext:
             plane.verify(plane, children)
-        url = f"http://127.0.0.1:{plane.port}/"
-        load = subprocess.Popen(opts.pinning.wrap(wrk.command(
-            opts.wrk, url, args.seconds + 4, opts.connections, 1, plane.host), "load"),
+        load = subprocess.Popen(opts.pinning.wrap(
+            load_command(args, opts, plane.port, plane.host, workdir), "load"),
             stdout=subprocess.PIPE, text=True)
         time.sleep(2)
+        if args.counts:
+            before = {sc.role: process_counts(child.pid) for sc, child in zip(plane.sidecars, children)}
+            time.sleep(args.seconds)
+            after = {sc.role: process_counts(child.pid) for sc, child in zip(plane.sidecars, children)}
+            out, _ = load.communicate(timeout=args.seconds + 60)
+            rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
+            print(f"{rps:,.0f} req/s; per request, over {args.seconds} s (rate x seconds requests):")
+            for role in before:
+                user, system, reads, writes = (a - b for a, b in zip(after[role], before[role]))
+                n = max(rps * args.seconds, 1)
+                print(f"  sidecar {role}: {1e6 * (user + system) / n:6.1f} us CPU ({1e6 * system / n:.1f} in "
+                      f"the kernel), {reads / n:5.2f} read and {writes / n:5.2f} write syscalls")
+            return 0
         spies = {sc.role: subprocess.Popen(
             [pyspy, "record", "--native", "--rate", str(args.rate), "--format", "raw",
              "-d", str(args.seconds), "-p", str(child.pid), "-o",
@@ -116,9 +171,9 @@ def main() -> int:
             if spy.returncode != 0:
                 print(f"py-spy on {role} failed: {err.strip()}")
         out, _ = load.communicate(timeout=args.seconds + 60)
-    res = wrk.parse(out)
+    rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
     print(f"{'plaintext' if args.plaintext else 'mTLS'} Remora pair under py-spy: "
-          f"{res.rps:,.0f} req/s (profiling slows it)")
+          f"{rps:,.0f} req/s (profiling slows it)")
     for role in spies:
         path = workdir / f"{role}.stacks.txt"
         if not path.exists():

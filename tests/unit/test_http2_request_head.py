@@ -7,7 +7,7 @@ import random
 
 from hpack import Decoder
 
-from remora.proxy.codec.header_compression import HpackEncoder
+from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST, HpackEncoder
 from remora.proxy.upstream.http2_request_head import RequestBlocks, h2_fields
 
 FORWARDED = [[(b"Content-Type", b"application/grpc"), (b"TE", b"trailers")],
@@ -24,10 +24,11 @@ def added_lines(rng: random.Random, i: int) -> bytes:
 
 def expected(method, path, authority, headers, added, content_length) -> list:
     fields = [(b":method", method), (b":scheme", b"http"), (b":authority", authority), (b":path", path)]
-    fields += h2_fields(headers, added)
+    forwarded = h2_fields(headers, added)
+    fields += [field for field in forwarded if field[0] not in UNIQUE_PER_REQUEST]
     if content_length is not None:
         fields.append((b"content-length", b"%d" % content_length))
-    return fields
+    return fields + [field for field in forwarded if field[0] in UNIQUE_PER_REQUEST]   # new per request: last
 
 
 def test_blocks_decode_to_the_fields_across_table_changes():

@@ -22,11 +22,27 @@ Rules:
   trace context) and values above 256 bytes (literal, unindexed: they would evict the
   fields that repeat).
 - Both coders count their table's changes (`generation`: an insertion, an eviction, a size
-  change) and say whether the last block was made of indexed fields only
-  (`indexed_only`). Such a block leaves the table as it was, so the session remembers it
-  (http2_session.py, http2_send.py) and replays it while the generation is unchanged,
-  without decoding or encoding again; blocks with literals (a new request id every time)
-  are not worth remembering.
+  change) and say whether the last block can be replayed (`reusable`): it left the table as
+  it was (indexed fields and literals without indexing only) and carries no
+  UNIQUE_PER_REQUEST field. The session remembers such a block (http2_session.py,
+  http2_send.py) and replays it while the generation is unchanged, without decoding or
+  encoding again. Literals without indexing are common in blocks that repeat: nghttp2
+  (h2load, curl) never indexes :path and content-length, nginx indexes nothing and
+  Huffman-codes every value; a block with a new request id every time is not worth
+  remembering.
+- A block that reads nothing from the dynamic table (static indexes and literals only)
+  decodes to the same fields whatever the table holds: the decoder gives the fields it
+  inserts (`replay`), and the session replays such a block at any generation by inserting
+  them again, without Huffman-decoding or checking it. nginx answers that way when the
+  client's SETTINGS do not name a table size: every field a Huffman-coded literal "with
+  incremental indexing", never referenced afterwards.
+- A block that ends in UNIQUE_PER_REQUEST fields only (a Remora peer's requests: its request
+  id and trace context go last) says where they start (`prefix`), if the part before them
+  left the table unchanged: the session remembers that part as a block of its own and, for
+  the next block that starts with the same bytes, decodes only the new values.
+- x-envoy-upstream-service-time goes as a literal without indexing (NOT_INDEXED): its value
+  changes from call to call among a few hundred, and indexed it would churn the table (and
+  so every remembered block) on most responses.
 - Within a block, the encoder keeps each indexed field's bytes while the table is unchanged
   (`memo`, cleared at any table change) and each literal name's prefix (`literal_names`:
   it does not depend on the table), so a field it has seen costs one lookup.
@@ -51,6 +67,9 @@ NEVER_INDEXED = frozenset((b"authorization", b"proxy-authorization", b"cookie", 
 # repeat (and cost an insertion each), so they go as literals without indexing.
 UNIQUE_PER_REQUEST = frozenset((b"x-request-id", b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",
                                 b"x-b3-spanid", b"x-b3-parentspanid", b"x-client-trace-id"))
+# Values that repeat, but change too often to index (the module docstring).
+NOT_INDEXED = frozenset((b"x-envoy-upstream-service-time",))
+UNINDEXED_NAMES = NEVER_INDEXED | UNIQUE_PER_REQUEST | NOT_INDEXED
 STATIC_EXACT = {}
 STATIC_NAME = {}
 for _i, (_name, _value) in enumerate(STATIC, 1):
@@ -101,14 +120,22 @@ def _string(data: bytes, pos: int) -> tuple[bytes, int]:
 class HpackDecoder:
     """Request header blocks -> [(name, value)] (bytes), with the client's dynamic table."""
 
-    __slots__ = ("generation", "indexed_only", "max_list_size", "max_table_size", "table", "table_size")
+    __slots__ = ("generation", "list_size", "max_list_size", "max_table_size", "prefix", "replay", "reusable",
+                 "table", "table_limit", "table_size")
 
     def __init__(self, max_list_size: int) -> None:
         self.table: deque = deque()       # newest first: dynamic index 62 is table[0]
         self.table_size = 0
         self.generation = 0               # bumped on every table change (the module docstring)
-        self.indexed_only = False         # the last block had indexed fields only
+        self.reusable = False             # the last block can be replayed (the module docstring)
+        self.replay: tuple | None = None  # what the last block inserts, if it reads no dynamic entry
+        self.prefix: tuple | None = None  # (offset, list size, fields, generation): see decode
+        self.list_size = 0                # the last block's header list size (RFC 7541 4.1)
         self.max_table_size = DEFAULT_TABLE_SIZE   # what our SETTINGS allow (the default)
+        # The size the peer's last table size update chose (RFC 7541 4.2), within the above:
+        # nginx sets it to 0 and then sends its fields "with incremental indexing", which
+        # leave an empty table empty (and its blocks reusable).
+        self.table_limit = DEFAULT_TABLE_SIZE
         self.max_list_size = max_list_size
 
     def decode(self, data: bytes) -> list | None:
@@ -117,43 +144,79 @@ class HpackDecoder:
         size = 0
         pos = 0
         end = len(data)
-        indexed_only = True
+        generation = self.generation
+        unique = False          # a UNIQUE_PER_REQUEST field: the block will not come again
+        dynamic = False         # it read the dynamic table (or resized it)
+        inserts = []
+        tail = None             # where the trailing run of UNIQUE_PER_REQUEST fields starts
         while pos < end:
             byte = data[pos]
+            start = pos
+            before = self.generation
             if byte & 0x80:                           # indexed field
                 index, pos = _integer(data, pos, 0x7F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 field = self._field(index)
+                tail = None
             elif byte & 0x40:                         # literal, added to the table
-                indexed_only = False
                 index, pos = _integer(data, pos, 0x3F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
                 self._add(field)
+                inserts.append(field)
+                if name in UNIQUE_PER_REQUEST:
+                    unique = True
+                    if tail is None:
+                        tail = (start, before, size, len(headers) if headers is not None else 0)
+                else:
+                    tail = None
             elif byte & 0x20:                         # dynamic table size update
-                indexed_only = False
+                dynamic = True
                 if headers or size:
                     raise CompressionError("table size update after a field")
                 new_size, pos = _integer(data, pos, 0x1F)
                 if new_size > self.max_table_size:
                     raise CompressionError("table size update above SETTINGS_HEADER_TABLE_SIZE")
                 self._shrink(new_size)
+                self.table_limit = new_size
                 self.generation += 1
                 continue
             else:                                     # literal, not indexed / never indexed
-                indexed_only = False
                 index, pos = _integer(data, pos, 0x0F)
+                if index > STATIC_COUNT:
+                    dynamic = True
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
+                if name in UNIQUE_PER_REQUEST:
+                    unique = True
+                    if tail is None:
+                        tail = (start, before, size, len(headers) if headers is not None else 0)
+                else:
+                    tail = None
             size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if headers is not None:
                 if size > self.max_list_size:
                     headers = None      # keep decoding: the table must follow the client's
                 else:
                     headers.append(field)
-        self.indexed_only = indexed_only
+        self.reusable = not unique and generation == self.generation
+        self.replay = None if unique or dynamic else tuple(inserts)
+        self.list_size = size
+        # The block up to its trailing UNIQUE_PER_REQUEST fields, when that part left the
+        # table unchanged: (byte offset, its list size, its field count, the table generation
+        # it decodes in), for the session.
+        self.prefix = (tail[0], tail[2], tail[3], generation) if tail is not None and tail[1] == generation else None
         return headers
+
+    def insert(self, fields: tuple) -> None:
+        """Add the fields a `replay` block inserts, in order, as decoding it would."""
+        for field in fields:
+            self._add(field)
 
     def _field(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= STATIC_COUNT:
@@ -164,15 +227,17 @@ class HpackDecoder:
             raise CompressionError(f"header index {index} is not in the table") from None
 
     def _add(self, field: tuple[bytes, bytes]) -> None:
-        self.generation += 1
         entry = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
-        if entry > self.max_table_size:
-            self.table.clear()       # RFC 7541 4.4: an entry larger than the table empties it
-            self.table_size = 0
+        if entry > self.table_limit:
+            if self.table:           # an empty table stays as it was: no generation
+                self.generation += 1
+                self.table.clear()   # RFC 7541 4.4: an entry larger than the table empties it
+                self.table_size = 0
             return
+        self.generation += 1
         self.table.appendleft(field)
         self.table_size += entry
-        self._shrink(self.max_table_size)
+        self._shrink(self.table_limit)
 
     def _shrink(self, limit: int) -> None:
         table = self.table
@@ -204,8 +269,8 @@ def _encode_string(text: bytes) -> bytes:
 class HpackEncoder:
     """[(name, value)] (bytes, names lower-case) -> a response header block."""
 
-    __slots__ = ("entries", "generation", "indexed_only", "inserted", "literal_names", "max_table_size",
-                 "memo", "memo_generation", "positions", "size_update", "table_size")
+    __slots__ = ("entries", "generation", "inserted", "literal_names", "max_table_size",
+                 "memo", "memo_generation", "positions", "reusable", "size_update", "table_size")
 
     def __init__(self) -> None:
         self.positions: dict = {}     # (name, value) -> insertion number of its newest copy
@@ -215,7 +280,7 @@ class HpackEncoder:
         self.max_table_size = DEFAULT_TABLE_SIZE
         self.size_update: int | None = None   # a table size update owed at the next block
         self.generation = 0           # bumped on every table change (the module docstring)
-        self.indexed_only = False     # the last block had indexed fields only
+        self.reusable = False         # the last block can be replayed (the module docstring)
         # The bytes of each indexed field while the table is unchanged (`memo_generation`):
         # a field is then one lookup. It only holds fields the table (static or dynamic)
         # has, so it is as bounded as the table.
@@ -236,8 +301,8 @@ class HpackEncoder:
 
     def encode(self, headers: list) -> bytes:
         out = []
-        indexed_only = self.size_update is None
-        if not indexed_only:
+        reusable = self.size_update is None
+        if not reusable:
             out.append(_encode_integer(self.size_update, 5, 0x20))
             self.size_update = None
         memo = self.memo
@@ -259,15 +324,17 @@ class HpackEncoder:
                 rep = memo[field] = _encode_integer(self.inserted - number + STATIC_COUNT, 7, 0x80)
                 out.append(rep)
                 continue
-            indexed_only = False
             name, value = field
-            if name in NEVER_INDEXED or name in UNIQUE_PER_REQUEST or len(value) > MAX_INDEXED_VALUE:
+            if name in UNINDEXED_NAMES or len(value) > MAX_INDEXED_VALUE:
                 prefix = self.literal_names.get(name)
                 if prefix is None:
                     prefix = self._literal_name(name)
                 out.append(prefix)
                 out.append(_encode_string(value))
+                if name in UNIQUE_PER_REQUEST:
+                    reusable = False
                 continue
+            reusable = False
             name_index = STATIC_NAME.get(name, 0)
             out.append(_encode_integer(name_index, 6, 0x40))
             if not name_index:
@@ -276,12 +343,12 @@ class HpackEncoder:
             self._add(field)
             memo.clear()        # dynamic indexes moved up by one
             self.memo_generation = self.generation
-        self.indexed_only = indexed_only
+        self.reusable = reusable
         return b"".join(out)
 
     def literal(self, name: bytes, value: bytes) -> bytes:
-        """What encode gives a field whose name is UNIQUE_PER_REQUEST (a literal without
-        indexing; such names are in neither table): the table is left as it was."""
+        """What encode gives a field whose name is in UNINDEXED_NAMES and in neither table
+        (a literal without indexing): the table is left as it was."""
         prefix = self.literal_names.get(name)
         if prefix is None:
             prefix = self._literal_name(name)

@@ -23,6 +23,7 @@ Role rules (RFC 9113):
 from __future__ import annotations
 
 from remora.proxy.codec import http2_frames as wire
+from remora.proxy.codec.header_compression import DEFAULT_TABLE_SIZE
 from remora.proxy.codec.http2_frames import DEFAULT_WINDOW, PREFACE, ErrorCode, Http2Error, Setting, settings_frame
 from remora.proxy.codec.http2_send import StreamState
 from remora.proxy.codec.http2_session import Http2Session
@@ -41,6 +42,10 @@ class ClientConnection(Http2Session):
 
     def initiate_connection(self) -> None:
         self.out.append(PREFACE + settings_frame({
+            # The default, said aloud: nginx answers a peer that names a table size by
+            # emptying its table (a size update to 0) instead of inserting every answer's
+            # fields into ours, so its answers leave the table alone (header_compression.py).
+            Setting.HEADER_TABLE_SIZE: DEFAULT_TABLE_SIZE,
             Setting.ENABLE_PUSH: 0,
             Setting.INITIAL_WINDOW_SIZE: self.local_initial_window,
             Setting.MAX_HEADER_LIST_SIZE: self.max_header_list_size,

@@ -30,6 +30,8 @@ from remora.proxy.codec.request_target import checked_target, suspect_target
 from remora.proxy.router.grpc import is_grpc
 from remora.proxy.router.request_ids import new_request_id
 
+# Fields that only set a head's request id and trace context (see RequestHeads).
+PER_REQUEST = frozenset(name for name, code in REQUEST_SPECIAL.items() if code in (H_REQID, H_TRACE))
 VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
 MEMO_LIMIT = 64    # request shapes a RequestHeads remembers
 
@@ -50,8 +52,10 @@ class RequestHeads:
     limit, except for the request id the proxy draws when the client sent none: so what
     request_head reads from them (its "shape") is remembered by those inputs, and every
     stream still gets a head (and a header list) of its own, and its own request id.
-    Refused heads (BadRequest), and blocks carrying a request id or trace context (new on
-    every request: they never repeat), are not remembered. The memo is cleared at MEMO_LIMIT."""
+    A request id and trace context (PER_REQUEST: new on every request, as a peer sidecar
+    sends them) only set the shape's request_id and trace_in: the shape of the other
+    fields is remembered, and those two are read from the block each time. Refused heads
+    (BadRequest) are not remembered. The memo is cleared at MEMO_LIMIT."""
 
     __slots__ = ("memo",)
 
@@ -59,22 +63,51 @@ class RequestHeads:
         self.memo: dict = {}
 
     def head(self, headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
-        key = (tuple(headers), stream_ended, paths, max_headers)
+        stable = []
+        own = None
+        for field in headers:
+            if field[0] in PER_REQUEST:
+                if own is None:
+                    own = []
+                own.append(field)
+            else:
+                stable.append(field)
         memo = self.memo
+        key = (tuple(stable), stream_ended, paths, max_headers)
         shape = memo.get(key)
-        if shape is None:
-            shape = _shape(headers, stream_ended, paths, max_headers)
-            if not shape[7] and shape[11] is None:    # no request id or trace context: it repeats
+        if own is None:
+            if shape is None:
+                shape = _shape(headers, stream_ended, paths, max_headers)
                 if len(memo) >= MEMO_LIMIT:
                     memo.clear()
                 memo[key] = shape
-        return _build(shape)
+            return _build(shape)
+        if len(headers) > max_headers + 4:
+            raise BadRequest(431, b"too many request headers")
+        if shape is None:
+            shape = _shape(stable, stream_ended, paths, max_headers)
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = shape
+        request_id = b""
+        trace_in = None
+        for name, value in own:       # as _shape reads them: the last id, every trace field
+            if name == b"x-request-id":
+                request_id = value
+            else:
+                trace_in = [(name, value)] if trace_in is None else trace_in + [(name, value)]
+        return _build(shape, request_id, trace_in)
 
 
-def _build(shape: tuple) -> RequestHead:
-    """A new RequestHead from a shape (_shape); its header list is its own."""
+def _build(shape: tuple, own_id: bytes = b"", own_trace: list | None = None) -> RequestHead:
+    """A new RequestHead from a shape (_shape); its header list is its own. A shape made
+    without the block's request id and trace context gets them as own_id and own_trace."""
     (cls, method, path, authority, kept, content_length, chunked, request_id, user_agent, xff, peer_meta,
      trace_in, xfp) = shape
+    if own_id:
+        request_id = own_id
+    if own_trace is not None:
+        trace_in = own_trace
     head = cls(method, path, authority, list(kept), VERSION)
     if content_length is not None:
         head.content_length = content_length

@@ -4,12 +4,12 @@ connection, and the per-stream state both halves share. Frames go to `out` until
 `data_to_send`."""
 from __future__ import annotations
 
-from remora.proxy.codec.header_compression import HpackEncoder
+from remora.proxy.codec.header_compression import NOT_INDEXED, HpackEncoder
 from remora.proxy.codec.http2_frames import (
     CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, ErrorCode, Http2Error, Setting, frame,
     goaway_frame, rst_stream_frame, settings_frame, window_update_frame,
 )
-from remora.proxy.codec.http2_validation import outbound_fields
+from remora.proxy.codec.http2_validation import FORBIDDEN_IN_VALUE, outbound_fields
 
 REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
 ENCODED_CACHE = 64             # header blocks remembered per connection (see _encode)
@@ -38,7 +38,7 @@ class Http2Sending:
     # Fields from HTTP/1 upstreams need HTTP/2's shape (lower-case names, no connection
     # fields); the client role's come already shaped (upstream/http2_request_head.py).
     shape_outbound_fields = True
-    # Header blocks of indexed fields only are remembered (_encode); the client role's
+    # Header blocks that leave the table unchanged are remembered (_encode); the client role's
     # request heads always carry a new x-request-id, so it skips the lookup.
     remember_encoded = True
     encoder: HpackEncoder
@@ -115,21 +115,63 @@ class Http2Sending:
             self._close_local(stream_id, stream)
 
     def _encode(self, headers: list) -> bytes:
-        """The HPACK block of `headers`. A block of indexed fields only encodes to the same
-        bytes while the table does not change: a response head or trailers repeated on every
-        stream are remembered, not re-encoded (header_compression.py's docstring)."""
+        """The HPACK block of `headers`. A block that leaves the table unchanged encodes to the
+        same bytes while the table does not change: a response head or trailers repeated on
+        every stream are remembered, not re-encoded (`reusable`, header_compression.py).
+        Fields whose value changes from call to call (NOT_INDEXED: the
+        x-envoy-upstream-service-time every answer carries) are literals that leave the
+        table alone: the key names them without their value, the pieces between them are
+        remembered, and only the values are encoded on each call."""
         encoder = self.encoder
-        key = tuple(headers)
+        key: list = []
+        values = None
+        for field in headers:
+            if field[0] in NOT_INDEXED:
+                if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
+                    raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
+                if values is None:
+                    values = []
+                values.append(field)
+                key.append(field[0])            # a name (bytes) marks where a value goes
+            else:
+                key.append(field)
+        key = tuple(key)
         cache = self.encoded_blocks
         hit = cache.get(key)
         if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
-            return hit[1]
-        block = encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
-        if encoder.indexed_only:
-            if len(cache) >= ENCODED_CACHE:
-                cache.clear()
-            cache[key] = (encoder.generation, block)
-        return block
+            pieces = hit[1]
+        else:
+            pieces = self._encode_pieces(key)
+            if encoder.reusable:
+                if len(cache) >= ENCODED_CACHE:
+                    cache.clear()
+                cache[key] = (encoder.generation, pieces)
+        if values is None:
+            return pieces[0]
+        out = [pieces[0]]
+        literal = encoder.literal
+        for (name, value), piece in zip(values, pieces[1:]):
+            out.append(literal(name, value))
+            out.append(piece)
+        return b"".join(out)
+
+    def _encode_pieces(self, key: tuple) -> list:
+        """The blocks of the runs of fields between the names in `key` (see _encode);
+        encoder.reusable says whether they all left the table unchanged."""
+        encoder = self.encoder
+        runs: list = [[]]
+        for item in key:
+            if item.__class__ is bytes:      # a NOT_INDEXED name: a new run starts after it
+                runs.append([])
+            else:
+                runs[-1].append(item)
+        pieces = []
+        reusable = True
+        for run in runs:
+            pieces.append(encoder.encode(outbound_fields(run) if self.shape_outbound_fields else run))
+            reusable = reusable and encoder.reusable
+        encoder.reusable = reusable
+        return pieces
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Body bytes within `local_flow_control_window` and one frame's size (the caller's duty)."""

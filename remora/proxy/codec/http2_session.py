@@ -12,13 +12,14 @@ from __future__ import annotations
 import struct
 
 from remora.proxy.codec import http2_frames as wire
-from remora.proxy.codec.header_compression import CompressionError, HpackDecoder, HpackEncoder
+from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST, CompressionError, HpackDecoder, HpackEncoder
 from remora.proxy.codec.http2_frames import (
     ACK, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEADER, GOAWAY,
     HEADERS, MAX_WINDOW, PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS,
     WINDOW_UPDATE, ErrorCode, Http2Error, Setting, frame, rst_stream_frame,
 )
 from remora.proxy.codec.http2_send import Http2Sending, StreamState
+from remora.proxy.codec.http2_validation import check_field
 
 MAX_CONTINUATIONS = 8          # nghttp2's limit on CONTINUATION frames per header block
 BLOCK_CACHE = 64               # header blocks remembered per connection, with their check
@@ -46,7 +47,8 @@ class Http2Session(Http2Sending):
         self.settings_seen = False
         self.closed = False
         self.partial: tuple | None = None          # (stream id, flags, [fragments], count, bytes)
-        self.checked_blocks: dict = {}              # block -> (table generation, check, fields, result)
+        self.checked_blocks: dict = {}    # block -> (generation, check, fields, result, replay, list size)
+        self.prefix_offset = 0            # where the last block's trailing unique fields began
         self.encoded_blocks: dict = {}              # fields -> (encoder generation, block): http2_send.py
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
@@ -295,24 +297,81 @@ class Http2Session(Http2Sending):
     def _decode_checked(self, block: bytes, check) -> tuple[list | None, object]:
         """The block's fields and `check(fields)` (None, None over the header-list limit).
 
-        A client repeating its requests sends the same bytes every time once HPACK indexed
-        them. A block of indexed fields only leaves the table as it was, and decodes to the
-        same fields (passing the same check) while the table does not change: it is
-        remembered with its check's result (header_compression.py's docstring)."""
+        A peer repeating its requests or answers sends the same bytes every time once HPACK
+        indexed them (or never indexes them, as nghttp2 does :path and nginx everything). A
+        block that left the table as it was decodes to the same fields (passing the same
+        check) while the table does not change: it is remembered with its check's result
+        (`reusable`, header_compression.py's docstring). A block that reads no dynamic entry
+        decodes to the same fields at any generation; replaying it inserts what it inserted
+        (`replay`). A block ending in values new per request (a Remora peer's) is remembered
+        up to them (`prefix`): see _decode_tail."""
         decoder = self.decoder
         cache = self.checked_blocks
         hit = cache.get(block)
-        if hit is not None and hit[0] == decoder.generation and hit[1] is check:
-            return list(hit[2]), hit[3]
+        if hit is not None and hit[1] is check:
+            replay = hit[4]
+            if replay is not None:
+                if replay:
+                    decoder.insert(replay)
+                return list(hit[2]), hit[3]
+            if hit[0] == decoder.generation:
+                return list(hit[2]), hit[3]
+        offset = self.prefix_offset
+        if offset and len(block) > offset:
+            hit = cache.get(block[:offset])
+            if hit is not None and hit[1] is check and (
+                    hit[4] == () or (hit[4] is None and hit[0] == decoder.generation)):
+                return self._decode_tail(block[offset:], hit, check)
         headers = decoder.decode(block)
         if headers is None:
             return None, None
         result = check(headers)
-        if decoder.indexed_only:
+        if decoder.reusable or decoder.replay is not None:
             if len(cache) >= BLOCK_CACHE:
                 cache.clear()
-            cache[block] = (decoder.generation, check, tuple(headers), result)
+            cache[block] = (decoder.generation, check, tuple(headers), result, decoder.replay, decoder.list_size)
+        elif decoder.prefix is not None:
+            self._remember_prefix(block, headers, check, decoder.prefix)
         return headers, result
+
+    def _remember_prefix(self, block: bytes, headers: list, check, prefix: tuple) -> None:
+        """Remember a block's part before its trailing unique fields as a reusable block of
+        its own (it decodes alone to the same fields and left the table unchanged)."""
+        # The generation the prefix decodes in: the block's own trailing fields may have
+        # changed the table since (inserted with indexing), and then it is never hit again.
+        offset, size, count, generation = prefix
+        fields = headers[:count]
+        if not fields:
+            return
+        try:
+            result = check(fields)   # the same as the block's: the unique fields add nothing to it
+        except Http2Error:
+            return
+        cache = self.checked_blocks
+        if len(cache) >= BLOCK_CACHE:
+            cache.clear()
+        cache[block[:offset]] = (generation, check, tuple(fields), result, None, size)
+        self.prefix_offset = offset
+
+    def _decode_tail(self, tail: bytes, hit: tuple, check) -> tuple[list | None, object]:
+        """A block whose first bytes are a remembered prefix: decode only the rest, in the
+        table state the prefix leaves (it left it unchanged). When the rest is unique fields
+        only, the prefix's check result stands and each new field gets _check_field alone
+        (they are never pseudo-headers nor content-length); otherwise the whole list is checked."""
+        decoder = self.decoder
+        if tail[0] & 0xE0 == 0x20:
+            raise CompressionError("table size update after a field")
+        fields = decoder.decode(tail)
+        if fields is None or hit[5] + decoder.list_size > self.max_header_list_size:
+            return None, None
+        headers = list(hit[2])
+        headers += fields
+        for name, value in fields:
+            if name not in UNIQUE_PER_REQUEST:
+                return headers, check(headers)
+        for name, value in fields:
+            check_field(name, value)
+        return headers, hit[3]
 
     def _check_body_length(self, stream_id: int, stream: StreamState) -> None:
         """At the end of a stream's body (its trailers): the DATA adds up to its content-length."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import string
 
+from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST
 from remora.proxy.codec.http2_frames import ErrorCode, Http2Error
 
 # Lower-case tchar (RFC 9110 5.6.2): deleting them from a valid name leaves nothing.
@@ -16,6 +17,11 @@ CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connectio
 REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+# Fields that passed _check_field, per process: the same fields come on every call (and the
+# check is a pure function of the field), except values new on every request, which are
+# checked each time and not kept. Cleared when full.
+PASSED: set = set()
+PASSED_LIMIT = 4096
 
 
 def _check_field(name: bytes, value: bytes) -> None:
@@ -29,12 +35,26 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise Http2Error(f"invalid value for header {name[:64]!r}")
 
 
+check_field = _check_field      # one field alone, outside a list (http2_session.py's tail path)
+
+
+def _check_new(field: tuple) -> None:
+    """_check_field for a field not in PASSED; remember it unless it is new per request."""
+    _check_field(field[0], field[1])
+    if field[0] not in UNIQUE_PER_REQUEST:
+        if len(PASSED) >= PASSED_LIMIT:
+            PASSED.clear()
+        PASSED.add(field)
+
+
 def check_request_fields(headers: list) -> int | None:
     """Raise Http2Error (PROTOCOL_ERROR: a malformed request) or give the content-length."""
     seen: set = set()
     regular = False
     content_length = method = None
-    for name, value in headers:
+    passed = PASSED
+    for field in headers:
+        name, value = field
         if name[:1] == b":":
             if regular:
                 raise Http2Error(f"pseudo-header {name.decode(errors='replace')} after a regular header")
@@ -49,7 +69,8 @@ def check_request_fields(headers: list) -> int | None:
                 method = value
             continue
         regular = True
-        _check_field(name, value)
+        if field not in passed:
+            _check_new(field)
         if name == b"content-length":
             if not value.isdigit() or (content_length is not None and int(value) != content_length):
                 raise Http2Error("invalid content-length")
@@ -65,7 +86,9 @@ def check_response_fields(headers: list) -> tuple[int, int | None]:
     """A response head's :status and content-length; Http2Error (PROTOCOL_ERROR) if malformed."""
     status = None
     content_length = None
-    for index, (name, value) in enumerate(headers):
+    passed = PASSED
+    for index, field in enumerate(headers):
+        name, value = field
         if name[:1] == b":":
             if name != b":status" or status is not None or index:
                 raise Http2Error(f"pseudo-header {name[:64]!r} out of place in a response")
@@ -73,7 +96,8 @@ def check_response_fields(headers: list) -> tuple[int, int | None]:
                 raise Http2Error(f"invalid :status {value[:16]!r}")
             status = int(value)
             continue
-        _check_field(name, value)
+        if field not in passed:
+            _check_new(field)
         if name == b"content-length":
             if not value.isdigit() or (content_length is not None and int(value) != content_length):
                 raise Http2Error("invalid content-length in a response")
@@ -84,10 +108,11 @@ def check_response_fields(headers: list) -> tuple[int, int | None]:
 
 
 def check_trailer_fields(headers: list) -> None:
-    for name, value in headers:
-        if name[:1] == b":":
+    for field in headers:
+        if field[0][:1] == b":":
             raise Http2Error("pseudo-header in trailers")
-        _check_field(name, value)
+        if field not in PASSED:
+            _check_new(field)
 
 
 def outbound_fields(headers: list) -> list:

@@ -7,6 +7,7 @@ compiled once per config version and swapped by one assignment.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -30,6 +31,20 @@ from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDef
 from remora.proxy.telemetry.tracing import Tracer
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.upstream.tls_origination import OriginContexts
+
+
+# Allocations (net of frees) between two young-generation collections; CPython's default is
+# 700. Each request allocates dozens of container objects, most freed by reference counting
+# within the call, yet the collector ran every few calls and walked everything in flight:
+# 3-5% of a sidecar's CPU under grpc-2hop-mtls. Cycles are still collected, a little later.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def collect_young_less_often() -> None:
+    """Raise the young generation's threshold to YOUNG_GC_THRESHOLD (never lower it)."""
+    young, middle, old = gc.get_threshold()
+    if young and young < YOUNG_GC_THRESHOLD:
+        gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 class Worker:
@@ -75,6 +90,7 @@ class Worker:
         if self.tracer.exporter is not None:
             self.tracer.exporter.start()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+        collect_young_less_often()
         self.ready = True
 
     def apply(self, config: MeshConfig) -> None:

@@ -4,10 +4,15 @@ fields (h2_fields), and as the HPACK block that opens the stream (RequestBlocks)
 Shaping rules (RFC 9113 8.2): names lower-cased; connection-specific fields and `host`
 dropped (`:authority` carries it); `te` only as "trailers" (gRPC needs it); values
 without surrounding whitespace. Pseudo-headers come first (:method :scheme :authority
-:path), then the forwarded headers, the added lines in their order, and content-length.
+:path), then the forwarded headers, the added lines in their order, content-length, and
+last the added lines new on every request (x-request-id, trace context:
+header_compression.UNIQUE_PER_REQUEST). Kept last, they leave the rest of the block the same
+bytes from call to call: a Remora peer decodes and checks that part once per connection
+(codec/http2_session.py, `_decode_checked`), and only the new values each time.
 
 RequestBlocks, one per UpstreamHttp2 (its owner), builds the block in pieces: the pseudo-
-headers with the forwarded headers, then each added line, then content-length. HPACK is
+headers with the forwarded headers, then each added line, then content-length, then the
+lines new on every request. HPACK is
 sequential, so encoding the pieces one after the other gives the bytes encoding them all
 at once gives. A piece whose encoding left the encoder's table as it was (indexed fields,
 literals without indexing) is a pure function of its inputs while the table stays
@@ -69,7 +74,8 @@ class RequestBlocks:
 
     def block(self, scheme: bytes, method: bytes, path: bytes, authority: bytes, headers: list,
               added: bytes, content_length: int | None) -> bytes:
-        """The block of h2_fields(headers, added) after the pseudo-headers, content-length last."""
+        """The block of h2_fields(headers, added) after the pseudo-headers, content-length
+        after them, the UNIQUE_PER_REQUEST lines of `added` moved last (the module docstring)."""
         encoder = self.encoder
         if encoder.generation != self.generation or encoder.size_update is not None:
             self._forget()
@@ -82,6 +88,7 @@ class RequestBlocks:
         if not added and content_length is None:
             return piece
         parts = [piece]
+        unique = None
         if added:
             lines = self.lines
             for line in added.split(b"\r\n"):
@@ -91,16 +98,20 @@ class RequestBlocks:
                     if name in UNIQUE_PER_REQUEST:
                         # New every time, never remembered; the proxy writes these names
                         # lower-case and bare, so line_field would only strip the value.
-                        piece = encoder.literal(name, value.strip())
+                        if unique is None:
+                            unique = []
+                        unique.append(encoder.literal(name, value.strip()))
+                        continue
+                    field = line_field(line)
+                    if field:
+                        piece = self._encode((field,), lines, line, LINES_LIMIT)
                     else:
-                        field = line_field(line)
-                        if field:
-                            piece = self._encode((field,), lines, line, LINES_LIMIT)
-                        else:
-                            piece = lines[line] = b""
+                        piece = lines[line] = b""
                 parts.append(piece)
         if content_length is not None:
             parts.append(encoder.encode(((b"content-length", b"%d" % content_length),)))
+        if unique is not None:
+            parts += unique
         return b"".join(parts)
 
     def _encode(self, fields, memo: dict, key, limit: int) -> bytes:
