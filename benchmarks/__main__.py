@@ -21,7 +21,7 @@ from benchmarks.catalog import LOAD_TOOL, SCENARIOS
 from benchmarks.charts import write_charts
 from benchmarks.procs import ProcessFailed
 from benchmarks.report import markdown
-from benchmarks.runner import PROXIES, Options
+from benchmarks.runner import EXTRA_PROXIES, PROXIES, Options
 from benchmarks.tools import (MissingTool, busy_cores, find_envoy, find_tool, machine_info,
                               plan_pinning, tool_versions)
 
@@ -38,7 +38,8 @@ def parse_args(argv: list[str], prog: str = "python -m benchmarks") -> argparse.
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--proxies", default=",".join(PROXIES),
-                   help="comma-separated subset of remora,envoy (default both)")
+                   help="comma-separated subset of remora,envoy,relay (default remora,envoy; relay: "
+                        "the bare TLS byte relay pair, the floor, where a scenario offers it)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S seconds for other load to stop")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -49,8 +50,8 @@ def parse_args(argv: list[str], prog: str = "python -m benchmarks") -> argparse.
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     args.proxies = tuple(x.strip() for x in args.proxies.split(",") if x.strip())
-    if not args.proxies or set(args.proxies) - set(PROXIES):
-        p.error(f"--proxies takes a comma-separated subset of {','.join(PROXIES)}")
+    if not args.proxies or set(args.proxies) - set(PROXIES + EXTRA_PROXIES):
+        p.error(f"--proxies takes a comma-separated subset of {','.join(PROXIES + EXTRA_PROXIES)}")
     return args
 
 

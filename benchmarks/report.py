@@ -111,6 +111,15 @@ def scenario_table(name: str, scenario: dict) -> str:
         lines.append(f"Upstream alone ({scenario.get('upstream', '?')}, no proxy, same load "
                      f"settings): {direct['rps']:,.0f} req/s, p50 {direct['p50_ms']:.3f} ms, "
                      f"p99 {direct['p99_ms']:.3f} ms.")
+    relay = summary.get("relay")
+    if relay and "rps" in relay:
+        line = (f"Bare relay pair (benchmarks/tls_relay.py: the same sockets, uvloop and TLS, no HTTP; "
+                f"the floor under any Python sidecar): {_cell(relay, 'rps', 0)} req/s, proxy CPU "
+                f"{_cell(relay, 'cpu_s_per_1k', 4)} s / 1k req")
+        if remora and "cpu_s_per_1k" in remora and relay.get("cpu_s_per_1k", {}).get("median"):
+            times = remora["cpu_s_per_1k"]["median"] / relay["cpu_s_per_1k"]["median"]
+            line += f"; Remora's CPU per request is {times:.2f}x the relay's"
+        lines.append(line + ".")
     for goal in scenario.get("goals", []):
         verdict = {True: "**met**", False: "**not met**", None: "not measured"}[goal["met"]]
         value = "n/a" if goal["value"] is None else f"{goal['value']:,.3g}"

@@ -28,6 +28,9 @@ from benchmarks.tools import REPO_ROOT, Pinning, busy_cores, machine_busy_second
 from benchmarks.upstream import BODY, start_upstream
 
 PROXIES = ("remora", "envoy")
+# Data planes a scenario may offer besides those two, asked for by name (--proxies):
+# "relay" is the bare byte relay over the same TLS (tls_relay.py), the floor under both.
+EXTRA_PROXIES = ("relay",)
 REMORA_FLAGS = ["--workers", "1", "--access-log", "off", "--prometheus-port", "0",
                 "--health-port", "0"]
 
@@ -266,6 +269,9 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
               f"p99 {direct['p99_ms']:.2f} ms", flush=True)
         planes: dict[str, DataPlane] = {}
         for proxy in opts.proxies:
+            if proxy not in builders:
+                print(f"[{name}] {proxy}: not offered by this scenario", file=sys.stderr, flush=True)
+                continue
             try:
                 if proxy == "envoy" and not opts.envoy:
                     raise ProcessFailed("envoy: binary not located")
@@ -278,7 +284,7 @@ def run_scenario(name: str, description: str, prepare: Prepare, opts: Options,
                                         floor_seconds)
                 direct_runs.append(direct)
             for proxy in opts.proxies:
-                if proxy in errors:
+                if proxy in errors or proxy not in planes:
                     continue
                 print(f"[{name}] run {run}/{opts.runs}: {proxy} ...", end=" ", flush=True)
                 try:

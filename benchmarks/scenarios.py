@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -155,7 +156,33 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
             envoy_sidecar(opts.envoy, "server", server, workdir / "envoy-server.yaml", admin_b),
         ], entry_port, SERVER_HOST, verify)
 
-    return {"remora": remora, "envoy": envoy}
+    def relay() -> DataPlane:
+        admin_a, admin_b = free_port(), free_port()
+        tls = ["--cert-dir"] if mtls else []
+        client = relay_cmd("--listen", str(entry_port), "--to", f"127.0.0.1:{inbound_port}",
+                           "--admin-port", str(admin_a),
+                           *([*tls, str(certs[CLIENT_ACCOUNT]), "--dial-tls"] if mtls else []))
+        server = relay_cmd("--listen", str(inbound_port), "--to", f"127.0.0.1:{upstream_port}",
+                           "--admin-port", str(admin_b),
+                           *([*tls, str(certs[SERVER_ACCOUNT]), "--accept-tls"] if mtls else []))
+        check = verify_plaintext_refused(inbound_port) if mtls else None
+        return DataPlane("relay", [Sidecar("client", client, admin_a), Sidecar("server", server, admin_b)],
+                         entry_port, SERVER_HOST, check)
+
+    return {"remora": remora, "envoy": envoy, "relay": relay}
+
+
+def relay_cmd(*flags: str) -> list[str]:
+    """The bare byte relay (benchmarks/tls_relay.py): the floor under any Python sidecar."""
+    return [sys.executable, "-m", "benchmarks.tls_relay", *flags]
+
+
+def verify_plaintext_refused(inbound_port: int) -> Callable[[DataPlane, list[Child]], None]:
+    """The relay pair's mTLS check: B's port refuses plaintext (it has no stats to count)."""
+    def verify(plane: DataPlane, children: list[Child]) -> None:
+        if not _plaintext_refused(inbound_port):
+            raise children[-1].fail(f"plaintext to the relay's port {inbound_port} was answered")
+    return verify
 
 
 def oversubscription_note(opts: Options) -> str:

@@ -17,7 +17,7 @@ from benchmarks.mesh import (MESH_NAMESPACE, SERVER_LABELS, load_documents, one_
                              two_hop_yaml)
 from benchmarks.procs import ProcessFailed, free_port, http_get
 from benchmarks.runner import Options, start_data_plane
-from benchmarks.scenarios import prepare_mesh_2hop_mtls
+from benchmarks.scenarios import prepare_mesh_2hop_mtls, verify_plaintext_refused
 from benchmarks.tools import MissingTool, find_envoy, have_tool, install_hint
 from benchmarks.upstream import start_upstream
 
@@ -183,3 +183,31 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
         "requests/s >= 1.0x Envoy's"}
     pytest.importorskip("matplotlib")
     assert (tmp_path / "requests-per-second.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_the_relay_pair_relays_over_mutual_tls_and_refuses_plaintext(tmp_path: Path) -> None:
+    """mesh-2hop-mtls's floor: a request crosses the relay pair intact, B takes only mutual TLS
+    (its mTLS check passes), and a plaintext relay pair fails that check."""
+    _require("nginx")
+    opts = Options(out=tmp_path)
+    with ExitStack() as stack:
+        port = free_port()
+        upstream, _kind = start_upstream(port, tmp_path / "upstream", opts.pinning)
+        stack.callback(upstream.stop)
+        plane = prepare_mesh_2hop_mtls(tmp_path, port, opts)["relay"]()
+        children = start_data_plane(plane, 1, opts, tmp_path, stack)
+        status, body = http_get(plane.port, "/", host=plane.host, timeout=5.0)
+        assert status == 200 and body
+        plane.verify(plane, children)
+    with ExitStack() as stack:
+        port = free_port()
+        upstream, _kind = start_upstream(port, tmp_path / "upstream2", opts.pinning)
+        stack.callback(upstream.stop)
+        plain = prepare_mesh_2hop_mtls(tmp_path / "plain", port, opts, mtls=False)["relay"]()
+        children = start_data_plane(plain, 1, opts, tmp_path, stack)
+        assert http_get(plain.port, "/", host=plain.host, timeout=5.0)[0] == 200
+        server = plain.sidecars[1].cmd
+        inbound = int(server[server.index("--listen") + 1])
+        with pytest.raises(ProcessFailed, match="was answered"):
+            verify_plaintext_refused(inbound)(plain, children)
