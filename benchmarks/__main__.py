@@ -43,6 +43,9 @@ def parse_args(argv: list[str], prog: str = "python -m benchmarks") -> argparse.
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each run, wait up to S seconds for other load to stop")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Remora --workers and Envoy --concurrency of every sidecar (default 1; "
+                        "with more than 1, use --no-pin: pinning puts every proxy on one core)")
     p.add_argument("--out", type=Path, default=Path("bench-out"),
                    help="output directory (default bench-out/)")
     args = p.parse_args(argv)
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         proxies=args.proxies,
         out=args.out,
         wait_idle=args.wait_idle,
+        workers=args.workers,
     )
     skipped = find_load_tools(names, opts)
     if len(skipped) == len(names):
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         "pinning": opts.pinning.as_dict(),
         "settings": {"runs": opts.runs, "duration": opts.duration, "warmup": opts.warmup,
                      "connections": opts.connections, "threads": opts.threads,
-                     "proxies": list(opts.proxies), "proxy_workers": 1,
+                     "proxies": list(opts.proxies), "proxy_workers": opts.workers,
                      "wait_idle": opts.wait_idle, "quick": quick,
                      "open_files_limit": raise_open_files_limit()},
         "scenarios": {},

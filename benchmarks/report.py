@@ -77,6 +77,10 @@ def summarise(runs: list[dict], proxies: tuple[str, ...], metrics: Metrics = MET
             "goals": [goal.check(summary, ratios) for goal in goals]}
 
 
+def _workers(count: int) -> str:
+    return "one proxy worker" if count == 1 else f"{count} proxy workers (Remora --workers, Envoy --concurrency)"
+
+
 def _fmt(value: float, decimals: int) -> str:
     return f"{value:,.{decimals}f}"
 
@@ -140,7 +144,7 @@ def markdown(results: dict) -> str:
         "",
         f"Median of {s['runs']} run(s) per proxy (min–max in brackets), {s['duration']} s "
         f"each after a {s['warmup']} s warm-up; wrk {s['connections']} keep-alive connections, "
-        f"{s['threads']} thread(s); one proxy worker. Pinning: {pin['method']}.",
+        f"{s['threads']} thread(s); {_workers(s.get('proxy_workers', 1))}. Pinning: {pin['method']}.",
         f"Remora {ver.get('remora', '?')} on Python {ver.get('python', '?')}; "
         f"Envoy {ver.get('envoy', 'n/a')}. Ratios use medians; for requests/s higher is "
         "better, for the others lower is better.",

@@ -47,13 +47,13 @@ def _one_hop_planes(workdir: Path, mesh_text: str, opts: Options) -> Builders:
     def remora() -> DataPlane:
         port, admin = free_port(), free_port()
         cmd = remora_cmd("--mesh-config", str(mesh_file), "--outbound-port", str(port),
-                         "--admin-port", str(admin))
+                         "--admin-port", str(admin), workers=opts.workers)
         return DataPlane("remora", [Sidecar("proxy", cmd, admin)], port, UPSTREAM_HOST)
 
     def envoy() -> DataPlane:
         port, admin = free_port(), free_port()
         bootstrap = render_bootstrap(load_documents(mesh_text), port, admin)
-        sidecar = envoy_sidecar(opts.envoy, "proxy", bootstrap, workdir / "envoy.yaml", admin)
+        sidecar = envoy_sidecar(opts.envoy, "proxy", bootstrap, workdir / "envoy.yaml", admin, opts.workers)
         return DataPlane("envoy", [sidecar], port, UPSTREAM_HOST)
 
     return {"remora": remora, "envoy": envoy}
@@ -131,14 +131,14 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
         client = remora_cmd(
             "--mesh-config", str(mesh_file), "--cert-dir", str(certs[CLIENT_ACCOUNT]),
             "--outbound-port", str(entry_port), "--admin-port", str(admin_a),
-            "--namespace", MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT)
+            "--namespace", MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT, workers=opts.workers)
         server = remora_cmd(
             "--mesh-config", str(mesh_file), "--cert-dir", str(certs[SERVER_ACCOUNT]),
             "--inbound-port", str(inbound_port), "--app-port", str(upstream_port),
             "--outbound-port", str(unused_b), "--admin-port", str(admin_b),
             "--service", "server", "--namespace", MESH_NAMESPACE,
             "--service-account", SERVER_ACCOUNT,
-            "--labels", ",".join(f"{k}={v}" for k, v in SERVER_LABELS.items()))
+            "--labels", ",".join(f"{k}={v}" for k, v in SERVER_LABELS.items()), workers=opts.workers)
         return DataPlane("remora", [Sidecar("client", client, admin_a),
                                     Sidecar("server", server, admin_b)],
                          entry_port, SERVER_HOST, verify)
@@ -152,8 +152,8 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
             app_port=upstream_port, admin_port=admin_b, cert_dir=certs[SERVER_ACCOUNT],
             app_protocol="GRPC" if grpc else "HTTP")
         return DataPlane("envoy", [
-            envoy_sidecar(opts.envoy, "client", client, workdir / "envoy-client.yaml", admin_a),
-            envoy_sidecar(opts.envoy, "server", server, workdir / "envoy-server.yaml", admin_b),
+            envoy_sidecar(opts.envoy, "client", client, workdir / "envoy-client.yaml", admin_a, opts.workers),
+            envoy_sidecar(opts.envoy, "server", server, workdir / "envoy-server.yaml", admin_b, opts.workers),
         ], entry_port, SERVER_HOST, verify)
 
     def relay() -> DataPlane:

@@ -122,3 +122,13 @@ def test_no_ratio_of_differences_that_went_negative() -> None:
     metrics = (("added", "added p99", 3, True), ("both", "added p50", 3, True))
     ratios = summarise(runs, ("remora", "envoy"), metrics)["ratios"]
     assert ratios == {"both": 0.25}
+
+
+def test_scaling_table_gives_each_proxys_growth_from_one_worker_to_two(tmp_path):
+    """benchmarks.scaling: medians per worker count and the 2 / 1 growth; a missing count reads n/a."""
+    from benchmarks.scaling import chart, markdown
+    table = {"http1-1hop": {"remora": {1: 10000.0, 2: 15000.0}, "envoy": {1: 9000.0}}}
+    text = markdown(table, [1, 2])
+    assert "| remora | 10,000 | 15,000 | 1.50x |" in text
+    assert "| envoy | 9,000 | n/a | n/a |" in text
+    assert chart(table, [1, 2], tmp_path / "scaling.png") is False or (tmp_path / "scaling.png").stat().st_size > 0
