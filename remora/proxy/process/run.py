@@ -38,6 +38,7 @@ from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource
 from remora.proxy.process.fanout import FanoutAdminSource, apply_to_workers
 from remora.proxy.process.worker import ProxyOptions, Worker
 from remora.proxy.control.xds_state import Candidate
+from remora.proxy.process.allocator import keep_tls_buffers_in_heap
 
 if TYPE_CHECKING:
     from remora.proxy.security.cert_source import CertDirWatcher
@@ -53,6 +54,7 @@ def run_proxy(options: ProxyOptions, config: MeshConfig | None) -> int:
     `config` comes from files; under --control (config None) the proxy starts from the disk
     snapshot, or empty, and the xDS client feeds it.
     """
+    keep_tls_buffers_in_heap()   # before any worker forks: they inherit the allocator's settings
     control = xds_client.boot(options) if options.control else None
     if control is not None:
         config = control.config
