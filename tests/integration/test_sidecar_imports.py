@@ -7,7 +7,6 @@ request, a scrape and a probe, then quits; it writes sys.modules at exit.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import mesh_yaml
+from tests.integration.test_mtls_outbound import get
 from tests.integration.upstreams import free_port
 
 # Writes sys.modules to argv[1] at exit, then runs `remora ARGS...`.
@@ -25,16 +25,6 @@ LAUNCH = ("import atexit, sys\n"
           "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules))))\n"
           "from remora.cli import main\n"
           "sys.exit(main(sys.argv[1:]))\n")
-
-
-def _get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +42,15 @@ def sidecar_modules(upstreams, tmp_path_factory) -> set[str]:
         deadline = time.time() + 20
         while True:
             try:
-                if _get(ports["admin"], "/ready")[0] == 200:
+                if get(ports["admin"], "127.0.0.1", "/ready")[0] == 200:
                     break
             except OSError:
                 pass
             assert proc.poll() is None and time.time() < deadline, (work / "stderr.log").read_text()
             time.sleep(0.05)
-        assert _get(ports["outbound"], "/", host="echo")[0] == 200
-        assert b"istio_requests_total" in _get(ports["prometheus"], "/stats/prometheus")[1]
-        assert _get(ports["health"], "/healthz/ready") == (200, b"LIVE\n")
+        assert get(ports["outbound"], "echo", "/")[0] == 200
+        assert b"istio_requests_total" in get(ports["prometheus"], "127.0.0.1", "/stats/prometheus")[1]
+        assert get(ports["health"], "127.0.0.1", "/healthz/ready") == (200, b"LIVE\n")
         request = urllib.request.Request(f"http://127.0.0.1:{ports['admin']}/quitquitquit", method="POST")
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
