@@ -169,7 +169,7 @@ class UpstreamHttp2(asyncio.Protocol):
         return stream_id
 
     def open_request(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes, headers: list,
-                     added: bytes, content_length: int | None, end_stream: bool) -> int:
+                     added: bytes, unique: bytes, content_length: int | None, end_stream: bool) -> int:
         """open_stream for a head given as forwarded headers and added header lines: its
         fields and block come from RequestBlocks (http2_request_head.py)."""
         session = self.session
@@ -177,7 +177,8 @@ class UpstreamHttp2(asyncio.Protocol):
         session.open_request_stream(stream_id)
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
-        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, content_length)
+        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, unique,
+                                           content_length)
         session.send_block(stream_id, block, end_stream)
         self._flush()
         return stream_id
