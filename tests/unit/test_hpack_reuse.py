@@ -110,6 +110,30 @@ def test_blocks_that_read_no_dynamic_entry_replay_their_inserts():
     assert list(server.decoder.table) == list(reference.table) and len(reference.table) == 6
 
 
+
+def test_replays_into_a_table_emptied_to_size_zero_leave_it_empty():
+    """nginx's answers after its size update to 0: the first block empties the table, the
+    replays of the next ones insert nothing and keep the generation (their cache stays valid),
+    and the decoder still reads what hpack's reads."""
+    server = ServerConnection(100, 60 * 1024)
+    server.decoder = CountingDecoder(60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    server.receive_data(HeadersFrame(1, data=REQUEST_BLOCK + b"\x40\x03x-b\x012",
+                                     flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert len(server.decoder.table) == 1
+    block = REQUEST_BLOCK + b"\x40\x03x-a" + _huffman(b"1")
+    reference = Decoder()
+    reference.decode(REQUEST_BLOCK + b"\x40\x03x-b\x012")
+    for sid in (3, 5, 7):
+        data = (b"\x20" if sid == 3 else b"") + block
+        events = server.receive_data(HeadersFrame(sid, data=data, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        heads = [e.headers for e in events if isinstance(e, f.RequestReceived)]
+        assert heads == [[tuple(field) for field in reference.decode(data, raw=True)]]
+        if sid == 5:
+            generation = server.decoder.generation
+    assert not server.decoder.table and server.decoder.generation == generation
+    assert server.decoder.calls == 3     # the first (size update), the second (decoded once), no more
+
 class CountingEncoder(HpackEncoder):
     """An HpackEncoder that counts the field lists it really encodes."""
 
