@@ -110,6 +110,30 @@ def test_blocks_that_read_no_dynamic_entry_replay_their_inserts():
     assert list(server.decoder.table) == list(reference.table) and len(reference.table) == 6
 
 
+
+def test_replays_into_a_table_emptied_to_size_zero_leave_it_empty():
+    """nginx's answers after its size update to 0: the first block empties the table, the
+    replays of the next ones insert nothing and keep the generation (their cache stays valid),
+    and the decoder still reads what hpack's reads."""
+    server = ServerConnection(100, 60 * 1024)
+    server.decoder = CountingDecoder(60 * 1024)
+    server.receive_data(f.PREFACE + f.frame(f.SETTINGS, 0, 0))
+    server.receive_data(HeadersFrame(1, data=REQUEST_BLOCK + b"\x40\x03x-b\x012",
+                                     flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert len(server.decoder.table) == 1
+    block = REQUEST_BLOCK + b"\x40\x03x-a" + _huffman(b"1")
+    reference = Decoder()
+    reference.decode(REQUEST_BLOCK + b"\x40\x03x-b\x012")
+    for sid in (3, 5, 7):
+        data = (b"\x20" if sid == 3 else b"") + block
+        events = server.receive_data(HeadersFrame(sid, data=data, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        heads = [e.headers for e in events if isinstance(e, f.RequestReceived)]
+        assert heads == [[tuple(field) for field in reference.decode(data, raw=True)]]
+        if sid == 5:
+            generation = server.decoder.generation
+    assert not server.decoder.table and server.decoder.generation == generation
+    assert server.decoder.calls == 3     # the first (size update), the second (decoded once), no more
+
 class CountingEncoder(HpackEncoder):
     """An HpackEncoder that counts the field lists it really encodes."""
 
@@ -150,10 +174,10 @@ def test_heads_with_a_new_service_time_reuse_the_pieces_around_it():
 
 
 def _peer_block(blocks, i: int) -> bytes:
-    added = (b"x-forwarded-for: 10.0.0.1\r\nx-request-id: id-%d\r\nx-forwarded-proto: http\r\n"
-             b"traceparent: 00-%032x-%016x-01\r\nx-envoy-attempt-count: 1\r\n" % (i, i + 1, i + 1))
+    added = b"x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nx-envoy-attempt-count: 1\r\n"
+    unique = b"x-request-id: id-%d\r\ntraceparent: 00-%032x-%016x-01\r\n" % (i, i + 1, i + 1)
     return blocks.block(b"http", b"POST", b"/test.Echo/Unary", b"svc",
-                        [(b"content-type", b"application/grpc"), (b"te", b"trailers")], added, 40)
+                        [(b"content-type", b"application/grpc"), (b"te", b"trailers")], added, unique, 40)
 
 
 def test_a_peer_sidecars_requests_decode_only_their_new_values():

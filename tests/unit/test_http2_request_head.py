@@ -15,20 +15,22 @@ FORWARDED = [[(b"Content-Type", b"application/grpc"), (b"TE", b"trailers")],
              [(b"cookie", b"a=1"), (b"authorization", b"Bearer t"), (b"Host", b"h")]]
 
 
-def added_lines(rng: random.Random, i: int) -> bytes:
-    lines = [b"x-forwarded-for: 10.0.0.%d" % rng.randrange(3), b"x-request-id: id-%d" % i,
-             b"x-forwarded-proto: http", b"user-agent: ua/%d" % rng.randrange(2),
-             b"traceparent: 00-%032x-%016x-00" % (i + 1, i + 7), b"x-envoy-attempt-count: %d" % rng.randrange(1, 3)]
-    return b"".join(line + b"\r\n" for line in lines)
+def added_lines(rng: random.Random, i: int) -> tuple[bytes, bytes]:
+    """(repeating lines, lines new per request), as Listener.added_request_headers gives them."""
+    lines = [b"x-forwarded-for: 10.0.0.%d" % rng.randrange(3), b"x-forwarded-proto: http",
+             b"user-agent: ua/%d" % rng.randrange(2), b"x-envoy-attempt-count: %d" % rng.randrange(1, 3)]
+    unique = [b"x-request-id: id-%d" % i, b"traceparent: 00-%032x-%016x-00" % (i + 1, i + 7)]
+    return b"".join(line + b"\r\n" for line in lines), b"".join(line + b"\r\n" for line in unique)
 
 
-def expected(method, path, authority, headers, added, content_length) -> list:
+def expected(method, path, authority, headers, added, unique, content_length) -> list:
     fields = [(b":method", method), (b":scheme", b"http"), (b":authority", authority), (b":path", path)]
-    forwarded = h2_fields(headers, added)
-    fields += [field for field in forwarded if field[0] not in UNIQUE_PER_REQUEST]
+    fields += h2_fields(headers, added)
     if content_length is not None:
         fields.append((b"content-length", b"%d" % content_length))
-    return fields + [field for field in forwarded if field[0] in UNIQUE_PER_REQUEST]   # new per request: last
+    unique_fields = h2_fields((), unique)
+    assert all(field[0] in UNIQUE_PER_REQUEST for field in unique_fields)
+    return fields + unique_fields   # new per request: last
 
 
 def test_blocks_decode_to_the_fields_across_table_changes():
@@ -47,10 +49,10 @@ def test_blocks_decode_to_the_fields_across_table_changes():
             decoder.max_allowed_table_size = 4096
         headers = FORWARDED[rng.randrange(len(FORWARDED))]
         path = b"/svc/M%d" % rng.randrange(3)
-        added = added_lines(rng, i) if rng.random() < 0.9 else b""
+        added, unique = added_lines(rng, i) if rng.random() < 0.9 else (b"", b"")
         length = rng.choice([None, None, 5, 6, 1000 + i])
-        block = blocks.block(b"http", b"POST", path, b"svc", headers, added, length)
-        assert decoder.decode(block, raw=True) == expected(b"POST", path, b"svc", headers, added, length), i
+        block = blocks.block(b"http", b"POST", path, b"svc", headers, added, unique, length)
+        assert decoder.decode(block, raw=True) == expected(b"POST", path, b"svc", headers, added, unique, length), i
 
 
 def test_a_repeated_head_is_remembered_and_its_unique_lines_are_not():
@@ -60,9 +62,9 @@ def test_a_repeated_head_is_remembered_and_its_unique_lines_are_not():
     blocks = RequestBlocks(encoder)
     decoder = Decoder()
     for i in range(3):
-        added = (b"x-forwarded-for: 1.2.3.4\r\nx-request-id: r%d\r\ntraceparent: 00-%032x-%016x-00\r\n"
-                 b"x-envoy-attempt-count: 1\r\n" % (i, i + 1, i + 1))
-        block = blocks.block(b"http", b"POST", b"/a", b"svc", FORWARDED[0], added, None)
-        assert decoder.decode(block, raw=True) == expected(b"POST", b"/a", b"svc", FORWARDED[0], added, None)
+        added = b"x-forwarded-for: 1.2.3.4\r\nx-envoy-attempt-count: 1\r\n"
+        unique = b"x-request-id: r%d\r\ntraceparent: 00-%032x-%016x-00\r\n" % (i, i + 1, i + 1)
+        block = blocks.block(b"http", b"POST", b"/a", b"svc", FORWARDED[0], added, unique, None)
+        assert decoder.decode(block, raw=True) == expected(b"POST", b"/a", b"svc", FORWARDED[0], added, unique, None)
     assert len(blocks.heads) == 1
-    assert set(blocks.lines) == {b"x-forwarded-for: 1.2.3.4", b"x-envoy-attempt-count: 1", b""}
+    assert set(blocks.lines) == {b"x-forwarded-for: 1.2.3.4\r\nx-envoy-attempt-count: 1\r\n"}

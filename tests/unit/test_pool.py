@@ -40,7 +40,7 @@ def make_conn():
     conn.connection_made(FakeTransport())
     pool.active.add(conn)
     attempt = RecordingAttempt()
-    conn.start_request(attempt, attempt, b"GET", b"/", b"h", [], b"", None, False, None, False)
+    conn.start_request(attempt, attempt, b"GET", b"/", b"h", [], b"", b"", None, False, None, False)
     return pool, conn, loop
 
 

@@ -214,7 +214,7 @@ def _auto_sni_pool():
         pool.active.add(c)
         pool.circuit.open += 1
         attempt = RecordingAttempt()
-        c.start_request(attempt, attempt, b"GET", b"/", host.encode(), [], b"", None, False, None, False)
+        c.start_request(attempt, attempt, b"GET", b"/", host.encode(), [], b"", b"", None, False, None, False)
         return c
     return pool, conn, loop
 

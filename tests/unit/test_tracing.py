@@ -26,6 +26,15 @@ def test_w3c_in_gives_w3c_out_with_same_trace_and_new_parent():
     assert ctx.parent_id == int(PARENT, 16) and ctx.sampled
 
 
+def test_a_forwarded_trace_id_reads_as_the_same_number_and_text():
+    """A traceparent's trace id, kept as its text, reads as the int and hex it names; set
+    anew (a B3 merge), the text gives way to the new id."""
+    ctx = begin([(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode())], 0.0)
+    assert ctx.trace_id == int(TRACE, 16) and ctx.trace_hex == TRACE
+    assert inject(ctx) == b"traceparent: 00-%s-%016x-00\r\n" % (TRACE.encode(), ctx.span_id)
+    ctx.trace_id = 5
+    assert ctx.trace_hex == "%032x" % 5 and headers_out(ctx)["traceparent"].split("-")[1] == "%032x" % 5
+
 def test_tracestate_travels_with_a_valid_traceparent_only():
     """tracestate is forwarded unchanged (several lines joined) with a valid traceparent."""
     ctx = begin([(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode()),

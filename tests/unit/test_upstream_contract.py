@@ -83,6 +83,7 @@ class RecordingStream:
         self.up_method, self.up_path, self.up_authority = b"GET", b"/", authority
         self.up_headers: list = []
         self.up_added = b""
+        self.up_unique = b""
         self.peer_id = None
         self.request_done = True
         self.request_trailers = None

@@ -215,6 +215,8 @@ class HpackDecoder:
 
     def insert(self, fields: tuple) -> None:
         """Add the fields a `replay` block inserts, in order, as decoding it would."""
+        if not self.table_limit and not self.table:
+            return      # nginx's table emptied to size 0: what it inserts leaves it empty (_add)
         for field in fields:
             self._add(field)
 

@@ -148,6 +148,9 @@ class Http2Sending:
                 cache[key] = (encoder.generation, pieces)
         if values is None:
             return pieces[0]
+        if len(values) == 1:     # the common case: one service time between two pieces
+            name, value = values[0]
+            return pieces[0] + encoder.literal(name, value) + pieces[1]
         out = [pieces[0]]
         literal = encoder.literal
         for (name, value), piece in zip(values, pieces[1:]):

@@ -15,8 +15,11 @@ NAME_CHARS = (string.ascii_lowercase + string.digits + "!#$%&'*+-.^_`|~").encode
 CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                  b"upgrade"))
 REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
-BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
+# A value must not start or end with whitespace either. Checked by its two ends, not with
+# `^[ \t]|[ \t]$` in the regex: that tries the alternatives at every position, 2 us for a
+# traceparent, and every request from a peer sidecar brings a new one (and a request id).
+EDGE_WHITESPACE = b" \t"
 # Fields that passed _check_field, per process: the same fields come on every call (and the
 # check is a pure function of the field), except values new on every request, which are
 # checked each time and not kept. Cleared when full.
@@ -31,7 +34,8 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise Http2Error(f"connection-specific header {name.decode()!r} in HTTP/2")
     if name == b"te" and value.lower() != b"trailers":
         raise Http2Error("te other than 'trailers' in HTTP/2")
-    if BAD_VALUE.search(value):
+    if FORBIDDEN_IN_VALUE.search(value) or (value and (value[0] in EDGE_WHITESPACE
+                                                        or value[-1] in EDGE_WHITESPACE)):
         raise Http2Error(f"invalid value for header {name[:64]!r}")
 
 

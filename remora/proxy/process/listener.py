@@ -312,22 +312,24 @@ class Listener:
             self.rbac.denied += 1
         return decision.allowed
 
-    def added_request_headers(self, head, cluster, trace) -> bytes:
-        """The mesh header lines added upstream: x-forwarded-for/-proto, x-request-id,
-        user-agent, this sidecar's metadata (in-mesh destinations only), the trace context
-        of the proxy's span, and x-envoy-attempt-count for the first attempt (kept last,
-        see Exchange)."""
+    def added_request_headers(self, head, cluster, trace) -> tuple[bytes, bytes]:
+        """The mesh header lines added upstream, as (lines that repeat from request to
+        request, lines new on each). The first: x-forwarded-for/-proto, user-agent, this
+        sidecar's metadata (in-mesh destinations only), the caller's identity (inbound mTLS)
+        and x-envoy-attempt-count for the first attempt (kept last, see Exchange). The
+        second: x-request-id and the trace context of the proxy's span. Apart, an HTTP/2
+        upstream encodes the first as one remembered piece and only the second anew
+        (upstream/http2_request_head.py)."""
         peer = head.peer_ip
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
-        added = b"x-forwarded-for: %s\r\nx-request-id: %s\r\nx-forwarded-proto: %s\r\n" % (
-            xff, head.request_id, head.scheme)
+        added = b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n" % (xff, head.scheme)
         if head.user_agent:
             added += b"user-agent: " + head.user_agent + b"\r\n"
         if self.request_header and cluster.telemetry is not None and cluster.telemetry.mesh_internal:
             added += self.request_header
         if head.peer_cert is not None and self.inbound:
             added += head.peer_cert.xfcc     # inbound mTLS: the caller's identity for the app
-        return added + inject(trace) + FIRST_ATTEMPT
+        return added + FIRST_ATTEMPT, b"x-request-id: " + head.request_id + b"\r\n" + inject(trace)
 
     def exchange_finished(self, exchange: Exchange) -> None:
         """Count a finished exchange and hand its request record (only) to the consumers.

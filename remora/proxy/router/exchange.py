@@ -57,9 +57,9 @@ class Exchange(UpstreamEvents, RequestInfo):
 
     __slots__ = (
         "sink", "listener", "block", "port", "dest", "endpoint", "upstream", "replay",
-        "request_done", "request_trailers", "response_started", "finished", "up_added", "race_retried",
-        "up_method",
-        "up_path", "up_authority", "up_headers", "timer", "abort_status", "retry_state", "deadline",
+        "request_done", "request_trailers", "response_started", "finished", "up_added", "up_unique",
+        "race_retried", "up_method", "up_path", "up_authority", "up_headers", "timer", "abort_status",
+        "retry_state", "deadline",
     )
 
     def __init__(self, sink: DownstreamStream, head: RequestHead, listener: ExchangeHost, route, block,
@@ -199,7 +199,7 @@ class Exchange(UpstreamEvents, RequestInfo):
         if dest.request_ops is not None:
             headers = dest.request_ops.apply(headers)
         self.up_headers = headers
-        self.up_added = self.listener.added_request_headers(head, cluster, self.trace)
+        self.up_added, self.up_unique = self.listener.added_request_headers(head, cluster, self.trace)
         self._attempt(fresh=False)
         if route.mirrors is not None and self.request_done:
             send_shadows(self, route.mirrors)      # a request without a body: whole already

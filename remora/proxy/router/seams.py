@@ -18,8 +18,9 @@ class ExchangeHost(Protocol):
     replay_limit: int                    # request body bytes kept for a resend
     reply_header: tuple[bytes, bytes] | None   # this sidecar's metadata line for mesh peers
 
-    def added_request_headers(self, head, cluster, trace) -> bytes:
-        """Ready-made header lines for the upstream request (mesh headers, attempt count)."""
+    def added_request_headers(self, head, cluster, trace) -> tuple[bytes, bytes]:
+        """Ready-made header lines for the upstream request: (mesh headers and attempt count,
+        the lines new on every request: request id, trace context)."""
 
     def exchange_finished(self, exchange) -> None:
         """The exchange ended: count it and hand its request record to telemetry."""

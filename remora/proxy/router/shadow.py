@@ -61,7 +61,8 @@ def send_shadows(exchange, targets: list[MirrorTarget]) -> None:
 class ShadowRequest:
     """The UpstreamCallbacks of one shadow: sends the copy, discards the answer."""
 
-    __slots__ = ("head", "up_method", "up_path", "up_authority", "up_headers", "up_added", "request_done",
+    __slots__ = ("head", "up_method", "up_path", "up_authority", "up_headers", "up_added", "up_unique",
+                 "request_done",
                  "request_trailers", "peer_id", "cluster", "endpoint", "attempt", "pending", "timeout", "wheel",
                  "status")
 
@@ -71,7 +72,8 @@ class ShadowRequest:
         self.up_path = exchange.up_path
         self.up_authority = shadow_authority(exchange.up_authority)
         self.up_headers = exchange.up_headers
-        self.up_added = exchange.listener.added_request_headers(exchange.head, cluster, exchange.trace)
+        self.up_added, self.up_unique = exchange.listener.added_request_headers(exchange.head, cluster,
+                                                                                exchange.trace)
         self.request_done = True
         self.request_trailers = exchange.request_trailers
         self.peer_id = None

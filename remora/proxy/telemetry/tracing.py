@@ -14,7 +14,9 @@ Rules this module keeps:
   sampling state, B3 debug) is kept; without one a decision is drawn with the listener's
   ratio (Istio's randomSamplingPercentage / 100). B3 debug is forwarded as debug.
 - Unsampled requests pay only for ids and header bytes: ids are ints from
-  random.getrandbits, formatted once into the outgoing header lines; no span object.
+  random.getrandbits, formatted once into the outgoing header lines; no span object. A
+  trace id that came in a traceparent stays the text it came as (`trace_text`), forwarded
+  as is; it becomes an int only if something reads `trace_id` (a span, the access log).
 - A sampled request, when spans are reported, gets one SpanRecord at the end of its
   exchange, built from its request record (request_info.RequestInfo) alone; the exporter (otlp.py) turns
   records into OTLP off the event loop.
@@ -36,6 +38,7 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 _HEX16 = re.compile(rb"[0-9a-fA-F]{16}\Z")
 _HEX16_32 = re.compile(rb"(?:[0-9a-fA-F]{16}){1,2}\Z")
 _ODD_HEX = frozenset(b"13579bdf")
+_ZERO_TRACE = b"0" * 32
 _SAMPLED = {b"1": True, b"true": True, b"0": False, b"false": False}
 
 _bits = random.getrandbits
@@ -45,13 +48,14 @@ _random = random.random
 class TraceContext:
     """The proxy's span in a trace: ids as ints, the decision, and how to send it on."""
 
-    __slots__ = ("trace_id", "span_id", "parent_id", "sampled", "formats", "tracestate",
+    __slots__ = ("_trace_id", "trace_text", "span_id", "parent_id", "sampled", "formats", "tracestate",
                  "debug", "short_id")
 
     def __init__(self, trace_id: int, span_id: int, parent_id: int, sampled: bool,
                  formats: int, tracestate: bytes | None = None, debug: bool = False,
                  short_id: bool = False) -> None:
-        self.trace_id = trace_id
+        self._trace_id = trace_id
+        self.trace_text = None          # the trace id's 32 hex digits, when it came as them (W3C)
         self.span_id = span_id          # the proxy's span: what the upstream sees as parent
         self.parent_id = parent_id      # the span that came in (0: the proxy's span is a root)
         self.sampled = sampled
@@ -61,7 +65,21 @@ class TraceContext:
         self.short_id = short_id        # a 64-bit B3 trace id: B3 keeps sending 16 hex digits
 
     @property
+    def trace_id(self) -> int:
+        trace_id = self._trace_id
+        if trace_id is None:
+            trace_id = self._trace_id = int(self.trace_text, 16)
+        return trace_id
+
+    @trace_id.setter
+    def trace_id(self, value: int) -> None:
+        self._trace_id = value
+        self.trace_text = None
+
+    @property
     def trace_hex(self) -> str:
+        if self.trace_text is not None:
+            return self.trace_text.decode()
         return "%032x" % self.trace_id
 
     @property
@@ -115,11 +133,14 @@ def _from_traceparent(value: bytes, tracestate: bytes | None) -> TraceContext | 
     version, trace, parent, flags, rest = m.groups()
     if version == b"ff" or (rest is not None and version == b"00"):
         return None
-    trace_id, parent_id = int(trace, 16), int(parent, 16)
-    if not trace_id or not parent_id:
+    parent_id = int(parent, 16)
+    if trace == _ZERO_TRACE or not parent_id:
         return None
-    # The sampled flag is the lowest bit: the second hex digit is odd.
-    return TraceContext(trace_id, 0, parent_id, flags[1] in _ODD_HEX, W3C, tracestate)
+    # The sampled flag is the lowest bit: the second hex digit is odd. The trace id stays
+    # text (valid: 32 lower-case hex digits), as it goes out again (the module docstring).
+    ctx = TraceContext(None, 0, parent_id, flags[1] in _ODD_HEX, W3C, tracestate)
+    ctx.trace_text = trace
+    return ctx
 
 
 def _from_b3_single(value: bytes) -> TraceContext | None:
@@ -180,6 +201,9 @@ def inject(ctx: TraceContext) -> bytes:
     formats = ctx.formats
     if formats == W3C:   # the common case: one format, no tracestate
         if ctx.tracestate is None:
+            if ctx.trace_text is not None:     # forwarded as it came (the module docstring)
+                return b"traceparent: 00-%s-%016x-%s\r\n" % (
+                    ctx.trace_text, ctx.span_id, b"01" if ctx.sampled else b"00")
             return b"traceparent: 00-%032x-%016x-%s\r\n" % (
                 ctx.trace_id, ctx.span_id, b"01" if ctx.sampled else b"00")
     out = []

@@ -180,10 +180,10 @@ class UpstreamHttp1(asyncio.Protocol):
 
     # -- request side ------------------------------------------------------------------
     def start_request(self, request, receiver, method: bytes, path: bytes, authority: bytes,
-                      headers: list, added: bytes, content_length: int | None, chunked: bool,
+                      headers: list, added: bytes, unique: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None:
         """Carry `request` (an attempt; the response head and body go to `receiver`): write
-        its head (`added`: ready-made header lines) with Remora's own framing."""
+        its head (`added`, `unique`: ready-made header lines) with Remora's own framing."""
         self.request = request
         self.receiver = receiver
         self.state = ConnState.ACTIVE
@@ -194,6 +194,7 @@ class UpstreamHttp1(asyncio.Protocol):
         if headers:
             parts.append(b"".join([name + b": " + value + EOL for name, value in headers]))
         parts.append(added)
+        parts.append(unique)
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif content_length is not None:

@@ -34,8 +34,8 @@ from remora.proxy.codec.http2_frames import ErrorCode, Http2Error, Setting
 from remora.proxy.codec.message import ResponseHead
 from remora.proxy.telemetry.counters import set_nodelay
 from remora.proxy.upstream.http2_request_head import RequestBlocks
+from remora.proxy.upstream.http2_response_head import ResponseHeads, grpc_status_of, is_grpc, trailers_only
 
-PEER_METADATA = b"x-remora-peer-metadata"   # telemetry/peer_metadata.py HEADER
 STREAM_WINDOW = 1 << 20          # our SETTINGS_INITIAL_WINDOW_SIZE: 1 MiB per stream
 CONNECTION_WINDOW = 16 << 20     # the connection window we grant at start
 SEND_QUEUE_HIGH = 256 << 10      # queued request bytes per stream before its producer pauses
@@ -79,6 +79,7 @@ class UpstreamHttp2(asyncio.Protocol):
                  authority_scheme: bytes = b"http") -> None:
         self.session = ClientConnection(MAX_HEADER_LIST, STREAM_WINDOW)
         self.request_blocks = RequestBlocks(self.session.encoder)   # request heads (http2_request_head.py)
+        self.response_heads = ResponseHeads()       # response heads, split (http2_response_head.py)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = max_streams
@@ -169,7 +170,7 @@ class UpstreamHttp2(asyncio.Protocol):
         return stream_id
 
     def open_request(self, events: StreamEvents, method: bytes, path: bytes, authority: bytes, headers: list,
-                     added: bytes, content_length: int | None, end_stream: bool) -> int:
+                     added: bytes, unique: bytes, content_length: int | None, end_stream: bool) -> int:
         """open_stream for a head given as forwarded headers and added header lines: its
         fields and block come from RequestBlocks (http2_request_head.py)."""
         session = self.session
@@ -177,7 +178,8 @@ class UpstreamHttp2(asyncio.Protocol):
         session.open_request_stream(stream_id)
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
-        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, content_length)
+        block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, unique,
+                                           content_length)
         session.send_block(stream_id, block, end_stream)
         self._flush()
         return stream_id
@@ -331,31 +333,16 @@ class UpstreamHttp2(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        status, headers, peer_meta, length = 0, [], None, None
-        for name, value in event.headers:
-            if name == b":status":
-                status = int(value)
-            elif name == PEER_METADATA:
-                peer_meta = value     # the answering sidecar's metadata: read, never forwarded
-            elif name == b"content-length":
-                length = value        # framing: carried as resp.content_length, as HTTP/1's codec does
-            elif not name.startswith(b":"):
-                headers.append((name, value))
+        status, fields, peer_meta, length = self.response_heads.split(event.headers)
+        headers = list(fields)      # the router's to change (it adds its own fields)
         stream.got_bytes = True
         trailers = None
-        if event.stream_ended and status == 200 and _is_grpc(headers):
-            # gRPC trailers-only answer: its status fields are trailers, so a downstream
-            # HTTP/2 codec ends the stream with them (a client reads grpc-status there).
-            trailers = [(n, v) for n, v in headers if n in GRPC_STATUS_FIELDS]
-            headers = [(n, v) for n, v in headers if n not in GRPC_STATUS_FIELDS]
+        if event.stream_ended and status == 200 and is_grpc(headers):
+            headers, trailers = trailers_only(headers)
         resp = ResponseHead(status, b"", headers)
         resp.peer_metadata = peer_meta
         if trailers:      # the router's retry and outlier rules read a trailers-only status
-            resp.grpc_status = _status_of(trailers)
-        try:
-            length = int(length) if length is not None else None
-        except ValueError:
-            length = None
+            resp.grpc_status = grpc_status_of(trailers)
         resp.content_length = length
         resp.chunked = length is None and (not event.stream_ended or trailers is not None)
         stream.events.on_response_head(resp)
@@ -430,21 +417,6 @@ class UpstreamHttp2(asyncio.Protocol):
         if not self.streams and self.transport is not None:
             self._write_now()
             self.transport.close()
-
-
-GRPC_STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
-
-
-def _status_of(trailers: list) -> int:
-    """A trailers-only answer's grpc-status as a number (malformed counts as UNKNOWN, 2)."""
-    for name, value in trailers:
-        if name == b"grpc-status":
-            return int(value) if value.isdigit() else 2
-    return 2
-
-
-def _is_grpc(headers: list) -> bool:
-    return any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in headers)
 
 
 _HANDLERS = {

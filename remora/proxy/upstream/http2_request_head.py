@@ -11,27 +11,27 @@ bytes from call to call: a Remora peer decodes and checks that part once per con
 (codec/http2_session.py, `_decode_checked`), and only the new values each time.
 
 RequestBlocks, one per UpstreamHttp2 (its owner), builds the block in pieces: the pseudo-
-headers with the forwarded headers, then each added line, then content-length, then the
-lines new on every request. HPACK is
-sequential, so encoding the pieces one after the other gives the bytes encoding them all
-at once gives. A piece whose encoding left the encoder's table as it was (indexed fields,
-literals without indexing) is a pure function of its inputs while the table stays
-unchanged, so it is remembered: the forwarded part by (method, path, authority, headers),
-an added line by its bytes. Any change of the table (an insertion, an eviction, a size
-update owed) forgets every piece. Lines new on every request (x-request-id, trace
-context: header_compression.UNIQUE_PER_REQUEST) are encoded every time and never
-remembered. Each memo is cleared when it reaches its limit.
+headers with the forwarded headers, then the router's added lines (one piece), then
+content-length, then the lines new on every request, which the router hands over apart
+(Listener.added_request_headers). HPACK is sequential, so encoding the pieces one after
+the other gives the bytes encoding them all at once gives. A piece whose encoding left the
+encoder's table as it was (indexed fields, literals without indexing) is a pure function of
+its inputs while the table stays unchanged, so it is remembered: the forwarded part by
+(method, path, authority, headers), the added lines by their bytes, content-length by its
+number. Any change of the table (an insertion, an eviction, a size update owed) forgets
+every piece. Lines new on every request (x-request-id, trace context) are encoded every
+time as literals and never remembered. Each memo is cleared when it reaches its limit.
 """
 from __future__ import annotations
 
-from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST, HpackEncoder
+from remora.proxy.codec.header_compression import HpackEncoder
 
 # RFC 9113 8.2.2: connection-specific fields never go on an HTTP/2 stream.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                         b"upgrade", b"host", b"te"})
 WHITESPACE = (b" ", b"\t")
 HEADS_LIMIT = 64               # forwarded-header pieces a RequestBlocks remembers
-LINES_LIMIT = 256              # added-line pieces it remembers
+LINES_LIMIT = 256              # added-lines and content-length pieces it remembers
 
 
 def h2_fields(headers: list, added: bytes) -> list:
@@ -70,12 +70,12 @@ class RequestBlocks:
         self.encoder = encoder
         self.generation = encoder.generation   # the table state the pieces were encoded against
         self.heads: dict = {}     # (method, path, authority, tuple(headers)) -> piece
-        self.lines: dict = {}     # added line -> piece (b"" for a line without a field)
+        self.lines: dict = {}     # added lines (bytes) or content-length (int) -> piece
 
     def block(self, scheme: bytes, method: bytes, path: bytes, authority: bytes, headers: list,
-              added: bytes, content_length: int | None) -> bytes:
+              added: bytes, unique: bytes, content_length: int | None) -> bytes:
         """The block of h2_fields(headers, added) after the pseudo-headers, content-length
-        after them, the UNIQUE_PER_REQUEST lines of `added` moved last (the module docstring)."""
+        after them, then the `unique` lines (new on every request), as literals."""
         encoder = self.encoder
         if encoder.generation != self.generation or encoder.size_update is not None:
             self._forget()
@@ -85,33 +85,31 @@ class RequestBlocks:
             fields = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", path)]
             fields += h2_fields(headers, b"")
             piece = self._encode(fields, self.heads, key, HEADS_LIMIT)
-        if not added and content_length is None:
+        if not added and not unique and content_length is None:
             return piece
         parts = [piece]
-        unique = None
         if added:
-            lines = self.lines
-            for line in added.split(b"\r\n"):
-                piece = lines.get(line)
-                if piece is None:
-                    name, _, value = line.partition(b":")
-                    if name in UNIQUE_PER_REQUEST:
-                        # New every time, never remembered; the proxy writes these names
-                        # lower-case and bare, so line_field would only strip the value.
-                        if unique is None:
-                            unique = []
-                        unique.append(encoder.literal(name, value.strip()))
-                        continue
-                    field = line_field(line)
-                    if field:
-                        piece = self._encode((field,), lines, line, LINES_LIMIT)
-                    else:
-                        piece = lines[line] = b""
-                parts.append(piece)
+            # The router's added lines repeat from request to request (the per-request ones
+            # come apart, in `unique`): one piece for all of them, remembered by their bytes.
+            piece = self.lines.get(added)
+            if piece is None:
+                piece = self._encode(h2_fields((), added), self.lines, added, LINES_LIMIT)
+            parts.append(piece)
         if content_length is not None:
-            parts.append(encoder.encode(((b"content-length", b"%d" % content_length),)))
-        if unique is not None:
-            parts += unique
+            # Remembered by the number (an int key: never one of the lines' bytes keys).
+            piece = self.lines.get(content_length)
+            if piece is None:
+                piece = self._encode(((b"content-length", b"%d" % content_length),), self.lines, content_length,
+                                     LINES_LIMIT)
+            parts.append(piece)
+        if unique:
+            # New on every request, never remembered: literals that leave the table alone.
+            # The proxy writes these lines itself, names lower-case and "name: value".
+            literal = encoder.literal
+            for line in unique.split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b":")
+                    parts.append(literal(name, value.strip()))
         return b"".join(parts)
 
     def _encode(self, fields, memo: dict, key, limit: int) -> bytes:

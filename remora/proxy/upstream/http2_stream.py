@@ -37,13 +37,13 @@ class Http2StreamHandle:
 
     # -- UpstreamConnection ----------------------------------------------------------------
     def start_request(self, attempt, receiver, method: bytes, path: bytes, authority: bytes, headers: list,
-                      added: bytes, content_length: int | None, chunked: bool,
+                      added: bytes, unique: bytes, content_length: int | None, chunked: bool,
                       upgrade: bytes | None, head_only: bool) -> None:
         self.attempt = attempt
         self.receiver = receiver
         no_body = not chunked and not content_length
-        self.stream_id = self.conn.open_request(self, method, path, authority, headers, added, content_length,
-                                                no_body)
+        self.stream_id = self.conn.open_request(self, method, path, authority, headers, added, unique,
+                                                content_length, no_body)
 
     def send_body(self, data: bytes, chunked: bool) -> None:
         if not self.done:

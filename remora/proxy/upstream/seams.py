@@ -49,6 +49,7 @@ class UpstreamCallbacks(Protocol):
     up_authority: bytes
     up_headers: list
     up_added: bytes           # ready-made header lines (mesh headers, attempt count)
+    up_unique: bytes          # ready-made lines new on every request (x-request-id, trace context)
     request_done: bool        # the whole request body came from downstream
     request_trailers: list | None   # trailers that ended the request (HTTP/2 clients, gRPC)
     peer_id: str | None       # request record: the verified upstream identity (filled by the attempt)
@@ -100,8 +101,8 @@ class UpstreamConnection(Protocol):
     peer_id: str | None
 
     def start_request(self, attempt, receiver: UpstreamCallbacks, method: bytes, path: bytes,
-                      authority: bytes, headers: list, added: bytes, content_length: int | None, chunked: bool,
-                      upgrade: bytes | None, head_only: bool) -> None: ...
+                      authority: bytes, headers: list, added: bytes, unique: bytes, content_length: int | None,
+                      chunked: bool, upgrade: bytes | None, head_only: bool) -> None: ...
     def send_body(self, data: bytes, chunked: bool) -> None: ...
     def end_body(self, chunked: bool, trailers: list | None = None) -> None: ...
     def set_reading(self, on: bool) -> None: ...

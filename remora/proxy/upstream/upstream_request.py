@@ -80,7 +80,7 @@ class UpstreamRequest:
         now = self.started_at = pool.loop.time()
         head = stream.head
         conn.start_request(self, stream, stream.up_method, stream.up_path, stream.up_authority,
-                           stream.up_headers, stream.up_added, head.content_length, head.chunked,
+                           stream.up_headers, stream.up_added, stream.up_unique, head.content_length, head.chunked,
                            head.upgrade, head.method == b"HEAD")
         if self.per_try:
             self.try_deadline = now + self.per_try
