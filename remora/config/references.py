@@ -128,7 +128,7 @@ def shared_destination_rule_warnings(loaded: list, index: HostIndex) -> list[str
     A rule with a workloadSelector is a separate choice (it wins for the sidecars it selects,
     and Istio does not merge it with the others): only rules with the same selector collide.
     """
-    by_host: dict[tuple, list[_Loaded]] = {}
+    by_host: dict[tuple, list] = {}   # (qualified host, selector scope) -> the loader's items
     for item in loaded:
         if item.kind == "DestinationRule" and item.spec is not None and item.spec.host:
             selector = item.spec.workload_selector
