@@ -159,22 +159,7 @@ class HpackDecoder:
                     dynamic = True
                 field = self._field(index)
                 tail = None
-            elif byte & 0x40:                         # literal, added to the table
-                index, pos = _integer(data, pos, 0x3F)
-                if index > STATIC_COUNT:
-                    dynamic = True
-                name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
-                value, pos = _string(data, pos)
-                field = (name, value)
-                self._add(field)
-                inserts.append(field)
-                if name in UNIQUE_PER_REQUEST:
-                    unique = True
-                    if tail is None:
-                        tail = (start, before, size, len(headers) if headers is not None else 0)
-                else:
-                    tail = None
-            elif byte & 0x20:                         # dynamic table size update
+            elif byte & 0x60 == 0x20:                 # dynamic table size update
                 dynamic = True
                 if headers or size:
                     raise CompressionError("table size update after a field")
@@ -185,13 +170,17 @@ class HpackDecoder:
                 self.table_limit = new_size
                 self.generation += 1
                 continue
-            else:                                     # literal, not indexed / never indexed
-                index, pos = _integer(data, pos, 0x0F)
+            else:                                     # literal: added to the table, or not indexed
+                added = byte & 0x40
+                index, pos = _integer(data, pos, 0x3F if added else 0x0F)
                 if index > STATIC_COUNT:
                     dynamic = True
                 name, pos = _string(data, pos) if index == 0 else (self._field(index)[0], pos)
                 value, pos = _string(data, pos)
                 field = (name, value)
+                if added:
+                    self._add(field)
+                    inserts.append(field)
                 if name in UNIQUE_PER_REQUEST:
                     unique = True
                     if tail is None:
