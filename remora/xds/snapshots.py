@@ -68,6 +68,9 @@ TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     ROUTES: ("virtual_services", "gateways", "sidecars"),
     POLICIES: ("telemetries", "peer_authentications", "authorization_policies", "request_authentications"),
 }
+# The kinds a scope takes from the root namespace and its own, by their MeshConfig field.
+_BY_NAMESPACE = {"Sidecar": "sidecars", "Telemetry": "telemetries", "PeerAuthentication": "peer_authentications",
+                 "AuthorizationPolicy": "authorization_policies", "RequestAuthentication": "request_authentications"}
 # The fields the Sidecar resource narrows, by the kinds that need them narrowed.
 _NARROWED = {"ServiceEntry": "service_entries", "Service": "service_entries", "WorkloadEntry": "service_entries",
              "VirtualService": "virtual_services", "DestinationRule": "destination_rules"}
@@ -121,10 +124,7 @@ def _chosen(config: MeshConfig, ns: str, kind: str) -> list[Resource]:
     # Sidecar, and policies: Telemetry applies mesh-wide from the root namespace, else within
     # its own namespace (the sidecar then picks by its workload selector: telemetry_policy.resolve);
     # security policies scope the same way (mesh-wide in the root namespace, else their own).
-    field = {"Sidecar": "sidecars", "Telemetry": "telemetries", "PeerAuthentication": "peer_authentications",
-             "AuthorizationPolicy": "authorization_policies",
-             "RequestAuthentication": "request_authentications"}[kind]
-    return [r for r in getattr(config, field) if r.namespace in (ROOT_NAMESPACE, ns)]
+    return [r for r in getattr(config, _BY_NAMESPACE[kind]) if r.namespace in (ROOT_NAMESPACE, ns)]
 
 
 class Snapshot:

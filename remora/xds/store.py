@@ -147,7 +147,7 @@ class ConfigStore:
         self.applied = self._load_state() if applied is None else applied
         self._read_files()
         applied = self._without_superseded(self.applied)
-        self._accept(*self._build(self.file_docs, applied), "startup")
+        self._accept(*self._build(applied), "startup")
         if applied != self.applied:
             self._save_state(applied)
             self.applied = applied
@@ -163,7 +163,7 @@ class ConfigStore:
         After a file change, overrides of the resources it changed are dropped (the file won)."""
         applied = self._without_superseded(self.applied) if reason == "files" else self.applied
         try:
-            self._accept(*self._build(self.file_docs, applied), reason)
+            self._accept(*self._build(applied), reason)
         except ConfigError as error:
             self._reject(reason, [str(issue) for issue in error.issues])
             if reason == "files":
@@ -241,7 +241,7 @@ class ConfigStore:
             new_refs.append(ref)
             applied[ref] = AppliedResource(body, source, time.time(), fingerprint(file_refs.get(ref, (None,))[0]))
         try:
-            config, registry_refs = self._build(self.file_docs, applied)
+            config, registry_refs = self._build(applied)
         except ConfigError as error:
             self._refuse(400, f"apply {source}", "invalid configuration", [str(i) for i in error.issues])
         results = []
@@ -277,7 +277,7 @@ class ConfigStore:
             raise ChangeRefused(404, f"{ref} not found")
         applied = {key: value for key, value in self.applied.items() if key != ref}
         try:
-            config, registry_refs = self._build(self.file_docs, applied)
+            config, registry_refs = self._build(applied)
         except ConfigError as error:
             self._refuse(400, f"delete {ref}", f"deleting {ref} would leave the config invalid",
                          [str(i) for i in error.issues])
@@ -337,15 +337,11 @@ class ConfigStore:
         return {ref: item for ref, item in applied.items()
                 if fingerprint(file_refs.get(ref, (None, None))[0]) == item.file_fingerprint}
 
-    def _build(self, file_docs: Documents, applied: dict[str, AppliedResource]) -> tuple[MeshConfig, frozenset[str]]:
+    def _build(self, applied: dict[str, AppliedResource]) -> tuple[MeshConfig, frozenset[str]]:
         """Validate files + applied + registry as one set, applied versions in force over the
         files' of the same identity; raise ConfigError."""
         issues = list(self.file_issues)
-        if file_docs is self.file_docs:
-            _, identities, refs = self._identities()
-        else:
-            identities = [identity(body) for body, _ in file_docs]
-            refs = {ref: (body, source) for (body, source), ref in zip(file_docs, identities) if ref is not None}
+        file_docs, identities, refs = self._identities()
         files = [doc for doc, ref in zip(file_docs, identities) if ref not in applied] if applied else list(file_docs)
         user = files + [(applied[ref].document, applied[ref].source) for ref in sorted(applied)]
         user_refs = set(refs).union(identity(item.document) for item in applied.values())
