@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -160,8 +162,6 @@ def wait_ready(child: Child, port: int, path: str, timeout: float = 30.0) -> Non
 
 def wait_port(child: Child, port: int, timeout: float = 10.0) -> None:
     """Wait until something accepts TCP connections on 127.0.0.1:port."""
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not child.alive():
@@ -174,13 +174,36 @@ def wait_port(child: Child, port: int, timeout: float = 10.0) -> None:
     raise child.fail(f"not listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    import socket
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+# Ports come from below the kernel's ephemeral range: a port the kernel picked there (bind to 0)
+# can become the source port of any outgoing connection between this call and the child's own
+# bind, and the child then fails with EADDRINUSE (CI saw it). Each port is handed out once per run.
+_PORT_RANGE = range(max(1024, _ephemeral_low() - 12000), _ephemeral_low())
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago and that no connection will take as its
+    source port; never the same one twice in a test run."""
+    for _ in range(2000):
+        port = random.choice(_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        _handed_out.add(port)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORT_RANGE}")
 
 
 def etcd_cluster_args(binary: str, data_dir: str, client_ports: list[int], peer_ports: list[int],

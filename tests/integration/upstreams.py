@@ -11,43 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
-import socket
 import threading
 
 from aiohttp import WSMsgType, web
 
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-# Ports come from below the kernel's ephemeral range: a port the kernel picked there (bind to 0)
-# can become the source port of any outgoing connection between this call and the child's own
-# bind, and the child then fails with EADDRINUSE (CI saw it). Each port is handed out once per run.
-_PORT_RANGE = range(max(1024, _ephemeral_low() - 12000), _ephemeral_low())
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago and that no connection will take as its
-    source port; never the same one twice in a test run."""
-    for _ in range(2000):
-        port = random.choice(_PORT_RANGE)
-        if port in _handed_out:
-            continue
-        _handed_out.add(port)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free loopback port in {_PORT_RANGE}")
+from benchmarks.procs import free_port  # noqa: F401  (the tests' import path)
 
 
 def make_echo_app(name: str) -> web.Application:
