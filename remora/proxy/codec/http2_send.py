@@ -4,6 +4,8 @@ connection, and the per-stream state both halves share. Frames go to `out` until
 `data_to_send`."""
 from __future__ import annotations
 
+from operator import itemgetter
+
 from remora.proxy.codec.header_compression import NOT_INDEXED, HpackEncoder
 from remora.proxy.codec.http2_frames import (
     CONTINUATION, DATA, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, ErrorCode, Http2Error, Setting, frame,
@@ -11,6 +13,7 @@ from remora.proxy.codec.http2_frames import (
 )
 from remora.proxy.codec.http2_validation import FORBIDDEN_IN_VALUE, outbound_fields
 
+FIRST = itemgetter(0)
 REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
 ENCODED_CACHE = 64             # header blocks remembered per connection (see _encode)
 
@@ -123,19 +126,30 @@ class Http2Sending:
         table alone: the key names them without their value, the pieces between them are
         remembered, and only the values are encoded on each call."""
         encoder = self.encoder
-        key: list = []
-        values = None
-        for field in headers:
-            if field[0] in NOT_INDEXED:
+        # The names are listed and searched in C (list, map, index): a head has a dozen
+        # fields and one value to leave out (the service time), so a Python loop over the
+        # fields was most of this method's work.
+        names = list(map(FIRST, headers))
+        if NOT_INDEXED.isdisjoint(names):
+            key = tuple(headers)
+            values = None
+        else:
+            key = list(headers)
+            found = []       # (position, field) of each NOT_INDEXED field
+            for name in NOT_INDEXED:
+                position = -1
+                for _ in range(names.count(name)):
+                    position = names.index(name, position + 1)
+                    found.append((position, headers[position]))
+            if len(NOT_INDEXED) > 1:
+                found.sort()
+            values = []
+            for position, field in found:
                 if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
                     raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
-                if values is None:
-                    values = []
                 values.append(field)
-                key.append(field[0])            # a name (bytes) marks where a value goes
-            else:
-                key.append(field)
-        key = tuple(key)
+                key[position] = field[0]            # a name (bytes) marks where a value goes
+            key = tuple(key)
         cache = self.encoded_blocks
         hit = cache.get(key)
         if hit is not None and hit[0] == encoder.generation and encoder.size_update is None:
@@ -253,4 +267,3 @@ class Http2Sending:
         resets[stream_id] = None
         if len(resets) > REMEMBERED_RESETS:
             del resets[next(iter(resets))]
-
