@@ -274,7 +274,15 @@ class RouteTable:
         """A table that sends everything to one cluster (the inbound listener)."""
         route = Route(name, name, [], [RouteDestination({}, cluster, None)], [1])
         route.retry_policy = NO_RETRY    # Istio's inbound routes do not retry
-        return cls({}, [], VirtualHost(name, cluster.port, [route]))
+        return SingleHostTable({}, [], VirtualHost(name, cluster.port, [route]))
+
+
+class SingleHostTable(RouteTable):
+    """A RouteTable with only a catch-all (RouteTable.single): every authority is its host,
+    found without the case-folding and wildcard search a miss costs (every inbound request)."""
+
+    def lookup(self, authority: bytes) -> VirtualHost | None:
+        return self.catch_all
 
 
 def build_route_table(config: MeshConfig, services: dict[str, ServiceInfo],
