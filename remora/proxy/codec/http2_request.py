@@ -22,6 +22,8 @@ h2 itself refuses connection-specific fields, upper-case names and bad pseudo-he
 """
 from __future__ import annotations
 
+from operator import itemgetter
+
 from remora.proxy.codec.http1 import (
     H_CL, H_EXPECT, H_HOST, H_PEER, H_REQID, H_TRACE, H_UA, H_XFF, H_XFP, BadRequest, REQUEST_SPECIAL,
 )
@@ -34,6 +36,7 @@ from remora.proxy.router.request_ids import new_request_id
 PER_REQUEST = frozenset(name for name, code in REQUEST_SPECIAL.items() if code in (H_REQID, H_TRACE))
 VERSION = b"2"     # RequestHead.version: the access log's %PROTOCOL% reads "HTTP/2", as Envoy's
 MEMO_LIMIT = 64    # request shapes a RequestHeads remembers
+FIRST = itemgetter(0)
 
 
 def request_head(headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
@@ -63,15 +66,18 @@ class RequestHeads:
         self.memo: dict = {}
 
     def head(self, headers: list, stream_ended: bool, paths, max_headers: int) -> RequestHead:
-        stable = []
         own = None
-        for field in headers:
-            if field[0] in PER_REQUEST:
-                if own is None:
-                    own = []
-                own.append(field)
-            else:
-                stable.append(field)
+        if PER_REQUEST.isdisjoint(map(FIRST, headers)):   # in C: a client's own calls carry none
+            stable = headers
+        else:
+            stable = []
+            for field in headers:
+                if field[0] in PER_REQUEST:
+                    if own is None:
+                        own = []
+                    own.append(field)
+                else:
+                    stable.append(field)
         memo = self.memo
         key = (tuple(stable), stream_ended, paths, max_headers)
         shape = memo.get(key)
