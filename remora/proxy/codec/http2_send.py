@@ -208,6 +208,13 @@ class Http2Sending:
             if stream.remote_closed:
                 del self.streams[stream_id]
 
+    def fits(self, stream_id: int, size: int) -> bool:
+        """send_data may take `size` bytes on the stream now: it is open for sending, and
+        they fit its window, the connection's and one frame."""
+        stream = self.streams.get(stream_id)
+        return (stream is not None and not stream.local_closed and not self.closed and size <= stream.send_window
+                and size <= self.conn_send_window and size <= self.max_outbound_frame_size)
+
     def end_stream(self, stream_id: int) -> None:
         self.send_data(stream_id, b"", end_stream=True)
 

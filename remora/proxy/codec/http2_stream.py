@@ -125,6 +125,16 @@ class Http2Stream:
     def send_response_body(self, data: bytes) -> None:
         if self.response_done or not data:
             return
+        conn = self.conn
+        if not self.out and not conn.output_paused:
+            # Nothing waits before these bytes: when they fit the windows and one frame they
+            # go to the session now (pump's loop, without the queue: a message of a call).
+            session = conn.session
+            if session.fits(self.stream_id, len(data)):
+                session.send_data(self.stream_id, data)
+                self.last_activity = conn.loop.time()
+                conn.wrote()
+                return
         self.out.append(data)
         self.out_bytes += len(data)
         self.pump()

@@ -192,15 +192,9 @@ class UpstreamHttp2(asyncio.Protocol):
         if data and not stream.queue and not end_stream:
             # Nothing waits before these bytes: when they fit the windows and one frame,
             # they go out now, without the queue (the common case: a small message).
-            session = self.session
-            try:
-                fits = len(data) <= session.local_flow_control_window(stream_id) \
-                    and len(data) <= session.max_outbound_frame_size
-                if fits:
-                    session.send_data(stream_id, data)
-            except Http2Error:
-                fits = True      # the session holds the stream closed: dropped, as _send_queued does
-            if fits:
+            # (A stream the session holds closed does not fit: _send_queued drops its bytes.)
+            if self.session.fits(stream_id, len(data)):
+                self.session.send_data(stream_id, data)
                 self._flush()
                 return
         if data:
