@@ -188,3 +188,21 @@ def test_response_body_must_add_up_to_content_length():
     pair.pump()
     with pytest.raises(Http2Error):
         pair.client.receive_data(wire.frame(wire.DATA, wire.END_STREAM, 1, b"short"))
+
+
+def test_fits_answers_what_send_data_would_take_now():
+    """fits(stream, size) is true only for an open stream, within its window, the connection's
+    and one frame: what the direct (unqueued) send paths rely on before calling send_data."""
+    pair = Pair({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    pair.client.send_headers(1, REQUEST)
+    pair.pump()
+    assert pair.client.fits(1, 1000) and not pair.client.fits(1, 1001)
+    assert not pair.client.fits(3, 1)                          # not a stream of this connection
+    pair.client.send_data(1, b"x" * 600)
+    assert pair.client.fits(1, 400) and not pair.client.fits(1, 401)
+    pair.server.increment_flow_control_window(100_000, stream_id=1)
+    pair.server.increment_flow_control_window(100_000)
+    pair.pump()
+    assert not pair.client.fits(1, pair.client.max_outbound_frame_size + 1)   # one frame at most
+    pair.client.send_data(1, b"", end_stream=True)
+    assert not pair.client.fits(1, 1)                          # closed for sending
