@@ -1,4 +1,5 @@
-"""PNG charts of a run: requests/s per scenario, and latency percentile curves per rate.
+"""PNG charts of a run: requests/s per scenario, and latency percentile curves per rate
+(one chart per scenario with added-latency rows: latency-fixed-rate and its 2-hop variants).
 
 matplotlib comes with the `bench` extra; without it the run still writes results.json and
 summary.md, and the caller prints why no chart was drawn.
@@ -40,7 +41,7 @@ def _bars(plt, results: dict, path: Path) -> bool:
     return True
 
 
-def _latency_curves(plt, scenario: dict, path: Path) -> bool:
+def _latency_curves(plt, name: str, scenario: dict, path: Path) -> bool:
     """One panel per rate: added latency (median of runs) at p50/p90/p99/max, per proxy."""
     summary = scenario.get("summary", {})
     rates = sorted({int(k.split("_")[0][1:]) for s in summary.values() for k in s
@@ -60,7 +61,7 @@ def _latency_curves(plt, scenario: dict, path: Path) -> bool:
         ax.axhline(0, color="grey", linewidth=0.8)  # below: noise under the direct path
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
-    fig.suptitle("latency-fixed-rate: latency added by the proxy")
+    fig.suptitle(f"{name}: latency added by the proxy")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -79,7 +80,7 @@ def write_charts(results: dict, out: Path) -> tuple[list[Path], str]:
     written = []
     if _bars(plt, results, out / "requests-per-second.png"):
         written.append(out / "requests-per-second.png")
-    latency = results["scenarios"].get("latency-fixed-rate")
-    if latency and _latency_curves(plt, latency, out / "latency-fixed-rate.png"):
-        written.append(out / "latency-fixed-rate.png")
+    for name, scenario in results["scenarios"].items():  # those without added latency draw nothing
+        if _latency_curves(plt, name, scenario, out / f"{name}.png"):
+            written.append(out / f"{name}.png")
     return written, ""

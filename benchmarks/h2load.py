@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 PER_CLIENT_RPS = 100
 
@@ -45,11 +46,21 @@ def clients_for(rate: int) -> tuple[int, int]:
 
 
 def command(h2load: str, url: str, rate: int, seconds: int, host: str | None,
-            log_file: Path) -> list[str]:
-    """The h2load command line for `seconds` of `rate` requests/s over HTTP/1.1 keep-alive."""
+            log_file: Path, h1: bool = True, data: Path | None = None,
+            headers: Sequence[str] = ()) -> list[str]:
+    """The h2load command line for `seconds` of `rate` requests/s over keep-alive connections.
+
+    h1=False speaks HTTP/2 (h2c prior knowledge for an http:// URL), still one request in
+    flight per connection (h2load's default `-m 1`), so the pacing is the same as over
+    HTTP/1.1. `data` is a file sent as every request's body (h2load then POSTs); `headers`
+    are extra "name: value" request headers (e.g. gRPC's content-type and te)."""
     clients, per_client = clients_for(rate)
-    cmd = [h2load, "--h1", "-c", str(clients), "--rps", str(per_client), "-D", str(seconds),
-           "-T", "5", "--log-file", str(log_file)]
+    cmd = [h2load, *(["--h1"] if h1 else []), "-c", str(clients), "--rps", str(per_client),
+           "-D", str(seconds), "-T", "5", "--log-file", str(log_file)]
+    if data is not None:
+        cmd += ["-d", str(data)]
+    for header in headers:
+        cmd += ["-H", header]
     if host:  # `-H "Host: x"` would send a second Host header; :authority replaces the first
         cmd += ["-H", f":authority: {host}"]
     return cmd + [url]

@@ -185,14 +185,15 @@ def verify_plaintext_refused(inbound_port: int) -> Callable[[DataPlane, list[Chi
     return verify
 
 
-def oversubscription_note(opts: Options) -> str:
-    """Where the 2-hop processes run, and why that bounds what one proxy can do."""
+def oversubscription_note(opts: Options, tool: str = "wrk") -> str:
+    """Where the 2-hop processes run, and why that bounds what one proxy can do; `tool` is the
+    load generator's name."""
     pin = opts.pinning
     if pin.proxy_cpus is None:
-        return ("unpinned: both sidecars, wrk and the upstream share every core, so the "
+        return (f"unpinned: both sidecars, {tool} and the upstream share every core, so the "
                 "numbers depend on the scheduler as much as on the proxies.")
-    return (f"both sidecars share core {pin.proxy_cpus} and wrk + the upstream share core "
-            f"{pin.load_cpus} (two proxies + wrk + upstream on 2 cores: oversubscribed): the "
+    return (f"both sidecars share core {pin.proxy_cpus} and {tool} + the upstream share core "
+            f"{pin.load_cpus} (two proxies + {tool} + upstream on 2 cores: oversubscribed): the "
             "two sidecars split one core between them, so every request pays for both "
             "proxies' work on that one core.")
 

@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import wrk
 from benchmarks.catalog import SCENARIOS
+from benchmarks.load_scenarios import FIXED_RATE_SCENARIOS
 from benchmarks.certs import issue_cert_dirs
 from remora.xds.envoy import render_bootstrap, render_inbound_bootstrap
 from benchmarks.mesh import (MESH_NAMESPACE, SERVER_LABELS, load_documents, one_hop_yaml,
@@ -147,15 +148,16 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
     _require("envoy")
     out = subprocess.run([sys.executable, "-m", "remora", "bench", "--quick",
                           "--out", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=400)
+                         text=True, timeout=460)
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["scenarios"]) == set(SCENARIOS)
     scenarios = {name: sc for name, sc in results["scenarios"].items() if not sc.get("skipped")}
     if not have_tool("h2load"):
-        assert "nghttp2-client" in results["scenarios"]["latency-fixed-rate"]["skipped"]
+        for name in FIXED_RATE_SCENARIOS:
+            assert "nghttp2-client" in results["scenarios"][name]["skipped"]
     for name, scenario in scenarios.items():
-        rps = "r1000_rps" if name == "latency-fixed-rate" else "rps"  # one row per rate
+        rps = "r1000_rps" if name in FIXED_RATE_SCENARIOS else "rps"  # one row per rate
         for proxy in ("remora", "envoy"):
             assert scenario["summary"][proxy][rps]["median"] > 0, (name, proxy)
             assert scenario["summary"][proxy]["cpu_s_per_1k"]["median"] > 0, (name, proxy)
@@ -169,10 +171,11 @@ def test_quick_run_measures_both_proxies(tmp_path: Path) -> None:
         assert large["mb_per_s"]["median"] > large["rps"]["median"]  # 1 MiB each
         many = scenarios["many-connections"]["summary"][proxy]
         assert many["rss_load_mib"]["median"] > 0 and "rss_kib_per_conn" in many
-        if "latency-fixed-rate" in scenarios:
-            fixed = scenarios["latency-fixed-rate"]["summary"][proxy]
-            assert {"r200_added_p99_ms", "r1000_added_max_ms"} <= set(fixed)
-            assert fixed["r1000_rps"]["median"] > 500
+        for name in FIXED_RATE_SCENARIOS:  # the one-hop route and both 2-hop routes
+            if name in scenarios:
+                fixed = scenarios[name]["summary"][proxy]
+                assert {"r200_added_p99_ms", "r1000_added_max_ms"} <= set(fixed), name
+                assert fixed["r1000_rps"]["median"] > 500, name
     # without retries 1 in 6 requests would fail; Envoy's retries (2 on 5xx) hide nearly all
     retries = scenarios["retries-under-failure"]["summary"]
     assert retries["envoy"]["success_pct"]["median"] > 95, retries
