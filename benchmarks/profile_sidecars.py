@@ -24,7 +24,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks import h2load_closed, wrk
+from benchmarks import h2load, h2load_closed, wrk
 from benchmarks import grpc_upstream
 from benchmarks.h2_scenarios import GRPC_HEADERS, H2_CONNECTIONS, H2_STREAMS, grpc_probe
 from benchmarks.procs import free_port, http_get
@@ -82,6 +82,15 @@ def shares(raw: str) -> tuple[Counter, int]:
 def load_command(args, opts: Options, port: int, host: str, workdir: Path) -> list[str]:
     """wrk on /, or (--grpc) h2load sending grpc-2hop-mtls's unary calls, for the profile."""
     seconds = args.seconds + 4
+    if args.fixed_rate:
+        # open loop: requests at a fixed rate, as latency-fixed-rate-mesh/-grpc send them
+        body = None
+        if args.grpc:
+            body = workdir / "grpc-request.bin"
+            body.write_bytes(grpc_upstream.frame(grpc_upstream.GRPC_REQUEST))
+        return h2load.command(opts.h2load, f"http://127.0.0.1:{port}{'/test.Echo/Unary' if args.grpc else '/'}",
+                              args.fixed_rate, seconds, host, workdir / "h2load.log", h1=not args.grpc,
+                              data=body, headers=GRPC_HEADERS if args.grpc else ())
     if not args.grpc:
         return wrk.command(opts.wrk, f"http://127.0.0.1:{port}/", seconds, opts.connections, 1,
                            host)
@@ -118,11 +127,14 @@ def main() -> int:
                         help="grpc-2hop-mtls: unary gRPC calls from h2load, HTTP/2 on both hops")
     parser.add_argument("--counts", action="store_true",
                         help="no py-spy: CPU and read/write syscalls per request of each sidecar")
+    parser.add_argument("--fixed-rate", type=int, default=0, metavar="RPS",
+                        help="h2load open loop at RPS requests/s (latency-fixed-rate-mesh's or, with "
+                             "--grpc, -grpc's load) instead of the closed loop")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
     try:
-        opts = Options(out=args.out, wrk=find_tool("wrk"), pinning=plan_pinning(True),
+        opts = Options(out=args.out, wrk=find_tool("wrk"), h2load=find_tool("h2load"), pinning=plan_pinning(True),
                        connections=args.connections, proxies=("remora",))
         pyspy = "" if args.counts else find_tool("py-spy")
     except MissingTool as exc:
@@ -153,7 +165,7 @@ def main() -> int:
             time.sleep(args.seconds)
             after = {sc.role: process_counts(child.pid) for sc, child in zip(plane.sidecars, children)}
             out, _ = load.communicate(timeout=args.seconds + 60)
-            rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
+            rps = h2load_rps(out) if args.grpc or args.fixed_rate else wrk.parse(out).rps
             print(f"{rps:,.0f} req/s; per request, over {args.seconds} s (rate x seconds requests):")
             for role in before:
                 user, system, reads, writes = (a - b for a, b in zip(after[role], before[role]))
@@ -171,7 +183,7 @@ def main() -> int:
             if spy.returncode != 0:
                 print(f"py-spy on {role} failed: {err.strip()}")
         out, _ = load.communicate(timeout=args.seconds + 60)
-    rps = h2load_rps(out) if args.grpc else wrk.parse(out).rps
+    rps = h2load_rps(out) if args.grpc or args.fixed_rate else wrk.parse(out).rps
     print(f"{'plaintext' if args.plaintext else 'mTLS'} Remora pair under py-spy: "
           f"{rps:,.0f} req/s (profiling slows it)")
     for role in spies:
