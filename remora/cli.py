@@ -10,6 +10,7 @@ from pathlib import Path
 
 from remora.config.duration import parse_duration
 from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
+from remora.version import remora_version
 
 
 def _seconds(text: str) -> float:
@@ -60,15 +61,6 @@ def _port_map(text: str) -> dict[int, int]:
             raise argparse.ArgumentTypeError(f"expected PORT=LOCAL (e.g. 80=8080), got {part!r}")
         mapping[int(port)] = int(local)
     return mapping
-
-
-def remora_version() -> str:
-    """The installed distribution's version; pyproject.toml is its one source."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("remora")
-    except PackageNotFoundError:   # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 class _VersionAction(argparse._VersionAction):

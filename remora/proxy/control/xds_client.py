@@ -34,6 +34,7 @@ from remora.config.model import MeshConfig
 from remora.proxy.control.snapshot_store import SnapshotStore, default_state_dir
 from remora.proxy.control.xds_state import FROM_CONTROL, FROM_DISK, Candidate, XdsState
 from remora.wire import protocol
+from remora.version import remora_version
 
 if TYPE_CHECKING:
     import aiohttp
@@ -92,15 +93,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
-
-
-def remora_version() -> str:
-    # importlib.metadata (email, zipfile, ... ~2.6 MiB) only under --control, when the Node is built.
-    from importlib import metadata
-    try:
-        return metadata.version("remora")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def build_node(options, admin_port: int) -> protocol.Node:
