@@ -6,6 +6,7 @@ starts and comes up later, a sidecar with --token, `remora wait` as an app's ent
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -101,3 +102,37 @@ def test_health_port_taken_is_a_clear_start_error(upstreams):
         p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), health_port=port)
         assert p.proc.wait(30) == 1
         assert "cannot start" in p.stderr() and str(port) in p.stderr()
+
+
+def post(url: str) -> tuple[int | None, str]:
+    """POST with no body: status and body."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_healthcheck_fail_takes_the_pod_out_of_rotation_and_keeps_serving(upstreams, workers):
+    """POST /healthcheck/fail (Envoy's) turns /ready, the health port and server.live to
+    DRAINING/503/0 while requests still go through; /server_info says DRAINING; POST
+    /healthcheck/ok brings it back. With --workers 2 the supervisor's admin holds the flag."""
+    from tests.integration.client import RawClient
+
+    p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), "--access-log", "off",
+                     "--workers", str(workers), health_port=free_port()).wait_ready()
+    health = f"http://127.0.0.1:{p.health_port}/healthz/ready"
+    try:
+        info = json.loads(p.admin_get("/server_info"))
+        assert info["state"] == "LIVE" and info["command_line_options"]["concurrency"] == workers
+        assert post(p.admin("/healthcheck/fail")) == (200, "OK\n")
+        assert get(health)[0] == 503 and get(p.admin("/ready"))[1].startswith("DRAINING\n")
+        assert "server.live: 0\n" in p.admin_get("/stats?filter=^server.live$")
+        assert json.loads(p.admin_get("/server_info"))["state"] == "DRAINING"
+        assert RawClient(p.outbound_port).request("GET", "/still", "echo").status == 200
+        assert post(p.admin("/healthcheck/ok")) == (200, "OK\n")
+        assert get(health) == (200, "LIVE\n")
+        assert "server.live: 1\n" in p.admin_get("/stats?filter=^server.live$")
+    finally:
+        assert p.stop() == 0, p.stderr()

@@ -306,7 +306,8 @@ async def test_help_lists_endpoints(source_client):
     for path in ("/", "/help"):
         text = await (await client.get(path)).text()
         for endpoint in ("/ready", "/clusters", "/config_dump", "/stats", "/stats/prometheus",
-                         "/drain_listeners", "/quitquitquit"):
+                         "/drain_listeners", "/quitquitquit", "/server_info", "/healthcheck/fail",
+                         "/healthcheck/ok"):
             assert f"  {endpoint}: " in text
 
 
@@ -346,3 +347,50 @@ async def test_health_app_serves_readiness_and_nothing_of_admin():
         assert not source.quit_called.is_set()
     finally:
         await client.close()
+
+
+async def test_healthcheck_fail_and_ok_flip_ready_and_server_live(source_client):
+    """POST /healthcheck/fail makes /ready 503 DRAINING and server.live 0 (Envoy's rule) while
+    the source itself stays ready; POST /healthcheck/ok undoes it; GET on either is 405."""
+    source, client = source_client
+    assert (await client.get("/healthcheck/fail")).status == 405
+    resp = await client.post("/healthcheck/fail")
+    assert (resp.status, await resp.text()) == (200, "OK\n")
+    resp = await client.get("/ready")
+    assert resp.status == 503 and (await resp.text()).startswith("DRAINING\n")
+    assert "server.live: 0\n" in await (await client.get("/stats")).text()
+    assert "envoy_server_live 0" in await (await client.get("/stats/prometheus")).text()
+    assert (await client.post("/healthcheck/ok")).status == 200
+    resp = await client.get("/ready")
+    assert (resp.status, await resp.text()) == (200, "LIVE\n")
+    assert "server.live: 1\n" in await (await client.get("/stats")).text()
+
+
+async def test_health_port_follows_healthcheck_fail():
+    """The health port (:15021) fails with admin's /healthcheck/fail: one source, one flag."""
+    source = FakeSource()
+    admin, health = Client(make_admin_app(source)), Client(make_health_app(source))
+    await admin.start_server()
+    await health.start_server()
+    try:
+        await admin.post("/healthcheck/fail")
+        assert (await health.get("/healthz/ready")).status == 503
+        await admin.post("/healthcheck/ok")
+        assert (await health.get("/healthz/ready")).status == 200
+    finally:
+        await admin.close()
+        await health.close()
+
+
+async def test_server_info_is_envoys_shape(source_client):
+    """/server_info: version, state (following readiness and /healthcheck/fail), uptime as a
+    protobuf Duration and the concurrency, as Envoy's JSON."""
+    source, client = source_client
+    info = await (await client.get("/server_info")).json()
+    assert info["version"].startswith("remora/") and info["state"] == "LIVE"
+    assert info["uptime_current_epoch"].endswith("s") and "concurrency" in info["command_line_options"]
+    await client.post("/healthcheck/fail")
+    assert (await (await client.get("/server_info")).json())["state"] == "DRAINING"
+    source.ready = False
+    await client.post("/healthcheck/ok")
+    assert (await (await client.get("/server_info")).json())["state"] == "PRE_INITIALIZING"

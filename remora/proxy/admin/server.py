@@ -13,6 +13,9 @@ Rules this module keeps:
                      ``{"stats": [{"name", "value"}]}``; ``?filter=REGEX`` (re.search).
     /stats/prometheus  Envoy's metric families, then the source's extra families.
 - Mutations are POST only (GET on them is 405), reads are GET/HEAD only, as in Envoy.
+- /healthcheck/fail makes /ready and :15021 answer 503 DRAINING (and server.live 0) until
+  /healthcheck/ok, as Envoy's does, so a pod leaves its Service's endpoints before a
+  planned stop while its connections keep being served.
 - /quitquitquit answers "OK" before the source starts quitting, so the caller (a
   preStop hook, a test) sees success rather than a reset connection.
 - Content types are those the aiohttp version sent: ``text/plain; charset=utf-8``,
@@ -32,6 +35,7 @@ from remora.proxy.admin.formats import (  # noqa: F401 (re-exported: tests and d
     default_is_gauge, filter_families, filtered_stats, format_clusters_text, gauge_predicate,
     prometheus_name, prometheus_text)
 from remora.proxy.admin.http_server import AdminHttpServer, HttpError, Request, Response, Routes, serve
+from remora.version import remora_version
 
 __all__ = [
     "AdminSource",
@@ -58,8 +62,9 @@ class AdminSource(Protocol):
     """What the admin server reads from and acts on.
 
     Optional extras, looked up with getattr: ``is_draining() -> bool`` (makes /ready say
-    DRAINING) and ``async prometheus_extra() -> str`` (ready-made exposition text appended
-    to /stats/prometheus, e.g. Istio's standard metrics).
+    DRAINING), ``async prometheus_extra() -> str`` (ready-made exposition text appended
+    to /stats/prometheus, e.g. Istio's standard metrics) and ``not_ready_reason() -> str | None``.
+    ``health_check_failed`` is set by POST /healthcheck/fail and cleared by /healthcheck/ok.
     """
 
     def is_ready(self) -> bool: ...
@@ -87,6 +92,7 @@ _HELP = (
     ("/", "print this list of admin commands"),
     ("/help", "print this list of admin commands"),
     ("/ready", "print server state (LIVE, PRE_INITIALIZING, DRAINING); 200 only when LIVE"),
+    ("/server_info", "print server version, state, uptime and command line options (JSON)"),
     ("/healthz/ready", "alias of /ready, at Istio's path"),
     ("/clusters", "upstream cluster status (?format=json)"),
     ("/config_dump", "dump the current configuration snapshot as JSON"),
@@ -94,6 +100,8 @@ _HELP = (
     ("/stats", "print server stats (?format=json|prometheus, ?filter=REGEX)"),
     ("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX)"),
     ("/drain_listeners", "POST: stop accepting new connections"),
+    ("/healthcheck/fail", "POST: fail health checks: /ready and :15021 answer 503 DRAINING"),
+    ("/healthcheck/ok", "POST: pass health checks again (undo /healthcheck/fail)"),
     ("/quitquitquit", "POST: drain as on SIGTERM, then exit 0"),
 )
 HELP_TEXT = "admin commands are:\n" + "".join(f"  {path}: {text}\n" for path, text in _HELP)
@@ -131,12 +139,34 @@ def make_admin_app(source: AdminSource) -> Routes:
         if fmt == "prometheus":
             return await prometheus(request)
         rx = _compile_filter(request)
-        items = filtered_stats(await source.stats(), rx)
+        items = filtered_stats(await _stats(source), rx)
         if fmt == "json":
             return _json_response({"stats": [{"name": k, "value": v} for k, v in items]})
         return Response(200, "".join(f"{k}: {v}\n" for k, v in items))
 
     prometheus = _prometheus_handler(source)
+
+    async def server_info(request: Request) -> Response:
+        stats = await _stats(source)
+        uptime = f"{stats.get('server.uptime', 0)}s"     # protobuf's Duration in JSON, as Envoy writes it
+        return _json_response({
+            "version": f"remora/{remora_version()}",
+            "state": _server_state(source)[0],
+            "hot_restart_version": "disabled",
+            # Not the command line itself: --token may carry a join token.
+            "command_line_options": {"concurrency": stats.get("server.concurrency", 1), "mode": "Serve"},
+            "uptime_current_epoch": uptime,
+            "uptime_all_epochs": uptime,
+        })
+
+    async def healthcheck_fail(request: Request) -> Response:
+        source.health_check_failed = True
+        log.warning("admin: POST /healthcheck/fail: health checks fail until POST /healthcheck/ok")
+        return Response(200, "OK\n")
+
+    async def healthcheck_ok(request: Request) -> Response:
+        source.health_check_failed = False
+        return Response(200, "OK\n")
 
     async def drain_listeners(request: Request) -> Response:
         await source.drain_listeners()
@@ -147,24 +177,44 @@ def make_admin_app(source: AdminSource) -> Routes:
         return Response(200, "OK\n", after=lambda: _spawn(background, source.quit(), "quit"))
 
     get = {"/": help_, "/help": help_, "/ready": ready, "/healthz/ready": ready, "/clusters": clusters,
-           "/config_dump": config_dump, "/certs": certs, "/stats": stats, "/stats/prometheus": prometheus}
+           "/config_dump": config_dump, "/certs": certs, "/stats": stats, "/stats/prometheus": prometheus,
+           "/server_info": server_info}
     routes: Routes = {path: {"GET": handler} for path, handler in get.items()}
     routes["/drain_listeners"] = {"POST": drain_listeners}
+    routes["/healthcheck/fail"] = {"POST": healthcheck_fail}
+    routes["/healthcheck/ok"] = {"POST": healthcheck_ok}
     routes["/quitquitquit"] = {"POST": quitquitquit}
     return routes
+
+
+def _server_state(source: AdminSource) -> tuple[str, str | None]:
+    """Envoy's server state (LIVE, DRAINING, PRE_INITIALIZING) and, when not live, why."""
+    if getattr(source, "health_check_failed", False):
+        return "DRAINING", "health checks failed by POST /healthcheck/fail"
+    is_draining = getattr(source, "is_draining", None)
+    if is_draining is not None and is_draining():
+        return "DRAINING", None
+    if source.is_ready():
+        return "LIVE", None
+    reason = getattr(source, "not_ready_reason", None)
+    return "PRE_INITIALIZING", reason() if reason is not None else None
+
+
+async def _stats(source: AdminSource) -> dict[str, int]:
+    """The source's stats; server.live is 0 while health checks are failed (as in Envoy)."""
+    stats = await source.stats()
+    if getattr(source, "health_check_failed", False) and "server.live" in stats:
+        stats = {**stats, "server.live": 0}
+    return stats
 
 
 def _ready_handler(source: AdminSource):
     """GET /ready and /healthz/ready: LIVE (200), or 503 DRAINING / PRE_INITIALIZING + why."""
     async def ready(request: Request) -> Response:
-        is_draining = getattr(source, "is_draining", None)
-        if is_draining is not None and is_draining():
-            return Response(503, "DRAINING\n")
-        if source.is_ready():
+        state, why = _server_state(source)
+        if state == "LIVE":
             return Response(200, "LIVE\n")
-        reason = getattr(source, "not_ready_reason", None)
-        why = reason() if reason is not None else None
-        return Response(503, "PRE_INITIALIZING\n" + (f"{why}\n" if why else ""))
+        return Response(503, f"{state}\n" + (f"{why}\n" if why else ""))
     return ready
 
 
@@ -172,7 +222,7 @@ def _prometheus_handler(source: AdminSource):
     """GET /stats/prometheus: Envoy-style stats, then the source's extra families."""
     async def prometheus(request: Request) -> Response:
         rx = _compile_filter(request)
-        text = prometheus_text(filtered_stats(await source.stats(), rx), gauge_predicate(source))
+        text = prometheus_text(filtered_stats(await _stats(source), rx), gauge_predicate(source))
         extra = getattr(source, "prometheus_extra", None)
         if extra is not None:
             more = await extra()
