@@ -136,3 +136,20 @@ def test_healthcheck_fail_takes_the_pod_out_of_rotation_and_keeps_serving(upstre
         assert "server.live: 1\n" in p.admin_get("/stats?filter=^server.live$")
     finally:
         assert p.stop() == 0, p.stderr()
+
+
+def test_listeners_lists_every_listener_with_its_address(upstreams):
+    """GET /listeners names each listener with the address it accepts on (Envoy's
+    name::address lines; ?format=json gives listener_statuses with socket addresses)."""
+    app_port = upstreams.ports["echo"]
+    p = ProxyProcess(service("echo", [(app_port, {})]), "--access-log", "off",
+                     inbound_app_port=app_port).wait_ready()
+    try:
+        lines = p.admin_get("/listeners").splitlines()
+        assert f"outbound::127.0.0.1:{p.outbound_port}" in lines, lines
+        assert any(line.endswith(f"127.0.0.1:{p.inbound_port}") for line in lines), lines
+        statuses = json.loads(p.admin_get("/listeners?format=json"))["listener_statuses"]
+        ports = {s["local_address"]["socket_address"]["port_value"] for s in statuses}
+        assert {p.outbound_port, p.inbound_port} <= ports
+    finally:
+        assert p.stop() == 0, p.stderr()

@@ -306,7 +306,7 @@ async def test_help_lists_endpoints(source_client):
     for path in ("/", "/help"):
         text = await (await client.get(path)).text()
         for endpoint in ("/ready", "/clusters", "/config_dump", "/stats", "/stats/prometheus",
-                         "/drain_listeners", "/quitquitquit", "/server_info", "/healthcheck/fail",
+                         "/drain_listeners", "/quitquitquit", "/server_info", "/listeners", "/healthcheck/fail",
                          "/healthcheck/ok"):
             assert f"  {endpoint}: " in text
 

@@ -93,6 +93,7 @@ _HELP = (
     ("/help", "print this list of admin commands"),
     ("/ready", "print server state (LIVE, PRE_INITIALIZING, DRAINING); 200 only when LIVE"),
     ("/server_info", "print server version, state, uptime and command line options (JSON)"),
+    ("/listeners", "print listener names and addresses (?format=json)"),
     ("/healthz/ready", "alias of /ready, at Istio's path"),
     ("/clusters", "upstream cluster status (?format=json)"),
     ("/config_dump", "dump the current configuration snapshot as JSON"),
@@ -159,6 +160,14 @@ def make_admin_app(source: AdminSource) -> Routes:
             "uptime_all_epochs": uptime,
         })
 
+    async def listeners(request: Request) -> Response:
+        found = (await source.config_dump()).get("listeners", [])
+        if request.query.get("format") == "json":
+            return _json_response({"listener_statuses": [
+                {"name": item["name"], "local_address": {"socket_address": _socket_address(item["address"])}}
+                for item in found]})
+        return Response(200, "".join(f"{item['name']}::{item['address']}\n" for item in found))
+
     async def healthcheck_fail(request: Request) -> Response:
         source.health_check_failed = True
         log.warning("admin: POST /healthcheck/fail: health checks fail until POST /healthcheck/ok")
@@ -178,7 +187,7 @@ def make_admin_app(source: AdminSource) -> Routes:
 
     get = {"/": help_, "/help": help_, "/ready": ready, "/healthz/ready": ready, "/clusters": clusters,
            "/config_dump": config_dump, "/certs": certs, "/stats": stats, "/stats/prometheus": prometheus,
-           "/server_info": server_info}
+           "/server_info": server_info, "/listeners": listeners}
     routes: Routes = {path: {"GET": handler} for path, handler in get.items()}
     routes["/drain_listeners"] = {"POST": drain_listeners}
     routes["/healthcheck/fail"] = {"POST": healthcheck_fail}
@@ -232,6 +241,12 @@ def _prometheus_handler(source: AdminSource):
                 text += more if more.endswith("\n") else more + "\n"
         return Response(200, text, PROMETHEUS_CONTENT_TYPE)
     return prometheus
+
+
+def _socket_address(address: str) -> dict:
+    """"host:port" (IPv6 host bare, as config_dump writes it) as Envoy's SocketAddress JSON."""
+    host, _, port = address.rpartition(":")
+    return {"address": host, "port_value": int(port)} if port.isdigit() else {"address": address}
 
 
 def _json_response(data: Any) -> Response:
