@@ -1,8 +1,8 @@
 """A bare byte relay, the floor of a sidecar's cost: `python -m benchmarks.tls_relay ...`.
 
 The performance issue asks what a request costs below any proxy logic: the same sockets,
-the same event loop (uvloop) and the same TLS (Python's ssl through uvloop's SSL transport)
-as a Remora sidecar, and nothing else: no HTTP parsing, no routing, no telemetry. Each
+the same event loop (uvloop), the same TLS (Python's ssl through uvloop's SSL transport)
+and the same allocator settings as a Remora sidecar, and nothing else: no HTTP parsing, no routing, no telemetry. Each
 accepted connection gets its own upstream connection and bytes are copied both ways, with
 the flow control a proxy needs (a peer that cannot take more pauses the other side's reads).
 
@@ -21,6 +21,8 @@ import ssl
 from pathlib import Path
 
 import uvloop
+
+from remora.proxy.process.allocator import keep_tls_buffers_in_heap
 
 CERT_CHAIN, KEY, ROOT = "cert-chain.pem", "key.pem", "root-cert.pem"
 
@@ -138,4 +140,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    # The same allocator settings as a Remora sidecar (process/allocator.py): without them
+    # each TLS read's 256 KiB buffer is an mmap + mremap + munmap, which is not the floor.
+    keep_tls_buffers_in_heap()
     uvloop.run(main(parse()))
