@@ -12,7 +12,9 @@ server on loopback, 300-byte messages ping-ponged N times, the process's CPU per
   `ssl.SSLSocket`, `loop.add_reader` with a Python callback).
 
 The difference between the last two is what another TLS transport could save; the
-difference between the first and the last, what TLS itself costs. Certificates come from
+difference between the first and the last, what TLS itself costs. The first two are run
+again with 64 connections in flight at once (`--connections`), as wrk keeps them: every
+round trip then works on a different connection's TLS state and buffers. Certificates come from
 Remora's CA (benchmarks/certs.py) in a temporary directory; the allocator is set as in a
 sidecar (process/allocator.py).
 """
@@ -65,8 +67,9 @@ class Echo(asyncio.Protocol):
 class Pinger(asyncio.Protocol):
     """Sends the next message when the echo of the last arrives; `done` after `count`."""
 
-    def __init__(self, count: int, done: asyncio.Future) -> None:
-        self.count, self.seen, self.done = count, 0, done
+    def __init__(self, count: int) -> None:
+        self.count, self.seen = count, 0
+        self.done = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -79,21 +82,28 @@ class Pinger(asyncio.Protocol):
             self.transport.write(MESSAGE)
 
 
-async def with_transports(count: int, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None) -> float:
-    """CPU microseconds per round trip over uvloop transports (TLS when `tls` is given)."""
+async def with_transports(count: int, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None,
+                          connections: int = 1) -> float:
+    """CPU microseconds per round trip over uvloop transports (TLS when `tls` is given), the
+    round trips spread over `connections` connections in flight at once (as wrk's 64 are)."""
     loop = asyncio.get_running_loop()
     server_ctx, client_ctx = tls if tls else (None, None)
     server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
-    done = loop.create_future()
-    transport, _ = await loop.create_connection(lambda: Pinger(count, done), "127.0.0.1", port, ssl=client_ctx)
+    pingers = []
+    for _ in range(connections):
+        _, pinger = await loop.create_connection(lambda: Pinger(count // connections), "127.0.0.1", port,
+                                                 ssl=client_ctx)
+        pingers.append(pinger)
     try:
         start = cpu_seconds()
-        transport.write(MESSAGE)
-        await done
-        return (cpu_seconds() - start) / count * 1e6
+        for pinger in pingers:
+            pinger.transport.write(MESSAGE)
+        await asyncio.gather(*(pinger.done for pinger in pingers))
+        return (cpu_seconds() - start) / (count // connections * connections) * 1e6
     finally:
-        transport.close()
+        for pinger in pingers:
+            pinger.transport.close()
         server.close()
         await server.wait_closed()
 
@@ -156,11 +166,14 @@ async def with_ssl_sockets(count: int, tls: tuple[ssl.SSLContext, ssl.SSLContext
         client.close()
 
 
-async def measure(count: int, rounds: int, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> dict[str, float]:
+async def measure(count: int, rounds: int, tls: tuple[ssl.SSLContext, ssl.SSLContext],
+                  connections: int = 64) -> dict[str, float]:
     """The best of `rounds` runs of each way, in CPU microseconds per round trip."""
     ways = {"plain (uvloop TCP transports)": lambda: with_transports(count, None),
             "uvloop SSL transport (memory BIOs)": lambda: with_transports(count, tls),
-            "SSLSocket on the fd (add_reader)": lambda: with_ssl_sockets(count, tls)}
+            "SSLSocket on the fd (add_reader)": lambda: with_ssl_sockets(count, tls),
+            f"plain, {connections} connections at once": lambda: with_transports(count, None, connections),
+            f"uvloop SSL, {connections} connections at once": lambda: with_transports(count, tls, connections)}
     return {name: min([await way() for _ in range(rounds)]) for name, way in ways.items()}
 
 
@@ -168,11 +181,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20_000, help="round trips per run (default 20,000)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each way; the best is kept")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="connections in flight at once for the last two ways (default 64, as wrk)")
     args = parser.parse_args()
     keep_tls_buffers_in_heap()
     with tempfile.TemporaryDirectory(prefix="remora-tls-cost-") as workdir:
         dirs = issue_cert_dirs(Path(workdir), "bench", ["server", "client"])
-        results = uvloop.run(measure(args.n, args.rounds, contexts(dirs)))
+        results = uvloop.run(measure(args.n, args.rounds, contexts(dirs), args.connections))
     print(f"CPU per round trip, {len(MESSAGE)}-byte messages, both ends in one process "
           f"(best of {args.rounds} x {args.n:,}):")
     for name, micros in results.items():
