@@ -85,6 +85,9 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Sent on every upstream attempt; the first attempt's line ends the precomputed mesh headers.
 FIRST_ATTEMPT = b"x-envoy-attempt-count: 1\r\n"
 EOL = b"\r\n"
+# `EOL.join(map(FIELD_LINE, fields)) + EOL` writes `name: value` lines for a non-empty list
+# of (name, value) fields in C: a Python loop concatenating each line cost twice as much.
+FIELD_LINE = b": ".join
 
 # Downstream connection states (downstream.py owns them; http1_timeouts.py reads them).
 IDLE, HEADERS, BODY, WAITING, TUNNEL, CLOSED = range(6)

@@ -9,7 +9,7 @@ connection answers one request at a time, so no per-request object is needed.
 """
 from __future__ import annotations
 
-from remora.proxy.codec.http1 import EOL, LAST_CHUNK, chunk, status_line
+from remora.proxy.codec.http1 import EOL, FIELD_LINE, LAST_CHUNK, chunk, status_line
 
 # resp_framing: how the active response's body goes on the wire.
 RESP_NONE = 0      # no response head written yet
@@ -25,8 +25,7 @@ class Http1ResponseWriter:
     def send_response_head(self, status: int, reason: bytes, headers: list,
                            content_length: int | None) -> None:
         head = self.active.head
-        parts = [status_line(status, reason),
-                 b"".join([name + b": " + value + EOL for name, value in headers])]
+        parts = [status_line(status, reason), EOL.join(map(FIELD_LINE, headers)) + EOL if headers else b""]
         self.resp_framing = RESP_RAW
         if self.listener.draining:
             self.keep_alive = False
@@ -59,7 +58,7 @@ class Http1ResponseWriter:
         """Trailers go in the last chunk; a response not chunked has nowhere to carry them
         (HTTP/1.1 drops them, as Envoy does)."""
         if self.resp_framing == RESP_CHUNKED:
-            self.wbuf.append(b"0\r\n" + b"".join([n + b": " + v + EOL for n, v in trailers]) + EOL)
+            self.wbuf.append(b"0\r\n" + (EOL.join(map(FIELD_LINE, trailers)) + EOL if trailers else b"") + EOL)
             self.resp_framing = RESP_RAW
         self.end_response()
 

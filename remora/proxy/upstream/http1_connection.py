@@ -23,6 +23,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from remora.proxy.codec.http1 import (
     EOL,
+    FIELD_LINE,
     H_CL,
     H_CONNECTION,
     H_PEER,
@@ -192,7 +193,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.head_only = head_only
         parts = [method, b" ", path, b" HTTP/1.1\r\nhost: ", authority, EOL]
         if headers:
-            parts.append(b"".join([name + b": " + value + EOL for name, value in headers]))
+            parts += (EOL.join(map(FIELD_LINE, headers)), EOL)
         parts.append(added)
         parts.append(unique)
         if chunked:
