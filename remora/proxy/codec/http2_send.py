@@ -208,12 +208,20 @@ class Http2Sending:
             if stream.remote_closed:
                 del self.streams[stream_id]
 
-    def fits(self, stream_id: int, size: int) -> bool:
-        """send_data may take `size` bytes on the stream now: it is open for sending, and
-        they fit its window, the connection's and one frame."""
+    def send_data_if_fits(self, stream_id: int, data: bytes) -> bool:
+        """send_data (without END_STREAM) when the stream is open for sending and `data` fits
+        its window, the connection's and one frame; else False, and nothing is sent. The
+        direct (unqueued) send paths call this instead of checking first and sending after:
+        one call and one stream lookup per message instead of two."""
         stream = self.streams.get(stream_id)
-        return (stream is not None and not stream.local_closed and not self.closed and size <= stream.send_window
-                and size <= self.conn_send_window and size <= self.max_outbound_frame_size)
+        size = len(data)
+        if (stream is None or stream.local_closed or self.closed or size > stream.send_window
+                or size > self.conn_send_window or size > self.max_outbound_frame_size):
+            return False
+        stream.send_window -= size
+        self.conn_send_window -= size
+        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, 0, stream_id) + data)
+        return True
 
     def end_stream(self, stream_id: int) -> None:
         self.send_data(stream_id, b"", end_stream=True)

@@ -129,9 +129,7 @@ class Http2Stream:
         if not self.out and not conn.output_paused:
             # Nothing waits before these bytes: when they fit the windows and one frame they
             # go to the session now (pump's loop, without the queue: a message of a call).
-            session = conn.session
-            if session.fits(self.stream_id, len(data)):
-                session.send_data(self.stream_id, data)
+            if conn.session.send_data_if_fits(self.stream_id, data):
                 self.last_activity = conn.loop.time()
                 conn.wrote()
                 return

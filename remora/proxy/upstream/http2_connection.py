@@ -193,8 +193,7 @@ class UpstreamHttp2(asyncio.Protocol):
             # Nothing waits before these bytes: when they fit the windows and one frame,
             # they go out now, without the queue (the common case: a small message).
             # (A stream the session holds closed does not fit: _send_queued drops its bytes.)
-            if self.session.fits(stream_id, len(data)):
-                self.session.send_data(stream_id, data)
+            if self.session.send_data_if_fits(stream_id, data):
                 self._flush()
                 return
         if data:
