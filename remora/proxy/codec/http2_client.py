@@ -98,7 +98,7 @@ class ClientConnection(Http2Session):
                 return                           # 1xx: the final head follows
             stream.got_head = True
             stream.expected_length = None if end_stream else length
-            events.append(wire.ResponseReceived(stream_id, headers, end_stream))
+            events.append(wire.ResponseReceived((stream_id, headers, end_stream)))
         else:
             if not end_stream:
                 if self.decoder.decode(block) is None:
@@ -108,7 +108,7 @@ class ClientConnection(Http2Session):
             if headers is None:
                 raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
             self._check_body_length(stream_id, stream)
-            events.append(wire.TrailersReceived(stream_id, headers))
+            events.append(wire.TrailersReceived((stream_id, headers)))
         if end_stream:
             self._close_remote(stream_id, stream)
-            events.append(wire.StreamEnded(stream_id))
+            events.append(wire.StreamEnded((stream_id,)))

@@ -138,7 +138,7 @@ class Http2Session(Http2Sending):
                 raise Http2Error("PING of the wrong size", ErrorCode.FRAME_SIZE_ERROR)
             if not flags & ACK:
                 self.out.append(frame(PING, ACK, 0, payload))
-                events.append(wire.PingReceived(payload))
+                events.append(wire.PingReceived((payload,)))
         elif kind == PRIORITY:
             if not stream_id:
                 raise Http2Error("PRIORITY on stream 0")
@@ -148,7 +148,7 @@ class Http2Session(Http2Sending):
             if stream_id or len(payload) < 8:
                 raise Http2Error("malformed GOAWAY")
             last, code = struct.unpack_from(">LL", payload)
-            events.append(wire.ConnectionTerminated(code, last & 0x7FFFFFFF))
+            events.append(wire.ConnectionTerminated((code, last & 0x7FFFFFFF)))
         elif kind == PUSH_PROMISE:
             raise Http2Error("PUSH_PROMISE: push is not enabled (a client never sends it)")
         # other frame types are ignored (RFC 9113 5.5)
@@ -175,7 +175,7 @@ class Http2Session(Http2Sending):
                 self.streams.pop(stream_id)
                 self.out.append(rst_stream_frame(stream_id, ErrorCode.STREAM_CLOSED))
                 self._remember_reset(stream_id)
-                events.append(wire.StreamReset(stream_id, ErrorCode.STREAM_CLOSED))
+                events.append(wire.StreamReset((stream_id, ErrorCode.STREAM_CLOSED)))
             self.acknowledge_received_data(length, 0)   # the connection window only
             return
         stream.recv_window -= length
@@ -187,12 +187,12 @@ class Http2Session(Http2Sending):
         if expected is not None and (stream.received_length > expected
                                      or (flags & END_STREAM and stream.received_length != expected)):
             raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
-        events.append(wire.DataReceived(stream_id, data, length))
+        events.append(wire.DataReceived((stream_id, data, length)))
         if flags & END_STREAM:
             stream.remote_closed = True      # _close_remote, inlined: every request's end
             if stream.local_closed:
                 del self.streams[stream_id]
-            events.append(wire.StreamEnded(stream_id))
+            events.append(wire.StreamEnded((stream_id,)))
 
     def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id or not stream_id & 1:
@@ -232,7 +232,7 @@ class Http2Session(Http2Sending):
             self.conn_send_window += increment
             if self.conn_send_window > MAX_WINDOW:
                 raise Http2Error("connection window above 2^31-1", ErrorCode.FLOW_CONTROL_ERROR)
-            events.append(wire.WindowUpdated(0, increment))
+            events.append(wire.WindowUpdated((0, increment)))
             return
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -244,10 +244,10 @@ class Http2Session(Http2Sending):
             self.streams.pop(stream_id)
             self.out.append(rst_stream_frame(stream_id, code))
             self._remember_reset(stream_id)
-            events.append(wire.StreamReset(stream_id, code))
+            events.append(wire.StreamReset((stream_id, code)))
             return
         stream.send_window += increment
-        events.append(wire.WindowUpdated(stream_id, increment))
+        events.append(wire.WindowUpdated((stream_id, increment)))
 
     def _rst_stream(self, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id:
@@ -257,7 +257,7 @@ class Http2Session(Http2Sending):
         if stream_id > self.highest_stream_id:
             raise Http2Error(f"RST_STREAM on idle stream {stream_id}")
         if self.streams.pop(stream_id, None) is not None:
-            events.append(wire.StreamReset(stream_id, U32.unpack(payload)[0]))
+            events.append(wire.StreamReset((stream_id, U32.unpack(payload)[0])))
 
     def _settings(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if stream_id:
@@ -292,7 +292,7 @@ class Http2Session(Http2Sending):
                 raise Http2Error(f"setting {code} must be 0 or 1")
             changed[code] = value
         self.out.append(frame(SETTINGS, ACK, 0))
-        events.append(wire.RemoteSettingsChanged(changed))
+        events.append(wire.RemoteSettingsChanged((changed,)))
 
     def _decode_checked(self, block: bytes, check) -> tuple[list | None, object]:
         """The block's fields and `check(fields)` (None, None over the header-list limit).
