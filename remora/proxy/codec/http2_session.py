@@ -14,7 +14,7 @@ import struct
 from remora.proxy.codec import http2_frames as wire
 from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST, CompressionError, HpackDecoder, HpackEncoder
 from remora.proxy.codec.http2_frames import (
-    ACK, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEADER, GOAWAY,
+    ACK, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, END_HEADERS, END_STREAM, GOAWAY,
     HEADERS, MAX_WINDOW, PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS,
     WINDOW_UPDATE, ErrorCode, Http2Error, Setting, frame, rst_stream_frame,
 )
@@ -25,6 +25,9 @@ MAX_CONTINUATIONS = 8          # nghttp2's limit on CONTINUATION frames per head
 BLOCK_CACHE = 64               # header blocks remembered per connection, with their check
 UNLIMITED_STREAMS = (1 << 31) - 1
 U32 = struct.Struct(">L")
+# A frame header as read: the 24-bit length as its top byte and low 16 bits, so that one
+# test of `top` and the low part checks SETTINGS_MAX_FRAME_SIZE (16384) without joining them.
+READ_FRAME_HEADER = struct.Struct(">BHBBL")
 
 
 class Http2Session(Http2Sending):
@@ -86,30 +89,30 @@ class Http2Session(Http2Sending):
             self.preface_seen = True
             pos = len(PREFACE)
         end = len(buffer)
-        unpack = FRAME_HEADER.unpack_from
+        last_header = end - 9      # the last position a whole frame header starts at
+        unpack = READ_FRAME_HEADER.unpack_from
         # DATA and HEADERS (most frames) skip _frame's checks while they cannot apply: no
         # header block is open and SETTINGS came first (`direct`, updated when that changes).
+        # Nothing here closes the session (an error raises), so the loop needs no check of it.
         direct = self.partial is None and self.settings_seen
-        while end - pos >= 9:
-            high, low, kind, flags, stream_id = unpack(buffer, pos)
-            length = (high << 8) | low
-            if length > DEFAULT_FRAME_SIZE:
-                raise Http2Error(f"a {length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE", ErrorCode.FRAME_SIZE_ERROR)
+        while pos <= last_header:
+            top, length, kind, flags, stream_id = unpack(buffer, pos)
+            if top or length > DEFAULT_FRAME_SIZE:
+                raise Http2Error(f"a {(top << 16) | length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE",
+                                 ErrorCode.FRAME_SIZE_ERROR)
             start = pos + 9
-            if end - start < length:
-                break
             pos = start + length
+            if pos > end:
+                pos = start - 9    # the frame is not whole yet: kept from its header on
+                break
             payload = buffer[start:pos]
             if direct and kind == DATA:
                 self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
             elif direct and kind == HEADERS:
-                self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
-                direct = self.partial is None
+                direct = self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
             else:
                 self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
                 direct = self.partial is None and self.settings_seen
-            if self.closed:
-                return
         self.buffer = buffer[pos:] if pos < end else b""
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, events: list) -> None:
@@ -194,7 +197,8 @@ class Http2Session(Http2Sending):
                 del self.streams[stream_id]
             events.append(wire.StreamEnded((stream_id,)))
 
-    def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
+    def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> bool:
+        """A HEADERS frame; True when its block is whole (False: CONTINUATION must follow)."""
         if not stream_id or not stream_id & 1:
             raise Http2Error(f"HEADERS on stream {stream_id}: client-initiated streams are odd")
         fragment = self._unpad(flags, payload) if flags & PADDED else payload
@@ -204,8 +208,9 @@ class Http2Session(Http2Sending):
             fragment = fragment[5:]
         if flags & END_HEADERS:
             self._header_block(stream_id, bool(flags & END_STREAM), fragment, events)
-        else:
-            self.partial = (stream_id, flags, [fragment], 0, len(fragment))
+            return True
+        self.partial = (stream_id, flags, [fragment], 0, len(fragment))
+        return False
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if self.partial is None:
