@@ -92,30 +92,39 @@ class Http2Sending:
             block = self._encode(headers)
         else:
             block = self.encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
-        self._frame_block(stream_id, stream, block, end_stream)
+        # send_block's framing, repeated rather than called: every head and trailers come here.
+        length = len(block)
+        if length > self.max_outbound_frame_size:
+            self._frame_continued(stream_id, block, end_stream)
+        else:     # one HEADERS frame (frame(), inlined)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS,
+                                              END_HEADERS | END_STREAM if end_stream else END_HEADERS, stream_id)
+                            + block)
+        if end_stream:
+            self._close_local(stream_id, stream)
 
     def send_block(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
         """send_headers for a block already encoded, just now, by this session's encoder."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_closed or self.closed:
             raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
-        self._frame_block(stream_id, stream, block, end_stream)
-
-    def _frame_block(self, stream_id: int, stream: StreamState, block: bytes, end_stream: bool) -> None:
-        """HEADERS (and CONTINUATION past the peer's frame size) carrying `block`."""
-        size = self.max_outbound_frame_size
-        flags = END_STREAM if end_stream else 0
         length = len(block)
-        if length <= size:     # one HEADERS frame (frame(), inlined: every head and trailers)
-            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, flags | END_HEADERS, stream_id)
+        if length > self.max_outbound_frame_size:
+            self._frame_continued(stream_id, block, end_stream)
+        else:     # one HEADERS frame (frame(), inlined: every request head)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS,
+                                              END_HEADERS | END_STREAM if end_stream else END_HEADERS, stream_id)
                             + block)
-        else:
-            self.out.append(frame(HEADERS, flags, stream_id, block[:size]))
-            for start in range(size, len(block), size):
-                last = start + size >= len(block)
-                self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
         if end_stream:
             self._close_local(stream_id, stream)
+
+    def _frame_continued(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        """A block longer than the peer's frame size: HEADERS, then CONTINUATION frames."""
+        size = self.max_outbound_frame_size
+        self.out.append(frame(HEADERS, END_STREAM if end_stream else 0, stream_id, block[:size]))
+        for start in range(size, len(block), size):
+            last = start + size >= len(block)
+            self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
 
     def _encode(self, headers: list) -> bytes:
         """The HPACK block of `headers`. A block that leaves the table unchanged encodes to the
