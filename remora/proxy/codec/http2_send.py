@@ -4,6 +4,7 @@ connection, and the per-stream state both halves share. Frames go to `out` until
 `data_to_send`."""
 from __future__ import annotations
 
+from itertools import compress, count
 from operator import itemgetter
 
 from remora.proxy.codec.header_compression import NOT_INDEXED, HpackEncoder
@@ -135,7 +136,7 @@ class Http2Sending:
         table alone: the key names them without their value, the pieces between them are
         remembered, and only the values are encoded on each call."""
         encoder = self.encoder
-        # The names are listed and searched in C (list, map, index): a head has a dozen
+        # The names are listed and searched in C (list, map, isdisjoint, compress): a head has a dozen
         # fields and one value to leave out (the service time), so a Python loop over the
         # fields was most of this method's work.
         names = list(map(FIRST, headers))
@@ -144,16 +145,10 @@ class Http2Sending:
             values = None
         else:
             key = list(headers)
-            found = []       # (position, field) of each NOT_INDEXED field
-            for name in NOT_INDEXED:
-                position = -1
-                for _ in range(names.count(name)):
-                    position = names.index(name, position + 1)
-                    found.append((position, headers[position]))
-            if len(NOT_INDEXED) > 1:
-                found.sort()
             values = []
-            for position, field in found:
+            # The positions of the NOT_INDEXED fields, in order, found in C as well.
+            for position in compress(count(), map(NOT_INDEXED.__contains__, names)):
+                field = headers[position]
                 if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
                     raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
                 values.append(field)
