@@ -91,9 +91,11 @@ class Http2Session(Http2Sending):
         end = len(buffer)
         last_header = end - 9      # the last position a whole frame header starts at
         unpack = READ_FRAME_HEADER.unpack_from
-        # DATA and HEADERS (most frames) skip _frame's checks while they cannot apply: no
-        # header block is open and SETTINGS came first (`direct`, updated when that changes).
-        # Nothing here closes the session (an error raises), so the loop needs no check of it.
+        # DATA, HEADERS, RST_STREAM and WINDOW_UPDATE (most frames: a gRPC server ends its
+        # answers with RST_STREAM NO_ERROR, a bulk reader sends WINDOW_UPDATEs) skip _frame's
+        # checks while they cannot apply: no header block is open and SETTINGS came first
+        # (`direct`, updated when that changes). Nothing here closes the session (an error
+        # raises), so the loop needs no check of it.
         direct = self.partial is None and self.settings_seen
         while pos <= last_header:
             top, length, kind, flags, stream_id = unpack(buffer, pos)
@@ -106,10 +108,17 @@ class Http2Session(Http2Sending):
                 pos = start - 9    # the frame is not whole yet: kept from its header on
                 break
             payload = buffer[start:pos]
-            if direct and kind == DATA:
+            if not direct:
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None and self.settings_seen
+            elif kind == DATA:
                 self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
-            elif direct and kind == HEADERS:
+            elif kind == HEADERS:
                 direct = self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+            elif kind == RST_STREAM:
+                self._rst_stream(stream_id & 0x7FFFFFFF, payload, events)
+            elif kind == WINDOW_UPDATE:
+                self._window_update(stream_id & 0x7FFFFFFF, payload, events)
             else:
                 self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
                 direct = self.partial is None and self.settings_seen
