@@ -148,7 +148,14 @@ class Http2Stream:
             return
         self.trailers = trailers
         self.ending = True
-        self.pump()
+        if self.out:
+            self.pump()       # after the body bytes still waiting for the client's window
+            return
+        # Nothing waits (a gRPC answer's message went out at once): pump's ending, without
+        # its loop. (With `out` empty, pump has already let go of any write pause.)
+        self._headers(trailers, end=True)
+        if not self.response_done:
+            self._response_sent()
 
     def end_response(self) -> None:
         self.ending = True
