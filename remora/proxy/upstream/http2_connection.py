@@ -131,7 +131,7 @@ class UpstreamHttp2(asyncio.Protocol):
             self.transport.close()
             return
         for event in events:
-            handler = _HANDLERS.get(type(event))
+            handler = _HANDLERS.get(event.__class__)
             if handler is not None:
                 handler(self, event)
         self._flush()
@@ -174,8 +174,7 @@ class UpstreamHttp2(asyncio.Protocol):
         """open_stream for a head given as forwarded headers and added header lines: its
         fields and block come from RequestBlocks (http2_request_head.py)."""
         session = self.session
-        stream_id = session.get_next_available_stream_id()
-        session.open_request_stream(stream_id)
+        stream_id = session.open_next_stream()
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
         block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, unique,
