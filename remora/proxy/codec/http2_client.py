@@ -120,5 +120,7 @@ class ClientConnection(Http2Session):
             self._check_body_length(stream_id, stream)
             events.append(wire.TrailersReceived((stream_id, headers)))
         if end_stream:
-            self._close_remote(stream_id, stream)
+            stream.remote_closed = True      # _close_remote, inlined: every answer's end
+            if stream.local_closed:
+                del self.streams[stream_id]
             events.append(wire.StreamEnded((stream_id,)))
