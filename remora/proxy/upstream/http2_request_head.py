@@ -20,8 +20,9 @@ its inputs while the table stays unchanged, so it is remembered: the forwarded p
 (method, path, authority, headers), the added lines by their bytes, content-length by its
 number; and the three joined, by all of those together, when none of them changed the
 table (a client's calls repeat them: one lookup per request). Any change of the table (an
-insertion, an eviction, a size update owed) forgets every piece. Lines new on every request (x-request-id, trace context) are encoded every
-time as literals and never remembered. Each memo is cleared when it reaches its limit.
+insertion, an eviction, a size update owed) forgets every piece. Lines new on every
+request (x-request-id, trace context) are encoded every time as literals and never
+remembered. Each memo is cleared when it reaches its limit.
 """
 from __future__ import annotations
 
