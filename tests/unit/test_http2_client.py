@@ -190,19 +190,24 @@ def test_response_body_must_add_up_to_content_length():
         pair.client.receive_data(wire.frame(wire.DATA, wire.END_STREAM, 1, b"short"))
 
 
-def test_fits_answers_what_send_data_would_take_now():
-    """fits(stream, size) is true only for an open stream, within its window, the connection's
-    and one frame: what the direct (unqueued) send paths rely on before calling send_data."""
+def test_send_data_if_fits_sends_only_what_the_windows_take_now():
+    """send_data_if_fits(stream, data) sends only on an open stream, within its window, the
+    connection's and one frame, and otherwise sends nothing: what the direct (unqueued) send
+    paths rely on instead of queueing."""
     pair = Pair({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
     pair.client.send_headers(1, REQUEST)
     pair.pump()
-    assert pair.client.fits(1, 1000) and not pair.client.fits(1, 1001)
-    assert not pair.client.fits(3, 1)                          # not a stream of this connection
-    pair.client.send_data(1, b"x" * 600)
-    assert pair.client.fits(1, 400) and not pair.client.fits(1, 401)
+    assert not pair.client.send_data_if_fits(1, b"x" * 1001)
+    assert not pair.client.send_data_if_fits(3, b"x")            # not a stream of this connection
+    assert not pair.client.data_to_send()                        # nothing sent for those
+    assert pair.client.send_data_if_fits(1, b"x" * 600)
+    assert not pair.client.send_data_if_fits(1, b"x" * 401)
+    assert pair.client.send_data_if_fits(1, b"x" * 400)
+    pair.pump()
+    assert sum(e.flow_controlled_length for e in pair.server_events if isinstance(e, h2.events.DataReceived)) == 1000
     pair.server.increment_flow_control_window(100_000, stream_id=1)
     pair.server.increment_flow_control_window(100_000)
     pair.pump()
-    assert not pair.client.fits(1, pair.client.max_outbound_frame_size + 1)   # one frame at most
+    assert not pair.client.send_data_if_fits(1, b"x" * (pair.client.max_outbound_frame_size + 1))  # one frame at most
     pair.client.send_data(1, b"", end_stream=True)
-    assert not pair.client.fits(1, 1)                          # closed for sending
+    assert not pair.client.send_data_if_fits(1, b"x")             # closed for sending

@@ -250,10 +250,15 @@ def _encode_integer(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+# A string's one-byte length prefix (no Huffman), made once: `literal` and `_encode_string`
+# write one for every field they encode.
+SHORT_LENGTHS = tuple(bytes((length,)) for length in range(0x7F))
+
+
 def _encode_string(text: bytes) -> bytes:
     length = len(text)
     if length < 0x7F:
-        return bytes((length,)) + text
+        return SHORT_LENGTHS[length] + text
     return _encode_integer(length, 7, 0) + text
 
 
@@ -344,7 +349,7 @@ class HpackEncoder:
         if prefix is None:
             prefix = self._literal_name(name)
         length = len(value)
-        return prefix + (bytes((length,)) if length < 0x7F else _encode_integer(length, 7, 0)) + value
+        return prefix + (SHORT_LENGTHS[length] if length < 0x7F else _encode_integer(length, 7, 0)) + value
 
     def _literal_name(self, name: bytes) -> bytes:
         """A literal field's representation up to its value, without indexing (never indexed

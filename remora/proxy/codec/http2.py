@@ -49,6 +49,7 @@ PREMATURE_RESET_SECONDS = 1.0  # Envoy: overload.premature_reset_min_stream_life
 MAX_OUTBOUND_CONTROL_FRAMES = 1000  # Envoy: http2_protocol_options.max_outbound_control_frames
 MAX_CONTROL_FRAMES_PER_SECOND = 2000   # PING + SETTINGS a client may send per second
 PREMATURE_RESET_STREAMS = 500  # Envoy: overload.premature_reset_total_stream_count
+PREMATURE_RESETS_TO_CHECK = (PREMATURE_RESET_STREAMS + 1) // 2   # half of it (rounded up): the check can trip
 
 class Http2Stats(Counters):
     """Envoy's HTTP/2 codec counters (rooted at `http2.`), per listener, summed on export."""
@@ -142,14 +143,14 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
                     stream.on_data(event.data, event.flow_controlled_length)
             elif kind is RequestReceived:
                 self._on_request(event)
+            elif kind is StreamEnded:       # before trailers: every request ends, few have trailers
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_request_end()
             elif kind is TrailersReceived:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream.on_request_trailers(event.headers)
-            elif kind is StreamEnded:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.on_request_end()
             elif kind is StreamReset:
                 self._on_reset(event)
             elif kind is WindowUpdated:
@@ -290,7 +291,7 @@ class DownstreamHttp2(Http2Timeouts, asyncio.Protocol):
         if not self.streams:
             self.idle_since = self.loop.time()
         self.closed_streams += 1
-        if self.premature_resets * 2 >= PREMATURE_RESET_STREAMS:
+        if self.premature_resets >= PREMATURE_RESETS_TO_CHECK:
             self._check_premature_resets()      # (below half the threshold it cannot trip)
         if self.state == CLOSED:
             return

@@ -9,8 +9,8 @@ unary gRPC call through a sidecar, h2's client was more than half of the Python 
 
 Role rules (RFC 9113):
 - Streams are ours: odd ids, in order (`get_next_available_stream_id`, opened by
-  `send_headers`, or by `open_request_stream` before `send_block` sends a head the
-  caller encoded with this connection's encoder just then). Push is refused in our
+  `send_headers`, or by `open_request_stream` / `open_next_stream` before `send_block`
+  sends a head the caller encoded with this connection's encoder just then). Push is refused in our
   SETTINGS (ENABLE_PUSH 0), so PUSH_PROMISE and HEADERS on an even stream are connection
   errors.
 - A response head has exactly one pseudo-header, a 3-digit :status, first; 1xx heads are
@@ -72,6 +72,16 @@ class ClientConnection(Http2Session):
         self.highest_stream_id = stream_id
         self.next_stream_id += 2
 
+    def open_next_stream(self) -> int:
+        """open_request_stream(get_next_available_stream_id()), in one call: the id it opened."""
+        stream_id = self.next_stream_id
+        if self.closed:
+            raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
+        self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
+        self.highest_stream_id = stream_id
+        self.next_stream_id += 2
+        return stream_id
+
     def locally_open(self, stream_id: int) -> bool:
         """Our half of the stream can still send (the request is not complete)."""
         stream = self.streams.get(stream_id)
@@ -98,7 +108,7 @@ class ClientConnection(Http2Session):
                 return                           # 1xx: the final head follows
             stream.got_head = True
             stream.expected_length = None if end_stream else length
-            events.append(wire.ResponseReceived(stream_id, headers, end_stream))
+            events.append(wire.ResponseReceived((stream_id, headers, end_stream)))
         else:
             if not end_stream:
                 if self.decoder.decode(block) is None:
@@ -108,7 +118,9 @@ class ClientConnection(Http2Session):
             if headers is None:
                 raise Http2Error("trailers over SETTINGS_MAX_HEADER_LIST_SIZE")
             self._check_body_length(stream_id, stream)
-            events.append(wire.TrailersReceived(stream_id, headers))
+            events.append(wire.TrailersReceived((stream_id, headers)))
         if end_stream:
-            self._close_remote(stream_id, stream)
-            events.append(wire.StreamEnded(stream_id))
+            stream.remote_closed = True      # _close_remote, inlined: every answer's end
+            if stream.local_closed:
+                del self.streams[stream_id]
+            events.append(wire.StreamEnded((stream_id,)))

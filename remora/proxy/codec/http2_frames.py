@@ -2,11 +2,12 @@
 and setting codes, the frame writers, and the events ServerConnection (http2_server.py)
 hands to the codec (http2.py).
 
-Events are small slotted records named after h2's, with the fields the codec reads.
+Events are small records named after h2's, with the fields the codec reads (tuples: see _Event).
 """
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # the client connection preface (RFC 9113 3.4)
 FRAME_HEADER = struct.Struct(">HBBBL")         # length (24 bits as 16 + 8), type, flags, stream id
@@ -83,83 +84,84 @@ def goaway_frame(last_stream_id: int, code: int) -> bytes:
 
 
 # -- events --------------------------------------------------------------------------------
-class RequestReceived:
+class _Event(tuple):
+    """An event is a tuple of its fields, built in C (`DataReceived((stream_id, data, length))`):
+    a session emits several per request, and a Python __init__ for each was a call and a
+    frame per event. Fields are read by name through itemgetter properties (C as well)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{tuple.__repr__(self)}"
+
+
+class RequestReceived(_Event):
     """A new stream's request header block; `headers` is None when it was over the limit."""
 
-    __slots__ = ("headers", "stream_ended", "stream_id")
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    headers = property(itemgetter(1))
+    stream_ended = property(itemgetter(2))
 
-    def __init__(self, stream_id: int, headers: list | None, stream_ended: bool) -> None:
-        self.stream_id, self.headers, self.stream_ended = stream_id, headers, stream_ended
 
-
-class ResponseReceived:
+class ResponseReceived(_Event):
     """A response head on one of our streams (the client role)."""
 
-    __slots__ = ("stream_id", "headers", "stream_ended")
-
-    def __init__(self, stream_id: int, headers: list, stream_ended: bool) -> None:
-        self.stream_id, self.headers, self.stream_ended = stream_id, headers, stream_ended
-
-
-class TrailersReceived:
-    __slots__ = ("headers", "stream_id")
-
-    def __init__(self, stream_id: int, headers: list) -> None:
-        self.stream_id, self.headers = stream_id, headers
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    headers = property(itemgetter(1))
+    stream_ended = property(itemgetter(2))
 
 
-class DataReceived:
+class TrailersReceived(_Event):
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    headers = property(itemgetter(1))
+
+
+class DataReceived(_Event):
     """Body bytes; `flow_controlled_length` (padding included) is what to acknowledge."""
 
-    __slots__ = ("data", "flow_controlled_length", "stream_id")
-
-    def __init__(self, stream_id: int, data: bytes, flow_controlled_length: int) -> None:
-        self.stream_id, self.data, self.flow_controlled_length = stream_id, data, flow_controlled_length
-
-
-class StreamEnded:
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    data = property(itemgetter(1))
+    flow_controlled_length = property(itemgetter(2))
 
 
-class StreamReset:
+class StreamEnded(_Event):
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+
+
+class StreamReset(_Event):
     """The client reset a stream (or the proxy did, for a stream error it found)."""
 
-    __slots__ = ("error_code", "stream_id")
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    error_code = property(itemgetter(1))
 
-    def __init__(self, stream_id: int, error_code: int) -> None:
-        self.stream_id, self.error_code = stream_id, error_code
 
-
-class WindowUpdated:
+class WindowUpdated(_Event):
     """The client opened a send window: stream 0 is the connection's."""
 
-    __slots__ = ("delta", "stream_id")
-
-    def __init__(self, stream_id: int, delta: int) -> None:
-        self.stream_id, self.delta = stream_id, delta
-
-
-class RemoteSettingsChanged:
-    __slots__ = ("changed_settings",)
-
-    def __init__(self, changed_settings: dict) -> None:
-        self.changed_settings = changed_settings
+    __slots__ = ()
+    stream_id = property(itemgetter(0))
+    delta = property(itemgetter(1))
 
 
-class PingReceived:
-    __slots__ = ("ping_data",)
-
-    def __init__(self, ping_data: bytes) -> None:
-        self.ping_data = ping_data
+class RemoteSettingsChanged(_Event):
+    __slots__ = ()
+    changed_settings = property(itemgetter(0))
 
 
-class ConnectionTerminated:
+class PingReceived(_Event):
+    __slots__ = ()
+    ping_data = property(itemgetter(0))
+
+
+class ConnectionTerminated(_Event):
     """The client's GOAWAY."""
 
-    __slots__ = ("error_code", "last_stream_id")
-
-    def __init__(self, error_code: int, last_stream_id: int) -> None:
-        self.error_code, self.last_stream_id = error_code, last_stream_id
+    __slots__ = ()
+    error_code = property(itemgetter(0))
+    last_stream_id = property(itemgetter(1))

@@ -4,6 +4,7 @@ connection, and the per-stream state both halves share. Frames go to `out` until
 `data_to_send`."""
 from __future__ import annotations
 
+from itertools import compress, count
 from operator import itemgetter
 
 from remora.proxy.codec.header_compression import NOT_INDEXED, HpackEncoder
@@ -92,30 +93,39 @@ class Http2Sending:
             block = self._encode(headers)
         else:
             block = self.encoder.encode(outbound_fields(headers) if self.shape_outbound_fields else headers)
-        self._frame_block(stream_id, stream, block, end_stream)
+        # send_block's framing, repeated rather than called: every head and trailers come here.
+        length = len(block)
+        if length > self.max_outbound_frame_size:
+            self._frame_continued(stream_id, block, end_stream)
+        else:     # one HEADERS frame (frame(), inlined)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS,
+                                              END_HEADERS | END_STREAM if end_stream else END_HEADERS, stream_id)
+                            + block)
+        if end_stream:
+            self._close_local(stream_id, stream)
 
     def send_block(self, stream_id: int, block: bytes, end_stream: bool = False) -> None:
         """send_headers for a block already encoded, just now, by this session's encoder."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_closed or self.closed:
             raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
-        self._frame_block(stream_id, stream, block, end_stream)
-
-    def _frame_block(self, stream_id: int, stream: StreamState, block: bytes, end_stream: bool) -> None:
-        """HEADERS (and CONTINUATION past the peer's frame size) carrying `block`."""
-        size = self.max_outbound_frame_size
-        flags = END_STREAM if end_stream else 0
         length = len(block)
-        if length <= size:     # one HEADERS frame (frame(), inlined: every head and trailers)
-            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS, flags | END_HEADERS, stream_id)
+        if length > self.max_outbound_frame_size:
+            self._frame_continued(stream_id, block, end_stream)
+        else:     # one HEADERS frame (frame(), inlined: every request head)
+            self.out.append(FRAME_HEADER.pack(length >> 8, length & 0xFF, HEADERS,
+                                              END_HEADERS | END_STREAM if end_stream else END_HEADERS, stream_id)
                             + block)
-        else:
-            self.out.append(frame(HEADERS, flags, stream_id, block[:size]))
-            for start in range(size, len(block), size):
-                last = start + size >= len(block)
-                self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
         if end_stream:
             self._close_local(stream_id, stream)
+
+    def _frame_continued(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        """A block longer than the peer's frame size: HEADERS, then CONTINUATION frames."""
+        size = self.max_outbound_frame_size
+        self.out.append(frame(HEADERS, END_STREAM if end_stream else 0, stream_id, block[:size]))
+        for start in range(size, len(block), size):
+            last = start + size >= len(block)
+            self.out.append(frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[start:start + size]))
 
     def _encode(self, headers: list) -> bytes:
         """The HPACK block of `headers`. A block that leaves the table unchanged encodes to the
@@ -126,7 +136,7 @@ class Http2Sending:
         table alone: the key names them without their value, the pieces between them are
         remembered, and only the values are encoded on each call."""
         encoder = self.encoder
-        # The names are listed and searched in C (list, map, index): a head has a dozen
+        # The names are listed and searched in C (list, map, isdisjoint, compress): a head has a dozen
         # fields and one value to leave out (the service time), so a Python loop over the
         # fields was most of this method's work.
         names = list(map(FIRST, headers))
@@ -135,16 +145,10 @@ class Http2Sending:
             values = None
         else:
             key = list(headers)
-            found = []       # (position, field) of each NOT_INDEXED field
-            for name in NOT_INDEXED:
-                position = -1
-                for _ in range(names.count(name)):
-                    position = names.index(name, position + 1)
-                    found.append((position, headers[position]))
-            if len(NOT_INDEXED) > 1:
-                found.sort()
             values = []
-            for position, field in found:
+            # The positions of the NOT_INDEXED fields, in order, found in C as well.
+            for position in compress(count(), map(NOT_INDEXED.__contains__, names)):
+                field = headers[position]
                 if FORBIDDEN_IN_VALUE.search(field[1]):     # as outbound_fields refuses it
                     raise Http2Error(f"response header {field[0]!r} has a forbidden byte", ErrorCode.INTERNAL_ERROR)
                 values.append(field)
@@ -208,15 +212,35 @@ class Http2Sending:
             if stream.remote_closed:
                 del self.streams[stream_id]
 
-    def fits(self, stream_id: int, size: int) -> bool:
-        """send_data may take `size` bytes on the stream now: it is open for sending, and
-        they fit its window, the connection's and one frame."""
+    def send_data_if_fits(self, stream_id: int, data: bytes) -> bool:
+        """send_data (without END_STREAM) when the stream is open for sending and `data` fits
+        its window, the connection's and one frame; else False, and nothing is sent. The
+        direct (unqueued) send paths call this instead of checking first and sending after:
+        one call and one stream lookup per message instead of two."""
         stream = self.streams.get(stream_id)
-        return (stream is not None and not stream.local_closed and not self.closed and size <= stream.send_window
-                and size <= self.conn_send_window and size <= self.max_outbound_frame_size)
+        size = len(data)
+        if (stream is None or stream.local_closed or self.closed or size > stream.send_window
+                or size > self.conn_send_window or size > self.max_outbound_frame_size):
+            return False
+        stream.send_window -= size
+        self.conn_send_window -= size
+        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, 0, stream_id) + data)
+        return True
 
     def end_stream(self, stream_id: int) -> None:
-        self.send_data(stream_id, b"", end_stream=True)
+        """send_data(stream_id, b"", end_stream=True) without its arithmetic (every request
+        with a body ends so): an empty frame moves no window, and only a window already
+        below zero refuses it, as send_data's check does."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_closed or self.closed:
+            raise Http2Error(f"stream {stream_id} is closed", ErrorCode.STREAM_CLOSED)
+        if stream.send_window < 0 or self.conn_send_window < 0:
+            raise Http2Error(f"0 bytes exceed the window or frame size on stream {stream_id}",
+                             ErrorCode.FLOW_CONTROL_ERROR)
+        self.out.append(FRAME_HEADER.pack(0, 0, DATA, END_STREAM, stream_id))
+        stream.local_closed = True       # _close_local, inlined
+        if stream.remote_closed:
+            del self.streams[stream_id]
 
     def local_flow_control_window(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)     # open for sending

@@ -64,9 +64,9 @@ class ServerConnection(Http2Session):
             if headers is None:
                 raise Http2Error("trailers over the header list limit", ErrorCode.ENHANCE_YOUR_CALM)
             self._check_body_length(stream_id, stream)
-            events.append(wire.TrailersReceived(stream_id, headers))
+            events.append(wire.TrailersReceived((stream_id, headers)))
             self._close_remote(stream_id, stream)
-            events.append(wire.StreamEnded(stream_id))
+            events.append(wire.StreamEnded((stream_id,)))
             return
         if stream_id <= self.highest_stream_id:
             self.decoder.decode(block)
@@ -86,9 +86,9 @@ class ServerConnection(Http2Session):
         stream = StreamState(self.peer_initial_window, self.local_initial_window)
         stream.expected_length = content_length
         self.streams[stream_id] = stream
-        events.append(wire.RequestReceived(stream_id, headers, end_stream))
+        events.append(wire.RequestReceived((stream_id, headers, end_stream)))
         if end_stream:
             if stream.expected_length:
                 raise Http2Error(f"stream {stream_id} ended before its content-length")
             self._close_remote(stream_id, stream)
-            events.append(wire.StreamEnded(stream_id))
+            events.append(wire.StreamEnded((stream_id,)))

@@ -14,7 +14,7 @@ import struct
 from remora.proxy.codec import http2_frames as wire
 from remora.proxy.codec.header_compression import UNIQUE_PER_REQUEST, CompressionError, HpackDecoder, HpackEncoder
 from remora.proxy.codec.http2_frames import (
-    ACK, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, END_HEADERS, END_STREAM, FRAME_HEADER, GOAWAY,
+    ACK, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, END_HEADERS, END_STREAM, GOAWAY,
     HEADERS, MAX_WINDOW, PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS,
     WINDOW_UPDATE, ErrorCode, Http2Error, Setting, frame, rst_stream_frame,
 )
@@ -25,6 +25,9 @@ MAX_CONTINUATIONS = 8          # nghttp2's limit on CONTINUATION frames per head
 BLOCK_CACHE = 64               # header blocks remembered per connection, with their check
 UNLIMITED_STREAMS = (1 << 31) - 1
 U32 = struct.Struct(">L")
+# A frame header as read: the 24-bit length as its top byte and low 16 bits, so that one
+# test of `top` and the low part checks SETTINGS_MAX_FRAME_SIZE (16384) without joining them.
+READ_FRAME_HEADER = struct.Struct(">BHBBL")
 
 
 class Http2Session(Http2Sending):
@@ -86,30 +89,39 @@ class Http2Session(Http2Sending):
             self.preface_seen = True
             pos = len(PREFACE)
         end = len(buffer)
-        unpack = FRAME_HEADER.unpack_from
-        # DATA and HEADERS (most frames) skip _frame's checks while they cannot apply: no
-        # header block is open and SETTINGS came first (`direct`, updated when that changes).
+        last_header = end - 9      # the last position a whole frame header starts at
+        unpack = READ_FRAME_HEADER.unpack_from
+        # DATA, HEADERS, RST_STREAM and WINDOW_UPDATE (most frames: a gRPC server ends its
+        # answers with RST_STREAM NO_ERROR, a bulk reader sends WINDOW_UPDATEs) skip _frame's
+        # checks while they cannot apply: no header block is open and SETTINGS came first
+        # (`direct`, updated when that changes). Nothing here closes the session (an error
+        # raises), so the loop needs no check of it.
         direct = self.partial is None and self.settings_seen
-        while end - pos >= 9:
-            high, low, kind, flags, stream_id = unpack(buffer, pos)
-            length = (high << 8) | low
-            if length > DEFAULT_FRAME_SIZE:
-                raise Http2Error(f"a {length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE", ErrorCode.FRAME_SIZE_ERROR)
+        while pos <= last_header:
+            top, length, kind, flags, stream_id = unpack(buffer, pos)
+            if top or length > DEFAULT_FRAME_SIZE:
+                raise Http2Error(f"a {(top << 16) | length}-byte frame exceeds SETTINGS_MAX_FRAME_SIZE",
+                                 ErrorCode.FRAME_SIZE_ERROR)
             start = pos + 9
-            if end - start < length:
-                break
             pos = start + length
+            if pos > end:
+                pos = start - 9    # the frame is not whole yet: kept from its header on
+                break
             payload = buffer[start:pos]
-            if direct and kind == DATA:
+            if not direct:
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
+                direct = self.partial is None and self.settings_seen
+            elif kind == DATA:
                 self._data(flags, stream_id & 0x7FFFFFFF, payload, events)
-            elif direct and kind == HEADERS:
-                self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
-                direct = self.partial is None
+            elif kind == HEADERS:
+                direct = self._headers(flags, stream_id & 0x7FFFFFFF, payload, events)
+            elif kind == RST_STREAM:
+                self._rst_stream(stream_id & 0x7FFFFFFF, payload, events)
+            elif kind == WINDOW_UPDATE:
+                self._window_update(stream_id & 0x7FFFFFFF, payload, events)
             else:
                 self._frame(kind, flags, stream_id & 0x7FFFFFFF, payload, events)
                 direct = self.partial is None and self.settings_seen
-            if self.closed:
-                return
         self.buffer = buffer[pos:] if pos < end else b""
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, events: list) -> None:
@@ -138,7 +150,7 @@ class Http2Session(Http2Sending):
                 raise Http2Error("PING of the wrong size", ErrorCode.FRAME_SIZE_ERROR)
             if not flags & ACK:
                 self.out.append(frame(PING, ACK, 0, payload))
-                events.append(wire.PingReceived(payload))
+                events.append(wire.PingReceived((payload,)))
         elif kind == PRIORITY:
             if not stream_id:
                 raise Http2Error("PRIORITY on stream 0")
@@ -148,7 +160,7 @@ class Http2Session(Http2Sending):
             if stream_id or len(payload) < 8:
                 raise Http2Error("malformed GOAWAY")
             last, code = struct.unpack_from(">LL", payload)
-            events.append(wire.ConnectionTerminated(code, last & 0x7FFFFFFF))
+            events.append(wire.ConnectionTerminated((code, last & 0x7FFFFFFF)))
         elif kind == PUSH_PROMISE:
             raise Http2Error("PUSH_PROMISE: push is not enabled (a client never sends it)")
         # other frame types are ignored (RFC 9113 5.5)
@@ -175,7 +187,7 @@ class Http2Session(Http2Sending):
                 self.streams.pop(stream_id)
                 self.out.append(rst_stream_frame(stream_id, ErrorCode.STREAM_CLOSED))
                 self._remember_reset(stream_id)
-                events.append(wire.StreamReset(stream_id, ErrorCode.STREAM_CLOSED))
+                events.append(wire.StreamReset((stream_id, ErrorCode.STREAM_CLOSED)))
             self.acknowledge_received_data(length, 0)   # the connection window only
             return
         stream.recv_window -= length
@@ -187,14 +199,15 @@ class Http2Session(Http2Sending):
         if expected is not None and (stream.received_length > expected
                                      or (flags & END_STREAM and stream.received_length != expected)):
             raise Http2Error(f"stream {stream_id}'s DATA does not add up to its content-length")
-        events.append(wire.DataReceived(stream_id, data, length))
+        events.append(wire.DataReceived((stream_id, data, length)))
         if flags & END_STREAM:
             stream.remote_closed = True      # _close_remote, inlined: every request's end
             if stream.local_closed:
                 del self.streams[stream_id]
-            events.append(wire.StreamEnded(stream_id))
+            events.append(wire.StreamEnded((stream_id,)))
 
-    def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
+    def _headers(self, flags: int, stream_id: int, payload: bytes, events: list) -> bool:
+        """A HEADERS frame; True when its block is whole (False: CONTINUATION must follow)."""
         if not stream_id or not stream_id & 1:
             raise Http2Error(f"HEADERS on stream {stream_id}: client-initiated streams are odd")
         fragment = self._unpad(flags, payload) if flags & PADDED else payload
@@ -204,8 +217,9 @@ class Http2Session(Http2Sending):
             fragment = fragment[5:]
         if flags & END_HEADERS:
             self._header_block(stream_id, bool(flags & END_STREAM), fragment, events)
-        else:
-            self.partial = (stream_id, flags, [fragment], 0, len(fragment))
+            return True
+        self.partial = (stream_id, flags, [fragment], 0, len(fragment))
+        return False
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if self.partial is None:
@@ -232,7 +246,7 @@ class Http2Session(Http2Sending):
             self.conn_send_window += increment
             if self.conn_send_window > MAX_WINDOW:
                 raise Http2Error("connection window above 2^31-1", ErrorCode.FLOW_CONTROL_ERROR)
-            events.append(wire.WindowUpdated(0, increment))
+            events.append(wire.WindowUpdated((0, increment)))
             return
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -244,10 +258,10 @@ class Http2Session(Http2Sending):
             self.streams.pop(stream_id)
             self.out.append(rst_stream_frame(stream_id, code))
             self._remember_reset(stream_id)
-            events.append(wire.StreamReset(stream_id, code))
+            events.append(wire.StreamReset((stream_id, code)))
             return
         stream.send_window += increment
-        events.append(wire.WindowUpdated(stream_id, increment))
+        events.append(wire.WindowUpdated((stream_id, increment)))
 
     def _rst_stream(self, stream_id: int, payload: bytes, events: list) -> None:
         if not stream_id:
@@ -257,7 +271,7 @@ class Http2Session(Http2Sending):
         if stream_id > self.highest_stream_id:
             raise Http2Error(f"RST_STREAM on idle stream {stream_id}")
         if self.streams.pop(stream_id, None) is not None:
-            events.append(wire.StreamReset(stream_id, U32.unpack(payload)[0]))
+            events.append(wire.StreamReset((stream_id, U32.unpack(payload)[0])))
 
     def _settings(self, flags: int, stream_id: int, payload: bytes, events: list) -> None:
         if stream_id:
@@ -292,7 +306,7 @@ class Http2Session(Http2Sending):
                 raise Http2Error(f"setting {code} must be 0 or 1")
             changed[code] = value
         self.out.append(frame(SETTINGS, ACK, 0))
-        events.append(wire.RemoteSettingsChanged(changed))
+        events.append(wire.RemoteSettingsChanged((changed,)))
 
     def _decode_checked(self, block: bytes, check) -> tuple[list | None, object]:
         """The block's fields and `check(fields)` (None, None over the header-list limit).

@@ -129,9 +129,7 @@ class Http2Stream:
         if not self.out and not conn.output_paused:
             # Nothing waits before these bytes: when they fit the windows and one frame they
             # go to the session now (pump's loop, without the queue: a message of a call).
-            session = conn.session
-            if session.fits(self.stream_id, len(data)):
-                session.send_data(self.stream_id, data)
+            if conn.session.send_data_if_fits(self.stream_id, data):
                 self.last_activity = conn.loop.time()
                 conn.wrote()
                 return
@@ -150,7 +148,14 @@ class Http2Stream:
             return
         self.trailers = trailers
         self.ending = True
-        self.pump()
+        if self.out:
+            self.pump()       # after the body bytes still waiting for the client's window
+            return
+        # Nothing waits (a gRPC answer's message went out at once): pump's ending, without
+        # its loop. (With `out` empty, pump has already let go of any write pause.)
+        self._headers(trailers, end=True)
+        if not self.response_done:
+            self._response_sent()
 
     def end_response(self) -> None:
         self.ending = True

@@ -14,6 +14,8 @@ local replies and its message count. Pure functions; the codecs and the router c
 """
 from __future__ import annotations
 
+import struct
+
 GRPC_CONTENT_TYPE = b"application/grpc"
 
 # google.rpc.Code names, as Istio's fault abort grpcStatus spells them
@@ -27,6 +29,8 @@ UNKNOWN, INTERNAL, UNIMPLEMENTED, UNAVAILABLE = 2, 13, 12, 14
 PERMISSION_DENIED, UNAUTHENTICATED = 7, 16
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# A message's length at the offset of its 5-byte prefix (the flag byte skipped), read in C.
+MESSAGE_LENGTH = struct.Struct(">xL").unpack_from
 
 
 def is_grpc(content_type: bytes | None) -> bool:
@@ -105,14 +109,14 @@ def local_reply_trailers(http_status: int, message: bytes, grpc_status: int | No
 
 
 class MessageCounter:
-    """Counts gRPC messages in a body fed in arbitrary chunks (5-byte prefix: flag, length)."""
+    """Counts gRPC messages in a body fed in arbitrary chunks (5-byte prefix: flag, length).
 
-    __slots__ = ("messages", "_need", "_header")
+    Its state starts as the class attributes below and becomes the instance's at the first
+    write: every gRPC call makes two counters, and an __init__ was a call and a frame each."""
 
-    def __init__(self) -> None:
-        self.messages = 0
-        self._need = 0            # bytes of the current message's payload still to come
-        self._header = b""        # a prefix split across chunks
+    messages = 0
+    _need = 0            # bytes of the current message's payload still to come
+    _header = b""        # a prefix split across chunks
 
     def feed(self, data: bytes) -> None:
         n = len(data)
@@ -120,12 +124,9 @@ class MessageCounter:
             # The common case, without a prefix split across chunks: jump from prefix to
             # prefix (a unary call's one message is one step).
             i = self._need
-            if i >= n:
-                self._need = i - n
-                return
             while i + 5 <= n:
                 self.messages += 1
-                i += 5 + int.from_bytes(data[i + 1:i + 5], "big")
+                i += 5 + MESSAGE_LENGTH(data, i)[0]
             if i >= n:
                 self._need = i - n
                 return

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import socket
 
+# Status -> its class (index into by_class): one dict lookup per response instead of a range
+# test and a division; anything outside 0..699 counts in class 0.
+STATUS_CLASS = {status: status // 100 for status in range(700)}
+
 
 class Counters:
     """Base for counter sets: every slot starts at 0; responses are counted by status class
@@ -19,7 +23,7 @@ class Counters:
 
     def count_status(self, status: int) -> None:
         """Count one response in its status class (1xx..5xx)."""
-        self.by_class[status // 100 if 0 <= status < 700 else 0] += 1
+        self.by_class[STATUS_CLASS.get(status, 0)] += 1
 
     def as_dict(self) -> dict[str, int]:
         """Counter name -> value, status classes included."""

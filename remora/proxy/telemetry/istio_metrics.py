@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from functools import lru_cache
+from operator import add
 
 from remora.config.names import qualify_host
 from remora.proxy.security.identity import UNKNOWN, WorkloadIdentity
@@ -183,10 +184,8 @@ class IstioMetrics:
         ms = (info.ended_at - info.started_at) * 1000.0
         rx = info.bytes_received
         tx = info.bytes_sent
-        s[COUNT] += 1
-        s[DURATION_SUM] += ms
-        s[REQUEST_BYTES_SUM] += rx
-        s[RESPONSE_BYTES_SUM] += tx
+        # The count and the three sums (the series' first four slots) in one pass in C.
+        s[:DURATION_BUCKETS] = map(add, s[:DURATION_BUCKETS], (1, ms, rx, tx))
         s[DURATION_BUCKETS + bisect_left(BUCKETS, ms)] += 1
         s[REQUEST_BYTES_BUCKETS + bisect_left(BUCKETS, rx)] += 1
         s[RESPONSE_BYTES_BUCKETS + bisect_left(BUCKETS, tx)] += 1

@@ -204,8 +204,9 @@ def inject(ctx: TraceContext) -> bytes:
             if ctx.trace_text is not None:     # forwarded as it came (the module docstring)
                 return b"traceparent: 00-%s-%016x-%s\r\n" % (
                     ctx.trace_text, ctx.span_id, b"01" if ctx.sampled else b"00")
+            # The id as an int (no trace_text): the slot itself, without the property's call.
             return b"traceparent: 00-%032x-%016x-%s\r\n" % (
-                ctx.trace_id, ctx.span_id, b"01" if ctx.sampled else b"00")
+                ctx._trace_id, ctx.span_id, b"01" if ctx.sampled else b"00")
     out = []
     if formats & W3C:
         out.append(b"traceparent: 00-%032x-%016x-%s\r\n" % (

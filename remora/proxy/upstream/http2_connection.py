@@ -131,7 +131,7 @@ class UpstreamHttp2(asyncio.Protocol):
             self.transport.close()
             return
         for event in events:
-            handler = _HANDLERS.get(type(event))
+            handler = _HANDLERS.get(event.__class__)
             if handler is not None:
                 handler(self, event)
         self._flush()
@@ -174,8 +174,7 @@ class UpstreamHttp2(asyncio.Protocol):
         """open_stream for a head given as forwarded headers and added header lines: its
         fields and block come from RequestBlocks (http2_request_head.py)."""
         session = self.session
-        stream_id = session.get_next_available_stream_id()
-        session.open_request_stream(stream_id)
+        stream_id = session.open_next_stream()
         self.streams[stream_id] = _Stream(events)
         self.streams_opened += 1
         block = self.request_blocks.block(self.scheme, method, path, authority, headers, added, unique,
@@ -193,8 +192,7 @@ class UpstreamHttp2(asyncio.Protocol):
             # Nothing waits before these bytes: when they fit the windows and one frame,
             # they go out now, without the queue (the common case: a small message).
             # (A stream the session holds closed does not fit: _send_queued drops its bytes.)
-            if self.session.fits(stream_id, len(data)):
-                self.session.send_data(stream_id, data)
+            if self.session.send_data_if_fits(stream_id, data):
                 self._flush()
                 return
         if data:

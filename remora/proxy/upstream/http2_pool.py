@@ -63,12 +63,12 @@ class Http2EndpointPool:
     # -- waiting -------------------------------------------------------------------------
     def request(self, waiter, authority: bytes | None, fresh: bool = False) -> None:
         """Answer `waiter` with a stream now, later, or a failure (see the module doc)."""
-        circuit = self.circuit
-        stats = waiter.cluster.stats
         handle = self.acquire(authority)
         if handle is not None:
             waiter.on_pool_ready(handle, True)
             return
+        circuit = self.circuit
+        stats = waiter.cluster.stats
         # (Auto SNI: a connection being opened may be for another host, so never wait on one.)
         if self.connecting and not self.by_host and len(self.waiters) < self.connecting * EXPECTED_STREAMS:
             if len(self.waiters) >= circuit.max_pending:

@@ -18,9 +18,11 @@ the other gives the bytes encoding them all at once gives. A piece whose encodin
 encoder's table as it was (indexed fields, literals without indexing) is a pure function of
 its inputs while the table stays unchanged, so it is remembered: the forwarded part by
 (method, path, authority, headers), the added lines by their bytes, content-length by its
-number. Any change of the table (an insertion, an eviction, a size update owed) forgets
-every piece. Lines new on every request (x-request-id, trace context) are encoded every
-time as literals and never remembered. Each memo is cleared when it reaches its limit.
+number; and the three joined, by all of those together, when none of them changed the
+table (a client's calls repeat them: one lookup per request). Any change of the table (an
+insertion, an eviction, a size update owed) forgets every piece. Lines new on every
+request (x-request-id, trace context) are encoded every time as literals and never
+remembered. Each memo is cleared when it reaches its limit.
 """
 from __future__ import annotations
 
@@ -64,13 +66,14 @@ def line_field(line: bytes) -> tuple:
 class RequestBlocks:
     """Request heads -> HPACK blocks on one connection, in remembered pieces (the module docstring)."""
 
-    __slots__ = ("encoder", "generation", "heads", "lines")
+    __slots__ = ("encoder", "generation", "heads", "lines", "repeated")
 
     def __init__(self, encoder: HpackEncoder) -> None:
         self.encoder = encoder
         self.generation = encoder.generation   # the table state the pieces were encoded against
         self.heads: dict = {}     # (method, path, authority, tuple(headers)) -> piece
         self.lines: dict = {}     # added lines (bytes) or content-length (int) -> piece
+        self.repeated: dict = {}  # heads' key + (added, content_length) -> the three pieces joined
 
     def block(self, scheme: bytes, method: bytes, path: bytes, authority: bytes, headers: list,
               added: bytes, unique: bytes, content_length: int | None) -> bytes:
@@ -79,14 +82,34 @@ class RequestBlocks:
         encoder = self.encoder
         if encoder.generation != self.generation or encoder.size_update is not None:
             self._forget()
-        key = (method, path, authority, tuple(headers))
-        piece = self.heads.get(key)
+        # Everything before the unique lines, in one lookup: a client's calls repeat it.
+        key = (method, path, authority, tuple(headers), added, content_length)
+        piece = self.repeated.get(key)
+        if piece is None:
+            piece = self._repeated(key, scheme)
+        if not unique:
+            return piece
+        parts = [piece]
+        # New on every request, never remembered: literals that leave the table alone.
+        # The proxy writes these lines itself, names lower-case and "name: value".
+        literal = encoder.literal
+        for line in unique.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                parts.append(literal(name, value.strip()))
+        return b"".join(parts)
+
+    def _repeated(self, key: tuple, scheme: bytes) -> bytes:
+        """The forwarded piece, the added lines' and content-length's, each from its memo or
+        encoded; joined, and remembered as one when none of them changed the table."""
+        method, path, authority, headers, added, content_length = key
+        generation = self.generation
+        head_key = key[:4]
+        piece = self.heads.get(head_key)
         if piece is None:
             fields = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", path)]
             fields += h2_fields(headers, b"")
-            piece = self._encode(fields, self.heads, key, HEADS_LIMIT)
-        if not added and not unique and content_length is None:
-            return piece
+            piece = self._encode(fields, self.heads, head_key, HEADS_LIMIT)
         parts = [piece]
         if added:
             # The router's added lines repeat from request to request (the per-request ones
@@ -102,15 +125,12 @@ class RequestBlocks:
                 piece = self._encode(((b"content-length", b"%d" % content_length),), self.lines, content_length,
                                      LINES_LIMIT)
             parts.append(piece)
-        if unique:
-            # New on every request, never remembered: literals that leave the table alone.
-            # The proxy writes these lines itself, names lower-case and "name: value".
-            literal = encoder.literal
-            for line in unique.split(b"\r\n"):
-                if line:
-                    name, _, value = line.partition(b":")
-                    parts.append(literal(name, value.strip()))
-        return b"".join(parts)
+        joined = b"".join(parts)
+        if self.generation == generation:     # no piece changed the table (_encode forgets then)
+            if len(self.repeated) >= HEADS_LIMIT:
+                self.repeated.clear()
+            self.repeated[key] = joined
+        return joined
 
     def _encode(self, fields, memo: dict, key, limit: int) -> bytes:
         """Encode a piece; remember it under `key` when the table did not change."""
@@ -127,4 +147,5 @@ class RequestBlocks:
     def _forget(self) -> None:
         self.heads.clear()
         self.lines.clear()
+        self.repeated.clear()
         self.generation = self.encoder.generation
