@@ -16,7 +16,8 @@ from http import HTTPStatus
 from remora.proxy.codec.message import TRACE_HEADERS
 
 # Lower-cased header names the codecs treat specially, mapped to a small code.
-H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE, H_XFCC = range(14)
+(H_HOST, H_CONNECTION, H_HOP, H_TE, H_CL, H_UPGRADE, H_EXPECT, H_REQID, H_XFF, H_UA, H_XFP, H_PEER, H_TRACE,
+ H_XFCC) = range(14)
 # Headers each side handles itself in both directions: framing, hop-by-hop, and the
 # sidecars' metadata exchange (read and stripped, never forwarded; see peer_metadata.py).
 RESPONSE_SPECIAL = {
