@@ -211,3 +211,47 @@ def test_send_data_if_fits_sends_only_what_the_windows_take_now():
     assert not pair.client.send_data_if_fits(1, b"x" * (pair.client.max_outbound_frame_size + 1))  # one frame at most
     pair.client.send_data(1, b"", end_stream=True)
     assert not pair.client.send_data_if_fits(1, b"x")             # closed for sending
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(type, flags, stream id, length) of each frame in `data`."""
+    found, at = [], 0
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        found.append((data[at + 3], data[at + 4], int.from_bytes(data[at + 5:at + 9], "big") & 0x7FFFFFFF, length))
+        at += 9 + length
+    return found
+
+
+def test_end_stream_rides_on_the_stream_s_unsent_data_frame():
+    """A body's last DATA frame not yet sent carries END_STREAM itself (one frame, as h2load
+    and Envoy send a complete body), and h2 sees the data and the end of the stream; once it
+    was sent, or another frame followed it, END_STREAM is an empty DATA frame of its own."""
+    pair = Pair()
+    pair.client.send_headers(1, REQUEST)
+    pair.client.send_headers(3, REQUEST)
+    pair.pump()
+    assert pair.client.send_data_if_fits(1, b"\x00\x00\x00\x00\x02hi")
+    pair.client.end_stream(1)
+    sent = pair.client.data_to_send()
+    assert _frames(sent) == [(wire.DATA, wire.END_STREAM, 1, 7)]
+    pair.server_events += pair.server.receive_data(sent)
+    assert pair.received(h2.events.DataReceived, 1)[0].data == b"\x00\x00\x00\x00\x02hi"
+    assert pair.received(h2.events.StreamEnded, 1)
+    pair.client.send_data(3, b"abc")
+    assert _frames(pair.client.data_to_send()) == [(wire.DATA, 0, 3, 3)]
+    pair.client.end_stream(3)                                  # the DATA frame already went out
+    assert _frames(pair.client.data_to_send()) == [(wire.DATA, wire.END_STREAM, 3, 0)]
+
+
+def test_end_stream_does_not_touch_another_stream_s_data_frame():
+    """END_STREAM of one stream never lands on the DATA frame another stream wrote last."""
+    pair = Pair()
+    pair.client.send_headers(1, REQUEST)
+    pair.client.send_headers(3, REQUEST)
+    pair.pump()
+    pair.client.send_data(1, b"one")
+    pair.client.send_data(3, b"three")
+    pair.client.end_stream(1)
+    assert _frames(pair.client.data_to_send()) == [
+        (wire.DATA, 0, 1, 3), (wire.DATA, 0, 3, 5), (wire.DATA, wire.END_STREAM, 1, 0)]

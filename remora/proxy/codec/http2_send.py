@@ -15,6 +15,7 @@ from remora.proxy.codec.http2_frames import (
 from remora.proxy.codec.http2_validation import FORBIDDEN_IN_VALUE, outbound_fields
 
 FIRST = itemgetter(0)
+END_STREAM_FLAG = bytes((END_STREAM,))   # a DATA frame's flags byte with END_STREAM and nothing else
 REMEMBERED_RESETS = 1024       # streams we reset whose late frames are ignored, not errors
 ENCODED_CACHE = 64             # header blocks remembered per connection (see _encode)
 
@@ -205,12 +206,14 @@ class Http2Sending:
                              ErrorCode.FLOW_CONTROL_ERROR)
         stream.send_window -= size
         self.conn_send_window -= size
-        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id)
-                        + data)
+        framed = FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, END_STREAM if end_stream else 0, stream_id) + data
+        self.out.append(framed)
         if end_stream:
             stream.local_closed = True       # _close_local, inlined
             if stream.remote_closed:
                 del self.streams[stream_id]
+        else:
+            self.open_data, self.open_data_stream = framed, stream_id
 
     def send_data_if_fits(self, stream_id: int, data: bytes) -> bool:
         """send_data (without END_STREAM) when the stream is open for sending and `data` fits
@@ -224,7 +227,9 @@ class Http2Sending:
             return False
         stream.send_window -= size
         self.conn_send_window -= size
-        self.out.append(FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, 0, stream_id) + data)
+        framed = FRAME_HEADER.pack(size >> 8, size & 0xFF, DATA, 0, stream_id) + data
+        self.out.append(framed)
+        self.open_data, self.open_data_stream = framed, stream_id
         return True
 
     def end_stream(self, stream_id: int) -> None:
@@ -237,7 +242,16 @@ class Http2Sending:
         if stream.send_window < 0 or self.conn_send_window < 0:
             raise Http2Error(f"0 bytes exceed the window or frame size on stream {stream_id}",
                              ErrorCode.FLOW_CONTROL_ERROR)
-        self.out.append(FRAME_HEADER.pack(0, 0, DATA, END_STREAM, stream_id))
+        out = self.out
+        last = out[-1] if out else None
+        if last is self.open_data and last is not None and self.open_data_stream == stream_id:
+            # This stream's DATA frame is the last one written and not sent yet: it carries
+            # END_STREAM itself (its flags byte), as a client that knows its body ends there
+            # sends it, instead of one more empty frame the peer must parse.
+            out[-1] = last[:4] + END_STREAM_FLAG + last[5:]
+            self.open_data = None
+        else:
+            out.append(FRAME_HEADER.pack(0, 0, DATA, END_STREAM, stream_id))
         stream.local_closed = True       # _close_local, inlined
         if stream.remote_closed:
             del self.streams[stream_id]

@@ -45,6 +45,8 @@ class Http2Session(Http2Sending):
         self.reset_by_us: dict[int, None] = {}    # insertion-ordered: the oldest is dropped first
         self.highest_stream_id = 0                 # the highest stream id in use (idle above it)
         self.out: list[bytes] = []
+        self.open_data: bytes | None = None        # the last DATA frame in `out`, sent without END_STREAM
+        self.open_data_stream = 0                  # ... and its stream (http2_send.end_stream)
         self.buffer = b""
         self.preface_seen = preface_expected is False
         self.settings_seen = False
