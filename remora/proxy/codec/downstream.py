@@ -5,7 +5,8 @@ the router's stream (a RouterStream, codec/seams.py) at on_headers_complete. Thi
 is also that stream's DownstreamStream for HTTP/1.1: it decides the response framing
 (Content-Length as received, chunked for 1.1 clients when the length is unknown,
 close-delimited for 1.0) and keep-alive; the writing half lives in http1_writer.py, upgrades in
-http1_tunnel.py and the sweeper's timeouts in http1_timeouts.py, as bases of this one class, which alone
+http1_tunnel.py, the sweeper's timeouts in http1_timeouts.py and refusals in http1_rejection.py, as bases of
+this one class, which alone
 owns the connection state: `state`, `keep_alive` (does the connection outlive the active
 response), `receiving` (whose request body is still on the wire), `resp_framing`, and the
 transport's FlowControl (`flow`), paused for one reason per bit (http1_writer.py).
@@ -34,6 +35,7 @@ from remora.proxy.codec.http1 import (
     H_TE, H_TRACE, H_UA, H_UPGRADE, H_XFF, H_XFP, HEADERS, IDLE, MAX_HEADER_BYTES, PIPELINED,
     REFUSING, REQUEST_SPECIAL, STREAM_HOLD, WAITING, BadRequest, connection_tokens, drop_named,
 )
+from remora.proxy.codec.http1_rejection import Http1Rejection
 from remora.proxy.codec.http1_timeouts import Http1Timeouts
 from remora.proxy.codec.flow_control import FlowControl
 from remora.proxy.codec.http1_tunnel import Http1Upgrade
@@ -54,7 +56,8 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}   # anything else is answered 505, ne
 _OWS = (0x20, 0x09)
 
 
-class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http2Handover, asyncio.Protocol):
+class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http1Rejection, Http2Handover,
+                      asyncio.Protocol):
     """One client connection on a listener."""
 
     def __init__(self, listener, tls: bool = False) -> None:
@@ -421,47 +424,3 @@ class DownstreamHttp1(Http1ResponseWriter, Http1Upgrade, Http1Timeouts, Http2Han
         if self.state == WAITING:
             self.state = IDLE
             self.idle_since = self.loop.time()
-
-    def _reject(self, err: BadRequest) -> None:
-        """A malformed request: answer 4xx with flag DPE and close.
-
-        When it was pipelined behind requests still being answered, those are answered
-        first, in order (Envoy parses one request at a time, so it meets the error only
-        then); reading stops, and the 4xx follows the last of them (_send_rejection)."""
-        if self.state == CLOSED or self.tunnel_peer is not None or self.rejected is not None:
-            return
-        self.listener.count_protocol_error(err.status)
-        current = self.active
-        if (current is not None and current is not self.receiving and not current.finished
-                and self.transport is not None):
-            self.rejected = err
-            self.flow.pause_reading(REFUSING)
-            self.state = WAITING
-            return
-        if (current is not None and current is self.receiving and self.resp_framing == RESP_NONE
-                and not current.finished):
-            # The head was fine and already routed, but its body is malformed (a bad
-            # chunk): drop the upstream attempt and answer the client instead.
-            self.keep_alive = False
-            current.local_reply(err.status, err.detail, "DPE")
-        elif current is None and self.transport is not None:
-            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
-            exchange = self.active = self.listener.new_exchange(self, head, routed=False)
-            self.keep_alive = False
-            exchange.local_reply(err.status, err.detail, "DPE")
-        self.state = CLOSED
-        if self.transport is not None:
-            self.transport.close()
-
-    def _send_rejection(self) -> None:
-        """The requests before a malformed pipelined one are answered: now refuse it and close."""
-        err, self.rejected = self.rejected, None
-        self.keep_alive = False
-        exchange = self.receiving     # a pipelined request whose body was malformed
-        if exchange is None or exchange.finished:
-            head = RequestHead(b"-", self.url or b"-", self.authority or b"", [], b"1.1")
-            exchange = self.listener.new_exchange(self, head, routed=False)
-        self.active = exchange
-        exchange.local_reply(err.status, err.detail, "DPE")
-        self.state = CLOSED
-        self.transport.close()
