@@ -64,16 +64,14 @@ class ClientConnection(Http2Session):
         super().send_headers(stream_id, headers, end_stream)
 
     def open_request_stream(self, stream_id: int) -> None:
-        """Open the next stream, whose head follows (send_headers, or send_block with a block
-        encoded by this connection's encoder right now)."""
-        if stream_id != self.next_stream_id or self.closed:
+        """Open `stream_id`, which must be the next stream (open_next_stream)."""
+        if stream_id != self.next_stream_id:
             raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
-        self.streams[stream_id] = StreamState(self.peer_initial_window, self.local_initial_window)
-        self.highest_stream_id = stream_id
-        self.next_stream_id += 2
+        self.open_next_stream()
 
     def open_next_stream(self) -> int:
-        """open_request_stream(get_next_available_stream_id()), in one call: the id it opened."""
+        """Open the next stream, whose head follows (send_headers, or send_block with a block
+        encoded by this connection's encoder right now): the id it opened."""
         stream_id = self.next_stream_id
         if self.closed:
             raise Http2Error(f"stream {stream_id} is not the next one to open", ErrorCode.STREAM_CLOSED)
