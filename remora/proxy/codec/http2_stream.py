@@ -208,12 +208,11 @@ class Http2Stream:
 
     def pump(self) -> None:
         """Hand waiting bytes to the session within the client's windows; END_STREAM rides on
-        the last DATA frame when no trailers follow."""
+        the last DATA frame when no trailers follow (the session's end_stream sets it there)."""
         if self.response_done:
             return
         conn = self.conn
         out = self.out
-        ended = False      # END_STREAM went out on the last DATA frame
         if out and not conn.output_paused:
             session = conn.session
             sid = self.stream_id
@@ -224,7 +223,6 @@ class Http2Stream:
                 return
             frame = session.max_outbound_frame_size
             sent = 0
-            end_on_data = self.ending and self.trailers is None   # END_STREAM rides on the last piece
             while out and window > 0:
                 piece = out[0]
                 size = min(len(piece), window, frame)
@@ -235,8 +233,7 @@ class Http2Stream:
                     piece = piece[:size]
                 window -= size
                 sent += size
-                ended = end_on_data and not out
-                session.send_data(sid, piece, end_stream=ended)
+                session.send_data(sid, piece)
             if sent:
                 self.out_bytes -= sent
                 self.last_activity = conn.loop.time()
@@ -244,7 +241,7 @@ class Http2Stream:
         if not out and self.ending:
             if self.trailers is not None:
                 self._headers(self.trailers, end=True)
-            elif not ended:
+            else:
                 try:
                     self.conn.session.end_stream(self.stream_id)
                 except Http2Error:
