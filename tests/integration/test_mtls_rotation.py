@@ -130,8 +130,12 @@ def test_cert_dir_is_re_read_when_its_files_change(tmp_path):
         assert first["source"] == str(directory) and first["last_error"] is None
         assert get(p)[1]["client_serial"] == first["svid"]["serial"]
         write_cert_dir(directory, issue(ca, "shop", "web"), ca.trust_bundle())
+        assert [w["serving_serial"] for w in first["workers"]] == [first["svid"]["serial"]] * 2
         second = wait_until(lambda: (s := certs(p)["svid"]) and s["serial"] != first["svid"]["serial"] and s,
                             "the re-read certificate", p, timeout=30)
+        # The supervisor hands it to the workers after re-reading: /certs lists what each serves.
+        wait_until(lambda: {w["serving_serial"] for w in certs(p)["workers"]} == {second["serial"]},
+                   "both workers serving the re-read certificate", p, timeout=30)
         # Both workers got it: every new connection presents the new certificate.
         seen = {get(p)[1]["client_serial"] for _ in range(10)}
         assert seen == {second["serial"]}

@@ -50,6 +50,10 @@ class ControlView:
             reasons.append("waiting for the workload certificate" + (f" (last error: {error})" if error else ""))
         return "\n".join(reasons) or None
 
+    async def certs_status(self) -> dict | None:
+        """GET /certs: the certificate source's status, or None without one."""
+        return None if self.certs is None else self.certs.status()
+
     def with_control(self, dump: dict) -> dict:
         dump["xds"] = self.xds.status() if self.xds is not None else {"config_source": "files"}
         return dump

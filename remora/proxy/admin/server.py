@@ -63,7 +63,8 @@ class AdminSource(Protocol):
 
     Optional extras, looked up with getattr: ``is_draining() -> bool`` (makes /ready say
     DRAINING), ``async prometheus_extra() -> str`` (ready-made exposition text appended
-    to /stats/prometheus, e.g. Istio's standard metrics) and ``not_ready_reason() -> str | None``.
+    to /stats/prometheus, e.g. Istio's standard metrics), ``not_ready_reason() -> str | None``
+    and ``async certs_status() -> dict | None`` (GET /certs; 404 without it or when None).
     ``health_check_failed`` is set by POST /healthcheck/fail and cleared by /healthcheck/ok.
     """
 
@@ -127,13 +128,14 @@ def make_admin_app(source: AdminSource) -> Routes:
         return _json_response(await source.config_dump())
 
     async def certs(request: Request) -> Response:
-        manager = getattr(source, "certs", None)
-        if manager is None:
+        getter = getattr(source, "certs_status", None)
+        status = await getter() if getter is not None else None
+        if status is None:
             # Compact, as aiohttp's json_response wrote it.
             body = json.dumps({"error": "no workload certificate source: run with --control URL "
                                         "and --token TOKEN (or $REMORA_TOKEN), or --cert-dir DIR"})
             return Response(404, body, JSON)
-        return _json_response(manager.status())
+        return _json_response(status)
 
     async def stats(request: Request) -> Response:
         fmt = request.query.get("format")

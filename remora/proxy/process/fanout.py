@@ -63,6 +63,15 @@ class FanoutAdminSource(ControlView):
             if error:
                 print(f"remora proxy: {error}", file=sys.stderr, flush=True)
 
+    async def certs_status(self) -> dict | None:
+        """The supervisor's certificate, and the serial each worker presents: a rotation is
+        complete once every worker's `serving_serial` equals `svid.serial`."""
+        status = await super().certs_status()
+        if status is not None:
+            status["workers"] = [{"worker": index, "serving_serial": serial}
+                                 for index, serial in enumerate(await self._ask("serving_serial"))]
+        return status
+
     async def refresh_ready(self) -> None:
         try:
             self.ready = all(await self._ask("ready"))

@@ -286,6 +286,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
                 answer = worker.istio.export() if worker.istio is not None else None
             elif op == "certs":
                 answer = _apply_certificate(worker, request)
+            elif op == "serving_serial":
+                answer = None if worker.tls.svid is None else format(worker.tls.svid.serial, "x")
             elif op == "clusters":
                 answer = worker.clusters()
             elif op == "config_dump":
