@@ -79,6 +79,11 @@ def test_token_gets_a_certificate_shown_at_certs_and_as_a_metric(control, worker
                   if line.startswith("remora_certificate_expiry_timestamp_seconds ")]
         assert expiry and float(expiry[0].split()[1]) == pytest.approx(time.time() + svid["expires_in_seconds"], abs=5)
         assert f"certificate issued: spiffe://cluster.local/ns/shop/sa/web serial {svid['serial']}" in p.stderr()
+        if workers > 1:     # the supervisor holds the SVID and hands it to each worker
+            wait_until(lambda: [w["serving_serial"] for w in certs(p)["workers"]] == [svid["serial"]] * workers,
+                       "every worker serving the certificate", p)
+        else:
+            assert "workers" not in answer
     finally:
         assert p.stop() == 0, p.stderr()
 
