@@ -153,3 +153,37 @@ def test_listeners_lists_every_listener_with_its_address(upstreams):
         assert {p.outbound_port, p.inbound_port} <= ports
     finally:
         assert p.stop() == 0, p.stderr()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reset_counters_usedonly_and_memory(upstreams, workers):
+    """POST /reset_counters makes counters read from zero (gauges untouched) and they count on
+    from there; ?usedonly hides zero stats; GET /memory gives the workers' resident bytes."""
+    from tests.integration.client import RawClient
+
+    p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), "--access-log", "off",
+                     "--workers", str(workers)).wait_ready()
+    total = "http.outbound.downstream_rq_total"
+
+    def stat(name: str) -> int:
+        return json.loads(p.admin_get(f"/stats?format=json&filter=^{name}$"))["stats"][0]["value"]
+    try:
+        for _ in range(3):
+            assert RawClient(p.outbound_port).request("GET", "/", "echo").status == 200
+        assert stat(total) == 3
+        assert post(p.admin("/reset_counters")) == (200, "OK\n")
+        assert get(p.admin("/reset_counters"))[0] == 405
+        assert stat(total) == 0 and stat("server.live") == 1 and stat("server.concurrency") == workers
+        assert "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"outbound\"} 0" in \
+            p.admin_get("/stats/prometheus")
+        used = p.admin_get("/stats?usedonly")
+        assert f"{total}:" not in used and "server.live: 1\n" in used
+        assert RawClient(p.outbound_port).request("GET", "/", "echo").status == 200
+        assert stat(total) == 1 and f"{total}: 1\n" in p.admin_get("/stats?usedonly")
+        memory = json.loads(p.admin_get("/memory"))
+        resident = int(memory["total_physical_bytes"])
+        assert 10 * 2**20 * workers < resident < 500 * 2**20 * workers, memory
+        assert int(memory["heap_size"]) > 0
+        assert stat("server.memory_physical_size") > 0
+    finally:
+        assert p.stop() == 0, p.stderr()

@@ -5,12 +5,16 @@ sidecar does not load a web framework (aiohttp cost ~11 MiB of its idle RSS) for
 Rules this module keeps:
 
 - It owns no proxy state. Everything comes from an ``AdminSource`` (one worker, or a
-  fan-out over worker processes), asked on each request; nothing is cached here.
+  fan-out over worker processes), asked on each request; nothing is cached here. The one
+  thing it remembers is the counters' values at the last POST /reset_counters
+  (CounterBaseline), subtracted from /stats and /stats/prometheus.
 - Output formats are Envoy's (formats.py), so ``curl :15000/clusters``, ``/stats`` and
   Prometheus scrapes look the way operators and tools expect:
     /clusters        Envoy's text; ``?format=json`` gives the source's list as is.
     /stats           ``name: value`` lines sorted by name; ``?format=json`` gives
-                     ``{"stats": [{"name", "value"}]}``; ``?filter=REGEX`` (re.search).
+                     ``{"stats": [{"name", "value"}]}``; ``?filter=REGEX`` (re.search);
+                     ``?usedonly``: only non-zero values (Envoy: only stats ever written;
+                     Remora's plain integers do not record a write of zero).
     /stats/prometheus  Envoy's metric families, then the source's extra families.
 - Mutations are POST only (GET on them is 405), reads are GET/HEAD only, as in Envoy.
 - /healthcheck/fail makes /ready and :15021 answer 503 DRAINING (and server.live 0) until
@@ -99,8 +103,10 @@ _HELP = (
     ("/clusters", "upstream cluster status (?format=json)"),
     ("/config_dump", "dump the current configuration snapshot as JSON"),
     ("/certs", "the workload certificate (SPIFFE ID, serial, expiry), trust bundle, last CA error (JSON)"),
-    ("/stats", "print server stats (?format=json|prometheus, ?filter=REGEX)"),
+    ("/stats", "print server stats (?format=json|prometheus, ?filter=REGEX, ?usedonly)"),
     ("/stats/prometheus", "print server stats in prometheus format (?filter=REGEX)"),
+    ("/memory", "print current allocation/heap usage, in bytes (JSON)"),
+    ("/reset_counters", "POST: reset all counters to zero"),
     ("/drain_listeners", "POST: stop accepting new connections"),
     ("/healthcheck/fail", "POST: fail health checks: /ready and :15021 answer 503 DRAINING"),
     ("/healthcheck/ok", "POST: pass health checks again (undo /healthcheck/fail)"),
@@ -117,6 +123,10 @@ def make_admin_app(source: AdminSource) -> Routes:
         return Response(200, HELP_TEXT)
 
     ready = _ready_handler(source)
+    counters = CounterBaseline()
+
+    async def read_stats() -> dict[str, int]:
+        return counters.since_reset(await _stats(source), gauge_predicate(source))
 
     async def clusters(request: Request) -> Response:
         data = await source.clusters()
@@ -142,12 +152,25 @@ def make_admin_app(source: AdminSource) -> Routes:
         if fmt == "prometheus":
             return await prometheus(request)
         rx = _compile_filter(request)
-        items = filtered_stats(await _stats(source), rx)
+        items = filtered_stats(await read_stats(), rx)
+        if "usedonly" in request.query:
+            items = [(name, value) for name, value in items if value]
         if fmt == "json":
             return _json_response({"stats": [{"name": k, "value": v} for k, v in items]})
         return Response(200, "".join(f"{k}: {v}\n" for k, v in items))
 
-    prometheus = _prometheus_handler(source)
+    prometheus = _prometheus_handler(source, read_stats)
+
+    async def memory(request: Request) -> Response:
+        stats = await _stats(source)
+        # Envoy writes its uint64s as JSON strings; only the fields a Python process has
+        # (process_memory.py) are given.
+        return _json_response({"heap_size": str(stats.get("server.memory_heap_size", 0)),
+                               "total_physical_bytes": str(stats.get("server.memory_physical_size", 0))})
+
+    async def reset_counters(request: Request) -> Response:
+        counters.reset(await _stats(source), gauge_predicate(source))
+        return Response(200, "OK\n")
 
     async def server_info(request: Request) -> Response:
         stats = await _stats(source)
@@ -189,9 +212,10 @@ def make_admin_app(source: AdminSource) -> Routes:
 
     get = {"/": help_, "/help": help_, "/ready": ready, "/healthz/ready": ready, "/clusters": clusters,
            "/config_dump": config_dump, "/certs": certs, "/stats": stats, "/stats/prometheus": prometheus,
-           "/server_info": server_info, "/listeners": listeners}
+           "/server_info": server_info, "/listeners": listeners, "/memory": memory}
     routes: Routes = {path: {"GET": handler} for path, handler in get.items()}
     routes["/drain_listeners"] = {"POST": drain_listeners}
+    routes["/reset_counters"] = {"POST": reset_counters}
     routes["/healthcheck/fail"] = {"POST": healthcheck_fail}
     routes["/healthcheck/ok"] = {"POST": healthcheck_ok}
     routes["/quitquitquit"] = {"POST": quitquitquit}
@@ -229,11 +253,31 @@ def _ready_handler(source: AdminSource):
     return ready
 
 
-def _prometheus_handler(source: AdminSource):
-    """GET /stats/prometheus: Envoy-style stats, then the source's extra families."""
+class CounterBaseline:
+    """POST /reset_counters: counters read from zero again, as in Envoy. The counters
+    themselves live in each worker and keep counting; the admin server remembers their
+    values at the reset and subtracts them, so gauges and the Istio families (which
+    Prometheus rates need monotonic) are untouched."""
+
+    def __init__(self) -> None:
+        self.at_reset: dict[str, int] = {}
+
+    def reset(self, stats: dict[str, int], is_gauge) -> None:
+        self.at_reset = {name: value for name, value in stats.items() if not is_gauge(name)}
+
+    def since_reset(self, stats: dict[str, int], is_gauge) -> dict[str, int]:
+        if not self.at_reset:
+            return stats
+        base = self.at_reset
+        return {name: value if is_gauge(name) else max(0, value - base.get(name, 0))
+                for name, value in stats.items()}
+
+
+def _prometheus_handler(source: AdminSource, read_stats):
+    """GET /stats/prometheus: Envoy-style stats (`read_stats`), then the source's extra families."""
     async def prometheus(request: Request) -> Response:
         rx = _compile_filter(request)
-        text = prometheus_text(filtered_stats(await _stats(source), rx), gauge_predicate(source))
+        text = prometheus_text(filtered_stats(await read_stats(), rx), gauge_predicate(source))
         extra = getattr(source, "prometheus_extra", None)
         if extra is not None:
             more = await extra()

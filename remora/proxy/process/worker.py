@@ -27,6 +27,7 @@ from remora.proxy.security.tls import MeshTls
 from remora.proxy.telemetry.access_log import AccessLogWriter
 from remora.proxy.telemetry.istio_metrics import IstioMetrics
 from remora.proxy.telemetry.otlp import SpanExporter
+from remora.proxy.telemetry.process_memory import memory_stats
 from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.telemetry.tracing import Tracer
 from remora.proxy.upstream.pool import PoolRegistry
@@ -265,6 +266,7 @@ class Worker:
         out["server.uptime"] = int(time.time() - self.started_at)
         out["server.concurrency"] = 1
         out["server.total_connections"] = sum(len(l.connections) for l in self.listeners)
+        out.update(memory_stats())
         out["access_log.dropped"] = self.access_log.dropped
         out["listener_manager.fd_exhausted"] = self.fd_exhausted
         if self.credentials is not None:
