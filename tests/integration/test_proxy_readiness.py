@@ -138,11 +138,12 @@ def test_healthcheck_fail_takes_the_pod_out_of_rotation_and_keeps_serving(upstre
         assert p.stop() == 0, p.stderr()
 
 
-def test_listeners_lists_every_listener_with_its_address(upstreams):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_listeners_lists_every_listener_with_its_address(upstreams, workers):
     """GET /listeners names each listener with the address it accepts on (Envoy's
     name::address lines; ?format=json gives listener_statuses with socket addresses)."""
     app_port = upstreams.ports["echo"]
-    p = ProxyProcess(service("echo", [(app_port, {})]), "--access-log", "off",
+    p = ProxyProcess(service("echo", [(app_port, {})]), "--access-log", "off", "--workers", str(workers),
                      inbound_app_port=app_port).wait_ready()
     try:
         lines = p.admin_get("/listeners").splitlines()

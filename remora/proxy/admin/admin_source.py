@@ -83,6 +83,9 @@ class WorkerAdminSource(ControlView):
     async def config_dump(self) -> dict:
         return self.with_control(self.worker.config_dump())
 
+    async def listeners(self) -> list[dict]:
+        return self.worker.listener_addresses()
+
     async def stats(self) -> dict[str, int]:
         self._last_stats = {**self.worker.stats(), **self.control_stats()}
         return self._last_stats

@@ -68,7 +68,8 @@ class AdminSource(Protocol):
     Optional extras, looked up with getattr: ``is_draining() -> bool`` (makes /ready say
     DRAINING), ``async prometheus_extra() -> str`` (ready-made exposition text appended
     to /stats/prometheus, e.g. Istio's standard metrics), ``not_ready_reason() -> str | None``
-    and ``async certs_status() -> dict | None`` (GET /certs; 404 without it or when None).
+    ``async certs_status() -> dict | None`` (GET /certs; 404 without it or when None) and
+    ``async listeners() -> list[dict]`` (GET /listeners; else config_dump's "listeners").
     ``health_check_failed`` is set by POST /healthcheck/fail and cleared by /healthcheck/ok.
     """
 
@@ -186,7 +187,9 @@ def make_admin_app(source: AdminSource) -> Routes:
         })
 
     async def listeners(request: Request) -> Response:
-        found = (await source.config_dump()).get("listeners", [])
+        # A source's own list when it has one: the whole config dump can be megabytes.
+        getter = getattr(source, "listeners", None)
+        found = await getter() if getter is not None else (await source.config_dump()).get("listeners", [])
         if request.query.get("format") == "json":
             return _json_response({"listener_statuses": [
                 {"name": item["name"], "local_address": {"socket_address": _socket_address(item["address"])}}

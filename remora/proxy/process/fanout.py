@@ -131,6 +131,10 @@ class FanoutAdminSource(ControlView):
     async def config_dump(self) -> dict:
         return self.with_control((await self._ask("config_dump"))[0])
 
+    async def listeners(self) -> list[dict]:
+        """Every worker binds the same listeners (SO_REUSEPORT): the first one's list."""
+        return (await self._ask("listeners"))[0]
+
     async def drain_listeners(self) -> None:
         self.draining = True
         await self._ask("drain")

@@ -290,6 +290,8 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
                 answer = None if worker.tls.svid is None else format(worker.tls.svid.serial, "x")
             elif op == "clusters":
                 answer = worker.clusters()
+            elif op == "listeners":
+                answer = worker.listener_addresses()
             elif op == "config_dump":
                 answer = worker.config_dump()
             elif op == "drain":

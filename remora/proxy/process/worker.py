@@ -293,6 +293,11 @@ class Worker:
                            "endpoints": endpoints})
         return result
 
+    def listener_addresses(self) -> list[dict]:
+        """Each listener's name, bound address and path normalization (/listeners, /config_dump)."""
+        return [{"name": listener.name, "address": f"{listener.host}:{listener.port}",
+                 "path_normalization": listener.paths.level} for listener in self.listeners]
+
     def config_dump(self) -> dict:
         snap = self.snapshot
         cfg = snap.config
@@ -306,8 +311,7 @@ class Worker:
         return {
             "version": snap.version,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snap.loaded_at)),
-            "listeners": [{"name": l.name, "address": f"{l.host}:{l.port}",
-                           "path_normalization": l.paths.level} for l in self.listeners],
+            "listeners": self.listener_addresses(),
             "virtual_hosts": sorted({k.decode() for k in snap.outbound.vhosts}),
             "clusters": [c.name for c in snap.clusters()],
             "telemetry": {listener.name: asdict(listener.telemetry) for listener in self.listeners},
