@@ -8,59 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from remora.config.duration import parse_duration
-from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL, LEVELS as PATH_LEVELS
+from remora.cli_arguments import http_url, labels, percent, port_map, seconds
+from remora.cli_control import add_control_commands
+from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL
+from remora.proxy.codec.paths import LEVELS as PATH_LEVELS
 from remora.version import remora_version
-
-
-def _seconds(text: str) -> float:
-    try:
-        return parse_duration(text) if not text.replace(".", "", 1).isdigit() else float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
-def _labels(text: str) -> dict[str, str]:
-    from remora.proxy.security.identity import parse_labels
-    try:
-        return parse_labels(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not 0.0 <= value <= 100.0:
-        raise argparse.ArgumentTypeError(f"percentage must be between 0 and 100, got {text}")
-    return value
-
-
-def _http_url(text: str) -> str:
-    from urllib.parse import urlsplit
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def _port_map(text: str) -> dict[int, int]:
-    mapping = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        port, sep, local = part.partition("=")
-        if not sep or not port.isdigit() or not local.isdigit() or not 0 < int(port) < 65536 \
-                or not 0 <= int(local) < 65536:
-            raise argparse.ArgumentTypeError(f"expected PORT=LOCAL (e.g. 80=8080), got {part!r}")
-        mapping[int(port)] = int(local)
-    return mapping
 
 
 class _VersionAction(argparse._VersionAction):
@@ -84,17 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_plane_parser(sub, gateway=False)
     _add_data_plane_parser(sub, gateway=True)
     from remora.proxy.process.wait import add_wait_parser
-    add_wait_parser(sub, _http_url, _seconds)
+    add_wait_parser(sub, http_url, seconds)
     analyze = sub.add_parser("analyze", help="validate Istio YAML offline, like istioctl analyze")
     analyze.add_argument("paths", nargs="+")
     analyze.add_argument("-n", "--namespace", default=None,
                          help="namespace of documents without metadata.namespace (istioctl analyze -n; "
                               "default: default)")
     from remora.xds.envoy_command import add_envoy_config_parser
-    add_envoy_config_parser(sub, _labels)
-    _add_control_commands(sub)
+    add_envoy_config_parser(sub, labels)
+    add_control_commands(sub)
     from remora.kube.command import add_inject_parser
-    add_inject_parser(sub, _http_url)
+    add_inject_parser(sub, http_url)
     from remora.intercept.command import add_iptables_parser
     add_iptables_parser(sub)
     hook = sub.add_parser("webhook-config", help="print the sidecar injector's MutatingWebhookConfiguration "
@@ -139,7 +91,7 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     if gateway:
         proxy.add_argument("--bind", default="127.0.0.1",
                            help="address of the server ports (a server's own `bind` wins; 0.0.0.0 in a pod)")
-        proxy.add_argument("--port-map", type=_port_map, default={}, metavar="PORT=LOCAL,...",
+        proxy.add_argument("--port-map", type=port_map, default={}, metavar="PORT=LOCAL,...",
                            help="listen for Gateway server port PORT on local port LOCAL (the gateway "
                                 "Service's targetPort: 80=8080,443=8443); default: the port itself")
         proxy.add_argument("--credentials-from-kubernetes", action="store_true",
@@ -168,7 +120,7 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     proxy.add_argument("--no-istio-metrics", dest="istio_metrics", action="store_false",
                        help="no Istio standard metrics and no metadata exchange with peers")
     proxy.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT worker processes")
-    proxy.add_argument("--drain-seconds", type=_seconds, default=5.0,
+    proxy.add_argument("--drain-seconds", type=seconds, default=5.0,
                        help="on SIGTERM or /quitquitquit, exit when no connection is left or "
                             "after this long (default 5s)")
     proxy.add_argument("--retry-buffer-bytes", type=int, default=1 << 20,
@@ -176,15 +128,15 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
     proxy.add_argument("--access-log-format", choices=["text", "json"], default="text",
                        help="encoding of the `envoy` access-log provider (meshConfig.accessLogEncoding)")
-    proxy.add_argument("--trace-sampling", type=_percent, default=1.0, metavar="PERCENT",
+    proxy.add_argument("--trace-sampling", type=percent, default=1.0, metavar="PERCENT",
                        help="percent of new traces sampled (Istio's randomSamplingPercentage; default 1)")
-    proxy.add_argument("--otlp-endpoint", type=_http_url, default=None, metavar="URL",
+    proxy.add_argument("--otlp-endpoint", type=http_url, default=None, metavar="URL",
                        help="export spans by OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces")
-    proxy.add_argument("--idle-timeout", type=_seconds, default=300.0,
+    proxy.add_argument("--idle-timeout", type=seconds, default=300.0,
                        help="close keep-alive client connections idle this long")
-    proxy.add_argument("--request-headers-timeout", type=_seconds, default=10.0,
+    proxy.add_argument("--request-headers-timeout", type=seconds, default=10.0,
                        help="answer 408 when a request head takes longer than this")
-    proxy.add_argument("--stream-idle-timeout", type=_seconds, default=300.0,
+    proxy.add_argument("--stream-idle-timeout", type=seconds, default=300.0,
                        help="end a request with no activity in either direction this long (request "
                             "bytes read, response bytes received or drained by the client): 408 SI")
     proxy.add_argument("--max-request-headers-count", type=int, default=100,
@@ -195,7 +147,7 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     proxy.add_argument("--path-normalization", choices=list(PATH_LEVELS), default=DEFAULT_PATH_LEVEL,
                        help="request-path normalization before routing and policy, Istio's "
                             "meshConfig.pathNormalization (default BASE; docs/security.md)")
-    proxy.add_argument("--protocol-detection-timeout", type=_seconds, default=15.0,
+    proxy.add_argument("--protocol-detection-timeout", type=seconds, default=15.0,
                        help="inbound mTLS: wait this long for a client's first bytes (TLS or "
                             "plaintext); then STRICT closes, PERMISSIVE serves plaintext")
     if not gateway:
@@ -213,7 +165,7 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
                           help="the service this workload serves (e.g. reviews)")
     identity.add_argument("--namespace", default="istio-system" if gateway else "default")
     identity.add_argument("--service-account", default="istio-ingressgateway-service-account" if gateway else "default")
-    identity.add_argument("--labels", type=_labels, default={"istio": "ingressgateway", "app": "istio-ingressgateway"}
+    identity.add_argument("--labels", type=labels, default={"istio": "ingressgateway", "app": "istio-ingressgateway"}
                           if gateway else {}, metavar="K=V,...",
                           help="workload labels, e.g. app=reviews,version=v2")
     identity.add_argument("--workload", default=None, help="workload name (default: app-version)")
@@ -222,107 +174,6 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
 
 
 CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config", "token")
-
-
-def _add_control_commands(sub) -> None:
-    control = sub.add_parser("control", help="run the control server (config API + sidecar streams)")
-    control.add_argument("--config-dir", required=True, metavar="DIR",
-                         help="directory of Istio YAML files, watched for changes")
-    control.add_argument("--listen", default="127.0.0.1:15010", metavar="HOST:PORT")
-    control.add_argument("--state-dir", default=None, metavar="DIR",
-                         help="where applied resources, registrations, the CA root and join tokens persist "
-                              "(default: memory only; the CA in a temporary directory)")
-    control.add_argument("--store", default=None, metavar="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
-                         help="keep the state in etcd instead of --state-dir, to run several replicas "
-                              "(docs/control.md, Replicas)")
-    control.add_argument("--store-key-file", default=None, metavar="FILE",
-                         help="with --store: at least 32 secret bytes; the CA key and the admin token are "
-                              "sealed with it in etcd (the same file on every replica)")
-    control.add_argument("--trust-domain", default="cluster.local")
-    control.add_argument("--grace-period", type=_seconds, default=10.0,
-                         help="how long a disconnected sidecar stays registered")
-    control.add_argument("--debounce", type=_seconds, default=0.1,
-                         help="quiet time after a change before pushing")
-    control.add_argument("--max-debounce", type=_seconds, default=1.0,
-                         help="longest a push waits under a constant stream of changes")
-    control.add_argument("--push-throttle", type=_positive_int, default=100, metavar="N",
-                         help="at most N sidecar streams are sent a push at once (istiod's PILOT_PUSH_THROTTLE)")
-    control.add_argument("--jwks-refresh-interval", type=_seconds, default=1200.0,
-                         help="how often RequestAuthentication jwksUri keys are fetched again "
-                              "(istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL, default 20m)")
-    control.add_argument("--admin-token-file", default=None, metavar="FILE",
-                         help="the admin token (a Kubernetes Secret, say) the admin API requires; default: "
-                              "<state-dir>/admin-token, created 0600 on first start (without --state-dir: "
-                              "made in memory and printed once on stderr)")
-    hook = control.add_argument_group("sidecar injection at admission (docs/kubernetes.md)")
-    hook.add_argument("--webhook-listen", default=None, metavar="HOST:PORT",
-                      help="serve the mutating admission webhook (POST /inject) over TLS here, e.g. 0.0.0.0:15017")
-    hook.add_argument("--webhook-names", default="remora-control.remora-system.svc", metavar="NAME,...",
-                      help="DNS names of the webhook's certificate (the webhook Service's)")
-    hook.add_argument("--inject-image", default=None, metavar="IMAGE", help="sidecar image (as remora inject)")
-    hook.add_argument("--inject-control", default=None, metavar="URL",
-                      help="control server URL as pods reach it (as remora inject)")
-    kube = control.add_argument_group("the Kubernetes API as a registry (docs/kubernetes.md)")
-    kube.add_argument("--kubernetes", action="store_true",
-                      help="list and watch Services, Pods, EndpointSlices, Namespaces and the Istio kinds "
-                           "(needs the [kube] extra: pip install 'remora[kube]')")
-    kube.add_argument("--kubeconfig", default=None, metavar="PATH",
-                      help="with --kubernetes: the kubeconfig to use (default: in-cluster config, else "
-                           "$KUBECONFIG, else ~/.kube/config)")
-    ca = control.add_argument_group("certificate authority (default: a self-signed root in <state-dir>/ca)")
-    ca.add_argument("--ca-cert", default=None, metavar="PEM", help="plug-in CA: the issuing CA certificate")
-    ca.add_argument("--ca-key", default=None, metavar="PEM", help="plug-in CA: its private key")
-    ca.add_argument("--ca-chain", default=None, metavar="PEM",
-                    help="plug-in CA: its chain up to the root (not needed when --ca-cert is the root)")
-    ca.add_argument("--cert-ttl", type=_seconds, default=24 * 3600.0,
-                    help="lifetime of the workload certificates signed (default 24h, at most 90 days)")
-
-    def client(name: str, help_: str, under=sub) -> argparse.ArgumentParser:
-        parser = under.add_parser(name, help=help_)
-        parser.add_argument("--control", default=None, metavar="URL",
-                            help="control server URL (default $REMORA_CONTROL or http://127.0.0.1:15010)")
-        auth = parser.add_argument_group(
-            "admin token (else $REMORA_ADMIN_TOKEN; remora control keeps it in <state-dir>/admin-token)"
-        ).add_mutually_exclusive_group()
-        auth.add_argument("--admin-token-file", default=None, metavar="FILE", help="file holding the admin token")
-        auth.add_argument("--admin-token", default=None, metavar="TOKEN",
-                          help="the admin token itself (visible to other users in the process list: "
-                               "prefer the file or the environment variable)")
-        auth.add_argument("--state-dir", default=None, metavar="DIR",
-                          help="the --state-dir of a control server on this machine: its admin-token file "
-                               "(used after $REMORA_ADMIN_TOKEN; refused for a non-loopback --control)")
-        return parser
-
-    apply = client("apply", "create or update resources from YAML (like kubectl apply)")
-    apply.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                       help="YAML file, or - for stdin (repeatable)")
-    apply.add_argument("-n", "--namespace", default=None,
-                       help="namespace of documents without metadata.namespace; a document naming "
-                            "another one is refused (kubectl apply -n)")
-    get = client("get", "list resources, or show one")
-    get.add_argument("kind", help="ServiceEntry|WorkloadEntry|VirtualService|DestinationRule, or se|we|vs|dr")
-    get.add_argument("name", nargs="?")
-    get.add_argument("-n", "--namespace", default=None, help="namespace (default: all for a list, default for a name)")
-    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
-    delete = client("delete", "delete a resource applied through the API")
-    delete.add_argument("kind")
-    delete.add_argument("name")
-    delete.add_argument("-n", "--namespace", default="default")
-    client("status", "sidecars and how their config is synced (like istioctl proxy-status)")
-    proxy_config = client("proxy-config", "a sidecar's routes, clusters or endpoints, from its admin server")
-    proxy_config.add_argument("what", choices=["routes", "clusters", "endpoints"])
-    proxy_config.add_argument("sidecar", help="node id (or a unique prefix) as `remora status` shows it")
-    sub.add_parser("bench", add_help=False,
-                   help="Remora vs Envoy benchmarks (python -m benchmarks; `remora bench --help`)")
-    token = sub.add_parser("token", help="join tokens: the credential a sidecar presents to get its certificate")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = client("create", "a new token; printed on the last line, once", token_sub)
-    create.add_argument("--namespace", required=True)
-    create.add_argument("--service-account", required=True)
-    create.add_argument("--ttl", type=_seconds, default=24 * 3600.0, help="how long the token is valid (default 24h)")
-    client("list", "every token's id, identity, expiry and state (never secrets)", token_sub)
-    revoke = client("revoke", "revoke a token by id", token_sub)
-    revoke.add_argument("id", help="token id as `remora token list` shows it (or the whole token)")
 
 
 def _bench(argv: list[str]) -> int:
