@@ -33,6 +33,7 @@ class FanoutAdminSource(ControlView):
         self.stop = stop
         self.ready = False
         self.draining = False
+        self.certificate_delivered = False   # every worker installed a certificate (push_certificate)
         self._last_stats: dict[str, int] = {}
 
     async def _ask(self, op: str, **args) -> list:
@@ -56,12 +57,19 @@ class FanoutAdminSource(ControlView):
     def is_draining(self) -> bool:
         return self.draining
 
+    def certificate_ready(self) -> bool:
+        """The supervisor holding the certificate is not enough: a worker that has not
+        installed it yet cannot dial or accept mutual TLS. Ready once every worker has one."""
+        return self.certs is None or (self.certs.current() is not None and self.certificate_delivered)
+
     async def push_certificate(self, svid, bundle) -> None:
         """Send the SVID (key included, over the socketpairs only) and bundle to every worker."""
         from remora.proxy.security.cert_source import svid_message   # cryptography: only with certificates
-        for error in await self._ask("certs", **svid_message(svid, bundle)):
-            if error:
-                print(f"remora proxy: {error}", file=sys.stderr, flush=True)
+        errors = [error for error in await self._ask("certs", **svid_message(svid, bundle)) if error]
+        for error in errors:
+            print(f"remora proxy: {error}", file=sys.stderr, flush=True)
+        if not errors:
+            self.certificate_delivered = True
 
     async def certs_status(self) -> dict | None:
         """The supervisor's certificate, and the serial each worker presents: a rotation is
