@@ -163,7 +163,7 @@ def test_reset_counters_usedonly_and_memory(upstreams, workers):
     from tests.integration.client import RawClient
 
     p = ProxyProcess(service("echo", [(upstreams.ports["echo"], {})]), "--access-log", "off",
-                     "--workers", str(workers)).wait_ready()
+                     "--workers", str(workers), prometheus_port=free_port()).wait_ready()
     total = "http.outbound.downstream_rq_total"
 
     def stat(name: str) -> int:
@@ -175,8 +175,9 @@ def test_reset_counters_usedonly_and_memory(upstreams, workers):
         assert post(p.admin("/reset_counters")) == (200, "OK\n")
         assert get(p.admin("/reset_counters"))[0] == 405
         assert stat(total) == 0 and stat("server.live") == 1 and stat("server.concurrency") == workers
-        assert "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"outbound\"} 0" in \
-            p.admin_get("/stats/prometheus")
+        zero = "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"outbound\"} 0\n"
+        assert zero in p.admin_get("/stats/prometheus")
+        assert zero in get(f"http://127.0.0.1:{p.prometheus_port}/stats/prometheus")[1]   # the scrape port too
         used = p.admin_get("/stats?usedonly")
         assert f"{total}:" not in used and "server.live: 1\n" in used
         assert RawClient(p.outbound_port).request("GET", "/", "echo").status == 200

@@ -30,6 +30,7 @@ class ControlView:
     xds = None
     certs = None     # the SvidManager (--token) or CertDirWatcher (--cert-dir), else None
     health_check_failed = False    # POST /healthcheck/fail .. /healthcheck/ok (admin/server.py)
+    counter_baseline = None        # the counters at POST /reset_counters (admin/server.py)
 
     def config_ready(self) -> bool:
         """Files are loaded before serving; pushed config must have arrived (or come from disk)."""

@@ -6,8 +6,9 @@ Rules this module keeps:
 
 - It owns no proxy state. Everything comes from an ``AdminSource`` (one worker, or a
   fan-out over worker processes), asked on each request; nothing is cached here. The one
-  thing it remembers is the counters' values at the last POST /reset_counters
-  (CounterBaseline), subtracted from /stats and /stats/prometheus.
+  thing remembered is the counters' values at the last POST /reset_counters
+  (CounterBaseline, kept on the source as `counter_baseline` so the Prometheus port
+  shares it), subtracted from /stats and /stats/prometheus.
 - Output formats are Envoy's (formats.py), so ``curl :15000/clusters``, ``/stats`` and
   Prometheus scrapes look the way operators and tools expect:
     /clusters        Envoy's text; ``?format=json`` gives the source's list as is.
@@ -124,10 +125,6 @@ def make_admin_app(source: AdminSource) -> Routes:
         return Response(200, HELP_TEXT)
 
     ready = _ready_handler(source)
-    counters = CounterBaseline()
-
-    async def read_stats() -> dict[str, int]:
-        return counters.since_reset(await _stats(source), gauge_predicate(source))
 
     async def clusters(request: Request) -> Response:
         data = await source.clusters()
@@ -153,14 +150,14 @@ def make_admin_app(source: AdminSource) -> Routes:
         if fmt == "prometheus":
             return await prometheus(request)
         rx = _compile_filter(request)
-        items = filtered_stats(await read_stats(), rx)
+        items = filtered_stats(await _stats_since_reset(source), rx)
         if "usedonly" in request.query:
             items = [(name, value) for name, value in items if value]
         if fmt == "json":
             return _json_response({"stats": [{"name": k, "value": v} for k, v in items]})
         return Response(200, "".join(f"{k}: {v}\n" for k, v in items))
 
-    prometheus = _prometheus_handler(source, read_stats)
+    prometheus = _prometheus_handler(source)
 
     async def memory(request: Request) -> Response:
         stats = await _stats(source)
@@ -170,7 +167,7 @@ def make_admin_app(source: AdminSource) -> Routes:
                                "total_physical_bytes": str(stats.get("server.memory_physical_size", 0))})
 
     async def reset_counters(request: Request) -> Response:
-        counters.reset(await _stats(source), gauge_predicate(source))
+        _counter_baseline(source).reset(await _stats(source), gauge_predicate(source))
         return Response(200, "OK\n")
 
     async def server_info(request: Request) -> Response:
@@ -276,11 +273,25 @@ class CounterBaseline:
                 for name, value in stats.items()}
 
 
-def _prometheus_handler(source: AdminSource, read_stats):
-    """GET /stats/prometheus: Envoy-style stats (`read_stats`), then the source's extra families."""
+def _counter_baseline(source: AdminSource) -> CounterBaseline:
+    """The source's CounterBaseline, made at the first use: kept on the source so that the
+    admin port and the Prometheus port (:15090) read counters from the same reset."""
+    baseline = getattr(source, "counter_baseline", None)
+    if baseline is None:
+        baseline = source.counter_baseline = CounterBaseline()
+    return baseline
+
+
+async def _stats_since_reset(source: AdminSource) -> dict[str, int]:
+    """The source's stats (_stats), counters less their values at the last POST /reset_counters."""
+    return _counter_baseline(source).since_reset(await _stats(source), gauge_predicate(source))
+
+
+def _prometheus_handler(source: AdminSource):
+    """GET /stats/prometheus: Envoy-style stats (since the last reset), then the source's extra families."""
     async def prometheus(request: Request) -> Response:
         rx = _compile_filter(request)
-        text = prometheus_text(filtered_stats(await read_stats(), rx), gauge_predicate(source))
+        text = prometheus_text(filtered_stats(await _stats_since_reset(source), rx), gauge_predicate(source))
         extra = getattr(source, "prometheus_extra", None)
         if extra is not None:
             more = await extra()
