@@ -68,7 +68,7 @@ class AdminSource(Protocol):
 
     Optional extras, looked up with getattr: ``is_draining() -> bool`` (makes /ready say
     DRAINING), ``async prometheus_extra() -> str`` (ready-made exposition text appended
-    to /stats/prometheus, e.g. Istio's standard metrics), ``not_ready_reason() -> str | None``
+    to /stats/prometheus, e.g. Istio's standard metrics), ``not_ready_reason() -> str | None``,
     ``async certs_status() -> dict | None`` (GET /certs; 404 without it or when None) and
     ``async listeners() -> list[dict]`` (GET /listeners; else config_dump's "listeners").
     ``health_check_failed`` is set by POST /healthcheck/fail and cleared by /healthcheck/ok.
