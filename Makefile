@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean compose-check base-image test-docker
+.PHONY: install demo test bench bench-release clean compose-check base-image test-docker
 .DEFAULT_GOAL := install
 
 $(STAMP): pyproject.toml
@@ -53,5 +53,16 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks
 
+# The same, with Remora's sidecars on a release build of CPython (PGO + LTO, as the image's
+# python is), in .venv-release: a default `./configure` build (pyenv's) runs them markedly
+# slower. RELEASE_PYTHON must be such a build; Debian 12's /usr/bin/python3 is one.
+# See docs/benchmarks.md, "The interpreter's build".
+RELEASE_PYTHON ?= /usr/bin/python3
+bench-release: $(STAMP)
+	test -x .venv-release/bin/python || $(RELEASE_PYTHON) -m venv .venv-release
+	.venv-release/bin/python -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks --python .venv-release/bin/python
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-release .pytest_cache build *.egg-info

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks.catalog import LOAD_TOOL, SCENARIOS
 from benchmarks.charts import write_charts
+from benchmarks.interpreter import UnusableInterpreter, describe, label
 from benchmarks.procs import ProcessFailed
 from benchmarks.report import markdown
 from benchmarks.runner import EXTRA_PROXIES, PROXIES, Options
@@ -46,6 +47,10 @@ def parse_args(argv: list[str], prog: str = "python -m benchmarks") -> argparse.
     p.add_argument("--workers", type=int, default=1,
                    help="Remora --workers and Envoy --concurrency of every sidecar (default 1; "
                         "with more than 1, use --no-pin: pinning puts every proxy on one core)")
+    p.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help="the interpreter that runs Remora's sidecars and the bare relay (default: this "
+                        "one); a virtual environment's python with the project installed. How CPython "
+                        "was built matters: see docs/benchmarks.md, 'The interpreter's build'")
     p.add_argument("--out", type=Path, default=Path("bench-out"),
                    help="output directory (default bench-out/)")
     args = p.parse_args(argv)
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         out=args.out,
         wait_idle=args.wait_idle,
         workers=args.workers,
+        python=args.python,
     )
     skipped = find_load_tools(names, opts)
     if len(skipped) == len(names):
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
     try:
         opts.envoy = find_envoy() if "envoy" in opts.proxies else None
         opts.pinning = plan_pinning(not args.no_pin)
-    except MissingTool as exc:
+        sidecar_python = describe(opts.python) if {"remora", "relay"} & set(opts.proxies) else None
+    except (MissingTool, UnusableInterpreter) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from shutil import which
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         "versions": tool_versions(opts.envoy, opts.wrk, which("nginx") or which(
             "nginx", path="/usr/sbin:/sbin"), opts.h2load),
         "pinning": opts.pinning.as_dict(),
+        "sidecar_python": sidecar_python,
         "settings": {"runs": opts.runs, "duration": opts.duration, "warmup": opts.warmup,
                      "connections": opts.connections, "threads": opts.threads,
                      "proxies": list(opts.proxies), "proxy_workers": opts.workers,
@@ -133,6 +141,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
                      "open_files_limit": raise_open_files_limit()},
         "scenarios": {},
     }
+    if sidecar_python:     # the report's "on Python ..." names the sidecars' interpreter
+        results["versions"]["python"] = label(sidecar_python)
     print(f"pinning: {opts.pinning.method}", flush=True)
     busy = results["machine"]["busy_cores_before"] = busy_cores()
     if busy > 0.25:

@@ -19,6 +19,7 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -131,11 +132,13 @@ def main() -> int:
                         help="h2load open loop at RPS requests/s (latency-fixed-rate-mesh's or, with "
                              "--grpc, -grpc's load) instead of the closed loop")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--python", default=sys.executable, metavar="PATH",
+                        help="the sidecars' interpreter (default: this one), as `python -m benchmarks --python`")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
     try:
         opts = Options(out=args.out, wrk=find_tool("wrk"), h2load=find_tool("h2load"), pinning=plan_pinning(True),
-                       connections=args.connections, proxies=("remora",))
+                       connections=args.connections, proxies=("remora",), python=args.python)
         pyspy = "" if args.counts else find_tool("py-spy")
     except MissingTool as exc:
         print(f"error: {exc} (py-spy: pip install py-spy)")

@@ -50,6 +50,7 @@ class Options:
     envoy: str | None = None
     wait_idle: float = 0.0  # seconds to wait, before each run, for other load to stop
     workers: int = 1        # Remora --workers and Envoy --concurrency of every sidecar
+    python: str = sys.executable    # the interpreter of Remora's sidecars and the bare relay (--python)
 
 
 def wait_for_idle(limit: float, threshold: float = 0.2) -> float:
@@ -82,9 +83,9 @@ class DataPlane:
     verify: Callable[[DataPlane, list[Child]], None] | None = None
 
 
-def remora_cmd(*flags: str, workers: int = 1) -> list[str]:
+def remora_cmd(*flags: str, workers: int = 1, python: str = sys.executable) -> list[str]:
     """`python -m remora proxy FLAGS` with `workers` workers, no access log, no :15090 or :15021."""
-    return [sys.executable, "-m", "remora", "proxy", *flags, *REMORA_FLAGS, "--workers", str(workers)]
+    return [python, "-m", "remora", "proxy", *flags, *REMORA_FLAGS, "--workers", str(workers)]
 
 
 def envoy_sidecar(envoy: str, role: str, bootstrap: dict, config: Path,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +46,7 @@ def _one_hop_planes(workdir: Path, mesh_text: str, opts: Options) -> Builders:
     def remora() -> DataPlane:
         port, admin = free_port(), free_port()
         cmd = remora_cmd("--mesh-config", str(mesh_file), "--outbound-port", str(port),
-                         "--admin-port", str(admin), workers=opts.workers)
+                         "--admin-port", str(admin), workers=opts.workers, python=opts.python)
         return DataPlane("remora", [Sidecar("proxy", cmd, admin)], port, UPSTREAM_HOST)
 
     def envoy() -> DataPlane:
@@ -131,14 +130,16 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
         client = remora_cmd(
             "--mesh-config", str(mesh_file), "--cert-dir", str(certs[CLIENT_ACCOUNT]),
             "--outbound-port", str(entry_port), "--admin-port", str(admin_a),
-            "--namespace", MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT, workers=opts.workers)
+            "--namespace", MESH_NAMESPACE, "--service-account", CLIENT_ACCOUNT,
+            workers=opts.workers, python=opts.python)
         server = remora_cmd(
             "--mesh-config", str(mesh_file), "--cert-dir", str(certs[SERVER_ACCOUNT]),
             "--inbound-port", str(inbound_port), "--app-port", str(upstream_port),
             "--outbound-port", str(unused_b), "--admin-port", str(admin_b),
             "--service", "server", "--namespace", MESH_NAMESPACE,
             "--service-account", SERVER_ACCOUNT,
-            "--labels", ",".join(f"{k}={v}" for k, v in SERVER_LABELS.items()), workers=opts.workers)
+            "--labels", ",".join(f"{k}={v}" for k, v in SERVER_LABELS.items()),
+            workers=opts.workers, python=opts.python)
         return DataPlane("remora", [Sidecar("client", client, admin_a),
                                     Sidecar("server", server, admin_b)],
                          entry_port, SERVER_HOST, verify)
@@ -159,10 +160,10 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
     def relay() -> DataPlane:
         admin_a, admin_b = free_port(), free_port()
         tls = ["--cert-dir"] if mtls else []
-        client = relay_cmd("--listen", str(entry_port), "--to", f"127.0.0.1:{inbound_port}",
+        client = relay_cmd(opts.python, "--listen", str(entry_port), "--to", f"127.0.0.1:{inbound_port}",
                            "--admin-port", str(admin_a),
                            *([*tls, str(certs[CLIENT_ACCOUNT]), "--dial-tls"] if mtls else []))
-        server = relay_cmd("--listen", str(inbound_port), "--to", f"127.0.0.1:{upstream_port}",
+        server = relay_cmd(opts.python, "--listen", str(inbound_port), "--to", f"127.0.0.1:{upstream_port}",
                            "--admin-port", str(admin_b),
                            *([*tls, str(certs[SERVER_ACCOUNT]), "--accept-tls"] if mtls else []))
         check = verify_plaintext_refused(inbound_port) if mtls else None
@@ -172,9 +173,10 @@ def prepare_mesh_2hop_mtls(workdir: Path, upstream_port: int, opts: Options,
     return {"remora": remora, "envoy": envoy, "relay": relay}
 
 
-def relay_cmd(*flags: str) -> list[str]:
-    """The bare byte relay (benchmarks/tls_relay.py): the floor under any Python sidecar."""
-    return [sys.executable, "-m", "benchmarks.tls_relay", *flags]
+def relay_cmd(python: str, *flags: str) -> list[str]:
+    """The bare byte relay (benchmarks/tls_relay.py), on the sidecars' interpreter: the floor
+    under any Python sidecar."""
+    return [python, "-m", "benchmarks.tls_relay", *flags]
 
 
 def verify_plaintext_refused(inbound_port: int) -> Callable[[DataPlane, list[Child]], None]:
