@@ -23,7 +23,7 @@ Rules:
   same version.
 
 Pipeline: YAML -> documents -> identity (kind, apiVersion, metadata) -> schema
-(schema.py) -> per-resource rules (validate.py) -> cross-references (references.py).
+(schema.py) -> per-resource rules (validate*.py) -> cross-references (references.py).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from remora.config import validate, validate_entries, yaml_text
+from remora.config.validate_destination_rule import validate_destination_rule
 from remora.config.validate_gateway import validate_gateway
 from remora.config.validate_sidecar import validate_sidecar
 from remora.config.validate_jwt import validate_request_authentication
@@ -89,7 +90,7 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "ServiceEntry": validate_entries.validate_service_entry,
     "WorkloadEntry": validate_entries.validate_workload_entry,
     "VirtualService": validate.validate_virtual_service,
-    "DestinationRule": validate.validate_destination_rule,
+    "DestinationRule": validate_destination_rule,
     "Telemetry": validate_telemetry,
     "PeerAuthentication": validate_peer_authentication,
     "AuthorizationPolicy": validate_authorization_policy,

@@ -1,5 +1,6 @@
-"""Semantic rules of VirtualService and DestinationRule, applied after the schema check
-(ServiceEntry and WorkloadEntry: validate_entries.py; the value checks here are shared).
+"""Semantic rules of VirtualService, applied after the schema check (DestinationRule:
+validate_destination_rule.py; ServiceEntry and WorkloadEntry: validate_entries.py; the
+value checks all of them share: field_checks.py).
 
 The schema (model.py + schema.py) says which fields exist and their types; this module
 says which values make sense, following Istio's own validation where Remora implements
@@ -10,30 +11,22 @@ so that the loader can name file, resource and field. Rules that need the whole 
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 
 import msgspec
 
-from remora.config.duration import duration_nanos, parse_duration
+from remora.config.field_checks import FieldChecks
 from remora.config.model import (
-    ConnectionPoolSettings,
-    DestinationRuleSpec,
     HTTPFaultInjection,
     HTTPMatchRequest,
     HTTPRetry,
     HTTPRoute,
-    LoadBalancerSettings,
-    OutlierDetection,
     Percent,
-    PortTrafficPolicy,
     StringMatch,
-    TrafficPolicy,
     VirtualServiceSpec,
 )
 from remora.config.schema import Problem, join_path
 from remora.config.validate_http import GRPC_STATUS_NAMES, header_operation_problems
-from remora.config.validate_tls import validate_client_tls
 from remora.config.validate_http import cors_problems, local_answer_problems, mirror_problems
 from remora.config.validate_tcp import tcp_route_problems, tls_route_problems
 
@@ -44,115 +37,6 @@ RETRY_ON_CONDITIONS = frozenset({
     "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
     "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
 })
-LOAD_BALANCER_SIMPLE = frozenset({"UNSPECIFIED", "ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM", "PASSTHROUGH"})
-H2_UPGRADE_POLICIES = frozenset({"DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"})
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.IGNORECASE)
-# Python `re` accepts these but RE2 (Istio/Envoy) rejects them; catching them here keeps a
-# config that Remora accepts loadable by Istio too.
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
-
-
-# ---- small value checks ----------------------------------------------------------------
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def is_hostname(text: str) -> bool:
-    """RFC 1123 host name (what Istio's ValidateFQDN accepts), optional trailing dot."""
-    name = text.removesuffix(".")
-    return 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in name.split("."))
-
-
-def is_host_pattern(text: str) -> bool:
-    """A VirtualService/DestinationRule/ServiceEntry host: name, `*.suffix`, `*` or an IP."""
-    if text == "*" or is_ip(text):
-        return True
-    return is_hostname(text.removeprefix("*.")) if text.startswith("*.") else is_hostname(text)
-
-
-class _Checks:
-    """Collects problems; one method per kind of value so messages stay uniform."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
-
-    def duration(self, path: str, value: str | None, *, whole_ms: bool = False, zero_ok: bool = False) -> None:
-        """A duration string; with `whole_ms`, Istio's ValidateDuration on top: at least 1ms and
-        to millisecond precision (Envoy's timers), except 0 where `zero_ok` (it disables)."""
-        if value is None:
-            return
-        try:
-            seconds = parse_duration(value)
-        except ValueError as error:
-            self.add(path, str(error))
-            return
-        if seconds < 0:  # parse_duration has no sign today; keep the rule if it grows one
-            self.add(path, f"duration must not be negative, got {value!r}")
-        if whole_ms:
-            nanos = duration_nanos(value)
-            if nanos == 0 and zero_ok:
-                return
-            if nanos < 1_000_000:
-                self.add(path, f"duration must be at least 1ms, got {value!r}")
-            elif nanos % 1_000_000:
-                self.add(path, f"only durations to millisecond precision are supported, got {value!r}")
-
-    def percent(self, path: str, value: float | None) -> None:
-        if value is not None and not 0 <= value <= 100:
-            self.add(path, f"percentage must be between 0 and 100, got {value}")
-
-    def port(self, path: str, value: int | None) -> None:
-        if value is not None and not 1 <= value <= 65535:
-            self.add(path, f"port must be between 1 and 65535, got {value}")
-
-    def non_negative(self, path: str, value: int | None) -> None:
-        if value is not None and value < 0:
-            self.add(path, f"must be >= 0, got {value}")
-
-    def one_of(self, path: str, value: str | None, allowed: frozenset[str]) -> None:
-        if value is not None and value not in allowed:
-            self.add(path, f"unknown value {value!r}; expected one of {', '.join(sorted(allowed))}")
-
-    def regex(self, path: str, pattern: str) -> None:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            self.add(path, f"invalid regular expression {pattern!r}: {error}")
-            return
-        if _NOT_RE2.search(pattern):
-            self.add(path, f"regular expression {pattern!r} uses lookaround or backreferences, which RE2 (Istio, Envoy) does not support")
-
-    def host(self, path: str, host: str) -> None:
-        if not is_host_pattern(host):
-            self.add(path, f"invalid host {host!r}: expected a DNS name, `*.suffix`, `*` or an IP address")
-
-    def string_match(self, path: str, match: StringMatch, *, presence_allowed: bool = False, prefix_allowed: bool = True,
-                     empty_prefix_allowed: bool = False) -> None:
-        """Istio's validateStringMatch: one of exact/prefix/regex; an empty regex never, an empty
-        prefix only for `uri` (Envoy's path matcher allows it, its string matcher does not)."""
-        chosen = [name for name in ("exact", "prefix", "regex") if getattr(match, name) is not None]
-        if match.prefix == "" and not empty_prefix_allowed:
-            self.add(f"{path}.prefix", "prefix string match should not be empty")
-        if match.regex == "":
-            self.add(f"{path}.regex", "regex string match should not be empty")
-            return
-        # In headers/withoutHeaders an empty match ({}) is Istio's presence test.
-        if len(chosen) > 1 or (not chosen and not presence_allowed):
-            got = " and ".join(chosen) if chosen else "none"
-            self.add(path, f"set exactly one of exact, prefix, regex (got {got})")
-        if match.prefix is not None and not prefix_allowed:
-            self.add(f"{path}.prefix", "prefix is not supported here (Istio supports exact and regex for query parameters)")
-        if match.regex is not None:
-            self.regex(f"{path}.regex", match.regex)
 
 
 # ---- VirtualService --------------------------------------------------------------------
@@ -189,7 +73,7 @@ def normalize_header_keys(spec: VirtualServiceSpec, path: str = "spec") -> tuple
 
 
 def validate_virtual_service(spec: VirtualServiceSpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
+    checks = FieldChecks()
     if not spec.hosts:
         checks.add(f"{path}.hosts", "a VirtualService needs at least one host")
     for i, host in enumerate(spec.hosts):
@@ -206,12 +90,12 @@ def validate_virtual_service(spec: VirtualServiceSpec, path: str = "spec") -> li
 
 
 def _host_problem(host: str) -> str | None:
-    found = _Checks()
+    found = FieldChecks()
     found.host("", host)
     return found.problems[0].message if found.problems else None
 
 
-def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
+def _check_http_route(checks: FieldChecks, path: str, route: HTTPRoute) -> None:
     for j, match in enumerate(route.match):
         _check_match(checks, f"{path}.match[{j}]", match)
     checks.problems += local_answer_problems(path, route)
@@ -247,7 +131,7 @@ def _check_http_route(checks: _Checks, path: str, route: HTTPRoute) -> None:
         _check_fault(checks, f"{path}.fault", route.fault)
 
 
-def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
+def _check_match(checks: FieldChecks, path: str, match: HTTPMatchRequest) -> None:
     for name, value in (("uri", match.uri), ("scheme", match.scheme), ("method", match.method), ("authority", match.authority)):
         if value is not None:
             checks.string_match(f"{path}.{name}", value, empty_prefix_allowed=name == "uri")
@@ -265,7 +149,7 @@ def _check_match(checks: _Checks, path: str, match: HTTPMatchRequest) -> None:
     checks.port(f"{path}.port", match.port)
 
 
-def _check_retries(checks: _Checks, path: str, retries: HTTPRetry) -> None:
+def _check_retries(checks: FieldChecks, path: str, retries: HTTPRetry) -> None:
     checks.non_negative(f"{path}.attempts", retries.attempts)
     if retries.attempts == 0 and (retries.per_try_timeout is not None or retries.retry_on is not None
                                   or retries.retry_remote_localities is not None):
@@ -281,12 +165,12 @@ def _check_retries(checks: _Checks, path: str, retries: HTTPRetry) -> None:
         checks.add(f"{path}.retryOn", f"unknown retry condition {condition!r}; expected a status code or one of {', '.join(sorted(RETRY_ON_CONDITIONS))}")
 
 
-def _check_percentage(checks: _Checks, path: str, percentage: Percent | None) -> None:
+def _check_percentage(checks: FieldChecks, path: str, percentage: Percent | None) -> None:
     if percentage is not None:
         checks.percent(f"{path}.percentage.value", percentage.value)
 
 
-def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
+def _check_fault(checks: FieldChecks, path: str, fault: HTTPFaultInjection) -> None:
     if fault.delay is None and fault.abort is None:
         checks.add(path, "fault needs a delay or an abort")
     if fault.delay is not None:
@@ -306,125 +190,3 @@ def _check_fault(checks: _Checks, path: str, fault: HTTPFaultInjection) -> None:
             checks.add(f"{where}.grpcStatus", f"gRPC status {fault.abort.grpc_status!r} is not supported: use a status "
                                               "name such as NOT_FOUND or UNAVAILABLE")
         _check_percentage(checks, where, fault.abort.percentage)
-
-
-# ---- DestinationRule -------------------------------------------------------------------
-
-def validate_destination_rule(spec: DestinationRuleSpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
-    if not spec.host:
-        checks.add(f"{path}.host", "a DestinationRule needs a host")
-    else:
-        checks.host(f"{path}.host", spec.host)
-    if spec.traffic_policy is not None:
-        _check_traffic_policy(checks, f"{path}.trafficPolicy", spec.traffic_policy)
-    for key, value in (spec.workload_selector.match_labels.items() if spec.workload_selector else ()):
-        if "*" in key or "*" in value:   # Istio: "wildcard is not supported in selector"
-            checks.add(join_path(f"{path}.workloadSelector.matchLabels", key),
-                       "wildcard is not supported in selector: select workloads by exact labels")
-    seen: set[str] = set()
-    for i, subset in enumerate(spec.subsets):
-        where = f"{path}.subsets[{i}]"
-        if not subset.name:
-            checks.add(f"{where}.name", "a subset needs a name")
-        elif subset.name in seen:
-            checks.add(f"{where}.name", f"subset name {subset.name!r} is defined twice")
-        seen.add(subset.name)
-        for key, value in subset.labels.items():
-            if not key or not value:
-                checks.add(join_path(f"{where}.labels", key), "subset labels need a non-empty key and value")
-        if subset.traffic_policy is not None:
-            _check_traffic_policy(checks, f"{where}.trafficPolicy", subset.traffic_policy)
-    return checks.problems
-
-
-def _check_traffic_policy(checks: _Checks, path: str, policy: TrafficPolicy | PortTrafficPolicy) -> None:
-    if policy.load_balancer is not None:
-        _check_load_balancer(checks, f"{path}.loadBalancer", policy.load_balancer)
-    if policy.connection_pool is not None:
-        _check_connection_pool(checks, f"{path}.connectionPool", policy.connection_pool)
-    if policy.outlier_detection is not None:
-        _check_outlier_detection(checks, f"{path}.outlierDetection", policy.outlier_detection)
-    if policy.tls is not None:
-        checks.problems += validate_client_tls(policy.tls, f"{path}.tls")
-    if isinstance(policy, TrafficPolicy):
-        for i, port_policy in enumerate(policy.port_level_settings):
-            where = f"{path}.portLevelSettings[{i}]"
-            if port_policy.port is None or port_policy.port.number is None:
-                checks.add(f"{where}.port", "port-level settings need port.number")
-            else:
-                checks.port(f"{where}.port.number", port_policy.port.number)
-            _check_traffic_policy(checks, where, port_policy)
-
-
-def _check_load_balancer(checks: _Checks, path: str, lb: LoadBalancerSettings) -> None:
-    checks.one_of(f"{path}.simple", lb.simple, LOAD_BALANCER_SIMPLE)
-    checks.duration(f"{path}.warmupDurationSecs", lb.warmup_duration_secs)
-    if lb.simple is not None and lb.consistent_hash is not None:
-        checks.add(path, "set only one of simple and consistentHash")
-    hashing = lb.consistent_hash
-    if hashing is None:
-        return
-    where = f"{path}.consistentHash"
-    # useSourceIp: false is the same as leaving it out.
-    keys = [name for name, value in (
-        ("httpHeaderName", hashing.http_header_name), ("httpCookie", hashing.http_cookie),
-        ("useSourceIp", hashing.use_source_ip or None), ("httpQueryParameterName", hashing.http_query_parameter_name),
-    ) if value is not None]
-    if len(keys) != 1:
-        got = ", ".join(keys) if keys else "none"
-        checks.add(where, f"set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName (got {got})")
-    if hashing.http_cookie is not None:
-        checks.duration(f"{where}.httpCookie.ttl", hashing.http_cookie.ttl)
-    if hashing.ring_hash is not None and hashing.maglev is not None:
-        checks.add(where, "set only one of ringHash and maglev")
-    size = hashing.maglev.table_size if hashing.maglev is not None else None
-    if size and not (size > 1 and all(size % d for d in range(2, int(size ** 0.5) + 1))):
-        checks.add(f"{where}.maglev.tableSize", f"table size must be a prime number, got {size}")   # Istio's rule
-
-
-def _check_connection_pool(checks: _Checks, path: str, pool: ConnectionPoolSettings) -> None:
-    if pool.tcp is not None:
-        tcp = f"{path}.tcp"
-        checks.non_negative(f"{tcp}.maxConnections", pool.tcp.max_connections)
-        checks.duration(f"{tcp}.connectTimeout", pool.tcp.connect_timeout, whole_ms=True)
-        checks.duration(f"{tcp}.maxConnectionDuration", pool.tcp.max_connection_duration, whole_ms=True)
-        checks.duration(f"{tcp}.idleTimeout", pool.tcp.idle_timeout, whole_ms=True, zero_ok=True)
-        if pool.tcp.tcp_keepalive is not None:
-            checks.non_negative(f"{tcp}.tcpKeepalive.probes", pool.tcp.tcp_keepalive.probes)
-            checks.duration(f"{tcp}.tcpKeepalive.time", pool.tcp.tcp_keepalive.time, whole_ms=True)
-            checks.duration(f"{tcp}.tcpKeepalive.interval", pool.tcp.tcp_keepalive.interval, whole_ms=True)
-    if pool.http is not None:
-        http = f"{path}.http"
-        for name, value in (
-            ("http1MaxPendingRequests", pool.http.http1_max_pending_requests),
-            ("http2MaxRequests", pool.http.http2_max_requests),
-            ("maxRequestsPerConnection", pool.http.max_requests_per_connection),
-            ("maxRetries", pool.http.max_retries),
-            ("maxConcurrentStreams", pool.http.max_concurrent_streams),
-        ):
-            checks.non_negative(f"{http}.{name}", value)
-        checks.duration(f"{http}.idleTimeout", pool.http.idle_timeout, whole_ms=True)
-        checks.one_of(f"{http}.h2UpgradePolicy", pool.http.h2_upgrade_policy, H2_UPGRADE_POLICIES)
-        if pool.http.h2_upgrade_policy == "UPGRADE" and pool.http.use_client_protocol:
-            checks.add(f"{http}.useClientProtocol", "useClientProtocol must not be true when h2UpgradePolicy is UPGRADE")
-
-
-def _check_outlier_detection(checks: _Checks, path: str, outlier: OutlierDetection) -> None:
-    for name, value in (
-        ("consecutiveErrors", outlier.consecutive_errors),
-        ("consecutive5xxErrors", outlier.consecutive_5xx_errors),
-        ("consecutiveGatewayErrors", outlier.consecutive_gateway_errors),
-        ("consecutiveLocalOriginFailures", outlier.consecutive_local_origin_failures),
-    ):
-        checks.non_negative(f"{path}.{name}", value)
-    checks.duration(f"{path}.interval", outlier.interval, whole_ms=True)
-    checks.duration(f"{path}.baseEjectionTime", outlier.base_ejection_time, whole_ms=True)
-    checks.percent(f"{path}.maxEjectionPercent", outlier.max_ejection_percent)
-    checks.percent(f"{path}.minHealthPercent", outlier.min_health_percent)
-    if outlier.consecutive_local_origin_failures and not outlier.split_external_local_origin_errors:
-        checks.add(f"{path}.consecutiveLocalOriginFailures", "consecutiveLocalOriginFailures needs "
-                   "splitExternalLocalOriginErrors: true (Istio's rule)")
-
-
-# ---- ServiceEntry and WorkloadEntry ----------------------------------------------------------

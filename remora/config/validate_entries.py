@@ -18,7 +18,7 @@ import re
 
 from remora.config.model import ServiceEntrySpec, WorkloadEntrySpec
 from remora.config.schema import Problem, join_path
-from remora.config.validate import _Checks, is_hostname, is_ip
+from remora.config.field_checks import FieldChecks, is_hostname, is_ip
 
 SERVICE_ENTRY_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
 SERVICE_ENTRY_LOCATIONS = frozenset({"MESH_EXTERNAL", "MESH_INTERNAL"})
@@ -27,7 +27,7 @@ _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def validate_service_entry(spec: ServiceEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
+    checks = FieldChecks()
     if not spec.hosts:
         checks.add(f"{path}.hosts", "a ServiceEntry needs at least one host")
     for i, host in enumerate(spec.hosts):
@@ -71,7 +71,7 @@ def validate_service_entry(spec: ServiceEntrySpec, path: str = "spec") -> list[P
     return checks.problems
 
 
-def _check_service_entry_endpoints(checks: _Checks, path: str, spec: ServiceEntrySpec, port_names: set[str]) -> None:
+def _check_service_entry_endpoints(checks: FieldChecks, path: str, spec: ServiceEntrySpec, port_names: set[str]) -> None:
     resolution = spec.resolution or "NONE"
     if spec.workload_selector is not None and spec.endpoints:
         checks.add(f"{path}.endpoints", "set only one of workloadSelector and endpoints")
@@ -111,7 +111,7 @@ def _check_service_entry_endpoints(checks: _Checks, path: str, spec: ServiceEntr
         checks.non_negative(f"{where}.weight", endpoint.weight)
 
 
-def _unix_address(checks: _Checks, where: str, entry: WorkloadEntrySpec) -> None:
+def _unix_address(checks: FieldChecks, where: str, entry: WorkloadEntrySpec) -> None:
     """Istio's ValidateUnixAddress, and a unix endpoint carries no ports."""
     socket = (entry.address or "").removeprefix(UNIX_PREFIX)
     if not socket:
@@ -123,19 +123,19 @@ def _unix_address(checks: _Checks, where: str, entry: WorkloadEntrySpec) -> None
         checks.add(f"{where}.ports", f"unix endpoint {entry.address!r} must not include ports")
 
 
-def _port_name(checks: _Checks, where: str, name: str) -> None:
+def _port_name(checks: FieldChecks, where: str, name: str) -> None:
     if not _PORT_NAME.fullmatch(name):
         checks.add(where, f"invalid port name {name!r}: a DNS-1123 label (lowercase alphanumerics and '-')")
 
 
-def _selector_labels(checks: _Checks, path: str, labels: dict[str, str]) -> None:
+def _selector_labels(checks: FieldChecks, path: str, labels: dict[str, str]) -> None:
     for key, value in labels.items():
         if "*" in key or "*" in value:
             checks.add(join_path(path, key), "wildcard is not supported in selector: select workloads by exact labels")
 
 
 def validate_workload_entry(spec: WorkloadEntrySpec, path: str = "spec") -> list[Problem]:
-    checks = _Checks()
+    checks = FieldChecks()
     if not spec.address:
         if spec.network:
             # Istio accepts it (reached through the network's gateway): Remora has no such gateway.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from remora.config.model_gateway import GatewaySpec, GatewayServer, ServerTLSSettings
 from remora.config.schema import Problem
-from remora.config.validate import _DNS_LABEL, is_host_pattern, is_ip
+from remora.config.field_checks import DNS_LABEL, is_host_pattern, is_ip
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
@@ -106,7 +106,7 @@ def host_problem(host: str) -> str | None:
         namespace, name = parts
         if not namespace or not name:
             return "config namespace and dnsName in host entry cannot be empty"
-        if namespace not in ("*", ".") and not _DNS_LABEL.fullmatch(namespace):
+        if namespace not in ("*", ".") and not DNS_LABEL.fullmatch(namespace):
             return f"invalid namespace value {namespace!r} in gateway"
     else:
         name = parts[0]

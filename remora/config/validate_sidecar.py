@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from remora.config.model_sidecar import SidecarSpec
 from remora.config.schema import Problem
-from remora.config.validate import _DNS_LABEL, is_host_pattern
+from remora.config.field_checks import DNS_LABEL, is_host_pattern
 
 MODES = frozenset({"REGISTRY_ONLY", "ALLOW_ANY"})
 
@@ -64,7 +64,7 @@ def egress_host_problem(host: str) -> str | None:
         return f"host {host!r} must be of form namespace/dnsName"
     if not namespace or not name:
         return "config namespace and dnsName in host entry cannot be empty"
-    if namespace not in ("*", ".", "~") and not _DNS_LABEL.fullmatch(namespace):
+    if namespace not in ("*", ".", "~") and not DNS_LABEL.fullmatch(namespace):
         return f"invalid namespace value {namespace!r} in sidecar"
     if name != "*" and not is_host_pattern(name):
         return f"domain name {name!r} invalid"

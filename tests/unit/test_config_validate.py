@@ -489,7 +489,7 @@ def test_every_destination_rule_duration_is_parsed(policy: dict, path: str) -> N
 
 def test_negative_durations_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     """A duration that parses to a negative value is rejected (guard for a future signed parser)."""
-    monkeypatch.setattr("remora.config.validate.parse_duration", lambda text: -1.0)
+    monkeypatch.setattr("remora.config.field_checks.parse_duration", lambda text: -1.0)
     rejected_at("spec.http[0].timeout", *baseline(vs=virtual_service(http_route(timeout="1s"))), says="negative")
 
 
