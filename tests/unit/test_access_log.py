@@ -15,13 +15,13 @@ import pytest
 from remora.proxy.telemetry import access_log as telemetry
 from remora.proxy.telemetry.access_log import (
     AccessLogRecord,
-    AccessLogWriter,
     format_envoy_default,
     format_json,
     format_start_time,
     join_flags,
     long_flags,
 )
+from remora.proxy.telemetry.access_log_writer import AccessLogWriter
 
 # 2016-04-15T20:17:00.310Z, the example in Envoy's docs
 T0 = calendar.timegm((2016, 4, 15, 20, 17, 0)) + 0.310

@@ -24,7 +24,7 @@ from remora.proxy.process.snapshot import (  # noqa: F401 (ProxyOptions, mesh_in
 from remora.proxy.router.deadlines import RequestDeadlines
 from remora.proxy.security.inbound_accept import OUT_OF_DESCRIPTORS
 from remora.proxy.security.tls import MeshTls
-from remora.proxy.telemetry.access_log import AccessLogWriter
+from remora.proxy.telemetry.access_log_writer import AccessLogWriter
 from remora.proxy.telemetry.istio_metrics import IstioMetrics
 from remora.proxy.telemetry.otlp import SpanExporter
 from remora.proxy.telemetry.process_memory import memory_stats
