@@ -49,9 +49,11 @@ base-image: $(STAMP)
 test-docker: $(STAMP)
 	$(PY) -m pytest -q -rs tests/docker
 
+# BENCH_ARGS passes scenarios and flags on: make bench BENCH_ARGS="h2-1hop --runs 2"
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # The same, with Remora's sidecars on a release build of CPython (PGO + LTO, as the image's
 # python is), in .venv-release: a default `./configure` build (pyenv's) runs them markedly
@@ -62,7 +64,7 @@ bench-release: $(STAMP)
 	test -x .venv-release/bin/python || $(RELEASE_PYTHON) -m venv .venv-release
 	.venv-release/bin/python -m pip install -q -e '.[bench]'
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m benchmarks --python .venv-release/bin/python
+	$(PY) -m benchmarks --python .venv-release/bin/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-release .pytest_cache build *.egg-info
