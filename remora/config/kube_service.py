@@ -28,12 +28,12 @@ without that name is sent the service port (Istio leaves such a workload out of 
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 import msgspec
 
+from remora.config.field_checks import is_ip
 from remora.config.model import Resource, ServiceEntrySpec, ServicePort, Spec, WorkloadEntrySpec, WorkloadSelector
 from remora.config.protocols import declared_protocol
 from remora.config.schema import Problem
@@ -90,14 +90,6 @@ def fqdn(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc.cluster.local"
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def validate_service(spec: KubeServiceSpec, name: str, path: str = "spec") -> list[Problem]:
     """Kubernetes' own rules for a Service (apimachinery ValidateService), the ones a file can break."""
     problems: list[Problem] = []
@@ -117,10 +109,10 @@ def validate_service(spec: KubeServiceSpec, name: str, path: str = "spec") -> li
     headless = spec.cluster_ip == "None"
     if not spec.ports and kind != "ExternalName" and not headless:
         add(f"{path}.ports", "required value: a Service needs at least one port (unless headless or ExternalName)")
-    if spec.cluster_ip and spec.cluster_ip != "None" and not _is_ip(spec.cluster_ip):
+    if spec.cluster_ip and spec.cluster_ip != "None" and not is_ip(spec.cluster_ip):
         add(f"{path}.clusterIP", f"{spec.cluster_ip!r} must be a valid IP address or None")
     for i, address in enumerate(spec.cluster_ips):
-        if address != "None" and not _is_ip(address):
+        if address != "None" and not is_ip(address):
             add(f"{path}.clusterIPs[{i}]", f"{address!r} must be a valid IP address or None")
     seen_names: set[str] = set()
     seen_ports: set[tuple[int, str]] = set()
@@ -191,7 +183,7 @@ def service_entry_spec(spec: KubeServiceSpec, name: str, namespace: str,
         return ServiceEntrySpec(hosts=[fqdn(name, namespace)], ports=ports, location="MESH_EXTERNAL",
                                 resolution="DNS", endpoints=[WorkloadEntrySpec(address=spec.external_name)],
                                 export_to=export_to)
-    addresses = [a for a in (spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])) if _is_ip(a)]
+    addresses = [a for a in (spec.cluster_ips or ([spec.cluster_ip] if spec.cluster_ip else [])) if is_ip(a)]
     return ServiceEntrySpec(
         hosts=[fqdn(name, namespace)], addresses=addresses, ports=ports, location="MESH_INTERNAL",
         resolution="STATIC", export_to=export_to,

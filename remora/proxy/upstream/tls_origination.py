@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from remora.certs.secret_dir import (CA_FILES, CA_SECRET_SUFFIX, CERT_FILES, KEY_FILES, credential_ca,
                                       first_file)
+from remora.config.field_checks import is_ip
 from remora.config.loader import ConfigError, ConfigIssue
 from remora.proxy.upstream.upstream_tls import TlsStats, UpstreamTlsError, ssl_reason
 
@@ -123,14 +124,6 @@ def request_host(authority: bytes | None) -> str | None:
     return text or None
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _dns_match(wanted: str, presented: str) -> bool:
     wanted, presented = wanted.lower().rstrip("."), presented.lower().rstrip(".")
     if wanted == presented:
@@ -146,7 +139,7 @@ def names_match(expected, presented: tuple) -> bool:
         for want in expected:
             if kind == "DNS" and _dns_match(want, value):
                 return True
-            if kind == "IP Address" and _is_ip(want) and _is_ip(value.strip()) \
+            if kind == "IP Address" and is_ip(want) and is_ip(value.strip()) \
                     and ipaddress.ip_address(want) == ipaddress.ip_address(value.strip()):
                 return True
             if kind == "URI" and want == value:
@@ -356,7 +349,7 @@ class OriginationDialer:
         except (CredentialUnavailable, OriginationFileError) as error:
             stats.connection_error += 1
             raise UpstreamTlsError(_FAILED + str(error)) from None
-        sni = origin.sni or (host if host is not None and not _is_ip(host) else None)
+        sni = origin.sni or (host if host is not None and not is_ip(host) else None)
         try:
             _, conn = await asyncio.wait_for(
                 pool.loop.create_connection(factory, pool.host, pool.port, ssl=context,
