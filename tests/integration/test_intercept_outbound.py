@@ -121,4 +121,5 @@ def test_registry_only_refuses_non_mesh_destinations(lab):
     assert tcp_exchange(client, outside.ip, 7000, b"\x00\x01binary") in (b"", "error:ConnectionResetError")
     stats = strict.stats()
     assert stats["listener.127.0.0.1_15001.capture.registry_only_refused"] >= 2
-    assert " 502 NR " in strict.log()
+    # The access log is flushed every 100 ms: wait for the line rather than read once.
+    assert wait_until(lambda: " 502 NR " in strict.log(), 20, "the 502 NR access log line")
