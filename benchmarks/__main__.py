@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.catalog import LOAD_TOOL, SCENARIOS
 from benchmarks.charts import write_charts
-from benchmarks.interpreter import UnusableInterpreter, describe, label
+from benchmarks.interpreter import UnusableInterpreter, absolute, describe, label
 from benchmarks.procs import ProcessFailed
 from benchmarks.report import markdown
 from benchmarks.runner import EXTRA_PROXIES, PROXIES, Options
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         out=args.out,
         wait_idle=args.wait_idle,
         workers=args.workers,
-        python=args.python,
+        python=absolute(args.python),
     )
     skipped = find_load_tools(names, opts)
     if len(skipped) == len(names):

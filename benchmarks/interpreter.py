@@ -10,6 +10,7 @@ its release build, so the harness lets Remora run on the interpreter its image s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -26,6 +27,13 @@ print(json.dumps({"version": platform.python_version(), "executable": sys.execut
 
 class UnusableInterpreter(Exception):
     """The interpreter cannot run Remora (missing, or Remora and its dependencies not installed)."""
+
+
+def absolute(python: str) -> str:
+    """A path given with a directory made absolute (children start in other directories);
+    not resolved: a venv's python is a symlink, and resolving it would leave the venv. A bare
+    name is left for PATH."""
+    return os.path.abspath(python) if os.sep in python else python
 
 
 def describe(python: str = sys.executable) -> dict:

@@ -28,6 +28,8 @@ from pathlib import Path
 from benchmarks import h2load, h2load_closed, wrk
 from benchmarks import grpc_upstream
 from benchmarks.h2_scenarios import GRPC_HEADERS, H2_CONNECTIONS, H2_STREAMS, grpc_probe
+from benchmarks.interpreter import UnusableInterpreter, absolute, describe
+from benchmarks.interpreter import label as interpreter_label
 from benchmarks.procs import free_port, http_get
 from benchmarks.runner import Options, start_data_plane
 from benchmarks.scenarios import prepare_mesh_2hop_mtls
@@ -138,10 +140,15 @@ def main() -> int:
     args = parser.parse_args()
     try:
         opts = Options(out=args.out, wrk=find_tool("wrk"), h2load=find_tool("h2load"), pinning=plan_pinning(True),
-                       connections=args.connections, proxies=("remora",), python=args.python)
+                       connections=args.connections, proxies=("remora",), python=absolute(args.python))
         pyspy = "" if args.counts else find_tool("py-spy")
     except MissingTool as exc:
         print(f"error: {exc} (py-spy: pip install py-spy)")
+        return 2
+    try:
+        print(f"sidecars on Python {interpreter_label(describe(opts.python))}")
+    except UnusableInterpreter as exc:
+        print(f"error: {exc}")
         return 2
     workdir = args.out.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

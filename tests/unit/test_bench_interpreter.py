@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from benchmarks import scenarios
-from benchmarks.interpreter import UnusableInterpreter, describe, label
+from benchmarks.interpreter import UnusableInterpreter, absolute, describe, label
 from benchmarks.runner import remora_cmd
 
 
@@ -43,3 +43,13 @@ def test_label_names_configure_optimizations_when_present() -> None:
     """A build configured with PGO and LTO says so in the report line."""
     info = {"version": "3.11.7", "base": "/opt/py", "libpython": "shared", "optimizations": True, "lto": True}
     assert label(info) == "3.11.7 (/opt/py, libpython shared, configured --enable-optimizations --with-lto)"
+
+
+def test_a_relative_interpreter_path_becomes_absolute_without_leaving_its_venv(tmp_path, monkeypatch) -> None:
+    """`.venv-release/bin/python` works from any directory the sidecars start in, and the
+    venv's symlink is kept (resolving it would run the base interpreter without Remora)."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    assert absolute("venv/bin/python") == str(tmp_path / "venv" / "bin" / "python")
+    assert absolute("python3") == "python3"
