@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from remora.cli_arguments import http_url, labels, percent, port_map, seconds
+from remora.cli_arguments import component_log_levels, http_url, labels, log_level, percent, port_map, seconds
 from remora.cli_control import add_control_commands
 from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL
 from remora.proxy.codec.paths import LEVELS as PATH_LEVELS
@@ -128,6 +128,14 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     proxy.add_argument("--access-log", choices=["stdout", "off"], default="stdout")
     proxy.add_argument("--access-log-format", choices=["text", "json"], default="text",
                        help="encoding of the `envoy` access-log provider (meshConfig.accessLogEncoding)")
+    proxy.add_argument("--log-level", type=log_level, default=log_level("info"), metavar="LEVEL",
+                       help="level of the proxy's own log on stderr: trace, debug, info (default), "
+                            "warning, error, critical, off (Envoy's -l); change it live with "
+                            "POST /logging on the admin port")
+    proxy.add_argument("--component-log-level", type=component_log_levels, default={},
+                       metavar="NAME:LEVEL[,...]",
+                       help="levels of some components over --log-level, e.g. rbac:debug,jwt:debug "
+                            "(GET /logging lists the components)")
     proxy.add_argument("--trace-sampling", type=percent, default=1.0, metavar="PERCENT",
                        help="percent of new traces sampled (Istio's randomSamplingPercentage; default 1)")
     proxy.add_argument("--otlp-endpoint", type=http_url, default=None, metavar="URL",

@@ -55,3 +55,19 @@ def port_map(text: str) -> dict[int, int]:
             raise argparse.ArgumentTypeError(f"expected PORT=LOCAL (e.g. 80=8080), got {part!r}")
         mapping[int(port)] = int(local)
     return mapping
+
+
+def log_level(text: str) -> int:
+    from remora.proxy.log_levels import LevelError, level_number
+    try:
+        return level_number(text)
+    except LevelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def component_log_levels(text: str) -> dict[str, int]:
+    from remora.proxy.log_levels import LevelError, parse_component_levels
+    try:
+        return parse_component_levels(text)
+    except LevelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

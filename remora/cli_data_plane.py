@@ -65,6 +65,8 @@ def run_from_args(args) -> int:
         args.inbound_port = args.app_port = None
         args.outbound_port, args.inbound_bind, args.capture = 0, "127.0.0.1", False
         args.outbound_traffic_policy = "ALLOW_ANY"
+    from remora.proxy.log_levels import configure
+    configure("remora gateway" if gateway else "remora proxy", args.log_level, args.component_log_level)
     from remora.proxy.process.listener import ListenerSettings
     from remora.proxy.process.run import run_proxy
     from remora.proxy.security.identity import WorkloadIdentity

@@ -72,8 +72,8 @@ async def test_not_ready_until_every_worker_installed_the_certificate(tmp_path):
         await close(channels, tasks)
 
 
-async def test_a_worker_refusing_the_certificate_keeps_the_sidecar_not_ready(tmp_path, capsys):
-    """One worker answering an error leaves readiness off and prints the worker's error."""
+async def test_a_worker_refusing_the_certificate_keeps_the_sidecar_not_ready(tmp_path, caplog):
+    """One worker answering an error leaves readiness off and logs the worker's error (`secret`)."""
     svid, bundle = svid_and_bundle(tmp_path)
     channels, _, tasks = await fake_workers([None, "worker 1: certificate not applied: bad key"])
     try:
@@ -82,7 +82,8 @@ async def test_a_worker_refusing_the_certificate_keeps_the_sidecar_not_ready(tmp
         source.certs = HeldCertificate(svid, bundle)
         await source.push_certificate(svid, bundle)
         assert not source.is_ready()
-        assert "worker 1: certificate not applied: bad key" in capsys.readouterr().err
+        assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+            ("remora.secret", "ERROR", "worker 1: certificate not applied: bad key")]
     finally:
         await close(channels, tasks)
 

@@ -21,7 +21,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -29,7 +28,9 @@ from urllib.parse import parse_qsl, unquote
 
 from httptools import HttpParserError, HttpRequestParser, parse_url
 
-log = logging.getLogger("remora.admin")
+from remora.proxy import log_levels
+
+log = log_levels.logger("admin")
 
 IDLE_SECONDS = 75.0
 SHUTDOWN_SECONDS = 2.0

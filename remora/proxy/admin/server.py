@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from collections.abc import Awaitable
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 from remora.proxy.admin.formats import (  # noqa: F401 (re-exported: tests and dashboards import them here)
     default_is_gauge, filter_families, filtered_stats, format_clusters_text, gauge_predicate,
     prometheus_name, prometheus_text)
+from remora.proxy import log_levels
 from remora.proxy.admin.http_server import AdminHttpServer, HttpError, Request, Response, Routes, serve
 from remora.version import remora_version
 
@@ -56,7 +56,7 @@ __all__ = [
     "start_prometheus",
 ]
 
-log = logging.getLogger("remora.admin")
+log = log_levels.logger("admin")
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json; charset=utf-8"
@@ -113,6 +113,7 @@ _HELP = (
     ("/healthcheck/fail", "POST: fail health checks: /ready and :15021 answer 503 DRAINING"),
     ("/healthcheck/ok", "POST: pass health checks again (undo /healthcheck/fail)"),
     ("/quitquitquit", "POST: drain as on SIGTERM, then exit 0"),
+    ("/logging", "list log levels; POST ?level=LEVEL, ?COMPONENT=LEVEL or ?paths=C:L,C:L changes them"),
 )
 HELP_TEXT = "admin commands are:\n" + "".join(f"  {path}: {text}\n" for path, text in _HELP)
 
@@ -210,6 +211,23 @@ def make_admin_app(source: AdminSource) -> Routes:
         # Quit only once the answer is written: quitting may close this very server.
         return Response(200, "OK\n", after=lambda: _spawn(background, source.quit(), "quit"))
 
+    async def logging_levels(request: Request) -> Response:
+        if request.method == "GET" and request.query:
+            return Response(405, "changing log levels is POST /logging\n")
+        if request.query:
+            try:
+                changes = log_levels.changes_from_query(request.query)
+            except log_levels.LevelError as error:
+                return Response(400, f"{error}\nusage: POST /logging?level=LEVEL, "
+                                     f"?COMPONENT=LEVEL or ?paths=COMPONENT:LEVEL,...\n")
+            log_levels.apply_levels(changes)     # this process's (with N workers: the supervisor's)
+            spread = getattr(source, "set_log_levels", None)
+            if spread is not None:
+                await spread(changes)
+            log.info("admin: log levels changed: %s", ", ".join(
+                f"{name}:{log_levels.level_name(level)}" for name, level in changes.items()))
+        return Response(200, log_levels.listing())
+
     get = {"/": help_, "/help": help_, "/ready": ready, "/healthz/ready": ready, "/clusters": clusters,
            "/config_dump": config_dump, "/certs": certs, "/stats": stats, "/stats/prometheus": prometheus,
            "/server_info": server_info, "/listeners": listeners, "/memory": memory}
@@ -219,6 +237,7 @@ def make_admin_app(source: AdminSource) -> Routes:
     routes["/healthcheck/fail"] = {"POST": healthcheck_fail}
     routes["/healthcheck/ok"] = {"POST": healthcheck_ok}
     routes["/quitquitquit"] = {"POST": quitquitquit}
+    routes["/logging"] = {"GET": logging_levels, "POST": logging_levels}
     return routes
 
 

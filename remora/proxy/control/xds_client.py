@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from remora.config.model import MeshConfig
 from remora.proxy.control.snapshot_store import SnapshotStore, default_state_dir
 from remora.proxy.control.xds_state import FROM_CONTROL, FROM_DISK, Candidate, XdsState
+from remora.proxy import log_levels
 from remora.wire import protocol
 from remora.version import remora_version
 
@@ -46,8 +47,12 @@ ADMIN_READ_TIMEOUT_SECONDS = 5.0
 PROCESS_STARTED = time.time()   # imported at start-up: the sidecar's start, for `remora status`
 
 
-def log(message: str) -> None:
-    print(f"remora proxy: {message}", file=sys.stderr, flush=True)
+_config_log = log_levels.logger("config")
+
+
+def log(message: str, level: int = logging.INFO) -> None:
+    """The `config` component's line (log_levels.py): the control stream's events."""
+    _config_log.log(level, "%s", message)
 
 
 def stream_url(control: str) -> str:
@@ -137,7 +142,7 @@ def boot(options) -> ControlBoot:
         log(f"no disk snapshot at {store.path}; waiting for the control server's first push "
             "(/ready answers 503 until then)")
     except Exception as error:   # a bad snapshot must not keep the proxy from starting
-        log(f"ignoring disk snapshot: {_one_line(error)}")
+        log(f"ignoring disk snapshot: {_one_line(error)}", logging.WARNING)
     return ControlBoot(XdsState(), store, MeshConfig(version="none"), False)
 
 
@@ -270,21 +275,21 @@ class XdsClient:
                    "the last pushed config" if self.has_config else
                    "no config yet (/ready answers 503)")
         if was_connected:
-            log(f"control stream lost ({reason}); serving {serving}; reconnecting")
+            log(f"control stream lost ({reason}); serving {serving}; reconnecting", logging.WARNING)
         elif self._failures_in_a_row == 1 or self._failures_in_a_row % 20 == 0:
             log(f"control server {self.control} unreachable ({reason}, attempt "
-                f"{self._failures_in_a_row}); serving {serving}; retrying with backoff")
+                f"{self._failures_in_a_row}); serving {serving}; retrying with backoff", logging.WARNING)
 
     # -- one frame -----------------------------------------------------------------------------
     async def _on_frame(self, ws, data: str) -> None:
         try:
             message = protocol.decode(data)
         except protocol.ProtocolError as error:
-            log(f"ignoring frame from the control server: {error}")
+            log(f"ignoring frame from the control server: {error}", logging.WARNING)
             return
         if isinstance(message, protocol.StreamError):
             self.last_error = f"refused by the control server: {message.message}"
-            log(self.last_error)
+            log(self.last_error, logging.WARNING)
             await ws.close()
         elif isinstance(message, protocol.DiscoveryResponse):
             self.backoff.reset()   # the server is really serving us, not refusing at once
@@ -295,7 +300,7 @@ class XdsClient:
             self._answers.add(task)
             task.add_done_callback(self._answers.discard)
         else:
-            log(f"ignoring unexpected {type(message).__name__} from the control server")
+            log(f"ignoring unexpected {type(message).__name__} from the control server", logging.WARNING)
 
     async def _answer_config_dump(self, ws, request: protocol.ConfigDumpRequest) -> None:
         """Read the allowed admin paths over loopback and send them back; errors become the answer."""
@@ -332,7 +337,7 @@ class XdsClient:
         older = self.state.older_than_held(response)
         if older is not None:
             self.pushes_older += 1
-            log(f"xds refused {response.type_url}@{response.version_info}: {older}")
+            log(f"xds refused {response.type_url}@{response.version_info}: {older}", logging.WARNING)
             return self.state.reject(response, older)
         try:
             # Validation can take a while for a large mesh: off the event loop, so the
@@ -347,7 +352,7 @@ class XdsClient:
             keeping = f"{response.type_url}@{held.version or '-'}" if held else "nothing"
             detail = str(error) or type(error).__name__
             log(f"xds rejected {response.type_url}@{response.version_info} (keeping {keeping}): "
-                f"{_one_line(detail)}")
+                f"{_one_line(detail)}", logging.WARNING)
             return self.state.reject(response, detail)
         ack = self.state.accept(candidate)
         warned = f", {len(candidate.config.warnings)} warnings" if candidate.config.warnings else ""
@@ -357,7 +362,7 @@ class XdsClient:
             try:
                 await asyncio.to_thread(self.store.save, self.state.to_snapshot(), self.node.id)
             except OSError as error:   # serving matters more than the file
-                log(f"cannot write disk snapshot {self.store.path}: {error}")
+                log(f"cannot write disk snapshot {self.store.path}: {error}", logging.WARNING)
         return ack
 
 

@@ -36,7 +36,7 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
     policy = cluster.traffic_policy
     cluster.detector = OutlierDetector(
         policy.outlier_detection if policy is not None else None, cluster.endpoints,
-        pools.loop.time, on_panic_change=_panic_setter(cluster))
+        pools.loop.time, on_panic_change=_panic_setter(cluster), cluster=cluster.name)
     if previous is not None and previous.detector is not None:
         cluster.detector.inherit(previous.detector)
     cluster.circuit = pools.circuit_for(cluster.name)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 from remora.proxy.admin.admin_source import ControlView, gauge_names
 from remora.proxy.control.xds_state import Candidate
+from remora.proxy import log_levels
 from remora.proxy.telemetry.istio_metrics import merge, render
 
 
@@ -67,7 +67,7 @@ class FanoutAdminSource(ControlView):
         from remora.proxy.security.cert_source import svid_message   # cryptography: only with certificates
         errors = [error for error in await self._ask("certs", **svid_message(svid, bundle)) if error]
         for error in errors:
-            print(f"remora proxy: {error}", file=sys.stderr, flush=True)
+            log_levels.logger("secret").error("%s", error)
         if not errors:
             self.certificate_delivered = True
 
@@ -85,6 +85,10 @@ class FanoutAdminSource(ControlView):
             self.ready = all(await self._ask("ready"))
         except (OSError, ValueError, RuntimeError):   # a worker that exited at start (invalid
             self.ready = False          # config): the supervisor's loop notices its exit and stops
+
+    async def set_log_levels(self, levels: dict[str, int]) -> None:
+        """POST /logging reaches every worker: each logs its own requests."""
+        await self._ask("logging", levels=levels)
 
     async def apply(self, documents: list) -> list[str]:
         """Send accepted documents to every worker; return the errors of those that failed."""

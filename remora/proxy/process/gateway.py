@@ -16,7 +16,6 @@ targetPort (binding 80 needs root; Istio's gateway listens on 8080 for port 80 t
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from remora.config.loader import ConfigError, ConfigIssue
 from remora.config.model import MeshConfig
@@ -27,8 +26,9 @@ from remora.proxy.upstream.tcp_proxy import TcpSession, cluster_target
 from remora.proxy.security.credentials import DirectoryCredentials
 from remora.proxy.security.gateway_credentials import CredentialContexts
 from remora.proxy.security.gateway_tls import GatewayTlsError, PortTls
+from remora.proxy import log_levels
 
-log = logging.getLogger("remora.gateway")
+log = log_levels.logger("main")
 
 
 def credential_contexts(options) -> CredentialContexts | None:
@@ -85,7 +85,7 @@ def reconcile(worker, make_listener) -> list:
     started = []
     for key, listener in current.items():
         if key not in wanted:
-            log.info("remora gateway: port %s no longer served by this config: closing its listener", key[0])
+            log.info("port %s no longer served by this config: closing its listener", key[0])
             listener.stop_accepting()
             worker.listeners.remove(listener)
             worker.retired.append(listener)
@@ -103,7 +103,7 @@ async def start_listener(listener) -> None:
     try:
         await listener.start(True)
     except OSError as error:
-        log.error("remora gateway: cannot listen on %s:%s for server port %s: %s", listener.host,
+        log.error("cannot listen on %s:%s for server port %s: %s", listener.host,
                   listener.port, listener.gateway_port, error)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from logging import DEBUG
 
 from remora.proxy.telemetry.counters import Counters, status_names
 from remora.proxy.codec.downstream import DownstreamHttp1
@@ -34,6 +35,24 @@ from remora.proxy.security.jwt_authn import JwtAuthnStats, JwtFailure
 from remora.proxy.telemetry.access_log import FORMATTERS, access_record
 from remora.proxy.telemetry.telemetry_policy import ListenerTelemetry
 from remora.proxy.telemetry.tracing import CLIENT, SERVER, inject
+from remora.proxy.log_levels import logger
+
+# `--component-log-level rbac:debug,jwt:debug` (or POST /logging): each decision, with why.
+_rbac_log = logger("rbac")
+_jwt_log = logger("jwt")
+
+
+def _log_decision(decision, request) -> None:
+    """Envoy's rbac debug line: the outcome, the deciding policy, what the policy saw."""
+    outcome = "enforced allowed" if decision.allowed else "enforced denied"
+    shadow = ", shadow denied (AUDIT)" if decision.audit else ""
+    _rbac_log.debug("rbac: %s, matched policy %s%s: %r", outcome, decision.policy or "none", shadow, request)
+
+
+def _log_jwt_failure(head, failure) -> None:
+    _jwt_log.debug("jwt: %s %s%s from %s refused %d: %s", head.method.decode("latin-1"),
+                   head.authority.decode("latin-1"), head.path.decode("latin-1"),
+                   head.peer_ip.decode("latin-1"), failure.status, failure.message)
 
 
 @dataclass
@@ -282,6 +301,8 @@ class Listener:
                 if policy is not None and policy.authenticator is not None:
                     jwt = policy.authenticator.authenticate(head, self.jwt_authn)
                     if jwt.__class__ is JwtFailure:
+                        if _jwt_log.isEnabledFor(DEBUG):
+                            _log_jwt_failure(head, jwt)
                         denied = JwtDeniedExchange(sink, head, self, found[0], found[1], vhost.port)
                         denied.set_failure(jwt)
                         return denied
@@ -304,6 +325,8 @@ class Listener:
                     decision = policy.authorizer.check(policy.request(head, jwt))
                 finally:
                     head.path = original
+        if _rbac_log.isEnabledFor(DEBUG):
+            _log_decision(decision, policy.request(head, jwt))
         if decision.audit:
             self.rbac.shadow_denied += 1
         if decision.allowed:

@@ -39,10 +39,13 @@ from remora.proxy.process.fanout import FanoutAdminSource, apply_to_workers
 from remora.proxy.process.worker import ProxyOptions, Worker
 from remora.proxy.control.xds_state import Candidate
 from remora.proxy.process.allocator import keep_tls_buffers_in_heap
+from remora.proxy import log_levels
 
 if TYPE_CHECKING:
     from remora.proxy.security.cert_source import CertDirWatcher
     from remora.proxy.security.svid_manager import SvidManager
+
+main_log = log_levels.logger("main")
 
 # One line on the parent/child socketpair carries a whole pushed config ("apply").
 CHANNEL_LINE_LIMIT = 2 * xds_client.MAX_FRAME_BYTES
@@ -144,11 +147,11 @@ def _announce(options: ProxyOptions, config: MeshConfig) -> None:
     parts.append(f"config version {config.version}")
     if options.control:
         parts.append(f"control server {options.control}")
-    print(f"remora {'gateway' if options.gateway else 'proxy'}: " + ", ".join(parts), file=sys.stderr, flush=True)
+    main_log.info(", ".join(parts))
     for warning in config.warnings:
-        print(f"remora proxy: warning: {warning}", file=sys.stderr, flush=True)
+        main_log.warning("warning: %s", warning)
     for note in config.notes:
-        print(f"remora proxy: info: {note}", file=sys.stderr, flush=True)
+        main_log.info("info: %s", note)
 
 
 async def _first_worker(options: ProxyOptions, config: MeshConfig, control, worker_id: int = 0) -> Worker | None:
@@ -207,14 +210,13 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
 
 
 def _say_draining(options: ProxyOptions) -> None:
-    print(f"remora proxy: draining: inbound closed, outbound serving; exit when no connection "
-          f"is left or in {options.drain_seconds:g}s", file=sys.stderr, flush=True)
+    main_log.info("draining: inbound closed, outbound serving; exit when no connection "
+                  "is left or in %gs", options.drain_seconds)
 
 
 def _say_drained(cut: int, options: ProxyOptions) -> None:
     if cut:
-        print(f"remora proxy: drain deadline ({options.drain_seconds:g}s) reached: closing "
-              f"{cut} connection(s)", file=sys.stderr, flush=True)
+        main_log.warning("drain deadline (%gs) reached: closing %d connection(s)", options.drain_seconds, cut)
 
 
 async def _start_admin_servers(source, options: ProxyOptions) -> list:
@@ -297,6 +299,9 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
             elif op == "drain":
                 worker.stop_accepting()
                 answer = True
+            elif op == "logging":
+                log_levels.apply_levels(request["levels"])
+                answer = True
             else:
                 answer = None
             writer.write(json.dumps(answer).encode() + b"\n")
@@ -377,7 +382,7 @@ async def _parent(options: ProxyOptions, config: MeshConfig, children, control) 
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 pids.discard(pid)
-                print(f"remora proxy: worker {pid} exited ({status})", file=sys.stderr, flush=True)
+                main_log.error("worker %d exited (%s)", pid, status)
                 code = 1
                 stop.set()
     source.draining = True   # /healthz/ready: 503 DRAINING from now on

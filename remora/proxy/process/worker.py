@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDef
 from remora.proxy.telemetry.tracing import Tracer
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.upstream.tls_origination import OriginContexts
+from remora.proxy import log_levels
 
 
 # Allocations (net of frees) between two young-generation collections; CPython's default is
@@ -148,8 +148,8 @@ class Worker:
             if error.errno in OUT_OF_DESCRIPTORS and not self.out_of_descriptors:
                 self.out_of_descriptors = True
                 self.fd_exhausted += 1
-                logging.getLogger("remora.listener").warning(
-                    "remora proxy: out of file descriptors (%s): new outbound connections are "
+                log_levels.logger("connection").warning(
+                    "out of file descriptors (%s): new outbound connections are "
                     "closed as soon as they are accepted, inbound accepting backs off, until "
                     "descriptors are free", error.strerror or error)
             return

@@ -32,6 +32,8 @@ Rules:
 """
 from __future__ import annotations
 
+from logging import DEBUG
+
 from remora.proxy.codec.message import RequestHead
 from remora.proxy.codec.seams import DownstreamStream
 from remora.proxy.router.grpc import (MessageCounter, effective_timeout, local_reply_trailers,
@@ -44,6 +46,9 @@ from remora.proxy.telemetry.access_log import join_flags
 from remora.proxy.telemetry.request_info import RequestInfo
 from remora.proxy.telemetry.tracing import begin as begin_trace
 from remora.proxy.upstream.upstream_request import UpstreamRequest
+from remora.proxy.log_levels import logger
+
+_http_log = logger("http")
 
 
 class Exchange(UpstreamEvents, RequestInfo):
@@ -329,6 +334,8 @@ class Exchange(UpstreamEvents, RequestInfo):
         self._endpoint_done(error=False)
         if flag:
             self.add_flag(flag)
+        if _http_log.isEnabledFor(DEBUG):
+            _log_local_reply(self, status, body)
         if self.head.grpc or grpc_status is not None:
             extra = [*local_reply_trailers(status, body, grpc_status), *(extra or ())]
             self.grpc_status = extra[1][1]
@@ -360,3 +367,13 @@ class Exchange(UpstreamEvents, RequestInfo):
         if self.cluster is not None:
             self.cluster.stats.upstream_rq_active -= 1
         self.listener.exchange_finished(self)
+
+
+def _log_local_reply(exchange: Exchange, status: int, body: bytes) -> None:
+    """`--component-log-level http:debug`: why the proxy answered instead of the upstream."""
+    head = exchange.head
+    cluster = exchange.cluster.name if exchange.cluster is not None else "-"
+    _http_log.debug("http: local reply %d %s to %s %s%s (cluster %s, details %s): %s",
+                    status, exchange.flags, head.method.decode("latin-1"),
+                    head.authority.decode("latin-1"), head.path.decode("latin-1"), cluster,
+                    exchange.details, body[:200].decode("utf-8", "replace").strip() or "-")

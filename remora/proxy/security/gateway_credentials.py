@@ -24,15 +24,15 @@ Rules:
 """
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 import tempfile
 
 from remora.proxy.security.credentials import Credential, CredentialSource
 from remora.proxy.security.gateway_tls import GatewayTlsError, apply_settings
+from remora.proxy import log_levels
 
-log = logging.getLogger("remora.gateway")
+log = log_levels.logger("secret")
 
 
 class CredentialUnavailable(GatewayTlsError):
@@ -154,7 +154,7 @@ class CredentialContexts:
     def _refuse(self, key: tuple, error: GatewayTlsError) -> None:
         """No usable credential for `key` now: its servers refuse handshakes until the source changes."""
         if self._contexts.get(key, True) is not None:    # logged once, when it stops (or never starts) serving
-            log.error("remora gateway: %s: handshakes of the servers using it are refused", error.message)
+            log.error("%s: handshakes of the servers using it are refused", error.message)
         credential = self._used[key] = self.source.get(key[0])
         self._contexts[key] = None
         self._info[key[0]] = {"origin": credential.origin if credential is not None else None,

@@ -32,7 +32,7 @@ connections refused by the process-wide connection limit, the limit Envoy recomm
 setting below the descriptor limit), and each episode logs one warning.
 
 Refusals are counted, not logged at info: one line per refused connection would let a
-scanner fill the log. They are logged at debug level (logger `remora.inbound`); the one
+scanner fill the log. They are logged at debug level (component `connection`, log_levels.py); the one
 exception is a single stderr line the first time STRICT meets a sidecar without a certificate.
 """
 from __future__ import annotations
@@ -42,12 +42,12 @@ import errno
 import logging
 import socket
 import ssl
-import sys
 
+from remora.proxy import log_levels
 from remora.proxy.telemetry.counters import Counters
 from remora.proxy.security.peer_auth import DISABLE, STRICT
 
-log = logging.getLogger("remora.inbound")
+log = log_levels.logger("connection")
 
 TLS_HANDSHAKE_RECORD = 0x16    # the first byte of every TLS ClientHello record
 ACCEPTS_PER_WAKEUP = 64        # bound one accept burst so a flood cannot starve the loop
@@ -167,7 +167,7 @@ class InboundAcceptor:
         now = self.loop.time()
         if not self.backoff and now - self._warned_at >= WARN_INTERVAL:
             self._warned_at = now
-            log.warning("remora proxy: listener %s: cannot accept connections: %s; pausing "
+            log.warning("listener %s: cannot accept connections: %s; pausing "
                         "accepting (%.1f s to %.1f s backoff) until descriptors are free",
                         self.listener.address, error.strerror or error, *ACCEPT_BACKOFF)
         self.backoff = min(max(self.backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
@@ -192,8 +192,8 @@ class InboundAcceptor:
                 self._refuse(sock, "STRICT mTLS and no certificate yet")
                 if not self._no_cert_warned:
                     self._no_cert_warned = True
-                    print("remora proxy: inbound: PeerAuthentication STRICT and no certificate yet: "
-                          "refusing inbound connections until there is one", file=sys.stderr, flush=True)
+                    log.warning("inbound: PeerAuthentication STRICT and no certificate yet: "
+                                "refusing inbound connections until there is one")
             else:
                 self._hand_over(sock, None)
             return

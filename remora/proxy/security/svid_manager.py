@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import random
-import sys
 import time
 from typing import TYPE_CHECKING, Callable, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from remora.certs import RotationBackoff, Svid, SvidError, generate_key_and_csr, rotation_due
+from remora.proxy import log_levels
 from remora.wire.certificates import CERTIFICATES_PATH
 
 if TYPE_CHECKING:
@@ -107,8 +108,16 @@ class HttpCaClient:
             self._session = None
 
 
+# Lines that say a certificate could not be had or installed: warnings, so that they show
+# at --log-level warning too; the rest (issued, rotated) is info.
+_secret_log = log_levels.logger("secret")
+_TROUBLE = ("error:", "certificate request failed", "unreadable")
+
+
 def log(message: str) -> None:
-    print(f"remora proxy: {message}", file=sys.stderr, flush=True)
+    """The `secret` component's line for a certificate event (log_levels.py)."""
+    level = logging.WARNING if any(word in message for word in _TROUBLE) else logging.INFO
+    _secret_log.log(level, "%s", message)
 
 
 def _iso(at: dt.datetime) -> str:

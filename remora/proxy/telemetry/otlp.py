@@ -18,11 +18,11 @@ Rules:
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
 
+from remora.proxy import log_levels
 from remora.proxy.telemetry.tracing import CLIENT, SpanRecord
 
 MAX_QUEUE = 2048
@@ -138,8 +138,8 @@ class SpanExporter:
         now = time.monotonic()
         if force or not self._last_report or now - self._last_report >= _REPORT_EVERY:
             self._last_report = now
-            print(f"remora proxy: {message} (export errors {self.export_errors}, "
-                  f"spans dropped {self.dropped})", file=sys.stderr, flush=True)
+            log_levels.logger("tracing").warning("%s (export errors %d, spans dropped %d)",
+                                                 message, self.export_errors, self.dropped)
 
 
 class _Converter:

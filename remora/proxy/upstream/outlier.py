@@ -50,6 +50,9 @@ from typing import TYPE_CHECKING
 
 from remora.config.duration import parse_duration
 from remora.config.model import OutlierDetection
+from remora.proxy.log_levels import logger
+
+_log = logger("upstream")
 
 if TYPE_CHECKING:
     from remora.proxy.upstream.cluster import Endpoint
@@ -73,6 +76,7 @@ _X5 = "consecutive_5xx"
 _GW = "consecutive_gateway_failure"
 _LO = "consecutive_local_origin_failure"
 _KINDS = (_X5, _GW, _LO)
+_KIND_WORDS = {_X5: "5xx errors", _GW: "gateway errors", _LO: "local-origin failures"}
 _GATEWAY = frozenset((502, 503, 504))
 
 
@@ -94,8 +98,9 @@ class OutlierDetector:
     def __init__(self, settings: OutlierDetection | None, endpoints: Sequence[Endpoint],
                  now: Callable[[], float], *, max_ejection_time: float | None = None,
                  always_eject_one_host: bool = False,
-                 on_panic_change: Callable[[bool], None] | None = None) -> None:
+                 on_panic_change: Callable[[bool], None] | None = None, cluster: str = "-") -> None:
         s = settings or OutlierDetection()
+        self.cluster = cluster     # named in the `upstream` log lines of ejections
         self.enabled = settings is not None
         self._now = now
         self._on_panic_change = on_panic_change
@@ -189,6 +194,9 @@ class OutlierDetector:
         if host.multiplier * base < self.max_ejection_time + base:
             host.multiplier += 1
         host.ep.ejected = True
+        _log.info("upstream: cluster %s: endpoint %s ejected for %gs (%d consecutive %s, ejection %d)",
+                  self.cluster, host.ep.key, self._ejection_time(host), self.threshold[kind],
+                  _KIND_WORDS[kind], host.num_ejections)
         self._update_panic()
 
     # ---- every interval ---------------------------------------------------------------
@@ -216,6 +224,7 @@ class OutlierDetector:
         for kind in _KINDS:
             host.counts[kind] = 0
         host.ep.ejected = False
+        _log.info("upstream: cluster %s: endpoint %s back in service", self.cluster, host.ep.key)
         self._update_panic()
 
     # ---- panic, state, stats ----------------------------------------------------------

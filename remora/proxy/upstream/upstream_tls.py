@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import sys
 
 from remora.certs.client import peer_spiffe_id
 from remora.certs.spiffe import SCHEME
@@ -33,6 +32,7 @@ from remora.config.mesh_rules import (  # noqa: F401 (modes and outbound_sni re-
     DISABLE, ISTIO_MUTUAL, MUTUAL, SIMPLE, endpoint_tls_mode as tls_mode_rule, outbound_sni,
 )
 from remora.config.names import TLS_MODE_LABEL  # noqa: F401 (re-exported)
+from remora.proxy import log_levels
 from remora.proxy.telemetry.counters import Counters
 
 _LOGGED_LIMIT = 1024          # distinct mismatches remembered per worker before forgetting all
@@ -160,9 +160,9 @@ class MtlsDialer:
         if len(self.logged) >= _LOGGED_LIMIT:
             self.logged.clear()
         self.logged.add(key)
-        print(f"remora proxy: mTLS secure naming failed: cluster {self.cluster_name} endpoint "
-              f"{self.endpoint_key}: expected {' or '.join(sorted(expected))}, got {got or 'no SPIFFE ID'}; "
-              "connection closed", file=sys.stderr, flush=True)
+        log_levels.logger("upstream").warning(
+            "mTLS secure naming failed: cluster %s endpoint %s: expected %s, got %s; connection closed",
+            self.cluster_name, self.endpoint_key, " or ".join(sorted(expected)), got or "no SPIFFE ID")
 
 
 def ssl_reason(error: ssl.SSLError) -> str:
