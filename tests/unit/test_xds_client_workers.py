@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from remora.proxy.process.fanout import apply_to_workers
-from remora.proxy.process.run import _apply_documents
+from remora.proxy.process.worker_channel import apply_documents
 from remora.proxy.control.xds_state import XdsState
 from remora.wire import protocol
 
@@ -58,7 +58,7 @@ async def test_a_child_builds_and_swaps_the_documents_it_is_sent():
     """A child turns the forwarded documents into a config and swaps it in; no error answered."""
     worker = FakeWorker()
     docs = [[doc, source] for doc, source in candidate().documents]   # as they arrive, from JSON
-    assert await _apply_documents(worker, docs) is None
+    assert await apply_documents(worker, docs) is None
     assert [r.source for r in worker.applied[0].virtual_services] == ["xds:routes@v2"]
 
 
@@ -68,6 +68,6 @@ async def test_a_child_answers_its_build_error_naming_itself():
     bad = [[{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "x"},
              "spec": {"hosts": ["x"], "http": [{"route": [{"destination": {"host": "x"}, "weight": -1}]}]}},
             "xds:routes@v9"]]
-    answer = await _apply_documents(worker, bad)
+    answer = await apply_documents(worker, bad)
     assert answer.startswith("worker 1: ") and "weight" in answer
     assert worker.applied == []

@@ -19,7 +19,6 @@ With --token the same process runs the SvidManager (the workload certificate; GE
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from remora.certs.credential import CredentialSourceError
-from remora.config.loader import ConfigError, build_mesh_config
+from remora.config.loader import ConfigError
 from remora.config.model import MeshConfig
 from remora.proxy.control import xds_client
 from remora.proxy.admin.server import start_admin, start_health, start_prometheus
@@ -37,6 +36,7 @@ from remora.proxy.router.request_ids import request_ids
 from remora.proxy.admin.admin_source import ControlView, WorkerAdminSource
 from remora.proxy.process.fanout import FanoutAdminSource, apply_to_workers
 from remora.proxy.process.worker import ProxyOptions, Worker
+from remora.proxy.process.worker_channel import CHANNEL_LINE_LIMIT, answer_parent, certificate_installer
 from remora.proxy.control.xds_state import Candidate
 from remora.proxy.process.allocator import keep_tls_buffers_in_heap
 from remora.proxy import log_levels
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 main_log = log_levels.logger("main")
 
-# One line on the parent/child socketpair carries a whole pushed config ("apply").
-CHANNEL_LINE_LIMIT = 2 * xds_client.MAX_FRAME_BYTES
 
 
 def run_proxy(options: ProxyOptions, config: MeshConfig | None) -> int:
@@ -113,15 +111,6 @@ def _subscribe(certs, install) -> None:
     svid = certs.current()
     if svid is not None:
         install(svid, certs.trust_bundle)
-
-
-def _install_in(worker: Worker):
-    """A subscriber feeding the worker's MeshTls and the certificate-expiry gauge."""
-    def install(svid, bundle) -> None:
-        worker.tls.update(svid, bundle)
-        if worker.istio is not None:
-            worker.istio.certificate_expiry = svid.not_after.timestamp()
-    return install
 
 
 def _gateway_port(port, options: ProxyOptions) -> str:
@@ -192,7 +181,7 @@ async def _single(options: ProxyOptions, config: MeshConfig, control) -> int:
     if client is not None:
         _start_control(options, client, runners[0])
     certs = _start_certs(options, source)
-    _subscribe(certs, _install_in(worker))
+    _subscribe(certs, certificate_installer(worker))
     _announce(options, config)
     await stop.wait()
     worker.begin_drain()     # 503 DRAINING before anything else is stopped
@@ -272,40 +261,7 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     reader, writer = await asyncio.open_connection(sock=chan, limit=CHANNEL_LINE_LIMIT)
 
     async def serve() -> None:
-        while not reader.at_eof():
-            line = await reader.readline()
-            if not line:
-                break
-            request = json.loads(line)
-            op = request["op"]
-            if op == "apply":
-                answer = await _apply_documents(worker, request["documents"])
-            elif op == "ready":
-                answer = worker.ready and not worker.draining
-            elif op == "stats":
-                answer = worker.stats()
-            elif op == "istio":
-                answer = worker.istio.export() if worker.istio is not None else None
-            elif op == "certs":
-                answer = _apply_certificate(worker, request)
-            elif op == "serving_serial":
-                answer = None if worker.tls.svid is None else format(worker.tls.svid.serial, "x")
-            elif op == "clusters":
-                answer = worker.clusters()
-            elif op == "listeners":
-                answer = worker.listener_addresses()
-            elif op == "config_dump":
-                answer = worker.config_dump()
-            elif op == "drain":
-                worker.stop_accepting()
-                answer = True
-            elif op == "logging":
-                log_levels.apply_levels(request["levels"])
-                answer = True
-            else:
-                answer = None
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
+        await answer_parent(worker, reader, writer)
         stop.set()   # the parent is gone: do not outlive it
 
     server_task = asyncio.create_task(serve())
@@ -315,28 +271,6 @@ async def _child(options: ProxyOptions, config: MeshConfig, worker_id: int, chan
     _say_drained(await worker.drain(options.drain_seconds), options)
     server_task.cancel()
     return 0
-
-
-async def _apply_documents(worker: Worker, documents: list) -> str | None:
-    """A child's half of "apply": build the documents the parent accepted and swap them in
-    (built in a thread: this worker's listeners keep serving meanwhile)."""
-    try:
-        config = await asyncio.to_thread(
-            build_mesh_config, [(doc, source) for doc, source in documents], False)
-        worker.apply(config)
-    except Exception as error:   # answered to the parent, which NACKs; the worker goes on
-        return f"worker {worker.worker_id}: {error}"
-    return None
-
-
-def _apply_certificate(worker: Worker, message: dict) -> str | None:
-    """A child's half of "certs": install the SVID the supervisor holds (None, or the error)."""
-    from remora.proxy.security.cert_source import svid_from_message   # cryptography: only with certificates
-    try:
-        _install_in(worker)(*svid_from_message(message))
-    except Exception as error:   # answered to the parent, which logs it; the old certificate stays
-        return f"worker {worker.worker_id}: certificate not applied: {error}"
-    return None
 
 
 async def _parent(options: ProxyOptions, config: MeshConfig, children, control) -> int:
