@@ -21,6 +21,9 @@ def add_control_commands(sub) -> None:
     control.add_argument("--store-key-file", default=None, metavar="FILE",
                          help="with --store: at least 32 secret bytes; the CA key and the admin token are "
                               "sealed with it in etcd (the same file on every replica)")
+    control.add_argument("--store-max-txn-ops", type=positive_int, default=128, metavar="N",
+                         help="with --store: resources one apply may change, at most etcd's --max-txn-ops "
+                              "(default 128, etcd's default); an apply is one transaction, never split")
     control.add_argument("--trust-domain", default="cluster.local")
     control.add_argument("--grace-period", type=seconds, default=10.0,
                          help="how long a disconnected sidecar stays registered")

@@ -334,6 +334,7 @@ def run_control(args, review=None, sources=()) -> int:
                                admin_token_file=args.admin_token_file,
                                jwks_refresh_interval=args.jwks_refresh_interval, webhook=webhook,
                                store=args.store, store_key_file=args.store_key_file,
+                               store_max_txn_ops=args.store_max_txn_ops,
                                push_throttle=args.push_throttle)
     server = ControlServer(settings, sources=sources)
 
@@ -345,7 +346,8 @@ def run_control(args, review=None, sources=()) -> int:
             from remora.xds.replicas import start_shared
             try:
                 shared = await start_shared(settings.store, settings.store_key_file, settings.trust_domain,
-                                            settings.grace_period, settings.admin_token_file, server.log)
+                                            settings.grace_period, settings.admin_token_file, server.log,
+                                            settings.store_max_txn_ops)
             except (ValueError, CaError, SealError, AdminTokenError, StoreError, StoreUnavailable) as error:
                 print(f"remora: --store: {error}", file=sys.stderr)
                 return 1

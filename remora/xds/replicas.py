@@ -39,21 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from remora.certs import CertificateAuthority, JoinTokenStore
-from remora.certs.ca import root_trust_domain, self_signed_root
-from remora.certs.pem import CaError, cert_pem, certs_from_pem, key_pem
+from remora.certs import CertificateAuthority
 from remora.certs.sealing import SealingKey
 from remora.wire.protocol import Node
-from remora.xds.admin_auth import AdminCredential, generate_token, read_token_file
+from remora.xds.admin_auth import AdminCredential, read_token_file
 from remora.xds.etcd_client import (
-    EtcdClient, Event, StoreUnavailable, WatchCompacted, compare_revision, delete_op, parse_store_url, put_op,
+    EtcdClient, Event, StoreError, StoreUnavailable, WatchCompacted, compare_revision, delete_op, parse_store_url,
+    put_op,
 )
+from remora.xds.replica_secrets import SharedSecrets
 from remora.xds.store import AppliedResource, ChangeRefused
 
-MAX_TXN_OPS = 128          # etcd's default --max-txn-ops
+MAX_TXN_OPS = 128          # etcd's default --max-txn-ops (--store-max-txn-ops when etcd's is raised)
 RETRY_SECONDS = 1.0
 
 
@@ -67,7 +65,7 @@ def _applied_item(value: bytes) -> AppliedResource:
     return AppliedResource(data["document"], data["source"], float(data["applied_at"]), data.get("file_fingerprint"))
 
 
-class EtcdState:
+class EtcdState(SharedSecrets):
     """One replica's reads, writes and watch of the shared state (see the module docstring)."""
 
     def __init__(self, client: EtcdClient, prefix: str, key: SealingKey, lease_ttl: int,
@@ -78,6 +76,7 @@ class EtcdState:
         self.lease_ttl = lease_ttl
         self.log = log
         self.replica = secrets.token_hex(6)
+        self.max_txn_ops = MAX_TXN_OPS    # resources one apply may change: one put or delete each
         self.lease = 0
         self.revision = 0                                       # watched up to
         self._applied: dict[str, tuple[bytes, int]] = {}        # ref -> (value, mod_revision)
@@ -103,53 +102,6 @@ class EtcdState:
         for task in self._tasks:
             task.cancel()
         await self.client.close()
-
-    # ---- the CA root and the admin token
-
-    async def certificate_authority(self, trust_domain: str) -> tuple[CertificateAuthority, bool]:
-        """The shared root, made by the first replica; (CA, made here)."""
-        name = self.prefix + "ca/root"
-        existing = await self.client.get(name)
-        if existing is None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            cert = self_signed_root(key, trust_domain)
-            value = json.dumps({"cert": cert_pem(cert), "key": self.key.seal(key_pem(key), name).decode()}).encode()
-            existing = await self.client.create(name, value)   # None: ours is the root (no replica was faster)
-        if existing is not None:
-            data = json.loads(existing.value)
-            cert = certs_from_pem(data["cert"].encode(), "shared CA root")[0]
-            key = serialization.load_pem_private_key(self.key.open(data["key"].encode(), name), None)
-        found = root_trust_domain(cert)
-        if found is not None and found != trust_domain:
-            raise CaError(f"the shared CA root in etcd ({name}) is the root of trust domain {found!r}, "
-                          f"not {trust_domain!r}")
-        return CertificateAuthority(cert, key, [cert], [cert], trust_domain=trust_domain), existing is None
-
-    async def admin_token(self, given: str | None) -> tuple[str, bool]:
-        """The shared admin token: `given` (--admin-token-file) or a new one if etcd has none; (token, made)."""
-        name = self.prefix + "admin-token"
-        token = given or generate_token()
-        existing = await self.client.create(name, self.key.seal(token.encode(), name))
-        if existing is None:
-            return token, given is None
-        stored = self.key.open(existing.value, name).decode()
-        if given is not None and stored != given:
-            raise ValueError("--admin-token-file differs from the admin token the other replicas use "
-                             "(in etcd): give every replica the same file")
-        return stored, False
-
-    # ---- join tokens
-
-    async def tokens(self) -> tuple[JoinTokenStore, int]:
-        """The join-token records as they are now (linearizable read) and their revision."""
-        found = await self.client.get(self.prefix + "ca/join-tokens")
-        return JoinTokenStore.in_memory(found.value if found else None), found.mod_revision if found else 0
-
-    async def save_tokens(self, store: JoinTokenStore, revision: int) -> bool:
-        """Write the records back if nobody changed them since `revision`; False if somebody did."""
-        name = self.prefix + "ca/join-tokens"
-        done, _ = await self.client.txn([compare_revision(name, revision)], [put_op(name, store.serialized())])
-        return done
 
     # ---- applied resources
 
@@ -188,9 +140,10 @@ class EtcdState:
             written[ref] = value
         if not ops:
             return
-        if len(ops) > MAX_TXN_OPS:
+        if len(ops) > self.max_txn_ops:
             raise ChangeRefused(400, f"the change touches {len(ops)} resources; with the etcd store one apply "
-                                     f"changes at most {MAX_TXN_OPS} (etcd's --max-txn-ops): split it")
+                                     f"changes at most {self.max_txn_ops} (--store-max-txn-ops, which must not "
+                                     f"exceed etcd's --max-txn-ops, default 128): split it, nothing changed")
         self._writing = written   # its watch event may come before the answer: not another replica's
         try:
             done, answer = await self.client.txn(compares, ops)
@@ -200,6 +153,12 @@ class EtcdState:
                 revision = await self._already_written(written)
         except StoreUnavailable as error:
             raise ChangeRefused(503, f"config store unavailable, nothing changed: {error}") from None
+        except StoreError as error:
+            if "too many operations" in str(error):
+                raise ChangeRefused(400, f"etcd refused a transaction of {len(ops)} operations ({error}): "
+                                         f"--store-max-txn-ops {self.max_txn_ops} is more than this etcd's "
+                                         "--max-txn-ops allows; lower it or raise etcd's; nothing changed") from None
+            raise ChangeRefused(503, f"config store refused the write, nothing changed: {error}") from None
         finally:
             self._writing = {}
         if not revision:
@@ -391,7 +350,8 @@ class SharedStart:
 
 
 async def start_shared(url: str, key_file: str | None, trust_domain: str, grace_period: float,
-                       admin_token_file: str | None, log: Callable[[str], None]) -> SharedStart:
+                       admin_token_file: str | None, log: Callable[[str], None],
+                       max_txn_ops: int = MAX_TXN_OPS) -> SharedStart:
     """Connect to etcd and read (or make) the shared CA root, admin token and applied set.
     ValueError, CaError, SealError, AdminTokenError or StoreUnavailable say why not."""
     if not key_file:
@@ -399,6 +359,7 @@ async def start_shared(url: str, key_file: str | None, trust_domain: str, grace_
                          "with it in etcd (give every replica the same file)")
     given = read_token_file(Path(admin_token_file)) if admin_token_file else None
     state = await EtcdState.open(url, key_file, grace_period, log)
+    state.max_txn_ops = max_txn_ops
     try:
         ca, made = await state.certificate_authority(trust_domain)
         log(f"CA: {'made the' if made else 'the'} shared root in etcd, trust domain {trust_domain}")

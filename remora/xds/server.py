@@ -76,6 +76,7 @@ class ControlSettings:
     push_throttle: int = 100                   # streams sending at once (istiod's PILOT_PUSH_THROTTLE)
     store: str | None = None                   # --store etcd://...: replicas over etcd (replicas.py)
     store_key_file: str | None = None          # --store-key-file: seals the CA key and admin token in etcd
+    store_max_txn_ops: int = 128               # --store-max-txn-ops: resources one apply may change (etcd's limit)
 
 
 def _log(message: str) -> None:

@@ -33,7 +33,8 @@ def require_etcd() -> str:
 class EtcdCluster:
     """Members 0..n-1 of one etcd cluster, each a subprocess."""
 
-    def __init__(self, members: int = 3) -> None:
+    def __init__(self, members: int = 3, extra: tuple[str, ...] = ()) -> None:
+        """`extra`: more etcd flags for every member (e.g. --max-txn-ops)."""
         self.binary = require_etcd()
         self.dir = tempfile.mkdtemp(prefix="remora-etcd-")
         self._serial = register(self)
@@ -44,6 +45,7 @@ class EtcdCluster:
         self._logs: list = []
         self._args = etcd_cluster_args(self.binary, self.dir, self.client_ports, self.peer_ports,
                                        token=os.path.basename(self.dir))
+        self._args = [[*args, *extra] for args in self._args]
         for i in range(members):
             self.start(i)
         self.wait_healthy()

@@ -178,3 +178,68 @@ def test_a_replica_refuses_to_start_without_the_key_file(cluster, secrets_dir):
     control = ControlProcess({}, "--store", cluster.url, state=False)
     assert control.proc.wait(30) == 1
     assert "--store-key-file" in control.stderr()
+
+
+def service_entries(count: int) -> str:
+    """`count` ServiceEntries in one apply (the shape of Istio's external-services samples)."""
+    return "---\n".join(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-{i}, namespace: default}}
+spec:
+  hosts: [api-{i}.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 443, name: https, protocol: TLS}}]
+  resolution: DNS
+""" for i in range(count))
+
+
+def applied_entries(control: ControlProcess) -> int:
+    """ServiceEntries applied through the API (the files' own are not counted)."""
+    return sum(item["origin"] == "applied" for item in control.get("/v1/resources?kind=ServiceEntry")["items"])
+
+
+def limited_replica(cluster: EtcdCluster, secrets_dir: str, files: dict[str, str], ops: int) -> ControlProcess:
+    return ControlProcess(files, "--store", cluster.url, "--store-key-file", os.path.join(secrets_dir, "store-key"),
+                          "--admin-token-file", os.path.join(secrets_dir, "admin-token"),
+                          "--store-max-txn-ops", str(ops), state=False).wait_ready(30)
+
+
+def test_an_apply_over_the_transaction_limit_is_refused_whole(secrets_dir, upstreams):
+    """One apply is one etcd transaction: 129 resources against etcd's default limit (128)
+    is 400 naming both numbers and the flag, and not one of them is stored."""
+    cluster = EtcdCluster(1)
+    try:
+        a = replica(cluster, secrets_dir, {"mesh.yaml": mesh(upstreams.ports["echo"])})
+        code, answer = a.apply(service_entries(129))
+        assert code == 400, answer
+        assert "touches 129 resources" in answer["error"] and "at most 128 (--store-max-txn-ops" in answer["error"]
+        assert applied_entries(a) == 0
+        code, answer = a.apply(service_entries(128))
+        assert code == 200 and len(answer["results"]) == 128, answer
+    finally:
+        cluster.close()
+
+
+def test_a_raised_limit_takes_larger_applies_and_a_too_high_one_is_refused_clearly(secrets_dir, upstreams):
+    """With etcd's --max-txn-ops 300 and --store-max-txn-ops 300, 200 resources are one apply
+    that another replica sees whole; a replica set above what etcd allows gets etcd's refusal
+    as a 400 that names both flags, and nothing changes."""
+    files = {"mesh.yaml": mesh(upstreams.ports["echo"])}
+    raised = EtcdCluster(1, extra=("--max-txn-ops", "300"))
+    default = EtcdCluster(1)
+    try:
+        a = limited_replica(raised, secrets_dir, files, 300)
+        b = replica(raised, secrets_dir, files)
+        code, answer = a.apply(service_entries(200))
+        assert code == 200 and len(answer["results"]) == 200, answer
+        b.wait_until(lambda: applied_entries(b) == 200, what="the other replica to see all 200")
+
+        over = limited_replica(default, secrets_dir, files, 300)
+        code, answer = over.apply(service_entries(200))
+        assert code == 400, answer
+        assert "too many operations" in answer["error"] and "--store-max-txn-ops 300" in answer["error"]
+        assert "--max-txn-ops" in answer["error"] and "nothing changed" in answer["error"]
+        assert applied_entries(over) == 0
+    finally:
+        raised.close()
+        default.close()
