@@ -28,12 +28,10 @@ Pipeline: YAML -> documents -> identity (kind, apiVersion, metadata) -> schema
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
-from remora.config import validate, validate_entries, yaml_text
+from remora.config import validate, validate_entries
 from remora.config.validate_destination_rule import validate_destination_rule
 from remora.config.validate_gateway import validate_gateway
 from remora.config.validate_sidecar import validate_sidecar
@@ -56,32 +54,9 @@ from remora.config.version import config_version  # noqa: F401  (callers import 
 from remora.config.schema import Problem, convert_spec
 from remora.config.unenforced import unenforced_security
 from remora.config.spec_cache import Remembered, SpecCache  # noqa: F401  (SpecCache is re-exported)
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem: where it is (file, resource, field path) and what is wrong."""
-
-    file: str
-    resource: str  # "Kind/namespace/name", or "" when the document has no readable identity
-    field_path: str  # "spec.http[0].route[1].weight", or "" when it is about the whole document
-    message: str
-
-    def __str__(self) -> str:
-        return ": ".join(part for part in (self.file, self.resource, self.field_path, self.message) if part)
-
-
-class ConfigError(Exception):
-    """The config set is invalid; `.issues` lists every problem found."""
-
-    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        self.issues: list[ConfigIssue] = list(issues)
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        count = len(self.issues)
-        header = f"{count} configuration error{'' if count == 1 else 's'}:"
-        return "\n".join([header, *(f"  {issue}" for issue in self.issues)])
+from remora.config.documents import (  # noqa: F401  (ConfigIssue, ConfigError, with_namespace re-exported)
+    TOP_LEVEL_FIELDS, Collector, ConfigError, ConfigIssue, Document, parse_yaml, with_namespace, yaml_files,
+)
 
 
 # ---- kinds (tables and the kind/apiVersion check: kinds.py) ---------------------------------
@@ -99,16 +74,6 @@ _RULES: dict[str, Callable[[Any], list[Problem]]] = {
     "Sidecar": validate_sidecar,
 }
 
-_TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-
-
-# ---- documents ------------------------------------------------------------------------------
-
-@dataclass(slots=True)   # slots: the control server makes ten thousand per change
-class _Document:
-    body: Any
-    source: str
-    index: int  # 1-based position in its file, counting empty documents
 
 
 class _Loaded:
@@ -116,7 +81,7 @@ class _Loaded:
 
     __slots__ = ("document", "kind", "name", "namespace", "api_version", "spec", "memo", "ref")
 
-    def __init__(self, document: _Document, kind: str, name: str, namespace: str, api_version: str, spec: Any,
+    def __init__(self, document: Document, kind: str, name: str, namespace: str, api_version: str, spec: Any,
                  memo: Remembered | None = None) -> None:
         self.document, self.kind, self.name, self.namespace = document, kind, name, namespace
         self.api_version = api_version
@@ -125,104 +90,27 @@ class _Loaded:
         self.ref = f"{kind}/{namespace}/{name}"
 
 
-@dataclass
-class _Collector:
-    issues: list[ConfigIssue] = field(default_factory=list)
-    positions: list[tuple[int, int, int]] = field(default_factory=list)  # (file, document, seq) per issue
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)   # info lines: non-mesh kinds skipped
-    skipped: list[str] = field(default_factory=list)  # Kind/namespace/name of skipped mesh kinds
-    file_order: dict[str, int] = field(default_factory=dict)  # so issues print in load order
-
-    def saw(self, source: str) -> None:
-        self.file_order.setdefault(source, len(self.file_order))
-
-    def issue(self, source: str, resource: str, path: str, message: str, document: int = 0) -> None:
-        self.saw(source)
-        self.positions.append((self.file_order[source], document, len(self.issues)))
-        self.issues.append(ConfigIssue(source, resource, path, message))
-
-    def ordered_issues(self) -> list[ConfigIssue]:
-        """Issues in load order (file, document), whatever pass found them."""
-        return [issue for _, issue in sorted(zip(self.positions, self.issues), key=lambda pair: pair[0])]
-
-
-def _parse_yaml(text: str, source: str, collector: _Collector, namespace: str | None = None) -> list[_Document]:
-    collector.saw(source)
-    documents: list[_Document] = []
-    count = 0   # YAML documents read (a List's items share their document's number)
-    try:
-        for body in yaml_text.load_all(text):
-            count += 1
-            for item in _list_items(body):
-                documents.append(_Document(with_namespace(item, namespace), source, count))
-    except yaml_text.YamlSyntaxError as error:
-        collector.issue(source, "", "", f"document {count + 1}: invalid YAML: {error}", count + 1)
-    return documents
-
-
-def _list_items(body: Any) -> list[Any]:
-    """A Kubernetes `kind: List` (what `kubectl get -o yaml` prints) stands for its items."""
-    if isinstance(body, dict) and body.get("apiVersion") == "v1" and body.get("kind") == "List" \
-            and isinstance(body.get("items"), list):
-        return body["items"]
-    return [body]
-
-
-def with_namespace(body: Any, namespace: str | None) -> Any:
-    """`kubectl apply -n NAMESPACE`: a document without metadata.namespace gets NAMESPACE.
-
-    A document that names its own namespace keeps it (whether that is an error is the
-    caller's rule: `remora apply -n` refuses a mismatch, as kubectl does).
-    """
-    if namespace is not None and isinstance(body, dict) and isinstance(body.get("metadata"), dict):
-        if body["metadata"].get("namespace") in (None, ""):
-            body["metadata"]["namespace"] = namespace
-    return body
-
-
-def _yaml_files(paths: Sequence[str | os.PathLike], collector: _Collector) -> list[Path]:
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-            if not found:
-                collector.warnings.append(f"no *.yaml or *.yml files in directory {path}")
-        elif path.is_file():
-            found = [path]
-        else:
-            collector.issue(str(path), "", "", "no such file or directory")
-            found = []
-        for file in found:
-            if file.resolve() not in seen:  # the same file named twice is read once
-                seen.add(file.resolve())
-                files.append(file)
-    return files
-
-
 # ---- public API -----------------------------------------------------------------------------
 
 def load_mesh_config(paths: Sequence[str | os.PathLike], namespace: str | None = None) -> MeshConfig:
     """Load YAML files and directories (their *.yaml / *.yml, sorted) as one config set;
     documents without metadata.namespace are in `namespace` (default: "default")."""
-    collector = _Collector()
-    documents: list[_Document] = []
-    for path in _yaml_files(paths, collector):
+    collector = Collector()
+    documents: list[Document] = []
+    for path in yaml_files(paths, collector):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             collector.issue(str(path), "", "", f"cannot read file: {error}")
             continue
-        documents.extend(_parse_yaml(text, str(path), collector, namespace))
+        documents.extend(parse_yaml(text, str(path), collector, namespace))
     return _build(documents, collector)
 
 
 def load_mesh_text(text: str, source: str = "<memory>", namespace: str | None = None) -> MeshConfig:
     """Load one (multi-document) YAML text as a config set."""
-    collector = _Collector()
-    return _build(_parse_yaml(text, source, collector, namespace), collector)
+    collector = Collector()
+    return _build(parse_yaml(text, source, collector, namespace), collector)
 
 
 def parse_documents(text: str, source: str, namespace: str | None = None) -> tuple[list[tuple[Any, str]], list[ConfigIssue]]:
@@ -231,8 +119,8 @@ def parse_documents(text: str, source: str, namespace: str | None = None) -> tup
     Returns the documents read before any YAML error, and the error as an issue, so that a
     caller validating several texts can report every problem of the set in one go.
     """
-    collector = _Collector()
-    documents = _parse_yaml(text, source, collector, namespace)
+    collector = Collector()
+    documents = parse_yaml(text, source, collector, namespace)
     return [(document.body, source) for document in documents], collector.ordered_issues()
 
 
@@ -246,17 +134,17 @@ def build_mesh_config(docs: list[tuple[dict, str]], strict_references: bool = Tr
     types (clusters, then routes) references may dangle for a moment; such a destination
     answers 503 UH until the other half arrives, as Envoy answers for a missing cluster.
     """
-    documents: list[_Document] = []
+    documents: list[Document] = []
     per_source: dict[str, int] = {}
     for body, source in docs:
         per_source[source] = per_source.get(source, 0) + 1
-        documents.append(_Document(body, source, per_source[source]))
-    return _build(documents, _Collector(), strict_references, cache)
+        documents.append(Document(body, source, per_source[source]))
+    return _build(documents, Collector(), strict_references, cache)
 
 
 # ---- building ---------------------------------------------------------------------------------
 
-def _load_cached(document: _Document, collector: _Collector, cache: SpecCache | None) -> _Loaded | None:
+def _load_cached(document: Document, collector: Collector, cache: SpecCache | None) -> _Loaded | None:
     if cache is None:
         return _load_document(document, collector)
     hit = cache.recall(document.body)
@@ -286,10 +174,10 @@ def _resource(item: _Loaded) -> Resource:
     return resource
 
 
-def _build(documents: list[_Document], collector: _Collector, strict_references: bool = True,
+def _build(documents: list[Document], collector: Collector, strict_references: bool = True,
            cache: SpecCache | None = None) -> MeshConfig:
     loaded: list[_Loaded] = []
-    first_seen: dict[str, _Document] = {}
+    first_seen: dict[str, Document] = {}
     source = None
     for document in documents:
         if document.source is not source:   # documents come file by file
@@ -347,7 +235,7 @@ def _build(documents: list[_Document], collector: _Collector, strict_references:
     )
 
 
-def _load_document(document: _Document, collector: _Collector) -> _Loaded | None:
+def _load_document(document: Document, collector: Collector) -> _Loaded | None:
     """Identify one document; return it schema-checked if it is a supported kind."""
     body, source = document.body, document.source
     if body is None:
@@ -404,7 +292,7 @@ def _load_document(document: _Document, collector: _Collector) -> _Loaded | None
             report(path, message)
             ok = identified = False
     for key in body:
-        if key not in _TOP_LEVEL_FIELDS:
+        if key not in TOP_LEVEL_FIELDS:
             report(str(key), f"unknown top-level field `{key}` (expected apiVersion, kind, metadata, spec)")
             ok = False
     spec_type = kube_service.KubeServiceSpec if handling == "service" else SPEC_TYPES[kind]
