@@ -27,10 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,76 +40,12 @@ from remora.xds.sources import (  # noqa: F401
     Documents, ParseCache, identity, naming_issues, namespace_of, read_sources, validate_documents,
     yaml_files,
 )
+from remora.xds.changes import (  # noqa: F401 (the records are re-exported: callers import them from here)
+    STATE_FILE, AppliedResource, Change, ChangeRefused, ConfigFailure, ConfigState, PendingChange, StateError,
+    read_state_file, write_state_file,
+)
 
 FILE, APPLIED, REGISTRY = "file", "applied", "registry"
-STATE_FILE = "applied.json"
-STATE_FORMAT = 1
-
-# ---- results ---------------------------------------------------------------------------------
-
-@dataclass
-class Change:
-    """What an accepted apply or delete did."""
-
-    version: str
-    results: list[tuple[str, str]]  # (Kind/namespace/name, created|configured|unchanged|deleted|skipped)
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PendingChange:
-    """An apply or delete validated but not yet in force: the applied set it makes."""
-
-    applied: dict[str, AppliedResource]
-    config: MeshConfig
-    registry_refs: frozenset[str]
-    reason: str
-    results: list[tuple[str, str]]
-
-
-class ChangeRefused(Exception):
-    """An apply or delete the store will not make: HTTP status, message and every problem."""
-
-    def __init__(self, status: int, message: str, errors: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = list(errors)
-
-
-class StateError(Exception):
-    """The state file exists but cannot be used."""
-
-
-@dataclass
-class AppliedResource:
-    document: dict
-    source: str        # the file name the client gave (`remora apply -f reviews.yaml`)
-    applied_at: float
-    # A fingerprint of the file's version of this resource when it was applied (None: no
-    # file defined it). While the file still says exactly this, the applied version stays in
-    # force over it. A digest, not the document: YAML can hold values JSON cannot store.
-    file_fingerprint: str | None = None
-
-
-@dataclass
-class ConfigFailure:
-    """A rejected change: when, where it came from, and every error."""
-    at: float
-    source: str
-    errors: list[str]
-
-
-@dataclass
-class ConfigState:
-    """What /v1/status shows about the config: the version served and the last failure."""
-
-    version: str = ""
-    source: str = ""         # the change that produced the version served
-    updated_at: float = 0.0
-    files_valid: bool = True
-    last_error: ConfigFailure | None = None
-
 
 # ---- the store -------------------------------------------------------------------------------
 
@@ -368,41 +302,11 @@ class ConfigStore:
         raise ChangeRefused(status, message, errors)
 
     def _load_state(self) -> dict[str, AppliedResource]:
-        if self.state_path is None or not self.state_path.exists():
-            return {}
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-            if data.get("format") != STATE_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r} (expected {STATE_FORMAT})")
-            applied = {}
-            for item in data["resources"]:
-                ref = identity(item["document"])
-                if ref is None:
-                    raise ValueError(f"resource without kind/metadata.name: {item['document']!r:.100}")
-                applied[ref] = AppliedResource(item["document"], item["source"], float(item["applied_at"]),
-                                               item.get("file_fingerprint"))
-            return applied
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise StateError(f"{self.state_path}: cannot load applied resources: {error}") from None
+        return read_state_file(self.state_path) if self.state_path is not None else {}
 
     def _save_state(self, applied: dict[str, AppliedResource]) -> None:
-        if self.state_path is None:
-            return
-        data = {"format": STATE_FORMAT, "resources": [
-            {"document": item.document, "source": item.source, "applied_at": item.applied_at,
-             "file_fingerprint": item.file_fingerprint}
-            for _, item in sorted(applied.items())]}
-        try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".applied-", dir=self.state_path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except OSError as error:
-            raise ChangeRefused(500, f"cannot save applied resources to {self.state_path}: {error}") from None
-
+        if self.state_path is not None:
+            write_state_file(self.state_path, applied)
 
 def fingerprint(document: Any) -> str | None:
     """A stable digest of a parsed YAML document (None for none): equal documents, equal digests."""
