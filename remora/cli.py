@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from remora.cli_arguments import component_log_levels, http_url, labels, log_level, percent, port_map, seconds
+from remora.cli_arguments import (
+    component_log_levels, http_url, labels, locality, log_level, percent, port_map, seconds,
+)
 from remora.cli_control import add_control_commands
 from remora.proxy.codec.paths import DEFAULT_LEVEL as DEFAULT_PATH_LEVEL
 from remora.proxy.codec.paths import LEVELS as PATH_LEVELS
@@ -179,6 +181,10 @@ def _add_data_plane_parser(sub, gateway: bool) -> None:
     identity.add_argument("--workload", default=None, help="workload name (default: app-version)")
     identity.add_argument("--trust-domain", default="cluster.local")
     identity.add_argument("--node-id", default=None, help="unique sidecar id (default: workload.ns~host~pid)")
+    identity.add_argument("--locality", type=locality, default=None, metavar="REGION[/ZONE[/SUBZONE]]",
+                          help="where this workload runs (a pod: its node's topology labels); with "
+                               "outlierDetection, requests prefer endpoints of the same locality "
+                               "(DestinationRule localityLbSetting)")
 
 
 CLIENT_COMMANDS = ("apply", "get", "delete", "status", "proxy-config", "token")

@@ -71,3 +71,11 @@ def component_log_levels(text: str) -> dict[str, int]:
         return parse_component_levels(text)
     except LevelError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def locality(text: str) -> str:
+    """`region`, `region/zone` or `region/zone/subzone`, as Istio writes a locality."""
+    parts = text.split("/")
+    if len(parts) > 3 or not parts[0] or any(not part or part.strip() != part for part in parts):
+        raise argparse.ArgumentTypeError(f"expected REGION[/ZONE[/SUBZONE]], e.g. us-east1/us-east1-b, got {text!r}")
+    return text

@@ -158,7 +158,7 @@ def run_from_args(args) -> int:
         identity=WorkloadIdentity(service=args.service, namespace=args.namespace,
                                   service_account=args.service_account, labels=args.labels,
                                   workload=args.workload, trust_domain=args.trust_domain,
-                                  node_id=args.node_id),
+                                  node_id=args.node_id, locality=args.locality or ""),
         control=control, state_dir=args.state_dir, token=token.strip() if token else None,
         cert_dir=args.cert_dir, credentials_dir=args.credentials_dir, capture=capture,
         outbound_traffic_policy=args.outbound_traffic_policy,

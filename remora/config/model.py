@@ -285,10 +285,25 @@ class ConsistentHashLB(Spec):
     minimum_ring_size: int | None = None
 
 
+class LocalityFailover(Spec):
+    # `from` is a Python keyword: the attribute is from_, the YAML name stays `from`.
+    from_: str = msgspec.field(default="", name="from")
+    to: str = ""
+
+
+class LocalityLoadBalancerSetting(Spec):
+    """Istio's localityLbSetting; `distribute` and `failoverPriority` are refused (validation)."""
+    enabled: bool | None = None
+    failover: list[LocalityFailover] = []
+    distribute: list[dict] = []
+    failover_priority: list[str] = []
+
+
 class LoadBalancerSettings(Spec):
     simple: str | None = None
     consistent_hash: ConsistentHashLB | None = None
     warmup_duration_secs: str | None = None
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
 
 
 class TCPKeepalive(Spec):

@@ -62,7 +62,7 @@ NOT_SUPPORTED_YET: dict[str, frozenset[str]] = {
     "FaultAbort": frozenset({"http2Error"}),
     "TrafficPolicy": frozenset({"tunnel", "proxyProtocol", "retryBudget"}),
     "PortTrafficPolicy": frozenset({"retryBudget"}),
-    "LoadBalancerSettings": frozenset({"localityLbSetting", "warmup", "backendUtilization", "zoneAwareLbSetting"}),
+    "LoadBalancerSettings": frozenset({"warmup", "backendUtilization", "zoneAwareLbSetting"}),
     "ClientTLSSettings": frozenset({"caCrl"}),
     "HTTPCookie": frozenset({"attributes"}),
     "TelemetrySpec": frozenset({"targetRef", "targetRefs"}),

@@ -71,6 +71,8 @@ def _check_load_balancer(checks: FieldChecks, path: str, lb: LoadBalancerSetting
     checks.duration(f"{path}.warmupDurationSecs", lb.warmup_duration_secs)
     if lb.simple is not None and lb.consistent_hash is not None:
         checks.add(path, "set only one of simple and consistentHash")
+    if lb.locality_lb_setting is not None:
+        _check_locality(checks, f"{path}.localityLbSetting", lb.locality_lb_setting)
     hashing = lb.consistent_hash
     if hashing is None:
         return
@@ -134,3 +136,20 @@ def _check_outlier_detection(checks: FieldChecks, path: str, outlier: OutlierDet
     if outlier.consecutive_local_origin_failures and not outlier.split_external_local_origin_errors:
         checks.add(f"{path}.consecutiveLocalOriginFailures", "consecutiveLocalOriginFailures needs "
                    "splitExternalLocalOriginErrors: true (Istio's rule)")
+
+
+def _check_locality(checks: FieldChecks, path: str, setting) -> None:
+    """localityLbSetting: failover between regions (and enabled); the weighted forms are refused."""
+    for name, value in (("distribute", setting.distribute), ("failoverPriority", setting.failover_priority)):
+        if value:
+            checks.add(f"{path}.{name}", f"`{name}` is an Istio field not supported by Remora yet "
+                                         "(locality failover by region is: `failover`)")
+    for i, failover in enumerate(setting.failover):
+        where = f"{path}.failover[{i}]"
+        for name, region in (("from", failover.from_), ("to", failover.to)):
+            if not region:
+                checks.add(f"{where}.{name}", "a region is required")
+            elif "/" in region:
+                checks.add(f"{where}.{name}", f"{region!r}: failover names regions, not region/zone")
+        if failover.from_ and failover.from_ == failover.to:
+            checks.add(where, f"from and to are the same region ({failover.to!r})")

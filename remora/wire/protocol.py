@@ -76,6 +76,7 @@ class Node(msgspec.Struct, kw_only=True, omit_defaults=True):
     remora_version: str = ""
     started_at: float = 0.0                  # when the sidecar process started (Unix time)
     capabilities: list[str] = []             # optional protocol features it supports (CONFIG_DUMP)
+    locality: str = ""                       # --locality region/zone/subzone (its WorkloadEntry's)
 
 
 class Hello(msgspec.Struct, tag="hello", kw_only=True):

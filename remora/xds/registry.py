@@ -125,6 +125,8 @@ def with_peer_address(node: Node, peer: str | None) -> Node:
     return msgspec.structs.replace(node, **changes) if changes else node
 
 
+_LOCALITY = re.compile(r"[A-Za-z0-9._-]{1,63}(/[A-Za-z0-9._-]{1,63}){0,2}")
+
 def check_node(node: Node) -> None:
     """Raise InvalidNode for a node that cannot be registered or scoped."""
     if not node.id.strip():
@@ -142,6 +144,8 @@ def check_node(node: Node) -> None:
         split_host_port(node.admin, "admin")
     if node.app_port is not None and not 0 < node.app_port < 65536:
         raise InvalidNode(f"node.app_port: {node.app_port} is not a port number")
+    if node.locality and not _LOCALITY.fullmatch(node.locality):
+        raise InvalidNode(f"node.locality: {node.locality[:80]!r} is not REGION[/ZONE[/SUBZONE]]")
 
 
 def entry_name(node_id: str) -> str:
@@ -287,6 +291,8 @@ class Registry:
                 labels[TLS_MODE_LABEL] = "istio"
             spec = {"address": host, "ports": {name: port for name in names or ["http"]}, "labels": labels,
                     "serviceAccount": node.service_account}
+            if node.locality:
+                spec["locality"] = node.locality
             docs.append((_document("WorkloadEntry", entry_name(node.id), node.namespace, spec),
                          f"{REGISTRY_SOURCE} (sidecar {node.id})"))
         docs += [(doc, REGISTRY_SOURCE) for _, doc in sorted(synthesized.items())]

@@ -180,3 +180,17 @@ def test_other_replicas_sidecars_are_endpoints_and_own_ones_are_published():
     assert heard.events == [("registered", "a"), ("registered", "b"), ("removed", "b")]
     assert registry.remote_changed("r1", None)
     assert not registry.remote_changed("r1", None)
+
+
+def test_a_sidecars_locality_is_its_workload_entrys():
+    """`--locality` travels in the Hello: the registered WorkloadEntry carries it, so other
+    sidecars' locality failover sees where the endpoint runs; a malformed one is refused."""
+    registry = Registry(10.0)
+    registry.connect(node("a", locality="us-east1/us-east1-b"))
+    registry.connect(node("b"))
+    entries = {doc["metadata"]["name"]: doc["spec"] for doc, _ in registry.documents([])
+               if doc["kind"] == "WorkloadEntry"}
+    assert entries[entry_name("a")]["locality"] == "us-east1/us-east1-b"
+    assert "locality" not in entries[entry_name("b")]
+    with pytest.raises(InvalidNode, match="node.locality"):
+        check_node(node("c", locality="us-east1/a/b/c"))

@@ -174,7 +174,8 @@ def format_clusters_text(clusters: list[dict]) -> str:
             out.append(f"{host}::hostname::{ep.get('hostname', '')}\n")
             out.append(f"{host}::health_flags::{flags}\n")
             out.append(f"{host}::weight::{ep.get('weight', 1)}\n")
-            out.append(f"{host}::region::\n{host}::zone::\n{host}::sub_zone::\n")
+            region, zone, sub_zone = _locality(ep)
+            out.append(f"{host}::region::{region}\n{host}::zone::{zone}\n{host}::sub_zone::{sub_zone}\n")
             out.append(f"{host}::canary::false\n")
             out.append(f"{host}::priority::{ep.get('priority', 0)}\n")
             out.append(f"{host}::success_rate::-1\n{host}::local_origin_success_rate::-1\n")
@@ -198,3 +199,9 @@ def filter_families(text: str, rx: re.Pattern[str]) -> str:
         if keep:
             out.append(line)
     return "".join(out)
+
+
+def _locality(endpoint: dict) -> tuple[str, str, str]:
+    """(region, zone, sub_zone) of an endpoint's `region/zone/subzone` locality."""
+    parts = (endpoint.get("locality") or "").split("/", 2)
+    return tuple(parts + [""] * (3 - len(parts)))   # type: ignore[return-value]

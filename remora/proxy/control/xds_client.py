@@ -112,7 +112,7 @@ def build_node(options, admin_port: int) -> protocol.Node:
         labels=dict(identity.labels), trust_domain=identity.trust_domain, inbound=inbound,
         app_port=options.app_port, admin=f"{options.admin_bind}:{admin_port}",
         mtls=bool(options.token or options.cert_dir), remora_version=remora_version(),
-        started_at=PROCESS_STARTED, capabilities=[protocol.CONFIG_DUMP])
+        started_at=PROCESS_STARTED, capabilities=[protocol.CONFIG_DUMP], locality=identity.locality)
 
 
 @dataclass

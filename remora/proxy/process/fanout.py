@@ -134,7 +134,7 @@ class FanoutAdminSource(ControlView):
                         into["endpoints"].append(dict(ep))
                         continue
                     for key, value in ep.items():
-                        if isinstance(value, int) and key != "weight":
+                        if isinstance(value, int) and key not in ("weight", "priority"):
                             have[key] += value
                     if ep["health"] != "healthy":
                         have["health"] = ep["health"]

@@ -20,6 +20,7 @@ from remora.proxy.security.identity import WorkloadIdentity
 from remora.proxy.security.inbound_policy import InboundPolicy, compile_inbound_policy
 from remora.proxy.telemetry.istio_metrics import local_service_tags, service_tags
 from remora.proxy.upstream.cluster import Cluster, Endpoint, build_clusters
+from remora.proxy.upstream.locality import apply_locality
 from remora.proxy.upstream.pool import PoolRegistry
 from remora.proxy.upstream.tls_origination import check_origination
 
@@ -116,6 +117,7 @@ class Snapshot:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
         check_origination(self.clusters(), pools.origins)
         for cluster in self.clusters():
+            apply_locality(cluster, options.identity.locality)   # before the detector sets panic
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
         self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)

@@ -286,7 +286,7 @@ class Worker:
                     "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
                     "connections_active": len(pool.active) - len(pool.idle) if pool else 0,
                     "connections_idle": len(pool.idle) if pool else 0,
-                    "tls_mode": ep.tls_mode,
+                    "tls_mode": ep.tls_mode, "locality": ep.locality, "priority": ep.priority,
                 })
             result.append({"name": cluster.name, "service": cluster.service,
                            "subset": cluster.subset or "", "lb_policy": cluster.lb_policy,

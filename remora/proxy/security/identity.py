@@ -36,6 +36,7 @@ class WorkloadIdentity:
     workload: str | None = None         # --workload: like a Deployment name (reviews-v2)
     trust_domain: str = "cluster.local"
     node_id: str | None = None          # --node-id: unique per running sidecar
+    locality: str = ""                  # --locality region/zone/subzone (upstream/locality.py)
 
     @property
     def app(self) -> str:

@@ -53,10 +53,10 @@ class Endpoint:
 
     __slots__ = ("host", "port", "labels", "weight", "key", "active_requests",
                  "total_requests", "errors", "ejected", "pool", "service_account", "tls_mode",
-                 "h2_pool")
+                 "h2_pool", "locality", "priority")
 
     def __init__(self, host: str, port: int, labels: dict[str, str], weight: int = 1,
-                 service_account: str | None = None) -> None:
+                 service_account: str | None = None, locality: str | None = None) -> None:
         self.host = host
         self.port = port
         self.labels = labels
@@ -70,6 +70,8 @@ class Endpoint:
         self.h2_pool = None   # useClientProtocol clusters: the pool for requests that came over HTTP/2
         self.service_account = service_account
         self.tls_mode = DISABLE   # ISTIO_MUTUAL (mTLS, upstream_tls), SIMPLE / MUTUAL (tls_origination)
+        self.locality = locality or ""   # region/zone/subzone (WorkloadEntry.locality)
+        self.priority = 0         # locality failover level (upstream/locality.py); 0 without it
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,7 @@ def empty_service(fqdn: str, namespace: str, ports=(80,)) -> ServiceInfo:
 
 
 def _copy(e: Endpoint) -> Endpoint:
-    return Endpoint(e.host, e.port, e.labels, e.weight, e.service_account)
+    return Endpoint(e.host, e.port, e.labels, e.weight, e.service_account, e.locality)
 
 
 def _endpoints(se: Resource[ServiceEntrySpec], config: MeshConfig, host: str, port) -> list[Endpoint]:
@@ -305,7 +307,7 @@ def _endpoints(se: Resource[ServiceEntrySpec], config: MeshConfig, host: str, po
             continue
         ep_port = spec.ports.get(port.name or "", target) if port.name else target
         result.append(Endpoint(_strip_brackets(spec.address), ep_port, dict(spec.labels),
-                               spec.weight or 1, spec.service_account))
+                               spec.weight or 1, spec.service_account, spec.locality))
     return result
 
 

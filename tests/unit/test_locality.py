@@ -1,0 +1,142 @@
+"""Locality failover (remora/proxy/upstream/locality.py): Istio's priorities, Envoy's priority load."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from remora.config.loader import ConfigError, load_mesh_text
+from remora.config.model import LocalityFailover, LocalityLoadBalancerSetting, LoadBalancerSettings
+from remora.proxy.upstream.locality import (
+    LocalityPriorityBalancer, apply_locality, level_loads, locality_levels, parse_locality, priority,
+)
+from remora.proxy.upstream.cluster import Cluster, Endpoint
+
+
+@dataclass(eq=False)
+class Ep:
+    key: str
+    locality: str
+    weight: int = 1
+    active_requests: int = 0
+    ejected: bool = False
+
+
+EAST = parse_locality("us-east/us-east-1a/sz1")
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("us-east/us-east-1a/sz1", 0), ("us-east/us-east-1a/sz2", 1), ("us-east/us-east-1b", 2),
+    ("us-west/us-west-1a", 3), ("", 3), ("us-east", 2),
+])
+def test_priorities_are_istios(endpoint, expected):
+    """Same subzone 0, same zone 1, same region 2, elsewhere 3; no locality matches nothing."""
+    assert priority(EAST, parse_locality(endpoint), ()) == expected
+
+
+def test_failover_ranks_the_named_region_before_the_rest():
+    """failover from us-east to eu-west: eu-west 3, every other region 4."""
+    rules = [LocalityFailover(from_="us-east", to="eu-west")]
+    assert priority(EAST, parse_locality("eu-west/eu-west-1a"), rules) == 3
+    assert priority(EAST, parse_locality("us-west/us-west-1a"), rules) == 4
+    assert priority(EAST, parse_locality("us-east/us-east-1b"), rules) == 2   # own region first
+    other = [LocalityFailover(from_="ap-south", to="eu-west")]                # not this sidecar's region
+    assert priority(EAST, parse_locality("us-west/us-west-1a"), other) == 3
+
+
+def test_levels_are_consecutive_nearest_first():
+    """Empty priorities are dropped: a zone match and a foreign region make levels 0 and 1."""
+    near, far = Ep("a", "us-east/us-east-1a/x"), Ep("b", "eu-west/eu-west-1a")
+    assert locality_levels([far, near], "us-east/us-east-1a/sz1", ()) == [[near], [far]]
+
+
+@pytest.mark.parametrize("healthy, totals, loads", [
+    ([2, 2], [2, 2], [100, 0]),         # all healthy: everything local
+    ([1, 2], [2, 2], [70, 30]),         # half the local ones: 50% x 1.4 = 70% stays
+    ([3, 2], [4, 2], [100, 0]),         # 75% x 1.4 >= 100: still all local
+    ([0, 2], [2, 2], [0, 100]),         # local all ejected: all fail over
+    ([1, 1], [4, 4], [50, 50]),         # 35% and 35%: under 100 together, scaled up
+    ([0, 0], [2, 2], [0, 0]),           # nothing healthy
+])
+def test_level_loads_are_envoys_priority_load(healthy, totals, loads):
+    """Overprovisioning 1.4 per level, spill to the next, normalized when the sum is short."""
+    assert [round(x) for x in level_loads(healthy, totals)] == loads
+
+
+def test_balancer_follows_the_loads_and_panics_to_everyone():
+    """Picks go to the near level, spill by the loads when it fails, and to all in panic."""
+    near = [Ep("n1", "r/z"), Ep("n2", "r/z")]
+    far = [Ep("f1", "x/y"), Ep("f2", "x/y")]
+    balancer = LocalityPriorityBalancer([near, far], None, rand=random.Random(7).random)
+    assert {balancer.pick().key for _ in range(200)} == {"n1", "n2"}
+    near[0].ejected = True
+    counts = Counter(balancer.pick() in far for _ in range(4000))
+    assert 0.25 < counts[True] / 4000 < 0.35            # 30% spills over
+    near[1].ejected = True
+    assert {balancer.pick().key for _ in range(200)} == {"f1", "f2"}
+    for ep in far:
+        ep.ejected = True
+    assert {balancer.pick().key for _ in range(400)} == {"n1", "n2", "f1", "f2"}   # nothing healthy
+    far[0].ejected = near[0].ejected = False
+    balancer.panic = True
+    assert {balancer.pick().key for _ in range(400)} == {"n1", "n2", "f1", "f2"}
+
+
+def cluster(outlier: bool = True, setting: LocalityLoadBalancerSetting | None = None) -> Cluster:
+    from remora.config.model import OutlierDetection, TrafficPolicy
+    policy = TrafficPolicy(load_balancer=LoadBalancerSettings(locality_lb_setting=setting),
+                           outlier_detection=OutlierDetection(consecutive_5xx_errors=1) if outlier else None)
+    endpoints = [Endpoint("10.0.0.1", 80, {}, locality="r1/z1"), Endpoint("10.0.0.2", 80, {}, locality="r2/z1")]
+    return Cluster("c", "svc", 80, None, endpoints, policy)
+
+
+def test_applies_only_with_a_locality_outlier_detection_and_not_disabled():
+    """Istio's conditions: the sidecar's locality known, outlierDetection set, enabled not false."""
+    for made, locality, applies in ((cluster(), "r1/z1", True), (cluster(outlier=False), "r1/z1", False),
+                                    (cluster(), "", False),
+                                    (cluster(setting=LocalityLoadBalancerSetting(enabled=False)), "r1/z1", False)):
+        apply_locality(made, locality)
+        assert isinstance(made.balancer, LocalityPriorityBalancer) is applies
+    made = cluster()
+    apply_locality(made, "r1/z1")
+    assert [(ep.key, ep.priority) for ep in made.endpoints] == [("10.0.0.1:80", 0), ("10.0.0.2:80", 1)]
+
+
+MESH = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.internal]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.internal
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer:
+      localityLbSetting:
+%s
+"""
+
+
+def test_config_accepts_failover_and_refuses_the_weighted_forms_naming_the_field():
+    """failover by region loads; distribute and failoverPriority are refused, as are bad regions."""
+    load_mesh_text(MESH % "        enabled: true\n        failover: [{from: us-east, to: us-west}]")
+    for body, path, words in (
+            ("        distribute: [{from: 'us-east/*', to: {'us-west/*': 100}}]", "localityLbSetting.distribute",
+             "not supported by Remora yet"),
+            ("        failoverPriority: [topology.istio.io/network]", "localityLbSetting.failoverPriority",
+             "not supported by Remora yet"),
+            ("        failover: [{from: us-east/zone-a, to: us-west}]", "failover[0].from", "names regions"),
+            ("        failover: [{from: us-east, to: us-east}]", "failover[0]", "the same region"),
+            ("        failover: [{to: us-west}]", "failover[0].from", "a region is required")):
+        with pytest.raises(ConfigError) as caught:
+            load_mesh_text(MESH % body)
+        assert path in str(caught.value) and words in str(caught.value), str(caught.value)
