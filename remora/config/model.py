@@ -291,11 +291,16 @@ class LocalityFailover(Spec):
     to: str = ""
 
 
+class LocalityDistribute(Spec):
+    from_: str = msgspec.field(default="", name="from")
+    to: dict[str, int] = {}
+
+
 class LocalityLoadBalancerSetting(Spec):
-    """Istio's localityLbSetting; `distribute` and `failoverPriority` are refused (validation)."""
+    """Istio's localityLbSetting; `failoverPriority` is refused (validation)."""
     enabled: bool | None = None
     failover: list[LocalityFailover] = []
-    distribute: list[dict] = []
+    distribute: list[LocalityDistribute] = []
     failover_priority: list[str] = []
 
 

@@ -139,11 +139,13 @@ def _check_outlier_detection(checks: FieldChecks, path: str, outlier: OutlierDet
 
 
 def _check_locality(checks: FieldChecks, path: str, setting) -> None:
-    """localityLbSetting: failover between regions (and enabled); the weighted forms are refused."""
-    for name, value in (("distribute", setting.distribute), ("failoverPriority", setting.failover_priority)):
-        if value:
-            checks.add(f"{path}.{name}", f"`{name}` is an Istio field not supported by Remora yet "
-                                         "(locality failover by region is: `failover`)")
+    """localityLbSetting as Istio validates it: failover between regions, or distribute
+    weights (summing to 100 per source), never both; failoverPriority is refused."""
+    if setting.failover_priority:
+        checks.add(f"{path}.failoverPriority", "`failoverPriority` is an Istio field not supported by Remora "
+                                               "yet (failover by region is: `failover`)")
+    if setting.distribute and setting.failover:
+        checks.add(path, "set only one of distribute and failover")
     for i, failover in enumerate(setting.failover):
         where = f"{path}.failover[{i}]"
         for name, region in (("from", failover.from_), ("to", failover.to)):
@@ -153,3 +155,27 @@ def _check_locality(checks: FieldChecks, path: str, setting) -> None:
                 checks.add(f"{where}.{name}", f"{region!r}: failover names regions, not region/zone")
         if failover.from_ and failover.from_ == failover.to:
             checks.add(where, f"from and to are the same region ({failover.to!r})")
+    sources: set[str] = set()
+    for i, rule in enumerate(setting.distribute):
+        where = f"{path}.distribute[{i}]"
+        _check_locality_pattern(checks, f"{where}.from", rule.from_)
+        if rule.from_ in sources:
+            checks.add(f"{where}.from", f"{rule.from_!r} is already the source of an earlier rule")
+        sources.add(rule.from_)
+        if not rule.to:
+            checks.add(f"{where}.to", "at least one locality and its weight")
+        for locality, weight in rule.to.items():
+            _check_locality_pattern(checks, f"{where}.to[{locality!r}]", locality)
+            if weight < 0:
+                checks.add(f"{where}.to[{locality!r}]", f"weight {weight} is negative")
+        if rule.to and sum(rule.to.values()) != 100:
+            checks.add(f"{where}.to", f"weights add up to {sum(rule.to.values())}, not 100")
+
+
+def _check_locality_pattern(checks: FieldChecks, path: str, pattern: str) -> None:
+    """`region[/zone[/subzone]]`, where `*` may stand for the last part only."""
+    parts = pattern.split("/") if pattern else []
+    if not parts or len(parts) > 3 or any(not part for part in parts):
+        checks.add(path, f"{pattern!r}: expected REGION[/ZONE[/SUBZONE]], e.g. us-west/zone1/* or *")
+    elif "*" in parts[:-1] or any("*" in part and part != "*" for part in parts):
+        checks.add(path, f"{pattern!r}: `*` can only be a whole last part")

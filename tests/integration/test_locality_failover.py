@@ -2,9 +2,10 @@
 sends to the endpoints of its own zone, and when outlier detection ejects them, to the
 nearest others, as an Istio sidecar does on Envoy's priority levels.
 
-The mesh mirrors Istio's "Locality failover" task (istio.io, tasks/traffic-management/
-locality-load-balancing/failover): a helloworld-like service with endpoints in several
-regions, and a DestinationRule with outlierDetection and `localityLbSetting.failover`.
+The mesh mirrors Istio's "Locality failover" and "Locality weighted distribution" tasks
+(istio.io, tasks/traffic-management/locality-load-balancing/): a helloworld service with
+endpoints in several regions, and a DestinationRule with outlierDetection and
+`localityLbSetting.failover`, or with `localityLbSetting.distribute`.
 The endpoints are loopback servers labelled with localities.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 
 from tests.integration.client import RawClient
 from tests.integration.proxy_process import ProxyProcess
+from tests.integration.upstreams import free_port
 
 LOCAL, SAME_REGION, FAR, FAILOVER_TARGET = "us-east/us-east-1a", "us-east/us-east-1b", "ap-south/ap-south-1a", \
     "eu-west/eu-west-1a"
@@ -102,3 +104,119 @@ def test_without_outlier_detection_or_a_locality_every_endpoint_takes_traffic(up
             assert seen["v1"] >= 5 and seen["v2"] >= 5, seen
         finally:
             sidecar.stop()
+
+
+def test_distribute_sends_each_locality_its_share(upstreams):
+    """Istio's "Locality weighted distribution" task: from us-east/*, 80% to us-east and 20% to
+    us-west; ap-south, matched by no pattern, gets nothing. No outlierDetection needed."""
+    ports = upstreams.ports
+    endpoints = "".join(f"""
+  - address: 127.0.0.1
+    ports: {{http: {ports[name]}}}
+    locality: {locality}""" for name, locality in (("v1", LOCAL), ("v2", "us-west/us-west-1a"), ("echo", FAR)))
+    sidecar = ProxyProcess(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: helloworld}}
+spec:
+  hosts: [helloworld]
+  ports: [{{number: 5000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:{endpoints}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: helloworld}}
+spec:
+  host: helloworld
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        distribute:
+        - from: us-east/*
+          to: {{"us-east/*": 80, "us-west/*": 20}}
+""", "--locality", LOCAL).wait_ready()
+    try:
+        seen = servers(sidecar, 300)
+        assert set(seen) == {"v1", "v2"}, seen
+        assert 0.70 < seen["v1"] / 300 < 0.90, seen
+    finally:
+        sidecar.stop()
+
+
+def external_service(east_port: int, west_port: int) -> str:
+    """istio.io blog "Configuring failover for external services" (2021): mydb.com backed by
+    two regional endpoints, and its DestinationRule with failover us-east1 -> us-west (the
+    DynamoDB hosts become loopback addresses here). One line is added: `maxEjectionPercent:
+    100`. Today's Envoy ejects a host only while (ejected + 1) / hosts stays within it, so
+    Istio's default of 10% ejects neither of two endpoints and traffic never fails over (the
+    Envoy of 2021 compared before counting the host, so the post worked then)."""
+    return f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+ name: external-svc-dns
+spec:
+ hosts:
+ - mydb.com
+ location: MESH_EXTERNAL
+ ports:
+ - number: 80
+   name: http
+   protocol: HTTP
+ resolution: DNS
+ endpoints:
+ - address: 127.0.0.1
+   locality: us-east1
+   ports:
+     http: {east_port}
+ - address: 127.0.0.1
+   locality: us-west
+   ports:
+     http: {west_port}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+ name: mydynamodb
+spec:
+ host: mydb.com
+ trafficPolicy:
+   loadBalancer:
+     simple: ROUND_ROBIN
+     localityLbSetting:
+       enabled: true
+       failover:
+         - from: us-east1
+           to: us-west
+   outlierDetection:
+     consecutive5xxErrors: 1
+     interval: 15s
+     baseEjectionTime: 1m
+     maxEjectionPercent: 100
+"""
+
+
+def mydb(sidecar: ProxyProcess, count: int) -> Counter:
+    client = RawClient(sidecar.outbound_port)
+    try:
+        return Counter(client.request("GET", "/", "mydb.com").json()["server"] for _ in range(count))
+    finally:
+        client.close()
+
+
+def test_the_external_failover_blog_post_as_written(upstreams):
+    """The blog's two steps: with both endpoints up every request stays in us-east1; with the
+    us-east1 endpoint on a wrong port, the connect failure ejects it and every request (the
+    first one retried) is answered from us-west."""
+    ports = upstreams.ports
+    healthy = ProxyProcess(external_service(ports["v1"], ports["v2"]), "--locality", "us-east1").wait_ready()
+    try:
+        assert mydb(healthy, 20) == Counter({"v1": 20})
+    finally:
+        healthy.stop()
+    broken = ProxyProcess(external_service(free_port(), ports["v2"]), "--locality", "us-east1").wait_ready()
+    try:
+        assert mydb(broken, 20) == Counter({"v2": 20})
+        assert "/failed_outlier_check" in broken.admin_get("/clusters")
+    finally:
+        broken.stop()

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from remora.config.loader import ConfigError, load_mesh_text
-from remora.config.model import LocalityFailover, LocalityLoadBalancerSetting, LoadBalancerSettings
+from remora.config.model import (
+    LocalityDistribute, LocalityFailover, LocalityLoadBalancerSetting, LoadBalancerSettings,
+)
 from remora.proxy.upstream.locality import (
-    LocalityPriorityBalancer, apply_locality, level_loads, locality_levels, parse_locality, priority,
+    LocalityPriorityBalancer, LocalityWeightedBalancer, apply_locality, distribute_weights, level_loads,
+    locality_levels, locality_match, parse_locality, priority,
 )
 from remora.proxy.upstream.cluster import Cluster, Endpoint
 
@@ -126,12 +129,16 @@ spec:
 """
 
 
-def test_config_accepts_failover_and_refuses_the_weighted_forms_naming_the_field():
-    """failover by region loads; distribute and failoverPriority are refused, as are bad regions."""
+def test_config_accepts_failover_and_distribute_and_refuses_what_istio_refuses_naming_the_field():
+    """failover by region and distribute weights load; failoverPriority, both forms at once,
+    zones in failover, weights not adding to 100 and misplaced wildcards are refused."""
     load_mesh_text(MESH % "        enabled: true\n        failover: [{from: us-east, to: us-west}]")
+    load_mesh_text(MESH % "        distribute: [{from: 'us-east/*', to: {'us-east/*': 80, 'us-west/*': 20}}]")
     for body, path, words in (
-            ("        distribute: [{from: 'us-east/*', to: {'us-west/*': 100}}]", "localityLbSetting.distribute",
-             "not supported by Remora yet"),
+            ("        distribute: [{from: us-east/*, to: {us-west/*: 100}}]\n        failover: [{from: a, to: b}]",
+             "localityLbSetting", "only one of distribute and failover"),
+            ("        distribute: [{from: us-east/*, to: {us-west/*: 90}}]", "distribute[0].to", "add up to 90"),
+            ("        distribute: [{from: '*/zone', to: {us-west: 100}}]", "distribute[0].from", "whole last part"),
             ("        failoverPriority: [topology.istio.io/network]", "localityLbSetting.failoverPriority",
              "not supported by Remora yet"),
             ("        failover: [{from: us-east/zone-a, to: us-west}]", "failover[0].from", "names regions"),
@@ -140,3 +147,39 @@ def test_config_accepts_failover_and_refuses_the_weighted_forms_naming_the_field
         with pytest.raises(ConfigError) as caught:
             load_mesh_text(MESH % body)
         assert path in str(caught.value) and words in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("locality, pattern, matches", [
+    ("us-east/z1/s1", "*", True), ("us-east/z1/s1", "us-east/*", True), ("us-east/z1/s1", "us-east", True),
+    ("us-east/z1/s1", "us-east/z1/*", True), ("us-east/z1/s1", "us-east/z2/*", False),
+    ("us-east/z1/s1", "us-west/*", False), ("us-east/z1/s1", "us-east/z1/s1", True),
+])
+def test_locality_patterns_match_as_istios(locality, pattern, matches):
+    """Istio's LocalityMatch: `*` and missing parts match anything."""
+    assert locality_match(parse_locality(locality), pattern) is matches
+
+
+def test_distribute_shares_each_percent_among_matching_localities_by_endpoint_weight():
+    """from us-east/*: 80% to us-east zones (z1 has two endpoints, z2 one: 54 and 27 rounded
+    up), 20% to us-west; ap-south matches no pattern and gets nothing; another source: None."""
+    groups = {"us-east/z1": [Ep("a", ""), Ep("b", "")], "us-east/z2": [Ep("c", "")],
+              "us-west/z1": [Ep("d", "")], "ap-south/z1": [Ep("e", "")]}
+    rules = [LocalityDistribute(from_="us-east/*", to={"us-east/*": 80, "us-west/*": 20})]
+    assert distribute_weights(groups, "us-east/z1", rules) == {
+        "us-east/z1": 54, "us-east/z2": 27, "us-west/z1": 20, "ap-south/z1": 0}
+    assert distribute_weights(groups, "eu-west/z1", rules) is None
+
+
+def test_weighted_balancer_follows_weights_and_shrinks_unhealthy_localities():
+    """80/20 picks; a locality with half its endpoints ejected keeps 70% of its weight; a
+    locality with weight 0 gets nothing, not even in panic."""
+    east, west, none = [Ep("e1", ""), Ep("e2", "")], [Ep("w1", "")], [Ep("x1", "")]
+    balancer = LocalityWeightedBalancer([east, west, none], [80, 20, 0], None, rand=random.Random(3).random)
+    share = sum(balancer.pick() in west for _ in range(5000)) / 5000
+    assert 0.17 < share < 0.23
+    east[0].ejected = True
+    share = sum(balancer.pick() in west for _ in range(5000)) / 5000
+    assert 0.23 < share < 0.29          # 20 / (0.7 x 80 + 20) = 26%
+    for ep in east + west:
+        ep.ejected = True
+    assert {balancer.pick().key for _ in range(300)} == {"e1", "e2", "w1"}

@@ -1,5 +1,6 @@
-"""Locality failover: endpoints near the sidecar first, the others when the near ones fail
-(Istio's locality load balancing, on Envoy's priority levels).
+"""Locality load balancing: endpoints near the sidecar first, the others when the near ones
+fail (failover, on Envoy's priority levels), or shares per locality (distribute, on Envoy's
+locality weights), as Istio configures Envoy.
 
 Rules, as Istio and Envoy apply them:
 - Active for a cluster only when the sidecar knows its locality (`--locality
@@ -19,9 +20,16 @@ Rules, as Istio and Envoy apply them:
   100%), and traffic spills over in proportion as more fail.
 - Panic (minHealthPercent, or every endpoint ejected): all endpoints, as one level.
 - Within a level, the DestinationRule's loadBalancer policy picks (a balancer per level).
+- distribute (Istio's applyLocalityWeights): the first rule whose `from` matches the
+  sidecar's locality (`*` a whole last part) gives each `to` pattern its percent; the
+  endpoints' localities that match a pattern share it in proportion to their endpoints'
+  weights (rounded up), a locality matched by no pattern gets nothing. It needs no
+  outlierDetection. A locality's share shrinks with its health (Envoy: weight x
+  min(1, 1.4 x healthy share)); with nothing healthy anywhere, panic.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Collection, Sequence
 
@@ -101,6 +109,70 @@ class LocalityPriorityBalancer(Balancer):
         return self._level_balancers[last].pick(hash_key, exclude)
 
 
+def locality_match(locality: tuple[str, str, str], pattern: str) -> bool:
+    """Istio's LocalityMatch: `region[/zone[/subzone]]`, `*` or a missing part matching any."""
+    rule = parse_locality(pattern)
+    return all(want in ("*", "") or want == have for want, have in zip(rule, locality)) and rule[0] != ""
+
+
+def distribute_weights(groups: dict[str, list], proxy_locality: str, rules: Sequence) -> dict[str, int] | None:
+    """Each endpoint locality's weight under the first rule whose `from` matches the sidecar;
+    None when no rule does (the cluster then balances as without distribute)."""
+    proxy = parse_locality(proxy_locality)
+    rule = next((r for r in rules if locality_match(proxy, r.from_)), None)
+    if rule is None:
+        return None
+    weights = dict.fromkeys(groups, 0)
+    unmatched = set(groups)
+    for pattern, percent in rule.to.items():
+        matched = {loc: sum(ep.weight for ep in groups[loc]) for loc in sorted(unmatched)
+                   if locality_match(parse_locality(loc), pattern)}
+        unmatched -= set(matched)
+        total = sum(matched.values())
+        for loc, original in matched.items():
+            weights[loc] = math.ceil(original * percent / total) if total else 0
+    return weights
+
+
+class LocalityWeightedBalancer(Balancer):
+    """Picks a locality by its weight scaled by its health, then an endpoint in it."""
+
+    __slots__ = ("groups", "weights", "_group_balancers", "_everyone", "_rand")
+
+    def __init__(self, groups: list[list[BalancedEndpoint]], weights: list[int], settings,
+                 rand=random.random) -> None:
+        super().__init__([ep for group in groups for ep in group])
+        self.groups, self.weights = groups, weights
+        self._group_balancers = [make_balancer(settings, group) for group in groups]
+        # Panic stays within the localities the rule sends to (Istio drops the others).
+        served = [ep for group, weight in zip(groups, weights) if weight > 0 for ep in group]
+        self._everyone = make_balancer(settings, served or self.endpoints)
+        self._everyone.panic = True
+        self._rand = rand
+
+    def _panic_changed(self) -> None:
+        pass   # read at pick time
+
+    def effective_weights(self) -> list[float]:
+        return [weight * min(1.0, OVERPROVISIONING / 100 * sum(not ep.ejected for ep in group) / len(group))
+                for weight, group in zip(self.weights, self.groups)]
+
+    def pick(self, hash_key: bytes | None = None, exclude: Collection[BalancedEndpoint] = ()):
+        if self._ignore_ejected:
+            return self._everyone.pick(hash_key, exclude)
+        weights = self.effective_weights()
+        total = sum(weights)
+        if total <= 0:
+            return self._everyone.pick(hash_key, exclude)
+        point = self._rand() * total
+        for index, weight in enumerate(weights):
+            if weight > 0 and point < weight:
+                return self._group_balancers[index].pick(hash_key, exclude)
+            point -= weight
+        last = max(i for i, weight in enumerate(weights) if weight > 0)
+        return self._group_balancers[last].pick(hash_key, exclude)
+
+
 def locality_levels(endpoints: Sequence, proxy_locality: str, failover: Sequence) -> list[list]:
     """The endpoints grouped by priority, nearest first, empty levels dropped."""
     proxy = parse_locality(proxy_locality)
@@ -111,16 +183,22 @@ def locality_levels(endpoints: Sequence, proxy_locality: str, failover: Sequence
 
 
 def apply_locality(cluster, proxy_locality: str | None) -> None:
-    """Give the cluster a LocalityPriorityBalancer when locality failover applies to it
-    (module rules), and set each endpoint's `priority` (shown by /clusters)."""
+    """Give the cluster a LocalityWeightedBalancer (distribute) or a LocalityPriorityBalancer
+    (failover) when locality load balancing applies to it (module rules), and set each
+    endpoint's `priority` (shown by /clusters)."""
     for ep in cluster.endpoints:
         ep.priority = 0
     policy = cluster.traffic_policy
-    if not proxy_locality or policy is None or policy.outlier_detection is None:
+    if not proxy_locality or policy is None:
         return
     lb = policy.load_balancer
     setting = lb.locality_lb_setting if lb is not None else None
     if setting is not None and setting.enabled is False:
+        return
+    if setting is not None and setting.distribute:
+        _apply_distribute(cluster, proxy_locality, setting.distribute, lb)
+        return
+    if policy.outlier_detection is None:
         return
     levels = locality_levels(cluster.endpoints, proxy_locality, setting.failover if setting is not None else ())
     if len(levels) < 2:
@@ -129,3 +207,14 @@ def apply_locality(cluster, proxy_locality: str | None) -> None:
         for ep in level:
             ep.priority = number
     cluster.balancer = LocalityPriorityBalancer(levels, lb)
+
+
+def _apply_distribute(cluster, proxy_locality: str, rules: Sequence, lb) -> None:
+    groups: dict[str, list] = {}
+    for ep in cluster.endpoints:
+        groups.setdefault(ep.locality, []).append(ep)
+    weights = distribute_weights(groups, proxy_locality, rules)
+    if weights is None:
+        return
+    order = sorted(groups)
+    cluster.balancer = LocalityWeightedBalancer([groups[loc] for loc in order], [weights[loc] for loc in order], lb)
