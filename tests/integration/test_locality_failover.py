@@ -220,3 +220,28 @@ def test_the_external_failover_blog_post_as_written(upstreams):
         assert "/failed_outlier_check" in broken.admin_get("/clusters")
     finally:
         broken.stop()
+
+
+def test_retry_remote_localities_sends_the_retry_to_another_level(upstreams):
+    """retryRemoteLocalities (Envoy's previous_priorities): the local endpoint answers 503 and
+    is never ejected (consecutive5xxErrors: 0); its retry goes to the next locality instead of
+    back to it. Without the flag every retry lands on the same local endpoint."""
+    ports = upstreams.ports
+    for remote, expected in ((True, Counter({"v1": 10})), (False, Counter({503: 10}))):
+        yaml = mesh(ports).replace(
+            "outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}",
+            "outlierDetection: {consecutive5xxErrors: 0}") + f"""---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: helloworld}}
+spec:
+  hosts: [helloworld]
+  http:
+  - route: [{{destination: {{host: helloworld}}}}]
+    retries: {{attempts: 1, retryOn: 5xx, retryRemoteLocalities: {str(remote).lower()}}}
+"""
+        sidecar = ProxyProcess(yaml, "--locality", LOCAL).wait_ready()
+        try:
+            assert servers(sidecar, 10) == expected
+        finally:
+            sidecar.stop()

@@ -183,3 +183,15 @@ def test_weighted_balancer_follows_weights_and_shrinks_unhealthy_localities():
     for ep in east + west:
         ep.ejected = True
     assert {balancer.pick().key for _ in range(300)} == {"e1", "e2", "w1"}
+
+
+def test_pick_elsewhere_skips_the_tried_levels_until_none_is_left():
+    """retryRemoteLocalities: a retry after the near level goes to the next level although
+    the near one is healthy; with every level tried, a plain pick."""
+    near, far = [Ep("n1", "r/z")], [Ep("f1", "x/y")]
+    for number, level in enumerate((near, far)):
+        for ep in level:
+            ep.priority = number
+    balancer = LocalityPriorityBalancer([near, far], None, rand=random.Random(1).random)
+    assert {balancer.pick_elsewhere(None, near).key for _ in range(50)} == {"f1"}
+    assert {balancer.pick_elsewhere(None, near + far).key for _ in range(50)} == {"n1"}

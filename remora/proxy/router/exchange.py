@@ -213,8 +213,14 @@ class Exchange(UpstreamEvents, RequestInfo):
         """Start an attempt at an endpoint the failed attempts did not use, if one is healthy."""
         cluster = self.cluster
         retry_state = self.retry_state
-        ep = cluster.pick(cluster.hash_policy.key(self.head) if cluster.hash_policy is not None else None,
-                          retry_state.tried if retry_state is not None else ())
+        tried = retry_state.tried if retry_state is not None else ()
+        if tried and self.route.retry_policy.retry_remote_localities:
+            # retryRemoteLocalities: the retry goes to a locality level not tried yet.
+            ep = cluster.pick_elsewhere(cluster.hash_policy.key(self.head) if cluster.hash_policy is not None
+                                        else None, tried)
+        else:
+            ep = cluster.pick(cluster.hash_policy.key(self.head) if cluster.hash_policy is not None else None,
+                              tried)
         if ep is None or (ep.ejected and not cluster.balancer.panic):
             # Envoy: with every host ejected and no panic, there is no healthy upstream.
             cluster.stats.upstream_cx_none_healthy += 1

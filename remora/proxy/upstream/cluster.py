@@ -147,6 +147,12 @@ class Cluster:
         """Choose an endpoint with the cluster's policy (None when it has none)."""
         return self.balancer.pick(hash_key, exclude)
 
+    def pick_elsewhere(self, hash_key: bytes | None, tried) -> Endpoint | None:
+        """A retry with retryRemoteLocalities: another locality level than the tried
+        endpoints' when the balancer has levels (upstream/locality.py), else `pick`."""
+        other = getattr(self.balancer, "pick_elsewhere", None)
+        return other(hash_key, tried) if other is not None else self.balancer.pick(hash_key, tried)
+
 
 def _seconds(text: str | None, default: float) -> float:
     return parse_duration(text) if text else default

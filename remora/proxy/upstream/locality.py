@@ -94,10 +94,25 @@ class LocalityPriorityBalancer(Balancer):
         healthy = [sum(not ep.ejected for ep in level) for level in self.levels]
         return level_loads(healthy, [len(level) for level in self.levels])
 
+    def pick_elsewhere(self, hash_key: bytes | None, tried: Collection[BalancedEndpoint]):
+        """retryRemoteLocalities (Envoy's previous_priorities): the levels of the tried
+        endpoints count as unhealthy for this pick; if that leaves none, a plain pick."""
+        if self._ignore_ejected:
+            return self._everyone.pick(hash_key, tried)
+        skipped = {ep.priority for ep in tried}
+        healthy = [0 if number in skipped else sum(not ep.ejected for ep in level)
+                   for number, level in enumerate(self.levels)]
+        loads = level_loads(healthy, [len(level) for level in self.levels])
+        if not any(loads):
+            return self.pick(hash_key, tried)
+        return self._pick_level(loads, hash_key, tried)
+
     def pick(self, hash_key: bytes | None = None, exclude: Collection[BalancedEndpoint] = ()):
         if self._ignore_ejected:
             return self._everyone.pick(hash_key, exclude)
-        loads = self.loads()
+        return self._pick_level(self.loads(), hash_key, exclude)
+
+    def _pick_level(self, loads: list[float], hash_key, exclude):
         point = self._rand() * 100.0
         for index, load in enumerate(loads):
             if load > 0 and point < load:
