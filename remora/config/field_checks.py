@@ -11,6 +11,9 @@ from remora.config.model import StringMatch
 from remora.config.schema import Problem
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.IGNORECASE)
+# A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name.
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                       r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Python `re` accepts these but RE2 (Istio/Envoy) rejects them; catching them here keeps a
 # config that Remora accepts loadable by Istio too.
 _NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from remora.config.field_checks import is_ip
+from remora.config.field_checks import LABEL_KEY, is_ip
 from remora.config.model import Resource, ServiceEntrySpec, ServicePort, Spec, WorkloadEntrySpec, WorkloadSelector
 from remora.config.protocols import declared_protocol
 from remora.config.schema import Problem
@@ -46,8 +46,6 @@ PORT_PROTOCOLS = frozenset({"TCP", "UDP", "SCTP"})
 _DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                         r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
 class KubeServicePort(Spec):
@@ -145,7 +143,7 @@ def validate_service(spec: KubeServiceSpec, name: str, path: str = "spec") -> li
                                        "(at most 15 lowercase alphanumerics or '-', with a letter)")
     for key, value in spec.selector.items():
         where = f'{path}.selector["{key}"]' if not re.fullmatch(r"[A-Za-z0-9_-]+", key) else f"{path}.selector.{key}"
-        if not _LABEL_NAME.fullmatch(key) or len(key.rsplit("/", 1)[-1]) > 63:
+        if not LABEL_KEY.fullmatch(key) or len(key.rsplit("/", 1)[-1]) > 63:
             add(where, f"invalid label key {key!r}")
         if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             add(where, f"invalid label value {value!r}: at most 63 alphanumerics, '-', '_' or '.', "

@@ -3,7 +3,7 @@ outlier detection, client TLS; subsets), after the schema check; Istio's
 pilot/pkg/config/validation where Remora implements the feature."""
 from __future__ import annotations
 
-from remora.config.field_checks import FieldChecks
+from remora.config.field_checks import LABEL_KEY, FieldChecks
 from remora.config.model import (
     ConnectionPoolSettings,
     DestinationRuleSpec,
@@ -141,9 +141,14 @@ def _check_outlier_detection(checks: FieldChecks, path: str, outlier: OutlierDet
 def _check_locality(checks: FieldChecks, path: str, setting) -> None:
     """localityLbSetting as Istio validates it: failover between regions, or distribute
     weights (summing to 100 per source), never both; failoverPriority is refused."""
-    if setting.failover_priority:
-        checks.add(f"{path}.failoverPriority", "`failoverPriority` is an Istio field not supported by Remora "
-                                               "yet (failover by region is: `failover`)")
+    seen: set[str] = set()
+    for i, entry in enumerate(setting.failover_priority):
+        name = entry.partition("=")[0]
+        if not name or not LABEL_KEY.fullmatch(name):
+            checks.add(f"{path}.failoverPriority[{i}]", f"{entry!r}: expected a label name, or name=value")
+        elif name in seen:
+            checks.add(f"{path}.failoverPriority[{i}]", f"label {name!r} is listed twice")
+        seen.add(name)
     if setting.distribute and setting.failover:
         checks.add(path, "set only one of distribute and failover")
     for i, failover in enumerate(setting.failover):

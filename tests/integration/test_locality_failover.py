@@ -245,3 +245,49 @@ spec:
             assert servers(sidecar, 10) == expected
         finally:
             sidecar.stop()
+
+
+def test_failover_priority_ranks_by_network_then_region_then_zone(upstreams):
+    """failoverPriority as Istio's docs write it (network, region, zone): the same-zone
+    endpoint on another network ranks last, the same-network same-region one first, although
+    plain locality order would put the same-zone one first."""
+    ports = upstreams.ports
+    endpoints = "".join(f"""
+  - address: 127.0.0.1
+    ports: {{http: {ports[name]}}}
+    locality: {locality}
+    labels: {{topology.istio.io/network: {network}}}""" for name, locality, network in (
+        ("echo", LOCAL, "network2"), ("v2", "us-west/us-west-1a", "network1"), ("v1", SAME_REGION, "network1")))
+    yaml = f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: helloworld}}
+spec:
+  hosts: [helloworld]
+  ports: [{{number: 5000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:{endpoints}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: helloworld}}
+spec:
+  host: helloworld
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        failoverPriority:
+        - "topology.istio.io/network"
+        - "topology.kubernetes.io/region"
+        - "topology.kubernetes.io/zone"
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m}}
+"""
+    sidecar = ProxyProcess(yaml, "--locality", LOCAL, "--labels", "app=sleep,topology.istio.io/network=network1")
+    sidecar.wait_ready()
+    try:
+        assert servers(sidecar, 20) == Counter({"v1": 20})
+        clusters = sidecar.admin_get("/clusters")
+        name = "outbound|5000||helloworld.default.svc.cluster.local"
+        assert f"{name}::127.0.0.1:{ports['echo']}::priority::2" in clusters
+    finally:
+        sidecar.stop()

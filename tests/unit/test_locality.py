@@ -12,8 +12,8 @@ from remora.config.model import (
     LocalityDistribute, LocalityFailover, LocalityLoadBalancerSetting, LoadBalancerSettings,
 )
 from remora.proxy.upstream.locality import (
-    LocalityPriorityBalancer, LocalityWeightedBalancer, apply_locality, distribute_weights, level_loads,
-    locality_levels, locality_match, parse_locality, priority,
+    LocalityPriorityBalancer, LocalityWeightedBalancer, apply_locality, distribute_weights, label_priority,
+    level_loads, locality_levels, locality_match, parse_locality, priority,
 )
 from remora.proxy.upstream.cluster import Cluster, Endpoint
 
@@ -22,6 +22,7 @@ from remora.proxy.upstream.cluster import Cluster, Endpoint
 class Ep:
     key: str
     locality: str
+    labels: dict = None
     weight: int = 1
     active_requests: int = 0
     ejected: bool = False
@@ -130,17 +131,19 @@ spec:
 
 
 def test_config_accepts_failover_and_distribute_and_refuses_what_istio_refuses_naming_the_field():
-    """failover by region and distribute weights load; failoverPriority, both forms at once,
-    zones in failover, weights not adding to 100 and misplaced wildcards are refused."""
+    """failover by region, failoverPriority labels and distribute weights load; both forms at
+    once, zones in failover, weights not adding to 100, misplaced wildcards and bad or repeated
+    labels are refused."""
     load_mesh_text(MESH % "        enabled: true\n        failover: [{from: us-east, to: us-west}]")
+    load_mesh_text(MESH % "        failoverPriority: [topology.istio.io/network, version=v2]")
     load_mesh_text(MESH % "        distribute: [{from: 'us-east/*', to: {'us-east/*': 80, 'us-west/*': 20}}]")
     for body, path, words in (
             ("        distribute: [{from: us-east/*, to: {us-west/*: 100}}]\n        failover: [{from: a, to: b}]",
              "localityLbSetting", "only one of distribute and failover"),
             ("        distribute: [{from: us-east/*, to: {us-west/*: 90}}]", "distribute[0].to", "add up to 90"),
             ("        distribute: [{from: '*/zone', to: {us-west: 100}}]", "distribute[0].from", "whole last part"),
-            ("        failoverPriority: [topology.istio.io/network]", "localityLbSetting.failoverPriority",
-             "not supported by Remora yet"),
+            ("        failoverPriority: [version, -bad]", "failoverPriority[1]", "expected a label name"),
+            ("        failoverPriority: [version, version=v1]", "failoverPriority[1]", "listed twice"),
             ("        failover: [{from: us-east/zone-a, to: us-west}]", "failover[0].from", "names regions"),
             ("        failover: [{from: us-east, to: us-east}]", "failover[0]", "the same region"),
             ("        failover: [{to: us-west}]", "failover[0].from", "a region is required")):
@@ -195,3 +198,36 @@ def test_pick_elsewhere_skips_the_tried_levels_until_none_is_left():
     balancer = LocalityPriorityBalancer([near, far], None, rand=random.Random(1).random)
     assert {balancer.pick_elsewhere(None, near).key for _ in range(50)} == {"f1"}
     assert {balancer.pick_elsewhere(None, near + far).key for _ in range(50)} == {"n1"}
+
+
+def test_label_priority_is_istios_failover_priority():
+    """All labels equal: 0; first mismatch at j of n: n - j; `name=value` overrides the sidecar's."""
+    names = ["topology.istio.io/network", "topology.kubernetes.io/region", "topology.kubernetes.io/zone"]
+    proxy = {"topology.istio.io/network": "n1", "topology.kubernetes.io/region": "r1",
+             "topology.kubernetes.io/zone": "z1"}
+    assert label_priority(proxy, dict(proxy), names) == 0
+    assert label_priority(proxy, {**proxy, "topology.kubernetes.io/zone": "z2"}, names) == 1
+    assert label_priority(proxy, {**proxy, "topology.kubernetes.io/region": "r2"}, names) == 2
+    assert label_priority(proxy, {}, names) == 3
+    assert label_priority({}, {"version": "v2"}, ["version=v2"]) == 0
+
+
+def test_failover_priority_levels_use_labels_and_locality_topology_and_failover_refines_them():
+    """Topology labels come from each side's locality; alone, failoverPriority ranks by labels
+    only; with failover, the locality order splits each label level."""
+    def ep(key, locality, **labels):
+        made = Ep(key, locality)
+        made.labels = {k.replace("_", "/"): v for k, v in labels.items()}
+        return made
+    same_zone_other_net = ep("a", "us-east/1a", **{"topology.istio.io_network": "n2"})
+    other_region = ep("b", "us-west/1a", **{"topology.istio.io_network": "n1"})
+    same_region = ep("c", "us-east/1b", **{"topology.istio.io_network": "n1"})
+    order = ["topology.istio.io/network", "topology.kubernetes.io/region", "topology.kubernetes.io/zone"]
+    proxy = {"topology.istio.io/network": "n1"}
+    levels = locality_levels([same_zone_other_net, other_region, same_region], "us-east/1a", (), order, proxy,
+                             use_locality=False)
+    assert [[e.key for e in level] for level in levels] == [["c"], ["b"], ["a"]]
+    twins = [ep("x", "us-east/1a", version="v1"), ep("y", "us-east/1b", version="v1"), ep("z", "us-east/1a")]
+    levels = locality_levels(twins, "us-east/1a", [LocalityFailover(from_="us-east", to="us-west")],
+                             ["version"], {"version": "v1"})
+    assert [[e.key for e in level] for level in levels] == [["x"], ["y"], ["z"]]

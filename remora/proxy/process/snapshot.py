@@ -117,7 +117,8 @@ class Snapshot:
             self.inbound_cluster.telemetry = local_service_tags(options.identity)
         check_origination(self.clusters(), pools.origins)
         for cluster in self.clusters():
-            apply_locality(cluster, options.identity.locality)   # before the detector sets panic
+            # Before prepare_cluster: the detector it makes may set the balancer's panic at once.
+            apply_locality(cluster, options.identity.locality, options.identity.labels)
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
         self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)

@@ -13,6 +13,12 @@ Rules, as Istio and Envoy apply them:
   `failover: [{from: R1, to: R2}]` and the sidecar in R1, endpoints of other regions than R2
   drop to 4. Levels are then numbered consecutively (empty ones removed). An endpoint
   without a locality matches nothing.
+- failoverPriority (Istio's applyFailoverPriorities): an ordered list of label names (or
+  `name=value`, the value standing for the sidecar's); an endpoint matching the sidecar on
+  all of them is priority 0, one that first differs at the j-th of n labels is n - j. The
+  labels compared are `--labels` plus the topology labels of each side's locality
+  (topology.kubernetes.io/region and zone, topology.istio.io/subzone). With `failover` too,
+  the locality priority refines each label level (label priority x 5 + locality priority).
 - Load per level (Envoy's priority load, overprovisioning factor 1.4): a level whose
   healthy share is h takes min(100, 140 h)% of what the levels before it left; when all
   levels together are under 100 (most endpoints ejected) the shares are scaled up to 100.
@@ -48,8 +54,8 @@ def parse_locality(text: str | None) -> tuple[str, str, str]:
 def priority(proxy: tuple[str, str, str], endpoint: tuple[str, str, str], failover: Sequence) -> int:
     """Istio's priority of an endpoint's locality seen from the sidecar's (0 is nearest)."""
     region, zone, subzone = endpoint
-    if region and region == proxy[0]:
-        if zone and zone == proxy[1]:
+    if region == proxy[0]:           # plain equality, as Istio's LbPriority (empty parts too)
+        if zone == proxy[1]:
             return 0 if subzone == proxy[2] else 1
         return 2
     for rule in failover:
@@ -188,34 +194,73 @@ class LocalityWeightedBalancer(Balancer):
         return self._group_balancers[last].pick(hash_key, exclude)
 
 
-def locality_levels(endpoints: Sequence, proxy_locality: str, failover: Sequence) -> list[list]:
+TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
+
+
+def with_topology(labels: dict[str, str], locality: str) -> dict[str, str]:
+    """Labels plus the topology labels a locality stands for (a label set explicitly stays)."""
+    out = dict(labels)
+    for name, value in zip(TOPOLOGY_LABELS, parse_locality(locality)):
+        if value:
+            out.setdefault(name, value)
+    return out
+
+
+def label_priority(proxy_labels: dict[str, str], endpoint_labels: dict[str, str], names: Sequence[str]) -> int:
+    """Istio's failoverPriority: 0 when every listed label matches, else n - j at the first
+    mismatch j (a missing label is the empty string, as in Go); `name=value` fixes the value."""
+    for j, entry in enumerate(names):
+        name, given, value = entry.partition("=")
+        want = value if given else proxy_labels.get(name, "")
+        if want != endpoint_labels.get(name, ""):
+            return len(names) - j
+    return 0
+
+
+def locality_levels(endpoints: Sequence, proxy_locality: str, failover: Sequence,
+                    priority_labels: Sequence[str] = (), proxy_labels: dict[str, str] | None = None,
+                    use_locality: bool = True) -> list[list]:
     """The endpoints grouped by priority, nearest first, empty levels dropped."""
     proxy = parse_locality(proxy_locality)
+    own = with_topology(proxy_labels or {}, proxy_locality)
     by_priority: dict[int, list] = {}
     for ep in endpoints:
-        by_priority.setdefault(priority(proxy, parse_locality(ep.locality), failover), []).append(ep)
+        rank = 0
+        if priority_labels:
+            rank = label_priority(own, with_topology(ep.labels, ep.locality), priority_labels) * 5
+        if use_locality:
+            rank += priority(proxy, parse_locality(ep.locality), failover)
+        by_priority.setdefault(rank, []).append(ep)
     return [by_priority[p] for p in sorted(by_priority)]
 
 
-def apply_locality(cluster, proxy_locality: str | None) -> None:
+def apply_locality(cluster, proxy_locality: str | None, proxy_labels: dict[str, str] | None = None) -> None:
     """Give the cluster a LocalityWeightedBalancer (distribute) or a LocalityPriorityBalancer
-    (failover) when locality load balancing applies to it (module rules), and set each
-    endpoint's `priority` (shown by /clusters)."""
+    (failover, failoverPriority) when locality load balancing applies to it (module rules),
+    and set each endpoint's `priority` (shown by /clusters)."""
     for ep in cluster.endpoints:
         ep.priority = 0
     policy = cluster.traffic_policy
-    if not proxy_locality or policy is None:
+    if policy is None:
         return
     lb = policy.load_balancer
     setting = lb.locality_lb_setting if lb is not None else None
     if setting is not None and setting.enabled is False:
         return
+    priority_labels = setting.failover_priority if setting is not None else ()
+    if not proxy_locality and not (priority_labels and proxy_labels):
+        return
     if setting is not None and setting.distribute:
-        _apply_distribute(cluster, proxy_locality, setting.distribute, lb)
+        if proxy_locality:
+            _apply_distribute(cluster, proxy_locality, setting.distribute, lb)
         return
     if policy.outlier_detection is None:
         return
-    levels = locality_levels(cluster.endpoints, proxy_locality, setting.failover if setting is not None else ())
+    failover = setting.failover if setting is not None else ()
+    # failoverPriority alone ranks by labels only; with failover, localities refine it.
+    use_locality = bool(proxy_locality) and (not priority_labels or bool(failover))
+    levels = locality_levels(cluster.endpoints, proxy_locality or "", failover, priority_labels,
+                             proxy_labels, use_locality)
     if len(levels) < 2:
         return
     for number, level in enumerate(levels):
