@@ -20,24 +20,14 @@ LOCAL, SAME_REGION, FAR, FAILOVER_TARGET = "us-east/us-east-1a", "us-east/us-eas
     "eu-west/eu-west-1a"
 
 
-def mesh(ports: dict[str, int], outlier: bool = True, failover: bool = False) -> str:
-    endpoints = "".join(f"""
+def helloworld(ports: dict[str, int], endpoints: list[tuple[str, str, dict]], traffic_policy: str) -> str:
+    """The helloworld ServiceEntry with one loopback endpoint per (upstream, locality, labels),
+    and its DestinationRule with `traffic_policy` (YAML indented under trafficPolicy)."""
+    listed = "".join(f"""
   - address: 127.0.0.1
     ports: {{http: {ports[name]}}}
     locality: {locality}
-    labels: {{app: helloworld, server: {name}}}""" for name, locality in (
-        ("fail", LOCAL), ("v1", FAILOVER_TARGET if failover else SAME_REGION), ("v2", FAR)))
-    policy = ""
-    if outlier:
-        policy = """
-  trafficPolicy:
-    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}"""
-        if failover:
-            policy += """
-    loadBalancer:
-      localityLbSetting:
-        enabled: true
-        failover: [{from: us-east, to: eu-west}]"""
+    labels: {labels or {'app': 'helloworld'}}""" for name, locality, labels in endpoints)
     return f"""apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: helloworld}}
@@ -45,14 +35,31 @@ spec:
   hosts: [helloworld]
   ports: [{{number: 5000, name: http, protocol: HTTP}}]
   resolution: STATIC
-  endpoints:{endpoints}
+  endpoints:{listed}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: helloworld}}
 spec:
-  host: helloworld{policy or chr(10) + "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}"}
+  host: helloworld
+  trafficPolicy:
+{traffic_policy}
 """
+
+
+OUTLIER = "    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}"
+
+
+def mesh(ports: dict[str, int], outlier: bool = True, failover: bool = False) -> str:
+    endpoints = [("fail", LOCAL, {}), ("v1", FAILOVER_TARGET if failover else SAME_REGION, {}), ("v2", FAR, {})]
+    policy = OUTLIER if outlier else "    loadBalancer: {simple: ROUND_ROBIN}"
+    if failover:
+        policy += """
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        failover: [{from: us-east, to: eu-west}]"""
+    return helloworld(ports, endpoints, policy)
 
 
 def servers(sidecar: ProxyProcess, count: int) -> Counter:
@@ -109,33 +116,13 @@ def test_without_outlier_detection_or_a_locality_every_endpoint_takes_traffic(up
 def test_distribute_sends_each_locality_its_share(upstreams):
     """Istio's "Locality weighted distribution" task: from us-east/*, 80% to us-east and 20% to
     us-west; ap-south, matched by no pattern, gets nothing. No outlierDetection needed."""
-    ports = upstreams.ports
-    endpoints = "".join(f"""
-  - address: 127.0.0.1
-    ports: {{http: {ports[name]}}}
-    locality: {locality}""" for name, locality in (("v1", LOCAL), ("v2", "us-west/us-west-1a"), ("echo", FAR)))
-    sidecar = ProxyProcess(f"""apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: helloworld}}
-spec:
-  hosts: [helloworld]
-  ports: [{{number: 5000, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:{endpoints}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: helloworld}}
-spec:
-  host: helloworld
-  trafficPolicy:
-    loadBalancer:
+    endpoints = [("v1", LOCAL, {}), ("v2", "us-west/us-west-1a", {}), ("echo", FAR, {})]
+    sidecar = ProxyProcess(helloworld(upstreams.ports, endpoints, """    loadBalancer:
       localityLbSetting:
         enabled: true
         distribute:
         - from: us-east/*
-          to: {{"us-east/*": 80, "us-west/*": 20}}
-""", "--locality", LOCAL).wait_ready()
+          to: {"us-east/*": 80, "us-west/*": 20}"""), "--locality", LOCAL).wait_ready()
     try:
         seen = servers(sidecar, 300)
         assert set(seen) == {"v1", "v2"}, seen
@@ -228,9 +215,7 @@ def test_retry_remote_localities_sends_the_retry_to_another_level(upstreams):
     back to it. Without the flag every retry lands on the same local endpoint."""
     ports = upstreams.ports
     for remote, expected in ((True, Counter({"v1": 10})), (False, Counter({503: 10}))):
-        yaml = mesh(ports).replace(
-            "outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}",
-            "outlierDetection: {consecutive5xxErrors: 0}") + f"""---
+        yaml = mesh(ports).replace(OUTLIER, "    outlierDetection: {consecutive5xxErrors: 0}") + f"""---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: helloworld}}
@@ -252,36 +237,16 @@ def test_failover_priority_ranks_by_network_then_region_then_zone(upstreams):
     endpoint on another network ranks last, the same-network same-region one first, although
     plain locality order would put the same-zone one first."""
     ports = upstreams.ports
-    endpoints = "".join(f"""
-  - address: 127.0.0.1
-    ports: {{http: {ports[name]}}}
-    locality: {locality}
-    labels: {{topology.istio.io/network: {network}}}""" for name, locality, network in (
-        ("echo", LOCAL, "network2"), ("v2", "us-west/us-west-1a", "network1"), ("v1", SAME_REGION, "network1")))
-    yaml = f"""apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: helloworld}}
-spec:
-  hosts: [helloworld]
-  ports: [{{number: 5000, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:{endpoints}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: helloworld}}
-spec:
-  host: helloworld
-  trafficPolicy:
-    loadBalancer:
+    endpoints = [(name, locality, {"topology.istio.io/network": network}) for name, locality, network in (
+        ("echo", LOCAL, "network2"), ("v2", "us-west/us-west-1a", "network1"), ("v1", SAME_REGION, "network1"))]
+    yaml = helloworld(ports, endpoints, """    loadBalancer:
       localityLbSetting:
         enabled: true
         failoverPriority:
         - "topology.istio.io/network"
         - "topology.kubernetes.io/region"
         - "topology.kubernetes.io/zone"
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m}}
-"""
+""" + OUTLIER)
     sidecar = ProxyProcess(yaml, "--locality", LOCAL, "--labels", "app=sleep,topology.istio.io/network=network1")
     sidecar.wait_ready()
     try:
