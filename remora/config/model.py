@@ -16,21 +16,17 @@ from typing import TYPE_CHECKING, Generic, Iterator, TypeVar
 
 import msgspec
 
+from remora.config.model_base import Spec
+from remora.config.model_load_balancer import (  # noqa: F401 (re-exported: callers import them from here)
+    ConsistentHashLB, HTTPCookie, LoadBalancerSettings, LocalityDistribute, LocalityFailover,
+    LocalityLoadBalancerSetting, Maglev, RingHash,
+)
+
 if TYPE_CHECKING:
     from remora.config.model_gateway import GatewaySpec
     from remora.config.model_policy import AuthorizationPolicySpec, PeerAuthenticationSpec, TelemetrySpec
     from remora.config.model_sidecar import SidecarSpec
     from remora.config.model_jwt import RequestAuthenticationSpec
-
-
-class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True, frozen=True,
-           omit_defaults=True):
-    """Base for every spec message: Istio's camelCase names, unknown fields rejected.
-
-    Defaults are omitted when encoding, so a spec turned back into a document (config dump,
-    control-server push) reads like what the operator wrote.
-    """
-
 
 # ---- shared ---------------------------------------------------------------------------
 
@@ -260,56 +256,6 @@ class VirtualServiceSpec(Spec):
 
 
 # ---- DestinationRule -----------------------------------------------------------------
-
-class HTTPCookie(Spec):
-    name: str
-    path: str | None = None
-    ttl: str | None = None
-
-
-class RingHash(Spec):
-    minimum_ring_size: int | None = None
-
-
-class Maglev(Spec):
-    table_size: int | None = None
-
-
-class ConsistentHashLB(Spec):
-    http_header_name: str | None = None
-    http_cookie: HTTPCookie | None = None
-    use_source_ip: bool | None = None
-    http_query_parameter_name: str | None = None
-    ring_hash: RingHash | None = None
-    maglev: Maglev | None = None
-    minimum_ring_size: int | None = None
-
-
-class LocalityFailover(Spec):
-    # `from` is a Python keyword: the attribute is from_, the YAML name stays `from`.
-    from_: str = msgspec.field(default="", name="from")
-    to: str = ""
-
-
-class LocalityDistribute(Spec):
-    from_: str = msgspec.field(default="", name="from")
-    to: dict[str, int] = {}
-
-
-class LocalityLoadBalancerSetting(Spec):
-    """Istio's localityLbSetting; `failoverPriority` is refused (validation)."""
-    enabled: bool | None = None
-    failover: list[LocalityFailover] = []
-    distribute: list[LocalityDistribute] = []
-    failover_priority: list[str] = []
-
-
-class LoadBalancerSettings(Spec):
-    simple: str | None = None
-    consistent_hash: ConsistentHashLB | None = None
-    warmup_duration_secs: str | None = None
-    locality_lb_setting: LocalityLoadBalancerSetting | None = None
-
 
 class TCPKeepalive(Spec):
     probes: int | None = None
