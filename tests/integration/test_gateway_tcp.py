@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import Counter
 
 import pytest
@@ -173,3 +174,31 @@ spec:
     finally:
         gateway.stop()
 
+
+
+def test_idle_tcp_connections_close_after_the_destination_rules_idle_timeout(echoes):
+    """connectionPool.tcp.idleTimeout: 2s on tcp-echo's DestinationRule: a connection that
+    stays silent is closed by the gateway (counted in tcp.<listener>.idle_timeout), one that
+    keeps talking for longer stays open."""
+    sample = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
+    rule = "spec:\n  host: tcp-echo\n"     # the DestinationRule's, not the route's destination
+    assert sample.count(rule) == 1
+    sample = sample.replace(rule, rule + "  trafficPolicy: {connectionPool: {tcp: {idleTimeout: 2s}}}\n")
+    gateway = ProxyProcess(registry(echoes) + sample, gateway_ports=(31400,)).wait_ready()
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.ports[31400]), timeout=15) as silent, \
+                socket.create_connection(("127.0.0.1", gateway.ports[31400]), timeout=15) as talker:
+            for sock in (silent, talker):
+                sock.sendall(b"hi\n")
+                assert sock.recv(1024) == b"one hi\n"
+            started = time.monotonic()
+            while time.monotonic() - started < 5:        # the talker says something every 0.2 s
+                talker.sendall(b"again\n")
+                assert talker.recv(1024) == b"one again\n"
+                time.sleep(0.2)
+            assert silent.recv(1024) == b""              # closed by the gateway meanwhile
+            talker.sendall(b"still\n")
+            assert talker.recv(1024) == b"one still\n"
+        assert "tcp.gateway_31400.idle_timeout: 1" in gateway.admin_get("/stats")
+    finally:
+        gateway.stop()

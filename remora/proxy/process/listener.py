@@ -84,7 +84,7 @@ class TcpStats(Counters):
     captured non-HTTP and passthrough connections (remora/intercept/tcp_proxy.py) counts here."""
 
     __slots__ = ("downstream_cx_total", "downstream_cx_active", "upstream_connect_fail",
-                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
+                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total", "idle_timeout")
 
 
 class RbacStats(Counters):
@@ -146,6 +146,7 @@ class Listener:
         self.acceptor: InboundAcceptor | None = None   # inbound: accepts and terminates mTLS
         self.capture = None         # --capture: decisions for redirected connections (remora/intercept)
         self.tcp_stats = TcpStats()  # TCP proxy counters (captured non-HTTP and passthrough connections)
+        self.tcp_sessions: set = set()   # their TcpSessions, for the sweeper's idle check
         self.rbac = RbacStats()
         self.jwt_authn = JwtAuthnStats()
         self.draining = False

@@ -125,10 +125,12 @@ class Worker:
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        self.retired = [listener for listener in self.retired if listener.connections]
+        self.retired = [listener for listener in self.retired if listener.connections or listener.tcp_sessions]
         for listener in (*self.listeners, *self.retired):
             for conn in list(listener.connections):
                 conn.check_timeouts(now, listener.settings)
+            for session in list(listener.tcp_sessions):
+                session.check_idle(now)
         self.pools.sweep(now)
         self._tick_outlier_detectors(now)
         self._check_descriptors()

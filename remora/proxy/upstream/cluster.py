@@ -28,6 +28,7 @@ from remora.proxy.upstream.upstream_tls import DISABLE, SecureNaming, endpoint_t
 
 DEFAULT_CONNECT_TIMEOUT = 10.0   # Istio's connectTimeout default
 DEFAULT_IDLE_TIMEOUT = 3600.0    # Istio's connectionPool.http.idleTimeout default
+DEFAULT_TCP_IDLE_TIMEOUT = 3600.0   # Istio's connectionPool.tcp.idleTimeout (Envoy tcp_proxy) default
 
 
 class ClusterStats(Counters):
@@ -104,7 +105,7 @@ class Cluster:
     """A named set of endpoints with its load balancer and connection settings."""
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
-                 "connect_timeout", "idle_timeout", "lb_policy", "hash_policy",
+                 "connect_timeout", "idle_timeout", "tcp_idle_timeout", "lb_policy", "hash_policy",
                  "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
                  "origination", "http2", "max_streams", "client_protocol")
 
@@ -126,6 +127,8 @@ class Cluster:
         http = pool.http if pool else None
         self.connect_timeout = _seconds(tcp and tcp.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
         self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+        # TCP-proxied connections with no byte either way this long are closed (0: never).
+        self.tcp_idle_timeout = _seconds(tcp and tcp.idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT)
         ka = tcp.tcp_keepalive if tcp is not None else None
         self.tcp_keepalive = (None if ka is None else
                               (ka.time and parse_duration(ka.time), ka.interval and parse_duration(ka.interval),

@@ -8,6 +8,12 @@ relay with backpressure (a full write buffer on one side pauses reading on the o
 A half close is passed on where the transport allows it (TLS transports cannot: there
 the other side is closed once its buffer is written).
 
+Idle timeout (Istio's DestinationRule `connectionPool.tcp.idleTimeout`, Envoy's tcp_proxy
+idle_timeout): a connection with no byte in either direction for that long is closed, both
+sides, and counted in `tcp.<listener>.idle_timeout`; default 1 hour, `0s` never. The
+worker's sweeper checks once a second (`check_idle`), from the byte counters, so relaying
+pays nothing for it.
+
 Each connection counts in Istio's istio_tcp_* metrics (IstioMetrics.tcp_opened/closed)
 and writes one access-log line when it ends: `"- - -"`, status 0, bytes, duration,
 upstream host and cluster, and flags (UF: no upstream could be reached; NR: refused).
@@ -19,6 +25,7 @@ import time
 
 from remora.proxy.telemetry.counters import set_nodelay
 from remora.proxy.telemetry.access_log import AccessLogRecord
+from remora.proxy.upstream.cluster import DEFAULT_TCP_IDLE_TIMEOUT
 
 HOLD_LIMIT = 64 * 1024      # client bytes held while the upstream connection is being made
 
@@ -98,6 +105,10 @@ class TcpSession(asyncio.Protocol):
         self.upstream_host = "-"
         self.started = 0.0
         self.closed = False
+        cluster = target.cluster
+        self.idle_timeout = cluster.tcp_idle_timeout if cluster is not None else DEFAULT_TCP_IDLE_TIMEOUT
+        self._bytes_seen = 0         # received + sent at the last look that saw them move
+        self._active_at = 0.0
         self.down_eof = False       # the client finished sending
         self.up_eof = False         # the upstream finished sending
         istio = listener.istio
@@ -106,8 +117,9 @@ class TcpSession(asyncio.Protocol):
     # -- downstream ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.downstream = transport
-        self.started = self.loop.time()
+        self.started = self._active_at = self.loop.time()
         set_nodelay(transport)
+        self.listener.tcp_sessions.add(self)
         stats = self.listener.tcp_stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
@@ -207,12 +219,25 @@ class TcpSession(asyncio.Protocol):
         else:
             transport.close()
 
+    # -- idle timeout ------------------------------------------------------------------------
+    def check_idle(self, now: float) -> None:
+        """Close the connection when no byte moved either way for `idle_timeout` (sweeper)."""
+        moved = self.received + self.sent
+        if moved != self._bytes_seen:
+            self._bytes_seen, self._active_at = moved, now
+        elif self.idle_timeout and now - self._active_at >= self.idle_timeout and not self.closed:
+            self.listener.tcp_stats.idle_timeout += 1
+            if self.upstream is not None:
+                self.upstream.close()
+            self.downstream.close()
+
     # -- end -------------------------------------------------------------------------------
     def _finish(self) -> None:
         if self.closed:
             return
         self.closed = True
         listener = self.listener
+        listener.tcp_sessions.discard(self)
         stats = listener.tcp_stats
         stats.downstream_cx_active -= 1
         stats.downstream_cx_rx_bytes_total += self.received
