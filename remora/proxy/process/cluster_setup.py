@@ -57,6 +57,8 @@ def _endpoint_pool(pools: PoolRegistry, cluster: Cluster, ep: Endpoint, http2: b
     if http2 and cluster.max_streams:
         pool.max_streams = cluster.max_streams
     pool.idle_timeout = cluster.idle_timeout
+    pool.max_duration = cluster.max_connection_duration
+    pool.cluster_stats = cluster.stats
     if mtls:
         pool.dialer = MtlsDialer(
             pools.tls, mesh_sni(cluster),

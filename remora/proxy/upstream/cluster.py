@@ -41,7 +41,7 @@ class ClusterStats(Counters):
         "upstream_rq_retry_success", "upstream_cx_none_healthy", "upstream_rq_timeout",
         "upstream_rq_rx_reset", "upstream_cx_protocol_error", "upstream_cx_overflow",
         "upstream_rq_pending_overflow", "upstream_rq_retry_overflow", "retry_or_shadow_abandoned",
-        "upstream_rq_per_try_timeout",
+        "upstream_rq_per_try_timeout", "upstream_cx_max_duration_reached",
     )
     STATUS_NAMES = status_names("upstream_rq")
 
@@ -105,7 +105,8 @@ class Cluster:
     """A named set of endpoints with its load balancer and connection settings."""
 
     __slots__ = ("name", "service", "port", "subset", "endpoints", "balancer", "stats",
-                 "connect_timeout", "idle_timeout", "tcp_idle_timeout", "lb_policy", "hash_policy",
+                 "connect_timeout", "idle_timeout", "tcp_idle_timeout", "max_connection_duration",
+                 "lb_policy", "hash_policy",
                  "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
                  "origination", "http2", "max_streams", "client_protocol")
 
@@ -129,6 +130,7 @@ class Cluster:
         self.idle_timeout = _seconds(http and http.idle_timeout, DEFAULT_IDLE_TIMEOUT)
         # TCP-proxied connections with no byte either way this long are closed (0: never).
         self.tcp_idle_timeout = _seconds(tcp and tcp.idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT)
+        self.max_connection_duration = _seconds(tcp and tcp.max_connection_duration, 0.0)
         ka = tcp.tcp_keepalive if tcp is not None else None
         self.tcp_keepalive = (None if ka is None else
                               (ka.time and parse_duration(ka.time), ka.interval and parse_duration(ka.interval),

@@ -67,7 +67,10 @@ class UpstreamHttp1(asyncio.Protocol):
         self.tunnel = None            # downstream transport once upgraded
         self.flow = FlowControl(None)   # this transport's pausing (CLIENT_SLOW: the client lags)
         self.peer_id: str | None = None   # the server's verified SPIFFE ID on an mTLS connection
-        self.plain_fallback = False   # auto-mTLS dialled in plaintext (no certificate yet): not pooled
+        # Never pooled again: auto-mTLS dialled in plaintext (no certificate yet), or
+        # maxConnectionDuration reached (set by the pool's sweep; closed after its response).
+        self.no_reuse = False
+        self.created_at = 0.0         # loop time it connected (maxConnectionDuration)
         self.tls_host: str | None = None  # TLS origination: the request host it was made for (auto SNI)
         self._reset_response()
 
@@ -328,7 +331,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.request = self.receiver = None
         pool = self.pool
         limit = pool.circuit.max_requests_per_connection
-        if (reusable and pool.accepting and not self.plain_fallback and not self.is_closed()
+        if (reusable and pool.accepting and not self.no_reuse and not self.is_closed()
                 and not (limit and self.requests_sent >= limit)):
             if self.flow.read_paused:
                 # A pooled connection must be reading, or the next response would never arrive.

@@ -95,8 +95,9 @@ class UpstreamHttp2(asyncio.Protocol):
         self.idle_since = 0.0             # loop time the last stream ended
         # Set by a TLS dialer (upstream_tls.py), as on HTTP/1 connections.
         self.peer_id: str | None = None
-        self.plain_fallback = False
+        self.no_reuse = False
         self.tls_host: str | None = None
+        self.created_at = 0.0             # loop time it connected (maxConnectionDuration)
 
     @property
     def retired(self) -> bool:

@@ -41,7 +41,7 @@ class Http2EndpointPool:
 
     __slots__ = ("host", "port", "loop", "circuit", "endpoint", "dialer", "by_host",
                  "idle_timeout", "accepting", "conns", "active", "idle", "connecting",
-                 "waiters", "max_streams")
+                 "waiters", "max_streams", "max_duration", "cluster_stats")
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop, circuit) -> None:
         self.host = host
@@ -52,6 +52,8 @@ class Http2EndpointPool:
         self.dialer = None
         self.by_host = False
         self.idle_timeout = 3600.0
+        self.max_duration = 0.0   # tcp.maxConnectionDuration (0: none), and the stats to count it in
+        self.cluster_stats = None
         self.accepting = True
         self.conns: list[UpstreamHttp2] = []      # open connections that take new streams
         self.active: set[UpstreamHttp2] = set()   # every open connection (retired ones too)
@@ -141,6 +143,7 @@ class Http2EndpointPool:
         if keepalive is not None:
             set_keepalive(conn.transport, *keepalive)
         conn.requests_limit = self.circuit.max_requests_per_connection
+        conn.created_at = conn.idle_since = self.loop.time()   # idle from the start, until a stream
         self.active.add(conn)
         self.conns.append(conn)
         self._serve_waiters()
@@ -195,6 +198,18 @@ class Http2EndpointPool:
         """No new streams on `conn` (maxRequestsPerConnection reached, or GOAWAY)."""
         if conn in self.conns:
             self.conns.remove(conn)
+
+    def expire_old(self, now: float) -> None:
+        """maxConnectionDuration: a connection that old takes no new stream (drained as after
+        a GOAWAY) and closes once its streams are done."""
+        for conn in list(self.active):
+            if not conn.goaway and not conn.closed and now - conn.created_at >= self.max_duration:
+                conn.goaway = True
+                if self.cluster_stats is not None:
+                    self.cluster_stats.upstream_cx_max_duration_reached += 1
+                self.retire(conn)
+                if not conn.streams:
+                    conn.close()
 
     def close_idle(self, now: float | None = None) -> int:
         """Close connections without streams idle past the pool's idle timeout (all when now is None)."""

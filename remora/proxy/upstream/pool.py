@@ -28,7 +28,7 @@ class EndpointPool:
     """Connections from one cluster to one endpoint."""
 
     __slots__ = ("host", "port", "idle", "active", "accepting", "loop", "circuit", "endpoint", "dialer",
-                 "by_host", "idle_timeout")
+                 "by_host", "idle_timeout", "max_duration", "cluster_stats")
 
     def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop,
                  circuit: Circuit | None = None) -> None:
@@ -41,6 +41,8 @@ class EndpointPool:
         self.circuit = circuit or Circuit(f"{host}:{port}")
         self.endpoint = None      # the cluster's Endpoint this pool serves (set per snapshot)
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT   # the cluster's (set per snapshot)
+        self.max_duration = 0.0   # tcp.maxConnectionDuration (0: none), and the stats to count it in
+        self.cluster_stats = None
         # Set per snapshot: an MtlsDialer (mTLS) or OriginationDialer (DR SIMPLE / MUTUAL);
         # None: plaintext. by_host: its connections are per request host (auto SNI).
         self.dialer = None
@@ -126,6 +128,7 @@ class EndpointPool:
         keepalive = cluster.tcp_keepalive
         if keepalive is not None:
             set_keepalive(conn.transport, *keepalive)
+        conn.created_at = self.loop.time()
         self.active.add(conn)
         waiter.on_pool_ready(conn, False)
 
@@ -150,6 +153,18 @@ class EndpointPool:
             except ValueError:
                 pass
             self.circuit.closed_one()
+
+    def expire_old(self, now: float) -> None:
+        """maxConnectionDuration: a connection that old is not reused; an idle one closes now,
+        a busy one after its response (Envoy: drained, then closed)."""
+        for conn in list(self.active):
+            if not conn.no_reuse and now - conn.created_at >= self.max_duration:
+                conn.no_reuse = True
+                if self.cluster_stats is not None:
+                    self.cluster_stats.upstream_cx_max_duration_reached += 1
+                if conn in self.idle:
+                    self.idle.remove(conn)
+                    conn.close()
 
     def close_idle(self, now: float | None = None) -> int:
         """Close idle connections past their deadline (all of them when now is None)."""
@@ -200,7 +215,9 @@ class PoolRegistry:
 
     def sweep(self, now: float) -> None:
         for pool in self.pools.values():
-            if pool.idle:
+            if pool.active:    # HTTP/2 pools keep no idle list: their connections are all here
+                if pool.max_duration:
+                    pool.expire_old(now)
                 pool.close_idle(now)
 
     def close_all_idle(self) -> None:

@@ -79,7 +79,7 @@ class _Upstream(asyncio.Protocol):
 
     # MtlsDialer.dial / OriginationDialer.dial set these on the protocol they return
     peer_id = None
-    plain_fallback = False
+    no_reuse = False
     tls_host = None
 
     def close(self) -> None:

@@ -120,7 +120,7 @@ class MtlsDialer:
                 raise UpstreamTlsError("connection failure, transport failure reason: TLS error: "
                                        "ISTIO_MUTUAL needs this sidecar's certificate, which it does not have yet")
             _, conn = await asyncio.wait_for(loop.create_connection(factory, pool.host, pool.port), timeout)
-            conn.plain_fallback = True     # auto-mTLS before the certificate: never pooled
+            conn.no_reuse = True     # auto-mTLS before the certificate: never pooled
             return conn
         try:
             _, conn = await asyncio.wait_for(
