@@ -86,7 +86,7 @@ class UpstreamHttp2(asyncio.Protocol):
         self.scheme = authority_scheme
         self.on_capacity = on_capacity    # called when a stream ends or settings change
         self.on_closed = on_closed        # called once when the transport is gone
-        self.goaway = False
+        self.goaway = False               # no new streams: GOAWAY received, or drained by the pool (max duration)
         self.closed = False
         self.streams_opened = 0
         self.requests_limit = 0           # maxRequestsPerConnection (0: none)

@@ -226,6 +226,7 @@ class TcpSession(asyncio.Protocol):
         if moved != self._bytes_seen:
             self._bytes_seen, self._active_at = moved, now
         elif self.idle_timeout and now - self._active_at >= self.idle_timeout and not self.closed:
+            self.idle_timeout = 0.0      # counted once, whenever the close completes
             self.listener.tcp_stats.idle_timeout += 1
             if self.upstream is not None:
                 self.upstream.close()
