@@ -16,6 +16,7 @@ from __future__ import annotations
 from remora.proxy.upstream.cluster import Cluster, Endpoint
 from remora.proxy.upstream.outlier import OutlierDetector
 from remora.proxy.upstream.pool import PoolRegistry
+from remora.proxy.upstream.slow_start import warm
 from remora.proxy.upstream.tls_origination import OriginationDialer
 from remora.proxy.upstream.upstream_tls import ISTIO_MUTUAL, MtlsDialer, is_required, outbound_sni
 
@@ -30,6 +31,9 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
     still in flight on the old version count into the same object, the gauges stay right)
     and each endpoint's request and error counts by address. A name absent from the version
     before starts from zero (a cluster that went away and came back, as in Envoy)."""
+    now = pools.loop.time()
+    for ep in cluster.endpoints:
+        ep.joined_at = now        # kept addresses take their old time back just below
     if previous is not None:
         cluster.stats = previous.stats
         _carry_endpoint_counts(previous, cluster)
@@ -39,6 +43,8 @@ def prepare_cluster(cluster: Cluster, pools: PoolRegistry, previous: Cluster | N
         pools.loop.time, on_panic_change=_panic_setter(cluster), cluster=cluster.name)
     if previous is not None and previous.detector is not None:
         cluster.detector.inherit(previous.detector)
+    if cluster.warmup:
+        warm(cluster, now)        # new endpoints start light (slow_start.py)
     cluster.circuit = pools.circuit_for(cluster.name)
     cluster.circuit.configure(cluster.traffic_policy)
     for ep in cluster.endpoints:
@@ -89,6 +95,7 @@ def _carry_endpoint_counts(previous: Cluster, cluster: Cluster) -> None:
         old = before.get(ep.key)
         if old is not None:
             ep.total_requests, ep.errors = old.total_requests, old.errors
+            ep.joined_at = old.joined_at     # its slow start goes on (slow_start.py)
 
 
 def _panic_setter(cluster: Cluster):

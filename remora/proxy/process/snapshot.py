@@ -121,6 +121,8 @@ class Snapshot:
             apply_locality(cluster, options.identity.locality, options.identity.labels)
             prepare_cluster(cluster, pools, old.get(cluster.name))
         self._pools, self._options = pools, options
+        # warmupDurationSecs: the sweeper re-weights these while endpoints warm up
+        self.warmup_clusters = [cluster for cluster in self.clusters() if cluster.warmup]
         self._inbound_ports: dict[int, tuple] = {}   # --capture: app port -> (table, policy, cluster)
         # --capture: the per-port inbound clusters made so far, whose stats the next ones keep.
         self._port_clusters: dict[str, Cluster] = {} if previous is None else {

@@ -30,6 +30,7 @@ from remora.proxy.telemetry.process_memory import memory_stats
 from remora.proxy.telemetry.telemetry_policy import CLIENT, SERVER, TelemetryDefaults, resolve
 from remora.proxy.telemetry.tracing import Tracer
 from remora.proxy.upstream.pool import PoolRegistry
+from remora.proxy.upstream.slow_start import warm, warming
 from remora.proxy.upstream.tls_origination import OriginContexts
 from remora.proxy import log_levels
 
@@ -132,6 +133,9 @@ class Worker:
             for session in list(listener.tcp_sessions):
                 session.check_idle(now)
         self.pools.sweep(now)
+        for cluster in self.snapshot.warmup_clusters:
+            if warming(cluster, now):
+                warm(cluster, now)
         self._tick_outlier_detectors(now)
         self._check_descriptors()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
@@ -283,7 +287,7 @@ class Worker:
             for ep in cluster.endpoints:
                 pool = ep.pool
                 endpoints.append({
-                    "address": ep.key, "labels": ep.labels, "weight": ep.weight,
+                    "address": ep.key, "labels": ep.labels, "weight": ep.configured_weight,
                     "active_requests": ep.active_requests, "total_requests": ep.total_requests,
                     "errors": ep.errors, "health": "ejected" if ep.ejected else "healthy",
                     "connections_active": len(pool.active) - len(pool.idle) if pool else 0,

@@ -54,7 +54,7 @@ class Endpoint:
 
     __slots__ = ("host", "port", "labels", "weight", "key", "active_requests",
                  "total_requests", "errors", "ejected", "pool", "service_account", "tls_mode",
-                 "h2_pool", "locality", "priority")
+                 "h2_pool", "locality", "priority", "configured_weight", "joined_at")
 
     def __init__(self, host: str, port: int, labels: dict[str, str], weight: int = 1,
                  service_account: str | None = None, locality: str | None = None) -> None:
@@ -62,6 +62,8 @@ class Endpoint:
         self.port = port
         self.labels = labels
         self.weight = max(1, weight)
+        self.configured_weight = self.weight   # `weight` is this, or less while it warms up (slow_start.py)
+        self.joined_at = 0.0      # loop time its address joined the cluster (carried across versions)
         self.key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.active_requests = 0
         self.total_requests = 0
@@ -108,7 +110,7 @@ class Cluster:
                  "connect_timeout", "idle_timeout", "tcp_idle_timeout", "max_connection_duration",
                  "lb_policy", "hash_policy",
                  "traffic_policy", "circuit", "detector", "tcp_keepalive", "telemetry", "naming",
-                 "origination", "http2", "max_streams", "client_protocol")
+                 "origination", "http2", "max_streams", "client_protocol", "warmup", "locality_args")
 
     def __init__(self, name: str, service: str, port: int, subset: str | None,
                  endpoints: list[Endpoint], policy: TrafficPolicy | None) -> None:
@@ -131,6 +133,10 @@ class Cluster:
         # TCP-proxied connections with no byte either way this long are closed (0: never).
         self.tcp_idle_timeout = _seconds(tcp and tcp.idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT)
         self.max_connection_duration = _seconds(tcp and tcp.max_connection_duration, 0.0)
+        # Slow start window (0: none); Envoy and Istio have it for these two policies only.
+        self.warmup = (_seconds(lb and lb.warmup_duration_secs, 0.0)
+                       if self.lb_policy in ("ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "UNSPECIFIED") else 0.0)
+        self.locality_args: tuple = (None, None)   # what apply_locality was given, to rebuild with
         ka = tcp.tcp_keepalive if tcp is not None else None
         self.tcp_keepalive = (None if ka is None else
                               (ka.time and parse_duration(ka.time), ka.interval and parse_duration(ka.interval),

@@ -238,6 +238,7 @@ def apply_locality(cluster, proxy_locality: str | None, proxy_labels: dict[str, 
     """Give the cluster a LocalityWeightedBalancer (distribute) or a LocalityPriorityBalancer
     (failover, failoverPriority) when locality load balancing applies to it (module rules),
     and set each endpoint's `priority` (shown by /clusters)."""
+    cluster.locality_args = (proxy_locality, proxy_labels)
     for ep in cluster.endpoints:
         ep.priority = 0
     policy = cluster.traffic_policy
