@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from remora.proxy.upstream.locality import parse_locality
+
 # --------------------------------------------------------------------------- stats
 
 def default_is_gauge(name: str) -> bool:
@@ -174,7 +176,7 @@ def format_clusters_text(clusters: list[dict]) -> str:
             out.append(f"{host}::hostname::{ep.get('hostname', '')}\n")
             out.append(f"{host}::health_flags::{flags}\n")
             out.append(f"{host}::weight::{ep.get('weight', 1)}\n")
-            region, zone, sub_zone = _locality(ep)
+            region, zone, sub_zone = parse_locality(ep.get("locality"))
             out.append(f"{host}::region::{region}\n{host}::zone::{zone}\n{host}::sub_zone::{sub_zone}\n")
             out.append(f"{host}::canary::false\n")
             out.append(f"{host}::priority::{ep.get('priority', 0)}\n")
@@ -200,8 +202,3 @@ def filter_families(text: str, rx: re.Pattern[str]) -> str:
             out.append(line)
     return "".join(out)
 
-
-def _locality(endpoint: dict) -> tuple[str, str, str]:
-    """(region, zone, sub_zone) of an endpoint's `region/zone/subzone` locality."""
-    parts = (endpoint.get("locality") or "").split("/", 2)
-    return tuple(parts + [""] * (3 - len(parts)))   # type: ignore[return-value]

@@ -80,21 +80,44 @@ def level_loads(healthy: Sequence[int], totals: Sequence[int]) -> list[float]:
     return loads
 
 
-class LocalityPriorityBalancer(Balancer):
-    """Picks a priority level by its load, then an endpoint with the level's own balancer."""
+class _GroupBalancer(Balancer):
+    """Endpoint groups (levels or localities), a balancer per group, and one over `everyone`
+    for panic: a pick chooses a group by its share, then the group's balancer chooses."""
 
-    __slots__ = ("levels", "_level_balancers", "_everyone", "_rand")
+    __slots__ = ("_group_balancers", "_everyone", "_rand")
 
-    def __init__(self, levels: list[list[BalancedEndpoint]], settings, rand=random.random) -> None:
-        super().__init__([ep for level in levels for ep in level])
-        self.levels = levels
-        self._level_balancers = [make_balancer(settings, level) for level in levels]
-        self._everyone = make_balancer(settings, self.endpoints)
+    def __init__(self, groups: list[list[BalancedEndpoint]], settings, everyone: list, rand) -> None:
+        super().__init__([ep for group in groups for ep in group])
+        self._group_balancers = [make_balancer(settings, group) for group in groups]
+        self._everyone = make_balancer(settings, everyone or self.endpoints)
         self._everyone.panic = True
         self._rand = rand
 
     def _panic_changed(self) -> None:
         pass   # read at pick time
+
+    def _pick_group(self, shares: list[float], hash_key, exclude):
+        """A group drawn in proportion to `shares`; with no share anywhere, panic."""
+        total = sum(shares)
+        if total <= 0:
+            return self._everyone.pick(hash_key, exclude)
+        point = self._rand() * total
+        for index, share in enumerate(shares):
+            if share > 0 and point < share:
+                return self._group_balancers[index].pick(hash_key, exclude)
+            point -= share
+        last = max(i for i, share in enumerate(shares) if share > 0)   # rounding at the top end
+        return self._group_balancers[last].pick(hash_key, exclude)
+
+
+class LocalityPriorityBalancer(_GroupBalancer):
+    """Picks a priority level by its load, then an endpoint with the level's own balancer."""
+
+    __slots__ = ("levels",)
+
+    def __init__(self, levels: list[list[BalancedEndpoint]], settings, rand=random.random) -> None:
+        super().__init__(levels, settings, [], rand)
+        self.levels = levels
 
     def loads(self) -> list[float]:
         healthy = [sum(not ep.ejected for ep in level) for level in self.levels]
@@ -111,23 +134,12 @@ class LocalityPriorityBalancer(Balancer):
         loads = level_loads(healthy, [len(level) for level in self.levels])
         if not any(loads):
             return self.pick(hash_key, tried)
-        return self._pick_level(loads, hash_key, tried)
+        return self._pick_group(loads, hash_key, tried)
 
     def pick(self, hash_key: bytes | None = None, exclude: Collection[BalancedEndpoint] = ()):
         if self._ignore_ejected:
             return self._everyone.pick(hash_key, exclude)
-        return self._pick_level(self.loads(), hash_key, exclude)
-
-    def _pick_level(self, loads: list[float], hash_key, exclude):
-        point = self._rand() * 100.0
-        for index, load in enumerate(loads):
-            if load > 0 and point < load:
-                return self._level_balancers[index].pick(hash_key, exclude)
-            point -= load
-        if not any(loads):
-            return self._everyone.pick(hash_key, exclude)    # nothing healthy: panic
-        last = max(i for i, load in enumerate(loads) if load > 0)   # rounding at the top end
-        return self._level_balancers[last].pick(hash_key, exclude)
+        return self._pick_group(self.loads(), hash_key, exclude)
 
 
 def locality_match(locality: tuple[str, str, str], pattern: str) -> bool:
@@ -155,24 +167,17 @@ def distribute_weights(groups: dict[str, list], proxy_locality: str, rules: Sequ
     return weights
 
 
-class LocalityWeightedBalancer(Balancer):
+class LocalityWeightedBalancer(_GroupBalancer):
     """Picks a locality by its weight scaled by its health, then an endpoint in it."""
 
-    __slots__ = ("groups", "weights", "_group_balancers", "_everyone", "_rand")
+    __slots__ = ("groups", "weights")
 
     def __init__(self, groups: list[list[BalancedEndpoint]], weights: list[int], settings,
                  rand=random.random) -> None:
-        super().__init__([ep for group in groups for ep in group])
-        self.groups, self.weights = groups, weights
-        self._group_balancers = [make_balancer(settings, group) for group in groups]
         # Panic stays within the localities the rule sends to (Istio drops the others).
         served = [ep for group, weight in zip(groups, weights) if weight > 0 for ep in group]
-        self._everyone = make_balancer(settings, served or self.endpoints)
-        self._everyone.panic = True
-        self._rand = rand
-
-    def _panic_changed(self) -> None:
-        pass   # read at pick time
+        super().__init__(groups, settings, served, rand)
+        self.groups, self.weights = groups, weights
 
     def effective_weights(self) -> list[float]:
         return [weight * min(1.0, OVERPROVISIONING / 100 * sum(not ep.ejected for ep in group) / len(group))
@@ -181,17 +186,7 @@ class LocalityWeightedBalancer(Balancer):
     def pick(self, hash_key: bytes | None = None, exclude: Collection[BalancedEndpoint] = ()):
         if self._ignore_ejected:
             return self._everyone.pick(hash_key, exclude)
-        weights = self.effective_weights()
-        total = sum(weights)
-        if total <= 0:
-            return self._everyone.pick(hash_key, exclude)
-        point = self._rand() * total
-        for index, weight in enumerate(weights):
-            if weight > 0 and point < weight:
-                return self._group_balancers[index].pick(hash_key, exclude)
-            point -= weight
-        last = max(i for i, weight in enumerate(weights) if weight > 0)
-        return self._group_balancers[last].pick(hash_key, exclude)
+        return self._pick_group(self.effective_weights(), hash_key, exclude)
 
 
 TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
